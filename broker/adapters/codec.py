@@ -1,0 +1,100 @@
+"""CloudEvents 1.0 binary-mode codec between Kafka messages and wire models. Imports schemas, cloudevents.
+
+On Kafka an event is: key = agent id, headers = ``ce_*`` attributes (+ ``content-type``),
+value = the model as JSON. Decoding checks every layer and raises ``WireError`` with a reason
+that the dead-letter topic carries verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import ValidationError
+
+from broker.errors import WireError
+from schemas.events import EVENT_TYPES, WireModel, event_id, model_for_type, partition_key
+
+CONTENT_TYPE = "application/json"
+MAX_VALUE_BYTES = 256 * 1024
+_FORMAT = JSONFormat()
+
+Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A Kafka message ready to produce."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def encode(event: WireModel, *, source: str, time: datetime | None = None) -> Encoded:
+    """Encode a model as a binary-mode CloudEvent; the CE id is the event's idempotency id."""
+    key = partition_key(event)
+    attributes: dict[str, Any] = {
+        "type": EVENT_TYPES[type(event)],
+        "source": source,
+        "id": event_id(event),
+        "time": time or datetime.now(UTC),
+        "datacontenttype": CONTENT_TYPE,
+    }
+    if key is not None:
+        attributes["subject"] = key
+    message = ce_kafka.to_binary(CloudEvent(attributes, event.model_dump_json().encode()), _FORMAT)
+    return Encoded(
+        key=key.encode() if key is not None else None,
+        value=message.value,
+        headers=list(message.headers.items()),
+    )
+
+
+def _header_dict(headers: Headers) -> dict[str, bytes]:
+    if headers is None:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {name: value for name, value in items if value is not None}
+
+
+def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireModel:
+    """Decode and validate one Kafka message; raise WireError saying exactly what is wrong."""
+    if value is None:
+        raise WireError("empty value (tombstone) where an event was expected")
+    if len(value) > MAX_VALUE_BYTES:
+        raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
+    try:
+        message = ce_kafka.KafkaMessage(headers=_header_dict(headers), key=key, value=value)
+        ce = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
+    except (BaseCloudEventException, ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"not a binary-mode CloudEvent: {exc}") from exc
+    model = model_for_type(ce.get_type())
+    if model is None:
+        raise WireError(f"unknown event type {ce.get_type()!r}")
+    data = ce.get_data()
+    if not isinstance(data, dict):
+        raise WireError(f"value is not a JSON object (content-type {ce.get_datacontenttype()!r})")
+    try:
+        event = model.model_validate(data)
+    except ValidationError as exc:
+        raise WireError(f"schema-invalid {ce.get_type()}: {_brief(exc)}") from exc
+    expected_key = partition_key(event)
+    if expected_key is not None and key is not None and key.decode(errors="replace") != expected_key:
+        raise WireError(f"message key {key!r} does not match the event's agent {expected_key!r}")
+    return event
+
+
+def _brief(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,60 @@
+"""Redis key names of the grant store, spelled once. Imports stdlib only.
+
+Every per-agent key carries the hash tag ``{agent_id}`` so one agent's keys share a Redis Cluster
+slot and the Lua scripts that touch them stay atomic. Every per-agent key is written with an
+absolute expiry (PXAT): nothing here lives forever.
+"""
+
+from __future__ import annotations
+
+PREFIX = "pb"
+
+# Global keys (their own slots).
+EXPIRY_INDEX = f"{PREFIX}:expiry"  # zset "agent\x1fgrant_id" -> expires_at ms; PXAT of the latest
+VIEW_EPOCH = f"{PREFIX}:view:epoch"  # set when the view was (re)built from Kafka; absent = fail closed
+AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
+
+
+def agent_prefix(agent_id: str) -> str:
+    """The prefix shared by every key of one agent (hash-tagged)."""
+    return f"{PREFIX}:{{{agent_id}}}:"
+
+
+def grant(agent_id: str, grant_id: str) -> str:
+    """The grant itself (GrantIssued JSON), PXAT its expires_at."""
+    return f"{agent_prefix(agent_id)}grant:{grant_id}"
+
+
+def life(agent_id: str, grant_id: str) -> str:
+    """Present while a grant has not been revoked or released; its expiry is then announced."""
+    return f"{agent_prefix(agent_id)}life:{grant_id}"
+
+
+def index(agent_id: str) -> str:
+    """Zset of the agent's grant ids scored by expires_at ms."""
+    return f"{agent_prefix(agent_id)}grants"
+
+
+def decision(agent_id: str, request_id: str) -> str:
+    """The decision recorded for one request (idempotency under redelivery)."""
+    return f"{agent_prefix(agent_id)}decision:{request_id}"
+
+
+def revoked(agent_id: str) -> str:
+    """Epoch ms of the agent's latest revoke-all; earlier requests are denied."""
+    return f"{agent_prefix(agent_id)}revoked"
+
+
+def quarantine(agent_id: str) -> str:
+    """Present while the agent is quarantined; value = the rule that quarantined it."""
+    return f"{agent_prefix(agent_id)}quarantine"
+
+
+def revocation(agent_id: str, cause_id: str) -> str:
+    """The grants one revoking signal removed (so a redelivery republishes the same events)."""
+    return f"{agent_prefix(agent_id)}revocation:{cause_id}"
+
+
+def risk(agent_id: str) -> str:
+    """The agent's live risk: highest recent severity that did not revoke."""
+    return f"{agent_prefix(agent_id)}risk"

@@ -1,0 +1,145 @@
+"""Lua scripts of the grant store. Imports nothing; each script touches one agent's hash slot.
+
+Every write uses an absolute expiry (PXAT) in the same atomic step as the data. A key that might
+exist without a TTL is never created: index keys get PEXPIREAT right after ZADD, inside the script.
+"""
+
+# KEYS: decision, grant, index, revoked, quarantine, life
+# ARGV: decision_json, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
+#       record_until_ms, grant_id
+COMMIT = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {'existing', existing, redis.call('GET', KEYS[2]) or ''}
+end
+if ARGV[2] ~= '' then
+  local q = redis.call('GET', KEYS[5])
+  if q then return {'blocked', 'quarantine', q} end
+  local rv = redis.call('GET', KEYS[4])
+  if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked', rv} end
+  if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale', ARGV[3]} end
+  redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
+  redis.call('SET', KEYS[6], ARGV[3], 'PXAT', ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
+  if redis.call('PTTL', KEYS[3]) < 0 then
+    redis.call('PEXPIREAT', KEYS[3], ARGV[6])
+  else
+    redis.call('PEXPIREAT', KEYS[3], ARGV[6], 'GT')
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[6])
+return {'stored', ARGV[1], ARGV[2]}
+"""
+
+# KEYS: index, revoked, quarantine, revocation-record
+# ARGV: now_ms, marker_until_ms, quarantine_until_ms (0 = none), record_until_ms, agent prefix,
+#       quarantine rule
+# Returns a JSON array of the GrantIssued JSON of every grant it removed (or the recorded one).
+REVOKE_ALL = """
+local rec = redis.call('GET', KEYS[4])
+if rec then return rec end
+local prefix = ARGV[5]
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local out = {}
+for _, gid in ipairs(ids) do
+  local g = redis.call('GET', prefix .. 'grant:' .. gid)
+  if g then
+    table.insert(out, g)
+    redis.call('DEL', prefix .. 'grant:' .. gid)
+  end
+  redis.call('DEL', prefix .. 'life:' .. gid)
+end
+redis.call('DEL', KEYS[1])
+local prev = redis.call('GET', KEYS[2])
+if (not prev) or tonumber(prev) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[2])
+end
+if tonumber(ARGV[3]) > 0 then
+  local pt = redis.call('PTTL', KEYS[3])
+  local cur = 0
+  if pt > 0 then cur = tonumber(ARGV[1]) + pt end
+  if tonumber(ARGV[3]) > cur then
+    redis.call('SET', KEYS[3], ARGV[6], 'PXAT', ARGV[3])
+  end
+end
+local enc = '[' .. table.concat(out, ',') .. ']'
+redis.call('SET', KEYS[4], enc, 'PXAT', ARGV[4])
+return enc
+"""
+
+# KEYS: index   ARGV: now_ms, scope, resource, agent prefix
+# Returns the GrantIssued JSON of a live grant covering (scope, resource), or false.
+CHECK = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+for _, gid in ipairs(ids) do
+  local g = redis.call('GET', ARGV[4] .. 'grant:' .. gid)
+  if g then
+    local d = cjson.decode(g)
+    local has_scope = false
+    for _, s in ipairs(d['scopes']) do if s == ARGV[2] then has_scope = true end end
+    if has_scope then
+      if #d['resources'] == 0 then return g end
+      for _, r in ipairs(d['resources']) do if r == ARGV[3] then return g end end
+    end
+  end
+end
+return false
+"""
+
+# KEYS: index   ARGV: now_ms, agent prefix. Returns the live grants' JSON.
+LIST = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+local out = {}
+for _, gid in ipairs(ids) do
+  local g = redis.call('GET', ARGV[2] .. 'grant:' .. gid)
+  if g then table.insert(out, g) end
+end
+return out
+"""
+
+# KEYS: grant, index, life, revoked, quarantine
+# ARGV: grant_json, expires_at_ms, now_ms, life_until_ms, grant_id, issued_at_ms,
+#       revoked_at_ms (0 = none), marker_until_ms, quarantine_until_ms (0 = none), quarantine rule
+# Rebuild: restores one active grant (if it is still live and not revoked) or one revocation.
+RESTORE = """
+if tonumber(ARGV[7]) > 0 then
+  local prev = redis.call('GET', KEYS[4])
+  if (not prev) or tonumber(prev) < tonumber(ARGV[7]) then
+    redis.call('SET', KEYS[4], ARGV[7], 'PXAT', ARGV[8])
+  end
+  if tonumber(ARGV[9]) > tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[5], ARGV[10], 'PXAT', ARGV[9])
+  end
+  return 0
+end
+if tonumber(ARGV[2]) <= tonumber(ARGV[3]) then return 0 end
+local rv = redis.call('GET', KEYS[4])
+if rv and tonumber(rv) >= tonumber(ARGV[6]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[2], 'PXAT', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+if redis.call('PTTL', KEYS[2]) < 0 then
+  redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+else
+  redis.call('PEXPIREAT', KEYS[2], ARGV[4], 'GT')
+end
+return 1
+"""
+
+# KEYS: life, grant, index   ARGV: grant_id. Ends a grant by release; returns 1 if it was live.
+RELEASE = """
+local live = redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return live
+"""
+
+# KEYS: risk   ARGV: severity, until_ms. Keeps the highest recent severity.
+NOTE_RISK = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+end
+return redis.call('GET', KEYS[1])
+"""

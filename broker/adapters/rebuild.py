@@ -1,0 +1,70 @@
+"""Rebuild the Redis grant view from the grant lifecycle topic (Kafka is the log of record).
+
+Imports bus, redis_store, schemas. Folding the log is pure (``fold``); reading it blocks
+(``collect``, run it in a thread from async code); ``apply`` writes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker.adapters.bus import Record, read_all
+from broker.adapters.redis_store import RedisGrantStore
+from schemas.events import AgentRevoked, GrantExpired, GrantIssued, GrantReleased, GrantRevoked
+from schemas.topics import GRANTS
+
+
+@dataclass
+class Folded:
+    """The log folded into the state it implies at ``now``."""
+
+    active: dict[str, GrantIssued] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)
+    revocations: dict[str, AgentRevoked] = field(default_factory=dict)  # latest per agent
+    undecodable: int = 0
+    records: int = 0
+
+
+def fold(records: Iterable[Record], now: datetime) -> Folded:
+    """Active grants = issued, minus revoked/expired/released, minus those past expires_at."""
+    state = Folded()
+    for rec in records:
+        state.records += 1
+        ev = rec.event
+        if ev is None:
+            state.undecodable += 1
+        elif isinstance(ev, GrantIssued):
+            if ev.grant_id not in state.ended:
+                state.active[ev.grant_id] = ev
+        elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
+            state.ended.add(ev.grant_id)
+            state.active.pop(ev.grant_id, None)
+        elif isinstance(ev, AgentRevoked):
+            state.ended.update(ev.grant_ids)
+            for gid in ev.grant_ids:
+                state.active.pop(gid, None)
+            prev = state.revocations.get(ev.agent_id)
+            if prev is None or prev.revoked_at <= ev.revoked_at:
+                state.revocations[ev.agent_id] = ev
+    state.active = {k: g for k, g in state.active.items() if g.expires_at > now}
+    return state
+
+
+def collect(bootstrap: str, now: datetime, timeout: float = 60.0) -> Folded:
+    """Read the whole grant topic and fold it (blocking)."""
+    return fold(read_all(bootstrap, GRANTS.name, timeout=timeout), now)
+
+
+async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
+    """Write revocation markers first, then the active grants; mark the view built."""
+    for rev in folded.revocations.values():
+        if rev.markers_until > now:
+            await store.restore_revocation(rev.agent_id, rev.revoked_at, rev.markers_until,
+                                           rev.quarantined_until, rev.rule, now)
+    restored = 0
+    for grant in folded.active.values():
+        restored += await store.restore_grant(grant, now)
+    await store.mark_built(now)
+    return restored

@@ -1,0 +1,253 @@
+"""Redis grant store: the fast, TTL-bounded view of active grants. Imports redis, broker core, schemas.
+
+Kafka is the log of record; this view can be rebuilt from it (``rebuild.py``). Until it has been
+built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua script on one agent's
+hash slot, with absolute expiries computed once by the broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.adapters import keys, lua
+from broker.errors import StoreMisconfigured, StoreUnavailable
+from broker.grants import AgentState, Outcome, RevocationPlan
+from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+
+SEP = "\x1f"
+
+
+def ms(when: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(value: int | str | bytes) -> datetime:
+    """Aware UTC datetime from epoch milliseconds."""
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Result of storing a decision: what is now recorded for the request."""
+
+    status: Literal["stored", "existing", "blocked"]
+    decision: EscalationDecided | None
+    grant: GrantIssued | None
+    blocked_reason: str = ""
+    blocked_detail: str = ""
+
+
+@dataclass(frozen=True)
+class Check:
+    """Answer of a store-side check, with the reason."""
+
+    allowed: bool
+    reason: str
+    grant: GrantIssued | None = None
+
+
+class RedisGrantStore:
+    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer."""
+
+    def __init__(self, client: aioredis.Redis, *, margin_s: int = 3600) -> None:
+        self._r = client
+        self._margin = timedelta(seconds=margin_s)
+        self._commit = client.register_script(lua.COMMIT)
+        self._revoke = client.register_script(lua.REVOKE_ALL)
+        self._check = client.register_script(lua.CHECK)
+        self._list = client.register_script(lua.LIST)
+        self._restore = client.register_script(lua.RESTORE)
+        self._release = client.register_script(lua.RELEASE)
+        self._note_risk = client.register_script(lua.NOTE_RISK)
+
+    @classmethod
+    def from_url(cls, url: str, *, margin_s: int = 3600) -> RedisGrantStore:
+        """A store on a fresh client for ``url``."""
+        client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, margin_s=margin_s)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._r.aclose()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def check_config(self) -> None:
+        """Refuse to run on a Redis that may evict keys (would drop grants or revocation markers)."""
+        cfg = await self._call(self._r.config_get("maxmemory-policy"))
+        policy = (cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b"")
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        if policy != "noeviction":
+            raise StoreMisconfigured(
+                f"Redis maxmemory-policy is {policy!r}; permbroker needs 'noeviction' "
+                "(eviction would silently drop live grants or revocation markers). "
+                "Run: CONFIG SET maxmemory-policy noeviction"
+            )
+
+    async def view_epoch(self) -> datetime | None:
+        """When the view was last built from Kafka, or None (then nothing is allowed)."""
+        raw = await self._call(self._r.get(keys.VIEW_EPOCH))
+        return from_ms(raw) if raw else None
+
+    async def mark_built(self, now: datetime) -> None:
+        """Record that the view now reflects the log."""
+        await self._call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+
+    async def agent_state(self, agent_id: str) -> AgentState:
+        """Quarantine and last revocation of an agent."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(keys.quarantine(agent_id))
+        pipe.pttl(keys.quarantine(agent_id))
+        pipe.get(keys.revoked(agent_id))
+        rule, pttl, revoked = await self._call(pipe.execute())
+        now = datetime.now(UTC)
+        return AgentState(
+            quarantined_until=now + timedelta(milliseconds=pttl) if rule and pttl > 0 else None,
+            quarantine_rule=rule.decode() if rule else "",
+            revoked_at=from_ms(revoked) if revoked else None,
+        )
+
+    async def live_risk(self, agent_id: str) -> float:
+        """The highest recent non-revoking risk severity about the agent (0 when none)."""
+        raw = await self._call(self._r.get(keys.risk(agent_id)))
+        return float(raw) if raw else 0.0
+
+    async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
+        """Remember a risk severity until ``until``; returns the live risk."""
+        raw = await self._call(
+            self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
+        )
+        return float(raw)
+
+    async def commit(self, outcome: Outcome, *, received_at: datetime, now: datetime,
+                     max_grant_s: int) -> Committed:
+        """Store a decision (and its grant) once; a redelivery gets the recorded decision back."""
+        d, g = outcome.decision, outcome.grant
+        agent = d.agent_id
+        expires = g.expires_at if g else received_at
+        record_until = max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
+        if g is not None:
+            await self._call(self._r.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)}))
+            await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True))
+            await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True))
+        gid = g.grant_id if g else ""
+        status, payload, extra = await self._call(self._commit(
+            keys=[keys.decision(agent, d.request_id), keys.grant(agent, gid), keys.index(agent),
+                  keys.revoked(agent), keys.quarantine(agent), keys.life(agent, gid)],
+            args=[d.model_dump_json(), g.model_dump_json() if g else "", ms(expires),
+                  ms(received_at), ms(now), ms(record_until), gid],
+        ))
+        status = status.decode()
+        if status == "blocked":
+            return Committed("blocked", None, None, payload.decode(), extra.decode())
+        decision = EscalationDecided.model_validate_json(payload)
+        grant = GrantIssued.model_validate_json(extra) if extra else None
+        return Committed(status, decision, grant)
+
+    async def revoke_all(self, plan: RevocationPlan) -> tuple[GrantIssued, ...]:
+        """Remove every grant of the agent and leave markers; idempotent per cause event."""
+        a = plan.agent_id
+        raw = await self._call(self._revoke(
+            keys=[keys.index(a), keys.revoked(a), keys.quarantine(a), keys.revocation(a, plan.cause_id)],
+            args=[ms(plan.revoked_at), ms(plan.marker_until),
+                  ms(plan.quarantine_until) if plan.quarantine_until else 0,
+                  ms(plan.marker_until + self._margin), keys.agent_prefix(a), plan.rule],
+        ))
+        return tuple(GrantIssued.model_validate(item) for item in json.loads(raw))
+
+    async def release(self, grant: GrantIssued) -> bool:
+        """End one grant early (the agent gave it back); True if it was live."""
+        a = grant.agent_id
+        live = await self._call(self._release(
+            keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
+            args=[grant.grant_id],
+        ))
+        return bool(live)
+
+    async def check(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
+        """Is ``scope`` on ``resource`` allowed for the agent right now? Fails closed."""
+        if await self.view_epoch() is None:
+            return Check(False, "grant view not built from Kafka yet (run: permbroker grants rebuild)")
+        raw = await self._call(self._check(
+            keys=[keys.index(agent_id)],
+            args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
+        ))
+        if not raw:
+            return Check(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+        grant = GrantIssued.model_validate_json(raw)
+        return Check(True, f"grant {grant.grant_id} until {grant.expires_at.isoformat()}", grant)
+
+    async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
+        """Live grants of one agent."""
+        raw = await self._call(self._list(
+            keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)]
+        ))
+        return [GrantIssued.model_validate_json(item) for item in raw]
+
+    async def agents_with_grants(self) -> list[str]:
+        """Agent ids that have a grant index (for listings)."""
+        out: list[str] = []
+        async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
+            text = key.decode()
+            out.append(text[text.index("{") + 1 : text.rindex("}")])
+        return sorted(set(out))
+
+    async def due_expiries(self, now: datetime, limit: int = 500) -> list[tuple[GrantExpired, bool]]:
+        """Grants whose expiry passed; the flag says whether to announce (not revoked/released)."""
+        members = await self._call(
+            self._r.zrangebyscore(keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit,
+                                  withscores=True)
+        )
+        out = []
+        for member, score in members:
+            agent, gid = member.decode().split(SEP, 1)
+            live = await self._call(self._r.exists(keys.life(agent, gid)))
+            out.append((GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score)), bool(live)))
+        return out
+
+    async def ack_expiries(self, done: Sequence[GrantExpired]) -> None:
+        """Forget announced (or skipped) expiries."""
+        if not done:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for e in done:
+            pipe.delete(keys.life(e.agent_id, e.grant_id))
+            pipe.zrem(keys.EXPIRY_INDEX, f"{e.agent_id}{SEP}{e.grant_id}")
+        await self._call(pipe.execute())
+
+    async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
+        """Rebuild: put back one grant from the log if still live and not revoked."""
+        a = grant.agent_id
+        life_until = grant.expires_at + self._margin
+        await self._call(self._r.zadd(keys.EXPIRY_INDEX, {f"{a}{SEP}{grant.grant_id}": ms(grant.expires_at)}))
+        await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), gt=True))
+        await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), nx=True))
+        done = await self._call(self._restore(
+            keys=[keys.grant(a, grant.grant_id), keys.index(a), keys.life(a, grant.grant_id),
+                  keys.revoked(a), keys.quarantine(a)],
+            args=[grant.model_dump_json(), ms(grant.expires_at), ms(now), ms(life_until),
+                  grant.grant_id, ms(grant.issued_at), 0, 0, 0, ""],
+        ))
+        return bool(done)
+
+    async def restore_revocation(self, agent_id: str, revoked_at: datetime, marker_until: datetime,
+                                 quarantine_until: datetime | None, rule: str, now: datetime) -> None:
+        """Rebuild: put back a revocation marker (and quarantine) from the log."""
+        await self._call(self._restore(
+            keys=[keys.grant(agent_id, "-"), keys.index(agent_id), keys.life(agent_id, "-"),
+                  keys.revoked(agent_id), keys.quarantine(agent_id)],
+            args=["", 0, ms(now), 0, "", 0, ms(revoked_at), ms(marker_until),
+                  ms(quarantine_until) if quarantine_until else 0, rule],
+        ))

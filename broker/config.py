@@ -1,0 +1,34 @@
+"""Settings from the environment (``PERMBROKER_`` prefix) and defaults. Imports pydantic-settings and stdlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "permbroker"
+
+
+class Settings(BaseSettings):
+    """Every knob permbroker reads; each can be set as PERMBROKER_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PERMBROKER_", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL of the grant store")
+    policy_path: Path = Field(Path("policies/fraud"), description="Policy bundle (file or dir)")
+    app_id: str = Field("permbroker", description="faust app id = Kafka consumer group")
+    # Local stack (permbroker stack up): where state, logs and PIDs live, and which ports.
+    stack_dir: Path = Field(Path(".stack"), description="State dir of the local stack")
+    cache_dir: Path = Field(default_factory=_default_cache, description="Kafka jar cache")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local stack")
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    redis_port: int = 16379
+    # Worker behaviour.
+    expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
+    record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
+    decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")

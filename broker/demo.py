@@ -1,0 +1,259 @@
+"""The fraud-agent scenario, end to end on a real Kafka and Redis (``permbroker demo``). L3.
+
+Starts its own stack (separate dir and ports, wiped before and after), a worker process and a
+resource-side grant view, plays the scenario, prints a timeline with absolute times, *checks*
+every expected outcome, and stops everything it started. Exit 0 only if every check passed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from broker.adapters import stack
+from broker.adapters.bus import Record
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.sdk.agent import AgentClient
+from broker.sdk.view import GrantView
+from schemas.events import AgentRevoked, GrantExpired, GrantIssued, GrantRevoked
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAUD_AGENT = "fraud-detector-7"
+REPORT_AGENT = "report-writer-2"
+ACCOUNTS = ("acct-4411-0923", "acct-4411-7710")
+OTHER_ACCOUNT = "acct-9000-0001"
+FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
+
+console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "120")))
+
+
+def demo_settings() -> Settings:
+    """A stack of its own, so the demo never touches a user's stack or test data."""
+    return Settings(stack_dir=ROOT / ".stack" / "demo", kafka_port=39092,
+                    kafka_controller_port=39093, redis_port=36379,
+                    kafka_bootstrap="127.0.0.1:39092", redis_url="redis://127.0.0.1:36379/0",
+                    policy_path=ROOT / "policies" / "fraud")
+
+
+@dataclass
+class Scenario:
+    """Timeline, checks and the events the resource side saw (with when it applied them)."""
+
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    seen: list[tuple[Record, float]] = field(default_factory=list)
+
+    def say(self, actor: str, text: str) -> None:
+        """One timeline line with an absolute UTC timestamp."""
+        stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+        console.print(f"[dim]{stamp}Z[/] [bold cyan]{actor:<18}[/] {escape(text)}")
+
+    def check(self, what: str, ok: bool, detail: str = "") -> bool:
+        """Record (and show) whether an expectation held."""
+        self.checks.append((what, ok, detail))
+        mark = "[green]✔[/]" if ok else "[bold red]✘[/]"
+        console.print(f"{'':>13} {mark} {escape(what)}" + (f" [dim]({escape(detail)})[/]" if detail else ""))
+        return ok
+
+    def on_event(self, record: Record, applied_at: float) -> None:
+        """GrantView callback: remember every lifecycle event and when it was applied."""
+        self.seen.append((record, applied_at))
+
+    def wait_event(self, pred: Callable[[Record], bool], timeout: float) -> tuple[Record, float] | None:
+        """The first seen event matching ``pred``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rec, at in list(self.seen):
+                if pred(rec):
+                    return rec, at
+            time.sleep(0.01)
+        return None
+
+
+def _left(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    return f"{when:%H:%M:%S}Z ({(when - datetime.now(UTC)).total_seconds():.1f}s left)"
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``pred()`` held, or None if it never did within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.001)
+    return None
+
+
+def _start_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = settings.stack_dir / "worker.log"
+    env = {**os.environ, "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "PERMBROKER_REDIS_URL": settings.redis_url,
+           "PERMBROKER_POLICY_PATH": str(settings.policy_path),
+           "PERMBROKER_STACK_DIR": str(settings.stack_dir), "PERMBROKER_APP_ID": "permbroker-demo"}
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "info"], env=env,  # noqa: S603
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return proc, log_path
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_worker_ready(log_path: Path, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise BrokerError(f"worker exited early; see {log_path}")
+        text = log_path.read_text(errors="replace")
+        return "worker ready" in text and "Setting newly assigned partitions" in text
+
+    return _wait(ready, timeout) is not None
+
+
+def play(s: Scenario, settings: Settings, view: GrantView) -> None:
+    """The six steps of the fraud scenario, each checked."""
+    boot = settings.kafka_bootstrap
+    with AgentClient(FRAUD_AGENT, boot) as fraud, AgentClient(REPORT_AGENT, boot) as reporter:
+        s.say("resource:payments", "grant view caught up with the log; baseline only")
+        s.check("before escalation, freeze is denied",
+                not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed)
+        # 1. The fraud agent spots a pattern and escalates.
+        fraud.report_risk(kind="fraud_pattern", severity=0.93, resource=ACCOUNTS[0],
+                          detail="card-testing burst across two linked accounts")
+        s.say(FRAUD_AGENT, f"spots a fraud pattern on {', '.join(ACCOUNTS)} (risk 0.93); asks for "
+              f"{FREEZE} + {PII} for 15m, confidence 0.95")
+        t0 = time.monotonic()
+        d = fraud.request_escalation([FREEZE, PII], resources=ACCOUNTS, duration_s=900,
+                                     reason="suspected card-testing ring", confidence=0.95,
+                                     risk_score=0.93, case_id="case-2026-1128-17")
+        # 2. Granted, narrowed, clamped.
+        s.say("broker", f"{d.outcome.upper()} in {(time.monotonic() - t0) * 1000:.0f} ms: "
+              f"{', '.join(d.granted_scopes)} on {', '.join(d.resources)}; expires {_left(d.expires_at)}")
+        s.say("broker", f"clamped by {d.clamped_by}; policy {d.policy_revision}")
+        s.check("escalation granted with both scopes",
+                d.outcome == "granted" and set(d.granted_scopes) == {FREEZE, PII})
+        s.check("narrowed to the two flagged accounts", set(d.resources) == set(ACCOUNTS))
+        s.check("clamped to the rule's maximum, and the output names the rule",
+                d.duration_s == 20 and bool(d.clamped_by) and "fraud-freeze-on-pattern" in (d.clamped_by or ""),
+                f"{d.duration_s}s")
+        # 3. The resource service enforces.
+        seen = _wait(lambda: view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
+        s.say("resource:payments", f"grant reached the view in {(seen or 0) * 1000:.1f} ms after the decision")
+        v_ok = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
+        v_other = view.allows(FRAUD_AGENT, FREEZE, OTHER_ACCOUNT)
+        s.say("resource:payments", f"freeze {ACCOUNTS[0]}: {'ALLOW' if v_ok.allowed else 'DENY'} ({v_ok.reason})")
+        s.say("resource:payments", f"freeze {OTHER_ACCOUNT}: {'ALLOW' if v_other.allowed else 'DENY'} ({v_other.reason})")
+        s.check("freeze allowed on a flagged account", v_ok.allowed)
+        s.check("freeze denied on a third account (outside the grant)", not v_other.allowed)
+        # 4. Outside the ceiling.
+        d4 = fraud.request_escalation(["payments:transfers.create"], resources=[ACCOUNTS[0]],
+                                      duration_s=300, reason="move funds to a safe account",
+                                      confidence=0.99, risk_score=0.93)
+        rule4 = d4.denied[0].rule if d4.denied else ""
+        s.say("broker", f"{FRAUD_AGENT} asks for payments:transfers.create: {d4.outcome.upper()} "
+              f"[{rule4}] {d4.denied[0].reason if d4.denied else ''}")
+        s.check("scope outside the ceiling denied, naming the ceiling",
+                d4.outcome == "denied" and rule4.startswith("ceiling:"), rule4)
+        # 6 (started early so it lapses while the rest plays): an unrelated short grant.
+        d6 = reporter.request_escalation(["reports:ledger.export"], duration_s=6,
+                                         reason="month-end ledger export", confidence=0.97)
+        s.say("broker", f"{REPORT_AGENT}: {d6.outcome.upper()} reports:ledger.export, "
+              f"expires {_left(d6.expires_at)}")
+        s.check("unrelated grant to another agent issued", d6.outcome == "granted")
+        # 5. Anomaly in the fraud agent's own behaviour: revoke everything.
+        sig = fraud.report_risk(kind="behaviour_anomaly", severity=0.95, subject_agent_id=FRAUD_AGENT,
+                                detail="query volume 40x its baseline")
+        s.say("monitor", f"behaviour anomaly about {FRAUD_AGENT} (severity 0.95), signal {sig.signal_id}")
+        gone = _wait(lambda: not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
+        rev = s.wait_event(lambda r: isinstance(r.event, AgentRevoked) and r.event.agent_id == FRAUD_AGENT, 5)
+        after = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
+        if rev is not None:
+            ev = rev[0].event
+            assert isinstance(ev, AgentRevoked)
+            lag = (rev[1] - ev.revoked_at.timestamp()) * 1000
+            s.say("broker", f"revoked {len(ev.grant_ids)} grant(s) [rule {ev.rule}]; quarantined until "
+                  f"{_left(ev.quarantined_until)}")
+            s.say("resource:payments", f"revocation applied {lag:.1f} ms after Kafka appended the "
+                  f"signal; freeze {ACCOUNTS[0]}: {'ALLOW' if after.allowed else 'DENY'} ({after.reason})")
+        s.check("revocation reached the resource side and the next check is denied",
+                gone is not None and rev is not None and not after.allowed)
+        revoked_ids = {r.event.grant_id for r, _ in s.seen if isinstance(r.event, GrantRevoked)}
+        s.check("both scopes' grant revoked (grant.revoked event seen)", d.grant_id in revoked_ids)
+        d5 = fraud.request_escalation([FREEZE], resources=[ACCOUNTS[0]], duration_s=600,
+                                      reason="retry after revocation", confidence=0.99, risk_score=0.95)
+        s.say("broker", f"{FRAUD_AGENT} asks again during quarantine: {d5.outcome.upper()} "
+              f"[{d5.denied[0].rule if d5.denied else ''}] {d5.denied[0].reason if d5.denied else ''}")
+        s.check("new escalation during quarantine denied", d5.outcome == "denied")
+        # 6. The reporter's grant lapses on its own.
+        exp = s.wait_event(lambda r: isinstance(r.event, GrantExpired) and r.event.grant_id == d6.grant_id, 20)
+        if exp is not None:
+            ev6 = exp[0].event
+            assert isinstance(ev6, GrantExpired)
+            s.say("resource:reports", f"grant.expired for {ev6.grant_id} (expires_at "
+                  f"{ev6.expires_at:%H:%M:%S.%f}Z, announced {(exp[1] - ev6.expires_at.timestamp()) * 1000:.0f} ms later)")
+        s.check("unrelated grant lapsed on its own (grant.expired seen)", exp is not None)
+        s.check("its access ended at expires_at",
+                not view.allows(REPORT_AGENT, "reports:ledger.export").allowed)
+        issued = [r.event for r, _ in s.seen if isinstance(r.event, GrantIssued)]
+        s.check("exactly two grants were issued in the whole run", len(issued) == 2, str(len(issued)))
+
+
+def run_demo(*, keep: bool = False) -> int:
+    """Run the scenario; 0 when every check passed, 1 otherwise."""
+    settings = demo_settings()
+    s = Scenario()
+    console.rule("[bold]permbroker demo: the fraud agent")
+    worker = None
+    started = time.monotonic()
+    try:
+        stack.down(settings, wipe=True)
+        stack.ensure_tools(lambda m: console.print(f"[dim]setup:[/] {m}"))
+        st = stack.up(settings, progress=lambda m: console.print(f"[dim]setup:[/] {m}"))
+        s.say("stack", f"Kafka {settings.kafka_version} at {st.bootstrap}, Redis at {st.redis_url}")
+        worker, log_path = _start_worker(settings)
+        if not _wait_worker_ready(log_path, worker, 90):
+            raise BrokerError(f"worker did not become ready within 90s; see {log_path}")
+        s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
+        with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view:
+            if not view.wait_ready(30):
+                raise BrokerError("the resource-side grant view did not catch up within 30s")
+            play(s, settings, view)
+    except BrokerError as exc:
+        s.check("demo ran to completion", False, str(exc))
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+        if not keep:
+            stack.down(settings, wipe=True)
+    return _summary(s, time.monotonic() - started, keep)
+
+
+def _summary(s: Scenario, elapsed: float, keep: bool) -> int:
+    failed = [c for c in s.checks if not c[1]]
+    table = Table("check", "result", title=f"{len(s.checks) - len(failed)}/{len(s.checks)} checks passed"
+                  f" in {elapsed:.0f}s")
+    for what, ok, detail in s.checks:
+        table.add_row(escape(what), ("[green]pass[/]" if ok else "[red]FAIL[/]") + (f" {escape(detail)}" if detail else ""))
+    console.print(table)
+    console.print("stack left running (permbroker stack down to stop)" if keep
+                  else "stopped the worker and the demo stack")
+    return 1 if failed or not s.checks else 0

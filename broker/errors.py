@@ -1,0 +1,67 @@
+"""The one error tree of permbroker. Imports stdlib only.
+
+    BrokerError
+    ├── ConfigError               bad settings or environment
+    ├── PolicyError               a policy bundle is invalid (file, line, rule named)
+    ├── WireError                 an event cannot be decoded or validated (goes to the DLQ)
+    ├── StoreError
+    │   ├── StoreUnavailable      Redis cannot be reached: fail closed
+    │   └── StoreMisconfigured    Redis would evict live grants (maxmemory-policy)
+    ├── BusError                  Kafka cannot be reached or refused a write: fail closed
+    ├── StackError                the local Kafka/Redis stack could not be started or stopped
+    └── DecisionTimeout           no decision arrived for a request within the deadline
+
+Adapters translate library errors into these (``raise StoreUnavailable(...) from exc``).
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Root of every error permbroker raises on purpose."""
+
+
+class ConfigError(BrokerError):
+    """Settings or environment are invalid."""
+
+
+class PolicyError(BrokerError):
+    """A policy bundle is invalid; names the file, line and rule."""
+
+    def __init__(self, message: str, *, file: str, line: int | None = None,
+                 rule: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.rule = rule
+        self.message = message
+        where = f"{file}:{line}" if line is not None else file
+        in_rule = f" (rule {rule})" if rule else ""
+        super().__init__(f"{where}{in_rule}: {message}")
+
+
+class WireError(BrokerError):
+    """An event could not be decoded or validated against the contract."""
+
+
+class StoreError(BrokerError):
+    """The grant store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot be reached; elevated scopes are denied until it returns."""
+
+
+class StoreMisconfigured(StoreError):
+    """Redis is configured in a way that could drop live grants or revocation markers."""
+
+
+class BusError(BrokerError):
+    """Kafka cannot be reached or refused a write."""
+
+
+class StackError(BrokerError):
+    """The local Kafka/Redis stack could not be started, checked or stopped."""
+
+
+class DecisionTimeout(BrokerError):
+    """No decision arrived for a request within the deadline."""

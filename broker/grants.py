@@ -1,0 +1,271 @@
+"""Grant math (pure): ids, absolute expiry, and the events a decision or revocation produces.
+
+Imports schemas and broker.policy only; ``now`` is always an argument. Ids derive from the input
+event id (uuid5), so a redelivered request or signal maps to the same decision, grant and audit
+ids and can never mint a second grant. Expiry is computed once, from the time Kafka appended the
+request (``received_at``), so a redelivery computes the very same ``expires_at``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broker.policy import Evaluation, RiskAction
+from schemas.events import (
+    AgentProfile,
+    AgentRevoked,
+    AuditRecord,
+    EscalationDecided,
+    EscalationRequested,
+    GrantExpired,
+    GrantIssued,
+    GrantRevoked,
+    RiskObserved,
+    ScopeDenial,
+)
+
+_NAMESPACE = uuid.UUID("6f1c7d52-2a7e-4f43-9d0e-6b8f3c1a9e10")
+
+
+def derive_id(kind: str, source_id: str) -> str:
+    """A deterministic id for the ``kind`` effect of input event ``source_id``."""
+    name = kind + "\x1f" + source_id
+    return f"{kind}-{uuid.uuid5(_NAMESPACE, name)}"
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """What the grant store knows about an agent when a request is decided."""
+
+    quarantined_until: datetime | None = None
+    quarantine_rule: str = ""
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything one escalation decision produces; the shell stores and publishes it."""
+
+    decision: EscalationDecided
+    grant: GrantIssued | None
+    audit: AuditRecord
+
+
+def _state_denial(
+    request: EscalationRequested, state: AgentState, received_at: datetime, now: datetime
+) -> ScopeDenial | None:
+    if state.quarantined_until is not None and now < state.quarantined_until:
+        return ScopeDenial(
+            scope="*",
+            rule=state.quarantine_rule or "quarantine",
+            reason=f"agent {request.agent_id} is quarantined until "
+            f"{state.quarantined_until.isoformat()}",
+        )
+    if state.revoked_at is not None and received_at <= state.revoked_at:
+        return ScopeDenial(
+            scope="*",
+            rule="revocation",
+            reason=f"request received at {received_at.isoformat()} predates the revocation of "
+            f"{state.revoked_at.isoformat()}; a revocation is never undone",
+        )
+    return None
+
+
+def decide(
+    request: EscalationRequested,
+    evaluation: Evaluation,
+    *,
+    agent: AgentProfile | None,
+    state: AgentState,
+    received_at: datetime,
+    now: datetime,
+) -> Outcome:
+    """Combine the policy evaluation with the agent's state into the decision's events."""
+    blocked = _state_denial(request, state, received_at, now)
+    expires_at = received_at + timedelta(seconds=evaluation.duration_s)
+    if blocked is None and evaluation.granted and expires_at <= now:
+        blocked = ScopeDenial(
+            scope="*",
+            rule="stale-request",
+            reason=f"received at {received_at.isoformat()}, the grant would have expired at "
+            f"{expires_at.isoformat()} before it could be decided",
+        )
+    if blocked is not None:
+        denied = tuple(
+            ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
+        )
+        return _outcome(request, evaluation, agent, denied, (blocked.reason,), None, received_at, now)
+    if not evaluation.granted:
+        return _outcome(
+            request, evaluation, agent, evaluation.denied, evaluation.reasons, None, received_at, now
+        )
+    grant = GrantIssued(
+        grant_id=derive_id("grant", request.request_id),
+        agent_id=request.agent_id,
+        request_id=request.request_id,
+        scopes=evaluation.granted,
+        resources=evaluation.resources,
+        issued_at=now,
+        expires_at=expires_at,
+        policy_revision=evaluation.policy_revision,
+        rules=evaluation.matched_rules,
+        model_version=agent.model.version if agent else "",
+    )
+    return _outcome(
+        request, evaluation, agent, evaluation.denied, evaluation.reasons, grant, received_at, now
+    )
+
+
+def _outcome(
+    request: EscalationRequested,
+    evaluation: Evaluation,
+    agent: AgentProfile | None,
+    denied: tuple[ScopeDenial, ...],
+    reasons: tuple[str, ...],
+    grant: GrantIssued | None,
+    received_at: datetime,
+    now: datetime,
+) -> Outcome:
+    decision = EscalationDecided(
+        decision_id=derive_id("decision", request.request_id),
+        request_id=request.request_id,
+        agent_id=request.agent_id,
+        outcome="granted" if grant else "denied",
+        granted_scopes=grant.scopes if grant else (),
+        resources=grant.resources if grant else (),
+        denied=denied,
+        grant_id=grant.grant_id if grant else None,
+        expires_at=grant.expires_at if grant else None,
+        duration_s=evaluation.duration_s if grant else 0,
+        clamped_by=evaluation.clamped_by if grant else None,
+        matched_rules=evaluation.matched_rules + tuple(d.rule for d in denied),
+        reasons=reasons,
+        policy_revision=evaluation.policy_revision,
+        decided_at=now,
+    )
+    audit = AuditRecord(
+        audit_id=derive_id("audit", request.request_id),
+        kind="escalation.decided",
+        agent_id=request.agent_id,
+        occurred_at=now,
+        subject_id=request.request_id,
+        outcome=decision.outcome,
+        reasons=reasons,
+        rules=decision.matched_rules,
+        policy_revision=evaluation.policy_revision,
+        inputs={
+            "request": request.model_dump(mode="json"),
+            "agent": agent.model_dump(mode="json") if agent else None,
+            "received_at": received_at.isoformat(),
+            "now": now.isoformat(),
+            "grant_id": decision.grant_id,
+        },
+    )
+    return Outcome(decision=decision, grant=grant, audit=audit)
+
+
+@dataclass(frozen=True)
+class RevocationPlan:
+    """What the store must do for a revoking signal: markers and their lifetimes."""
+
+    agent_id: str
+    cause_id: str
+    rule: str
+    reason: str
+    revoked_at: datetime
+    quarantine_until: datetime | None
+    marker_until: datetime
+
+
+def plan_revocation(
+    signal_id: str,
+    agent_id: str,
+    action: RiskAction,
+    *,
+    now: datetime,
+    max_grant_s: int,
+    margin_s: int,
+) -> RevocationPlan:
+    """The markers of a revoke-all: they outlive the longest grant the revocation could cancel."""
+    quarantine_until = now + timedelta(seconds=action.quarantine_s) if action.quarantine_s else None
+    marker_until = now + timedelta(seconds=max_grant_s + margin_s)
+    if quarantine_until is not None:
+        marker_until = max(marker_until, quarantine_until)
+    return RevocationPlan(
+        agent_id=agent_id,
+        cause_id=signal_id,
+        rule=action.rule or "revocation",
+        reason=action.reason,
+        revoked_at=now,
+        quarantine_until=quarantine_until,
+        marker_until=marker_until,
+    )
+
+
+def revoked_events(
+    plan: RevocationPlan, grants: tuple[GrantIssued, ...]
+) -> tuple[AgentRevoked, tuple[GrantRevoked, ...]]:
+    """One ``agent.revoked`` for the revocation, and one ``grant.revoked`` per grant removed."""
+    agent_event = AgentRevoked(
+        agent_id=plan.agent_id,
+        revoked_at=plan.revoked_at,
+        reason=plan.reason,
+        rule=plan.rule,
+        cause_event_id=plan.cause_id,
+        grant_ids=tuple(g.grant_id for g in grants),
+        quarantined_until=plan.quarantine_until,
+        markers_until=plan.marker_until,
+    )
+    return agent_event, tuple(
+        GrantRevoked(
+            grant_id=g.grant_id,
+            agent_id=g.agent_id,
+            revoked_at=plan.revoked_at,
+            expires_at=g.expires_at,
+            reason=plan.reason,
+            rule=plan.rule,
+            cause_event_id=plan.cause_id,
+            quarantined_until=plan.quarantine_until,
+        )
+        for g in grants
+    )
+
+
+def risk_audit(
+    signal: RiskObserved, action: RiskAction, revoked_ids: tuple[str, ...], now: datetime
+) -> AuditRecord:
+    """The audit record of one risk signal and what it did."""
+    return AuditRecord(
+        audit_id=derive_id("audit", signal.signal_id),
+        kind="risk.observed",
+        agent_id=signal.subject_agent_id,
+        occurred_at=now,
+        subject_id=signal.signal_id,
+        outcome="revoked" if action.revoke else "noted",
+        reasons=(action.reason,),
+        rules=(action.rule,) if action.rule else (),
+        inputs={
+            "signal": signal.model_dump(mode="json"),
+            "revoked_grants": list(revoked_ids),
+            "now": now.isoformat(),
+        },
+    )
+
+
+def lifecycle_audit(event: GrantRevoked | GrantExpired, now: datetime) -> AuditRecord:
+    """The audit record of a revocation or expiry of one grant."""
+    kind = "grant.revoked" if isinstance(event, GrantRevoked) else "grant.expired"
+    reasons = (event.reason,) if isinstance(event, GrantRevoked) else ("reached expires_at",)
+    return AuditRecord(
+        audit_id=derive_id(f"audit-{kind}", event.grant_id),
+        kind=kind,
+        agent_id=event.agent_id,
+        occurred_at=now,
+        subject_id=event.grant_id,
+        outcome=kind.split(".")[1],
+        reasons=reasons,
+        rules=(event.rule,) if isinstance(event, GrantRevoked) else (),
+        inputs={"event": event.model_dump(mode="json")},
+    )

@@ -1,0 +1,267 @@
+"""Wire contract: frozen pydantic v2 event models. Imports pydantic and stdlib only.
+
+Every model is frozen. Models an agent sends (untrusted input) forbid extra fields; models the
+broker emits also forbid them so consumers can rely on the exact shape. Times are aware UTC.
+Additive changes only: a new optional field keeps the minor version, anything else is a new
+major version with a new event type name (see ``EVENT_TYPES``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+# Agent ids appear inside Redis hash tags and Kafka keys: no braces, no spaces, bounded length.
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+# namespace:resource.action, e.g. payments:accounts.freeze; '*' only where a glob is allowed.
+SCOPE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,63}(\.[a-z][a-z0-9_-]{0,63})+$"
+SCOPE_GLOB_PATTERN = r"^[a-z*][a-z0-9_*-]{0,31}(:[a-z0-9_*.-]{1,160})?$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+
+MAX_SCOPES_PER_REQUEST = 32
+MAX_RESOURCES_PER_REQUEST = 100
+MAX_REQUESTED_DURATION_S = 7 * 24 * 3600  # a week; policies clamp far below this
+# A risk signal of this kind revokes every grant of its subject, whatever the policy says.
+OPERATOR_REVOKE_KIND = "operator.revoke"
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+EventId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Scope = Annotated[str, StringConstraints(pattern=SCOPE_PATTERN)]
+ScopeGlob = Annotated[str, StringConstraints(pattern=SCOPE_GLOB_PATTERN)]
+Resource = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Signals = dict[Annotated[str, StringConstraints(max_length=64)], str | float | int | bool]
+
+
+class WireModel(BaseModel):
+    """Base of every event: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class ModelInfo(WireModel):
+    """The AI model behind an agent."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    digest: Annotated[str, StringConstraints(max_length=128)] = ""
+
+
+class AgentProfile(WireModel):
+    """Identity and AI attributes of one agent; baseline and ceiling come from its class."""
+
+    agent_id: AgentId
+    agent_class: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,63}$")]
+    owner: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    tenant: Annotated[str, StringConstraints(max_length=64)] = "default"
+    model: ModelInfo
+    training_data_ref: Annotated[str, StringConstraints(max_length=256)] = ""
+    confidence_threshold: Unit = 0.9
+    operational_params: Signals = Field(default_factory=dict)
+    baseline: tuple[Scope, ...] = ()
+    ceiling: tuple[ScopeGlob, ...] = ()
+
+
+class EscalationRequested(WireModel):
+    """An agent asks for elevated scopes, narrowed to resources, for a duration."""
+
+    request_id: EventId
+    agent_id: AgentId
+    scopes: Annotated[tuple[Scope, ...], Field(min_length=1, max_length=MAX_SCOPES_PER_REQUEST)]
+    resources: Annotated[tuple[Resource, ...], Field(max_length=MAX_RESOURCES_PER_REQUEST)] = ()
+    duration_s: Annotated[int, Field(gt=0, le=MAX_REQUESTED_DURATION_S)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    case_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    confidence: Unit
+    risk_score: Unit = 0.0
+    data_sensitivity: Literal["public", "internal", "confidential", "restricted"] = "internal"
+    signals: Signals = Field(default_factory=dict)
+    model_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    requested_at: UtcDatetime
+
+
+class RiskObserved(WireModel):
+    """A risk signal about an agent and/or a resource."""
+
+    signal_id: EventId
+    subject_agent_id: AgentId | None = None
+    resource: Resource | None = None
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    severity: Unit
+    source: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    detail: Annotated[str, StringConstraints(max_length=2000)] = ""
+    observed_at: UtcDatetime
+
+
+class ScopeDenial(WireModel):
+    """One requested scope that was not granted, and the rule (or ceiling) that said no."""
+
+    scope: str
+    rule: str
+    reason: str
+
+
+class EscalationDecided(WireModel):
+    """The broker's answer to one escalation request."""
+
+    decision_id: EventId
+    request_id: EventId
+    agent_id: AgentId
+    outcome: Literal["granted", "denied"]
+    granted_scopes: tuple[Scope, ...] = ()
+    resources: tuple[Resource, ...] = ()
+    denied: tuple[ScopeDenial, ...] = ()
+    grant_id: EventId | None = None
+    expires_at: UtcDatetime | None = None
+    duration_s: int = 0
+    clamped_by: str | None = None
+    matched_rules: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    policy_revision: str
+    decided_at: UtcDatetime
+
+
+class GrantIssued(WireModel):
+    """A time-boxed, narrow grant became active."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    request_id: EventId
+    scopes: tuple[Scope, ...]
+    resources: tuple[Resource, ...]
+    issued_at: UtcDatetime
+    expires_at: UtcDatetime
+    policy_revision: str
+    rules: tuple[str, ...]
+    model_version: str = ""
+
+
+class GrantRevoked(WireModel):
+    """A grant was revoked before its expiry; it never comes back."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    revoked_at: UtcDatetime
+    expires_at: UtcDatetime
+    reason: str
+    rule: str
+    cause_event_id: EventId
+    quarantined_until: UtcDatetime | None = None
+
+
+class AgentRevoked(WireModel):
+    """Every grant of an agent was revoked (and it may be quarantined); one per revoking event."""
+
+    agent_id: AgentId
+    revoked_at: UtcDatetime
+    reason: str
+    rule: str
+    cause_event_id: EventId
+    grant_ids: tuple[EventId, ...] = ()
+    quarantined_until: UtcDatetime | None = None
+    markers_until: UtcDatetime
+
+
+class GrantExpired(WireModel):
+    """A grant reached its absolute expiry."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    expires_at: UtcDatetime
+
+
+class GrantReleased(WireModel):
+    """The agent gave a grant back early."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    released_at: UtcDatetime
+    reason: str = ""
+
+
+class AuditRecord(WireModel):
+    """What happened, what produced it, and the inputs needed to reproduce it."""
+
+    audit_id: EventId
+    kind: str
+    agent_id: AgentId | None
+    occurred_at: UtcDatetime
+    subject_id: str
+    outcome: str
+    reasons: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    policy_revision: str = ""
+    inputs: dict[str, object] = Field(default_factory=dict)
+
+
+GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
+
+# CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
+EVENT_TYPES: dict[type[WireModel], str] = {
+    AgentProfile: "io.permbroker.agent.registered.v1",
+    EscalationRequested: "io.permbroker.escalation.requested.v1",
+    RiskObserved: "io.permbroker.risk.observed.v1",
+    EscalationDecided: "io.permbroker.escalation.decided.v1",
+    GrantIssued: "io.permbroker.grant.issued.v1",
+    GrantRevoked: "io.permbroker.grant.revoked.v1",
+    GrantExpired: "io.permbroker.grant.expired.v1",
+    GrantReleased: "io.permbroker.grant.released.v1",
+    AgentRevoked: "io.permbroker.agent.revoked.v1",
+    AuditRecord: "io.permbroker.audit.recorded.v1",
+}
+MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
+
+_TYPE_RE = re.compile(r"^(?P<base>io\.permbroker\.[a-z.]+)\.v(?P<major>\d+)(\.(?P<minor>\d+))?$")
+
+
+def model_for_type(ce_type: str) -> type[WireModel] | None:
+    """The model for a CloudEvents type; minor versions (``.v1.3``) map to their major."""
+    match = _TYPE_RE.match(ce_type)
+    if match is None:
+        return None
+    return MODELS_BY_TYPE.get(f"{match['base']}.v{match['major']}")
+
+
+def event_id(event: WireModel) -> str:
+    """The id field of an event: the idempotency key consumers dedupe on."""
+    for name in ("request_id", "signal_id", "decision_id", "audit_id"):
+        value = getattr(event, name, None)
+        if isinstance(value, str):
+            return value
+    if isinstance(event, GrantIssued):
+        return f"{event.grant_id}:issued"
+    if isinstance(event, GrantRevoked):
+        return f"{event.grant_id}:revoked"
+    if isinstance(event, GrantExpired):
+        return f"{event.grant_id}:expired"
+    if isinstance(event, GrantReleased):
+        return f"{event.grant_id}:released"
+    if isinstance(event, AgentRevoked):
+        return f"{event.agent_id}:revoked:{event.cause_event_id}"
+    if isinstance(event, AgentProfile):
+        return f"{event.agent_id}:profile"
+    raise TypeError(f"no id for {type(event).__name__}")
+
+
+def partition_key(event: WireModel) -> str | None:
+    """The Kafka message key: always the agent id (one agent, one partition, in order)."""
+    if isinstance(event, RiskObserved):
+        return event.subject_agent_id or event.resource
+    value = getattr(event, "agent_id", None)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,125 @@
+"""The faust app: raw-bytes topics, agents that hand each message to the Processor. Imports faust, broker.
+
+Run it with ``permbroker worker``. Topics are created by ``permbroker stack up`` (or the admin
+helper) from the registry; faust does not declare them. No authoritative state lives in faust
+tables: Redis holds the view and Kafka the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from broker.adapters import codec, rebuild
+from broker.adapters.redis_store import RedisGrantStore
+from broker.config import Settings
+from broker.errors import BusError, StoreError
+from broker.policy import Policy, load_policy
+from schemas import topics
+from streams.processor import Incoming, Processor
+
+log = logging.getLogger("permbroker.worker")
+
+
+def _incoming(event: Any) -> Incoming:
+    m = event.message
+    headers = m.headers or []
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    return Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, items)
+
+
+def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
+    """Build the worker app for ``settings``."""
+    policy = policy or load_policy(settings.policy_path)
+    datadir = settings.stack_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=topics.PARTITIONS,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        datadir=str(datadir),
+    )
+    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+
+    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> None:
+        producer = app.producer
+        try:
+            futures = [
+                await producer.send(topic, m.key, m.value, None, None, m.headers)
+                for m in messages
+            ]
+            await asyncio.gather(*futures)
+        except Exception as exc:  # noqa: BLE001 - aiokafka raises many types; all mean "not written"
+            raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
+
+    processor = Processor(policy, store, publish, margin_s=settings.record_margin_s)
+    app.processor = processor  # type: ignore[attr-defined]
+
+    escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
+    risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
+
+    @app.task
+    async def prepare() -> None:
+        await _prepare(processor, store, settings, policy)
+
+    @app.agent(escalations, name="escalations")
+    async def on_escalation(stream: Any) -> None:
+        async for event in stream.events():
+            await processor.on_escalation(_incoming(event))
+
+    @app.agent(risk, name="risk")
+    async def on_risk(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                await processor.on_risk(_incoming(event))
+            except Exception:  # noqa: BLE001 - outermost loop: a revocation must never be skipped
+                log.critical("risk signal %s could not be processed; stopping the worker so the "
+                             "partition halts instead of skipping a revocation",
+                             _incoming(event).origin, exc_info=True)
+                logging.shutdown()
+                os._exit(70)
+
+    @app.timer(settings.expiry_interval_s)
+    async def expiries() -> None:
+        try:
+            await processor.sweep_expiries()
+        except (StoreError, BusError) as exc:
+            log.warning("expiry sweep failed, will retry: %s", exc)
+
+    return app
+
+
+async def _prepare(processor: Processor, store: RedisGrantStore, settings: Settings,
+                   policy: Policy) -> None:
+    """Refuse an evicting Redis; rebuild the view from Kafka when it was never built (or wiped)."""
+    while True:
+        try:
+            await store.check_config()
+            if await store.view_epoch() is None:
+                now = datetime.now(UTC)
+                log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
+                folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
+                restored = await rebuild.apply(store, folded, now)
+                log.warning("rebuilt %d active grant(s) from %d record(s)", restored, folded.records)
+            break
+        except (StoreError, BusError) as exc:
+            log.error("worker not ready: %s (retrying)", exc)
+            await asyncio.sleep(1.0)
+    log.info("worker ready: policy %s revision %s", policy.source, policy.revision)
+    processor.ready.set()
