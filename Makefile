@@ -1,0 +1,80 @@
+# permbroker developer entry points. `make help` lists them.
+# The local stack (Kafka + Redis as plain processes) needs java, mvn and redis-server:
+# `make deps` installs what is missing (apt-get, as root on Debian) or says what to install.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+define header
+	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
+endef
+
+.PHONY: help venv deps stack-up stack-down stack-status check test demo clean
+
+help:
+	@echo "make venv          create .venv and install permbroker with dev extras"
+	@echo "make deps          install java, mvn, redis-server if missing (root on Debian)"
+	@echo "make stack-up      start the local Kafka + Redis stack (.stack/)"
+	@echo "make stack-status  show the local stack"
+	@echo "make stack-down    stop it (WIPE=1 also deletes its data)"
+	@echo "make check         ruff + mypy --strict"
+	@echo "make test          run the test suite (starts and stops its own stack)"
+	@echo "make demo          run the fraud-agent demo (starts and stops its own stack)"
+	@echo "make clean         stop the local stacks, delete them and the caches (keeps .venv)"
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	$(call header,venv: $(VENV) with $(PYTHON))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: venv
+	$(call header,deps: java + mvn + redis-server)
+	$(BIN)/python -m broker.adapters.stack ensure-tools
+
+stack-up: venv deps
+	$(call header,stack-up)
+	$(BIN)/python -m broker.cli_stack up
+
+stack-status: venv
+	$(BIN)/python -m broker.cli_stack status
+
+stack-down: venv
+	$(call header,stack-down)
+	$(BIN)/python -m broker.cli_stack down $(if $(WIPE),--wipe,)
+
+check: venv
+	$(call header,check: ruff)
+	$(BIN)/ruff check .
+	$(call header,check: mypy --strict)
+	$(BIN)/mypy schemas broker streams
+
+test: venv deps
+	$(call header,test: pytest (integration tests start the native stack in .stack/test))
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv deps
+	$(call header,demo)
+	$(BIN)/permbroker demo
+
+# Stops what any stack dir under .stack recorded (dev, test, demo) before deleting it.
+clean:
+	$(call header,clean)
+	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
+	  for dir in .stack $$(find .stack -mindepth 1 -maxdepth 1 -type d); do \
+	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli_stack down || true; \
+	  done; \
+	fi
+	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
