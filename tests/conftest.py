@@ -14,10 +14,14 @@ __all__ = ["Services", "unique"]
 @pytest.fixture(scope="session")
 def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     """Kafka bootstrap + Redis URL for the whole session; whatever was started is stopped after."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
 
     def log(message: str) -> None:
-        if reporter is not None:
+        """Show setup progress live: a cold start can take a while (Maven, JVM)."""
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
             reporter.write_line(f"[services] {message}")
 
     with provide(log) as running:

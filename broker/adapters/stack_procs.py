@@ -77,10 +77,13 @@ def is_ours(record: ProcRecord) -> bool:
 
 # Children started by this process: kept so they can be reaped (no zombies, no ResourceWarning).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_LOG_LIMIT = 8 * 1024 * 1024
 
 
 def spawn(cmd: Sequence[str], *, cwd: Path, log_path: Path) -> ProcRecord:
     """Start cmd in its own session (a Ctrl-C of ours does not reach it), output to log_path."""
+    if log_path.is_file() and log_path.stat().st_size > _LOG_LIMIT:
+        log_path.replace(log_path.with_suffix(".log.1"))  # keep one previous log, bounded
     with log_path.open("ab") as log:
         log.write(f"\n--- permbroker stack: starting at {_now()}\n".encode())
         log.flush()
