@@ -1,0 +1,258 @@
+"""Pure decisions of one policy revision. Imports schemas, broker.scopes/policy.model, stdlib.
+
+Per requested scope, in order: unknown agent; outside the agent's ceiling; a deny rule whose
+condition holds (deny overrides allow; a condition that errors counts as true: fail closed); an
+escalation rule of the agent's class covering the scope whose condition holds (an error counts
+as false), subject to its resource limits; otherwise default deny. Time is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from broker.policy.model import (
+    CEILING_PREFIX,
+    DEFAULT_DENY,
+    UNKNOWN_AGENT,
+    AgentClass,
+    CelInputs,
+    Condition,
+    DenyRule,
+    EscalationRule,
+    Evaluation,
+    RevocationRule,
+    RiskAction,
+    RiskContext,
+    format_duration,
+)
+from broker.scopes import matches, within
+from schemas.events import AgentProfile, EscalationRequested, RiskObserved, ScopeDenial
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The decision for one scope: granted by ``rule``, or denied by ``denial``."""
+
+    scope: str
+    rule: EscalationRule | None = None
+    denial: ScopeDenial | None = None
+    fired: str | None = None  # id of the deny rule that fired, if that is what denied
+
+
+class Policy:
+    """One loaded, compiled revision of a policy bundle; ``evaluate``/``on_risk`` are pure."""
+
+    def __init__(self, *, name: str, revision: str, source: str, default_max_duration_s: int,
+                 classes: Mapping[str, AgentClass], escalation_rules: tuple[EscalationRule, ...],
+                 deny_rules: tuple[DenyRule, ...], revocation_rules: tuple[RevocationRule, ...],
+                 agents: tuple[AgentProfile, ...]) -> None:
+        self.name = name
+        self.revision = revision
+        self.source = source
+        self.default_max_duration_s = default_max_duration_s
+        self.classes = dict(classes)
+        self.escalation_rules = escalation_rules
+        self.deny_rules = deny_rules
+        self.revocation_rules = revocation_rules
+        self._agents = {agent.agent_id: agent for agent in agents}
+        # Every grant is capped by defaults.max_duration; a rule may only shorten it.
+        self.max_grant_duration_s = max(
+            (min(r.max_duration_s or default_max_duration_s, default_max_duration_s)
+             for r in escalation_rules), default=default_max_duration_s)
+        self._rules_by_class = {
+            name: tuple(r for r in escalation_rules if name in r.agent_classes) for name in classes
+        }
+
+    def escalation_rules_for(self, agent_class: str) -> tuple[EscalationRule, ...]:
+        """The escalation rules that apply to ``agent_class``, in file order."""
+        return self._rules_by_class.get(agent_class, ())
+
+    def __repr__(self) -> str:
+        return f"Policy(name={self.name!r}, revision={self.revision!r}, source={self.source!r})"
+
+    def agent(self, agent_id: str) -> AgentProfile | None:
+        """The profile of ``agent_id`` from the bundle's agent directory, if listed."""
+        return self._agents.get(agent_id)
+
+    def agents(self) -> tuple[AgentProfile, ...]:
+        """Every agent of the bundle's directory, in file order."""
+        return tuple(self._agents.values())
+
+    def evaluate(self, request: EscalationRequested, agent: AgentProfile | None,
+                 risk: RiskContext, now: datetime) -> Evaluation:
+        """Decide each requested scope; grant the allowed ones for one clamped duration."""
+        _require_aware(now)
+        scopes = tuple(dict.fromkeys(request.scopes))
+        if agent is None or agent.agent_id != request.agent_id:
+            return self._unknown_agent(request, scopes, agent)
+        inputs = CelInputs({
+            "request": lambda: request.model_dump(mode="json"),
+            "agent": lambda: agent.model_dump(mode="json"),
+            "risk": lambda: {"agent": float(risk.agent), "request": float(risk.request),
+                             "score": float(max(risk.agent, risk.request))},
+            "now": lambda: now,
+        })
+        decider = _ScopeDecider(self, request, agent, inputs)
+        return self._summarize(request, [decider.decide(scope) for scope in scopes])
+
+    def on_risk(self, signal: RiskObserved, agent: AgentProfile | None,
+                now: datetime) -> RiskAction:
+        """The first revocation rule (file order) whose condition holds decides; else no-op."""
+        _require_aware(now)
+        if signal.subject_agent_id is None:
+            return RiskAction(False, None, f"signal {signal.signal_id} ({signal.kind}) names no "
+                              "subject agent; only signals about an agent revoke its grants")
+        if agent is not None and agent.agent_id != signal.subject_agent_id:
+            agent = None  # never judge one agent by another's profile
+        profile = agent
+        inputs = CelInputs({
+            "signal": lambda: signal.model_dump(mode="json"),
+            "agent": lambda: profile.model_dump(mode="json") if profile is not None else None,
+            "now": lambda: now,
+        })
+        seen = f"signal {signal.kind} severity {signal.severity:g} from {signal.source}"
+        for rule in self.revocation_rules:
+            value, error = rule.when.check(inputs)
+            if value or error is not None:
+                why = rule.reason or rule.description or f"condition {rule.when.source}"
+                if error is not None:
+                    why += f" (condition could not be evaluated, failing closed: {error})"
+                return RiskAction(True, rule.id, f"rule {rule.id}: {why}; {seen}",
+                                  rule.quarantine_s)
+        return RiskAction(False, None, f"no revocation rule matched {seen}")
+
+    def _unknown_agent(self, request: EscalationRequested, scopes: tuple[str, ...],
+                       agent: AgentProfile | None) -> Evaluation:
+        if agent is None:
+            reason = f"agent {request.agent_id} is not known to policy {self.name}"
+        else:
+            reason = f"the profile given is of agent {agent.agent_id}, not {request.agent_id}"
+        denied = tuple(ScopeDenial(scope=s, rule=UNKNOWN_AGENT, reason=reason) for s in scopes)
+        return Evaluation((), denied, (), 0, None, (), (f"denied all scopes: {reason}",),
+                          self.revision)
+
+    def _summarize(self, request: EscalationRequested, outcomes: list[_Outcome]) -> Evaluation:
+        granting = tuple(dict.fromkeys(o.rule for o in outcomes if o.rule is not None))
+        granted = tuple(o.scope for o in outcomes if o.rule is not None)
+        reasons = [_describe(o) for o in outcomes]
+        duration, clamped_by = 0, None
+        resources: tuple[str, ...] = ()
+        if granted:
+            duration, clamped_by = self._clamp(request.duration_s, granting)
+            resources = tuple(dict.fromkeys(request.resources))
+            reasons.append(f"duration {duration}s" + (f", clamped by {clamped_by}"
+                                                      if clamped_by else " as requested"))
+            reasons.append(f"narrowed to {len(resources)} resource(s): {', '.join(resources)}"
+                           if resources else "not narrowed to resources: every granting rule "
+                           "says resources: any and none were requested")
+        matched = [o.rule.id if o.rule is not None else o.fired for o in outcomes]
+        return Evaluation(
+            granted=granted,
+            denied=tuple(o.denial for o in outcomes if o.denial is not None),
+            resources=resources, duration_s=duration, clamped_by=clamped_by,
+            matched_rules=tuple(dict.fromkeys(m for m in matched if m is not None)),
+            reasons=tuple(reasons), policy_revision=self.revision,
+        )
+
+    def _clamp(self, requested: int,
+               rules: tuple[EscalationRule, ...]) -> tuple[int, str | None]:
+        """min(requested, each rule's max_duration, defaults) and who set the limit, if it bit."""
+        limits = [(r.max_duration_s, f"rule {r.id}") for r in rules if r.max_duration_s]
+        limits.append((self.default_max_duration_s, "defaults"))
+        limit, by = min(limits, key=lambda item: item[0])  # first minimum: rules before defaults
+        if requested <= limit:
+            return requested, None
+        return limit, f"{by}: max_duration {format_duration(limit)} (requested {requested}s)"
+
+
+class _ScopeDecider:
+    """Decides scopes of one request; each condition is evaluated at most once per request."""
+
+    def __init__(self, policy: Policy, request: EscalationRequested, agent: AgentProfile,
+                 inputs: CelInputs) -> None:
+        self._policy = policy
+        self._agent = agent
+        self._inputs = inputs
+        self._resources = len(set(request.resources))
+        self._results: dict[str, tuple[bool, str | None]] = {}
+
+    def _check(self, rule_id: str, when: Condition) -> tuple[bool, str | None]:
+        if rule_id not in self._results:
+            self._results[rule_id] = when.check(self._inputs)
+        return self._results[rule_id]
+
+    def decide(self, scope: str) -> _Outcome:
+        agent_class = self._agent.agent_class
+        if not within(scope, self._agent.ceiling):
+            ceiling = ", ".join(self._agent.ceiling) or "(empty)"
+            return _deny(scope, f"{CEILING_PREFIX}{agent_class}",
+                         f"outside the ceiling of class {agent_class}: {ceiling}")
+        denied = self._deny_rules(scope, agent_class)
+        if denied is not None:
+            return denied
+        return self._escalation_rules(scope, agent_class)
+
+    def _deny_rules(self, scope: str, agent_class: str) -> _Outcome | None:
+        for rule in self._policy.deny_rules:
+            if rule.agent_classes is not None and agent_class not in rule.agent_classes:
+                continue
+            if not any(matches(glob, scope) for glob in rule.scopes):
+                continue
+            value, error = self._check(rule.id, rule.when)
+            if error is not None:
+                reason = (f"{rule.reason} (condition could not be evaluated, failing closed: "
+                          f"{error})")
+                return _deny(scope, rule.id, reason, fired=True)
+            if value:
+                return _deny(scope, rule.id, rule.reason, fired=True)
+        return None
+
+    def _escalation_rules(self, scope: str, agent_class: str) -> _Outcome:
+        considered: list[str] = []
+        limited: _Outcome | None = None
+        for rule in self._policy.escalation_rules_for(agent_class):
+            if scope not in rule.scopes:
+                continue
+            value, error = self._check(rule.id, rule.when)
+            if not value:
+                detail = f"error: {error}" if error is not None else "false"
+                considered.append(f"{rule.id} (condition {detail}: {rule.when.source})")
+                continue
+            problem = self._resource_problem(rule)
+            if problem is None:
+                return _Outcome(scope, rule=rule)
+            limited = limited or _deny(scope, rule.id, problem)
+        if limited is not None:
+            return limited
+        if not considered:
+            return _deny(scope, DEFAULT_DENY,
+                         f"no escalation rule for class {agent_class} covers {scope}")
+        return _deny(scope, DEFAULT_DENY,
+                     "no rule's condition held; considered: " + "; ".join(considered))
+
+    def _resource_problem(self, rule: EscalationRule) -> str | None:
+        if rule.resources == "required" and self._resources == 0:
+            return f"rule {rule.id} grants only on named resources and the request names none"
+        if rule.max_resources is not None and self._resources > rule.max_resources:
+            return (f"{self._resources} resources requested; rule {rule.id} allows at most "
+                    f"{rule.max_resources}")
+        return None
+
+
+def _deny(scope: str, rule: str, reason: str, *, fired: bool = False) -> _Outcome:
+    return _Outcome(scope, denial=ScopeDenial(scope=scope, rule=rule, reason=reason),
+                    fired=rule if fired else None)
+
+
+def _describe(outcome: _Outcome) -> str:
+    if outcome.rule is not None:
+        return f"granted {outcome.scope} by rule {outcome.rule.id}"
+    assert outcome.denial is not None
+    return f"denied {outcome.scope} by {outcome.denial.rule}: {outcome.denial.reason}"
+
+
+def _require_aware(now: datetime) -> None:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime (UTC)")

@@ -1,0 +1,162 @@
+"""Policy data: CEL conditions, rules, classes, results. Imports cel, schemas, stdlib.
+
+Everything here is immutable and built once per policy revision by ``broker.policy.loader``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import cel
+
+from schemas.events import ScopeDenial
+
+# Errors the native CEL runtime raises for a missing field, a type mismatch, an undefined
+# function, overflow or division by zero. Anything else is a bug and must propagate.
+CEL_RUNTIME_ERRORS: tuple[type[BaseException], ...] = (
+    ArithmeticError, LookupError, TypeError, ValueError, RuntimeError,
+)
+
+# Rule ids the evaluator itself uses in denials; a policy may not reuse them.
+UNKNOWN_AGENT = "unknown-agent"
+DEFAULT_DENY = "default-deny"
+CEILING_PREFIX = "ceiling:"
+RESERVED_RULE_IDS = frozenset({UNKNOWN_AGENT, DEFAULT_DENY})
+
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds in the largest exact unit: 20 -> '20s', 900 -> '15m', 7200 -> '2h', 90 -> '90s'."""
+    for suffix, size in _UNITS:
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{suffix}"
+    return f"{seconds}s"
+
+
+class CelInputs:
+    """The CEL variables of one decision, each converted into CEL once and only if read.
+
+    Converting a request or a profile into CEL values costs far more than evaluating a typical
+    condition, so a variable is built (``make()``) and added on the first condition that reads it.
+    """
+
+    def __init__(self, makers: Mapping[str, Callable[[], object]]) -> None:
+        self._makers = makers
+        self._context = cel.Context()
+        self._added: set[str] = set()
+
+    def context_for(self, names: frozenset[str]) -> cel.Context:
+        """The shared context, holding at least the variables in ``names`` that exist."""
+        for name in names - self._added:
+            make = self._makers.get(name)
+            if make is not None:  # a name bound by a comprehension macro has no maker
+                self._context.add_variable(name, make())
+            self._added.add(name)
+        return self._context
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A CEL expression compiled once per revision, with the variables it references."""
+
+    source: str
+    program: cel.Program
+    variables: frozenset[str]
+
+    def check(self, inputs: CelInputs) -> tuple[bool, str | None]:
+        """(value, None) when the expression evaluates to a bool, else (False, error text)."""
+        try:
+            value = self.program.execute(inputs.context_for(self.variables))
+        except CEL_RUNTIME_ERRORS as exc:
+            return False, f"{type(exc).__name__}: {_first_line(exc)}"
+        if not isinstance(value, bool):
+            return False, f"condition returned {type(value).__name__}, not bool"
+        return value, None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+@dataclass(frozen=True)
+class AgentClass:
+    """A kind of agent: what it always holds (baseline) and what it may ever hold (ceiling)."""
+
+    name: str
+    baseline: tuple[str, ...]
+    ceiling: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EscalationRule:
+    """Grants concrete scopes to agents of some classes when its condition holds."""
+
+    id: str
+    agent_classes: tuple[str, ...]
+    scopes: tuple[str, ...]
+    when: Condition
+    max_duration_s: int | None = None
+    resources: Literal["required", "any"] = "required"
+    max_resources: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DenyRule:
+    """Denies scopes matching its globs when its condition holds (or fails to evaluate)."""
+
+    id: str
+    scopes: tuple[str, ...]
+    when: Condition
+    reason: str
+    agent_classes: tuple[str, ...] | None = None  # None: every class
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RevocationRule:
+    """Revokes every grant of a signal's subject agent when its condition holds."""
+
+    id: str
+    when: Condition
+    action: Literal["revoke_all"] = "revoke_all"
+    quarantine_s: int = 0
+    reason: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RiskContext:
+    """Risk inputs of one decision: the agent's live risk and the request's own score."""
+
+    agent: float = 0.0
+    request: float = 0.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of evaluating one escalation request against one policy revision."""
+
+    granted: tuple[str, ...]
+    denied: tuple[ScopeDenial, ...]
+    resources: tuple[str, ...]
+    duration_s: int
+    clamped_by: str | None
+    matched_rules: tuple[str, ...]
+    reasons: tuple[str, ...]
+    policy_revision: str
+
+
+@dataclass(frozen=True)
+class RiskAction:
+    """What a risk signal means for its subject agent's grants."""
+
+    revoke: bool
+    rule: str | None
+    reason: str
+    quarantine_s: int = 0
