@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 19093
     redis_port: int = 16379
     # Worker behaviour.
+    session_timeout_s: float = Field(10.0, description="Kafka group session timeout of a worker")
     expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
     record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")

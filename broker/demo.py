@@ -8,9 +8,6 @@ every expected outcome, and stops everything it started. Exit 0 only if every ch
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ from rich.table import Table
 
 from broker.adapters import stack
 from broker.adapters.bus import Record
+from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import AgentClient
@@ -44,7 +42,7 @@ def demo_settings() -> Settings:
     return Settings(stack_dir=ROOT / ".stack" / "demo", kafka_port=39092,
                     kafka_controller_port=39093, redis_port=36379,
                     kafka_bootstrap="127.0.0.1:39092", redis_url="redis://127.0.0.1:36379/0",
-                    policy_path=ROOT / "policies" / "fraud")
+                    policy_path=ROOT / "policies" / "fraud", app_id="permbroker-demo")
 
 
 @dataclass
@@ -95,38 +93,6 @@ def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
             return time.monotonic() - start
         time.sleep(0.001)
     return None
-
-
-def _start_worker(settings: Settings) -> tuple[subprocess.Popen[bytes], Path]:
-    log_path = settings.stack_dir / "worker.log"
-    env = {**os.environ, "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "PERMBROKER_REDIS_URL": settings.redis_url,
-           "PERMBROKER_POLICY_PATH": str(settings.policy_path),
-           "PERMBROKER_STACK_DIR": str(settings.stack_dir), "PERMBROKER_APP_ID": "permbroker-demo"}
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streams", "info"], env=env,  # noqa: S603
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return proc, log_path
-
-
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_worker_ready(log_path: Path, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise BrokerError(f"worker exited early; see {log_path}")
-        text = log_path.read_text(errors="replace")
-        return "worker ready" in text and "Setting newly assigned partitions" in text
-
-    return _wait(ready, timeout) is not None
 
 
 def play(s: Scenario, settings: Settings, view: GrantView) -> None:
@@ -229,9 +195,9 @@ def run_demo(*, keep: bool = False) -> int:
         stack.ensure_tools(lambda m: console.print(f"[dim]setup:[/] {m}"))
         st = stack.up(settings, progress=lambda m: console.print(f"[dim]setup:[/] {m}"))
         s.say("stack", f"Kafka {settings.kafka_version} at {st.bootstrap}, Redis at {st.redis_url}")
-        worker, log_path = _start_worker(settings)
-        if not _wait_worker_ready(log_path, worker, 90):
-            raise BrokerError(f"worker did not become ready within 90s; see {log_path}")
+        worker = WorkerProcess(settings)
+        worker.start()
+        worker.wait_ready(90)
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
         with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view:
             if not view.wait_ready(30):
@@ -241,7 +207,7 @@ def run_demo(*, keep: bool = False) -> int:
         s.check("demo ran to completion", False, str(exc))
     finally:
         if worker is not None:
-            _stop_worker(worker)
+            worker.stop()
         if not keep:
             stack.down(settings, wipe=True)
     return _summary(s, time.monotonic() - started, keep)

@@ -145,25 +145,54 @@ def _outcome(
         policy_revision=evaluation.policy_revision,
         decided_at=now,
     )
-    audit = AuditRecord(
-        audit_id=derive_id("audit", request.request_id),
-        kind="escalation.decided",
-        agent_id=request.agent_id,
-        occurred_at=now,
-        subject_id=request.request_id,
-        outcome=decision.outcome,
-        reasons=reasons,
-        rules=decision.matched_rules,
-        policy_revision=evaluation.policy_revision,
-        inputs={
-            "request": request.model_dump(mode="json"),
-            "agent": agent.model_dump(mode="json") if agent else None,
-            "received_at": received_at.isoformat(),
-            "now": now.isoformat(),
-            "grant_id": decision.grant_id,
-        },
-    )
+    audit = decision_audit(decision, {
+        "request": request.model_dump(mode="json"),
+        "agent": agent.model_dump(mode="json") if agent else None,
+        "received_at": received_at.isoformat(),
+        "now": now.isoformat(),
+    })
     return Outcome(decision=decision, grant=grant, audit=audit)
+
+
+def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> AuditRecord:
+    """The audit record of a decision (same id however often it is rebuilt)."""
+    return AuditRecord(
+        audit_id=derive_id("audit", decision.request_id),
+        kind="escalation.decided",
+        agent_id=decision.agent_id,
+        occurred_at=decision.decided_at,
+        subject_id=decision.request_id,
+        outcome=decision.outcome,
+        reasons=decision.reasons,
+        rules=decision.matched_rules,
+        policy_revision=decision.policy_revision,
+        inputs={**inputs, "grant_id": decision.grant_id,
+                "expires_at": decision.expires_at.isoformat() if decision.expires_at else None},
+    )
+
+
+def duplicate_audit(decision: EscalationDecided, live: bool, origin: str,
+                    now: datetime) -> AuditRecord:
+    """The audit record of a request delivered again after its decision was published."""
+    if decision.outcome == "granted" and not live:
+        outcome = "denied"
+        reason = (f"duplicate of a request whose grant {decision.grant_id} is no longer active "
+                  "(revoked, released or expired); a revocation is never undone")
+    else:
+        outcome = "duplicate"
+        reason = "request delivered again; the recorded decision stands, nothing new was granted"
+    return AuditRecord(
+        audit_id=derive_id("audit-duplicate", f"{decision.request_id}@{origin}"),
+        kind="escalation.duplicate",
+        agent_id=decision.agent_id,
+        occurred_at=now,
+        subject_id=decision.request_id,
+        outcome=outcome,
+        reasons=(reason,),
+        rules=decision.matched_rules,
+        policy_revision=decision.policy_revision,
+        inputs={"origin": origin, "grant_id": decision.grant_id},
+    )
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_commit_every=100,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(settings.session_timeout_s / 4, 1.0),
         datadir=str(datadir),
     )
     store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)

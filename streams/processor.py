@@ -20,8 +20,11 @@ from broker.adapters import codec
 from broker.adapters.redis_store import Committed, RedisGrantStore
 from broker.errors import BusError, StoreUnavailable, WireError
 from broker.grants import (
+    Outcome,
     decide,
+    decision_audit,
     derive_id,
+    duplicate_audit,
     lifecycle_audit,
     plan_revocation,
     revoked_events,
@@ -32,7 +35,6 @@ from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
     OPERATOR_REVOKE_KIND,
-    AuditRecord,
     EscalationRequested,
     RiskObserved,
     WireModel,
@@ -148,28 +150,30 @@ class Processor:
                 break
             log.info("request %s blocked at commit (%s); deciding again",
                      request.request_id, committed.blocked_reason)
-        await self._announce(committed, outcome.audit, msg)
+        await self._announce(committed, outcome, msg)
 
-    async def _announce(self, committed: Committed, audit: AuditRecord, msg: Incoming) -> None:
+    async def _announce(self, committed: Committed, outcome: Outcome, msg: Incoming) -> None:
         decision = committed.decision
         if decision is None:  # blocked three times in a row: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
-        if committed.grant is not None:
-            await self.emit(topics.GRANTS.name, committed.grant)
-        if committed.status == "existing":
-            self._count("redelivered")
-            audit = AuditRecord(
-                audit_id=derive_id("audit-redelivery", f"{decision.request_id}@{msg.origin}"),
-                kind="escalation.redelivered", agent_id=decision.agent_id,
-                occurred_at=datetime.now(UTC), subject_id=decision.request_id,
-                outcome=decision.outcome,
-                reasons=("request delivered again; the recorded decision stands",),
-                policy_revision=decision.policy_revision, inputs={"origin": msg.origin},
-            )
+        if committed.status == "existing" and committed.published:
+            self._count("duplicates")
+            dup = duplicate_audit(decision, committed.grant is not None, msg.origin,
+                                  datetime.now(UTC))
+            await self.emit(topics.AUDIT.name, dup)
+            return
+        if committed.status == "existing":  # stored before a crash, never published: finish it
+            self._count("recovered")
+            audit = decision_audit(decision, {"recovered_from": msg.origin})
         else:
             self._count(f"decided_{decision.outcome}")
+            audit = outcome.audit
+        if committed.grant is not None:
+            await self.emit(topics.GRANTS.name, committed.grant)
         await self.emit(topics.DECISIONS.name, decision)
         await self.emit(topics.AUDIT.name, audit)
+        await self.store.mark_published(decision, received_at=msg.received_at,
+                                        max_grant_s=self.policy.max_grant_duration_s)
 
     async def on_risk(self, msg: Incoming) -> None:
         """Apply revocation rules to one risk signal; a bad signal revokes its key's agent."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -43,6 +43,11 @@ class Publisher:
 
     def publish_raw(self, topic: str, message: Encoded, *, timeout: float = 10.0) -> None:
         """Produce one already-encoded message and wait for its acknowledgement."""
+        self.publish_many(topic, [message], timeout=timeout)
+
+    def publish_many(self, topic: str, messages: Iterable[Encoded | WireModel], *,
+                     timeout: float = 30.0) -> None:
+        """Produce a batch, then wait once for every acknowledgement (or raise BusError)."""
         errors: list[KafkaError] = []
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -50,14 +55,24 @@ class Publisher:
                 errors.append(err)
 
         try:
-            self._producer.produce(topic, value=message.value, key=message.key,
-                                   headers=message.headers, on_delivery=on_delivery)
-        except (KafkaException, BufferError) as exc:
+            for item in messages:
+                m = item if isinstance(item, Encoded) else encode(item, source=self._source)
+                self._produce(topic, m, on_delivery)
+        except KafkaException as exc:
             raise BusError(f"cannot produce to {topic}: {exc}") from exc
         if self._producer.flush(timeout) > 0:
             raise BusError(f"Kafka did not acknowledge the write to {topic} within {timeout}s")
         if errors:
             raise BusError(f"Kafka refused the write to {topic}: {errors[0]}")
+
+    def _produce(self, topic: str, m: Encoded, on_delivery: Callable[..., None]) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=m.value, key=m.key, headers=m.headers,
+                                       on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then go on
+                self._producer.poll(0.05)
 
 
 def consumer(bootstrap: str, *, group: str | None = None, **extra: object) -> Consumer:
@@ -109,6 +124,8 @@ class Record:
     event: WireModel | None
     error: str | None
     raw: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def to_record(msg: Message) -> Record:
@@ -120,7 +137,9 @@ def to_record(msg: Message) -> Record:
         error = None
     except WireError as exc:
         event, error = None, str(exc)
-    return Record(msg.topic(), msg.partition(), msg.offset(), ts, event, error, raw)
+    headers = tuple((k, v or b"") for k, v in (msg.headers() or []))
+    return Record(msg.topic(), msg.partition(), msg.offset(), ts, event, error, raw, msg.key(),
+                  headers)
 
 
 def read_all(bootstrap: str, topic: str, *, timeout: float = 30.0,

@@ -40,6 +40,11 @@ def decision(agent_id: str, request_id: str) -> str:
     return f"{agent_prefix(agent_id)}decision:{request_id}"
 
 
+def published(agent_id: str, request_id: str) -> str:
+    """Present once a request's decision was published: a later delivery is a duplicate."""
+    return f"{agent_prefix(agent_id)}published:{request_id}"
+
+
 def revoked(agent_id: str) -> str:
     """Epoch ms of the agent's latest revoke-all; earlier requests are denied."""
     return f"{agent_prefix(agent_id)}revoked"

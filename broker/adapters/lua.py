@@ -4,20 +4,21 @@ Every write uses an absolute expiry (PXAT) in the same atomic step as the data. 
 exist without a TTL is never created: index keys get PEXPIREAT right after ZADD, inside the script.
 """
 
-# KEYS: decision, grant, index, revoked, quarantine, life
+# KEYS: decision, grant, index, revoked, quarantine, life, published
 # ARGV: decision_json, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
 #       record_until_ms, grant_id
+# Returns {status, decision_json, live grant_json or '', published 0/1 (or blocked detail)}.
 COMMIT = """
 local existing = redis.call('GET', KEYS[1])
 if existing then
-  return {'existing', existing, redis.call('GET', KEYS[2]) or ''}
+  return {'existing', existing, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[7])}
 end
 if ARGV[2] ~= '' then
   local q = redis.call('GET', KEYS[5])
-  if q then return {'blocked', 'quarantine', q} end
+  if q then return {'blocked', 'quarantine', q, 0} end
   local rv = redis.call('GET', KEYS[4])
-  if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked', rv} end
-  if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale', ARGV[3]} end
+  if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked', rv, 0} end
+  if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale', ARGV[3], 0} end
   redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
   redis.call('SET', KEYS[6], ARGV[3], 'PXAT', ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
@@ -29,7 +30,7 @@ if ARGV[2] ~= '' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[6])
-return {'stored', ARGV[1], ARGV[2]}
+return {'stored', ARGV[1], ARGV[2], 0}
 """
 
 # KEYS: index, revoked, quarantine, revocation-record

@@ -41,6 +41,7 @@ class Committed:
     status: Literal["stored", "existing", "blocked"]
     decision: EscalationDecided | None
     grant: GrantIssued | None
+    published: bool = False
     blocked_reason: str = ""
     blocked_detail: str = ""
 
@@ -137,15 +138,16 @@ class RedisGrantStore:
         d, g = outcome.decision, outcome.grant
         agent = d.agent_id
         expires = g.expires_at if g else received_at
-        record_until = max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
+        record_until = self._record_until(expires, received_at, max_grant_s)
         if g is not None:
             await self._call(self._r.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)}))
             await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True))
             await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True))
         gid = g.grant_id if g else ""
-        status, payload, extra = await self._call(self._commit(
+        status, payload, extra, published = await self._call(self._commit(
             keys=[keys.decision(agent, d.request_id), keys.grant(agent, gid), keys.index(agent),
-                  keys.revoked(agent), keys.quarantine(agent), keys.life(agent, gid)],
+                  keys.revoked(agent), keys.quarantine(agent), keys.life(agent, gid),
+                  keys.published(agent, d.request_id)],
             args=[d.model_dump_json(), g.model_dump_json() if g else "", ms(expires),
                   ms(received_at), ms(now), ms(record_until), gid],
         ))
@@ -154,7 +156,18 @@ class RedisGrantStore:
             return Committed("blocked", None, None, payload.decode(), extra.decode())
         decision = EscalationDecided.model_validate_json(payload)
         grant = GrantIssued.model_validate_json(extra) if extra else None
-        return Committed(status, decision, grant)
+        return Committed(status, decision, grant, bool(int(published)))
+
+    def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
+        """How long a request's records live: past any grant it could mint, plus a margin."""
+        return max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
+
+    async def mark_published(self, decision: EscalationDecided, *, received_at: datetime,
+                             max_grant_s: int) -> None:
+        """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
+        until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
+        await self._call(self._r.set(keys.published(decision.agent_id, decision.request_id), 1,
+                                     pxat=ms(until)))
 
     async def revoke_all(self, plan: RevocationPlan) -> tuple[GrantIssued, ...]:
         """Remove every grant of the agent and leave markers; idempotent per cause event."""

@@ -1,0 +1,95 @@
+"""A worker as a child process (``python -m streams``), for the demo, tests and benchmarks. Imports config.
+
+Starts it with settings passed through the environment, waits until it has its partitions and
+its grant view is ready, and stops (SIGTERM) or kills (SIGKILL) exactly that process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker.config import Settings
+from broker.errors import BrokerError
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_MARKERS = ("worker ready", "Setting newly assigned partitions")
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands ``settings`` to a worker process."""
+    return {
+        **os.environ,
+        "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "PERMBROKER_REDIS_URL": settings.redis_url,
+        "PERMBROKER_POLICY_PATH": str(settings.policy_path),
+        "PERMBROKER_STACK_DIR": str(settings.stack_dir),
+        "PERMBROKER_APP_ID": settings.app_id,
+        "PERMBROKER_EXPIRY_INTERVAL_S": str(settings.expiry_interval_s),
+        "PERMBROKER_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+    }
+
+
+class WorkerProcess:
+    """One ``python -m streams`` child with its log file."""
+
+    def __init__(self, settings: Settings, *, name: str = "worker", loglevel: str = "info") -> None:
+        self.settings = settings
+        self.log_path = settings.stack_dir / f"{name}.log"
+        self._loglevel = loglevel
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running child, if any."""
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        """Start the child (appending to its log)."""
+        self.settings.stack_dir.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "streams", self._loglevel],
+                env=worker_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def log_text(self) -> str:
+        """What this run of the child has logged so far."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until the worker has partitions and a built view; raise if it dies or stalls."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise BrokerError(f"worker exited early; see {self.log_path}")
+            text = self.log_text()
+            if all(marker in text for marker in READY_MARKERS):
+                return
+            time.sleep(0.05)
+        raise BrokerError(f"worker not ready within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case (no flush, no commit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,123 @@
+"""Integration fixtures: a test policy with a pool of agents, a worker process, topic taps."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker.adapters import keys
+from broker.adapters.bus import Publisher
+from broker.adapters.worker_process import WorkerProcess
+from broker.config import Settings
+from tests.integration.helpers import Tap
+from tests.services import Services
+
+ROOT = Path(__file__).resolve().parents[2]
+POOL = 400
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """A per-session tag so agent ids and consumer groups never collide with earlier runs."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
+    """The fraud policy plus a pool of fresh fraud-detection and reporting agents."""
+    bundle = tmp_path_factory.mktemp("policy")
+    shutil.copy(ROOT / "policies" / "fraud" / "policy.yaml", bundle / "policy.yaml")
+    lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
+    for n in range(POOL):
+        for cls, suffix, threshold in (("fraud-detection", "f", 0.9), ("reporting", "r", 0.6)):
+            lines += [f"  - agent_id: t{run_id}-{suffix}{n:03d}", f"    agent_class: {cls}",
+                      "    owner: tests@example.com",
+                      "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
+                      f"    confidence_threshold: {threshold}"]
+    (bundle / "agents.yaml").write_text("\n".join(lines) + "\n")
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def agents(run_id: str) -> Callable[[str], str]:
+    """Hands out a never-used agent id of the pool: agents('f') fraud, agents('r') reporting."""
+    counters = {"f": itertools.count(), "r": itertools.count()}
+
+    def take(kind: str = "f") -> str:
+        n = next(counters[kind])
+        assert n < POOL, "agent pool exhausted: raise POOL"
+        return f"t{run_id}-{kind}{n:03d}"
+
+    return take
+
+
+@pytest.fixture(scope="session")
+def settings(services: Services, test_policy: Path, run_id: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of the test worker and clients."""
+    return Settings(kafka_bootstrap=services.bootstrap, redis_url=services.redis_url,
+                    policy_path=test_policy, app_id=f"permbroker-test-{run_id}",
+                    stack_dir=tmp_path_factory.mktemp("worker"), expiry_interval_s=0.2)
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[WorkerProcess]:
+    """One worker process for the session (tests may kill and restart it)."""
+    proc = WorkerProcess(settings)
+    proc.start()
+    proc.wait_ready()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def publisher(settings: Settings) -> Publisher:
+    """A producer acting as the test harness (any agent)."""
+    return Publisher(settings.kafka_bootstrap, source="/tests")
+
+
+@pytest.fixture
+def tap(settings: Settings) -> Iterator[Callable[[str], Tap]]:
+    """Open taps on topics; closed after the test."""
+    opened: list[Tap] = []
+
+    def open_tap(topic: str) -> Tap:
+        t = Tap(settings.kafka_bootstrap, topic)
+        opened.append(t)
+        return t
+
+    yield open_tap
+    for t in opened:
+        t.close()
+
+
+@pytest.fixture
+def rclient(settings: Settings) -> Iterator[redis.Redis]:
+    """A plain Redis client on the store."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+def keys_without_ttl(client: redis.Redis) -> list[str]:
+    """Per-agent keys (grants, markers, records) that would live forever."""
+    return [k.decode() for k in client.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000)
+            if client.pttl(k) == -1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_grant_key_expires(services: Services) -> Iterator[None]:
+    """After the integration session, no per-agent key in Redis lacks a TTL (invariant 2)."""
+    yield
+    client = redis.Redis.from_url(services.redis_url)
+    try:
+        forever = keys_without_ttl(client)
+    finally:
+        client.close()
+    assert not forever, f"keys without a TTL: {forever[:10]}"
