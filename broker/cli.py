@@ -32,12 +32,17 @@ from broker.sdk.agent import AgentClient
 from schemas import topics
 from schemas.events import OPERATOR_REVOKE_KIND, AuditRecord, GrantIssued, RiskObserved
 
-app = typer.Typer(help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 grants_app = typer.Typer(help="Inspect, revoke and rebuild grants.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read the audit stream.", no_args_is_help=True)
 policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
-app.add_typer(stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack.")
+app.add_typer(
+    stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
+)
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
@@ -70,7 +75,9 @@ def _print_json(data: Any) -> None:
 
 
 @app.command()
-def worker(loglevel: Annotated[str, typer.Option(help="crit|error|warn|info|debug")] = "info") -> None:
+def worker(
+    loglevel: Annotated[str, typer.Option(help="crit|error|warn|info|debug")] = "info",
+) -> None:
     """Run a stream worker (faust) that decides escalations and applies risk signals."""
     os.execvp(sys.executable, [sys.executable, "-m", "streams", loglevel])  # noqa: S606
 
@@ -80,7 +87,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the demo stack running afterwards.")] = False,
 ) -> None:
     """Play the fraud-agent scenario end to end on a real Kafka and Redis; exit 0 if it matched."""
-    from broker.demo import run_demo  # noqa: PLC0415 - heavy import only for this command
+    from broker.demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
 
@@ -91,7 +98,9 @@ def request(
     scope: Annotated[list[str], typer.Option(help="Scope to request (repeatable).")],
     reason: Annotated[str, typer.Option(help="Why the agent needs it.")],
     confidence: Annotated[float, typer.Option(help="The agent's confidence, 0..1.")],
-    resource: Annotated[list[str] | None, typer.Option(help="Resource to narrow to (repeatable).")] = None,
+    resource: Annotated[
+        list[str] | None, typer.Option(help="Resource to narrow to (repeatable).")
+    ] = None,
     duration: Annotated[str, typer.Option(help="Requested duration: 90s, 15m, 1h.")] = "15m",
     risk: Annotated[float, typer.Option(help="Risk score the agent observed, 0..1.")] = 0.0,
     case: Annotated[str | None, typer.Option(help="Task / case id.")] = None,
@@ -106,8 +115,15 @@ def request(
     try:
         with AgentClient(agent, settings.kafka_bootstrap) as client:
             decision = client.request_escalation(
-                scope, resources=resource or [], duration_s=seconds, reason=reason,
-                confidence=confidence, risk_score=risk, case_id=case, timeout=timeout)
+                scope,
+                resources=resource or [],
+                duration_s=seconds,
+                reason=reason,
+                confidence=confidence,
+                risk_score=risk,
+                case_id=case,
+                timeout=timeout,
+            )
     except (BrokerError, ValueError) as exc:
         raise fail(str(exc), "is the stack up (permbroker stack up) and a worker running?") from exc
     if as_json:
@@ -116,8 +132,10 @@ def request(
         color = "green" if decision.outcome == "granted" else "red"
         out.print(f"[bold {color}]{decision.outcome.upper()}[/] request {decision.request_id}")
         if decision.grant_id:
-            out.print(f"  grant {decision.grant_id}: {', '.join(decision.granted_scopes)}"
-                      f" on {', '.join(decision.resources) or 'any resource'}")
+            out.print(
+                f"  grant {decision.grant_id}: {', '.join(decision.granted_scopes)}"
+                f" on {', '.join(decision.resources) or 'any resource'}"
+            )
             out.print(f"  expires {until(decision.expires_at)}")
         if decision.clamped_by:
             out.print(f"  clamped by {decision.clamped_by}")
@@ -136,7 +154,10 @@ async def _with_store(settings: Settings, fn: Any) -> Any:
 
 
 def _grant_row(g: GrantIssued, now: datetime) -> dict[str, Any]:
-    return {**g.model_dump(mode="json"), "remaining_s": round((g.expires_at - now).total_seconds(), 1)}
+    return {
+        **g.model_dump(mode="json"),
+        "remaining_s": round((g.expires_at - now).total_seconds(), 1),
+    }
 
 
 @grants_app.command("list")
@@ -154,27 +175,40 @@ def grants_list(
     try:
         grants = asyncio.run(_with_store(settings, load))
     except BrokerError as exc:
-        raise fail(str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)") from exc
+        raise fail(
+            str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)"
+        ) from exc
     if as_json:
         _print_json([_grant_row(g, now) for g in grants])
         return
     table = Table("agent", "grant", "scopes", "resources", "expires", "rules")
     for g in sorted(grants, key=lambda g: g.expires_at):
-        table.add_row(g.agent_id, g.grant_id, "\n".join(g.scopes), "\n".join(g.resources) or "*",
-                      until(g.expires_at, now), ", ".join(g.rules))
+        table.add_row(
+            g.agent_id,
+            g.grant_id,
+            "\n".join(g.scopes),
+            "\n".join(g.resources) or "*",
+            until(g.expires_at, now),
+            ", ".join(g.rules),
+        )
     out.print(table if grants else "no active grants")
 
 
 @grants_app.command("show")
-def grants_show(grant_id: str, agent: Annotated[str, typer.Option(help="The grant's agent.")],
-                as_json: JsonOpt = False) -> None:
+def grants_show(
+    grant_id: str,
+    agent: Annotated[str, typer.Option(help="The grant's agent.")],
+    as_json: JsonOpt = False,
+) -> None:
     """One active grant of an agent."""
     settings, now = Settings(), datetime.now(UTC)
     grants = asyncio.run(_with_store(settings, lambda s: s.active_grants(agent, now)))
     match = [g for g in grants if g.grant_id == grant_id]
     if not match:
-        raise fail(f"no active grant {grant_id} for agent {agent}",
-                   "it may have expired or been revoked: permbroker audit tail --agent " + agent)
+        raise fail(
+            f"no active grant {grant_id} for agent {agent}",
+            "it may have expired or been revoked: permbroker audit tail --agent " + agent,
+        )
     if as_json:
         _print_json(_grant_row(match[0], now))
     else:
@@ -187,20 +221,31 @@ def grants_show(grant_id: str, agent: Annotated[str, typer.Option(help="The gran
 def grants_revoke(
     agent: Annotated[str, typer.Option(help="Revoke every grant of this agent.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit).")],
-    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get("USER", "operator"),
+    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
+        "USER", "operator"
+    ),
 ) -> None:
     """Revoke all grants of an agent (published as an operator risk signal; workers apply it)."""
     settings = Settings()
-    signal = RiskObserved(signal_id=f"op-{uuid.uuid4()}", subject_agent_id=agent,
-                          kind=OPERATOR_REVOKE_KIND, severity=1.0, source=f"operator:{operator}",
-                          detail=reason, observed_at=datetime.now(UTC))
+    signal = RiskObserved(
+        signal_id=f"op-{uuid.uuid4()}",
+        subject_agent_id=agent,
+        kind=OPERATOR_REVOKE_KIND,
+        severity=1.0,
+        source=f"operator:{operator}",
+        detail=reason,
+        observed_at=datetime.now(UTC),
+    )
     try:
         Publisher(settings.kafka_bootstrap, source=f"/operators/{operator}").publish(
-            topics.RISK.name, signal)
+            topics.RISK.name, signal
+        )
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
-    out.print(f"revocation {signal.signal_id} for {agent} published; "
-              f"watch: permbroker audit tail --agent {agent}")
+    out.print(
+        f"revocation {signal.signal_id} for {agent} published; "
+        f"watch: permbroker audit tail --agent {agent}"
+    )
 
 
 @grants_app.command("rebuild")
@@ -212,15 +257,23 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
-    result = {"records_read": folded.records, "active_grants": restored,
-              "revocation_markers": len(folded.revocations), "undecodable": folded.undecodable}
+    result = {
+        "records_read": folded.records,
+        "active_grants": restored,
+        "revocation_markers": len(folded.revocations),
+        "undecodable": folded.undecodable,
+    }
     if as_json:
         _print_json(result)
     else:
-        out.print(f"read {folded.records} record(s) of {topics.GRANTS.name}; restored {restored} "
-                  f"active grant(s) and {len(folded.revocations)} revocation marker(s)")
+        out.print(
+            f"read {folded.records} record(s) of {topics.GRANTS.name}; restored {restored} "
+            f"active grant(s) and {len(folded.revocations)} revocation marker(s)"
+        )
         if folded.undecodable:
-            err.print(f"[yellow]{folded.undecodable} undecodable record(s) skipped (see the DLQ)[/]")
+            err.print(
+                f"[yellow]{folded.undecodable} undecodable record(s) skipped (see the DLQ)[/]"
+            )
 
 
 @audit_app.command("tail")
@@ -232,7 +285,7 @@ def audit_tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Print recent audit records (and follow new ones with -f)."""
-    from confluent_kafka import TopicPartition  # noqa: PLC0415
+    from confluent_kafka import TopicPartition
 
     settings = Settings()
     c = consumer(settings.kafka_bootstrap)
@@ -249,15 +302,20 @@ def audit_tail(
                 continue
             idle_since = time.monotonic()
             rec = to_record(msg).event
-            if not isinstance(rec, AuditRecord) or (agent and rec.agent_id != agent) or (
-                    kind and rec.kind != kind):
+            if (
+                not isinstance(rec, AuditRecord)
+                or (agent and rec.agent_id != agent)
+                or (kind and rec.kind != kind)
+            ):
                 continue
             if as_json:
                 sys.stdout.write(rec.model_dump_json() + "\n")
             else:
-                out.print(f"{rec.occurred_at:%H:%M:%S.%f}"[:-3] + f" {rec.kind:<22} "
-                          f"{rec.agent_id or '-':<18} {rec.outcome:<8} {'; '.join(rec.reasons)[:90]}"
-                          f" [dim]{', '.join(rec.rules)}[/]")
+                out.print(
+                    f"{rec.occurred_at:%H:%M:%S.%f}"[:-3] + f" {rec.kind:<22} "
+                    f"{rec.agent_id or '-':<18} {rec.outcome:<8} {'; '.join(rec.reasons)[:90]}"
+                    f" [dim]{', '.join(rec.rules)}[/]"
+                )
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
     except KeyboardInterrupt:
@@ -273,18 +331,33 @@ def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
         policy = load_policy(path)
     except PolicyError as exc:
         if as_json:
-            _print_json({"valid": False, "file": exc.file, "line": exc.line, "rule": exc.rule,
-                         "error": exc.message})
+            _print_json(
+                {
+                    "valid": False,
+                    "file": exc.file,
+                    "line": exc.line,
+                    "rule": exc.rule,
+                    "error": exc.message,
+                }
+            )
         else:
             err.print(f"[bold red]invalid:[/] {exc}")
         raise typer.Exit(2) from exc
     agents = [a.agent_id for a in policy.agents()]
     if as_json:
-        _print_json({"valid": True, "revision": policy.revision, "agents": agents,
-                     "max_grant_duration_s": policy.max_grant_duration_s})
+        _print_json(
+            {
+                "valid": True,
+                "revision": policy.revision,
+                "agents": agents,
+                "max_grant_duration_s": policy.max_grant_duration_s,
+            }
+        )
     else:
-        out.print(f"[green]valid[/] {path}: revision {policy.revision}, {len(agents)} agent(s), "
-                  f"longest grant {policy.max_grant_duration_s}s")
+        out.print(
+            f"[green]valid[/] {path}: revision {policy.revision}, {len(agents)} agent(s), "
+            f"longest grant {policy.max_grant_duration_s}s"
+        )
 
 
 def main() -> None:

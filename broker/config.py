@@ -1,4 +1,7 @@
-"""Settings from the environment (``PERMBROKER_`` prefix) and defaults. Imports pydantic-settings and stdlib."""
+"""Settings from the environment (``PERMBROKER_`` prefix) and defaults.
+
+Imports pydantic-settings and stdlib.
+"""
 
 from __future__ import annotations
 

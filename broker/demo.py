@@ -24,8 +24,8 @@ from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import AgentClient
-from broker.sdk.view import GrantView
-from schemas.events import AgentRevoked, GrantExpired, GrantIssued, GrantRevoked
+from broker.sdk.view import GrantView, Verdict
+from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued, GrantRevoked
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAUD_AGENT = "fraud-detector-7"
@@ -39,10 +39,16 @@ console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "120")))
 
 def demo_settings() -> Settings:
     """A stack of its own, so the demo never touches a user's stack or test data."""
-    return Settings(stack_dir=ROOT / ".stack" / "demo", kafka_port=39092,
-                    kafka_controller_port=39093, redis_port=36379,
-                    kafka_bootstrap="127.0.0.1:39092", redis_url="redis://127.0.0.1:36379/0",
-                    policy_path=ROOT / "policies" / "fraud", app_id="permbroker-demo")
+    return Settings(
+        stack_dir=ROOT / ".stack" / "demo",
+        kafka_port=39092,
+        kafka_controller_port=39093,
+        redis_port=36379,
+        kafka_bootstrap="127.0.0.1:39092",
+        redis_url="redis://127.0.0.1:36379/0",
+        policy_path=ROOT / "policies" / "fraud",
+        app_id="permbroker-demo",
+    )
 
 
 @dataclass
@@ -61,14 +67,18 @@ class Scenario:
         """Record (and show) whether an expectation held."""
         self.checks.append((what, ok, detail))
         mark = "[green]✔[/]" if ok else "[bold red]✘[/]"
-        console.print(f"{'':>13} {mark} {escape(what)}" + (f" [dim]({escape(detail)})[/]" if detail else ""))
+        console.print(
+            f"{'':>13} {mark} {escape(what)}" + (f" [dim]({escape(detail)})[/]" if detail else "")
+        )
         return ok
 
     def on_event(self, record: Record, applied_at: float) -> None:
         """GrantView callback: remember every lifecycle event and when it was applied."""
         self.seen.append((record, applied_at))
 
-    def wait_event(self, pred: Callable[[Record], bool], timeout: float) -> tuple[Record, float] | None:
+    def wait_event(
+        self, pred: Callable[[Record], bool], timeout: float
+    ) -> tuple[Record, float] | None:
         """The first seen event matching ``pred``, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -83,6 +93,14 @@ def _left(when: datetime | None) -> str:
     if when is None:
         return "-"
     return f"{when:%H:%M:%S}Z ({(when - datetime.now(UTC)).total_seconds():.1f}s left)"
+
+
+def _verdict(v: Verdict) -> str:
+    return f"{'ALLOW' if v.allowed else 'DENY'} ({v.reason})"
+
+
+def _denial(d: EscalationDecided) -> str:
+    return f"[{d.denied[0].rule}] {d.denied[0].reason}" if d.denied else ""
 
 
 def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
@@ -100,87 +118,174 @@ def play(s: Scenario, settings: Settings, view: GrantView) -> None:
     boot = settings.kafka_bootstrap
     with AgentClient(FRAUD_AGENT, boot) as fraud, AgentClient(REPORT_AGENT, boot) as reporter:
         s.say("resource:payments", "grant view caught up with the log; baseline only")
-        s.check("before escalation, freeze is denied",
-                not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed)
+        s.check(
+            "before escalation, freeze is denied",
+            not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed,
+        )
         # 1. The fraud agent spots a pattern and escalates.
-        fraud.report_risk(kind="fraud_pattern", severity=0.93, resource=ACCOUNTS[0],
-                          detail="card-testing burst across two linked accounts")
-        s.say(FRAUD_AGENT, f"spots a fraud pattern on {', '.join(ACCOUNTS)} (risk 0.93); asks for "
-              f"{FREEZE} + {PII} for 15m, confidence 0.95")
+        fraud.report_risk(
+            kind="fraud_pattern",
+            severity=0.93,
+            resource=ACCOUNTS[0],
+            detail="card-testing burst across two linked accounts",
+        )
+        s.say(
+            FRAUD_AGENT,
+            f"spots a fraud pattern on {', '.join(ACCOUNTS)} (risk 0.93); asks for "
+            f"{FREEZE} + {PII} for 15m, confidence 0.95",
+        )
         t0 = time.monotonic()
-        d = fraud.request_escalation([FREEZE, PII], resources=ACCOUNTS, duration_s=900,
-                                     reason="suspected card-testing ring", confidence=0.95,
-                                     risk_score=0.93, case_id="case-2026-1128-17")
+        d = fraud.request_escalation(
+            [FREEZE, PII],
+            resources=ACCOUNTS,
+            duration_s=900,
+            reason="suspected card-testing ring",
+            confidence=0.95,
+            risk_score=0.93,
+            case_id="case-2026-1128-17",
+        )
         # 2. Granted, narrowed, clamped.
-        s.say("broker", f"{d.outcome.upper()} in {(time.monotonic() - t0) * 1000:.0f} ms: "
-              f"{', '.join(d.granted_scopes)} on {', '.join(d.resources)}; expires {_left(d.expires_at)}")
+        s.say(
+            "broker",
+            f"{d.outcome.upper()} in {(time.monotonic() - t0) * 1000:.0f} ms: "
+            f"{', '.join(d.granted_scopes)} on {', '.join(d.resources)}; "
+            f"expires {_left(d.expires_at)}",
+        )
         s.say("broker", f"clamped by {d.clamped_by}; policy {d.policy_revision}")
-        s.check("escalation granted with both scopes",
-                d.outcome == "granted" and set(d.granted_scopes) == {FREEZE, PII})
+        s.check(
+            "escalation granted with both scopes",
+            d.outcome == "granted" and set(d.granted_scopes) == {FREEZE, PII},
+        )
         s.check("narrowed to the two flagged accounts", set(d.resources) == set(ACCOUNTS))
-        s.check("clamped to the rule's maximum, and the output names the rule",
-                d.duration_s == 20 and bool(d.clamped_by) and "fraud-freeze-on-pattern" in (d.clamped_by or ""),
-                f"{d.duration_s}s")
+        s.check(
+            "clamped to the rule's maximum, and the output names the rule",
+            d.duration_s == 20
+            and bool(d.clamped_by)
+            and "fraud-freeze-on-pattern" in (d.clamped_by or ""),
+            f"{d.duration_s}s",
+        )
         # 3. The resource service enforces.
         seen = _wait(lambda: view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
-        s.say("resource:payments", f"grant reached the view in {(seen or 0) * 1000:.1f} ms after the decision")
+        s.say(
+            "resource:payments",
+            f"grant reached the view in {(seen or 0) * 1000:.1f} ms after the decision",
+        )
         v_ok = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
         v_other = view.allows(FRAUD_AGENT, FREEZE, OTHER_ACCOUNT)
-        s.say("resource:payments", f"freeze {ACCOUNTS[0]}: {'ALLOW' if v_ok.allowed else 'DENY'} ({v_ok.reason})")
-        s.say("resource:payments", f"freeze {OTHER_ACCOUNT}: {'ALLOW' if v_other.allowed else 'DENY'} ({v_other.reason})")
+        s.say(
+            "resource:payments",
+            f"freeze {ACCOUNTS[0]}: {_verdict(v_ok)}",
+        )
+        s.say(
+            "resource:payments",
+            f"freeze {OTHER_ACCOUNT}: {_verdict(v_other)}",
+        )
         s.check("freeze allowed on a flagged account", v_ok.allowed)
         s.check("freeze denied on a third account (outside the grant)", not v_other.allowed)
         # 4. Outside the ceiling.
-        d4 = fraud.request_escalation(["payments:transfers.create"], resources=[ACCOUNTS[0]],
-                                      duration_s=300, reason="move funds to a safe account",
-                                      confidence=0.99, risk_score=0.93)
+        d4 = fraud.request_escalation(
+            ["payments:transfers.create"],
+            resources=[ACCOUNTS[0]],
+            duration_s=300,
+            reason="move funds to a safe account",
+            confidence=0.99,
+            risk_score=0.93,
+        )
         rule4 = d4.denied[0].rule if d4.denied else ""
-        s.say("broker", f"{FRAUD_AGENT} asks for payments:transfers.create: {d4.outcome.upper()} "
-              f"[{rule4}] {d4.denied[0].reason if d4.denied else ''}")
-        s.check("scope outside the ceiling denied, naming the ceiling",
-                d4.outcome == "denied" and rule4.startswith("ceiling:"), rule4)
+        s.say(
+            "broker",
+            f"{FRAUD_AGENT} asks for payments:transfers.create: {d4.outcome.upper()} "
+            f"[{rule4}] {d4.denied[0].reason if d4.denied else ''}",
+        )
+        s.check(
+            "scope outside the ceiling denied, naming the ceiling",
+            d4.outcome == "denied" and rule4.startswith("ceiling:"),
+            rule4,
+        )
         # 6 (started early so it lapses while the rest plays): an unrelated short grant.
-        d6 = reporter.request_escalation(["reports:ledger.export"], duration_s=6,
-                                         reason="month-end ledger export", confidence=0.97)
-        s.say("broker", f"{REPORT_AGENT}: {d6.outcome.upper()} reports:ledger.export, "
-              f"expires {_left(d6.expires_at)}")
+        d6 = reporter.request_escalation(
+            ["reports:ledger.export"],
+            duration_s=6,
+            reason="month-end ledger export",
+            confidence=0.97,
+        )
+        s.say(
+            "broker",
+            f"{REPORT_AGENT}: {d6.outcome.upper()} reports:ledger.export, "
+            f"expires {_left(d6.expires_at)}",
+        )
         s.check("unrelated grant to another agent issued", d6.outcome == "granted")
         # 5. Anomaly in the fraud agent's own behaviour: revoke everything.
-        sig = fraud.report_risk(kind="behaviour_anomaly", severity=0.95, subject_agent_id=FRAUD_AGENT,
-                                detail="query volume 40x its baseline")
-        s.say("monitor", f"behaviour anomaly about {FRAUD_AGENT} (severity 0.95), signal {sig.signal_id}")
+        sig = fraud.report_risk(
+            kind="behaviour_anomaly",
+            severity=0.95,
+            subject_agent_id=FRAUD_AGENT,
+            detail="query volume 40x its baseline",
+        )
+        s.say(
+            "monitor",
+            f"behaviour anomaly about {FRAUD_AGENT} (severity 0.95), signal {sig.signal_id}",
+        )
         gone = _wait(lambda: not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
-        rev = s.wait_event(lambda r: isinstance(r.event, AgentRevoked) and r.event.agent_id == FRAUD_AGENT, 5)
+        rev = s.wait_event(
+            lambda r: isinstance(r.event, AgentRevoked) and r.event.agent_id == FRAUD_AGENT, 5
+        )
         after = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
         if rev is not None:
             ev = rev[0].event
             assert isinstance(ev, AgentRevoked)
             lag = (rev[1] - ev.revoked_at.timestamp()) * 1000
-            s.say("broker", f"revoked {len(ev.grant_ids)} grant(s) [rule {ev.rule}]; quarantined until "
-                  f"{_left(ev.quarantined_until)}")
-            s.say("resource:payments", f"revocation applied {lag:.1f} ms after Kafka appended the "
-                  f"signal; freeze {ACCOUNTS[0]}: {'ALLOW' if after.allowed else 'DENY'} ({after.reason})")
-        s.check("revocation reached the resource side and the next check is denied",
-                gone is not None and rev is not None and not after.allowed)
+            s.say(
+                "broker",
+                f"revoked {len(ev.grant_ids)} grant(s) [rule {ev.rule}]; quarantined until "
+                f"{_left(ev.quarantined_until)}",
+            )
+            s.say(
+                "resource:payments",
+                f"revocation applied {lag:.1f} ms after Kafka appended the "
+                f"signal; freeze {ACCOUNTS[0]}: {_verdict(after)}",
+            )
+        s.check(
+            "revocation reached the resource side and the next check is denied",
+            gone is not None and rev is not None and not after.allowed,
+        )
         revoked_ids = {r.event.grant_id for r, _ in s.seen if isinstance(r.event, GrantRevoked)}
         s.check("both scopes' grant revoked (grant.revoked event seen)", d.grant_id in revoked_ids)
-        d5 = fraud.request_escalation([FREEZE], resources=[ACCOUNTS[0]], duration_s=600,
-                                      reason="retry after revocation", confidence=0.99, risk_score=0.95)
-        s.say("broker", f"{FRAUD_AGENT} asks again during quarantine: {d5.outcome.upper()} "
-              f"[{d5.denied[0].rule if d5.denied else ''}] {d5.denied[0].reason if d5.denied else ''}")
+        d5 = fraud.request_escalation(
+            [FREEZE],
+            resources=[ACCOUNTS[0]],
+            duration_s=600,
+            reason="retry after revocation",
+            confidence=0.99,
+            risk_score=0.95,
+        )
+        s.say(
+            "broker",
+            f"{FRAUD_AGENT} asks again during quarantine: {d5.outcome.upper()} {_denial(d5)}",
+        )
         s.check("new escalation during quarantine denied", d5.outcome == "denied")
         # 6. The reporter's grant lapses on its own.
-        exp = s.wait_event(lambda r: isinstance(r.event, GrantExpired) and r.event.grant_id == d6.grant_id, 20)
+        exp = s.wait_event(
+            lambda r: isinstance(r.event, GrantExpired) and r.event.grant_id == d6.grant_id, 20
+        )
         if exp is not None:
             ev6 = exp[0].event
             assert isinstance(ev6, GrantExpired)
-            s.say("resource:reports", f"grant.expired for {ev6.grant_id} (expires_at "
-                  f"{ev6.expires_at:%H:%M:%S.%f}Z, announced {(exp[1] - ev6.expires_at.timestamp()) * 1000:.0f} ms later)")
+            s.say(
+                "resource:reports",
+                f"grant.expired for {ev6.grant_id} (expires_at "
+                f"{ev6.expires_at:%H:%M:%S.%f}Z, announced "
+                f"{(exp[1] - ev6.expires_at.timestamp()) * 1000:.0f} ms later)",
+            )
         s.check("unrelated grant lapsed on its own (grant.expired seen)", exp is not None)
-        s.check("its access ended at expires_at",
-                not view.allows(REPORT_AGENT, "reports:ledger.export").allowed)
+        s.check(
+            "its access ended at expires_at",
+            not view.allows(REPORT_AGENT, "reports:ledger.export").allowed,
+        )
         issued = [r.event for r, _ in s.seen if isinstance(r.event, GrantIssued)]
-        s.check("exactly two grants were issued in the whole run", len(issued) == 2, str(len(issued)))
+        s.check(
+            "exactly two grants were issued in the whole run", len(issued) == 2, str(len(issued))
+        )
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -215,11 +320,20 @@ def run_demo(*, keep: bool = False) -> int:
 
 def _summary(s: Scenario, elapsed: float, keep: bool) -> int:
     failed = [c for c in s.checks if not c[1]]
-    table = Table("check", "result", title=f"{len(s.checks) - len(failed)}/{len(s.checks)} checks passed"
-                  f" in {elapsed:.0f}s")
+    table = Table(
+        "check",
+        "result",
+        title=f"{len(s.checks) - len(failed)}/{len(s.checks)} checks passed in {elapsed:.0f}s",
+    )
     for what, ok, detail in s.checks:
-        table.add_row(escape(what), ("[green]pass[/]" if ok else "[red]FAIL[/]") + (f" {escape(detail)}" if detail else ""))
+        table.add_row(
+            escape(what),
+            ("[green]pass[/]" if ok else "[red]FAIL[/]") + (f" {escape(detail)}" if detail else ""),
+        )
     console.print(table)
-    console.print("stack left running (permbroker stack down to stop)" if keep
-                  else "stopped the worker and the demo stack")
+    console.print(
+        "stack left running (permbroker stack down to stop)"
+        if keep
+        else "stopped the worker and the demo stack"
+    )
     return 1 if failed or not s.checks else 0

@@ -28,8 +28,9 @@ class ConfigError(BrokerError):
 class PolicyError(BrokerError):
     """A policy bundle is invalid; names the file, line and rule."""
 
-    def __init__(self, message: str, *, file: str, line: int | None = None,
-                 rule: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str, line: int | None = None, rule: str | None = None
+    ) -> None:
         self.file = file
         self.line = line
         self.rule = rule

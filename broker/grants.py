@@ -96,10 +96,19 @@ def decide(
         denied = tuple(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
         )
-        return _outcome(request, evaluation, agent, denied, (blocked.reason,), None, received_at, now)
+        return _outcome(
+            request, evaluation, agent, denied, (blocked.reason,), None, received_at, now
+        )
     if not evaluation.granted:
         return _outcome(
-            request, evaluation, agent, evaluation.denied, evaluation.reasons, None, received_at, now
+            request,
+            evaluation,
+            agent,
+            evaluation.denied,
+            evaluation.reasons,
+            None,
+            received_at,
+            now,
         )
     grant = GrantIssued(
         grant_id=derive_id("grant", request.request_id),
@@ -145,12 +154,15 @@ def _outcome(
         policy_revision=evaluation.policy_revision,
         decided_at=now,
     )
-    audit = decision_audit(decision, {
-        "request": request.model_dump(mode="json"),
-        "agent": agent.model_dump(mode="json") if agent else None,
-        "received_at": received_at.isoformat(),
-        "now": now.isoformat(),
-    })
+    audit = decision_audit(
+        decision,
+        {
+            "request": request.model_dump(mode="json"),
+            "agent": agent.model_dump(mode="json") if agent else None,
+            "received_at": received_at.isoformat(),
+            "now": now.isoformat(),
+        },
+    )
     return Outcome(decision=decision, grant=grant, audit=audit)
 
 
@@ -166,18 +178,24 @@ def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> Au
         reasons=decision.reasons,
         rules=decision.matched_rules,
         policy_revision=decision.policy_revision,
-        inputs={**inputs, "grant_id": decision.grant_id,
-                "expires_at": decision.expires_at.isoformat() if decision.expires_at else None},
+        inputs={
+            **inputs,
+            "grant_id": decision.grant_id,
+            "expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
+        },
     )
 
 
-def duplicate_audit(decision: EscalationDecided, live: bool, origin: str,
-                    now: datetime) -> AuditRecord:
+def duplicate_audit(
+    decision: EscalationDecided, live: bool, origin: str, now: datetime
+) -> AuditRecord:
     """The audit record of a request delivered again after its decision was published."""
     if decision.outcome == "granted" and not live:
         outcome = "denied"
-        reason = (f"duplicate of a request whose grant {decision.grant_id} is no longer active "
-                  "(revoked, released or expired); a revocation is never undone")
+        reason = (
+            f"duplicate of a request whose grant {decision.grant_id} is no longer active "
+            "(revoked, released or expired); a revocation is never undone"
+        )
     else:
         outcome = "duplicate"
         reason = "request delivered again; the recorded decision stands, nothing new was granted"

@@ -1,4 +1,6 @@
-"""The faust app: raw-bytes topics, agents that hand each message to the Processor. Imports faust, broker.
+"""The faust app: raw-bytes topics, agents that hand each message to the Processor.
+
+Imports faust, broker.
 
 Run it with ``permbroker worker``. Topics are created by ``permbroker stack up`` (or the admin
 helper) from the registry; faust does not declare them. No authoritative state lives in faust
@@ -63,11 +65,10 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         producer = app.producer
         try:
             futures = [
-                await producer.send(topic, m.key, m.value, None, None, m.headers)
-                for m in messages
+                await producer.send(topic, m.key, m.value, None, None, m.headers) for m in messages
             ]
             await asyncio.gather(*futures)
-        except Exception as exc:  # noqa: BLE001 - aiokafka raises many types; all mean "not written"
+        except Exception as exc:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
 
     processor = Processor(policy, store, publish, margin_s=settings.record_margin_s)
@@ -76,7 +77,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def prepare() -> None:
         await _prepare(processor, store, settings, policy)
 
@@ -90,14 +91,17 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         async for event in stream.events():
             try:
                 await processor.on_risk(_incoming(event))
-            except Exception:  # noqa: BLE001 - outermost loop: a revocation must never be skipped
-                log.critical("risk signal %s could not be processed; stopping the worker so the "
-                             "partition halts instead of skipping a revocation",
-                             _incoming(event).origin, exc_info=True)
+            except Exception:
+                log.critical(
+                    "risk signal %s could not be processed; stopping the worker so the "
+                    "partition halts instead of skipping a revocation",
+                    _incoming(event).origin,
+                    exc_info=True,
+                )
                 logging.shutdown()
                 os._exit(70)
 
-    @app.timer(settings.expiry_interval_s)
+    @app.timer(settings.expiry_interval_s)  # type: ignore[untyped-decorator]
     async def expiries() -> None:
         try:
             await processor.sweep_expiries()
@@ -107,8 +111,9 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     return app
 
 
-async def _prepare(processor: Processor, store: RedisGrantStore, settings: Settings,
-                   policy: Policy) -> None:
+async def _prepare(
+    processor: Processor, store: RedisGrantStore, settings: Settings, policy: Policy
+) -> None:
     """Refuse an evicting Redis; rebuild the view from Kafka when it was never built (or wiped)."""
     while True:
         try:
@@ -118,7 +123,9 @@ async def _prepare(processor: Processor, store: RedisGrantStore, settings: Setti
                 log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
                 folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
                 restored = await rebuild.apply(store, folded, now)
-                log.warning("rebuilt %d active grant(s) from %d record(s)", restored, folded.records)
+                log.warning(
+                    "rebuilt %d active grant(s) from %d record(s)", restored, folded.records
+                )
             break
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)

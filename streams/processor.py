@@ -76,8 +76,9 @@ Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[None]]
 class Processor:
     """The broker's decision logic wired to a store and a publisher."""
 
-    def __init__(self, policy: Policy, store: RedisGrantStore, publish: Publish, *,
-                 margin_s: int = 3600) -> None:
+    def __init__(
+        self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600
+    ) -> None:
         self.policy = policy
         self.store = store
         self._publish = publish
@@ -95,11 +96,13 @@ class Processor:
 
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
         """Park a message that cannot be processed, with its raw bytes, origin and reason."""
-        headers = [*msg.headers,
-                   (topics.DLQ_REASON, reason.encode()),
-                   (topics.DLQ_TOPIC, msg.topic.encode()),
-                   (topics.DLQ_PARTITION, str(msg.partition).encode()),
-                   (topics.DLQ_OFFSET, str(msg.offset).encode())]
+        headers = [
+            *msg.headers,
+            (topics.DLQ_REASON, reason.encode()),
+            (topics.DLQ_TOPIC, msg.topic.encode()),
+            (topics.DLQ_PARTITION, str(msg.partition).encode()),
+            (topics.DLQ_OFFSET, str(msg.offset).encode()),
+        ]
         dlq = codec.Encoded(key=msg.key, value=msg.value or b"", headers=headers)
         await self._retrying("dead-letter", lambda: self._publish(topics.DEAD_LETTER.name, [dlq]))
         self._count("dead_lettered")
@@ -139,17 +142,26 @@ class Processor:
         for _attempt in range(3):
             now = datetime.now(UTC)
             state = await self.store.agent_state(request.agent_id)
-            risk = RiskContext(agent=await self.store.live_risk(request.agent_id),
-                               request=request.risk_score)
+            risk = RiskContext(
+                agent=await self.store.live_risk(request.agent_id), request=request.risk_score
+            )
             evaluation = self.policy.evaluate(request, agent, risk, now)
-            outcome = decide(request, evaluation, agent=agent, state=state,
-                             received_at=received_at, now=now)
-            committed = await self.store.commit(outcome, received_at=received_at, now=now,
-                                                max_grant_s=self.policy.max_grant_duration_s)
+            outcome = decide(
+                request, evaluation, agent=agent, state=state, received_at=received_at, now=now
+            )
+            committed = await self.store.commit(
+                outcome,
+                received_at=received_at,
+                now=now,
+                max_grant_s=self.policy.max_grant_duration_s,
+            )
             if committed.status != "blocked":
                 break
-            log.info("request %s blocked at commit (%s); deciding again",
-                     request.request_id, committed.blocked_reason)
+            log.info(
+                "request %s blocked at commit (%s); deciding again",
+                request.request_id,
+                committed.blocked_reason,
+            )
         await self._announce(committed, outcome, msg)
 
     async def _announce(self, committed: Committed, outcome: Outcome, msg: Incoming) -> None:
@@ -158,8 +170,9 @@ class Processor:
             raise StoreUnavailable("agent state kept changing during the decision")
         if committed.status == "existing" and committed.published:
             self._count("duplicates")
-            dup = duplicate_audit(decision, committed.grant is not None, msg.origin,
-                                  datetime.now(UTC))
+            dup = duplicate_audit(
+                decision, committed.grant is not None, msg.origin, datetime.now(UTC)
+            )
             await self.emit(topics.AUDIT.name, dup)
             return
         if committed.status == "existing":  # stored before a crash, never published: finish it
@@ -172,8 +185,9 @@ class Processor:
             await self.emit(topics.GRANTS.name, committed.grant)
         await self.emit(topics.DECISIONS.name, decision)
         await self.emit(topics.AUDIT.name, audit)
-        await self.store.mark_published(decision, received_at=msg.received_at,
-                                        max_grant_s=self.policy.max_grant_duration_s)
+        await self.store.mark_published(
+            decision, received_at=msg.received_at, max_grant_s=self.policy.max_grant_duration_s
+        )
 
     async def on_risk(self, msg: Incoming) -> None:
         """Apply revocation rules to one risk signal; a bad signal revokes its key's agent."""
@@ -191,8 +205,11 @@ class Processor:
         subject = signal.subject_agent_id
         agent = self.policy.agent(subject) if subject else None
         action = (
-            RiskAction(revoke=True, rule="operator-revoke",
-                       reason=f"revoked by {signal.source}: {signal.detail or 'no reason given'}")
+            RiskAction(
+                revoke=True,
+                rule="operator-revoke",
+                reason=f"revoked by {signal.source}: {signal.detail or 'no reason given'}",
+            )
             if signal.kind == OPERATOR_REVOKE_KIND
             else self.policy.on_risk(signal, agent, now)
         )
@@ -203,32 +220,51 @@ class Processor:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
         await self.emit(topics.AUDIT.name, risk_audit(signal, action, revoked, now))
 
-    async def _revoke(self, agent_id: str, cause_id: str, action: RiskAction,
-                      now: datetime) -> tuple[str, ...]:
-        plan = plan_revocation(cause_id, agent_id, action, now=now,
-                               max_grant_s=self.policy.max_grant_duration_s,
-                               margin_s=self._margin_s)
+    async def _revoke(
+        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
+    ) -> tuple[str, ...]:
+        plan = plan_revocation(
+            cause_id,
+            agent_id,
+            action,
+            now=now,
+            max_grant_s=self.policy.max_grant_duration_s,
+            margin_s=self._margin_s,
+        )
         grants = await self.store.revoke_all(plan)
         agent_event, per_grant = revoked_events(plan, grants)
         await self.emit(topics.GRANTS.name, *per_grant, agent_event)
         await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in per_grant))
         self._count("revocations")
-        log.warning("revoked %d grant(s) of %s (rule %s, cause %s)",
-                    len(grants), agent_id, plan.rule, cause_id)
+        log.warning(
+            "revoked %d grant(s) of %s (rule %s, cause %s)",
+            len(grants),
+            agent_id,
+            plan.rule,
+            cause_id,
+        )
         return tuple(g.grant_id for g in grants)
 
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
         agent_id = (msg.key or b"").decode(errors="replace")
         if not re.match(AGENT_ID_PATTERN, agent_id):
-            log.error("undecodable risk signal at %s names no agent; dead-lettered only",
-                      msg.origin)
+            log.error(
+                "undecodable risk signal at %s names no agent; dead-lettered only", msg.origin
+            )
             return
-        action = RiskAction(revoke=True, rule="undecodable-risk-signal",
-                            reason=f"a risk signal about this agent could not be read ({reason}); "
-                            "revoking to fail closed")
-        await self._retrying("fail-safe revoke", lambda: self._revoke(
-            agent_id, derive_id("undecodable", msg.origin), action, msg.received_at))
+        action = RiskAction(
+            revoke=True,
+            rule="undecodable-risk-signal",
+            reason=f"a risk signal about this agent could not be read ({reason}); "
+            "revoking to fail closed",
+        )
+        await self._retrying(
+            "fail-safe revoke",
+            lambda: self._revoke(
+                agent_id, derive_id("undecodable", msg.origin), action, msg.received_at
+            ),
+        )
 
     async def sweep_expiries(self) -> int:
         """Announce grants that reached their absolute expiry (Redis TTL already ended them)."""

@@ -1,4 +1,6 @@
-"""Kafka access outside faust (SDKs, CLI, rebuild, demo) with confluent-kafka. Imports schemas, codec.
+"""Kafka access outside faust (SDKs, CLI, rebuild, demo) with confluent-kafka.
+
+Imports schemas, codec.
 
 Producers use the Java-compatible murmur2 partitioner so a key lands on the same partition as
 when faust (aiokafka) produces it: one agent, one partition, whoever writes.
@@ -12,7 +14,15 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from broker.adapters.codec import Encoded, decode, encode
 from broker.errors import BusError, WireError
@@ -45,8 +55,9 @@ class Publisher:
         """Produce one already-encoded message and wait for its acknowledgement."""
         self.publish_many(topic, [message], timeout=timeout)
 
-    def publish_many(self, topic: str, messages: Iterable[Encoded | WireModel], *,
-                     timeout: float = 30.0) -> None:
+    def publish_many(
+        self, topic: str, messages: Iterable[Encoded | WireModel], *, timeout: float = 30.0
+    ) -> None:
         """Produce a batch, then wait once for every acknowledgement (or raise BusError)."""
         errors: list[KafkaError] = []
 
@@ -68,8 +79,10 @@ class Publisher:
     def _produce(self, topic: str, m: Encoded, on_delivery: Callable[..., None]) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=m.value, key=m.key, headers=m.headers,
-                                       on_delivery=on_delivery)
+                headers: list[tuple[str, str | bytes | None]] = list(m.headers)
+                self._producer.produce(
+                    topic, value=m.value, key=m.key, headers=headers, on_delivery=on_delivery
+                )
                 return
             except BufferError:  # local queue full: let deliveries drain, then go on
                 self._producer.poll(0.05)
@@ -131,19 +144,24 @@ class Record:
 def to_record(msg: Message) -> Record:
     """Decode a consumed message without raising."""
     raw = msg.value()
-    _kind, ts = msg.timestamp()
+    raw_headers = msg.headers() or []
+    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in items)
+    key = msg.key()
+    key_bytes = key.encode() if isinstance(key, str) else key
     try:
-        event: WireModel | None = decode(msg.key(), raw, msg.headers())
+        event: WireModel | None = decode(key_bytes, raw, headers)
         error = None
     except WireError as exc:
         event, error = None, str(exc)
-    headers = tuple((k, v or b"") for k, v in (msg.headers() or []))
-    return Record(msg.topic(), msg.partition(), msg.offset(), ts, event, error, raw, msg.key(),
-                  headers)
+    _kind, ts = msg.timestamp()
+    return Record(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, ts, event, error,
+                  raw, key_bytes, headers)
 
 
-def read_all(bootstrap: str, topic: str, *, timeout: float = 30.0,
-             stop: Callable[[], bool] | None = None) -> Iterator[Record]:
+def read_all(
+    bootstrap: str, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
+) -> Iterator[Record]:
     """Every message of a topic from the beginning up to its end at call time."""
     c = consumer(bootstrap)
     try:
@@ -159,8 +177,9 @@ def read_all(bootstrap: str, topic: str, *, timeout: float = 30.0,
                 continue
             if msg.error():
                 raise BusError(f"error reading {topic}: {msg.error()}")
-            yield to_record(msg)
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                todo.discard(msg.partition())
+            rec = to_record(msg)
+            yield rec
+            if rec.offset + 1 >= ends[rec.partition]:
+                todo.discard(rec.partition)
     finally:
         c.close()

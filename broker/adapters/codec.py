@@ -1,4 +1,6 @@
-"""CloudEvents 1.0 binary-mode codec between Kafka messages and wire models. Imports schemas, cloudevents.
+"""CloudEvents 1.0 binary-mode codec between Kafka messages and wire models.
+
+Imports schemas, cloudevents.
 
 On Kafka an event is: key = agent id, headers = ``ce_*`` attributes (+ ``content-type``),
 value = the model as JSON. Decoding checks every layer and raises ``WireError`` with a reason
@@ -86,7 +88,11 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
     except ValidationError as exc:
         raise WireError(f"schema-invalid {ce.get_type()}: {_brief(exc)}") from exc
     expected_key = partition_key(event)
-    if expected_key is not None and key is not None and key.decode(errors="replace") != expected_key:
+    if (
+        expected_key is not None
+        and key is not None
+        and key.decode(errors="replace") != expected_key
+    ):
         raise WireError(f"message key {key!r} does not match the event's agent {expected_key!r}")
     return event
 

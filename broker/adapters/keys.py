@@ -11,7 +11,9 @@ PREFIX = "pb"
 
 # Global keys (their own slots).
 EXPIRY_INDEX = f"{PREFIX}:expiry"  # zset "agent\x1fgrant_id" -> expires_at ms; PXAT of the latest
-VIEW_EPOCH = f"{PREFIX}:view:epoch"  # set when the view was (re)built from Kafka; absent = fail closed
+VIEW_EPOCH = (
+    f"{PREFIX}:view:epoch"  # set when the view was (re)built from Kafka; absent = fail closed
+)
 AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
 
 

@@ -61,8 +61,14 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
     """Write revocation markers first, then the active grants; mark the view built."""
     for rev in folded.revocations.values():
         if rev.markers_until > now:
-            await store.restore_revocation(rev.agent_id, rev.revoked_at, rev.markers_until,
-                                           rev.quarantined_until, rev.rule, now)
+            await store.restore_revocation(
+                rev.agent_id,
+                rev.revoked_at,
+                rev.markers_until,
+                rev.quarantined_until,
+                rev.rule,
+                now,
+            )
     restored = 0
     for grant in folded.active.values():
         restored += await store.restore_grant(grant, now)

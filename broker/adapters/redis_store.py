@@ -1,4 +1,6 @@
-"""Redis grant store: the fast, TTL-bounded view of active grants. Imports redis, broker core, schemas.
+"""Redis grant store: the fast, TTL-bounded view of active grants.
+
+Imports redis, broker core, schemas.
 
 Kafka is the log of record; this view can be rebuilt from it (``rebuild.py``). Until it has been
 built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua script on one agent's
@@ -86,9 +88,9 @@ class RedisGrantStore:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
     async def check_config(self) -> None:
-        """Refuse to run on a Redis that may evict keys (would drop grants or revocation markers)."""
+        """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
         cfg = await self._call(self._r.config_get("maxmemory-policy"))
-        policy = (cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b"")
+        policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
         policy = policy.decode() if isinstance(policy, bytes) else str(policy)
         if policy != "noeviction":
             raise StoreMisconfigured(
@@ -132,25 +134,43 @@ class RedisGrantStore:
         )
         return float(raw)
 
-    async def commit(self, outcome: Outcome, *, received_at: datetime, now: datetime,
-                     max_grant_s: int) -> Committed:
+    async def commit(
+        self, outcome: Outcome, *, received_at: datetime, now: datetime, max_grant_s: int
+    ) -> Committed:
         """Store a decision (and its grant) once; a redelivery gets the recorded decision back."""
         d, g = outcome.decision, outcome.grant
         agent = d.agent_id
         expires = g.expires_at if g else received_at
         record_until = self._record_until(expires, received_at, max_grant_s)
         if g is not None:
-            await self._call(self._r.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)}))
+            await self._call(
+                self._r.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)})
+            )
             await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True))
             await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True))
         gid = g.grant_id if g else ""
-        status, payload, extra, published = await self._call(self._commit(
-            keys=[keys.decision(agent, d.request_id), keys.grant(agent, gid), keys.index(agent),
-                  keys.revoked(agent), keys.quarantine(agent), keys.life(agent, gid),
-                  keys.published(agent, d.request_id)],
-            args=[d.model_dump_json(), g.model_dump_json() if g else "", ms(expires),
-                  ms(received_at), ms(now), ms(record_until), gid],
-        ))
+        status, payload, extra, published = await self._call(
+            self._commit(
+                keys=[
+                    keys.decision(agent, d.request_id),
+                    keys.grant(agent, gid),
+                    keys.index(agent),
+                    keys.revoked(agent),
+                    keys.quarantine(agent),
+                    keys.life(agent, gid),
+                    keys.published(agent, d.request_id),
+                ],
+                args=[
+                    d.model_dump_json(),
+                    g.model_dump_json() if g else "",
+                    ms(expires),
+                    ms(received_at),
+                    ms(now),
+                    ms(record_until),
+                    gid,
+                ],
+            )
+        )
         status = status.decode()
         if status == "blocked":
             return Committed("blocked", None, None, payload.decode(), extra.decode())
@@ -162,41 +182,61 @@ class RedisGrantStore:
         """How long a request's records live: past any grant it could mint, plus a margin."""
         return max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
 
-    async def mark_published(self, decision: EscalationDecided, *, received_at: datetime,
-                             max_grant_s: int) -> None:
+    async def mark_published(
+        self, decision: EscalationDecided, *, received_at: datetime, max_grant_s: int
+    ) -> None:
         """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
         until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
-        await self._call(self._r.set(keys.published(decision.agent_id, decision.request_id), 1,
-                                     pxat=ms(until)))
+        await self._call(
+            self._r.set(keys.published(decision.agent_id, decision.request_id), 1, pxat=ms(until))
+        )
 
     async def revoke_all(self, plan: RevocationPlan) -> tuple[GrantIssued, ...]:
         """Remove every grant of the agent and leave markers; idempotent per cause event."""
         a = plan.agent_id
-        raw = await self._call(self._revoke(
-            keys=[keys.index(a), keys.revoked(a), keys.quarantine(a), keys.revocation(a, plan.cause_id)],
-            args=[ms(plan.revoked_at), ms(plan.marker_until),
-                  ms(plan.quarantine_until) if plan.quarantine_until else 0,
-                  ms(plan.marker_until + self._margin), keys.agent_prefix(a), plan.rule],
-        ))
+        raw = await self._call(
+            self._revoke(
+                keys=[
+                    keys.index(a),
+                    keys.revoked(a),
+                    keys.quarantine(a),
+                    keys.revocation(a, plan.cause_id),
+                ],
+                args=[
+                    ms(plan.revoked_at),
+                    ms(plan.marker_until),
+                    ms(plan.quarantine_until) if plan.quarantine_until else 0,
+                    ms(plan.marker_until + self._margin),
+                    keys.agent_prefix(a),
+                    plan.rule,
+                ],
+            )
+        )
         return tuple(GrantIssued.model_validate(item) for item in json.loads(raw))
 
     async def release(self, grant: GrantIssued) -> bool:
         """End one grant early (the agent gave it back); True if it was live."""
         a = grant.agent_id
-        live = await self._call(self._release(
-            keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
-            args=[grant.grant_id],
-        ))
+        live = await self._call(
+            self._release(
+                keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
+                args=[grant.grant_id],
+            )
+        )
         return bool(live)
 
     async def check(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
         """Is ``scope`` on ``resource`` allowed for the agent right now? Fails closed."""
         if await self.view_epoch() is None:
-            return Check(False, "grant view not built from Kafka yet (run: permbroker grants rebuild)")
-        raw = await self._call(self._check(
-            keys=[keys.index(agent_id)],
-            args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
-        ))
+            return Check(
+                False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
+            )
+        raw = await self._call(
+            self._check(
+                keys=[keys.index(agent_id)],
+                args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
+            )
+        )
         if not raw:
             return Check(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
         grant = GrantIssued.model_validate_json(raw)
@@ -204,9 +244,9 @@ class RedisGrantStore:
 
     async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
         """Live grants of one agent."""
-        raw = await self._call(self._list(
-            keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)]
-        ))
+        raw = await self._call(
+            self._list(keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)])
+        )
         return [GrantIssued.model_validate_json(item) for item in raw]
 
     async def agents_with_grants(self) -> list[str]:
@@ -217,17 +257,22 @@ class RedisGrantStore:
             out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
 
-    async def due_expiries(self, now: datetime, limit: int = 500) -> list[tuple[GrantExpired, bool]]:
+    async def due_expiries(
+        self, now: datetime, limit: int = 500
+    ) -> list[tuple[GrantExpired, bool]]:
         """Grants whose expiry passed; the flag says whether to announce (not revoked/released)."""
         members = await self._call(
-            self._r.zrangebyscore(keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit,
-                                  withscores=True)
+            self._r.zrangebyscore(
+                keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
+            )
         )
         out = []
         for member, score in members:
             agent, gid = member.decode().split(SEP, 1)
             live = await self._call(self._r.exists(keys.life(agent, gid)))
-            out.append((GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score)), bool(live)))
+            out.append(
+                (GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score)), bool(live))
+            )
         return out
 
     async def ack_expiries(self, done: Sequence[GrantExpired]) -> None:
@@ -244,23 +289,66 @@ class RedisGrantStore:
         """Rebuild: put back one grant from the log if still live and not revoked."""
         a = grant.agent_id
         life_until = grant.expires_at + self._margin
-        await self._call(self._r.zadd(keys.EXPIRY_INDEX, {f"{a}{SEP}{grant.grant_id}": ms(grant.expires_at)}))
+        await self._call(
+            self._r.zadd(keys.EXPIRY_INDEX, {f"{a}{SEP}{grant.grant_id}": ms(grant.expires_at)})
+        )
         await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), gt=True))
         await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), nx=True))
-        done = await self._call(self._restore(
-            keys=[keys.grant(a, grant.grant_id), keys.index(a), keys.life(a, grant.grant_id),
-                  keys.revoked(a), keys.quarantine(a)],
-            args=[grant.model_dump_json(), ms(grant.expires_at), ms(now), ms(life_until),
-                  grant.grant_id, ms(grant.issued_at), 0, 0, 0, ""],
-        ))
+        done = await self._call(
+            self._restore(
+                keys=[
+                    keys.grant(a, grant.grant_id),
+                    keys.index(a),
+                    keys.life(a, grant.grant_id),
+                    keys.revoked(a),
+                    keys.quarantine(a),
+                ],
+                args=[
+                    grant.model_dump_json(),
+                    ms(grant.expires_at),
+                    ms(now),
+                    ms(life_until),
+                    grant.grant_id,
+                    ms(grant.issued_at),
+                    0,
+                    0,
+                    0,
+                    "",
+                ],
+            )
+        )
         return bool(done)
 
-    async def restore_revocation(self, agent_id: str, revoked_at: datetime, marker_until: datetime,
-                                 quarantine_until: datetime | None, rule: str, now: datetime) -> None:
+    async def restore_revocation(
+        self,
+        agent_id: str,
+        revoked_at: datetime,
+        marker_until: datetime,
+        quarantine_until: datetime | None,
+        rule: str,
+        now: datetime,
+    ) -> None:
         """Rebuild: put back a revocation marker (and quarantine) from the log."""
-        await self._call(self._restore(
-            keys=[keys.grant(agent_id, "-"), keys.index(agent_id), keys.life(agent_id, "-"),
-                  keys.revoked(agent_id), keys.quarantine(agent_id)],
-            args=["", 0, ms(now), 0, "", 0, ms(revoked_at), ms(marker_until),
-                  ms(quarantine_until) if quarantine_until else 0, rule],
-        ))
+        await self._call(
+            self._restore(
+                keys=[
+                    keys.grant(agent_id, "-"),
+                    keys.index(agent_id),
+                    keys.life(agent_id, "-"),
+                    keys.revoked(agent_id),
+                    keys.quarantine(agent_id),
+                ],
+                args=[
+                    "",
+                    0,
+                    ms(now),
+                    0,
+                    "",
+                    0,
+                    ms(revoked_at),
+                    ms(marker_until),
+                    ms(quarantine_until) if quarantine_until else 0,
+                    rule,
+                ],
+            )
+        )

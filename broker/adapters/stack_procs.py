@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,7 @@ def is_ours(record: ProcRecord) -> bool:
 # Children started by this process: kept so they can be reaped (no zombies, no ResourceWarning).
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _LOG_LIMIT = 8 * 1024 * 1024
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def spawn(cmd: Sequence[str], *, cwd: Path, log_path: Path) -> ProcRecord:
@@ -185,6 +187,7 @@ def tail(path: Path, lines: int = 25) -> str:
             text = handle.read().decode(errors="replace")
     except OSError:
         return f"(no log at {path})"
+    text = _ANSI.sub("", text)  # Maven colours its output even in batch mode
     return "\n".join(text.splitlines()[-lines:])
 
 

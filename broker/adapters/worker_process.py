@@ -1,4 +1,6 @@
-"""A worker as a child process (``python -m streams``), for the demo, tests and benchmarks. Imports config.
+"""A worker as a child process (``python -m streams``), for the demo, tests and benchmarks.
+
+Imports config.
 
 Starts it with settings passed through the environment, waits until it has its partitions and
 its grant view is ready, and stops (SIGTERM) or kills (SIGKILL) exactly that process.
@@ -56,7 +58,11 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "streams", self._loglevel],
-                env=worker_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                env=worker_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
 
     def log_text(self) -> str:
         """What this run of the child has logged so far."""

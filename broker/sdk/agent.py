@@ -1,4 +1,6 @@
-"""Agent SDK: publish escalation requests and risk signals, await decisions. Imports adapters, schemas.
+"""Agent SDK: publish escalation requests and risk signals, await decisions.
+
+Imports adapters, schemas.
 
 Blocking (confluent-kafka); one client per agent identity. The client starts reading the
 decision topic at its current end *before* it publishes, so a fast decision is never missed.
@@ -25,7 +27,9 @@ class DecisionWatcher:
     def __init__(self, bootstrap: str) -> None:
         self._consumer = consumer(bootstrap)
         ends = end_offsets(self._consumer, topics.DECISIONS.name)
-        self._consumer.assign([TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()])
+        self._consumer.assign(
+            [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
+        )
         self._decisions: dict[str, EscalationDecided] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -50,7 +54,8 @@ class DecisionWatcher:
             if not self._cond.wait_for(lambda: request_id in self._decisions, timeout):
                 raise DecisionTimeout(
                     f"no decision for request {request_id} within {timeout:.0f}s: is a worker "
-                    "running (permbroker worker) and reading the same Kafka cluster?")
+                    "running (permbroker worker) and reading the same Kafka cluster?"
+                )
             return self._decisions.pop(request_id)
 
     def close(self) -> None:
@@ -109,8 +114,15 @@ class AgentClient:
             raise ValueError("this client was created with watch_decisions=False")
         return self._watcher.wait(request_id, timeout)
 
-    def report_risk(self, *, kind: str, severity: float, detail: str = "",
-                    subject_agent_id: str | None = None, resource: str | None = None) -> RiskObserved:
+    def report_risk(
+        self,
+        *,
+        kind: str,
+        severity: float,
+        detail: str = "",
+        subject_agent_id: str | None = None,
+        resource: str | None = None,
+    ) -> RiskObserved:
         """Publish a risk signal (about another agent, this one, or a resource)."""
         signal = RiskObserved(
             signal_id=f"sig-{uuid.uuid4()}",

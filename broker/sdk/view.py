@@ -32,8 +32,13 @@ class Verdict:
 class GrantView:
     """An in-memory, Kafka-fed view of active grants for one resource service."""
 
-    def __init__(self, bootstrap: str, *, topic: str = topics.GRANTS.name,
-                 on_event: Callable[[Record, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = topics.GRANTS.name,
+        on_event: Callable[[Record, float], None] | None = None,
+    ) -> None:
         self._consumer = consumer(bootstrap)
         self._topic = topic
         self._grants: dict[str, dict[str, GrantIssued]] = {}
@@ -64,8 +69,9 @@ class GrantView:
             self._apply(record)
             if self._on_event is not None:
                 self._on_event(record, time.time())
-            if msg.partition() in self._pending and msg.offset() + 1 >= self._ends[msg.partition()]:
-                self._pending.discard(msg.partition())
+            p = record.partition
+            if p in self._pending and record.offset + 1 >= self._ends[p]:
+                self._pending.discard(p)
                 if not self._pending:
                     self._ready.set()
         self._consumer.close()
@@ -88,8 +94,9 @@ class GrantView:
             self._ended.add(gid)
             held.pop(gid, None)
 
-    def allows(self, agent_id: str, scope: str, resource: str = "",
-               now: datetime | None = None) -> Verdict:
+    def allows(
+        self, agent_id: str, scope: str, resource: str = "", now: datetime | None = None
+    ) -> Verdict:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
         if not self._ready.is_set():
             return Verdict(False, "grant view still catching up with the log (fail closed)")
@@ -101,12 +108,17 @@ class GrantView:
             if scope in grant.scopes and (not grant.resources or resource in grant.resources):
                 if grant.expires_at > now:
                     left = (grant.expires_at - now).total_seconds()
-                    return Verdict(True, f"grant {grant.grant_id} until "
-                                   f"{grant.expires_at.isoformat()} ({left:.1f}s left)", grant)
+                    return Verdict(
+                        True,
+                        f"grant {grant.grant_id} until "
+                        f"{grant.expires_at.isoformat()} ({left:.1f}s left)",
+                        grant,
+                    )
                 expired = grant
         if expired is not None:
-            return Verdict(False, f"grant {expired.grant_id} expired at "
-                           f"{expired.expires_at.isoformat()}")
+            return Verdict(
+                False, f"grant {expired.grant_id} expired at {expired.expires_at.isoformat()}"
+            )
         return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
 
     def active(self, agent_id: str, now: datetime | None = None) -> list[GrantIssued]:

@@ -36,10 +36,13 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):
         for cls, suffix, threshold in (("fraud-detection", "f", 0.9), ("reporting", "r", 0.6)):
-            lines += [f"  - agent_id: t{run_id}-{suffix}{n:03d}", f"    agent_class: {cls}",
-                      "    owner: tests@example.com",
-                      "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
-                      f"    confidence_threshold: {threshold}"]
+            lines += [
+                f"  - agent_id: t{run_id}-{suffix}{n:03d}",
+                f"    agent_class: {cls}",
+                "    owner: tests@example.com",
+                "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
+                f"    confidence_threshold: {threshold}",
+            ]
     (bundle / "agents.yaml").write_text("\n".join(lines) + "\n")
     return bundle
 
@@ -58,12 +61,18 @@ def agents(run_id: str) -> Callable[[str], str]:
 
 
 @pytest.fixture(scope="session")
-def settings(services: Services, test_policy: Path, run_id: str,
-             tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    services: Services, test_policy: Path, run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     """Settings of the test worker and clients."""
-    return Settings(kafka_bootstrap=services.bootstrap, redis_url=services.redis_url,
-                    policy_path=test_policy, app_id=f"permbroker-test-{run_id}",
-                    stack_dir=tmp_path_factory.mktemp("worker"), expiry_interval_s=0.2)
+    return Settings(
+        kafka_bootstrap=services.bootstrap,
+        redis_url=services.redis_url,
+        policy_path=test_policy,
+        app_id=f"permbroker-test-{run_id}",
+        stack_dir=tmp_path_factory.mktemp("worker"),
+        expiry_interval_s=0.2,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +116,11 @@ def rclient(settings: Settings) -> Iterator[redis.Redis]:
 
 def keys_without_ttl(client: redis.Redis) -> list[str]:
     """Per-agent keys (grants, markers, records) that would live forever."""
-    return [k.decode() for k in client.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000)
-            if client.pttl(k) == -1]
+    return [
+        k.decode()
+        for k in client.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000)
+        if client.pttl(k) == -1
+    ]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,7 @@
-"""Test helpers for integration tests: a topic tap, request builders, waits. Imports broker, schemas."""
+"""Test helpers for integration tests: a topic tap, request builders, waits.
+
+Imports broker, schemas.
+"""
 
 from __future__ import annotations
 
@@ -43,8 +46,9 @@ class Tap:
         with self._lock:
             return [r.event for r in self.records if isinstance(r.event, kind) and pred(r.event)]
 
-    def wait_for(self, kind: type[T], pred: Callable[[T], bool], count: int = 1,
-                 timeout: float = 30.0) -> list[T]:
+    def wait_for(
+        self, kind: type[T], pred: Callable[[T], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[T]:
         """Wait until at least ``count`` matching events arrived; fail with what was seen."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -53,8 +57,10 @@ class Tap:
                 return found
             time.sleep(0.02)
         found = self.events(kind, pred)
-        raise AssertionError(f"expected {count} {kind.__name__} event(s), saw {len(found)} "
-                             f"within {timeout}s ({len(self.records)} records on the tap)")
+        raise AssertionError(
+            f"expected {count} {kind.__name__} event(s), saw {len(found)} "
+            f"within {timeout}s ({len(self.records)} records on the tap)"
+        )
 
     def close(self) -> None:
         """Stop tapping."""
@@ -91,9 +97,15 @@ def fraud_request(agent_id: str, **overrides: object) -> EscalationRequested:
 
 def anomaly(agent_id: str, severity: float = 0.95) -> RiskObserved:
     """A behaviour anomaly about ``agent_id`` that the fraud policy revokes on."""
-    return RiskObserved(signal_id=f"sig-{uuid.uuid4()}", subject_agent_id=agent_id,
-                        kind="behaviour_anomaly", severity=severity, source="test-monitor",
-                        detail="out of pattern", observed_at=datetime.now(UTC))
+    return RiskObserved(
+        signal_id=f"sig-{uuid.uuid4()}",
+        subject_agent_id=agent_id,
+        kind="behaviour_anomaly",
+        severity=severity,
+        source="test-monitor",
+        detail="out of pattern",
+        observed_at=datetime.now(UTC),
+    )
 
 
 def ids(events: list[WireModel], attr: str) -> set[str]:

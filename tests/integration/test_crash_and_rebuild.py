@@ -17,7 +17,7 @@ from broker.adapters.bus import Publisher
 from broker.adapters.worker_process import WorkerProcess, worker_env
 from broker.config import Settings
 from schemas import topics
-from schemas.events import EscalationDecided, GrantExpired, GrantIssued, RiskObserved
+from schemas.events import EscalationDecided, GrantExpired, GrantIssued
 from tests.integration.helpers import Tap, anomaly, fraud_request, wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,13 @@ TapFactory = Callable[[str], Tap]
 
 @pytest.mark.slow
 def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
-        worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-        rclient: redis.Redis, agents: Callable[[str], str]) -> None:
+    worker: WorkerProcess,
+    settings: Settings,
+    publisher: Publisher,
+    tap: TapFactory,
+    rclient: redis.Redis,
+    agents: Callable[[str], str],
+) -> None:
     """kill -9 during 1,000 requests, restart: every request decided, 0 lost, 0 duplicate grants."""
     pool = [agents("f") for _ in range(50)]
     requests = [fraud_request(pool[i % len(pool)]) for i in range(1000)]
@@ -35,8 +40,10 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)
 
     def decided() -> set[str]:
-        return {d.request_id for d in decisions.events(EscalationDecided,
-                                                       lambda d: d.request_id in wanted)}
+        return {
+            d.request_id
+            for d in decisions.events(EscalationDecided, lambda d: d.request_id in wanted)
+        }
 
     publisher.publish_many(topics.ESCALATIONS.name, requests)
     wait_until(lambda: len(decided()) >= 300, 120, "300 decisions before the kill")
@@ -50,8 +57,12 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
     for d in decisions.events(EscalationDecided, lambda d: d.request_id in wanted):
         by_request[d.request_id].add(d.decision_id)
     assert all(len(v) == 1 for v in by_request.values()), "a request got two different decisions"
-    granted = {d.request_id: d.grant_id for d in decisions.events(
-        EscalationDecided, lambda d: d.request_id in wanted and d.outcome == "granted")}
+    granted = {
+        d.request_id: d.grant_id
+        for d in decisions.events(
+            EscalationDecided, lambda d: d.request_id in wanted and d.outcome == "granted"
+        )
+    }
     issued: dict[str, set[str]] = defaultdict(set)
     for g in grants.events(GrantIssued, lambda g: g.request_id in wanted):
         issued[g.request_id].add(g.grant_id)
@@ -75,30 +86,44 @@ def _active(client: redis.Redis, now_ms: int) -> dict[str, tuple[str, int]]:
 
 
 def test_rebuild_after_flush_restores_exactly_the_active_grants(
-        worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-        rclient: redis.Redis, agents: Callable[[str], str]) -> None:
+    worker: WorkerProcess,
+    settings: Settings,
+    publisher: Publisher,
+    tap: TapFactory,
+    rclient: redis.Redis,
+    agents: Callable[[str], str],
+) -> None:
     """FLUSHALL then `permbroker grants rebuild`: active grants back, no expired or revoked one."""
     active_agent, revoked_agent, lapsing_agent = agents("f"), agents("f"), agents("r")
     grants = tap(topics.GRANTS.name)
     publisher.publish(topics.ESCALATIONS.name, fraud_request(active_agent))
     publisher.publish(topics.ESCALATIONS.name, fraud_request(revoked_agent))
-    short = fraud_request(lapsing_agent, scopes=("reports:ledger.export",), resources=(),
-                          duration_s=1)
+    short = fraud_request(
+        lapsing_agent, scopes=("reports:ledger.export",), resources=(), duration_s=1
+    )
     publisher.publish(topics.ESCALATIONS.name, short)
     grants.wait_for(GrantIssued, lambda g: g.agent_id in {active_agent, revoked_agent}, count=2)
     publisher.publish(topics.RISK.name, anomaly(revoked_agent))
     grants.wait_for(GrantExpired, lambda e: e.agent_id == lapsing_agent)
-    wait_until(lambda: not list(rclient.scan_iter(
-        match=f"{keys.agent_prefix(revoked_agent)}grant:*")), 30, "revocation applied")
+    wait_until(
+        lambda: not list(rclient.scan_iter(match=f"{keys.agent_prefix(revoked_agent)}grant:*")),
+        30,
+        "revocation applied",
+    )
 
     margin = timedelta(seconds=3)  # grants about to lapse during the rebuild are left out of both
     before = _active(rclient, int((datetime.now(UTC) + margin).timestamp() * 1000))
     assert any(agent == active_agent for agent, _ in before.values())
     rclient.flushall()
     assert _active(rclient, 0) == {}
-    out = subprocess.run([sys.executable, "-m", "broker", "grants", "rebuild", "--json"],
-                         env=worker_env(settings), capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "grants", "rebuild", "--json"],
+        env=worker_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     report = json.loads(out.stdout)
     after = _active(rclient, int((datetime.now(UTC) + margin).timestamp() * 1000))
     assert after == before

@@ -39,13 +39,19 @@ def grant_keys(client: redis.Redis, agent_id: str) -> list[bytes]:
 
 
 def test_fraud_request_is_granted_narrowed_and_clamped(
-        worker: WorkerProcess, settings: Settings, agents: Callable[[str], str]) -> None:
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str]
+) -> None:
     """A confident fraud agent gets freeze + PII on its two accounts, clamped to the rule's 20s."""
     agent = agents("f")
     with AgentClient(agent, settings.kafka_bootstrap) as client:
-        d = client.request_escalation(["payments:accounts.freeze", "crm:customer.pii.read"],
-                                      resources=["acct-1", "acct-2"], duration_s=900,
-                                      reason="pattern", confidence=0.95, risk_score=0.93)
+        d = client.request_escalation(
+            ["payments:accounts.freeze", "crm:customer.pii.read"],
+            resources=["acct-1", "acct-2"],
+            duration_s=900,
+            reason="pattern",
+            confidence=0.95,
+            risk_score=0.93,
+        )
     assert d.outcome == "granted"
     assert set(d.granted_scopes) == {"payments:accounts.freeze", "crm:customer.pii.read"}
     assert set(d.resources) == {"acct-1", "acct-2"}
@@ -54,18 +60,29 @@ def test_fraud_request_is_granted_narrowed_and_clamped(
 
 
 def test_redelivered_request_yields_exactly_one_grant(
-        worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-        rclient: redis.Redis, agents: Callable[[str], str]) -> None:
-    """The same request delivered 3 times: one grant, one unchanged expires_at, one decision effect."""
+    worker: WorkerProcess,
+    settings: Settings,
+    publisher: Publisher,
+    tap: TapFactory,
+    rclient: redis.Redis,
+    agents: Callable[[str], str],
+) -> None:
+    """One request delivered 3 times: one grant, one unchanged expires_at, one decision effect."""
     agent = agents("f")
-    decisions, grants, audit = (tap(topics.DECISIONS.name), tap(topics.GRANTS.name),
-                                tap(topics.AUDIT.name))
+    decisions, grants, audit = (
+        tap(topics.DECISIONS.name),
+        tap(topics.GRANTS.name),
+        tap(topics.AUDIT.name),
+    )
     request = fraud_request(agent)
     message = encode(request, source="/tests")
     for _ in range(3):
         publisher.publish_raw(topics.ESCALATIONS.name, message)
-    dupes = audit.wait_for(AuditRecord, lambda a: a.subject_id == request.request_id
-                           and a.kind == "escalation.duplicate", count=2)
+    dupes = audit.wait_for(
+        AuditRecord,
+        lambda a: a.subject_id == request.request_id and a.kind == "escalation.duplicate",
+        count=2,
+    )
     decided = decisions.events(EscalationDecided, lambda d: d.request_id == request.request_id)
     issued = grants.events(GrantIssued, lambda g: g.agent_id == agent)
     assert len({d.decision_id for d in decided}) == 1 and len(decided) == 1
@@ -75,22 +92,28 @@ def test_redelivered_request_yields_exactly_one_grant(
     pxat = rclient.pexpiretime(grant_keys(rclient, agent)[0])
     assert pxat == int(issued[0].expires_at.timestamp() * 1000)
     assert all(a.outcome == "duplicate" for a in dupes)
-    decided_audit = audit.events(AuditRecord, lambda a: a.subject_id == request.request_id
-                                 and a.kind == "escalation.decided")
+    decided_audit = audit.events(
+        AuditRecord, lambda a: a.subject_id == request.request_id and a.kind == "escalation.decided"
+    )
     assert len(decided_audit) == 1
 
 
 def test_malformed_and_invalid_messages_go_to_the_dead_letter_topic(
-        worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-        agents: Callable[[str], str]) -> None:
-    """Garbage bytes and a schema-invalid request land on the DLQ with a reason; the next is decided."""
+    worker: WorkerProcess,
+    settings: Settings,
+    publisher: Publisher,
+    tap: TapFactory,
+    agents: Callable[[str], str],
+) -> None:
+    """Garbage and a schema-invalid request go to the DLQ with a reason; the next is decided."""
     agent = agents("f")
     dlq, decisions = tap(topics.DEAD_LETTER.name), tap(topics.DECISIONS.name)
     good = encode(fraud_request(agent), source="/tests")
     garbage = Encoded(key=agent.encode(), value=b'{"request_id": "x", oops', headers=good.headers)
     invalid_req = fraud_request(agent).model_dump(mode="json") | {"confidence": 7}
-    invalid = Encoded(key=agent.encode(), value=json.dumps(invalid_req).encode(),
-                      headers=good.headers)
+    invalid = Encoded(
+        key=agent.encode(), value=json.dumps(invalid_req).encode(), headers=good.headers
+    )
     for message in (garbage, invalid, good):
         publisher.publish_raw(topics.ESCALATIONS.name, message)
     valid_request_id = json.loads(good.value)["request_id"]
@@ -119,12 +142,20 @@ def _dead_letters(dlq: Tap, agent: str, count: int) -> list[list[tuple[str, byte
 
 
 def test_revocation_is_never_undone(
-        worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-        rclient: redis.Redis, agents: Callable[[str], str]) -> None:
-    """After revocation, a late duplicate and a new request are denied and audited; grants stay gone."""
+    worker: WorkerProcess,
+    settings: Settings,
+    publisher: Publisher,
+    tap: TapFactory,
+    rclient: redis.Redis,
+    agents: Callable[[str], str],
+) -> None:
+    """After revocation a late duplicate and a new request are denied and audited."""
     agent = agents("f")
-    grants, audit, decisions = (tap(topics.GRANTS.name), tap(topics.AUDIT.name),
-                                tap(topics.DECISIONS.name))
+    grants, audit, decisions = (
+        tap(topics.GRANTS.name),
+        tap(topics.AUDIT.name),
+        tap(topics.DECISIONS.name),
+    )
     request = fraud_request(agent)
     message = encode(request, source="/tests")
     publisher.publish_raw(topics.ESCALATIONS.name, message)
@@ -137,14 +168,17 @@ def test_revocation_is_never_undone(
     publisher.publish_raw(topics.ESCALATIONS.name, message)
     fresh = fraud_request(agent)
     publisher.publish(topics.ESCALATIONS.name, fresh)
-    dup = audit.wait_for(AuditRecord, lambda a: a.subject_id == request.request_id
-                         and a.kind == "escalation.duplicate")[0]
+    dup = audit.wait_for(
+        AuditRecord,
+        lambda a: a.subject_id == request.request_id and a.kind == "escalation.duplicate",
+    )[0]
     assert dup.outcome == "denied" and "never undone" in dup.reasons[0]
     new = decisions.wait_for(EscalationDecided, lambda d: d.request_id == fresh.request_id)[0]
     assert new.outcome == "denied"
     assert {d.rule for d in new.denied} == {"revoke-on-behaviour-anomaly"}
-    assert audit.wait_for(AuditRecord, lambda a: a.subject_id == fresh.request_id
-                          and a.outcome == "denied")
+    assert audit.wait_for(
+        AuditRecord, lambda a: a.subject_id == fresh.request_id and a.outcome == "denied"
+    )
     assert grant_keys(rclient, agent) == []
     assert len(grants.events(GrantIssued, lambda g: g.agent_id == agent)) == 1
     with GrantView(settings.kafka_bootstrap) as view:
