@@ -72,7 +72,7 @@ demo: venv deps
 clean:
 	$(call header,clean)
 	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
-	  for dir in .stack $$(find .stack -mindepth 1 -maxdepth 1 -type d); do \
+	  for dir in $$(find .stack -maxdepth 2 -name '*.pid' -printf '%h\n' | sort -u); do \
 	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli_stack down || true; \
 	  done; \
 	fi
