@@ -25,6 +25,7 @@ from schemas.events import EVENT_TYPES, WireModel, event_id, model_for_type, par
 
 CONTENT_TYPE = "application/json"
 MAX_VALUE_BYTES = 256 * 1024
+REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 _FORMAT = JSONFormat()
 
 Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
@@ -72,8 +73,12 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
         raise WireError("empty value (tombstone) where an event was expected")
     if len(value) > MAX_VALUE_BYTES:
         raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
+    header_map = _header_dict(headers)
+    missing = [h for h in REQUIRED_HEADERS if h not in {k.lower() for k in header_map}]
+    if missing:
+        raise WireError(f"not a binary-mode CloudEvent: missing header(s) {', '.join(missing)}")
     try:
-        message = ce_kafka.KafkaMessage(headers=_header_dict(headers), key=key, value=value)
+        message = ce_kafka.KafkaMessage(headers=header_map, key=key, value=value)
         ce = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
     except (BaseCloudEventException, ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"not a binary-mode CloudEvent: {exc}") from exc
@@ -88,11 +93,7 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
     except ValidationError as exc:
         raise WireError(f"schema-invalid {ce.get_type()}: {_brief(exc)}") from exc
     expected_key = partition_key(event)
-    if (
-        expected_key is not None
-        and key is not None
-        and key.decode(errors="replace") != expected_key
-    ):
+    if expected_key is not None and (key is None or key.decode(errors="replace") != expected_key):
         raise WireError(f"message key {key!r} does not match the event's agent {expected_key!r}")
     return event
 
