@@ -38,14 +38,18 @@ console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "120")))
 
 
 def demo_settings() -> Settings:
-    """A stack of its own, so the demo never touches a user's stack or test data."""
+    """A stack of its own, so the demo never touches a user's stack or test data.
+
+    ``PERMBROKER_DEMO_PORT_OFFSET`` shifts its ports when two demos share a machine.
+    """
+    off = int(os.environ.get("PERMBROKER_DEMO_PORT_OFFSET", "0"))
     return Settings(
         stack_dir=ROOT / ".stack" / "demo",
-        kafka_port=39092,
-        kafka_controller_port=39093,
-        redis_port=36379,
-        kafka_bootstrap="127.0.0.1:39092",
-        redis_url="redis://127.0.0.1:36379/0",
+        kafka_port=39092 + off,
+        kafka_controller_port=39093 + off,
+        redis_port=36379 + off,
+        kafka_bootstrap=f"127.0.0.1:{39092 + off}",
+        redis_url=f"redis://127.0.0.1:{36379 + off}/0",
         policy_path=ROOT / "policies" / "fraud",
         app_id="permbroker-demo",
     )
