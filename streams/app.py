@@ -19,11 +19,15 @@ from typing import Any
 import faust
 
 from broker.adapters import codec, rebuild
+from broker.adapters.admin import ensure_topics
 from broker.adapters.redis_store import RedisGrantStore
 from broker.config import Settings
+from broker.consistency import Position
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
+from broker.routing import GrantRouting
 from schemas import topics
+from streams.lifecycle import Lifecycle
 from streams.processor import Incoming, Processor
 
 log = logging.getLogger("permbroker.worker")
@@ -59,19 +63,27 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_heartbeat_interval=max(settings.session_timeout_s / 4, 1.0),
         datadir=str(datadir),
     )
-    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+    store = RedisGrantStore.from_url(
+        settings.redis_url, margin_s=settings.record_margin_s,
+        warn_before_s=settings.expiry_warning_s,
+    )
 
-    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> None:
+    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> list[Position]:
         producer = app.producer
         try:
             futures = [
                 await producer.send(topic, m.key, m.value, None, None, m.headers) for m in messages
             ]
-            await asyncio.gather(*futures)
+            landed = await asyncio.gather(*futures)
         except Exception as exc:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
+        return [Position(md.topic, md.partition, md.offset) for md in landed]
 
-    processor = Processor(policy, store, publish, margin_s=settings.record_margin_s)
+    routing = GrantRouting(frozenset(settings.grant_namespaces))
+    processor = Processor(
+        policy, store, publish, margin_s=settings.record_margin_s, routing=routing
+    )
+    lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
     app.processor = processor  # type: ignore[attr-defined]
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
@@ -79,6 +91,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
 
     @app.task  # type: ignore[untyped-decorator]
     async def prepare() -> None:
+        routed = [topics.by_name(t) for t in routing.topics()]
+        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
         await _prepare(processor, store, settings, policy)
 
     @app.agent(escalations, name="escalations")
@@ -104,7 +118,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     @app.timer(settings.expiry_interval_s)  # type: ignore[untyped-decorator]
     async def expiries() -> None:
         try:
-            await processor.sweep_expiries()
+            await lifecycle.sweep()
         except (StoreError, BusError) as exc:
             log.warning("expiry sweep failed, will retry: %s", exc)
 

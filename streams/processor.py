@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from broker.adapters import codec
 from broker.adapters.redis_store import Committed, RedisGrantStore
+from broker.consistency import ConsistencyToken, Position, token_of
 from broker.errors import BusError, StoreUnavailable, WireError
 from broker.grants import (
     Outcome,
@@ -31,11 +32,14 @@ from broker.grants import (
     risk_audit,
 )
 from broker.policy import Policy, RiskAction, RiskContext
+from broker.routing import GrantRouting, namespaces_of
 from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
     OPERATOR_REVOKE_KIND,
     EscalationRequested,
+    ReleaseRequested,
+    RenewalRequested,
     RiskObserved,
     WireModel,
 )
@@ -69,15 +73,21 @@ class Incoming:
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
 
 
-# Publish(topic, messages) sends every message and returns once Kafka acknowledged all of them.
-Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[None]]
+# Publish(topic, messages) sends every message and returns once Kafka acknowledged all of them,
+# with where each landed (None from publishers that cannot tell).
+Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[Sequence[Position] | None]]
+# Handles a renewal or release request read from the escalation topic (streams.lifecycle).
+GrantRequestHandler = Callable[["Incoming", RenewalRequested | ReleaseRequested], Awaitable[None]]
+# A grant lifecycle event and the namespaces of the grant it concerns (None: unknown or all).
+Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
 
 
 class Processor:
     """The broker's decision logic wired to a store and a publisher."""
 
     def __init__(
-        self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600
+        self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600,
+        routing: GrantRouting | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -85,6 +95,8 @@ class Processor:
         self._margin_s = margin_s
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
+        self.routing = routing or GrantRouting()
+        self.grant_requests: GrantRequestHandler | None = None
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -93,6 +105,19 @@ class Processor:
         """Encode and publish events to one topic, waiting for Kafka's acknowledgement."""
         if events:
             await self._publish(topic, [codec.encode(e, source=SOURCE) for e in events])
+
+    async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
+        """Publish grant lifecycle events to every topic their routing names, topics in parallel.
+
+        Returns the consistency token of what was written (None if the publisher cannot tell).
+        """
+        per_topic: dict[str, list[codec.Encoded]] = {}
+        for event, namespaces in items:
+            for topic, routed in self.routing.route(event, namespaces):
+                per_topic.setdefault(topic, []).append(codec.encode(routed, source=SOURCE))
+        results = await asyncio.gather(*(self._publish(t, ms) for t, ms in per_topic.items()))
+        positions = [p for result in results if result for p in result]
+        return token_of(positions) if positions else None
 
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
         """Park a message that cannot be processed, with its raw bytes, origin and reason."""
@@ -121,7 +146,9 @@ class Processor:
                 delay = min(delay * 2, 2.0)
 
     def _decode(self, msg: Incoming, kind: type[T]) -> T:
-        event = codec.decode(msg.key, msg.value, msg.headers)
+        return self._expect(codec.decode(msg.key, msg.value, msg.headers), msg, kind)
+
+    def _expect(self, event: WireModel, msg: Incoming, kind: type[T]) -> T:
         if not isinstance(event, kind):
             raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
         return event
@@ -130,7 +157,11 @@ class Processor:
         """Decide one escalation request (idempotent under redelivery)."""
         await self.ready.wait()
         try:
-            request = self._decode(msg, EscalationRequested)
+            event = codec.decode(msg.key, msg.value, msg.headers)
+            if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
+                await self.grant_requests(msg, event)
+                return
+            request = self._expect(event, msg, EscalationRequested)
         except WireError as exc:
             await self.dead_letter(msg, str(exc))
             return
@@ -182,7 +213,9 @@ class Processor:
             self._count(f"decided_{decision.outcome}")
             audit = outcome.audit
         if committed.grant is not None:
-            await self.emit(topics.GRANTS.name, committed.grant)
+            token = await self.emit_grants((committed.grant, None))
+            if token is not None:
+                decision = decision.model_copy(update={"consistency_token": token.encode()})
         await self.emit(topics.DECISIONS.name, decision)
         await self.emit(topics.AUDIT.name, audit)
         await self.store.mark_published(
@@ -214,15 +247,21 @@ class Processor:
             else self.policy.on_risk(signal, agent, now)
         )
         revoked: tuple[str, ...] = ()
+        token: ConsistencyToken | None = None
         if action.revoke and subject:
-            revoked = await self._revoke(subject, signal.signal_id, action, now)
+            revoked, token = await self._revoke(subject, signal.signal_id, action, now)
         elif subject:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        await self.emit(topics.AUDIT.name, risk_audit(signal, action, revoked, now))
+        audit = risk_audit(signal, action, revoked, now)
+        if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
+            audit = audit.model_copy(
+                update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}
+            )
+        await self.emit(topics.AUDIT.name, audit)
 
     async def _revoke(
         self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
-    ) -> tuple[str, ...]:
+    ) -> tuple[tuple[str, ...], ConsistencyToken | None]:
         plan = plan_revocation(
             cause_id,
             agent_id,
@@ -233,7 +272,10 @@ class Processor:
         )
         grants = await self.store.revoke_all(plan)
         agent_event, per_grant = revoked_events(plan, grants)
-        await self.emit(topics.GRANTS.name, *per_grant, agent_event)
+        spaces = {g.grant_id: namespaces_of(g.scopes) for g in grants}
+        token = await self.emit_grants(
+            *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
+        )
         await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in per_grant))
         self._count("revocations")
         log.warning(
@@ -243,7 +285,7 @@ class Processor:
             plan.rule,
             cause_id,
         )
-        return tuple(g.grant_id for g in grants)
+        return tuple(g.grant_id for g in grants), token
 
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
@@ -272,10 +314,12 @@ class Processor:
             return 0
         now = datetime.now(UTC)
         due = await self.store.due_expiries(now)
-        announce = [e for e, live in due if live]
-        await self.emit(topics.GRANTS.name, *announce)
+        live = [d for d in due if d.live]
+        announce = [d.event for d in live]
+        if live:
+            await self.emit_grants(*((d.event, d.namespaces) for d in live))
         await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in announce))
-        await self.store.ack_expiries([e for e, _ in due])
+        await self.store.ack_expiries(due)
         for _ in announce:
             self._count("expired")
         return len(announce)
