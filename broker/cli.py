@@ -23,6 +23,7 @@ from rich.table import Table
 from broker.adapters import rebuild
 from broker.adapters.bus import Publisher, consumer, partitions, to_record
 from broker.adapters.redis_store import RedisGrantStore
+from broker.cli_enforcement import api_app, revocations_app
 from broker.cli_stack import stack_app
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
@@ -46,6 +47,8 @@ app.add_typer(
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
+app.add_typer(revocations_app, name="revocations")
+app.add_typer(api_app, name="api")
 
 out = Console()
 err = Console(stderr=True)

@@ -23,16 +23,19 @@ from schemas.events import (
 class Verdict:
     """A check's answer and why; an allowing verdict carries the grant and its expiry."""
 
-    __slots__ = ("_now", "_reason", "allowed", "grant")
+    __slots__ = ("_now", "_reason", "allowed", "grant", "unavailable")
 
     def __init__(
         self, allowed: bool, reason: str = "", grant: GrantIssued | None = None,
-        now: float | None = None,
+        now: float | None = None, *, unavailable: bool = False,
     ) -> None:
         self.allowed = allowed
         self.grant = grant
         self._reason = reason
         self._now = now
+        # Denied because the view cannot vouch for its answer yet (stale, catching up, token
+        # not reached): retry later, unlike a denial on the merits.
+        self.unavailable = unavailable
 
     @property
     def reason(self) -> str:

@@ -98,11 +98,11 @@ class GrantView:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
         floor = self._tracker.floor
         if floor is None or self._clock() - floor > self.bound_s:
-            return Verdict(False, self.freshness().reason())
+            return Verdict(False, self.freshness().reason(), unavailable=True)
         if at_least is not None:
             problem = self._wait_for(at_least)
             if problem:
-                return Verdict(False, problem)
+                return Verdict(False, problem, unavailable=True)
         return self._index.allows(agent_id, scope, resource, now)
 
     def _wait_for(self, token: ConsistencyToken | str) -> str:
