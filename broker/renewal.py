@@ -134,8 +134,8 @@ def _limit_refusal(
         left = max((cap - received_at).total_seconds(), 0.0)
         return _Refusal(
             rule,
-            f"renewal to {new_expiry.isoformat()} would exceed the cumulative maximum of "
-            f"{format_duration(limit)} ({by}) counted from the grant's issue at "
+            f"renewal to {new_expiry.isoformat()} would exceed the cumulative maximum "
+            f"({by}) counted from the grant's issue at "
             f"{grant.issued_at.isoformat()}: it may last until {cap.isoformat()}, "
             f"{left:.0f}s from the renewal request",
         )
