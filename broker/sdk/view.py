@@ -58,6 +58,7 @@ class GrantView:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._paused = False
+        self._want_paused = False
         self._consumer = consumer(bootstrap)
         self._tracker = self._bootstrap()
         self._acks = AckPublisher(bootstrap, enforcement_point) if enforcement_point else None
@@ -156,6 +157,8 @@ class GrantView:
         try:
             while not self._stop.is_set():
                 now = self._clock()
+                if self._want_paused != self._paused:
+                    self._switch_pause()
                 if now >= next_probe:
                     self._probe()
                     next_probe = now + self._probe_every
@@ -200,15 +203,31 @@ class GrantView:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def pause(self) -> None:
-        """Stop applying events (maintenance, tests): the view goes stale and then denies."""
-        self._consumer.pause(self._consumer.assignment())
-        self._paused = True
+    def _switch_pause(self) -> None:
+        """Pause or resume fetching, in the consumer's own thread (librdkafka wants it there)."""
+        assignment = self._consumer.assignment()
+        if self._want_paused:
+            self._consumer.pause(assignment)
+        else:
+            self._consumer.resume(assignment)
+        with self._cond:
+            self._paused = self._want_paused
+            self._cond.notify_all()
 
-    def resume(self) -> None:
+    def _set_paused(self, paused: bool, timeout: float) -> None:
+        self._want_paused = paused
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._paused == paused, timeout):
+                raise BusError(f"the grant view did not {'pause' if paused else 'resume'} "
+                               f"within {timeout:g}s")
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """Stop applying events (maintenance, tests): the view goes stale and then denies."""
+        self._set_paused(True, timeout)
+
+    def resume(self, timeout: float = 5.0) -> None:
         """Apply events again from where the view stopped."""
-        self._consumer.resume(self._consumer.assignment())
-        self._paused = False
+        self._set_paused(False, timeout)
 
     def close(self) -> None:
         """Stop following the topic."""

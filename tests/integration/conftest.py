@@ -72,6 +72,8 @@ def settings(
         app_id=f"permbroker-test-{run_id}",
         stack_dir=tmp_path_factory.mktemp("worker"),
         expiry_interval_s=0.2,
+        grant_namespaces=("payments", "crm", "reports"),
+        expiry_warning_s=2.0,
     )
 
 
