@@ -27,6 +27,7 @@ class Propagation:
     agent_id: str
     revoked_at: datetime
     applied_at: datetime
+    replayed: bool = False
 
     @property
     def seconds(self) -> float:
@@ -51,8 +52,8 @@ class PointReport:
         return last is None or now - last > SILENT_AFTER
 
     def percentile(self, q: float) -> float | None:
-        """The q-quantile (0..1) of the confirmed propagation times, in seconds."""
-        times = sorted(p.seconds for p in self.confirmed)
+        """The q-quantile (0..1) of the live propagation times (replays excluded), in seconds."""
+        times = sorted(p.seconds for p in self.confirmed if not p.replayed)
         if not times:
             return None
         return times[min(int(q * len(times)), len(times) - 1)]
@@ -88,7 +89,7 @@ def fold_status(
         key = (ack.enforcement_point, ack.cause_event_id)
         if key not in seen or ack.applied_at < seen[key].applied_at:
             seen[key] = Propagation(ack.enforcement_point, ack.cause_event_id, ack.agent_id,
-                                    ack.revoked_at, ack.applied_at)
+                                    ack.revoked_at, ack.applied_at, ack.replayed)
     for (name, cause), prop in seen.items():
         if cause in by_cause:
             points[name].confirmed.append(prop)

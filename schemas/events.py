@@ -309,6 +309,8 @@ class RevocationAcknowledged(WireModel):
     topic: str
     partition: int
     offset: int
+    # Applied while the view was catching up at its start (not a live propagation time).
+    replayed: bool = False
 
 
 class EnforcementPointStatus(WireModel):

@@ -55,7 +55,9 @@ class AckPublisher:
             self.failed += 1
             log.warning("enforcement point %s: ack not queued: %s", self.name, exc)
 
-    def ack(self, revoked: AgentRevoked, record: Record, applied_at: float) -> None:
+    def ack(
+        self, revoked: AgentRevoked, record: Record, applied_at: float, *, replayed: bool = False
+    ) -> None:
         """Confirm one applied revocation (only while its markers still matter)."""
         applied = datetime.fromtimestamp(applied_at, tz=UTC)
         if revoked.markers_until <= applied:
@@ -65,7 +67,7 @@ class AckPublisher:
             enforcement_point=self.name, agent_id=revoked.agent_id,
             cause_event_id=revoked.cause_event_id, grant_ids=revoked.grant_ids,
             revoked_at=revoked.revoked_at, applied_at=applied, topic=record.topic,
-            partition=record.partition, offset=record.offset,
+            partition=record.partition, offset=record.offset, replayed=replayed,
         ))
 
     def status(self, topic: str, freshness: Freshness, started_at: datetime) -> None:

@@ -65,8 +65,8 @@ class Metrics:
                 return
             self._acks.append(event)
             key = (event.enforcement_point, event.cause_event_id)
-            if key in self._observed:
-                return
+            if key in self._observed or event.replayed:
+                return  # a replay at a view's start is no live propagation time
             self._observed.add(key)
         seconds = (event.applied_at - event.revoked_at).total_seconds()
         self.propagation.labels(event.enforcement_point).observe(max(seconds, 0.0))

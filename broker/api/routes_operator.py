@@ -72,7 +72,7 @@ def status_json(status: RevocationStatus, now: datetime) -> dict[str, Any]:
                 "staleness_s": p.last_report.staleness_s if p.last_report else None,
                 "confirmed": [
                     {"cause_event_id": c.cause_event_id, "agent_id": c.agent_id,
-                     "propagation_ms": round(c.seconds * 1000, 1),
+                     "propagation_ms": round(c.seconds * 1000, 1), "replayed": c.replayed,
                      "applied_at": c.applied_at.isoformat()}
                     for c in p.confirmed
                 ],

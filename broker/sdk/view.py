@@ -191,6 +191,7 @@ class GrantView:
                 self._cond.notify_all()
 
     def _apply(self, record: Record) -> None:
+        replayed = not self._tracker.ready()
         revoked = self._index.apply(record)
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
@@ -199,7 +200,7 @@ class GrantView:
         if self._on_event is not None:
             self._on_event(record, applied_at)
         if self._acks is not None and isinstance(revoked, AgentRevoked):
-            self._acks.ack(revoked, record, applied_at)
+            self._acks.ack(revoked, record, applied_at, replayed=replayed)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
