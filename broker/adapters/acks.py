@@ -37,7 +37,7 @@ class AckPublisher:
 
     def __init__(self, bootstrap: str, enforcement_point: str) -> None:
         self.name = enforcement_point
-        self._producer = Producer({**producer_config(bootstrap), "linger.ms": 5})
+        self._producer = Producer({**producer_config(bootstrap), "linger.ms": 5}, logger=log)
         self._source = f"/enforcement/{enforcement_point}"
         self.failed = 0
 

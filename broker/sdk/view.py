@@ -60,11 +60,18 @@ class GrantView:
         self._paused = False
         self._want_paused = False
         self._consumer = consumer(bootstrap)
+        # A second handle for log-end probes: calls on the consumer from another thread than the
+        # one polling it can block for as long as it polls.
+        self._probes = consumer(bootstrap)
         self._tracker = self._bootstrap()
         self._acks = AckPublisher(bootstrap, enforcement_point) if enforcement_point else None
         self.started_at = datetime.now(UTC)
         self._thread = threading.Thread(target=self._run, name="permbroker-view", daemon=True)
         self._thread.start()
+        # Probes run beside the consumer so a slow answer from Kafka never delays applying.
+        self._prober = threading.Thread(target=self._probe_loop, name="permbroker-view-probe",
+                                        daemon=True)
+        self._prober.start()
 
     def _bootstrap(self) -> FreshnessTracker:
         """Assign every partition from its start; the log end now is the first freshness proof."""
@@ -153,33 +160,38 @@ class GrantView:
     # --- the consumer thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_probe = next_status = self._clock()
+        next_status = self._clock()
         try:
             while not self._stop.is_set():
                 now = self._clock()
                 if self._want_paused != self._paused:
                     self._switch_pause()
-                if now >= next_probe:
-                    self._probe()
-                    next_probe = now + self._probe_every
                 if self._acks is not None and now >= next_status and self._tracker.ready():
                     self._acks.status(self.topic, self.freshness(), self.started_at)
                     next_status = now + STATUS_EVERY_S
-                msg = self._consumer.poll(min(0.05, self._probe_every))
+                msg = self._consumer.poll(0.05)
                 if self._acks is not None:
                     self._acks.poll()
                 if msg is not None and not msg.error():
                     self._apply(to_record(msg))
         finally:
+            self._prober.join(timeout=10)
             if self._acks is not None:
                 self._acks.close()
             self._consumer.close()
+            self._probes.close()
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self._probe_every):
+            self._probe()
 
     def _probe(self) -> None:
         for p in self._tracker.next:
+            if self._stop.is_set():
+                return
             asked = self._clock()
             try:
-                _low, high = self._consumer.get_watermark_offsets(
+                _low, high = self._probes.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=min(1.0, self.bound_s / 2), cached=False
                 )
             except KafkaException as exc:
