@@ -105,16 +105,20 @@ class LifecycleStore:
         members = await self._call(
             self._r.zrangebyscore(keys.EXPIRING_INDEX, "-inf", ms(now), start=0, num=limit)
         )
+        parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
+        for _member, agent, gid, _ns in parsed:
+            pipe.get(keys.life(agent, gid))
+            pipe.get(keys.grant(agent, gid))
+        found = await self._call(pipe.execute()) if parsed else []
         out = []
-        for raw in members:
-            member = raw.decode()
-            agent, gid, namespaces = keys.parse_member(member)
+        for i, (member, agent, gid, namespaces) in enumerate(parsed):
             # The life key holds the current expiry while the grant has not been ended; a
             # warning that is late still goes out, so it always precedes grant.expired.
-            life = await self._call(self._r.get(keys.life(agent, gid)))
-            grant = await self.live_grant(agent, gid, now)
-            if grant is not None and self._store.warn_at(grant) > now:  # renewed: warn later
-                await self._call(
+            life, raw_grant = found[2 * i], found[2 * i + 1]
+            grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
+            if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
+                await self._call(  # renewed since it was indexed: warn later
                     self._r.zadd(keys.EXPIRING_INDEX, {member: ms(self._store.warn_at(grant))})
                 )
                 continue

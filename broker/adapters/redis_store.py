@@ -105,13 +105,15 @@ class RedisGrantStore:
     async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
         """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
         member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
+        pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
         for index, when in (
             (keys.EXPIRY_INDEX, grant.expires_at),
             (keys.EXPIRING_INDEX, self.warn_at(grant)),
         ):
-            await self._call(self._r.zadd(index, {member: ms(when)}))
-            await self._call(self._r.pexpireat(index, ms(life_until), gt=True))
-            await self._call(self._r.pexpireat(index, ms(life_until), nx=True))
+            pipe.zadd(index, {member: ms(when)})
+            pipe.pexpireat(index, ms(life_until), gt=True)
+            pipe.pexpireat(index, ms(life_until), nx=True)
+        await self._call(pipe.execute())
 
     async def aclose(self) -> None:
         """Close the client's connections."""
@@ -300,11 +302,15 @@ class RedisGrantStore:
                 keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
             )
         )
+        parsed = [(raw.decode(), score) for raw, score in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
+        for member, _score in parsed:
+            agent, gid, _ns = keys.parse_member(member)
+            pipe.get(keys.life(agent, gid))
+        lives = await self._call(pipe.execute()) if parsed else []
         out = []
-        for raw, score in members:
-            member = raw.decode()
+        for (member, score), current in zip(parsed, lives, strict=True):
             agent, gid, namespaces = keys.parse_member(member)
-            current = await self._call(self._r.get(keys.life(agent, gid)))
             if current is not None and int(current) > int(score):
                 await self._call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
                 continue
