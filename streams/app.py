@@ -79,9 +79,21 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
         return [Position(md.topic, md.partition, md.offset) for md in landed]
 
+    async def publish_many(messages: Sequence[tuple[str, codec.Encoded]]) -> list[Position]:
+        producer = app.producer
+        try:
+            futures = [
+                await producer.send(t, m.key, m.value, None, None, m.headers) for t, m in messages
+            ]
+            landed = await asyncio.gather(*futures)
+        except Exception as exc:
+            raise BusError(f"Kafka did not acknowledge a write to the grant topics: {exc}") from exc
+        return [Position(md.topic, md.partition, md.offset) for md in landed]
+
     routing = GrantRouting(frozenset(settings.grant_namespaces))
     processor = Processor(
-        policy, store, publish, margin_s=settings.record_margin_s, routing=routing
+        policy, store, publish, margin_s=settings.record_margin_s, routing=routing,
+        publish_many=publish_many,
     )
     lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
     app.processor = processor  # type: ignore[attr-defined]

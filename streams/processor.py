@@ -76,6 +76,9 @@ class Incoming:
 # Publish(topic, messages) sends every message and returns once Kafka acknowledged all of them,
 # with where each landed (None from publishers that cannot tell).
 Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[Sequence[Position] | None]]
+# PublishMany([(topic, message), ...]): like Publish across topics, in one go (one produce
+# round trip where the client can batch them), returning where each landed.
+PublishMany = Callable[[Sequence[tuple[str, codec.Encoded]]], Awaitable[Sequence[Position]]]
 # Handles a renewal or release request read from the escalation topic (streams.lifecycle).
 GrantRequestHandler = Callable[["Incoming", RenewalRequested | ReleaseRequested], Awaitable[None]]
 # A grant lifecycle event and the namespaces of the grant it concerns (None: unknown or all).
@@ -87,7 +90,7 @@ class Processor:
 
     def __init__(
         self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600,
-        routing: GrantRouting | None = None,
+        routing: GrantRouting | None = None, publish_many: PublishMany | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -96,6 +99,7 @@ class Processor:
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
         self.routing = routing or GrantRouting()
+        self._publish_many = publish_many
         self.grant_requests: GrantRequestHandler | None = None
 
     def _count(self, name: str) -> None:
@@ -111,12 +115,19 @@ class Processor:
 
         Returns the consistency token of what was written (None if the publisher cannot tell).
         """
-        per_topic: dict[str, list[codec.Encoded]] = {}
-        for event, namespaces in items:
-            for topic, routed in self.routing.route(event, namespaces):
-                per_topic.setdefault(topic, []).append(codec.encode(routed, source=SOURCE))
-        results = await asyncio.gather(*(self._publish(t, ms) for t, ms in per_topic.items()))
-        positions = [p for result in results if result for p in result]
+        routed = [
+            (topic, codec.encode(copy, source=SOURCE))
+            for event, namespaces in items
+            for topic, copy in self.routing.route(event, namespaces)
+        ]
+        if self._publish_many is not None:
+            positions = list(await self._publish_many(routed))
+        else:
+            per_topic: dict[str, list[codec.Encoded]] = {}
+            for topic, message in routed:
+                per_topic.setdefault(topic, []).append(message)
+            results = await asyncio.gather(*(self._publish(t, m) for t, m in per_topic.items()))
+            positions = [p for result in results if result for p in result]
         return token_of(positions) if positions else None
 
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
