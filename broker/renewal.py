@@ -84,12 +84,20 @@ def decide_renewal(
             f"grant {renewal.grant_id} is not an active grant of {renewal.agent_id} "
             "(expired, revoked, released, or never yours); ask for a new escalation",
         )
-        return _renewal(renewal, grant, policy.revision, now, refusal=refusal)
+        return _renewal(renewal, None, policy.revision, now, refusal=refusal)
     request = _as_request(renewal, grant)
     blocked = _state_denial(request, state, received_at, now)
     if blocked is not None:
         refusal = _Refusal(blocked.rule, blocked.reason)
         return _renewal(renewal, grant, policy.revision, now, refusal)
+    return _evaluate(renewal, grant, policy, request, agent, risk, received_at, now)
+
+
+def _evaluate(
+    renewal: RenewalRequested, grant: GrantIssued, policy: Policy, request: EscalationRequested,
+    agent: AgentProfile | None, risk: RiskContext, received_at: datetime, now: datetime,
+) -> RenewalOutcome:
+    """The policy part: every scope still granted, and within the cumulative maximum."""
     evaluation = policy.evaluate(request, agent, risk, now)
     if evaluation.denied:
         first = evaluation.denied[0]
@@ -101,21 +109,24 @@ def decide_renewal(
     over = _limit_refusal(grant, new_expiry, limit, by, received_at)
     if over is not None:
         return _renewal(renewal, grant, policy.revision, now, over, evaluation.matched_rules, limit)
-    renewed = GrantRenewed(
-        grant_id=grant.grant_id,
-        agent_id=grant.agent_id,
-        request_id=renewal.request_id,
-        scopes=grant.scopes,
-        resources=grant.resources,
-        renewed_at=now,
-        previous_expires_at=grant.expires_at,
-        expires_at=new_expiry,
-        policy_revision=policy.revision,
-        rules=evaluation.matched_rules,
-    )
+    renewed = grant_renewed(grant, renewal.request_id, new_expiry, now, policy.revision,
+                            evaluation.matched_rules)
     reasons = (*evaluation.reasons, f"cumulative maximum {format_duration(limit)} ({by})")
     return _renewal(renewal, grant, policy.revision, now, None, evaluation.matched_rules, limit,
                     renewed, reasons)
+
+
+def grant_renewed(
+    grant: GrantIssued, request_id: str, expires_at: datetime, renewed_at: datetime,
+    revision: str, rules: tuple[str, ...],
+) -> GrantRenewed:
+    """The ``grant.renewed`` event of a renewal of ``grant`` to ``expires_at``."""
+    return GrantRenewed(
+        grant_id=grant.grant_id, agent_id=grant.agent_id, request_id=request_id,
+        scopes=grant.scopes, resources=grant.resources, renewed_at=renewed_at,
+        previous_expires_at=grant.expires_at, expires_at=expires_at, policy_revision=revision,
+        rules=rules,
+    )
 
 
 def _limit_refusal(
@@ -171,23 +182,27 @@ def _renewal(
         policy_revision=revision,
         decided_at=now,
     )
-    audit = AuditRecord(
-        audit_id=derive_id("audit", renewal.request_id),
-        kind="grant.renewal",
-        agent_id=renewal.agent_id,
-        occurred_at=now,
-        subject_id=renewal.request_id,
-        outcome=decision.outcome,
-        reasons=decision.reasons,
-        rules=decision.matched_rules,
-        policy_revision=revision,
-        inputs={
-            "renewal": renewal.model_dump(mode="json"),
-            "grant": grant.model_dump(mode="json") if grant else None,
-            "now": now.isoformat(),
-        },
+    inputs: dict[str, object] = {
+        "renewal": renewal.model_dump(mode="json"),
+        "grant": grant.model_dump(mode="json") if grant else None,
+        "now": now.isoformat(),
+    }
+    return RenewalOutcome(decision, renewed, _audit("grant.renewal", decision, inputs, revision))
+
+
+def _audit(
+    kind: str, decision: RenewalDecided | ReleaseDecided, inputs: dict[str, object],
+    revision: str = "",
+) -> AuditRecord:
+    """The audit record of a renewal or release decision."""
+    rules = decision.matched_rules if isinstance(decision, RenewalDecided) else (
+        () if decision.outcome == "released" else (NOT_ACTIVE,))
+    return AuditRecord(
+        audit_id=derive_id("audit", decision.request_id), kind=kind, agent_id=decision.agent_id,
+        occurred_at=decision.decided_at, subject_id=decision.request_id,
+        outcome=decision.outcome, reasons=decision.reasons, rules=rules,
+        policy_revision=revision, inputs=inputs,
     )
-    return RenewalOutcome(decision, renewed, audit)
 
 
 def decide_release(
@@ -218,15 +233,7 @@ def decide_release(
         if ok
         else None
     )
-    audit = AuditRecord(
-        audit_id=derive_id("audit", release.request_id),
-        kind="grant.release",
-        agent_id=release.agent_id,
-        occurred_at=now,
-        subject_id=release.request_id,
-        outcome=decision.outcome,
-        reasons=decision.reasons,
-        rules=() if ok else (NOT_ACTIVE,),
-        inputs={"release": release.model_dump(mode="json"), "now": now.isoformat()},
-    )
-    return decision, event, audit
+    inputs: dict[str, object] = {
+        "release": release.model_dump(mode="json"), "now": now.isoformat(),
+    }
+    return decision, event, _audit("grant.release", decision, inputs)

@@ -18,10 +18,16 @@ from broker.adapters.lifecycle_store import LifecycleStore, recorded_release, re
 from broker.adapters.redis_store import RedisGrantStore
 from broker.errors import StoreUnavailable
 from broker.policy import RiskContext
-from broker.renewal import decide_release, decide_renewal
+from broker.renewal import RenewalOutcome, decide_release, decide_renewal, grant_renewed
 from broker.routing import namespaces_of
 from schemas import topics
-from schemas.events import GrantReleased, GrantRenewed, ReleaseRequested, RenewalRequested
+from schemas.events import (
+    GrantIssued,
+    GrantReleased,
+    ReleaseRequested,
+    RenewalDecided,
+    RenewalRequested,
+)
 from streams.processor import Incoming, Processor
 
 log = logging.getLogger("permbroker.worker")
@@ -44,21 +50,13 @@ class Lifecycle:
             await self._p._retrying("release", lambda: self._release(event, msg))
 
     async def _renew(self, renewal: RenewalRequested, msg: Incoming) -> None:
-        policy, received_at = self._p.policy, msg.received_at
         for _attempt in range(3):
             now = datetime.now(UTC)
             grant = await self._life.live_grant(renewal.agent_id, renewal.grant_id, now)
-            outcome = decide_renewal(
-                renewal, grant, policy,
-                agent=policy.agent(renewal.agent_id),
-                risk=RiskContext(agent=await self._store.live_risk(renewal.agent_id),
-                                 request=renewal.risk_score),
-                state=await self._store.agent_state(renewal.agent_id),
-                received_at=received_at, now=now,
-            )
+            outcome = await self._decide_renewal(renewal, grant, msg.received_at, now)
             stored = await self._life.renew(
-                outcome, grant, received_at=received_at, now=now,
-                max_grant_s=policy.max_grant_duration_s,
+                outcome, grant, received_at=msg.received_at, now=now,
+                max_grant_s=self._p.policy.max_grant_duration_s,
             )
             if stored.status != "blocked":
                 break
@@ -68,24 +66,42 @@ class Lifecycle:
             raise StoreUnavailable("the grant kept changing during the renewal")
         decision = recorded_renewal(stored)
         if decision.outcome == "renewed":
-            # Built from the recorded decision, so a redelivery republishes the very same event.
-            held = grant or await self._life.live_grant(renewal.agent_id, renewal.grant_id, now)
-            if held is not None and decision.expires_at and decision.previous_expires_at:
-                renewed = GrantRenewed(
-                    grant_id=decision.grant_id, agent_id=decision.agent_id,
-                    request_id=decision.request_id, scopes=held.scopes, resources=held.resources,
-                    renewed_at=decision.decided_at,
-                    previous_expires_at=decision.previous_expires_at,
-                    expires_at=decision.expires_at, policy_revision=decision.policy_revision,
-                    rules=decision.matched_rules,
-                )
-                token = await self._p.emit_grants((renewed, namespaces_of(held.scopes)))
-                if token is not None:
-                    decision = decision.model_copy(update={"consistency_token": token.encode()})
+            decision = await self._announce_renewal(decision, grant, now)
         await self._p.emit(topics.DECISIONS.name, decision)
         if stored.status == "stored":
             await self._p.emit(topics.AUDIT.name, outcome.audit)
         self._p._count(f"renewal_{decision.outcome}")
+
+    async def _decide_renewal(
+        self, renewal: RenewalRequested, grant: GrantIssued | None, received_at: datetime,
+        now: datetime,
+    ) -> RenewalOutcome:
+        policy = self._p.policy
+        return decide_renewal(
+            renewal, grant, policy, agent=policy.agent(renewal.agent_id),
+            risk=RiskContext(agent=await self._store.live_risk(renewal.agent_id),
+                             request=renewal.risk_score),
+            state=await self._store.agent_state(renewal.agent_id),
+            received_at=received_at, now=now,
+        )
+
+    async def _announce_renewal(
+        self, decision: RenewalDecided, grant: GrantIssued | None, now: datetime
+    ) -> RenewalDecided:
+        """Publish grant.renewed, built from the recorded decision (a redelivery repeats it)."""
+        held = grant or await self._life.live_grant(decision.agent_id, decision.grant_id, now)
+        if held is None or decision.expires_at is None:
+            return decision  # ended meanwhile (revoked, released): nothing left to extend
+        renewed = grant_renewed(
+            held.model_copy(update={"expires_at": decision.previous_expires_at or
+                                    held.expires_at}),
+            decision.request_id, decision.expires_at, decision.decided_at,
+            decision.policy_revision, decision.matched_rules,
+        )
+        token = await self._p.emit_grants((renewed, namespaces_of(held.scopes)))
+        if token is None:
+            return decision
+        return decision.model_copy(update={"consistency_token": token.encode()})
 
     async def _release(self, release: ReleaseRequested, msg: Incoming) -> None:
         for _attempt in range(3):
