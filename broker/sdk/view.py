@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from confluent_kafka import KafkaException, TopicPartition
 
 from broker.adapters.acks import AckPublisher
-from broker.adapters.bus import Record, consumer, to_record
+from broker.adapters.bus import Record, consumer, partitions, to_record
 from broker.consistency import ConsistencyToken, parse_token
 from broker.errors import BusError, InvalidConsistencyToken
 from broker.freshness import Freshness, FreshnessTracker
@@ -75,8 +75,6 @@ class GrantView:
 
     def _bootstrap(self) -> FreshnessTracker:
         """Assign every partition from its start; the log end now is the first freshness proof."""
-        from broker.adapters.bus import partitions
-
         parts = partitions(self._consumer, self.topic)
         tracker = FreshnessTracker(parts, self._clock)
         asked = self._clock()
