@@ -45,28 +45,51 @@ def fraud_agent() -> AgentProfile:
 
 def request(**changes: Any) -> EscalationRequested:
     fields: dict[str, Any] = {
-        "request_id": "req-1", "agent_id": AGENT_ID, "scopes": (FREEZE, PII),
-        "resources": ("acct-1", "acct-2"), "duration_s": 900, "reason": "card-testing pattern",
-        "confidence": 0.95, "risk_score": 0.85, "requested_at": NOW,
+        "request_id": "req-1",
+        "agent_id": AGENT_ID,
+        "scopes": (FREEZE, PII),
+        "resources": ("acct-1", "acct-2"),
+        "duration_s": 900,
+        "reason": "card-testing pattern",
+        "confidence": 0.95,
+        "risk_score": 0.85,
+        "requested_at": NOW,
     }
     return EscalationRequested(**(fields | changes))
 
 
-def run(req: EscalationRequested | None = None, *, state: AgentState | None = None,
-        received_at: datetime = NOW, now: datetime | None = None,
-        agent: AgentProfile | None = None) -> Outcome:
+def run(
+    req: EscalationRequested | None = None,
+    *,
+    state: AgentState | None = None,
+    received_at: datetime = NOW,
+    now: datetime | None = None,
+    agent: AgentProfile | None = None,
+) -> Outcome:
     """Evaluate with the fraud policy at ``now`` and decide, as the worker does."""
     req = req or request()
     now = now or received_at
     profile = agent or fraud_agent()
     evaluation = POLICY.evaluate(req, profile, RiskContext(request=req.risk_score), now)
-    return decide(req, evaluation, agent=profile, state=state or AgentState(),
-                  received_at=received_at, now=now)
+    return decide(
+        req,
+        evaluation,
+        agent=profile,
+        state=state or AgentState(),
+        received_at=received_at,
+        now=now,
+    )
 
 
 def action_for(kind: str, severity: float = 0.9) -> RiskAction:
-    signal = RiskObserved(signal_id=f"sig-{kind}", subject_agent_id=AGENT_ID, kind=kind,
-                          severity=severity, source="anomaly-detector", observed_at=NOW)
+    signal = RiskObserved(
+        signal_id=f"sig-{kind}",
+        subject_agent_id=AGENT_ID,
+        kind=kind,
+        severity=severity,
+        source="anomaly-detector",
+        observed_at=NOW,
+    )
     action = POLICY.on_risk(signal, fraud_agent(), NOW)
     assert action.revoke, action
     return action
@@ -83,6 +106,7 @@ def test_fraud_policy_caps_grants_at_twenty_seconds() -> None:
 
 
 # --- idempotent ids ---------------------------------------------------------------------------
+
 
 def test_ids_derive_from_the_request_id() -> None:
     """Decision, grant and audit ids are derive_id(kind, request_id)."""
@@ -128,20 +152,29 @@ def test_derive_id_is_deterministic_and_kind_separated() -> None:
     assert derive_id("grant", "req-1") != derive_id("decision", "req-1")
 
 
-@pytest.mark.xfail(strict=True, reason="derive_id keys effects on the request id alone: two "
-                   "agents choosing the same request id get the same grant/decision/audit ids")
+@pytest.mark.xfail(
+    strict=True,
+    reason="derive_id keys effects on the request id alone: two "
+    "agents choosing the same request id get the same grant/decision/audit ids",
+)
 def test_two_agents_with_the_same_request_id_get_distinct_grant_ids() -> None:
     """Agents are distinct identities: one agent's request id cannot collide with another's."""
     other = AgentProfile(
-        agent_id="fraud-detector-8", agent_class="fraud-detection", owner="fraud-ops@example.com",
-        model=fraud_agent().model, confidence_threshold=0.9,
-        baseline=fraud_agent().baseline, ceiling=fraud_agent().ceiling)
+        agent_id="fraud-detector-8",
+        agent_class="fraud-detection",
+        owner="fraud-ops@example.com",
+        model=fraud_agent().model,
+        confidence_threshold=0.9,
+        baseline=fraud_agent().baseline,
+        ceiling=fraud_agent().ceiling,
+    )
     mine = run(request(request_id="req-1"))
     theirs = run(request(request_id="req-1", agent_id=other.agent_id), agent=other)
     assert issued(theirs).grant_id != issued(mine).grant_id
 
 
 # --- absolute expiry --------------------------------------------------------------------------
+
 
 def test_expiry_is_received_at_plus_the_clamped_duration() -> None:
     """A 900 s request is clamped to the rule's 20 s, counted from received_at, not now."""
@@ -189,6 +222,7 @@ def test_expiry_never_exceeds_received_at_plus_policy_max(
 
 # --- denials from the agent's state -----------------------------------------------------------
 
+
 def assert_denied_by(outcome: Outcome, rule: str) -> None:
     assert outcome.grant is None
     decision = outcome.decision
@@ -211,8 +245,9 @@ def test_quarantine_denies_every_scope_naming_its_rule() -> None:
 
 def test_quarantine_without_a_recorded_rule_is_named_quarantine() -> None:
     """A quarantine whose rule is unknown still names itself."""
-    assert_denied_by(run(state=AgentState(quarantined_until=NOW + timedelta(seconds=1))),
-                     "quarantine")
+    assert_denied_by(
+        run(state=AgentState(quarantined_until=NOW + timedelta(seconds=1))), "quarantine"
+    )
 
 
 def test_an_ended_quarantine_no_longer_denies() -> None:
@@ -225,8 +260,9 @@ def test_an_ended_quarantine_no_longer_denies() -> None:
 def test_request_received_at_or_before_revocation_is_denied(before: timedelta) -> None:
     """A request Kafka received at or before revoked_at is denied with rule 'revocation'."""
     received = NOW - before
-    outcome = run(state=AgentState(revoked_at=NOW), received_at=received,
-                  now=NOW + timedelta(seconds=1))
+    outcome = run(
+        state=AgentState(revoked_at=NOW), received_at=received, now=NOW + timedelta(seconds=1)
+    )
     assert_denied_by(outcome, "revocation")
     assert "never undone" in outcome.decision.denied[0].reason
 
@@ -269,30 +305,46 @@ def test_audit_records_the_inputs_of_the_decision() -> None:
     assert audit.inputs["grant_id"] == issued(outcome).grant_id
 
 
-@pytest.mark.xfail(strict=True, reason="decide appends one rule per denied scope to the "
-                   "evaluation's matched_rules, repeating rules already listed")
+@pytest.mark.xfail(
+    strict=True,
+    reason="decide appends one rule per denied scope to the "
+    "evaluation's matched_rules, repeating rules already listed",
+)
 def test_decision_lists_each_matched_rule_once() -> None:
     """matched_rules names every rule once, however many scopes it decided."""
     evaluation = POLICY.evaluate(request(), fraud_agent(), RiskContext(agent=0.9), NOW)
-    outcome = decide(request(), evaluation, agent=fraud_agent(), state=AgentState(),
-                     received_at=NOW, now=NOW)
+    outcome = decide(
+        request(), evaluation, agent=fraud_agent(), state=AgentState(), received_at=NOW, now=NOW
+    )
     rules = outcome.decision.matched_rules
     assert len(rules) == len(set(rules)), rules
 
 
 # --- revocation -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kind", "quarantine_s"), [
-    ("behaviour_anomaly", 600), ("compromise_suspected", 3600), ("model_changed", 0),
-])
+
+@pytest.mark.parametrize(
+    ("kind", "quarantine_s"),
+    [
+        ("behaviour_anomaly", 600),
+        ("compromise_suspected", 3600),
+        ("model_changed", 0),
+    ],
+)
 def test_revocation_markers_outlive_the_longest_grant_and_the_quarantine(
     kind: str, quarantine_s: int
 ) -> None:
     """Markers last past revoked_at + the policy's longest grant, and past any quarantine."""
     action = action_for(kind)
     assert action.quarantine_s == quarantine_s
-    plan = plan_revocation(f"sig-{kind}", AGENT_ID, action, now=NOW,
-                           max_grant_s=POLICY.max_grant_duration_s, margin_s=60)
+    plan = plan_revocation(
+        f"sig-{kind}",
+        AGENT_ID,
+        action,
+        now=NOW,
+        max_grant_s=POLICY.max_grant_duration_s,
+        margin_s=60,
+    )
     assert plan.revoked_at == NOW and plan.rule == action.rule
     assert plan.marker_until > NOW + timedelta(seconds=POLICY.max_grant_duration_s)
     if quarantine_s:
@@ -313,20 +365,25 @@ def test_markers_cover_grant_and_quarantine_for_any_limits(
 ) -> None:
     """For any quarantine, grant cap and margin, marker_until covers both."""
     action = RiskAction(True, ANOMALY_RULE, "anomaly", quarantine_s)
-    plan = plan_revocation("sig-1", AGENT_ID, action, now=NOW, max_grant_s=max_grant_s,
-                           margin_s=margin_s)
+    plan = plan_revocation(
+        "sig-1", AGENT_ID, action, now=NOW, max_grant_s=max_grant_s, margin_s=margin_s
+    )
     assert plan.marker_until >= NOW + timedelta(seconds=max_grant_s + margin_s)
     assert plan.marker_until >= NOW + timedelta(seconds=quarantine_s)
 
 
 @settings(max_examples=100, deadline=None)
 @given(before_ms=st.integers(min_value=0, max_value=3_600_000))
-def test_no_request_from_before_a_revocation_is_granted_once_markers_expire(
-    before_ms: int
-) -> None:
+def test_no_request_from_before_a_revocation_is_granted_once_markers_expire(before_ms: int) -> None:
     """After marker_until, a request received before the revocation is stale without markers."""
-    plan = plan_revocation("sig-1", AGENT_ID, action_for("model_changed"), now=NOW,
-                           max_grant_s=POLICY.max_grant_duration_s, margin_s=0)
+    plan = plan_revocation(
+        "sig-1",
+        AGENT_ID,
+        action_for("model_changed"),
+        now=NOW,
+        max_grant_s=POLICY.max_grant_duration_s,
+        margin_s=0,
+    )
     received = NOW - timedelta(milliseconds=before_ms)
     outcome = run(received_at=received, now=plan.marker_until, state=AgentState())
     assert outcome.grant is None
@@ -335,8 +392,9 @@ def test_no_request_from_before_a_revocation_is_granted_once_markers_expire(
 
 def test_operator_revoke_without_rule_is_named_revocation() -> None:
     """A revoke-all whose action names no rule is recorded under 'revocation'."""
-    plan = plan_revocation("sig-1", AGENT_ID, RiskAction(True, None, "operator"), now=NOW,
-                           max_grant_s=20, margin_s=0)
+    plan = plan_revocation(
+        "sig-1", AGENT_ID, RiskAction(True, None, "operator"), now=NOW, max_grant_s=20, margin_s=0
+    )
     assert plan.rule == "revocation"
 
 
@@ -344,8 +402,14 @@ def test_operator_revoke_without_rule_is_named_revocation() -> None:
 def test_revoked_events_one_agent_event_and_one_per_grant(count: int) -> None:
     """revoked_events returns one AgentRevoked and one GrantRevoked per grant, in order."""
     grants = tuple(issued(run(request(request_id=f"req-{i}"))) for i in range(count))
-    plan = plan_revocation("sig-anomaly", AGENT_ID, action_for("behaviour_anomaly"), now=NOW,
-                           max_grant_s=POLICY.max_grant_duration_s, margin_s=60)
+    plan = plan_revocation(
+        "sig-anomaly",
+        AGENT_ID,
+        action_for("behaviour_anomaly"),
+        now=NOW,
+        max_grant_s=POLICY.max_grant_duration_s,
+        margin_s=60,
+    )
     agent_event, grant_events = revoked_events(plan, grants)
     assert agent_event.agent_id == AGENT_ID
     assert agent_event.grant_ids == tuple(g.grant_id for g in grants)
