@@ -1,4 +1,4 @@
-"""The fraud-agent scenario, end to end on a real Kafka and Redis (``permbroker demo``). L3.
+"""The fraud-agent scenario end to end on real Kafka and Redis (L3: imports adapters, sdk, schemas).
 
 Starts its own stack (separate dir and ports, wiped before and after), a worker process and a
 resource-side grant view, plays the scenario, prints a timeline with absolute times, *checks*

@@ -29,9 +29,13 @@ from schemas.events import (
 _NAMESPACE = uuid.UUID("6f1c7d52-2a7e-4f43-9d0e-6b8f3c1a9e10")
 
 
-def derive_id(kind: str, source_id: str) -> str:
-    """A deterministic id for the ``kind`` effect of input event ``source_id``."""
-    name = kind + "\x1f" + source_id
+def derive_id(kind: str, source_id: str, agent_id: str = "") -> str:
+    """A deterministic id for the ``kind`` effect of input ``source_id`` of one agent.
+
+    The agent id is part of the name: agents are distinct identities, so two agents that pick
+    the same request id still get distinct decision, grant and audit ids.
+    """
+    name = kind + "\x1f" + agent_id + "\x1f" + source_id
     return f"{kind}-{uuid.uuid5(_NAMESPACE, name)}"
 
 
@@ -41,6 +45,8 @@ class AgentState:
 
     quarantined_until: datetime | None = None
     quarantine_rule: str = ""
+    # Requests received at or before this instant are denied: the latest revoke-all, or the end
+    # of its quarantine (so a request queued during a quarantine stays denied after it ends).
     revoked_at: datetime | None = None
 
 
@@ -51,6 +57,10 @@ class Outcome:
     decision: EscalationDecided
     grant: GrantIssued | None
     audit: AuditRecord
+
+
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 def _state_denial(
@@ -67,8 +77,9 @@ def _state_denial(
         return ScopeDenial(
             scope="*",
             rule="revocation",
-            reason=f"request received at {received_at.isoformat()} predates the revocation of "
-            f"{state.revoked_at.isoformat()}; a revocation is never undone",
+            reason=f"request received at {received_at.isoformat()}, before the agent's "
+            f"revocation (or its quarantine) ended at {state.revoked_at.isoformat()}; "
+            "a revocation is never undone",
         )
     return None
 
@@ -96,22 +107,13 @@ def decide(
         denied = tuple(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
         )
-        return _outcome(
-            request, evaluation, agent, denied, (blocked.reason,), None, received_at, now
-        )
+        return _outcome(request, evaluation, agent, denied, (blocked.reason,), None,
+                        received_at, now, blocked=True)
     if not evaluation.granted:
-        return _outcome(
-            request,
-            evaluation,
-            agent,
-            evaluation.denied,
-            evaluation.reasons,
-            None,
-            received_at,
-            now,
-        )
+        return _outcome(request, evaluation, agent, evaluation.denied, evaluation.reasons, None,
+                        received_at, now)
     grant = GrantIssued(
-        grant_id=derive_id("grant", request.request_id),
+        grant_id=derive_id("grant", request.request_id, request.agent_id),
         agent_id=request.agent_id,
         request_id=request.request_id,
         scopes=evaluation.granted,
@@ -136,9 +138,11 @@ def _outcome(
     grant: GrantIssued | None,
     received_at: datetime,
     now: datetime,
+    *,
+    blocked: bool = False,
 ) -> Outcome:
     decision = EscalationDecided(
-        decision_id=derive_id("decision", request.request_id),
+        decision_id=derive_id("decision", request.request_id, request.agent_id),
         request_id=request.request_id,
         agent_id=request.agent_id,
         outcome="granted" if grant else "denied",
@@ -149,7 +153,9 @@ def _outcome(
         expires_at=grant.expires_at if grant else None,
         duration_s=evaluation.duration_s if grant else 0,
         clamped_by=evaluation.clamped_by if grant else None,
-        matched_rules=evaluation.matched_rules + tuple(d.rule for d in denied),
+        matched_rules=_unique(
+            (() if blocked else evaluation.matched_rules) + tuple(d.rule for d in denied)
+        ),
         reasons=reasons,
         policy_revision=evaluation.policy_revision,
         decided_at=now,
@@ -169,7 +175,7 @@ def _outcome(
 def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> AuditRecord:
     """The audit record of a decision (same id however often it is rebuilt)."""
     return AuditRecord(
-        audit_id=derive_id("audit", decision.request_id),
+        audit_id=derive_id("audit", decision.request_id, decision.agent_id),
         kind="escalation.decided",
         agent_id=decision.agent_id,
         occurred_at=decision.decided_at,
@@ -200,7 +206,7 @@ def duplicate_audit(
         outcome = "duplicate"
         reason = "request delivered again; the recorded decision stands, nothing new was granted"
     return AuditRecord(
-        audit_id=derive_id("audit-duplicate", f"{decision.request_id}@{origin}"),
+        audit_id=derive_id("audit-duplicate", f"{decision.request_id}@{origin}", decision.agent_id),
         kind="escalation.duplicate",
         agent_id=decision.agent_id,
         occurred_at=now,
@@ -237,9 +243,8 @@ def plan_revocation(
 ) -> RevocationPlan:
     """The markers of a revoke-all: they outlive the longest grant the revocation could cancel."""
     quarantine_until = now + timedelta(seconds=action.quarantine_s) if action.quarantine_s else None
-    marker_until = now + timedelta(seconds=max_grant_s + margin_s)
-    if quarantine_until is not None:
-        marker_until = max(marker_until, quarantine_until)
+    blocked_until = quarantine_until or now
+    marker_until = blocked_until + timedelta(seconds=max_grant_s + margin_s)
     return RevocationPlan(
         agent_id=agent_id,
         cause_id=signal_id,
@@ -285,7 +290,7 @@ def risk_audit(
 ) -> AuditRecord:
     """The audit record of one risk signal and what it did."""
     return AuditRecord(
-        audit_id=derive_id("audit", signal.signal_id),
+        audit_id=derive_id("audit-risk", signal.signal_id, signal.subject_agent_id or ""),
         kind="risk.observed",
         agent_id=signal.subject_agent_id,
         occurred_at=now,
@@ -306,7 +311,7 @@ def lifecycle_audit(event: GrantRevoked | GrantExpired, now: datetime) -> AuditR
     kind = "grant.revoked" if isinstance(event, GrantRevoked) else "grant.expired"
     reasons = (event.reason,) if isinstance(event, GrantRevoked) else ("reached expires_at",)
     return AuditRecord(
-        audit_id=derive_id(f"audit-{kind}", event.grant_id),
+        audit_id=derive_id(f"audit-{kind}", event.grant_id, event.agent_id),
         kind=kind,
         agent_id=event.agent_id,
         occurred_at=now,

@@ -82,7 +82,6 @@ DLQ_REASON = "dlq_reason"
 DLQ_TOPIC = "dlq_topic"
 DLQ_PARTITION = "dlq_partition"
 DLQ_OFFSET = "dlq_offset"
-DLQ_KEY = "dlq_key"
 
 
 def by_name(name: str) -> Topic:

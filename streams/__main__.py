@@ -1,4 +1,4 @@
-"""Entry point of the worker process: ``python -m streams`` (what ``permbroker worker`` runs)."""
+"""Worker entry point, ``python -m streams`` (run by ``permbroker worker``). Imports streams.app."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ class Processor:
         await self._retrying(
             "fail-safe revoke",
             lambda: self._revoke(
-                agent_id, derive_id("undecodable", msg.origin), action, msg.received_at
+                agent_id, derive_id("undecodable", msg.origin, agent_id), action, msg.received_at
             ),
         )
 

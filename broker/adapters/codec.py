@@ -9,6 +9,7 @@ that the dead-letter topic carries verbatim.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,6 +74,10 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
         raise WireError("empty value (tombstone) where an event was expected")
     if len(value) > MAX_VALUE_BYTES:
         raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
+    try:
+        json.loads(value)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WireError(f"value is not valid JSON: {exc}") from exc
     header_map = _header_dict(headers)
     missing = [h for h in REQUIRED_HEADERS if h not in {k.lower() for k in header_map}]
     if missing:

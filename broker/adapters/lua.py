@@ -52,9 +52,11 @@ for _, gid in ipairs(ids) do
   redis.call('DEL', prefix .. 'life:' .. gid)
 end
 redis.call('DEL', KEYS[1])
+-- requests received up to the end of the quarantine (or the revocation itself) stay denied
+local blocked = math.max(tonumber(ARGV[1]), tonumber(ARGV[3]))
 local prev = redis.call('GET', KEYS[2])
-if (not prev) or tonumber(prev) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[2])
+if (not prev) or tonumber(prev) < blocked then
+  redis.call('SET', KEYS[2], string.format('%d', blocked), 'PXAT', ARGV[2])
 end
 if tonumber(ARGV[3]) > 0 then
   local pt = redis.call('PTTL', KEYS[3])

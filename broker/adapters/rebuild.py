@@ -61,9 +61,10 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
     """Write revocation markers first, then the active grants; mark the view built."""
     for rev in folded.revocations.values():
         if rev.markers_until > now:
+            blocked = max(rev.revoked_at, rev.quarantined_until or rev.revoked_at)
             await store.restore_revocation(
                 rev.agent_id,
-                rev.revoked_at,
+                blocked,
                 rev.markers_until,
                 rev.quarantined_until,
                 rev.rule,

@@ -34,7 +34,7 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
     agents: Callable[[str], str],
 ) -> None:
     """kill -9 during 1,000 requests, restart: every request decided, 0 lost, 0 duplicate grants."""
-    pool = [agents("f") for _ in range(50)]
+    pool = [agents("b") for _ in range(50)]  # 10-minute grants: a slow restart cannot stale them
     requests = [fraud_request(pool[i % len(pool)]) for i in range(1000)]
     wanted = {r.request_id for r in requests}
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)

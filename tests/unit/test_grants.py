@@ -109,12 +109,13 @@ def test_fraud_policy_caps_grants_at_twenty_seconds() -> None:
 
 
 def test_ids_derive_from_the_request_id() -> None:
-    """Decision, grant and audit ids are derive_id(kind, request_id)."""
+    """Decision, grant and audit ids are derive_id(kind, request_id, agent_id)."""
     outcome = run()
-    assert outcome.decision.decision_id == derive_id("decision", "req-1")
-    assert issued(outcome).grant_id == derive_id("grant", "req-1")
+    agent = outcome.decision.agent_id
+    assert outcome.decision.decision_id == derive_id("decision", "req-1", agent)
+    assert issued(outcome).grant_id == derive_id("grant", "req-1", agent)
     assert outcome.decision.grant_id == issued(outcome).grant_id
-    assert outcome.audit.audit_id == derive_id("audit", "req-1")
+    assert outcome.audit.audit_id == derive_id("audit", "req-1", agent)
 
 
 def test_redelivery_at_a_later_now_keeps_ids_and_expiry() -> None:
@@ -152,11 +153,6 @@ def test_derive_id_is_deterministic_and_kind_separated() -> None:
     assert derive_id("grant", "req-1") != derive_id("decision", "req-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="derive_id keys effects on the request id alone: two "
-    "agents choosing the same request id get the same grant/decision/audit ids",
-)
 def test_two_agents_with_the_same_request_id_get_distinct_grant_ids() -> None:
     """Agents are distinct identities: one agent's request id cannot collide with another's."""
     other = AgentProfile(
@@ -305,11 +301,6 @@ def test_audit_records_the_inputs_of_the_decision() -> None:
     assert audit.inputs["grant_id"] == issued(outcome).grant_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide appends one rule per denied scope to the "
-    "evaluation's matched_rules, repeating rules already listed",
-)
 def test_decision_lists_each_matched_rule_once() -> None:
     """matched_rules names every rule once, however many scopes it decided."""
     evaluation = POLICY.evaluate(request(), fraud_agent(), RiskContext(agent=0.9), NOW)
