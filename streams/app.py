@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +21,10 @@ from typing import Any
 import faust
 
 from broker.adapters import codec, rebuild
+from broker.adapters.audit_keys import AuditKeys, load_keys
 from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.sealer import Sealer
+from broker.audit_redact import Redactor
 from broker.config import Settings
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
@@ -71,8 +76,23 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         except Exception as exc:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
 
-    processor = Processor(policy, store, publish, margin_s=settings.record_margin_s)
+    keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
+    redactor = Redactor.configured(
+        keys.hmac_key,
+        free_text=settings.audit_redact_free_text,
+        extra=settings.audit_sensitive_fields.split(","),
+    )
+    processor = Processor(
+        policy,
+        store,
+        publish,
+        margin_s=settings.record_margin_s,
+        redactor=redactor,
+        audit_timeout_s=settings.audit_timeout_s,
+    )
     app.processor = processor  # type: ignore[attr-defined]
+    if settings.audit_sealer:
+        _run_sealer(app, settings, keys)
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
@@ -130,5 +150,30 @@ async def _prepare(
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)
             await asyncio.sleep(1.0)
+    await processor.announce_policy(f"{socket.gethostname()}:{os.getpid()}")
     log.info("worker ready: policy %s revision %s", policy.source, policy.revision)
     processor.ready.set()
+
+
+def _run_sealer(app: faust.App, settings: Settings, keys: AuditKeys) -> None:
+    """Seal the raw audit topic in a thread of this worker (restarted if it ever fails)."""
+    stopping = threading.Event()
+    current: list[Sealer] = []
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def seal() -> None:
+        while not stopping.is_set():
+            sealer = Sealer(settings, keys)
+            current[:] = [sealer]
+            try:
+                await asyncio.to_thread(sealer.run)
+            except Exception:  # the outermost loop of the sealer: log, then start over
+                log.exception("audit sealer stopped; restarting it in 1s")
+                await asyncio.sleep(1.0)
+
+    async def stop(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        stopping.set()
+        for sealer in current:
+            sealer.stop()
+
+    app.on_before_shutdown.connect(stop)

@@ -4,11 +4,17 @@ Imports broker (core and adapters) and schemas; faust is only seen through ``Inc
 ``Publish`` callable, so this module is testable without a running worker. Handlers never let an
 error ack a message silently: bad bytes go to the dead-letter topic, transient store/bus failures
 are retried (the partition waits), and a risk signal that cannot be handled stops the worker.
+
+Audit first: a decision's audit record is written to the raw audit topic, and acknowledged,
+before the Redis commit that makes its grant visible. If it cannot be written within
+``audit_timeout_s`` the request is denied (rule ``audit-unavailable``, fail closed); that
+denial's own record is then retried until the audit is back, so nothing goes unaudited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,8 +24,12 @@ from typing import TypeVar
 
 from broker.adapters import codec
 from broker.adapters.redis_store import Committed, RedisGrantStore
+from broker.audit_redact import Redactor
+from broker.audit_replay import policy_loaded_audit
 from broker.errors import BusError, StoreUnavailable, WireError
 from broker.grants import (
+    AUDIT_UNAVAILABLE,
+    AgentState,
     Outcome,
     decide,
     decision_audit,
@@ -35,8 +45,11 @@ from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
     OPERATOR_REVOKE_KIND,
+    AgentProfile,
+    AuditRecord,
     EscalationRequested,
     RiskObserved,
+    ScopeDenial,
     WireModel,
 )
 
@@ -73,16 +86,38 @@ class Incoming:
 Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """The inputs of one attempt at deciding a request (what its audit record carries)."""
+
+    request: EscalationRequested
+    agent: AgentProfile | None
+    state: AgentState
+    risk: RiskContext
+    received_at: datetime
+    now: datetime
+    note: dict[str, object]
+
+
 class Processor:
     """The broker's decision logic wired to a store and a publisher."""
 
     def __init__(
-        self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600
+        self,
+        policy: Policy,
+        store: RedisGrantStore,
+        publish: Publish,
+        *,
+        margin_s: int = 3600,
+        redactor: Redactor | None = None,
+        audit_timeout_s: float = 5.0,
     ) -> None:
         self.policy = policy
         self.store = store
         self._publish = publish
         self._margin_s = margin_s
+        self._redactor = redactor
+        self._audit_timeout_s = audit_timeout_s
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
 
@@ -93,6 +128,21 @@ class Processor:
         """Encode and publish events to one topic, waiting for Kafka's acknowledgement."""
         if events:
             await self._publish(topic, [codec.encode(e, source=SOURCE) for e in events])
+
+    async def audit(self, *records: AuditRecord, also: Sequence[str] = ()) -> None:
+        """Write audit records (sensitive values as HMACs) to the raw audit topic; await the ack."""
+        if self._redactor is not None:
+            records = tuple(self._redactor.redact(r, also) for r in records)
+        await self.emit(topics.AUDIT_RAW.name, *records)
+
+    def sensitive(self, data: dict[str, object]) -> tuple[str, ...]:
+        """The sensitive values of an input, to hide wherever they are quoted."""
+        return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
+
+    async def announce_policy(self, worker: str) -> None:
+        """Record the policy bundle this worker decides with, before its first decision."""
+        record = policy_loaded_audit(self.policy, datetime.now(UTC), worker)
+        await self._retrying("audit policy", lambda: self.audit(record))
 
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
         """Park a message that cannot be processed, with its raw bytes, origin and reason."""
@@ -105,6 +155,8 @@ class Processor:
         ]
         dlq = codec.Encoded(key=msg.key, value=msg.value or b"", headers=headers)
         await self._retrying("dead-letter", lambda: self._publish(topics.DEAD_LETTER.name, [dlq]))
+        record = dead_letter_audit(msg, reason)
+        await self._retrying("audit dead-letter", lambda: self.audit(record))
         self._count("dead_lettered")
         log.warning("dead-lettered %s: %s", msg.origin, reason)
 
@@ -137,34 +189,73 @@ class Processor:
         await self._retrying("decide", lambda: self._decide(request, msg))
 
     async def _decide(self, request: EscalationRequested, msg: Incoming) -> None:
-        received_at = msg.received_at
-        agent = self.policy.agent(request.agent_id)
-        for _attempt in range(3):
-            now = datetime.now(UTC)
-            state = await self.store.agent_state(request.agent_id)
-            risk = RiskContext(
-                agent=await self.store.live_risk(request.agent_id), request=request.risk_score
-            )
-            evaluation = self.policy.evaluate(request, agent, risk, now)
-            outcome = decide(
-                request, evaluation, agent=agent, state=state, received_at=received_at, now=now
-            )
+        recorded = await self.store.recorded(request.agent_id, request.request_id)
+        if recorded is not None:  # decided before (a redelivery): never decide twice
+            await self._announce(recorded, None, msg)
+            return
+        agent, previous = self.policy.agent(request.agent_id), ""
+        for attempt in range(3):
+            note: dict[str, object] = {"attempt": attempt} if attempt else {}
+            if previous:
+                note["previous_attempt"] = previous
+            ctx = await self._attempt(request, agent, msg.received_at, note)
+            outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
                 outcome,
-                received_at=received_at,
-                now=now,
+                received_at=ctx.received_at,
+                now=ctx.now,
                 max_grant_s=self.policy.max_grant_duration_s,
             )
             if committed.status != "blocked":
                 break
-            log.info(
-                "request %s blocked at commit (%s); deciding again",
-                request.request_id,
-                committed.blocked_reason,
-            )
-        await self._announce(committed, outcome, msg)
+            previous = f"blocked at commit ({committed.blocked_reason}); decided again"
+            log.info("request %s blocked at commit (%s); deciding again", request.request_id,
+                     committed.blocked_reason)
+        await self._announce(committed, pending, msg)
 
-    async def _announce(self, committed: Committed, outcome: Outcome, msg: Incoming) -> None:
+    async def _attempt(
+        self,
+        request: EscalationRequested,
+        agent: AgentProfile | None,
+        received_at: datetime,
+        note: dict[str, object],
+    ) -> _Attempt:
+        state = await self.store.agent_state(request.agent_id)
+        risk = RiskContext(
+            agent=await self.store.live_risk(request.agent_id), request=request.risk_score
+        )
+        return _Attempt(request, agent, state, risk, received_at, datetime.now(UTC), note)
+
+    def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
+        evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
+        return decide(
+            ctx.request, evaluation, agent=ctx.agent, state=ctx.state,
+            received_at=ctx.received_at, now=ctx.now, risk=ctx.risk, blocked_by=blocked_by,
+            note=ctx.note,
+        )
+
+    async def _audit_first(self, ctx: _Attempt) -> tuple[Outcome, AuditRecord | None]:
+        """Audit the decision before its commit; if that fails, deny (its record is pending)."""
+        outcome = self._outcome(ctx)
+        try:
+            await asyncio.wait_for(self.audit(outcome.audit), self._audit_timeout_s)
+        except (BusError, TimeoutError) as exc:
+            self._count("audit_fail_closed")
+            log.error("audit not written for request %s of %s; denying it (fail closed): %s",
+                      ctx.request.request_id, ctx.request.agent_id, exc)
+            denial = ScopeDenial(
+                scope="*", rule=AUDIT_UNAVAILABLE,
+                reason=f"the audit stream could not be written ({type(exc).__name__}: "
+                f"{str(exc)[:160] or 'timed out'}); no grant is issued without an audit record "
+                "(fail closed): retry once the audit is available again",
+            )
+            denied = self._outcome(ctx, blocked_by=denial)
+            return denied, denied.audit
+        return outcome, None
+
+    async def _announce(
+        self, committed: Committed, pending: AuditRecord | None, msg: Incoming
+    ) -> None:
         decision = committed.decision
         if decision is None:  # blocked three times in a row: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
@@ -173,18 +264,18 @@ class Processor:
             dup = duplicate_audit(
                 decision, committed.grant is not None, msg.origin, datetime.now(UTC)
             )
-            await self.emit(topics.AUDIT.name, dup)
+            await self.audit(dup)
             return
         if committed.status == "existing":  # stored before a crash, never published: finish it
             self._count("recovered")
-            audit = decision_audit(decision, {"recovered_from": msg.origin})
+            await self.audit(decision_audit(decision, {"recovered_from": msg.origin}))
         else:
             self._count(f"decided_{decision.outcome}")
-            audit = outcome.audit
         if committed.grant is not None:
             await self.emit(topics.GRANTS.name, committed.grant)
         await self.emit(topics.DECISIONS.name, decision)
-        await self.emit(topics.AUDIT.name, audit)
+        if pending is not None:  # a fail-closed denial: its record waits for the audit to return
+            await self._retrying("audit the fail-closed denial", lambda: self.audit(pending))
         await self.store.mark_published(
             decision, received_at=msg.received_at, max_grant_s=self.policy.max_grant_duration_s
         )
@@ -214,14 +305,20 @@ class Processor:
             else self.policy.on_risk(signal, agent, now)
         )
         revoked: tuple[str, ...] = ()
+        hide = self.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
-            revoked = await self._revoke(subject, signal.signal_id, action, now)
+            revoked = await self._revoke(subject, signal.signal_id, action, now, hide)
         elif subject:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        await self.emit(topics.AUDIT.name, risk_audit(signal, action, revoked, now))
+        await self.audit(risk_audit(signal, action, revoked, now), also=hide)
 
     async def _revoke(
-        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
+        self,
+        agent_id: str,
+        cause_id: str,
+        action: RiskAction,
+        now: datetime,
+        hide: Sequence[str] = (),
     ) -> tuple[str, ...]:
         plan = plan_revocation(
             cause_id,
@@ -234,7 +331,7 @@ class Processor:
         grants = await self.store.revoke_all(plan)
         agent_event, per_grant = revoked_events(plan, grants)
         await self.emit(topics.GRANTS.name, *per_grant, agent_event)
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in per_grant))
+        await self.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
         self._count("revocations")
         log.warning(
             "revoked %d grant(s) of %s (rule %s, cause %s)",
@@ -274,8 +371,25 @@ class Processor:
         due = await self.store.due_expiries(now)
         announce = [e for e, live in due if live]
         await self.emit(topics.GRANTS.name, *announce)
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in announce))
+        await self.audit(*(lifecycle_audit(e, now) for e in announce))
         await self.store.ack_expiries([e for e, _ in due])
         for _ in announce:
             self._count("expired")
         return len(announce)
+
+
+def dead_letter_audit(msg: Incoming, reason: str) -> AuditRecord:
+    """The audit record of an input that was dead-lettered (its digest, never its bytes)."""
+    key = (msg.key or b"").decode(errors="replace")
+    raw = msg.value or b""
+    return AuditRecord(
+        audit_id=derive_id("audit-dead-letter", msg.origin),
+        kind="input.dead_lettered",
+        agent_id=key if re.match(AGENT_ID_PATTERN, key) else None,
+        occurred_at=msg.received_at,
+        subject_id=msg.origin,
+        outcome="dead_lettered",
+        reasons=(reason[:500],),
+        inputs={"origin": msg.origin, "sha256": hashlib.sha256(raw).hexdigest(),
+                "size": len(raw), "dlq_topic": topics.DEAD_LETTER.name},
+    )

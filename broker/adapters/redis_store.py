@@ -178,6 +178,20 @@ class RedisGrantStore:
         grant = GrantIssued.model_validate_json(extra) if extra else None
         return Committed(status, decision, grant, bool(int(published)))
 
+    async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
+        """The decision stored for a request (as a commit would find it), or None."""
+        raw = await self._call(self._r.get(keys.decision(agent_id, request_id)))
+        if raw is None:
+            return None
+        decision = EscalationDecided.model_validate_json(raw)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(keys.grant(agent_id, decision.grant_id or ""))
+        pipe.exists(keys.published(agent_id, request_id))
+        grant_raw, published = await self._call(pipe.execute())
+        grant = GrantIssued.model_validate_json(grant_raw) if grant_raw else None
+        return Committed("existing", decision, grant if decision.grant_id else None,
+                         bool(published))
+
     def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
         """How long a request's records live: past any grant it could mint, plus a margin."""
         return max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
