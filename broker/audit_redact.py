@@ -32,7 +32,7 @@ from schemas.events import AuditRecord
 HMAC_PREFIX = "hmac-sha256:"
 HMAC_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
 DEFAULT_FIELDS = ("request.resources", "request.case_id", "decision.resources", "signal.resource")
-FREE_TEXT_FIELDS = ("request.reason", "signal.detail", "event.reason")
+FREE_TEXT_FIELDS = ("request.reason", "signal.detail")
 SECRET_KEY_RE = re.compile(
     r"(?i)(token|secret|passw|api[_-]?key|private[_-]?key|credential|signature|authori[sz]ation"
     r"|bearer|cookie|session)"
