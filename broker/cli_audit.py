@@ -134,8 +134,14 @@ def export(
     err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else ""))
 
 
-def _policies(records: list[AuditRecord], paths: list[Path]) -> dict[str, Policy]:
+def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
+              from_topic: bool) -> dict[str, Policy]:
+    """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
     policies = audit_replay.policies_in(records)
+    if from_topic:  # policy.loaded records may predate the window: find them by their bytes
+        loaded = (s.record() for s in audit_log.read_topic(settings.kafka_bootstrap)
+                  if b'"kind":"policy.loaded"' in (s.entry.value or b""))
+        policies.update(audit_replay.policies_in(loaded))
     for path in paths:
         policy = load_policy(path)
         policies[policy.revision] = policy
@@ -162,16 +168,18 @@ def replay(
         raise fail("say what to replay", "pass --as-of TIME (grants then) or --check (drift)")
     settings = Settings()
     at = parse_time(as_of) if as_of else None
-    lookback = at - timedelta(seconds=MAX_REQUESTED_DURATION_S + 3600) if at else None
+    start = time_option(since)
+    # A grant active at `at` was decided at most a week (the longest request) before it.
+    lookback = at - timedelta(seconds=MAX_REQUESTED_DURATION_S + 3600) if at else start
     try:
-        records = load_records(settings, file=file, since=lookback if not check else None)
+        records = load_records(settings, file=file, since=lookback)
+        if at is not None:
+            _print_as_of(records, at, agent, as_json)
+            return
+        policies = _policies(settings, records, policy or [], from_topic=file is None)
     except BrokerError as exc:
         raise fail(str(exc), KafkaHint) from exc
-    if at is not None:
-        _print_as_of(records, at, agent, as_json)
-        return
-    _check(records, _policies(records, policy or []), time_option(since), time_option(until_),
-           as_json)
+    _check(records, policies, start, time_option(until_), as_json)
 
 
 def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,

@@ -17,8 +17,9 @@ from rich.console import Console
 
 from broker.policy.fields import parse_duration
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: long lines (paths, ids, hashes) are never broken, so output stays grep-able.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _AGE = re.compile(r"^-?\s*(\d+[smhd])(\s+ago)?$")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
