@@ -128,11 +128,15 @@ class RedisGrantStore:
         return float(raw) if raw else 0.0
 
     async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
-        """Remember a risk severity until ``until``; returns the live risk."""
+        """Remember a risk severity until ``until``; returns the live risk.
+
+        A signal read long after it was appended (a worker catching up) may have an ``until``
+        already past: Redis then drops the key at once and there is no live risk (0).
+        """
         raw = await self._call(
             self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
         )
-        return float(raw)
+        return float(raw) if raw is not None else 0.0
 
     async def commit(
         self, outcome: Outcome, *, received_at: datetime, now: datetime, max_grant_s: int
