@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker.grants import AgentState, decide, derive_id
+from broker.audit_records import POLICY_LOADED
+from broker.grants import AgentState, decide
 from broker.policy import Policy, RiskContext, load_policy_files
 from schemas.events import (
     AgentProfile,
@@ -31,7 +32,6 @@ from schemas.events import (
 )
 
 DECIDED = "escalation.decided"
-POLICY_LOADED = "policy.loaded"
 
 
 @dataclass(frozen=True)
@@ -192,25 +192,6 @@ def check(
 
 
 # --- policy revisions recorded in the log ------------------------------------------------------
-
-
-def policy_loaded_audit(policy: Policy, now: datetime, worker: str) -> AuditRecord:
-    """The record a worker writes before deciding with a revision: the bundle itself."""
-    files = {name: base64.b64encode(data).decode() for name, data in policy.files}
-    packed = base64.b64encode(gzip.compress(json.dumps(files).encode(), mtime=0)).decode()
-    return AuditRecord(
-        audit_id=derive_id("policy-loaded", f"{policy.revision}@{now.isoformat()}", worker),
-        kind=POLICY_LOADED,
-        agent_id=None,
-        occurred_at=now,
-        subject_id=policy.revision,
-        outcome="loaded",
-        reasons=(f"worker {worker} decides with policy {policy.name} revision "
-                 f"{policy.revision} ({len(policy.files)} file(s))",),
-        policy_revision=policy.revision,
-        inputs={"name": policy.name, "source": policy.source, "worker": worker,
-                "bundle_gzip_b64": packed},
-    )
 
 
 def policies_in(records: Iterable[AuditRecord]) -> dict[str, Policy]:

@@ -20,6 +20,7 @@ from rich.table import Table
 from broker.adapters import rebuild
 from broker.adapters.bus import Publisher
 from broker.adapters.redis_store import RedisGrantStore
+from broker.audit_records import rebuild_audit
 from broker.cli_audit import audit_app
 from broker.cli_output import JsonOpt, err, fail, out, until
 from broker.cli_output import print_json as _print_json
@@ -229,6 +230,12 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
     try:
         folded = rebuild.collect(settings.kafka_bootstrap, now)
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
+        record = rebuild_audit(
+            f"operator {os.environ.get('USER', 'unknown')}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable)
+        Publisher(settings.kafka_bootstrap, source="/operators/cli").publish(
+            topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
     result = {

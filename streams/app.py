@@ -24,6 +24,7 @@ from broker.adapters import codec, rebuild
 from broker.adapters.audit_keys import AuditKeys, load_keys
 from broker.adapters.redis_store import RedisGrantStore
 from broker.adapters.sealer import Sealer
+from broker.audit_records import rebuild_audit
 from broker.audit_redact import Redactor
 from broker.config import Settings
 from broker.errors import BusError, StoreError
@@ -146,6 +147,10 @@ async def _prepare(
                 log.warning(
                     "rebuilt %d active grant(s) from %d record(s)", restored, folded.records
                 )
+                await processor.audit_until_written(rebuild_audit(
+                    f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
+                    restored=restored, revocations=len(folded.revocations),
+                    undecodable=folded.undecodable))
             break
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)

@@ -14,7 +14,6 @@ denial's own record is then retried until the audit is back, so nothing goes una
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,8 +23,8 @@ from typing import TypeVar
 
 from broker.adapters import codec
 from broker.adapters.redis_store import Committed, RedisGrantStore
+from broker.audit_records import dead_letter_audit, policy_loaded_audit
 from broker.audit_redact import Redactor
-from broker.audit_replay import policy_loaded_audit
 from broker.errors import BusError, StoreUnavailable, WireError
 from broker.grants import (
     AUDIT_UNAVAILABLE,
@@ -139,10 +138,13 @@ class Processor:
         """The sensitive values of an input, to hide wherever they are quoted."""
         return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
 
+    async def audit_until_written(self, *records: AuditRecord) -> None:
+        """``audit``, retried until Kafka takes it (the caller waits: nothing goes unaudited)."""
+        await self._retrying("audit", lambda: self.audit(*records))
+
     async def announce_policy(self, worker: str) -> None:
         """Record the policy bundle this worker decides with, before its first decision."""
-        record = policy_loaded_audit(self.policy, datetime.now(UTC), worker)
-        await self._retrying("audit policy", lambda: self.audit(record))
+        await self.audit_until_written(policy_loaded_audit(self.policy, datetime.now(UTC), worker))
 
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
         """Park a message that cannot be processed, with its raw bytes, origin and reason."""
@@ -155,7 +157,9 @@ class Processor:
         ]
         dlq = codec.Encoded(key=msg.key, value=msg.value or b"", headers=headers)
         await self._retrying("dead-letter", lambda: self._publish(topics.DEAD_LETTER.name, [dlq]))
-        record = dead_letter_audit(msg, reason)
+        key = (msg.key or b"").decode(errors="replace")
+        agent = key if re.match(AGENT_ID_PATTERN, key) else None
+        record = dead_letter_audit(msg.origin, agent, msg.value or b"", reason, msg.received_at)
         await self._retrying("audit dead-letter", lambda: self.audit(record))
         self._count("dead_lettered")
         log.warning("dead-lettered %s: %s", msg.origin, reason)
@@ -377,19 +381,3 @@ class Processor:
             self._count("expired")
         return len(announce)
 
-
-def dead_letter_audit(msg: Incoming, reason: str) -> AuditRecord:
-    """The audit record of an input that was dead-lettered (its digest, never its bytes)."""
-    key = (msg.key or b"").decode(errors="replace")
-    raw = msg.value or b""
-    return AuditRecord(
-        audit_id=derive_id("audit-dead-letter", msg.origin),
-        kind="input.dead_lettered",
-        agent_id=key if re.match(AGENT_ID_PATTERN, key) else None,
-        occurred_at=msg.received_at,
-        subject_id=msg.origin,
-        outcome="dead_lettered",
-        reasons=(reason[:500],),
-        inputs={"origin": msg.origin, "sha256": hashlib.sha256(raw).hexdigest(),
-                "size": len(raw), "dlq_topic": topics.DEAD_LETTER.name},
-    )

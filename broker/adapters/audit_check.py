@@ -17,7 +17,7 @@ from pathlib import Path
 
 from broker.adapters.audit_keys import PUBLIC_FILE, key_dir, load_public_keys, signature_check
 from broker.adapters.audit_log import Stored, read_jsonl, read_topic, watermarks
-from broker.audit_chain import ChainReport, Problem, raw_gaps, verify_chain
+from broker.audit_verify import ChainReport, Problem, raw_gaps, verify_chain
 from broker.config import Settings
 from schemas import topics
 

@@ -1,4 +1,4 @@
-"""Reading the sealed audit topic (or a copy, or an export file) and writing exports.
+"""Reading the sealed audit topic (or a copy, or an export), its chain head, and exports.
 
 Imports confluent-kafka, broker.adapters.bus, broker.audit_chain, broker.errors, schemas.
 
@@ -21,7 +21,8 @@ from typing import IO, Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from broker.adapters.bus import consumer, partitions
-from broker.audit_chain import Entry
+from broker.audit_chain import Position, is_digest
+from broker.audit_verify import Entry
 from broker.errors import BusError, WireError
 from schemas import topics
 from schemas.events import AuditRecord
@@ -172,3 +173,53 @@ def read_jsonl(path: Path) -> Iterator[Stored]:
             if not isinstance(entry.data, dict):
                 raise WireError(f"{path}:{number}: the entry is not a JSON object")
             yield Stored(entry, 0)
+
+
+# --- the chain head, for the sealer -------------------------------------------------------
+
+
+@dataclass
+class Head:
+    """A partition's chain head: where the next entry goes and what was sealed last."""
+
+    pos: Position
+    raw_offset: int = -1  # last raw offset sealed
+    since: int = 0  # first seq after the last digest
+
+    @property
+    def pending(self) -> int:
+        """Entries since the last digest."""
+        return self.pos.seq - self.since
+
+
+def read_head(bootstrap: str, partition: int, *, window: int = 64) -> Head:
+    """The chain head of one sealed partition, read back from its last committed entries."""
+    low, high = watermarks(bootstrap, topics.AUDIT.name)[partition]
+    while True:
+        start = max(low, high - window)
+        head = _head_from(bootstrap, partition, start, complete=start <= low)
+        if head is not None:
+            return head
+        window *= 4
+
+
+def _head_from(bootstrap: str, partition: int, start: int, *, complete: bool) -> Head | None:
+    """The head seen from ``start``; None if the window lacks the last record or digest."""
+    last: dict[str, Any] | None = None
+    raw_offset, since = -1, None
+    for stored in read_topic(bootstrap, topics.AUDIT.name, starts={partition: start}):
+        record = stored.record()
+        if record.chain is None:
+            raise BusError(f"entry at offset {stored.entry.offset} of {topics.AUDIT.name} has "
+                           "no chain link: the head cannot be recovered (permbroker audit verify)")
+        last = record.model_dump(mode="json")
+        if is_digest(last):
+            since = record.chain.seq + 1
+        elif record.chain.raw_offset >= 0:
+            raw_offset = record.chain.raw_offset
+    if last is None:
+        return Head(Position(partition)) if complete else None
+    if not complete and (since is None or raw_offset < 0):
+        return None
+    pos = Position(partition, last["chain"]["seq"] + 1, last["chain"]["hash"])
+    return Head(pos, raw_offset, since if since is not None else 0)

@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -33,9 +32,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from broker.adapters import codec
 from broker.adapters.audit_keys import AuditKeys
-from broker.adapters.audit_log import read_topic
+from broker.adapters.audit_log import Head, read_head, watermarks
 from broker.adapters.bus import consumer, partitions
-from broker.audit_chain import GENESIS, Position, is_digest, seal_digest, seal_record
+from broker.audit_chain import GENESIS, Position, seal_digest, seal_record
 from broker.config import Settings
 from broker.errors import BusError, WireError
 from schemas import topics
@@ -52,64 +51,6 @@ class SealRetry(BusError):
 
 class Fenced(BusError):
     """Another sealer took this partition over (its producer fenced ours)."""
-
-
-@dataclass
-class Head:
-    """A partition's chain head: where the next entry goes and what was sealed last."""
-
-    pos: Position
-    raw_offset: int = -1  # last raw offset sealed
-    since: int = 0  # first seq after the last digest
-
-    @property
-    def pending(self) -> int:
-        """Entries since the last digest."""
-        return self.pos.seq - self.since
-
-
-def read_head(bootstrap: str, partition: int, *, window: int = 64) -> Head:
-    """The chain head of one sealed partition, read back from its last committed entries."""
-    low, high = _watermarks(bootstrap, topics.AUDIT.name, partition)
-    while True:
-        start = max(low, high - window)
-        head = _head_from(bootstrap, partition, start, complete=start <= low)
-        if head is not None:
-            return head
-        window *= 4
-
-
-def _watermarks(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:
-    c = consumer(bootstrap)
-    try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        return int(low), int(high)
-    except KafkaException as exc:
-        raise BusError(f"cannot read offsets of {topic}: {exc}") from exc
-    finally:
-        c.close()
-
-
-def _head_from(bootstrap: str, partition: int, start: int, *, complete: bool) -> Head | None:
-    """The head seen from ``start``; None if the window lacks the last record or digest."""
-    last: dict[str, Any] | None = None
-    raw_offset, since = -1, None
-    for stored in read_topic(bootstrap, topics.AUDIT.name, starts={partition: start}):
-        record = stored.record()
-        if record.chain is None:
-            raise BusError(f"entry at offset {stored.entry.offset} of {topics.AUDIT.name} has "
-                           "no chain link: the head cannot be recovered (permbroker audit verify)")
-        last = record.model_dump(mode="json")
-        if is_digest(last):
-            since = record.chain.seq + 1
-        elif record.chain.raw_offset >= 0:
-            raw_offset = record.chain.raw_offset
-    if last is None:
-        return Head(Position(partition)) if complete else None
-    if not complete and (since is None or raw_offset < 0):
-        return None
-    pos = Position(partition, last["chain"]["seq"] + 1, last["chain"]["hash"])
-    return Head(pos, raw_offset, since if since is not None else 0)
 
 
 def _encode(record: AuditRecord, value: bytes, pos: Position) -> codec.Encoded:
@@ -171,8 +112,8 @@ class PartitionSealer:
             raise BusError(f"sealer of partition {self.partition} could not start its "
                            f"transactions: {exc}") from exc
         self.head = read_head(self._settings.kafka_bootstrap, self.partition)
-        low, _high = _watermarks(self._settings.kafka_bootstrap, topics.AUDIT_RAW.name,
-                                 self.partition)
+        low, _high = watermarks(self._settings.kafka_bootstrap,
+                                topics.AUDIT_RAW.name)[self.partition]
         if low > self.head.raw_offset + 1:
             now = datetime.now(UTC)
             self._commit([(_gap(self.partition, self.head.raw_offset + 1, low - 1, now), -1)],

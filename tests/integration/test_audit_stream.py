@@ -16,8 +16,8 @@ from broker.adapters import audit_keys, keys
 from broker.adapters.admin import admin_client
 from broker.adapters.audit_log import Stored
 from broker.adapters.worker_process import WorkerProcess
-from broker.audit_chain import Entry
 from broker.audit_redact import hmac_value
+from broker.audit_verify import Entry
 from broker.config import Settings
 from broker.sdk.agent import AgentClient
 from schemas import topics
@@ -251,3 +251,19 @@ def test_seeded_secrets_are_stored_as_hmacs_and_searchable(
     assert any(found.stdout.strip().encode() in v for v in stored)
     for secret in (token, account, text, jwt):
         assert not any(secret.encode() in v for v in stored), secret
+
+
+def test_operator_actions_are_audited(
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
+) -> None:
+    """`grants rebuild` and `grants revoke` by an operator each leave an audit record."""
+    agent, audit = agents("f"), tap(topics.AUDIT.name)
+    assert cli(settings, "grants", "rebuild", "--json").returncode == 0
+    assert cli(settings, "grants", "revoke", "--agent", agent, "--reason", "offboarding",
+               "--operator", "alice").returncode == 0
+    rebuilt = audit.wait_for(AuditRecord, lambda r: r.kind == "operator.grants.rebuild")
+    assert rebuilt[0].outcome == "rebuilt" and rebuilt[0].chain is not None
+    revoked = audit.wait_for(AuditRecord, lambda r: r.kind == "risk.observed"
+                             and r.agent_id == agent)[0]
+    assert revoked.outcome == "revoked" and revoked.rules == ("operator-revoke",)
+    assert revoked.inputs["signal"]["source"] == "operator:alice"  # type: ignore[index]

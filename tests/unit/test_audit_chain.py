@@ -1,4 +1,4 @@
-"""The audit hash chain: sealing, digests, and a verifier that names the entry that broke it."""
+"""The audit hash chain: sealing, digests, and a verifier naming the entry that broke it."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.adapters.audit_keys import AuditKeys, key_id, signature_check
-from broker.audit_chain import (
-    GENESIS,
-    Entry,
-    Position,
-    canonical,
-    entry_hash,
-    raw_gaps,
-    seal_digest,
-    seal_record,
-    verify_chain,
-)
+from broker.audit_chain import GENESIS, Position, canonical, entry_hash, seal_digest, seal_record
+from broker.audit_verify import Entry, raw_gaps, verify_chain
 from schemas.events import AuditRecord
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)

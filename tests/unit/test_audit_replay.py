@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from broker.audit_replay import check, effective, policies_in, policy_loaded_audit
+from broker.audit_records import policy_loaded_audit
+from broker.audit_replay import check, effective, policies_in
 from broker.audit_views import grants_as_of, quarantines_as_of, timeline
 from broker.grants import (
     AUDIT_UNAVAILABLE,
