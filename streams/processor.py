@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,7 +55,9 @@ from streams.dead_letter import dead_letter_audit, dead_letter_message
 
 log = logging.getLogger("permbroker.worker")
 T = TypeVar("T")
-SOURCE = "/permbroker/worker"
+# ce_source of what this worker writes: which host and process wrote it (for operators, and for
+# proving that a fenced worker wrote nothing).
+SOURCE = f"/permbroker/worker/{socket.gethostname()}/{os.getpid()}"
 RISK_WINDOW = timedelta(minutes=10)
 
 
