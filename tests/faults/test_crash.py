@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +12,7 @@ from broker.adapters.bus import Publisher
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from schemas import topics
-from tests.faults.helpers import Ledger, delta, worker_counters
+from tests.faults.helpers import Ledger, worker_counters
 from tests.faults.report import Figures
 from tests.integration.helpers import Tap, fraud_request, wait_until
 
@@ -47,7 +43,7 @@ def test_kill_9_at_40_percent_of_5000_loses_and_duplicates_nothing(
     worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
     rclient: redis.Redis, agents: Callable[[str], str], figures: Figures,
 ) -> None:
-    """kill -9 at ~40% of 5,000 requests, restart: 0 lost, 0 duplicate grants, redeliveries no-ops."""
+    """kill -9 at ~40% of 5,000 requests: 0 lost, 0 duplicate grants, redeliveries are no-ops."""
     pool = [agents("b") for _ in range(50)]
     requests = [fraud_request(pool[i % len(pool)]) for i in range(5000)]
     ledger = Ledger((r.request_id for r in requests), tap(topics.DECISIONS.name),
