@@ -145,8 +145,11 @@ def agents(run_id: str) -> Callable[[str], str]:  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def settings(  # noqa: F811
-    services: Services, test_policy: Path, run_id: str, tmp_path_factory: pytest.TempPathFactory
+def settings(
+    services: Services,
+    test_policy: Path,
+    run_id: str,  # noqa: F811 - the fixture, not the import
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Settings of the session worker: the integration ones plus a metrics port."""
     return Settings(
