@@ -92,9 +92,13 @@ def decide(
     state: AgentState,
     received_at: datetime,
     now: datetime,
+    blocked_by: ScopeDenial | None = None,
 ) -> Outcome:
-    """Combine the policy evaluation with the agent's state into the decision's events."""
-    blocked = _state_denial(request, state, received_at, now)
+    """Combine the policy evaluation with the agent's state into the decision's events.
+
+    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit).
+    """
+    blocked = blocked_by or _state_denial(request, state, received_at, now)
     expires_at = received_at + timedelta(seconds=evaluation.duration_s)
     if blocked is None and evaluation.granted and expires_at <= now:
         blocked = ScopeDenial(
