@@ -16,7 +16,7 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps stack-up stack-down stack-status check test demo clean
+.PHONY: help venv deps stack-up stack-down stack-status check test test-faults demo clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
@@ -26,6 +26,7 @@ help:
 	@echo "make stack-down    stop it (WIPE=1 also deletes its data)"
 	@echo "make check         ruff + mypy --strict"
 	@echo "make test          run the test suite (starts and stops its own stack)"
+	@echo "make test-faults   run the fault-injection suite, write reports/reliability.md"
 	@echo "make demo          run the fraud-agent demo (starts and stops its own stack)"
 	@echo "make clean         stop the local stacks, delete them and the caches (keeps .venv)"
 
@@ -64,7 +65,13 @@ test: venv deps
 	$(call header,test: policy tests of every shipped bundle)
 	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Kills, stalls and restarts workers, Redis and Kafka (its own on ports 45100-45199), floods and
+# hostile input; writes the figures to reports/reliability.md.
+test-faults: venv deps
+	$(call header,test-faults: pytest tests/faults (reliability figures in reports/reliability.md))
+	$(BIN)/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
 demo: venv deps
 	$(call header,demo)

@@ -1,14 +1,14 @@
-"""Audit records of what is not a decision (pure): a policy loaded, a rebuild, a dead letter.
+"""Audit records of what is not a decision (pure): a policy loaded, a grant view rebuilt.
 
 Imports broker.grants (ids), broker.policy, schemas and stdlib. Decision, risk and lifecycle
-records are built in ``broker.grants``; these are the other inputs an operator must see.
+records are built in ``broker.grants`` (dead letters in ``streams.dead_letter``); these are the
+other inputs an operator must see.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import json
 from datetime import datetime
 
@@ -18,7 +18,6 @@ from schemas.events import AuditRecord
 
 POLICY_LOADED = "policy.loaded"
 REBUILD = "operator.grants.rebuild"
-DEAD_LETTERED = "input.dead_lettered"
 
 
 def policy_loaded_audit(policy: Policy, now: datetime, worker: str) -> AuditRecord:
@@ -58,18 +57,3 @@ def rebuild_audit(
                 "revocations": revocations, "undecodable": undecodable},
     )
 
-
-def dead_letter_audit(
-    origin: str, agent_id: str | None, raw: bytes, reason: str, at: datetime
-) -> AuditRecord:
-    """The record of an input that was dead-lettered: its digest and size, never its bytes."""
-    return AuditRecord(
-        audit_id=derive_id("audit-dead-letter", origin),
-        kind=DEAD_LETTERED,
-        agent_id=agent_id,
-        occurred_at=at,
-        subject_id=origin,
-        outcome="dead_lettered",
-        reasons=(reason[:500],),
-        inputs={"origin": origin, "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)},
-    )

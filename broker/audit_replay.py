@@ -66,9 +66,9 @@ class Decided:
         return isinstance(self.record.inputs.get("request"), dict)
 
     @property
-    def fail_closed(self) -> bool:
-        """True for a denial issued because the audit could not be written."""
-        return "fail_closed" in self.record.inputs
+    def blocked(self) -> bool:
+        """True for a denial found outside the policy (a rate limit, the audit unavailable)."""
+        return "blocked_by" in self.record.inputs
 
 
 def decided(records: Iterable[AuditRecord]) -> list[Decided]:
@@ -115,7 +115,7 @@ def reproduce(
     risk = (RiskContext(**raw_risk) if isinstance(raw_risk, dict)
             else RiskContext(request=request.risk_score))
     now, received_at = _when(inputs["now"]), _when(inputs["received_at"])
-    blocked = inputs.get("fail_closed")
+    blocked = inputs.get("blocked_by")
     evaluation = policy.evaluate(request, agent, risk, now)
     return decide(
         request, evaluation, agent=agent, state=_state(inputs.get("state")),

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
     record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
+    metrics_port: int = Field(0, description="Worker /metrics port (0: off)")
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(
         None, description="HMAC and signing keys of the audit (default <stack_dir>/keys)"

@@ -113,9 +113,10 @@ def decide(
 ) -> Outcome:
     """Combine the policy evaluation with the agent's state into the decision's events.
 
-    ``blocked_by`` denies every scope whatever the policy says (fail closed: the audit could not
-    be written); ``note`` adds context to the audit inputs. The audit record carries every input
-    (request, profile, state, risk, times, ``blocked_by``) so that replay reproduces it exactly.
+    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit, or the
+    audit that could not be written: fail closed); ``note`` adds context to the audit inputs. The
+    audit record carries every input (request, profile, state, risk, times, ``blocked_by``) so
+    that replay reproduces it exactly.
     """
     inputs: dict[str, object] = {
         "request": request.model_dump(mode="json"),
@@ -124,7 +125,7 @@ def decide(
         "risk": {"agent": risk.agent, "request": risk.request} if risk else None,
         "received_at": received_at.isoformat(),
         "now": now.isoformat(),
-        **({"fail_closed": blocked_by.model_dump(mode="json")} if blocked_by else {}),
+        **({"blocked_by": blocked_by.model_dump(mode="json")} if blocked_by else {}),
         **(note or {}),
     }
     blocked = blocked_by or _state_denial(request, state, received_at, now)
@@ -202,7 +203,8 @@ def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> Au
     record with ``inputs.recovered_from`` confirms a decision stored earlier.
     """
     suffix = "".join(f"#{k}={inputs[k]}" for k in ("attempt", "recovered_from") if inputs.get(k))
-    suffix += "#fail-closed" if "fail_closed" in inputs else ""
+    blocked = inputs.get("blocked_by")
+    suffix += f"#{blocked['rule']}" if isinstance(blocked, dict) else ""
     return AuditRecord(
         audit_id=derive_id("audit", decision.request_id + suffix, decision.agent_id),
         kind="escalation.decided",

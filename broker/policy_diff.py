@@ -7,8 +7,8 @@ Each effective, reproducible decision in the window is decided again from its re
 (request, state, live risk, times) by the candidate. The agent profile is the candidate's when
 the candidate bundle has an agent directory (it would be, once deployed), else the recorded one.
 A change is one that alters what the agent may do: the outcome, the granted scopes, the
-resources or the duration. Fail-closed denials (audit unavailable) are not policy decisions and
-are left out.
+resources or the duration. Denials found outside the policy's rules (a rate limit's token
+bucket, the audit unavailable) cannot be decided again and are left out (counted as skipped).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class DiffReport:
     candidate: str
     compared: int = 0
     unchanged: int = 0
-    skipped: int = 0  # fail-closed denials and records without inputs
+    skipped: int = 0  # outside denials (rate limit, audit down) and records without inputs
     profiles: str = "recorded"
     changes: list[Change] = field(default_factory=list)
 
@@ -102,7 +102,7 @@ def diff(
         at = d.record.occurred_at
         if (since and at < since) or (until and at >= until):
             continue
-        if not d.reproducible or d.fail_closed:
+        if not d.reproducible or d.blocked:
             report.skipped += 1
             continue
         report.compared += 1

@@ -263,6 +263,18 @@ def model_for_type(ce_type: str) -> type[WireModel] | None:
     return MODELS_BY_TYPE.get(f"{match['base']}.v{match['major']}")
 
 
+def type_version(ce_type: str) -> tuple[int, int] | None:
+    """(major, minor) of a versioned CloudEvents type; ``...v1`` is minor 0. None if unversioned."""
+    match = _TYPE_RE.match(ce_type)
+    if match is None:
+        return None
+    return int(match["major"]), int(match["minor"] or 0)
+
+
+# Minor version of each model this code knows; fields a newer minor adds are ignored on read.
+KNOWN_MINOR = 0
+
+
 def event_id(event: WireModel) -> str:
     """The id field of an event: the idempotency key consumers dedupe on."""
     for name in ("request_id", "signal_id", "decision_id", "audit_id"):

@@ -15,7 +15,6 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -30,6 +29,7 @@ from broker.config import Settings
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
 from schemas import topics
+from streams.metrics import serve_metrics
 from streams.processor import Incoming, Processor
 
 log = logging.getLogger("permbroker.worker")
@@ -64,6 +64,11 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(settings.session_timeout_s / 4, 1.0),
         datadir=str(datadir),
+        # Fairness under a flood: small per-partition fetches and buffers, so one agent's
+        # backlog cannot queue thousands of its messages ahead of other partitions' messages.
+        consumer_max_fetch_size=64 * 1024,
+        stream_buffer_maxsize=64,
+        broker_max_poll_records=64,
     )
     store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
 
@@ -83,15 +88,30 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         free_text=settings.audit_redact_free_text,
         extra=settings.audit_sensitive_fields.split(","),
     )
+
+    async def rebuild_view() -> int:
+        now = await store.now()
+        folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
+        restored = await rebuild.apply(store, folded, now)
+        await processor.audit_until_written(rebuild_audit(
+            f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable))
+        return restored
+
     processor = Processor(
         policy,
         store,
         publish,
         margin_s=settings.record_margin_s,
+        rebuild=rebuild_view,
+        fencing=True,
         redactor=redactor,
         audit_timeout_s=settings.audit_timeout_s,
     )
     app.processor = processor  # type: ignore[attr-defined]
+    _watch_assignment(app, processor)
+    serve_metrics(processor, settings.metrics_port)
     if settings.audit_sealer:
         _run_sealer(app, settings, keys)
 
@@ -102,12 +122,13 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     async def prepare() -> None:
         await _prepare(processor, store, settings, policy)
 
-    @app.agent(escalations, name="escalations")
+    # One actor per partition: partitions are decided concurrently, each in order.
+    @app.agent(escalations, name="escalations", isolated_partitions=True)
     async def on_escalation(stream: Any) -> None:
         async for event in stream.events():
             await processor.on_escalation(_incoming(event))
 
-    @app.agent(risk, name="risk")
+    @app.agent(risk, name="risk", isolated_partitions=True)
     async def on_risk(stream: Any) -> None:
         async for event in stream.events():
             try:
@@ -132,6 +153,25 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     return app
 
 
+def _watch_assignment(app: faust.App, processor: Processor) -> None:
+    """Claim a fencing epoch for each partition assigned; forget the revoked ones."""
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(_app: Any, revoked: set[Any], **_kw: Any) -> None:
+        processor.release([(tp.topic, tp.partition) for tp in revoked])
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(_app: Any, assigned: set[Any], **_kw: Any) -> None:
+        # Every assignment claims anew, even a partition kept across the rebalance: a worker
+        # that stalled and came back must never keep writing with an epoch someone superseded.
+        processor.claimed.clear()
+        try:
+            processor.release(list(processor.epochs))
+            await processor.claim([(tp.topic, tp.partition) for tp in assigned])
+        finally:
+            processor.claimed.set()
+
+
 async def _prepare(
     processor: Processor, store: RedisGrantStore, settings: Settings, policy: Policy
 ) -> None:
@@ -139,18 +179,7 @@ async def _prepare(
     while True:
         try:
             await store.check_config()
-            if await store.view_epoch() is None:
-                now = datetime.now(UTC)
-                log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
-                folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
-                restored = await rebuild.apply(store, folded, now)
-                log.warning(
-                    "rebuilt %d active grant(s) from %d record(s)", restored, folded.records
-                )
-                await processor.audit_until_written(rebuild_audit(
-                    f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
-                    restored=restored, revocations=len(folded.revocations),
-                    undecodable=folded.undecodable))
+            await processor.ensure_view()
             break
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)

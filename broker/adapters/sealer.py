@@ -36,21 +36,13 @@ from broker.adapters.audit_log import Head, read_head, watermarks
 from broker.adapters.bus import consumer, partitions
 from broker.audit_chain import GENESIS, Position, seal_digest, seal_record
 from broker.config import Settings
-from broker.errors import BusError, WireError
+from broker.errors import BusError, Fenced, WireError
 from schemas import topics
 from schemas.events import AuditRecord
 
 log = logging.getLogger("permbroker.sealer")
 SOURCE = "/permbroker/sealer"
 BATCH = 500
-
-
-class SealRetry(BusError):
-    """The transaction was aborted; seal the same raw records again."""
-
-
-class Fenced(BusError):
-    """Another sealer took this partition over (its producer fenced ours)."""
 
 
 def _encode(record: AuditRecord, value: bytes, pos: Position) -> codec.Encoded:
@@ -137,7 +129,7 @@ class PartitionSealer:
             if offset < expected:
                 continue  # sealed already (a redelivery after a seek)
             if offset > expected:
-                raise SealRetry(f"raw offset {offset} arrived before {expected}")
+                raise BusError(f"raw offset {offset} arrived before {expected}")
             batch.append((self._record(msg, now), offset))
             expected += 1
         if batch:
@@ -203,7 +195,7 @@ class PartitionSealer:
         except KafkaException as abort_exc:
             raise Fenced(f"sealer of partition {self.partition} cannot abort: {abort_exc}"
                          ) from abort_exc
-        raise SealRetry(f"sealing partition {self.partition} was aborted: {exc}") from exc
+        raise BusError(f"sealing partition {self.partition} was aborted: {exc}") from exc
 
     def close(self) -> None:
         """Drop the producer (nothing is left open between transactions)."""
@@ -280,7 +272,7 @@ class Sealer:
             log.error("%s; leaving the partition to its new owner", exc)
             self._sealers.pop(partition, None)
             c.pause([TopicPartition(topics.AUDIT_RAW.name, partition)])
-        except (SealRetry, BusError, KafkaException) as exc:
+        except (BusError, KafkaException) as exc:
             log.warning("sealing partition %d will be retried: %s", partition, exc)
             c.seek(TopicPartition(topics.AUDIT_RAW.name, partition, sealer.next_raw))
             self._stop.wait(0.5)

@@ -33,10 +33,12 @@ from broker.policy.fields import (
     strings,
 )
 from broker.policy.model import (
+    RATE_LIMIT_PREFIX,
     RESERVED_RULE_IDS,
     AgentClass,
     DenyRule,
     EscalationRule,
+    RateRule,
     RevocationRule,
 )
 from broker.policy.source import Bundle, Document, LineList, LineMap, bundle_of, read_bundle
@@ -140,7 +142,8 @@ def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
     if not isinstance(body, LineMap):
         raise at.error(f"agent class {name!r} must be a mapping", classes_map.line_of(name))
     what = f"agent class {name!r}"
-    check_fields(body, at, what, required=("ceiling",), optional=("baseline", "description"))
+    check_fields(body, at, what, required=("ceiling",),
+                 optional=("baseline", "description", "rate_limit"))
     ceiling = tuple(s for s, _ in scope_list(body, "ceiling", at, allow_glob=True,
                                              what=f"the ceiling of {what}"))
     baseline = scope_list(body, "baseline", at, allow_glob=False, required=False,
@@ -150,7 +153,19 @@ def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
             raise at.error(f"baseline scope {scope!r} of {what} is outside its ceiling "
                            f"({', '.join(ceiling)})", line)
     return AgentClass(name, tuple(s for s, _ in baseline), ceiling,
-                      string(body, "description", at, default=""))
+                      string(body, "description", at, default=""), _rate_limit(name, body, at))
+
+
+def _rate_limit(name: str, body: LineMap, at: At) -> RateRule | None:
+    """``rate_limit: {requests: 20, per: 1s}`` of an agent class, or None when absent."""
+    if "rate_limit" not in body:
+        return None
+    limit = mapping(body, "rate_limit", at)
+    check_fields(limit, at, f"the rate_limit of agent class {name!r}",
+                 required=("requests", "per"), optional=())
+    requests = cast(int, optional_positive_int(limit, "requests", at))  # required just above
+    per = cast(int, optional_duration(limit, "per", at))
+    return RateRule(requests, per, f"{RATE_LIMIT_PREFIX}{name}")
 
 
 def _rules(body: LineMap, key: str, at: At, seen: dict[str, str]) -> list[tuple[LineMap, At]]:

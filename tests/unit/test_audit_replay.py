@@ -107,7 +107,7 @@ def test_the_last_decision_of_a_request_is_the_one_that_took_effect() -> None:
     final, _ = decided(request(1), T0 + timedelta(seconds=1), blocked_by=denial)
     assert first.audit_id != final.audit_id
     chosen = effective([first, final])[(AGENT, "req-1")]
-    assert chosen.record == final and chosen.fail_closed
+    assert chosen.record == final and chosen.blocked
     assert check([first, final], {POLICY.revision: POLICY}).reproduced == 2
 
 
