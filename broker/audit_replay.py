@@ -4,10 +4,11 @@ Imports schemas, broker.grants, broker.policy and stdlib. Nothing here writes an
 and what-if read audit records and return values.
 
 A request may have several ``escalation.decided`` records (each attempt is audited before its
-commit; see ``broker.grants.decision_audit``); the last one of a request is the one that took
-effect. A record is *reproducible* when it carries the inputs (request, profile, state, risk,
-times); running ``Policy.evaluate`` and ``decide`` on them with the recorded revision gives back
-the recorded decision, field for field, or the difference is reported as drift.
+commit; see ``broker.grants.decision_audit``); the last one of the newest partition owner (fence
+epoch) is the one that took effect. A record is *reproducible* when it carries the inputs
+(request, profile, state, risk, times); running ``Policy.evaluate`` and ``decide`` on them with
+the recorded revision gives back the recorded decision, field for field, or the difference is
+reported as drift.
 """
 
 from __future__ import annotations
@@ -81,9 +82,24 @@ def decided(records: Iterable[AuditRecord]) -> list[Decided]:
     return out
 
 
+def _epoch(d: Decided) -> int:
+    epoch = d.record.inputs.get("fence_epoch")
+    return epoch if isinstance(epoch, int) else 0
+
+
 def effective(records: Iterable[AuditRecord]) -> dict[tuple[str, str], Decided]:
-    """(agent, request id) -> the decision record that took effect (the last one)."""
-    return {(d.decision.agent_id, d.decision.request_id): d for d in decided(records)}
+    """(agent, request id) -> the decision record that took effect.
+
+    That is the last one written by the newest owner of the request's partition (highest fence
+    epoch): a worker fenced between its audit write and its commit may append an attempt that
+    never took effect after the new owner's decision.
+    """
+    out: dict[tuple[str, str], Decided] = {}
+    for d in decided(records):
+        key = (d.decision.agent_id, d.decision.request_id)
+        if key not in out or _epoch(d) >= _epoch(out[key]):
+            out[key] = d
+    return out
 
 
 def _when(value: object) -> datetime:

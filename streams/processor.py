@@ -293,23 +293,25 @@ class Processor:
         return await self.store.snapshot(request.agent_id, fence_key)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming) -> None:
-        recorded = await self.store.recorded(request.agent_id, request.request_id)
-        if recorded is not None:  # decided before (a redelivery): never decide twice
-            await self._announce(recorded, None, msg)
-            return
         agent = self.policy.agent(request.agent_id)
         rate, blocked_by = self._rate(request), None
         note: dict[str, object] = {}
         for attempt in range(4):
             snap = await self._snapshot(request, msg)
-            fence = await self._check_fence(msg, snap.fence_epoch)
+            fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
             if not snap.view_built:
                 await self.ensure_view()
                 continue
+            if attempt == 0 and (recorded := await self.store.recorded(
+                    request.agent_id, request.request_id)) is not None:
+                await self._announce(recorded, None, msg)  # a redelivery: never decide twice
+                return
             now = self._clock() if self._clock else snap.now
+            # The epoch orders attempts across owners: a stale owner's attempt never wins.
             ctx = _Attempt(request, agent, snap.state,
                            RiskContext(agent=snap.risk, request=request.risk_score),
-                           msg.received_at, now, blocked_by, {**note, "attempt": attempt})
+                           msg.received_at, now, blocked_by,
+                           {**note, "attempt": attempt, "fence_epoch": fence.epoch})
             outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
                 outcome, received_at=ctx.received_at, now=now,

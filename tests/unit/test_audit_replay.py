@@ -111,6 +111,14 @@ def test_the_last_decision_of_a_request_is_the_one_that_took_effect() -> None:
     assert check([first, final], {POLICY.revision: POLICY}).reproduced == 2
 
 
+def test_a_stale_owners_late_attempt_never_wins() -> None:
+    """An attempt by a worker fenced before its commit, logged after the new owner's, loses."""
+    owner, _ = decided(request(1), T0, note={"fence_epoch": 6})
+    stale, _ = decided(request(1, confidence=0.5), T0, note={"fence_epoch": 5, "attempt": 1})
+    assert owner.outcome == "granted" and stale.outcome == "denied"
+    assert effective([owner, stale])[(AGENT, "req-1")].record == owner
+
+
 def test_grants_as_of_three_instants() -> None:
     """Before the grant: none; while active: it, until its revocation; after: none."""
     records, grant = history()
