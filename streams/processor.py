@@ -141,10 +141,10 @@ class Processor:
         agent = self.policy.agent(request.agent_id)
         for _attempt in range(3):
             now = datetime.now(UTC)
-            state = await self.store.agent_state(request.agent_id)
-            risk = RiskContext(
-                agent=await self.store.live_risk(request.agent_id), request=request.risk_score
+            state, live_risk = await asyncio.gather(  # two reads, one round trip
+                self.store.agent_state(request.agent_id), self.store.live_risk(request.agent_id)
             )
+            risk = RiskContext(agent=live_risk, request=request.risk_score)
             evaluation = self.policy.evaluate(request, agent, risk, now)
             outcome = decide(
                 request, evaluation, agent=agent, state=state, received_at=received_at, now=now
@@ -181,10 +181,13 @@ class Processor:
         else:
             self._count(f"decided_{decision.outcome}")
             audit = outcome.audit
-        if committed.grant is not None:
-            await self.emit(topics.GRANTS.name, committed.grant)
+        # The grant and its audit record are acknowledged together (one wait, not two), and
+        # both before the decision is announced: an agent told "granted" finds it in the log.
+        grants = (committed.grant,) if committed.grant is not None else ()
+        await asyncio.gather(
+            self.emit(topics.GRANTS.name, *grants), self.emit(topics.AUDIT.name, audit)
+        )
         await self.emit(topics.DECISIONS.name, decision)
-        await self.emit(topics.AUDIT.name, audit)
         await self.store.mark_published(
             decision, received_at=msg.received_at, max_grant_s=self.policy.max_grant_duration_s
         )

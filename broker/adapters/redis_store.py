@@ -142,12 +142,12 @@ class RedisGrantStore:
         agent = d.agent_id
         expires = g.expires_at if g else received_at
         record_until = self._record_until(expires, received_at, max_grant_s)
-        if g is not None:
-            await self._call(
-                self._r.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)})
-            )
-            await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True))
-            await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True))
+        if g is not None:  # the global expiry index: three commands, one round trip
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)})
+            pipe.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True)
+            pipe.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True)
+            await self._call(pipe.execute())
         gid = g.grant_id if g else ""
         status, payload, extra, published = await self._call(
             self._commit(
