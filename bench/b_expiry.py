@@ -1,6 +1,6 @@
 """Benchmark 8: the longest time an expired grant is still allowed, per check path.
 
-Imports broker, schemas and the bench's observers. 1,000 two-second grants go through the
+Imports broker, schemas and the bench's observers. 1,000 five-second grants go through the
 worker (each on its own resource, so a check sees exactly one grant); around each grant's
 absolute ``expires_at`` every path is checked until it denies: the resource view, the Redis
 store's check, and a raw GET of the grant key (Redis's own TTL, the reference).
@@ -27,6 +27,7 @@ from broker.adapters.redis_store import RedisGrantStore
 from broker.grants import derive_id
 from broker.sdk.view import GrantView
 
+DURATION_S = 5
 PATHS = {"view": "GrantView.allows()", "store": "RedisGrantStore.check()",
          "get": "raw GET of the grant key (Redis TTL)"}
 
@@ -46,15 +47,19 @@ def issue(watch: KeyWatch, seen: ViewEvents, harness: Publisher, first: int, k: 
     out, encoded = [], []
     for i in range(first, first + k):
         agent = env.agent_id("exp", i % env.POOLS["exp"])
-        req = fraud_request(agent, duration_s=2).model_copy(update={"resources": (f"acct-x{i}",)})
+        req = fraud_request(agent, duration_s=DURATION_S)
+        req = req.model_copy(update={"resources": (f"acct-x{i}",)})
         gid = derive_id("grant", req.request_id)
         watch.watch(keys.grant(agent, gid))
         seen.watch(f"grant:{gid}")
         out.append(Short(agent, f"acct-x{i}", gid, 0.0))
         encoded.append(encode(req, source=f"/agents/{agent}"))
     harness.publish_many("permbroker.escalations", encoded)
-    watch.wait_all([keys.grant(s.agent, s.gid) for s in out], timeout=120)
-    seen.wait_all([f"grant:{s.gid}" for s in out], timeout=120)
+    # A request decided after its grant would have lapsed is denied as stale (an overloaded
+    # machine): it has no grant to probe, and the caller counts it.
+    viewed = seen.wait_some([f"grant:{s.gid}" for s in out], timeout=DURATION_S + 30)
+    watch.wait_some([keys.grant(s.agent, s.gid) for s in out], timeout=1)
+    out = [s for s in out if f"grant:{s.gid}" in viewed]
     for s in out:
         s.expires = seen.expiry[s.gid]
     return sorted(out, key=lambda s: s.expires)
@@ -101,10 +106,14 @@ def expiry_run(watch: KeyWatch, seen: ViewEvents, view: GrantView, harness: Publ
                redis_url: str, total: int, say: Any) -> dict[str, Arm]:
     """Bench 8 in batches of 100 grants; one Arm per path, in ms allowed past expiry."""
     arms = {p: Arm(f"{name}: ms allowed after expires_at", "ms") for p, name in PATHS.items()}
+    stale = 0
     for first in range(0, total, 100):
-        shorts = issue(watch, seen, harness, first, min(100, total - first))
+        k = min(100, total - first)
+        shorts = issue(watch, seen, harness, first, k)
+        stale += k - len(shorts)
         results = asyncio.run(probe_all(shorts, view, redis_url))
         for path, arm in arms.items():
             arm.add_round([max(res[path], 0.0) for res in results])
-        say(f"expiry: {first + len(shorts)}/{total} grants probed")
+        say(f"expiry: {first + k}/{total} requests, {stale} denied as stale so far")
+    arms["view"].notes = f"{stale} of {total} requests were denied as stale (not probed)"
     return arms

@@ -44,6 +44,15 @@ class Stamps:
         """When ``name`` was seen; BrokerError after ``timeout`` seconds."""
         return self.wait_all((name,), timeout)[0]
 
+    def wait_some(self, names: Iterable[str], timeout: float) -> dict[str, float]:
+        """Whichever names were seen once all were or the deadline passed (no error)."""
+        wanted = list(names)
+        with self._cond:
+            self._cond.wait_for(lambda: all(n in self._seen for n in wanted), timeout)
+            found = {n: self._seen.pop(n) for n in wanted if n in self._seen}
+            self._watched.difference_update(wanted)
+            return found
+
     def wait_all(self, names: Iterable[str], timeout: float = 60.0) -> list[float]:
         """When each name was seen, once all were; BrokerError after ``timeout`` seconds."""
         wanted = list(names)
