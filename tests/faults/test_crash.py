@@ -17,13 +17,6 @@ from tests.faults.report import Figures
 from tests.integration.helpers import Tap, fraud_request, wait_until
 
 TapFactory = Callable[[str], Tap]
-SECOND_METRICS_PORT = 45102
-
-
-def _second_worker(settings: Settings) -> WorkerProcess:
-    """Another worker of the same consumer group as the session worker."""
-    return WorkerProcess(settings.model_copy(update={"metrics_port": SECOND_METRICS_PORT}),
-                         name="worker-2")
 
 
 def _moved_expiries(client: redis.Redis, ledger: Ledger) -> int:
@@ -72,16 +65,3 @@ def test_kill_9_at_40_percent_of_5000_loses_and_duplicates_nothing(
     figures.check("identical grant re-announcements (at-least-once)", ledger.reannounced(),
                   "any; same id", True)
     figures.verify()
-
-
-def _partitions(port: int) -> int:
-    """Input partitions a worker owns, from its metrics (-1 if it does not answer)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return -1
-    line = next(x for x in text.splitlines() if x.startswith("permbroker_worker_partitions "))
-    return int(float(line.split()[1]))
