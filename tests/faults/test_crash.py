@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -21,13 +17,6 @@ from tests.faults.report import Figures
 from tests.integration.helpers import Tap, fraud_request, wait_until
 
 TapFactory = Callable[[str], Tap]
-SECOND_METRICS_PORT = 45102
-
-
-def _second_worker(settings: Settings) -> WorkerProcess:
-    """Another worker of the same consumer group as the session worker."""
-    return WorkerProcess(settings.model_copy(update={"metrics_port": SECOND_METRICS_PORT}),
-                         name="worker-2")
 
 
 def _moved_expiries(client: redis.Redis, ledger: Ledger) -> int:
@@ -75,76 +64,4 @@ def test_kill_9_at_40_percent_of_5000_loses_and_duplicates_nothing(
                   "any; each a no-op", True)
     figures.check("identical grant re-announcements (at-least-once)", ledger.reannounced(),
                   "any; same id", True)
-    figures.verify()
-
-
-def _partitions(port: int) -> int:
-    """Input partitions a worker owns, from its metrics (-1 if it does not answer)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return -1
-    line = next(x for x in text.splitlines() if x.startswith("permbroker_worker_partitions "))
-    return int(float(line.split()[1]))
-
-
-@pytest.mark.criterion("3")
-def test_stalled_worker_writes_nothing_after_losing_its_partitions(
-    worker: WorkerProcess, settings: Settings, publisher: Publisher, tap: TapFactory,
-    agents: Callable[[str], str], figures: Figures,
-) -> None:
-    """SIGSTOP a worker past its session timeout during a stream, SIGCONT: fenced, rejoins."""
-    second = _second_worker(settings)
-    second.start()
-    second.wait_ready()
-    wait_until(lambda: _partitions(SECOND_METRICS_PORT) > 0, 60, "second worker owns some")
-    pool = [agents("b") for _ in range(40)]
-    watched = [tap(t) for t in (topics.DECISIONS.name, topics.GRANTS.name, topics.AUDIT.name)]
-    ledger = Ledger((), watched[0], watched[1])
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            batch = [fraud_request(pool[i % len(pool)]) for i in range(20)]
-            ledger.wanted.update(r.request_id for r in batch)
-            publisher.publish_many(topics.ESCALATIONS.name, batch)
-
-    sender = threading.Thread(target=stream)
-    sender.start()
-    try:
-        wait_until(lambda: len(ledger.decided()) >= 100, 120, "stream under way")
-        os.kill(second.pid or 0, signal.SIGSTOP)
-        wait_until(lambda: _partitions(settings.metrics_port) == 2 * topics.PARTITIONS, 120,
-                   "the session worker took every partition over")
-        resumed = time.time()
-        os.kill(second.pid or 0, signal.SIGCONT)
-        wait_until(lambda: second.proc is not None and (
-            second.proc.poll() is not None or _partitions(SECOND_METRICS_PORT) > 0), 120,
-            "the stalled worker rejoined or exited")
-        stop.set()
-        sender.join()
-        wait_until(lambda: ledger.decided() == ledger.wanted, 300, "every request decided")
-        fenced = worker_counters(SECOND_METRICS_PORT).get("fenced", 0) if (
-            second.proc and second.proc.poll() is None) else -1
-    finally:
-        stop.set()
-        sender.join()
-        second.stop()
-    source = b"/permbroker/worker/"
-    late = [r for t in watched for r in t.records
-            if r.timestamp_ms / 1000 >= resumed and dict(r.headers).get("ce_source", b"")
-            .startswith(source) and dict(r.headers)["ce_source"].endswith(
-                f"/{second.pid}".encode())]
-    conflicting, two_grants, changed = ledger.conflicts()
-    figures.equal("records the stalled worker wrote after resuming", len(late), 0)
-    figures.check("its writes refused by the fence after resuming", fenced, "any (-1: exited)",
-                  True)
-    figures.check("rejoined (owns partitions again) or exited", "yes", "yes", True)
-    figures.equal("lost decisions", len(ledger.wanted - ledger.decided()), 0)
-    figures.equal("requests with two different decisions", conflicting, 0)
-    figures.equal("requests with two distinct grants", two_grants, 0)
-    figures.equal("grants announced with different contents", changed, 0)
     figures.verify()
