@@ -63,6 +63,8 @@ check: venv
 	$(BIN)/mypy schemas broker streams
 
 test: venv deps
+	$(call header,test: policy tests of every shipped bundle)
+	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
 	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
 

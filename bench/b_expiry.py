@@ -49,7 +49,7 @@ def issue(watch: KeyWatch, seen: ViewEvents, harness: Publisher, first: int, k: 
         agent = env.agent_id("exp", i % env.POOLS["exp"])
         req = fraud_request(agent, duration_s=DURATION_S)
         req = req.model_copy(update={"resources": (f"acct-x{i}",)})
-        gid = derive_id("grant", req.request_id)
+        gid = derive_id("grant", req.request_id, agent)
         watch.watch(keys.grant(agent, gid))
         seen.watch(f"grant:{gid}")
         out.append(Short(agent, f"acct-x{i}", gid, 0.0))

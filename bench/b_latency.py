@@ -78,7 +78,7 @@ class Rig:
 def escalate(rig: Rig, agent: str) -> tuple[float, float, str]:
     """Send one request via the SDK; ms until the grant is in Redis and at the view; grant id."""
     req = fraud_request(agent)
-    gid = derive_id("grant", req.request_id)
+    gid = derive_id("grant", req.request_id, agent)
     gkey, done = keys.grant(agent, gid), keys.published(agent, req.request_id)
     rig.watch.watch(gkey, done)
     rig.seen.watch(f"grant:{gid}")
@@ -107,7 +107,7 @@ def raw_round(rig: Rig, n: int) -> list[float]:
     for i in range(n):
         agent = env.agent_id("lat", i % env.POOLS["lat"])
         req = fraud_request(agent)
-        gkey = keys.grant(agent, derive_id("grant", req.request_id))
+        gkey = keys.grant(agent, derive_id("grant", req.request_id, agent))
         rig.watch.watch(gkey)
         t0 = time.perf_counter()
         rig.publisher(agent).publish(env.RAW_IN.name, req)

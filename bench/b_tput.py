@@ -30,7 +30,7 @@ ARMS = {
 def batch_rate(watch: KeyWatch, harness: Publisher, topic: str, k: int) -> float:
     """Escalations per second from the first publish to the last grant written."""
     reqs = [fraud_request(env.agent_id("tput", i % env.POOLS["tput"])) for i in range(k)]
-    gkeys = [keys.grant(r.agent_id, derive_id("grant", r.request_id)) for r in reqs]
+    gkeys = [keys.grant(r.agent_id, derive_id("grant", r.request_id, r.agent_id)) for r in reqs]
     encoded = [encode(r, source=f"/agents/{r.agent_id}") for r in reqs]
     watch.watch(*gkeys)
     t0 = time.perf_counter()

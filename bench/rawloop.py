@@ -47,7 +47,7 @@ async def _handle(msg: object, r: aioredis.Redis, producer: AIOKafkaProducer,
     if not (req["confidence"] >= 0.9 and req["risk_score"] >= 0.8 and req["resources"]):
         return None
     agent = req["agent_id"]
-    grant_id = derive_id("grant", req["request_id"])
+    grant_id = derive_id("grant", req["request_id"], req["agent_id"])
     expires_ms = msg.timestamp + min(req["duration_s"] * 1000, MAX_GRANT_MS)  # type: ignore[attr-defined]
     grant = json.dumps({"grant_id": grant_id, "agent_id": agent, "scopes": req["scopes"],
                         "resources": req["resources"], "expires_ms": expires_ms}).encode()

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.policy import Evaluation, RiskAction
+from broker.policy import Evaluation, RiskAction, RiskContext
 from schemas.events import (
     AgentProfile,
     AgentRevoked,
@@ -27,6 +27,8 @@ from schemas.events import (
 )
 
 _NAMESPACE = uuid.UUID("6f1c7d52-2a7e-4f43-9d0e-6b8f3c1a9e10")
+# Denial rule of a request decided while its audit record could not be written (fail closed).
+AUDIT_UNAVAILABLE = "audit-unavailable"
 
 
 def derive_id(kind: str, source_id: str, agent_id: str = "") -> str:
@@ -48,6 +50,19 @@ class AgentState:
     # Requests received at or before this instant are denied: the latest revoke-all, or the end
     # of its quarantine (so a request queued during a quarantine stays denied after it ends).
     revoked_at: datetime | None = None
+
+
+def state_inputs(state: AgentState) -> dict[str, object]:
+    """An agent state as audit inputs (what replay feeds back to ``decide``)."""
+    return {
+        "quarantined_until": _iso(state.quarantined_until),
+        "quarantine_rule": state.quarantine_rule,
+        "revoked_at": _iso(state.revoked_at),
+    }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
 
 
 @dataclass(frozen=True)
@@ -92,12 +107,27 @@ def decide(
     state: AgentState,
     received_at: datetime,
     now: datetime,
+    risk: RiskContext | None = None,
     blocked_by: ScopeDenial | None = None,
+    note: dict[str, object] | None = None,
 ) -> Outcome:
     """Combine the policy evaluation with the agent's state into the decision's events.
 
-    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit).
+    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit, or the
+    audit that could not be written: fail closed); ``note`` adds context to the audit inputs. The
+    audit record carries every input (request, profile, state, risk, times, ``blocked_by``) so
+    that replay reproduces it exactly.
     """
+    inputs: dict[str, object] = {
+        "request": request.model_dump(mode="json"),
+        "agent": agent.model_dump(mode="json") if agent else None,
+        "state": state_inputs(state),
+        "risk": {"agent": risk.agent, "request": risk.request} if risk else None,
+        "received_at": received_at.isoformat(),
+        "now": now.isoformat(),
+        **({"blocked_by": blocked_by.model_dump(mode="json")} if blocked_by else {}),
+        **(note or {}),
+    }
     blocked = blocked_by or _state_denial(request, state, received_at, now)
     expires_at = received_at + timedelta(seconds=evaluation.duration_s)
     if blocked is None and evaluation.granted and expires_at <= now:
@@ -111,11 +141,11 @@ def decide(
         denied = tuple(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
         )
-        return _outcome(request, evaluation, agent, denied, (blocked.reason,), None,
-                        received_at, now, blocked=True)
+        return _outcome(request, evaluation, denied, (blocked.reason,), None, inputs, now,
+                        blocked=True)
     if not evaluation.granted:
-        return _outcome(request, evaluation, agent, evaluation.denied, evaluation.reasons, None,
-                        received_at, now)
+        return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, None,
+                        inputs, now)
     grant = GrantIssued(
         grant_id=derive_id("grant", request.request_id, request.agent_id),
         agent_id=request.agent_id,
@@ -128,19 +158,16 @@ def decide(
         rules=evaluation.matched_rules,
         model_version=agent.model.version if agent else "",
     )
-    return _outcome(
-        request, evaluation, agent, evaluation.denied, evaluation.reasons, grant, received_at, now
-    )
+    return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now)
 
 
 def _outcome(
     request: EscalationRequested,
     evaluation: Evaluation,
-    agent: AgentProfile | None,
     denied: tuple[ScopeDenial, ...],
     reasons: tuple[str, ...],
     grant: GrantIssued | None,
-    received_at: datetime,
+    inputs: dict[str, object],
     now: datetime,
     *,
     blocked: bool = False,
@@ -164,22 +191,22 @@ def _outcome(
         policy_revision=evaluation.policy_revision,
         decided_at=now,
     )
-    audit = decision_audit(
-        decision,
-        {
-            "request": request.model_dump(mode="json"),
-            "agent": agent.model_dump(mode="json") if agent else None,
-            "received_at": received_at.isoformat(),
-            "now": now.isoformat(),
-        },
-    )
-    return Outcome(decision=decision, grant=grant, audit=audit)
+    return Outcome(decision=decision, grant=grant, audit=decision_audit(decision, inputs))
 
 
 def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> AuditRecord:
-    """The audit record of a decision (same id however often it is rebuilt)."""
+    """The audit record of a decision, carrying the whole decision under ``inputs.decision``.
+
+    A request may be decided more than once before one decision is stored (a commit blocked by a
+    concurrent revocation, a crash before the commit): each attempt is audited before its commit
+    and the last ``escalation.decided`` record of a request is the one that took effect. A
+    record with ``inputs.recovered_from`` confirms a decision stored earlier.
+    """
+    suffix = "".join(f"#{k}={inputs[k]}" for k in ("attempt", "recovered_from") if inputs.get(k))
+    blocked = inputs.get("blocked_by")
+    suffix += f"#{blocked['rule']}" if isinstance(blocked, dict) else ""
     return AuditRecord(
-        audit_id=derive_id("audit", decision.request_id, decision.agent_id),
+        audit_id=derive_id("audit", decision.request_id + suffix, decision.agent_id),
         kind="escalation.decided",
         agent_id=decision.agent_id,
         occurred_at=decision.decided_at,
@@ -192,6 +219,7 @@ def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> Au
             **inputs,
             "grant_id": decision.grant_id,
             "expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
+            "decision": decision.model_dump(mode="json"),
         },
     )
 
@@ -305,6 +333,7 @@ def risk_audit(
         inputs={
             "signal": signal.model_dump(mode="json"),
             "revoked_grants": list(revoked_ids),
+            "quarantine_s": action.quarantine_s,
             "now": now.isoformat(),
         },
     )

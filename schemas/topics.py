@@ -67,7 +67,14 @@ GRANTS = Topic(
 AUDIT = Topic(
     "permbroker.audit", PARTITIONS, "delete", 365 * DAY_MS,
     ("io.permbroker.audit.recorded.v1",),
-    "Every input, decision and lifecycle event, with what produced it.",
+    "Every input, decision and lifecycle event, with what produced it: hash-chained per "
+    "partition by the sealer (seq, prev_hash, hash) and sealed by signed digests.",
+)
+AUDIT_RAW = Topic(
+    "permbroker.audit.raw", PARTITIONS, "delete", 7 * DAY_MS,
+    ("io.permbroker.audit.recorded.v1",),
+    "Audit records as workers write them, acknowledged before a grant becomes visible; the "
+    "sealer chains each one into permbroker.audit (same partition).",
 )
 DEAD_LETTER = Topic(
     "permbroker.dlq", PARTITIONS, "delete", 30 * DAY_MS,
@@ -75,7 +82,9 @@ DEAD_LETTER = Topic(
     "Messages that could not be decoded or validated: raw bytes, origin and reason in headers.",
 )
 
-ALL_TOPICS: tuple[Topic, ...] = (ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, DEAD_LETTER)
+ALL_TOPICS: tuple[Topic, ...] = (
+    ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER,
+)
 
 # Dead-letter headers (the value is the original raw bytes).
 DLQ_REASON = "dlq_reason"

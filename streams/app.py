@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import faust
 
 from broker.adapters import codec, rebuild
+from broker.adapters.audit_keys import AuditKeys, load_keys
 from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.sealer import Sealer
+from broker.audit_records import rebuild_audit
+from broker.audit_redact import Redactor
 from broker.config import Settings
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
@@ -76,10 +82,22 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         except Exception as exc:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
 
+    keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
+    redactor = Redactor.configured(
+        keys.hmac_key,
+        free_text=settings.audit_redact_free_text,
+        extra=settings.audit_sensitive_fields.split(","),
+    )
+
     async def rebuild_view() -> int:
         now = await store.now()
         folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
-        return await rebuild.apply(store, folded, now)
+        restored = await rebuild.apply(store, folded, now)
+        await processor.audit_until_written(rebuild_audit(
+            f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable))
+        return restored
 
     processor = Processor(
         policy,
@@ -88,10 +106,14 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         margin_s=settings.record_margin_s,
         rebuild=rebuild_view,
         fencing=True,
+        redactor=redactor,
+        audit_timeout_s=settings.audit_timeout_s,
     )
     app.processor = processor  # type: ignore[attr-defined]
     _watch_assignment(app, processor)
     serve_metrics(processor, settings.metrics_port)
+    if settings.audit_sealer:
+        _run_sealer(app, settings, keys)
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
@@ -162,5 +184,30 @@ async def _prepare(
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)
             await asyncio.sleep(1.0)
+    await processor.announce_policy(f"{socket.gethostname()}:{os.getpid()}")
     log.info("worker ready: policy %s revision %s", policy.source, policy.revision)
     processor.ready.set()
+
+
+def _run_sealer(app: faust.App, settings: Settings, keys: AuditKeys) -> None:
+    """Seal the raw audit topic in a thread of this worker (restarted if it ever fails)."""
+    stopping = threading.Event()
+    current: list[Sealer] = []
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def seal() -> None:
+        while not stopping.is_set():
+            sealer = Sealer(settings, keys)
+            current[:] = [sealer]
+            try:
+                await asyncio.to_thread(sealer.run)
+            except Exception:  # the outermost loop of the sealer: log, then start over
+                log.exception("audit sealer stopped; restarting it in 1s")
+                await asyncio.sleep(1.0)
+
+    async def stop(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        stopping.set()
+        for sealer in current:
+            sealer.stop()
+
+    app.on_before_shutdown.connect(stop)

@@ -4,6 +4,12 @@ Imports broker (core and adapters) and schemas; faust is only seen through ``Inc
 ``Publish`` callable, so this module is testable without a running worker. Handlers never let an
 error ack a message silently: bad bytes go to the dead-letter topic, transient store/bus failures
 are retried (the partition waits), and a risk signal that cannot be handled stops the worker.
+
+Audit first: a decision's audit record is written to the raw audit topic, and acknowledged,
+before the Redis commit that makes its grant visible. If it cannot be written within
+``audit_timeout_s`` the request is denied (rule ``audit-unavailable``, fail closed); that
+denial's own record is then retried until the audit is back (its partition waits), so nothing
+goes unaudited. Every audit record has its sensitive values replaced by keyed HMACs first.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ from broker.adapters.redis_store import (
     RedisGrantStore,
     Snapshot,
 )
+from broker.audit_records import policy_loaded_audit
+from broker.audit_redact import Redactor
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
 from broker.grants import (
+    AUDIT_UNAVAILABLE,
+    AgentState,
     Outcome,
     decide,
     decision_audit,
@@ -46,6 +56,8 @@ from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
     OPERATOR_REVOKE_KIND,
+    AgentProfile,
+    AuditRecord,
     EscalationRequested,
     RiskObserved,
     ScopeDenial,
@@ -92,6 +104,20 @@ Clock = Callable[[], datetime]
 ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk"}
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """The inputs of one attempt at deciding a request (what its audit record carries)."""
+
+    request: EscalationRequested
+    agent: AgentProfile | None
+    state: AgentState
+    risk: RiskContext
+    received_at: datetime
+    now: datetime
+    blocked_by: ScopeDenial | None
+    note: dict[str, object]
+
+
 class Processor:
     """The broker's decision logic wired to a store and a publisher."""
 
@@ -105,6 +131,8 @@ class Processor:
         rebuild: Rebuild | None = None,
         clock: Clock | None = None,
         fencing: bool = False,
+        redactor: Redactor | None = None,
+        audit_timeout_s: float = 5.0,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -112,6 +140,8 @@ class Processor:
         self._margin_s = margin_s
         self._rebuild = rebuild
         self._clock = clock  # None: Redis's clock (the one that expires the keys)
+        self._redactor = redactor
+        self._audit_timeout_s = audit_timeout_s
         self._view_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
@@ -130,24 +160,33 @@ class Processor:
         if events:
             await self._publish(topic, [codec.encode(e, source=SOURCE) for e in events])
 
+    async def audit(self, *records: AuditRecord, also: Sequence[str] = ()) -> None:
+        """Write audit records (sensitive values as HMACs) to the raw audit topic; await the ack."""
+        if self._redactor is not None:
+            records = tuple(self._redactor.redact(r, also) for r in records)
+        await self.emit(topics.AUDIT_RAW.name, *records)
+
+    async def audit_until_written(self, *records: AuditRecord) -> None:
+        """``audit``, retried until Kafka takes it (the caller waits: nothing goes unaudited)."""
+        await self._retrying("audit", lambda: self.audit(*records))
+
+    def sensitive(self, data: dict[str, object]) -> tuple[str, ...]:
+        """The sensitive values of an input, to hide wherever they are quoted."""
+        return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
+
+    async def announce_policy(self, worker: str) -> None:
+        """Record the policy bundle this worker decides with, before its first decision."""
+        await self.audit_until_written(policy_loaded_audit(self.policy, datetime.now(UTC), worker))
+
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
         """Park a message that cannot be processed (bounded copy, origin, reason) and audit it."""
         origin = (msg.topic, msg.partition, msg.offset)
         dlq = dead_letter_message(msg.key, msg.value, msg.headers, origin, reason)
         audit = dead_letter_audit(msg.key, msg.value, msg.headers, origin, reason, msg.received_at)
-        await self._retrying(
-            "dead-letter",
-            lambda: self._publish_all(
-                (topics.DEAD_LETTER.name, [dlq]),
-                (topics.AUDIT.name, [codec.encode(audit, source=SOURCE)]),
-            ),
-        )
+        await self._retrying("dead-letter", lambda: self._publish(topics.DEAD_LETTER.name, [dlq]))
+        await self.audit_until_written(audit)
         self._count("dead_lettered")
         log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
-
-    async def _publish_all(self, *batches: tuple[str, Sequence[codec.Encoded]]) -> None:
-        """Publish to several topics at once; returns when Kafka acknowledged every message."""
-        await asyncio.gather(*(self._publish(topic, msgs) for topic, msgs in batches if msgs))
 
     async def claim(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Become the newest owner of newly assigned input partitions (a fencing epoch each)."""
@@ -254,28 +293,35 @@ class Processor:
         return await self.store.snapshot(request.agent_id, fence_key)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming) -> None:
-        received_at = msg.received_at
         agent = self.policy.agent(request.agent_id)
         rate, blocked_by = self._rate(request), None
-        for _attempt in range(4):
+        note: dict[str, object] = {}
+        for attempt in range(4):
             snap = await self._snapshot(request, msg)
-            fence = await self._check_fence(msg, snap.fence_epoch)
+            fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
             if not snap.view_built:
                 await self.ensure_view()
                 continue
+            if attempt == 0 and (recorded := await self.store.recorded(
+                    request.agent_id, request.request_id)) is not None:
+                await self._announce(recorded, None, msg)  # a redelivery: never decide twice
+                return
             now = self._clock() if self._clock else snap.now
-            risk = RiskContext(agent=snap.risk, request=request.risk_score)
-            evaluation = self.policy.evaluate(request, agent, risk, now)
-            outcome = decide(request, evaluation, agent=agent, state=snap.state,
-                             received_at=received_at, now=now, blocked_by=blocked_by)
+            # The epoch orders attempts across owners: a stale owner's attempt never wins.
+            ctx = _Attempt(request, agent, snap.state,
+                           RiskContext(agent=snap.risk, request=request.risk_score),
+                           msg.received_at, now, blocked_by,
+                           {**note, "attempt": attempt, "fence_epoch": fence.epoch})
+            outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
-                outcome, received_at=received_at, now=now,
+                outcome, received_at=ctx.received_at, now=now,
                 max_grant_s=self.policy.max_grant_duration_s, fence=fence, rate=rate,
             )
             if committed.status == "fenced":
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             if committed.status != "blocked":
                 break
+            note = {"previous_attempt": f"blocked at commit ({committed.blocked_reason})"}
             if committed.blocked_reason == "rate":
                 self._count("rate_limited")
                 blocked_by, rate = self._rate_denial(request, committed.blocked_detail), UNLIMITED
@@ -283,9 +329,38 @@ class Processor:
                 await self.ensure_view()
             log.info("request %s blocked at commit (%s); deciding again",
                      request.request_id, committed.blocked_reason)
-        await self._announce(committed, outcome, msg)
+        await self._announce(committed, pending, msg)
 
-    async def _announce(self, committed: Committed, outcome: Outcome, msg: Incoming) -> None:
+    def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
+        evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
+        return decide(
+            ctx.request, evaluation, agent=ctx.agent, state=ctx.state,
+            received_at=ctx.received_at, now=ctx.now, risk=ctx.risk,
+            blocked_by=blocked_by or ctx.blocked_by, note=ctx.note,
+        )
+
+    async def _audit_first(self, ctx: _Attempt) -> tuple[Outcome, AuditRecord | None]:
+        """Audit the decision before its commit; if that fails, deny (its record is pending)."""
+        outcome = self._outcome(ctx)
+        try:
+            await asyncio.wait_for(self.audit(outcome.audit), self._audit_timeout_s)
+        except (BusError, TimeoutError) as exc:
+            self._count("audit_fail_closed")
+            log.error("audit not written for request %s of %s; denying it (fail closed): %s",
+                      ctx.request.request_id, ctx.request.agent_id, exc)
+            denial = ScopeDenial(
+                scope="*", rule=AUDIT_UNAVAILABLE,
+                reason=f"the audit stream could not be written ({type(exc).__name__}: "
+                f"{str(exc)[:160] or 'timed out'}); no grant is issued without an audit record "
+                "(fail closed): retry once the audit is available again",
+            )
+            denied = self._outcome(ctx, blocked_by=denial)
+            return denied, denied.audit
+        return outcome, None
+
+    async def _announce(
+        self, committed: Committed, pending: AuditRecord | None, msg: Incoming
+    ) -> None:
         decision = committed.decision
         if decision is None:  # blocked every time: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
@@ -294,21 +369,19 @@ class Processor:
             dup = duplicate_audit(
                 decision, committed.grant is not None, msg.origin, datetime.now(UTC)
             )
-            await self.emit(topics.AUDIT.name, dup)
+            await self.audit(dup)
             return
         if committed.status == "existing":  # stored before a crash, never published: finish it
             self._count("recovered")
-            audit = decision_audit(decision, {"recovered_from": msg.origin})
+            await self.audit(decision_audit(decision, {"recovered_from": msg.origin}))
         else:
             self._count(f"decided_{decision.outcome}")
-            audit = outcome.audit
         # The grant first, so whoever sees the decision can already find the grant.
         if committed.grant is not None:
             await self.emit(topics.GRANTS.name, committed.grant)
-        await self._publish_all(
-            (topics.DECISIONS.name, [codec.encode(decision, source=SOURCE)]),
-            (topics.AUDIT.name, [codec.encode(audit, source=SOURCE)]),
-        )
+        await self.emit(topics.DECISIONS.name, decision)
+        if pending is not None:  # a fail-closed denial: its record waits for the audit to return
+            await self.audit_until_written(pending)
         await self.store.mark_published(
             decision, received_at=msg.received_at, max_grant_s=self.policy.max_grant_duration_s
         )
@@ -349,14 +422,21 @@ class Processor:
         )
         revoked: tuple[str, ...] = ()
         fence = await self._risk_fence(msg)
+        hide = self.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
-            revoked = await self._revoke(subject, signal.signal_id, action, now, fence)
+            revoked = await self._revoke(subject, signal.signal_id, action, now, fence, hide)
         elif subject:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        await self.emit(topics.AUDIT.name, risk_audit(signal, action, revoked, now))
+        await self.audit(risk_audit(signal, action, revoked, now), also=hide)
 
     async def _revoke(
-        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime, fence: Fence
+        self,
+        agent_id: str,
+        cause_id: str,
+        action: RiskAction,
+        now: datetime,
+        fence: Fence,
+        hide: Sequence[str] = (),
     ) -> tuple[str, ...]:
         plan = plan_revocation(
             cause_id,
@@ -371,7 +451,7 @@ class Processor:
             raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")
         agent_event, per_grant = revoked_events(plan, grants)
         await self.emit(topics.GRANTS.name, *per_grant, agent_event)
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in per_grant))
+        await self.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
         self._count("revocations")
         log.warning(
             "revoked %d grant(s) of %s (rule %s, cause %s)",
@@ -413,7 +493,7 @@ class Processor:
         due = await self.store.due_expiries(now)
         announce = [e for e, live in due if live]
         await self.emit(topics.GRANTS.name, *announce)
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in announce))
+        await self.audit(*(lifecycle_audit(e, now) for e in announce))
         await self.store.ack_expiries([e for e, _ in due])
         for _ in announce:
             self._count("expired")

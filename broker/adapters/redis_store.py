@@ -186,11 +186,15 @@ class RedisGrantStore:
         return int(await self._call(self._claim(keys=[fence_key])))
 
     async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
-        """Remember a risk severity until ``until``; returns the live risk."""
+        """Remember a risk severity until ``until``; returns the live risk.
+
+        A signal read long after it was appended (a worker catching up) may have an ``until``
+        already past: Redis then drops the key at once and there is no live risk (0).
+        """
         raw = await self._call(
             self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
         )
-        return float(raw)
+        return float(raw) if raw is not None else 0.0
 
     async def commit(
         self,
@@ -250,6 +254,20 @@ class RedisGrantStore:
         decision = EscalationDecided.model_validate_json(payload)
         grant = GrantIssued.model_validate_json(extra) if extra else None
         return Committed(status, decision, grant, bool(int(published)))
+
+    async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
+        """The decision stored for a request (as a commit would find it), or None."""
+        raw = await self._call(self._r.get(keys.decision(agent_id, request_id)))
+        if raw is None:
+            return None
+        decision = EscalationDecided.model_validate_json(raw)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(keys.grant(agent_id, decision.grant_id or ""))
+        pipe.exists(keys.published(agent_id, request_id))
+        grant_raw, published = await self._call(pipe.execute())
+        grant = GrantIssued.model_validate_json(grant_raw) if grant_raw else None
+        return Committed("existing", decision, grant if decision.grant_id else None,
+                         bool(published))
 
     def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
         """How long a request's records live: past any grant it could mint, plus a margin."""

@@ -20,6 +20,7 @@ import redis
 
 from broker.adapters import stack_kafka
 from broker.adapters.admin import admin_client, cluster_metadata, ensure_topics
+from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.stack_procs import (
     ProcRecord,
     exit_code,
@@ -265,6 +266,8 @@ def up(settings: Settings, *, progress: Progress | None = None,
         except BaseException:  # StackError, but also Ctrl-C or a test timeout: leave nothing
             _stop_recorded(settings, fresh)
             raise
+    for key_file in ensure_keys(settings):
+        say(f"created audit key {key_file}")
     kafka, redis_status = _service_status(settings, KAFKA), _service_status(settings, REDIS)
     fresh_pids = {record.pid for record in fresh}
     started = tuple(st.name for st in (kafka, redis_status) if st.pid in fresh_pids)

@@ -48,8 +48,10 @@ class Policy:
     def __init__(self, *, name: str, revision: str, source: str, default_max_duration_s: int,
                  classes: Mapping[str, AgentClass], escalation_rules: tuple[EscalationRule, ...],
                  deny_rules: tuple[DenyRule, ...], revocation_rules: tuple[RevocationRule, ...],
-                 agents: tuple[AgentProfile, ...]) -> None:
+                 agents: tuple[AgentProfile, ...],
+                 files: tuple[tuple[str, bytes], ...] = ()) -> None:
         self.name = name
+        self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision
         self.source = source
         self.default_max_duration_s = default_max_duration_s

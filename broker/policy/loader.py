@@ -41,7 +41,7 @@ from broker.policy.model import (
     RateRule,
     RevocationRule,
 )
-from broker.policy.source import Document, LineList, LineMap, read_bundle
+from broker.policy.source import Bundle, Document, LineList, LineMap, bundle_of, read_bundle
 from broker.scopes import within
 from schemas.events import AgentProfile
 
@@ -71,7 +71,16 @@ class _PolicyDoc:
 
 def load_policy(path: str | Path) -> Policy:
     """Read, validate and compile a bundle (a directory of .yaml files, or one file)."""
-    bundle = read_bundle(path)
+    return compile_bundle(read_bundle(path))
+
+
+def load_policy_files(files: list[tuple[str, bytes]], source: str) -> Policy:
+    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log."""
+    return compile_bundle(bundle_of(files, source))
+
+
+def compile_bundle(bundle: Bundle) -> Policy:
+    """Validate and compile a bundle already read."""
     policy_doc, agent_docs = _split_kinds(bundle.documents, bundle.source)
     parsed = _parse_policy(policy_doc)
     agents = _parse_agents(agent_docs, parsed.classes)
@@ -79,7 +88,7 @@ def load_policy(path: str | Path) -> Policy:
         name=parsed.name, revision=bundle.revision, source=bundle.source,
         default_max_duration_s=parsed.max_duration_s, classes=parsed.classes,
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
-        revocation_rules=parsed.revocation, agents=agents,
+        revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.adapters.audit_keys import ensure_keys
 from broker.config import Settings
 from tests.faults.report import Figures, Report
 from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
@@ -152,7 +153,7 @@ def settings(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Settings of the session worker: the integration ones plus a metrics port."""
-    return Settings(
+    settings = Settings(
         kafka_bootstrap=services.bootstrap,
         redis_url=services.redis_url,
         policy_path=test_policy,
@@ -162,3 +163,5 @@ def settings(
         session_timeout_s=6.0,
         metrics_port=METRICS_PORT,
     )
+    ensure_keys(settings)  # a worker without its audit keys refuses to start
+    return settings

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from broker.adapters import stack
+from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.stack_procs import ProcRecord, is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
@@ -31,6 +32,7 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
                         policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=45113)
+    ensure_keys(settings)
     worker = WorkerProcess(settings, name="private-worker")
     try:
         worker.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,9 +14,11 @@ import redis
 import yaml
 
 from broker.adapters import keys
+from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.bus import Publisher
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from tests.integration.audit_helpers import audit_leaks
 from tests.integration.helpers import Tap
 from tests.services import Services
 
@@ -87,15 +90,22 @@ def agents(run_id: str) -> Callable[[str], str]:
 def settings(
     services: Services, test_policy: Path, run_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Settings of the test worker and clients."""
-    return Settings(
+    """Settings of the test worker and clients (audit keys created, free text as HMACs)."""
+    settings = Settings(
         kafka_bootstrap=services.bootstrap,
         redis_url=services.redis_url,
         policy_path=test_policy,
         app_id=f"permbroker-test-{run_id}",
         stack_dir=tmp_path_factory.mktemp("worker"),
         expiry_interval_s=0.2,
+        audit_redact_free_text=True,
+        audit_digest_interval_s=0.5,
+        # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse
+        # (PERMBROKER_TEST_KAFKA_BOOTSTRAP) holds digests signed in earlier sessions.
+        audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
+    ensure_keys(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -156,3 +166,11 @@ def every_grant_key_expires(services: Services) -> Iterator[None]:
     finally:
         client.close()
     assert not forever, f"keys without a TTL: {forever[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_the_audit(settings: Settings) -> Iterator[None]:
+    """After the session, no seeded secret, key or account number is in clear in the audit."""
+    yield
+    leaks = audit_leaks(settings)
+    assert not leaks, "in clear on the audit topics: " + "; ".join(leaks[:10])
