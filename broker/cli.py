@@ -7,23 +7,25 @@ every error says what to do next and exits non-zero.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from broker.adapters import rebuild
-from broker.adapters.bus import Publisher, consumer, partitions, to_record
+from broker.adapters.bus import Publisher
 from broker.adapters.redis_store import RedisGrantStore
+from broker.audit_records import rebuild_audit
+from broker.cli_audit import audit_app
 from broker.cli_enforcement import api_app, revocations_app
+from broker.cli_output import JsonOpt, err, fail, out, until
+from broker.cli_output import print_json as _print_json
+from broker.cli_policy import register as register_policy_commands
 from broker.cli_stack import stack_app
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
@@ -31,7 +33,7 @@ from broker.policy import load_policy
 from broker.policy.fields import parse_duration
 from broker.sdk.agent import AgentClient
 from schemas import topics
-from schemas.events import OPERATOR_REVOKE_KIND, AuditRecord, GrantIssued, RiskObserved
+from schemas.events import OPERATOR_REVOKE_KIND, GrantIssued, RiskObserved
 
 app = typer.Typer(
     help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
@@ -39,7 +41,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 grants_app = typer.Typer(help="Inspect, revoke and rebuild grants.", no_args_is_help=True)
-audit_app = typer.Typer(help="Read the audit stream.", no_args_is_help=True)
 policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
 app.add_typer(
     stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
@@ -49,33 +50,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(revocations_app, name="revocations")
 app.add_typer(api_app, name="api")
-
-out = Console()
-err = Console(stderr=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def fail(message: str, hint: str = "", code: int = 1) -> typer.Exit:
-    """Print an error (and what to do) to stderr; return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}")
-    if hint:
-        err.print(f"[dim]hint:[/] {hint}")
-    return typer.Exit(code)
-
-
-def until(when: datetime | None, now: datetime | None = None) -> str:
-    """An absolute time with the time remaining (or elapsed)."""
-    if when is None:
-        return "-"
-    now = now or datetime.now(UTC)
-    left = (when - now).total_seconds()
-    rel = f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s ago"
-    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({rel})"
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
+register_policy_commands(policy_app)
 
 @app.command()
 def worker(
@@ -258,6 +233,12 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
     try:
         folded = rebuild.collect(settings.kafka_bootstrap, now)
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
+        record = rebuild_audit(
+            f"operator {os.environ.get('USER', 'unknown')}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable)
+        Publisher(settings.kafka_bootstrap, source="/operators/cli").publish(
+            topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
     result = {
@@ -277,54 +258,6 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
             err.print(
                 f"[yellow]{folded.undecodable} undecodable record(s) skipped (see the DLQ)[/]"
             )
-
-
-@audit_app.command("tail")
-def audit_tail(
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
-    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this record kind.")] = None,
-    last: Annotated[int, typer.Option(help="How many recent records per partition.")] = 50,
-    as_json: JsonOpt = False,
-) -> None:
-    """Print recent audit records (and follow new ones with -f)."""
-    from confluent_kafka import TopicPartition
-
-    settings = Settings()
-    c = consumer(settings.kafka_bootstrap)
-    try:
-        assignment = []
-        for p in partitions(c, topics.AUDIT.name):
-            low, high = c.get_watermark_offsets(TopicPartition(topics.AUDIT.name, p), timeout=10)
-            assignment.append(TopicPartition(topics.AUDIT.name, p, max(low, high - last)))
-        c.assign(assignment)
-        idle_since = time.monotonic()
-        while follow or time.monotonic() - idle_since < 1.5:
-            msg = c.poll(0.2)
-            if msg is None or msg.error():
-                continue
-            idle_since = time.monotonic()
-            rec = to_record(msg).event
-            if (
-                not isinstance(rec, AuditRecord)
-                or (agent and rec.agent_id != agent)
-                or (kind and rec.kind != kind)
-            ):
-                continue
-            if as_json:
-                sys.stdout.write(rec.model_dump_json() + "\n")
-            else:
-                out.print(
-                    f"{rec.occurred_at:%H:%M:%S.%f}"[:-3] + f" {rec.kind:<22} "
-                    f"{rec.agent_id or '-':<18} {rec.outcome:<8} {'; '.join(rec.reasons)[:90]}"
-                    f" [dim]{', '.join(rec.rules)}[/]"
-                )
-    except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
-    except KeyboardInterrupt:
-        pass
-    finally:
-        c.close()
 
 
 @policy_app.command("validate")

@@ -71,3 +71,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+    metrics_port: int = Field(0, description="Worker /metrics port (0: off)")
+    # Audit (tamper-evident stream, sensitive values as HMACs).
+    audit_key_dir: Path | None = Field(
+        None, description="HMAC and signing keys of the audit (default <stack_dir>/keys)"
+    )
+    audit_timeout_s: float = Field(
+        5.0, description="Wait for the audit write before failing a request closed"
+    )
+    audit_redact_free_text: bool = Field(
+        False, description="Store free-text reasons and details as HMACs too"
+    )
+    audit_sensitive_fields: str = Field(
+        "", description="Extra dotted input paths stored as HMACs (comma-separated)"
+    )
+    audit_sealer: bool = Field(True, description="Run the audit sealer inside the worker")
+    audit_digest_interval_s: float = Field(
+        2.0, description="Seconds between signed digests of a partition with new entries"
+    )
+    audit_digest_every: int = Field(500, description="Entries after which a digest is due anyway")

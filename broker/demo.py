@@ -1,4 +1,4 @@
-"""The fraud-agent scenario, end to end on a real Kafka and Redis (``permbroker demo``). L3.
+"""The fraud-agent scenario end to end on real Kafka and Redis (L3: imports adapters, sdk, schemas).
 
 Starts its own stack (separate dir and ports, wiped before and after), a worker process and a
 resource-side grant view, plays the scenario, prints a timeline with absolute times, *checks*
@@ -11,17 +11,18 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from broker.adapters import stack
+from broker.adapters import audit_check, audit_log, stack
 from broker.adapters.acks import read_since
 from broker.adapters.bus import Record
 from broker.adapters.worker_process import WorkerProcess
+from broker.audit_views import grants_as_of
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import AgentClient
@@ -338,6 +339,35 @@ def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) 
         )
 
 
+def _seen_at(s: Scenario, kind: type[GrantIssued] | type[AgentRevoked]) -> datetime | None:
+    """When the resource side applied the fraud agent's first event of this kind."""
+    for rec, at in s.seen:
+        if isinstance(rec.event, kind) and rec.event.agent_id == FRAUD_AGENT:
+            return datetime.fromtimestamp(at, UTC) + timedelta(milliseconds=1)
+    return None
+
+
+def audit_checks(s: Scenario, settings: Settings, started_at: datetime) -> None:
+    """The audit of the run: the whole chain verifies, and replay agrees with the grant view."""
+    result = audit_check.wait_sealed(settings, audit_check.public_key_files(settings, []), 30)
+    entries = sum(c.entries for c in result.chains.values())
+    s.say("audit", f"{entries} entries in {len(result.chains)} hash chain(s), every one signed; "
+          f"verify: {'OK' if result.ok else '; '.join(result.problems[:2])}")
+    s.check("audit verify passes (chains, sequence, signed digests, raw coverage)", result.ok)
+    records = [e.record() for e in audit_log.read_topic(settings.kafka_bootstrap)]
+    instants = [("before the escalation", started_at), ("while the grant was active",
+                _seen_at(s, GrantIssued)), ("after the revocation", _seen_at(s, AgentRevoked))]
+    held = []
+    for label, at in instants:
+        grants = [g for g in grants_as_of(records, at) if g.agent_id == FRAUD_AGENT] if at else []
+        held.append(len(grants))
+        s.say("audit", f"replay as of {label}: {FRAUD_AGENT} holds "
+              + (", ".join(f"{', '.join(g.scopes)} until {g.ends_at:%H:%M:%S}Z" for g in grants)
+                 or "nothing beyond its baseline"))
+    s.check("replay --as-of agrees with the resource side at three instants", held == [0, 1, 0],
+            str(held))
+
+
 def run_demo(*, keep: bool = False) -> int:
     """Run the scenario; 0 when every check passed, 1 otherwise."""
     settings = demo_settings()
@@ -360,7 +390,9 @@ def run_demo(*, keep: bool = False) -> int:
         ) as payments:
             if not (view.wait_ready(30) and payments.wait_ready(30)):
                 raise BrokerError("the resource-side grant views did not catch up within 30s")
+            started_at = datetime.now(UTC)
             play(s, settings, view, payments)
+        audit_checks(s, settings, started_at)
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))
     finally:

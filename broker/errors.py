@@ -8,6 +8,7 @@
     │   ├── StoreUnavailable      Redis cannot be reached: fail closed
     │   └── StoreMisconfigured    Redis would evict live grants (maxmemory-policy)
     ├── BusError                  Kafka cannot be reached or refused a write: fail closed
+    ├── Fenced                    a newer worker owns the partition: this one writes nothing
     ├── StackError                the local Kafka/Redis stack could not be started or stopped
     ├── DecisionTimeout           no decision arrived for a request within the deadline
     ├── InvalidConsistencyToken   a consistency token cannot be parsed
@@ -60,6 +61,10 @@ class StoreMisconfigured(StoreError):
 
 class BusError(BrokerError):
     """Kafka cannot be reached or refused a write."""
+
+
+class Fenced(BrokerError):
+    """A newer worker claimed this message's partition; the stale one must write nothing."""
 
 
 class StackError(BrokerError):

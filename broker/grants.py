@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.policy import Evaluation, RiskAction
+from broker.policy import Evaluation, RiskAction, RiskContext
 from schemas.events import (
     AgentProfile,
     AgentRevoked,
@@ -27,11 +27,17 @@ from schemas.events import (
 )
 
 _NAMESPACE = uuid.UUID("6f1c7d52-2a7e-4f43-9d0e-6b8f3c1a9e10")
+# Denial rule of a request decided while its audit record could not be written (fail closed).
+AUDIT_UNAVAILABLE = "audit-unavailable"
 
 
-def derive_id(kind: str, source_id: str) -> str:
-    """A deterministic id for the ``kind`` effect of input event ``source_id``."""
-    name = kind + "\x1f" + source_id
+def derive_id(kind: str, source_id: str, agent_id: str = "") -> str:
+    """A deterministic id for the ``kind`` effect of input ``source_id`` of one agent.
+
+    The agent id is part of the name: agents are distinct identities, so two agents that pick
+    the same request id still get distinct decision, grant and audit ids.
+    """
+    name = kind + "\x1f" + agent_id + "\x1f" + source_id
     return f"{kind}-{uuid.uuid5(_NAMESPACE, name)}"
 
 
@@ -41,7 +47,22 @@ class AgentState:
 
     quarantined_until: datetime | None = None
     quarantine_rule: str = ""
+    # Requests received at or before this instant are denied: the latest revoke-all, or the end
+    # of its quarantine (so a request queued during a quarantine stays denied after it ends).
     revoked_at: datetime | None = None
+
+
+def state_inputs(state: AgentState) -> dict[str, object]:
+    """An agent state as audit inputs (what replay feeds back to ``decide``)."""
+    return {
+        "quarantined_until": _iso(state.quarantined_until),
+        "quarantine_rule": state.quarantine_rule,
+        "revoked_at": _iso(state.revoked_at),
+    }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,10 @@ class Outcome:
     decision: EscalationDecided
     grant: GrantIssued | None
     audit: AuditRecord
+
+
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
 
 
 def _state_denial(
@@ -67,8 +92,9 @@ def _state_denial(
         return ScopeDenial(
             scope="*",
             rule="revocation",
-            reason=f"request received at {received_at.isoformat()} predates the revocation of "
-            f"{state.revoked_at.isoformat()}; a revocation is never undone",
+            reason=f"request received at {received_at.isoformat()}, before the agent's "
+            f"revocation (or its quarantine) ended at {state.revoked_at.isoformat()}; "
+            "a revocation is never undone",
         )
     return None
 
@@ -81,9 +107,28 @@ def decide(
     state: AgentState,
     received_at: datetime,
     now: datetime,
+    risk: RiskContext | None = None,
+    blocked_by: ScopeDenial | None = None,
+    note: dict[str, object] | None = None,
 ) -> Outcome:
-    """Combine the policy evaluation with the agent's state into the decision's events."""
-    blocked = _state_denial(request, state, received_at, now)
+    """Combine the policy evaluation with the agent's state into the decision's events.
+
+    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit, or the
+    audit that could not be written: fail closed); ``note`` adds context to the audit inputs. The
+    audit record carries every input (request, profile, state, risk, times, ``blocked_by``) so
+    that replay reproduces it exactly.
+    """
+    inputs: dict[str, object] = {
+        "request": request.model_dump(mode="json"),
+        "agent": agent.model_dump(mode="json") if agent else None,
+        "state": state_inputs(state),
+        "risk": {"agent": risk.agent, "request": risk.request} if risk else None,
+        "received_at": received_at.isoformat(),
+        "now": now.isoformat(),
+        **({"blocked_by": blocked_by.model_dump(mode="json")} if blocked_by else {}),
+        **(note or {}),
+    }
+    blocked = blocked_by or _state_denial(request, state, received_at, now)
     expires_at = received_at + timedelta(seconds=evaluation.duration_s)
     if blocked is None and evaluation.granted and expires_at <= now:
         blocked = ScopeDenial(
@@ -96,22 +141,13 @@ def decide(
         denied = tuple(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
         )
-        return _outcome(
-            request, evaluation, agent, denied, (blocked.reason,), None, received_at, now
-        )
+        return _outcome(request, evaluation, denied, (blocked.reason,), None, inputs, now,
+                        blocked=True)
     if not evaluation.granted:
-        return _outcome(
-            request,
-            evaluation,
-            agent,
-            evaluation.denied,
-            evaluation.reasons,
-            None,
-            received_at,
-            now,
-        )
+        return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, None,
+                        inputs, now)
     grant = GrantIssued(
-        grant_id=derive_id("grant", request.request_id),
+        grant_id=derive_id("grant", request.request_id, request.agent_id),
         agent_id=request.agent_id,
         request_id=request.request_id,
         scopes=evaluation.granted,
@@ -122,23 +158,22 @@ def decide(
         rules=evaluation.matched_rules,
         model_version=agent.model.version if agent else "",
     )
-    return _outcome(
-        request, evaluation, agent, evaluation.denied, evaluation.reasons, grant, received_at, now
-    )
+    return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now)
 
 
 def _outcome(
     request: EscalationRequested,
     evaluation: Evaluation,
-    agent: AgentProfile | None,
     denied: tuple[ScopeDenial, ...],
     reasons: tuple[str, ...],
     grant: GrantIssued | None,
-    received_at: datetime,
+    inputs: dict[str, object],
     now: datetime,
+    *,
+    blocked: bool = False,
 ) -> Outcome:
     decision = EscalationDecided(
-        decision_id=derive_id("decision", request.request_id),
+        decision_id=derive_id("decision", request.request_id, request.agent_id),
         request_id=request.request_id,
         agent_id=request.agent_id,
         outcome="granted" if grant else "denied",
@@ -149,27 +184,29 @@ def _outcome(
         expires_at=grant.expires_at if grant else None,
         duration_s=evaluation.duration_s if grant else 0,
         clamped_by=evaluation.clamped_by if grant else None,
-        matched_rules=evaluation.matched_rules + tuple(d.rule for d in denied),
+        matched_rules=_unique(
+            (() if blocked else evaluation.matched_rules) + tuple(d.rule for d in denied)
+        ),
         reasons=reasons,
         policy_revision=evaluation.policy_revision,
         decided_at=now,
     )
-    audit = decision_audit(
-        decision,
-        {
-            "request": request.model_dump(mode="json"),
-            "agent": agent.model_dump(mode="json") if agent else None,
-            "received_at": received_at.isoformat(),
-            "now": now.isoformat(),
-        },
-    )
-    return Outcome(decision=decision, grant=grant, audit=audit)
+    return Outcome(decision=decision, grant=grant, audit=decision_audit(decision, inputs))
 
 
 def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> AuditRecord:
-    """The audit record of a decision (same id however often it is rebuilt)."""
+    """The audit record of a decision, carrying the whole decision under ``inputs.decision``.
+
+    A request may be decided more than once before one decision is stored (a commit blocked by a
+    concurrent revocation, a crash before the commit): each attempt is audited before its commit
+    and the last ``escalation.decided`` record of a request is the one that took effect. A
+    record with ``inputs.recovered_from`` confirms a decision stored earlier.
+    """
+    suffix = "".join(f"#{k}={inputs[k]}" for k in ("attempt", "recovered_from") if inputs.get(k))
+    blocked = inputs.get("blocked_by")
+    suffix += f"#{blocked['rule']}" if isinstance(blocked, dict) else ""
     return AuditRecord(
-        audit_id=derive_id("audit", decision.request_id),
+        audit_id=derive_id("audit", decision.request_id + suffix, decision.agent_id),
         kind="escalation.decided",
         agent_id=decision.agent_id,
         occurred_at=decision.decided_at,
@@ -182,6 +219,7 @@ def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> Au
             **inputs,
             "grant_id": decision.grant_id,
             "expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
+            "decision": decision.model_dump(mode="json"),
         },
     )
 
@@ -200,7 +238,7 @@ def duplicate_audit(
         outcome = "duplicate"
         reason = "request delivered again; the recorded decision stands, nothing new was granted"
     return AuditRecord(
-        audit_id=derive_id("audit-duplicate", f"{decision.request_id}@{origin}"),
+        audit_id=derive_id("audit-duplicate", f"{decision.request_id}@{origin}", decision.agent_id),
         kind="escalation.duplicate",
         agent_id=decision.agent_id,
         occurred_at=now,
@@ -237,9 +275,8 @@ def plan_revocation(
 ) -> RevocationPlan:
     """The markers of a revoke-all: they outlive the longest grant the revocation could cancel."""
     quarantine_until = now + timedelta(seconds=action.quarantine_s) if action.quarantine_s else None
-    marker_until = now + timedelta(seconds=max_grant_s + margin_s)
-    if quarantine_until is not None:
-        marker_until = max(marker_until, quarantine_until)
+    blocked_until = quarantine_until or now
+    marker_until = blocked_until + timedelta(seconds=max_grant_s + margin_s)
     return RevocationPlan(
         agent_id=agent_id,
         cause_id=signal_id,
@@ -285,7 +322,7 @@ def risk_audit(
 ) -> AuditRecord:
     """The audit record of one risk signal and what it did."""
     return AuditRecord(
-        audit_id=derive_id("audit", signal.signal_id),
+        audit_id=derive_id("audit-risk", signal.signal_id, signal.subject_agent_id or ""),
         kind="risk.observed",
         agent_id=signal.subject_agent_id,
         occurred_at=now,
@@ -296,6 +333,7 @@ def risk_audit(
         inputs={
             "signal": signal.model_dump(mode="json"),
             "revoked_grants": list(revoked_ids),
+            "quarantine_s": action.quarantine_s,
             "now": now.isoformat(),
         },
     )
@@ -306,7 +344,7 @@ def lifecycle_audit(event: GrantRevoked | GrantExpired, now: datetime) -> AuditR
     kind = "grant.revoked" if isinstance(event, GrantRevoked) else "grant.expired"
     reasons = (event.reason,) if isinstance(event, GrantRevoked) else ("reached expires_at",)
     return AuditRecord(
-        audit_id=derive_id(f"audit-{kind}", event.grant_id),
+        audit_id=derive_id(f"audit-{kind}", event.grant_id, event.agent_id),
         kind=kind,
         agent_id=event.agent_id,
         occurred_at=now,

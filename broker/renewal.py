@@ -167,7 +167,7 @@ def _renewal(
     expires = renewed.expires_at if renewed else (grant.expires_at if grant else None)
     total = int((expires - grant.issued_at).total_seconds()) if grant and expires else 0
     decision = RenewalDecided(
-        decision_id=derive_id("renewal", renewal.request_id),
+        decision_id=derive_id("renewal", renewal.request_id, renewal.agent_id),
         request_id=renewal.request_id,
         agent_id=renewal.agent_id,
         grant_id=renewal.grant_id,
@@ -185,6 +185,7 @@ def _renewal(
     inputs: dict[str, object] = {
         "renewal": renewal.model_dump(mode="json"),
         "grant": grant.model_dump(mode="json") if grant else None,
+        "decision": decision.model_dump(mode="json"),  # the new expiry, for replay as of T
         "now": now.isoformat(),
     }
     return RenewalOutcome(decision, renewed, _audit("grant.renewal", decision, inputs, revision))
@@ -198,7 +199,8 @@ def _audit(
     rules = decision.matched_rules if isinstance(decision, RenewalDecided) else (
         () if decision.outcome == "released" else (NOT_ACTIVE,))
     return AuditRecord(
-        audit_id=derive_id("audit", decision.request_id), kind=kind, agent_id=decision.agent_id,
+        audit_id=derive_id("audit", decision.request_id, decision.agent_id), kind=kind,
+        agent_id=decision.agent_id,
         occurred_at=decision.decided_at, subject_id=decision.request_id,
         outcome=decision.outcome, reasons=decision.reasons, rules=rules,
         policy_revision=revision, inputs=inputs,
@@ -217,7 +219,7 @@ def decide_release(
         "(expired, revoked, already released, or never yours)"
     )
     decision = ReleaseDecided(
-        decision_id=derive_id("release", release.request_id),
+        decision_id=derive_id("release", release.request_id, release.agent_id),
         request_id=release.request_id,
         agent_id=release.agent_id,
         grant_id=release.grant_id,

@@ -1,1 +1,1 @@
-"""permbroker wire contract (L0): event models, topic registry, JSON Schema. Imports pydantic and stdlib only."""
+"""permbroker wire contract (L0): event models, topic registry, JSON Schema. Imports pydantic."""

@@ -197,8 +197,32 @@ class GrantReleased(WireModel):
     reason: str = ""
 
 
+class AuditLink(WireModel):
+    """Where a sealed audit entry sits in its partition's hash chain.
+
+    ``hash`` is sha256 over the canonical JSON of the whole entry with ``chain.hash`` left out,
+    so it covers ``seq`` and ``prev_hash`` too; the first entry of a partition has seq 0 and
+    ``prev_hash`` = 64 zeros. ``raw_offset`` is the offset of the entry on the raw audit topic
+    (-1 for entries the sealer writes itself, such as digests).
+    """
+
+    partition: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0)]
+    prev_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    raw_offset: Annotated[int, Field(ge=-1)]
+    sealed_at: UtcDatetime
+
+
 class AuditRecord(WireModel):
-    """What happened, what produced it, and the inputs needed to reproduce it."""
+    """What happened, what produced it, and the inputs needed to reproduce it.
+
+    Workers write records without ``chain`` to the raw audit topic; the sealer copies each one
+    to the audit topic with ``chain`` set, and every so often appends a record of kind
+    ``audit.digest`` whose ``inputs`` hold an Ed25519 signature over the chain so far
+    (``first_seq``, ``records``, ``key_id``, ``algorithm``, ``signature``; see
+    ``broker.audit_chain``). Sensitive values are stored as ``hmac-sha256:<hex>``.
+    """
 
     audit_id: EventId
     kind: str
@@ -210,6 +234,7 @@ class AuditRecord(WireModel):
     rules: tuple[str, ...] = ()
     policy_revision: str = ""
     inputs: dict[str, object] = Field(default_factory=dict)
+    chain: AuditLink | None = None
 
 
 EnforcementPoint = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
@@ -359,6 +384,18 @@ def model_for_type(ce_type: str) -> type[WireModel] | None:
     if match is None:
         return None
     return MODELS_BY_TYPE.get(f"{match['base']}.v{match['major']}")
+
+
+def type_version(ce_type: str) -> tuple[int, int] | None:
+    """(major, minor) of a versioned CloudEvents type; ``...v1`` is minor 0. None if unversioned."""
+    match = _TYPE_RE.match(ce_type)
+    if match is None:
+        return None
+    return int(match["major"]), int(match["minor"] or 0)
+
+
+# Minor version of each model this code knows; fields a newer minor adds are ignored on read.
+KNOWN_MINOR = 0
 
 
 def event_id(event: WireModel) -> str:

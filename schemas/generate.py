@@ -78,6 +78,7 @@ def _type_pattern(event_type: str) -> str:
 
 def _ce_headers(event_type: str) -> Json:
     """The CloudEvents binary-mode headers (Kafka protocol binding) of one event type."""
+
     def text(description: str, **extra: Any) -> Json:
         return {"type": "string", "description": description, **extra}
 
@@ -85,15 +86,19 @@ def _ce_headers(event_type: str) -> Json:
         "type": "object",
         "properties": {
             "ce_specversion": text("CloudEvents spec version.", const="1.0"),
-            "ce_type": text(f"Event type; minor versions of {event_type} are accepted.",
-                            pattern=_type_pattern(event_type)),
-            "ce_source": text("URI reference of the producer.", format="uri-reference",
-                              minLength=1),
-            "ce_id": text("The event's idempotency id (its request, signal, decision or "
-                          "audit id, or grant id + transition); consumers dedupe on it.",
-                          minLength=1),
-            "ce_time": text("When the event was produced (RFC 3339, UTC).",
-                            format="date-time"),
+            "ce_type": text(
+                f"Event type; minor versions of {event_type} are accepted.",
+                pattern=_type_pattern(event_type),
+            ),
+            "ce_source": text(
+                "URI reference of the producer.", format="uri-reference", minLength=1
+            ),
+            "ce_id": text(
+                "The event's idempotency id (its request, signal, decision or "
+                "audit id, or grant id + transition); consumers dedupe on it.",
+                minLength=1,
+            ),
+            "ce_time": text("When the event was produced (RFC 3339, UTC).", format="date-time"),
             "ce_subject": text("The partition key: the agent the event is about."),
             "content-type": text("Media type of the value.", const=CONTENT_TYPE),
         },
@@ -112,15 +117,19 @@ def _key_schema(model: type[WireModel]) -> Json:
     """The Kafka message key: the agent id, so one agent's events stay in one partition."""
     agent = {"type": "string", "pattern": AGENT_ID_PATTERN}
     if model is RiskObserved:
-        return {"description": "The subject agent id; the resource when the signal names no "
-                "agent.", "type": "string"}
+        return {
+            "description": "The subject agent id; the resource when the signal names no agent.",
+            "type": "string",
+        }
     if "agent_id" not in model.model_fields and "enforcement_point" in model.model_fields:
         return {"description": "The enforcement point's name (UTF-8).", **agent}
     if "agent_id" not in model.model_fields:
         raise ValueError(f"{model.__name__} has no agent_id to key on")
     if _accepts_none(model, "agent_id"):
-        return {"description": "The agent id; no key when the event concerns no agent.",
-                "anyOf": [agent, {"type": "null"}]}
+        return {
+            "description": "The agent id; no key when the event concerns no agent.",
+            "anyOf": [agent, {"type": "null"}],
+        }
     return {"description": "The agent id (UTF-8).", **agent}
 
 
@@ -134,8 +143,7 @@ def _message(model: type[WireModel], event_type: str) -> Json:
         "contentType": CONTENT_TYPE,
         "headers": _ce_headers(event_type),
         "payload": {"$ref": f"./{schema_path(event_type)}"},
-        "bindings": {"kafka": {"key": _key_schema(model),
-                               "bindingVersion": KAFKA_BINDING_VERSION}},
+        "bindings": {"kafka": {"key": _key_schema(model), "bindingVersion": KAFKA_BINDING_VERSION}},
     }
 
 
@@ -161,11 +169,17 @@ def _dead_letter_message() -> Json:
             "required": [DLQ_REASON, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET],
             "additionalProperties": True,
         },
-        "payload": {"type": "string", "format": "binary",
-                    "description": "The original value, byte for byte."},
-        "bindings": {"kafka": {"key": {"description": "The original key, unchanged.",
-                                       "type": ["string", "null"]},
-                               "bindingVersion": KAFKA_BINDING_VERSION}},
+        "payload": {
+            "type": "string",
+            "format": "binary",
+            "description": "The original value, byte for byte.",
+        },
+        "bindings": {
+            "kafka": {
+                "key": {"description": "The original key, unchanged.", "type": ["string", "null"]},
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
     }
 
 
@@ -177,16 +191,23 @@ def _message_ids(topic: Topic, names: dict[str, str]) -> list[str]:
 
 
 def _channel(topic: Topic, names: dict[str, str]) -> Json:
-    config: Json = {"cleanup.policy": topic.cleanup_policy.split(","),
-                    "retention.ms": topic.retention_ms, **topic.config}
+    config: Json = {
+        "cleanup.policy": topic.cleanup_policy.split(","),
+        "retention.ms": topic.retention_ms,
+        **topic.config,
+    }
     return {
         "address": topic.name,
         "description": topic.description,
-        "messages": {m: {"$ref": f"#/components/messages/{m}"}
-                     for m in _message_ids(topic, names)},
-        "bindings": {"kafka": {"topic": topic.name, "partitions": topic.partitions,
-                               "topicConfiguration": config,
-                               "bindingVersion": KAFKA_BINDING_VERSION}},
+        "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in _message_ids(topic, names)},
+        "bindings": {
+            "kafka": {
+                "topic": topic.name,
+                "partitions": topic.partitions,
+                "topicConfiguration": config,
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
     }
 
 
@@ -194,8 +215,11 @@ def asyncapi() -> Json:
     """The AsyncAPI 3.0 document: one channel per topic, one message per event type on it."""
     names = {event_type: model.__name__ for model, event_type in EVENT_TYPES.items()}
     on_topics = {t for topic in ALL_TOPICS for t in topic.event_types}
-    messages = {model.__name__: _message(model, event_type)
-                for model, event_type in EVENT_TYPES.items() if event_type in on_topics}
+    messages = {
+        model.__name__: _message(model, event_type)
+        for model, event_type in EVENT_TYPES.items()
+        if event_type in on_topics
+    }
     if any(not topic.event_types for topic in ALL_TOPICS):
         messages["DeadLetter"] = _dead_letter_message()
     return {
@@ -266,8 +290,10 @@ def to_json(document: Json) -> str:
 
 def render() -> dict[str, str]:
     """Every generated file: path relative to the schemas package -> exact text."""
-    files = {schema_path(event_type): to_json(json_schema(model, event_type))
-             for model, event_type in EVENT_TYPES.items()}
+    files = {
+        schema_path(event_type): to_json(json_schema(model, event_type))
+        for model, event_type in EVENT_TYPES.items()
+    }
     files[ASYNCAPI_FILE] = to_yaml(asyncapi())
     return dict(sorted(files.items()))
 
@@ -281,8 +307,11 @@ def _stale(root: Path, expected: dict[str, str]) -> list[str]:
 def drift(root: Path = ROOT) -> list[str]:
     """Files under ``root`` that differ from the generator: changed, missing or stale."""
     expected = render()
-    changed = [name for name, text in expected.items()
-               if not (root / name).is_file() or (root / name).read_text("utf-8") != text]
+    changed = [
+        name
+        for name, text in expected.items()
+        if not (root / name).is_file() or (root / name).read_text("utf-8") != text
+    ]
     return sorted(changed + _stale(root, expected))
 
 
@@ -302,10 +331,16 @@ def write(root: Path = ROOT) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: write the files, or with ``--check`` report drift and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m schemas.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true",
-                        help="compare instead of writing; exit 1 listing drifted files")
+    parser = argparse.ArgumentParser(
+        prog="python -m schemas.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare instead of writing; exit 1 listing drifted files",
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check:

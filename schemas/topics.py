@@ -104,7 +104,14 @@ REVOCATION_ACKS = Topic(
 AUDIT = Topic(
     "permbroker.audit", PARTITIONS, "delete", 365 * DAY_MS,
     ("io.permbroker.audit.recorded.v1",),
-    "Every input, decision and lifecycle event, with what produced it.",
+    "Every input, decision and lifecycle event, with what produced it: hash-chained per "
+    "partition by the sealer (seq, prev_hash, hash) and sealed by signed digests.",
+)
+AUDIT_RAW = Topic(
+    "permbroker.audit.raw", PARTITIONS, "delete", 7 * DAY_MS,
+    ("io.permbroker.audit.recorded.v1",),
+    "Audit records as workers write them, acknowledged before a grant becomes visible; the "
+    "sealer chains each one into permbroker.audit (same partition).",
 )
 DEAD_LETTER = Topic(
     "permbroker.dlq", PARTITIONS, "delete", 30 * DAY_MS,
@@ -113,7 +120,7 @@ DEAD_LETTER = Topic(
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (
-    ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
+    ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
     REVOCATION_ACKS,
 )
 
@@ -122,7 +129,6 @@ DLQ_REASON = "dlq_reason"
 DLQ_TOPIC = "dlq_topic"
 DLQ_PARTITION = "dlq_partition"
 DLQ_OFFSET = "dlq_offset"
-DLQ_KEY = "dlq_key"
 
 
 def by_name(name: str) -> Topic:

@@ -1,4 +1,4 @@
-"""Entry point of the worker process: ``python -m streams`` (what ``permbroker worker`` runs)."""
+"""Worker entry point, ``python -m streams`` (run by ``permbroker worker``). Imports streams.app."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import faust
 
 from broker.config import Settings
-from broker.errors import PolicyError
+from broker.errors import ConfigError, PolicyError
 from broker.policy import load_policy
 from streams.app import create_app
 
@@ -22,7 +22,11 @@ def main() -> int:
     except PolicyError as exc:
         print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, policy)
+    try:
+        app = create_app(settings, policy)
+    except ConfigError as exc:
+        print(f"permbroker worker: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("permbroker").setLevel(loglevel.upper() if loglevel != "warn" else "WARNING")
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -12,15 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
 from broker.adapters import codec, rebuild
 from broker.adapters.admin import ensure_topics
+from broker.adapters.audit_keys import AuditKeys, load_keys
 from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.sealer import Sealer
+from broker.audit_records import rebuild_audit
+from broker.audit_redact import Redactor
 from broker.config import Settings
 from broker.consistency import Position
 from broker.errors import BusError, StoreError
@@ -28,6 +33,7 @@ from broker.policy import Policy, load_policy
 from broker.routing import GrantRouting
 from schemas import topics
 from streams.lifecycle import Lifecycle
+from streams.metrics import serve_metrics
 from streams.processor import Incoming, Processor
 
 log = logging.getLogger("permbroker.worker")
@@ -62,6 +68,11 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(settings.session_timeout_s / 4, 1.0),
         datadir=str(datadir),
+        # Fairness under a flood: small per-partition fetches and buffers, so one agent's
+        # backlog cannot queue thousands of its messages ahead of other partitions' messages.
+        consumer_max_fetch_size=64 * 1024,
+        stream_buffer_maxsize=64,
+        broker_max_poll_records=64,
     )
     store = RedisGrantStore.from_url(
         settings.redis_url, margin_s=settings.record_margin_s,
@@ -91,12 +102,41 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         return [Position(md.topic, md.partition, md.offset) for md in landed]
 
     routing = GrantRouting(frozenset(settings.grant_namespaces))
+    keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
+    redactor = Redactor.configured(
+        keys.hmac_key,
+        free_text=settings.audit_redact_free_text,
+        extra=settings.audit_sensitive_fields.split(","),
+    )
+
+    async def rebuild_view() -> int:
+        now = await store.now()
+        folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
+        restored = await rebuild.apply(store, folded, now)
+        await processor.audit_until_written(rebuild_audit(
+            f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable))
+        return restored
+
     processor = Processor(
-        policy, store, publish, margin_s=settings.record_margin_s, routing=routing,
+        policy,
+        store,
+        publish,
+        margin_s=settings.record_margin_s,
+        rebuild=rebuild_view,
+        fencing=True,
+        redactor=redactor,
+        audit_timeout_s=settings.audit_timeout_s,
+        routing=routing,
         publish_many=publish_many,
     )
     lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
     app.processor = processor  # type: ignore[attr-defined]
+    _watch_assignment(app, processor)
+    serve_metrics(processor, settings.metrics_port)
+    if settings.audit_sealer:
+        _run_sealer(app, settings, keys)
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
@@ -107,12 +147,13 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
         await _prepare(processor, store, settings, policy)
 
-    @app.agent(escalations, name="escalations")
+    # One actor per partition: partitions are decided concurrently, each in order.
+    @app.agent(escalations, name="escalations", isolated_partitions=True)
     async def on_escalation(stream: Any) -> None:
         async for event in stream.events():
             await processor.on_escalation(_incoming(event))
 
-    @app.agent(risk, name="risk")
+    @app.agent(risk, name="risk", isolated_partitions=True)
     async def on_risk(stream: Any) -> None:
         async for event in stream.events():
             try:
@@ -137,6 +178,25 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     return app
 
 
+def _watch_assignment(app: faust.App, processor: Processor) -> None:
+    """Claim a fencing epoch for each partition assigned; forget the revoked ones."""
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(_app: Any, revoked: set[Any], **_kw: Any) -> None:
+        processor.release([(tp.topic, tp.partition) for tp in revoked])
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def assigned(_app: Any, assigned: set[Any], **_kw: Any) -> None:
+        # Every assignment claims anew, even a partition kept across the rebalance: a worker
+        # that stalled and came back must never keep writing with an epoch someone superseded.
+        processor.claimed.clear()
+        try:
+            processor.release(list(processor.epochs))
+            await processor.claim([(tp.topic, tp.partition) for tp in assigned])
+        finally:
+            processor.claimed.set()
+
+
 async def _prepare(
     processor: Processor, store: RedisGrantStore, settings: Settings, policy: Policy
 ) -> None:
@@ -144,17 +204,35 @@ async def _prepare(
     while True:
         try:
             await store.check_config()
-            if await store.view_epoch() is None:
-                now = datetime.now(UTC)
-                log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
-                folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
-                restored = await rebuild.apply(store, folded, now)
-                log.warning(
-                    "rebuilt %d active grant(s) from %d record(s)", restored, folded.records
-                )
+            await processor.ensure_view()
             break
         except (StoreError, BusError) as exc:
             log.error("worker not ready: %s (retrying)", exc)
             await asyncio.sleep(1.0)
+    await processor.announce_policy(f"{socket.gethostname()}:{os.getpid()}")
     log.info("worker ready: policy %s revision %s", policy.source, policy.revision)
     processor.ready.set()
+
+
+def _run_sealer(app: faust.App, settings: Settings, keys: AuditKeys) -> None:
+    """Seal the raw audit topic in a thread of this worker (restarted if it ever fails)."""
+    stopping = threading.Event()
+    current: list[Sealer] = []
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def seal() -> None:
+        while not stopping.is_set():
+            sealer = Sealer(settings, keys)
+            current[:] = [sealer]
+            try:
+                await asyncio.to_thread(sealer.run)
+            except Exception:  # the outermost loop of the sealer: log, then start over
+                log.exception("audit sealer stopped; restarting it in 1s")
+                await asyncio.sleep(1.0)
+
+    async def stop(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        stopping.set()
+        for sealer in current:
+            sealer.stop()
+
+    app.on_before_shutdown.connect(stop)

@@ -4,7 +4,9 @@ Renewal and release requests arrive on the escalation topic (keyed by the agent,
 with its requests); the processor hands them here. Each is decided by the pure core
 (``broker.renewal``), stored once in Redis (a redelivery gets the recorded answer), then its
 lifecycle event goes to the grant topics its routing names and its decision to the decision
-topic, with the consistency token of the lifecycle event. The sweep announces
+topic, with the consistency token of the lifecycle event. Like a decision, each attempt is
+audited on the raw audit topic before the Redis write (a failed audit write is retried: the
+partition waits, nothing is stored unaudited). The sweep announces
 ``grant.expiring`` before ``grant.expired`` (warnings first in every tick; a late warning still
 goes out while the grant has not been announced as expired).
 """
@@ -50,10 +52,13 @@ class Lifecycle:
             await self._p._retrying("release", lambda: self._release(event, msg))
 
     async def _renew(self, renewal: RenewalRequested, msg: Incoming) -> None:
+        audited = await self._life.recorded("renewal", renewal.agent_id, renewal.request_id)
         for _attempt in range(3):
             now = datetime.now(UTC)
             grant = await self._life.live_grant(renewal.agent_id, renewal.grant_id, now)
             outcome = await self._decide_renewal(renewal, grant, msg.received_at, now)
+            if not audited:  # audit first: nothing is stored unaudited
+                await self._p.audit(outcome.audit)
             stored = await self._life.renew(
                 outcome, grant, received_at=msg.received_at, now=now,
                 max_grant_s=self._p.policy.max_grant_duration_s,
@@ -68,8 +73,6 @@ class Lifecycle:
         if decision.outcome == "renewed":
             decision = await self._announce_renewal(decision, grant, now)
         await self._p.emit(topics.DECISIONS.name, decision)
-        if stored.status == "stored":
-            await self._p.emit(topics.AUDIT.name, outcome.audit)
         self._p._count(f"renewal_{decision.outcome}")
 
     async def _decide_renewal(
@@ -104,10 +107,13 @@ class Lifecycle:
         return decision.model_copy(update={"consistency_token": token.encode()})
 
     async def _release(self, release: ReleaseRequested, msg: Incoming) -> None:
+        audited = await self._life.recorded("release", release.agent_id, release.request_id)
         for _attempt in range(3):
             now = datetime.now(UTC)
             grant = await self._life.live_grant(release.agent_id, release.grant_id, now)
             decision, _event, audit = decide_release(release, grant, now)
+            if not audited:  # audit first: nothing is stored unaudited
+                await self._p.audit(audit)
             stored = await self._life.release(
                 decision, received_at=msg.received_at,
                 max_grant_s=self._p.policy.max_grant_duration_s,
@@ -127,8 +133,6 @@ class Lifecycle:
             if token is not None:
                 decision = decision.model_copy(update={"consistency_token": token.encode()})
         await self._p.emit(topics.DECISIONS.name, decision)
-        if stored.status == "stored":
-            await self._p.emit(topics.AUDIT.name, audit)
         self._p._count(f"release_{decision.outcome}")
 
     async def sweep(self) -> int:

@@ -4,23 +4,44 @@ Imports broker (core and adapters) and schemas; faust is only seen through ``Inc
 ``Publish`` callable, so this module is testable without a running worker. Handlers never let an
 error ack a message silently: bad bytes go to the dead-letter topic, transient store/bus failures
 are retried (the partition waits), and a risk signal that cannot be handled stops the worker.
+
+Audit first: a decision's audit record is written to the raw audit topic, and acknowledged,
+before the Redis commit that makes its grant visible. If it cannot be written within
+``audit_timeout_s`` the request is denied (rule ``audit-unavailable``, fail closed); that
+denial's own record is then retried until the audit is back (its partition waits), so nothing
+goes unaudited. Every audit record has its sensitive values replaced by keyed HMACs first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import re
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from broker.adapters import codec
-from broker.adapters.redis_store import Committed, RedisGrantStore
+from broker.adapters import codec, keys
+from broker.adapters.redis_store import (
+    NO_FENCE,
+    UNLIMITED,
+    Committed,
+    Fence,
+    RateLimit,
+    RedisGrantStore,
+    Snapshot,
+)
+from broker.audit_records import policy_loaded_audit
+from broker.audit_redact import Redactor
 from broker.consistency import ConsistencyToken, Position, token_of
-from broker.errors import BusError, StoreUnavailable, WireError
+from broker.errors import BusError, Fenced, StoreUnavailable, WireError
 from broker.grants import (
+    AUDIT_UNAVAILABLE,
+    AgentState,
     Outcome,
     decide,
     decision_audit,
@@ -37,16 +58,22 @@ from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
     OPERATOR_REVOKE_KIND,
+    AgentProfile,
+    AuditRecord,
     EscalationRequested,
     ReleaseRequested,
     RenewalRequested,
     RiskObserved,
+    ScopeDenial,
     WireModel,
 )
+from streams.dead_letter import dead_letter_audit, dead_letter_message
 
 log = logging.getLogger("permbroker.worker")
 T = TypeVar("T")
-SOURCE = "/permbroker/worker"
+# ce_source of what this worker writes: which host and process wrote it (for operators, and for
+# proving that a fenced worker wrote nothing).
+SOURCE = f"/permbroker/worker/{socket.gethostname()}/{os.getpid()}"
 RISK_WINDOW = timedelta(minutes=10)
 
 
@@ -83,24 +110,64 @@ PublishMany = Callable[[Sequence[tuple[str, codec.Encoded]]], Awaitable[Sequence
 GrantRequestHandler = Callable[["Incoming", RenewalRequested | ReleaseRequested], Awaitable[None]]
 # A grant lifecycle event and the namespaces of the grant it concerns (None: unknown or all).
 Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
+# Rebuilds the Redis view from the grant topic; returns how many grants it restored.
+Rebuild = Callable[[], Awaitable[int]]
+Clock = Callable[[], datetime]
+ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk"}
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """The inputs of one attempt at deciding a request (what its audit record carries)."""
+
+    request: EscalationRequested
+    agent: AgentProfile | None
+    state: AgentState
+    risk: RiskContext
+    received_at: datetime
+    now: datetime
+    blocked_by: ScopeDenial | None
+    note: dict[str, object]
 
 
 class Processor:
     """The broker's decision logic wired to a store and a publisher."""
 
     def __init__(
-        self, policy: Policy, store: RedisGrantStore, publish: Publish, *, margin_s: int = 3600,
-        routing: GrantRouting | None = None, publish_many: PublishMany | None = None,
+        self,
+        policy: Policy,
+        store: RedisGrantStore,
+        publish: Publish,
+        *,
+        margin_s: int = 3600,
+        rebuild: Rebuild | None = None,
+        clock: Clock | None = None,
+        fencing: bool = False,
+        redactor: Redactor | None = None,
+        audit_timeout_s: float = 5.0,
+        routing: GrantRouting | None = None,
+        publish_many: PublishMany | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self._publish = publish
         self._margin_s = margin_s
+        self._rebuild = rebuild
+        self._clock = clock  # None: Redis's clock (the one that expires the keys)
+        self._redactor = redactor
+        self._audit_timeout_s = audit_timeout_s
+        self._view_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
         self.routing = routing or GrantRouting()
         self._publish_many = publish_many
         self.grant_requests: GrantRequestHandler | None = None
+        # (topic, partition) -> the epoch this worker claimed when it was assigned it. With
+        # fencing on, a message of a partition not in here is not ours: it is left alone.
+        self.fencing = fencing
+        self.epochs: dict[tuple[str, int], int] = {}
+        self.claimed = asyncio.Event()  # clear while an assignment is being claimed
+        self.claimed.set()
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -130,19 +197,72 @@ class Processor:
             positions = [p for result in results if result for p in result]
         return token_of(positions) if positions else None
 
+    async def audit(self, *records: AuditRecord, also: Sequence[str] = ()) -> None:
+        """Write audit records (sensitive values as HMACs) to the raw audit topic; await the ack."""
+        if self._redactor is not None:
+            records = tuple(self._redactor.redact(r, also) for r in records)
+        await self.emit(topics.AUDIT_RAW.name, *records)
+
+    async def audit_until_written(self, *records: AuditRecord) -> None:
+        """``audit``, retried until Kafka takes it (the caller waits: nothing goes unaudited)."""
+        await self._retrying("audit", lambda: self.audit(*records))
+
+    def sensitive(self, data: dict[str, object]) -> tuple[str, ...]:
+        """The sensitive values of an input, to hide wherever they are quoted."""
+        return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
+
+    async def announce_policy(self, worker: str) -> None:
+        """Record the policy bundle this worker decides with, before its first decision."""
+        await self.audit_until_written(policy_loaded_audit(self.policy, datetime.now(UTC), worker))
+
     async def dead_letter(self, msg: Incoming, reason: str) -> None:
-        """Park a message that cannot be processed, with its raw bytes, origin and reason."""
-        headers = [
-            *msg.headers,
-            (topics.DLQ_REASON, reason.encode()),
-            (topics.DLQ_TOPIC, msg.topic.encode()),
-            (topics.DLQ_PARTITION, str(msg.partition).encode()),
-            (topics.DLQ_OFFSET, str(msg.offset).encode()),
-        ]
-        dlq = codec.Encoded(key=msg.key, value=msg.value or b"", headers=headers)
+        """Park a message that cannot be processed (bounded copy, origin, reason) and audit it."""
+        origin = (msg.topic, msg.partition, msg.offset)
+        dlq = dead_letter_message(msg.key, msg.value, msg.headers, origin, reason)
+        audit = dead_letter_audit(msg.key, msg.value, msg.headers, origin, reason, msg.received_at)
         await self._retrying("dead-letter", lambda: self._publish(topics.DEAD_LETTER.name, [dlq]))
+        await self.audit_until_written(audit)
         self._count("dead_lettered")
-        log.warning("dead-lettered %s: %s", msg.origin, reason)
+        log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
+
+    async def claim(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Become the newest owner of newly assigned input partitions (a fencing epoch each)."""
+        for topic, partition in partitions:
+            if topic in ROLES:
+                key = keys.fence(topic, partition)
+                self.epochs[(topic, partition)] = await self._retrying(
+                    "claim", functools.partial(self.store.claim, key)
+                )
+        log.info("claimed %s", sorted(f"{t}/{p}@{e}" for (t, p), e in self.epochs.items()))
+
+    def release(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Forget partitions this worker lost: their messages are no longer ours to write."""
+        for tp in partitions:
+            self.epochs.pop(tp, None)
+
+    async def _fence(self, msg: Incoming) -> Fence:
+        if not self.fencing:
+            return NO_FENCE
+        await self.claimed.wait()  # a message may arrive while its assignment is being claimed
+        epoch = self.epochs.get((msg.topic, msg.partition))
+        if epoch is None:
+            raise Fenced(f"{msg.origin}: partition not assigned to this worker")
+        return Fence(ROLES.get(msg.topic, "esc"), epoch)
+
+    async def _check_fence(self, msg: Incoming, current: int | None) -> Fence:
+        """The fence to write with, after checking no newer owner claimed the partition."""
+        fence = await self._fence(msg)
+        if fence.epoch and current is not None and current != fence.epoch:
+            if current:
+                raise Fenced(f"{msg.origin}: claimed by epoch {current}, ours is {fence.epoch}")
+            # The claim vanished with a wiped Redis: claim again (epochs keep growing).
+            await self.claim([(msg.topic, msg.partition)])
+            fence = await self._fence(msg)
+        return fence
+
+    def _fenced(self, msg: Incoming, why: str) -> None:
+        self._count("fenced")
+        log.warning("fenced, writing nothing for %s: %s", msg.origin, why)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a store/bus step until it succeeds: the partition waits, nothing is acked."""
@@ -168,67 +288,145 @@ class Processor:
         """Decide one escalation request (idempotent under redelivery)."""
         await self.ready.wait()
         try:
+            await self._fence(msg)
             event = codec.decode(msg.key, msg.value, msg.headers)
             if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
                 await self.grant_requests(msg, event)
                 return
             request = self._expect(event, msg, EscalationRequested)
+        except Fenced as exc:
+            self._fenced(msg, str(exc))
+            return
         except WireError as exc:
             await self.dead_letter(msg, str(exc))
             return
-        await self._retrying("decide", lambda: self._decide(request, msg))
+        try:
+            await self._retrying("decide", lambda: self._decide(request, msg))
+        except Fenced as exc:
+            self._fenced(msg, str(exc))
+
+    async def ensure_view(self) -> None:
+        """Rebuild the Redis view from Kafka if it is absent (once, whoever asks)."""
+        async with self._view_lock:
+            if await self.store.view_epoch() is not None:
+                return
+            if self._rebuild is None:
+                raise StoreUnavailable("grant view absent and no rebuild configured")
+            log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
+            restored = await self._rebuild()
+            self._count("view_rebuilds")
+            log.warning("grant view rebuilt: %d active grant(s) restored", restored)
+
+    def _rate(self, request: EscalationRequested) -> RateLimit:
+        rule = self.policy.rate_limit(self.policy.agent(request.agent_id))
+        return RateLimit(rule.requests, rule.per_s * 1000) if rule else UNLIMITED
+
+    def _rate_denial(self, request: EscalationRequested, retry_ms: str) -> ScopeDenial:
+        rule = self.policy.rate_limit(self.policy.agent(request.agent_id))
+        assert rule is not None
+        return ScopeDenial(
+            scope="*",
+            rule=rule.rule,
+            reason=f"agent {request.agent_id} is over the rate limit of its class "
+            f"({rule.describe()}); a token frees up in {retry_ms} ms",
+        )
+
+    async def _snapshot(self, request: EscalationRequested, msg: Incoming) -> Snapshot:
+        fence_key = keys.fence(msg.topic, msg.partition) if self.fencing else None
+        return await self.store.snapshot(request.agent_id, fence_key)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming) -> None:
-        received_at = msg.received_at
         agent = self.policy.agent(request.agent_id)
-        for _attempt in range(3):
-            now = datetime.now(UTC)
-            state = await self.store.agent_state(request.agent_id)
-            risk = RiskContext(
-                agent=await self.store.live_risk(request.agent_id), request=request.risk_score
-            )
-            evaluation = self.policy.evaluate(request, agent, risk, now)
-            outcome = decide(
-                request, evaluation, agent=agent, state=state, received_at=received_at, now=now
-            )
+        rate, blocked_by = self._rate(request), None
+        note: dict[str, object] = {}
+        for attempt in range(4):
+            snap = await self._snapshot(request, msg)
+            fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
+            if not snap.view_built:
+                await self.ensure_view()
+                continue
+            if attempt == 0 and (recorded := await self.store.recorded(
+                    request.agent_id, request.request_id)) is not None:
+                await self._announce(recorded, None, msg)  # a redelivery: never decide twice
+                return
+            now = self._clock() if self._clock else snap.now
+            # The epoch orders attempts across owners: a stale owner's attempt never wins.
+            ctx = _Attempt(request, agent, snap.state,
+                           RiskContext(agent=snap.risk, request=request.risk_score),
+                           msg.received_at, now, blocked_by,
+                           {**note, "attempt": attempt, "fence_epoch": fence.epoch})
+            outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
-                outcome,
-                received_at=received_at,
-                now=now,
-                max_grant_s=self.policy.max_grant_duration_s,
+                outcome, received_at=ctx.received_at, now=now,
+                max_grant_s=self.policy.max_grant_duration_s, fence=fence, rate=rate,
             )
+            if committed.status == "fenced":
+                raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             if committed.status != "blocked":
                 break
-            log.info(
-                "request %s blocked at commit (%s); deciding again",
-                request.request_id,
-                committed.blocked_reason,
-            )
-        await self._announce(committed, outcome, msg)
+            note = {"previous_attempt": f"blocked at commit ({committed.blocked_reason})"}
+            if committed.blocked_reason == "rate":
+                self._count("rate_limited")
+                blocked_by, rate = self._rate_denial(request, committed.blocked_detail), UNLIMITED
+            elif committed.blocked_reason == "view":
+                await self.ensure_view()
+            log.info("request %s blocked at commit (%s); deciding again",
+                     request.request_id, committed.blocked_reason)
+        await self._announce(committed, pending, msg)
 
-    async def _announce(self, committed: Committed, outcome: Outcome, msg: Incoming) -> None:
+    def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
+        evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
+        return decide(
+            ctx.request, evaluation, agent=ctx.agent, state=ctx.state,
+            received_at=ctx.received_at, now=ctx.now, risk=ctx.risk,
+            blocked_by=blocked_by or ctx.blocked_by, note=ctx.note,
+        )
+
+    async def _audit_first(self, ctx: _Attempt) -> tuple[Outcome, AuditRecord | None]:
+        """Audit the decision before its commit; if that fails, deny (its record is pending)."""
+        outcome = self._outcome(ctx)
+        try:
+            await asyncio.wait_for(self.audit(outcome.audit), self._audit_timeout_s)
+        except (BusError, TimeoutError) as exc:
+            self._count("audit_fail_closed")
+            log.error("audit not written for request %s of %s; denying it (fail closed): %s",
+                      ctx.request.request_id, ctx.request.agent_id, exc)
+            denial = ScopeDenial(
+                scope="*", rule=AUDIT_UNAVAILABLE,
+                reason=f"the audit stream could not be written ({type(exc).__name__}: "
+                f"{str(exc)[:160] or 'timed out'}); no grant is issued without an audit record "
+                "(fail closed): retry once the audit is available again",
+            )
+            denied = self._outcome(ctx, blocked_by=denial)
+            return denied, denied.audit
+        return outcome, None
+
+    async def _announce(
+        self, committed: Committed, pending: AuditRecord | None, msg: Incoming
+    ) -> None:
         decision = committed.decision
-        if decision is None:  # blocked three times in a row: the next attempt starts over
+        if decision is None:  # blocked every time: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
         if committed.status == "existing" and committed.published:
             self._count("duplicates")
             dup = duplicate_audit(
                 decision, committed.grant is not None, msg.origin, datetime.now(UTC)
             )
-            await self.emit(topics.AUDIT.name, dup)
+            await self.audit(dup)
             return
         if committed.status == "existing":  # stored before a crash, never published: finish it
             self._count("recovered")
-            audit = decision_audit(decision, {"recovered_from": msg.origin})
+            await self.audit(decision_audit(decision, {"recovered_from": msg.origin}))
         else:
             self._count(f"decided_{decision.outcome}")
-            audit = outcome.audit
+        # The grant first, so whoever sees the decision can already find the grant.
         if committed.grant is not None:
             token = await self.emit_grants((committed.grant, None))
             if token is not None:
                 decision = decision.model_copy(update={"consistency_token": token.encode()})
         await self.emit(topics.DECISIONS.name, decision)
-        await self.emit(topics.AUDIT.name, audit)
+        if pending is not None:  # a fail-closed denial: its record waits for the audit to return
+            await self.audit_until_written(pending)
         await self.store.mark_published(
             decision, received_at=msg.received_at, max_grant_s=self.policy.max_grant_duration_s
         )
@@ -237,12 +435,22 @@ class Processor:
         """Apply revocation rules to one risk signal; a bad signal revokes its key's agent."""
         await self.ready.wait()
         try:
-            signal = self._decode(msg, RiskObserved)
-        except WireError as exc:
-            await self.dead_letter(msg, str(exc))
-            await self._fail_safe_revoke(msg, str(exc))
-            return
-        await self._retrying("risk", lambda: self._risk(signal, msg))
+            await self._fence(msg)
+            try:
+                signal = self._decode(msg, RiskObserved)
+            except WireError as exc:
+                await self.dead_letter(msg, str(exc))
+                await self._fail_safe_revoke(msg, str(exc))
+                return
+            await self._retrying("risk", lambda: self._risk(signal, msg))
+        except Fenced as exc:
+            self._fenced(msg, str(exc))
+
+    async def _risk_fence(self, msg: Incoming) -> Fence:
+        if not self.fencing:
+            return NO_FENCE
+        current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+        return await self._check_fence(msg, current)
 
     async def _risk(self, signal: RiskObserved, msg: Incoming) -> None:
         now = msg.received_at
@@ -259,8 +467,12 @@ class Processor:
         )
         revoked: tuple[str, ...] = ()
         token: ConsistencyToken | None = None
+        fence = await self._risk_fence(msg)
+        hide = self.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
-            revoked, token = await self._revoke(subject, signal.signal_id, action, now)
+            revoked, token = await self._revoke(
+                subject, signal.signal_id, action, now, fence, hide
+            )
         elif subject:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
         audit = risk_audit(signal, action, revoked, now)
@@ -268,10 +480,16 @@ class Processor:
             audit = audit.model_copy(
                 update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}
             )
-        await self.emit(topics.AUDIT.name, audit)
+        await self.audit(audit, also=hide)
 
     async def _revoke(
-        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
+        self,
+        agent_id: str,
+        cause_id: str,
+        action: RiskAction,
+        now: datetime,
+        fence: Fence,
+        hide: Sequence[str] = (),
     ) -> tuple[tuple[str, ...], ConsistencyToken | None]:
         plan = plan_revocation(
             cause_id,
@@ -281,13 +499,15 @@ class Processor:
             max_grant_s=self.policy.max_grant_duration_s,
             margin_s=self._margin_s,
         )
-        grants = await self.store.revoke_all(plan)
+        grants = await self.store.revoke_all(plan, fence)
+        if grants is None:
+            raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")
         agent_event, per_grant = revoked_events(plan, grants)
         spaces = {g.grant_id: namespaces_of(g.scopes) for g in grants}
         token = await self.emit_grants(
             *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
         )
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in per_grant))
+        await self.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
         self._count("revocations")
         log.warning(
             "revoked %d grant(s) of %s (rule %s, cause %s)",
@@ -312,24 +532,27 @@ class Processor:
             reason=f"a risk signal about this agent could not be read ({reason}); "
             "revoking to fail closed",
         )
-        await self._retrying(
-            "fail-safe revoke",
-            lambda: self._revoke(
-                agent_id, derive_id("undecodable", msg.origin), action, msg.received_at
-            ),
-        )
+        async def revoke() -> tuple[str, ...]:
+            fence = await self._risk_fence(msg)
+            cause = derive_id("undecodable", msg.origin, agent_id)
+            revoked, _token = await self._revoke(agent_id, cause, action, msg.received_at, fence)
+            return revoked
+
+        await self._retrying("fail-safe revoke", revoke)
 
     async def sweep_expiries(self) -> int:
         """Announce grants that reached their absolute expiry (Redis TTL already ended them)."""
-        if not self.ready.is_set():
-            return 0
-        now = datetime.now(UTC)
+        if not self.ready.is_set() or (self.fencing and not self.epochs):
+            return 0  # a worker that owns no partition (or lost them all) announces nothing
+        if await self.store.view_epoch() is None:
+            await self.ensure_view()  # a wiped Redis is rebuilt even when no request comes
+        now = self._clock() if self._clock else await self.store.now()
         due = await self.store.due_expiries(now)
         live = [d for d in due if d.live]
         announce = [d.event for d in live]
         if live:
             await self.emit_grants(*((d.event, d.namespaces) for d in live))
-        await self.emit(topics.AUDIT.name, *(lifecycle_audit(e, now) for e in announce))
+        await self.audit(*(lifecycle_audit(e, now) for e in announce))
         await self.store.ack_expiries(due)
         for _ in announce:
             self._count("expired")

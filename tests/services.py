@@ -125,12 +125,21 @@ def _docker_services() -> Iterator[Services]:
 
 @contextlib.contextmanager
 def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
+    """Stop (and wipe) the test stack afterwards if this session started any of it.
+
+    A stack that was entirely running already (another session in this tree, or one left by a
+    killed run) is reused and left alone: stopping it could break a session still using it.
+    """
+    status = stack.up(TEST_STACK, progress=log)  # on failure it stops what it started itself
     try:
-        status = stack.up(TEST_STACK, progress=log)
         yield Services(status.bootstrap, status.redis_url)
     finally:
-        stopped = stack.down(TEST_STACK, wipe=True)  # every session starts from empty topics
-        log(f"test stack stopped: {', '.join(stopped) or 'nothing was running'}")
+        if status.started:
+            stopped = stack.down(TEST_STACK, wipe=True)  # the next session starts from empty topics
+            log(f"test stack stopped: {', '.join(stopped) or 'nothing was running'}")
+        else:
+            log(f"left the reused test stack running (stop it: make clean, or "
+                f"PERMBROKER_STACK_DIR={TEST_STACK.stack_dir} permbroker stack down)")
 
 
 @contextlib.contextmanager

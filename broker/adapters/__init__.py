@@ -1,1 +1,1 @@
-"""Adapters (L2): Redis, Kafka, token signing and local stack I/O behind the core's ports."""
+"""Adapters (L2): Redis, Kafka, token signing and local stack I/O. Imports the core and schemas."""

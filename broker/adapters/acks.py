@@ -63,7 +63,9 @@ class AckPublisher:
         if revoked.markers_until <= applied:
             return  # an old revocation replayed at bootstrap: nothing left to confirm
         self._send(RevocationAcknowledged(
-            ack_id=derive_id("ack", f"{self.name}\x1f{revoked.cause_event_id}"),
+            ack_id=derive_id(
+                "ack", f"{self.name}\x1f{revoked.cause_event_id}", revoked.agent_id
+            ),
             enforcement_point=self.name, agent_id=revoked.agent_id,
             cause_event_id=revoked.cause_event_id, grant_ids=revoked.grant_ids,
             revoked_at=revoked.revoked_at, applied_at=applied, topic=record.topic,

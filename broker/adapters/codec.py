@@ -9,6 +9,7 @@ that the dead-letter topic carries verbatim.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,15 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
 from broker.errors import WireError
-from schemas.events import EVENT_TYPES, WireModel, event_id, model_for_type, partition_key
+from schemas.events import (
+    EVENT_TYPES,
+    KNOWN_MINOR,
+    WireModel,
+    event_id,
+    model_for_type,
+    partition_key,
+    type_version,
+)
 
 CONTENT_TYPE = "application/json"
 MAX_VALUE_BYTES = 256 * 1024
@@ -73,6 +82,10 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
         raise WireError("empty value (tombstone) where an event was expected")
     if len(value) > MAX_VALUE_BYTES:
         raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
+    try:
+        json.loads(value)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WireError(f"value is not valid JSON: {exc}") from exc
     header_map = _header_dict(headers)
     missing = [h for h in REQUIRED_HEADERS if h not in {k.lower() for k in header_map}]
     if missing:
@@ -88,6 +101,7 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
     data = ce.get_data()
     if not isinstance(data, dict):
         raise WireError(f"value is not a JSON object (content-type {ce.get_datacontenttype()!r})")
+    data = _known_fields(model, ce.get_type(), data)
     try:
         event = model.model_validate(data)
     except ValidationError as exc:
@@ -96,6 +110,18 @@ def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireMode
     if expected_key is not None and (key is None or key.decode(errors="replace") != expected_key):
         raise WireError(f"message key {key!r} does not match the event's agent {expected_key!r}")
     return event
+
+
+def _known_fields(model: type[WireModel], ce_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A newer minor version may only add optional fields: read it without them.
+
+    Fields of the version we know stay strictly validated; unknown fields of our own (or an
+    older) minor version are still an error.
+    """
+    version = type_version(ce_type)
+    if version is None or version[1] <= KNOWN_MINOR:
+        return data
+    return {name: value for name, value in data.items() if name in model.model_fields}
 
 
 def _brief(exc: ValidationError) -> str:

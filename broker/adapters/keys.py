@@ -91,3 +91,16 @@ def renewal(agent_id: str, request_id: str) -> str:
 def release(agent_id: str, request_id: str) -> str:
     """The decision recorded for one release request (idempotency under redelivery)."""
     return f"{agent_prefix(agent_id)}release:{request_id}"
+def owner(agent_id: str, role: str) -> str:
+    """Fence epoch of the latest worker that wrote for the agent from one topic ('esc'/'risk')."""
+    return f"{agent_prefix(agent_id)}owner:{role}"
+
+
+def rate(agent_id: str) -> str:
+    """The agent's token bucket (hash: tokens, ts ms), PXAT when it would be full again."""
+    return f"{agent_prefix(agent_id)}rate"
+
+
+def fence(topic: str, partition: int) -> str:
+    """Ownership epoch of one input partition, bumped by every worker that is assigned it."""
+    return f"{PREFIX}:fence:{topic}:{partition}"

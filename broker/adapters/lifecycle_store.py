@@ -59,6 +59,12 @@ class LifecycleStore:
         ok = grant.agent_id == agent_id and grant.expires_at > now
         return grant if ok else None
 
+    async def recorded(self, kind: Literal["renewal", "release"], agent_id: str,
+                       request_id: str) -> bool:
+        """Whether a renewal or release request was already decided (a redelivery)."""
+        key = (keys.renewal if kind == "renewal" else keys.release)(agent_id, request_id)
+        return bool(await self._call(self._r.exists(key)))
+
     async def renew(
         self, outcome: RenewalOutcome, grant: GrantIssued | None, *, received_at: datetime,
         now: datetime, max_grant_s: int,

@@ -4,21 +4,47 @@ Every write uses an absolute expiry (PXAT) in the same atomic step as the data. 
 exist without a TTL is never created: index keys get PEXPIREAT right after ZADD, inside the script.
 """
 
-# KEYS: decision, grant, index, revoked, quarantine, life, published
+# KEYS: decision, grant, index, revoked, quarantine, life, published, view epoch, owner, rate
 # ARGV: decision_json, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
-#       record_until_ms, grant_id
+#       record_until_ms, grant_id, fence epoch (0 = unfenced), rate capacity (0 = no limit),
+#       rate period ms
 # Returns {status, decision_json, live grant_json or '', published 0/1 (or blocked detail)}.
+# Order: a stale owner is fenced before anything; a recorded decision stands; nothing is decided
+# on a view that was not rebuilt; a grant must survive quarantine/revocation/staleness; only then
+# does the request take a token of its agent's rate limit (so a blocked attempt costs none).
 COMMIT = """
+local epoch = tonumber(ARGV[8])
+if epoch > 0 then
+  local owner = tonumber(redis.call('GET', KEYS[9]) or '0')
+  if owner > epoch then return {'fenced', tostring(owner), '', 0} end
+  if owner < epoch then redis.call('SET', KEYS[9], ARGV[8], 'PXAT', ARGV[6]) end
+end
 local existing = redis.call('GET', KEYS[1])
 if existing then
   return {'existing', existing, redis.call('GET', KEYS[2]) or '', redis.call('EXISTS', KEYS[7])}
 end
+if redis.call('EXISTS', KEYS[8]) == 0 then return {'blocked', 'view', '', 0} end
 if ARGV[2] ~= '' then
   local q = redis.call('GET', KEYS[5])
   if q then return {'blocked', 'quarantine', q, 0} end
   local rv = redis.call('GET', KEYS[4])
   if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked', rv, 0} end
   if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale', ARGV[3], 0} end
+end
+local cap = tonumber(ARGV[9])
+if cap > 0 then
+  local per, now = tonumber(ARGV[10]), tonumber(ARGV[5])
+  local b = redis.call('HMGET', KEYS[10], 't', 'ts')
+  local tokens, ts = tonumber(b[1]) or cap, tonumber(b[2]) or now
+  if now > ts then tokens = math.min(cap, tokens + (now - ts) * cap / per); ts = now end
+  if tokens < 1 then
+    return {'blocked', 'rate', string.format('%d', math.ceil((1 - tokens) * per / cap)), 0}
+  end
+  local left = string.format('%.6f', tokens - 1)
+  redis.call('HSET', KEYS[10], 't', left, 'ts', string.format('%d', ts))
+  redis.call('PEXPIREAT', KEYS[10], string.format('%d', ts + per))
+end
+if ARGV[2] ~= '' then
   redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
   redis.call('SET', KEYS[6], ARGV[3], 'PXAT', ARGV[6])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5])
@@ -33,11 +59,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[6])
 return {'stored', ARGV[1], ARGV[2], 0}
 """
 
-# KEYS: index, revoked, quarantine, revocation-record
+# KEYS: index, revoked, quarantine, revocation-record, owner
 # ARGV: now_ms, marker_until_ms, quarantine_until_ms (0 = none), record_until_ms, agent prefix,
-#       quarantine rule
-# Returns a JSON array of the GrantIssued JSON of every grant it removed (or the recorded one).
+#       quarantine rule, fence epoch (0 = unfenced)
+# Returns a JSON array of the GrantIssued JSON of every grant it removed (or the recorded one),
+# or the string 'fenced:<owner epoch>' when a newer owner of the partition has written here.
 REVOKE_ALL = """
+local epoch = tonumber(ARGV[7])
+if epoch > 0 then
+  local owner = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if owner > epoch then return 'fenced:' .. tostring(owner) end
+  if owner < epoch then redis.call('SET', KEYS[5], ARGV[7], 'PXAT', ARGV[4]) end
+end
 local rec = redis.call('GET', KEYS[4])
 if rec then return rec end
 local prefix = ARGV[5]
@@ -52,9 +85,11 @@ for _, gid in ipairs(ids) do
   redis.call('DEL', prefix .. 'life:' .. gid)
 end
 redis.call('DEL', KEYS[1])
+-- requests received up to the end of the quarantine (or the revocation itself) stay denied
+local blocked = math.max(tonumber(ARGV[1]), tonumber(ARGV[3]))
 local prev = redis.call('GET', KEYS[2])
-if (not prev) or tonumber(prev) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[2])
+if (not prev) or tonumber(prev) < blocked then
+  redis.call('SET', KEYS[2], string.format('%d', blocked), 'PXAT', ARGV[2])
 end
 if tonumber(ARGV[3]) > 0 then
   local pt = redis.call('PTTL', KEYS[3])
@@ -185,4 +220,15 @@ if ARGV[2] == '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[4])
 return {'stored', ARGV[1]}
+"""
+
+# KEYS: fence   Returns the new ownership epoch of one input partition: above every earlier
+# one and never below Redis's clock in microseconds, so it keeps growing across a Redis wipe.
+CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = math.max(cur + 1, now)
+redis.call('SET', KEYS[1], string.format('%d', new))
+return string.format('%d', new)
 """

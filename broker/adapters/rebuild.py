@@ -53,8 +53,11 @@ def fold(records: Iterable[Record], now: datetime) -> Folded:
             state.ended.add(ev.grant_id)
             state.active.pop(ev.grant_id, None)
         elif isinstance(ev, AgentRevoked):
-            state.ended.update(ev.grant_ids)
-            for gid in ev.grant_ids:
+            # Log order, not clocks: every grant of the agent issued before this record ends,
+            # listed or not (a store wiped before the revocation could not list them).
+            earlier = [gid for gid, g in state.active.items() if g.agent_id == ev.agent_id]
+            state.ended.update(ev.grant_ids, earlier)
+            for gid in (*ev.grant_ids, *earlier):
                 state.active.pop(gid, None)
             prev = state.revocations.get(ev.agent_id)
             if prev is None or prev.revoked_at <= ev.revoked_at:
@@ -72,9 +75,10 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
     """Write revocation markers first, then the active grants; mark the view built."""
     for rev in folded.revocations.values():
         if rev.markers_until > now:
+            blocked = max(rev.revoked_at, rev.quarantined_until or rev.revoked_at)
             await store.restore_revocation(
                 rev.agent_id,
-                rev.revoked_at,
+                blocked,
                 rev.markers_until,
                 rev.quarantined_until,
                 rev.rule,

@@ -40,7 +40,7 @@ def from_ms(value: int | str | bytes) -> datetime:
 class Committed:
     """Result of storing a decision: what is now recorded for the request."""
 
-    status: Literal["stored", "existing", "blocked"]
+    status: Literal["stored", "existing", "blocked", "fenced"]
     decision: EscalationDecided | None
     grant: GrantIssued | None
     published: bool = False
@@ -56,6 +56,36 @@ class DueExpiry:
     live: bool
     namespaces: tuple[str, ...] | None
     member: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
+
+    role: str = "esc"
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``capacity`` requests per ``per_ms`` milliseconds (0: unlimited)."""
+
+    capacity: int = 0
+    per_ms: int = 1000
+
+
+NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one decision reads first, in one round trip; ``now`` is Redis's clock."""
+
+    now: datetime
+    state: AgentState
+    risk: float
+    view_built: bool
+    fence_epoch: int | None
 
 
 @dataclass(frozen=True)
@@ -83,6 +113,7 @@ class RedisGrantStore:
         self._restore = client.register_script(lua.RESTORE)
         self._release = client.register_script(lua.RELEASE)
         self._note_risk = client.register_script(lua.NOTE_RISK)
+        self._claim = client.register_script(lua.CLAIM)
 
     @classmethod
     def from_url(
@@ -104,8 +135,13 @@ class RedisGrantStore:
 
     async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
         """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
-        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
         pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
+        self._index_expiry(pipe, grant, life_until)
+        await self._call(pipe.execute())
+
+    def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
+        """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
+        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
         for index, when in (
             (keys.EXPIRY_INDEX, grant.expires_at),
             (keys.EXPIRING_INDEX, self.warn_at(grant)),
@@ -113,7 +149,6 @@ class RedisGrantStore:
             pipe.zadd(index, {member: ms(when)})
             pipe.pexpireat(index, ms(life_until), gt=True)
             pipe.pexpireat(index, ms(life_until), nx=True)
-        await self._call(pipe.execute())
 
     async def aclose(self) -> None:
         """Close the client's connections."""
@@ -146,71 +181,133 @@ class RedisGrantStore:
         """Record that the view now reflects the log."""
         await self._call(self._r.set(keys.VIEW_EPOCH, ms(now)))
 
+    async def now(self) -> datetime:
+        """Redis's clock: the one that expires every key, so the one grants are judged by."""
+        sec, usec = await self._call(self._r.time())
+        return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
+
+    async def snapshot(self, agent_id: str, fence_key: str | None = None) -> Snapshot:
+        """Clock, quarantine, last revocation, live risk, view state (and a partition's fence)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.time()
+        pipe.get(keys.quarantine(agent_id))
+        pipe.pexpiretime(keys.quarantine(agent_id))
+        pipe.get(keys.revoked(agent_id))
+        pipe.get(keys.risk(agent_id))
+        pipe.exists(keys.VIEW_EPOCH)
+        if fence_key is not None:
+            pipe.get(fence_key)
+        got = await self._call(pipe.execute())
+        (sec, usec), rule, pxat, revoked, risk, built = got[:6]
+        return Snapshot(
+            now=datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC),
+            state=AgentState(
+                quarantined_until=from_ms(pxat) if rule and pxat > 0 else None,
+                quarantine_rule=rule.decode() if rule else "",
+                revoked_at=from_ms(revoked) if revoked else None,
+            ),
+            risk=float(risk) if risk else 0.0,
+            view_built=bool(built),
+            fence_epoch=int(got[6] or 0) if fence_key is not None else None,
+        )
+
     async def agent_state(self, agent_id: str) -> AgentState:
         """Quarantine and last revocation of an agent."""
-        pipe = self._r.pipeline(transaction=False)
-        pipe.get(keys.quarantine(agent_id))
-        pipe.pttl(keys.quarantine(agent_id))
-        pipe.get(keys.revoked(agent_id))
-        rule, pttl, revoked = await self._call(pipe.execute())
-        now = datetime.now(UTC)
-        return AgentState(
-            quarantined_until=now + timedelta(milliseconds=pttl) if rule and pttl > 0 else None,
-            quarantine_rule=rule.decode() if rule else "",
-            revoked_at=from_ms(revoked) if revoked else None,
-        )
+        return (await self.snapshot(agent_id)).state
 
     async def live_risk(self, agent_id: str) -> float:
         """The highest recent non-revoking risk severity about the agent (0 when none)."""
-        raw = await self._call(self._r.get(keys.risk(agent_id)))
-        return float(raw) if raw else 0.0
+        return (await self.snapshot(agent_id)).risk
+
+    async def fence_epoch(self, fence_key: str) -> int:
+        """The newest claimed epoch of an input partition (0 when none, e.g. after a wipe)."""
+        return int(await self._call(self._r.get(fence_key)) or 0)
+
+    async def claim(self, fence_key: str) -> int:
+        """Become the newest owner of an input partition; returns the epoch to write with."""
+        return int(await self._call(self._claim(keys=[fence_key])))
 
     async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
-        """Remember a risk severity until ``until``; returns the live risk."""
+        """Remember a risk severity until ``until``; returns the live risk.
+
+        A signal read long after it was appended (a worker catching up) may have an ``until``
+        already past: Redis then drops the key at once and there is no live risk (0).
+        """
         raw = await self._call(
             self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
         )
-        return float(raw)
+        return float(raw) if raw is not None else 0.0
 
     async def commit(
-        self, outcome: Outcome, *, received_at: datetime, now: datetime, max_grant_s: int
+        self,
+        outcome: Outcome,
+        *,
+        received_at: datetime,
+        now: datetime,
+        max_grant_s: int,
+        fence: Fence = NO_FENCE,
+        rate: RateLimit = UNLIMITED,
     ) -> Committed:
-        """Store a decision (and its grant) once; a redelivery gets the recorded decision back."""
+        """Store a decision (and its grant) once; a redelivery gets the recorded decision back.
+
+        One round trip: the expiry index entry and the commit script share a pipeline.
+        """
         d, g = outcome.decision, outcome.grant
         agent = d.agent_id
         expires = g.expires_at if g else received_at
         record_until = self._record_until(expires, received_at, max_grant_s)
+        pipe = self._r.pipeline(transaction=False)
         if g is not None:
-            await self.schedule(g, record_until)
+            self._index_expiry(pipe, g, record_until)
         gid = g.grant_id if g else ""
-        status, payload, extra, published = await self._call(
-            self._commit(
-                keys=[
-                    keys.decision(agent, d.request_id),
-                    keys.grant(agent, gid),
-                    keys.index(agent),
-                    keys.revoked(agent),
-                    keys.quarantine(agent),
-                    keys.life(agent, gid),
-                    keys.published(agent, d.request_id),
-                ],
-                args=[
-                    d.model_dump_json(),
-                    g.model_dump_json() if g else "",
-                    ms(expires),
-                    ms(received_at),
-                    ms(now),
-                    ms(record_until),
-                    gid,
-                ],
-            )
+        await self._commit(
+            keys=[
+                keys.decision(agent, d.request_id),
+                keys.grant(agent, gid),
+                keys.index(agent),
+                keys.revoked(agent),
+                keys.quarantine(agent),
+                keys.life(agent, gid),
+                keys.published(agent, d.request_id),
+                keys.VIEW_EPOCH,
+                keys.owner(agent, fence.role),
+                keys.rate(agent),
+            ],
+            args=[
+                d.model_dump_json(),
+                g.model_dump_json() if g else "",
+                ms(expires),
+                ms(received_at),
+                ms(now),
+                ms(record_until),
+                gid,
+                fence.epoch,
+                rate.capacity,
+                rate.per_ms,
+            ],
+            client=pipe,
         )
+        status, payload, extra, published = (await self._call(pipe.execute()))[-1]
         status = status.decode()
-        if status == "blocked":
-            return Committed("blocked", None, None, payload.decode(), extra.decode())
+        if status in ("blocked", "fenced"):
+            return Committed(status, None, None, False, payload.decode(), extra.decode())
         decision = EscalationDecided.model_validate_json(payload)
         grant = GrantIssued.model_validate_json(extra) if extra else None
         return Committed(status, decision, grant, bool(int(published)))
+
+    async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
+        """The decision stored for a request (as a commit would find it), or None."""
+        raw = await self._call(self._r.get(keys.decision(agent_id, request_id)))
+        if raw is None:
+            return None
+        decision = EscalationDecided.model_validate_json(raw)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(keys.grant(agent_id, decision.grant_id or ""))
+        pipe.exists(keys.published(agent_id, request_id))
+        grant_raw, published = await self._call(pipe.execute())
+        grant = GrantIssued.model_validate_json(grant_raw) if grant_raw else None
+        return Committed("existing", decision, grant if decision.grant_id else None,
+                         bool(published))
 
     def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
         """How long a request's records live: past any grant it could mint, plus a margin."""
@@ -225,8 +322,13 @@ class RedisGrantStore:
             self._r.set(keys.published(decision.agent_id, decision.request_id), 1, pxat=ms(until))
         )
 
-    async def revoke_all(self, plan: RevocationPlan) -> tuple[GrantIssued, ...]:
-        """Remove every grant of the agent and leave markers; idempotent per cause event."""
+    async def revoke_all(
+        self, plan: RevocationPlan, fence: Fence = NO_RISK_FENCE
+    ) -> tuple[GrantIssued, ...] | None:
+        """Remove every grant of the agent and leave markers; idempotent per cause event.
+
+        None when a newer owner of the signal's partition has written for the agent (fenced).
+        """
         a = plan.agent_id
         raw = await self._call(
             self._revoke(
@@ -235,6 +337,7 @@ class RedisGrantStore:
                     keys.revoked(a),
                     keys.quarantine(a),
                     keys.revocation(a, plan.cause_id),
+                    keys.owner(a, fence.role),
                 ],
                 args=[
                     ms(plan.revoked_at),
@@ -243,9 +346,12 @@ class RedisGrantStore:
                     ms(plan.marker_until + self._margin),
                     keys.agent_prefix(a),
                     plan.rule,
+                    fence.epoch,
                 ],
             )
         )
+        if isinstance(raw, bytes) and raw.startswith(b"fenced:"):
+            return None
         return tuple(GrantIssued.model_validate(item) for item in json.loads(raw))
 
     async def release(self, grant: GrantIssued) -> bool:
@@ -260,7 +366,17 @@ class RedisGrantStore:
         return bool(live)
 
     async def check(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
-        """Is ``scope`` on ``resource`` allowed for the agent right now? Fails closed."""
+        """Is ``scope`` on ``resource`` allowed for the agent right now? Fails closed.
+
+        An unreachable Redis is a denial with the reason (within the client's socket timeouts),
+        never an exception and never an allow.
+        """
+        try:
+            return await self._check_live(agent_id, scope, resource, now)
+        except StoreUnavailable as exc:
+            return Check(False, f"grant store unavailable, denying (fail closed): {exc}")
+
+    async def _check_live(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
         if await self.view_epoch() is None:
             return Check(
                 False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"

@@ -20,6 +20,7 @@ import redis
 
 from broker.adapters import stack_kafka
 from broker.adapters.admin import admin_client, cluster_metadata, ensure_topics
+from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.stack_procs import (
     ProcRecord,
     exit_code,
@@ -55,11 +56,12 @@ class ServiceStatus:
 
 @dataclass(frozen=True)
 class StackStatus:
-    """Both services, and the topics `up` created (empty when they already existed)."""
+    """Both services; from `up` also what it started (not reused) and the topics it created."""
 
     kafka: ServiceStatus
     redis: ServiceStatus
     topics_created: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
 
     @property
     def bootstrap(self) -> str:
@@ -76,7 +78,7 @@ class StackStatus:
     def to_dict(self) -> dict[str, object]:
         return {"ready": self.ready, "bootstrap": self.bootstrap, "redis_url": self.redis_url,
                 "services": [asdict(self.kafka), asdict(self.redis)],
-                "topics_created": list(self.topics_created)}
+                "topics_created": list(self.topics_created), "started": list(self.started)}
 
 
 def _dir(settings: Settings) -> Path:
@@ -237,7 +239,7 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
     deadline = started + timeout
     _await(settings, REDIS, records[REDIS], deadline)
     _await(settings, KAFKA, records[KAFKA], deadline)
-    say(f"Kafka and Redis answer ({time.monotonic() - started:.1f}s after start)")
+    say(f"Kafka and Redis answer (waited {time.monotonic() - started:.1f}s)")
     try:
         created = ensure_topics(f"{LOOPBACK}:{settings.kafka_port}", timeout=30)
     except BusError as exc:
@@ -261,11 +263,15 @@ def up(settings: Settings, *, progress: Progress | None = None,
     with locked(_dir(settings) / ".lock"):
         try:
             created = _start_all(settings, say, timeout, fresh)
-        except StackError:
+        except BaseException:  # StackError, but also Ctrl-C or a test timeout: leave nothing
             _stop_recorded(settings, fresh)
             raise
-    return StackStatus(_service_status(settings, KAFKA), _service_status(settings, REDIS),
-                       created)
+    for key_file in ensure_keys(settings):
+        say(f"created audit key {key_file}")
+    kafka, redis_status = _service_status(settings, KAFKA), _service_status(settings, REDIS)
+    fresh_pids = {record.pid for record in fresh}
+    started = tuple(st.name for st in (kafka, redis_status) if st.pid in fresh_pids)
+    return StackStatus(kafka, redis_status, created, started)
 
 
 def _stop_recorded(settings: Settings, records: list[ProcRecord],

@@ -35,7 +35,17 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "PERMBROKER_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
         "PERMBROKER_GRANT_NAMESPACES": ",".join(settings.grant_namespaces),
         "PERMBROKER_EXPIRY_WARNING_S": str(settings.expiry_warning_s),
+        "PERMBROKER_METRICS_PORT": str(settings.metrics_port),
+        "PERMBROKER_RECORD_MARGIN_S": str(settings.record_margin_s),
+        **_audit_env(settings),
     }
+
+
+def _audit_env(settings: Settings) -> dict[str, str]:
+    """The audit settings (keys, redaction, sealer) as environment variables."""
+    names = {name for name in Settings.model_fields if name.startswith("audit_")}
+    values = settings.model_dump(include=names)
+    return {f"PERMBROKER_{k.upper()}": str(v) for k, v in values.items() if v is not None}
 
 
 class WorkerProcess:

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 from broker.policy.evaluate import Policy
-from broker.policy.loader import load_policy
+from broker.policy.loader import load_policy, load_policy_files
 from broker.policy.model import Evaluation, RiskAction, RiskContext
 
-__all__ = ["Evaluation", "Policy", "RiskAction", "RiskContext", "load_policy"]
+__all__ = [
+    "Evaluation", "Policy", "RiskAction", "RiskContext", "load_policy", "load_policy_files",
+]

@@ -22,6 +22,7 @@ from broker.policy.model import (
     DenyRule,
     EscalationRule,
     Evaluation,
+    RateRule,
     RevocationRule,
     RiskAction,
     RiskContext,
@@ -48,8 +49,10 @@ class Policy:
                  classes: Mapping[str, AgentClass], escalation_rules: tuple[EscalationRule, ...],
                  deny_rules: tuple[DenyRule, ...], revocation_rules: tuple[RevocationRule, ...],
                  agents: tuple[AgentProfile, ...],
-                 default_max_total_duration_s: int | None = None) -> None:
+                 default_max_total_duration_s: int | None = None,
+                 files: tuple[tuple[str, bytes], ...] = ()) -> None:
         self.name = name
+        self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision
         self.source = source
         self.default_max_duration_s = default_max_duration_s
@@ -93,6 +96,11 @@ class Policy:
     def agent(self, agent_id: str) -> AgentProfile | None:
         """The profile of ``agent_id`` from the bundle's agent directory, if listed."""
         return self._agents.get(agent_id)
+
+    def rate_limit(self, agent: AgentProfile | None) -> RateRule | None:
+        """The request rate limit of the agent's class, if its class sets one."""
+        agent_class = self.classes.get(agent.agent_class) if agent is not None else None
+        return agent_class.rate_limit if agent_class is not None else None
 
     def agents(self) -> tuple[AgentProfile, ...]:
         """Every agent of the bundle's directory, in file order."""

@@ -33,14 +33,16 @@ from broker.policy.fields import (
     strings,
 )
 from broker.policy.model import (
+    RATE_LIMIT_PREFIX,
     RESERVED_RULE_IDS,
     AgentClass,
     DenyRule,
     EscalationRule,
+    RateRule,
     RevocationRule,
     format_duration,
 )
-from broker.policy.source import Document, LineList, LineMap, read_bundle
+from broker.policy.source import Bundle, Document, LineList, LineMap, bundle_of, read_bundle
 from broker.scopes import within
 from schemas.events import AgentProfile
 
@@ -71,7 +73,16 @@ class _PolicyDoc:
 
 def load_policy(path: str | Path) -> Policy:
     """Read, validate and compile a bundle (a directory of .yaml files, or one file)."""
-    bundle = read_bundle(path)
+    return compile_bundle(read_bundle(path))
+
+
+def load_policy_files(files: list[tuple[str, bytes]], source: str) -> Policy:
+    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log."""
+    return compile_bundle(bundle_of(files, source))
+
+
+def compile_bundle(bundle: Bundle) -> Policy:
+    """Validate and compile a bundle already read."""
     policy_doc, agent_docs = _split_kinds(bundle.documents, bundle.source)
     parsed = _parse_policy(policy_doc)
     agents = _parse_agents(agent_docs, parsed.classes)
@@ -80,7 +91,7 @@ def load_policy(path: str | Path) -> Policy:
         default_max_duration_s=parsed.max_duration_s, classes=parsed.classes,
         default_max_total_duration_s=parsed.max_total_s,
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
-        revocation_rules=parsed.revocation, agents=agents,
+        revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
     )
 
 
@@ -140,7 +151,8 @@ def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
     if not isinstance(body, LineMap):
         raise at.error(f"agent class {name!r} must be a mapping", classes_map.line_of(name))
     what = f"agent class {name!r}"
-    check_fields(body, at, what, required=("ceiling",), optional=("baseline", "description"))
+    check_fields(body, at, what, required=("ceiling",),
+                 optional=("baseline", "description", "rate_limit"))
     ceiling = tuple(s for s, _ in scope_list(body, "ceiling", at, allow_glob=True,
                                              what=f"the ceiling of {what}"))
     baseline = scope_list(body, "baseline", at, allow_glob=False, required=False,
@@ -150,7 +162,19 @@ def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
             raise at.error(f"baseline scope {scope!r} of {what} is outside its ceiling "
                            f"({', '.join(ceiling)})", line)
     return AgentClass(name, tuple(s for s, _ in baseline), ceiling,
-                      string(body, "description", at, default=""))
+                      string(body, "description", at, default=""), _rate_limit(name, body, at))
+
+
+def _rate_limit(name: str, body: LineMap, at: At) -> RateRule | None:
+    """``rate_limit: {requests: 20, per: 1s}`` of an agent class, or None when absent."""
+    if "rate_limit" not in body:
+        return None
+    limit = mapping(body, "rate_limit", at)
+    check_fields(limit, at, f"the rate_limit of agent class {name!r}",
+                 required=("requests", "per"), optional=())
+    requests = cast(int, optional_positive_int(limit, "requests", at))  # required just above
+    per = cast(int, optional_duration(limit, "per", at))
+    return RateRule(requests, per, f"{RATE_LIMIT_PREFIX}{name}")
 
 
 def _rules(body: LineMap, key: str, at: At, seen: dict[str, str]) -> list[tuple[LineMap, At]]:

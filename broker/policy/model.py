@@ -23,6 +23,7 @@ CEL_RUNTIME_ERRORS: tuple[type[BaseException], ...] = (
 UNKNOWN_AGENT = "unknown-agent"
 DEFAULT_DENY = "default-deny"
 CEILING_PREFIX = "ceiling:"
+RATE_LIMIT_PREFIX = "rate-limit:"
 RESERVED_RULE_IDS = frozenset({UNKNOWN_AGENT, DEFAULT_DENY})
 
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
@@ -83,6 +84,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
+class RateRule:
+    """At most ``requests`` escalation requests per ``per_s`` seconds for each agent of a class."""
+
+    requests: int
+    per_s: int
+    rule: str  # the rule id denials name: "rate-limit:<class>"
+
+    def describe(self) -> str:
+        """'20 requests per 1s'."""
+        return f"{self.requests} requests per {format_duration(self.per_s)}"
+
+
+@dataclass(frozen=True)
 class AgentClass:
     """A kind of agent: what it always holds (baseline) and what it may ever hold (ceiling)."""
 
@@ -90,6 +104,7 @@ class AgentClass:
     baseline: tuple[str, ...]
     ceiling: tuple[str, ...]
     description: str = ""
+    rate_limit: RateRule | None = None
 
 
 @dataclass(frozen=True)

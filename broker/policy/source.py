@@ -53,6 +53,7 @@ class Bundle:
     source: str
     revision: str
     documents: tuple[Document, ...]
+    files: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes): what the revision hashes
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -141,15 +142,21 @@ def read_bundle(path: str | Path) -> Bundle:
     """Read every file of a bundle once: its documents and its content revision."""
     root = Path(path)
     contents: list[tuple[str, bytes]] = []
-    documents: list[Document] = []
     for file in bundle_files(root):
         try:
-            data = file.read_bytes()
+            contents.append((file.name, file.read_bytes()))
         except OSError as exc:
             raise PolicyError(f"cannot read: {exc.strerror}", file=str(file)) from exc
-        contents.append((file.name, data))
-        parsed = parse_yaml(data, str(file))
+    prefix = str(root) + "/" if root.is_dir() else str(root.parent) + "/"
+    return bundle_of(contents, str(root), prefix=prefix)
+
+
+def bundle_of(contents: list[tuple[str, bytes]], source: str, *, prefix: str = "") -> Bundle:
+    """A bundle from file names and bytes already in memory (e.g. recorded in the audit log)."""
+    documents: list[Document] = []
+    for name, data in contents:
+        parsed = parse_yaml(data, prefix + name)
         if not parsed:
-            raise PolicyError("the file holds no YAML document", file=str(file))
+            raise PolicyError("the file holds no YAML document", file=prefix + name)
         documents.extend(parsed)
-    return Bundle(str(root), content_revision(contents), tuple(documents))
+    return Bundle(source, content_revision(contents), tuple(documents), tuple(contents))

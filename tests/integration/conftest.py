@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import itertools
-import shutil
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from broker.adapters import keys
+from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.bus import Publisher
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from tests.integration.audit_helpers import audit_leaks
 from tests.integration.helpers import Tap
 from tests.services import Services
 
@@ -28,14 +32,36 @@ def run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5))
+
+
+def _bulk_class(policy: dict[str, Any]) -> None:
+    """A class whose grants last minutes: bursts on a loaded machine must not go stale."""
+    policy["agent_classes"]["bulk-test"] = {
+        "baseline": [],
+        "ceiling": ["payments:accounts.*", "crm:customer.pii.read"],
+    }
+    policy["escalation_rules"].append(
+        {
+            "id": "bulk-test-freeze",
+            "agent_classes": ["bulk-test"],
+            "scopes": ["payments:accounts.freeze", "crm:customer.pii.read"],
+            "when": "request.confidence >= agent.confidence_threshold",
+            "max_duration": "10m",
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
-    """The fraud policy plus a pool of fresh fraud-detection and reporting agents."""
+    """The fraud policy plus a bulk-test class, and a pool of fresh agents of each class."""
     bundle = tmp_path_factory.mktemp("policy")
-    shutil.copy(ROOT / "policies" / "fraud" / "policy.yaml", bundle / "policy.yaml")
+    policy = yaml.safe_load((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
+    _bulk_class(policy)
+    (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):
-        for cls, suffix, threshold in (("fraud-detection", "f", 0.9), ("reporting", "r", 0.6)):
+        for suffix, cls, threshold in CLASSES:
             lines += [
                 f"  - agent_id: t{run_id}-{suffix}{n:03d}",
                 f"    agent_class: {cls}",
@@ -49,8 +75,8 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
 
 @pytest.fixture(scope="session")
 def agents(run_id: str) -> Callable[[str], str]:
-    """Hands out a never-used agent id of the pool: agents('f') fraud, agents('r') reporting."""
-    counters = {"f": itertools.count(), "r": itertools.count()}
+    """A never-used agent id of the pool: agents('f') fraud, ('r') reporting, ('b') bulk-test."""
+    counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
 
     def take(kind: str = "f") -> str:
         n = next(counters[kind])
@@ -64,8 +90,8 @@ def agents(run_id: str) -> Callable[[str], str]:
 def settings(
     services: Services, test_policy: Path, run_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    """Settings of the test worker and clients."""
-    return Settings(
+    """Settings of the test worker and clients (audit keys created, free text as HMACs)."""
+    settings = Settings(
         kafka_bootstrap=services.bootstrap,
         redis_url=services.redis_url,
         policy_path=test_policy,
@@ -74,7 +100,14 @@ def settings(
         expiry_interval_s=0.2,
         grant_namespaces=("payments", "crm", "reports"),
         expiry_warning_s=2.0,
+        audit_redact_free_text=True,
+        audit_digest_interval_s=0.5,
+        # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse
+        # (PERMBROKER_TEST_KAFKA_BOOTSTRAP) holds digests signed in earlier sessions.
+        audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
+    ensure_keys(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +168,11 @@ def every_grant_key_expires(services: Services) -> Iterator[None]:
     finally:
         client.close()
     assert not forever, f"keys without a TTL: {forever[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_the_audit(settings: Settings) -> Iterator[None]:
+    """After the session, no seeded secret, key or account number is in clear in the audit."""
+    yield
+    leaks = audit_leaks(settings)
+    assert not leaks, "in clear on the audit topics: " + "; ".join(leaks[:10])

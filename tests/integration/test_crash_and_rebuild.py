@@ -34,7 +34,7 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_nothing(
     agents: Callable[[str], str],
 ) -> None:
     """kill -9 during 1,000 requests, restart: every request decided, 0 lost, 0 duplicate grants."""
-    pool = [agents("f") for _ in range(50)]
+    pool = [agents("b") for _ in range(50)]  # 10-minute grants: a slow restart cannot stale them
     requests = [fraud_request(pool[i % len(pool)]) for i in range(1000)]
     wanted = {r.request_id for r in requests}
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)
@@ -125,8 +125,10 @@ def test_rebuild_after_flush_restores_exactly_the_active_grants(
         check=True,
     )
     report = json.loads(out.stdout)
-    after = _active(rclient, int((datetime.now(UTC) + margin).timestamp() * 1000))
-    assert after == before
+    horizon = int((datetime.now(UTC) + margin).timestamp() * 1000)
+    after = _active(rclient, horizon)
+    # Compared on one horizon: a grant of `before` that lapsed while the rebuild ran is gone.
+    assert after == {gid: held for gid, held in before.items() if held[1] > horizon}
     assert report["active_grants"] >= len(after)
     assert not any(agent in {revoked_agent, lapsing_agent} for agent, _ in after.values())
     assert rclient.exists(keys.quarantine(revoked_agent)) == 1, "quarantine not restored"

@@ -1,0 +1,150 @@
+"""The bench's own stack, policy bundle, worker(s) and mirror topics. Imports broker, schemas.
+
+``make bench`` never touches a user's stack or the test stack: it starts Kafka and Redis in
+``.stack/bench`` on ports of its own (``PERMBROKER_BENCH_PORT_OFFSET`` shifts them), wipes them
+before and after, and stops exactly the processes it started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from broker.adapters import stack
+from broker.adapters.admin import ensure_topics
+from broker.adapters.worker_process import WorkerProcess
+from broker.config import Settings
+from broker.errors import BrokerError
+from schemas import topics
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / ".stack" / "bench"
+FRAUD_POLICY = ROOT / "policies" / "fraud"
+# Mirror topics of the reference loops: the registry's shape (partitions, configs), own names,
+# so the reference never competes with the worker for the same messages.
+RAW_IN = dataclasses.replace(topics.ESCALATIONS, name="bench.raw.escalations")
+RAW_OUT = dataclasses.replace(topics.GRANTS, name="bench.raw.grants")
+FLOOR = dataclasses.replace(topics.ESCALATIONS, name="bench.floor")
+POOLS = {"lat": 16, "rev": 400, "tput": 120, "exp": 40, "chk": 8}
+
+
+def bench_settings() -> Settings:
+    """Settings of the bench stack and worker (own dir and ports)."""
+    off = int(os.environ.get("PERMBROKER_BENCH_PORT_OFFSET", "0"))
+    kafka, redis_port = 47092 + off, 47379 + off
+    return Settings(
+        stack_dir=BENCH_DIR,
+        kafka_port=kafka,
+        kafka_controller_port=kafka + 1,
+        redis_port=redis_port,
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        policy_path=BENCH_DIR / "policy",
+        app_id="permbroker-bench",
+        expiry_interval_s=0.5,
+    )
+
+
+def agent_id(pool: str, n: int) -> str:
+    """The n-th agent of a pool (every pool is class fraud-detection)."""
+    return f"bench-{pool}-{n:04d}"
+
+
+def write_policy(dest: Path) -> Path:
+    """The example fraud policy verbatim, plus a directory of fraud-detection agents per pool."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy(FRAUD_POLICY / "policy.yaml", dest / "policy.yaml")
+    lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
+    for pool, size in POOLS.items():
+        for n in range(size):
+            lines += [
+                f"  - agent_id: {agent_id(pool, n)}",
+                "    agent_class: fraud-detection",
+                "    owner: bench@example.com",
+                "    model: {name: fraud-gbm, version: '3.2', digest: 'sha256:4f1c9a7e2b3d'}",
+                "    confidence_threshold: 0.9",
+            ]
+    (dest / "agents.yaml").write_text("\n".join(lines) + "\n")
+    return dest
+
+
+@contextmanager
+def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
+    """A fresh stack (wiped before and after) with the contract and mirror topics."""
+    settings = bench_settings()
+    stack.down(settings, wipe=True)
+    try:
+        status = stack.up(settings, progress=say)
+        ensure_topics(status.bootstrap, (RAW_IN, RAW_OUT, FLOOR))
+        write_policy(settings.policy_path)
+        client = redis.Redis.from_url(settings.redis_url)
+        client.config_set("notify-keyspace-events", "K$")  # grant visibility without polling
+        client.close()
+        yield settings
+    finally:
+        stopped = stack.down(settings, wipe=True)
+        say(f"bench stack stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@contextmanager
+def worker(settings: Settings, name: str = "worker") -> Iterator[WorkerProcess]:
+    """One worker child process, ready, stopped again on exit."""
+    proc = WorkerProcess(settings, name=name)
+    proc.start()
+    try:
+        proc.wait_ready(timeout=120)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BrokerError(f"no VmRSS for pid {pid}")
+
+
+class RawLoop:
+    """The reference loop (``python -m bench.rawloop``) as a child process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.log_path = settings.stack_dir / "rawloop.log"
+        self._settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RawLoop:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.rawloop", self._settings.kafka_bootstrap,
+                 self._settings.redis_url, RAW_IN.name, RAW_OUT.name, str(RAW_IN.partitions)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        deadline = time.monotonic() + 60
+        while "raw loop ready" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BrokerError(f"raw loop did not start; see {self.log_path}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,126 @@
+"""From measured arms to report sections: the ratio lines and each target of issue 7.
+
+Imports the bench's stats and report types only.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from bench.report import Section
+from bench.stats import Arm, Line, Target, ratio_lines
+
+NO_TOKENS = ("the product issues no grant tokens yet (no token module on main), so there is no "
+             "subject to time; pyjwt's decode of a grant-like token is shown as the reference")
+
+
+def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
+    """Sections 1, 2, 3 and 9 from the latency rounds."""
+    s, r, f, rtt = arms["S_redis"], arms["R"], arms["F"], arms["RTT"]
+    one = Section("1", "1. Escalation -> grant visible in Redis", [s, r, f])
+    one.lines = ratio_lines("1", s, r, label="worker / raw loop",
+                            p50_target=Target("<= 2x", 2.0), p99_target=Target("<= 3x", 3.0))
+    one.lines += ratio_lines("1", s, f, label="worker / floor")
+    one.lines += [Line("1", "worker p50 (absolute)", s.pooled(50), "ms", "all rounds pooled",
+                       target=Target("<= 2 ms", 2.0)),
+                  Line("1", "worker p99 (absolute)", s.pooled(99), "ms", "all rounds pooled",
+                       target=Target("<= 10 ms", 10.0))]
+    two = Section("2", "2. Escalation -> grant seen by a resource-side view", [arms["S_view"], rtt])
+    two.lines = ratio_lines("2", arms["S_view"], rtt, label="view / 2x Kafka RTT", den_scale=2.0)
+    three = Section("3", "3. Revocation propagation to a resource view",
+                    [arms["V"], arms["V_applied"], rtt])
+    three.lines = ratio_lines("3", arms["V"], rtt, label="revocation / Kafka RTT",
+                              p99_target=Target("<= 1.5x", 1.5))
+    three.lines.append(Line("3", "false allows after the first denied check", rig.false_allows,
+                            "", f"{rig.checks_after} checks", target=Target("= 0", 0.0)))
+    three.notes.append("A revocation sample: grant a fresh agent through the worker, wait until "
+                       "the view allows it, publish a behaviour_anomaly signal with the agent SDK, "
+                       "check the view every ~0.1 ms until it denies, then check 50 more times.")
+    nine = Section("9", "9. Peer: central issuer (OpenBao) next to our grant and revocation",
+                   [arms["B_create"], arms["B_revoke"]])
+    if bao_missing:
+        nine.notes.append(bao_missing)
+    else:
+        nine.lines = ratio_lines("9", s, arms["B_create"], label="our grant / OpenBao create")
+        nine.lines += ratio_lines("9", arms["V"], arms["B_revoke"],
+                                  label="our revocation / OpenBao revoke")
+        nine.notes.append("OpenBao's figures are one synchronous HTTP call each on a kept-alive "
+                          "connection to a dev server with in-memory storage (optimistic); ours "
+                          "cross Kafka twice (grant) or three times (revocation, to the view).")
+    return [one, two, three, nine]
+
+
+def checks(arms: dict[str, Arm]) -> Section:
+    """Section 4."""
+    sec = Section("4", "4. Check latency at the resource side", list(arms.values()))
+    sec.lines = ratio_lines("4", arms["view"], arms["dict"], label="view / dict lookup",
+                            p50_target=Target("<= 3x", 3.0))
+    if any(arms["opa_check"].rounds):
+        sec.lines += ratio_lines("4", arms["opa_check"], arms["view"], label="OPA / view",
+                                 p50_target=Target(">= 10x", 10.0, at_least=True))
+    else:
+        sec.notes.append(arms["opa_check"].notes)
+    sec.lines += ratio_lines("4", arms["store"], arms["get"], label="Redis check / raw GET")
+    sec.lines.append(Line("4", "token verification / pyjwt decode", math.nan, "x",
+                          "pyjwt decode (HS256, EdDSA)"))
+    sec.notes.append("Token verification: " + NO_TOKENS + ".")
+    sec.notes.append("In-process arms are per-call means of batches of 10 calls (p99 is over "
+                     "batches); Redis arms are single awaited calls on one event loop.")
+    return sec
+
+
+def policy(arms: dict[str, Arm], verdict: str) -> Section:
+    """Section 5."""
+    sec = Section("5", "5. Policy decision (fraud policy, compiled once)", list(arms.values()))
+    if any(arms["opa"].rounds):
+        sec.lines = ratio_lines("5", arms["policy"], arms["opa"], label="ours / OPA",
+                                p50_target=Target("< 1x (faster)", 1.0))
+    sec.lines += ratio_lines("5", arms["policy"], arms["predicate"], label="ours / predicate")
+    sec.notes.append(verdict)
+    return sec
+
+
+def throughput(arms: dict[str, Arm], rss: dict[str, int]) -> Section:
+    """Section 6: per-worker ratio and two-worker scaling, both normalised by the raw loop."""
+    sec = Section("6", "6. Throughput: escalations decided per second", list(arms.values()))
+    one = [w[0] / r[0] for w, r in zip(arms["w1"].rounds, arms["raw1"].rounds, strict=False)]
+    two = [w[0] / r[0] for w, r in zip(arms["w2"].rounds, arms["raw2"].rounds, strict=False)]
+    scale = [b / a for a, b in zip(one, two, strict=False)]
+    med = statistics.median
+    sec.lines = [
+        Line("6", "one worker / raw loop", med(one) if one else math.nan, "x", "raw loop",
+             one, Target(">= 0.5x", 0.5, at_least=True)),
+        Line("6", "two workers / one worker", med(scale) if scale else math.nan, "x",
+             "each normalised by its round's raw loop", scale, Target(">= 1.6x", 1.6, True)),
+    ]
+    sec.extra["worker RSS (bytes)"] = rss
+    return sec
+
+
+def expiry(arms: dict[str, Arm]) -> Section:
+    """Section 8."""
+    sec = Section("8", "8. Expiry accuracy (1,000 short grants)", list(arms.values()))
+    for key, arm in arms.items():
+        worst = max((max(r) for r in arm.rounds if r), default=math.nan)
+        sec.lines.append(Line("8", f"{key}: longest allowed after expiry", worst, "ms",
+                              f"{sum(len(r) for r in arm.rounds)} grants"))
+    sec.notes.append("0 means no check made after expires_at was ever allowed. Each path is "
+                     "checked from 2 ms before until it denies; the clock is the machine's.")
+    return sec
+
+
+def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -> Section:
+    """Section 7."""
+    sec = Section("7", "7. Memory at 100,000 active grants")
+    sec.lines = [
+        Line("7", "Redis bytes per active grant", in_redis["bytes_per_grant"], "B",
+             "used_memory delta / grants", target=Target("<= 200 B", 200.0)),
+        Line("7", "view bytes per active grant", in_view["bytes_per_grant"], "B",
+             "tracemalloc, Python heap"),
+        Line("7", "worker resident memory", worker_rss / 2**20, "MiB", "VmRSS"),
+    ]
+    sec.extra["redis"] = in_redis
+    sec.extra["view"] = in_view
+    return sec

@@ -1,0 +1,133 @@
+"""The whole run: stack, worker(s), raw loop, observers, every benchmark, sections of the report.
+
+Imports broker, schemas and the bench's modules. Order: latency (1-3, 9), checks (4), policy
+(5), expiry (8), throughput (6, a second worker joins at the end), memory (7, 100,000 grants,
+last because it fills Redis).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import b_expiry, b_latency, b_memory, b_micro, b_policy, b_tput, env, peers, sections
+from bench.observe import FloorPipe, KeyWatch, ViewEvents
+from bench.report import Section
+from broker.adapters.bus import Publisher
+from broker.config import Settings
+from broker.sdk.view import GrantView
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each benchmark does (``--quick`` shrinks everything)."""
+
+    rounds: int = 5
+    latency_n: int = 200
+    revocations: int = 40
+    expiry_grants: int = 1000
+    tput_k: int = 1000
+    grants: int = 100_000
+
+
+def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
+    watch = KeyWatch(s.redis_url)
+    floor = FloorPipe(s.kafka_bootstrap, s.redis_url, env.FLOOR.name)
+    seen = ViewEvents()
+    view = GrantView(s.kafka_bootstrap, on_event=seen.on_event)
+    if not view.wait_ready(60):
+        raise RuntimeError("the bench's grant view did not catch up")
+    return b_latency.Rig(s, watch, floor, view, seen,
+                         harness=Publisher(s.kafka_bootstrap, source="/bench"), bao=bao)
+
+
+def _close_rig(rig: b_latency.Rig) -> None:
+    for c in rig.clients.values():
+        c.close()
+    rig.view.close()
+    rig.floor.close()
+    rig.watch.close()
+
+
+def _start_bao(s: Settings, say: Any) -> tuple[peers.Bao | None, str]:
+    binary, why = peers.bao_binary()
+    if binary is None:
+        return None, why
+    try:
+        return peers.Bao(binary, s.redis_port + 100, s.stack_dir / "bao.log"), why
+    except (OSError, RuntimeError) as exc:
+        say(f"OpenBao did not start: {exc}")
+        return None, f"OpenBao peer unavailable: the dev server did not start ({exc})"
+
+
+def _warm_up(rig: b_latency.Rig) -> None:
+    """Connections, metadata and code paths warm before anything is recorded."""
+    b_latency.subject_round(rig, 20)
+    b_latency.raw_round(rig, 20)
+    b_latency.floor_round(rig, 20)
+
+
+def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
+    agent = env.agent_id("chk", 0)
+    _r, _v, gid = b_latency.escalate(rig, agent)
+    live = {agent: ((b_latency.FREEZE, b_latency.PII), b_latency.ACCOUNTS, rig.seen.expiry[gid])}
+    for i in range(1000):  # a table of realistic size for the dict floor and OPA's data
+        live[f"other-{i}"] = live[agent]
+    arms = b_micro.check_rounds(rig.view, live, agent, gid, s.redis_url, sz.rounds, say)
+    return sections.checks(arms)
+
+
+def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
+    arms = b_tput.new_arms()
+    assert rig.harness is not None
+    b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds, sz.tput_k, say)
+    rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
+    with env.worker(s, "worker2") as w2:
+        b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds, sz.tput_k,
+                     say)
+        rss["worker 1, two workers"] = env.rss_bytes(w1.pid)
+        rss["worker 2"] = env.rss_bytes(w2.pid)
+    return sections.throughput(arms, rss)
+
+
+def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
+    """Run every benchmark on a fresh bench stack; return the report sections and run facts."""
+    out: list[Section] = []
+    facts: dict[str, Any] = {}
+    with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s):
+        facts["worker_rss_start"] = env.rss_bytes(w1.pid)
+        bao, bao_why = _start_bao(s, say)
+        rig = _open_rig(s, bao)
+        try:
+            _warm_up(rig)
+            arms = b_latency.run_rounds(rig, sz.rounds, sz.latency_n, sz.revocations, say)
+            out += sections.latency(arms, rig, bao_why if bao is None else "")
+            out.append(_checks(rig, s, sz, say))
+            p_arms, verdict = b_policy.policy_rounds(sz.rounds, say)
+            out.append(sections.policy(p_arms, verdict))
+            assert rig.harness is not None
+            e_arms = b_expiry.expiry_run(rig.watch, rig.seen, rig.view, rig.harness,
+                                         s.redis_url, sz.expiry_grants, say)
+            out.append(sections.expiry(e_arms))
+            out.append(_throughput(rig, s, sz, w1, say))
+        finally:
+            _close_rig(rig)
+            if bao is not None:
+                bao.close()
+        out.append(_memory(s, sz, w1, say))
+    return out, facts
+
+
+def _memory(s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
+    harness = Publisher(s.kafka_bootstrap, source="/bench")
+    t0 = time.monotonic()
+    in_redis = b_memory.redis_memory(s, harness, sz.grants)
+    say(f"memory: {sz.grants} grants written in {time.monotonic() - t0:.0f}s, "
+        f"{in_redis['bytes_per_grant']:.0f} B each in Redis")
+    in_view = b_memory.view_memory(s, sz.grants)
+    return sections.memory(in_redis, in_view, env.rss_bytes(w1.pid))
+
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"

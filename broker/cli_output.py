@@ -1,0 +1,72 @@
+"""Output helpers shared by the CLI modules (errors with a hint, times, JSON). Imports typer, rich.
+
+Every time shown is absolute (UTC) with the time remaining or elapsed; every error says what to
+do next and returns the non-zero exit to raise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from broker.policy.fields import parse_duration
+
+# soft_wrap: long lines (paths, ids, hashes) are never broken, so output stays grep-able.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_AGE = re.compile(r"^-?\s*(\d+[smhd])(\s+ago)?$")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str, hint: str = "", code: int = 1) -> typer.Exit:
+    """Print an error (and what to do) to stderr; return the exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    if hint:
+        err.print(f"[dim]hint:[/] {hint}", highlight=False)
+    return typer.Exit(code)
+
+
+def until(when: datetime | None, now: datetime | None = None) -> str:
+    """An absolute time with the time remaining (or elapsed)."""
+    if when is None:
+        return "-"
+    now = now or datetime.now(UTC)
+    left = (when - now).total_seconds()
+    rel = f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s ago"
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({rel})"
+
+
+def print_json(data: Any) -> None:
+    """Indented JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An instant: ISO 8601 (``2026-11-28T10:00:00Z``; UTC if no offset), ``now``, or an age
+    such as ``10m``, ``10m ago`` or ``-10m``. Raises typer.BadParameter saying what to use."""
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    if value == "now":
+        return now
+    age = _AGE.match(value)
+    if age is not None:
+        return now - timedelta(seconds=parse_duration(age[1]) or 0)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{text!r} is not a time: use ISO 8601 (2026-11-28T10:00:00Z), 'now', or an age "
+            "such as '10m ago'"
+        ) from exc
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def time_option(text: str | None) -> datetime | None:
+    """``parse_time`` for an optional option."""
+    return parse_time(text) if text is not None else None

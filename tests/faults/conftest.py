@@ -1,0 +1,167 @@
+"""Fault-suite fixtures: the session worker on a policy with a rate-limited class, the report.
+
+Reuses the integration fixtures (``worker``, ``publisher``, ``tap``, ``rclient``, ...) on the
+session services; tests that kill or restart a service start their own (tests/faults/private.py)
+on ports 45100-45199. Every test here is marked ``faults`` and runs under ``make test-faults``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.adapters.audit_keys import ensure_keys
+from broker.config import Settings
+from tests.faults.report import Figures, Report
+from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
+    _bulk_class,
+    every_grant_key_expires,
+    publisher,
+    rclient,
+    run_id,
+    tap,
+    worker,
+)
+from tests.services import Services
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+POOL = 400
+METRICS_PORT = 45101
+CLASSES = (
+    ("f", "fraud-detection", 0.9),
+    ("r", "reporting", 0.6),
+    ("b", "bulk-test", 0.5),
+    ("x", "flood-test", 0.5),
+)
+FLOOD_LIMIT = {"requests": 20, "per": "1s"}
+_REPORT = Report()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the criterion marker (the number of the reliability criterion a test proves)."""
+    config.addinivalue_line("markers", "criterion(n): reliability criterion the test proves")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/faults is part of the fault suite."""
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Remember each test's outcome for the report."""
+    rep = yield
+    if rep.when == "call" or (rep.when == "setup" and rep.outcome != "passed"):
+        _REPORT.outcomes[item.name] = rep.outcome
+    return rep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write reports/reliability.md when any fault test ran."""
+    if _REPORT.tests:
+        _REPORT.write()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the reliability table at the end of the run."""
+    if not _REPORT.tests:
+        return
+    terminalreporter.section("reliability figures")
+    for r in _REPORT.rows():
+        terminalreporter.write_line(
+            f"#{r.criterion:<3} {r.test:<58} {r.name:<44} {r.value:>12}  {r.limit:<16} "
+            f"{'pass' if r.ok else 'FAIL'}"
+        )
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """The figures of this test (criterion from its ``criterion`` marker)."""
+    marker = request.node.get_closest_marker("criterion")
+    return _REPORT.open(str(marker.args[0]) if marker else "-", request.node.name)
+
+
+def _flood_class(policy: dict[str, Any]) -> None:
+    """A class with a request rate limit and long grants (the flood test's agents)."""
+    policy["agent_classes"]["flood-test"] = {
+        "baseline": [],
+        "ceiling": ["payments:accounts.*"],
+        "rate_limit": dict(FLOOD_LIMIT),
+    }
+    policy["escalation_rules"].append({
+        "id": "flood-test-freeze",
+        "agent_classes": ["flood-test"],
+        "scopes": ["payments:accounts.freeze"],
+        "when": "request.confidence >= agent.confidence_threshold",
+        "max_duration": "10m",
+    })
+
+
+def write_bundle(bundle: Path, tag: str, pool: int = POOL) -> Path:
+    """The fraud policy plus bulk-test and flood-test classes, and a pool of agents per class."""
+    bundle.mkdir(parents=True, exist_ok=True)
+    policy = yaml.safe_load((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
+    _bulk_class(policy)
+    _flood_class(policy)
+    (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
+    for n in range(pool):
+        for suffix, cls, threshold in CLASSES:
+            lines += [
+                f"  - agent_id: t{tag}-{suffix}{n:03d}",
+                f"    agent_class: {cls}",
+                "    owner: tests@example.com",
+                "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
+                f"    confidence_threshold: {threshold}",
+            ]
+    (bundle / "agents.yaml").write_text("\n".join(lines) + "\n")
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:  # noqa: F811
+    """The fault suite's bundle (overrides the integration one for tests/faults)."""
+    return write_bundle(tmp_path_factory.mktemp("policy"), run_id)
+
+
+@pytest.fixture(scope="session")
+def agents(run_id: str) -> Callable[[str], str]:  # noqa: F811
+    """A never-used agent id: 'f' fraud, 'r' reporting, 'b' bulk-test, 'x' flood-test."""
+    counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
+
+    def take(kind: str = "f") -> str:
+        n = next(counters[kind])
+        assert n < POOL, "agent pool exhausted: raise POOL"
+        return f"t{run_id}-{kind}{n:03d}"
+
+    return take
+
+
+@pytest.fixture(scope="session")
+def settings(
+    services: Services,
+    test_policy: Path,
+    run_id: str,  # noqa: F811 - the fixture, not the import
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """Settings of the session worker: the integration ones plus a metrics port."""
+    settings = Settings(
+        kafka_bootstrap=services.bootstrap,
+        redis_url=services.redis_url,
+        policy_path=test_policy,
+        app_id=f"permbroker-faults-{run_id}",
+        stack_dir=tmp_path_factory.mktemp("worker"),
+        expiry_interval_s=0.2,
+        session_timeout_s=6.0,
+        metrics_port=METRICS_PORT,
+    )
+    ensure_keys(settings)  # a worker without its audit keys refuses to start
+    return settings

@@ -1,0 +1,58 @@
+"""A private Kafka + Redis + worker for tests that kill, wipe or restart a service.
+
+Imports broker, tests. Ports 45110-45113 (never the session stack's); the stack lives in
+.stack/faults-private and is stopped and wiped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from broker.adapters import stack
+from broker.adapters.audit_keys import ensure_keys
+from broker.adapters.stack_procs import ProcRecord, is_ours
+from broker.adapters.worker_process import WorkerProcess
+from broker.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=45110,
+                 kafka_controller_port=45111, redis_port=45112)
+
+
+@contextlib.contextmanager
+def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Settings,
+                                                                              WorkerProcess]]:
+    """Start Kafka + Redis + one worker on private ports; stop and wipe them afterwards."""
+    status = stack.up(STACK, timeout=240)
+    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
+                        policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
+                        expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=45113)
+    ensure_keys(settings)
+    worker = WorkerProcess(settings, name="private-worker")
+    try:
+        worker.start()
+        worker.wait_ready(180)
+        yield settings, worker
+    finally:
+        worker.stop()
+        stack.down(STACK, wipe=True)
+
+
+def kill(service: str) -> None:
+    """kill -9 one service of the private stack and wait until it is gone."""
+    record = ProcRecord.read(STACK.stack_dir / f"{service}.pid")
+    assert record is not None and is_ours(record), f"{service} is not running"
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while is_ours(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def restart() -> None:
+    """Start again whatever of the private stack is not running (same data dirs)."""
+    stack.up(STACK, timeout=240)

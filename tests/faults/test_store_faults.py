@@ -1,0 +1,175 @@
+"""Redis killed mid-burst and restarted, and Redis wiped, on a private stack (own Kafka, Redis
+and worker): checks deny while the view is missing, the worker rebuilds it from Kafka before it
+allows anything, active grants come back exactly, and no revoked grant returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker.adapters import keys
+from broker.adapters.bus import Publisher
+from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.worker_process import WorkerProcess
+from broker.config import Settings
+from schemas import topics
+from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
+from tests.faults import private
+from tests.faults.report import Figures
+from tests.integration.helpers import Tap, anomaly, fraud_request, wait_until
+
+Private = tuple[Settings, WorkerProcess]
+
+
+@pytest.fixture(scope="module")
+def private_stack(test_policy: Path, run_id: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+    """Kafka + Redis + a worker of this module only."""
+    with private.private_services(test_policy, run_id, tmp_path_factory.mktemp("private")) as s:
+        yield s
+
+
+def _active(client: redis.Redis, margin_s: float = 3.0) -> set[str]:
+    """Grant ids with a live key that will not lapse within ``margin_s``."""
+    horizon = int((time.time() + margin_s) * 1000)
+    return {k.decode().rsplit(":", 1)[1] for k in client.scan_iter(
+        match=f"{keys.PREFIX}:{{*}}:grant:*", count=1000) if client.pexpiretime(k) > horizon}
+
+
+def _store(settings: Settings) -> RedisGrantStore:
+    return RedisGrantStore.from_url(settings.redis_url)
+
+
+@pytest.mark.criterion("5")
+def test_wiped_redis_allows_nothing_until_rebuilt_then_exactly_the_active_grants(
+    private_stack: Private, agents: Callable[[str], str], figures: Figures,
+) -> None:
+    """FLUSHALL under a running worker: checks deny until it rebuilt; then the same grants."""
+    settings, _worker = private_stack
+    publisher = Publisher(settings.kafka_bootstrap, source="/tests/wipe")
+    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        holders, revoked = [agents("b") for _ in range(20)], agents("b")
+        publisher.publish_many(topics.ESCALATIONS.name,
+                               [fraud_request(a) for a in [*holders, revoked]])
+        grants.wait_for(GrantIssued, lambda g: g.agent_id in {*holders, revoked}, count=21)
+        publisher.publish(topics.RISK.name, anomaly(revoked))
+        grants.wait_for(AgentRevoked, lambda e: e.agent_id == revoked)
+        before = _active(client)
+        client.flushall()
+        probes = [(a, "payments:accounts.freeze", "acct-1") for a in holders[:5]]
+        made, allowed = asyncio.run(_probe(settings, client, probes))
+        wait_until(lambda: _active(client) == before, 30, "active grants restored")
+        figures.at_least("checks made between the wipe and the rebuild", made, 1)
+        figures.equal("of them allowed", allowed, 0)
+        figures.equal("active grants after the rebuild vs before (symmetric difference)",
+                      len(_active(client) ^ before), 0)
+        figures.equal("revoked agent's grants back", sum(
+            1 for _ in client.scan_iter(match=f"{keys.agent_prefix(revoked)}grant:*")), 0)
+        figures.equal("revoked agent still quarantined", client.exists(keys.quarantine(revoked)), 1)
+    finally:
+        grants.close()
+        client.close()
+    figures.verify()
+
+
+async def _probe(settings: Settings, client: redis.Redis,
+                 probes: list[tuple[str, str, str]]) -> tuple[int, int]:
+    store = _store(settings)
+    made = allowed = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for agent, scope, resource in probes:
+                verdict = await store.check(agent, scope, resource, datetime.now(UTC))
+                # Once set, the epoch stays: an allow with no epoch *after* it is a violation;
+                # an allow once the rebuild finished is the rebuilt view answering.
+                built = bool(client.exists(keys.VIEW_EPOCH))
+                made, allowed = made + 1, allowed + (verdict.allowed and not built)
+                if built:
+                    return made, allowed
+        raise AssertionError("view not rebuilt within 60s")
+    finally:
+        await store.aclose()
+
+
+async def _probe_down(settings: Settings, probes: list[tuple[str, str, str]],
+                      seconds: float) -> tuple[int, int, float]:
+    """Checks while Redis is down: (made, allowed, slowest seconds)."""
+    store = _store(settings)
+    made = allowed = 0
+    slowest = 0.0
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for agent, scope, resource in probes:
+                started = time.monotonic()
+                verdict = await store.check(agent, scope, resource, datetime.now(UTC))
+                slowest = max(slowest, time.monotonic() - started)
+                made, allowed = made + 1, allowed + verdict.allowed
+    finally:
+        await store.aclose()
+    return made, allowed, slowest
+
+
+@pytest.mark.criterion("4")
+def test_redis_killed_mid_burst_denies_then_rebuilds_and_no_revoked_grant_returns(
+    private_stack: Private, agents: Callable[[str], str], figures: Figures,
+) -> None:
+    """kill -9 Redis during 600 requests: checks deny fast; rebuilt before allowing; 0 lost."""
+    settings, _worker = private_stack
+    publisher = Publisher(settings.kafka_bootstrap, source="/tests/redis-kill")
+    decisions = Tap(settings.kafka_bootstrap, topics.DECISIONS.name)
+    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+    try:
+        revoked, pool = agents("b"), [agents("b") for _ in range(30)]
+        publisher.publish(topics.ESCALATIONS.name, fraud_request(revoked))
+        grants.wait_for(GrantIssued, lambda g: g.agent_id == revoked)
+        publisher.publish(topics.RISK.name, anomaly(revoked))
+        grants.wait_for(AgentRevoked, lambda e: e.agent_id == revoked)
+        burst = [fraud_request(pool[i % 30]) for i in range(600)]
+        late = fraud_request(revoked)
+        wanted = {r.request_id for r in [*burst, late]}
+        publisher.publish_many(topics.ESCALATIONS.name, [*burst[:300], late, *burst[300:]])
+
+        def seen() -> list[EscalationDecided]:
+            return decisions.events(EscalationDecided, lambda d: d.request_id in wanted)
+
+        wait_until(lambda: len({d.request_id for d in seen()}) >= 150, 120, "150 decided")
+        private.kill("redis")
+        probes = [(a, "payments:accounts.freeze", "acct-1") for a in pool[:3]]
+        made, allowed, slowest = asyncio.run(_probe_down(settings, probes, 3.0))
+        private.restart()
+        _made2, allowed2 = asyncio.run(_probe(settings, client, probes))
+        wait_until(lambda: {d.request_id for d in seen()} == wanted, 300, "every request decided")
+        answers: dict[str, set[tuple[object, ...]]] = defaultdict(set)
+        for d in seen():
+            answers[d.request_id].add((d.outcome, d.grant_id, d.expires_at))
+        late_d = [d for d in seen() if d.request_id == late.request_id]
+        figures.equal("checks allowed while Redis was down", allowed, 0)
+        figures.at_least("checks made while Redis was down", made, 1)
+        figures.at_most("slowest denial while Redis was down (s)", round(slowest, 3), 2.5)
+        figures.equal("checks allowed after restart, before the rebuild", allowed2, 0)
+        figures.equal("lost decisions", len(wanted - {d.request_id for d in seen()}), 0)
+        figures.equal("requests with conflicting answers", sum(
+            len(v) > 1 for v in answers.values()), 0)
+        figures.equal("revoked agent's late request granted", sum(
+            d.outcome == "granted" for d in late_d), 0)
+        figures.equal("revoked agent's grants in Redis", sum(
+            1 for _ in client.scan_iter(match=f"{keys.agent_prefix(revoked)}grant:*")), 0)
+        figures.check("granted grants live in Redis after it all", len(_active(client)), "> 0",
+                      bool(_active(client)))
+    finally:
+        decisions.close()
+        grants.close()
+        client.close()
+    figures.verify()

@@ -1,0 +1,56 @@
+"""The bench's arithmetic: percentiles, per-round ratios, targets and the report's verdicts."""
+
+from __future__ import annotations
+
+import math
+
+from bench.report import Section, markdown
+from bench.stats import Arm, Line, Target, median_ratio, percentile, ratio_lines
+
+
+def test_percentile_interpolates_and_is_nan_when_empty() -> None:
+    """p50 of 1..4 is 2.5, p0/p100 are the ends, and no samples give NaN."""
+    assert percentile([4, 1, 3, 2], 50) == 2.5
+    assert percentile([4, 1, 3, 2], 0) == 1
+    assert percentile([4, 1, 3, 2], 100) == 4
+    assert math.isnan(percentile([], 50))
+
+
+def test_median_ratio_divides_round_by_round_not_pooled() -> None:
+    """Each round's p50 is divided by the same round's reference p50, then the median is taken."""
+    subject, reference = Arm("s", "ms"), Arm("r", "ms")
+    for s, r in ((10, 5), (30, 10), (8, 1)):  # per-round ratios 2, 3, 8
+        subject.add_round([s] * 3)
+        reference.add_round([r] * 3)
+    value, rounds = median_ratio(subject, reference, 50)
+    assert rounds == [2.0, 3.0, 8.0]
+    assert value == 3.0  # pooled medians would give 10 / 5 = 2
+
+
+def test_ratio_lines_scale_the_reference_and_judge_targets() -> None:
+    """den_scale doubles the reference (view vs 2x RTT); a target says met or MISSED."""
+    view, rtt = Arm("view", "ms"), Arm("rtt", "ms")
+    view.add_round([5.0])
+    rtt.add_round([2.0])
+    p50, p99 = ratio_lines("2", view, rtt, label="view / 2x RTT", den_scale=2.0,
+                           p50_target=Target("<= 1.3x", 1.3), p99_target=Target("<= 1x", 1.0))
+    assert p50.value == 1.25 and p50.verdict == "met"
+    assert p99.verdict == "MISSED"
+
+
+def test_targets_at_least_and_unmeasured() -> None:
+    """'at least' targets compare the other way; an unmeasured figure is n/a, never met."""
+    assert Target(">= 0.5x", 0.5, at_least=True).met(0.6) is True
+    assert Target(">= 0.5x", 0.5, at_least=True).met(0.4) is False
+    assert Line("6", "x", math.nan, "x", target=Target("<= 1", 1.0)).verdict == "n/a"
+
+
+def test_report_lists_missed_targets_in_the_summary() -> None:
+    """A missed target appears, marked, in the summary of the Markdown report."""
+    sec = Section("7", "7. Memory", lines=[
+        Line("7", "Redis bytes per active grant", 2500.0, "B", target=Target("<= 200 B", 200))])
+    meta = {"started": "t", "machine": "m", "rounds": 5, "elapsed_s": 1.0, "command": "c",
+            "method": ["m"]}
+    text = markdown([sec], meta)
+    summary = text.split("## Summary")[1].split("## 7.")[0]
+    assert "Redis bytes per active grant" in summary and "**MISSED**" in summary

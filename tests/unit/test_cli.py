@@ -1,0 +1,62 @@
+"""The permbroker CLI's pure commands (no Kafka or Redis): policy validation and argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from broker.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_policy_validate_reports_the_revision() -> None:
+    """A valid bundle prints its revision and agents, and exits 0."""
+    result = runner.invoke(app, ["policy", "validate", str(ROOT / "policies" / "fraud"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["valid"] and report["revision"].startswith("sha256:")
+    assert "fraud-detector-7" in report["agents"]
+
+
+def test_policy_validate_names_file_line_and_rule(tmp_path: Path) -> None:
+    """A bad CEL condition is reported with the file, the line and the rule, exit code 2."""
+    text = (ROOT / "policies" / "fraud" / "policy.yaml").read_text()
+    broken = text.replace("request.risk_score >= 0.8", "request.risk_score >= ")
+    (tmp_path / "policy.yaml").write_text(broken)
+    line = (
+        broken.splitlines().index(
+            next(x for x in broken.splitlines() if "request.risk_score >= " in x)
+        )
+        + 1
+    )
+    result = runner.invoke(app, ["policy", "validate", str(tmp_path), "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["valid"] is False and report["rule"] == "fraud-freeze-on-pattern"
+    assert report["file"].endswith("policy.yaml") and report["line"] == line
+
+
+def test_request_rejects_a_bad_duration() -> None:
+    """`permbroker request --duration soon` fails before touching Kafka, saying what to use."""
+    result = runner.invoke(
+        app,
+        [
+            "request",
+            "--agent",
+            "a1",
+            "--scope",
+            "x:y.z",
+            "--reason",
+            "r",
+            "--confidence",
+            "0.9",
+            "--duration",
+            "soon",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "not a duration" in result.output
