@@ -8,7 +8,8 @@ What is sensitive, in a record's ``inputs``:
 
 * the configured field paths (``DEFAULT_FIELDS``: resources such as account numbers, case ids;
   ``FREE_TEXT_FIELDS`` too when free text is configured sensitive; extra paths from settings);
-* every string under a key whose name says secret (token, password, api_key, signature...);
+* every string under a key whose name says secret (token, password, api_key, signature...;
+  not `consistency_token`, which is Kafka positions);
 * anything shaped like a JWT or a PEM private key, wherever it appears.
 
 A sensitive value that also appears inside free text (``reasons``, a denial's ``reason``, a
@@ -31,8 +32,9 @@ from schemas.events import AuditRecord
 
 HMAC_PREFIX = "hmac-sha256:"
 HMAC_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
-DEFAULT_FIELDS = ("request.resources", "request.case_id", "decision.resources", "signal.resource")
-FREE_TEXT_FIELDS = ("request.reason", "signal.detail")
+DEFAULT_FIELDS = ("request.resources", "request.case_id", "decision.resources", "signal.resource",
+                  "grant.resources")
+FREE_TEXT_FIELDS = ("request.reason", "signal.detail", "renewal.reason", "release.reason")
 SECRET_KEY_RE = re.compile(
     r"(?i)(token|secret|passw|api[_-]?key|private[_-]?key|credential|signature|authori[sz]ation"
     r"|bearer|cookie|session)"
@@ -42,12 +44,15 @@ _SHAPES = (
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",  # a PEM key
 )
 SHAPE_RE = re.compile("|".join(_SHAPES), re.S)
+# Names that match SECRET_KEY_RE but hold no secret: a consistency token is Kafka positions
+# (``ct1:topic@partition:offset``), which a resource service must read back to wait on.
+NOT_SECRET_KEYS = frozenset({"consistency_token"})
 # Free text where sensitive values are searched and replaced.
 FREE_TEXT_KEYS = frozenset({"reasons", "reason", "detail"})
 # Identifiers, times and policy vocabulary: never sensitive, never rewritten.
 _KEEP_KEYS = frozenset({"kind", "outcome", "policy_revision", "scopes", "granted_scopes",
                         "baseline", "ceiling", "rules", "matched_rules", "rule", "clamped_by",
-                        "bundle", "chain"})
+                        "bundle", "chain", *NOT_SECRET_KEYS})
 MIN_EMBEDDED = 4  # shorter values are not searched for inside free text
 
 
@@ -82,10 +87,14 @@ def _replace_at(data: Any, path: list[str], fn: Callable[[str], str]) -> Any:
     return data
 
 
+def _names_secret(key: object) -> bool:
+    return str(key) not in NOT_SECRET_KEYS and bool(SECRET_KEY_RE.search(str(key)))
+
+
 def _under_secret_keys(data: Any, secret: bool = False) -> list[str]:
     if isinstance(data, dict):
         return [s for k, v in data.items()
-                for s in _under_secret_keys(v, secret or bool(SECRET_KEY_RE.search(str(k))))]
+                for s in _under_secret_keys(v, secret or _names_secret(k))]
     if isinstance(data, list):
         return [s for item in data for s in _under_secret_keys(item, secret)]
     return [data] if secret and isinstance(data, str) else []
@@ -132,8 +141,7 @@ class Redactor:
 
     def _secrets(self, data: Any, secret: bool) -> Any:
         if isinstance(data, dict):
-            return {k: self._secrets(v, secret or bool(SECRET_KEY_RE.search(str(k))))
-                    for k, v in data.items()}
+            return {k: self._secrets(v, secret or _names_secret(k)) for k, v in data.items()}
         if isinstance(data, list):
             return [self._secrets(item, secret) for item in data]
         return self._hash_clear(data) if secret and isinstance(data, str) else data

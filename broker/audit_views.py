@@ -4,8 +4,9 @@ Imports broker.audit_replay, schemas and stdlib. Reads records, returns values.
 
 A grant is active at T when the decision that took effect granted it at or before T
 (``decided_at`` = the grant's ``issued_at``), and at T it had neither reached its ``expires_at``
-nor been revoked or released. Revocations come from ``grant.revoked`` records (their
-``revoked_at``) and from ``risk.observed`` records that list the grants they revoked.
+(moved by the renewals recorded by T) nor been revoked or released. Revocations come from
+``grant.revoked`` records (their ``revoked_at``) and from ``risk.observed`` records that list
+the grants they revoked; releases from ``grant.release`` records that released.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def _revocations(records: list[AuditRecord]) -> dict[str, tuple[datetime, str]]:
             at = event.get("revoked_at") or event.get("released_at")
             note(r.subject_id, datetime.fromisoformat(str(at)) if at else r.occurred_at,
                  event.get("rule") or r.kind)
+        release = r.inputs.get("release")
+        if r.kind == "grant.release" and r.outcome == "released" and isinstance(release, dict):
+            note(str(release.get("grant_id")), r.occurred_at, "released")
         revoked = r.inputs.get("revoked_grants")
         if r.kind == "risk.observed" and isinstance(revoked, list):
             for gid in revoked:
@@ -69,22 +73,38 @@ def _revocations(records: list[AuditRecord]) -> dict[str, tuple[datetime, str]]:
     return ended
 
 
+def _renewals(records: list[AuditRecord], at: datetime) -> dict[str, datetime]:
+    """grant id -> the latest expiry a renewal recorded by ``at`` gave it."""
+    until: dict[str, datetime] = {}
+    for r in records:
+        decision = r.inputs.get("decision")
+        if (r.kind != "grant.renewal" or r.outcome != "renewed" or r.occurred_at > at
+                or not isinstance(decision, dict) or not decision.get("expires_at")):
+            continue
+        gid, expires = str(decision.get("grant_id")), datetime.fromisoformat(
+            str(decision["expires_at"]))
+        if gid not in until or until[gid] < expires:
+            until[gid] = expires
+    return until
+
+
 def grants_as_of(records: Iterable[AuditRecord], at: datetime) -> list[ActiveGrant]:
     """Every grant active at ``at``, sorted by agent then expiry."""
     listed = list(records)
-    ended = _revocations(listed)
+    ended, renewed = _revocations(listed), _renewals(listed, at)
     out = []
     for d in effective(listed).values():
         dec = d.decision
         if dec.outcome != "granted" or dec.grant_id is None or dec.expires_at is None:
             continue
-        end, by = dec.expires_at, "expiry"
+        expires = max(dec.expires_at, renewed.get(dec.grant_id, dec.expires_at))
+        end, by = expires, "expiry"
         if dec.grant_id in ended and ended[dec.grant_id][0] < end:
             end, by = ended[dec.grant_id]
         if dec.decided_at <= at < end:
             out.append(ActiveGrant(
                 dec.grant_id, dec.agent_id, dec.request_id, dec.granted_scopes, dec.resources,
-                dec.decided_at, dec.expires_at, end, by, dec.matched_rules, dec.reasons,
+                dec.decided_at, expires, end, by, dec.matched_rules, dec.reasons,
                 dec.policy_revision, Ref.of(d.record)))
     return sorted(out, key=lambda g: (g.agent_id, g.expires_at, g.grant_id))
 

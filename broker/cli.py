@@ -22,6 +22,7 @@ from broker.adapters.bus import Publisher
 from broker.adapters.redis_store import RedisGrantStore
 from broker.audit_records import rebuild_audit
 from broker.cli_audit import audit_app
+from broker.cli_enforcement import api_app, revocations_app
 from broker.cli_output import JsonOpt, err, fail, out, until
 from broker.cli_output import print_json as _print_json
 from broker.cli_policy import register as register_policy_commands
@@ -47,6 +48,8 @@ app.add_typer(
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
+app.add_typer(revocations_app, name="revocations")
+app.add_typer(api_app, name="api")
 register_policy_commands(policy_app)
 
 @app.command()

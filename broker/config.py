@@ -6,9 +6,10 @@ Imports pydantic-settings and stdlib.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_cache() -> Path:
@@ -36,6 +37,40 @@ class Settings(BaseSettings):
     expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
     record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
+    # Resource services (issue 4): routing, freshness, renewal warnings, HTTP API.
+    grant_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Scope namespaces with their own grant topic (comma-separated)"
+    )
+    expiry_warning_s: float = Field(30.0, description="grant.expiring this long before expiry")
+    view_staleness_bound_s: float = Field(
+        5.0, description="A grant view staler than this denies (fail closed)"
+    )
+    view_probe_interval_s: float = Field(
+        0.5, description="How often a grant view asks Kafka for the log end"
+    )
+    view_token_wait_s: float = Field(
+        2.0, description="How long allows(..., at_least=token) waits for the view to catch up"
+    )
+    enforcement_point: str = Field("", description="Name this process's view acks revocations as")
+    api_host: str = Field("127.0.0.1", description="permbroker api: listen address")
+    api_port: int = Field(8080, description="permbroker api: listen port")
+    api_operator_token: SecretStr | None = Field(
+        None, description="Bearer token of operators (revoke, revocation status)"
+    )
+    api_service_token: SecretStr | None = Field(
+        None, description="Bearer token of resource services calling /v1/check"
+    )
+    api_agent_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Bearer token per agent id (JSON object)"
+    )
+    jwks_path: Path | None = Field(None, description="JWKS file served at /.well-known/jwks.json")
+
+    @field_validator("grant_namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
     metrics_port: int = Field(0, description="Worker /metrics port (0: off)")
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters import audit_check, audit_log, stack
+from broker.adapters.acks import read_since
 from broker.adapters.bus import Record
 from broker.adapters.worker_process import WorkerProcess
 from broker.audit_views import grants_as_of
@@ -26,7 +27,15 @@ from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import AgentClient
 from broker.sdk.view import GrantView, Verdict
-from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued, GrantRevoked
+from schemas import topics
+from schemas.events import (
+    AgentRevoked,
+    EscalationDecided,
+    GrantExpired,
+    GrantIssued,
+    GrantRevoked,
+    RevocationAcknowledged,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAUD_AGENT = "fraud-detector-7"
@@ -34,6 +43,7 @@ REPORT_AGENT = "report-writer-2"
 ACCOUNTS = ("acct-4411-0923", "acct-4411-7710")
 OTHER_ACCOUNT = "acct-9000-0001"
 FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
+PAYMENTS_SERVICE = "payments-service"  # the enforcement point of the demo's payments side
 
 console = Console(highlight=False, width=int(os.environ.get("COLUMNS", "120")))
 
@@ -53,6 +63,7 @@ def demo_settings() -> Settings:
         redis_url=f"redis://127.0.0.1:{36379 + off}/0",
         policy_path=ROOT / "policies" / "fraud",
         app_id="permbroker-demo",
+        grant_namespaces=("payments", "crm", "reports"),
     )
 
 
@@ -118,9 +129,25 @@ def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def play(s: Scenario, settings: Settings, view: GrantView) -> None:
-    """The six steps of the fraud scenario, each checked."""
+def wait_ack(
+    boot: str, cause_id: str, since: datetime, timeout: float
+) -> RevocationAcknowledged | None:
+    """The payments service's acknowledgement of one revocation, read back from Kafka."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rec in read_since(boot, topics.REVOCATION_ACKS.name, since):
+            ack = rec.event
+            if isinstance(ack, RevocationAcknowledged) and ack.cause_event_id == cause_id \
+                    and ack.enforcement_point == PAYMENTS_SERVICE:
+                return ack
+        time.sleep(0.05)
+    return None
+
+
+def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) -> None:
+    """The six steps of the fraud scenario, each checked (``payments``: the payments side)."""
     boot = settings.kafka_bootstrap
+    started = datetime.now(UTC)
     with AgentClient(FRAUD_AGENT, boot) as fraud, AgentClient(REPORT_AGENT, boot) as reporter:
         s.say("resource:payments", "grant view caught up with the log; baseline only")
         s.check(
@@ -170,13 +197,19 @@ def play(s: Scenario, settings: Settings, view: GrantView) -> None:
             f"{d.duration_s}s",
         )
         # 3. The resource service enforces.
-        seen = _wait(lambda: view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
+        seen = _wait(lambda: payments.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
         s.say(
             "resource:payments",
-            f"grant reached the view in {(seen or 0) * 1000:.1f} ms after the decision",
+            f"grant reached the payments view ({payments.topic}) in {(seen or 0) * 1000:.1f} ms "
+            "after the decision",
         )
-        v_ok = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
-        v_other = view.allows(FRAUD_AGENT, FREEZE, OTHER_ACCOUNT)
+        v_ok = payments.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0], at_least=d.consistency_token)
+        v_other = payments.allows(FRAUD_AGENT, FREEZE, OTHER_ACCOUNT)
+        held = [scope for g in payments.active(FRAUD_AGENT) for scope in g.scopes]
+        s.check(
+            "the payments topic carries the payments scope only (crm:* routed elsewhere)",
+            held == [FREEZE], ", ".join(held),
+        )
         s.say(
             "resource:payments",
             f"freeze {ACCOUNTS[0]}: {_verdict(v_ok)}",
@@ -231,11 +264,11 @@ def play(s: Scenario, settings: Settings, view: GrantView) -> None:
             "monitor",
             f"behaviour anomaly about {FRAUD_AGENT} (severity 0.95), signal {sig.signal_id}",
         )
-        gone = _wait(lambda: not view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
+        gone = _wait(lambda: not payments.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0]).allowed, 10)
         rev = s.wait_event(
             lambda r: isinstance(r.event, AgentRevoked) and r.event.agent_id == FRAUD_AGENT, 5
         )
-        after = view.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
+        after = payments.allows(FRAUD_AGENT, FREEZE, ACCOUNTS[0])
         if rev is not None:
             ev = rev[0].event
             assert isinstance(ev, AgentRevoked)
@@ -253,6 +286,19 @@ def play(s: Scenario, settings: Settings, view: GrantView) -> None:
         s.check(
             "revocation reached the resource side and the next check is denied",
             gone is not None and rev is not None and not after.allowed,
+        )
+        ack = wait_ack(boot, sig.signal_id, started, 10)
+        if ack is not None:
+            ms = (ack.applied_at - ack.revoked_at).total_seconds() * 1000
+            s.say(
+                PAYMENTS_SERVICE,
+                f"acknowledged the revocation on {topics.REVOCATION_ACKS.name}: applied at "
+                f"{ack.applied_at:%H:%M:%S.%f}Z, propagation {ms:.1f} ms "
+                f"({ack.topic}@{ack.partition}:{ack.offset})",
+            )
+        s.check(
+            "the payments service acknowledged the revocation (permbroker revocations status)",
+            ack is not None,
         )
         revoked_ids = {r.event.grant_id for r, _ in s.seen if isinstance(r.event, GrantRevoked)}
         s.check("both scopes' grant revoked (grant.revoked event seen)", d.grant_id in revoked_ids)
@@ -338,11 +384,14 @@ def run_demo(*, keep: bool = False) -> int:
         worker.start()
         worker.wait_ready(90)
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
-        with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view:
-            if not view.wait_ready(30):
-                raise BrokerError("the resource-side grant view did not catch up within 30s")
+        with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view, GrantView(
+            settings.kafka_bootstrap, topic=topics.GRANTS_PAYMENTS.name,
+            enforcement_point=PAYMENTS_SERVICE,
+        ) as payments:
+            if not (view.wait_ready(30) and payments.wait_ready(30)):
+                raise BrokerError("the resource-side grant views did not catch up within 30s")
             started_at = datetime.now(UTC)
-            play(s, settings, view)
+            play(s, settings, view, payments)
         audit_checks(s, settings, started_at)
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))

@@ -10,7 +10,9 @@
     ├── BusError                  Kafka cannot be reached or refused a write: fail closed
     ├── Fenced                    a newer worker owns the partition: this one writes nothing
     ├── StackError                the local Kafka/Redis stack could not be started or stopped
-    └── DecisionTimeout           no decision arrived for a request within the deadline
+    ├── DecisionTimeout           no decision arrived for a request within the deadline
+    ├── InvalidConsistencyToken   a consistency token cannot be parsed
+    └── AccessDenied              an enforcement point denied an action (carries the reason)
 
 Adapters translate library errors into these (``raise StoreUnavailable(...) from exc``).
 """
@@ -71,3 +73,18 @@ class StackError(BrokerError):
 
 class DecisionTimeout(BrokerError):
     """No decision arrived for a request within the deadline."""
+
+
+class InvalidConsistencyToken(BrokerError):
+    """A consistency token cannot be parsed (a view denies rather than guess its freshness)."""
+
+
+class AccessDenied(BrokerError):
+    """An enforcement point said no; ``reason`` says why (no grant, expired, stale view...)."""
+
+    def __init__(self, reason: str, *, agent_id: str, scope: str, resource: str = "") -> None:
+        self.reason = reason
+        self.agent_id = agent_id
+        self.scope = scope
+        self.resource = resource
+        super().__init__(f"{agent_id} may not use {scope} on {resource or '*'}: {reason}")

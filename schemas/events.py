@@ -135,6 +135,8 @@ class EscalationDecided(WireModel):
     reasons: tuple[str, ...] = ()
     policy_revision: str
     decided_at: UtcDatetime
+    # Partition and offsets of the grant's events: ask a view ``allows(..., at_least=token)``.
+    consistency_token: str | None = None
 
 
 class GrantIssued(WireModel):
@@ -235,6 +237,119 @@ class AuditRecord(WireModel):
     chain: AuditLink | None = None
 
 
+EnforcementPoint = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+
+
+class GrantExpiring(WireModel):
+    """A grant reaches its absolute expiry soon: renew it (policy permitting) or let it lapse."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    expires_at: UtcDatetime
+    warned_at: UtcDatetime
+
+
+class RenewalRequested(WireModel):
+    """An agent asks to extend one of its own grants, with fresh evidence; policy decides."""
+
+    request_id: EventId
+    agent_id: AgentId
+    grant_id: EventId
+    duration_s: Annotated[int, Field(gt=0, le=MAX_REQUESTED_DURATION_S)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    confidence: Unit
+    risk_score: Unit = 0.0
+    signals: Signals = Field(default_factory=dict)
+    requested_at: UtcDatetime
+
+
+class RenewalDecided(WireModel):
+    """The answer to one renewal: the new absolute expiry, or why not (naming the rule)."""
+
+    decision_id: EventId
+    request_id: EventId
+    agent_id: AgentId
+    grant_id: EventId
+    outcome: Literal["renewed", "denied"]
+    expires_at: UtcDatetime | None = None
+    previous_expires_at: UtcDatetime | None = None
+    total_duration_s: int = 0
+    max_total_duration_s: int | None = None
+    rule: str | None = None
+    reasons: tuple[str, ...] = ()
+    matched_rules: tuple[str, ...] = ()
+    policy_revision: str
+    decided_at: UtcDatetime
+    consistency_token: str | None = None
+
+
+class GrantRenewed(WireModel):
+    """A live grant got a later absolute expiry through a policy-evaluated renewal."""
+
+    grant_id: EventId
+    agent_id: AgentId
+    request_id: EventId
+    scopes: tuple[Scope, ...]
+    resources: tuple[Resource, ...]
+    renewed_at: UtcDatetime
+    previous_expires_at: UtcDatetime
+    expires_at: UtcDatetime
+    policy_revision: str
+    rules: tuple[str, ...]
+
+
+class ReleaseRequested(WireModel):
+    """An agent gives one of its own grants back before it expires."""
+
+    request_id: EventId
+    agent_id: AgentId
+    grant_id: EventId
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    requested_at: UtcDatetime
+
+
+class ReleaseDecided(WireModel):
+    """The answer to one release request."""
+
+    decision_id: EventId
+    request_id: EventId
+    agent_id: AgentId
+    grant_id: EventId
+    outcome: Literal["released", "denied"]
+    reasons: tuple[str, ...] = ()
+    decided_at: UtcDatetime
+    consistency_token: str | None = None
+
+
+class RevocationAcknowledged(WireModel):
+    """An enforcement point applied a revocation: which one, where it read it, and when."""
+
+    ack_id: EventId
+    enforcement_point: EnforcementPoint
+    agent_id: AgentId
+    cause_event_id: EventId
+    grant_ids: tuple[EventId, ...] = ()
+    revoked_at: UtcDatetime
+    applied_at: UtcDatetime
+    topic: str
+    partition: int
+    offset: int
+    # Applied while the view was catching up at its start (not a live propagation time).
+    replayed: bool = False
+
+
+class EnforcementPointStatus(WireModel):
+    """An enforcement point (grant view) says it exists and how current it is."""
+
+    enforcement_point: EnforcementPoint
+    topic: str
+    ready: bool
+    staleness_s: float | None = None
+    lag: int = 0
+    started_at: UtcDatetime
+    reported_at: UtcDatetime
+
+
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
 
 # CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
@@ -249,6 +364,14 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     GrantReleased: "io.permbroker.grant.released.v1",
     AgentRevoked: "io.permbroker.agent.revoked.v1",
     AuditRecord: "io.permbroker.audit.recorded.v1",
+    GrantExpiring: "io.permbroker.grant.expiring.v1",
+    GrantRenewed: "io.permbroker.grant.renewed.v1",
+    RenewalRequested: "io.permbroker.grant.renewal.requested.v1",
+    RenewalDecided: "io.permbroker.grant.renewal.decided.v1",
+    ReleaseRequested: "io.permbroker.grant.release.requested.v1",
+    ReleaseDecided: "io.permbroker.grant.release.decided.v1",
+    RevocationAcknowledged: "io.permbroker.revocation.acknowledged.v1",
+    EnforcementPointStatus: "io.permbroker.enforcement.status.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 
@@ -277,6 +400,9 @@ KNOWN_MINOR = 0
 
 def event_id(event: WireModel) -> str:
     """The id field of an event: the idempotency key consumers dedupe on."""
+    special = _special_event_id(event)
+    if special is not None:
+        return special
     for name in ("request_id", "signal_id", "decision_id", "audit_id"):
         value = getattr(event, name, None)
         if isinstance(value, str):
@@ -296,9 +422,25 @@ def event_id(event: WireModel) -> str:
     raise TypeError(f"no id for {type(event).__name__}")
 
 
+def _special_event_id(event: WireModel) -> str | None:
+    """Ids of the events that carry a request id yet are not that request's answer."""
+    if isinstance(event, GrantExpiring):
+        return f"{event.grant_id}:expiring:{int(event.expires_at.timestamp() * 1000)}"
+    if isinstance(event, GrantRenewed):
+        return f"{event.grant_id}:renewed:{event.request_id}"
+    if isinstance(event, RevocationAcknowledged):
+        return event.ack_id
+    if isinstance(event, EnforcementPointStatus):
+        stamp = int(event.reported_at.timestamp() * 1000)
+        return f"{event.enforcement_point}:status:{stamp}"
+    return None
+
+
 def partition_key(event: WireModel) -> str | None:
     """The Kafka message key: always the agent id (one agent, one partition, in order)."""
     if isinstance(event, RiskObserved):
         return event.subject_agent_id or event.resource
+    if isinstance(event, EnforcementPointStatus):
+        return event.enforcement_point
     value = getattr(event, "agent_id", None)
     return value if isinstance(value, str) else None

@@ -121,6 +121,8 @@ def _key_schema(model: type[WireModel]) -> Json:
             "description": "The subject agent id; the resource when the signal names no agent.",
             "type": "string",
         }
+    if "agent_id" not in model.model_fields and "enforcement_point" in model.model_fields:
+        return {"description": "The enforcement point's name (UTF-8).", **agent}
     if "agent_id" not in model.model_fields:
         raise ValueError(f"{model.__name__} has no agent_id to key on")
     if _accepts_none(model, "agent_id"):

@@ -38,8 +38,13 @@ _APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 
 ESCALATIONS = Topic(
     "permbroker.escalations", PARTITIONS, "delete", 7 * DAY_MS,
-    ("io.permbroker.escalation.requested.v1",),
-    "Agents ask for elevated scopes. Broker-assigned append time is the request's clock.",
+    (
+        "io.permbroker.escalation.requested.v1",
+        "io.permbroker.grant.renewal.requested.v1",
+        "io.permbroker.grant.release.requested.v1",
+    ),
+    "Agents ask for elevated scopes, renew or release their grants. Broker-assigned append "
+    "time is the request's clock.",
     _APPEND_TIME,
 )
 RISK = Topic(
@@ -50,19 +55,51 @@ RISK = Topic(
 )
 DECISIONS = Topic(
     "permbroker.decisions", PARTITIONS, "delete", 7 * DAY_MS,
-    ("io.permbroker.escalation.decided.v1",),
+    (
+        "io.permbroker.escalation.decided.v1",
+        "io.permbroker.grant.renewal.decided.v1",
+        "io.permbroker.grant.release.decided.v1",
+    ),
     "One decision per request, with reasons, matched rules and policy revision.",
+)
+GRANT_EVENT_TYPES = (
+    "io.permbroker.grant.issued.v1",
+    "io.permbroker.grant.revoked.v1",
+    "io.permbroker.grant.expired.v1",
+    "io.permbroker.grant.released.v1",
+    "io.permbroker.agent.revoked.v1",
+    "io.permbroker.grant.renewed.v1",
+    "io.permbroker.grant.expiring.v1",
 )
 GRANTS = Topic(
     "permbroker.grants", PARTITIONS, "delete", 30 * DAY_MS,
-    (
-        "io.permbroker.grant.issued.v1",
-        "io.permbroker.grant.revoked.v1",
-        "io.permbroker.grant.expired.v1",
-        "io.permbroker.grant.released.v1",
-        "io.permbroker.agent.revoked.v1",
-    ),
+    GRANT_EVENT_TYPES,
     "Grant lifecycle: what resource services consume to enforce. Log of record for grants.",
+)
+GRANT_TOPIC_PREFIX = GRANTS.name + "."
+
+
+def grant_topic(namespace: str) -> Topic:
+    """The grant topic of one scope namespace (``payments`` -> ``permbroker.grants.payments``).
+
+    It carries the grant events that concern the namespace, each grant projected to the
+    namespace's scopes, plus every agent-level revocation; the default topic carries everything.
+    """
+    return Topic(
+        GRANT_TOPIC_PREFIX + namespace, PARTITIONS, "delete", 30 * DAY_MS, GRANT_EVENT_TYPES,
+        f"Grant lifecycle of the {namespace} namespace, for the resource services of {namespace}.",
+    )
+
+
+# The namespaces of the example policy; any other namespace gets its topic the same way.
+GRANTS_PAYMENTS = grant_topic("payments")
+GRANTS_CRM = grant_topic("crm")
+GRANTS_REPORTS = grant_topic("reports")
+ROUTED_GRANT_TOPICS = (GRANTS_PAYMENTS, GRANTS_CRM, GRANTS_REPORTS)
+REVOCATION_ACKS = Topic(
+    "permbroker.revocation-acks", PARTITIONS, "delete", 30 * DAY_MS,
+    ("io.permbroker.revocation.acknowledged.v1", "io.permbroker.enforcement.status.v1"),
+    "Enforcement points confirm each revocation they applied, and report how current they are.",
 )
 AUDIT = Topic(
     "permbroker.audit", PARTITIONS, "delete", 365 * DAY_MS,
@@ -83,7 +120,8 @@ DEAD_LETTER = Topic(
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (
-    ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER,
+    ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
+    REVOCATION_ACKS,
 )
 
 # Dead-letter headers (the value is the original raw bytes).
@@ -98,4 +136,6 @@ def by_name(name: str) -> Topic:
     for topic in ALL_TOPICS:
         if topic.name == name:
             return topic
+    if name.startswith(GRANT_TOPIC_PREFIX):
+        return grant_topic(name.removeprefix(GRANT_TOPIC_PREFIX))
     raise KeyError(name)

@@ -20,15 +20,19 @@ from typing import Any
 import faust
 
 from broker.adapters import codec, rebuild
+from broker.adapters.admin import ensure_topics
 from broker.adapters.audit_keys import AuditKeys, load_keys
 from broker.adapters.redis_store import RedisGrantStore
 from broker.adapters.sealer import Sealer
 from broker.audit_records import rebuild_audit
 from broker.audit_redact import Redactor
 from broker.config import Settings
+from broker.consistency import Position
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
+from broker.routing import GrantRouting
 from schemas import topics
+from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
 from streams.processor import Incoming, Processor
 
@@ -70,18 +74,34 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         stream_buffer_maxsize=64,
         broker_max_poll_records=64,
     )
-    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+    store = RedisGrantStore.from_url(
+        settings.redis_url, margin_s=settings.record_margin_s,
+        warn_before_s=settings.expiry_warning_s,
+    )
 
-    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> None:
+    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> list[Position]:
         producer = app.producer
         try:
             futures = [
                 await producer.send(topic, m.key, m.value, None, None, m.headers) for m in messages
             ]
-            await asyncio.gather(*futures)
+            landed = await asyncio.gather(*futures)
         except Exception as exc:
             raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
+        return [Position(md.topic, md.partition, md.offset) for md in landed]
 
+    async def publish_many(messages: Sequence[tuple[str, codec.Encoded]]) -> list[Position]:
+        producer = app.producer
+        try:
+            futures = [
+                await producer.send(t, m.key, m.value, None, None, m.headers) for t, m in messages
+            ]
+            landed = await asyncio.gather(*futures)
+        except Exception as exc:
+            raise BusError(f"Kafka did not acknowledge a write to the grant topics: {exc}") from exc
+        return [Position(md.topic, md.partition, md.offset) for md in landed]
+
+    routing = GrantRouting(frozenset(settings.grant_namespaces))
     keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
     redactor = Redactor.configured(
         keys.hmac_key,
@@ -108,7 +128,10 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         fencing=True,
         redactor=redactor,
         audit_timeout_s=settings.audit_timeout_s,
+        routing=routing,
+        publish_many=publish_many,
     )
+    lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
     app.processor = processor  # type: ignore[attr-defined]
     _watch_assignment(app, processor)
     serve_metrics(processor, settings.metrics_port)
@@ -120,6 +143,8 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
 
     @app.task  # type: ignore[untyped-decorator]
     async def prepare() -> None:
+        routed = [topics.by_name(t) for t in routing.topics()]
+        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
         await _prepare(processor, store, settings, policy)
 
     # One actor per partition: partitions are decided concurrently, each in order.
@@ -146,7 +171,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     @app.timer(settings.expiry_interval_s)  # type: ignore[untyped-decorator]
     async def expiries() -> None:
         try:
-            await processor.sweep_expiries()
+            await lifecycle.sweep()
         except (StoreError, BusError) as exc:
             log.warning("expiry sweep failed, will retry: %s", exc)
 

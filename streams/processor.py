@@ -37,6 +37,7 @@ from broker.adapters.redis_store import (
 )
 from broker.audit_records import policy_loaded_audit
 from broker.audit_redact import Redactor
+from broker.consistency import ConsistencyToken, Position, token_of
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
 from broker.grants import (
     AUDIT_UNAVAILABLE,
@@ -52,6 +53,7 @@ from broker.grants import (
     risk_audit,
 )
 from broker.policy import Policy, RiskAction, RiskContext
+from broker.routing import GrantRouting, namespaces_of
 from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,
@@ -59,6 +61,8 @@ from schemas.events import (
     AgentProfile,
     AuditRecord,
     EscalationRequested,
+    ReleaseRequested,
+    RenewalRequested,
     RiskObserved,
     ScopeDenial,
     WireModel,
@@ -96,8 +100,16 @@ class Incoming:
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
 
 
-# Publish(topic, messages) sends every message and returns once Kafka acknowledged all of them.
-Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[None]]
+# Publish(topic, messages) sends every message and returns once Kafka acknowledged all of them,
+# with where each landed (None from publishers that cannot tell).
+Publish = Callable[[str, Sequence[codec.Encoded]], Awaitable[Sequence[Position] | None]]
+# PublishMany([(topic, message), ...]): like Publish across topics, in one go (one produce
+# round trip where the client can batch them), returning where each landed.
+PublishMany = Callable[[Sequence[tuple[str, codec.Encoded]]], Awaitable[Sequence[Position]]]
+# Handles a renewal or release request read from the escalation topic (streams.lifecycle).
+GrantRequestHandler = Callable[["Incoming", RenewalRequested | ReleaseRequested], Awaitable[None]]
+# A grant lifecycle event and the namespaces of the grant it concerns (None: unknown or all).
+Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
 # Rebuilds the Redis view from the grant topic; returns how many grants it restored.
 Rebuild = Callable[[], Awaitable[int]]
 Clock = Callable[[], datetime]
@@ -133,6 +145,8 @@ class Processor:
         fencing: bool = False,
         redactor: Redactor | None = None,
         audit_timeout_s: float = 5.0,
+        routing: GrantRouting | None = None,
+        publish_many: PublishMany | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -145,6 +159,9 @@ class Processor:
         self._view_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.counters: dict[str, int] = {}
+        self.routing = routing or GrantRouting()
+        self._publish_many = publish_many
+        self.grant_requests: GrantRequestHandler | None = None
         # (topic, partition) -> the epoch this worker claimed when it was assigned it. With
         # fencing on, a message of a partition not in here is not ours: it is left alone.
         self.fencing = fencing
@@ -159,6 +176,26 @@ class Processor:
         """Encode and publish events to one topic, waiting for Kafka's acknowledgement."""
         if events:
             await self._publish(topic, [codec.encode(e, source=SOURCE) for e in events])
+
+    async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
+        """Publish grant lifecycle events to every topic their routing names, topics in parallel.
+
+        Returns the consistency token of what was written (None if the publisher cannot tell).
+        """
+        routed = [
+            (topic, codec.encode(copy, source=SOURCE))
+            for event, namespaces in items
+            for topic, copy in self.routing.route(event, namespaces)
+        ]
+        if self._publish_many is not None:
+            positions = list(await self._publish_many(routed))
+        else:
+            per_topic: dict[str, list[codec.Encoded]] = {}
+            for topic, message in routed:
+                per_topic.setdefault(topic, []).append(message)
+            results = await asyncio.gather(*(self._publish(t, m) for t, m in per_topic.items()))
+            positions = [p for result in results if result for p in result]
+        return token_of(positions) if positions else None
 
     async def audit(self, *records: AuditRecord, also: Sequence[str] = ()) -> None:
         """Write audit records (sensitive values as HMACs) to the raw audit topic; await the ack."""
@@ -240,7 +277,9 @@ class Processor:
                 delay = min(delay * 2, 2.0)
 
     def _decode(self, msg: Incoming, kind: type[T]) -> T:
-        event = codec.decode(msg.key, msg.value, msg.headers)
+        return self._expect(codec.decode(msg.key, msg.value, msg.headers), msg, kind)
+
+    def _expect(self, event: WireModel, msg: Incoming, kind: type[T]) -> T:
         if not isinstance(event, kind):
             raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
         return event
@@ -250,7 +289,11 @@ class Processor:
         await self.ready.wait()
         try:
             await self._fence(msg)
-            request = self._decode(msg, EscalationRequested)
+            event = codec.decode(msg.key, msg.value, msg.headers)
+            if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
+                await self.grant_requests(msg, event)
+                return
+            request = self._expect(event, msg, EscalationRequested)
         except Fenced as exc:
             self._fenced(msg, str(exc))
             return
@@ -378,7 +421,9 @@ class Processor:
             self._count(f"decided_{decision.outcome}")
         # The grant first, so whoever sees the decision can already find the grant.
         if committed.grant is not None:
-            await self.emit(topics.GRANTS.name, committed.grant)
+            token = await self.emit_grants((committed.grant, None))
+            if token is not None:
+                decision = decision.model_copy(update={"consistency_token": token.encode()})
         await self.emit(topics.DECISIONS.name, decision)
         if pending is not None:  # a fail-closed denial: its record waits for the audit to return
             await self.audit_until_written(pending)
@@ -421,13 +466,21 @@ class Processor:
             else self.policy.on_risk(signal, agent, now)
         )
         revoked: tuple[str, ...] = ()
+        token: ConsistencyToken | None = None
         fence = await self._risk_fence(msg)
         hide = self.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
-            revoked = await self._revoke(subject, signal.signal_id, action, now, fence, hide)
+            revoked, token = await self._revoke(
+                subject, signal.signal_id, action, now, fence, hide
+            )
         elif subject:
             await self.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        await self.audit(risk_audit(signal, action, revoked, now), also=hide)
+        audit = risk_audit(signal, action, revoked, now)
+        if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
+            audit = audit.model_copy(
+                update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}
+            )
+        await self.audit(audit, also=hide)
 
     async def _revoke(
         self,
@@ -437,7 +490,7 @@ class Processor:
         now: datetime,
         fence: Fence,
         hide: Sequence[str] = (),
-    ) -> tuple[str, ...]:
+    ) -> tuple[tuple[str, ...], ConsistencyToken | None]:
         plan = plan_revocation(
             cause_id,
             agent_id,
@@ -450,7 +503,10 @@ class Processor:
         if grants is None:
             raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")
         agent_event, per_grant = revoked_events(plan, grants)
-        await self.emit(topics.GRANTS.name, *per_grant, agent_event)
+        spaces = {g.grant_id: namespaces_of(g.scopes) for g in grants}
+        token = await self.emit_grants(
+            *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
+        )
         await self.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
         self._count("revocations")
         log.warning(
@@ -460,7 +516,7 @@ class Processor:
             plan.rule,
             cause_id,
         )
-        return tuple(g.grant_id for g in grants)
+        return tuple(g.grant_id for g in grants), token
 
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
@@ -479,7 +535,8 @@ class Processor:
         async def revoke() -> tuple[str, ...]:
             fence = await self._risk_fence(msg)
             cause = derive_id("undecodable", msg.origin, agent_id)
-            return await self._revoke(agent_id, cause, action, msg.received_at, fence)
+            revoked, _token = await self._revoke(agent_id, cause, action, msg.received_at, fence)
+            return revoked
 
         await self._retrying("fail-safe revoke", revoke)
 
@@ -491,10 +548,12 @@ class Processor:
             await self.ensure_view()  # a wiped Redis is rebuilt even when no request comes
         now = self._clock() if self._clock else await self.store.now()
         due = await self.store.due_expiries(now)
-        announce = [e for e, live in due if live]
-        await self.emit(topics.GRANTS.name, *announce)
+        live = [d for d in due if d.live]
+        announce = [d.event for d in live]
+        if live:
+            await self.emit_grants(*((d.event, d.namespaces) for d in live))
         await self.audit(*(lifecycle_audit(e, now) for e in announce))
-        await self.store.ack_expiries([e for e, _ in due])
+        await self.store.ack_expiries(due)
         for _ in announce:
             self._count("expired")
         return len(announce)

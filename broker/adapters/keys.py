@@ -15,6 +15,22 @@ VIEW_EPOCH = (
     f"{PREFIX}:view:epoch"  # set when the view was (re)built from Kafka; absent = fail closed
 )
 AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
+# zset of the same members as EXPIRY_INDEX scored by when to announce grant.expiring.
+EXPIRING_INDEX = f"{PREFIX}:expiring"
+MEMBER_SEP = "\x1f"
+
+
+def expiry_member(agent_id: str, grant_id: str, scopes: tuple[str, ...] = ()) -> str:
+    """Member of the expiry indexes: agent, grant and the namespaces its end is routed to."""
+    namespaces = ",".join(sorted({s.split(":", 1)[0] for s in scopes}))
+    return f"{agent_id}{MEMBER_SEP}{grant_id}{MEMBER_SEP}{namespaces}"
+
+
+def parse_member(member: str) -> tuple[str, str, tuple[str, ...] | None]:
+    """(agent, grant, namespaces); namespaces None for members written before routing."""
+    parts = member.split(MEMBER_SEP)
+    namespaces = tuple(n for n in parts[2].split(",") if n) if len(parts) > 2 else None
+    return parts[0], parts[1], namespaces
 
 
 def agent_prefix(agent_id: str) -> str:
@@ -67,6 +83,14 @@ def risk(agent_id: str) -> str:
     return f"{agent_prefix(agent_id)}risk"
 
 
+def renewal(agent_id: str, request_id: str) -> str:
+    """The decision recorded for one renewal request (idempotency under redelivery)."""
+    return f"{agent_prefix(agent_id)}renewal:{request_id}"
+
+
+def release(agent_id: str, request_id: str) -> str:
+    """The decision recorded for one release request (idempotency under redelivery)."""
+    return f"{agent_prefix(agent_id)}release:{request_id}"
 def owner(agent_id: str, role: str) -> str:
     """Fence epoch of the latest worker that wrote for the agent from one topic ('esc'/'risk')."""
     return f"{agent_prefix(agent_id)}owner:{role}"

@@ -180,6 +180,48 @@ end
 return redis.call('GET', KEYS[1])
 """
 
+# KEYS: record, grant, index, life, revoked, quarantine
+# ARGV: decision_json, renewed grant_json ('' if denied), new_expires_ms, received_ms, now_ms,
+#       record_until_ms, grant_id, life_until_ms, expected current expires_ms
+# Returns {status, decision_json or blocked reason}. The life key holds the current expiry.
+RENEW = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return {'existing', existing} end
+if ARGV[2] ~= '' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {'blocked', 'gone'} end
+  local cur = redis.call('GET', KEYS[4])
+  if (not cur) or cur ~= ARGV[9] then return {'blocked', 'changed'} end
+  if redis.call('EXISTS', KEYS[6]) == 1 then return {'blocked', 'quarantine'} end
+  local rv = redis.call('GET', KEYS[5])
+  if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked'} end
+  if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale'} end
+  redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
+  redis.call('SET', KEYS[4], ARGV[3], 'PXAT', ARGV[8])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
+  if redis.call('PTTL', KEYS[3]) < 0 then
+    redis.call('PEXPIREAT', KEYS[3], ARGV[8])
+  else
+    redis.call('PEXPIREAT', KEYS[3], ARGV[8], 'GT')
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[6])
+return {'stored', ARGV[1]}
+"""
+
+# KEYS: record, grant, life, index   ARGV: decision_json, release? 1/0, grant_id, record_until_ms
+# Returns {status, decision_json or blocked reason}.
+RELEASE_OWN = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return {'existing', existing} end
+if ARGV[2] == '1' then
+  if redis.call('DEL', KEYS[2]) == 0 then return {'blocked', 'gone'} end
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[4])
+return {'stored', ARGV[1]}
+"""
+
 # KEYS: fence   Returns the new ownership epoch of one input partition: above every earlier
 # one and never below Redis's clock in microseconds, so it keeps growing across a Redis wipe.
 CLAIM = """

@@ -12,7 +12,14 @@ from datetime import datetime
 
 from broker.adapters.bus import Record, read_all
 from broker.adapters.redis_store import RedisGrantStore
-from schemas.events import AgentRevoked, GrantExpired, GrantIssued, GrantReleased, GrantRevoked
+from schemas.events import (
+    AgentRevoked,
+    GrantExpired,
+    GrantIssued,
+    GrantReleased,
+    GrantRenewed,
+    GrantRevoked,
+)
 from schemas.topics import GRANTS
 
 
@@ -28,7 +35,7 @@ class Folded:
 
 
 def fold(records: Iterable[Record], now: datetime) -> Folded:
-    """Active grants = issued, minus revoked/expired/released, minus those past expires_at."""
+    """Active grants = issued (renewed: later expiry), minus revoked/expired/released/lapsed."""
     state = Folded()
     for rec in records:
         state.records += 1
@@ -38,6 +45,10 @@ def fold(records: Iterable[Record], now: datetime) -> Folded:
         elif isinstance(ev, GrantIssued):
             if ev.grant_id not in state.ended:
                 state.active[ev.grant_id] = ev
+        elif isinstance(ev, GrantRenewed):
+            held = state.active.get(ev.grant_id)
+            if held is not None and ev.expires_at > held.expires_at:
+                state.active[ev.grant_id] = held.model_copy(update={"expires_at": ev.expires_at})
         elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
             state.ended.add(ev.grant_id)
             state.active.pop(ev.grant_id, None)

@@ -49,6 +49,16 @@ class Committed:
 
 
 @dataclass(frozen=True)
+class DueExpiry:
+    """A grant whose expiry passed: announce it (``live``) to its namespaces' topics, then ack."""
+
+    event: GrantExpired
+    live: bool
+    namespaces: tuple[str, ...] | None
+    member: str
+
+
+@dataclass(frozen=True)
 class Fence:
     """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
 
@@ -90,9 +100,12 @@ class Check:
 class RedisGrantStore:
     """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer."""
 
-    def __init__(self, client: aioredis.Redis, *, margin_s: int = 3600) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
+    ) -> None:
         self._r = client
         self._margin = timedelta(seconds=margin_s)
+        self._warn_before = warn_before_s
         self._commit = client.register_script(lua.COMMIT)
         self._revoke = client.register_script(lua.REVOKE_ALL)
         self._check = client.register_script(lua.CHECK)
@@ -103,10 +116,39 @@ class RedisGrantStore:
         self._claim = client.register_script(lua.CLAIM)
 
     @classmethod
-    def from_url(cls, url: str, *, margin_s: int = 3600) -> RedisGrantStore:
+    def from_url(
+        cls, url: str, *, margin_s: int = 3600, warn_before_s: float = 30.0
+    ) -> RedisGrantStore:
         """A store on a fresh client for ``url``."""
         client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return cls(client, margin_s=margin_s)
+        return cls(client, margin_s=margin_s, warn_before_s=warn_before_s)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client (for the lifecycle store sharing its connections)."""
+        return self._r
+
+    def warn_at(self, grant: GrantIssued) -> datetime:
+        """When to announce grant.expiring: ``warn_before_s`` ahead, at most half its life."""
+        life = (grant.expires_at - grant.issued_at).total_seconds()
+        return grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
+
+    async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
+        """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
+        pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
+        self._index_expiry(pipe, grant, life_until)
+        await self._call(pipe.execute())
+
+    def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
+        """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
+        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
+        for index, when in (
+            (keys.EXPIRY_INDEX, grant.expires_at),
+            (keys.EXPIRING_INDEX, self.warn_at(grant)),
+        ):
+            pipe.zadd(index, {member: ms(when)})
+            pipe.pexpireat(index, ms(life_until), gt=True)
+            pipe.pexpireat(index, ms(life_until), nx=True)
 
     async def aclose(self) -> None:
         """Close the client's connections."""
@@ -216,9 +258,7 @@ class RedisGrantStore:
         record_until = self._record_until(expires, received_at, max_grant_s)
         pipe = self._r.pipeline(transaction=False)
         if g is not None:
-            pipe.zadd(keys.EXPIRY_INDEX, {f"{agent}{SEP}{g.grant_id}": ms(expires)})
-            pipe.pexpireat(keys.EXPIRY_INDEX, ms(record_until), gt=True)
-            pipe.pexpireat(keys.EXPIRY_INDEX, ms(record_until), nx=True)
+            self._index_expiry(pipe, g, record_until)
         gid = g.grant_id if g else ""
         await self._commit(
             keys=[
@@ -367,43 +407,48 @@ class RedisGrantStore:
             out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
 
-    async def due_expiries(
-        self, now: datetime, limit: int = 500
-    ) -> list[tuple[GrantExpired, bool]]:
-        """Grants whose expiry passed; the flag says whether to announce (not revoked/released)."""
+    async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
+        """Grants whose expiry passed; ``live`` says whether to announce (not revoked/released).
+
+        A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
+        instead: its end is announced at the new expiry.
+        """
         members = await self._call(
             self._r.zrangebyscore(
                 keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
             )
         )
+        parsed = [(raw.decode(), score) for raw, score in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
+        for member, _score in parsed:
+            agent, gid, _ns = keys.parse_member(member)
+            pipe.get(keys.life(agent, gid))
+        lives = await self._call(pipe.execute()) if parsed else []
         out = []
-        for member, score in members:
-            agent, gid = member.decode().split(SEP, 1)
-            live = await self._call(self._r.exists(keys.life(agent, gid)))
-            out.append(
-                (GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score)), bool(live))
-            )
+        for (member, score), current in zip(parsed, lives, strict=True):
+            agent, gid, namespaces = keys.parse_member(member)
+            if current is not None and int(current) > int(score):
+                await self._call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
+                continue
+            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
+            out.append(DueExpiry(event, current is not None, namespaces, member))
         return out
 
-    async def ack_expiries(self, done: Sequence[GrantExpired]) -> None:
+    async def ack_expiries(self, done: Sequence[DueExpiry]) -> None:
         """Forget announced (or skipped) expiries."""
         if not done:
             return
         pipe = self._r.pipeline(transaction=False)
-        for e in done:
-            pipe.delete(keys.life(e.agent_id, e.grant_id))
-            pipe.zrem(keys.EXPIRY_INDEX, f"{e.agent_id}{SEP}{e.grant_id}")
+        for d in done:
+            pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
+            pipe.zrem(keys.EXPIRY_INDEX, d.member)
         await self._call(pipe.execute())
 
     async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
         """Rebuild: put back one grant from the log if still live and not revoked."""
         a = grant.agent_id
         life_until = grant.expires_at + self._margin
-        await self._call(
-            self._r.zadd(keys.EXPIRY_INDEX, {f"{a}{SEP}{grant.grant_id}": ms(grant.expires_at)})
-        )
-        await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), gt=True))
-        await self._call(self._r.pexpireat(keys.EXPIRY_INDEX, ms(life_until), nx=True))
+        await self.schedule(grant, life_until)
         done = await self._call(
             self._restore(
                 keys=[

@@ -33,6 +33,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "PERMBROKER_APP_ID": settings.app_id,
         "PERMBROKER_EXPIRY_INTERVAL_S": str(settings.expiry_interval_s),
         "PERMBROKER_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+        "PERMBROKER_GRANT_NAMESPACES": ",".join(settings.grant_namespaces),
+        "PERMBROKER_EXPIRY_WARNING_S": str(settings.expiry_warning_s),
         "PERMBROKER_METRICS_PORT": str(settings.metrics_port),
         "PERMBROKER_RECORD_MARGIN_S": str(settings.record_margin_s),
         **_audit_env(settings),

@@ -49,24 +49,42 @@ class Policy:
                  classes: Mapping[str, AgentClass], escalation_rules: tuple[EscalationRule, ...],
                  deny_rules: tuple[DenyRule, ...], revocation_rules: tuple[RevocationRule, ...],
                  agents: tuple[AgentProfile, ...],
+                 default_max_total_duration_s: int | None = None,
                  files: tuple[tuple[str, bytes], ...] = ()) -> None:
         self.name = name
         self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision
         self.source = source
         self.default_max_duration_s = default_max_duration_s
+        # Caps every grant's cumulative life across renewals (defaults to max_duration).
+        self.default_max_total_duration_s = max(
+            default_max_total_duration_s or default_max_duration_s, default_max_duration_s)
         self.classes = dict(classes)
         self.escalation_rules = escalation_rules
         self.deny_rules = deny_rules
         self.revocation_rules = revocation_rules
         self._agents = {agent.agent_id: agent for agent in agents}
         # Every grant is capped by defaults.max_duration; a rule may only shorten it.
+        # With renewals, the longest a grant can live is the largest cumulative maximum.
         self.max_grant_duration_s = max(
-            (min(r.max_duration_s or default_max_duration_s, default_max_duration_s)
-             for r in escalation_rules), default=default_max_duration_s)
+            (self.total_limit(r)[0] for r in escalation_rules), default=default_max_duration_s)
         self._rules_by_class = {
             name: tuple(r for r in escalation_rules if name in r.agent_classes) for name in classes
         }
+
+    def total_limit(self, rule: EscalationRule) -> tuple[int, str]:
+        """The cumulative life a grant by ``rule`` may reach through renewals, and its source."""
+        first = min(rule.max_duration_s or self.default_max_duration_s,
+                    self.default_max_duration_s)
+        if rule.max_total_duration_s is not None:
+            limit = min(rule.max_total_duration_s, self.default_max_total_duration_s)
+            return limit, f"rule {rule.id}: max_total_duration {format_duration(limit)}"
+        return first, (f"rule {rule.id}: max_total_duration not set, so its max_duration "
+                       f"{format_duration(first)}")
+
+    def rule(self, rule_id: str) -> EscalationRule | None:
+        """The escalation rule with id ``rule_id``."""
+        return next((r for r in self.escalation_rules if r.id == rule_id), None)
 
     def escalation_rules_for(self, agent_class: str) -> tuple[EscalationRule, ...]:
         """The escalation rules that apply to ``agent_class``, in file order."""

@@ -40,6 +40,7 @@ from broker.policy.model import (
     EscalationRule,
     RateRule,
     RevocationRule,
+    format_duration,
 )
 from broker.policy.source import Bundle, Document, LineList, LineMap, bundle_of, read_bundle
 from broker.scopes import within
@@ -63,6 +64,7 @@ _AGENT_OPTIONAL = tuple(f for f in AgentProfile.model_fields
 class _PolicyDoc:
     name: str
     max_duration_s: int
+    max_total_s: int | None
     classes: dict[str, AgentClass]
     escalation: tuple[EscalationRule, ...]
     deny: tuple[DenyRule, ...]
@@ -87,6 +89,7 @@ def compile_bundle(bundle: Bundle) -> Policy:
     return Policy(
         name=parsed.name, revision=bundle.revision, source=bundle.source,
         default_max_duration_s=parsed.max_duration_s, classes=parsed.classes,
+        default_max_total_duration_s=parsed.max_total_s,
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
     )
@@ -121,17 +124,23 @@ def _parse_policy(doc: Document) -> _PolicyDoc:
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules"))
     defaults = mapping(body, "defaults", at)
-    check_fields(defaults, at, "defaults", required=("max_duration",), optional=())
+    check_fields(defaults, at, "defaults", required=("max_duration",),
+                 optional=("max_total_duration",))
     max_s = cast(int, optional_duration(defaults, "max_duration", at))  # required just above
+    total_s = optional_duration(defaults, "max_total_duration", at)
+    if total_s is not None and total_s < max_s:
+        raise at.error(f"max_total_duration {format_duration(total_s)} is shorter than "
+                       f"max_duration {format_duration(max_s)}",
+                       defaults.line_of("max_total_duration"))
     classes_map = mapping(body, "agent_classes", at)
     classes = {name: _parse_class(name, classes_map, at) for name in classes_map}
     seen: dict[str, str] = {}
-    escalation = [_parse_escalation(r, a, classes, max_s)
+    escalation = [_parse_escalation(r, a, classes, max_s, total_s or max_s)
                   for r, a in _rules(body, "escalation_rules", at, seen)]
     deny = [_parse_deny(r, a, classes) for r, a in _rules(body, "deny_rules", at, seen)]
     revocation = [_parse_revocation(r, a) for r, a in _rules(body, "revocation_rules", at, seen)]
-    return _PolicyDoc(string(body, "name", at), max_s, classes, tuple(escalation), tuple(deny),
-                      tuple(revocation))
+    return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
+                      tuple(deny), tuple(revocation))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
@@ -202,9 +211,10 @@ def _class_refs(body: LineMap, at: At, classes: dict[str, AgentClass],
 
 
 def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
-                      max_s: int) -> EscalationRule:
+                      max_s: int, total_s: int) -> EscalationRule:
     check_fields(body, at, "an escalation rule", required=("id", "agent_classes", "scopes", "when"),
-                 optional=("description", "max_duration", "resources", "max_resources"))
+                 optional=("description", "max_duration", "resources", "max_resources",
+                           "max_total_duration"))
     rule_classes = _class_refs(body, at, classes, required=True)
     scopes = scope_list(body, "scopes", at, allow_glob=False, what="an escalation rule's scopes")
     for scope, line in scopes:
@@ -212,12 +222,18 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
             if not within(scope, classes[name].ceiling):
                 raise at.error(f"scope {scope!r} is outside the ceiling of class {name!r} "
                                f"({', '.join(classes[name].ceiling)})", line)
+    rule_max = optional_duration(body, "max_duration", at, cap=("defaults.max_duration", max_s))
+    rule_total = optional_duration(body, "max_total_duration", at,
+                                   cap=("defaults.max_total_duration", total_s))
+    if rule_total is not None and rule_total < (rule_max or max_s):
+        raise at.error(f"max_total_duration {format_duration(rule_total)} is shorter than the "
+                       f"rule's max_duration {format_duration(rule_max or max_s)}",
+                       body.line_of("max_total_duration"))
     return EscalationRule(
         id=string(body, "id", at), agent_classes=rule_classes,
         scopes=tuple(dict.fromkeys(s for s, _ in scopes)),
         when=condition(body, at, "escalation", ESCALATION_VARIABLES),
-        max_duration_s=optional_duration(body, "max_duration", at,
-                                         cap=("defaults.max_duration", max_s)),
+        max_duration_s=rule_max, max_total_duration_s=rule_total,
         resources=cast(Literal["required", "any"],
                        choice(body, "resources", at, ("required", "any"))),
         max_resources=optional_positive_int(body, "max_resources", at),

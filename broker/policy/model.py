@@ -119,6 +119,9 @@ class EscalationRule:
     resources: Literal["required", "any"] = "required"
     max_resources: int | None = None
     description: str = ""
+    # Cumulative life of a grant across renewals (None: the rule's max_duration, no renewal
+    # past the first window).
+    max_total_duration_s: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,17 @@ from confluent_kafka import TopicPartition
 from broker.adapters.bus import Publisher, consumer, end_offsets, to_record
 from broker.errors import DecisionTimeout
 from schemas import topics
-from schemas.events import EscalationDecided, EscalationRequested, RiskObserved
+from schemas.events import (
+    EscalationDecided,
+    EscalationRequested,
+    ReleaseDecided,
+    ReleaseRequested,
+    RenewalDecided,
+    RenewalRequested,
+    RiskObserved,
+)
+
+Decision = EscalationDecided | RenewalDecided | ReleaseDecided
 
 
 class DecisionWatcher:
@@ -30,7 +40,7 @@ class DecisionWatcher:
         self._consumer.assign(
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
         )
-        self._decisions: dict[str, EscalationDecided] = {}
+        self._decisions: dict[str, Decision] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
@@ -42,13 +52,13 @@ class DecisionWatcher:
             if msg is None or msg.error():
                 continue
             event = to_record(msg).event
-            if isinstance(event, EscalationDecided):
+            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
                 with self._cond:
                     self._decisions[event.request_id] = event
                     self._cond.notify_all()
         self._consumer.close()
 
-    def wait(self, request_id: str, timeout: float) -> EscalationDecided:
+    def wait(self, request_id: str, timeout: float) -> Decision:
         """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
             if not self._cond.wait_for(lambda: request_id in self._decisions, timeout):
@@ -110,9 +120,52 @@ class AgentClient:
 
     def await_decision(self, request_id: str, timeout: float = 30.0) -> EscalationDecided:
         """Wait for the decision on a request this client sent."""
+        decision = self._await(request_id, timeout)
+        if not isinstance(decision, EscalationDecided):
+            raise TypeError(f"{request_id} was answered by a {type(decision).__name__}")
+        return decision
+
+    def _await(self, request_id: str, timeout: float) -> Decision:
         if self._watcher is None:
             raise ValueError("this client was created with watch_decisions=False")
         return self._watcher.wait(request_id, timeout)
+
+    def renew(
+        self,
+        grant_id: str,
+        *,
+        duration_s: int,
+        reason: str,
+        confidence: float,
+        risk_score: float = 0.0,
+        signals: Mapping[str, str | float | int | bool] | None = None,
+        timeout: float = 30.0,
+    ) -> RenewalDecided:
+        """Ask to extend one of this agent's grants, with fresh evidence; policy decides.
+
+        The answer states the new absolute expiry, or why not (naming the rule), and carries
+        the consistency token of the renewal.
+        """
+        request = RenewalRequested(
+            request_id=f"renew-{uuid.uuid4()}", agent_id=self.agent_id, grant_id=grant_id,
+            duration_s=duration_s, reason=reason, confidence=confidence, risk_score=risk_score,
+            signals=dict(signals or {}), requested_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+        decision = self._await(request.request_id, timeout)
+        assert isinstance(decision, RenewalDecided)
+        return decision
+
+    def release(self, grant_id: str, *, reason: str = "", timeout: float = 30.0) -> ReleaseDecided:
+        """Give one of this agent's grants back before it expires."""
+        request = ReleaseRequested(
+            request_id=f"release-{uuid.uuid4()}", agent_id=self.agent_id, grant_id=grant_id,
+            reason=reason, requested_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+        decision = self._await(request.request_id, timeout)
+        assert isinstance(decision, ReleaseDecided)
+        return decision
 
     def report_risk(
         self,

@@ -98,6 +98,8 @@ def settings(
         app_id=f"permbroker-test-{run_id}",
         stack_dir=tmp_path_factory.mktemp("worker"),
         expiry_interval_s=0.2,
+        grant_namespaces=("payments", "crm", "reports"),
+        expiry_warning_s=2.0,
         audit_redact_free_text=True,
         audit_digest_interval_s=0.5,
         # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse

@@ -22,13 +22,21 @@ from schemas.events import (
     AgentProfile,
     AgentRevoked,
     AuditRecord,
+    EnforcementPointStatus,
     EscalationDecided,
     EscalationRequested,
     GrantExpired,
+    GrantExpiring,
     GrantIssued,
     GrantReleased,
+    GrantRenewed,
     GrantRevoked,
     ModelInfo,
+    ReleaseDecided,
+    ReleaseRequested,
+    RenewalDecided,
+    RenewalRequested,
+    RevocationAcknowledged,
     RiskObserved,
     ScopeDenial,
     WireModel,
@@ -131,6 +139,32 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         outcome="granted",
         inputs={"request": {"request_id": "req-1"}},
     ),
+    GrantExpiring: GrantExpiring(grant_id="grant-1", agent_id=AGENT, expires_at=LATER,
+                                 warned_at=NOW),
+    RenewalRequested: RenewalRequested(
+        request_id="req-2", agent_id=AGENT, grant_id="grant-1", duration_s=20,
+        reason="still investigating", confidence=0.95, risk_score=0.9, requested_at=NOW),
+    RenewalDecided: RenewalDecided(
+        decision_id="decision-2", request_id="req-2", agent_id=AGENT, grant_id="grant-1",
+        outcome="renewed", expires_at=LATER, previous_expires_at=NOW, total_duration_s=40,
+        max_total_duration_s=60, policy_revision="sha256:ab", decided_at=NOW,
+        consistency_token="ct1:permbroker.grants@3:17"),
+    GrantRenewed: GrantRenewed(
+        grant_id="grant-1", agent_id=AGENT, request_id="req-2", scopes=(FREEZE,),
+        resources=("acct-1",), renewed_at=NOW, previous_expires_at=NOW, expires_at=LATER,
+        policy_revision="sha256:ab", rules=("fraud-freeze-on-pattern",)),
+    ReleaseRequested: ReleaseRequested(
+        request_id="req-3", agent_id=AGENT, grant_id="grant-1", reason="done", requested_at=NOW),
+    ReleaseDecided: ReleaseDecided(
+        decision_id="decision-3", request_id="req-3", agent_id=AGENT, grant_id="grant-1",
+        outcome="released", decided_at=NOW),
+    RevocationAcknowledged: RevocationAcknowledged(
+        ack_id="ack-1", enforcement_point="payments-api", agent_id=AGENT, cause_event_id="sig-1",
+        grant_ids=("grant-1",), revoked_at=NOW, applied_at=LATER, topic="permbroker.grants",
+        partition=3, offset=17),
+    EnforcementPointStatus: EnforcementPointStatus(
+        enforcement_point="payments-api", topic="permbroker.grants.payments", ready=True,
+        staleness_s=0.2, lag=0, started_at=NOW, reported_at=LATER),
 }
 
 
@@ -248,7 +282,8 @@ def test_asyncapi_message_documents_ce_headers_key_and_payload(model: type[WireM
     }
     assert message_doc["payload"] == {"$ref": f"./jsonschema/{EVENT_TYPES[model]}.json"}
     assert (generate.ROOT / message_doc["payload"]["$ref"]).is_file()
-    assert "agent id" in message_doc["bindings"]["kafka"]["key"]["description"]
+    key_doc = message_doc["bindings"]["kafka"]["key"]["description"]
+    assert ("enforcement point" if model is EnforcementPointStatus else "agent id") in key_doc
 
 
 def test_every_topic_event_type_is_a_known_model() -> None:
@@ -272,16 +307,17 @@ def test_every_model_round_trips_through_the_codec(model: type[WireModel]) -> No
     event = SAMPLES[model]
     encoded = codec.encode(event, source=SOURCE, time=NOW)
     headers = headers_of(encoded)
+    key = "payments-api" if model is EnforcementPointStatus else AGENT
     assert headers == {
         "ce_specversion": "1.0",
         "ce_type": EVENT_TYPES[model],
         "ce_source": SOURCE,
         "ce_id": event_id(event),
         "ce_time": "2026-11-28T10:00:00Z",
-        "ce_subject": AGENT,
+        "ce_subject": key,
         "content-type": "application/json",
     }
-    assert encoded.key == AGENT.encode()
+    assert encoded.key == key.encode()
     assert codec.decode(encoded.key, encoded.value, encoded.headers) == event
     assert codec.decode(encoded.key, encoded.value, dict(encoded.headers)) == event
 

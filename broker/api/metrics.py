@@ -1,0 +1,93 @@
+"""Prometheus metrics of the API process. Imports prometheus-client, core, sdk.
+
+One registry per app (so tests can build several). Revocation propagation is observed once per
+(enforcement point, revocation), from the acknowledgements on the acks topic; the view's
+freshness and the unconfirmed revocations are sampled at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from broker.freshness import Freshness
+from broker.propagation import RevocationStatus, fold_status
+from schemas.events import AgentRevoked, EnforcementPointStatus, RevocationAcknowledged
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+KEEP = 10_000
+
+
+class Metrics:
+    """The API's metrics and the revocation/ack history they are computed from."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.propagation = Histogram(
+            "permbroker_revocation_propagation_seconds",
+            "Time from a revoking signal's append to an enforcement point applying it",
+            ["enforcement_point"], buckets=BUCKETS, registry=r)
+        self.unconfirmed = Gauge(
+            "permbroker_revocations_unconfirmed",
+            "Revocations an enforcement point has not acknowledged", ["enforcement_point"],
+            registry=r)
+        self.checks = Counter("permbroker_checks_total", "Checks answered by this API's view",
+                              ["outcome"], registry=r)
+        self.requests = Counter("permbroker_api_requests_total",
+                                "Agent and operator requests relayed to Kafka",
+                                ["kind", "outcome"], registry=r)
+        self.view_ready = Gauge("permbroker_view_ready", "1 when the grant view caught up",
+                                registry=r)
+        self.view_staleness = Gauge("permbroker_view_staleness_seconds",
+                                    "Age of the grant view's freshness proof", registry=r)
+        self.view_lag = Gauge("permbroker_view_lag_records",
+                              "Records between the grant view and the log end", registry=r)
+        self._lock = threading.Lock()
+        self._revocations: deque[AgentRevoked] = deque(maxlen=KEEP)
+        self._acks: deque[RevocationAcknowledged] = deque(maxlen=KEEP)
+        self._statuses: dict[str, EnforcementPointStatus] = {}
+        self._observed: set[tuple[str, str]] = set()
+
+    def revoked(self, event: AgentRevoked) -> None:
+        """A revocation seen on the grant topic."""
+        with self._lock:
+            self._revocations.append(event)
+
+    def ack_event(self, event: RevocationAcknowledged | EnforcementPointStatus) -> None:
+        """An acknowledgement or a status report from the acks topic."""
+        with self._lock:
+            if isinstance(event, EnforcementPointStatus):
+                self._statuses[event.enforcement_point] = event
+                return
+            self._acks.append(event)
+            key = (event.enforcement_point, event.cause_event_id)
+            if key in self._observed or event.replayed:
+                return  # a replay at a view's start is no live propagation time
+            self._observed.add(key)
+        seconds = (event.applied_at - event.revoked_at).total_seconds()
+        self.propagation.labels(event.enforcement_point).observe(max(seconds, 0.0))
+
+    def status(self) -> RevocationStatus:
+        """Revocations seen and every enforcement point's confirmations."""
+        with self._lock:
+            return fold_status(list(self._revocations), list(self._acks),
+                               list(self._statuses.values()))
+
+    def render(self, freshness: Freshness) -> bytes:
+        """The exposition text, with the sampled gauges brought up to date."""
+        self.view_ready.set(1 if freshness.ready else 0)
+        self.view_staleness.set(freshness.staleness_s if freshness.staleness_s is not None
+                                else float("inf"))
+        self.view_lag.set(freshness.lag)
+        for point in self.status().points:
+            self.unconfirmed.labels(point.name).set(len(point.unconfirmed))
+        return generate_latest(self.registry)
+
+
+def now() -> datetime:
+    """The current time (UTC)."""
+    return datetime.now(UTC)

@@ -1,0 +1,93 @@
+"""Operator routes: revoke an agent, revocation propagation status. L3. Imports fastapi, broker.
+
+Both need the operator bearer token. A revocation is published as an operator risk signal and
+the call returns once a worker applied it, with the consistency token of the revocation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import Field
+
+from broker.api.auth import require_operator
+from broker.api.routes_agents import Body, runtime_of
+from broker.errors import BrokerError, DecisionTimeout
+from broker.propagation import RevocationStatus
+from broker.sdk.operator import revoke as sdk_revoke
+
+router = APIRouter(tags=["operators"])
+
+
+class RevokeBody(Body):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+@router.post("/v1/operator/agents/{agent_id}/revoke")
+def revoke(
+    agent_id: str, body: RevokeBody, request: Request,
+    operator: Annotated[str, Depends(require_operator)],
+) -> dict[str, Any]:
+    """Revoke every grant of ``agent_id``; returns the revoked grants and the consistency token."""
+    runtime = runtime_of(request)
+    try:
+        rev = sdk_revoke(
+            runtime.settings.kafka_bootstrap, agent_id, body.reason, operator=operator,
+            timeout=runtime.settings.decision_timeout_s, publisher=runtime.publisher,
+            watcher=runtime.audits,
+        )
+    except DecisionTimeout as exc:
+        raise HTTPException(504, str(exc)) from exc
+    except BrokerError as exc:
+        raise HTTPException(503, f"{exc} (is Kafka up?)") from exc
+    runtime.metrics.requests.labels("revocation", "revoked").inc()
+    return {
+        "signal_id": rev.signal_id, "agent_id": rev.agent_id, "grant_ids": list(rev.grant_ids),
+        "revoked_at": rev.revoked_at.isoformat(), "consistency_token": rev.consistency_token,
+        "reasons": list(rev.reasons),
+    }
+
+
+@router.get("/v1/operator/revocations", dependencies=[Depends(require_operator)])
+def revocations(request: Request) -> dict[str, Any]:
+    """Per enforcement point: confirmed revocations with propagation times, and unconfirmed ones."""
+    return status_json(runtime_of(request).metrics.status(), datetime.now(UTC))
+
+
+def status_json(status: RevocationStatus, now: datetime) -> dict[str, Any]:
+    """The revocation status as JSON (shared with ``permbroker revocations status --json``)."""
+    return {
+        "revocations": [
+            {"cause_event_id": r.cause_event_id, "agent_id": r.agent_id,
+             "revoked_at": r.revoked_at.isoformat(), "rule": r.rule,
+             "grant_ids": list(r.grant_ids)}
+            for r in status.revocations
+        ],
+        "enforcement_points": [
+            {
+                "name": p.name, "topic": p.topic, "silent": p.silent(now),
+                "last_report": p.last_report.reported_at.isoformat() if p.last_report else None,
+                "staleness_s": p.last_report.staleness_s if p.last_report else None,
+                "confirmed": [
+                    {"cause_event_id": c.cause_event_id, "agent_id": c.agent_id,
+                     "propagation_ms": round(c.seconds * 1000, 1), "replayed": c.replayed,
+                     "applied_at": c.applied_at.isoformat()}
+                    for c in p.confirmed
+                ],
+                "unconfirmed": [
+                    {"cause_event_id": r.cause_event_id, "agent_id": r.agent_id,
+                     "revoked_at": r.revoked_at.isoformat(),
+                     "age_s": round((now - r.revoked_at).total_seconds(), 1)}
+                    for r in p.unconfirmed
+                ],
+                "p50_ms": _ms(p.percentile(0.5)), "max_ms": _ms(p.percentile(1.0)),
+            }
+            for p in status.points
+        ],
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None

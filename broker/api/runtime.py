@@ -1,0 +1,94 @@
+"""What the API process runs: a grant view, Kafka clients, the Redis store, ack follower.
+
+Imports adapters, sdk, config. Started and stopped by the app's lifespan; every piece is one per
+process and shared by the request handlers (confluent-kafka producers and the view are
+thread-safe; the async Redis client lives on the app's event loop).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from broker.adapters.acks import AckFollower
+from broker.adapters.admin import admin_client, cluster_metadata
+from broker.adapters.bus import Publisher, Record
+from broker.adapters.redis_store import RedisGrantStore
+from broker.api.metrics import Metrics
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.sdk.agent import DecisionWatcher
+from broker.sdk.operator import AuditWatcher
+from broker.sdk.view import GrantView
+from schemas.events import AgentRevoked
+
+ACK_HISTORY = timedelta(hours=1)
+
+
+@dataclass
+class Runtime:
+    """The live components of one API process."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    view: GrantView | None = None
+    store: RedisGrantStore | None = None
+    publisher: Publisher | None = None
+    decisions: DecisionWatcher | None = None
+    audits: AuditWatcher | None = None
+    acks: AckFollower | None = None
+    enforcement_point: str = ""
+
+    def start(self) -> None:
+        """Connect everything (blocking: Kafka metadata, the view's bootstrap)."""
+        s = self.settings
+        self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
+        self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
+        self.publisher = Publisher(s.kafka_bootstrap, source="/permbroker/api")
+        self.view = GrantView(
+            s.kafka_bootstrap, on_event=self._on_event,
+            staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
+            token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
+        )
+        self.decisions = DecisionWatcher(s.kafka_bootstrap)
+        self.audits = AuditWatcher(s.kafka_bootstrap)
+        self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
+                                self.metrics.ack_event)
+
+    def _on_event(self, record: Record, _applied_at: float) -> None:
+        if isinstance(record.event, AgentRevoked):
+            self.metrics.revoked(record.event)
+
+    def stop(self) -> None:
+        """Close what was started."""
+        for part in (self.acks, self.audits, self.decisions, self.view):
+            if part is not None:
+                part.close()
+
+    def kafka_problem(self) -> str:
+        """'' when Kafka answers a metadata request within 2 s, else why not."""
+        try:
+            cluster_metadata(admin_client(self.settings.kafka_bootstrap), 2.0)
+        except BrokerError as exc:
+            return str(exc)
+        return ""
+
+    def redis_problem(self) -> str:
+        """'' when Redis answers a PING within 1 s, else why not."""
+        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1.0,
+                                      socket_connect_timeout=1.0)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            return f"Redis at {_where(self.settings.redis_url)} did not answer: {exc}"
+        finally:
+            client.close()
+        return ""
+
+
+def _where(url: str) -> str:
+    """host:port/db of a Redis URL, without any password."""
+    return url.rsplit("@", 1)[-1].removeprefix("redis://")

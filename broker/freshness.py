@@ -1,0 +1,109 @@
+"""How current a grant view is (pure): freshness proofs per partition, lag, staleness. Stdlib.
+
+A view is *proven current as of t* on a partition when, having asked Kafka at local time t for
+the partition's log end E, it has applied every record before E. That proof needs no clock shared
+with the broker or the workers, and an idle topic still proves freshness (its end does not move).
+The view's staleness is the age of its oldest partition proof; when Kafka cannot be reached no new
+proof comes, so staleness grows past the bound and the view fails closed, then recovers on its
+own once probes succeed again. The tracker is not thread-safe: the view's consumer thread owns it
+and publishes ``floor`` (a float) for lock-free reads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+MAX_PENDING = 64  # probes remembered per partition while the view is behind
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """A snapshot of how current a view is."""
+
+    ready: bool
+    staleness_s: float | None
+    lag: int
+    bound_s: float
+    problem: str = ""
+    paused: bool = False
+
+    @property
+    def fresh(self) -> bool:
+        """Ready and proven current within the bound."""
+        return self.ready and self.staleness_s is not None and self.staleness_s <= self.bound_s
+
+    def reason(self) -> str:
+        """Why the view is not fresh ('' when it is)."""
+        if not self.ready:
+            return "grant view still catching up with the log (fail closed)"
+        if self.fresh:
+            return ""
+        age = "never" if self.staleness_s is None else f"{self.staleness_s:.1f}s ago"
+        why = f": {self.problem}" if self.problem else (": paused" if self.paused else "")
+        return (
+            f"grant view last proven current {age}, beyond its {self.bound_s:g}s staleness "
+            f"bound (fail closed){why}"
+        )
+
+
+class FreshnessTracker:
+    """Per-partition next offsets, pending probes and proofs of one topic."""
+
+    def __init__(self, partitions: Iterable[int], clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.next: dict[int, int] = {p: 0 for p in partitions}
+        self.proof: dict[int, float | None] = dict.fromkeys(self.next)
+        self.ends: dict[int, int] = dict.fromkeys(self.next, 0)
+        self._pending: dict[int, deque[tuple[float, int]]] = {
+            p: deque(maxlen=MAX_PENDING) for p in self.next
+        }
+        self.problem = ""
+        self.floor: float | None = None  # min proof over partitions; None until all are proven
+
+    def start_at(self, partition: int, offset: int) -> None:
+        """The first offset the view will read on a partition (its low watermark)."""
+        self.next[partition] = max(self.next[partition], offset)
+
+    def probed(self, partition: int, end: int, asked_at: float) -> None:
+        """Kafka said the log end of ``partition`` was ``end`` when asked at ``asked_at``."""
+        self.ends[partition] = max(self.ends[partition], end)
+        self._pending[partition].append((asked_at, end))
+        self.problem = ""
+        self._settle(partition)
+
+    def applied(self, partition: int, offset: int) -> None:
+        """The record at ``offset`` has been applied."""
+        if offset + 1 > self.next[partition]:
+            self.next[partition] = offset + 1
+        if self._pending[partition]:
+            self._settle(partition)
+
+    def failed(self, problem: str) -> None:
+        """A probe failed (Kafka unreachable): no proof, and say why."""
+        self.problem = problem
+
+    def _settle(self, partition: int) -> None:
+        pending, position = self._pending[partition], self.next[partition]
+        changed = False
+        while pending and pending[0][1] <= position:
+            self.proof[partition] = pending.popleft()[0]
+            changed = True
+        if changed:
+            proofs = self.proof.values()
+            self.floor = None if None in proofs else min(p for p in proofs if p is not None)
+
+    def ready(self) -> bool:
+        """Every partition proven current at least once."""
+        return self.floor is not None
+
+    def lag(self) -> int:
+        """Records between what is applied and the last known log ends."""
+        return sum(max(self.ends[p] - self.next[p], 0) for p in self.next)
+
+    def snapshot(self, bound_s: float, *, paused: bool = False) -> Freshness:
+        """The view's freshness now."""
+        floor = self.floor
+        staleness = None if floor is None else max(self._clock() - floor, 0.0)
+        return Freshness(floor is not None, staleness, self.lag(), bound_s, self.problem, paused)

@@ -1,0 +1,63 @@
+"""Grant routing (pure): which grant topics each lifecycle event goes to. Imports schemas.
+
+The default topic (``permbroker.grants``, the log of record that rebuild folds) gets every
+event. A routed namespace (``payments``) gets its own topic carrying only what concerns it:
+grants and renewals projected to that namespace's scopes, the end of those grants (revoked,
+released, expired, expiring), and every agent-level revocation (the agent may hold grants
+anywhere). A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
+agent id with the same partition count, so each keeps one agent's events in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.events import AgentRevoked, GrantIssued, GrantRenewed, WireModel
+from schemas.topics import GRANTS, grant_topic
+
+
+def namespace_of(scope: str) -> str:
+    """``payments:accounts.freeze`` -> ``payments``."""
+    return scope.split(":", 1)[0]
+
+
+def namespaces_of(scopes: Iterable[str]) -> frozenset[str]:
+    """The namespaces a set of scopes touches."""
+    return frozenset(namespace_of(s) for s in scopes)
+
+
+@dataclass(frozen=True)
+class GrantRouting:
+    """The routed namespaces; empty means one default topic for everything."""
+
+    namespaces: frozenset[str] = frozenset()
+
+    def topics(self) -> tuple[str, ...]:
+        """Every grant topic in use: the default one, then one per routed namespace."""
+        return (GRANTS.name, *(grant_topic(ns).name for ns in sorted(self.namespaces)))
+
+    def routed_topic(self, namespace: str) -> str | None:
+        """The topic of ``namespace`` if it is routed."""
+        return grant_topic(namespace).name if namespace in self.namespaces else None
+
+    def route(
+        self, event: WireModel, namespaces: Iterable[str] | None = None
+    ) -> list[tuple[str, WireModel]]:
+        """(topic, event) pairs for one event; ``namespaces`` of the grant it ends, if known.
+
+        A grant-ending event whose namespaces are unknown goes to every routed topic (a view
+        that never held the grant ignores it): an end is never lost, a scope never leaks.
+        """
+        out: list[tuple[str, WireModel]] = [(GRANTS.name, event)]
+        if isinstance(event, GrantIssued | GrantRenewed):
+            for ns in sorted(namespaces_of(event.scopes) & self.namespaces):
+                scopes = tuple(s for s in event.scopes if namespace_of(s) == ns)
+                out.append((grant_topic(ns).name, event.model_copy(update={"scopes": scopes})))
+            return out
+        if isinstance(event, AgentRevoked) or namespaces is None:
+            targets = self.namespaces
+        else:
+            targets = frozenset(namespaces) & self.namespaces
+        out.extend((grant_topic(ns).name, event) for ns in sorted(targets))
+        return out
