@@ -8,6 +8,7 @@ on ports 45100-45199. Every test here is marked ``faults`` and runs under ``make
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from tests.services import Services
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 POOL = 400
-METRICS_PORT = 45101
+METRICS_PORT = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100")) + 1
 CLASSES = (
     ("f", "fraud-detection", 0.9),
     ("r", "reporting", 0.6),

@@ -20,8 +20,10 @@ from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=45110,
-                 kafka_controller_port=45111, redis_port=45112)
+# PERMBROKER_FAULTS_PORT_BASE moves every port of the suite (two checkouts on one machine).
+BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
+STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=BASE + 10,
+                 kafka_controller_port=BASE + 11, redis_port=BASE + 12)
 
 
 @contextlib.contextmanager
@@ -31,7 +33,7 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     status = stack.up(STACK, timeout=240)
     settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
                         policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
-                        expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=45113)
+                        expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13)
     ensure_keys(settings)
     worker = WorkerProcess(settings, name="private-worker")
     try:
