@@ -1,7 +1,8 @@
 """A private Kafka + Redis + worker for tests that kill, wipe or restart a service.
 
-Imports broker, tests. Ports 45110-45113 (never the session stack's); the stack lives in
-.stack/faults-private and is stopped and wiped afterwards.
+Imports broker, tests. Ports BASE+10..BASE+13, never the session stack's (BASE is
+PERMBROKER_FAULTS_PORT_BASE, default 45100); the stack lives in .stack/faults-private and is
+stopped and wiped afterwards.
 """
 
 from __future__ import annotations
