@@ -53,7 +53,10 @@ class Ledger:
         announced twice with different contents)."""
         by_req: dict[str, set[str]] = defaultdict(set)
         for d in self.decisions():
-            by_req[d.request_id].add(d.model_dump_json(exclude={"decided_at"}))
+            # decided_at and consistency_token describe the announcement, not the decision: a
+            # decision recovered after a crash re-announces its grant at a new log offset.
+            by_req[d.request_id].add(
+                d.model_dump_json(exclude={"decided_at", "consistency_token"}))
         grants: dict[str, set[str]] = defaultdict(set)
         bodies: dict[str, set[str]] = defaultdict(set)
         for g in self.issued():
