@@ -21,7 +21,7 @@ from broker.api.metrics import Metrics
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import DecisionWatcher
-from broker.sdk.operator import AuditWatcher
+from broker.sdk.operator import AuditWatcher, operator_publisher
 from broker.sdk.view import GrantView
 from schemas.events import AgentRevoked
 
@@ -47,7 +47,9 @@ class Runtime:
         s = self.settings
         self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
-        self.publisher = Publisher(s.kafka_bootstrap, source="/permbroker/api")
+        # Everything the API relays (an agent's request it authenticated, an operator's
+        # revocation) is signed with the operator key: the workers refuse unsigned events.
+        self.publisher = operator_publisher(s.kafka_bootstrap, "/permbroker/api", s)
         self.view = GrantView(
             s.kafka_bootstrap, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
