@@ -16,6 +16,7 @@ import redis
 from broker.adapters.acks import AckFollower
 from broker.adapters.admin import admin_client, cluster_metadata
 from broker.adapters.bus import Publisher, Record
+from broker.adapters.jwks import JwksView
 from broker.adapters.redis_store import RedisGrantStore
 from broker.api.metrics import Metrics
 from broker.config import Settings
@@ -40,6 +41,7 @@ class Runtime:
     decisions: DecisionWatcher | None = None
     audits: AuditWatcher | None = None
     acks: AckFollower | None = None
+    jwks: JwksView | None = None  # the broker's published token keys (/.well-known/jwks.json)
     enforcement_point: str = ""
 
     def start(self) -> None:
@@ -56,6 +58,8 @@ class Runtime:
             token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
         )
         self.decisions = DecisionWatcher(s.kafka_bootstrap)
+        self.jwks = JwksView(s.kafka_bootstrap, issuer=s.token_issuer)
+        self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
         self.audits = AuditWatcher(s.kafka_bootstrap)
         self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event)
@@ -66,7 +70,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Close what was started."""
-        for part in (self.acks, self.audits, self.decisions, self.view):
+        for part in (self.acks, self.audits, self.decisions, self.view, self.jwks):
             if part is not None:
                 part.close()
 
