@@ -22,6 +22,7 @@ from broker.adapters.bus import Publisher
 from broker.adapters.codec import Encoded
 from broker.grants import derive_id
 from broker.sdk.agent import AgentClient
+from broker.sdk.operator import OperatorClient
 from broker.sdk.view import GrantView
 from schemas.events import EscalationRequested
 
@@ -64,14 +65,15 @@ class Rig:
         """The agent's own SDK client (one identity, one client)."""
         if agent not in self.clients:
             self.clients[agent] = AgentClient(agent, self.settings.kafka_bootstrap,  # type: ignore[attr-defined]
-                                              watch_decisions=False)
+                                              watch_decisions=False,
+                                              keys=env.agent_keys(self.settings))  # type: ignore[arg-type]
         return self.clients[agent]
 
     def publisher(self, agent: str) -> Publisher:
         """A producer configured exactly like the agent SDK's, for the raw loop's input."""
         if agent not in self.publishers:
-            self.publishers[agent] = Publisher(self.settings.kafka_bootstrap,  # type: ignore[attr-defined]
-                                               source=f"/agents/{agent}")
+            self.publishers[agent] = env.signing_publisher(self.settings,  # type: ignore[arg-type]
+                                                           f"/agents/{agent}")
         return self.publishers[agent]
 
 
@@ -132,7 +134,7 @@ def floor_round(rig: Rig, n: int) -> tuple[list[float], list[float]]:
     return rtt, with_set
 
 
-def revoke_one(rig: Rig, monitor: AgentClient) -> tuple[float, float]:
+def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     """Grant a fresh agent, revoke it by a risk signal; ms to the first denied view check.
 
     Returns (first denied check, view applied the revocation). Afterwards probes the view 50
@@ -162,7 +164,7 @@ def revoke_one(rig: Rig, monitor: AgentClient) -> tuple[float, float]:
     return ms_since(t0, t_denied), ms_since(t0, t_applied)
 
 
-def revoke_round(rig: Rig, monitor: AgentClient, n: int) -> tuple[list[float], list[float]]:
+def revoke_round(rig: Rig, monitor: OperatorClient, n: int) -> tuple[list[float], list[float]]:
     """n revocations of freshly granted agents."""
     denied, applied = [], []
     for _ in range(n):
@@ -205,7 +207,9 @@ ARMS = {
 def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[str, Arm]:
     """Every arm once per round, in a fixed order (ABCD ABCD ...)."""
     arms = {k: Arm(name, unit) for k, (name, unit) in ARMS.items()}
-    monitor = rig.client("bench-monitor")
+    # A monitor reports about other agents with operator credentials (an agent's key may
+    # only report about itself).
+    monitor = OperatorClient(rig.settings)  # type: ignore[arg-type]
     bao_failures = 0
     for r in range(rounds):
         s_redis, s_view = subject_round(rig, n)
@@ -226,5 +230,6 @@ def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[s
         p50 = {k: arms[k].round_stat(r, 50) for k in ("S_redis", "R", "F")}
         say(f"latency round {r + 1}/{rounds}: p50 worker {p50['S_redis']:.2f} ms, "  # type: ignore[operator]
             f"raw {p50['R']:.2f} ms, floor {p50['F']:.2f} ms")
+    monitor.close()
     arms["B_revoke"].notes = f"{bao_failures} revoked token(s) still answered lookup-self"
     return arms

@@ -21,9 +21,15 @@ import redis
 
 from broker.adapters import stack
 from broker.adapters.admin import ensure_topics
+from broker.adapters.bus import Publisher
+from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.registry_view import read_registry
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import BrokerError
+from broker.policy import load_policy
+from broker.sdk.identity import keyed_signer
+from broker.sdk.operator import OperatorClient
 from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +94,7 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
         status = stack.up(settings, progress=say)
         ensure_topics(status.bootstrap, (RAW_IN, RAW_OUT, FLOOR))
         write_policy(settings.policy_path)
+        ensure_identity_files(settings)  # the broker's token keys and the bench operator's key
         client = redis.Redis.from_url(settings.redis_url)
         client.config_set("notify-keyspace-events", "K$")  # grant visibility without polling
         client.close()
@@ -104,9 +111,33 @@ def worker(settings: Settings, name: str = "worker") -> Iterator[WorkerProcess]:
     proc.start()
     try:
         proc.wait_ready(timeout=120)
+        register_agents(settings)
         yield proc
     finally:
         proc.stop()
+
+
+def agent_keys(settings: Settings) -> AgentKeyStore:
+    """Where the bench's agents keep their keys (in the bench stack dir)."""
+    return AgentKeyStore.from_settings(settings)
+
+
+def signing_publisher(settings: Settings, source: str) -> Publisher:
+    """A producer that signs as the agent each message is keyed by (the product's real path)."""
+    return Publisher(settings.kafka_bootstrap, source=source,
+                     signer=keyed_signer(agent_keys(settings)))
+
+
+def register_agents(settings: Settings) -> None:
+    """Give every bench agent a key and register it (once per stack; Kafka keeps the record)."""
+    store, known = agent_keys(settings), read_registry(settings.kafka_bootstrap)
+    todo = [a for a in load_policy(settings.policy_path).agents() if known.get(a.agent_id) is None]
+    if not todo:
+        return
+    with OperatorClient(settings) as op:
+        op.run_many([op.register_command(a, (store.load(a.agent_id) if store.exists(a.agent_id)
+                                             else store.generate(a.agent_id)).current.jwk,
+                                         reason="bench") for a in todo], timeout=120)
 
 
 def rss_bytes(pid: int) -> int:

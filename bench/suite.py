@@ -15,7 +15,6 @@ from typing import Any
 from bench import b_expiry, b_latency, b_memory, b_micro, b_policy, b_tput, env, peers, sections
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
-from broker.adapters.bus import Publisher
 from broker.config import Settings
 from broker.sdk.view import GrantView
 
@@ -40,7 +39,7 @@ def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
     if not view.wait_ready(60):
         raise RuntimeError("the bench's grant view did not catch up")
     return b_latency.Rig(s, watch, floor, view, seen,
-                         harness=Publisher(s.kafka_bootstrap, source="/bench"), bao=bao)
+                         harness=env.signing_publisher(s, "/bench"), bao=bao)
 
 
 def _close_rig(rig: b_latency.Rig) -> None:
@@ -121,7 +120,7 @@ def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
 
 
 def _memory(s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
-    harness = Publisher(s.kafka_bootstrap, source="/bench")
+    harness = env.signing_publisher(s, "/bench")
     t0 = time.monotonic()
     in_redis = b_memory.redis_memory(s, harness, sz.grants)
     say(f"memory: {sz.grants} grants written in {time.monotonic() - t0:.0f}s, "

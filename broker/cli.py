@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,10 +18,13 @@ from rich.table import Table
 
 from broker.adapters import rebuild
 from broker.adapters.bus import Publisher
+from broker.adapters.keystore import AgentKeyStore
 from broker.adapters.redis_store import RedisGrantStore
 from broker.audit_records import rebuild_audit
 from broker.cli_audit import audit_app
 from broker.cli_enforcement import api_app, revocations_app
+from broker.cli_identity import agents_app
+from broker.cli_keys import inventory, keys_app
 from broker.cli_output import JsonOpt, err, fail, out, until
 from broker.cli_output import print_json as _print_json
 from broker.cli_policy import register as register_policy_commands
@@ -32,8 +34,9 @@ from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 from broker.policy.fields import parse_duration
 from broker.sdk.agent import AgentClient
+from broker.sdk.operator import OperatorClient
 from schemas import topics
-from schemas.events import OPERATOR_REVOKE_KIND, GrantIssued, RiskObserved
+from schemas.events import GrantIssued
 
 app = typer.Typer(
     help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
@@ -51,6 +54,9 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(revocations_app, name="revocations")
 app.add_typer(api_app, name="api")
 register_policy_commands(policy_app)
+app.add_typer(agents_app, name="agents")
+app.add_typer(keys_app, name="keys")
+app.command("inventory")(inventory)
 
 @app.command()
 def worker(
@@ -91,7 +97,9 @@ def request(
         raise fail(f"--duration {duration!r} is not a duration", "use e.g. 90s, 15m, 2h")
     settings = Settings()
     try:
-        with AgentClient(agent, settings.kafka_bootstrap) as client:
+        keyless = not AgentKeyStore.from_settings(settings).exists(agent)
+        unsigned = settings.allow_unsigned and keyless  # dev mode only
+        with AgentClient(agent, settings.kafka_bootstrap, unsigned=unsigned) as client:
             decision = client.request_escalation(
                 scope,
                 resources=resource or [],
@@ -205,21 +213,12 @@ def grants_revoke(
 ) -> None:
     """Revoke all grants of an agent (published as an operator risk signal; workers apply it)."""
     settings = Settings()
-    signal = RiskObserved(
-        signal_id=f"op-{uuid.uuid4()}",
-        subject_agent_id=agent,
-        kind=OPERATOR_REVOKE_KIND,
-        severity=1.0,
-        source=f"operator:{operator}",
-        detail=reason,
-        observed_at=datetime.now(UTC),
-    )
-    try:
-        Publisher(settings.kafka_bootstrap, source=f"/operators/{operator}").publish(
-            topics.RISK.name, signal
-        )
+    try:  # signed with the operator key: agent credentials cannot revoke another agent
+        with OperatorClient(settings) as op:
+            signal = op.revoke_grants(agent, reason=reason, on_behalf=operator)
     except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
+        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
+            from exc
     out.print(
         f"revocation {signal.signal_id} for {agent} published; "
         f"watch: permbroker audit tail --agent {agent}"

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.adapters import stack
+from broker.adapters.keystore import ensure_identity_files
 from broker.config import Settings
 from broker.errors import StackError
 
@@ -63,6 +64,8 @@ def up(
             status = stack.up(settings, progress=_progress, timeout=timeout)
     except StackError as exc:
         raise _fail("up", exc) from exc
+    for path in ensure_identity_files(settings):  # private keys: 0600, never printed
+        _progress(f"Created {path}")
     _out.print(_table(status))
     _out.print(f"PERMBROKER_KAFKA_BOOTSTRAP={status.bootstrap}", highlight=False)
     _out.print(f"PERMBROKER_REDIS_URL={status.redis_url}", highlight=False)

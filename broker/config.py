@@ -90,3 +90,44 @@ class Settings(BaseSettings):
         2.0, description="Seconds between signed digests of a partition with new entries"
     )
     audit_digest_every: int = Field(500, description="Entries after which a digest is due anyway")
+    # Identity (agent keys, signed events, grant tokens). Key files hold private keys: they are
+    # created with mode 0600 under <stack_dir>/keys unless a path is given, never logged.
+    allow_unsigned: bool = Field(
+        False, description="DEV ONLY: accept events without a signature from registered agents"
+    )
+    signature_max_age_s: int = Field(
+        300, description="An event's iat may be at most this old when Kafka appends it"
+    )
+    signature_max_skew_s: int = Field(30, description="An event's iat may be this far ahead")
+    broker_key_file: Path | None = Field(
+        None, description="The broker's token keyring (default <stack_dir>/keys/broker.json)"
+    )
+    operator_key_file: Path | None = Field(
+        None, description="This operator's private key (default <stack_dir>/keys/operator.json)"
+    )
+    operators_file: Path | None = Field(
+        None, description="Operators' public keys, a JWKS (default <stack_dir>/keys/operators.json)"
+    )
+    agent_key_dir: Path | None = Field(
+        None, description="Where agents keep their private keys (default <stack_dir>/keys/agents)"
+    )
+    token_issuer: str = Field("permbroker", description="`iss` of grant tokens")
+    token_max_ttl_s: int = Field(60, description="Longest life of a grant token")
+    token_leeway_s: int = Field(5, description="Clock leeway of token verifiers")
+    broker_key_overlap_s: int = Field(
+        120, description="How long a replaced broker key still verifies (>= token life + leeway)"
+    )
+    agent_key_overlap_s: int = Field(
+        300, description="How long an agent's replaced key still signs after a rotation"
+    )
+    agent_key_max_age_s: int = Field(
+        30 * 86400, description="Inventory flags agents whose newest key is older than this"
+    )
+
+    def key_path(self, name: str) -> Path:
+        """Where a key file lives: the explicit setting, else <stack_dir>/keys/<default>."""
+        explicit = {"broker": self.broker_key_file, "operator": self.operator_key_file,
+                    "operators": self.operators_file, "agents": self.agent_key_dir}[name]
+        default = {"broker": "broker.json", "operator": "operator.json",
+                   "operators": "operators.json", "agents": "agents"}[name]
+        return explicit if explicit is not None else self.stack_dir / "keys" / default

@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from broker import demo_identity
 from broker.adapters import audit_check, audit_log, stack
 from broker.adapters.acks import read_since
 from broker.adapters.bus import Record
+from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.worker_process import WorkerProcess
 from broker.audit_views import grants_as_of
 from broker.config import Settings
@@ -31,6 +33,7 @@ from schemas import topics
 from schemas.events import (
     AgentRevoked,
     EscalationDecided,
+    EscalationRequested,
     GrantExpired,
     GrantIssued,
     GrantRevoked,
@@ -105,6 +108,14 @@ class Scenario:
         return None
 
 
+def fraud_request_like(agent: str) -> EscalationRequested:
+    """A request in ``agent``'s name (the impostor step forges its signature)."""
+    return EscalationRequested(
+        request_id=f"req-impostor-{time.time_ns()}", agent_id=agent, scopes=(FREEZE,),
+        resources=(OTHER_ACCOUNT,), duration_s=900, reason="not really me", confidence=0.99,
+        risk_score=0.99, requested_at=datetime.now(UTC))
+
+
 def _left(when: datetime | None) -> str:
     if when is None:
         return "-"
@@ -148,7 +159,9 @@ def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) 
     """The six steps of the fraud scenario, each checked (``payments``: the payments side)."""
     boot = settings.kafka_bootstrap
     started = datetime.now(UTC)
-    with AgentClient(FRAUD_AGENT, boot) as fraud, AgentClient(REPORT_AGENT, boot) as reporter:
+    keys = AgentKeyStore.from_settings(settings)  # each agent signs with its own key
+    with AgentClient(FRAUD_AGENT, boot, keys=keys) as fraud, \
+            AgentClient(REPORT_AGENT, boot, keys=keys) as reporter:
         s.say("resource:payments", "grant view caught up with the log; baseline only")
         s.check(
             "before escalation, freeze is denied",
@@ -220,6 +233,11 @@ def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) 
         )
         s.check("freeze allowed on a flagged account", v_ok.allowed)
         s.check("freeze denied on a third account (outside the grant)", not v_other.allowed)
+        assert d.grant_id is not None
+        token, verifier, jwks = demo_identity.token_step(s, settings, fraud, d.grant_id,
+                                                           payments)
+        demo_identity.impostor(s, settings, FRAUD_AGENT, REPORT_AGENT,
+                               fraud_request_like(FRAUD_AGENT))
         # 4. Outside the ceiling.
         d4 = fraud.request_escalation(
             ["payments:transfers.create"],
@@ -302,6 +320,8 @@ def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) 
         )
         revoked_ids = {r.event.grant_id for r, _ in s.seen if isinstance(r.event, GrantRevoked)}
         s.check("both scopes' grant revoked (grant.revoked event seen)", d.grant_id in revoked_ids)
+        demo_identity.token_refused(s, token, verifier)
+        jwks.close()
         d5 = fraud.request_escalation(
             [FREEZE],
             resources=[ACCOUNTS[0]],
@@ -380,10 +400,13 @@ def run_demo(*, keep: bool = False) -> int:
         stack.ensure_tools(lambda m: console.print(f"[dim]setup:[/] {m}"))
         st = stack.up(settings, progress=lambda m: console.print(f"[dim]setup:[/] {m}"))
         s.say("stack", f"Kafka {settings.kafka_version} at {st.bootstrap}, Redis at {st.redis_url}")
+        for path in ensure_identity_files(settings):  # broker token keys, operator key (0600)
+            s.say("setup", f"created {path}")
         worker = WorkerProcess(settings)
         worker.start()
         worker.wait_ready(90)
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
+        demo_identity.register_agents(s, settings, (FRAUD_AGENT, REPORT_AGENT))
         with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view, GrantView(
             settings.kafka_bootstrap, topic=topics.GRANTS_PAYMENTS.name,
             enforcement_point=PAYMENTS_SERVICE,

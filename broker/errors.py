@@ -12,7 +12,11 @@
     ├── StackError                the local Kafka/Redis stack could not be started or stopped
     ├── DecisionTimeout           no decision arrived for a request within the deadline
     ├── InvalidConsistencyToken   a consistency token cannot be parsed
-    └── AccessDenied              an enforcement point denied an action (carries the reason)
+    ├── AccessDenied              an enforcement point denied an action (carries the reason)
+    └── IdentityError             a key, signature or token cannot be used (says which and why)
+        ├── KeyFileError          a key file is missing, unreadable or too open (path named)
+        ├── TokenRejected         a grant token is refused by a verifier (reason code + detail)
+        └── CommandRefused        the broker refused a registry or grant command (reason given)
 
 Adapters translate library errors into these (``raise StoreUnavailable(...) from exc``).
 """
@@ -88,3 +92,28 @@ class AccessDenied(BrokerError):
         self.scope = scope
         self.resource = resource
         super().__init__(f"{agent_id} may not use {scope} on {resource or '*'}: {reason}")
+
+
+class IdentityError(BrokerError):
+    """A key, signature or token cannot be used; the message says which and why (never the key)."""
+
+
+class KeyFileError(IdentityError):
+    """A key file is missing, unreadable or readable by others; names the path and the fix."""
+
+
+class TokenRejected(IdentityError):
+    """A grant token was refused; ``code`` is stable (for metrics), ``detail`` human-readable."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}")
+
+
+class CommandRefused(IdentityError):
+    """The broker refused a registry or grant command; the message carries its reason."""
+
+    def __init__(self, message: str, *, rule: str = "") -> None:
+        self.rule = rule
+        super().__init__(message)

@@ -27,6 +27,10 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SCOPE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,63}(\.[a-z][a-z0-9_-]{0,63})+$"
 SCOPE_GLOB_PATTERN = r"^[a-z*][a-z0-9_*-]{0,31}(:[a-z0-9_*.-]{1,160})?$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
+# A key id: the RFC 7638 JWK thumbprint (base64url SHA-256, 43 chars) or another opaque,
+# URL-safe token; never a path, a URL or anything a lookup could interpret.
+KID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+B64URL_PATTERN = r"^[A-Za-z0-9_-]{1,1024}$"
 
 MAX_SCOPES_PER_REQUEST = 32
 MAX_RESOURCES_PER_REQUEST = 100
@@ -46,6 +50,8 @@ ScopeGlob = Annotated[str, StringConstraints(pattern=SCOPE_GLOB_PATTERN)]
 Resource = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Kid = Annotated[str, StringConstraints(pattern=KID_PATTERN)]
+B64Url = Annotated[str, StringConstraints(pattern=B64URL_PATTERN)]
 Signals = dict[Annotated[str, StringConstraints(max_length=64)], str | float | int | bool]
 
 
@@ -152,6 +158,8 @@ class GrantIssued(WireModel):
     policy_revision: str
     rules: tuple[str, ...]
     model_version: str = ""
+    model_digest: str = ""
+    kid: str = ""  # the agent key that signed the request ("" when unsigned events were allowed)
 
 
 class GrantRevoked(WireModel):
@@ -350,6 +358,117 @@ class EnforcementPointStatus(WireModel):
     reported_at: UtcDatetime
 
 
+class PublicJwk(WireModel):
+    """A public key as a JWK (RFC 7517): Ed25519 or X25519 (kty OKP), or P-256 (kty EC)."""
+
+    kty: Literal["OKP", "EC"]
+    crv: Literal["Ed25519", "X25519", "P-256"]
+    x: B64Url
+    y: B64Url | None = None
+    kid: Kid | None = None
+    alg: Literal["EdDSA", "ES256", "ECDH-ES"] | None = None
+    use: Literal["sig", "enc"] | None = None
+
+
+class AgentKey(WireModel):
+    """One public key of an agent in the registry, and from when until when it may sign."""
+
+    kid: Kid
+    jwk: PublicJwk
+    status: Literal["active", "retiring", "revoked"] = "active"
+    added_at: UtcDatetime
+    not_after: UtcDatetime | None = None  # a retiring key signs events appended before this
+    revoked_at: UtcDatetime | None = None
+
+
+AgentStatus = Literal["active", "suspended", "quarantined"]
+RegistryChange = Literal[
+    "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked"
+]
+
+
+class AgentRecord(WireModel):
+    """The registry's record of one agent; the compacted agents topic keeps the latest per agent."""
+
+    agent_id: AgentId
+    profile: AgentProfile
+    status: AgentStatus = "active"
+    keys: tuple[AgentKey, ...] = ()
+    revision: Annotated[int, Field(ge=1)]
+    change: RegistryChange
+    reason: str = ""
+    changed_at: UtcDatetime
+    changed_by: str
+    cause_id: EventId
+    cause_offset: int = -1  # offset of that command in its registry partition (idempotency)
+    registered_at: UtcDatetime
+    enrollment_id: str | None = None  # the enrollment token (jti) the agent registered with
+
+
+AgentAction = Literal[
+    "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key"
+]
+
+
+class AgentCommand(WireModel):
+    """A signed change to the registry: by an operator, or by an agent for its own key."""
+
+    command_id: EventId
+    action: AgentAction
+    agent_id: AgentId | None = None  # None only for rotate_broker_key
+    profile: AgentProfile | None = None  # register / update (baseline, ceiling: from the class)
+    key: PublicJwk | None = None  # register / rotate_key: the new public key
+    kid: Kid | None = None  # revoke_key: the key to revoke
+    enrollment: Annotated[str, StringConstraints(max_length=8192)] | None = None
+    overlap_s: Annotated[int, Field(ge=0, le=MAX_REQUESTED_DURATION_S)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    issued_at: UtcDatetime
+
+
+class GrantCommand(WireModel):
+    """An agent asks for a short-lived token for one of its own grants (to show a service)."""
+
+    command_id: EventId
+    agent_id: AgentId  # the acting agent, who signs
+    grant_id: EventId
+    grant_agent_id: AgentId | None = None  # whose grant (default: the acting agent)
+    action: Literal["token"]
+    audience: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
+    reply_key: PublicJwk | None = None  # token: the X25519 key the token is encrypted to
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    issued_at: UtcDatetime
+
+
+class CommandAnswered(WireModel):
+    """The broker's answer to one registry or grant command (done, or refused with the reason)."""
+
+    answer_id: EventId
+    command_id: EventId
+    agent_id: AgentId | None
+    action: str
+    outcome: Literal["done", "refused"]
+    reason: str = ""
+    rule: str = ""
+    grant_id: EventId | None = None
+    token: str | None = None  # JWE (ECDH-ES, A256GCM) to the command's reply key
+    token_expires_at: UtcDatetime | None = None
+    record_revision: int | None = None
+    answered_at: UtcDatetime
+
+
+class JwksPublished(WireModel):
+    """The broker's public token-signing keys (a JWKS); each message replaces the previous set."""
+
+    issuer: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+    keys: tuple[PublicJwk, ...]
+    revision: str
+    published_at: UtcDatetime
+
+    def document(self) -> dict[str, object]:
+        """The RFC 7517 JWK Set: ``{"keys": [...]}``, ready to serve as jwks.json."""
+        return {"keys": [k.model_dump(mode="json", exclude_none=True) for k in self.keys]}
+
+
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
 
 # CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
@@ -372,6 +491,11 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     ReleaseDecided: "io.permbroker.grant.release.decided.v1",
     RevocationAcknowledged: "io.permbroker.revocation.acknowledged.v1",
     EnforcementPointStatus: "io.permbroker.enforcement.status.v1",
+    AgentRecord: "io.permbroker.agent.record.v1",
+    AgentCommand: "io.permbroker.agent.command.v1",
+    GrantCommand: "io.permbroker.grant.command.v1",
+    CommandAnswered: "io.permbroker.command.answered.v1",
+    JwksPublished: "io.permbroker.jwks.published.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 
@@ -403,7 +527,7 @@ def event_id(event: WireModel) -> str:
     special = _special_event_id(event)
     if special is not None:
         return special
-    for name in ("request_id", "signal_id", "decision_id", "audit_id"):
+    for name in ("request_id", "signal_id", "decision_id", "audit_id", "answer_id", "command_id"):
         value = getattr(event, name, None)
         if isinstance(value, str):
             return value
@@ -419,6 +543,10 @@ def event_id(event: WireModel) -> str:
         return f"{event.agent_id}:revoked:{event.cause_event_id}"
     if isinstance(event, AgentProfile):
         return f"{event.agent_id}:profile"
+    if isinstance(event, AgentRecord):
+        return f"{event.agent_id}:rev:{event.revision}"
+    if isinstance(event, JwksPublished):
+        return f"jwks:{event.issuer}:{event.revision}"
     raise TypeError(f"no id for {type(event).__name__}")
 
 
@@ -442,5 +570,7 @@ def partition_key(event: WireModel) -> str | None:
         return event.subject_agent_id or event.resource
     if isinstance(event, EnforcementPointStatus):
         return event.enforcement_point
+    if isinstance(event, JwksPublished):
+        return event.issuer  # a compacted topic: the latest key set per issuer
     value = getattr(event, "agent_id", None)
     return value if isinstance(value, str) else None

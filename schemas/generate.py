@@ -23,9 +23,11 @@ from typing import Any
 from schemas.events import (
     AGENT_ID_PATTERN,
     EVENT_TYPES,
+    JwksPublished,
     RiskObserved,
     WireModel,
 )
+from schemas.signing import EVENT_TOKEN_TYPE, SIGNATURE_HEADER
 from schemas.topics import (
     ALL_TOPICS,
     DLQ_OFFSET,
@@ -101,6 +103,13 @@ def _ce_headers(event_type: str) -> Json:
             "ce_time": text("When the event was produced (RFC 3339, UTC).", format="date-time"),
             "ce_subject": text("The partition key: the agent the event is about."),
             "content-type": text("Media type of the value.", const=CONTENT_TYPE),
+            SIGNATURE_HEADER: text(
+                f"CloudEvents extension `signature`: a compact JWS ({EVENT_TOKEN_TYPE}) by "
+                "the sender's registered key over the exact value bytes, the CloudEvents id "
+                "and type and the key; required on what agents and operators send (see "
+                "docs/protocol.md).",
+                pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+            ),
         },
         "required": ["ce_specversion", "ce_type", "ce_source", "ce_id", "content-type"],
     }
@@ -123,6 +132,11 @@ def _key_schema(model: type[WireModel]) -> Json:
         }
     if "agent_id" not in model.model_fields and "enforcement_point" in model.model_fields:
         return {"description": "The enforcement point's name (UTF-8).", **agent}
+    if model is JwksPublished:
+        return {
+            "description": "The issuer (a compacted topic: the latest key set per issuer).",
+            "type": "string",
+        }
     if "agent_id" not in model.model_fields:
         raise ValueError(f"{model.__name__} has no agent_id to key on")
     if _accepts_none(model, "agent_id"):

@@ -59,8 +59,10 @@ DECISIONS = Topic(
         "io.permbroker.escalation.decided.v1",
         "io.permbroker.grant.renewal.decided.v1",
         "io.permbroker.grant.release.decided.v1",
+        "io.permbroker.command.answered.v1",
     ),
-    "One decision per request, with reasons, matched rules and policy revision.",
+    "One decision per request, with reasons, matched rules and policy revision; and the answer "
+    "to each registry or grant command.",
 )
 GRANT_EVENT_TYPES = (
     "io.permbroker.grant.issued.v1",
@@ -119,9 +121,36 @@ DEAD_LETTER = Topic(
     "Messages that could not be decoded or validated: raw bytes, origin and reason in headers.",
 )
 
+# The identity issue's topics: the agent registry, grant commands and the broker's JWKS.
+REGISTRY = Topic(
+    "permbroker.registry", PARTITIONS, "delete", 30 * DAY_MS,
+    ("io.permbroker.agent.command.v1",),
+    "Signed registry commands: operators register, update, suspend, resume agents and revoke "
+    "keys; an agent rotates its own key or registers itself with an enrollment token.",
+    _APPEND_TIME,
+)
+AGENTS = Topic(
+    "permbroker.agents", PARTITIONS, "compact", -1,
+    ("io.permbroker.agent.record.v1",),
+    "The agent registry, log of record: the latest record of every agent (profile, AI "
+    "attributes, status, public keys), written by the workers only.",
+)
+GRANT_COMMANDS = Topic(
+    "permbroker.grant-commands", PARTITIONS, "delete", 7 * DAY_MS,
+    ("io.permbroker.grant.command.v1",),
+    "Signed agent commands about their own grants: release early, get a grant token.",
+    _APPEND_TIME,
+)
+JWKS = Topic(
+    "permbroker.jwks", 1, "compact", -1,
+    ("io.permbroker.jwks.published.v1",),
+    "The broker's public grant-token keys (JWKS), the latest set per issuer (key = issuer).",
+)
+IDENTITY_TOPICS: tuple[Topic, ...] = (REGISTRY, AGENTS, GRANT_COMMANDS, JWKS)
+
 ALL_TOPICS: tuple[Topic, ...] = (
     ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
-    REVOCATION_ACKS,
+    REVOCATION_ACKS, *IDENTITY_TOPICS,
 )
 
 # Dead-letter headers (the value is the original raw bytes).

@@ -81,7 +81,7 @@ class Lifecycle:
     ) -> RenewalOutcome:
         policy = self._p.policy
         return decide_renewal(
-            renewal, grant, policy, agent=policy.agent(renewal.agent_id),
+            renewal, grant, policy, agent=self._p.agent_profile(renewal.agent_id),
             risk=RiskContext(agent=await self._store.live_risk(renewal.agent_id),
                              request=renewal.risk_score),
             state=await self._store.agent_state(renewal.agent_id),

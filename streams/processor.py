@@ -23,11 +23,12 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from broker.adapters import codec, keys
 from broker.adapters.redis_store import (
     NO_FENCE,
+    NO_RISK_FENCE,
     UNLIMITED,
     Committed,
     Fence,
@@ -116,6 +117,29 @@ Clock = Callable[[], datetime]
 ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk"}
 
 
+class Admission(Protocol):
+    """What the identity gate says of an admitted event (see streams/identity.py)."""
+
+    def denial(self) -> ScopeDenial | None:
+        """An outside denial (``decide``'s blocked_by) when the authentic agent may not act."""
+
+    def bind(self, outcome: Outcome) -> Outcome:
+        """The outcome with the signer's key and the model recorded on grant and audit."""
+
+
+class Gate(Protocol):
+    """Identity checks before policy: None means rejected (and already audited)."""
+
+    async def admit(self, msg: Incoming, event: WireModel) -> Admission | None:
+        """Verify signature, key, freshness, replay and authority of one event."""
+
+    def profile(self, agent_id: str) -> AgentProfile | None:
+        """The agent's profile from the registry (baseline and ceiling from its class)."""
+
+    async def authentic_for(self, msg: Incoming, agent_id: str) -> bool:
+        """Whether an undecodable message is validly signed by the agent or an operator."""
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """The inputs of one attempt at deciding a request (what its audit record carries)."""
@@ -128,6 +152,7 @@ class _Attempt:
     now: datetime
     blocked_by: ScopeDenial | None
     note: dict[str, object]
+    admission: Admission | None = None  # the identity gate's verdict (signer, refusal)
 
 
 class Processor:
@@ -168,6 +193,27 @@ class Processor:
         self.epochs: dict[tuple[str, int], int] = {}
         self.claimed = asyncio.Event()  # clear while an assignment is being claimed
         self.claimed.set()
+        self.identity: Gate | None = None  # set by streams.app when identity checks are on
+
+    def agent_profile(self, agent_id: str) -> AgentProfile | None:
+        """The agent's profile: from the registry when identity is on, else the policy bundle."""
+        if self.identity is not None:
+            return self.identity.profile(agent_id)
+        return self.policy.agent(agent_id)
+
+    async def _admit(self, msg: Incoming, event: WireModel) -> Admission | bool | None:
+        """The identity gate's verdict (True when there is no gate)."""
+        gate = self.identity
+        if gate is None:
+            return True
+        return await self._retrying("identity", lambda: gate.admit(msg, event))
+
+    async def revoke_agent(
+        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
+    ) -> tuple[str, ...]:
+        """Revoke every grant of an agent (registry suspensions, key revocations, model changes)."""
+        revoked, _token = await self._revoke(agent_id, cause_id, action, now, NO_RISK_FENCE)
+        return revoked
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -291,7 +337,8 @@ class Processor:
             await self._fence(msg)
             event = codec.decode(msg.key, msg.value, msg.headers)
             if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
-                await self.grant_requests(msg, event)
+                if await self._admit(msg, event) is not None:  # the agent's own, verified
+                    await self.grant_requests(msg, event)
                 return
             request = self._expect(event, msg, EscalationRequested)
         except Fenced as exc:
@@ -301,7 +348,12 @@ class Processor:
             await self.dead_letter(msg, str(exc))
             return
         try:
-            await self._retrying("decide", lambda: self._decide(request, msg))
+            admitted = await self._admit(msg, request)
+            if admitted is None:
+                return
+            admission = None if admitted is True else admitted
+            assert not isinstance(admission, bool)
+            await self._retrying("decide", lambda: self._decide(request, msg, admission))
         except Fenced as exc:
             self._fenced(msg, str(exc))
 
@@ -318,11 +370,11 @@ class Processor:
             log.warning("grant view rebuilt: %d active grant(s) restored", restored)
 
     def _rate(self, request: EscalationRequested) -> RateLimit:
-        rule = self.policy.rate_limit(self.policy.agent(request.agent_id))
+        rule = self.policy.rate_limit(self.agent_profile(request.agent_id))
         return RateLimit(rule.requests, rule.per_s * 1000) if rule else UNLIMITED
 
     def _rate_denial(self, request: EscalationRequested, retry_ms: str) -> ScopeDenial:
-        rule = self.policy.rate_limit(self.policy.agent(request.agent_id))
+        rule = self.policy.rate_limit(self.agent_profile(request.agent_id))
         assert rule is not None
         return ScopeDenial(
             scope="*",
@@ -335,9 +387,12 @@ class Processor:
         fence_key = keys.fence(msg.topic, msg.partition) if self.fencing else None
         return await self.store.snapshot(request.agent_id, fence_key)
 
-    async def _decide(self, request: EscalationRequested, msg: Incoming) -> None:
-        agent = self.policy.agent(request.agent_id)
-        rate, blocked_by = self._rate(request), None
+    async def _decide(
+        self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None
+    ) -> None:
+        agent = self.agent_profile(request.agent_id)
+        rate = self._rate(request)
+        blocked_by = admission.denial() if admission is not None else None
         note: dict[str, object] = {}
         for attempt in range(4):
             snap = await self._snapshot(request, msg)
@@ -354,7 +409,7 @@ class Processor:
             ctx = _Attempt(request, agent, snap.state,
                            RiskContext(agent=snap.risk, request=request.risk_score),
                            msg.received_at, now, blocked_by,
-                           {**note, "attempt": attempt, "fence_epoch": fence.epoch})
+                           {**note, "attempt": attempt, "fence_epoch": fence.epoch}, admission)
             outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
                 outcome, received_at=ctx.received_at, now=now,
@@ -376,11 +431,12 @@ class Processor:
 
     def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
         evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
-        return decide(
+        outcome = decide(
             ctx.request, evaluation, agent=ctx.agent, state=ctx.state,
             received_at=ctx.received_at, now=ctx.now, risk=ctx.risk,
             blocked_by=blocked_by or ctx.blocked_by, note=ctx.note,
         )
+        return ctx.admission.bind(outcome) if ctx.admission is not None else outcome
 
     async def _audit_first(self, ctx: _Attempt) -> tuple[Outcome, AuditRecord | None]:
         """Audit the decision before its commit; if that fails, deny (its record is pending)."""
@@ -440,7 +496,10 @@ class Processor:
                 signal = self._decode(msg, RiskObserved)
             except WireError as exc:
                 await self.dead_letter(msg, str(exc))
-                await self._fail_safe_revoke(msg, str(exc))
+                if await self._may_fail_safe(msg):
+                    await self._fail_safe_revoke(msg, str(exc))
+                return
+            if await self._admit(msg, signal) is None:
                 return
             await self._retrying("risk", lambda: self._risk(signal, msg))
         except Fenced as exc:
@@ -452,10 +511,18 @@ class Processor:
         current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
         return await self._check_fence(msg, current)
 
+    async def _may_fail_safe(self, msg: Incoming) -> bool:
+        """With identity on, only a validly signed unreadable signal revokes (no forged DoS)."""
+        gate = self.identity
+        if gate is None:
+            return True
+        agent_id = (msg.key or b"").decode(errors="replace")
+        return await self._retrying("identity", lambda: gate.authentic_for(msg, agent_id))
+
     async def _risk(self, signal: RiskObserved, msg: Incoming) -> None:
         now = msg.received_at
         subject = signal.subject_agent_id
-        agent = self.policy.agent(subject) if subject else None
+        agent = self.agent_profile(subject) if subject else None
         action = (
             RiskAction(
                 revoke=True,

@@ -43,9 +43,16 @@ def producer_config(bootstrap: str) -> dict[str, object]:
 class Publisher:
     """Publishes wire models as CloudEvents and waits for the broker's acknowledgement."""
 
-    def __init__(self, bootstrap: str, *, source: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        source: str,
+        signer: Callable[[Encoded], Encoded] | None = None,
+    ) -> None:
         self._producer = Producer(producer_config(bootstrap))
         self._source = source
+        self._signer = signer  # adds the sender's ce_signature to every message it publishes
 
     def publish(self, topic: str, event: WireModel, *, timeout: float = 10.0) -> None:
         """Produce one event and block until Kafka acknowledged it (or raise BusError)."""
@@ -68,7 +75,7 @@ class Publisher:
         try:
             for item in messages:
                 m = item if isinstance(item, Encoded) else encode(item, source=self._source)
-                self._produce(topic, m, on_delivery)
+                self._produce(topic, self._signer(m) if self._signer else m, on_delivery)
         except KafkaException as exc:
             raise BusError(f"cannot produce to {topic}: {exc}") from exc
         if self._producer.flush(timeout) > 0:

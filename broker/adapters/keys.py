@@ -104,3 +104,11 @@ def rate(agent_id: str) -> str:
 def fence(topic: str, partition: int) -> str:
     """Ownership epoch of one input partition, bumped by every worker that is assigned it."""
     return f"{PREFIX}:fence:{topic}:{partition}"
+
+# Identity (the agent registry issue): signature nonces and when each agent last acted.
+LAST_ACTED = f"{PREFIX}:agents:last-acted"  # hash agent -> epoch ms; PXAT refreshed on write
+
+
+def nonce(principal: str, jti: str) -> str:
+    """The first Kafka origin of one event signature (its nonce); lives past the iat window."""
+    return f"{PREFIX}:{{{principal}}}:nonce:{jti}"

@@ -38,6 +38,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "PERMBROKER_METRICS_PORT": str(settings.metrics_port),
         "PERMBROKER_RECORD_MARGIN_S": str(settings.record_margin_s),
         **_audit_env(settings),
+        **_identity_env(settings),
     }
 
 
@@ -46,6 +47,25 @@ def _audit_env(settings: Settings) -> dict[str, str]:
     names = {name for name in Settings.model_fields if name.startswith("audit_")}
     values = settings.model_dump(include=names)
     return {f"PERMBROKER_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+
+
+_IDENTITY_SETTINGS = ("allow_unsigned", "signature_max_age_s", "signature_max_skew_s",
+                      "token_issuer", "token_max_ttl_s", "broker_key_overlap_s",
+                      "agent_key_overlap_s")
+_KEY_FILES = {"broker": "BROKER_KEY_FILE", "operator": "OPERATOR_KEY_FILE",
+              "operators": "OPERATORS_FILE", "agents": "AGENT_KEY_DIR"}
+
+
+def _identity_env(settings: Settings) -> dict[str, str]:
+    """The identity settings (key file paths, signature window, dev mode) for the child."""
+    env = {}
+    for name in _IDENTITY_SETTINGS:
+        value = getattr(settings, name)
+        env[f"PERMBROKER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+            else str(value)
+    for name, var in _KEY_FILES.items():
+        env[f"PERMBROKER_{var}"] = str(settings.key_path(name))
+    return env
 
 
 class WorkerProcess:

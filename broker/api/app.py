@@ -92,7 +92,11 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/.well-known/jwks.json", tags=["health"])
     def jwks(request: Request) -> dict[str, Any]:
-        """Public keys of the broker (PERMBROKER_JWKS_PATH), for verifying its tokens."""
+        """The broker's grant-token keys as published on Kafka (the JWKS topic); a JWKS file
+        (PERMBROKER_JWKS_PATH) only when no key set was published yet."""
+        published = runtime.jwks.document() if runtime.jwks is not None else {"keys": []}
+        if published["keys"]:
+            return published
         path = runtime.settings.jwks_path
         if path is None or not path.is_file():
             return {"keys": []}

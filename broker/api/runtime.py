@@ -16,12 +16,13 @@ import redis
 from broker.adapters.acks import AckFollower
 from broker.adapters.admin import admin_client, cluster_metadata
 from broker.adapters.bus import Publisher, Record
+from broker.adapters.jwks import JwksView
 from broker.adapters.redis_store import RedisGrantStore
 from broker.api.metrics import Metrics
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.agent import DecisionWatcher
-from broker.sdk.operator import AuditWatcher
+from broker.sdk.operator import AuditWatcher, operator_publisher
 from broker.sdk.view import GrantView
 from schemas.events import AgentRevoked
 
@@ -40,6 +41,7 @@ class Runtime:
     decisions: DecisionWatcher | None = None
     audits: AuditWatcher | None = None
     acks: AckFollower | None = None
+    jwks: JwksView | None = None  # the broker's published token keys (/.well-known/jwks.json)
     enforcement_point: str = ""
 
     def start(self) -> None:
@@ -47,13 +49,17 @@ class Runtime:
         s = self.settings
         self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
-        self.publisher = Publisher(s.kafka_bootstrap, source="/permbroker/api")
+        # Everything the API relays (an agent's request it authenticated, an operator's
+        # revocation) is signed with the operator key: the workers refuse unsigned events.
+        self.publisher = operator_publisher(s.kafka_bootstrap, "/permbroker/api", s)
         self.view = GrantView(
             s.kafka_bootstrap, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
             token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
         )
         self.decisions = DecisionWatcher(s.kafka_bootstrap)
+        self.jwks = JwksView(s.kafka_bootstrap, issuer=s.token_issuer)
+        self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
         self.audits = AuditWatcher(s.kafka_bootstrap)
         self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event)
@@ -64,7 +70,7 @@ class Runtime:
 
     def stop(self) -> None:
         """Close what was started."""
-        for part in (self.acks, self.audits, self.decisions, self.view):
+        for part in (self.acks, self.audits, self.decisions, self.view, self.jwks):
             if part is not None:
                 part.close()
 

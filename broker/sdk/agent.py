@@ -11,16 +11,22 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from confluent_kafka import TopicPartition
 
 from broker.adapters.bus import Publisher, consumer, end_offsets, to_record
-from broker.errors import DecisionTimeout
+from broker.adapters.jwe import decrypt, reply_keypair
+from broker.adapters.keystore import AgentKeyStore
+from broker.errors import CommandRefused, DecisionTimeout
+from broker.sdk.identity import AgentIdentity, Rotator
 from schemas import topics
 from schemas.events import (
+    CommandAnswered,
     EscalationDecided,
     EscalationRequested,
+    GrantCommand,
     ReleaseDecided,
     ReleaseRequested,
     RenewalDecided,
@@ -41,6 +47,7 @@ class DecisionWatcher:
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
         )
         self._decisions: dict[str, Decision] = {}
+        self._answers: dict[str, CommandAnswered] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
@@ -56,6 +63,10 @@ class DecisionWatcher:
                 with self._cond:
                     self._decisions[event.request_id] = event
                     self._cond.notify_all()
+            elif isinstance(event, CommandAnswered):
+                with self._cond:
+                    self._answers[event.command_id] = event
+                    self._cond.notify_all()
         self._consumer.close()
 
     def wait(self, request_id: str, timeout: float) -> Decision:
@@ -68,19 +79,57 @@ class DecisionWatcher:
                 )
             return self._decisions.pop(request_id)
 
+    def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
+        """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: command_id in self._answers, timeout):
+                raise DecisionTimeout(
+                    f"no answer to command {command_id} within {timeout:.0f}s: is a worker "
+                    "running, and was the command signed by a registered key? (permbroker "
+                    "audit tail --kind identity.rejected)"
+                )
+            return self._answers.pop(command_id)
+
     def close(self) -> None:
         """Stop following the topic."""
         self._stop.set()
         self._thread.join(timeout=5)
 
 
-class AgentClient:
-    """What an agent uses to escalate and to report risk; acts only as ``agent_id``."""
+@dataclass(frozen=True)
+class GrantToken:
+    """A grant token for one resource service, and when it expires (never after the grant)."""
 
-    def __init__(self, agent_id: str, bootstrap: str, *, watch_decisions: bool = True) -> None:
+    token: str = field(repr=False)
+    grant_id: str
+    audience: str
+    expires_at: datetime
+
+
+class AgentClient:
+    """What an agent uses to escalate and to report risk; acts only as ``agent_id``.
+
+    Every message is signed with the agent's own key, read from its key store
+    (``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True`` is for brokers in the dev mode that
+    accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``) only.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        bootstrap: str,
+        *,
+        watch_decisions: bool = True,
+        keys: AgentKeyStore | None = None,
+        unsigned: bool = False,
+    ) -> None:
         self.agent_id = agent_id
-        self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}")
+        self.identity = None if unsigned else AgentIdentity(agent_id,
+                                                            keys or AgentKeyStore.from_settings())
+        signer = self.identity.sign if self.identity is not None else None
+        self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
         self._watcher = DecisionWatcher(bootstrap) if watch_decisions else None
+        self._rotator: Rotator | None = None
 
     def send(self, request: EscalationRequested) -> None:
         """Publish a request built by the caller (must be this agent's own)."""
@@ -190,8 +239,55 @@ class AgentClient:
         self._publisher.publish(topics.RISK.name, signal)
         return signal
 
+    def _answer(self, command_id: str, timeout: float) -> CommandAnswered:
+        if self._watcher is None:
+            raise ValueError("this client was created with watch_decisions=False")
+        return self._watcher.wait_answer(command_id, timeout)
+
+    def _grant_command(self, grant_id: str, action: str, timeout: float,
+                       **fields: object) -> tuple[GrantCommand, CommandAnswered]:
+        cmd = GrantCommand.model_validate({
+            "command_id": f"{action}-{uuid.uuid4()}", "agent_id": self.agent_id,
+            "grant_id": grant_id, "action": action, "issued_at": datetime.now(UTC), **fields})
+        self._publisher.publish(topics.GRANT_COMMANDS.name, cmd)
+        answer = self._answer(cmd.command_id, timeout)
+        if answer.outcome != "done":
+            raise CommandRefused(f"{action} of grant {grant_id} refused: {answer.reason}",
+                                 rule=answer.rule)
+        return cmd, answer
+
+    def grant_token(self, grant_id: str, audience: str, *, timeout: float = 30.0,
+                    owner: str | None = None) -> GrantToken:
+        """A short-lived token for one of this agent's grants, for the service ``audience``.
+
+        The broker encrypts the token to a one-time key only this call holds; call again to
+        refresh it while the grant lives (the answer says why when it no longer does).
+        """
+        private, public = reply_keypair()
+        _cmd, answer = self._grant_command(grant_id, "token", timeout, audience=audience,
+                                           reply_key=public, grant_agent_id=owner)
+        if answer.token is None or answer.token_expires_at is None:
+            raise CommandRefused(f"the broker sent no token for grant {grant_id}")
+        token = decrypt(answer.token, private).decode()
+        return GrantToken(token, grant_id, audience, answer.token_expires_at)
+
+    def rotate_key(self, *, overlap_s: int | None = None, timeout: float = 30.0) -> str:
+        """Replace the agent's key now (see ``broker.sdk.identity``); the new kid."""
+        if self.identity is None:
+            raise ValueError("an unsigned client has no key to rotate")
+        cmd = self.identity.rotation_command(overlap_s)
+        self._publisher.publish(topics.REGISTRY.name, cmd)
+        return self.identity.settle(self._answer(cmd.command_id, timeout))
+
+    def start_rotation(self, every_s: float, *, overlap_s: int | None = None) -> Rotator:
+        """Rotate the key every ``every_s`` seconds in the background until close()."""
+        self._rotator = Rotator(lambda: self.rotate_key(overlap_s=overlap_s), every_s)
+        return self._rotator
+
     def close(self) -> None:
-        """Release the client's Kafka connections."""
+        """Release the client's Kafka connections (and stop rotating)."""
+        if self._rotator is not None:
+            self._rotator.stop()
         if self._watcher is not None:
             self._watcher.close()
 

@@ -92,6 +92,16 @@ class GrantIndex:
             )
         return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
 
+    def state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
+        """'active', 'ended' (revoked, released, expired, or its agent unreadable), 'unknown'."""
+        if grant_id in self._ended or agent_id in self._poisoned:
+            return "ended"
+        grant = self._grants.get(agent_id, {}).get(grant_id)
+        if grant is None:
+            return "unknown"
+        t = (now or datetime.now(UTC)).timestamp()
+        return "active" if grant.expires_at.timestamp() > t else "ended"
+
     def active(self, agent_id: str, now: datetime | None = None) -> list[Verdict]:
         """The agent's live grants, as allowing verdicts (absolute expiry and time left)."""
         t = (now or datetime.now(UTC)).timestamp()

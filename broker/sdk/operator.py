@@ -1,24 +1,44 @@
-"""Operator SDK: revoke an agent and learn where the revocation landed. Imports adapters, schemas.
+"""Operator SDK: revoke an agent, change the registry. Imports adapters, sdk, config, schemas.
 
 A revocation is an operator risk signal that workers apply like any other; the worker's audit
 record of the signal names the revoked grants and the consistency token of the revocation on
 every grant topic. ``revoke(wait=True)`` reads that record back, so the caller can ask a view
 ``allows(..., at_least=token)`` and be sure the answer reflects the revocation.
+
+Everything an operator sends is signed with the operator's key (``Settings.key_path
+("operator")``): agent credentials cannot revoke another agent or change the registry.
+``OperatorClient`` runs registry commands (register, update, suspend, resume, revoke a key,
+rotate the broker's keys) and waits for the broker's answer; a refusal raises
+``CommandRefused`` with the reason. Enrollment tokens are signed locally.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from confluent_kafka import TopicPartition
 
 from broker.adapters.bus import Publisher, consumer, end_offsets, to_record
-from broker.errors import DecisionTimeout
+from broker.adapters.enrollment import issue_enrollment
+from broker.adapters.keystore import load_operator
+from broker.adapters.signing import sign_message
+from broker.config import Settings
+from broker.errors import CommandRefused, DecisionTimeout
+from broker.sdk.agent import DecisionWatcher
 from schemas import topics
-from schemas.events import OPERATOR_REVOKE_KIND, AuditRecord, RiskObserved
+from schemas.events import (
+    OPERATOR_REVOKE_KIND,
+    AgentCommand,
+    AgentProfile,
+    AuditRecord,
+    CommandAnswered,
+    PublicJwk,
+    RiskObserved,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,13 @@ def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
     )
 
 
+def operator_publisher(bootstrap: str, source: str, settings: Settings | None = None) -> Publisher:
+    """A producer that signs everything with this operator's key (KeyFileError if none)."""
+    principal, key = load_operator((settings or Settings()).key_path("operator"))
+    return Publisher(bootstrap, source=source,
+                     signer=lambda m: sign_message(m, key, principal))
+
+
 def revoke(
     bootstrap: str, agent_id: str, reason: str, *, operator: str, timeout: float = 30.0,
     publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
@@ -106,9 +133,114 @@ def revoke(
     watcher = watcher or AuditWatcher(bootstrap)
     try:
         signal = operator_signal(agent_id, reason, operator)
-        pub = publisher or Publisher(bootstrap, source=f"/operators/{operator}")
+        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}")
         pub.publish(topics.RISK.name, signal)
         return revocation_of(signal, watcher.wait(signal.signal_id, timeout))
     finally:
         if own:
             watcher.close()
+
+
+class OperatorClient:
+    """One operator's signed actions on the registry, the broker's keys and agents' grants."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self.principal, self._key = load_operator(settings.key_path("operator"))
+        self._publisher = operator_publisher(
+            settings.kafka_bootstrap, f"/operators/{self.principal.split(':', 1)[1]}", settings)
+        self._watcher = DecisionWatcher(settings.kafka_bootstrap)
+
+    def _command(self, action: str, agent_id: str | None, reason: str,
+                 **fields: object) -> AgentCommand:
+        return AgentCommand.model_validate({
+            "command_id": f"op-{action}-{uuid.uuid4()}", "action": action, "agent_id": agent_id,
+            "reason": reason, "issued_at": datetime.now(UTC), **fields})
+
+    def run(self, command: AgentCommand, *, timeout: float = 30.0) -> CommandAnswered:
+        """Publish one signed command and wait for the answer; CommandRefused if refused."""
+        self._publisher.publish(topics.REGISTRY.name, command)
+        return self._settle(command, timeout)
+
+    def run_many(self, commands: Iterable[AgentCommand], *,
+                 timeout: float = 60.0) -> list[CommandAnswered]:
+        """Publish a batch at once, then wait for every answer."""
+        batch = list(commands)
+        self._publisher.publish_many(topics.REGISTRY.name, batch)
+        return [self._settle(c, timeout) for c in batch]
+
+    def _settle(self, command: AgentCommand, timeout: float) -> CommandAnswered:
+        try:
+            answer = self._watcher.wait_answer(command.command_id, timeout)
+        except DecisionTimeout as exc:
+            raise DecisionTimeout(f"{command.action} {command.agent_id or ''}: {exc}") from exc
+        if answer.outcome != "done":
+            raise CommandRefused(f"{command.action} refused: {answer.reason}", rule=answer.rule)
+        return answer
+
+    def register(self, profile: AgentProfile, key: PublicJwk, *,
+                 reason: str = "registered by an operator") -> CommandAnswered:
+        """Register an agent with the public half of the key it generated itself."""
+        return self.run(self.register_command(profile, key, reason=reason))
+
+    def register_command(self, profile: AgentProfile, key: PublicJwk, *,
+                         reason: str = "registered by an operator") -> AgentCommand:
+        """The command that registers ``profile`` with ``key`` (for ``run_many``)."""
+        return self._command("register", profile.agent_id, reason, profile=profile, key=key)
+
+    def update(self, profile: AgentProfile, *, reason: str) -> CommandAnswered:
+        """Change an agent's profile (a new model version or digest revokes per policy)."""
+        return self.run(self._command("update", profile.agent_id, reason, profile=profile))
+
+    def suspend(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Suspend an agent: every grant is revoked and it may not act until resumed."""
+        return self.run(self._command("suspend", agent_id, reason))
+
+    def resume(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Let a suspended or quarantined agent act again (revoked grants stay revoked)."""
+        return self.run(self._command("resume", agent_id, reason))
+
+    def revoke_key(self, agent_id: str, kid: str, *, reason: str) -> CommandAnswered:
+        """Revoke a compromised key: its grants are revoked and the agent quarantined."""
+        return self.run(self._command("revoke_key", agent_id, reason, kid=kid))
+
+    def rotate_broker_key(self, *, overlap_s: int | None = None,
+                          reason: str = "scheduled rotation") -> CommandAnswered:
+        """Have the workers add a new token-signing key; the old one verifies for the overlap."""
+        return self.run(self._command("rotate_broker_key", None, reason, overlap_s=overlap_s))
+
+    def enroll(self, profile: AgentProfile, *, ttl_s: int = 3600) -> tuple[str, datetime]:
+        """An enrollment token with which the agent registers its own key (any language)."""
+        return issue_enrollment(self._key, self.principal, profile, now=datetime.now(UTC),
+                                ttl_s=ttl_s)
+
+    def report_risk(self, *, kind: str, severity: float, detail: str = "",
+                    subject_agent_id: str | None = None,
+                    resource: str | None = None) -> RiskObserved:
+        """A risk signal about any agent, as a monitoring service with operator credentials
+        (an agent's own key may only report about itself)."""
+        signal = RiskObserved(
+            signal_id=f"sig-{uuid.uuid4()}", subject_agent_id=subject_agent_id,
+            resource=resource, kind=kind, severity=severity, source=self.principal,
+            detail=detail, observed_at=datetime.now(UTC))
+        self._publisher.publish(topics.RISK.name, signal)
+        return signal
+
+    def revoke_grants(self, agent_id: str, *, reason: str,
+                      on_behalf: str | None = None) -> RiskObserved:
+        """Revoke every grant of an agent (an operator revocation signal, signed by this
+        operator's key; ``on_behalf`` names the person in the signal's source)."""
+        name = on_behalf or self.principal.split(":", 1)[1]
+        signal = operator_signal(agent_id, reason, name)
+        self._publisher.publish(topics.RISK.name, signal)
+        return signal
+
+    def close(self) -> None:
+        """Stop reading answers."""
+        self._watcher.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -136,6 +136,14 @@ class GrantView:
                 self._cond.wait(left)
         return ""
 
+    def grant_state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
+        """'active', 'ended' (revoked, released, expired), 'unknown', or 'not-ready' while the
+        view is not fresh enough to say (token verifiers then refuse: fail closed)."""
+        floor = self._tracker.floor
+        if floor is None or self._clock() - floor > self.bound_s:
+            return "not-ready"
+        return self._index.state(agent_id, grant_id, now)
+
     def active(self, agent_id: str, now: datetime | None = None) -> list[GrantIssued]:
         """The agent's grants that have not ended or expired."""
         return [v.grant for v in self._index.active(agent_id, now) if v.grant is not None]

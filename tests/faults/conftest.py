@@ -24,10 +24,12 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported f
     every_grant_key_expires,
     publisher,
     rclient,
+    registrar,
     run_id,
     tap,
     worker,
 )
+from tests.integration.identities import Registrar
 from tests.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,14 +136,17 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path: 
 
 
 @pytest.fixture(scope="session")
-def agents(run_id: str) -> Callable[[str], str]:  # noqa: F811
-    """A never-used agent id: 'f' fraud, 'r' reporting, 'b' bulk-test, 'x' flood-test."""
+def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:  # noqa: F811
+    """A never-used agent id: 'f' fraud, 'r' reporting, 'b' bulk-test, 'x' flood-test.
+
+    Each is registered with a key of its own (signature checks stay on in this suite too).
+    """
     counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
 
     def take(kind: str = "f") -> str:
         n = next(counters[kind])
         assert n < POOL, "agent pool exhausted: raise POOL"
-        return f"t{run_id}-{kind}{n:03d}"
+        return registrar.ensure(f"t{run_id}-{kind}{n:03d}")
 
     return take
 

@@ -11,14 +11,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from broker.adapters import stack
 from broker.adapters.audit_keys import ensure_keys
+from broker.adapters.bus import Publisher
+from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.stack_procs import ProcRecord, is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.policy import load_policy
+from tests.integration.identities import Registrar, harness_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 # PERMBROKER_FAULTS_PORT_BASE moves every port of the suite (two checkouts on one machine).
@@ -36,6 +40,7 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
                         policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13)
     ensure_keys(settings)
+    ensure_identity_files(settings)  # the private worker's token keys and operator key
     worker = WorkerProcess(settings, name="private-worker")
     try:
         worker.start()
@@ -44,6 +49,22 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     finally:
         worker.stop()
         stack.down(STACK, wipe=True)
+
+
+def register(settings: Settings, agent_ids: Iterable[str]) -> None:
+    """Register pool agents on the private stack (its own operator, its own agent keys)."""
+    registrar = Registrar(settings, load_policy(settings.policy_path))
+    try:
+        for agent in agent_ids:
+            registrar.ensure(agent)
+    finally:
+        registrar.close()
+
+
+def publisher(settings: Settings, source: str) -> Publisher:
+    """A producer that signs as the agent each message is keyed by (private key store)."""
+    return Publisher(settings.kafka_bootstrap, source=source,
+                     signer=harness_signer(AgentKeyStore.from_settings(settings)))
 
 
 def kill(service: str) -> None:

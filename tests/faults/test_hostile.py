@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 
 from broker.adapters.bus import Publisher, producer_config
 from broker.adapters.codec import MAX_VALUE_BYTES, Encoded, encode
+from broker.adapters.keystore import AgentKeyStore
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from schemas import topics
@@ -19,6 +20,7 @@ from schemas.events import AgentRevoked, AuditRecord, EscalationDecided
 from tests.faults.helpers import delta, worker_counters
 from tests.faults.report import Figures
 from tests.integration.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.integration.identities import harness_signer
 
 TapFactory = Callable[[str], Tap]
 OVERSIZE = 1024 * 1024 - 16 * 1024  # ~1 MiB: as large as Kafka's default 1 MiB limit lets in
@@ -64,8 +66,12 @@ def _send_raw(producer: Producer, topic: str, messages: list[Encoded]) -> None:
     assert producer.flush(120) == 0 and not errors, f"Kafka refused the burst: {errors[:3]}"
 
 
-def _plan(agents: Callable[[str], str]) -> tuple[list[Encoded], dict[str, int], set[str]]:
-    """10,000 messages: 1% malformed JSON, 0.5% wrong types, 0.1% ~1 MiB, the rest good."""
+def _plan(agents: Callable[[str], str],
+          sign: Callable[[Encoded], Encoded]) -> tuple[list[Encoded], dict[str, int], set[str]]:
+    """10,000 messages: 1% malformed JSON, 0.5% wrong types, 0.1% ~1 MiB, the rest good.
+
+    Each is signed by its agent (the bad ones too: a buggy agent, not an impostor).
+    """
     pool = [agents("b") for _ in range(100)]
     messages, bad, good_ids = [], {"json": 0, "types": 0, "oversized": 0}, set()
     for i in range(10_000):
@@ -75,10 +81,10 @@ def _plan(agents: Callable[[str], str]) -> tuple[list[Encoded], dict[str, int], 
         if kind is None:
             request = fraud_request(agent)
             good_ids.add(request.request_id)
-            messages.append(encode(request, source="/tests/hostile"))
+            messages.append(sign(encode(request, source="/tests/hostile")))
         else:
             bad[kind] += 1
-            messages.append(_bad(kind, agent, i))
+            messages.append(sign(_bad(kind, agent, i)))
     return messages, bad, good_ids
 
 
@@ -88,7 +94,7 @@ def test_10000_with_malformed_wrong_typed_and_oversized_messages(
     figures: Figures,
 ) -> None:
     """1% bad JSON, 0.5% wrong types, 0.1% ~1 MiB: all dead-lettered with reasons and audited."""
-    messages, bad, good_ids = _plan(agents)
+    messages, bad, good_ids = _plan(agents, harness_signer(AgentKeyStore.from_settings(settings)))
     dlq, audit, decisions = tap(topics.DEAD_LETTER.name), tap(topics.AUDIT.name), tap(
         topics.DECISIONS.name)
     pid, before = worker.pid, worker_counters(settings.metrics_port)

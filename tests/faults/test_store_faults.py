@@ -15,7 +15,6 @@ import pytest
 import redis
 
 from broker.adapters import keys
-from broker.adapters.bus import Publisher
 from broker.adapters.redis_store import RedisGrantStore
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
@@ -53,11 +52,12 @@ def test_wiped_redis_allows_nothing_until_rebuilt_then_exactly_the_active_grants
 ) -> None:
     """FLUSHALL under a running worker: checks deny until it rebuilt; then the same grants."""
     settings, _worker = private_stack
-    publisher = Publisher(settings.kafka_bootstrap, source="/tests/wipe")
+    publisher = private.publisher(settings, "/tests/wipe")
     grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
     client = redis.Redis.from_url(settings.redis_url)
     try:
         holders, revoked = [agents("b") for _ in range(20)], agents("b")
+        private.register(settings, [*holders, revoked])
         publisher.publish_many(topics.ESCALATIONS.name,
                                [fraud_request(a) for a in [*holders, revoked]])
         grants.wait_for(GrantIssued, lambda g: g.agent_id in {*holders, revoked}, count=21)
@@ -126,12 +126,13 @@ def test_redis_killed_mid_burst_denies_then_rebuilds_and_no_revoked_grant_return
 ) -> None:
     """kill -9 Redis during 600 requests: checks deny fast; rebuilt before allowing; 0 lost."""
     settings, _worker = private_stack
-    publisher = Publisher(settings.kafka_bootstrap, source="/tests/redis-kill")
+    publisher = private.publisher(settings, "/tests/redis-kill")
     decisions = Tap(settings.kafka_bootstrap, topics.DECISIONS.name)
     grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
     try:
         revoked, pool = agents("b"), [agents("b") for _ in range(30)]
+        private.register(settings, [revoked, *pool])
         publisher.publish(topics.ESCALATIONS.name, fraud_request(revoked))
         grants.wait_for(GrantIssued, lambda g: g.agent_id == revoked)
         publisher.publish(topics.RISK.name, anomaly(revoked))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,10 +17,13 @@ import yaml
 from broker.adapters import keys
 from broker.adapters.audit_keys import ensure_keys
 from broker.adapters.bus import Publisher
+from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.policy import load_policy
 from tests.integration.audit_helpers import audit_leaks
 from tests.integration.helpers import Tap
+from tests.integration.identities import Registrar, harness_signer
 from tests.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,16 +78,40 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def agents(run_id: str) -> Callable[[str], str]:
-    """A never-used agent id of the pool: agents('f') fraud, ('r') reporting, ('b') bulk-test."""
+def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:
+    """A never-used agent id of the pool: agents('f') fraud, ('r') reporting, ('b') bulk-test.
+
+    Each is registered (with a key of its own) before it is handed out.
+    """
     counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
 
     def take(kind: str = "f") -> str:
         n = next(counters[kind])
         assert n < POOL, "agent pool exhausted: raise POOL"
-        return f"t{run_id}-{kind}{n:03d}"
+        return registrar.ensure(f"t{run_id}-{kind}{n:03d}")
 
     return take
+
+
+@pytest.fixture(scope="session")
+def registrar(worker: WorkerProcess, settings: Settings, test_policy: Path) -> Iterator[Registrar]:
+    """Registers pool agents through the operator's signed commands; their keys in a tmp store.
+
+    AgentClient and the operator SDK find the keys through the environment, as they would on an
+    agent's or an operator's machine.
+    """
+    env = {"PERMBROKER_AGENT_KEY_DIR": str(settings.key_path("agents")),
+           "PERMBROKER_OPERATOR_KEY_FILE": str(settings.key_path("operator"))}
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    reg = Registrar(settings, load_policy(test_policy))
+    yield reg
+    reg.close()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +141,7 @@ def settings(
 @pytest.fixture(scope="session")
 def worker(settings: Settings) -> Iterator[WorkerProcess]:
     """One worker process for the session (tests may kill and restart it)."""
+    ensure_identity_files(settings)  # the broker's token keys and a test operator's key
     proc = WorkerProcess(settings)
     proc.start()
     proc.wait_ready()
@@ -122,8 +151,9 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="session")
 def publisher(settings: Settings) -> Publisher:
-    """A producer acting as the test harness (any agent)."""
-    return Publisher(settings.kafka_bootstrap, source="/tests")
+    """A producer acting as the test harness: signs as the agent each message is keyed by."""
+    signer = harness_signer(AgentKeyStore.from_settings(settings))
+    return Publisher(settings.kafka_bootstrap, source="/tests", signer=signer)
 
 
 @pytest.fixture

@@ -115,6 +115,8 @@ def test_api_escalates_checks_lists_revokes_and_reports(
     agent = agents("f")
     with TestClient(create_app(api_settings(settings, agent))) as api:
         assert api.get("/healthz").json() == {"status": "ok"}
+        served = api.get("/.well-known/jwks.json").json()["keys"]  # as published on Kafka
+        assert served and {k["alg"] for k in served} <= {"EdDSA", "ES256"}
         wait_until(lambda: api.get("/readyz").status_code == 200, 15, "the API to be ready")
         assert "/v1/check" in api.get("/openapi.json").json()["paths"]
         body = {"scopes": [FREEZE], "resources": ["acct-1"], "duration_s": 900,

@@ -20,10 +20,10 @@ SHELL_MODULES = frozenset({"cli.py", "demo.py", "bootstrap.py", "cli_stack.py", 
 
 
 def is_shell(name: str) -> bool:
-    """True for an L3 module directly under broker/."""
-    return name in SHELL_MODULES or name.startswith("cli_")
+    """True for an L3 module directly under broker/ (CLI sub-apps cli_*, demo steps demo_*)."""
+    return name in SHELL_MODULES or name.startswith(("cli_", "demo_"))
 # Nothing below L3 may import these (``broker.cli`` also covers ``broker.cli_stack``).
-L3 = ("broker.cli*", "broker.demo", "broker.bootstrap", "broker.api", "streams")
+L3 = ("broker.cli*", "broker.demo*", "broker.bootstrap", "broker.api", "streams")
 CORE_FORBIDDEN = (
     "broker.adapters",
     "broker.sdk",

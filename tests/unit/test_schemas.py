@@ -19,19 +19,26 @@ from schemas.events import (
     EVENT_TYPES,
     MAX_REQUESTED_DURATION_S,
     MAX_SCOPES_PER_REQUEST,
+    AgentCommand,
+    AgentKey,
     AgentProfile,
+    AgentRecord,
     AgentRevoked,
     AuditRecord,
+    CommandAnswered,
     EnforcementPointStatus,
     EscalationDecided,
     EscalationRequested,
+    GrantCommand,
     GrantExpired,
     GrantExpiring,
     GrantIssued,
     GrantReleased,
     GrantRenewed,
     GrantRevoked,
+    JwksPublished,
     ModelInfo,
+    PublicJwk,
     ReleaseDecided,
     ReleaseRequested,
     RenewalDecided,
@@ -42,6 +49,7 @@ from schemas.events import (
     WireModel,
     event_id,
     model_for_type,
+    partition_key,
 )
 from schemas.topics import ALL_TOPICS
 
@@ -51,6 +59,8 @@ AGENT = "fraud-detector-7"
 FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
 SOURCE = "/permbroker/tests"
 REQUESTED = EVENT_TYPES[EscalationRequested]
+KID = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+JWK = PublicJwk(kty="OKP", crv="Ed25519", x="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
 
 SAMPLES: dict[type[WireModel], WireModel] = {
     AgentProfile: AgentProfile(
@@ -165,6 +175,57 @@ SAMPLES: dict[type[WireModel], WireModel] = {
     EnforcementPointStatus: EnforcementPointStatus(
         enforcement_point="payments-api", topic="permbroker.grants.payments", ready=True,
         staleness_s=0.2, lag=0, started_at=NOW, reported_at=LATER),
+    AgentRecord: AgentRecord(
+        agent_id=AGENT,
+        profile=AgentProfile(
+            agent_id=AGENT,
+            agent_class="fraud-detection",
+            owner="fraud-ops@example.com",
+            model=ModelInfo(name="fraud-gbm", version="3.2", digest="sha256:4f"),
+        ),
+        keys=(AgentKey(kid=KID, jwk=JWK, added_at=NOW),),
+        revision=1,
+        change="registered",
+        changed_at=NOW,
+        changed_by="operator:alice",
+        cause_id="cmd-1",
+        cause_offset=7,
+        registered_at=NOW,
+    ),
+    AgentCommand: AgentCommand(
+        command_id="cmd-2",
+        action="rotate_key",
+        agent_id=AGENT,
+        key=JWK,
+        overlap_s=300,
+        issued_at=NOW,
+    ),
+    GrantCommand: GrantCommand(
+        command_id="cmd-3",
+        agent_id=AGENT,
+        grant_id="grant-1",
+        action="token",
+        audience="payments",
+        reply_key=PublicJwk(kty="OKP", crv="X25519", x="AAAA"),
+        issued_at=NOW,
+    ),
+    CommandAnswered: CommandAnswered(
+        answer_id="answer-1",
+        command_id="cmd-3",
+        agent_id=AGENT,
+        action="token",
+        outcome="refused",
+        reason="grant-1 is not an active grant of fraud-detector-7",
+        rule="identity:not-your-grant",
+        grant_id="grant-1",
+        answered_at=NOW,
+    ),
+    JwksPublished: JwksPublished(
+        issuer="permbroker",
+        keys=(JWK.model_copy(update={"kid": KID, "alg": "EdDSA"}),),
+        revision="sha256:12",
+        published_at=NOW,
+    ),
 }
 
 
@@ -265,7 +326,9 @@ def test_asyncapi_has_one_channel_per_topic_with_its_messages() -> None:
 
 
 @pytest.mark.parametrize(
-    "model", [m for m in EVENT_TYPES if m is not AgentProfile], ids=lambda m: m.__name__
+    "model",
+    [m for m in EVENT_TYPES if m not in (AgentProfile, JwksPublished)],
+    ids=lambda m: m.__name__,
 )
 def test_asyncapi_message_documents_ce_headers_key_and_payload(model: type[WireModel]) -> None:
     """Each message documents the ce_* headers, the agent-id key and a $ref to its schema."""
@@ -279,6 +342,7 @@ def test_asyncapi_message_documents_ce_headers_key_and_payload(model: type[WireM
         "ce_time",
         "ce_subject",
         "content-type",
+        "ce_signature",
     }
     assert message_doc["payload"] == {"$ref": f"./jsonschema/{EVENT_TYPES[model]}.json"}
     assert (generate.ROOT / message_doc["payload"]["$ref"]).is_file()
@@ -307,7 +371,9 @@ def test_every_model_round_trips_through_the_codec(model: type[WireModel]) -> No
     event = SAMPLES[model]
     encoded = codec.encode(event, source=SOURCE, time=NOW)
     headers = headers_of(encoded)
-    key = "payments-api" if model is EnforcementPointStatus else AGENT
+    # The agent id; the enforcement point for its status, the issuer for the JWKS.
+    key = {EnforcementPointStatus: "payments-api", JwksPublished: "permbroker"}.get(model, AGENT)
+    assert partition_key(event) == key
     assert headers == {
         "ce_specversion": "1.0",
         "ce_type": EVENT_TYPES[model],

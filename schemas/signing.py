@@ -1,0 +1,28 @@
+"""Names of the identity protocol: signature header, token types, claims. Imports stdlib only.
+
+Spelled here once for the broker, the SDKs, the generator and ``docs/protocol.md``.
+
+An agent signs every event it publishes with its own key: the Kafka header ``ce_signature``
+(the CloudEvents extension attribute ``signature`` in binary mode) carries a compact JWS, a JWT
+of type ``permbroker-event+jwt`` whose claims bind the SHA-256 of the exact value bytes, the
+CloudEvents id and type, the Kafka key, the time of signing and a fresh nonce.
+"""
+
+from __future__ import annotations
+
+SIGNATURE_HEADER = "ce_signature"
+# JOSE "typ" values (media types), not secrets.
+EVENT_TOKEN_TYPE = "permbroker-event+jwt"  # noqa: S105
+GRANT_TOKEN_TYPE = "permbroker-grant+jwt"  # noqa: S105
+ENROLLMENT_TOKEN_TYPE = "permbroker-enroll+jwt"  # noqa: S105
+# The audience of event signatures and enrollment tokens: the broker itself.
+BROKER_AUDIENCE = "permbroker"
+SIGNING_ALGORITHMS = ("EdDSA", "ES256")
+
+# Claims of an event signature (all required).
+EVENT_CLAIMS = ("iss", "aud", "iat", "jti", "ce_id", "ce_type", "key", "digest")
+# Claims every grant token carries.
+GRANT_CLAIMS = ("iss", "aud", "sub", "scope", "jti", "iat", "nbf", "exp")
+# An operator principal id is "operator:<name>"; agent ids never contain this prefix's colon
+# form at the start, so the two namespaces never meet.
+OPERATOR_PREFIX = "operator:"

@@ -1,0 +1,181 @@
+"""An agent in "another language": raw confluent-kafka + joserfc, following docs/protocol.md only.
+
+This module imports nothing from schemas/, broker/ or streams/. The operator's part (an
+enrollment token) is the `permbroker` CLI run as a subprocess, as an operator would run it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from joserfc import jwe, jwk, jwt
+from joserfc.jwt import JWTClaimsRegistry
+
+pytestmark = pytest.mark.integration
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ForeignAgent:
+    """What docs/protocol.md asks of an agent, written against Kafka and JOSE directly."""
+
+    def __init__(self, bootstrap: str, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.key = jwk.OKPKey.generate_key("Ed25519")  # the private key never leaves here
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                                  "partitioner": "murmur2_random"})
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
+                                  "group.id": f"foreign-{uuid.uuid4()}"})
+        self.bootstrap = bootstrap
+
+    def listen(self, topic: str) -> None:
+        """Start reading a topic at its current end on every partition (before sending)."""
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = [TopicPartition(topic, p, self.consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1]) for p in parts]
+        self.consumer.assign(ends)
+
+    def send(self, topic: str, ce_type: str, ce_id: str, event: dict[str, Any]) -> None:
+        """Section 1 + 3: serialize once, sign those bytes, produce them."""
+        value = json.dumps(event).encode()
+        claims = {"iss": self.agent_id, "aud": "permbroker", "iat": int(time.time()),
+                  "jti": b64url(secrets.token_bytes(16)), "ce_id": ce_id, "ce_type": ce_type,
+                  "key": self.agent_id, "digest": b64url(hashlib.sha256(value).digest())}
+        signature = jwt.encode({"alg": "EdDSA", "kid": self.key.thumbprint(),
+                                "typ": "permbroker-event+jwt"}, claims, self.key,
+                               algorithms=["EdDSA"])
+        headers = {"ce_specversion": "1.0", "ce_id": ce_id, "ce_type": ce_type,
+                   "ce_source": f"/agents/{self.agent_id}", "ce_subject": self.agent_id,
+                   "ce_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "content-type": "application/json", "ce_signature": signature}
+        self.producer.produce(topic, value=value, key=self.agent_id.encode(),
+                              headers=list(headers.items()))
+        assert self.producer.flush(10) == 0
+
+    def wait(self, ce_type: str, field: str, value: str, timeout: float = 30) -> dict[str, Any]:
+        """The first event of ``ce_type`` whose ``field`` equals ``value``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            headers = {k: v.decode() for k, v in msg.headers() or []}
+            if headers.get("ce_type") == ce_type:
+                event = json.loads(msg.value())
+                if event.get(field) == value:
+                    return dict(event)
+        raise AssertionError(f"no {ce_type} with {field}={value} within {timeout}s")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def enrollment_token(settings: Any, agent_id: str) -> str:
+    """The operator's step: `permbroker agents enroll ... --json`."""
+    env = {**os.environ, "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "PERMBROKER_STACK_DIR": str(settings.stack_dir),
+           "PERMBROKER_POLICY_PATH": str(settings.policy_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "agents", "enroll", "--agent", agent_id,
+         "--class", "fraud-detection", "--owner", "fraud-ops@example.com",
+         "--model", "go-fraud:2.0@sha256:beef", "--threshold", "0.9", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True)
+    return str(json.loads(out.stdout)["enrollment_token"])
+
+
+def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
+    worker: object, settings: Any,
+) -> None:
+    """Register with an enrollment token, escalate, read the decision, get and check a token."""
+    agent = ForeignAgent(settings.kafka_bootstrap, f"foreign-{uuid.uuid4().hex[:8]}")
+    try:
+        token = enrollment_token(settings, agent.agent_id)
+        agent.listen("permbroker.decisions")
+        register_id = f"register-{uuid.uuid4()}"
+        agent.send("permbroker.registry", "io.permbroker.agent.command.v1", register_id, {
+            "command_id": register_id, "action": "register", "agent_id": agent.agent_id,
+            "key": agent.key.as_dict(private=False), "enrollment": token, "issued_at": now()})
+        answer = agent.wait("io.permbroker.command.answered.v1", "command_id", register_id)
+        assert answer["outcome"] == "done", answer
+
+        request_id = f"req-{uuid.uuid4()}"
+        agent.send("permbroker.escalations", "io.permbroker.escalation.requested.v1", request_id, {
+            "request_id": request_id, "agent_id": agent.agent_id,
+            "scopes": ["payments:accounts.freeze"], "resources": ["acct-4411-0923"],
+            "duration_s": 900, "reason": "card-testing ring", "confidence": 0.95,
+            "risk_score": 0.93, "requested_at": now()})
+        decision = agent.wait("io.permbroker.escalation.decided.v1", "request_id", request_id)
+        assert decision["outcome"] == "granted", decision
+        assert decision["granted_scopes"] == ["payments:accounts.freeze"]
+
+        reply = jwk.OKPKey.generate_key("X25519")
+        command_id = f"token-{uuid.uuid4()}"
+        agent.send("permbroker.grant-commands", "io.permbroker.grant.command.v1", command_id, {
+            "command_id": command_id, "agent_id": agent.agent_id,
+            "grant_id": decision["grant_id"], "action": "token", "audience": "payments",
+            "reply_key": reply.as_dict(private=False), "issued_at": now()})
+        sealed = agent.wait("io.permbroker.command.answered.v1", "command_id", command_id)
+        assert sealed["outcome"] == "done", sealed
+        grant_token = jwe.decrypt_compact(sealed["token"], reply,
+                                          algorithms=["ECDH-ES", "A256GCM"]).plaintext
+        keys = jwks(settings.kafka_bootstrap)
+        checked = jwt.decode(grant_token, jwk.KeySet.import_key_set(keys), algorithms=["EdDSA"])
+        JWTClaimsRegistry(iss={"essential": True, "value": "permbroker"},
+                          aud={"essential": True, "value": "payments"},
+                          sub={"essential": True, "value": agent.agent_id},
+                          jti={"essential": True, "value": decision["grant_id"]},
+                          ).validate(checked.claims)
+        assert checked.header["typ"] == "permbroker-grant+jwt"
+        assert checked.claims["exp"] - checked.claims["iat"] <= 60
+    finally:
+        agent.close()
+
+
+def jwks(bootstrap: str) -> dict[str, Any]:
+    """Section 7: the latest key set on the compacted JWKS topic."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"jwks-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        _low, high = c.get_watermark_offsets(TopicPartition("permbroker.jwks", 0), timeout=10)
+        c.assign([TopicPartition("permbroker.jwks", 0, 0)])
+        latest: dict[str, Any] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            latest = json.loads(msg.value())
+            if msg.offset() + 1 >= high:
+                return {"keys": latest["keys"]}
+        raise AssertionError("the JWKS topic could not be read to its end")
+    finally:
+        c.close()
+
+
+def test_this_module_uses_none_of_the_projects_code() -> None:
+    """The foreign agent is honest: no import from schemas, broker, streams or tests."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(__file__).read_text("utf-8"))
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m.split(".")[0] for m in modules} & {"schemas", "broker", "streams", "tests"}
