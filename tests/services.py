@@ -24,8 +24,10 @@ from broker.config import Settings
 from broker.errors import BusError
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_STACK = Settings(stack_dir=ROOT / ".stack" / "test", kafka_port=29092,
-                      kafka_controller_port=29093, redis_port=26379)
+# PERMBROKER_TEST_PORT_OFFSET moves the native test stack (two checkouts on one machine).
+_OFFSET = int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
+TEST_STACK = Settings(stack_dir=ROOT / ".stack" / "test", kafka_port=29092 + _OFFSET,
+                      kafka_controller_port=29093 + _OFFSET, redis_port=26379 + _OFFSET)
 KAFKA_IMAGE = "apache/kafka:4.1.1"
 REDIS_IMAGE = "redis:7"
 
