@@ -157,6 +157,8 @@ def decide(
         policy_revision=evaluation.policy_revision,
         rules=evaluation.matched_rules,
         model_version=agent.model.version if agent else "",
+        budgets=dict(evaluation.budgets),
+        case_id=request.case_id,
     )
     return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now)
 

@@ -53,6 +53,8 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Kid = Annotated[str, StringConstraints(pattern=KID_PATTERN)]
 B64Url = Annotated[str, StringConstraints(pattern=B64URL_PATTERN)]
 Signals = dict[Annotated[str, StringConstraints(max_length=64)], str | float | int | bool]
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")]
+LabelValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")]
 
 
 class WireModel(BaseModel):
@@ -82,6 +84,8 @@ class AgentProfile(WireModel):
     operational_params: Signals = Field(default_factory=dict)
     baseline: tuple[Scope, ...] = ()
     ceiling: tuple[ScopeGlob, ...] = ()
+    # Operator labels (team=fraud, env=prod): selectors revoke by them.
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
 
 class EscalationRequested(WireModel):
@@ -160,6 +164,9 @@ class GrantIssued(WireModel):
     model_version: str = ""
     model_digest: str = ""
     kid: str = ""  # the agent key that signed the request ("" when unsigned events were allowed)
+    # At most this many uses per scope over the grant's life (from the granting rule's budgets).
+    budgets: dict[Scope, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    case_id: str | None = None  # the case/incident the request named (revocable by it)
 
 
 class GrantRevoked(WireModel):
@@ -469,6 +476,21 @@ class JwksPublished(WireModel):
         return {"keys": [k.model_dump(mode="json", exclude_none=True) for k in self.keys]}
 
 
+class GrantUsed(WireModel):
+    """A resource service counted (or refused) one use of a budgeted scope of a grant."""
+
+    use_id: EventId  # the service's id of the use: a retried report never counts twice
+    agent_id: AgentId
+    grant_id: EventId
+    scope: Scope
+    resource: Annotated[str, StringConstraints(max_length=256)] = ""
+    service: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    outcome: Literal["consumed", "refused"]
+    used: Annotated[int, Field(ge=0)]  # uses counted so far, this one included when consumed
+    limit: Annotated[int, Field(ge=1)]
+    used_at: UtcDatetime
+
+
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
 
 # CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
@@ -496,6 +518,7 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     GrantCommand: "io.permbroker.grant.command.v1",
     CommandAnswered: "io.permbroker.command.answered.v1",
     JwksPublished: "io.permbroker.jwks.published.v1",
+    GrantUsed: "io.permbroker.grant.used.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 

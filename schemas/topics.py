@@ -147,10 +147,17 @@ JWKS = Topic(
     "The broker's public grant-token keys (JWKS), the latest set per issuer (key = issuer).",
 )
 IDENTITY_TOPICS: tuple[Topic, ...] = (REGISTRY, AGENTS, GRANT_COMMANDS, JWKS)
+USAGE = Topic(
+    "permbroker.usage", PARTITIONS, "delete", 7 * DAY_MS,
+    ("io.permbroker.grant.used.v1",),
+    "Resource services report each use of a budgeted scope (counted atomically in Redis first); "
+    "workers audit it and revoke a grant whose budget is exhausted.",
+    _APPEND_TIME,
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
-    REVOCATION_ACKS, *IDENTITY_TOPICS,
+    REVOCATION_ACKS, *IDENTITY_TOPICS, USAGE,
 )
 
 # Dead-letter headers (the value is the original raw bytes).

@@ -112,3 +112,15 @@ LAST_ACTED = f"{PREFIX}:agents:last-acted"  # hash agent -> epoch ms; PXAT refre
 def nonce(principal: str, jti: str) -> str:
     """The first Kafka origin of one event signature (its nonce); lives past the iat window."""
     return f"{PREFIX}:{{{principal}}}:nonce:{jti}"
+
+
+# Usage budgets (issue 6): counters of one grant, and what an exhaustion revoked.
+def budget(agent_id: str, grant_id: str) -> str:
+    """Hash of one grant's budgets: ``left:<scope>`` uses left, ``use:<use id>`` what each use
+    left (idempotency); PXAT the grant's own expiry, so it ends with the grant."""
+    return f"{agent_prefix(agent_id)}budget:{grant_id}"
+
+
+def budget_revoked(agent_id: str, cause_id: str) -> str:
+    """The grant (JSON, '' if it had already ended) one budget exhaustion revoked."""
+    return f"{agent_prefix(agent_id)}budget-revoked:{cause_id}"

@@ -180,6 +180,8 @@ class Policy:
             resources=resources, duration_s=duration, clamped_by=clamped_by,
             matched_rules=tuple(dict.fromkeys(m for m in matched if m is not None)),
             reasons=tuple(reasons), policy_revision=self.revision,
+            budgets=tuple((o.scope, n) for o in outcomes if o.rule is not None
+                          for s, n in o.rule.budgets if s == o.scope),
         )
 
     def _clamp(self, requested: int,

@@ -18,6 +18,7 @@ from typing import Literal, cast
 from pydantic import ValidationError
 
 from broker.errors import PolicyError
+from broker.policy.budgets import budgets_of
 from broker.policy.evaluate import Policy
 from broker.policy.fields import (
     At,
@@ -214,7 +215,7 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
                       max_s: int, total_s: int) -> EscalationRule:
     check_fields(body, at, "an escalation rule", required=("id", "agent_classes", "scopes", "when"),
                  optional=("description", "max_duration", "resources", "max_resources",
-                           "max_total_duration"))
+                           "max_total_duration", "budgets"))
     rule_classes = _class_refs(body, at, classes, required=True)
     scopes = scope_list(body, "scopes", at, allow_glob=False, what="an escalation rule's scopes")
     for scope, line in scopes:
@@ -238,6 +239,7 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
                        choice(body, "resources", at, ("required", "any"))),
         max_resources=optional_positive_int(body, "max_resources", at),
         description=string(body, "description", at, default=""),
+        budgets=budgets_of(body, at, tuple(s for s, _ in scopes)),
     )
 
 

@@ -122,6 +122,8 @@ class EscalationRule:
     # Cumulative life of a grant across renewals (None: the rule's max_duration, no renewal
     # past the first window).
     max_total_duration_s: int | None = None
+    # (scope, at most this many uses over a grant's life), for some of the rule's scopes.
+    budgets: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class Evaluation:
     matched_rules: tuple[str, ...]
     reasons: tuple[str, ...]
     policy_revision: str
+    budgets: tuple[tuple[str, int], ...] = ()  # of granted scopes, from their granting rules
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from schemas.events import (
     GrantReleased,
     GrantRenewed,
     GrantRevoked,
+    GrantUsed,
     JwksPublished,
     ModelInfo,
     PublicJwk,
@@ -219,6 +220,11 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         rule="identity:not-your-grant",
         grant_id="grant-1",
         answered_at=NOW,
+    ),
+    GrantUsed: GrantUsed(
+        use_id="use-1", agent_id=AGENT, grant_id="g-1", scope="payments:accounts.freeze",
+        resource="acct-1", service="payments-api", outcome="consumed", used=1, limit=3,
+        used_at=NOW,
     ),
     JwksPublished: JwksPublished(
         issuer="permbroker",
