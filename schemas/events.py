@@ -570,6 +570,8 @@ def event_id(event: WireModel) -> str:
         return f"{event.agent_id}:rev:{event.revision}"
     if isinstance(event, JwksPublished):
         return f"jwks:{event.issuer}:{event.revision}"
+    if isinstance(event, GrantUsed):
+        return f"{event.grant_id}:used:{event.use_id}:{event.outcome}"
     raise TypeError(f"no id for {type(event).__name__}")
 
 
