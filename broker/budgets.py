@@ -65,6 +65,10 @@ def use_audit(event: GrantUsed, verified: str, now: datetime) -> AuditRecord:
         audit_id=derive_id("audit-use", f"{event.grant_id}\x1f{event.use_id}", event.agent_id),
         kind="grant.used", agent_id=event.agent_id, occurred_at=now, subject_id=event.grant_id,
         outcome=event.outcome, reasons=(reason,),
-        inputs={"event": event.model_dump(mode="json"), "store": verified,
-                "now": now.isoformat()},
+        # The resource sits where the redactor hashes resources (grant.resources); callers pass
+        # it as ``also`` so the reason carries its HMAC too.
+        inputs={"use": event.model_dump(mode="json", exclude={"resource"}),
+                "grant": {"grant_id": event.grant_id,
+                          "resources": [event.resource] if event.resource else []},
+                "store": verified, "now": now.isoformat()},
     )

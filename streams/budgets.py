@@ -51,7 +51,7 @@ class Budgets:
 
     async def _apply(self, event: GrantUsed, msg: Incoming) -> None:
         now = msg.received_at
-        await self._p.audit(use_audit(event, "reported", now))
+        await self._p.audit(use_audit(event, "reported", now), also=(event.resource,))
         self._p._count(f"uses_{event.outcome}")
         if event.outcome == "consumed" and event.used < event.limit:
             return

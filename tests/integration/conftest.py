@@ -52,6 +52,7 @@ def _bulk_class(policy: dict[str, Any]) -> None:
             "scopes": ["payments:accounts.freeze", "crm:customer.pii.read"],
             "when": "request.confidence >= agent.confidence_threshold",
             "max_duration": "10m",
+            "budgets": {"payments:accounts.freeze": 3},  # the budget tests count against it
         }
     )
 
