@@ -28,6 +28,7 @@ from broker.cli_keys import inventory, keys_app
 from broker.cli_output import JsonOpt, err, fail, out, until
 from broker.cli_output import print_json as _print_json
 from broker.cli_policy import register as register_policy_commands
+from broker.cli_revoke import register as register_revoke_command
 from broker.cli_stack import stack_app
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
@@ -54,6 +55,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(revocations_app, name="revocations")
 app.add_typer(api_app, name="api")
 register_policy_commands(policy_app)
+register_revoke_command(app)
 app.add_typer(agents_app, name="agents")
 app.add_typer(keys_app, name="keys")
 app.command("inventory")(inventory)
