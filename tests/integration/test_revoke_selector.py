@@ -1,0 +1,94 @@
+"""Revocation by selector on a real Kafka and Redis: the dry run and the real run name one set."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from broker.adapters.worker_process import WorkerProcess
+from broker.cli import app as cli
+from broker.config import Settings
+from broker.sdk.agent import AgentClient
+from broker.sdk.view import GrantView
+from schemas import topics
+from schemas.events import GrantRevoked, ModelInfo
+from tests.integration.enforcement_helpers import FREEZE
+from tests.integration.helpers import Tap
+from tests.integration.identities import Registrar
+
+pytestmark = pytest.mark.integration
+
+
+def _on_version(registrar: Registrar, agent: str, version: str, suite: str) -> None:
+    seed = registrar.seed(agent)
+    model = ModelInfo(name=seed.model.name, version=version, digest=seed.model.digest)
+    registrar.operator.update(seed.model_copy(update={"model": model,
+                                                      "labels": {"suite": suite}}),
+                              reason=f"model upgrade to {version}")
+
+
+def _grant(agent: str, boot: str) -> str:
+    with AgentClient(agent, boot) as client:
+        decision = client.request_escalation(
+            [FREEZE], resources=["acct-7"], duration_s=300, reason="fraud ring",
+            confidence=0.95)
+    assert decision.outcome == "granted" and decision.grant_id, decision.reasons
+    return decision.grant_id
+
+
+def _cli(settings: Settings, *args: str) -> dict[str, object]:
+    env = {"PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "PERMBROKER_REDIS_URL": settings.redis_url,
+           "PERMBROKER_POLICY_PATH": str(settings.policy_path)}
+    result = CliRunner().invoke(cli, ["revoke", *args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    parsed: dict[str, object] = json.loads(result.output)
+    return parsed
+
+
+def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
+    registrar: Registrar, run_id: str, tap: Callable[[str], Tap],
+) -> None:
+    """Agents on two versions hold grants; the dry run lists the new version's agents and grants
+    (absolute expiry, time left); the real run revokes exactly those; the others keep theirs."""
+    boot, old, new = settings.kafka_bootstrap, f"3.1-{run_id}", f"3.2-{run_id}"
+    on_old, on_new = [agents("b") for _ in range(2)], [agents("b") for _ in range(2)]
+    for agent in on_old:
+        _on_version(registrar, agent, old, run_id)
+    for agent in on_new:
+        _on_version(registrar, agent, new, run_id)
+    grants = {agent: _grant(agent, boot) for agent in on_old + on_new}
+    revoked_tap = tap(topics.GRANTS.name)
+    with GrantView(boot) as view:
+        assert view.wait_ready(30)
+        dry = _cli(settings, "--model-version", new, "--dry-run")
+        listed = {a["agent_id"]: a for a in dry["agents"]}  # type: ignore[attr-defined]
+        assert set(listed) == set(on_new)
+        assert sorted(dry["grant_ids"]) == sorted(grants[a] for a in on_new)  # type: ignore[call-overload]
+        for agent in on_new:
+            (shown,) = listed[agent]["grants"]
+            assert shown["grant_id"] == grants[agent] and shown["remaining_s"] > 0
+            assert datetime.fromisoformat(shown["expires_at"]) > datetime.now(UTC)
+        by_label = _cli(settings, "--label", f"suite={run_id}", "--model-version", old,
+                        "--dry-run")
+        assert {a["agent_id"] for a in by_label["agents"]} == set(on_old)  # type: ignore[attr-defined]
+        real = _cli(settings, "--model-version", new, "--reason", "model recalled",
+                    "--operator", "tests")
+        assert real["revoked_grant_ids"] == dry["grant_ids"]
+        assert {a["agent_id"] for a in real["agents"]} == set(on_new)  # type: ignore[attr-defined]
+        for agent in on_new:
+            revoked_tap.wait_for(GrantRevoked, lambda r, g=grants[agent]: r.grant_id == g)
+        for r in real["revocations"]:  # type: ignore[attr-defined]
+            assert not view.allows(r["agent_id"], FREEZE, "acct-7",
+                                   at_least=r["consistency_token"]).allowed
+        for agent in on_old:
+            assert view.allows(agent, FREEZE, "acct-7").allowed
+    assert not revoked_tap.events(GrantRevoked, lambda r: r.grant_id in
+                                  {grants[a] for a in on_old})
+    after = _cli(settings, "--model-version", new, "--dry-run")
+    assert after["grant_ids"] == []
