@@ -83,7 +83,8 @@ class LifecycleStore:
         status, payload = await self._call(
             self._renew(
                 keys=[keys.renewal(a, d.request_id), keys.grant(a, d.grant_id), keys.index(a),
-                      keys.life(a, d.grant_id), keys.revoked(a), keys.quarantine(a)],
+                      keys.life(a, d.grant_id), keys.revoked(a), keys.quarantine(a),
+                      keys.budget(a, d.grant_id)],
                 args=[d.model_dump_json(), renewed_json, new_ms, ms(received_at), ms(now),
                       ms(max(record_until, life_until)), d.grant_id, ms(life_until), prev_ms],
             )

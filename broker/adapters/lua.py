@@ -180,7 +180,7 @@ end
 return redis.call('GET', KEYS[1])
 """
 
-# KEYS: record, grant, index, life, revoked, quarantine
+# KEYS: record, grant, index, life, revoked, quarantine, budget (usage counters of the grant)
 # ARGV: decision_json, renewed grant_json ('' if denied), new_expires_ms, received_ms, now_ms,
 #       record_until_ms, grant_id, life_until_ms, expected current expires_ms
 # Returns {status, decision_json or blocked reason}. The life key holds the current expiry.
@@ -196,6 +196,9 @@ if ARGV[2] ~= '' then
   if rv and tonumber(rv) >= tonumber(ARGV[4]) then return {'blocked', 'revoked'} end
   if tonumber(ARGV[3]) <= tonumber(ARGV[5]) then return {'blocked', 'stale'} end
   redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
+  if KEYS[7] and redis.call('EXISTS', KEYS[7]) == 1 then
+    redis.call('PEXPIREAT', KEYS[7], ARGV[3], 'GT')  -- budgets last as long as the grant
+  end
   redis.call('SET', KEYS[4], ARGV[3], 'PXAT', ARGV[8])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
   if redis.call('PTTL', KEYS[3]) < 0 then
