@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from broker.adapters import keys
+from broker.adapters import keys, lua
 from broker.adapters.budget_store import BudgetCounter
 from broker.adapters.bus import Publisher
 from broker.adapters.redis_store import ms
@@ -145,4 +145,36 @@ def test_budget_counter_is_atomic_idempotent_and_ends_with_its_grant(
         assert counter.consume(grant, FREEZE, "u5").status == "gone"
     finally:
         rclient.delete(keys.grant(agent, gid), keys.budget(agent, gid))
+        counter.close()
+
+
+def test_a_renewal_moves_the_budget_counters_expiry_with_the_grant(
+    settings: Settings, rclient: redis.Redis,
+) -> None:
+    """RENEW sets the budget hash's PEXPIREAT to the grant's new expiry (never shortens it)."""
+    agent, gid = f"budget-renew-{uuid.uuid4().hex[:8]}", "grant-budget-2"
+    now = datetime.now(UTC)
+    old, new = now + timedelta(seconds=30), now + timedelta(seconds=90)
+    grant = GrantIssued(grant_id=gid, agent_id=agent, request_id="req-2", scopes=(FREEZE,),
+                        resources=("acct-9",), issued_at=now, expires_at=old,
+                        policy_revision="r", rules=("x",), budgets={FREEZE: 2})
+    rclient.set(keys.grant(agent, gid), grant.model_dump_json(), pxat=ms(old))
+    rclient.set(keys.life(agent, gid), ms(old), pxat=ms(old) + 60_000)
+    counter = BudgetCounter(redis.Redis.from_url(settings.redis_url))
+    renew = rclient.register_script(lua.RENEW)
+    renewed = grant.model_copy(update={"expires_at": new})
+    try:
+        assert counter.consume(grant, FREEZE, "u1").status == "ok"
+        assert rclient.pexpiretime(keys.budget(agent, gid)) == ms(old)
+        status = renew(keys=[keys.renewal(agent, "rn-1"), keys.grant(agent, gid),
+                             keys.index(agent), keys.life(agent, gid), keys.revoked(agent),
+                             keys.quarantine(agent), keys.budget(agent, gid)],
+                       args=["{}", renewed.model_dump_json(), ms(new), ms(now), ms(now),
+                             ms(new) + 60_000, gid, ms(new) + 60_000, ms(old)])
+        assert status[0] == b"stored"
+        assert rclient.pexpiretime(keys.budget(agent, gid)) == ms(new)
+        assert counter.consume(renewed, FREEZE, "u2").used == 2  # the count carried over
+    finally:
+        rclient.delete(*(k(agent, gid) for k in (keys.grant, keys.life, keys.budget)),
+                       keys.index(agent), keys.renewal(agent, "rn-1"))
         counter.close()

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from broker.adapters.worker_process import WorkerProcess
+from broker.api.app import create_app
 from broker.cli import app as cli
 from broker.config import Settings
 from broker.sdk.agent import AgentClient
@@ -19,6 +21,7 @@ from schemas.events import GrantRevoked, ModelInfo
 from tests.integration.enforcement_helpers import FREEZE
 from tests.integration.helpers import Tap
 from tests.integration.identities import Registrar
+from tests.integration.test_http import api_settings, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +77,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
             (shown,) = listed[agent]["grants"]
             assert shown["grant_id"] == grants[agent] and shown["remaining_s"] > 0
             assert datetime.fromisoformat(shown["expires_at"]) > datetime.now(UTC)
+        _api_agrees(settings, on_new[0], new, dry["grant_ids"])  # type: ignore[arg-type]
         by_label = _cli(settings, "--label", f"suite={run_id}", "--model-version", old,
                         "--dry-run")
         assert {a["agent_id"] for a in by_label["agents"]} == set(on_old)  # type: ignore[attr-defined]
@@ -92,3 +96,18 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
                                   {grants[a] for a in on_old})
     after = _cli(settings, "--model-version", new, "--dry-run")
     assert after["grant_ids"] == []
+
+
+def _api_agrees(settings: Settings, agent: str, version: str, grant_ids: list[str]) -> None:
+    """POST /v1/operator/revoke as a dry run lists the same grants; bad calls are refused."""
+    with TestClient(create_app(api_settings(settings, agent))) as api:
+        path = "/v1/operator/revoke"
+        body = {"model_version": version, "dry_run": True}
+        assert api.post(path, json=body, headers=bearer("svc")).status_code == 403
+        assert api.post(path, json={"dry_run": True},
+                        headers=bearer("op-secret")).status_code == 422
+        assert api.post(path, json={**body, "dry_run": False},
+                        headers=bearer("op-secret")).status_code == 422  # no reason
+        listed = api.post(path, json=body, headers=bearer("op-secret"))
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["grant_ids"] == grant_ids and listed.json()["dry_run"] is True
