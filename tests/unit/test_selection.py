@@ -75,3 +75,17 @@ def test_describe_and_criteria_list_only_what_was_given() -> None:
     sel = Selector(model_version="3.2", labels=(("team", "fraud"),))
     assert sel.criteria() == {"model_version": "3.2", "labels": {"team": "fraud"}}
     assert sel.describe() == "model_version=3.2, labels={'team': 'fraud'}"
+
+
+def test_the_cli_refuses_an_empty_selector_and_a_revocation_without_reason() -> None:
+    """`permbroker revoke` with no criterion, or no --reason for a real run, revokes nothing."""
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+
+    empty = CliRunner().invoke(app, ["revoke", "--dry-run"])
+    assert empty.exit_code == 2 and "at least one selector" in empty.output
+    bad = CliRunner().invoke(app, ["revoke", "--label", "team"])
+    assert bad.exit_code == 1 and "key=value" in bad.output
+    unexplained = CliRunner().invoke(app, ["revoke", "--model-version", "3.2"])
+    assert unexplained.exit_code == 2 and "--reason is required" in unexplained.output
