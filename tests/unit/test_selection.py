@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,16 @@ def test_the_cli_refuses_an_empty_selector_and_a_revocation_without_reason() -> 
     assert bad.exit_code == 1 and "key=value" in bad.output
     unexplained = CliRunner().invoke(app, ["revoke", "--model-version", "3.2"])
     assert unexplained.exit_code == 2 and "--reason is required" in unexplained.output
+
+
+def test_agents_bundle_may_label_agents(tmp_path: Path) -> None:
+    """labels: {team: fraud} on an agent of the Agents bundle lands on its profile."""
+    from broker.policy import load_policy
+    from tests.unit.test_policy_loader import BASE, write
+
+    text = BASE.replace('    model: {name: fraud-gbm, version: "3.2"}',
+                        '    model: {name: fraud-gbm, version: "3.2"}\n'
+                        '    labels: {team: fraud, env: prod}')
+    agent = load_policy(write(tmp_path, text)).agent("fraud-detector-7")
+    assert agent is not None and agent.labels == {"team": "fraud", "env": "prod"}
+    assert Selector(labels=(("team", "fraud"),)).profile_matches(agent)
