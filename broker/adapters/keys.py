@@ -112,3 +112,14 @@ LAST_ACTED = f"{PREFIX}:agents:last-acted"  # hash agent -> epoch ms; PXAT refre
 def nonce(principal: str, jti: str) -> str:
     """The first Kafka origin of one event signature (its nonce); lives past the iat window."""
     return f"{PREFIX}:{{{principal}}}:nonce:{jti}"
+
+
+# Approvals (issue 6). Global zset of held requests "agent\x1frequest_id" scored by the end of
+# their approval window (PXAT: past the latest window it holds, plus a margin).
+APPROVALS_DUE = f"{PREFIX}:approvals:due"
+
+
+def approval(agent_id: str, request_id: str) -> str:
+    """A held request: its pending record, status and one ``vote:<approver>`` field per vote."""
+    return f"{agent_prefix(agent_id)}approval:{request_id}"
+
