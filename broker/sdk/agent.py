@@ -91,7 +91,7 @@ class DecisionWatcher:
             if not self._cond.wait_for(lambda: request_id in self._pending
                                        or request_id in self._decisions, timeout):
                 raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
-            return self._pending.pop(request_id, None) or self._decisions[request_id]
+            return self._pending.pop(request_id, None) or self._decisions.pop(request_id)
 
     def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
