@@ -1,12 +1,15 @@
 """Approval and graduated-grant rules added to the session's test policy, with their agents.
 
-Imports stdlib only. Requesters ``t<run>-a<n>`` (class approval-test) and ``t<run>-g<n>``
-(graduated-test); verifier agents ``t<run>-v000..v002`` (class reporting) vote.
+Imports broker.adapters.keystore (the test operator's principal). Requesters ``t<run>-a<n>``
+(class approval-test) and ``t<run>-g<n>`` (graduated-test); verifier agents
+``t<run>-v000..v002`` (class reporting) and the test operator vote.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from broker.adapters.keystore import operator_name
 
 CEILING = ["payments:accounts.*", "crm:customer.pii.read"]
 REQUESTERS = 40
@@ -41,6 +44,10 @@ def add_approval_rules(policy: dict[str, Any], run_id: str) -> list[str]:
         {"id": "appr-quick-window", "agent_classes": ["approval-test"],
          "scopes": ["crm:customer.pii.read"], "when": "true", "max_duration": "10m",
          "resources": "any", "approval": {"quorum": 1, "approvers": [v[0]], "window": "3s"}},
+        {"id": "appr-operator", "agent_classes": ["approval-test"],
+         "scopes": ["payments:accounts.read"], "when": "true", "max_duration": "10m",
+         "resources": "any",
+         "approval": {"quorum": 2, "approvers": [operator_name(), v[0]], "window": "5m"}},
         {"id": "graduated", "agent_classes": ["graduated-test"],
          "scopes": ["payments:accounts.freeze", "crm:customer.pii.read"], "when": "true",
          "resources": "any", "tiers": [

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from broker.adapters.bus import Publisher
 from broker.adapters.keystore import AgentKeyStore
+from broker.api.app import create_app
+from broker.cli import app
 from broker.config import Settings
 from broker.sdk.agent import AgentClient
 from broker.sdk.approvals import Approver
@@ -220,3 +226,46 @@ def test_graduated_grants_three_bands(
     denied = _decided(decisions, low.request_id)
     assert denied.outcome == "denied" and {d.rule for d in denied.denied} == {"default-deny"}
     assert "no tier of rule graduated matched" in denied.denied[0].reason
+
+
+def test_operators_approve_through_the_cli_and_the_api_counting_once(
+    settings: Settings, run_id: str, registrar: Registrar, publisher: Publisher,
+    tap: Callable[[str], Tap], approvers: Callable[[str], Approver],
+) -> None:
+    """`approvals list --json` shows the window; an operator approves by CLI, the same operator
+    again by API (a duplicate: counted once), then a verifier agent reaches the quorum of 2."""
+    agent = registrar.ensure(requester(run_id, "a", 5))
+    decisions, audit = tap(topics.DECISIONS.name), tap(topics.AUDIT_RAW.name)
+    request = fraud_request(agent, scopes=("payments:accounts.read",), duration_s=300)
+    publisher.publish(topics.ESCALATIONS.name, request)
+    pending = _held(decisions, request.request_id)
+    env = {"PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "PERMBROKER_REDIS_URL": settings.redis_url,
+           "PERMBROKER_STACK_DIR": str(settings.stack_dir)}
+    listed = CliRunner().invoke(app, ["approvals", "list", "--agent", agent, "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    row = next(r for r in json.loads(listed.stdout) if r["request_id"] == request.request_id)
+    assert row["status"] == "pending" and row["votes"] == {} and row["quorum"] == 2
+    assert datetime.fromisoformat(row["window_expires_at"]) == pending.window_expires_at
+    assert 0 < row["window_remaining_s"] <= 300
+
+    voted = CliRunner().invoke(app, ["approvals", "approve", request.request_id, "--agent",
+                                     agent, "--reason", "looked at it"], env=env)
+    assert voted.exit_code == 0, voted.output
+    _vote_audited(audit, request.request_id, "counted")
+    api_settings = settings.model_copy(update={"api_operator_token": SecretStr("op-secret")})
+    with TestClient(create_app(api_settings)) as api:
+        op = {"Authorization": "Bearer op-secret"}
+        rows = api.get("/v1/operator/approvals", params={"agent": agent}, headers=op).json()
+        assert list(rows[0]["votes"].values()) == ["approve"]
+        assert api.post(f"/v1/operator/approvals/{agent}/{request.request_id}/approve",
+                        json={}, headers={}).status_code in (401, 403)
+        again = api.post(f"/v1/operator/approvals/{agent}/{request.request_id}/approve",
+                         json={"reason": "me again"}, headers=op)
+        assert again.status_code == 200, again.text
+    _vote_audited(audit, request.request_id, "duplicate")
+    assert not decisions.events(EscalationDecided, lambda d: d.request_id == request.request_id)
+
+    approvers(verifier(run_id, 0)).approve(request.request_id, agent)
+    decided = _decided(decisions, request.request_id)
+    assert decided.outcome == "granted" and len(decided.approvals) == 2
