@@ -57,11 +57,14 @@ class Approvals:
                               now=ctx.now, inputs=inputs)
         await self.p.audit(audit)  # audit first: nothing is held unaudited
         opened, _status, published = await self.store.open(
-            pending, self.p.policy.max_grant_duration_s)
+            pending, self.p.policy.max_grant_duration_s, rate=self.p._rate(ctx.request),
+            now=ctx.now)
+        if opened == "rate":  # over the agent's rate limit: decided (denied) the usual way
+            return False
         if not published:
             await self.p.emit(topics.DECISIONS.name, pending.event)
             await self.store.mark_published(ctx.request.agent_id, ctx.request.request_id)
-        self.p._count("approvals_held" if opened else "approvals_held_again")
+        self.p._count("approvals_held" if opened == "opened" else "approvals_held_again")
         log.info("request %s of %s held for approval until %s", ctx.request.request_id,
                  ctx.request.agent_id, pending.event.window_expires_at.isoformat())
         return True

@@ -16,15 +16,29 @@ from typing import Any, cast
 from redis.exceptions import RedisError
 
 from broker.adapters import keys
-from broker.adapters.redis_store import from_ms, ms
+from broker.adapters.redis_store import UNLIMITED, RateLimit, from_ms, ms
 from broker.approvals import Pending, Resolution, Status
 from broker.errors import StoreUnavailable
 
-# KEYS: approval hash. ARGV: pending JSON, window end ms, record until ms.
+# KEYS: approval hash, the agent's rate bucket. ARGV: pending JSON, window end ms, record until
+# ms, bucket capacity (0: unlimited), bucket period ms, now ms. A held request takes a token of
+# the agent's rate limit like any decided request ({'rate', retry ms, '0'} when none is left).
 OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local published = redis.call('HGET', KEYS[1], 'published') or '0'
   return {'existing', redis.call('HGET', KEYS[1], 'status'), published}
+end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  local per, now = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local b = redis.call('HMGET', KEYS[2], 't', 'ts')
+  local tokens, ts = tonumber(b[1]) or cap, tonumber(b[2]) or now
+  if now > ts then tokens = math.min(cap, tokens + (now - ts) * cap / per); ts = now end
+  if tokens < 1 then
+    return {'rate', string.format('%d', math.ceil((1 - tokens) * per / cap)), '0'}
+  end
+  redis.call('HSET', KEYS[2], 't', string.format('%.6f', tokens - 1), 'ts', string.format('%d', ts))
+  redis.call('PEXPIREAT', KEYS[2], string.format('%d', ts + per))
 end
 redis.call('HSET', KEYS[1], 'pending', ARGV[1], 'status', 'pending', 'window_end', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
@@ -111,8 +125,12 @@ class ApprovalStore:
     def _until(self, pending: Pending, max_grant_s: int) -> datetime:
         return pending.event.window_expires_at + timedelta(seconds=max_grant_s) + self._margin
 
-    async def open(self, pending: Pending, max_grant_s: int) -> tuple[bool, Status, bool]:
-        """Hold a request once: (opened now, status, its pending event already published)."""
+    async def open(self, pending: Pending, max_grant_s: int, *, rate: RateLimit = UNLIMITED,
+                   now: datetime | None = None) -> tuple[str, Status, bool]:
+        """Hold a request once: (opened | existing | rate, status, pending event published).
+
+        ``rate``: the agent's request rate limit; 'rate' means none was left (nothing held).
+        """
         event = pending.event
         until = self._until(pending, max_grant_s)
         member = keys.MEMBER_SEP.join((event.agent_id, event.request_id))
@@ -120,11 +138,15 @@ class ApprovalStore:
         pipe.zadd(keys.APPROVALS_DUE, {member: ms(event.window_expires_at)})
         pipe.pexpireat(keys.APPROVALS_DUE, ms(until), gt=True)
         pipe.pexpireat(keys.APPROVALS_DUE, ms(until), nx=True)
-        await self._open(keys=[keys.approval(event.agent_id, event.request_id)],
-                         args=[pending.to_json(), ms(event.window_expires_at), ms(until)],
+        await self._open(keys=[keys.approval(event.agent_id, event.request_id),
+                               keys.rate(event.agent_id)],
+                         args=[pending.to_json(), ms(event.window_expires_at), ms(until),
+                               rate.capacity, rate.per_ms, ms(now or event.decided_at)],
                          client=pipe)
         what, status, published = (await self._call(pipe.execute()))[-1]
-        return what == b"opened", cast(Status, status.decode()), published == b"1"
+        if what == b"rate":
+            return "rate", "pending", False
+        return what.decode(), cast(Status, status.decode()), published == b"1"
 
     async def mark_published(self, agent_id: str, request_id: str) -> None:
         """The pending event reached Kafka (a redelivered request does not publish it again)."""

@@ -11,7 +11,7 @@ import redis
 
 from broker.adapters import keys
 from broker.adapters.approval_store import ApprovalStore
-from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.redis_store import RateLimit, RedisGrantStore
 from broker.approvals import Pending, hold
 from broker.config import Settings
 from broker.policy import RiskContext, load_policy
@@ -47,8 +47,8 @@ async def test_votes_count_once_and_a_deny_wins(settings: Settings, rclient: red
     pending = held(unique("appr"), now)
     agent, request = pending.event.agent_id, pending.event.request_id
     try:
-        assert (await store.open(pending, 900))[0] is True
-        assert (await store.open(pending, 900))[0] is False  # a redelivered request
+        assert (await store.open(pending, 900))[0] == "opened"
+        assert (await store.open(pending, 900))[0] == "existing"  # a redelivered request
         vote = {"verdict": "approve", "at": now + timedelta(seconds=1), "quorum": 2}
         assert await store.vote(agent, request, approver="verifier-1", vote_id="v1",
                                 **vote) == ("counted", "pending")  # type: ignore[arg-type]
@@ -98,5 +98,21 @@ async def test_deny_wins_and_expiry_waits_for_the_window(settings: Settings) -> 
         assert (a, r) in due
         await store.forget_due(a, r)
         assert (a, r) not in await store.due(end)
+    finally:
+        await grants.aclose()
+
+
+async def test_holding_takes_a_token_of_the_agents_rate_limit(settings: Settings) -> None:
+    """A held request counts against the rate limit: with 1 per minute, a second is refused."""
+    grants = RedisGrantStore.from_url(settings.redis_url)
+    store = ApprovalStore(grants.client)
+    now, agent = datetime.now(UTC), unique("appr")
+    first, second = held(agent, now), held(agent, now)
+    limit = RateLimit(capacity=1, per_ms=60_000)
+    try:
+        assert (await store.open(first, 900, rate=limit, now=now))[0] == "opened"
+        assert (await store.open(second, 900, rate=limit, now=now))[0] == "rate"
+        assert await store.get(agent, second.event.request_id) is None
+        assert (await store.open(first, 900, rate=limit, now=now))[0] == "existing"
     finally:
         await grants.aclose()
