@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from broker.adapters.approval_store import ApprovalStore, Held
 from broker.adapters.redis_store import NO_FENCE, Committed, Fence
-from broker.approvals import Pending, hold, resolve, vote_audit, vote_problem
+from broker.approvals import hold, resolve, vote_audit, vote_problem
 from broker.errors import Fenced, StoreUnavailable, WireError
 from broker.grants import state_denial
 from broker.policy import RiskContext
@@ -190,5 +190,3 @@ def _window_end(agent_id: str, request_id: str, now: datetime) -> Incoming:
                     timestamp=now.astimezone(UTC).timestamp(), key=agent_id.encode(),
                     value=request_id.encode(), headers=[])
 
-
-__all__ = ["Approvals", "Pending"]
