@@ -33,8 +33,9 @@ from schemas.events import AuditRecord
 HMAC_PREFIX = "hmac-sha256:"
 HMAC_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
 DEFAULT_FIELDS = ("request.resources", "request.case_id", "decision.resources", "signal.resource",
-                  "grant.resources")
-FREE_TEXT_FIELDS = ("request.reason", "signal.detail", "renewal.reason", "release.reason")
+                  "grant.resources", "pending.resources")
+FREE_TEXT_FIELDS = ("request.reason", "signal.detail", "renewal.reason", "release.reason",
+                    "vote.reason")
 SECRET_KEY_RE = re.compile(
     r"(?i)(token|secret|passw|api[_-]?key|private[_-]?key|credential|signature|authori[sz]ation"
     r"|bearer|cookie|session)"

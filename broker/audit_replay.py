@@ -82,6 +82,24 @@ def decided(records: Iterable[AuditRecord]) -> list[Decided]:
     return out
 
 
+APPROVAL_DECIDED = "approval.decided"  # the final decision of a request held for approval
+
+
+def approval_effective(records: Iterable[AuditRecord]) -> dict[tuple[str, str], Decided]:
+    """(agent, request id) -> the final decision of each request held for approval.
+
+    Listed apart from ``effective``: such a decision depends on the votes, so replay does not
+    decide it again from the request; the last record of a request is the one that took effect.
+    """
+    out: dict[tuple[str, str], Decided] = {}
+    for record in records:
+        raw = record.inputs.get("decision")
+        if record.kind == APPROVAL_DECIDED and isinstance(raw, dict):
+            decision = EscalationDecided.model_validate(raw)
+            out[(decision.agent_id, decision.request_id)] = Decided(record, decision)
+    return out
+
+
 def _epoch(d: Decided) -> int:
     epoch = d.record.inputs.get("fence_epoch")
     return epoch if isinstance(epoch, int) else 0

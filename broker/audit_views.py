@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.audit_replay import DECIDED, Ref, effective
+from broker.audit_replay import DECIDED, Ref, approval_effective, effective
 from schemas.events import AuditRecord
 
 
@@ -93,7 +93,7 @@ def grants_as_of(records: Iterable[AuditRecord], at: datetime) -> list[ActiveGra
     listed = list(records)
     ended, renewed = _revocations(listed), _renewals(listed, at)
     out = []
-    for d in effective(listed).values():
+    for d in [*effective(listed).values(), *approval_effective(listed).values()]:
         dec = d.decision
         if dec.outcome != "granted" or dec.grant_id is None or dec.expires_at is None:
             continue

@@ -21,6 +21,7 @@ from broker.adapters.bus import Publisher
 from broker.adapters.keystore import AgentKeyStore
 from broker.adapters.redis_store import RedisGrantStore
 from broker.audit_records import rebuild_audit
+from broker.cli_approvals import approvals_app
 from broker.cli_audit import audit_app
 from broker.cli_enforcement import api_app, revocations_app
 from broker.cli_identity import agents_app
@@ -58,6 +59,7 @@ register_policy_commands(policy_app)
 register_revoke_command(app)
 app.add_typer(agents_app, name="agents")
 app.add_typer(keys_app, name="keys")
+app.add_typer(approvals_app, name="approvals")
 app.command("inventory")(inventory)
 
 @app.command()

@@ -99,6 +99,13 @@ def _state_denial(
     return None
 
 
+def state_denial(
+    request: EscalationRequested, state: AgentState, received_at: datetime, now: datetime
+) -> ScopeDenial | None:
+    """Why the agent's state (quarantine, a revocation after the request) denies everything."""
+    return _state_denial(request, state, received_at, now)
+
+
 def decide(
     request: EscalationRequested,
     evaluation: Evaluation,
@@ -192,6 +199,7 @@ def _outcome(
         reasons=reasons,
         policy_revision=evaluation.policy_revision,
         decided_at=now,
+        tiers=evaluation.tiers,
     )
     return Outcome(decision=decision, grant=grant, audit=decision_audit(decision, inputs))
 

@@ -23,6 +23,7 @@ from schemas.events import (
     AgentCommand,
     AgentKey,
     AgentRecord,
+    ApprovalVoted,
     EscalationRequested,
     GrantCommand,
     PublicJwk,
@@ -52,6 +53,7 @@ class Reason(StrEnum):
     QUARANTINED = "agent-quarantined"
     NOT_PERMITTED = "not-permitted"  # acting for another agent, or an operator action
     NOT_YOUR_GRANT = "not-your-grant"
+    SELF_APPROVAL = "self-approval"  # the requesting agent voted on its own request
     MODEL_MISMATCH = "model-mismatch"
     INVALID = "invalid-command"
 
@@ -199,6 +201,8 @@ def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
         return _authorize_risk(signer, event)
     if isinstance(event, AgentCommand):
         return None  # registry commands have their own rules (broker.registry)
+    if isinstance(event, ApprovalVoted):
+        return _authorize_vote(signer, event)
     return _not_permitted(signer, f"{type(event).__name__} is not an event agents send")
 
 
@@ -211,6 +215,17 @@ def _authorize_risk(signer: Principal, signal: RiskObserved) -> Rejection | None
     if subject is not None and subject != signer.id:
         return _not_permitted(signer, f"a risk signal about agent {subject} can revoke it; "
                               "only that agent itself or an operator may send one")
+    return None
+
+
+def _authorize_vote(signer: Principal, vote: ApprovalVoted) -> Rejection | None:
+    """An approver votes only as itself (operator or verifier agent), never on its own request."""
+    if signer.id in (vote.agent_id, "") or vote.approver == vote.agent_id:
+        return Rejection(Reason.SELF_APPROVAL, f"refused to {signer}: the requesting agent "
+                         f"{vote.agent_id} can never approve its own request")
+    if signer.id != vote.approver:
+        return _not_permitted(signer, f"a vote in the name of {vote.approver} must be signed "
+                              "by that approver's own key")
     return None
 
 

@@ -147,6 +147,8 @@ class EscalationDecided(WireModel):
     decided_at: UtcDatetime
     # Partition and offsets of the grant's events: ask a view ``allows(..., at_least=token)``.
     consistency_token: str | None = None
+    tiers: tuple[str, ...] = ()  # graduated grants: "<rule>/<tier>" of each tier that matched
+    approvals: tuple[str, ...] = ()  # approvers whose approval granted it (approval rules)
 
 
 class GrantIssued(WireModel):
@@ -489,6 +491,43 @@ class GrantUsed(WireModel):
     used: Annotated[int, Field(ge=0)]  # uses counted so far, this one included when consumed
     limit: Annotated[int, Field(ge=1)]
     used_at: UtcDatetime
+# An approver: an operator (``operator:<name>``) or a designated verifier agent (its agent id).
+Approver = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+
+
+class EscalationPending(WireModel):
+    """A request the policy will grant only once enough approvers agree; no grant exists yet.
+
+    ``window_expires_at`` ends the approval window (separate from the grant's lifetime): the
+    grant's clock starts at the deciding approval. The final EscalationDecided follows.
+    """
+
+    decision_id: EventId
+    request_id: EventId
+    agent_id: AgentId
+    scopes: tuple[Scope, ...]
+    resources: tuple[Resource, ...] = ()
+    duration_s: int
+    quorum: Annotated[int, Field(ge=1)]
+    approvers: tuple[Approver, ...]
+    window_expires_at: UtcDatetime
+    matched_rules: tuple[str, ...] = ()
+    tiers: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    policy_revision: str
+    decided_at: UtcDatetime
+
+
+class ApprovalVoted(WireModel):
+    """One approver approves or denies a pending request; signed by the approver itself."""
+
+    vote_id: EventId
+    request_id: EventId
+    agent_id: AgentId  # the requesting agent (the partition key: the request's partition)
+    approver: Approver
+    verdict: Literal["approve", "deny"]
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+    voted_at: UtcDatetime
 
 
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
@@ -512,6 +551,8 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     ReleaseRequested: "io.permbroker.grant.release.requested.v1",
     ReleaseDecided: "io.permbroker.grant.release.decided.v1",
     RevocationAcknowledged: "io.permbroker.revocation.acknowledged.v1",
+    EscalationPending: "io.permbroker.escalation.pending.v1",
+    ApprovalVoted: "io.permbroker.approval.voted.v1",
     EnforcementPointStatus: "io.permbroker.enforcement.status.v1",
     AgentRecord: "io.permbroker.agent.record.v1",
     AgentCommand: "io.permbroker.agent.command.v1",
@@ -583,6 +624,10 @@ def _special_event_id(event: WireModel) -> str | None:
         return f"{event.grant_id}:renewed:{event.request_id}"
     if isinstance(event, RevocationAcknowledged):
         return event.ack_id
+    if isinstance(event, EscalationPending):
+        return f"{event.request_id}:pending"
+    if isinstance(event, ApprovalVoted):
+        return event.vote_id
     if isinstance(event, EnforcementPointStatus):
         stamp = int(event.reported_at.timestamp() * 1000)
         return f"{event.enforcement_point}:status:{stamp}"

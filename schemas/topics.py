@@ -60,6 +60,7 @@ DECISIONS = Topic(
         "io.permbroker.grant.renewal.decided.v1",
         "io.permbroker.grant.release.decided.v1",
         "io.permbroker.command.answered.v1",
+        "io.permbroker.escalation.pending.v1",
     ),
     "One decision per request, with reasons, matched rules and policy revision; and the answer "
     "to each registry or grant command.",
@@ -121,6 +122,15 @@ DEAD_LETTER = Topic(
     "Messages that could not be decoded or validated: raw bytes, origin and reason in headers.",
 )
 
+APPROVALS = Topic(
+    "permbroker.approvals", PARTITIONS, "delete", 7 * DAY_MS,
+    ("io.permbroker.approval.voted.v1",),
+    "Signed votes of approvers (operators, verifier agents) on pending requests, keyed by the "
+    "requesting agent so they share the request's partition order. Append time is the vote's "
+    "clock: a granted request's expiry counts from the deciding vote.",
+    _APPEND_TIME,
+)
+
 # The identity issue's topics: the agent registry, grant commands and the broker's JWKS.
 REGISTRY = Topic(
     "permbroker.registry", PARTITIONS, "delete", 30 * DAY_MS,
@@ -157,7 +167,7 @@ USAGE = Topic(
 
 ALL_TOPICS: tuple[Topic, ...] = (
     ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
-    REVOCATION_ACKS, *IDENTITY_TOPICS, USAGE,
+    REVOCATION_ACKS, *IDENTITY_TOPICS, USAGE, APPROVALS,
 )
 
 # Dead-letter headers (the value is the original raw bytes).

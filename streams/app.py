@@ -32,8 +32,8 @@ from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
 from broker.routing import GrantRouting
 from schemas import topics
+from streams import approvals_app, identity_app
 from streams import budgets as budgets_app
-from streams import identity_app
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
 from streams.processor import Incoming, Processor
@@ -144,6 +144,7 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
+    approvals_app.install(app, processor, store, settings)
 
     @app.task  # type: ignore[untyped-decorator]
     async def prepare() -> None:

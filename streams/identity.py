@@ -43,6 +43,7 @@ from schemas.events import (
     AGENT_ID_PATTERN,
     AgentCommand,
     AgentProfile,
+    ApprovalVoted,
     EscalationRequested,
     GrantCommand,
     PublicJwk,
@@ -91,6 +92,8 @@ def claimed_agent(event: WireModel | None) -> str | None:
         return event.agent_id
     if isinstance(event, RiskObserved):
         return event.subject_agent_id
+    if isinstance(event, ApprovalVoted):  # a verifier agent acts for itself; operators: None
+        return None if is_operator(event.approver) else event.approver
     return None
 
 
@@ -132,6 +135,14 @@ class IdentityGate:
             return None
         baseline, ceiling = self.classes.get(record.profile.agent_class, ((), ()))
         return record.profile.model_copy(update={"baseline": baseline, "ceiling": ceiling})
+
+    def standing(self, agent_id: str) -> ScopeDenial | None:
+        """Why an agent may not be granted anything now (unknown, suspended, quarantined)."""
+        record = self.registry.get(agent_id)
+        problem = agent_usable(record) if record is not None else \
+            Rejection(Reason.UNKNOWN_AGENT, f"agent {agent_id} is not registered")
+        return ScopeDenial(scope="*", rule=problem.rule, reason=problem.detail) \
+            if problem is not None else None
 
     async def admit(self, msg: Incoming, event: WireModel) -> Admitted | None:
         """Admit the event (possibly with a refusal for policy to turn into a denial) or reject."""

@@ -114,7 +114,8 @@ Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
 # Rebuilds the Redis view from the grant topic; returns how many grants it restored.
 Rebuild = Callable[[], Awaitable[int]]
 Clock = Callable[[], datetime]
-ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk"}
+ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk",
+         topics.APPROVALS.name: "appr"}
 
 
 class Admission(Protocol):
@@ -138,6 +139,13 @@ class Gate(Protocol):
 
     async def authentic_for(self, msg: Incoming, agent_id: str) -> bool:
         """Whether an undecodable message is validly signed by the agent or an operator."""
+
+
+class Holder(Protocol):
+    """Holds requests the policy grants only on approval (streams.approvals)."""
+
+    async def hold(self, ctx: _Attempt) -> bool:
+        """True when the request was held for approval instead of decided."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,7 @@ class Processor:
         self.claimed = asyncio.Event()  # clear while an assignment is being claimed
         self.claimed.set()
         self.identity: Gate | None = None  # set by streams.app when identity checks are on
+        self.approvals: Holder | None = None  # set by streams.app: approval rules hold requests
 
     def agent_profile(self, agent_id: str) -> AgentProfile | None:
         """The agent's profile: from the registry when identity is on, else the policy bundle."""
@@ -410,6 +419,8 @@ class Processor:
                            RiskContext(agent=snap.risk, request=request.risk_score),
                            msg.received_at, now, blocked_by,
                            {**note, "attempt": attempt, "fence_epoch": fence.epoch}, admission)
+            if self.approvals is not None and await self.approvals.hold(ctx):
+                return  # held for approval: decided when approvers answer (streams.approvals)
             outcome, pending = await self._audit_first(ctx)
             committed = await self.store.commit(
                 outcome, received_at=ctx.received_at, now=now,

@@ -124,3 +124,12 @@ def budget(agent_id: str, grant_id: str) -> str:
 def budget_revoked(agent_id: str, cause_id: str) -> str:
     """The grant (JSON, '' if it had already ended) one budget exhaustion revoked."""
     return f"{agent_prefix(agent_id)}budget-revoked:{cause_id}"
+# Approvals (issue 6). Global zset of held requests "agent\x1frequest_id" scored by the end of
+# their approval window (PXAT: past the latest window it holds, plus a margin).
+APPROVALS_DUE = f"{PREFIX}:approvals:due"
+
+
+def approval(agent_id: str, request_id: str) -> str:
+    """A held request: its pending record, status and one ``vote:<approver>`` field per vote."""
+    return f"{agent_prefix(agent_id)}approval:{request_id}"
+

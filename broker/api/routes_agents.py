@@ -21,6 +21,7 @@ from broker.sdk.enforce import check
 from schemas import topics
 from schemas.events import (
     EscalationDecided,
+    EscalationPending,
     EscalationRequested,
     GrantIssued,
     ReleaseDecided,
@@ -79,18 +80,21 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def _relay(runtime: Runtime, kind: str, request: WireModel, request_id: str) -> Any:
+def _relay(runtime: Runtime, kind: str, request: WireModel, request_id: str,
+           *, pending: bool = False) -> Any:
     assert runtime.publisher is not None and runtime.decisions is not None
+    wait = runtime.decisions.wait_pending if pending else runtime.decisions.wait
     try:
         runtime.publisher.publish(topics.ESCALATIONS.name, request)
-        decision = runtime.decisions.wait(request_id, runtime.settings.decision_timeout_s)
+        decision = wait(request_id, runtime.settings.decision_timeout_s)
     except DecisionTimeout as exc:
         runtime.metrics.requests.labels(kind, "timeout").inc()
         raise HTTPException(504, str(exc)) from exc
     except BrokerError as exc:
         runtime.metrics.requests.labels(kind, "unavailable").inc()
         raise HTTPException(503, f"{exc} (is Kafka up?)") from exc
-    runtime.metrics.requests.labels(kind, decision.outcome).inc()
+    outcome = getattr(decision, "outcome", "pending")  # held for approval: no outcome yet
+    runtime.metrics.requests.labels(kind, outcome).inc()
     return decision
 
 
@@ -131,14 +135,17 @@ async def list_grants(agent_id: str, request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/v1/agents/{agent_id}/escalations", tags=["agents"])
-def escalate(agent_id: str, body: EscalationBody, request: Request) -> EscalationDecided:
-    """Ask for elevated scopes as ``agent_id``; returns the decision (reasons, expiry, token)."""
+def escalate(agent_id: str, body: EscalationBody,
+             request: Request) -> EscalationDecided | EscalationPending:
+    """Ask for elevated scopes as ``agent_id``; returns the decision (reasons, expiry, token),
+    or, when the policy asks for approval, the pending notice (approvers, window end)."""
     require_agent(request, agent_id)
     req = EscalationRequested(
         request_id=f"req-{uuid.uuid4()}", agent_id=agent_id, requested_at=datetime.now(UTC),
         **body.model_dump(),
     )
-    decision: EscalationDecided = _relay(runtime_of(request), "escalation", req, req.request_id)
+    decision: EscalationDecided | EscalationPending = _relay(
+        runtime_of(request), "escalation", req, req.request_id, pending=True)
     return decision
 
 

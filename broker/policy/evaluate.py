@@ -8,15 +8,19 @@ as false), subject to its resource limits; otherwise default deny. Time is an ar
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from broker.policy import graduated
 from broker.policy.model import (
+    APPROVAL_UNSATISFIABLE,
     CEILING_PREFIX,
     DEFAULT_DENY,
     UNKNOWN_AGENT,
     AgentClass,
+    ApprovalSpec,
     CelInputs,
     Condition,
     DenyRule,
@@ -26,6 +30,7 @@ from broker.policy.model import (
     RevocationRule,
     RiskAction,
     RiskContext,
+    Tier,
     format_duration,
 )
 from broker.scopes import matches, within
@@ -40,6 +45,8 @@ class _Outcome:
     rule: EscalationRule | None = None
     denial: ScopeDenial | None = None
     fired: str | None = None  # id of the deny rule that fired, if that is what denied
+    tier: Tier | None = None  # the graduated tier of ``rule`` that granted it
+    approval: tuple[str, ApprovalSpec] | None = None  # (who asks, what) when it needs approval
 
 
 class Policy:
@@ -165,8 +172,12 @@ class Policy:
         reasons = [_describe(o) for o in outcomes]
         duration, clamped_by = 0, None
         resources: tuple[str, ...] = ()
+        tiers = tuple(dict.fromkeys(graduated.tier_key(o.rule, o.tier) for o in outcomes
+                                    if o.rule is not None and o.tier is not None))
+        reasons += [f"tier {t} matched" for t in tiers]
         if granted:
-            duration, clamped_by = self._clamp(request.duration_s, granting)
+            duration, clamped_by = self._clamp(request.duration_s, granting, tuple(
+                o.tier for o in outcomes if o.tier is not None))
             resources = tuple(dict.fromkeys(request.resources))
             reasons.append(f"duration {duration}s" + (f", clamped by {clamped_by}"
                                                       if clamped_by else " as requested"))
@@ -174,20 +185,23 @@ class Policy:
                            if resources else "not narrowed to resources: every granting rule "
                            "says resources: any and none were requested")
         matched = [o.rule.id if o.rule is not None else o.fired for o in outcomes]
-        return Evaluation(
+        evaluation = Evaluation(
             granted=granted,
             denied=tuple(o.denial for o in outcomes if o.denial is not None),
             resources=resources, duration_s=duration, clamped_by=clamped_by,
             matched_rules=tuple(dict.fromkeys(m for m in matched if m is not None)),
-            reasons=tuple(reasons), policy_revision=self.revision,
+            reasons=tuple(reasons), policy_revision=self.revision, tiers=tiers,
             budgets=tuple((o.scope, n) for o in outcomes if o.rule is not None
                           for s, n in o.rule.budgets if s == o.scope),
         )
+        specs = [o.approval for o in outcomes if o.approval is not None]
+        return _withhold(evaluation, specs) if specs else evaluation
 
-    def _clamp(self, requested: int,
-               rules: tuple[EscalationRule, ...]) -> tuple[int, str | None]:
-        """min(requested, each rule's max_duration, defaults) and who set the limit, if it bit."""
+    def _clamp(self, requested: int, rules: tuple[EscalationRule, ...],
+               tiers: tuple[Tier, ...] = ()) -> tuple[int, str | None]:
+        """min(requested, each rule's and tier's max_duration, defaults) and who set the limit."""
         limits = [(r.max_duration_s, f"rule {r.id}") for r in rules if r.max_duration_s]
+        limits += [(t.max_duration_s, f"tier {t.name}") for t in tiers if t.max_duration_s]
         limits.append((self.default_max_duration_s, "defaults"))
         limit, by = min(limits, key=lambda item: item[0])  # first minimum: rules before defaults
         if requested <= limit:
@@ -249,9 +263,13 @@ class _ScopeDecider:
                 considered.append(f"{rule.id} (condition {detail}: {rule.when.source})")
                 continue
             problem = self._resource_problem(rule)
-            if problem is None:
-                return _Outcome(scope, rule=rule)
-            limited = limited or _deny(scope, rule.id, problem)
+            if problem is not None:
+                limited = limited or _deny(scope, rule.id, problem)
+                continue
+            granted, why = self._graduated(rule, scope)
+            if granted is not None:
+                return granted
+            considered.append(why)
         if limited is not None:
             return limited
         if not considered:
@@ -259,6 +277,20 @@ class _ScopeDecider:
                          f"no escalation rule for class {agent_class} covers {scope}")
         return _deny(scope, DEFAULT_DENY,
                      "no rule's condition held; considered: " + "; ".join(considered))
+
+    def _graduated(self, rule: EscalationRule, scope: str) -> tuple[_Outcome | None, str]:
+        """The rule's grant of ``scope`` through its tier or approval, or why it gives none."""
+        if not rule.tiers:
+            spec = graduated.rule_approval(rule, scope)
+            return _Outcome(scope, rule=rule, approval=(rule.id, spec) if spec else None), ""
+        tier, why = graduated.pick_tier(rule, self._check)
+        if tier is None:
+            return None, why
+        covered, spec = graduated.scope_in_tier(rule, tier, scope)
+        if not covered:
+            return None, f"tier {graduated.tier_key(rule, tier)} does not cover {scope}"
+        key = graduated.tier_key(rule, tier)
+        return _Outcome(scope, rule=rule, tier=tier, approval=(key, spec) if spec else None), ""
 
     def _resource_problem(self, rule: EscalationRule) -> str | None:
         if rule.resources == "required" and self._resources == 0:
@@ -274,7 +306,21 @@ def _deny(scope: str, rule: str, reason: str, *, fired: bool = False) -> _Outcom
                     fired=rule if fired else None)
 
 
+def _withhold(evaluation: Evaluation, specs: list[tuple[str, ApprovalSpec]]) -> Evaluation:
+    """Nothing granted yet: the would-be grant waits for approval (or is denied if it cannot)."""
+    need, problem = graduated.merge(specs, evaluation.granted)
+    rule = specs[0][0].split("/")[0] if need is not None else APPROVAL_UNSATISFIABLE
+    why = graduated.describe(need) if need is not None else problem
+    held = tuple(ScopeDenial(scope=s, rule=rule, reason=why) for s in evaluation.granted)
+    return dataclasses.replace(
+        evaluation, granted=(), denied=evaluation.denied + held, approval=need,
+        reasons=(*evaluation.reasons, why),
+        matched_rules=tuple(dict.fromkeys((*evaluation.matched_rules, rule))))
+
+
 def _describe(outcome: _Outcome) -> str:
+    if outcome.rule is not None and outcome.approval is not None:
+        return f"{outcome.scope} needs approval ({outcome.approval[0]})"
     if outcome.rule is not None:
         return f"granted {outcome.scope} by rule {outcome.rule.id}"
     assert outcome.denial is not None

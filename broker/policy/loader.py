@@ -33,6 +33,7 @@ from broker.policy.fields import (
     string,
     strings,
 )
+from broker.policy.graduated_loader import parse_approval, parse_tiers
 from broker.policy.model import (
     RATE_LIMIT_PREFIX,
     RESERVED_RULE_IDS,
@@ -215,7 +216,7 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
                       max_s: int, total_s: int) -> EscalationRule:
     check_fields(body, at, "an escalation rule", required=("id", "agent_classes", "scopes", "when"),
                  optional=("description", "max_duration", "resources", "max_resources",
-                           "max_total_duration", "budgets"))
+                           "max_total_duration", "budgets", "tiers", "approval"))
     rule_classes = _class_refs(body, at, classes, required=True)
     scopes = scope_list(body, "scopes", at, allow_glob=False, what="an escalation rule's scopes")
     for scope, line in scopes:
@@ -230,9 +231,14 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
         raise at.error(f"max_total_duration {format_duration(rule_total)} is shorter than the "
                        f"rule's max_duration {format_duration(rule_max or max_s)}",
                        body.line_of("max_total_duration"))
+    rule_scopes = tuple(dict.fromkeys(s for s, _ in scopes))
+    if "tiers" in body and "approval" in body:
+        raise at.error("a rule has either tiers (each with its own approval) or one approval",
+                       body.line_of("approval"))
     return EscalationRule(
-        id=string(body, "id", at), agent_classes=rule_classes,
-        scopes=tuple(dict.fromkeys(s for s, _ in scopes)),
+        id=string(body, "id", at), agent_classes=rule_classes, scopes=rule_scopes,
+        tiers=parse_tiers(body, at, rule_scopes, rule_max or max_s, ESCALATION_VARIABLES),
+        approval=parse_approval(body, at, rule_scopes, "the rule"),
         when=condition(body, at, "escalation", ESCALATION_VARIABLES),
         max_duration_s=rule_max, max_total_duration_s=rule_total,
         resources=cast(Literal["required", "any"],

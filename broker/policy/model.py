@@ -24,7 +24,11 @@ UNKNOWN_AGENT = "unknown-agent"
 DEFAULT_DENY = "default-deny"
 CEILING_PREFIX = "ceiling:"
 RATE_LIMIT_PREFIX = "rate-limit:"
-RESERVED_RULE_IDS = frozenset({UNKNOWN_AGENT, DEFAULT_DENY})
+APPROVAL_EXPIRED = "approval-expired"
+APPROVAL_DENIED = "approval-denied"
+APPROVAL_UNSATISFIABLE = "approval-unsatisfiable"
+RESERVED_RULE_IDS = frozenset({UNKNOWN_AGENT, DEFAULT_DENY, APPROVAL_EXPIRED, APPROVAL_DENIED,
+                               APPROVAL_UNSATISFIABLE})
 
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
@@ -108,6 +112,41 @@ class AgentClass:
 
 
 @dataclass(frozen=True)
+class ApprovalSpec:
+    """``quorum`` of ``approvers`` must approve within ``window_s`` before anything is granted.
+
+    ``scopes``: the scopes that need it (empty: every scope of its rule, or of its tier).
+    """
+
+    quorum: int
+    approvers: tuple[str, ...]
+    window_s: int
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One band of a graduated rule: granted outright (``scopes``) or after ``approval``."""
+
+    name: str
+    when: Condition
+    scopes: tuple[str, ...]
+    max_duration_s: int | None = None
+    approval: ApprovalSpec | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalNeed:
+    """What a request needs before it is granted: the merged approval of its granting rules."""
+
+    quorum: int
+    approvers: tuple[str, ...]
+    window_s: int
+    scopes: tuple[str, ...]  # every scope the approval would grant (the whole request's grant)
+    rules: tuple[str, ...]  # the rules (or "rule/tier") that asked for it
+
+
+@dataclass(frozen=True)
 class EscalationRule:
     """Grants concrete scopes to agents of some classes when its condition holds."""
 
@@ -124,6 +163,8 @@ class EscalationRule:
     max_total_duration_s: int | None = None
     # (scope, at most this many uses over a grant's life), for some of the rule's scopes.
     budgets: tuple[tuple[str, int], ...] = ()
+    tiers: tuple[Tier, ...] = ()  # graduated grants: the first tier whose condition holds
+    approval: ApprovalSpec | None = None  # a rule without tiers that grants only on approval
 
 
 @dataclass(frozen=True)
@@ -170,6 +211,8 @@ class Evaluation:
     matched_rules: tuple[str, ...]
     reasons: tuple[str, ...]
     policy_revision: str
+    tiers: tuple[str, ...] = ()  # "<rule>/<tier>" of each graduated tier that matched
+    approval: ApprovalNeed | None = None  # set: nothing is granted until approvers agree
     budgets: tuple[tuple[str, int], ...] = ()  # of granted scopes, from their granting rules
 
 

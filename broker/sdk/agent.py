@@ -25,6 +25,7 @@ from schemas import topics
 from schemas.events import (
     CommandAnswered,
     EscalationDecided,
+    EscalationPending,
     EscalationRequested,
     GrantCommand,
     ReleaseDecided,
@@ -47,6 +48,7 @@ class DecisionWatcher:
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
         )
         self._decisions: dict[str, Decision] = {}
+        self._pending: dict[str, EscalationPending] = {}  # held for approval (issue 6)
         self._answers: dict[str, CommandAnswered] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -63,6 +65,10 @@ class DecisionWatcher:
                 with self._cond:
                     self._decisions[event.request_id] = event
                     self._cond.notify_all()
+            elif isinstance(event, EscalationPending):
+                with self._cond:
+                    self._pending[event.request_id] = event
+                    self._cond.notify_all()
             elif isinstance(event, CommandAnswered):
                 with self._cond:
                     self._answers[event.command_id] = event
@@ -78,6 +84,14 @@ class DecisionWatcher:
                     "running (permbroker worker) and reading the same Kafka cluster?"
                 )
             return self._decisions.pop(request_id)
+
+    def wait_pending(self, request_id: str, timeout: float) -> EscalationPending | Decision:
+        """The request's pending notice (held for approval), or its decision if that came first."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: request_id in self._pending
+                                       or request_id in self._decisions, timeout):
+                raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
+            return self._pending.pop(request_id, None) or self._decisions.pop(request_id)
 
     def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
@@ -173,6 +187,17 @@ class AgentClient:
         if not isinstance(decision, EscalationDecided):
             raise TypeError(f"{request_id} was answered by a {type(decision).__name__}")
         return decision
+
+    def await_pending(self, request_id: str,
+                      timeout: float = 30.0) -> EscalationPending | EscalationDecided:
+        """The first answer: ``EscalationPending`` when held for approval (then wait for the
+        final decision with ``await_decision``), else the decision itself."""
+        if self._watcher is None:
+            raise ValueError("this client was created with watch_decisions=False")
+        answer = self._watcher.wait_pending(request_id, timeout)
+        if not isinstance(answer, EscalationPending | EscalationDecided):
+            raise TypeError(f"{request_id} was answered by a {type(answer).__name__}")
+        return answer
 
     def _await(self, request_id: str, timeout: float) -> Decision:
         if self._watcher is None:

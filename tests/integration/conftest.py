@@ -21,6 +21,7 @@ from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.policy import load_policy
+from tests.integration.approval_policy import add_approval_rules
 from tests.integration.audit_helpers import audit_leaks
 from tests.integration.helpers import Tap
 from tests.integration.identities import Registrar, harness_signer
@@ -63,6 +64,7 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     bundle = tmp_path_factory.mktemp("policy")
     policy = yaml.safe_load((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
     _bulk_class(policy)
+    approval_agents = add_approval_rules(policy, run_id)
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):
@@ -74,6 +76,7 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
                 "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
                 f"    confidence_threshold: {threshold}",
             ]
+    lines += approval_agents
     (bundle / "agents.yaml").write_text("\n".join(lines) + "\n")
     return bundle
 

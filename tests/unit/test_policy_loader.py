@@ -109,9 +109,9 @@ def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
     err, path = load_error(tmp_path, text)
     assert_at(err, path, line_of(text, "max_duraton"), "fraud-freeze")
     assert err.message == (
-        "unknown field 'max_duraton' in an escalation rule; allowed: agent_classes, budgets,"
-        " description, id, max_duration, max_resources, max_total_duration, resources, scopes,"
-        " when")
+        "unknown field 'max_duraton' in an escalation rule; allowed: agent_classes, approval,"
+        " budgets, description, id, max_duration, max_resources, max_total_duration, resources,"
+        " scopes, tiers, when")
 
 
 def test_unknown_field_at_top_level_and_in_agent(tmp_path: Path) -> None:
