@@ -112,3 +112,15 @@ LAST_ACTED = f"{PREFIX}:agents:last-acted"  # hash agent -> epoch ms; PXAT refre
 def nonce(principal: str, jti: str) -> str:
     """The first Kafka origin of one event signature (its nonce); lives past the iat window."""
     return f"{PREFIX}:{{{principal}}}:nonce:{jti}"
+
+
+# Behaviour profiles (streams.analytics): hash-tagged per agent, and one hash per agent class.
+def behaviour(agent_id: str) -> str:
+    """Hash: the agent's behaviour profile (JSON) and the decision offset it last folded in;
+    PXAT its last request + the detectors' retention."""
+    return f"{agent_prefix(agent_id)}behaviour"
+
+
+def behaviour_class(agent_class: str) -> str:
+    """Hash: patterns any agent of the class used (-> last ms) and its request count; PXAT."""
+    return f"{PREFIX}:behaviour:class:{agent_class}"

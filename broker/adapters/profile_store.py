@@ -1,0 +1,95 @@
+"""Behaviour profiles in Redis (hash-tagged per agent, always with a TTL). Imports redis, broker.
+
+One hash per agent (``keys.behaviour``): the profile JSON and the offset of the last decision
+folded into it. A save is a compare-and-set on that offset in one Lua step, so a decision
+redelivered after a worker restart is never counted twice, and the key is written with an
+absolute expiry (PXAT) in the same step. One hash per agent class (``keys.behaviour_class``)
+holds the patterns any agent of the class used and its request count, also with a PXAT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.adapters import keys
+from broker.behaviour import ClassView, Profile
+from broker.errors import StoreUnavailable
+
+T = TypeVar("T")
+CLASS_COUNT = "#requests"  # field of the class hash holding its request count
+
+# KEYS[1] profile hash; ARGV: offset, profile JSON, expire-at ms. 1 = saved, 0 = already had it.
+SAVE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'offset') or '-1')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'profile', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+# KEYS[1] class hash; ARGV: at ms, expire-at ms, patterns... (count +1, patterns stamped).
+LEARN = """
+redis.call('HINCRBY', KEYS[1], '#requests', 1)
+for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class ProfileStore:
+    """Reads and writes behaviour profiles; Redis errors become StoreUnavailable."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._save = client.register_script(SAVE)
+        self._learn = client.register_script(LEARN)
+
+    @classmethod
+    def from_url(cls, url: str) -> ProfileStore:
+        """A store on a fresh client for ``url``."""
+        return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"behaviour profiles: {what} failed: {exc}") from exc
+
+    async def load(self, agent_id: str) -> tuple[Profile | None, int]:
+        """The agent's profile and the offset of the last decision in it (-1: none)."""
+        raw = await self._call("load", lambda: self._r.hmget(
+            keys.behaviour(agent_id), ["profile", "offset"]))
+        text, offset = raw[0], raw[1]
+        return (Profile.from_json(text) if text else None,
+                int(offset) if offset is not None else -1)
+
+    async def save(self, agent_id: str, profile: Profile, offset: int, expire_ms: int) -> bool:
+        """Store the profile unless a decision at or after ``offset`` is already in it."""
+        done = await self._call("save", lambda: self._save(
+            keys=[keys.behaviour(agent_id)], args=[offset, profile.to_json(), expire_ms]))
+        return bool(done)
+
+    async def class_view(self, agent_class: str, patterns: tuple[str, ...]) -> ClassView:
+        """The class's request count and which of ``patterns`` it used before."""
+        fields = [CLASS_COUNT, *patterns]
+        raw = await self._call("class view", lambda: self._r.hmget(
+            keys.behaviour_class(agent_class), fields))
+        known = frozenset(p for p, v in zip(patterns, raw[1:], strict=True) if v is not None)
+        return ClassView(int(raw[0] or 0), known)
+
+    async def learn(self, agent_class: str, patterns: tuple[str, ...], at_ms: int,
+                    expire_ms: int) -> None:
+        """Count one request of the class and remember its patterns (until ``expire_ms``)."""
+        await self._call("learn", lambda: self._learn(
+            keys=[keys.behaviour_class(agent_class)], args=[at_ms, expire_ms, *patterns]))
+
+    async def ttl_ms(self, agent_id: str) -> int:
+        """Milliseconds the agent's profile key has left (-2: absent)."""
+        return int(await self._call("ttl", lambda: self._r.pttl(keys.behaviour(agent_id))))
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self._r.aclose()
