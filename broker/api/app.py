@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from broker.api import routes_agents, routes_operator
+from broker.api import routes_agents, routes_behaviour, routes_operator
 from broker.api.runtime import Runtime
 from broker.config import Settings
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _health_routes(app, runtime)
     app.include_router(routes_agents.router)
     app.include_router(routes_operator.router)
+    app.include_router(routes_behaviour.router)
     return app
 
 
