@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from broker.adapters import keys
 from broker.adapters.analytics_key import ANALYTICS_PRINCIPAL, analytics_key_path
@@ -23,11 +24,13 @@ from broker.adapters.bus import Publisher
 from broker.adapters.keystore import load_operator
 from broker.adapters.signing import Presented, presented
 from broker.adapters.worker_process import WorkerProcess
+from broker.api.app import create_app
 from broker.config import Settings
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
 from tests.integration.audit_helpers import cli
 from tests.integration.helpers import Tap, wait_until
+from tests.integration.test_http import api_settings, bearer
 
 pytestmark = pytest.mark.integration
 USUAL_EVERY_S = 1.0  # the agents' usual rate: one request a second
@@ -112,6 +115,33 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     wait_until(profiled(settings, steady, 15), 60, "the steady agent's 15 requests profiled")
     assert audit.events(AuditRecord, risk_audit(steady)) == []
     assert rclient.pttl(keys.behaviour(spiky)) > 0 and rclient.pttl(keys.behaviour(steady)) > 0
+
+
+def test_stats_through_the_cli_and_the_api(
+    settings: Settings, agents: Callable[[str], str], publisher: Publisher,
+) -> None:
+    """`agents stats` (table and --json) and the operator API show one profile, absolute times."""
+    agent = agents("a")
+    send_paced(publisher, agent, 3, 0.2)
+    wait_until(profiled(settings, agent, 3), 60, "three requests profiled")
+    data = stats(settings, agent)
+    assert data is not None and data["totals"] == {"requests": 3, "granted": 3, "denied": 0}
+    assert data["agent_class"] == "analytics-test" and data["model_version"] == "1.0"
+    assert [w["window_s"] for w in data["windows"]] == [1, 2, 60]
+    assert data["windows"][-1]["requests"] == 3 and data["scopes"].keys() == {
+        "payments:accounts.freeze"} and data["resource_patterns"].keys() == {"acct-#"}
+    assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
+    table = cli(settings, "agents", "stats", agent)
+    assert table.returncode == 0 and "per minute" in table.stdout and "Z (" in table.stdout
+    missing = cli(settings, "agents", "stats", "nobody-here")
+    assert missing.returncode == 1 and "no behaviour profile" in missing.stderr
+    with TestClient(create_app(api_settings(settings, agent))) as api:
+        path = f"/v1/operator/agents/{agent}/stats"
+        assert api.get(path).status_code == 401
+        served = api.get(path, headers=bearer("op-secret")).json()
+        assert served["totals"] == data["totals"] and served["first_seen"] == data["first_seen"]
+        assert api.get("/v1/operator/agents/nobody-here/stats",
+                       headers=bearer("op-secret")).status_code == 404
 
 
 def test_profiles_and_windows_survive_a_worker_restart(
