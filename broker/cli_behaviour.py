@@ -34,7 +34,7 @@ async def read_report(settings: Settings, agent_id: str, now: datetime) -> dict[
     """The agent's profile report, or None when it has none (never profiled, or expired)."""
     store = ProfileStore.from_url(settings.redis_url)
     try:
-        profile, _offset = await store.load(agent_id)
+        profile, _position = await store.load(agent_id)
         ttl = await store.ttl_ms(agent_id)
     finally:
         await store.close()

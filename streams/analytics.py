@@ -17,6 +17,7 @@ revocation by the same signal id is idempotent); after the save, nothing is coun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -92,20 +93,19 @@ class Analytics:
 
     async def _fold(self, decision: EscalationDecided, agent: AgentProfile, msg: Incoming,
                     cfg: Detectors) -> None:
-        before, offset = await self._load(decision.agent_id)
-        if offset >= msg.offset:
+        obs = observation(decision, agent)
+        (before, (partition, offset)), klass = await asyncio.gather(
+            self._load(decision.agent_id), self._class_view(obs, cfg))
+        if partition == msg.partition and offset >= msg.offset:
             self.processor._count("behaviour_redelivered")
             return
-        obs = observation(decision, agent)
         after = observe(before, obs, cfg)
-        klass = (await self.store.class_view(obs.agent_class, obs.patterns)
-                 if cfg.novel_pattern is not None else ClassView(0, frozenset()))
         findings = detect(before, after, obs, cfg, klass)
         after = silence(after, findings, cfg, obs.at)
         for finding in findings:
             await self._signal(decision, obs, finding, after)
         at = ms(obs.at)
-        if not await self.store.save(decision.agent_id, after, msg.offset,
+        if not await self.store.save(decision.agent_id, after, (msg.partition, msg.offset),
                                      at + cfg.retention_s * 1000):
             return
         if cfg.novel_pattern is not None:
@@ -114,12 +114,17 @@ class Analytics:
         self._count(obs, "requests")
         self._count(obs, "granted" if obs.granted else "denied")
 
-    async def _load(self, agent_id: str) -> tuple[Profile | None, int]:
+    async def _load(self, agent_id: str) -> tuple[Profile | None, tuple[int, int]]:
         try:
             return await self.store.load(agent_id)
         except (ValueError, KeyError, TypeError) as exc:  # a profile we cannot read: start over
             log.error("behaviour profile of %s unreadable, starting a new one: %s", agent_id, exc)
-            return None, -1
+            return None, (-1, -1)
+
+    async def _class_view(self, obs: Observation, cfg: Detectors) -> ClassView:
+        if cfg.novel_pattern is None:
+            return ClassView(0, frozenset())
+        return await self.store.class_view(obs.agent_class, obs.patterns)
 
     async def _signal(self, decision: EscalationDecided, obs: Observation, finding: Finding,
                       profile: Profile) -> None:

@@ -22,12 +22,14 @@ from broker.errors import StoreUnavailable
 T = TypeVar("T")
 CLASS_COUNT = "#requests"  # field of the class hash holding its request count
 
-# KEYS[1] profile hash; ARGV: offset, profile JSON, expire-at ms. 1 = saved, 0 = already had it.
+# KEYS[1] profile hash; ARGV: partition, offset, profile JSON, expire-at ms.
+# 1 = saved, 0 = this partition's decision at or after ``offset`` is already in it.
 SAVE = """
+local partition = redis.call('HGET', KEYS[1], 'partition')
 local current = tonumber(redis.call('HGET', KEYS[1], 'offset') or '-1')
-if current >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'profile', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+if partition == ARGV[1] and current >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'partition', ARGV[1], 'offset', ARGV[2], 'profile', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 return 1
 """
 # KEYS[1] class hash; ARGV: at ms, expire-at ms, patterns... (count +1, patterns stamped).
@@ -58,18 +60,24 @@ class ProfileStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"behaviour profiles: {what} failed: {exc}") from exc
 
-    async def load(self, agent_id: str) -> tuple[Profile | None, int]:
-        """The agent's profile and the offset of the last decision in it (-1: none)."""
+    async def load(self, agent_id: str) -> tuple[Profile | None, tuple[int, int]]:
+        """The agent's profile and the (partition, offset) of the last decision in it
+        ((-1, -1): none)."""
         raw = await self._call("load", lambda: self._r.hmget(
-            keys.behaviour(agent_id), ["profile", "offset"]))
-        text, offset = raw[0], raw[1]
-        return (Profile.from_json(text) if text else None,
-                int(offset) if offset is not None else -1)
+            keys.behaviour(agent_id), ["profile", "partition", "offset"]))
+        text, partition, offset = raw
+        position = (int(partition), int(offset)) if partition is not None and offset is not None \
+            else (-1, -1)
+        return (Profile.from_json(text) if text else None), position
 
-    async def save(self, agent_id: str, profile: Profile, offset: int, expire_ms: int) -> bool:
-        """Store the profile unless a decision at or after ``offset`` is already in it."""
+    async def save(self, agent_id: str, profile: Profile, position: tuple[int, int],
+                   expire_ms: int) -> bool:
+        """Store the profile unless this partition's decision at or after the offset of
+        ``position`` is already in it (a decision on another partition, after the topic grew,
+        is always newer)."""
         done = await self._call("save", lambda: self._save(
-            keys=[keys.behaviour(agent_id)], args=[offset, profile.to_json(), expire_ms]))
+            keys=[keys.behaviour(agent_id)],
+            args=[position[0], position[1], profile.to_json(), expire_ms]))
         return bool(done)
 
     async def class_view(self, agent_class: str, patterns: tuple[str, ...]) -> ClassView:

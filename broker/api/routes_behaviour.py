@@ -29,7 +29,7 @@ async def stats(agent_id: str, request: Request) -> dict[str, Any]:
         raise HTTPException(503, "the API is not connected to Redis yet")
     store = ProfileStore(runtime.store.client)
     try:
-        profile, _offset = await store.load(agent_id)
+        profile, _position = await store.load(agent_id)
         ttl = await store.ttl_ms(agent_id)
     except BrokerError as exc:
         raise HTTPException(503, f"{exc} (is Redis up?)") from exc

@@ -66,8 +66,8 @@ def _analytics_class(policy: dict[str, Any]) -> None:
         "when": "request.confidence >= agent.confidence_threshold", "max_duration": "10m"})
     policy["detectors"] = {
         "bucket": "1s", "retention": "1h", "agent_classes": ["analytics-test"],
-        "rate_spike": {"window": "2s", "baseline": "60s", "min_history": "8s", "factor": 8,
-                       "min_requests": 12, "severity": 0.9},
+        "rate_spike": {"window": "2s", "baseline": "300s", "min_history": "8s", "factor": 8,
+                       "min_requests": 12, "severity": 0.9, "cooldown": "30s"},
     }
 
 

@@ -1,8 +1,9 @@
 """Behaviour analytics on real Kafka + Redis: a rate spike revokes by policy, across restarts.
 
 The test policy's detectors watch only the analytics-test class (agents('a')), with windows of
-seconds: bucket 1s, rate_spike window 2s, baseline 60s, min_history 8s, factor 8, at least 12
-requests. The fraud bundle's rule ``revoke-on-rate-spike`` decides what the signal does.
+seconds: bucket 1s, rate_spike window 2s, baseline 300s (longer than a slow restart),
+min_history 8s, factor 8, at least 12 requests, cooldown 30s. The fraud bundle's rule
+``revoke-on-rate-spike`` decides what the signal does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +24,11 @@ from broker.adapters import keys
 from broker.adapters.analytics_key import ANALYTICS_PRINCIPAL, analytics_key_path
 from broker.adapters.bus import Publisher
 from broker.adapters.keystore import load_operator
+from broker.adapters.profile_store import ProfileStore
 from broker.adapters.signing import Presented, presented
 from broker.adapters.worker_process import WorkerProcess
 from broker.api.app import create_app
+from broker.behaviour import Profile
 from broker.config import Settings
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
@@ -90,7 +94,7 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     send_paced(publisher, steady, 4, 0.5)  # twice its usual rate: not far above it
     send_paced(publisher, spiky, BURST, 2.0 / BURST)
 
-    (record,) = audit.wait_for(AuditRecord, risk_audit(spiky), timeout=90)
+    record = audit.wait_for(AuditRecord, risk_audit(spiky), timeout=90)[0]
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
     evidence = signal["evidence"]
@@ -127,7 +131,7 @@ def test_stats_through_the_cli_and_the_api(
     data = stats(settings, agent)
     assert data is not None and data["totals"] == {"requests": 3, "granted": 3, "denied": 0}
     assert data["agent_class"] == "analytics-test" and data["model_version"] == "1.0"
-    assert [w["window_s"] for w in data["windows"]] == [1, 2, 60]
+    assert [w["window_s"] for w in data["windows"]] == [1, 2, 300]
     assert data["windows"][-1]["requests"] == 3 and data["scopes"].keys() == {
         "payments:accounts.freeze"} and data["resource_patterns"].keys() == {"acct-#"}
     assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
@@ -165,7 +169,7 @@ def test_profiles_and_windows_survive_a_worker_restart(
     assert after is not None and after["totals"]["requests"] == 10  # redeliveries not recounted
     assert after["first_seen"] == before["first_seen"]
     send_paced(publisher, agent, BURST, 2.0 / BURST)
-    (record,) = audit.wait_for(AuditRecord, risk_audit(agent), timeout=90)
+    record = audit.wait_for(AuditRecord, risk_audit(agent), timeout=90)[0]
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
     evidence = signal["evidence"]
@@ -173,3 +177,27 @@ def test_profiles_and_windows_survive_a_worker_restart(
     assert evidence["baseline_requests"] == 10  # the pre-restart five are in the baseline
     first = datetime.fromisoformat(before["first_seen"]).timestamp()
     assert evidence["baseline_s"] >= 8 and time.time() - first >= evidence["baseline_s"]
+
+
+async def test_profile_store_never_folds_a_decision_twice(
+    settings: Settings, rclient: redis.Redis,
+) -> None:
+    """The compare-and-set on (partition, offset) refuses a redelivery; every key has a PXAT."""
+    store, agent = ProfileStore.from_url(settings.redis_url), f"cas-{uuid.uuid4().hex[:10]}"
+    profile = Profile(bucket_ms=1000, requests=1)
+    later = int(time.time() * 1000) + 60_000
+    try:
+        assert await store.save(agent, profile, (3, 5), later)
+        assert not await store.save(agent, replace(profile, requests=2), (3, 5), later)
+        assert not await store.save(agent, replace(profile, requests=2), (3, 4), later)
+        assert (await store.load(agent)) == (profile, (3, 5))
+        assert await store.save(agent, replace(profile, requests=2), (3, 6), later)
+        assert await store.save(agent, replace(profile, requests=3), (7, 0), later)  # topic grew
+        assert 0 < rclient.pttl(keys.behaviour(agent)) <= 60_000
+        await store.learn("some-class", ("scope:a:b.c",), later - 60_000, later)
+        view = await store.class_view("some-class", ("scope:a:b.c", "scope:a:b.d"))
+        assert view.requests >= 1 and view.known == frozenset({"scope:a:b.c"})
+        assert 0 < rclient.pttl(keys.behaviour_class("some-class")) <= 60_000
+    finally:
+        rclient.delete(keys.behaviour(agent))
+        await store.close()
