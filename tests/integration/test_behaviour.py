@@ -98,6 +98,7 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
     evidence = signal["evidence"]
+    print(f"\nspike: revoked {record.inputs['revoked_grants']} by {record.rules}; {evidence}")
     assert record.outcome == "revoked" and record.rules == ("revoke-on-rate-spike",)
     assert signal["kind"] == "behaviour_anomaly" and signal["source"] == "permbroker-analytics"
     assert evidence["detector"] == "rate_spike" and evidence["threshold_factor"] == 8
@@ -173,6 +174,7 @@ def test_profiles_and_windows_survive_a_worker_restart(
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
     evidence = signal["evidence"]
+    print(f"\nafter restart: {after['totals']} by {record.rules}; {evidence}")
     assert record.rules == ("revoke-on-rate-spike",) and record.outcome == "revoked"
     assert evidence["baseline_requests"] == 10  # the pre-restart five are in the baseline
     first = datetime.fromisoformat(before["first_seen"]).timestamp()
