@@ -57,3 +57,24 @@ def report(agent_id: str, profile: Profile, now: datetime, cfg: Detectors | None
         "expires_at": (now + timedelta(milliseconds=ttl_ms)).isoformat() if ttl_ms > 0 else None,
         "bucket_s": profile.bucket_ms // 1000,
     }
+
+
+def window_buckets(cfg: Detectors, now: datetime) -> list[tuple[int, list[int]]]:
+    """For each reported window: its length (s) and the start (ms) of each of its buckets."""
+    bucket = cfg.bucket_s * 1000
+    last = ms(now) - ms(now) % bucket
+    return [(seconds, [last - i * bucket for i in range(seconds * 1000 // bucket)])
+            for seconds in windows_of(cfg)]
+
+
+def group_report(agent_class: str, model_version: str, now: datetime,
+                 counts: list[tuple[int, list[int], tuple[int, int, int]]]) -> dict[str, Any]:
+    """The class and model version's counts per window (``counts``: window s, its bucket
+    starts, and (requests, granted, denied) over them)."""
+    windows = []
+    for seconds, starts, (requests, granted, denied) in counts:
+        windows.append({"window_s": seconds, "from": _at(min(starts)), "to": now.isoformat(),
+                        "requests": requests, "granted": granted, "denied": denied,
+                        "per_minute": round(requests * 60 / seconds, 2)})
+    return {"agent_class": agent_class, "model_version": model_version,
+            "as_of": now.isoformat(), "windows": windows}

@@ -1,4 +1,6 @@
-"""``permbroker agents stats ID``: an agent's behaviour profile. L3: imports adapters, policy, cli.
+"""``permbroker agents stats ID`` and ``agents class-stats CLASS --model V``: behaviour profiles.
+
+L3: imports adapters, policy, cli.
 
 Reads the profile the workers keep in Redis (``streams.analytics``); windows are those of the
 policy's ``detectors`` section (``PERMBROKER_POLICY_PATH``), every time absolute (UTC) with the
@@ -9,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.table import Table
 
 from broker.adapters.profile_store import ProfileStore
@@ -80,3 +83,43 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
             f"{name} (last {_when(at, now)})" for name, at in used.items()) or "-"))
     for detector, at in data["detectors_silent_until"].items():
         out.print(f"[bold]{detector}[/] fired; silent until {_when(at, now)}")
+
+
+async def read_group(settings: Settings, agent_class: str, model_version: str,
+                     now: datetime) -> dict[str, Any] | None:
+    """The class and model version's counts, or None when the policy has no detectors."""
+    cfg = _detectors(settings)
+    if cfg is None:
+        return None
+    store = ProfileStore.from_url(settings.redis_url)
+    try:
+        return await store.group_stats(agent_class, model_version, cfg, now)
+    finally:
+        await store.close()
+
+
+@agents_app.command("class-stats")
+def class_stats(
+    agent_class: Annotated[str, typer.Argument(help="The agent class.")],
+    model: Annotated[str, typer.Option(help="The model version.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Requests, grants and denials of every agent of a class on one model version, in the
+    detectors' windows ending now."""
+    settings, now = Settings(), datetime.now(UTC)
+    try:
+        data = asyncio.run(read_group(settings, agent_class, model, now))
+    except BrokerError as exc:
+        raise fail(str(exc), "is Redis up? (permbroker stack status)") from exc
+    if data is None:
+        raise fail(f"the policy at {settings.policy_path} has no detectors section",
+                   "class profiles are kept for the classes its detectors watch")
+    if as_json:
+        print_json(data)
+        return
+    table = Table("window", "from", "requests", "granted", "denied", "per minute",
+                  title=f"class {agent_class}, model {model}, as of {now:%Y-%m-%d %H:%M:%S}Z")
+    for w in data["windows"]:
+        table.add_row(f"{w['window_s']}s", _when(w["from"], now), str(w["requests"]),
+                      str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")
+    out.print(table)

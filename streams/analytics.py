@@ -108,6 +108,9 @@ class Analytics:
         if not await self.store.save(decision.agent_id, after, (msg.partition, msg.offset),
                                      at + cfg.retention_s * 1000):
             return
+        bucket = at - at % (cfg.bucket_s * 1000)
+        await self.store.count_group(obs.agent_class, obs.model_version, bucket, obs.granted,
+                                     bucket + (cfg.history_s + cfg.bucket_s) * 1000)
         if cfg.novel_pattern is not None:
             await self.store.learn(obs.agent_class, obs.patterns, at,
                                    at + cfg.novel_pattern.remember_s * 1000)

@@ -124,3 +124,9 @@ def behaviour(agent_id: str) -> str:
 def behaviour_class(agent_class: str) -> str:
     """Hash: patterns any agent of the class used (-> last ms) and its request count; PXAT."""
     return f"{PREFIX}:behaviour:class:{agent_class}"
+
+
+def behaviour_group(agent_class: str, model_version: str, bucket_ms: int) -> str:
+    """Hash {r, g, d}: requests, grants, denials of one agent class and model version in the
+    time bucket starting at ``bucket_ms``; PXAT the end of the longest detector window."""
+    return f"{PREFIX}:behaviour:group:{agent_class}:{model_version}:{bucket_ms}"

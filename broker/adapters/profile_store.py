@@ -5,19 +5,24 @@ folded into it. A save is a compare-and-set on that offset in one Lua step, so a
 redelivered after a worker restart is never counted twice, and the key is written with an
 absolute expiry (PXAT) in the same step. One hash per agent class (``keys.behaviour_class``)
 holds the patterns any agent of the class used and its request count, also with a PXAT.
+Per agent class and model version, one small hash per time bucket (``keys.behaviour_group``)
+counts requests, grants and denials, each expiring with the longest detector window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broker.adapters import keys
 from broker.behaviour import ClassView, Profile
+from broker.behaviour_stats import group_report, window_buckets
 from broker.errors import StoreUnavailable
+from broker.policy.detectors import Detectors
 
 T = TypeVar("T")
 CLASS_COUNT = "#requests"  # field of the class hash holding its request count
@@ -93,6 +98,44 @@ class ProfileStore:
         """Count one request of the class and remember its patterns (until ``expire_ms``)."""
         await self._call("learn", lambda: self._learn(
             keys=[keys.behaviour_class(agent_class)], args=[at_ms, expire_ms, *patterns]))
+
+    async def count_group(self, agent_class: str, model_version: str, bucket_ms: int,
+                          granted: bool, expire_ms: int) -> None:
+        """Count one decided request in its class and model version's time bucket."""
+        key = keys.behaviour_group(agent_class, model_version, bucket_ms)
+
+        async def write() -> None:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, "r", 1)
+                pipe.hincrby(key, "g" if granted else "d", 1)
+                pipe.pexpireat(key, expire_ms)
+                await pipe.execute()
+
+        await self._call("count group", write)
+
+    async def group_window(self, agent_class: str, model_version: str,
+                           starts: list[int]) -> tuple[int, int, int]:
+        """(requests, granted, denied) of a class and model version over the buckets
+        starting at ``starts``."""
+        async def read() -> list[list[bytes | None]]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for start in starts:
+                    pipe.hmget(keys.behaviour_group(agent_class, model_version, start),
+                               ["r", "g", "d"])
+                return list(await pipe.execute())
+
+        rows = await self._call("group window", read)
+        totals = [sum(int(row[i] or 0) for row in rows) for i in range(3)]
+        return totals[0], totals[1], totals[2]
+
+    async def group_stats(self, agent_class: str, model_version: str, cfg: Detectors,
+                          now: datetime) -> dict[str, Any]:
+        """A class and model version's request, grant and denial counts in the detector
+        windows ending ``now`` (``broker.behaviour_stats.group_report``)."""
+        counts = [(seconds, starts,
+                   await self.group_window(agent_class, model_version, starts))
+                  for seconds, starts in window_buckets(cfg, now)]
+        return group_report(agent_class, model_version, now, counts)
 
     async def ttl_ms(self, agent_id: str) -> int:
         """Milliseconds the agent's profile key has left (-2: absent)."""

@@ -2,6 +2,7 @@
 
 ``GET /v1/operator/agents/{agent_id}/stats`` returns what ``permbroker agents stats --json``
 prints (``broker.behaviour_stats.report``); 404 when the agent has no profile.
+``GET /v1/operator/classes/{class}/models/{version}/stats``: ``agents class-stats --json``.
 """
 
 from __future__ import annotations
@@ -40,3 +41,24 @@ async def stats(agent_id: str, request: Request) -> dict[str, Any]:
     except PolicyError:
         detectors = None
     return report(agent_id, profile, datetime.now(UTC), detectors, ttl)
+
+
+@router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats",
+            dependencies=[Depends(require_operator)])
+async def class_stats(agent_class: str, model_version: str, request: Request) -> dict[str, Any]:
+    """Requests, grants and denials of a class on one model version, in the detectors' windows."""
+    runtime = runtime_of(request)
+    if runtime.store is None:
+        raise HTTPException(503, "the API is not connected to Redis yet")
+    try:
+        detectors = load_policy(runtime.settings.policy_path).detectors
+    except PolicyError as exc:
+        raise HTTPException(503, f"the policy does not load: {exc}") from exc
+    if detectors is None:
+        raise HTTPException(404, "the policy has no detectors section: no class profiles")
+    try:
+        return await ProfileStore(runtime.store.client).group_stats(
+            agent_class, model_version, detectors, datetime.now(UTC))
+    except BrokerError as exc:
+        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+

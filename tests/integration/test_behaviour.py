@@ -65,6 +65,14 @@ def stats(settings: Settings, agent: str) -> dict[str, Any] | None:
     return json.loads(ran.stdout) if ran.returncode == 0 else None
 
 
+def group(settings: Settings) -> dict[str, Any]:
+    """``permbroker agents class-stats analytics-test --model 1.0 --json``."""
+    ran = cli(settings, "agents", "class-stats", "analytics-test", "--model", "1.0", "--json")
+    assert ran.returncode == 0, ran.stderr
+    data: dict[str, Any] = json.loads(ran.stdout)
+    return data
+
+
 def profiled(settings: Settings, agent: str, count: int) -> Callable[[], bool]:
     def done() -> bool:
         found = stats(settings, agent)
@@ -74,6 +82,44 @@ def profiled(settings: Settings, agent: str, count: int) -> Callable[[], bool]:
 
 def risk_audit(agent: str) -> Callable[[AuditRecord], bool]:
     return lambda r: r.kind == "risk.observed" and r.agent_id == agent
+
+
+def test_stats_through_the_cli_and_the_api(
+    settings: Settings, agents: Callable[[str], str], publisher: Publisher,
+) -> None:
+    """`agents stats` (table and --json) and the operator API show one profile, absolute times."""
+    agent = agents("a")
+    before = group(settings)
+    send_paced(publisher, agent, 3, 0.2)
+    wait_until(profiled(settings, agent, 3), 60, "three requests profiled")
+    wait_until(lambda: group(settings)["windows"][-1]["requests"]
+               - before["windows"][-1]["requests"] == 3, 30, "the class counted three")
+    after = group(settings)
+    assert after["agent_class"] == "analytics-test" and after["model_version"] == "1.0"
+    assert [w["window_s"] for w in after["windows"]] == [1, 2, 300]
+    assert after["windows"][-1]["requests"] - before["windows"][-1]["requests"] == 3
+    assert after["windows"][-1]["granted"] - before["windows"][-1]["granted"] == 3
+    data = stats(settings, agent)
+    assert data is not None and data["totals"] == {"requests": 3, "granted": 3, "denied": 0}
+    assert data["agent_class"] == "analytics-test" and data["model_version"] == "1.0"
+    assert [w["window_s"] for w in data["windows"]] == [1, 2, 300]
+    assert data["windows"][-1]["requests"] == 3 and data["scopes"].keys() == {
+        "payments:accounts.freeze"} and data["resource_patterns"].keys() == {"acct-#"}
+    assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
+    table = cli(settings, "agents", "stats", agent)
+    assert table.returncode == 0 and "per minute" in table.stdout and "Z (" in table.stdout
+    missing = cli(settings, "agents", "stats", "nobody-here")
+    assert missing.returncode == 1 and "no behaviour profile" in missing.stderr
+    with TestClient(create_app(api_settings(settings, agent))) as api:
+        path = f"/v1/operator/agents/{agent}/stats"
+        assert api.get(path).status_code == 401
+        served = api.get(path, headers=bearer("op-secret")).json()
+        assert served["totals"] == data["totals"] and served["first_seen"] == data["first_seen"]
+        assert api.get("/v1/operator/agents/nobody-here/stats",
+                       headers=bearer("op-secret")).status_code == 404
+        served_group = api.get("/v1/operator/classes/analytics-test/models/1.0/stats",
+                               headers=bearer("op-secret")).json()
+        assert served_group["windows"][-1]["requests"] >= after["windows"][-1]["requests"] - 3
 
 
 def test_twenty_times_the_usual_rate_is_revoked_by_policy(
@@ -120,33 +166,6 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     wait_until(profiled(settings, steady, 15), 60, "the steady agent's 15 requests profiled")
     assert audit.events(AuditRecord, risk_audit(steady)) == []
     assert rclient.pttl(keys.behaviour(spiky)) > 0 and rclient.pttl(keys.behaviour(steady)) > 0
-
-
-def test_stats_through_the_cli_and_the_api(
-    settings: Settings, agents: Callable[[str], str], publisher: Publisher,
-) -> None:
-    """`agents stats` (table and --json) and the operator API show one profile, absolute times."""
-    agent = agents("a")
-    send_paced(publisher, agent, 3, 0.2)
-    wait_until(profiled(settings, agent, 3), 60, "three requests profiled")
-    data = stats(settings, agent)
-    assert data is not None and data["totals"] == {"requests": 3, "granted": 3, "denied": 0}
-    assert data["agent_class"] == "analytics-test" and data["model_version"] == "1.0"
-    assert [w["window_s"] for w in data["windows"]] == [1, 2, 300]
-    assert data["windows"][-1]["requests"] == 3 and data["scopes"].keys() == {
-        "payments:accounts.freeze"} and data["resource_patterns"].keys() == {"acct-#"}
-    assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
-    table = cli(settings, "agents", "stats", agent)
-    assert table.returncode == 0 and "per minute" in table.stdout and "Z (" in table.stdout
-    missing = cli(settings, "agents", "stats", "nobody-here")
-    assert missing.returncode == 1 and "no behaviour profile" in missing.stderr
-    with TestClient(create_app(api_settings(settings, agent))) as api:
-        path = f"/v1/operator/agents/{agent}/stats"
-        assert api.get(path).status_code == 401
-        served = api.get(path, headers=bearer("op-secret")).json()
-        assert served["totals"] == data["totals"] and served["first_seen"] == data["first_seen"]
-        assert api.get("/v1/operator/agents/nobody-here/stats",
-                       headers=bearer("op-secret")).status_code == 404
 
 
 def test_profiles_and_windows_survive_a_worker_restart(

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 
 from broker.behaviour import Observation, observe
-from broker.behaviour_stats import DEFAULT_WINDOWS, report, windows_of
+from broker.behaviour_stats import DEFAULT_WINDOWS, group_report, report, window_buckets, windows_of
 from broker.policy.detectors import DenialBurst, Detectors, RateSpike
 from streams.analytics import _Collector
 
@@ -53,3 +53,15 @@ def test_metrics_are_labelled_by_class_and_model_version_only() -> None:
     assert ('permbroker_behaviour_events_total{agent_class="fraud-detection",kind="requests",'
             'model_version="3.2"} 7.0') in text
     assert "signal_rate_spike" in text and "agent_id" not in text
+
+
+def test_class_windows_cover_their_buckets_ending_now() -> None:
+    """Each window lists exactly its buckets, the newest holding ``now``."""
+    now = T0 + timedelta(seconds=16, milliseconds=400)
+    plan = dict(window_buckets(CFG, now))
+    end = int((T0 + timedelta(seconds=16)).timestamp() * 1000)
+    assert plan[2] == [end, end - 1000] and len(plan[20]) == 20 and max(plan[20]) == end
+    data = group_report("fraud-detection", "3.2", now, [(2, plan[2], (4, 3, 1))])
+    (w,) = data["windows"]
+    assert (w["requests"], w["granted"], w["denied"], w["per_minute"]) == (4, 3, 1, 120)
+    assert w["from"] == (T0 + timedelta(seconds=15)).isoformat()
