@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from broker import cli_behaviour  # noqa: F401  (registers `agents stats`)
 from broker.adapters import rebuild
 from broker.adapters.bus import Publisher
 from broker.adapters.keystore import AgentKeyStore

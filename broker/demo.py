@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from broker import demo_identity
+from broker import demo_behaviour, demo_identity
 from broker.adapters import audit_check, audit_log, stack
 from broker.adapters.acks import read_since
 from broker.adapters.bus import Record
@@ -415,6 +415,7 @@ def run_demo(*, keep: bool = False) -> int:
                 raise BrokerError("the resource-side grant views did not catch up within 30s")
             started_at = datetime.now(UTC)
             play(s, settings, view, payments)
+            demo_behaviour.detected_revocation(s, settings, view)
         audit_checks(s, settings, started_at)
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))

@@ -106,6 +106,10 @@ class EscalationRequested(WireModel):
     requested_at: UtcDatetime
 
 
+EvidenceKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+EvidenceText = Annotated[str, StringConstraints(max_length=256)]
+
+
 class RiskObserved(WireModel):
     """A risk signal about an agent and/or a resource."""
 
@@ -117,6 +121,10 @@ class RiskObserved(WireModel):
     source: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     detail: Annotated[str, StringConstraints(max_length=2000)] = ""
     observed_at: UtcDatetime
+    # Structured evidence (behaviour detectors set it): name -> number or short text, readable
+    # by revocation rules as ``signal.evidence.<name>``. Optional: older signals carry none.
+    evidence: dict[EvidenceKey, float | EvidenceText] = Field(default_factory=dict,
+                                                                max_length=32)
 
 
 class ScopeDenial(WireModel):

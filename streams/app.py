@@ -32,7 +32,7 @@ from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
 from broker.routing import GrantRouting
 from schemas import topics
-from streams import approvals_app, identity_app
+from streams import analytics, approvals_app, identity_app
 from streams import budgets as budgets_app
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
@@ -136,11 +136,12 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
     app.processor = processor  # type: ignore[attr-defined]
     _watch_assignment(app, processor)
-    serve_metrics(processor, settings.metrics_port)
+    metrics = serve_metrics(processor, settings.metrics_port)
     if settings.audit_sealer:
         _run_sealer(app, settings, keys)
     app.identity = identity_app.install(app, processor, settings, policy)  # type: ignore[attr-defined]
     app.budgets = budgets_app.install(app, processor, settings)  # type: ignore[attr-defined]
+    app.analytics = analytics.install(app, processor, settings, publish, metrics)  # type: ignore[attr-defined]
 
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)

@@ -133,3 +133,19 @@ def approval(agent_id: str, request_id: str) -> str:
     """A held request: its pending record, status and one ``vote:<approver>`` field per vote."""
     return f"{agent_prefix(agent_id)}approval:{request_id}"
 
+# Behaviour profiles (streams.analytics): hash-tagged per agent, and one hash per agent class.
+def behaviour(agent_id: str) -> str:
+    """Hash: the agent's behaviour profile (JSON) and the decision offset it last folded in;
+    PXAT its last request + the detectors' retention."""
+    return f"{agent_prefix(agent_id)}behaviour"
+
+
+def behaviour_class(agent_class: str) -> str:
+    """Hash: patterns any agent of the class used (-> last ms) and its request count; PXAT."""
+    return f"{PREFIX}:behaviour:class:{agent_class}"
+
+
+def behaviour_group(agent_class: str, model_version: str, bucket_ms: int) -> str:
+    """Hash {r, g, d}: requests, grants, denials of one agent class and model version in the
+    time bucket starting at ``bucket_ms``; PXAT the end of the longest detector window."""
+    return f"{PREFIX}:behaviour:group:{agent_class}:{model_version}:{bucket_ms}"

@@ -19,7 +19,13 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from broker.api import routes_agents, routes_approvals, routes_operator, routes_selector
+from broker.api import (
+    routes_agents,
+    routes_approvals,
+    routes_behaviour,
+    routes_operator,
+    routes_selector,
+)
 from broker.api.runtime import Runtime
 from broker.config import Settings
 
@@ -58,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_operator.router)
     app.include_router(routes_selector.router)
     app.include_router(routes_approvals.router)
+    app.include_router(routes_behaviour.router)
     return app
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.policy import graduated
+from broker.policy.detectors import Detectors
 from broker.policy.model import (
     APPROVAL_UNSATISFIABLE,
     CEILING_PREFIX,
@@ -57,8 +58,10 @@ class Policy:
                  deny_rules: tuple[DenyRule, ...], revocation_rules: tuple[RevocationRule, ...],
                  agents: tuple[AgentProfile, ...],
                  default_max_total_duration_s: int | None = None,
-                 files: tuple[tuple[str, bytes], ...] = ()) -> None:
+                 files: tuple[tuple[str, bytes], ...] = (),
+                 detectors: Detectors | None = None) -> None:
         self.name = name
+        self.detectors = detectors  # behaviour detectors (None: nothing is watched)
         self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision
         self.source = source

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from broker.errors import PolicyError
 from broker.policy.budgets import budgets_of
+from broker.policy.detectors import Detectors, parse_detectors
 from broker.policy.evaluate import Policy
 from broker.policy.fields import (
     At,
@@ -71,6 +72,7 @@ class _PolicyDoc:
     escalation: tuple[EscalationRule, ...]
     deny: tuple[DenyRule, ...]
     revocation: tuple[RevocationRule, ...]
+    detectors: Detectors | None = None
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -94,6 +96,7 @@ def compile_bundle(bundle: Bundle) -> Policy:
         default_max_total_duration_s=parsed.max_total_s,
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
+        detectors=parsed.detectors,
     )
 
 
@@ -124,7 +127,8 @@ def _parse_policy(doc: Document) -> _PolicyDoc:
     at, body = At(doc.file), doc.body
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
-                 optional=("description", "escalation_rules", "deny_rules", "revocation_rules"))
+                 optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
+                           "detectors"))
     defaults = mapping(body, "defaults", at)
     check_fields(defaults, at, "defaults", required=("max_duration",),
                  optional=("max_total_duration",))
@@ -142,7 +146,7 @@ def _parse_policy(doc: Document) -> _PolicyDoc:
     deny = [_parse_deny(r, a, classes) for r, a in _rules(body, "deny_rules", at, seen)]
     revocation = [_parse_revocation(r, a) for r, a in _rules(body, "revocation_rules", at, seen)]
     return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
-                      tuple(deny), tuple(revocation))
+                      tuple(deny), tuple(revocation), parse_detectors(body, at, classes))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:

@@ -37,7 +37,8 @@ def run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5))
+CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
+           ("a", "analytics-test", 0.5))
 
 
 def _bulk_class(policy: dict[str, Any]) -> None:
@@ -58,6 +59,20 @@ def _bulk_class(policy: dict[str, Any]) -> None:
     )
 
 
+def _analytics_class(policy: dict[str, Any]) -> None:
+    """The only class the behaviour detectors watch in tests, with windows of seconds."""
+    policy["agent_classes"]["analytics-test"] = {"baseline": [], "ceiling": ["payments:accounts.*"]}
+    policy["escalation_rules"].append({
+        "id": "analytics-test-freeze", "agent_classes": ["analytics-test"],
+        "scopes": ["payments:accounts.freeze"],
+        "when": "request.confidence >= agent.confidence_threshold", "max_duration": "10m"})
+    policy["detectors"] = {
+        "bucket": "1s", "retention": "1h", "agent_classes": ["analytics-test"],
+        "rate_spike": {"window": "2s", "baseline": "300s", "min_history": "8s", "factor": 8,
+                       "min_requests": 12, "severity": 0.9, "cooldown": "30s"},
+    }
+
+
 @pytest.fixture(scope="session")
 def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     """The fraud policy plus a bulk-test class, and a pool of fresh agents of each class."""
@@ -65,6 +80,7 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     policy = yaml.safe_load((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
     _bulk_class(policy)
     approval_agents = add_approval_rules(policy, run_id)
+    _analytics_class(policy)
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):

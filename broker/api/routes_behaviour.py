@@ -1,0 +1,64 @@
+"""Operator route: an agent's behaviour profile. L3. Imports fastapi, broker (adapters, policy).
+
+``GET /v1/operator/agents/{agent_id}/stats`` returns what ``permbroker agents stats --json``
+prints (``broker.behaviour_stats.report``); 404 when the agent has no profile.
+``GET /v1/operator/classes/{class}/models/{version}/stats``: ``agents class-stats --json``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from broker.adapters.profile_store import ProfileStore
+from broker.api.auth import require_operator
+from broker.api.routes_agents import runtime_of
+from broker.behaviour_stats import report
+from broker.errors import BrokerError, PolicyError
+from broker.policy import load_policy
+
+router = APIRouter(tags=["operators"])
+
+
+@router.get("/v1/operator/agents/{agent_id}/stats", dependencies=[Depends(require_operator)])
+async def stats(agent_id: str, request: Request) -> dict[str, Any]:
+    """Request, grant and denial counts in the detectors' windows, hours, scopes, patterns."""
+    runtime = runtime_of(request)
+    if runtime.store is None:
+        raise HTTPException(503, "the API is not connected to Redis yet")
+    store = ProfileStore(runtime.store.client)
+    try:
+        profile, _position = await store.load(agent_id)
+        ttl = await store.ttl_ms(agent_id)
+    except BrokerError as exc:
+        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+    if profile is None:
+        raise HTTPException(404, f"no behaviour profile for agent {agent_id}")
+    try:
+        detectors = load_policy(runtime.settings.policy_path).detectors
+    except PolicyError:
+        detectors = None
+    return report(agent_id, profile, datetime.now(UTC), detectors, ttl)
+
+
+@router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats",
+            dependencies=[Depends(require_operator)])
+async def class_stats(agent_class: str, model_version: str, request: Request) -> dict[str, Any]:
+    """Requests, grants and denials of a class on one model version, in the detectors' windows."""
+    runtime = runtime_of(request)
+    if runtime.store is None:
+        raise HTTPException(503, "the API is not connected to Redis yet")
+    try:
+        detectors = load_policy(runtime.settings.policy_path).detectors
+    except PolicyError as exc:
+        raise HTTPException(503, f"the policy does not load: {exc}") from exc
+    if detectors is None:
+        raise HTTPException(404, "the policy has no detectors section: no class profiles")
+    try:
+        return await ProfileStore(runtime.store.client).group_stats(
+            agent_class, model_version, detectors, datetime.now(UTC))
+    except BrokerError as exc:
+        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+
