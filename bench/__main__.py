@@ -26,7 +26,7 @@ METHOD = [
     "raw loop (bench/rawloop.py) uses the same Kafka client (aiokafka) and Redis client on "
     "mirror topics of the same shape on the same broker.",
     "Latency samples are sequential and unloaded: each waits until the previous request was "
-    "completely handled (its `published` marker), then 3 ms.",
+    "completely handled (its decision record flagged published), then 3 ms.",
     "Grant visibility is observed through Redis keyspace notifications (no polling), view "
     "visibility through the GrantView's on_event callback.",
 ]

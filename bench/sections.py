@@ -96,6 +96,7 @@ def throughput(arms: dict[str, Arm], rss: dict[str, int]) -> Section:
              "each normalised by its round's raw loop", scale, Target(">= 1.6x", 1.6, True)),
     ]
     sec.extra["worker RSS (bytes)"] = rss
+    sec.notes += [a.notes for a in (arms["w1"], arms["w2"]) if a.notes]
     return sec
 
 

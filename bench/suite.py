@@ -81,11 +81,12 @@ def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
 def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
     arms = b_tput.new_arms()
     assert rig.harness is not None
-    b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds, sz.tput_k, say)
+    b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds, sz.tput_k, say,
+                 s.redis_url)
     rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
     with env.worker(s, "worker2") as w2:
         b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds, sz.tput_k,
-                     say)
+                     say, s.redis_url)
         rss["worker 1, two workers"] = env.rss_bytes(w1.pid)
         rss["worker 2"] = env.rss_bytes(w2.pid)
     return sections.throughput(arms, rss)

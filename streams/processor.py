@@ -383,9 +383,12 @@ class Processor:
             f"({rule.describe()}); a token frees up in {retry_ms} ms",
         )
 
-    async def _snapshot(self, request: EscalationRequested, msg: Incoming) -> Snapshot:
+    async def _snapshot(
+        self, request: EscalationRequested, msg: Incoming, *, recorded: bool = False
+    ) -> Snapshot:
         fence_key = keys.fence(msg.topic, msg.partition) if self.fencing else None
-        return await self.store.snapshot(request.agent_id, fence_key)
+        rid = request.request_id if recorded else None
+        return await self.store.snapshot(request.agent_id, fence_key, rid)
 
     async def _decide(
         self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None
@@ -395,14 +398,14 @@ class Processor:
         blocked_by = admission.denial() if admission is not None else None
         note: dict[str, object] = {}
         for attempt in range(4):
-            snap = await self._snapshot(request, msg)
+            # The first read also fetches the request's record (a redelivery), same round trip.
+            snap = await self._snapshot(request, msg, recorded=attempt == 0)
             fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
             if not snap.view_built:
                 await self.ensure_view()
                 continue
-            if attempt == 0 and (recorded := await self.store.recorded(
-                    request.agent_id, request.request_id)) is not None:
-                await self._announce(recorded, None, msg)  # a redelivery: never decide twice
+            if attempt == 0 and snap.recorded is not None:
+                await self._announce(snap.recorded, None, msg)  # a redelivery: never decide twice
                 return
             now = self._clock() if self._clock else snap.now
             # The epoch orders attempts across owners: a stale owner's attempt never wins.

@@ -59,7 +59,11 @@ def decision(agent_id: str, request_id: str) -> str:
 
 
 def published(agent_id: str, request_id: str) -> str:
-    """Present once a request's decision was published: a later delivery is a duplicate."""
+    """Legacy: the published marker of a record written before records.py's compact form.
+
+    A compact record carries its published flag in its first byte; this key is only read (and
+    set) for decision records still in the old JSON form.
+    """
     return f"{agent_prefix(agent_id)}published:{request_id}"
 
 
