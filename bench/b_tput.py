@@ -64,20 +64,38 @@ def _not_granted(r: redis.Redis, names: list[str]) -> int:
     return out
 
 
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: env.cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def _spent(before: dict[str, float], into: dict[str, float], pids: dict[str, int]) -> None:
+    for name, now in _cpu(pids).items():
+        into[name] = into.get(name, 0.0) + now - before[name]
+
+
 def phase(watch: KeyWatch, harness: Publisher, arms: tuple[Arm, Arm], rounds: int, k: int,
-          say: Any, redis_url: str) -> None:
-    """Interleaved rounds: the worker(s), then the raw loop, on the same input."""
+          say: Any, redis_url: str, pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Interleaved rounds: the worker(s), then the raw loop, on the same input.
+
+    Returns the CPU seconds each process (``pids``) used per 1,000 requests, during the
+    subject's batches and during the raw loop's: where the time goes on a 2-core machine.
+    """
     subject, ref = arms
     r = redis.Redis.from_url(redis_url)
     denied = 0
+    cpu: dict[str, dict[str, float]] = {subject.name: {}, ref.name: {}}
     try:
         batch_rate(watch, harness, env.RAW_IN.name, 200)  # warm-up, not recorded
         batch_rate(watch, harness, "permbroker.escalations", 200)
         for i in range(rounds):
+            before = _cpu(pids)
             rate, stale = batch_rate(watch, harness, "permbroker.escalations", k, r)
+            _spent(before, cpu[subject.name], pids)
             subject.add_round([rate])
             denied += stale
+            before = _cpu(pids)
             ref.add_round([batch_rate(watch, harness, env.RAW_IN.name, k)[0]])
+            _spent(before, cpu[ref.name], pids)
             say(f"throughput {subject.name}, round {i + 1}/{rounds}: "
                 f"{subject.rounds[-1][0]:.0f}/s vs raw {ref.rounds[-1][0]:.0f}/s"
                 + (f" ({stale} of {k} denied as stale)" if stale else ""))
@@ -86,6 +104,8 @@ def phase(watch: KeyWatch, harness: Publisher, arms: tuple[Arm, Arm], rounds: in
     if denied:
         subject.notes = (f"{denied} of {rounds * k} requests were decided only after their "
                          "20 s grant would have lapsed and were denied as stale (overloaded)")
+    per_k = 1000 / (rounds * k)
+    return {arm: {p: round(s * per_k, 3) for p, s in spent.items()} for arm, spent in cpu.items()}
 
 
 def new_arms() -> dict[str, Arm]:

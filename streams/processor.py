@@ -117,6 +117,14 @@ Clock = Callable[[], datetime]
 ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk"}
 
 
+def _discard(tasks: list[asyncio.Task[Snapshot]]) -> None:
+    """Drop prefetched snapshots nobody used (and their errors: the decision reads again)."""
+    for task in tasks:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    tasks.clear()
+
+
 class Admission(Protocol):
     """What the identity gate says of an admitted event (see streams/identity.py)."""
 
@@ -347,15 +355,21 @@ class Processor:
         except WireError as exc:
             await self.dead_letter(msg, str(exc))
             return
+        # The first snapshot (reads only) is taken while the identity gate checks the
+        # signature, to save its round trip; a retry of the decision reads afresh.
+        first: list[asyncio.Task[Snapshot]] = [
+            asyncio.ensure_future(self._snapshot(request, msg, recorded=True))]
         try:
             admitted = await self._admit(msg, request)
             if admitted is None:
                 return
             admission = None if admitted is True else admitted
             assert not isinstance(admission, bool)
-            await self._retrying("decide", lambda: self._decide(request, msg, admission))
+            await self._retrying("decide", lambda: self._decide(request, msg, admission, first))
         except Fenced as exc:
             self._fenced(msg, str(exc))
+        finally:
+            _discard(first)
 
     async def ensure_view(self) -> None:
         """Rebuild the Redis view from Kafka if it is absent (once, whoever asks)."""
@@ -391,7 +405,8 @@ class Processor:
         return await self.store.snapshot(request.agent_id, fence_key, rid)
 
     async def _decide(
-        self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None
+        self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None,
+        first: list[asyncio.Task[Snapshot]] | None = None,
     ) -> None:
         agent = self.agent_profile(request.agent_id)
         rate = self._rate(request)
@@ -399,7 +414,8 @@ class Processor:
         note: dict[str, object] = {}
         for attempt in range(4):
             # The first read also fetches the request's record (a redelivery), same round trip.
-            snap = await self._snapshot(request, msg, recorded=attempt == 0)
+            snap = await (first.pop() if attempt == 0 and first else
+                          self._snapshot(request, msg, recorded=attempt == 0))
             fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
             if not snap.view_built:
                 await self.ensure_view()
