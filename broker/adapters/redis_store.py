@@ -303,6 +303,8 @@ class RedisGrantStore:
         status = status.decode()
         if status in ("blocked", "fenced"):
             return Committed(status, None, None, False, payload.decode(), extra.decode())
+        if status == "stored":  # exactly what was passed in: no need to parse it back
+            return Committed(status, d, g, False)
         found = self._recorded(payload, extra or None, published)
         assert found is not None
         return Committed(status, found.decision, found.grant, found.published)
