@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from bench import env
 from bench.b_latency import fraud_request
@@ -45,7 +46,11 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
     now = datetime.now(UTC)
     evaluation = dataclasses.replace(
         policy.evaluate(template, profile, RiskContext(request=0.93), now), duration_s=900)
-    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+    # The worker's 2 s socket timeouts would fail a fill of 100 connections on a starved
+    # machine; bytes do not depend on how patient the client is.
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60.0,
+                                     socket_connect_timeout=60.0)
+    store = RedisGrantStore(client, margin_s=settings.record_margin_s)
     sample: list[tuple[str, str, str]] = []
 
     async def one(i: int) -> Any:

@@ -94,10 +94,9 @@ def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: in
     return sections.throughput(arms, rss, cpu)
 
 
-def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
-    """Run every benchmark on a fresh bench stack; return the report sections and run facts."""
-    out: list[Section] = []
-    facts: dict[str, Any] = {}
+def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
+    """Run every benchmark on a fresh bench stack, appending report sections to ``out`` as each
+    completes (so a run that fails part way still reports what it measured)."""
     with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s) as raw:
         facts["worker_rss_start"] = env.rss_bytes(w1.pid)
         bao, bao_why = _start_bao(s, say)
@@ -119,7 +118,6 @@ def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
             if bao is not None:
                 bao.close()
         out.append(_memory(s, sz, w1, say))
-    return out, facts
 
 
 def _memory(s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
