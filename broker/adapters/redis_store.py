@@ -10,13 +10,13 @@ hash slot, with absolute expiries computed once by the broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from broker.adapters import keys, lua, records
 from broker.errors import StoreMisconfigured, StoreUnavailable
@@ -268,12 +268,9 @@ class RedisGrantStore:
         agent = d.agent_id
         expires = g.expires_at if g else received_at
         record_until = self._record_until(expires, received_at, max_grant_s)
-        pipe = self._r.pipeline(transaction=False)
-        if g is not None:
-            self._index_expiry(pipe, g, record_until)
         gid = g.grant_id if g else ""
-        await self._commit(
-            keys=[
+        script_keys, script_args = (
+            [
                 keys.decision(agent, d.request_id),
                 keys.grant(agent, gid),
                 keys.index(agent),
@@ -285,7 +282,7 @@ class RedisGrantStore:
                 keys.owner(agent, fence.role),
                 keys.rate(agent),
             ],
-            args=[
+            [
                 records.pack(d.model_dump_json()),
                 g.model_dump_json() if g else "",
                 ms(expires),
@@ -297,9 +294,14 @@ class RedisGrantStore:
                 rate.capacity,
                 rate.per_ms,
             ],
-            client=pipe,
         )
-        status, payload, extra, published = (await self._call(pipe.execute()))[-1]
+
+        def fill(pipe: Any) -> None:
+            if g is not None:
+                self._index_expiry(pipe, g, record_until)
+            pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
+
+        status, payload, extra, published = (await self._with_script(lua.COMMIT, fill))[-1]
         status = status.decode()
         if status in ("blocked", "fenced"):
             return Committed(status, None, None, False, payload.decode(), extra.decode())
@@ -308,6 +310,24 @@ class RedisGrantStore:
         found = self._recorded(payload, extra or None, published)
         assert found is not None
         return Committed(status, found.decision, found.grant, found.published)
+
+    async def _with_script(self, script: str, fill: Callable[[Any], None]) -> list[Any]:
+        """Execute a pipeline that ``fill`` ends with an EVALSHA of ``script``: one round trip.
+
+        (A script registered on a redis-py pipeline costs a SCRIPT EXISTS round trip on every
+        execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
+        pipeline runs again: its other commands are idempotent, and the script did not run.
+        """
+        for _ in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                await self._call(self._r.script_load(script))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        raise StoreUnavailable("Redis lost the commit script twice in a row")
 
     async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
         """The decision stored for a request (as a commit would find it), or None."""
