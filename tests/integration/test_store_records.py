@@ -67,9 +67,9 @@ async def test_mark_published_creates_nothing_for_a_missing_record(
     policy = load_policy(settings.policy_path)
     profile = policy.agents()[0]
     request = EscalationRequested(
-        request_id=f"req-{uuid.uuid4()}", agent_id=profile.agent_id, scopes=("x:y",),
-        resources=(), duration_s=60, reason="t", confidence=0.1, risk_score=0.1,
-        requested_at=datetime.now(UTC))
+        request_id=f"req-{uuid.uuid4()}", agent_id=profile.agent_id,
+        scopes=("payments:accounts.freeze",), resources=(), duration_s=60, reason="t",
+        confidence=0.1, risk_score=0.1, requested_at=datetime.now(UTC))
     store = RedisGrantStore.from_url(settings.redis_url)
     try:
         now = await store.now()
