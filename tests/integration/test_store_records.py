@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,7 @@ import redis
 
 from broker.adapters import keys, records
 from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.grants import AgentState, decide
 from broker.policy import RiskContext, load_policy
@@ -19,14 +21,16 @@ pytestmark = pytest.mark.integration
 
 
 async def test_commit_survives_a_script_flush_and_is_flagged_published_in_place(
-    settings: Settings, rclient: redis.Redis
+    worker: WorkerProcess, settings: Settings, rclient: redis.Redis,
+    agents: Callable[[str], str],
 ) -> None:
     """After SCRIPT FLUSH the commit still lands (loaded again, once); the record is compact,
     expires absolutely, is found again by a redelivery's snapshot, and mark_published flips its
     flag without touching its PXAT or creating the legacy marker key."""
     policy = load_policy(settings.policy_path)
-    profile = policy.agents()[0]
-    agent = profile.agent_id
+    agent = agents("f")  # a fresh fraud agent; the worker has built the view
+    profile = policy.agent(agent)
+    assert profile is not None
     request = EscalationRequested(
         request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=("payments:accounts.freeze",),
         resources=("acct-1",), duration_s=900, reason="t", confidence=0.99, risk_score=0.93,
