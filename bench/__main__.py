@@ -26,7 +26,7 @@ METHOD = [
     "raw loop (bench/rawloop.py) uses the same Kafka client (aiokafka) and Redis client on "
     "mirror topics of the same shape on the same broker.",
     "Latency samples are sequential and unloaded: each waits until the previous request was "
-    "completely handled (its `published` marker), then 3 ms.",
+    "completely handled (its decision record flagged published), then 3 ms.",
     "Grant visibility is observed through Redis keyspace notifications (no polling), view "
     "visibility through the GrantView's on_event callback.",
 ]
@@ -45,11 +45,15 @@ def main(argv: list[str]) -> int:
                             tput_k=300, grants=10_000)
     console = Console(highlight=False)
     started, t0 = datetime.now(UTC), time.monotonic()
+    sections: list[report.Section] = []
+    facts: dict[str, object] = {}
     try:
-        sections, facts = suite.run(sizes, lambda m: console.print(f"[dim]bench:[/] {m}"))
+        suite.run(sizes, lambda m: console.print(f"[dim]bench:[/] {m}"), sections, facts)
     except (BrokerError, RuntimeError) as exc:
         console.print(f"[bold red]bench failed:[/] {exc}")
-        return 1
+        facts["failed"] = f"{type(exc).__name__}: {exc}"
+        if not sections:
+            return 1
     meta = {"started": started.isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.python_version()})",
             "rounds": sizes.rounds, "sizes": sizes.__dict__, "elapsed_s": time.monotonic() - t0,
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> int:
     md, js = report.write(sections, meta, args.out)
     report.print_summary(sections, console)
     console.print(f"report: {md}  raw figures: {js}  ({meta['elapsed_s']:.0f} s)")
-    return 0
+    return 1 if "failed" in facts else 0
 
 
 if __name__ == "__main__":

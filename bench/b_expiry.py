@@ -73,7 +73,9 @@ async def _probe(s: Short, view: GrantView, store: RedisGrantStore,
     await asyncio.sleep(max(0.0, s.expires - 0.002 - time.time()))
     deadline = s.expires + 5.0
     gkey = keys.grant(s.agent, s.gid)
-    while pending and time.time() < deadline:
+    # Only a check actually made 5 s after expiry that still allows is a failure: on a starved
+    # machine the loop itself may not run for seconds, which says nothing about the paths.
+    while pending:
         for path in list(pending):
             t = time.time()
             if path == "view":
@@ -82,12 +84,12 @@ async def _probe(s: Short, view: GrantView, store: RedisGrantStore,
                 ok = (await store.check(s.agent, FREEZE, s.resource, datetime.now(UTC))).allowed
             else:
                 ok = await r.get(gkey) is not None
+            if ok and t > deadline:
+                raise RuntimeError(f"grant {s.gid} still allowed 5 s after expiry on {path}")
             if ok and t > s.expires:
                 late[path] = max(late[path], (t - s.expires) * 1000)
             elif not ok and t >= s.expires:
                 pending.discard(path)
-    if pending:
-        raise RuntimeError(f"grant {s.gid} still allowed 5 s after expiry on {sorted(pending)}")
     return late
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bench import env
-from bench.observe import FloorPipe, KeyWatch, ViewEvents
+from bench.observe import FloorPipe, KeyWatch, ViewEvents, published
 from bench.peers import Bao
 from bench.stats import Arm
 from broker.adapters import keys
@@ -81,7 +81,7 @@ def escalate(rig: Rig, agent: str) -> tuple[float, float, str]:
     """Send one request via the SDK; ms until the grant is in Redis and at the view; grant id."""
     req = fraud_request(agent)
     gid = derive_id("grant", req.request_id, agent)
-    gkey, done = keys.grant(agent, gid), keys.published(agent, req.request_id)
+    gkey, done = keys.grant(agent, gid), published(keys.decision(agent, req.request_id))
     rig.watch.watch(gkey, done)
     rig.seen.watch(f"grant:{gid}")
     t0 = time.perf_counter()

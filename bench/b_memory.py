@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from bench import env
 from bench.b_latency import fraud_request
@@ -45,7 +46,11 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
     now = datetime.now(UTC)
     evaluation = dataclasses.replace(
         policy.evaluate(template, profile, RiskContext(request=0.93), now), duration_s=900)
-    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+    # The worker's 2 s socket timeouts would fail a fill of 100 connections on a starved
+    # machine; bytes do not depend on how patient the client is.
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60.0,
+                                     socket_connect_timeout=60.0)
+    store = RedisGrantStore(client, margin_s=settings.record_margin_s)
     sample: list[tuple[str, str, str]] = []
 
     async def one(i: int) -> Any:
@@ -73,18 +78,22 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
 def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],
                   n: int) -> dict[str, float]:
     """MEMORY USAGE of each key kind a grant costs (averaged over the sample)."""
-    kinds: dict[str, list[int]] = {"grant": [], "life": [], "decision": [], "published": [],
+    kinds: dict[str, list[int]] = {"grant": [], "life": [], "decision": [],
+                                   "published (legacy key)": [],
                                    "index (per agent, / grants per agent)": []}
     for agent, gid, rid in sample:
         kinds["grant"].append(client.memory_usage(keys.grant(agent, gid)) or 0)
         kinds["life"].append(client.memory_usage(keys.life(agent, gid)) or 0)
         kinds["decision"].append(client.memory_usage(keys.decision(agent, rid)) or 0)
-        kinds["published"].append(client.memory_usage(keys.published(agent, rid)) or 0)
+        # 0 since the published flag lives in the decision record (broker/adapters/records.py)
+        kinds["published (legacy key)"].append(client.memory_usage(keys.published(agent, rid)) or 0)
         kinds["index (per agent, / grants per agent)"].append(
             (client.memory_usage(keys.index(agent)) or 0) // (n // AGENTS))
     out = {k: sum(v) / len(v) for k, v in kinds.items() if v}
     out["expiry index (global zset, / grants)"] = (
         client.memory_usage(keys.EXPIRY_INDEX, samples=0) or 0) / n
+    out["expiring index (global zset, / grants)"] = (
+        client.memory_usage(keys.EXPIRING_INDEX, samples=0) or 0) / n
     return out
 
 

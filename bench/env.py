@@ -24,6 +24,7 @@ from broker.adapters.admin import ensure_topics
 from broker.adapters.bus import Publisher
 from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.registry_view import read_registry
+from broker.adapters.stack_procs import ProcRecord
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -140,6 +141,22 @@ def register_agents(settings: Settings) -> None:
                                          reason="bench") for a in todo], timeout=120)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_pids(settings: Settings) -> dict[str, int]:
+    """The pids of the bench stack's Kafka and Redis (from the stack's pid files)."""
+    out = {}
+    for name in ("kafka", "redis"):
+        record = ProcRecord.read(settings.stack_dir / f"{name}.pid")
+        if record is not None:
+            out[name] = record.pid
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -155,6 +172,12 @@ class RawLoop:
         self.log_path = settings.stack_dir / "rawloop.log"
         self._settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The raw loop's pid (once started)."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def __enter__(self) -> RawLoop:
         with self.log_path.open("wb") as log:

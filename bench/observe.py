@@ -66,8 +66,17 @@ class Stamps:
             return out
 
 
+def published(key: str) -> str:
+    """The name KeyWatch stamps when the decision record ``key`` is flagged as published."""
+    return f"published:{key}"
+
+
 class KeyWatch(Stamps):
-    """Stamps Redis keys when they are written (keyspace notifications, ``K$`` enabled)."""
+    """Stamps Redis keys when they are written (keyspace notifications, ``K$`` enabled).
+
+    A SET stamps the key's name; a SETRANGE (a decision record flagged as published in place)
+    stamps ``published(key)``.
+    """
 
     def __init__(self, redis_url: str, pattern: str = "pb:*") -> None:
         super().__init__()
@@ -83,8 +92,12 @@ class KeyWatch(Stamps):
         cut = len(self._prefix)
         while not self._stop.is_set():
             msg = self._ps.get_message(timeout=0.1)
-            if msg is not None and msg["data"] == b"set":
+            if msg is None:
+                continue
+            if msg["data"] == b"set":
                 self.hit(msg["channel"][cut:].decode(), time.perf_counter())
+            elif msg["data"] == b"setrange":
+                self.hit(published(msg["channel"][cut:].decode()), time.perf_counter())
 
     def close(self) -> None:
         """Stop listening."""

@@ -69,6 +69,8 @@ def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
     out = ["# permbroker benchmarks", "",
            f"Run {meta['started']} on {meta['machine']}; {meta['rounds']} interleaved rounds; "
            f"took {meta['elapsed_s']:.0f} s. Command: `{meta['command']}`.", "",
+           *([f"**The run stopped early: {meta['failed']}** The sections below are those that "
+              "completed.", ""] if meta.get("failed") else []),
            "Every ratio is the **median of per-round ratios** (subject / reference, measured in "
            "the same round, one after the other). Raw samples of every arm are in "
            "`reports/bench.json`.", "", "## Summary", ""]

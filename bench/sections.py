@@ -82,7 +82,8 @@ def policy(arms: dict[str, Arm], verdict: str) -> Section:
     return sec
 
 
-def throughput(arms: dict[str, Arm], rss: dict[str, int]) -> Section:
+def throughput(arms: dict[str, Arm], rss: dict[str, int],
+               cpu: dict[str, dict[str, float]]) -> Section:
     """Section 6: per-worker ratio and two-worker scaling, both normalised by the raw loop."""
     sec = Section("6", "6. Throughput: escalations decided per second", list(arms.values()))
     one = [w[0] / r[0] for w, r in zip(arms["w1"].rounds, arms["raw1"].rounds, strict=False)]
@@ -96,6 +97,8 @@ def throughput(arms: dict[str, Arm], rss: dict[str, int]) -> Section:
              "each normalised by its round's raw loop", scale, Target(">= 1.6x", 1.6, True)),
     ]
     sec.extra["worker RSS (bytes)"] = rss
+    sec.extra["CPU seconds per 1,000 requests, by process, during each arm's batches"] = cpu
+    sec.notes += [a.notes for a in (arms["w1"], arms["w2"]) if a.notes]
     return sec
 
 

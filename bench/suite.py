@@ -78,24 +78,26 @@ def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
     return sections.checks(arms)
 
 
-def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
+def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: int,
+                say: Any) -> Section:
     arms = b_tput.new_arms()
     assert rig.harness is not None
-    b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds, sz.tput_k, say)
+    pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid}
+    cpu = b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds,
+                       sz.tput_k, say, s.redis_url, pids)
     rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
     with env.worker(s, "worker2") as w2:
-        b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds, sz.tput_k,
-                     say)
+        cpu |= b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds,
+                            sz.tput_k, say, s.redis_url, {**pids, "worker 2": w2.pid})
         rss["worker 1, two workers"] = env.rss_bytes(w1.pid)
         rss["worker 2"] = env.rss_bytes(w2.pid)
-    return sections.throughput(arms, rss)
+    return sections.throughput(arms, rss, cpu)
 
 
-def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
-    """Run every benchmark on a fresh bench stack; return the report sections and run facts."""
-    out: list[Section] = []
-    facts: dict[str, Any] = {}
-    with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s):
+def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
+    """Run every benchmark on a fresh bench stack, appending report sections to ``out`` as each
+    completes (so a run that fails part way still reports what it measured)."""
+    with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s) as raw:
         facts["worker_rss_start"] = env.rss_bytes(w1.pid)
         bao, bao_why = _start_bao(s, say)
         rig = _open_rig(s, bao)
@@ -110,13 +112,12 @@ def run(sz: Sizes, say: Any) -> tuple[list[Section], dict[str, Any]]:
             e_arms = b_expiry.expiry_run(rig.watch, rig.seen, rig.view, rig.harness,
                                          s.redis_url, sz.expiry_grants, say)
             out.append(sections.expiry(e_arms))
-            out.append(_throughput(rig, s, sz, w1, say))
+            out.append(_throughput(rig, s, sz, w1, raw.pid, say))
         finally:
             _close_rig(rig)
             if bao is not None:
                 bao.close()
         out.append(_memory(s, sz, w1, say))
-    return out, facts
 
 
 def _memory(s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:

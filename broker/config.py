@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # Worker behaviour.
     session_timeout_s: float = Field(10.0, description="Kafka group session timeout of a worker")
     expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
+    lane_limit: int = Field(
+        64, ge=1, description="Escalations in flight per input partition (different agents "
+        "concurrently, each agent's in order); 1 handles them one at a time"
+    )
     record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
     # Resource services (issue 4): routing, freshness, renewal warnings, HTTP API.

@@ -34,6 +34,7 @@ from broker.routing import GrantRouting
 from schemas import topics
 from streams import analytics, approvals_app, identity_app
 from streams import budgets as budgets_app
+from streams.lanes import Lanes
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
 from streams.processor import Incoming, Processor
@@ -153,11 +154,18 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
         await _prepare(processor, store, settings, policy)
 
-    # One actor per partition: partitions are decided concurrently, each in order.
+    # One actor per partition; within it, agents' requests run concurrently, each agent's in
+    # order, each acked once handled (streams/lanes.py): the offset commit never passes one.
     @app.agent(escalations, name="escalations", isolated_partitions=True)
     async def on_escalation(stream: Any) -> None:
-        async for event in stream.events():
-            await processor.on_escalation(_incoming(event))
+        lanes: Lanes[Incoming] = Lanes(processor.on_escalation, limit=settings.lane_limit)
+        try:
+            async for event in stream.noack().events():
+                msg = _incoming(event)
+                await lanes.submit(msg.key, msg, event.ack)
+            await lanes.drain()
+        finally:
+            lanes.cancel()
 
     @app.agent(risk, name="risk", isolated_partitions=True)
     async def on_risk(stream: Any) -> None:

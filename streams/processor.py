@@ -118,6 +118,14 @@ ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk",
          topics.APPROVALS.name: "appr"}
 
 
+def _discard(tasks: list[asyncio.Task[Snapshot]]) -> None:
+    """Drop prefetched snapshots nobody used (and their errors: the decision reads again)."""
+    for task in tasks:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    tasks.clear()
+
+
 class Admission(Protocol):
     """What the identity gate says of an admitted event (see streams/identity.py)."""
 
@@ -356,15 +364,21 @@ class Processor:
         except WireError as exc:
             await self.dead_letter(msg, str(exc))
             return
+        # The first snapshot (reads only) is taken while the identity gate checks the
+        # signature, to save its round trip; a retry of the decision reads afresh.
+        first: list[asyncio.Task[Snapshot]] = [
+            asyncio.ensure_future(self._snapshot(request, msg, recorded=True))]
         try:
             admitted = await self._admit(msg, request)
             if admitted is None:
                 return
             admission = None if admitted is True else admitted
             assert not isinstance(admission, bool)
-            await self._retrying("decide", lambda: self._decide(request, msg, admission))
+            await self._retrying("decide", lambda: self._decide(request, msg, admission, first))
         except Fenced as exc:
             self._fenced(msg, str(exc))
+        finally:
+            _discard(first)
 
     async def ensure_view(self) -> None:
         """Rebuild the Redis view from Kafka if it is absent (once, whoever asks)."""
@@ -392,26 +406,31 @@ class Processor:
             f"({rule.describe()}); a token frees up in {retry_ms} ms",
         )
 
-    async def _snapshot(self, request: EscalationRequested, msg: Incoming) -> Snapshot:
+    async def _snapshot(
+        self, request: EscalationRequested, msg: Incoming, *, recorded: bool = False
+    ) -> Snapshot:
         fence_key = keys.fence(msg.topic, msg.partition) if self.fencing else None
-        return await self.store.snapshot(request.agent_id, fence_key)
+        rid = request.request_id if recorded else None
+        return await self.store.snapshot(request.agent_id, fence_key, rid)
 
     async def _decide(
-        self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None
+        self, request: EscalationRequested, msg: Incoming, admission: Admission | None = None,
+        first: list[asyncio.Task[Snapshot]] | None = None,
     ) -> None:
         agent = self.agent_profile(request.agent_id)
         rate = self._rate(request)
         blocked_by = admission.denial() if admission is not None else None
         note: dict[str, object] = {}
         for attempt in range(4):
-            snap = await self._snapshot(request, msg)
+            # The first read also fetches the request's record (a redelivery), same round trip.
+            snap = await (first.pop() if attempt == 0 and first else
+                          self._snapshot(request, msg, recorded=attempt == 0))
             fence = await self._check_fence(msg, snap.fence_epoch)  # before any write
             if not snap.view_built:
                 await self.ensure_view()
                 continue
-            if attempt == 0 and (recorded := await self.store.recorded(
-                    request.agent_id, request.request_id)) is not None:
-                await self._announce(recorded, None, msg)  # a redelivery: never decide twice
+            if attempt == 0 and snap.recorded is not None:
+                await self._announce(snap.recorded, None, msg)  # a redelivery: never decide twice
                 return
             now = self._clock() if self._clock else snap.now
             # The epoch orders attempts across owners: a stale owner's attempt never wins.

@@ -59,7 +59,9 @@ def decision(agent_id: str, request_id: str) -> str:
 
 
 def published(agent_id: str, request_id: str) -> str:
-    """Present once a request's decision was published: a later delivery is a duplicate."""
+    """A "published" marker: of a decision record written before records.py's compact form
+    (a compact record carries its flag in its first byte), and of a budget exhaustion's
+    revocation (broker/adapters/budget_store.py)."""
     return f"{agent_prefix(agent_id)}published:{request_id}"
 
 

@@ -5,10 +5,11 @@ exist without a TTL is never created: index keys get PEXPIREAT right after ZADD,
 """
 
 # KEYS: decision, grant, index, revoked, quarantine, life, published, view epoch, owner, rate
-# ARGV: decision_json, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
+# ARGV: decision record, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
 #       record_until_ms, grant_id, fence epoch (0 = unfenced), rate capacity (0 = no limit),
 #       rate period ms
-# Returns {status, decision_json, live grant_json or '', published 0/1 (or blocked detail)}.
+# Returns {status, decision record, live grant_json or '', legacy published 0/1 (or blocked
+# detail)}. The record is broker/adapters/records.py's form (its first byte: published or not).
 # Order: a stale owner is fenced before anything; a recorded decision stands; nothing is decided
 # on a view that was not rebuilt; a grant must survive quarantine/revocation/staleness; only then
 # does the request take a token of its agent's rate limit (so a blocked attempt costs none).
@@ -223,6 +224,21 @@ if ARGV[2] == '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[4])
 return {'stored', ARGV[1]}
+"""
+
+# KEYS: decision record, legacy published marker   ARGV: marker_until_ms
+# Marks a stored decision as published: flips its first byte (SETRANGE keeps its PXAT); a record
+# in the legacy JSON form gets the legacy marker key instead. Nothing is created for a missing one.
+MARK_PUBLISHED = """
+local flag = redis.call('GETRANGE', KEYS[1], 0, 0)
+if flag == '0' then
+  redis.call('SETRANGE', KEYS[1], 0, '1')
+  return 1
+elseif flag == '{' then
+  redis.call('SET', KEYS[2], '1', 'PXAT', ARGV[1])
+  return 1
+end
+return 0
 """
 
 # KEYS: fence   Returns the new ownership epoch of one input partition: above every earlier

@@ -10,17 +10,17 @@ hash slot, with absolute expiries computed once by the broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from broker.adapters import keys, lua
+from broker.adapters import keys, lua, records
 from broker.errors import StoreMisconfigured, StoreUnavailable
-from broker.grants import AgentState, Outcome, RevocationPlan
+from broker.grants import AgentState, Outcome, RevocationPlan, derive_id
 from schemas.events import EscalationDecided, GrantExpired, GrantIssued
 
 SEP = "\x1f"
@@ -86,6 +86,7 @@ class Snapshot:
     risk: float
     view_built: bool
     fence_epoch: int | None
+    recorded: Committed | None = None  # the request's stored decision, when one was asked for
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class RedisGrantStore:
         self._release = client.register_script(lua.RELEASE)
         self._note_risk = client.register_script(lua.NOTE_RISK)
         self._claim = client.register_script(lua.CLAIM)
+        self._mark = client.register_script(lua.MARK_PUBLISHED)
 
     @classmethod
     def from_url(
@@ -186,8 +188,14 @@ class RedisGrantStore:
         sec, usec = await self._call(self._r.time())
         return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
 
-    async def snapshot(self, agent_id: str, fence_key: str | None = None) -> Snapshot:
-        """Clock, quarantine, last revocation, live risk, view state (and a partition's fence)."""
+    async def snapshot(
+        self, agent_id: str, fence_key: str | None = None, request_id: str | None = None
+    ) -> Snapshot:
+        """Clock, quarantine, last revocation, live risk, view state (and a partition's fence).
+
+        With ``request_id``, also what is recorded for that request (``recorded``), in the same
+        round trip: a redelivery is recognised without a round trip of its own.
+        """
         pipe = self._r.pipeline(transaction=False)
         pipe.time()
         pipe.get(keys.quarantine(agent_id))
@@ -197,8 +205,11 @@ class RedisGrantStore:
         pipe.exists(keys.VIEW_EPOCH)
         if fence_key is not None:
             pipe.get(fence_key)
+        if request_id is not None:
+            self._queue_recorded(pipe, agent_id, request_id)
         got = await self._call(pipe.execute())
         (sec, usec), rule, pxat, revoked, risk, built = got[:6]
+        found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
             now=datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC),
             state=AgentState(
@@ -209,6 +220,7 @@ class RedisGrantStore:
             risk=float(risk) if risk else 0.0,
             view_built=bool(built),
             fence_epoch=int(got[6] or 0) if fence_key is not None else None,
+            recorded=found,
         )
 
     async def agent_state(self, agent_id: str) -> AgentState:
@@ -256,12 +268,9 @@ class RedisGrantStore:
         agent = d.agent_id
         expires = g.expires_at if g else received_at
         record_until = self._record_until(expires, received_at, max_grant_s)
-        pipe = self._r.pipeline(transaction=False)
-        if g is not None:
-            self._index_expiry(pipe, g, record_until)
         gid = g.grant_id if g else ""
-        await self._commit(
-            keys=[
+        script_keys, script_args = (
+            [
                 keys.decision(agent, d.request_id),
                 keys.grant(agent, gid),
                 keys.index(agent),
@@ -273,8 +282,8 @@ class RedisGrantStore:
                 keys.owner(agent, fence.role),
                 keys.rate(agent),
             ],
-            args=[
-                d.model_dump_json(),
+            [
+                records.pack(d.model_dump_json()),
                 g.model_dump_json() if g else "",
                 ms(expires),
                 ms(received_at),
@@ -285,29 +294,65 @@ class RedisGrantStore:
                 rate.capacity,
                 rate.per_ms,
             ],
-            client=pipe,
         )
-        status, payload, extra, published = (await self._call(pipe.execute()))[-1]
+
+        def fill(pipe: Any) -> None:
+            if g is not None:
+                self._index_expiry(pipe, g, record_until)
+            pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
+
+        status, payload, extra, published = (await self._with_script(lua.COMMIT, fill))[-1]
         status = status.decode()
         if status in ("blocked", "fenced"):
             return Committed(status, None, None, False, payload.decode(), extra.decode())
-        decision = EscalationDecided.model_validate_json(payload)
-        grant = GrantIssued.model_validate_json(extra) if extra else None
-        return Committed(status, decision, grant, bool(int(published)))
+        if status == "stored":  # exactly what was passed in: no need to parse it back
+            return Committed(status, d, g, False)
+        found = self._recorded(payload, extra or None, published)
+        assert found is not None
+        return Committed(status, found.decision, found.grant, found.published)
+
+    async def _with_script(self, script: str, fill: Callable[[Any], None]) -> list[Any]:
+        """Execute a pipeline that ``fill`` ends with an EVALSHA of ``script``: one round trip.
+
+        (A script registered on a redis-py pipeline costs a SCRIPT EXISTS round trip on every
+        execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
+        pipeline runs again: its other commands are idempotent, and the script did not run.
+        """
+        for _ in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                await self._call(self._r.script_load(script))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        raise StoreUnavailable("Redis lost the commit script twice in a row")
 
     async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
         """The decision stored for a request (as a commit would find it), or None."""
-        raw = await self._call(self._r.get(keys.decision(agent_id, request_id)))
+        pipe = self._r.pipeline(transaction=False)
+        self._queue_recorded(pipe, agent_id, request_id)
+        return self._recorded(*await self._call(pipe.execute()))
+
+    def _queue_recorded(self, pipe: Any, agent_id: str, request_id: str) -> None:
+        """Queue the reads of a request's record: the record, its grant, the legacy marker."""
+        pipe.get(keys.decision(agent_id, request_id))
+        pipe.get(keys.grant(agent_id, derive_id("grant", request_id, agent_id)))
+        pipe.exists(keys.published(agent_id, request_id))
+
+    def _recorded(self, raw: bytes | None, grant_raw: bytes | None,
+                  legacy_published: int) -> Committed | None:
+        """The record as a commit would find it (the grant only while it is live)."""
         if raw is None:
             return None
-        decision = EscalationDecided.model_validate_json(raw)
-        pipe = self._r.pipeline(transaction=False)
-        pipe.get(keys.grant(agent_id, decision.grant_id or ""))
-        pipe.exists(keys.published(agent_id, request_id))
-        grant_raw, published = await self._call(pipe.execute())
+        payload, published = records.unpack(raw)
+        decision = EscalationDecided.model_validate_json(payload)
         grant = GrantIssued.model_validate_json(grant_raw) if grant_raw else None
-        return Committed("existing", decision, grant if decision.grant_id else None,
-                         bool(published))
+        if grant is not None and grant.grant_id != decision.grant_id:
+            grant = None  # a decision's grant id always derives from its request; never another
+        done = published if published is not None else bool(int(legacy_published))
+        return Committed("existing", decision, grant, done)
 
     def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
         """How long a request's records live: past any grant it could mint, plus a margin."""
@@ -318,8 +363,9 @@ class RedisGrantStore:
     ) -> None:
         """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
         until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
+        a, rid = decision.agent_id, decision.request_id
         await self._call(
-            self._r.set(keys.published(decision.agent_id, decision.request_id), 1, pxat=ms(until))
+            self._mark(keys=[keys.decision(a, rid), keys.published(a, rid)], args=[ms(until)])
         )
 
     async def revoke_all(
