@@ -38,7 +38,7 @@ def run_id() -> str:
 
 
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
-           ("a", "analytics-test", 0.5))
+           ("n", "analytics-test", 0.5))
 
 
 def _bulk_class(policy: dict[str, Any]) -> None:

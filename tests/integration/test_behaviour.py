@@ -1,6 +1,6 @@
 """Behaviour analytics on real Kafka + Redis: a rate spike revokes by policy, across restarts.
 
-The test policy's detectors watch only the analytics-test class (agents('a')), with windows of
+The test policy's detectors watch only the analytics-test class (agents('n')), with windows of
 seconds: bucket 1s, rate_spike window 2s, baseline 300s (longer than a slow restart),
 min_history 8s, factor 8, at least 12 requests, cooldown 30s. The fraud bundle's rule
 ``revoke-on-rate-spike`` decides what the signal does.
@@ -88,7 +88,7 @@ def test_stats_through_the_cli_and_the_api(
     settings: Settings, agents: Callable[[str], str], publisher: Publisher,
 ) -> None:
     """`agents stats` (table and --json) and the operator API show one profile, absolute times."""
-    agent = agents("a")
+    agent = agents("n")
     before = group(settings)
     send_paced(publisher, agent, 3, 0.2)
     wait_until(profiled(settings, agent, 3), 60, "three requests profiled")
@@ -128,7 +128,7 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
 ) -> None:
     """An agent that suddenly sends 20x its usual rate is revoked; a 2x one is not; the audit
     shows the signed signal, its evidence and the rule that acted."""
-    spiky, steady = agents("a"), agents("a")
+    spiky, steady = agents("n"), agents("n")
     audit, risk, decisions = tap(topics.AUDIT_RAW.name), tap(topics.RISK.name), \
         tap(topics.DECISIONS.name)
     first = freeze(spiky)
@@ -174,7 +174,7 @@ def test_profiles_and_windows_survive_a_worker_restart(
 ) -> None:
     """kill -9 mid-baseline: the window keeps the requests from before the restart, nothing is
     counted twice, and the spike after it is judged against that baseline."""
-    agent = agents("a")
+    agent = agents("n")
     audit = tap(topics.AUDIT_RAW.name)
     send_paced(publisher, agent, 5, USUAL_EVERY_S)
     wait_until(profiled(settings, agent, 5), 60, "five requests profiled before the kill")
