@@ -73,7 +73,10 @@ def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
               "completed.", ""] if meta.get("failed") else []),
            "Every ratio is the **median of per-round ratios** (subject / reference, measured in "
            "the same round, one after the other). Raw samples of every arm are in "
-           "`reports/bench.json`.", "", "## Summary", ""]
+           "`reports/bench.json`.", "",
+           "The worker runs the example fraud policy without its behaviour detectors (the "
+           "benchmark's agent pools run far above any usual rate, so the detectors would "
+           "quarantine them mid-run); see `bench/env.py` `write_policy`.", "", "## Summary", ""]
     out += _line_table([ln for s in sections for ln in s.lines if ln.target is not None])
     for s in sections:
         out += ["", f"## {s.title}", ""]
