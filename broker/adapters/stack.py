@@ -209,6 +209,13 @@ def _start_redis(settings: Settings, say: Progress) -> ProcRecord:
     return _start(settings, REDIS, argv, redis_dir)
 
 
+def start_redis(settings: Settings, timeout: float = 60.0) -> ProcRecord:
+    """Start (or reuse) only the Redis of a stack whose Kafka runs elsewhere (a local cluster)."""
+    record = _claim(settings, REDIS) or _start_redis(settings, lambda _msg: None)
+    _await(settings, REDIS, record, time.monotonic() + timeout)
+    return record
+
+
 def _await(settings: Settings, name: str, record: ProcRecord, deadline: float) -> None:
     """Wait until the service answers; StackError with its log tail if it dies or times out."""
     log = _log_file(settings, name)
