@@ -78,6 +78,8 @@ def write_node_properties(spec: ClusterSpec, node: int) -> Path:
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": isr,
         "unclean.leader.election.enable": "false",
+        # The cleaner's default 128 MiB dedupe buffer alone would not fit the small heap.
+        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         "group.initial.rebalance.delay.ms": "0",
     }
     node_dir.mkdir(parents=True, exist_ok=True)
