@@ -17,7 +17,8 @@ from schemas.events import EscalationDecided, EscalationRequested, GrantIssued
 from tests.faults import cluster, private
 from tests.faults.helpers import Ledger
 from tests.faults.report import Figures
-from tests.integration.helpers import Tap, fraud_request, wait_until
+from tests.faults.workers import wait_for
+from tests.integration.helpers import Tap, fraud_request
 
 
 class Burst:
@@ -68,6 +69,7 @@ def _logged(bootstrap: str, topic: str, kind: type, ids: set[str], attr: str) ->
 
 
 @pytest.mark.criterion("6")
+@pytest.mark.timeout(900)
 def test_kafka_restarted_under_load_every_acked_request_is_decided(
     test_policy: Path, run_id: str, tmp_path: Path, agents: Callable[[str], str],
     figures: Figures,
@@ -84,7 +86,7 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
         try:
             ledger = Ledger((r.request_id for r in [*first, *later]), decisions, grants)
             publisher.publish_many(topics.ESCALATIONS.name, first, timeout=120)
-            wait_until(lambda: len(ledger.decided()) >= 600, 300, "600 decisions before the kill")
+            wait_for(lambda: len(ledger.decided()) >= 600, 300, "600 decisions before the kill")
             pid = worker.pid
             private.kill("kafka")
             at_kill = len(ledger.decided())
@@ -93,7 +95,7 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
             burst = Burst(publisher, later).start()  # load goes on once the broker is back
             burst.join(300)
             acked = {r.request_id for r in first} | burst.acked
-            wait_until(lambda: acked <= ledger.decided(), 400, "every acked request decided")
+            wait_for(lambda: acked <= ledger.decided(), 400, "every acked request decided")
             recovered_s = time.monotonic() - restarted
             conflicting, two_grants, changed = ledger.conflicts()
             figures.check("decided when Kafka was killed", f"{at_kill:,} of 3,000",
@@ -115,6 +117,7 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
 
 
 @pytest.mark.criterion("7")
+@pytest.mark.timeout(900)
 def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed(
     test_policy: Path, run_id: str, tmp_path: Path, agents: Callable[[str], str],
     figures: Figures,
@@ -142,7 +145,7 @@ def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed
 
             burst = Burst(publisher, requests, fault=(1200, kill)).start()
             burst.join(300)
-            wait_until(lambda: burst.acked <= ledger.decided(), 400, "every acked one decided")
+            wait_for(lambda: burst.acked <= ledger.decided(), 400, "every acked one decided")
             granted = {d.grant_id for d in ledger.decisions() if d.grant_id is not None}
             in_log = _logged(bootstrap, topics.ESCALATIONS.name, EscalationRequested,
                              burst.acked, "request_id")

@@ -26,9 +26,10 @@ from tests.faults.workers import (
     resume,
     second_worker,
     source_of,
+    wait_for,
     written_by,
 )
-from tests.integration.helpers import Tap, fraud_request, wait_until
+from tests.integration.helpers import Tap, fraud_request
 
 TapFactory = Callable[[str], Tap]
 BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
@@ -43,6 +44,7 @@ def worker_2(settings: Settings, worker: WorkerProcess) -> Iterator[WorkerProces
 
 
 @pytest.mark.criterion("2")
+@pytest.mark.timeout(1200)
 def test_rebalance_adding_and_removing_a_worker_mid_burst_of_10000(
     worker: WorkerProcess, worker_2: WorkerProcess, settings: Settings, publisher: Publisher,
     tap: TapFactory, agents: Callable[[str], str], figures: Figures,
@@ -53,17 +55,17 @@ def test_rebalance_adding_and_removing_a_worker_mid_burst_of_10000(
     ledger = Ledger((r.request_id for r in requests), tap(topics.DECISIONS.name),
                     tap(topics.GRANTS.name))
     publisher.publish_many(topics.ESCALATIONS.name, requests, timeout=180)
-    wait_until(lambda: len(ledger.decided()) >= 2000, 400, "2,000 decisions before the join")
+    wait_for(lambda: len(ledger.decided()) >= 2000, 600, "2,000 decisions before the join")
     worker_2.start()
     worker_2.wait_ready(180)
     at_join = len(ledger.decided())
-    wait_until(lambda: len(ledger.decided()) >= 6000, 400, "6,000 decisions before the leave")
+    wait_for(lambda: len(ledger.decided()) >= 6000, 600, "6,000 decisions before the leave")
     joined = claims(worker_2)
     by_second = sum(v for k, v in worker_counters(BASE + 2).items() if k.startswith("decided_"))
     worker_2.stop()
     at_leave = len(ledger.decided())
     started = time.monotonic()
-    wait_until(lambda: ledger.decided() == ledger.wanted, 400, "every request decided")
+    wait_for(lambda: ledger.decided() == ledger.wanted, 600, "every request decided")
     drain_s = time.monotonic() - started
     conflicting, two_grants, changed = ledger.conflicts()
     granted = {d.request_id for d in ledger.decisions() if d.outcome == "granted"}
@@ -77,7 +79,7 @@ def test_rebalance_adding_and_removing_a_worker_mid_burst_of_10000(
     figures.equal("requests with two distinct grants", two_grants, 0)
     figures.equal("grants announced with different contents", changed, 0)
     figures.equal("requests granted (policy grants all)", len(granted), 10_000)
-    figures.at_most("rest of the burst decided after the leave (no hang)", round(drain_s), 400,
+    figures.at_most("rest of the burst decided after the leave (no hang)", round(drain_s), 600,
                     " s")
     figures.check("identical grant re-announcements (at-least-once)", ledger.reannounced(),
                   "any; same id", True)
@@ -110,6 +112,7 @@ def _stale_writes(records: list[Record], lost: Epochs, moved: Epochs,
 
 
 @pytest.mark.criterion("3")
+@pytest.mark.timeout(900)
 def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     worker: WorkerProcess, worker_2: WorkerProcess, settings: Settings, publisher: Publisher,
     tap: TapFactory, rclient: redis.Redis, agents: Callable[[str], str], figures: Figures,
@@ -117,31 +120,31 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     """SIGSTOP past the session timeout: the other worker takes over, the stalled one is fenced."""
     worker_2.start()
     worker_2.wait_ready(180)
-    wait_until(lambda: bool(claims(worker)) and escalation_epochs(claims(worker)[-1]) != {}
+    wait_for(lambda: bool(claims(worker)) and escalation_epochs(claims(worker)[-1]) != {}
                and bool(claims(worker_2)), 120, "both workers own escalation partitions")
     pool = [agents("b") for _ in range(60)]
-    requests = [fraud_request(pool[i % len(pool)]) for i in range(4000)]
+    requests = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)
     ledger = Ledger((r.request_id for r in requests), decisions, grants)
     publisher.publish_many(topics.ESCALATIONS.name, requests, timeout=120)
-    wait_until(lambda: len(ledger.decided()) >= 800, 300, "800 decisions before the stall")
+    wait_for(lambda: len(ledger.decided()) >= 800, 300, "800 decisions before the stall")
     lost = escalation_epochs(claims(worker)[-1])
     stalled_source = source_of(worker)
     fenced_before = worker_counters(settings.metrics_port).get("fenced", 0)
     pause(worker)
     stopped_at = time.monotonic()
     try:
-        wait_until(lambda: all(e > lost[tp] for tp, e in _fences(rclient, lost).items()),
+        wait_for(lambda: all(e > lost[tp] for tp, e in _fences(rclient, lost).items()),
                    120, "the other worker claimed the stalled worker's partitions")
         moved = _fences(rclient, lost)
         took_over_s = time.monotonic() - stopped_at
         progress = len(ledger.decided())
-        wait_until(lambda: len(ledger.decided()) >= progress + 200, 300,
+        wait_for(lambda: len(ledger.decided()) >= progress + 200, 300,
                    "the other worker decides while the stalled one is stopped")
     finally:
         resume(worker)
-    wait_until(lambda: ledger.decided() == ledger.wanted, 400, "every request decided")
-    wait_until(lambda: exited(worker) or len(claims(worker)) > 1, 120,
+    wait_for(lambda: ledger.decided() == ledger.wanted, 400, "every request decided")
+    wait_for(lambda: exited(worker) or len(claims(worker)) > 1, 120,
                "the stalled worker rejoined (a new claim) or exited")
     reclaimed = escalation_epochs(claims(worker)[-1]) if not exited(worker) else {}
     # The product's count of refusals: its metric while it runs, else the lines it logged.

@@ -9,7 +9,8 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from broker.adapters.bus import Record
 from broker.adapters.worker_process import WorkerProcess
@@ -73,3 +74,13 @@ def resume(worker: WorkerProcess) -> None:
 def exited(worker: WorkerProcess) -> bool:
     """The worker process has ended."""
     return worker.proc is None or worker.proc.poll() is not None
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    """wait_until with a coarser poll: the ledgers these tests poll hold 10,000s of events, and
+    scanning them 50 times a second takes CPU from the workers on a 2-core machine."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        time.sleep(every)
