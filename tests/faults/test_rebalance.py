@@ -15,6 +15,7 @@ from broker.adapters.bus import Publisher, Record
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from schemas import topics
+from schemas.events import AuditRecord
 from tests.faults.helpers import Ledger, worker_counters
 from tests.faults.report import Figures
 from tests.faults.workers import (
@@ -111,6 +112,18 @@ def _stale_writes(records: list[Record], lost: Epochs, moved: Epochs,
     return out
 
 
+def _stale_attempts(records: list[Record], lost: Epochs, moved: Epochs) -> list[Record]:
+    """Audit records of decision attempts stamped with a lost epoch, appended after its move."""
+    partition_of = {epoch: tp for tp, epoch in lost.items()}
+    out = []
+    for r in records:
+        epoch = r.event.inputs.get("fence_epoch") if isinstance(r.event, AuditRecord) else None
+        tp = partition_of.get(epoch) if isinstance(epoch, int) else None
+        if tp is not None and r.timestamp_ms * 1000 > moved[tp]:
+            out.append(r)
+    return out
+
+
 @pytest.mark.criterion("3")
 @pytest.mark.timeout(900)
 def test_stalled_worker_writes_nothing_after_losing_its_partitions(
@@ -125,6 +138,7 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     pool = [agents("b") for _ in range(60)]
     requests = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)
+    audit = tap(topics.AUDIT_RAW.name)
     ledger = Ledger((r.request_id for r in requests), decisions, grants)
     publisher.publish_many(topics.ESCALATIONS.name, requests, timeout=120)
     wait_for(lambda: len(ledger.decided()) >= 800, 300, "800 decisions before the stall")
@@ -152,6 +166,7 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
                if not exited(worker) else worker.log_text().count("fenced, writing nothing"))
     stale = _stale_writes(written_by([*decisions.records, *grants.records], stalled_source),
                           lost, moved, reclaimed)
+    attempts = _stale_attempts(written_by(audit.records, stalled_source), lost, moved)
     conflicting, two_grants, _changed = ledger.conflicts()
     figures.at_least("stalled worker's escalation partitions", len(lost), 1)
     figures.at_most("other worker took them over after SIGSTOP", round(took_over_s), 60, " s")
@@ -159,6 +174,8 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
                   sum(moved[tp] > lost[tp] for tp in lost), len(lost))
     figures.equal("decisions/grants the stalled worker wrote after its fence moved", len(stale),
                   0)
+    figures.equal("audit records of attempts stamped with its old epoch after the move",
+                  len(attempts), 0)
     figures.at_least("fenced refusals the stalled worker counted", refused, 1)
     figures.check("stalled worker afterwards", "exited" if exited(worker) else
                   f"rejoined, {len(reclaimed)} partition(s)",
