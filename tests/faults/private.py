@@ -21,6 +21,7 @@ from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.stack_procs import ProcRecord, is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.errors import StackError
 from broker.policy import load_policy
 from tests.integration.identities import Registrar, harness_signer
 
@@ -77,6 +78,16 @@ def kill(service: str) -> None:
         time.sleep(0.05)
 
 
-def restart() -> None:
-    """Start again whatever of the private stack is not running (same data dirs)."""
-    stack.up(STACK, timeout=240)
+def restart(attempts: int = 3) -> None:
+    """Start again whatever of the private stack is not running (same data dirs).
+
+    Retried: the ports are in the ephemeral range, and clients reconnecting to the dead service
+    can self-connect on its port (TCP simultaneous open) just as it binds again.
+    """
+    for attempt in range(attempts):
+        try:
+            stack.up(STACK, timeout=240)
+            return
+        except StackError:
+            if attempt == attempts - 1:
+                raise
