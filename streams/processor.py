@@ -36,7 +36,7 @@ from broker.adapters.redis_store import (
     RedisGrantStore,
     Snapshot,
 )
-from broker.audit_records import policy_loaded_audit
+from broker.audit_records import attempt_fenced_audit, policy_loaded_audit
 from broker.audit_redact import Redactor
 from broker.consistency import ConsistencyToken, Position, token_of
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
@@ -416,6 +416,7 @@ class Processor:
                 max_grant_s=self.policy.max_grant_duration_s, fence=fence, rate=rate,
             )
             if committed.status == "fenced":
+                await self._void(outcome.audit, pending, committed.blocked_reason)
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             if committed.status != "blocked":
                 break
@@ -428,6 +429,11 @@ class Processor:
             log.info("request %s blocked at commit (%s); deciding again",
                      request.request_id, committed.blocked_reason)
         await self._announce(committed, pending, msg)
+
+    async def _void(self, attempt: AuditRecord, pending: AuditRecord | None, owner: str) -> None:
+        """Audit that a fenced attempt never took effect (its own record is already written)."""
+        if pending is None:  # a pending (fail-closed) record was never written: nothing to void
+            await self.audit(attempt_fenced_audit(attempt, owner, datetime.now(UTC)))
 
     def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
         evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
