@@ -24,6 +24,7 @@ from broker.adapters.keystore import ensure_identity_files
 from broker.adapters.stack_procs import is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.errors import StackError
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
@@ -41,11 +42,7 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     SPEC.root.mkdir(parents=True)
     worker: WorkerProcess | None = None
     try:
-        libs = stack_kafka.ensure_jars(Settings(), lambda _msg: None)
-        for node in range(1, SPEC.nodes + 1):
-            stack_cluster.start_node(SPEC, libs, node)
-        stack_cluster.wait_brokers(SPEC, SPEC.nodes, 300)
-        stack.start_redis(REDIS)
+        _start(stack_kafka.ensure_jars(Settings(), lambda _msg: None))
         ensure_topics(SPEC.bootstrap, timeout=120)
         settings = Settings(kafka_bootstrap=SPEC.bootstrap, redis_url=f"redis://127.0.0.1:"
                             f"{REDIS.redis_port}/0", policy_path=policy,
@@ -63,6 +60,22 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
         stack_cluster.down(SPEC)
         stack.down(REDIS, wipe=True)
         shutil.rmtree(SPEC.root, ignore_errors=True)
+
+
+def _start(libs: Path, attempts: int = 3) -> None:
+    """Start the nodes and Redis, again for those that died: the ports are in the ephemeral
+    range, where any outgoing connection of a busy machine may hold one for a while."""
+    for attempt in range(attempts):
+        try:
+            for node in range(1, SPEC.nodes + 1):
+                if stack_cluster.node_record(SPEC, node) is None:
+                    stack_cluster.start_node(SPEC, libs, node)
+            stack_cluster.wait_brokers(SPEC, SPEC.nodes, 300)
+            stack.start_redis(REDIS)
+            return
+        except StackError:
+            if attempt == attempts - 1:
+                raise
 
 
 def leaders(topic_names: set[str]) -> dict[int, int]:
