@@ -411,6 +411,12 @@ class Processor:
                            msg.received_at, now, blocked_by,
                            {**note, "attempt": attempt, "fence_epoch": fence.epoch}, admission)
             outcome, pending = await self._audit_first(ctx)
+            try:  # a stall during the audit write may have cost us the partition
+                await self._risk_fence(msg)
+            except Fenced:
+                owner = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+                await self._void(outcome.audit, pending, str(owner))
+                raise
             committed = await self.store.commit(
                 outcome, received_at=ctx.received_at, now=now,
                 max_grant_s=self.policy.max_grant_duration_s, fence=fence, rate=rate,
@@ -469,6 +475,8 @@ class Processor:
         decision = committed.decision
         if decision is None:  # blocked every time: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
+        # Stalled since the commit? Then the new owner announces it (found stored, unpublished).
+        await self._risk_fence(msg)
         if committed.status == "existing" and committed.published:
             self._count("duplicates")
             dup = duplicate_audit(
@@ -512,6 +520,7 @@ class Processor:
             self._fenced(msg, str(exc))
 
     async def _risk_fence(self, msg: Incoming) -> Fence:
+        """Our fence, after checking the partition's current epoch in Redis (Fenced if moved)."""
         if not self.fencing:
             return NO_FENCE
         current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
