@@ -57,3 +57,30 @@ def rebuild_audit(
                 "revocations": revocations, "undecodable": undecodable},
     )
 
+
+
+ATTEMPT_FENCED = "escalation.attempt_fenced"
+
+
+def attempt_fenced_audit(attempt: AuditRecord, owner_epoch: str, now: datetime) -> AuditRecord:
+    """Voids an audited decision attempt whose commit a newer owner's fence refused.
+
+    A worker audits each attempt before its commit; when a worker that stalled past its session
+    timeout resumes mid-attempt, that record can land after the new owner's. This one says the
+    attempt (``inputs.voided_audit_id``) never took effect.
+    """
+    epoch = attempt.inputs.get("fence_epoch")
+    return AuditRecord(
+        audit_id=derive_id("audit-fenced", attempt.audit_id),
+        kind=ATTEMPT_FENCED,
+        agent_id=attempt.agent_id,
+        occurred_at=now,
+        subject_id=attempt.subject_id,
+        outcome="fenced",
+        reasons=(f"attempt {attempt.audit_id} was refused at commit: its worker's epoch "
+                 f"{epoch} was superseded by epoch {owner_epoch} (a newer owner of the "
+                 "partition); it never took effect",),
+        policy_revision=attempt.policy_revision,
+        inputs={"voided_audit_id": attempt.audit_id, "fence_epoch": epoch,
+                "owner_epoch": owner_epoch},
+    )

@@ -36,7 +36,7 @@ from broker.adapters.redis_store import (
     RedisGrantStore,
     Snapshot,
 )
-from broker.audit_records import policy_loaded_audit
+from broker.audit_records import attempt_fenced_audit, policy_loaded_audit
 from broker.audit_redact import Redactor
 from broker.consistency import ConsistencyToken, Position, token_of
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
@@ -441,11 +441,18 @@ class Processor:
             if self.approvals is not None and await self.approvals.hold(ctx):
                 return  # held for approval: decided when approvers answer (streams.approvals)
             outcome, pending = await self._audit_first(ctx)
+            try:  # a stall during the audit write may have cost us the partition
+                await self._risk_fence(msg)
+            except Fenced:
+                owner = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+                await self._void(outcome.audit, pending, str(owner))
+                raise
             committed = await self.store.commit(
                 outcome, received_at=ctx.received_at, now=now,
                 max_grant_s=self.policy.max_grant_duration_s, fence=fence, rate=rate,
             )
             if committed.status == "fenced":
+                await self._void(outcome.audit, pending, committed.blocked_reason)
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             if committed.status != "blocked":
                 break
@@ -458,6 +465,11 @@ class Processor:
             log.info("request %s blocked at commit (%s); deciding again",
                      request.request_id, committed.blocked_reason)
         await self._announce(committed, pending, msg)
+
+    async def _void(self, attempt: AuditRecord, pending: AuditRecord | None, owner: str) -> None:
+        """Audit that a fenced attempt never took effect (its own record is already written)."""
+        if pending is None:  # a pending (fail-closed) record was never written: nothing to void
+            await self.audit(attempt_fenced_audit(attempt, owner, datetime.now(UTC)))
 
     def _outcome(self, ctx: _Attempt, blocked_by: ScopeDenial | None = None) -> Outcome:
         evaluation = self.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
@@ -493,6 +505,8 @@ class Processor:
         decision = committed.decision
         if decision is None:  # blocked every time: the next attempt starts over
             raise StoreUnavailable("agent state kept changing during the decision")
+        # Stalled since the commit? Then the new owner announces it (found stored, unpublished).
+        await self._risk_fence(msg)
         if committed.status == "existing" and committed.published:
             self._count("duplicates")
             dup = duplicate_audit(
@@ -536,6 +550,7 @@ class Processor:
             self._fenced(msg, str(exc))
 
     async def _risk_fence(self, msg: Incoming) -> Fence:
+        """Our fence, after checking the partition's current epoch in Redis (Fenced if moved)."""
         if not self.fencing:
             return NO_FENCE
         current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))

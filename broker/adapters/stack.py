@@ -39,6 +39,8 @@ Progress = Callable[[str], None]
 LOOPBACK = "127.0.0.1"
 KAFKA, REDIS = "kafka", "redis"
 # Which command each service needs, and the Debian package that brings it.
+# How long a port may stay taken by a stray client socket before `up` gives up on it.
+PORT_GRACE_S = 15.0
 _TOOLS = {"java": "openjdk-17-jre-headless", "mvn": "maven", "redis-server": "redis-server"}
 
 
@@ -164,6 +166,21 @@ def ensure_tools(progress: Progress | None = None) -> None:
         raise StackError(f"still missing after apt-get: {', '.join(still)}")
 
 
+def _frees_up(port: int, timeout: float) -> bool:
+    """Whether the port is free, or frees up within ``timeout``.
+
+    Right after a service died, a client retrying its connection can hold the port for a
+    moment: the ports sit in the ephemeral range, and a connect to a local port nobody listens
+    on may be given that very port as its source (a TCP self-connect), until the client drops it.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _claim(settings: Settings, name: str) -> ProcRecord | None:
     """Our live record for a service, or None after checking its ports are free to start it."""
     pid_file = _pid_file(settings, name)
@@ -172,7 +189,7 @@ def _claim(settings: Settings, name: str) -> ProcRecord | None:
         return record
     pid_file.unlink(missing_ok=True)
     for port in _ports(settings, name):
-        if not port_free(port):
+        if not _frees_up(port, PORT_GRACE_S):
             raise StackError(
                 f"port {port} ({name}) is in use by a process this stack did not start "
                 f"(no live PID in {pid_file}). Stop that process (`ss -ltnp 'sport = :{port}'` "
@@ -207,6 +224,13 @@ def _start_redis(settings: Settings, say: Progress) -> ProcRecord:
             "--dir", str(redis_dir), "--daemonize", "no", "--logfile", "",
             "--set-proc-title", "no"]  # keep argv intact: `down` checks it before signalling
     return _start(settings, REDIS, argv, redis_dir)
+
+
+def start_redis(settings: Settings, timeout: float = 60.0) -> ProcRecord:
+    """Start (or reuse) only the Redis of a stack whose Kafka runs elsewhere (a local cluster)."""
+    record = _claim(settings, REDIS) or _start_redis(settings, lambda _msg: None)
+    _await(settings, REDIS, record, time.monotonic() + timeout)
+    return record
 
 
 def _await(settings: Settings, name: str, record: ProcRecord, deadline: float) -> None:

@@ -142,6 +142,7 @@ def format_once(libs: Path, kafka_dir: Path, properties: Path) -> None:
         raise StackError(f"formatting the Kafka log dir failed:\n{done.stdout}{done.stderr}")
 
 
-def server_argv(libs: Path, properties: Path) -> list[str]:
-    """The java command line of the broker."""
-    return [tool("java"), *_JVM, *_LOGGING, "-cp", f"{libs}/*", "kafka.Kafka", str(properties)]
+def server_argv(libs: Path, properties: Path, heap: tuple[str, ...] = ()) -> list[str]:
+    """The java command line of the broker (``heap``: -Xms/-Xmx replacing the default ones)."""
+    jvm = [*heap, *(o for o in _JVM if not (heap and o.startswith(("-Xms", "-Xmx"))))]
+    return [tool("java"), *jvm, *_LOGGING, "-cp", f"{libs}/*", "kafka.Kafka", str(properties)]

@@ -21,6 +21,7 @@ from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.stack_procs import ProcRecord, is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.errors import StackError
 from broker.policy import load_policy
 from tests.integration.identities import Registrar, harness_signer
 
@@ -35,7 +36,7 @@ STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=BASE +
 def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Settings,
                                                                               WorkerProcess]]:
     """Start Kafka + Redis + one worker on private ports; stop and wipe them afterwards."""
-    status = stack.up(STACK, timeout=240)
+    status = _up()
     settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
                         policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13)
@@ -77,6 +78,19 @@ def kill(service: str) -> None:
         time.sleep(0.05)
 
 
+def _up(attempts: int = 3) -> stack.StackStatus:
+    """stack.up, retried: the ports are in the Linux ephemeral range (32768-60999), so any
+    outgoing connection on a busy machine may hold one for a while, and clients reconnecting to
+    a dead service can self-connect on its port (TCP simultaneous open) just as it binds again."""
+    for attempt in range(attempts):
+        try:
+            return stack.up(STACK, timeout=240)
+        except StackError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def restart() -> None:
     """Start again whatever of the private stack is not running (same data dirs)."""
-    stack.up(STACK, timeout=240)
+    _up()
