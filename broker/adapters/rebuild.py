@@ -60,10 +60,26 @@ def fold(records: Iterable[Record], now: datetime) -> Folded:
             for gid in (*ev.grant_ids, *earlier):
                 state.active.pop(gid, None)
             prev = state.revocations.get(ev.agent_id)
-            if prev is None or prev.revoked_at <= ev.revoked_at:
-                state.revocations[ev.agent_id] = ev
+            state.revocations[ev.agent_id] = ev if prev is None else merge_revocations(prev, ev)
     state.active = {k: g for k, g in state.active.items() if g.expires_at > now}
     return state
+
+
+def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
+    """Two revocations of one agent as the markers they leave together: the later revocation,
+    the longest quarantine of either (with its rule), the later marker end.
+
+    A later revocation without a quarantine (a model change) does not lift an earlier one's
+    quarantine in Redis, so a rebuild must not lift it either.
+    """
+    later = b if a.revoked_at <= b.revoked_at else a
+    quarantines = [e for e in (a, b) if e.quarantined_until is not None]
+    longest = max(quarantines, key=lambda e: e.quarantined_until or e.revoked_at, default=None)
+    return later.model_copy(update={
+        "quarantined_until": longest.quarantined_until if longest else None,
+        "rule": longest.rule if longest else later.rule,
+        "markers_until": max(a.markers_until, b.markers_until),
+    })
 
 
 def collect(bootstrap: str, now: datetime, timeout: float = 60.0) -> Folded:

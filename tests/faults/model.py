@@ -182,9 +182,8 @@ class BrokerModel(RuleBasedStateMachine):
             self.risk[agent] = max(self.risk.get(agent, 0.0), severity)
         else:
             COUNTS["revocations"] += 1
-            for held in self.grants.values():
-                if held.grant.agent_id == agent and not held.ended:
-                    held.ended = "revoked"
+            for held in self._live(received, agent):  # what had expired by then just expires
+                held.ended = "revoked"
             until = received + timedelta(seconds=quarantine)
             self.blocked_until[agent] = max(self.blocked_until.get(agent, until), until)
         self._absorb_grant_events(self.world.redis_now())
@@ -302,6 +301,13 @@ class BrokerModel(RuleBasedStateMachine):
                 COUNTS["grants compared after rebuild"] += len(a)
         finally:
             self.world.run(close_store(rebuilt))
+
+    @rule()
+    def wipe_and_rebuild(self) -> None:
+        """Redis loses everything; the worker rebuilds the view from the grant topic."""
+        COUNTS["rule: Redis wiped, view rebuilt"] += 1
+        self.world.sync.flushdb()
+        self.world.run(self.world.processor.ensure_view())
 
     # --- invariants --------------------------------------------------------------------------
 
