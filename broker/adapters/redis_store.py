@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from broker.adapters import keys, lua
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants import AgentState, Outcome, RevocationPlan
-from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
 
 SEP = "\x1f"
 
@@ -473,6 +473,32 @@ class RedisGrantStore:
             )
         )
         return bool(done)
+
+    async def restore_records(
+        self,
+        decisions: Sequence[tuple[EscalationDecided, datetime]],
+        revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
+        now: datetime,
+    ) -> None:
+        """Rebuild: the idempotency records of logged grants and revocations (never overwritten).
+
+        With them a request or revoking signal redelivered after a wipe is a duplicate, as it
+        was before: it cannot revive a released grant, move a renewed expiry back, or revoke
+        grants issued after the revocation.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        for d, until in decisions:
+            if until + self._margin > now:
+                pxat = ms(until + self._margin)
+                pipe.set(keys.decision(d.agent_id, d.request_id), d.model_dump_json(),
+                         pxat=pxat, nx=True)
+                pipe.set(keys.published(d.agent_id, d.request_id), 1, pxat=pxat, nx=True)
+        for rev, grants in revocations:
+            if rev.markers_until + self._margin > now:
+                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
+                pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
+                         pxat=ms(rev.markers_until + self._margin), nx=True)
+        await self._call(pipe.execute())
 
     async def restore_revocation(
         self,

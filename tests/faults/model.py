@@ -39,7 +39,8 @@ from tests.faults.world import World, close_store
 from tests.integration.conftest import keys_without_ttl
 
 FRAUD, REPORT = "fraud-detection", "reporting"
-AGENTS = {"pa-fraud-1": FRAUD, "pa-fraud-2": FRAUD, "pa-report-1": REPORT}
+AGENTS = {"pa-fraud-1": FRAUD, "pa-fraud-2": FRAUD, "pa-fraud-3": FRAUD, "pa-report-1": REPORT,
+          "pa-report-2": REPORT}
 CEILING = {FRAUD: ("payments:transactions.*", "payments:accounts.*", "crm:customer.pii.read"),
            REPORT: ("reports:ledger.*", "reports:summaries.*")}
 RULE_MAX_S = {FRAUD: 20, REPORT: 8}  # max_duration of the one granting rule of each class
@@ -49,14 +50,16 @@ SCOPE_SETS = (("payments:accounts.freeze",), ("crm:customer.pii.read", "payments
               ("reports:ledger.export",), ("crm:customer.pii.read",),
               ("admin:root.all", "reports:ledger.export"), ("payments:accounts.close",),
               ("payments:accounts.freeze", "reports:ledger.export"))
+FITTING = {FRAUD: SCOPE_SETS[:2] + SCOPE_SETS[3:4], REPORT: SCOPE_SETS[2:3]}  # a rule grants these
 # (kind, severity) -> quarantine seconds if it revokes, None if it only raises live risk.
 SIGNALS: dict[tuple[str, float], int | None] = {  # chosen by SIGNAL_PICKS (quarantines rarer)
     ("behaviour_anomaly", 0.95): 600, ("compromise_suspected", 0.5): 3600,
     ("model_changed", 0.1): 0, (OPERATOR_REVOKE_KIND, 1.0): 0,
     ("behaviour_anomaly", 0.75): None, ("behaviour_anomaly", 0.3): None,
 }
-SIGNAL_PICKS = (("model_changed", 0.1), (OPERATOR_REVOKE_KIND, 1.0), ("behaviour_anomaly", 0.75),
-                ("behaviour_anomaly", 0.3), ("model_changed", 0.1), ("behaviour_anomaly", 0.95),
+SIGNAL_PICKS = (("behaviour_anomaly", 0.3), ("model_changed", 0.1), ("behaviour_anomaly", 0.75),
+                (OPERATOR_REVOKE_KIND, 1.0), ("behaviour_anomaly", 0.3), ("model_changed", 0.1),
+                ("behaviour_anomaly", 0.3), ("behaviour_anomaly", 0.95),
                 ("compromise_suspected", 0.5))
 GUARD = timedelta(milliseconds=300)  # grants this close to expiry are not compared (clock race)
 MAX_WAIT = timedelta(seconds=1.2)  # the longest the model lets time pass in one step
@@ -113,6 +116,11 @@ class BrokerModel(RuleBasedStateMachine):
         return [h for h in self.grants.values() if not h.ended and h.expires_at > now
                 and (agent is None or h.grant.agent_id == agent)]
 
+    def _soon(self) -> list[datetime]:
+        """Expiries of live grants that fall within the longest wait the model allows."""
+        now = self.world.redis_now()
+        return [h.expires_at for h in self._live(now) if h.expires_at <= now + MAX_WAIT]
+
     def _absorb_grant_events(self, now: datetime, events: list[WireModel] | None = None) -> None:
         """Issued grants join the model; expiry announcements must be for grants really due."""
         for ev in self._new(topics.GRANTS.name) if events is None else events:
@@ -129,15 +137,18 @@ class BrokerModel(RuleBasedStateMachine):
     # --- rules -------------------------------------------------------------------------------
 
     @rule(agent=st.sampled_from(sorted(AGENTS)),
-          scopes=st.sampled_from(SCOPE_SETS),
-          duration=st.sampled_from((1, 2, 3, 20, 900)), age=st.sampled_from((0.0, 0.0, 17.5,
-                                                                             19.5, 30.0)),
+          scopes=st.sampled_from(SCOPE_SETS), fit=st.sampled_from((True, True, False)),
+          duration=st.sampled_from((1, 2, 3, 20, 900)),
+          age=st.sampled_from((0.0, 0.0, 0.0, 0.0, 17.5, 19.5, 30.0)),
           confidence=st.sampled_from((0.95, 0.95, 0.5)),
           risk_score=st.sampled_from((0.9, 0.9, 0.2)))
-    def request(self, agent: str, scopes: tuple[str, ...], duration: int, age: float,
-                confidence: float, risk_score: float) -> None:
+    def request(self, agent: str, scopes: tuple[str, ...], fit: bool, duration: int,
+                age: float, confidence: float, risk_score: float) -> None:
         """An escalation, appended ``age`` seconds ago (a worker catching up reads it late)."""
         COUNTS["rule: request"] += 1
+        if fit:  # mostly scopes the agent's class may be granted, else anything (ceiling tests)
+            fitting = FITTING[AGENTS[agent]]
+            scopes = fitting[SCOPE_SETS.index(scopes) % len(fitting)]
         received = self.world.redis_now() - timedelta(seconds=age)
         req = EscalationRequested(
             request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=tuple(sorted(scopes)),
@@ -188,14 +199,21 @@ class BrokerModel(RuleBasedStateMachine):
             self.blocked_until[agent] = max(self.blocked_until.get(agent, until), until)
         self._absorb_grant_events(self.world.redis_now())
 
+    def _pick(self, pick: int, live: bool) -> Held:
+        """A grant of the model: a live one when asked and there is one, else any."""
+        pool = (self._live(self.world.redis_now()) if live else []) or list(self.grants.values())
+        return pool[pick % len(pool)]
+
     @precondition(lambda self: bool(self.grants))
-    @rule(pick=st.integers(0, 10**6), duration=st.sampled_from((2, 5, 20, 60)),
+    @rule(pick=st.integers(0, 10**6), live=st.sampled_from((True, True, False)),
+          duration=st.sampled_from((2, 5, 20, 60)),
           confidence=st.sampled_from((0.95, 0.95, 0.5)), foreign=st.sampled_from((False, False,
                                                                                  True)))
-    def renew(self, pick: int, duration: int, confidence: float, foreign: bool) -> None:
+    def renew(self, pick: int, live: bool, duration: int, confidence: float,
+              foreign: bool) -> None:
         """A renewal of a grant (by its agent, or by another agent: never allowed)."""
         COUNTS["rule: renewal"] += 1
-        held = list(self.grants.values())[pick % len(self.grants)]
+        held = self._pick(pick, live)
         owner = held.grant.agent_id
         agent = next(a for a in sorted(AGENTS) if a != owner) if foreign else owner
         received = self.world.redis_now()
@@ -222,11 +240,12 @@ class BrokerModel(RuleBasedStateMachine):
         self._absorb_grant_events(self.world.redis_now())
 
     @precondition(lambda self: bool(self.grants))
-    @rule(pick=st.integers(0, 10**6), foreign=st.booleans())
-    def release(self, pick: int, foreign: bool) -> None:
+    @rule(pick=st.integers(0, 10**6), live=st.sampled_from((True, True, False)),
+          foreign=st.sampled_from((False, False, True)))
+    def release(self, pick: int, live: bool, foreign: bool) -> None:
         """A release of a grant (its own agent's release of a live grant always succeeds)."""
         COUNTS["rule: release"] += 1
-        held = list(self.grants.values())[pick % len(self.grants)]
+        held = self._pick(pick, live)
         owner = held.grant.agent_id
         agent = next(a for a in sorted(AGENTS) if a != owner) if foreign else owner
         received = self.world.redis_now()
@@ -264,12 +283,12 @@ class BrokerModel(RuleBasedStateMachine):
         self._absorb_grant_events(self.world.redis_now(), fresh)
         assert len(self.grants) == grants_before
 
+    @precondition(lambda self: bool(self.grants))  # not on the clock: replays must agree
     @rule()
     def let_time_pass(self) -> None:
         """Wait (bounded) until the next live grant's expiry has passed on Redis's clock."""
         COUNTS["rule: time passes"] += 1
-        now = self.world.redis_now()
-        soon = [h.expires_at for h in self._live(now) if h.expires_at <= now + MAX_WAIT]
+        soon = self._soon()
         if soon:
             until = min(soon) + timedelta(milliseconds=5)
             deadline = time.monotonic() + 5
@@ -284,6 +303,7 @@ class BrokerModel(RuleBasedStateMachine):
         self.world.run(self.world.lifecycle.sweep())
         self._absorb_grant_events(self.world.redis_now())
 
+    @precondition(lambda self: bool(self.grants or self.blocked_until))
     @rule()
     def rebuild_and_compare(self) -> None:
         """Rebuild the view from the captured grant topic into db 1: it equals the live view."""
@@ -302,6 +322,7 @@ class BrokerModel(RuleBasedStateMachine):
         finally:
             self.world.run(close_store(rebuilt))
 
+    @precondition(lambda self: bool(self.grants or self.blocked_until))
     @rule()
     def wipe_and_rebuild(self) -> None:
         """Redis loses everything; the worker rebuilds the view from the grant topic."""
@@ -325,7 +346,10 @@ class BrokerModel(RuleBasedStateMachine):
                 assert not held.ended, f"{held.ended} grant {g.grant_id} still active"
                 assert g.expires_at == held.expires_at > now, "expiry moved or passed"
                 pxat = self.world.sync.pexpiretime(keys.grant(agent, g.grant_id))
-                assert pxat == ms(held.expires_at), "grant key's PXAT is not its expires_at"
+                if pxat == -2:  # expired on Redis's clock since the listing: only if it was due
+                    assert held.expires_at <= self.world.redis_now(), "grant key vanished early"
+                else:
+                    assert pxat == ms(held.expires_at), "grant key's PXAT is not its expires_at"
             wanted = {h.grant.grant_id for h in self._live(now + GUARD, agent)}
             assert wanted <= {g.grant_id for g in live}, "a live grant is missing from Redis"
         for gid, held in self.grants.items():
