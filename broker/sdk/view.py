@@ -24,7 +24,7 @@ from broker.adapters.acks import AckPublisher
 from broker.adapters.bus import Record, consumer, partitions, to_record
 from broker.consistency import ConsistencyToken, parse_token
 from broker.errors import BusError, InvalidConsistencyToken
-from broker.freshness import Freshness, FreshnessTracker
+from broker.freshness import BrokerClock, Freshness, FreshnessTracker
 from broker.sdk.grant_index import GrantIndex, Verdict
 from schemas import topics
 from schemas.events import AgentRevoked, GrantIssued
@@ -55,6 +55,7 @@ class GrantView:
         self._on_event = on_event
         self._clock = time.monotonic
         self._index = GrantIndex()
+        self._broker_clock = BrokerClock(self._clock)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._paused = False
@@ -144,6 +145,11 @@ class GrantView:
             return "not-ready"
         return self._index.state(agent_id, grant_id, now)
 
+    def time_floor(self) -> datetime | None:
+        """A time the broker has certainly reached (from the log's append times), or None."""
+        floor = self._broker_clock.floor_s()
+        return datetime.fromtimestamp(floor, tz=UTC) if floor > 0 else None
+
     def active(self, agent_id: str, now: datetime | None = None) -> list[GrantIssued]:
         """The agent's grants that have not ended or expired."""
         return [v.grant for v in self._index.active(agent_id, now) if v.grant is not None]
@@ -211,6 +217,8 @@ class GrantView:
     def _apply(self, record: Record) -> None:
         replayed = not self._tracker.ready()
         revoked = self._index.apply(record)
+        if record.timestamp_ms > 0:
+            self._broker_clock.seen(record.timestamp_ms / 1000)
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()
