@@ -62,7 +62,7 @@ SIGNAL_PICKS = (("behaviour_anomaly", 0.3), ("model_changed", 0.1), ("behaviour_
                 ("behaviour_anomaly", 0.3), ("behaviour_anomaly", 0.95),
                 ("compromise_suspected", 0.5))
 GUARD = timedelta(milliseconds=300)  # grants this close to expiry are not compared (clock race)
-MAX_WAIT = timedelta(seconds=1.2)  # the longest the model lets time pass in one step
+MAX_WAIT = timedelta(seconds=2.5)  # the longest the model lets time pass in one step
 COUNTS: Counter[str] = Counter()
 
 
@@ -295,6 +295,7 @@ class BrokerModel(RuleBasedStateMachine):
             while self.world.redis_now() <= until and time.monotonic() < deadline:
                 time.sleep(0.01)  # a bounded wait for Redis's clock, which the check re-reads
             COUNTS["expiries waited for"] += 1
+            self.sweep()  # the worker's expiry timer ticks while time passes
 
     @rule()
     def sweep(self) -> None:

@@ -49,7 +49,7 @@ def test_any_interleaving_keeps_the_grant_invariants(tmp_path: Path, figures: Fi
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         ))
     counts = model.COUNTS
-    figures.equal("examples (interleavings) run", counts["examples"], EXAMPLES)
+    figures.at_least("examples (interleavings) run", counts["examples"], EXAMPLES)
     figures.at_least("invariant checks passed (after every step)", counts["invariant checks"],
                      EXAMPLES)
     for name in sorted(counts):
