@@ -295,12 +295,15 @@ class BrokerModel(RuleBasedStateMachine):
             while self.world.redis_now() <= until and time.monotonic() < deadline:
                 time.sleep(0.01)  # a bounded wait for Redis's clock, which the check re-reads
             COUNTS["expiries waited for"] += 1
-            self.sweep()  # the worker's expiry timer ticks while time passes
+            self._sweep()  # the worker's expiry timer ticks while time passes
 
     @rule()
     def sweep(self) -> None:
         """The worker's expiry sweep: announces due expiries, never an ended grant."""
         COUNTS["rule: expiry sweep"] += 1
+        self._sweep()
+
+    def _sweep(self) -> None:
         self.world.run(self.world.lifecycle.sweep())
         self._absorb_grant_events(self.world.redis_now())
 
