@@ -113,7 +113,7 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
     for grant in folded.active.values():
         restored += await store.restore_grant(grant, now)
     await store.restore_records(
-        [(decision_of(g), g.expires_at) for g in folded.issued.values()],
+        folded.issued.values(), decision_of,
         [(rev, [folded.issued[i] for i in rev.grant_ids if i in folded.issued])
          for rev in folded.causes], now)
     await store.mark_built(now)

@@ -10,7 +10,7 @@ hash slot, with absolute expiries computed once by the broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -476,7 +476,8 @@ class RedisGrantStore:
 
     async def restore_records(
         self,
-        decisions: Sequence[tuple[EscalationDecided, datetime]],
+        grants: Iterable[GrantIssued],
+        decision_of: Callable[[GrantIssued], EscalationDecided],
         revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
         now: datetime,
     ) -> None:
@@ -487,9 +488,9 @@ class RedisGrantStore:
         grants issued after the revocation.
         """
         pipe = self._r.pipeline(transaction=False)
-        for d, until in decisions:
-            if until + self._margin > now:
-                pxat = ms(until + self._margin)
+        for g in grants:  # only records that would still live (a long log has many more)
+            if g.expires_at + self._margin > now:
+                d, pxat = decision_of(g), ms(g.expires_at + self._margin)
                 pipe.set(keys.decision(d.agent_id, d.request_id), d.model_dump_json(),
                          pxat=pxat, nx=True)
                 pipe.set(keys.published(d.agent_id, d.request_id), 1, pxat=pxat, nx=True)
