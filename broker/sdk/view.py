@@ -110,7 +110,7 @@ class GrantView:
         at_least: ConsistencyToken | str | None = None,
     ) -> Verdict:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
-        floor = self._floor()
+        floor = self._tracker.floor if self._watch is None else self._floor()  # hot path
         if floor is None or self._clock() - floor > self.bound_s:
             return Verdict(False, self.freshness().reason(), unavailable=True)
         if at_least is not None:
