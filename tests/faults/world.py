@@ -41,32 +41,49 @@ MARGIN_S = 600
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """A throwaway redis-server (no persistence, noeviction) on PORT; yields its URL."""
+    """A throwaway redis-server (no persistence, noeviction) on PORT (or the next free of ten:
+    a client's ephemeral port may hold it); yields its URL."""
     workdir = Path(tempfile.mkdtemp(prefix="permbroker-props-"))
-    proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(PORT),
-         "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxmemory-policy", "noeviction", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{PORT}/0"
+    proc, url = _start_redis(workdir)
     try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        client.close()
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    log = workdir / "redis.log"
+    for port in range(PORT, PORT + 10):
+        proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--maxmemory-policy", "noeviction", "--dir", str(workdir), "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        if _answers(url, proc):
+            return proc, url
+        proc.kill()
+        proc.wait(timeout=30)
+    told = log.read_text()[-2000:] if log.exists() else ""
+    raise RuntimeError(f"no redis-server would start on ports {PORT}-{PORT + 9}: {told}")
+
+
+def _answers(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the server answers PING before it exits (or 30 s pass)."""
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    deadline = time.monotonic() + 30
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(0.02)  # the server is still starting; bounded by the deadline
+        return False
+    finally:
+        client.close()
 
 
 @dataclass
