@@ -107,3 +107,31 @@ class FreshnessTracker:
         floor = self.floor
         staleness = None if floor is None else max(self._clock() - floor, 0.0)
         return Freshness(floor is not None, staleness, self.lag(), bound_s, self.problem, paused)
+
+
+class BrokerClock:
+    """A lower bound on the broker's time, immune to a wrong local wall clock.
+
+    Every record carries a timestamp (the broker's append time, or on the grant topic the
+    writing worker's create time); it was stamped before it was read, so ``timestamp + time
+    elapsed since the read`` (on the local *monotonic* clock) is a time the broker's side has
+    certainly reached. A resource service whose wall clock runs behind uses
+    it as a floor for ``now``, so an expired token is not honoured for as long as it is behind.
+    """
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._anchor: tuple[float, float] | None = None  # (append time s, monotonic at read)
+
+    def seen(self, appended_at_s: float) -> None:
+        """A record appended at ``appended_at_s`` (epoch seconds) was read just now."""
+        read_at = self._monotonic()
+        if self._anchor is None or appended_at_s > self.floor_s(read_at):
+            self._anchor = (appended_at_s, read_at)
+
+    def floor_s(self, at: float | None = None) -> float:
+        """Epoch seconds the broker has certainly reached (0 before any record)."""
+        if self._anchor is None:
+            return 0.0
+        appended, read_at = self._anchor
+        return appended + max((self._monotonic() if at is None else at) - read_at, 0.0)

@@ -10,7 +10,7 @@ hash slot, with absolute expiries computed once by the broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 from broker.adapters import keys, lua, records
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants import AgentState, Outcome, RevocationPlan, derive_id
-from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
 
 SEP = "\x1f"
 
@@ -519,6 +519,32 @@ class RedisGrantStore:
             )
         )
         return bool(done)
+
+    async def restore_records(
+        self,
+        grants: Iterable[GrantIssued],
+        decision_of: Callable[[GrantIssued], EscalationDecided],
+        revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
+        now: datetime,
+    ) -> None:
+        """Rebuild: the idempotency records of logged grants and revocations (never overwritten).
+
+        With them a request or revoking signal redelivered after a wipe is a duplicate, as it
+        was before: it cannot revive a released grant, move a renewed expiry back, or revoke
+        grants issued after the revocation.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        for g in grants:  # only records that would still live (a long log has many more)
+            if g.expires_at + self._margin > now:
+                d, pxat = decision_of(g), ms(g.expires_at + self._margin)
+                pipe.set(keys.decision(d.agent_id, d.request_id),
+                         records.pack(d.model_dump_json(), published=True), pxat=pxat, nx=True)
+        for rev, grants in revocations:
+            if rev.markers_until + self._margin > now:
+                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
+                pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
+                         pxat=ms(rev.markers_until + self._margin), nx=True)
+        await self._call(pipe.execute())
 
     async def restore_revocation(
         self,

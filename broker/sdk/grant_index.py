@@ -126,7 +126,10 @@ class GrantIndex:
         elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
             self._end(ev.agent_id, (ev.grant_id,))
         elif isinstance(ev, AgentRevoked):
-            self._end(ev.agent_id, (*self._grants.get(ev.agent_id, {}), *ev.grant_ids))
+            # Grants issued after the revocation (seen again on a redelivery) are not its own.
+            earlier = [gid for gid, g in self._grants.get(ev.agent_id, {}).items()
+                       if g.issued_at <= ev.revoked_at]
+            self._end(ev.agent_id, (*earlier, *ev.grant_ids))
             return ev
         return None
 

@@ -4,7 +4,9 @@ The verifier trusts only keys from the published JWKS (``JwksView``, or a JWK Se
 it pins the algorithms, refuses ``alg: none``, HMAC, any ``jku``/``x5u``/``jwk``/``x5c`` header
 (never fetched) and any ``kid`` that is not a plain key id; checks ``typ``, ``iss``, ``aud``,
 ``exp``/``nbf``/``iat`` with a small leeway and the token's lifetime; and, given a grant view,
-refuses a token whose grant was revoked, released or has expired, well before ``exp``.
+refuses a token whose grant was revoked, released or has expired, well before ``exp``. Its
+``now`` never lags the broker's time as the grant log proves it (``TimeFloor``): a local clock
+running behind does not stretch a token's life.
 Every refusal is a ``TokenRejected`` with a stable ``code`` and a sentence.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import jwt
 
@@ -40,6 +42,14 @@ class GrantStates(Protocol):
 
     def grant_state(self, agent_id: str, grant_id: str) -> str:
         """'active', 'ended', 'unknown' or 'not-ready'."""
+
+
+@runtime_checkable
+class TimeFloor(Protocol):
+    """A time the broker has certainly reached (``GrantView`` implements it from the log)."""
+
+    def time_floor(self) -> datetime | None:
+        """None before anything was read."""
 
 
 class StaticKeys:
@@ -89,9 +99,16 @@ class GrantTokenVerifier:
         claims = grant_claims(data, kid)
         if isinstance(claims, Rejection):
             raise TokenRejected("invalid", claims.detail)
-        self._check_times(data, claims, now or datetime.now(UTC))
+        self._check_times(data, claims, self._now(now))
         self._check_grant(claims)
         return claims
+
+    def _now(self, now: datetime | None) -> datetime:
+        """The local time, never earlier than what the grant log proves the broker reached:
+        a verifier whose clock runs behind does not honour expired tokens for longer."""
+        local = now or datetime.now(UTC)
+        floor = self._grants.time_floor() if isinstance(self._grants, TimeFloor) else None
+        return max(local, floor) if floor is not None else local
 
     def _key_for(self, token: str) -> tuple[str, PublicJwk]:
         if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:

@@ -9,6 +9,8 @@ within its staleness bound (see ``broker.sdk.freshness``), for an agent one of w
 not be decoded, and, given ``at_least=token``, until it has applied the event the consistency token
 names (waiting up to ``token_wait_s``). An ended grant id is remembered so it never comes back.
 With an ``enforcement_point`` name it acknowledges each revocation it applies on the acks topic.
+Given the workers' consumer group (``revocations_group``), it is also stale while revocation
+signals wait unprocessed (Redis down, workers stuck): then every check is denied.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from broker.adapters.acks import AckPublisher
 from broker.adapters.bus import Record, consumer, partitions, to_record
 from broker.consistency import ConsistencyToken, parse_token
 from broker.errors import BusError, InvalidConsistencyToken
-from broker.freshness import Freshness, FreshnessTracker
+from broker.freshness import BrokerClock, Freshness, FreshnessTracker
 from broker.sdk.grant_index import GrantIndex, Verdict
+from broker.sdk.revocation_watch import RevocationWatch
 from schemas import topics
 from schemas.events import AgentRevoked, GrantIssued
 
@@ -46,6 +49,7 @@ class GrantView:
         probe_interval_s: float = 0.5,
         token_wait_s: float = 2.0,
         enforcement_point: str | None = None,
+        revocations_group: str | None = None,
     ) -> None:
         self.topic = topic
         self.bound_s = staleness_bound_s
@@ -55,6 +59,7 @@ class GrantView:
         self._on_event = on_event
         self._clock = time.monotonic
         self._index = GrantIndex()
+        self._broker_clock = BrokerClock(self._clock)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._paused = False
@@ -64,6 +69,9 @@ class GrantView:
         # one polling it can block for as long as it polls.
         self._probes = consumer(bootstrap)
         self._tracker = self._bootstrap()
+        # With the workers' group id, pending revocation signals also make the view stale.
+        self._watch = (RevocationWatch(bootstrap, revocations_group, self._clock)
+                       if revocations_group else None)
         self._acks = AckPublisher(bootstrap, enforcement_point) if enforcement_point else None
         self.started_at = datetime.now(UTC)
         self._thread = threading.Thread(target=self._run, name="permbroker-view", daemon=True)
@@ -102,7 +110,7 @@ class GrantView:
         at_least: ConsistencyToken | str | None = None,
     ) -> Verdict:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
-        floor = self._tracker.floor
+        floor = self._tracker.floor if self._watch is None else self._floor()  # hot path
         if floor is None or self._clock() - floor > self.bound_s:
             return Verdict(False, self.freshness().reason(), unavailable=True)
         if at_least is not None:
@@ -139,18 +147,38 @@ class GrantView:
     def grant_state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
         """'active', 'ended' (revoked, released, expired), 'unknown', or 'not-ready' while the
         view is not fresh enough to say (token verifiers then refuse: fail closed)."""
-        floor = self._tracker.floor
+        floor = self._floor()
         if floor is None or self._clock() - floor > self.bound_s:
             return "not-ready"
         return self._index.state(agent_id, grant_id, now)
+
+    def time_floor(self) -> datetime | None:
+        """A time the broker has certainly reached (from the log's append times), or None."""
+        floor = self._broker_clock.floor_s()
+        return datetime.fromtimestamp(floor, tz=UTC) if floor > 0 else None
 
     def active(self, agent_id: str, now: datetime | None = None) -> list[GrantIssued]:
         """The agent's grants that have not ended or expired."""
         return [v.grant for v in self._index.active(agent_id, now) if v.grant is not None]
 
+    def _floor(self) -> float | None:
+        """When the view (and, if watched, the workers' revocations) was last proven current."""
+        floor = self._tracker.floor
+        if self._watch is None or floor is None:
+            return floor
+        risk = self._watch.tracker.floor
+        return None if risk is None else min(floor, risk)
+
     def freshness(self) -> Freshness:
         """How current the view is (ready, staleness, lag, the last probe problem)."""
-        return self._tracker.snapshot(self.bound_s, paused=self._paused)
+        own = self._tracker.snapshot(self.bound_s, paused=self._paused)
+        if self._watch is None:
+            return own
+        risk = self._watch.tracker.snapshot(self.bound_s)
+        if risk.fresh or not own.fresh:
+            return own
+        return Freshness(own.ready and risk.ready, risk.staleness_s, own.lag, self.bound_s,
+                         risk.problem or "revocation signals pending", self._paused)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
         """Block until the view has caught up with the log as of its start."""
@@ -186,10 +214,14 @@ class GrantView:
                 self._acks.close()
             self._consumer.close()
             self._probes.close()
+            if self._watch is not None:
+                self._watch.close()
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self._probe_every):
             self._probe()
+            if self._watch is not None:
+                self._watch.probe()
 
     def _probe(self) -> None:
         for p in self._tracker.next:
@@ -211,6 +243,8 @@ class GrantView:
     def _apply(self, record: Record) -> None:
         replayed = not self._tracker.ready()
         revoked = self._index.apply(record)
+        if record.timestamp_ms > 0:
+            self._broker_clock.seen(record.timestamp_ms / 1000)
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()

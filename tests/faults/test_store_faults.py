@@ -18,6 +18,8 @@ from broker.adapters import keys
 from broker.adapters.redis_store import RedisGrantStore
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
+from broker.sdk.grant_index import Verdict
+from broker.sdk.view import GrantView
 from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
 from tests.faults import private
@@ -174,3 +176,79 @@ def test_redis_killed_mid_burst_denies_then_rebuilds_and_no_revoked_grant_return
         grants.close()
         client.close()
     figures.verify()
+
+
+VIEW_BOUND_S = 5.0
+
+
+def _view_checks(view: GrantView, agents: tuple[str, ...]) -> list[Verdict]:
+    return [view.allows(a, "payments:accounts.freeze", "acct-1") for a in agents]
+
+
+@pytest.mark.criterion("4")
+def test_redis_killed_resource_view_denies_while_a_revocation_waits_then_recovers(
+    private_stack: Private, agents: Callable[[str], str], figures: Figures,
+) -> None:
+    """Resource side: Redis down and a revocation pending, the view denies every elevated check
+    within its bound; after the restart the revocation lands before anything is allowed again."""
+    settings, _worker = private_stack
+    publisher = private.publisher(settings, "/tests/view-redis-kill")
+    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    holder, bystander = agents("b"), agents("b")
+    both = (holder, bystander)
+    private.register(settings, both)
+    try:
+        publisher.publish_many(topics.ESCALATIONS.name, [fraud_request(a) for a in both])
+        grants.wait_for(GrantIssued, lambda g: g.agent_id in both, count=2)
+        with GrantView(settings.kafka_bootstrap, staleness_bound_s=VIEW_BOUND_S,
+                       revocations_group=settings.app_id) as view:
+            assert view.wait_ready(60)
+            wait_until(lambda: all(v.allowed for v in _view_checks(view, both)), 60,
+                       "both agents allowed by the view before the fault")
+            private.kill("redis")
+            publisher.publish(topics.RISK.name, anomaly(holder))
+            signalled = time.monotonic()
+            wait_until(lambda: not any(v.allowed for v in _view_checks(view, both)), 60,
+                       "every check denied")
+            to_deny = time.monotonic() - signalled
+            made, allowed, unavailable = 0, 0, 0
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:  # Redis still down: checks keep failing closed
+                for v in _view_checks(view, both):
+                    made, allowed, unavailable = made + 1, allowed + v.allowed, \
+                        unavailable + v.unavailable
+            private.restart()
+            back, holder_allowed = _until_bystander_allowed(view, holder, bystander)
+            figures.at_most("time from the pending revocation to every check denied (s)",
+                            round(to_deny, 2), VIEW_BOUND_S + 3.0)
+            figures.at_least("view checks while Redis was down", made, 1)
+            figures.equal("of them allowed", allowed, 0)
+            figures.equal("of them marked unavailable (503, retry)", unavailable, made)
+            figures.check("bystander allowed again after the restart", str(back), "True", back)
+            figures.equal("revoked agent allowed once the view went stale (restart, recovery)",
+                          holder_allowed, 0)
+            figures.check("revoked agent's grant state after recovery",
+                          _holder_state(view, holder), "ended", _holder_state(view, holder)
+                          == "ended")
+    finally:
+        grants.close()
+    figures.verify()
+
+
+def _until_bystander_allowed(view: GrantView, holder: str, bystander: str) -> tuple[bool, int]:
+    """Check both until the bystander is allowed again (or 180 s); count the holder's allows."""
+    holder_allowed = 0
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        held, other = _view_checks(view, (holder, bystander))
+        holder_allowed += held.allowed
+        if other.allowed:
+            return True, holder_allowed + view.allows(holder, "payments:accounts.freeze",
+                                                      "acct-1").allowed
+        time.sleep(0.05)  # polling the view's in-memory state; the deadline bounds it
+    return False, holder_allowed
+
+
+def _holder_state(view: GrantView, holder: str) -> str:
+    states = {view.grant_state(holder, g.grant_id) for g in view.active(holder)}
+    return "ended" if not states and not view.active(holder) else ",".join(sorted(states))

@@ -1,0 +1,64 @@
+"""Property-based invariants (#14): the stateful model of tests/faults/model.py run by hypothesis
+against the real worker code on a private redis-server, with the counts in the report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from broker.policy import load_policy
+from tests.faults import model, world
+from tests.faults.report import Figures
+
+ROOT = Path(__file__).resolve().parents[2]
+# CI-sized; PERMBROKER_PROPS_EXAMPLES raises it for a longer hunt.
+EXAMPLES = int(os.environ.get("PERMBROKER_PROPS_EXAMPLES", "40"))
+STEPS = 30
+
+
+def props_bundle(bundle: Path) -> Path:
+    """The shipped fraud policy with the model's three agents (two fraud, one reporting)."""
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "policy.yaml").write_text((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
+    agents = [{"agent_id": agent, "agent_class": cls, "owner": "props@example.com",
+               "model": {"name": "m", "version": "1", "digest": "sha256:00"},
+               "confidence_threshold": 0.9 if cls == model.FRAUD else 0.6}
+              for agent, cls in model.AGENTS.items()]
+    (bundle / "agents.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "permbroker/v1", "kind": "Agents", "agents": agents}, sort_keys=False))
+    return bundle
+
+
+@pytest.mark.criterion("14")
+def test_any_interleaving_keeps_the_grant_invariants(tmp_path: Path, figures: Figures) -> None:
+    """Requests, risk, renewals, releases, expiries, redeliveries, rebuilds: invariants hold."""
+    model.BrokerModel.policy = load_policy(props_bundle(tmp_path / "bundle"))
+    model.COUNTS.clear()
+    started = time.monotonic()
+    with world.redis_server() as url:
+        model.BrokerModel.url = url
+        run_state_machine_as_test(model.BrokerModel, settings=settings(
+            max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+            derandomize=True, database=None, print_blob=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ))
+    counts = model.COUNTS
+    figures.at_least("examples (interleavings) run", counts["examples"], EXAMPLES)
+    steps = sum(v for k, v in counts.items() if k.startswith("rule: "))
+    figures.at_least("steps run (rule calls)", steps, EXAMPLES)
+    figures.at_least("invariant checks passed (after every step)", counts["invariant checks"],
+                     steps)
+    for name in sorted(counts):
+        if name not in ("examples", "invariant checks"):
+            figures.check(name, counts[name], "counted", True)
+    for needed in ("requests granted", "revocations", "renewals allowed", "releases done",
+                   "expiries announced", "rule: redelivery", "grants compared after rebuild"):
+        figures.at_least(f"exercised: {needed}", counts[needed], 1)
+    figures.check("run time (s)", round(time.monotonic() - started, 1), "reported", True)
+    figures.verify()
