@@ -68,7 +68,7 @@ test: venv deps
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
 	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
 
-# Kills, stalls and restarts workers, Redis and Kafka (its own on ports 45100-45199), floods and
+# Kills, stalls and restarts workers, Redis and Kafka (its own on ports 25100-25199), floods and
 # hostile input; writes the figures to reports/reliability.md.
 test-faults: venv deps
 	$(call header,test-faults: pytest tests/faults (reliability figures in reports/reliability.md))

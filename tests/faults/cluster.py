@@ -25,9 +25,9 @@ from broker.adapters.stack_procs import is_ours
 from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import StackError
+from tests.faults.ports import BASE
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
 SPEC = stack_cluster.ClusterSpec(ROOT / ".stack" / "faults-cluster", BASE + 20, nodes=3)
 REDIS = Settings(stack_dir=SPEC.root / "redis-stack", redis_port=BASE + 26,
                  kafka_port=BASE + 28, kafka_controller_port=BASE + 29)

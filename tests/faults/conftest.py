@@ -2,13 +2,13 @@
 
 Reuses the integration fixtures (``worker``, ``publisher``, ``tap``, ``rclient``, ...) on the
 session services; tests that kill or restart a service start their own (tests/faults/private.py)
-on ports 45100-45199. Every test here is marked ``faults`` and runs under ``make test-faults``.
+on ports BASE+10.. (tests/faults/ports.py). Every test here is marked ``faults`` and runs under
+``make test-faults``.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import yaml
 
 from broker.adapters.audit_keys import ensure_keys
 from broker.config import Settings
+from tests.faults.ports import BASE
 from tests.faults.report import Figures, Report
 from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
     _bulk_class,
@@ -35,7 +36,7 @@ from tests.services import Services
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 POOL = 400
-METRICS_PORT = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100")) + 1
+METRICS_PORT = BASE + 1
 CLASSES = (
     ("f", "fraud-detection", 0.9),
     ("r", "reporting", 0.6),

@@ -1,8 +1,8 @@
 """A private Kafka + Redis + worker for tests that kill, wipe or restart a service.
 
-Imports broker, tests. Ports BASE+10..BASE+13, never the session stack's (BASE is
-PERMBROKER_FAULTS_PORT_BASE, default 45100); the stack lives in .stack/faults-private and is
-stopped and wiped afterwards.
+Imports broker, tests. Ports BASE+10..BASE+13, never the session stack's (BASE: see
+tests/faults/ports.py); the stack lives in .stack/faults-private and is stopped and wiped
+afterwards.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from broker.adapters.worker_process import WorkerProcess
 from broker.config import Settings
 from broker.errors import StackError
 from broker.policy import load_policy
+from tests.faults.ports import BASE
 from tests.integration.identities import Registrar, harness_signer
 
 ROOT = Path(__file__).resolve().parents[2]
-# PERMBROKER_FAULTS_PORT_BASE moves every port of the suite (two checkouts on one machine).
-BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
 STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=BASE + 10,
                  kafka_controller_port=BASE + 11, redis_port=BASE + 12)
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,6 +17,7 @@ from broker.config import Settings
 from schemas import topics
 from schemas.events import AuditRecord
 from tests.faults.helpers import Ledger, worker_counters
+from tests.faults.ports import BASE
 from tests.faults.report import Figures
 from tests.faults.workers import (
     Epochs,
@@ -34,7 +34,6 @@ from tests.faults.workers import (
 from tests.integration.helpers import Tap, fraud_request
 
 TapFactory = Callable[[str], Tap]
-BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -32,10 +31,10 @@ from schemas import topics
 from schemas.events import WireModel
 from streams.lifecycle import Lifecycle
 from streams.processor import Incoming, Processor
+from tests.faults.ports import BASE
 
 T = TypeVar("T")
-BASE = int(os.environ.get("PERMBROKER_FAULTS_PORT_BASE", "45100"))
-PORT = BASE + 20  # never the session stack's nor private.py's ports
+PORT = BASE + 40  # never the session stack's, private.py's nor the cluster's ports
 MARGIN_S = 600
 
 
