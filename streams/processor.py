@@ -550,8 +550,13 @@ class Processor:
             self._fenced(msg, str(exc))
 
     async def _risk_fence(self, msg: Incoming) -> Fence:
-        """Our fence, after checking the partition's current epoch in Redis (Fenced if moved)."""
-        if not self.fencing:
+        """Our fence, after checking the partition's current epoch in Redis (Fenced if moved).
+
+        A decision no input message caused (partition -1: the approval sweep closing a window)
+        has no partition to own; it was committed unfenced and its event id is fixed, so a
+        second sweeper can only republish the same decision.
+        """
+        if not self.fencing or msg.partition < 0:
             return NO_FENCE
         current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
         return await self._check_fence(msg, current)
