@@ -35,7 +35,7 @@ from tests.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-POOL = 400
+POOL = 1000
 METRICS_PORT = BASE + 1
 CLASSES = (
     ("f", "fraud-detection", 0.9),
