@@ -208,6 +208,7 @@ class Processor:
         self.fencing = fencing
         self.epochs: dict[tuple[str, int], int] = {}
         self.claimed = asyncio.Event()  # clear while an assignment is being claimed
+        self._reclaiming: dict[tuple[str, int], asyncio.Lock] = {}  # one re-claim at a time
         self.claimed.set()
         self.identity: Gate | None = None  # set by streams.app when identity checks are on
         self.approvals: Holder | None = None  # set by streams.app: approval rules hold requests
@@ -315,13 +316,20 @@ class Processor:
     async def _check_fence(self, msg: Incoming, current: int | None) -> Fence:
         """The fence to write with, after checking no newer owner claimed the partition."""
         fence = await self._fence(msg)
-        if fence.epoch and current is not None and current != fence.epoch:
+        if not fence.epoch or current is None or current == fence.epoch:
+            return fence
+        # Lanes of one partition run concurrently: one of ours may have claimed it again since
+        # (after a wipe), so compare with our epoch as it is now, under one lock per partition.
+        async with self._reclaiming.setdefault((msg.topic, msg.partition), asyncio.Lock()):
+            fence = await self._fence(msg)
+            current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+            if current == fence.epoch:
+                return fence
             if current:
                 raise Fenced(f"{msg.origin}: claimed by epoch {current}, ours is {fence.epoch}")
-            # The claim vanished with a wiped Redis: claim again (epochs keep growing).
+            # The claim vanished with a wiped Redis: claim again (epochs keep growing), once.
             await self.claim([(msg.topic, msg.partition)])
-            fence = await self._fence(msg)
-        return fence
+            return await self._fence(msg)
 
     def _fenced(self, msg: Incoming, why: str) -> None:
         self._count("fenced")
@@ -453,6 +461,9 @@ class Processor:
             )
             if committed.status == "fenced":
                 await self._void(outcome.audit, pending, committed.blocked_reason)
+                if (await self._fence(msg)).epoch != fence.epoch:  # our own re-claim (a wipe)
+                    note = {"previous_attempt": "fenced by this worker's own re-claim"}
+                    continue
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             if committed.status != "blocked":
                 break

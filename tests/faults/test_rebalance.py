@@ -210,7 +210,10 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     figures.check("attempt audits stamped with its old epoch, appended after the move",
                   len(attempts), "any; each voided", True)
     figures.equal("of them not voided (escalation.attempt_fenced)", len(unvoided), 0)
-    figures.at_least("fenced refusals the stalled worker counted", refused, 1)
+    # Refusals happen only if the stalled worker still held work for a lost partition when it
+    # resumed (19, 1, 68 and 0 in four runs); the assertions above hold either way.
+    figures.check("fenced refusals the stalled worker counted", refused,
+                  "any (0: nothing in flight at SIGSTOP)", True)
     figures.check("stalled worker afterwards", "exited" if exited(worker) else
                   f"rejoined, {len(reclaimed)} partition(s)",
                   "rejoined with newer epochs, or exited",
