@@ -8,7 +8,6 @@ on ports BASE+10.. (tests/faults/ports.py). Every test here is marked ``faults``
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.faults.report import Figures, Report
 from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
     _bulk_class,
     every_grant_key_expires,
+    pool_taker,
     publisher,
     rclient,
     registrar,
@@ -146,14 +146,7 @@ def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:  # noqa: 
 
     Each is registered with a key of its own (signature checks stay on in this suite too).
     """
-    counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
-
-    def take(kind: str = "f") -> str:
-        n = next(counters[kind])
-        assert n < POOL, "agent pool exhausted: raise POOL"
-        return registrar.ensure(f"t{run_id}-{kind}{n:03d}")
-
-    return take
+    return pool_taker(run_id, registrar, CLASSES, POOL)
 
 
 @pytest.fixture(scope="session")

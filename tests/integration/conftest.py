@@ -103,11 +103,17 @@ def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:
 
     Each is registered (with a key of its own) before it is handed out.
     """
-    counters = {suffix: itertools.count() for suffix, _cls, _t in CLASSES}
+    return pool_taker(run_id, registrar, CLASSES, POOL)
+
+
+def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str, float], ...],
+               pool: int) -> Callable[[str], str]:
+    """Hands out each pool agent of a class suffix once, registered before it is handed out."""
+    counters = {suffix: itertools.count() for suffix, _cls, _t in classes}
 
     def take(kind: str = "f") -> str:
         n = next(counters[kind])
-        assert n < POOL, "agent pool exhausted: raise POOL"
+        assert n < pool, "agent pool exhausted: raise POOL"
         return registrar.ensure(f"t{run_id}-{kind}{n:03d}")
 
     return take
