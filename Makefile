@@ -43,18 +43,18 @@ $(STAMP): pyproject.toml
 
 deps: venv
 	$(call header,deps: java + mvn + redis-server)
-	$(BIN)/python -m broker.adapters.stack ensure-tools
+	$(BIN)/python -m broker.stack.local ensure-tools
 
 stack-up: venv deps
 	$(call header,stack-up)
-	$(BIN)/python -m broker.cli_stack up
+	$(BIN)/python -m broker.cli.stack up
 
 stack-status: venv
-	$(BIN)/python -m broker.cli_stack status
+	$(BIN)/python -m broker.cli.stack status
 
 stack-down: venv
 	$(call header,stack-down)
-	$(BIN)/python -m broker.cli_stack down $(if $(WIPE),--wipe,)
+	$(BIN)/python -m broker.cli.stack down $(if $(WIPE),--wipe,)
 
 check: venv
 	$(call header,check: ruff)
@@ -105,7 +105,7 @@ clean:
 	$(call header,clean)
 	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
 	  for dir in $$(find .stack -maxdepth 2 -name '*.pid' -printf '%h\n' | sort -u); do \
-	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli_stack down || true; \
+	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.stack down || true; \
 	  done; \
 	fi
 	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

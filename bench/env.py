@@ -20,18 +20,18 @@ from pathlib import Path
 import redis
 import yaml
 
-from broker.adapters import stack
-from broker.adapters.admin import ensure_topics
-from broker.adapters.bus import Publisher
-from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
-from broker.adapters.registry_view import read_registry
-from broker.adapters.stack_procs import ProcRecord
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.policy import load_policy
-from broker.sdk.identity import keyed_signer
-from broker.sdk.operator import OperatorClient
+from broker.sdk.agent.identity import keyed_signer
+from broker.sdk.operator.client import OperatorClient
+from broker.stack import local as stack
+from broker.stack.procs import ProcRecord
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import redis
 from confluent_kafka import TopicPartition
 
-from broker.adapters.bus import Record, consumer, end_offsets
+from broker.adapters.kafka.bus import Record, consumer, end_offsets
 from broker.errors import BrokerError
 from schemas.events import AgentRevoked, GrantIssued
 

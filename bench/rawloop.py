@@ -20,8 +20,8 @@ import sys
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from broker.adapters import keys
-from broker.grants import derive_id
+from broker.adapters.redis import keyspace as keys
+from broker.grants.decide import derive_id
 
 MAX_GRANT_MS = 20_000  # the fraud rule's max_duration
 

@@ -12,11 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import b_expiry, b_latency, b_memory, b_micro, b_policy, b_tput, env, peers, sections
+from bench import env, peers, sections
+from bench.measures import (
+    expiry as b_expiry,
+)
+from bench.measures import (
+    latency as b_latency,
+)
+from bench.measures import (
+    memory as b_memory,
+)
+from bench.measures import (
+    micro as b_micro,
+)
+from bench.measures import (
+    policy as b_policy,
+)
+from bench.measures import (
+    tput as b_tput,
+)
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
 from broker.config import Settings
-from broker.sdk.view import GrantView
+from broker.sdk.resource.view import GrantView
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """``python -m broker`` is the ``permbroker`` command."""
 
-from broker.cli import main
+from broker.cli.main import main
 
 main()

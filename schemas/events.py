@@ -246,7 +246,7 @@ class AuditRecord(WireModel):
     to the audit topic with ``chain`` set, and every so often appends a record of kind
     ``audit.digest`` whose ``inputs`` hold an Ed25519 signature over the chain so far
     (``first_seq``, ``records``, ``key_id``, ``algorithm``, ``signature``; see
-    ``broker.audit_chain``). Sensitive values are stored as ``hmac-sha256:<hex>``.
+    ``broker.audit.chain``). Sensitive values are stored as ``hmac-sha256:<hex>``.
     """
 
     audit_id: EventId

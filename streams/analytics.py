@@ -26,15 +26,24 @@ import faust
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from broker.adapters import codec
-from broker.adapters.analytics_key import ensure_analytics_key
-from broker.adapters.codec import Encoded
-from broker.adapters.profile_store import ProfileStore
-from broker.adapters.signing import sign_message
-from broker.behaviour import ClassView, Finding, Observation, Profile, detect, ms, observe, silence
+from broker.adapters.crypto.analytics_key import ensure_analytics_key
+from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka import codec
+from broker.adapters.kafka.codec import Encoded
+from broker.adapters.redis.profiles import ProfileStore
+from broker.behaviour.profiles import (
+    ClassView,
+    Finding,
+    Observation,
+    Profile,
+    detect,
+    ms,
+    observe,
+    silence,
+)
 from broker.config import Settings
 from broker.errors import WireError
-from broker.grants import derive_id
+from broker.grants.decide import derive_id
 from broker.policy.detectors import Detectors
 from schemas import topics
 from schemas.events import AgentProfile, AuditRecord, EscalationDecided, RiskObserved

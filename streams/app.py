@@ -19,21 +19,22 @@ from typing import Any
 
 import faust
 
-from broker.adapters import codec, rebuild
-from broker.adapters.admin import ensure_topics
-from broker.adapters.audit_keys import AuditKeys, load_keys
-from broker.adapters.redis_store import RedisGrantStore
-from broker.adapters.sealer import Sealer
-from broker.audit_records import rebuild_audit
-from broker.audit_redact import Redactor
+from broker.adapters.audit.keys import AuditKeys, load_keys
+from broker.adapters.audit.sealer import Sealer
+from broker.adapters.kafka import codec, rebuild
+from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.redis.store import RedisGrantStore
+from broker.audit.records import rebuild_audit
+from broker.audit.redact import Redactor
 from broker.config import Settings
-from broker.consistency import Position
+from broker.delivery.consistency import Position
+from broker.delivery.routing import GrantRouting
 from broker.errors import BusError, StoreError
 from broker.policy import Policy, load_policy
-from broker.routing import GrantRouting
 from schemas import topics
-from streams import analytics, approvals_app, identity_app
+from streams import analytics, approvals_app
 from streams import budgets as budgets_app
+from streams.identity import wiring as identity_app
 from streams.lanes import Lanes
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics

@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from broker.adapters.approval_store import ApprovalStore, Held
-from broker.adapters.redis_store import NO_FENCE, Committed, Fence
-from broker.approvals import hold, resolve, vote_audit, vote_problem
+from broker.adapters.redis.approvals import ApprovalStore, Held
+from broker.adapters.redis.store import NO_FENCE, Committed, Fence
 from broker.errors import Fenced, StoreUnavailable, WireError
-from broker.grants import state_denial
+from broker.grants.approvals import hold, resolve, vote_audit, vote_problem
+from broker.grants.decide import state_denial
 from broker.policy import RiskContext
 from schemas import topics
 from schemas.events import ApprovalVoted, ScopeDenial
-from streams.identity import IdentityGate
+from streams.identity.gate import IdentityGate
 from streams.processor import Admission, Incoming, Processor, _Attempt
 
 log = logging.getLogger("permbroker.approvals")

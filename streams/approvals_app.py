@@ -9,8 +9,8 @@ from typing import Any
 
 import faust
 
-from broker.adapters.approval_store import ApprovalStore
-from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.redis.approvals import ApprovalStore
+from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
 from broker.errors import BusError, StoreError
 from schemas import topics

@@ -18,13 +18,13 @@ from typing import Any
 
 import faust
 
-from broker.adapters.admin import ensure_topics
-from broker.adapters.budget_store import BudgetRevoker, Exhaustion
-from broker.budgets import revoked_for, use_audit
+from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.redis.budgets import BudgetRevoker, Exhaustion
 from broker.config import Settings
+from broker.delivery.routing import namespaces_of
 from broker.errors import BusError, WireError
-from broker.grants import lifecycle_audit
-from broker.routing import namespaces_of
+from broker.grants.budgets import revoked_for, use_audit
+from broker.grants.decide import lifecycle_audit
 from schemas import topics
 from schemas.events import GrantUsed
 from streams.processor import Incoming, Processor

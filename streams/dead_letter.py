@@ -14,8 +14,8 @@ import hashlib
 import re
 from datetime import datetime
 
-from broker.adapters import codec
-from broker.grants import derive_id
+from broker.adapters.kafka import codec
+from broker.grants.decide import derive_id
 from schemas import topics
 from schemas.events import AGENT_ID_PATTERN, AuditRecord
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from broker.adapters.lifecycle_store import LifecycleStore, recorded_release, recorded_renewal
-from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.redis.lifecycle import LifecycleStore, recorded_release, recorded_renewal
+from broker.adapters.redis.store import RedisGrantStore
+from broker.delivery.routing import namespaces_of
 from broker.errors import StoreUnavailable
+from broker.grants.renewal import RenewalOutcome, decide_release, decide_renewal, grant_renewed
 from broker.policy import RiskContext
-from broker.renewal import RenewalOutcome, decide_release, decide_renewal, grant_renewed
-from broker.routing import namespaces_of
 from schemas import topics
 from schemas.events import (
     GrantIssued,

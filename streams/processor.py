@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
-from broker.adapters import codec, keys
-from broker.adapters.redis_store import (
+from broker.adapters.kafka import codec
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.store import (
     NO_FENCE,
     NO_RISK_FENCE,
     UNLIMITED,
@@ -36,11 +37,12 @@ from broker.adapters.redis_store import (
     RedisGrantStore,
     Snapshot,
 )
-from broker.audit_records import attempt_fenced_audit, policy_loaded_audit
-from broker.audit_redact import Redactor
-from broker.consistency import ConsistencyToken, Position, token_of
+from broker.audit.records import attempt_fenced_audit, policy_loaded_audit
+from broker.audit.redact import Redactor
+from broker.delivery.consistency import ConsistencyToken, Position, token_of
+from broker.delivery.routing import GrantRouting, namespaces_of
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
-from broker.grants import (
+from broker.grants.decide import (
     AUDIT_UNAVAILABLE,
     AgentState,
     Outcome,
@@ -54,7 +56,6 @@ from broker.grants import (
     risk_audit,
 )
 from broker.policy import Policy, RiskAction, RiskContext
-from broker.routing import GrantRouting, namespaces_of
 from schemas import topics
 from schemas.events import (
     AGENT_ID_PATTERN,

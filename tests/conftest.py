@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import Services, provide, unique
+from tests.support.services import Services, provide, unique
 
 __all__ = ["Services", "unique"]
 

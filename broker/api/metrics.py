@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from broker.freshness import Freshness
-from broker.propagation import RevocationStatus, fold_status
+from broker.delivery.freshness import Freshness
+from broker.delivery.propagation import RevocationStatus, fold_status
 from schemas.events import AgentRevoked, EnforcementPointStatus, RevocationAcknowledged
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

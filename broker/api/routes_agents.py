@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker.api.auth import require_agent, require_service
 from broker.api.runtime import Runtime
 from broker.errors import BrokerError, DecisionTimeout
-from broker.sdk.enforce import check
+from broker.sdk.resource.enforce import check
 from schemas import topics
 from schemas.events import (
     EscalationDecided,

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import Field
 
-from broker.adapters.approval_store import ApprovalStore
-from broker.adapters.keystore import load_operator
+from broker.adapters.crypto.keystore import load_operator
+from broker.adapters.redis.approvals import ApprovalStore
 from broker.api.auth import require_operator
 from broker.api.routes_agents import Body, runtime_of
 from broker.errors import BrokerError
-from broker.sdk.approvals import Approver, Verdict, held_row
+from broker.sdk.operator.approvals import Approver, Verdict, held_row
 
 router = APIRouter(tags=["operators"])
 

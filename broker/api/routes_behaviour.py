@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from broker.adapters.profile_store import ProfileStore
+from broker.adapters.redis.profiles import ProfileStore
 from broker.api.auth import require_operator
 from broker.api.routes_agents import runtime_of
-from broker.behaviour_stats import report
+from broker.behaviour.stats import report
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 

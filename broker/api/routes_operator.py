@@ -14,9 +14,9 @@ from pydantic import Field
 
 from broker.api.auth import require_operator
 from broker.api.routes_agents import Body, runtime_of
+from broker.delivery.propagation import RevocationStatus
 from broker.errors import BrokerError, DecisionTimeout
-from broker.propagation import RevocationStatus
-from broker.sdk.operator import revoke as sdk_revoke
+from broker.sdk.operator.client import revoke as sdk_revoke
 
 router = APIRouter(tags=["operators"])
 

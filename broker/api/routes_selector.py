@@ -15,8 +15,8 @@ from pydantic import Field
 from broker.api.auth import require_operator
 from broker.api.routes_agents import Body, runtime_of
 from broker.errors import BrokerError, DecisionTimeout
-from broker.sdk.selector import plan, revoke_selected
-from broker.selection import Selector
+from broker.grants.selection import Selector
+from broker.sdk.operator.selector import plan, revoke_selected
 
 router = APIRouter(tags=["operators"])
 Text = Annotated[str, Field(min_length=1, max_length=128)]

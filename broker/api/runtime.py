@@ -13,17 +13,17 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from broker.adapters.acks import AckFollower
-from broker.adapters.admin import admin_client, cluster_metadata
-from broker.adapters.bus import Publisher, Record
-from broker.adapters.jwks import JwksView
-from broker.adapters.redis_store import RedisGrantStore
+from broker.adapters.kafka.acks import AckFollower
+from broker.adapters.kafka.admin import admin_client, cluster_metadata
+from broker.adapters.kafka.bus import Publisher, Record
+from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
 from broker.config import Settings
 from broker.errors import BrokerError
-from broker.sdk.agent import DecisionWatcher
-from broker.sdk.operator import AuditWatcher, operator_publisher
-from broker.sdk.view import GrantView
+from broker.sdk.agent.client import DecisionWatcher
+from broker.sdk.operator.client import AuditWatcher, operator_publisher
+from broker.sdk.resource.view import GrantView
 from schemas.events import AgentRevoked
 
 ACK_HISTORY = timedelta(hours=1)

@@ -15,10 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.adapters.audit_keys import ensure_keys
+from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.faults.ports import BASE
-from tests.faults.report import Figures, Report
 from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
     _bulk_class,
     every_grant_key_expires,
@@ -30,8 +28,10 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported f
     tap,
     worker,
 )
-from tests.integration.identities import Registrar
-from tests.services import Services
+from tests.support.faults.ports import BASE
+from tests.support.faults.report import Figures, Report
+from tests.support.identities import Registrar
+from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters import keys
-from broker.adapters.jwks import JwksView
-from broker.adapters.redis_store import ms
-from broker.adapters.tokens import BrokerKeyring
+from broker.adapters.crypto.tokens import BrokerKeyring
+from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.store import ms
 from broker.config import Settings
 from broker.errors import TokenRejected
+from broker.identity.tokens import token_claims
 from broker.policy import load_policy
-from broker.sdk.agent import AgentClient
-from broker.sdk.tokens import GrantTokenVerifier
-from broker.sdk.view import GrantView
-from broker.tokens import token_claims
+from broker.sdk.agent.client import AgentClient
+from broker.sdk.resource.tokens import GrantTokenVerifier
+from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import (
     EscalationRequested,
@@ -31,10 +31,10 @@ from schemas.events import (
     RenewalRequested,
 )
 from schemas.signing import GRANT_TOKEN_TYPE
-from tests.faults import world
-from tests.faults.report import Figures
 from tests.faults.test_properties import props_bundle
-from tests.integration.helpers import wait_until
+from tests.support.faults import world
+from tests.support.faults.report import Figures
+from tests.support.helpers import wait_until
 
 SKEWS = (-30, 0, 30)
 FREEZE = "payments:accounts.freeze"

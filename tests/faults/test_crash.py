@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from broker.adapters import keys
-from broker.adapters.bus import Publisher
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
+from broker.stack.worker import WorkerProcess
 from schemas import topics
-from tests.faults.helpers import Ledger, worker_counters
-from tests.faults.report import Figures
-from tests.integration.helpers import Tap, fraud_request, wait_until
+from tests.support.faults.helpers import Ledger, worker_counters
+from tests.support.faults.report import Figures
+from tests.support.helpers import Tap, fraud_request, wait_until
 
 TapFactory = Callable[[str], Tap]
 

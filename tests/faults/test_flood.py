@@ -11,15 +11,15 @@ from collections.abc import Callable
 import pytest
 from aiokafka.partitioner import murmur2
 
-from broker.adapters.bus import Publisher
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.kafka.bus import Publisher
 from broker.config import Settings
-from broker.sdk.agent import AgentClient
+from broker.sdk.agent.client import AgentClient
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import EscalationDecided
 from tests.faults.conftest import FLOOD_LIMIT
-from tests.faults.report import Figures
-from tests.integration.helpers import Tap, fraud_request, wait_until
+from tests.support.faults.report import Figures
+from tests.support.helpers import Tap, fraud_request, wait_until
 
 TapFactory = Callable[[str], Tap]
 FLOOD = 10_000

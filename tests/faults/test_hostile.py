@@ -10,17 +10,17 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Producer
 
-from broker.adapters.bus import Publisher, producer_config
-from broker.adapters.codec import MAX_VALUE_BYTES, Encoded, encode
-from broker.adapters.keystore import AgentKeyStore
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.bus import Publisher, producer_config
+from broker.adapters.kafka.codec import MAX_VALUE_BYTES, Encoded, encode
 from broker.config import Settings
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, EscalationDecided
-from tests.faults.helpers import delta, worker_counters
-from tests.faults.report import Figures
-from tests.integration.helpers import Tap, anomaly, fraud_request, wait_until
-from tests.integration.identities import harness_signer
+from tests.support.faults.helpers import delta, worker_counters
+from tests.support.faults.report import Figures
+from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.identities import harness_signer
 
 TapFactory = Callable[[str], Tap]
 OVERSIZE = 1024 * 1024 - 16 * 1024  # ~1 MiB: as large as Kafka's default 1 MiB limit lets in

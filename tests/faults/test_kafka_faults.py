@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.bus import Publisher, read_all
+from broker.adapters.kafka.bus import Publisher, read_all
 from broker.errors import BusError
 from schemas import topics
 from schemas.events import EscalationDecided, EscalationRequested, GrantIssued
-from tests.faults import cluster, private
-from tests.faults.helpers import Ledger
-from tests.faults.report import Figures
-from tests.faults.workers import wait_for
-from tests.integration.helpers import Tap, fraud_request
+from tests.support.faults import cluster, private
+from tests.support.faults.helpers import Ledger
+from tests.support.faults.report import Figures
+from tests.support.faults.workers import wait_for
+from tests.support.helpers import Tap, fraud_request
 
 
 class Burst:

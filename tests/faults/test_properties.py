@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from broker.policy import load_policy
-from tests.faults import model, world
-from tests.faults.report import Figures
+from tests.support.faults import model, world
+from tests.support.faults.report import Figures
 
 ROOT = Path(__file__).resolve().parents[2]
 # CI-sized; PERMBROKER_PROPS_EXAMPLES raises it for a longer hunt.

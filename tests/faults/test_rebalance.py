@@ -9,17 +9,17 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from broker.adapters import keys
-from broker.adapters.bus import Publisher, Record
-from broker.adapters.worker_process import WorkerProcess
-from broker.audit_records import ATTEMPT_FENCED
+from broker.adapters.kafka.bus import Publisher, Record
+from broker.adapters.redis import keyspace as keys
+from broker.audit.records import ATTEMPT_FENCED
 from broker.config import Settings
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord
-from tests.faults.helpers import Ledger, worker_counters
-from tests.faults.ports import BASE
-from tests.faults.report import Figures
-from tests.faults.workers import (
+from tests.support.faults.helpers import Ledger, worker_counters
+from tests.support.faults.ports import BASE
+from tests.support.faults.report import Figures
+from tests.support.faults.workers import (
     Epochs,
     claims,
     escalation_epochs,
@@ -31,7 +31,7 @@ from tests.faults.workers import (
     wait_for,
     written_by,
 )
-from tests.integration.helpers import Tap, fraud_request
+from tests.support.helpers import Tap, fraud_request
 
 TapFactory = Callable[[str], Tap]
 

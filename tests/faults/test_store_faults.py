@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.adapters import keys
-from broker.adapters.redis_store import RedisGrantStore
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
-from broker.sdk.grant_index import Verdict
-from broker.sdk.view import GrantView
+from broker.sdk.resource.index import Verdict
+from broker.sdk.resource.view import GrantView
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
-from tests.faults import private
-from tests.faults.report import Figures
-from tests.integration.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.faults import private
+from tests.support.faults.report import Figures
+from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
 
 Private = tuple[Settings, WorkerProcess]
 

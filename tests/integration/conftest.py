@@ -14,18 +14,18 @@ import pytest
 import redis
 import yaml
 
-from broker.adapters import keys
-from broker.adapters.audit_keys import ensure_keys
-from broker.adapters.bus import Publisher
-from broker.adapters.keystore import AgentKeyStore, ensure_identity_files
-from broker.adapters.worker_process import WorkerProcess
+from broker.adapters.audit.keys import ensure_keys
+from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.policy import load_policy
-from tests.integration.approval_policy import add_approval_rules
-from tests.integration.audit_helpers import audit_leaks
-from tests.integration.helpers import Tap
-from tests.integration.identities import Registrar, harness_signer
-from tests.services import Services
+from broker.stack.worker import WorkerProcess
+from tests.support.approval_policy import add_approval_rules
+from tests.support.audit import audit_leaks
+from tests.support.helpers import Tap
+from tests.support.identities import Registrar, harness_signer
+from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = 400

@@ -7,7 +7,7 @@ import redis
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from schemas.topics import ALL_TOPICS
-from tests.services import Services
+from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from broker.cli import app
+from broker.cli.main import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,9 @@
-"""Import direction of the layers (ARCHITECTURE.md section 4), read from the source with ast."""
+"""Import direction of the layers, by path, read from the source with ast.
+
+schemas/ (L0) imports pydantic and the stdlib; the pure core (broker/errors, scopes, config and the
+capability packages) imports an allow-list; L2 (broker/adapters, sdk, stack) never imports L3
+(broker/cli, api, demo, streams); adapters never import the SDKs; nothing imports streams.
+"""
 
 from __future__ import annotations
 
@@ -14,33 +19,19 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("schemas", "broker", "streams")
 OURS = frozenset(PACKAGES) | {"tests", "bench", "policies"}
 
-# L3 modules directly under broker/: the only ones there that may reach adapters and the SDK
-# (with every ``cli_*.py``: the CLI's sub-apps, see ``is_shell``).
-SHELL_MODULES = frozenset({"cli.py", "demo.py", "bootstrap.py", "cli_stack.py", "__main__.py"})
-
-
-def is_shell(name: str) -> bool:
-    """True for an L3 module directly under broker/ (CLI sub-apps cli_*, demo steps demo_*)."""
-    return name in SHELL_MODULES or name.startswith(("cli_", "demo_"))
-# Nothing below L3 may import these (``broker.cli`` also covers ``broker.cli_stack``).
-L3 = ("broker.cli*", "broker.demo*", "broker.bootstrap", "broker.api", "streams")
-CORE_FORBIDDEN = (
-    "broker.adapters",
-    "broker.sdk",
-    *L3,
-    "faust",
-    "mode",
-    "redis",
-    "confluent_kafka",
-    "aiokafka",
-    "jwt",
-    "fastapi",
+# The pure core, by path: these files and every module under these packages.
+CORE_FILES = ("broker/__init__.py", "broker/errors.py", "broker/scopes.py", "broker/config.py")
+CORE_PACKAGES = ("policy", "grants", "identity", "behaviour", "audit", "delivery")
+# What the core may import: the standard library and this allow-list (nothing else).
+CORE_ALLOWED = (
+    "schemas", "broker.errors", "broker.scopes", "broker.config",
+    *(f"broker.{package}" for package in CORE_PACKAGES),
+    "pydantic", "pydantic_core", "pydantic_settings", "cel", "yaml",
 )
+# L2 (I/O behind ports, SDKs, dev tooling) and L3 (entry points), by path.
+L2_DIRS = ("broker/adapters", "broker/sdk", "broker/stack")
+L3 = ("broker.cli", "broker.api", "broker.demo", "streams")
 SCHEMAS_ALLOWED = frozenset({"pydantic", "pydantic_core", "__future__"})
-# Violations of the rules below that the tree had when this test was written, reported for a
-# decision (not a waiver): keyed "file imports module" (no line), each must go away, and
-# test_pending_violations_are_resolved fails once a listed one is gone but still listed.
-PENDING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -54,11 +45,6 @@ class Import:
     @property
     def file(self) -> str:
         return str(self.path.relative_to(REPO) if self.path.is_relative_to(REPO) else self.path)
-
-    @property
-    def key(self) -> str:
-        """The violation without its line number, as PENDING lists it."""
-        return f"{self.file} imports {self.module}"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line} imports {self.module}"
@@ -117,22 +103,31 @@ def matches(module: str, pattern: str) -> bool:
     return module == pattern or module.startswith(pattern + ".")
 
 
-def violations(
-    files: list[Path], forbidden: tuple[str, ...], *, pending: bool = False, root: Path = REPO
-) -> list[str]:
-    """``file:line imports module`` for each forbidden import; PENDING ones only if asked."""
+def violations(files: list[Path], forbidden: tuple[str, ...], *, root: Path = REPO) -> list[str]:
+    """``file:line imports module`` for each forbidden import."""
     found = {
         imp
         for path in files
         for imp in imports(path, root)
         if any(matches(imp.module, pattern) for pattern in forbidden)
     }
-    return sorted(str(imp) for imp in found if pending or imp.key not in PENDING)
+    return sorted(str(imp) for imp in found)
 
 
 def core_files() -> list[Path]:
-    top = [p for p in sorted((REPO / "broker").glob("*.py")) if not is_shell(p.name)]
-    return top + sources("broker/policy")
+    return [REPO / f for f in CORE_FILES] + sources(*(f"broker/{p}" for p in CORE_PACKAGES))
+
+
+def outside_core(path: Path, root: Path = REPO) -> list[str]:
+    """Imports of a core file that are neither stdlib nor on the allow-list."""
+    return [
+        str(imp)
+        for imp in imports(path, root)
+        if imp.module.split(".")[0] != "__future__"
+        and not (imp.module.split(".")[0] in sys.stdlib_module_names
+                 and imp.module.split(".")[0] not in OURS)
+        and not any(matches(imp.module, allowed) for allowed in CORE_ALLOWED)
+    ]
 
 
 def report(rule: str, found: list[str]) -> str:
@@ -164,22 +159,32 @@ def test_scanner_sees_every_form_of_import(tmp_path: Path) -> None:
         (8, "faust"),
         (9, "jwt"),
     } <= found
-    assert violations([probe], ("broker.cli*", "jwt"), root=tmp_path) == [
+    assert violations([probe], ("broker.cli", "jwt"), root=tmp_path) == [
         f"{probe}:2 imports broker.cli",
         f"{probe}:9 imports jwt",
     ]
-    assert matches("broker.cli_stack", "broker.cli*")
+    assert outside_core(probe, tmp_path) == [
+        f"{probe}:1 imports redis.asyncio",
+        f"{probe}:2 imports broker.cli",
+        f"{probe}:3 imports broker.adapters.codec",
+        f"{probe}:6 imports streams.app.create_app",
+        f"{probe}:8 imports faust",
+        f"{probe}:9 imports jwt",
+    ]
+    assert matches("broker.cli.main", "broker.cli")
+    assert not matches("broker.client", "broker.cli")
     assert not matches("redisx", "redis")
     assert matches("redis.asyncio", "redis")
 
 
-def test_every_package_has_sources() -> None:
+def test_every_layer_has_sources() -> None:
     """The scan covers real files (a moved package would silently pass every rule)."""
     for package in PACKAGES:
         assert sources(package), package
-    names = {p.name for p in core_files()}
-    assert {"grants.py", "scopes.py", "errors.py", "evaluate.py"} <= names
-    assert not names & SHELL_MODULES
+    names = {str(p.relative_to(REPO)) for p in core_files()}
+    assert {"broker/grants/decide.py", "broker/scopes.py", "broker/policy/evaluate.py"} <= names
+    assert all((REPO / d).is_dir() and sources(d) for d in L2_DIRS)
+    assert not any(n.startswith(("broker/cli", "broker/api", "broker/demo")) for n in names)
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -200,32 +205,28 @@ def test_schemas_import_only_pydantic_and_stdlib() -> None:
     assert not found, report("schemas/ may import only pydantic, stdlib and schemas", found)
 
 
-def test_core_never_imports_io_adapters_or_shell() -> None:
-    """The pure core (broker/*.py but the L3 modules, broker/policy/) stays free of I/O layers."""
-    found = violations(core_files(), CORE_FORBIDDEN)
-    assert not found, report("the pure core may not import " + ", ".join(CORE_FORBIDDEN), found)
+def test_core_imports_only_its_allow_list() -> None:
+    """The pure core imports the stdlib, schemas, the core and an allow-list of libraries only."""
+    found = sorted(imp for path in core_files() for imp in outside_core(path))
+    assert not found, report("the pure core may import only " + ", ".join(CORE_ALLOWED), found)
 
 
-def test_adapters_and_sdk_never_import_the_shell() -> None:
-    """L2 (broker/adapters, broker/sdk) never reaches up into the CLI, demo or streams."""
-    found = violations(sources("broker/adapters", "broker/sdk"), L3)
-    assert not found, report(
-        "broker/adapters and broker/sdk may not import " + ", ".join(L3), found
-    )
+def test_l2_never_imports_the_shell() -> None:
+    """L2 (broker/adapters, broker/sdk, broker/stack) never reaches up into CLI, API, demo, streams."""
+    found = violations(sources(*L2_DIRS), L3)
+    assert not found, report(", ".join(L2_DIRS) + " may not import " + ", ".join(L3), found)
+
+
+def test_adapters_never_import_the_sdk() -> None:
+    """Adapters are below the SDKs: broker/adapters never imports broker.sdk."""
+    found = violations(sources("broker/adapters"), ("broker.sdk",))
+    assert not found, report("broker/adapters may not import broker.sdk", found)
 
 
 def test_nothing_outside_streams_imports_streams() -> None:
     """streams/ is the outermost worker: schemas/ and broker/ never import it."""
     found = violations(sources("schemas", "broker"), ("streams",))
     assert not found, report("only streams/ may import streams", found)
-
-
-def test_pending_violations_are_resolved() -> None:
-    """No layer violation exists, even among those listed as PENDING."""
-    found = violations(core_files(), CORE_FORBIDDEN, pending=True)
-    found += violations(sources("broker/adapters", "broker/sdk"), L3, pending=True)
-    found += violations(sources("schemas", "broker"), ("streams",), pending=True)
-    assert not found, report("pending layer violations", sorted(set(found)))
 
 
 @pytest.mark.parametrize("path", sources(*PACKAGES), ids=lambda p: str(p.relative_to(REPO)))

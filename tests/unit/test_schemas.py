@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from broker.adapters import codec
+from broker.adapters.kafka import codec
 from broker.errors import WireError
 from schemas import generate
 from schemas.events import (

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters import stack_cluster, stack_kafka
+from broker.stack import cluster as stack_cluster
+from broker.stack import kafka as stack_kafka
 
 
 def _props(path: Path) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""The measures of make bench: latency, throughput, memory, expiry, policy, micro-benchmarks."""

@@ -1,0 +1,235 @@
+"""Benchmarks 1-3 and 9: escalation -> grant in Redis / at a view, revocation, OpenBao peer.
+
+Imports broker, schemas and the bench's observers. One round runs, in turn: the worker through
+the agent SDK (S), the raw loop (R), the floor (F: bare Kafka produce->consume plus one Redis
+SET), revocations (V) and, when installed, OpenBao token create/revoke (B). Each sample waits for
+the previous one to finish completely (unloaded latency), then leaves a short gap.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bench import env
+from bench.observe import FloorPipe, KeyWatch, ViewEvents, published
+from bench.peers import Bao
+from bench.stats import Arm
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.codec import Encoded
+from broker.adapters.redis import keyspace as keys
+from broker.grants.decide import derive_id
+from broker.sdk.agent.client import AgentClient
+from broker.sdk.operator.client import OperatorClient
+from broker.sdk.resource.view import GrantView
+from schemas.events import EscalationRequested
+
+FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
+ACCOUNTS = ("acct-4411-0923", "acct-4411-7710")
+GAP_S = 0.003  # idle time between samples, after the previous one completed
+
+
+def fraud_request(agent: str, duration_s: int = 900) -> EscalationRequested:
+    """A request the fraud policy grants (clamped to 20 s by rule fraud-freeze-on-pattern)."""
+    return EscalationRequested(
+        request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=(FREEZE, PII),
+        resources=ACCOUNTS, duration_s=duration_s, reason="bench: fraud pattern",
+        confidence=0.95, risk_score=0.93, requested_at=datetime.now(UTC))
+
+
+def ms_since(t0: float, t1: float) -> float:
+    """Milliseconds between two perf_counter stamps."""
+    return (t1 - t0) * 1000.0
+
+
+@dataclass
+class Rig:
+    """Everything the latency rounds share: observers, clients, a view."""
+
+    settings: object
+    watch: KeyWatch
+    floor: FloorPipe
+    view: GrantView
+    seen: ViewEvents
+    clients: dict[str, AgentClient] = field(default_factory=dict)
+    publishers: dict[str, Publisher] = field(default_factory=dict)
+    harness: Publisher | None = None
+    bao: Bao | None = None
+    false_allows: int = 0
+    checks_after: int = 0
+    next_victim: int = 0
+
+    def client(self, agent: str) -> AgentClient:
+        """The agent's own SDK client (one identity, one client)."""
+        if agent not in self.clients:
+            self.clients[agent] = AgentClient(agent, self.settings.kafka_bootstrap,  # type: ignore[attr-defined]
+                                              watch_decisions=False,
+                                              keys=env.agent_keys(self.settings))  # type: ignore[arg-type]
+        return self.clients[agent]
+
+    def publisher(self, agent: str) -> Publisher:
+        """A producer configured exactly like the agent SDK's, for the raw loop's input."""
+        if agent not in self.publishers:
+            self.publishers[agent] = env.signing_publisher(self.settings,  # type: ignore[arg-type]
+                                                           f"/agents/{agent}")
+        return self.publishers[agent]
+
+
+def escalate(rig: Rig, agent: str) -> tuple[float, float, str]:
+    """Send one request via the SDK; ms until the grant is in Redis and at the view; grant id."""
+    req = fraud_request(agent)
+    gid = derive_id("grant", req.request_id, agent)
+    gkey, done = keys.grant(agent, gid), published(keys.decision(agent, req.request_id))
+    rig.watch.watch(gkey, done)
+    rig.seen.watch(f"grant:{gid}")
+    t0 = time.perf_counter()
+    rig.client(agent).send(req)
+    t_redis = rig.watch.wait(gkey)
+    t_view = rig.seen.wait(f"grant:{gid}")
+    rig.watch.wait(done)  # the worker finished the request (published everything)
+    return ms_since(t0, t_redis), ms_since(t0, t_view), gid
+
+
+def subject_round(rig: Rig, n: int) -> tuple[list[float], list[float]]:
+    """n escalations through the worker, round-robin over the latency agents."""
+    to_redis, to_view = [], []
+    for i in range(n):
+        r, v, _gid = escalate(rig, env.agent_id("lat", i % env.POOLS["lat"]))
+        to_redis.append(r)
+        to_view.append(v)
+        time.sleep(GAP_S)
+    return to_redis, to_view
+
+
+def raw_round(rig: Rig, n: int) -> list[float]:
+    """n escalations (same bytes, same producer settings) through the raw loop."""
+    out = []
+    for i in range(n):
+        agent = env.agent_id("lat", i % env.POOLS["lat"])
+        req = fraud_request(agent)
+        gkey = keys.grant(agent, derive_id("grant", req.request_id, agent))
+        rig.watch.watch(gkey)
+        t0 = time.perf_counter()
+        rig.publisher(agent).publish(env.RAW_IN.name, req)
+        out.append(ms_since(t0, rig.watch.wait(gkey)))
+        time.sleep(GAP_S)
+    return out
+
+
+def floor_round(rig: Rig, n: int) -> tuple[list[float], list[float]]:
+    """n bare produce->consume round trips, each followed by one Redis SET."""
+    assert rig.harness is not None
+    rtt, with_set = [], []
+    for _ in range(n):
+        key = f"pb:{{bench-floor}}:k:{uuid.uuid4().hex}"
+        rig.floor.watch(key)
+        rig.watch.watch(key)
+        t0 = time.perf_counter()
+        rig.harness.publish_raw(env.FLOOR.name, Encoded(b"bench-floor", key.encode(), []))
+        rtt.append(ms_since(t0, rig.floor.wait(key)))
+        with_set.append(ms_since(t0, rig.watch.wait(key)))
+        time.sleep(GAP_S)
+    return rtt, with_set
+
+
+def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
+    """Grant a fresh agent, revoke it by a risk signal; ms to the first denied view check.
+
+    Returns (first denied check, view applied the revocation). Afterwards probes the view 50
+    more times: any allow there is a false allow (a revocation must never be undone).
+    """
+    victim = env.agent_id("rev", rig.next_victim)
+    rig.next_victim += 1
+    escalate(rig, victim)
+    if not rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
+        raise RuntimeError(f"the view does not allow {victim}'s fresh grant")
+    rig.seen.watch(f"revoked:{victim}")
+    t0 = time.perf_counter()
+    monitor.report_risk(kind="behaviour_anomaly", severity=0.95, subject_agent_id=victim,
+                        detail="bench: out of pattern")
+    deadline = t0 + 30
+    while rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"revocation of {victim} never reached the view")
+        time.sleep(0.0001)
+    t_denied = time.perf_counter()
+    t_applied = rig.seen.wait(f"revoked:{victim}")
+    for _ in range(50):
+        rig.checks_after += 1
+        if rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
+            rig.false_allows += 1
+        time.sleep(0.0001)
+    return ms_since(t0, t_denied), ms_since(t0, t_applied)
+
+
+def revoke_round(rig: Rig, monitor: OperatorClient, n: int) -> tuple[list[float], list[float]]:
+    """n revocations of freshly granted agents."""
+    denied, applied = [], []
+    for _ in range(n):
+        d, a = revoke_one(rig, monitor)
+        denied.append(d)
+        applied.append(a)
+        time.sleep(GAP_S)
+    return denied, applied
+
+
+def bao_round(bao: Bao, n: int) -> tuple[list[float], list[float], int]:
+    """n token creates and n revokes (revoke, then the token's own lookup must be refused)."""
+    created, revoked, not_denied = [], [], 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        token = bao.create_token()
+        t1 = time.perf_counter()
+        ok = bao.revoke_until_denied(token)
+        t2 = time.perf_counter()
+        created.append(ms_since(t0, t1))
+        revoked.append(ms_since(t1, t2))
+        not_denied += 0 if ok else 1
+        time.sleep(GAP_S)
+    return created, revoked, not_denied
+
+
+ARMS = {
+    "S_redis": ("worker: escalation -> grant in Redis", "ms"),
+    "S_view": ("worker: escalation -> grant at a resource view", "ms"),
+    "R": ("raw loop: escalation -> grant in Redis", "ms"),
+    "F": ("floor: Kafka produce->consume + 1 Redis SET", "ms"),
+    "RTT": ("Kafka produce->consume round trip", "ms"),
+    "V": ("revocation: risk signal -> first denied view check", "ms"),
+    "V_applied": ("revocation: risk signal -> view applied it", "ms"),
+    "B_create": ("OpenBao: token create", "ms"),
+    "B_revoke": ("OpenBao: token revoke -> lookup refused", "ms"),
+}
+
+
+def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[str, Arm]:
+    """Every arm once per round, in a fixed order (ABCD ABCD ...)."""
+    arms = {k: Arm(name, unit) for k, (name, unit) in ARMS.items()}
+    # A monitor reports about other agents with operator credentials (an agent's key may
+    # only report about itself).
+    monitor = OperatorClient(rig.settings)  # type: ignore[arg-type]
+    bao_failures = 0
+    for r in range(rounds):
+        s_redis, s_view = subject_round(rig, n)
+        arms["S_redis"].add_round(s_redis)
+        arms["S_view"].add_round(s_view)
+        arms["R"].add_round(raw_round(rig, n))
+        rtt, floor = floor_round(rig, n)
+        arms["RTT"].add_round(rtt)
+        arms["F"].add_round(floor)
+        denied, applied = revoke_round(rig, monitor, n_rev)
+        arms["V"].add_round(denied)
+        arms["V_applied"].add_round(applied)
+        if rig.bao is not None:
+            created, revoked, failed = bao_round(rig.bao, n)
+            arms["B_create"].add_round(created)
+            arms["B_revoke"].add_round(revoked)
+            bao_failures += failed
+        p50 = {k: arms[k].round_stat(r, 50) for k in ("S_redis", "R", "F")}
+        say(f"latency round {r + 1}/{rounds}: p50 worker {p50['S_redis']:.2f} ms, "  # type: ignore[operator]
+            f"raw {p50['R']:.2f} ms, floor {p50['F']:.2f} ms")
+    monitor.close()
+    arms["B_revoke"].notes = f"{bao_failures} revoked token(s) still answered lookup-self"
+    return arms

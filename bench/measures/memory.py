@@ -1,0 +1,131 @@
+"""Benchmark 7: bytes per active grant in Redis and in a resource view, at 100,000 grants.
+
+Imports broker, schemas, redis. The grants are written with the worker's own store calls
+(``RedisGrantStore.commit`` then ``mark_published``, the exact writes of a granted request) from
+outcomes made by the pure core (``Policy.evaluate`` once for the request shape, ``decide`` per
+request); their duration is lengthened to 15 minutes (the policy's default cap) so that all of
+them stay active while they are written and measured: bytes do not depend on it. The same
+grant events are published to a topic of the grant topic's shape that a fresh GrantView reads;
+its Python allocations are counted with tracemalloc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import tracemalloc
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from bench import env
+from bench.measures.latency import fraud_request
+from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.codec import encode
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.store import RedisGrantStore
+from broker.grants.decide import AgentState, decide
+from broker.policy import RiskContext, load_policy
+from broker.sdk.resource.view import GrantView
+
+AGENTS = 10_000  # 100,000 grants = 10 per agent
+CONCURRENCY = 100  # requests in flight (one Redis connection each)
+MEM_TOPIC = dataclasses.replace(env.RAW_OUT, name="bench.mem.grants")
+
+
+async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, str, str]]:
+    """Commit n grants through the store; publish their events; return a few (agent, gid, rid)."""
+    policy = load_policy(settings.policy_path)
+    profile = policy.agent(env.agent_id("lat", 0))
+    template = fraud_request(env.agent_id("lat", 0))
+    now = datetime.now(UTC)
+    evaluation = dataclasses.replace(
+        policy.evaluate(template, profile, RiskContext(request=0.93), now), duration_s=900)
+    # The worker's 2 s socket timeouts would fail a fill of 100 connections on a starved
+    # machine; bytes do not depend on how patient the client is.
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=60.0,
+                                     socket_connect_timeout=60.0)
+    store = RedisGrantStore(client, margin_s=settings.record_margin_s)
+    sample: list[tuple[str, str, str]] = []
+
+    async def one(i: int) -> Any:
+        req = template.model_copy(update={"request_id": f"req-{uuid.uuid4()}",
+                                          "agent_id": f"bench-mem-{i % AGENTS:05d}"})
+        out = decide(req, evaluation, agent=profile, state=AgentState(), received_at=now, now=now)
+        committed = await store.commit(out, received_at=now, now=now,
+                                       max_grant_s=policy.max_grant_duration_s)
+        await store.mark_published(out.decision, received_at=now,
+                                   max_grant_s=policy.max_grant_duration_s)
+        if i % 10_000 == 0 and out.grant is not None:
+            sample.append((req.agent_id, out.grant.grant_id, req.request_id))
+        return committed.grant
+
+    try:
+        for start in range(0, n, CONCURRENCY):
+            todo = range(start, min(n, start + CONCURRENCY))
+            grants = await asyncio.gather(*(one(i) for i in todo))
+            harness.publish_many(MEM_TOPIC.name, [encode(g, source="/bench") for g in grants])
+    finally:
+        await store.aclose()
+    return sample
+
+
+def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],
+                  n: int) -> dict[str, float]:
+    """MEMORY USAGE of each key kind a grant costs (averaged over the sample)."""
+    kinds: dict[str, list[int]] = {"grant": [], "life": [], "decision": [],
+                                   "published (legacy key)": [],
+                                   "index (per agent, / grants per agent)": []}
+    for agent, gid, rid in sample:
+        kinds["grant"].append(client.memory_usage(keys.grant(agent, gid)) or 0)
+        kinds["life"].append(client.memory_usage(keys.life(agent, gid)) or 0)
+        kinds["decision"].append(client.memory_usage(keys.decision(agent, rid)) or 0)
+        # 0 since the published flag lives in the decision record (broker/adapters/records.py)
+        kinds["published (legacy key)"].append(client.memory_usage(keys.published(agent, rid)) or 0)
+        kinds["index (per agent, / grants per agent)"].append(
+            (client.memory_usage(keys.index(agent)) or 0) // (n // AGENTS))
+    out = {k: sum(v) / len(v) for k, v in kinds.items() if v}
+    out["expiry index (global zset, / grants)"] = (
+        client.memory_usage(keys.EXPIRY_INDEX, samples=0) or 0) / n
+    out["expiring index (global zset, / grants)"] = (
+        client.memory_usage(keys.EXPIRING_INDEX, samples=0) or 0) / n
+    return out
+
+
+def redis_memory(settings: Any, harness: Publisher, n: int) -> dict[str, Any]:
+    """Used memory before/after n grants, bytes per grant, and the per-key breakdown."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        ensure_topics(settings.kafka_bootstrap, (MEM_TOPIC,))
+        before = int(client.info("memory")["used_memory"])
+        keys_before = int(client.dbsize())
+        sample = asyncio.run(_fill(settings, n, harness))
+        after = int(client.info("memory")["used_memory"])
+        return {"grants": n, "used_memory_before": before, "used_memory_after": after,
+                "keys_added": int(client.dbsize()) - keys_before,
+                "bytes_per_grant": (after - before) / n,
+                "breakdown": key_breakdown(client, sample, n)}
+    finally:
+        client.close()
+
+
+def view_memory(settings: Any, n: int) -> dict[str, Any]:
+    """Python bytes a fresh GrantView holds after reading the n grants (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    view = GrantView(settings.kafka_bootstrap, topic=MEM_TOPIC.name)
+    try:
+        if not view.wait_ready(timeout=600):
+            raise RuntimeError("the memory view did not catch up within 10 minutes")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+        view.close()
+    return {"grants": n, "bytes_held": held, "bytes_per_grant": held / n}

@@ -1,0 +1,1 @@
+"""Cryptography I/O (L2): JOSE keys and signatures, JWE, key files, tokens, enrollment."""

@@ -1,0 +1,297 @@
+"""Private key files: the broker's keyring, an operator's key, agents' keys. Imports stdlib, jose.
+
+Also imports schemas, config and errors. Every private key lives in one JSON file at an explicit
+path (``Settings.key_path``), written atomically with mode 0600 in a 0700 directory; a file
+readable by group or others is refused with the ``chmod`` that fixes it. Nothing here logs or
+returns key material except to the code that signs with it.
+
+    <stack_dir>/keys/broker.json      the broker's grant-token keyring (kid rotation, overlap)
+    <stack_dir>/keys/operator.json    this operator's key (principal operator:<name>)
+    <stack_dir>/keys/operators.json   public JWKS of every operator the workers trust
+    <stack_dir>/keys/agents/<id>.json an agent's own keys (current, and the one it replaces)
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker.adapters.crypto.jose import SigningKey
+from broker.config import Settings
+from broker.errors import IdentityError, KeyFileError
+from schemas.events import AGENT_ID_PATTERN, PublicJwk
+from schemas.signing import OPERATOR_PREFIX
+
+
+def write_private(path: Path, data: dict[str, Any]) -> None:
+    """Write a key file atomically, mode 0600, in a directory only its owner can list."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_private(path: Path, what: str) -> dict[str, Any]:
+    """Read a key file; refuse one that is missing, unreadable or open to group/others."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise KeyFileError(f"no {what} at {path}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{what} {path} is readable by others (mode {oct(mode & 0o777)}); "
+                           f"run: chmod 600 {path}")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def _time(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+# --- operators ------------------------------------------------------------------------------
+
+def operator_name() -> str:
+    """The default operator principal: ``operator:<login name>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "operator"
+    return OPERATOR_PREFIX + (re.sub(r"[^A-Za-z0-9._@-]", "-", user) or "operator")
+
+
+def load_operator(path: Path) -> tuple[str, SigningKey]:
+    """The operator principal and key in ``path`` (the CLI signs operator commands with it)."""
+    data = read_private(path, "operator key")
+    principal = data.get("principal")
+    if not isinstance(principal, str) or not principal.startswith(OPERATOR_PREFIX):
+        raise KeyFileError(f"operator key {path} names no principal operator:<name>")
+    return principal, SigningKey.from_pem(str(data.get("private_key_pem", "")))
+
+
+def load_operators(path: Path) -> dict[str, tuple[str, PublicJwk]]:
+    """kid -> (principal, public key) of every trusted operator (a JWKS with ``principal``)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise KeyFileError(f"no operators file at {path}: run `permbroker keys init`") from None
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read operators file {path}: {exc}") from None
+    out: dict[str, tuple[str, PublicJwk]] = {}
+    for item in data.get("keys", []) if isinstance(data, dict) else []:
+        entry = dict(item)
+        principal = entry.pop("principal", "")
+        try:
+            jwk = PublicJwk.model_validate(entry)
+        except ValidationError as exc:
+            raise KeyFileError(f"bad key in operators file {path}: {exc.errors()[0]['msg']}") \
+                from None
+        if jwk.kid and str(principal).startswith(OPERATOR_PREFIX):
+            out[jwk.kid] = (str(principal), jwk)
+    return out
+
+
+class OperatorDirectory:
+    """The trusted operators' keys from the operators file, re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: int | None = None
+        self._keys: dict[str, tuple[str, PublicJwk]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the file if it changed (a missing file trusts no operator)."""
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._keys, self._stamp = {}, None
+            return
+        if stamp != self._stamp:
+            self._keys, self._stamp = load_operators(self.path), stamp
+
+    def get(self, kid: str) -> tuple[str, PublicJwk] | None:
+        """(principal, key) of an operator key id."""
+        found = self._keys.get(kid)
+        if found is None:
+            self.reload()
+            found = self._keys.get(kid)
+        return found
+
+    def keys(self) -> dict[str, tuple[str, PublicJwk]]:
+        """Every trusted operator key, by kid."""
+        return dict(self._keys)
+
+
+def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
+    """Trust an operator key (public; the file stays world-readable-safe, it holds no secret)."""
+    keys = [] if not path.exists() else json.loads(path.read_text("utf-8")).get("keys", [])
+    keys = [k for k in keys if k.get("kid") != jwk.kid]
+    keys.append({**jwk.model_dump(mode="json", exclude_none=True), "principal": principal})
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps({"keys": keys}, indent=2) + "\n", "utf-8")
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AgentKeys:
+    """An agent's private keys: the one it signs with, the one a rotation replaced (kept for the
+    overlap), and a new one announced but not yet accepted."""
+
+    agent_id: str
+    current: SigningKey
+    previous: SigningKey | None = None
+    created_at: datetime | None = None
+    pending: SigningKey | None = None
+
+
+class AgentKeyStore:
+    """One file per agent under ``directory``; only the agent's own process should read it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> AgentKeyStore:
+        """The store at ``PERMBROKER_AGENT_KEY_DIR`` (default <stack_dir>/keys/agents)."""
+        return cls((settings or Settings()).key_path("agents"))
+
+    def path(self, agent_id: str) -> Path:
+        """The key file of one agent."""
+        if re.fullmatch(AGENT_ID_PATTERN, agent_id) is None:
+            raise IdentityError(f"not an agent id: {agent_id!r}")
+        return self.directory / f"{agent_id}.json"
+
+    def exists(self, agent_id: str) -> bool:
+        """Whether this agent has a key file here."""
+        return self.path(agent_id).exists()
+
+    def load(self, agent_id: str) -> AgentKeys:
+        """The agent's keys; KeyFileError saying how to create one when there is none."""
+        path = self.path(agent_id)
+        if not path.exists():
+            raise KeyFileError(f"no key for agent {agent_id} in {self.directory}: create one with "
+                               f"`permbroker agents keygen --agent {agent_id}` and have an "
+                               "operator register its public key")
+        data = read_private(path, f"key file of agent {agent_id}")
+        previous, pending = data.get("previous_pem"), data.get("pending_pem")
+        return AgentKeys(agent_id, SigningKey.from_pem(str(data.get("current_pem", ""))),
+                         SigningKey.from_pem(previous) if isinstance(previous, str) else None,
+                         _time(data.get("created_at")),
+                         SigningKey.from_pem(pending) if isinstance(pending, str) else None)
+
+    def save(self, keys: AgentKeys) -> None:
+        """Write the agent's keys (atomically, 0600)."""
+        data: dict[str, Any] = {
+            "agent_id": keys.agent_id, "current_kid": keys.current.kid,
+            "current_pem": keys.current.to_pem(),
+            "created_at": (keys.created_at or datetime.now(UTC)).isoformat()}
+        if keys.previous is not None:
+            data |= {"previous_kid": keys.previous.kid, "previous_pem": keys.previous.to_pem()}
+        if keys.pending is not None:
+            data |= {"pending_kid": keys.pending.kid, "pending_pem": keys.pending.to_pem()}
+        write_private(self.path(keys.agent_id), data)
+
+    def generate(self, agent_id: str, *, alg: str = "EdDSA") -> AgentKeys:
+        """A new key pair for the agent, stored here; refuses to overwrite an existing key."""
+        if self.exists(agent_id):
+            raise KeyFileError(f"agent {agent_id} already has a key at {self.path(agent_id)}; "
+                               "rotate it instead (AgentClient.rotate_key)")
+        keys = AgentKeys(agent_id, SigningKey.generate("ES256" if alg == "ES256" else "EdDSA"),
+                         created_at=datetime.now(UTC))
+        self.save(keys)
+        return keys
+
+
+# --- the broker's keyring ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BrokerKey:
+    """One token-signing key of the broker and its life: signs from activate_at, verifies
+    until retire_at (None: not retiring)."""
+
+    key: SigningKey
+    created_at: datetime
+    activate_at: datetime
+    retire_at: datetime | None = None
+    cause: str = ""  # the rotation command that added it (a redelivery adds nothing)
+
+    def to_json(self) -> dict[str, Any]:
+        """This key as it is stored in the keyring file."""
+        return {"kid": self.key.kid, "alg": self.key.alg, "private_key_pem": self.key.to_pem(),
+                "created_at": self.created_at.isoformat(),
+                "activate_at": self.activate_at.isoformat(),
+                "retire_at": self.retire_at.isoformat() if self.retire_at else None,
+                "cause": self.cause}
+
+
+def read_keyring(path: Path) -> tuple[str, list[BrokerKey]]:
+    """The issuer and keys of a keyring file."""
+    data = read_private(path, "broker keyring")
+    keys = []
+    for item in data.get("keys", []):
+        created = _time(item.get("created_at")) or datetime.now(UTC)
+        keys.append(BrokerKey(SigningKey.from_pem(str(item.get("private_key_pem", ""))), created,
+                              _time(item.get("activate_at")) or created,
+                              _time(item.get("retire_at")), str(item.get("cause", ""))))
+    return str(data.get("issuer", "permbroker")), keys
+
+
+def write_keyring(path: Path, issuer: str, keys: list[BrokerKey]) -> None:
+    """Replace the keyring file (atomically, 0600)."""
+    write_private(path, {"issuer": issuer, "keys": [k.to_json() for k in keys]})
+
+
+def rotated(keys: list[BrokerKey], now: datetime, *, overlap_s: int, lead_s: float,
+            cause: str = "") -> list[BrokerKey]:
+    """Add a key that signs from now + lead; the keys it replaces verify for ``overlap_s`` more.
+
+    The lead lets verifiers learn the new key from the JWKS before any token carries it; the
+    overlap keeps tokens signed just before the rotation verifiable until they expire.
+    """
+    if cause and any(k.cause == cause for k in keys):
+        return keys  # this rotation already happened (a redelivered or retried command)
+    activate = now + timedelta(seconds=lead_s)
+    retire = activate + timedelta(seconds=overlap_s)
+    kept = [k if k.retire_at is not None
+            else BrokerKey(k.key, k.created_at, k.activate_at, retire, k.cause)
+            for k in keys if k.retire_at is None or k.retire_at > now]
+    return [*kept, BrokerKey(SigningKey.generate(), now, activate, cause=cause)]
+
+
+# --- first start --------------------------------------------------------------------------------
+
+def ensure_identity_files(settings: Settings) -> list[str]:
+    """Create the broker keyring and an operator key if missing; make sure the workers trust
+    that operator key (its public half in the operators file)."""
+    created = []
+    broker = settings.key_path("broker")
+    if not broker.exists():
+        now = datetime.now(UTC)
+        write_keyring(broker, settings.token_issuer, [BrokerKey(SigningKey.generate(), now, now)])
+        created.append(str(broker))
+    operator, operators = settings.key_path("operator"), settings.key_path("operators")
+    if not operator.exists():
+        key, principal = SigningKey.generate(), operator_name()
+        write_private(operator, {"principal": principal, "private_key_pem": key.to_pem()})
+        created.append(str(operator))
+    principal, key = load_operator(operator)
+    if not operators.exists() or key.kid not in load_operators(operators):
+        add_operator(operators, principal, key.jwk)
+    return created

@@ -1,0 +1,84 @@
+"""Redis state of the identity checks: signature nonces, last activity. Imports redis, keys.
+
+Also imports errors. A nonce key records the Kafka origin (topic/partition/offset) of the first
+message that carried a signature: the same origin again is a redelivery (fine), another origin
+is a replay. Every key has an absolute expiry past the window in which the signature could be
+accepted at all (``iat`` + max age + margin); after that, staleness rejects it anyway.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.adapters.redis import keyspace as keys
+from broker.errors import StoreUnavailable
+
+LAST_ACTED_LIFE = timedelta(days=30)
+
+# KEYS: nonce, last-acted hash   ARGV: origin, nonce PXAT ms, agent ('' = none), acted ms,
+#       hash PXAT ms. One round trip: the first use of a nonce records its origin and, for an
+#       agent, when it acted; returns {first origin, 1 if this call recorded it}.
+FIRST_SEEN = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then
+  if ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+    redis.call('PEXPIREAT', KEYS[2], ARGV[5])
+  end
+  return {ARGV[1], 1}
+end
+return {redis.call('GET', KEYS[1]) or ARGV[1], 0}
+"""
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+class IdentityStore:
+    """Nonces and last-acted times; every method raises StoreUnavailable when Redis is down."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._first_seen = client.register_script(FIRST_SEEN)
+
+    @classmethod
+    def from_url(cls, url: str) -> IdentityStore:
+        """A store on a fresh client for ``url``."""
+        return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._r.aclose()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def first_seen(self, principal: str, jti: str, origin: str, until: datetime, *,
+                         agent: str = "", at: datetime | None = None) -> tuple[str, bool]:
+        """The origin of the nonce's first use (recording ``origin`` if none), and whether this
+        call recorded it; a first use by ``agent`` also records that it acted ``at``."""
+        acted = at or until
+        first, new = await self._call(self._first_seen(
+            keys=[keys.nonce(principal, jti), keys.LAST_ACTED],
+            args=[origin, _ms(until), agent, _ms(acted), _ms(acted + LAST_ACTED_LIFE)]))
+        return (first.decode() if isinstance(first, bytes) else str(first)), bool(int(new))
+
+    async def mark_acted(self, agent_id: str, at: datetime) -> None:
+        """Remember when an agent last acted (an admitted event)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(keys.LAST_ACTED, agent_id, _ms(at))
+        pipe.pexpireat(keys.LAST_ACTED, _ms(at + LAST_ACTED_LIFE))
+        await self._call(pipe.execute())
+
+    async def last_acted(self) -> dict[str, datetime]:
+        """agent id -> when it last acted (within the last 30 days)."""
+        raw = await self._call(self._r.hgetall(keys.LAST_ACTED))
+        return {k.decode(): datetime.fromtimestamp(int(v) / 1000, tz=UTC)
+                for k, v in raw.items()}

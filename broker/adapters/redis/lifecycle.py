@@ -1,0 +1,165 @@
+"""Redis side of renewals, releases and expiry warnings. Imports redis, broker core, schemas.
+
+Shares the grant store's client and key layout (``keys.py``). A renewal or release is one Lua
+script on the agent's hash slot, recorded under its request id so a redelivery gets the recorded
+answer back and can never move an expiry twice. Grants are read under the requesting agent's
+prefix only: an agent cannot renew or release another agent's grant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis import lua
+from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
+from broker.grants.renewal import RenewalOutcome
+from schemas.events import GrantExpiring, GrantIssued, ReleaseDecided, RenewalDecided
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a renewal or release stored: its recorded decision, or why it must be re-decided."""
+
+    status: Literal["stored", "existing", "blocked"]
+    decision_json: str
+    blocked_reason: str = ""
+
+
+@dataclass(frozen=True)
+class DueWarning:
+    """A grant whose expiry warning is due; ``event`` None when the grant no longer lives."""
+
+    event: GrantExpiring | None
+    namespaces: tuple[str, ...] | None
+    member: str
+
+
+class LifecycleStore:
+    """Renewal, release and warning operations on the grant store's Redis."""
+
+    def __init__(self, store: RedisGrantStore, *, margin_s: int = 3600) -> None:
+        self._store = store
+        self._r = store.client
+        self._margin = timedelta(seconds=margin_s)
+        self._renew = self._r.register_script(lua.RENEW)
+        self._release = self._r.register_script(lua.RELEASE_OWN)
+
+    async def _call(self, coro: Any) -> Any:
+        return await self._store._call(coro)  # one translation of Redis errors: StoreUnavailable
+
+    async def live_grant(self, agent_id: str, grant_id: str, now: datetime) -> GrantIssued | None:
+        """The agent's own grant ``grant_id`` if it is live (not ended, not past expires_at)."""
+        raw = await self._call(self._r.get(keys.grant(agent_id, grant_id)))
+        if not raw:
+            return None
+        grant = GrantIssued.model_validate_json(raw)
+        ok = grant.agent_id == agent_id and grant.expires_at > now
+        return grant if ok else None
+
+    async def recorded(self, kind: Literal["renewal", "release"], agent_id: str,
+                       request_id: str) -> bool:
+        """Whether a renewal or release request was already decided (a redelivery)."""
+        key = (keys.renewal if kind == "renewal" else keys.release)(agent_id, request_id)
+        return bool(await self._call(self._r.exists(key)))
+
+    async def renew(
+        self, outcome: RenewalOutcome, grant: GrantIssued | None, *, received_at: datetime,
+        now: datetime, max_grant_s: int,
+    ) -> Stored:
+        """Store a renewal decision (and the new expiry) once."""
+        d, r = outcome.decision, outcome.renewed
+        a = d.agent_id
+        record_until = received_at + timedelta(seconds=max_grant_s) + self._margin
+        renewed_json, new_ms, life_until, prev_ms = "", 0, record_until, 0
+        if r is not None and grant is not None:
+            renewed = grant.model_copy(update={"expires_at": r.expires_at})
+            renewed_json, new_ms = renewed.model_dump_json(), ms(r.expires_at)
+            life_until = max(record_until, r.expires_at + self._margin)
+            prev_ms = ms(grant.expires_at)
+            await self._store.schedule(renewed, life_until)
+        status, payload = await self._call(
+            self._renew(
+                keys=[keys.renewal(a, d.request_id), keys.grant(a, d.grant_id), keys.index(a),
+                      keys.life(a, d.grant_id), keys.revoked(a), keys.quarantine(a),
+                      keys.budget(a, d.grant_id)],
+                args=[d.model_dump_json(), renewed_json, new_ms, ms(received_at), ms(now),
+                      ms(max(record_until, life_until)), d.grant_id, ms(life_until), prev_ms],
+            )
+        )
+        return _stored(status, payload)
+
+    async def release(
+        self, decision: ReleaseDecided, *, received_at: datetime, max_grant_s: int
+    ) -> Stored:
+        """End the agent's own grant (when the decision says released) and record the answer."""
+        a = decision.agent_id
+        until = received_at + timedelta(seconds=max_grant_s) + self._margin
+        status, payload = await self._call(
+            self._release(
+                keys=[keys.release(a, decision.request_id), keys.grant(a, decision.grant_id),
+                      keys.life(a, decision.grant_id), keys.index(a)],
+                args=[decision.model_dump_json(), "1" if decision.outcome == "released" else "0",
+                      decision.grant_id, ms(until)],
+            )
+        )
+        return _stored(status, payload)
+
+    async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
+        """Grants whose expiry warning is due, with the warning to announce if still live."""
+        members = await self._call(
+            self._r.zrangebyscore(keys.EXPIRING_INDEX, "-inf", ms(now), start=0, num=limit)
+        )
+        parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
+        for _member, agent, gid, _ns in parsed:
+            pipe.get(keys.life(agent, gid))
+            pipe.get(keys.grant(agent, gid))
+        found = await self._call(pipe.execute()) if parsed else []
+        out = []
+        for i, (member, agent, gid, namespaces) in enumerate(parsed):
+            # The life key holds the current expiry while the grant has not been ended; a
+            # warning that is late still goes out, so it always precedes grant.expired.
+            life, raw_grant = found[2 * i], found[2 * i + 1]
+            grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
+            if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
+                await self._call(  # renewed since it was indexed: warn later
+                    self._r.zadd(keys.EXPIRING_INDEX, {member: ms(self._store.warn_at(grant))})
+                )
+                continue
+            event = (
+                GrantExpiring(grant_id=gid, agent_id=agent, expires_at=from_ms(life),
+                              warned_at=now)
+                if life is not None
+                else None
+            )
+            out.append(DueWarning(event, namespaces, member))
+        return out
+
+    async def ack_warnings(self, done: Sequence[DueWarning]) -> None:
+        """Forget announced (or moot) warnings."""
+        if done:
+            await self._call(self._r.zrem(keys.EXPIRING_INDEX, *(d.member for d in done)))
+
+
+def _stored(status: bytes, payload: bytes) -> Stored:
+    text = payload.decode()
+    if status == b"blocked":
+        return Stored("blocked", "", text)
+    return Stored("stored" if status == b"stored" else "existing", text)
+
+
+def recorded_renewal(stored: Stored) -> RenewalDecided:
+    """The renewal decision a store call recorded."""
+    return RenewalDecided.model_validate_json(stored.decision_json)
+
+
+def recorded_release(stored: Stored) -> ReleaseDecided:
+    """The release decision a store call recorded."""
+    return ReleaseDecided.model_validate_json(stored.decision_json)
+
+
+__all__ = ["DueWarning", "LifecycleStore", "Stored", "from_ms"]

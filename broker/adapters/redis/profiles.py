@@ -1,0 +1,146 @@
+"""Behaviour profiles in Redis (hash-tagged per agent, always with a TTL). Imports redis, broker.
+
+One hash per agent (``keys.behaviour``): the profile JSON and the offset of the last decision
+folded into it. A save is a compare-and-set on that offset in one Lua step, so a decision
+redelivered after a worker restart is never counted twice, and the key is written with an
+absolute expiry (PXAT) in the same step. One hash per agent class (``keys.behaviour_class``)
+holds the patterns any agent of the class used and its request count, also with a PXAT.
+Per agent class and model version, one small hash per time bucket (``keys.behaviour_group``)
+counts requests, grants and denials, each expiring with the longest detector window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from broker.adapters.redis import keyspace as keys
+from broker.behaviour.profiles import ClassView, Profile
+from broker.behaviour.stats import group_report, window_buckets
+from broker.errors import StoreUnavailable
+from broker.policy.detectors import Detectors
+
+T = TypeVar("T")
+CLASS_COUNT = "#requests"  # field of the class hash holding its request count
+
+# KEYS[1] profile hash; ARGV: partition, offset, profile JSON, expire-at ms.
+# 1 = saved, 0 = this partition's decision at or after ``offset`` is already in it.
+SAVE = """
+local partition = redis.call('HGET', KEYS[1], 'partition')
+local current = tonumber(redis.call('HGET', KEYS[1], 'offset') or '-1')
+if partition == ARGV[1] and current >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'partition', ARGV[1], 'offset', ARGV[2], 'profile', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return 1
+"""
+# KEYS[1] class hash; ARGV: at ms, expire-at ms, patterns... (count +1, patterns stamped).
+LEARN = """
+redis.call('HINCRBY', KEYS[1], '#requests', 1)
+for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class ProfileStore:
+    """Reads and writes behaviour profiles; Redis errors become StoreUnavailable."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._r = client
+        self._save = client.register_script(SAVE)
+        self._learn = client.register_script(LEARN)
+
+    @classmethod
+    def from_url(cls, url: str) -> ProfileStore:
+        """A store on a fresh client for ``url``."""
+        return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"behaviour profiles: {what} failed: {exc}") from exc
+
+    async def load(self, agent_id: str) -> tuple[Profile | None, tuple[int, int]]:
+        """The agent's profile and the (partition, offset) of the last decision in it
+        ((-1, -1): none)."""
+        raw = await self._call("load", lambda: self._r.hmget(
+            keys.behaviour(agent_id), ["profile", "partition", "offset"]))
+        text, partition, offset = raw
+        position = (int(partition), int(offset)) if partition is not None and offset is not None \
+            else (-1, -1)
+        return (Profile.from_json(text) if text else None), position
+
+    async def save(self, agent_id: str, profile: Profile, position: tuple[int, int],
+                   expire_ms: int) -> bool:
+        """Store the profile unless this partition's decision at or after the offset of
+        ``position`` is already in it (a decision on another partition, after the topic grew,
+        is always newer)."""
+        done = await self._call("save", lambda: self._save(
+            keys=[keys.behaviour(agent_id)],
+            args=[position[0], position[1], profile.to_json(), expire_ms]))
+        return bool(done)
+
+    async def class_view(self, agent_class: str, patterns: tuple[str, ...]) -> ClassView:
+        """The class's request count and which of ``patterns`` it used before."""
+        fields = [CLASS_COUNT, *patterns]
+        raw = await self._call("class view", lambda: self._r.hmget(
+            keys.behaviour_class(agent_class), fields))
+        known = frozenset(p for p, v in zip(patterns, raw[1:], strict=True) if v is not None)
+        return ClassView(int(raw[0] or 0), known)
+
+    async def learn(self, agent_class: str, patterns: tuple[str, ...], at_ms: int,
+                    expire_ms: int) -> None:
+        """Count one request of the class and remember its patterns (until ``expire_ms``)."""
+        await self._call("learn", lambda: self._learn(
+            keys=[keys.behaviour_class(agent_class)], args=[at_ms, expire_ms, *patterns]))
+
+    async def count_group(self, agent_class: str, model_version: str, bucket_ms: int,
+                          granted: bool, expire_ms: int) -> None:
+        """Count one decided request in its class and model version's time bucket."""
+        key = keys.behaviour_group(agent_class, model_version, bucket_ms)
+
+        async def write() -> None:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, "r", 1)
+                pipe.hincrby(key, "g" if granted else "d", 1)
+                pipe.pexpireat(key, expire_ms)
+                await pipe.execute()
+
+        await self._call("count group", write)
+
+    async def group_window(self, agent_class: str, model_version: str,
+                           starts: list[int]) -> tuple[int, int, int]:
+        """(requests, granted, denied) of a class and model version over the buckets
+        starting at ``starts``."""
+        async def read() -> list[list[bytes | None]]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for start in starts:
+                    pipe.hmget(keys.behaviour_group(agent_class, model_version, start),
+                               ["r", "g", "d"])
+                return list(await pipe.execute())
+
+        rows = await self._call("group window", read)
+        totals = [sum(int(row[i] or 0) for row in rows) for i in range(3)]
+        return totals[0], totals[1], totals[2]
+
+    async def group_stats(self, agent_class: str, model_version: str, cfg: Detectors,
+                          now: datetime) -> dict[str, Any]:
+        """A class and model version's request, grant and denial counts in the detector
+        windows ending ``now`` (``broker.behaviour_stats.group_report``)."""
+        counts = [(seconds, starts,
+                   await self.group_window(agent_class, model_version, starts))
+                  for seconds, starts in window_buckets(cfg, now)]
+        return group_report(agent_class, model_version, now, counts)
+
+    async def ttl_ms(self, agent_id: str) -> int:
+        """Milliseconds the agent's profile key has left (-2: absent)."""
+        return int(await self._call("ttl", lambda: self._r.pttl(keys.behaviour(agent_id))))
+
+    async def close(self) -> None:
+        """Close the client."""
+        await self._r.aclose()

@@ -1,0 +1,582 @@
+"""Redis grant store: the fast, TTL-bounded view of active grants.
+
+Imports redis, broker core, schemas.
+
+Kafka is the log of record; this view can be rebuilt from it (``rebuild.py``). Until it has been
+built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua script on one agent's
+hash slot, with absolute expiries computed once by the broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis import lua, records
+from broker.errors import StoreMisconfigured, StoreUnavailable
+from broker.grants.decide import AgentState, Outcome, RevocationPlan, derive_id
+from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
+
+SEP = "\x1f"
+
+
+def ms(when: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(value: int | str | bytes) -> datetime:
+    """Aware UTC datetime from epoch milliseconds."""
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Result of storing a decision: what is now recorded for the request."""
+
+    status: Literal["stored", "existing", "blocked", "fenced"]
+    decision: EscalationDecided | None
+    grant: GrantIssued | None
+    published: bool = False
+    blocked_reason: str = ""
+    blocked_detail: str = ""
+
+
+@dataclass(frozen=True)
+class DueExpiry:
+    """A grant whose expiry passed: announce it (``live``) to its namespaces' topics, then ack."""
+
+    event: GrantExpired
+    live: bool
+    namespaces: tuple[str, ...] | None
+    member: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
+
+    role: str = "esc"
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``capacity`` requests per ``per_ms`` milliseconds (0: unlimited)."""
+
+    capacity: int = 0
+    per_ms: int = 1000
+
+
+NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one decision reads first, in one round trip; ``now`` is Redis's clock."""
+
+    now: datetime
+    state: AgentState
+    risk: float
+    view_built: bool
+    fence_epoch: int | None
+    recorded: Committed | None = None  # the request's stored decision, when one was asked for
+
+
+@dataclass(frozen=True)
+class Check:
+    """Answer of a store-side check, with the reason."""
+
+    allowed: bool
+    reason: str
+    grant: GrantIssued | None = None
+
+
+class RedisGrantStore:
+    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
+    ) -> None:
+        self._r = client
+        self._margin = timedelta(seconds=margin_s)
+        self._warn_before = warn_before_s
+        self._commit = client.register_script(lua.COMMIT)
+        self._revoke = client.register_script(lua.REVOKE_ALL)
+        self._check = client.register_script(lua.CHECK)
+        self._list = client.register_script(lua.LIST)
+        self._restore = client.register_script(lua.RESTORE)
+        self._release = client.register_script(lua.RELEASE)
+        self._note_risk = client.register_script(lua.NOTE_RISK)
+        self._claim = client.register_script(lua.CLAIM)
+        self._mark = client.register_script(lua.MARK_PUBLISHED)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, margin_s: int = 3600, warn_before_s: float = 30.0
+    ) -> RedisGrantStore:
+        """A store on a fresh client for ``url``."""
+        client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, margin_s=margin_s, warn_before_s=warn_before_s)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client (for the lifecycle store sharing its connections)."""
+        return self._r
+
+    def warn_at(self, grant: GrantIssued) -> datetime:
+        """When to announce grant.expiring: ``warn_before_s`` ahead, at most half its life."""
+        life = (grant.expires_at - grant.issued_at).total_seconds()
+        return grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
+
+    async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
+        """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
+        pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
+        self._index_expiry(pipe, grant, life_until)
+        await self._call(pipe.execute())
+
+    def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
+        """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
+        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
+        for index, when in (
+            (keys.EXPIRY_INDEX, grant.expires_at),
+            (keys.EXPIRING_INDEX, self.warn_at(grant)),
+        ):
+            pipe.zadd(index, {member: ms(when)})
+            pipe.pexpireat(index, ms(life_until), gt=True)
+            pipe.pexpireat(index, ms(life_until), nx=True)
+
+    async def aclose(self) -> None:
+        """Close the client's connections."""
+        await self._r.aclose()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def check_config(self) -> None:
+        """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
+        cfg = await self._call(self._r.config_get("maxmemory-policy"))
+        policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        if policy != "noeviction":
+            raise StoreMisconfigured(
+                f"Redis maxmemory-policy is {policy!r}; permbroker needs 'noeviction' "
+                "(eviction would silently drop live grants or revocation markers). "
+                "Run: CONFIG SET maxmemory-policy noeviction"
+            )
+
+    async def view_epoch(self) -> datetime | None:
+        """When the view was last built from Kafka, or None (then nothing is allowed)."""
+        raw = await self._call(self._r.get(keys.VIEW_EPOCH))
+        return from_ms(raw) if raw else None
+
+    async def mark_built(self, now: datetime) -> None:
+        """Record that the view now reflects the log."""
+        await self._call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+
+    async def now(self) -> datetime:
+        """Redis's clock: the one that expires every key, so the one grants are judged by."""
+        sec, usec = await self._call(self._r.time())
+        return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
+
+    async def snapshot(
+        self, agent_id: str, fence_key: str | None = None, request_id: str | None = None
+    ) -> Snapshot:
+        """Clock, quarantine, last revocation, live risk, view state (and a partition's fence).
+
+        With ``request_id``, also what is recorded for that request (``recorded``), in the same
+        round trip: a redelivery is recognised without a round trip of its own.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        pipe.time()
+        pipe.get(keys.quarantine(agent_id))
+        pipe.pexpiretime(keys.quarantine(agent_id))
+        pipe.get(keys.revoked(agent_id))
+        pipe.get(keys.risk(agent_id))
+        pipe.exists(keys.VIEW_EPOCH)
+        if fence_key is not None:
+            pipe.get(fence_key)
+        if request_id is not None:
+            self._queue_recorded(pipe, agent_id, request_id)
+        got = await self._call(pipe.execute())
+        (sec, usec), rule, pxat, revoked, risk, built = got[:6]
+        found = self._recorded(*got[-3:]) if request_id is not None else None
+        return Snapshot(
+            now=datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC),
+            state=AgentState(
+                quarantined_until=from_ms(pxat) if rule and pxat > 0 else None,
+                quarantine_rule=rule.decode() if rule else "",
+                revoked_at=from_ms(revoked) if revoked else None,
+            ),
+            risk=float(risk) if risk else 0.0,
+            view_built=bool(built),
+            fence_epoch=int(got[6] or 0) if fence_key is not None else None,
+            recorded=found,
+        )
+
+    async def agent_state(self, agent_id: str) -> AgentState:
+        """Quarantine and last revocation of an agent."""
+        return (await self.snapshot(agent_id)).state
+
+    async def live_risk(self, agent_id: str) -> float:
+        """The highest recent non-revoking risk severity about the agent (0 when none)."""
+        return (await self.snapshot(agent_id)).risk
+
+    async def fence_epoch(self, fence_key: str) -> int:
+        """The newest claimed epoch of an input partition (0 when none, e.g. after a wipe)."""
+        return int(await self._call(self._r.get(fence_key)) or 0)
+
+    async def claim(self, fence_key: str) -> int:
+        """Become the newest owner of an input partition; returns the epoch to write with."""
+        return int(await self._call(self._claim(keys=[fence_key])))
+
+    async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
+        """Remember a risk severity until ``until``; returns the live risk.
+
+        A signal read long after it was appended (a worker catching up) may have an ``until``
+        already past: Redis then drops the key at once and there is no live risk (0).
+        """
+        raw = await self._call(
+            self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
+        )
+        return float(raw) if raw is not None else 0.0
+
+    async def commit(
+        self,
+        outcome: Outcome,
+        *,
+        received_at: datetime,
+        now: datetime,
+        max_grant_s: int,
+        fence: Fence = NO_FENCE,
+        rate: RateLimit = UNLIMITED,
+    ) -> Committed:
+        """Store a decision (and its grant) once; a redelivery gets the recorded decision back.
+
+        One round trip: the expiry index entry and the commit script share a pipeline.
+        """
+        d, g = outcome.decision, outcome.grant
+        agent = d.agent_id
+        expires = g.expires_at if g else received_at
+        record_until = self._record_until(expires, received_at, max_grant_s)
+        gid = g.grant_id if g else ""
+        script_keys, script_args = (
+            [
+                keys.decision(agent, d.request_id),
+                keys.grant(agent, gid),
+                keys.index(agent),
+                keys.revoked(agent),
+                keys.quarantine(agent),
+                keys.life(agent, gid),
+                keys.published(agent, d.request_id),
+                keys.VIEW_EPOCH,
+                keys.owner(agent, fence.role),
+                keys.rate(agent),
+            ],
+            [
+                records.pack(d.model_dump_json()),
+                g.model_dump_json() if g else "",
+                ms(expires),
+                ms(received_at),
+                ms(now),
+                ms(record_until),
+                gid,
+                fence.epoch,
+                rate.capacity,
+                rate.per_ms,
+            ],
+        )
+
+        def fill(pipe: Any) -> None:
+            if g is not None:
+                self._index_expiry(pipe, g, record_until)
+            pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
+
+        status, payload, extra, published = (await self._with_script(lua.COMMIT, fill))[-1]
+        status = status.decode()
+        if status in ("blocked", "fenced"):
+            return Committed(status, None, None, False, payload.decode(), extra.decode())
+        if status == "stored":  # exactly what was passed in: no need to parse it back
+            return Committed(status, d, g, False)
+        found = self._recorded(payload, extra or None, published)
+        assert found is not None
+        return Committed(status, found.decision, found.grant, found.published)
+
+    async def _with_script(self, script: str, fill: Callable[[Any], None]) -> list[Any]:
+        """Execute a pipeline that ``fill`` ends with an EVALSHA of ``script``: one round trip.
+
+        (A script registered on a redis-py pipeline costs a SCRIPT EXISTS round trip on every
+        execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
+        pipeline runs again: its other commands are idempotent, and the script did not run.
+        """
+        for _ in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                await self._call(self._r.script_load(script))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        raise StoreUnavailable("Redis lost the commit script twice in a row")
+
+    async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
+        """The decision stored for a request (as a commit would find it), or None."""
+        pipe = self._r.pipeline(transaction=False)
+        self._queue_recorded(pipe, agent_id, request_id)
+        return self._recorded(*await self._call(pipe.execute()))
+
+    def _queue_recorded(self, pipe: Any, agent_id: str, request_id: str) -> None:
+        """Queue the reads of a request's record: the record, its grant, the legacy marker."""
+        pipe.get(keys.decision(agent_id, request_id))
+        pipe.get(keys.grant(agent_id, derive_id("grant", request_id, agent_id)))
+        pipe.exists(keys.published(agent_id, request_id))
+
+    def _recorded(self, raw: bytes | None, grant_raw: bytes | None,
+                  legacy_published: int) -> Committed | None:
+        """The record as a commit would find it (the grant only while it is live)."""
+        if raw is None:
+            return None
+        payload, published = records.unpack(raw)
+        decision = EscalationDecided.model_validate_json(payload)
+        grant = GrantIssued.model_validate_json(grant_raw) if grant_raw else None
+        if grant is not None and grant.grant_id != decision.grant_id:
+            grant = None  # a decision's grant id always derives from its request; never another
+        done = published if published is not None else bool(int(legacy_published))
+        return Committed("existing", decision, grant, done)
+
+    def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
+        """How long a request's records live: past any grant it could mint, plus a margin."""
+        return max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
+
+    async def mark_published(
+        self, decision: EscalationDecided, *, received_at: datetime, max_grant_s: int
+    ) -> None:
+        """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
+        until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
+        a, rid = decision.agent_id, decision.request_id
+        await self._call(
+            self._mark(keys=[keys.decision(a, rid), keys.published(a, rid)], args=[ms(until)])
+        )
+
+    async def revoke_all(
+        self, plan: RevocationPlan, fence: Fence = NO_RISK_FENCE
+    ) -> tuple[GrantIssued, ...] | None:
+        """Remove every grant of the agent and leave markers; idempotent per cause event.
+
+        None when a newer owner of the signal's partition has written for the agent (fenced).
+        """
+        a = plan.agent_id
+        raw = await self._call(
+            self._revoke(
+                keys=[
+                    keys.index(a),
+                    keys.revoked(a),
+                    keys.quarantine(a),
+                    keys.revocation(a, plan.cause_id),
+                    keys.owner(a, fence.role),
+                ],
+                args=[
+                    ms(plan.revoked_at),
+                    ms(plan.marker_until),
+                    ms(plan.quarantine_until) if plan.quarantine_until else 0,
+                    ms(plan.marker_until + self._margin),
+                    keys.agent_prefix(a),
+                    plan.rule,
+                    fence.epoch,
+                ],
+            )
+        )
+        if isinstance(raw, bytes) and raw.startswith(b"fenced:"):
+            return None
+        return tuple(GrantIssued.model_validate(item) for item in json.loads(raw))
+
+    async def release(self, grant: GrantIssued) -> bool:
+        """End one grant early (the agent gave it back); True if it was live."""
+        a = grant.agent_id
+        live = await self._call(
+            self._release(
+                keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
+                args=[grant.grant_id],
+            )
+        )
+        return bool(live)
+
+    async def check(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
+        """Is ``scope`` on ``resource`` allowed for the agent right now? Fails closed.
+
+        An unreachable Redis is a denial with the reason (within the client's socket timeouts),
+        never an exception and never an allow.
+        """
+        try:
+            return await self._check_live(agent_id, scope, resource, now)
+        except StoreUnavailable as exc:
+            return Check(False, f"grant store unavailable, denying (fail closed): {exc}")
+
+    async def _check_live(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
+        if await self.view_epoch() is None:
+            return Check(
+                False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
+            )
+        raw = await self._call(
+            self._check(
+                keys=[keys.index(agent_id)],
+                args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
+            )
+        )
+        if not raw:
+            return Check(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+        grant = GrantIssued.model_validate_json(raw)
+        return Check(True, f"grant {grant.grant_id} until {grant.expires_at.isoformat()}", grant)
+
+    async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
+        """Live grants of one agent."""
+        raw = await self._call(
+            self._list(keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)])
+        )
+        return [GrantIssued.model_validate_json(item) for item in raw]
+
+    async def agents_with_grants(self) -> list[str]:
+        """Agent ids that have a grant index (for listings)."""
+        out: list[str] = []
+        async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
+            text = key.decode()
+            out.append(text[text.index("{") + 1 : text.rindex("}")])
+        return sorted(set(out))
+
+    async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
+        """Grants whose expiry passed; ``live`` says whether to announce (not revoked/released).
+
+        A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
+        instead: its end is announced at the new expiry.
+        """
+        members = await self._call(
+            self._r.zrangebyscore(
+                keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
+            )
+        )
+        parsed = [(raw.decode(), score) for raw, score in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
+        for member, _score in parsed:
+            agent, gid, _ns = keys.parse_member(member)
+            pipe.get(keys.life(agent, gid))
+        lives = await self._call(pipe.execute()) if parsed else []
+        out = []
+        for (member, score), current in zip(parsed, lives, strict=True):
+            agent, gid, namespaces = keys.parse_member(member)
+            if current is not None and int(current) > int(score):
+                await self._call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
+                continue
+            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
+            out.append(DueExpiry(event, current is not None, namespaces, member))
+        return out
+
+    async def ack_expiries(self, done: Sequence[DueExpiry]) -> None:
+        """Forget announced (or skipped) expiries."""
+        if not done:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for d in done:
+            pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
+            pipe.zrem(keys.EXPIRY_INDEX, d.member)
+        await self._call(pipe.execute())
+
+    async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
+        """Rebuild: put back one grant from the log if still live and not revoked."""
+        a = grant.agent_id
+        life_until = grant.expires_at + self._margin
+        await self.schedule(grant, life_until)
+        done = await self._call(
+            self._restore(
+                keys=[
+                    keys.grant(a, grant.grant_id),
+                    keys.index(a),
+                    keys.life(a, grant.grant_id),
+                    keys.revoked(a),
+                    keys.quarantine(a),
+                ],
+                args=[
+                    grant.model_dump_json(),
+                    ms(grant.expires_at),
+                    ms(now),
+                    ms(life_until),
+                    grant.grant_id,
+                    ms(grant.issued_at),
+                    0,
+                    0,
+                    0,
+                    "",
+                ],
+            )
+        )
+        return bool(done)
+
+    async def restore_records(
+        self,
+        grants: Iterable[GrantIssued],
+        decision_of: Callable[[GrantIssued], EscalationDecided],
+        revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
+        now: datetime,
+    ) -> None:
+        """Rebuild: the idempotency records of logged grants and revocations (never overwritten).
+
+        With them a request or revoking signal redelivered after a wipe is a duplicate, as it
+        was before: it cannot revive a released grant, move a renewed expiry back, or revoke
+        grants issued after the revocation.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        for g in grants:  # only records that would still live (a long log has many more)
+            if g.expires_at + self._margin > now:
+                d, pxat = decision_of(g), ms(g.expires_at + self._margin)
+                pipe.set(keys.decision(d.agent_id, d.request_id),
+                         records.pack(d.model_dump_json(), published=True), pxat=pxat, nx=True)
+        for rev, grants in revocations:
+            if rev.markers_until + self._margin > now:
+                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
+                pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
+                         pxat=ms(rev.markers_until + self._margin), nx=True)
+        await self._call(pipe.execute())
+
+    async def restore_revocation(
+        self,
+        agent_id: str,
+        revoked_at: datetime,
+        marker_until: datetime,
+        quarantine_until: datetime | None,
+        rule: str,
+        now: datetime,
+    ) -> None:
+        """Rebuild: put back a revocation marker (and quarantine) from the log."""
+        await self._call(
+            self._restore(
+                keys=[
+                    keys.grant(agent_id, "-"),
+                    keys.index(agent_id),
+                    keys.life(agent_id, "-"),
+                    keys.revoked(agent_id),
+                    keys.quarantine(agent_id),
+                ],
+                args=[
+                    "",
+                    0,
+                    ms(now),
+                    0,
+                    "",
+                    0,
+                    ms(revoked_at),
+                    ms(marker_until),
+                    ms(quarantine_until) if quarantine_until else 0,
+                    rule,
+                ],
+            )
+        )

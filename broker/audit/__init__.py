@@ -1,0 +1,1 @@
+"""The audit (pure): hash chains, records, redaction, verification, replay, views, what-if."""

@@ -1,0 +1,1 @@
+"""Behaviour analytics, the pure part: profiles, detectors and their reports."""

@@ -1,0 +1,293 @@
+"""`permbroker audit ...`: tail, verify, export, replay, timeline, hash, keys, seal. L3 (Typer).
+
+Imports broker (core, adapters), schemas. Reads the sealed audit topic (``permbroker.audit``) or
+an export file; nothing here writes to Redis or to a lifecycle topic. ``verify`` and ``replay
+--check`` exit 1 when they find a problem, naming the record that shows it.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from broker.adapters.audit import check as audit_check
+from broker.adapters.audit import keys as audit_keys
+from broker.adapters.audit import log as audit_log
+from broker.audit import replay as audit_replay
+from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
+from broker.audit.views import grants_as_of, quarantines_as_of, timeline
+from broker.cli.audit_tail import tail
+from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.policy import Policy, load_policy
+from schemas.events import MAX_REQUESTED_DURATION_S, AuditRecord
+
+audit_app = typer.Typer(help="Read, verify, export and replay the audit stream.",
+                        no_args_is_help=True)
+keys_app = typer.Typer(help="The audit's HMAC and signing keys.", no_args_is_help=True)
+audit_app.add_typer(keys_app, name="keys")
+audit_app.command("tail")(tail)
+
+FileOpt = Annotated[Path | None, typer.Option(
+    "--file", help="Read an export (audit export --format jsonl) instead of the topic.")]
+SinceOpt = Annotated[str | None, typer.Option(help="From this time (ISO 8601, or '1h ago').")]
+UntilOpt = Annotated[str | None, typer.Option(help="Up to this time (exclusive).")]
+KafkaHint = "is Kafka up and the topic there? permbroker stack status"
+
+
+def load_records(settings: Settings, *, file: Path | None = None,
+                 since: datetime | None = None) -> list[AuditRecord]:
+    """Every parseable sealed record (from the topic, or an export), in log order."""
+    stored = (audit_log.read_jsonl(file) if file else
+              audit_log.read_topic(settings.kafka_bootstrap, since=since))
+    records, bad = [], 0
+    for s in stored:
+        try:
+            records.append(s.record())
+        except BrokerError:
+            bad += 1
+    if bad:
+        err.print(f"[yellow]{bad} entr(y/ies) did not parse and were left out; run "
+                  "permbroker audit verify[/]")
+    return records
+
+
+@audit_app.command("verify")
+def verify(
+    topic: Annotated[str | None, typer.Option(help="Verify this topic (e.g. a copy).")] = None,
+    file: FileOpt = None,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        help="Public key(s) of the digests (default: the configured one).")] = None,
+    complete: Annotated[bool, typer.Option(
+        help="Also fail on entries not yet sealed by a digest, and on sealer lag.")] = False,
+    wait: Annotated[float, typer.Option(
+        help="Wait up to this many seconds for the sealer to chain and sign everything.")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every partition's hash chain, sequence and signed digests; name the first break."""
+    settings = Settings()
+    keys = audit_check.public_key_files(settings, public_key or [])
+    try:
+        if file is not None:
+            result = audit_check.verify_file(file, keys, complete=complete)
+        elif wait > 0 and topic is None:
+            result = audit_check.wait_sealed(settings, keys, wait)
+        else:
+            result = audit_check.verify_topic(settings, keys, complete=complete,
+                                              **({"topic": topic} if topic else {}))
+    except BrokerError as exc:
+        raise fail(str(exc), KafkaHint) from exc
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: audit_check.Verification) -> None:
+    for c in result.chains.values():
+        span = f"seq {c.first_seq}..{c.last_seq}" if c.entries else "empty"
+        signed = (f"signed through seq {c.sealed_through}" if c.sealed_through is not None
+                  else "no digest yet")
+        wait = f"; {c.unsealed} await the next digest" if c.unsealed else ""
+        out.print(f"partition {c.partition}: {c.entries} entries ({span}), {c.digests} digests, "
+                  f"{signed}{wait}", highlight=False)
+    for note in result.notes:
+        out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+    for partition, lag in result.lag.items():
+        out.print(f"[yellow]partition {partition}: {lag} raw record(s) not sealed yet[/]")
+    for problem in result.problems:
+        out.print(f"[bold red]BROKEN[/] {escape(problem)}", highlight=False)
+    verdict = ("[green]OK[/]" if result.ok
+               else f"[bold red]FAILED[/] ({len(result.problems)} problem(s))")
+    out.print(f"{verdict}: {len(result.chains)} chain(s) of {escape(result.source)}",
+              highlight=False)
+
+
+@audit_app.command("export")
+def export(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (verifiable) or csv.")] = "jsonl",
+    since: SinceOpt = None,
+    until_: Annotated[str | None, typer.Option("--until", help="Up to this time (exclusive).")]
+    = None,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Export the sealed audit for a compliance review: the contiguous entries sealed in range."""
+    if fmt not in ("jsonl", "csv"):
+        raise fail(f"--format {fmt!r} is not supported", "use jsonl or csv")
+    settings = Settings()
+    start, end = time_option(since), time_option(until_)
+    stream = audit_log.until(audit_log.read_topic(settings.kafka_bootstrap, since=start), end)
+    write = audit_log.write_jsonl if fmt == "jsonl" else audit_log.write_csv
+    try:
+        if output is None:
+            count = write(stream, sys.stdout)
+        else:
+            with output.open("w", encoding="utf-8", newline="") as f:
+                count = write(stream, f)
+    except BrokerError as exc:
+        raise fail(str(exc), KafkaHint) from exc
+    err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else ""))
+
+
+def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
+              from_topic: bool) -> dict[str, Policy]:
+    """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
+    policies = audit_replay.policies_in(records)
+    if from_topic:  # policy.loaded records may predate the window: find them by their bytes
+        loaded = (s.record() for s in audit_log.read_topic(settings.kafka_bootstrap)
+                  if b'"kind":"policy.loaded"' in (s.entry.value or b""))
+        policies.update(audit_replay.policies_in(loaded))
+    for path in paths:
+        policy = load_policy(path)
+        policies[policy.revision] = policy
+    return policies
+
+
+@audit_app.command("replay")
+def replay(
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="List the grants active at this instant.")] = None,
+    check: Annotated[bool, typer.Option(
+        help="Decide every recorded request again with its recorded revision; report drift.")]
+    = False,
+    since: SinceOpt = None,
+    until_: UntilOpt = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent (with --as-of).")] = None,
+    policy: Annotated[list[Path] | None, typer.Option(
+        help="A bundle of a revision the log does not hold (repeatable).")] = None,
+    file: FileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild who could do what at a past instant, or check every decision reproduces."""
+    if (as_of is None) == (not check):
+        raise fail("say what to replay", "pass --as-of TIME (grants then) or --check (drift)")
+    settings = Settings()
+    at = parse_time(as_of) if as_of else None
+    start = time_option(since)
+    # A grant active at `at` was decided at most a week (the longest request) before it.
+    lookback = at - timedelta(seconds=MAX_REQUESTED_DURATION_S + 3600) if at else start
+    try:
+        records = load_records(settings, file=file, since=lookback)
+        if at is not None:
+            _print_as_of(records, at, agent, as_json)
+            return
+        policies = _policies(settings, records, policy or [], from_topic=file is None)
+    except BrokerError as exc:
+        raise fail(str(exc), KafkaHint) from exc
+    _check(records, policies, start, time_option(until_), as_json)
+
+
+def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
+                 as_json: bool) -> None:
+    grants = [g for g in grants_as_of(records, at) if agent is None or g.agent_id == agent]
+    barred = [q for q in quarantines_as_of(records, at) if agent is None or q.agent_id == agent]
+    if as_json:
+        print_json({"as_of": at.isoformat(),
+                    "grants": [{**g.__dict__, "ref": str(g.ref)} for g in grants],
+                    "quarantined": [{**q.__dict__, "ref": str(q.ref)} for q in barred]})
+        return
+    out.print(f"as of {at.isoformat()}: {len(grants)} active grant(s)", highlight=False)
+    for g in grants:
+        out.print(f"  {g.agent_id} may {', '.join(g.scopes)} on "
+                  f"{', '.join(g.resources) or 'any resource'}", highlight=False)
+        out.print(f"    until {until(g.ends_at, at)} ({g.ended_by}); grant {g.grant_id}; "
+                  f"rules {', '.join(g.rules)}; issued {g.issued_at.isoformat()}; {g.ref}",
+                  highlight=False)
+    for q in barred:
+        out.print(f"  {q.agent_id} quarantined by {q.rule} until {until(q.until, at)}",
+                  highlight=False)
+
+
+def _check(records: list[AuditRecord], policies: dict[str, Policy], since: datetime | None,
+           end: datetime | None, as_json: bool) -> None:
+    report = audit_replay.check(records, policies, since=since, until=end)
+    warnings = [w for p in policies.values()
+                for w in audit_replay.hmac_reads(p, DEFAULT_FIELDS + FREE_TEXT_FIELDS)]
+    if as_json:
+        print_json({"ok": report.ok, "decisions": report.decisions,
+                    "reproduced": report.reproduced, "confirmations": report.confirmations,
+                    "drift": [str(d) for d in report.drift],
+                    "missing_revisions": report.missing_revisions,
+                    "revisions": sorted(policies), "warnings": warnings})
+    else:
+        out.print(f"replayed {report.decisions} decision record(s): {report.reproduced} "
+                  f"reproduced exactly, {report.confirmations} confirmation(s) of a decision "
+                  f"stored earlier, {len(report.drift)} drift", highlight=False)
+        for d in report.drift:
+            out.print(f"[bold red]DRIFT[/] {escape(str(d))}", highlight=False)
+        for rev, n in report.missing_revisions.items():
+            err.print(f"[yellow]{n} decision(s) of revision {rev} not replayed: the log does not "
+                      "hold that bundle; pass --policy DIR of that revision[/]")
+        for w in warnings:
+            err.print(f"[yellow]warning: {escape(w)}[/]")
+    raise typer.Exit(1 if report.drift else 2 if report.missing_revisions else 0)
+
+
+@audit_app.command("timeline")
+def agent_timeline(
+    agent: Annotated[str, typer.Option(help="The agent whose story to tell.")],
+    since: SinceOpt = None,
+    file: FileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything the audit says about one agent, in order."""
+    settings = Settings()
+    try:
+        records = load_records(settings, file=file, since=time_option(since))
+    except BrokerError as exc:
+        raise fail(str(exc), KafkaHint) from exc
+    story = timeline(records, agent)
+    if as_json:
+        print_json([{**m.__dict__, "ref": str(m.ref)} for m in story])
+        return
+    if not story:
+        raise fail(f"the audit holds nothing about agent {agent}",
+                   "check the id (permbroker audit tail) or widen --since")
+    for m in story:
+        out.print(f"{m.at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"Z {m.kind:<20} {escape(m.text)} "
+                  f"[dim]{escape(str(m.ref))}[/]", highlight=False)
+
+
+@audit_app.command("hash")
+def hash_value(value: Annotated[str, typer.Argument(help="The clear value to look for.")]) -> None:
+    """The HMAC the audit stores for a sensitive value: search the audit for it."""
+    try:
+        key = audit_keys.load_hmac_key(Settings())
+    except BrokerError as exc:
+        raise fail(str(exc)) from exc
+    out.print(hmac_value(key, value), highlight=False)
+
+
+@keys_app.command("init")
+def keys_init() -> None:
+    """Create the audit keys that are missing (never overwrites, never prints a secret)."""
+    settings = Settings()
+    created = audit_keys.ensure_keys(settings)
+    for path in created:
+        out.print(f"created {path}", highlight=False)
+    keys = audit_keys.load_keys(settings)
+    out.print(f"audit keys in {audit_keys.key_dir(settings)}; signing key id {keys.key_id}",
+              highlight=False)
+
+
+@audit_app.command("seal")
+def seal() -> None:
+    """Run a sealer alone (when workers run with PERMBROKER_AUDIT_SEALER=false)."""
+    from broker.adapters.audit.sealer import Sealer
+
+    settings = Settings()
+    try:
+        sealer = Sealer(settings, audit_keys.load_keys(settings))
+        err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")
+        sealer.run()
+    except KeyboardInterrupt:
+        pass
+    except BrokerError as exc:
+        raise fail(str(exc), KafkaHint) from exc

@@ -1,0 +1,95 @@
+"""``permbroker revoke``: revoke by selector, with a dry run. L3: imports broker and schemas.
+
+``permbroker revoke --model-version 3.2 --dry-run --json`` lists the agents and grants (absolute
+expiry, time left) the selector names; without ``--dry-run`` (and with ``--reason``) it revokes
+exactly that set in one operator-signed, audited operation and prints what the workers revoked.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from broker.cli.output import JsonOpt, err, fail, out, print_json, until
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.grants.selection import Selection, Selector, parse_labels
+from broker.sdk.operator.selector import plan, revoke_selected
+
+
+def revoke(
+    agent: Annotated[str | None, typer.Option(help="This agent id.")] = None,
+    agent_class: Annotated[str | None, typer.Option(help="Agents of this class.")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Agents on this model version.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Agents of this tenant.")] = None,
+    owner: Annotated[str | None, typer.Option(help="Agents of this owner.")] = None,
+    case_id: Annotated[str | None, typer.Option(help="Agents holding a grant for this case.")
+                       ] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key=value (repeatable).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (recorded in the audit).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, revoke nothing.")] = False,
+    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
+        "USER", "operator"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke every agent a selector names (all criteria must hold); --dry-run lists them."""
+    try:
+        selector = Selector(agent, agent_class, model_version, tenant, owner, case_id,
+                            parse_labels(label or ()))
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if not selector.criteria():
+        raise fail("give at least one selector (--agent, --agent-class, --model-version, "
+                   "--tenant, --owner, --case-id, --label)", code=2)
+    settings = Settings()
+    try:
+        if dry_run:
+            _show(plan(settings, selector), as_json, dry=True)
+            return
+        if not reason:
+            raise fail("--reason is required to revoke (it is recorded in the audit)", code=2)
+        done = revoke_selected(settings, selector, reason, operator=operator,
+                               timeout=settings.decision_timeout_s * 2)
+    except BrokerError as exc:
+        raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "
+                   "(permbroker stack status; permbroker keys init)") from exc
+    if as_json:
+        print_json({**done.plan.as_json(), "operation_id": done.operation_id, "dry_run": False,
+                    "revoked_grant_ids": list(done.revoked_grant_ids),
+                    "revocations": [{"agent_id": r.agent_id, "signal_id": r.signal_id,
+                                     "grant_ids": list(r.grant_ids),
+                                     "consistency_token": r.consistency_token}
+                                    for r in done.revocations]})
+        return
+    _show(done.plan, False, dry=False)
+    out.print(f"operation {done.operation_id}: revoked {len(done.revoked_grant_ids)} grant(s) "
+              f"of {len(done.revocations)} agent(s)")
+
+
+def _show(selection: Selection, as_json: bool, *, dry: bool) -> None:
+    if as_json:
+        print_json({**selection.as_json(), "dry_run": dry})
+        return
+    if not selection.targets:
+        err.print(f"no agent matches {selection.selector.describe()}")
+        return
+    table = Table("agent", "class", "model", "grant", "scopes", "expires")
+    for t in selection.targets:
+        p = t.profile
+        first = (t.agent_id, p.agent_class if p else "?", p.model.version if p else "?")
+        if not t.grants:
+            table.add_row(*first, "-", "-", "-")
+        for g in t.grants:
+            table.add_row(*first, g.grant_id, "\n".join(g.scopes), until(g.expires_at,
+                                                                        selection.at))
+    out.print(table)
+    out.print(("would revoke" if dry else "revoking") + f" {len(selection.grant_ids)} grant(s) "
+              f"of {len(selection.targets)} agent(s) selected by {selection.selector.describe()}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``revoke`` to the top-level command group."""
+    app.command("revoke")(revoke)

@@ -1,0 +1,106 @@
+"""`permbroker stack up|down|status`: local stack CLI. Imports typer, rich, config, adapters.stack.
+
+Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli_stack up`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker.adapters.crypto.keystore import ensure_identity_files
+from broker.config import Settings
+from broker.errors import StackError
+from broker.stack import local as stack
+
+stack_app = typer.Typer(
+    help="Local Apache Kafka (KRaft) + Redis as plain processes, no Docker needed.",
+    no_args_is_help=True,
+)
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _progress(message: str) -> None:
+    _err.print(f"[cyan]>[/] {message}")
+
+
+def _fail(action: str, exc: StackError) -> typer.Exit:
+    _err.print(f"[bold red]stack {action} failed:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(1)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def _table(status: stack.StackStatus) -> Table:
+    table = Table(title="permbroker local stack")
+    for column in ("service", "pid", "running", "answering", "address", "log"):
+        table.add_column(column)
+    for service in (status.kafka, status.redis):
+        table.add_row(service.name, str(service.pid or "-"), _yes(service.running),
+                      _yes(service.answering), service.address, service.log)
+    return table
+
+
+@stack_app.command()
+def up(
+    install_tools: Annotated[bool, typer.Option(
+        help="Install missing java/mvn/redis-server with apt-get (root on Debian only).",
+    )] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for both services.")] = 120.0,
+) -> None:
+    """Start Kafka and Redis (or reuse ours if running), then create the topics."""
+    settings = Settings()
+    try:
+        if install_tools:
+            stack.ensure_tools(_progress)
+        with _err.status("Starting the local stack ..."):
+            status = stack.up(settings, progress=_progress, timeout=timeout)
+    except StackError as exc:
+        raise _fail("up", exc) from exc
+    for path in ensure_identity_files(settings):  # private keys: 0600, never printed
+        _progress(f"Created {path}")
+    _out.print(_table(status))
+    _out.print(f"PERMBROKER_KAFKA_BOOTSTRAP={status.bootstrap}", highlight=False)
+    _out.print(f"PERMBROKER_REDIS_URL={status.redis_url}", highlight=False)
+
+
+@stack_app.command()
+def down(
+    wipe: Annotated[bool, typer.Option(help="Also delete Kafka's and Redis's data.")] = False,
+) -> None:
+    """Stop the processes `stack up` started (only those), optionally wiping their data."""
+    try:
+        stopped = stack.down(Settings(), wipe=wipe)
+    except StackError as exc:
+        raise _fail("down", exc) from exc
+    _out.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing of ours was running.")
+    if wipe:
+        _out.print("Wiped the Kafka and Redis data dirs.")
+
+
+@stack_app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Show each service: our PID, running, answering. Exit status 1 unless both answer."""
+    try:
+        current = stack.status(Settings())
+    except StackError as exc:
+        raise _fail("status", exc) from exc
+    if as_json:
+        typer.echo(json.dumps(current.to_dict(), indent=2))
+    else:
+        _out.print(_table(current))
+    if not current.ready:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    stack_app(prog_name="permbroker stack")

@@ -1,0 +1,1 @@
+"""Delivery to enforcement points (pure): routing, consistency, freshness, propagation."""

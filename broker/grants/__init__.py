@@ -1,0 +1,1 @@
+"""Grants, the pure part: decisions, renewal and release, approvals, budgets, selection."""

@@ -1,0 +1,1 @@
+"""Identity, the pure part: signature rules, the registry, answers, inventory, token claims."""

@@ -1,0 +1,1 @@
+"""The agent SDK: publish signed escalation requests and risk signals, await decisions."""

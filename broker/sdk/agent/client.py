@@ -1,0 +1,323 @@
+"""Agent SDK: publish escalation requests and risk signals, await decisions.
+
+Imports adapters, schemas.
+
+Blocking (confluent-kafka); one client per agent identity. The client starts reading the
+decision topic at its current end *before* it publishes, so a fast decision is never missed.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import TopicPartition
+
+from broker.adapters.crypto.jwe import decrypt, reply_keypair
+from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
+from broker.errors import CommandRefused, DecisionTimeout
+from broker.sdk.agent.identity import AgentIdentity, Rotator
+from schemas import topics
+from schemas.events import (
+    CommandAnswered,
+    EscalationDecided,
+    EscalationPending,
+    EscalationRequested,
+    GrantCommand,
+    ReleaseDecided,
+    ReleaseRequested,
+    RenewalDecided,
+    RenewalRequested,
+    RiskObserved,
+)
+
+Decision = EscalationDecided | RenewalDecided | ReleaseDecided
+
+
+class DecisionWatcher:
+    """Follows the decision topic from 'now' and hands each decision to whoever waits for it."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._consumer = consumer(bootstrap)
+        ends = end_offsets(self._consumer, topics.DECISIONS.name)
+        self._consumer.assign(
+            [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
+        )
+        self._decisions: dict[str, Decision] = {}
+        self._pending: dict[str, EscalationPending] = {}  # held for approval (issue 6)
+        self._answers: dict[str, CommandAnswered] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            event = to_record(msg).event
+            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
+                with self._cond:
+                    self._decisions[event.request_id] = event
+                    self._cond.notify_all()
+            elif isinstance(event, EscalationPending):
+                with self._cond:
+                    self._pending[event.request_id] = event
+                    self._cond.notify_all()
+            elif isinstance(event, CommandAnswered):
+                with self._cond:
+                    self._answers[event.command_id] = event
+                    self._cond.notify_all()
+        self._consumer.close()
+
+    def wait(self, request_id: str, timeout: float) -> Decision:
+        """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: request_id in self._decisions, timeout):
+                raise DecisionTimeout(
+                    f"no decision for request {request_id} within {timeout:.0f}s: is a worker "
+                    "running (permbroker worker) and reading the same Kafka cluster?"
+                )
+            return self._decisions.pop(request_id)
+
+    def wait_pending(self, request_id: str, timeout: float) -> EscalationPending | Decision:
+        """The request's pending notice (held for approval), or its decision if that came first."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: request_id in self._pending
+                                       or request_id in self._decisions, timeout):
+                raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
+            return self._pending.pop(request_id, None) or self._decisions.pop(request_id)
+
+    def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
+        """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: command_id in self._answers, timeout):
+                raise DecisionTimeout(
+                    f"no answer to command {command_id} within {timeout:.0f}s: is a worker "
+                    "running, and was the command signed by a registered key? (permbroker "
+                    "audit tail --kind identity.rejected)"
+                )
+            return self._answers.pop(command_id)
+
+    def close(self) -> None:
+        """Stop following the topic."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class GrantToken:
+    """A grant token for one resource service, and when it expires (never after the grant)."""
+
+    token: str = field(repr=False)
+    grant_id: str
+    audience: str
+    expires_at: datetime
+
+
+class AgentClient:
+    """What an agent uses to escalate and to report risk; acts only as ``agent_id``.
+
+    Every message is signed with the agent's own key, read from its key store
+    (``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True`` is for brokers in the dev mode that
+    accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``) only.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        bootstrap: str,
+        *,
+        watch_decisions: bool = True,
+        keys: AgentKeyStore | None = None,
+        unsigned: bool = False,
+    ) -> None:
+        self.agent_id = agent_id
+        self.identity = None if unsigned else AgentIdentity(agent_id,
+                                                            keys or AgentKeyStore.from_settings())
+        signer = self.identity.sign if self.identity is not None else None
+        self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
+        self._watcher = DecisionWatcher(bootstrap) if watch_decisions else None
+        self._rotator: Rotator | None = None
+
+    def send(self, request: EscalationRequested) -> None:
+        """Publish a request built by the caller (must be this agent's own)."""
+        if request.agent_id != self.agent_id:
+            raise ValueError(f"client of {self.agent_id} cannot send for {request.agent_id}")
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+
+    def request_escalation(
+        self,
+        scopes: tuple[str, ...] | list[str],
+        *,
+        duration_s: int,
+        reason: str,
+        confidence: float,
+        resources: tuple[str, ...] | list[str] = (),
+        risk_score: float = 0.0,
+        case_id: str | None = None,
+        signals: Mapping[str, str | float | int | bool] | None = None,
+        timeout: float = 30.0,
+    ) -> EscalationDecided:
+        """Ask for scopes and wait for the broker's decision (granted or denied, with reasons)."""
+        request = EscalationRequested(
+            request_id=f"req-{uuid.uuid4()}",
+            agent_id=self.agent_id,
+            scopes=tuple(scopes),
+            resources=tuple(resources),
+            duration_s=duration_s,
+            reason=reason,
+            case_id=case_id,
+            confidence=confidence,
+            risk_score=risk_score,
+            signals=dict(signals or {}),
+            requested_at=datetime.now(UTC),
+        )
+        self.send(request)
+        return self.await_decision(request.request_id, timeout)
+
+    def await_decision(self, request_id: str, timeout: float = 30.0) -> EscalationDecided:
+        """Wait for the decision on a request this client sent."""
+        decision = self._await(request_id, timeout)
+        if not isinstance(decision, EscalationDecided):
+            raise TypeError(f"{request_id} was answered by a {type(decision).__name__}")
+        return decision
+
+    def await_pending(self, request_id: str,
+                      timeout: float = 30.0) -> EscalationPending | EscalationDecided:
+        """The first answer: ``EscalationPending`` when held for approval (then wait for the
+        final decision with ``await_decision``), else the decision itself."""
+        if self._watcher is None:
+            raise ValueError("this client was created with watch_decisions=False")
+        answer = self._watcher.wait_pending(request_id, timeout)
+        if not isinstance(answer, EscalationPending | EscalationDecided):
+            raise TypeError(f"{request_id} was answered by a {type(answer).__name__}")
+        return answer
+
+    def _await(self, request_id: str, timeout: float) -> Decision:
+        if self._watcher is None:
+            raise ValueError("this client was created with watch_decisions=False")
+        return self._watcher.wait(request_id, timeout)
+
+    def renew(
+        self,
+        grant_id: str,
+        *,
+        duration_s: int,
+        reason: str,
+        confidence: float,
+        risk_score: float = 0.0,
+        signals: Mapping[str, str | float | int | bool] | None = None,
+        timeout: float = 30.0,
+    ) -> RenewalDecided:
+        """Ask to extend one of this agent's grants, with fresh evidence; policy decides.
+
+        The answer states the new absolute expiry, or why not (naming the rule), and carries
+        the consistency token of the renewal.
+        """
+        request = RenewalRequested(
+            request_id=f"renew-{uuid.uuid4()}", agent_id=self.agent_id, grant_id=grant_id,
+            duration_s=duration_s, reason=reason, confidence=confidence, risk_score=risk_score,
+            signals=dict(signals or {}), requested_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+        decision = self._await(request.request_id, timeout)
+        assert isinstance(decision, RenewalDecided)
+        return decision
+
+    def release(self, grant_id: str, *, reason: str = "", timeout: float = 30.0) -> ReleaseDecided:
+        """Give one of this agent's grants back before it expires."""
+        request = ReleaseRequested(
+            request_id=f"release-{uuid.uuid4()}", agent_id=self.agent_id, grant_id=grant_id,
+            reason=reason, requested_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+        decision = self._await(request.request_id, timeout)
+        assert isinstance(decision, ReleaseDecided)
+        return decision
+
+    def report_risk(
+        self,
+        *,
+        kind: str,
+        severity: float,
+        detail: str = "",
+        subject_agent_id: str | None = None,
+        resource: str | None = None,
+    ) -> RiskObserved:
+        """Publish a risk signal (about another agent, this one, or a resource)."""
+        signal = RiskObserved(
+            signal_id=f"sig-{uuid.uuid4()}",
+            subject_agent_id=subject_agent_id,
+            resource=resource,
+            kind=kind,
+            severity=severity,
+            source=f"agent:{self.agent_id}",
+            detail=detail,
+            observed_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.RISK.name, signal)
+        return signal
+
+    def _answer(self, command_id: str, timeout: float) -> CommandAnswered:
+        if self._watcher is None:
+            raise ValueError("this client was created with watch_decisions=False")
+        return self._watcher.wait_answer(command_id, timeout)
+
+    def _grant_command(self, grant_id: str, action: str, timeout: float,
+                       **fields: object) -> tuple[GrantCommand, CommandAnswered]:
+        cmd = GrantCommand.model_validate({
+            "command_id": f"{action}-{uuid.uuid4()}", "agent_id": self.agent_id,
+            "grant_id": grant_id, "action": action, "issued_at": datetime.now(UTC), **fields})
+        self._publisher.publish(topics.GRANT_COMMANDS.name, cmd)
+        answer = self._answer(cmd.command_id, timeout)
+        if answer.outcome != "done":
+            raise CommandRefused(f"{action} of grant {grant_id} refused: {answer.reason}",
+                                 rule=answer.rule)
+        return cmd, answer
+
+    def grant_token(self, grant_id: str, audience: str, *, timeout: float = 30.0,
+                    owner: str | None = None) -> GrantToken:
+        """A short-lived token for one of this agent's grants, for the service ``audience``.
+
+        The broker encrypts the token to a one-time key only this call holds; call again to
+        refresh it while the grant lives (the answer says why when it no longer does).
+        """
+        private, public = reply_keypair()
+        _cmd, answer = self._grant_command(grant_id, "token", timeout, audience=audience,
+                                           reply_key=public, grant_agent_id=owner)
+        if answer.token is None or answer.token_expires_at is None:
+            raise CommandRefused(f"the broker sent no token for grant {grant_id}")
+        token = decrypt(answer.token, private).decode()
+        return GrantToken(token, grant_id, audience, answer.token_expires_at)
+
+    def rotate_key(self, *, overlap_s: int | None = None, timeout: float = 30.0) -> str:
+        """Replace the agent's key now (see ``broker.sdk.identity``); the new kid."""
+        if self.identity is None:
+            raise ValueError("an unsigned client has no key to rotate")
+        cmd = self.identity.rotation_command(overlap_s)
+        self._publisher.publish(topics.REGISTRY.name, cmd)
+        return self.identity.settle(self._answer(cmd.command_id, timeout))
+
+    def start_rotation(self, every_s: float, *, overlap_s: int | None = None) -> Rotator:
+        """Rotate the key every ``every_s`` seconds in the background until close()."""
+        self._rotator = Rotator(lambda: self.rotate_key(overlap_s=overlap_s), every_s)
+        return self._rotator
+
+    def close(self) -> None:
+        """Release the client's Kafka connections (and stop rotating)."""
+        if self._rotator is not None:
+            self._rotator.stop()
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The operator SDK: revoke, change the registry, revoke by selector, vote on approvals."""

@@ -1,0 +1,246 @@
+"""Operator SDK: revoke an agent, change the registry. Imports adapters, sdk, config, schemas.
+
+A revocation is an operator risk signal that workers apply like any other; the worker's audit
+record of the signal names the revoked grants and the consistency token of the revocation on
+every grant topic. ``revoke(wait=True)`` reads that record back, so the caller can ask a view
+``allows(..., at_least=token)`` and be sure the answer reflects the revocation.
+
+Everything an operator sends is signed with the operator's key (``Settings.key_path
+("operator")``): agent credentials cannot revoke another agent or change the registry.
+``OperatorClient`` runs registry commands (register, update, suspend, resume, revoke a key,
+rotate the broker's keys) and waits for the broker's answer; a refusal raises
+``CommandRefused`` with the reason. Enrollment tokens are signed locally.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import TopicPartition
+
+from broker.adapters.crypto.enrollment import issue_enrollment
+from broker.adapters.crypto.keystore import load_operator
+from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
+from broker.config import Settings
+from broker.errors import CommandRefused, DecisionTimeout
+from broker.sdk.agent.client import DecisionWatcher
+from schemas import topics
+from schemas.events import (
+    OPERATOR_REVOKE_KIND,
+    AgentCommand,
+    AgentProfile,
+    AuditRecord,
+    CommandAnswered,
+    PublicJwk,
+    RiskObserved,
+)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A revocation as the worker applied it."""
+
+    signal_id: str
+    agent_id: str
+    grant_ids: tuple[str, ...]
+    revoked_at: datetime
+    consistency_token: str | None
+    reasons: tuple[str, ...]
+
+
+def operator_signal(agent_id: str, reason: str, operator: str) -> RiskObserved:
+    """The risk signal that revokes every grant of ``agent_id`` (and what is audited of it)."""
+    return RiskObserved(
+        signal_id=f"op-{uuid.uuid4()}", subject_agent_id=agent_id, kind=OPERATOR_REVOKE_KIND,
+        severity=1.0, source=f"operator:{operator}", detail=reason,
+        observed_at=datetime.now(UTC),
+    )
+
+
+class AuditWatcher:
+    """Follows the audit topic from now; hands over the record about a given subject."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._c = consumer(bootstrap)
+        ends = end_offsets(self._c, topics.AUDIT.name)
+        self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
+        self._found: dict[str, AuditRecord] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="permbroker-audit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._c.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            rec = to_record(msg).event
+            if isinstance(rec, AuditRecord) and rec.kind == "risk.observed":
+                with self._cond:
+                    self._found[rec.subject_id] = rec
+                    self._cond.notify_all()
+        self._c.close()
+
+    def wait(self, subject_id: str, timeout: float) -> AuditRecord:
+        """The audit record of ``subject_id``; DecisionTimeout after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: subject_id in self._found, timeout):
+                raise DecisionTimeout(
+                    f"the revocation {subject_id} was published but no worker applied it within "
+                    f"{timeout:.0f}s: is a worker running (permbroker worker)?"
+                )
+            return self._found.pop(subject_id)
+
+    def close(self) -> None:
+        """Stop following."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
+    """The revocation a worker's audit record of ``signal`` describes."""
+    token = audit.inputs.get("consistency_token")
+    grants = audit.inputs.get("revoked_grants")
+    return Revocation(
+        signal_id=signal.signal_id,
+        agent_id=signal.subject_agent_id or "",
+        grant_ids=tuple(str(g) for g in grants) if isinstance(grants, list) else (),
+        revoked_at=audit.occurred_at,
+        consistency_token=token if isinstance(token, str) else None,
+        reasons=audit.reasons,
+    )
+
+
+def operator_publisher(bootstrap: str, source: str, settings: Settings | None = None) -> Publisher:
+    """A producer that signs everything with this operator's key (KeyFileError if none)."""
+    principal, key = load_operator((settings or Settings()).key_path("operator"))
+    return Publisher(bootstrap, source=source,
+                     signer=lambda m: sign_message(m, key, principal))
+
+
+def revoke(
+    bootstrap: str, agent_id: str, reason: str, *, operator: str, timeout: float = 30.0,
+    publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
+) -> Revocation:
+    """Revoke every grant of ``agent_id`` and wait until a worker applied it."""
+    own = watcher is None
+    watcher = watcher or AuditWatcher(bootstrap)
+    try:
+        signal = operator_signal(agent_id, reason, operator)
+        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}")
+        pub.publish(topics.RISK.name, signal)
+        return revocation_of(signal, watcher.wait(signal.signal_id, timeout))
+    finally:
+        if own:
+            watcher.close()
+
+
+class OperatorClient:
+    """One operator's signed actions on the registry, the broker's keys and agents' grants."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self.principal, self._key = load_operator(settings.key_path("operator"))
+        self._publisher = operator_publisher(
+            settings.kafka_bootstrap, f"/operators/{self.principal.split(':', 1)[1]}", settings)
+        self._watcher = DecisionWatcher(settings.kafka_bootstrap)
+
+    def _command(self, action: str, agent_id: str | None, reason: str,
+                 **fields: object) -> AgentCommand:
+        return AgentCommand.model_validate({
+            "command_id": f"op-{action}-{uuid.uuid4()}", "action": action, "agent_id": agent_id,
+            "reason": reason, "issued_at": datetime.now(UTC), **fields})
+
+    def run(self, command: AgentCommand, *, timeout: float = 30.0) -> CommandAnswered:
+        """Publish one signed command and wait for the answer; CommandRefused if refused."""
+        self._publisher.publish(topics.REGISTRY.name, command)
+        return self._settle(command, timeout)
+
+    def run_many(self, commands: Iterable[AgentCommand], *,
+                 timeout: float = 60.0) -> list[CommandAnswered]:
+        """Publish a batch at once, then wait for every answer."""
+        batch = list(commands)
+        self._publisher.publish_many(topics.REGISTRY.name, batch)
+        return [self._settle(c, timeout) for c in batch]
+
+    def _settle(self, command: AgentCommand, timeout: float) -> CommandAnswered:
+        try:
+            answer = self._watcher.wait_answer(command.command_id, timeout)
+        except DecisionTimeout as exc:
+            raise DecisionTimeout(f"{command.action} {command.agent_id or ''}: {exc}") from exc
+        if answer.outcome != "done":
+            raise CommandRefused(f"{command.action} refused: {answer.reason}", rule=answer.rule)
+        return answer
+
+    def register(self, profile: AgentProfile, key: PublicJwk, *,
+                 reason: str = "registered by an operator") -> CommandAnswered:
+        """Register an agent with the public half of the key it generated itself."""
+        return self.run(self.register_command(profile, key, reason=reason))
+
+    def register_command(self, profile: AgentProfile, key: PublicJwk, *,
+                         reason: str = "registered by an operator") -> AgentCommand:
+        """The command that registers ``profile`` with ``key`` (for ``run_many``)."""
+        return self._command("register", profile.agent_id, reason, profile=profile, key=key)
+
+    def update(self, profile: AgentProfile, *, reason: str) -> CommandAnswered:
+        """Change an agent's profile (a new model version or digest revokes per policy)."""
+        return self.run(self._command("update", profile.agent_id, reason, profile=profile))
+
+    def suspend(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Suspend an agent: every grant is revoked and it may not act until resumed."""
+        return self.run(self._command("suspend", agent_id, reason))
+
+    def resume(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Let a suspended or quarantined agent act again (revoked grants stay revoked)."""
+        return self.run(self._command("resume", agent_id, reason))
+
+    def revoke_key(self, agent_id: str, kid: str, *, reason: str) -> CommandAnswered:
+        """Revoke a compromised key: its grants are revoked and the agent quarantined."""
+        return self.run(self._command("revoke_key", agent_id, reason, kid=kid))
+
+    def rotate_broker_key(self, *, overlap_s: int | None = None,
+                          reason: str = "scheduled rotation") -> CommandAnswered:
+        """Have the workers add a new token-signing key; the old one verifies for the overlap."""
+        return self.run(self._command("rotate_broker_key", None, reason, overlap_s=overlap_s))
+
+    def enroll(self, profile: AgentProfile, *, ttl_s: int = 3600) -> tuple[str, datetime]:
+        """An enrollment token with which the agent registers its own key (any language)."""
+        return issue_enrollment(self._key, self.principal, profile, now=datetime.now(UTC),
+                                ttl_s=ttl_s)
+
+    def report_risk(self, *, kind: str, severity: float, detail: str = "",
+                    subject_agent_id: str | None = None,
+                    resource: str | None = None) -> RiskObserved:
+        """A risk signal about any agent, as a monitoring service with operator credentials
+        (an agent's own key may only report about itself)."""
+        signal = RiskObserved(
+            signal_id=f"sig-{uuid.uuid4()}", subject_agent_id=subject_agent_id,
+            resource=resource, kind=kind, severity=severity, source=self.principal,
+            detail=detail, observed_at=datetime.now(UTC))
+        self._publisher.publish(topics.RISK.name, signal)
+        return signal
+
+    def revoke_grants(self, agent_id: str, *, reason: str,
+                      on_behalf: str | None = None) -> RiskObserved:
+        """Revoke every grant of an agent (an operator revocation signal, signed by this
+        operator's key; ``on_behalf`` names the person in the signal's source)."""
+        name = on_behalf or self.principal.split(":", 1)[1]
+        signal = operator_signal(agent_id, reason, name)
+        self._publisher.publish(topics.RISK.name, signal)
+        return signal
+
+    def close(self) -> None:
+        """Stop reading answers."""
+        self._watcher.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

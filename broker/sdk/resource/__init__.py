@@ -1,0 +1,1 @@
+"""The resource-service SDK: the local grant view, enforcement helpers, tokens, budgets."""

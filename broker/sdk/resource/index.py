@@ -1,0 +1,164 @@
+"""The in-memory grant index of a view: agent -> scope -> held grants. Imports schemas, bus.
+
+Written by one thread (the view's consumer), read by any: each agent's entry is rebuilt and
+swapped in whole (copy on write), so a check is two dict lookups and never takes a lock.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from broker.adapters.kafka.bus import Record
+from schemas.events import (
+    AgentRevoked,
+    GrantExpired,
+    GrantIssued,
+    GrantReleased,
+    GrantRenewed,
+    GrantRevoked,
+)
+
+
+class Verdict:
+    """A check's answer and why; an allowing verdict carries the grant and its expiry."""
+
+    __slots__ = ("_now", "_reason", "allowed", "grant", "unavailable")
+
+    def __init__(
+        self, allowed: bool, reason: str = "", grant: GrantIssued | None = None,
+        now: float | None = None, *, unavailable: bool = False,
+    ) -> None:
+        self.allowed = allowed
+        self.grant = grant
+        self._reason = reason
+        self._now = now
+        # Denied because the view cannot vouch for its answer yet (stale, catching up, token
+        # not reached): retry later, unlike a denial on the merits.
+        self.unavailable = unavailable
+
+    @property
+    def reason(self) -> str:
+        """Why: the grant, its absolute expiry and the time left; or the cause of the denial."""
+        if self._reason or self.grant is None:
+            return self._reason
+        left = self.grant.expires_at.timestamp() - (self._now or time.time())
+        return (
+            f"grant {self.grant.grant_id} until {self.grant.expires_at.isoformat()} "
+            f"({left:.1f}s left)"
+        )
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __repr__(self) -> str:
+        return f"Verdict(allowed={self.allowed}, reason={self.reason!r})"
+
+
+# One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
+Held = tuple[float, frozenset[str], GrantIssued]
+
+
+class GrantIndex:
+    """Active grants by agent and scope; ended grant ids are remembered and never come back."""
+
+    def __init__(self) -> None:
+        self._grants: dict[str, dict[str, GrantIssued]] = {}
+        self._by_scope: dict[str, dict[str, tuple[Held, ...]]] = {}
+        self._ended: set[str] = set()
+        self._poisoned: dict[str, str] = {}
+        self.undecodable = 0
+
+    def allows(
+        self, agent_id: str, scope: str, resource: str, now: datetime | None = None
+    ) -> Verdict:
+        """The answer from memory (the view has checked its freshness first)."""
+        if self._poisoned and agent_id in self._poisoned:
+            return Verdict(False, self._poisoned[agent_id])
+        held = self._by_scope.get(agent_id)
+        entries = held.get(scope) if held is not None else None
+        if not entries:
+            return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+        t = now.timestamp() if now is not None else time.time()
+        expired = None
+        for expires, resources, grant in entries:
+            if not resources or resource in resources:
+                if expires > t:
+                    return Verdict(True, "", grant, t)
+                expired = grant
+        if expired is not None:
+            return Verdict(
+                False, f"grant {expired.grant_id} expired at {expired.expires_at.isoformat()}"
+            )
+        return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+
+    def state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
+        """'active', 'ended' (revoked, released, expired, or its agent unreadable), 'unknown'."""
+        if grant_id in self._ended or agent_id in self._poisoned:
+            return "ended"
+        grant = self._grants.get(agent_id, {}).get(grant_id)
+        if grant is None:
+            return "unknown"
+        t = (now or datetime.now(UTC)).timestamp()
+        return "active" if grant.expires_at.timestamp() > t else "ended"
+
+    def active(self, agent_id: str, now: datetime | None = None) -> list[Verdict]:
+        """The agent's live grants, as allowing verdicts (absolute expiry and time left)."""
+        t = (now or datetime.now(UTC)).timestamp()
+        grants = self._grants.get(agent_id, {}).values()
+        return [Verdict(True, "", g, t) for g in grants if g.expires_at.timestamp() > t]
+
+    def apply(self, record: Record) -> AgentRevoked | None:
+        """Apply one record of the grant topic; returns the agent revocation it applied, if any."""
+        ev = record.event
+        if ev is None:
+            self._poison(record)
+            return None
+        if isinstance(ev, GrantIssued):
+            if ev.grant_id not in self._ended:
+                self._set(ev.agent_id, {**self._grants.get(ev.agent_id, {}), ev.grant_id: ev})
+        elif isinstance(ev, GrantRenewed):
+            held = self._grants.get(ev.agent_id, {})
+            old = held.get(ev.grant_id)
+            if old is not None and ev.expires_at > old.expires_at:
+                renewed = old.model_copy(update={"expires_at": ev.expires_at})
+                self._set(ev.agent_id, {**held, ev.grant_id: renewed})
+        elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
+            self._end(ev.agent_id, (ev.grant_id,))
+        elif isinstance(ev, AgentRevoked):
+            # Grants issued after the revocation (seen again on a redelivery) are not its own.
+            earlier = [gid for gid, g in self._grants.get(ev.agent_id, {}).items()
+                       if g.issued_at <= ev.revoked_at]
+            self._end(ev.agent_id, (*earlier, *ev.grant_ids))
+            return ev
+        return None
+
+    def _poison(self, record: Record) -> None:
+        """An event we cannot read may be a revocation: deny its agent from now on."""
+        self.undecodable += 1
+        if record.key:
+            agent = record.key.decode(errors="replace")
+            self._poisoned[agent] = (
+                f"an event about {agent} at {record.topic}@{record.partition}:{record.offset} "
+                f"could not be decoded ({record.error}); denying it until this view is "
+                "restarted on a version that reads it (fail closed)"
+            )
+
+    def _end(self, agent_id: str, grant_ids: tuple[str, ...]) -> None:
+        self._ended.update(grant_ids)
+        held = self._grants.get(agent_id, {})
+        if any(g in held for g in grant_ids):
+            self._set(agent_id, {k: v for k, v in held.items() if k not in grant_ids})
+
+    def _set(self, agent_id: str, grants: dict[str, GrantIssued]) -> None:
+        by_scope: dict[str, list[Held]] = {}
+        for g in grants.values():
+            entry = (g.expires_at.timestamp(), frozenset(g.resources), g)
+            for scope in g.scopes:
+                by_scope.setdefault(scope, []).append(entry)
+        if grants:
+            self._grants[agent_id] = grants
+            self._by_scope[agent_id] = {s: tuple(v) for s, v in by_scope.items()}
+        else:
+            self._grants.pop(agent_id, None)
+            self._by_scope.pop(agent_id, None)

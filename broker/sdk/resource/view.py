@@ -1,0 +1,294 @@
+"""Resource-side grant view: follows a grant topic, answers checks from memory, fails closed.
+
+Imports adapters, core and schemas.
+
+Bootstraps from the start of the topic, then follows it. ``allows()`` is a dict lookup by agent
+then scope; expiry is judged at check time against the absolute ``expires_at`` (never extended on
+read). It denies with a reason until the view has caught up, when it has not been proven current
+within its staleness bound (see ``broker.sdk.freshness``), for an agent one of whose events could
+not be decoded, and, given ``at_least=token``, until it has applied the event the consistency token
+names (waiting up to ``token_wait_s``). An ended grant id is remembered so it never comes back.
+With an ``enforcement_point`` name it acknowledges each revocation it applies on the acks topic.
+Given the workers' consumer group (``revocations_group``), it is also stale while revocation
+signals wait unprocessed (Redis down, workers stuck): then every check is denied.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from broker.adapters.kafka.acks import AckPublisher
+from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
+from broker.delivery.consistency import ConsistencyToken, parse_token
+from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker
+from broker.errors import BusError, InvalidConsistencyToken
+from broker.sdk.resource.index import GrantIndex, Verdict
+from broker.sdk.resource.revocation_watch import RevocationWatch
+from schemas import topics
+from schemas.events import AgentRevoked, GrantIssued
+
+__all__ = ["Freshness", "GrantView", "Verdict"]
+STATUS_EVERY_S = 10.0
+
+
+class GrantView:
+    """An in-memory, Kafka-fed view of active grants for one resource service."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = topics.GRANTS.name,
+        on_event: Callable[[Record, float], None] | None = None,
+        staleness_bound_s: float = 5.0,
+        probe_interval_s: float = 0.5,
+        token_wait_s: float = 2.0,
+        enforcement_point: str | None = None,
+        revocations_group: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.bound_s = staleness_bound_s
+        self.token_wait_s = token_wait_s
+        self.enforcement_point = enforcement_point
+        self._probe_every = probe_interval_s
+        self._on_event = on_event
+        self._clock = time.monotonic
+        self._index = GrantIndex()
+        self._broker_clock = BrokerClock(self._clock)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._paused = False
+        self._want_paused = False
+        self._consumer = consumer(bootstrap)
+        # A second handle for log-end probes: calls on the consumer from another thread than the
+        # one polling it can block for as long as it polls.
+        self._probes = consumer(bootstrap)
+        self._tracker = self._bootstrap()
+        # With the workers' group id, pending revocation signals also make the view stale.
+        self._watch = (RevocationWatch(bootstrap, revocations_group, self._clock)
+                       if revocations_group else None)
+        self._acks = AckPublisher(bootstrap, enforcement_point) if enforcement_point else None
+        self.started_at = datetime.now(UTC)
+        self._thread = threading.Thread(target=self._run, name="permbroker-view", daemon=True)
+        self._thread.start()
+        # Probes run beside the consumer so a slow answer from Kafka never delays applying.
+        self._prober = threading.Thread(target=self._probe_loop, name="permbroker-view-probe",
+                                        daemon=True)
+        self._prober.start()
+
+    def _bootstrap(self) -> FreshnessTracker:
+        """Assign every partition from its start; the log end now is the first freshness proof."""
+        parts = partitions(self._consumer, self.topic)
+        tracker = FreshnessTracker(parts, self._clock)
+        asked = self._clock()
+        for p in parts:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=10
+                )
+            except KafkaException as exc:
+                raise BusError(f"cannot read offsets of {self.topic}: {exc}") from exc
+            tracker.start_at(p, low)
+            tracker.probed(p, high, asked)
+        self._consumer.assign([TopicPartition(self.topic, p, tracker.next[p]) for p in parts])
+        return tracker
+
+    # --- checks (any thread) -------------------------------------------------------------------
+
+    def allows(
+        self,
+        agent_id: str,
+        scope: str,
+        resource: str = "",
+        now: datetime | None = None,
+        *,
+        at_least: ConsistencyToken | str | None = None,
+    ) -> Verdict:
+        """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
+        floor = self._tracker.floor if self._watch is None else self._floor()  # hot path
+        if floor is None or self._clock() - floor > self.bound_s:
+            return Verdict(False, self.freshness().reason(), unavailable=True)
+        if at_least is not None:
+            problem = self._wait_for(at_least)
+            if problem:
+                return Verdict(False, problem, unavailable=True)
+        return self._index.allows(agent_id, scope, resource, now)
+
+    def _wait_for(self, token: ConsistencyToken | str) -> str:
+        """'' once the view has applied what ``token`` names on its topic, else why not."""
+        try:
+            parsed = parse_token(token) if isinstance(token, str) else token
+        except InvalidConsistencyToken as exc:
+            return f"{exc} (fail closed)"
+        position = parsed.on(self.topic)
+        if position is None:
+            return ""  # the event did not go to this view's topic: nothing here depends on it
+        nxt = self._tracker.next
+        if position.partition not in nxt:
+            return f"token names partition {position.partition}, unknown on {self.topic}"
+        deadline = self._clock() + self.token_wait_s
+        with self._cond:
+            while nxt[position.partition] <= position.offset:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return (
+                        f"grant view has applied {self.topic}@{position.partition} up to offset "
+                        f"{nxt[position.partition] - 1}, the consistency token needs "
+                        f"{position.offset}; waited {self.token_wait_s:g}s (fail closed)"
+                    )
+                self._cond.wait(left)
+        return ""
+
+    def grant_state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
+        """'active', 'ended' (revoked, released, expired), 'unknown', or 'not-ready' while the
+        view is not fresh enough to say (token verifiers then refuse: fail closed)."""
+        floor = self._floor()
+        if floor is None or self._clock() - floor > self.bound_s:
+            return "not-ready"
+        return self._index.state(agent_id, grant_id, now)
+
+    def time_floor(self) -> datetime | None:
+        """A time the broker has certainly reached (from the log's append times), or None."""
+        floor = self._broker_clock.floor_s()
+        return datetime.fromtimestamp(floor, tz=UTC) if floor > 0 else None
+
+    def active(self, agent_id: str, now: datetime | None = None) -> list[GrantIssued]:
+        """The agent's grants that have not ended or expired."""
+        return [v.grant for v in self._index.active(agent_id, now) if v.grant is not None]
+
+    def _floor(self) -> float | None:
+        """When the view (and, if watched, the workers' revocations) was last proven current."""
+        floor = self._tracker.floor
+        if self._watch is None or floor is None:
+            return floor
+        risk = self._watch.tracker.floor
+        return None if risk is None else min(floor, risk)
+
+    def freshness(self) -> Freshness:
+        """How current the view is (ready, staleness, lag, the last probe problem)."""
+        own = self._tracker.snapshot(self.bound_s, paused=self._paused)
+        if self._watch is None:
+            return own
+        risk = self._watch.tracker.snapshot(self.bound_s)
+        if risk.fresh or not own.fresh:
+            return own
+        return Freshness(own.ready and risk.ready, risk.staleness_s, own.lag, self.bound_s,
+                         risk.problem or "revocation signals pending", self._paused)
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until the view has caught up with the log as of its start."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while not self._tracker.ready():
+                left = deadline - self._clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    # --- the consumer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_status = self._clock()
+        try:
+            while not self._stop.is_set():
+                now = self._clock()
+                if self._want_paused != self._paused:
+                    self._switch_pause()
+                if self._acks is not None and now >= next_status and self._tracker.ready():
+                    self._acks.status(self.topic, self.freshness(), self.started_at)
+                    next_status = now + STATUS_EVERY_S
+                msg = self._consumer.poll(0.05)
+                if self._acks is not None:
+                    self._acks.poll()
+                if msg is not None and not msg.error():
+                    self._apply(to_record(msg))
+        finally:
+            self._prober.join(timeout=10)
+            if self._acks is not None:
+                self._acks.close()
+            self._consumer.close()
+            self._probes.close()
+            if self._watch is not None:
+                self._watch.close()
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self._probe_every):
+            self._probe()
+            if self._watch is not None:
+                self._watch.probe()
+
+    def _probe(self) -> None:
+        for p in self._tracker.next:
+            if self._stop.is_set():
+                return
+            asked = self._clock()
+            try:
+                _low, high = self._probes.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=min(1.0, self.bound_s / 2), cached=False
+                )
+            except KafkaException as exc:
+                self._tracker.failed(f"cannot reach Kafka to read the log end of {self.topic}: "
+                                     f"{exc.args[0] if exc.args else exc}")
+                return
+            with self._cond:
+                self._tracker.probed(p, high, asked)
+                self._cond.notify_all()
+
+    def _apply(self, record: Record) -> None:
+        replayed = not self._tracker.ready()
+        revoked = self._index.apply(record)
+        if record.timestamp_ms > 0:
+            self._broker_clock.seen(record.timestamp_ms / 1000)
+        with self._cond:
+            self._tracker.applied(record.partition, record.offset)
+            self._cond.notify_all()
+        applied_at = time.time()
+        if self._on_event is not None:
+            self._on_event(record, applied_at)
+        if self._acks is not None and isinstance(revoked, AgentRevoked):
+            self._acks.ack(revoked, record, applied_at, replayed=replayed)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def _switch_pause(self) -> None:
+        """Pause or resume fetching, in the consumer's own thread (librdkafka wants it there)."""
+        assignment = self._consumer.assignment()
+        if self._want_paused:
+            self._consumer.pause(assignment)
+        else:
+            self._consumer.resume(assignment)
+        with self._cond:
+            self._paused = self._want_paused
+            self._cond.notify_all()
+
+    def _set_paused(self, paused: bool, timeout: float) -> None:
+        self._want_paused = paused
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._paused == paused, timeout):
+                raise BusError(f"the grant view did not {'pause' if paused else 'resume'} "
+                               f"within {timeout:g}s")
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """Stop applying events (maintenance, tests): the view goes stale and then denies."""
+        self._set_paused(True, timeout)
+
+    def resume(self, timeout: float = 5.0) -> None:
+        """Apply events again from where the view stopped."""
+        self._set_paused(False, timeout)
+
+    def close(self) -> None:
+        """Stop following the topic."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> GrantView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The local stack (dev tooling): Kafka and Redis processes, a Kafka cluster, worker processes."""

@@ -1,0 +1,342 @@
+"""The local Kafka + Redis stack as plain background processes: up, down, status, ensure_tools.
+
+Imports stdlib, redis, confluent-kafka (via admin), config, errors and the stack_* helpers.
+Used by `permbroker stack`, the Makefile, the demo and the test fixtures. State lives in
+settings.stack_dir: kafka/ (properties, cluster id, KRaft log dir), redis/, *.log, *.pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+
+from broker.adapters.audit.keys import ensure_keys
+from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
+from broker.config import Settings
+from broker.errors import BusError, StackError
+from broker.stack import kafka as stack_kafka
+from broker.stack.procs import (
+    ProcRecord,
+    exit_code,
+    is_ours,
+    locked,
+    port_free,
+    port_open,
+    spawn,
+    stop,
+    tail,
+)
+
+Progress = Callable[[str], None]
+LOOPBACK = "127.0.0.1"
+KAFKA, REDIS = "kafka", "redis"
+# Which command each service needs, and the Debian package that brings it.
+# How long a port may stay taken by a stray client socket before `up` gives up on it.
+PORT_GRACE_S = 15.0
+_TOOLS = {"java": "openjdk-17-jre-headless", "mvn": "maven", "redis-server": "redis-server"}
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One service of the stack as seen now."""
+
+    name: str
+    pid: int | None
+    running: bool
+    answering: bool
+    address: str
+    log: str
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """Both services; from `up` also what it started (not reused) and the topics it created."""
+
+    kafka: ServiceStatus
+    redis: ServiceStatus
+    topics_created: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka.address
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis.address}/0"
+
+    @property
+    def ready(self) -> bool:
+        return self.kafka.answering and self.redis.answering
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ready": self.ready, "bootstrap": self.bootstrap, "redis_url": self.redis_url,
+                "services": [asdict(self.kafka), asdict(self.redis)],
+                "topics_created": list(self.topics_created), "started": list(self.started)}
+
+
+def _dir(settings: Settings) -> Path:
+    return settings.stack_dir.expanduser().resolve()
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return _dir(settings) / f"{name}.pid"
+
+
+def _log_file(settings: Settings, name: str) -> Path:
+    return _dir(settings) / f"{name}.log"
+
+
+def _ports(settings: Settings, name: str) -> tuple[int, ...]:
+    if name == KAFKA:
+        return settings.kafka_port, settings.kafka_controller_port
+    return (settings.redis_port,)
+
+
+def _kafka_answers(port: int, timeout: float = 2.0) -> bool:
+    if not port_open(port):
+        return False
+    try:
+        return bool(cluster_metadata(admin_client(f"{LOOPBACK}:{port}"), timeout).brokers)
+    except BusError:
+        return False
+
+
+def _redis_answers(port: int, timeout: float = 1.0) -> bool:
+    if not port_open(port):
+        return False
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=timeout,
+                         socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _answers(settings: Settings, name: str) -> bool:
+    if name == KAFKA:
+        return _kafka_answers(settings.kafka_port)
+    return _redis_answers(settings.redis_port)
+
+
+def _service_status(settings: Settings, name: str) -> ServiceStatus:
+    record = ProcRecord.read(_pid_file(settings, name))
+    running = record is not None and is_ours(record)
+    return ServiceStatus(name, record.pid if record else None, running, _answers(settings, name),
+                         f"{LOOPBACK}:{_ports(settings, name)[0]}", str(_log_file(settings, name)))
+
+
+def status(settings: Settings) -> StackStatus:
+    """Where each service stands: our PID alive, and answering its protocol on its port."""
+    return StackStatus(_service_status(settings, KAFKA), _service_status(settings, REDIS))
+
+
+def missing_tools() -> list[str]:
+    """The commands the stack needs that are not on PATH."""
+    return [name for name in _TOOLS if shutil.which(name) is None]
+
+
+def ensure_tools(progress: Progress | None = None) -> None:
+    """Install java, mvn and redis-server with apt-get if missing (root on Debian), else explain."""
+    say = progress or (lambda _msg: None)
+    missing = missing_tools()
+    if not missing:
+        return
+    packages = [_TOOLS[name] for name in missing]
+    apt = shutil.which("apt-get")
+    if os.geteuid() != 0 or apt is None or not Path("/etc/debian_version").is_file():
+        raise StackError(f"missing {', '.join(missing)}: install {' '.join(packages)} "
+                         "(Debian/Ubuntu names; any Java 17+ JRE, Maven 3 and Redis 7 will do)")
+    say(f"Installing {' '.join(packages)} with apt-get (missing: {', '.join(missing)})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in ([apt, "update", "-q"], [apt, "install", "-y", "-q", *packages]):
+        if subprocess.run(cmd, env=env, check=False, stdin=subprocess.DEVNULL).returncode:  # noqa: S603
+            raise StackError(f"`{' '.join(cmd)}` failed; install {' '.join(packages)} yourself")
+    if still := missing_tools():
+        raise StackError(f"still missing after apt-get: {', '.join(still)}")
+
+
+def _frees_up(port: int, timeout: float) -> bool:
+    """Whether the port is free, or frees up within ``timeout``.
+
+    Right after a service died, a client retrying its connection can hold the port for a
+    moment: the ports sit in the ephemeral range, and a connect to a local port nobody listens
+    on may be given that very port as its source (a TCP self-connect), until the client drops it.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _claim(settings: Settings, name: str) -> ProcRecord | None:
+    """Our live record for a service, or None after checking its ports are free to start it."""
+    pid_file = _pid_file(settings, name)
+    record = ProcRecord.read(pid_file)
+    if record is not None and is_ours(record):
+        return record
+    pid_file.unlink(missing_ok=True)
+    for port in _ports(settings, name):
+        if not _frees_up(port, PORT_GRACE_S):
+            raise StackError(
+                f"port {port} ({name}) is in use by a process this stack did not start "
+                f"(no live PID in {pid_file}). Stop that process (`ss -ltnp 'sport = :{port}'` "
+                f"shows it), or pick free ports with PERMBROKER_KAFKA_PORT, "
+                f"PERMBROKER_KAFKA_CONTROLLER_PORT, PERMBROKER_REDIS_PORT.")
+    return None
+
+
+def _start(settings: Settings, name: str, argv: list[str], cwd: Path) -> ProcRecord:
+    record = spawn(argv, cwd=cwd, log_path=_log_file(settings, name))
+    record.write(_pid_file(settings, name))
+    return record
+
+
+def _start_kafka(settings: Settings, say: Progress) -> ProcRecord:
+    libs = stack_kafka.ensure_jars(settings, say)
+    kafka_dir = _dir(settings) / KAFKA
+    (kafka_dir / "data").mkdir(parents=True, exist_ok=True)
+    properties = stack_kafka.write_properties(settings, kafka_dir)
+    stack_kafka.format_once(libs, kafka_dir, properties)
+    say(f"Starting Kafka {settings.kafka_version} on {LOOPBACK}:{settings.kafka_port}")
+    return _start(settings, KAFKA, stack_kafka.server_argv(libs, properties), kafka_dir)
+
+
+def _start_redis(settings: Settings, say: Progress) -> ProcRecord:
+    redis_dir = _dir(settings) / REDIS
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    say(f"Starting Redis on {LOOPBACK}:{settings.redis_port}")
+    argv = [stack_kafka.tool("redis-server"), "--bind", LOOPBACK,
+            "--port", str(settings.redis_port),
+            "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
+            "--dir", str(redis_dir), "--daemonize", "no", "--logfile", "",
+            "--set-proc-title", "no"]  # keep argv intact: `down` checks it before signalling
+    return _start(settings, REDIS, argv, redis_dir)
+
+
+def start_redis(settings: Settings, timeout: float = 60.0) -> ProcRecord:
+    """Start (or reuse) only the Redis of a stack whose Kafka runs elsewhere (a local cluster)."""
+    record = _claim(settings, REDIS) or _start_redis(settings, lambda _msg: None)
+    _await(settings, REDIS, record, time.monotonic() + timeout)
+    return record
+
+
+def _await(settings: Settings, name: str, record: ProcRecord, deadline: float) -> None:
+    """Wait until the service answers; StackError with its log tail if it dies or times out."""
+    log = _log_file(settings, name)
+    while not _answers(settings, name):
+        if exit_code(record.pid) is not None or not is_ours(record):
+            raise StackError(f"{name} exited (status {exit_code(record.pid)}) while starting; "
+                             f"{log} ends:\n{tail(log)}")
+        if time.monotonic() >= deadline:
+            raise StackError(f"{name} did not answer on port {_ports(settings, name)[0]} in "
+                             f"time; {log} ends:\n{tail(log)}")
+        time.sleep(0.2)
+
+
+def _start_all(settings: Settings, say: Progress, timeout: float,
+               fresh: list[ProcRecord]) -> tuple[str, ...]:
+    """Start what is not running yet (appending to fresh), wait for both, create the topics."""
+    claimed = {name: _claim(settings, name) for name in (KAFKA, REDIS)}  # fail before starting
+    records: dict[str, ProcRecord] = {}
+    for name, start in ((KAFKA, _start_kafka), (REDIS, _start_redis)):
+        record = claimed[name]
+        if record is None:
+            record = start(settings, say)
+            fresh.append(record)
+        else:
+            say(f"Reusing our running {name} (pid {record.pid}, started {record.started_at})")
+        records[name] = record
+    started = time.monotonic()
+    deadline = started + timeout
+    _await(settings, REDIS, records[REDIS], deadline)
+    _await(settings, KAFKA, records[KAFKA], deadline)
+    say(f"Kafka and Redis answer (waited {time.monotonic() - started:.1f}s)")
+    try:
+        created = ensure_topics(f"{LOOPBACK}:{settings.kafka_port}", timeout=30)
+    except BusError as exc:
+        raise StackError(f"Kafka answers but creating the topics failed: {exc}") from exc
+    if created:
+        say(f"Created topics: {', '.join(created)}")
+    return tuple(created)
+
+
+def up(settings: Settings, *, progress: Progress | None = None,
+       timeout: float = 120.0) -> StackStatus:
+    """Start (or reuse) Kafka and Redis, wait until both answer, then create the topics.
+
+    Idempotent: services whose PID file is ours and alive are reused. If anything fails, the
+    processes this call started are stopped again before the StackError propagates.
+    """
+    say = progress or (lambda _msg: None)
+    if missing := missing_tools():
+        raise StackError(f"missing {', '.join(missing)}; run `make deps` or install them")
+    fresh: list[ProcRecord] = []
+    with locked(_dir(settings) / ".lock"):
+        try:
+            created = _start_all(settings, say, timeout, fresh)
+        except BaseException:  # StackError, but also Ctrl-C or a test timeout: leave nothing
+            _stop_recorded(settings, fresh)
+            raise
+    for key_file in ensure_keys(settings):
+        say(f"created audit key {key_file}")
+    kafka, redis_status = _service_status(settings, KAFKA), _service_status(settings, REDIS)
+    fresh_pids = {record.pid for record in fresh}
+    started = tuple(st.name for st in (kafka, redis_status) if st.pid in fresh_pids)
+    return StackStatus(kafka, redis_status, created, started)
+
+
+def _stop_recorded(settings: Settings, records: list[ProcRecord],
+                   timeout: float = 30.0) -> list[str]:
+    """Stop these records and remove their PID files; names of what was running."""
+    names = {record.pid: name for name in (KAFKA, REDIS)
+             for record in [ProcRecord.read(_pid_file(settings, name))] if record is not None}
+    stopped = [f"{names.get(r.pid, '?')} (pid {r.pid})" for r in stop(records, timeout=timeout)]
+    for record in records:
+        if (name := names.get(record.pid)) is not None:
+            _pid_file(settings, name).unlink(missing_ok=True)
+    return stopped
+
+
+def down(settings: Settings, *, wipe: bool = False, timeout: float = 30.0) -> list[str]:
+    """Stop the processes this stack recorded (never any other); optionally delete their data."""
+    root = _dir(settings)
+    with locked(root / ".lock"):
+        records = [r for name in (KAFKA, REDIS)
+                   if (r := ProcRecord.read(_pid_file(settings, name))) is not None]
+        stopped = _stop_recorded(settings, records, timeout)
+        for name in (KAFKA, REDIS):
+            _pid_file(settings, name).unlink(missing_ok=True)
+            if wipe:  # only our own subdirs, never stack_dir itself
+                shutil.rmtree(root / name, ignore_errors=True)
+    return stopped
+
+
+def main(argv: list[str]) -> int:
+    """`python -m broker.adapters.stack ensure-tools` (used by `make deps`)."""
+    if argv != ["ensure-tools"]:
+        print("usage: python -m broker.adapters.stack ensure-tools", file=sys.stderr)
+        return 2
+    try:
+        ensure_tools(lambda msg: print(f"==> {msg}", flush=True))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("java, mvn and redis-server are installed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

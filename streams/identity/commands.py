@@ -1,0 +1,235 @@
+"""Registry and grant commands, and the broker's published keys. Imports broker, schemas, streams.
+
+Registry commands (``permbroker.registry``) are verified by the identity gate, turned into the
+next agent record by the pure ``broker.registry`` and published to the compacted agents topic
+(Kafka is the record), with their effects: a suspension or key revocation revokes every grant,
+a model change is judged by the policy's revocation rules. A grant command lets an agent obtain
+a short-lived token for one of its own grants (encrypted to the key it sent). Every command
+gets an answer on the decisions topic and an audit record. (Releasing and renewing a grant are
+requests on the escalation topic, decided by streams.lifecycle behind the same identity gate.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from broker.adapters.crypto.enrollment import verify_enrollment
+from broker.adapters.crypto.jwe import encrypt_to
+from broker.adapters.crypto.tokens import BrokerKeyring, mint_grant_token
+from broker.adapters.kafka import codec
+from broker.config import Settings
+from broker.errors import IdentityError, WireError
+from broker.grants.decide import derive_id, risk_audit
+from broker.identity.answers import answer, command_audit
+from broker.identity.registry import (
+    Enrollment,
+    Limits,
+    RegistryOutcome,
+    apply_command,
+    model_change_signal,
+)
+from broker.identity.rules import Principal, Reason, Rejection, grant_owner_problem, thumbprint
+from schemas import topics
+from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued
+from streams.identity.gate import Admitted, IdentityGate
+from streams.processor import Incoming, Processor
+
+log = logging.getLogger("permbroker.identity")
+T = TypeVar("T")
+
+
+class Commands:
+    """Handlers of the registry and grant-command topics, and the JWKS publisher."""
+
+    def __init__(self, processor: Processor, gate: IdentityGate, keyring: BrokerKeyring | None,
+                 settings: Settings) -> None:
+        self.p = processor
+        self.gate = gate
+        self.keyring = keyring
+        self.settings = settings
+        self.ready = asyncio.Event()
+        self._published_jwks = ""
+
+    def _decode(self, msg: Incoming, kind: type[T]) -> T:
+        event = codec.decode(msg.key, msg.value, msg.headers)
+        if not isinstance(event, kind):
+            raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
+        return event
+
+    async def _refuse(self, msg: Incoming, cmd: AgentCommand | GrantCommand, why: Rejection,
+                      signer: Principal | None) -> None:
+        await self.gate.reject(msg, cmd, why, signer)
+        if signer is not None:  # only an authenticated sender hears back (no forged answers)
+            await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, refusal=why))
+
+    # --- registry ---------------------------------------------------------------------------
+
+    async def on_registry(self, msg: Incoming) -> None:
+        """Apply one registry command (idempotent under redelivery)."""
+        await self.p.ready.wait()
+        await self.ready.wait()
+        try:
+            cmd = self._decode(msg, AgentCommand)
+        except WireError as exc:
+            await self.p.dead_letter(msg, str(exc))
+            return
+        await self.p._retrying("registry", lambda: self._registry(cmd, msg))
+
+    async def _registry(self, cmd: AgentCommand, msg: Incoming) -> None:
+        own = cmd.key.model_copy(update={"kid": thumbprint(cmd.key)}) \
+            if cmd.action == "register" and cmd.enrollment and cmd.key else None
+        verdict, by = await self.gate.check(msg, cmd, key=own)
+        if isinstance(verdict, Rejection):
+            await self._refuse(msg, cmd, verdict, by)
+            return
+        signer, enrollment = self._enrolled(cmd, verdict, own, msg.received_at)
+        if isinstance(enrollment, Rejection):
+            await self._refuse(msg, cmd, enrollment, signer)
+            return
+        if cmd.action == "rotate_key" and signer.id == cmd.agent_id and verdict.refusal:
+            await self._refuse(msg, cmd, verdict.refusal, signer)  # suspended: no new keys
+            return
+        await self.gate.sync()  # read the latest record before writing the next one
+        current = self.gate.registry.get(cmd.agent_id) if cmd.agent_id else None
+        outcome = apply_command(current, cmd, signer, at=msg.received_at, offset=msg.offset,
+                                limits=self._limits(), enrollment=enrollment)
+        if outcome.refusal is not None:
+            await self._refuse(msg, cmd, outcome.refusal, signer)
+        elif cmd.action == "rotate_broker_key":
+            await self._rotate_broker(cmd, msg, signer)
+        else:
+            await self._record(cmd, msg, signer, outcome)
+
+    def _enrolled(self, cmd: AgentCommand, verdict: Admitted, own: object, at: datetime
+                  ) -> tuple[Principal, Enrollment | Rejection | None]:
+        """The signer of a self-registration, and its enrollment (judged at append time)."""
+        if own is None:
+            return verdict.signer, None
+        signer = Principal(cmd.agent_id or "", "agent", verdict.signer.kid)
+        return signer, verify_enrollment(cmd.enrollment or "", self.gate.operators.keys(), at)
+
+    def _limits(self) -> Limits:
+        return Limits(agent_key_overlap_s=self.settings.agent_key_overlap_s,
+                      known_classes=frozenset(self.p.policy.classes))
+
+    async def _record(self, cmd: AgentCommand, msg: Incoming, signer: Principal,
+                      outcome: RegistryOutcome) -> None:
+        record = outcome.record
+        assert record is not None
+        if not outcome.already_applied:
+            await self.p.emit(topics.AGENTS.name, record)
+            self.gate.registry.apply(record)  # write-through: this worker acts on it at once
+        revoked = await self._effects(cmd, msg, record, outcome)
+        reason = f"{record.change} {record.agent_id} (revision {record.revision})"
+        await self.p.audit(command_audit(
+            cmd, msg.received_at, signer=signer, kind=f"registry.{record.change}",
+            reason=reason, origin=msg.origin, revision=record.revision,
+            revoked_grants=list(revoked)))
+        await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason,
+                                                        record_revision=record.revision))
+
+    async def _effects(self, cmd: AgentCommand, msg: Incoming, record: AgentRecord,
+                       outcome: RegistryOutcome) -> tuple[str, ...]:
+        agent, at = record.agent_id, msg.received_at
+        if outcome.revoke is not None:
+            return await self.p.revoke_agent(agent, derive_id("registry", cmd.command_id, agent),
+                                             outcome.revoke, at)
+        if outcome.model_change is None:
+            return ()
+        signal = model_change_signal(cmd, *outcome.model_change, at)
+        action = self.p.policy.on_risk(signal, self.gate.profile(agent), at)
+        revoked: tuple[str, ...] = ()
+        if action.revoke:
+            revoked = await self.p.revoke_agent(agent, signal.signal_id, action, at)
+        await self.p.audit(risk_audit(signal, action, revoked, at))
+        return revoked
+
+    async def _rotate_broker(self, cmd: AgentCommand, msg: Incoming, signer: Principal) -> None:
+        if self.keyring is None:
+            why = Rejection(Reason.INVALID, "this worker has no broker keyring "
+                            f"({self.settings.key_path('broker')})")
+            await self._refuse(msg, cmd, why, signer)
+            return
+        overlap = cmd.overlap_s if cmd.overlap_s is not None else \
+            self.settings.broker_key_overlap_s
+        kid = self.keyring.rotate(datetime.now(UTC), overlap_s=overlap, cause=cmd.command_id)
+        await self.publish_jwks(force=True)
+        reason = f"broker key {kid} added; the previous key(s) verify for {overlap}s more"
+        await self.p.audit(command_audit(
+            cmd, msg.received_at, signer=signer, kind="broker.key_rotated", reason=reason,
+            origin=msg.origin, kid_added=kid))
+        await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason))
+
+    # --- grant commands ---------------------------------------------------------------------
+
+    async def on_grant_command(self, msg: Incoming) -> None:
+        """Issue a token for a grant: the agent's own grants only."""
+        await self.p.ready.wait()
+        await self.ready.wait()
+        try:
+            cmd = self._decode(msg, GrantCommand)
+        except WireError as exc:
+            await self.p.dead_letter(msg, str(exc))
+            return
+        await self.p._retrying("grant-command", lambda: self._grant_command(cmd, msg))
+
+    async def _grant_command(self, cmd: GrantCommand, msg: Incoming) -> None:
+        verdict, by = await self.gate.check(msg, cmd)
+        if isinstance(verdict, Rejection):
+            await self._refuse(msg, cmd, verdict, by)
+            return
+        why = grant_owner_problem(cmd) or verdict.refusal
+        if why is not None:
+            await self._refuse(msg, cmd, why, verdict.signer)
+            return
+        now = datetime.now(UTC)
+        held = [g for g in await self.p.store.active_grants(cmd.agent_id, now)
+                if g.grant_id == cmd.grant_id]
+        if not held:
+            await self._refuse(msg, cmd, Rejection(Reason.NOT_YOUR_GRANT, f"{cmd.grant_id} is "
+                               f"not an active grant of {cmd.agent_id}"), verdict.signer)
+            return
+        await self._token(cmd, msg, verdict.signer, held[0], now)
+
+    async def _token(self, cmd: GrantCommand, msg: Incoming, signer: Principal,
+                     grant: GrantIssued, now: datetime) -> None:
+        try:
+            if self.keyring is None:
+                raise IdentityError("the broker's signing key is unavailable (fail closed)")
+            if cmd.reply_key is None or cmd.audience is None:
+                raise IdentityError("a token request needs an audience and a reply_key")
+            self.keyring.reload()
+            token, exp = mint_grant_token(grant, cmd.audience, self.keyring, now=now,
+                                          max_ttl_s=self.settings.token_max_ttl_s)
+            sealed = encrypt_to(cmd.reply_key, token.encode())
+        except IdentityError as exc:
+            await self._refuse(msg, cmd, Rejection(Reason.INVALID, str(exc)), signer)
+            return
+        kid = self.keyring.signing_key(now).kid
+        await self.p.audit(command_audit(
+            cmd, msg.received_at, signer=signer, kind="grant.token_issued",
+            reason=f"token for grant {grant.grant_id} at {cmd.audience} until {exp.isoformat()}",
+            origin=msg.origin, broker_kid=kid, token_expires_at=exp.isoformat()))
+        await self.p.emit(topics.DECISIONS.name, answer(
+            cmd, msg.received_at, reason=f"token until {exp.isoformat()}", grant_id=grant.grant_id,
+            token=sealed, token_expires_at=exp))
+
+    # --- the broker's public keys -----------------------------------------------------------
+
+    async def publish_jwks(self, *, force: bool = False) -> bool:
+        """Publish the JWKS when it changed (a rotation, a retirement); True if published."""
+        if self.keyring is None:
+            return False
+        now = datetime.now(UTC)
+        self.keyring.reload()
+        jwks = self.keyring.jwks(now)
+        if jwks.revision == self._published_jwks and not force:
+            return False
+        await self.p.emit(topics.JWKS.name, jwks)
+        self._published_jwks = jwks.revision
+        self.keyring.prune(now)
+        log.info("published JWKS %s: %s", jwks.revision, ", ".join(k.kid or "" for k in jwks.keys))
+        return True

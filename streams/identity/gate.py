@@ -1,0 +1,288 @@
+"""The identity gate: every agent event is verified before policy sees it. Imports broker, schemas.
+
+For each escalation, risk signal and command: read the ``ce_signature``, find the key by kid (an
+agent's key in the registry, or an operator's), verify it with that key's own algorithm, check
+that the claims bind this very message and were made within the window around Kafka's append
+time, that the key was valid then, that the signer may act for whom the event names, that the
+agent is active, and that this signature was not used at another offset before (replay; the
+same offset again is a redelivery). A refusal is audited as ``identity.rejected`` with a distinct
+rule ``identity:<code>`` and the event goes no further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from broker.adapters.crypto import signing
+from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.kafka.registry_view import RegistryView
+from broker.adapters.redis.identity import IdentityStore
+from broker.config import Settings
+from broker.errors import BusError
+from broker.grants.decide import Outcome
+from broker.identity.answers import rejection_audit
+from broker.identity.rules import (
+    EventClaims,
+    Principal,
+    Reason,
+    Rejection,
+    agent_usable,
+    authorize_event,
+    check_binding,
+    find_key,
+    is_operator,
+    key_usable,
+)
+from schemas.events import (
+    AGENT_ID_PATTERN,
+    AgentCommand,
+    AgentProfile,
+    ApprovalVoted,
+    EscalationRequested,
+    GrantCommand,
+    PublicJwk,
+    ReleaseRequested,
+    RenewalRequested,
+    RiskObserved,
+    ScopeDenial,
+    WireModel,
+)
+from streams.processor import Incoming
+
+log = logging.getLogger("permbroker.identity")
+NONCE_MARGIN = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An admitted event: who signed it and, for an authentic agent that may not act, why."""
+
+    signer: Principal
+    refusal: Rejection | None = None
+    redelivered: bool = False  # this very message (same offset) was admitted before
+
+    def denial(self) -> ScopeDenial | None:
+        """An outside denial of every scope (the refusal as the rule) when it may not act."""
+        r = self.refusal
+        return ScopeDenial(scope="*", rule=r.rule, reason=r.detail) if r is not None else None
+
+    def bind(self, outcome: Outcome) -> Outcome:
+        """Record the signing key (and the model's digest) on the grant and in the audit."""
+        grant, audit = outcome.grant, outcome.audit
+        signed = {"principal": self.signer.id, "kid": self.signer.kid or None}
+        if grant is not None:
+            agent = audit.inputs.get("agent")
+            model = agent.get("model", {}) if isinstance(agent, dict) else {}
+            grant = grant.model_copy(update={"kid": self.signer.kid,
+                                             "model_digest": str(model.get("digest", ""))})
+        audit = audit.model_copy(update={"inputs": {**audit.inputs, "signed_by": signed}})
+        return dataclasses.replace(outcome, grant=grant, audit=audit)
+
+
+def claimed_agent(event: WireModel | None) -> str | None:
+    """The agent an event speaks for or about (for audit and the unsigned dev mode)."""
+    if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand
+                  | AgentCommand):
+        return event.agent_id
+    if isinstance(event, RiskObserved):
+        return event.subject_agent_id
+    if isinstance(event, ApprovalVoted):  # a verifier agent acts for itself; operators: None
+        return None if is_operator(event.approver) else event.approver
+    return None
+
+
+class IdentityGate:
+    """Verifies events against the registry and the operators' keys; audits every refusal."""
+
+    def __init__(self, operators: OperatorDirectory, store: IdentityStore, settings: Settings,
+                 audit: Callable[..., Awaitable[None]], count: Callable[[str], None]) -> None:
+        self._registry: RegistryView | None = None
+        self.ready = asyncio.Event()
+        self.operators = operators
+        self.store = store
+        self.settings = settings
+        self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
+        self._count = count
+        self.classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    @property
+    def registry(self) -> RegistryView:
+        """The registry view (set once it has caught up with the agents topic)."""
+        if self._registry is None:
+            raise RuntimeError("identity gate used before the registry was loaded")
+        return self._registry
+
+    def start(self, registry: RegistryView) -> None:
+        """Open the gate with a registry view that has caught up."""
+        self._registry = registry
+        self.ready.set()
+
+    async def sync(self) -> None:
+        """Catch the registry view up with the agents topic; BusError (retried) if it cannot."""
+        if not await asyncio.to_thread(self.registry.sync, 5.0):
+            raise BusError("the agent registry view could not catch up with Kafka")
+
+    def profile(self, agent_id: str) -> AgentProfile | None:
+        """The registered profile, with baseline and ceiling from the policy's class."""
+        record = self.registry.get(agent_id)
+        if record is None:
+            return None
+        baseline, ceiling = self.classes.get(record.profile.agent_class, ((), ()))
+        return record.profile.model_copy(update={"baseline": baseline, "ceiling": ceiling})
+
+    def standing(self, agent_id: str) -> ScopeDenial | None:
+        """Why an agent may not be granted anything now (unknown, suspended, quarantined)."""
+        record = self.registry.get(agent_id)
+        problem = agent_usable(record) if record is not None else \
+            Rejection(Reason.UNKNOWN_AGENT, f"agent {agent_id} is not registered")
+        return ScopeDenial(scope="*", rule=problem.rule, reason=problem.detail) \
+            if problem is not None else None
+
+    async def admit(self, msg: Incoming, event: WireModel) -> Admitted | None:
+        """Admit the event (possibly with a refusal for policy to turn into a denial) or reject."""
+        verdict, signer = await self.check(msg, event)
+        if isinstance(verdict, Rejection):
+            await self.reject(msg, event, verdict, signer)
+            return None
+        unsigned = verdict.signer.kind == "agent" and not verdict.signer.kid  # dev mode
+        if unsigned and claimed_agent(event) is not None:
+            await self.store.mark_acted(verdict.signer.id, msg.received_at)
+        return verdict
+
+    async def check(self, msg: Incoming, event: WireModel | None, key: PublicJwk | None = None
+                    ) -> tuple[Admitted | Rejection, Principal | None]:
+        """The verdict, and the signer once the signature verified (to name who was refused).
+
+        ``key`` verifies a self-registration (signed by the key it registers).
+        """
+        await self.ready.wait()
+        sig = signing.presented(msg.headers)
+        if isinstance(sig, Rejection):
+            return sig, None
+        if sig is None:
+            return await self._stranger(event) or self._unsigned(event), None
+        found = await self._key(sig.kid, key)
+        if isinstance(found, Rejection):
+            return await self._stranger(event) or found, None
+        signer, jwk = found
+        claims = signing.verify_claims(sig, jwk)
+        if isinstance(claims, Rejection):
+            return claims, None
+        verdict = await self._verified(msg, event, signer, claims)
+        return verdict, (signer if signer.id else None)
+
+    async def _verified(self, msg: Incoming, event: WireModel | None, signer: Principal,
+                        claims: EventClaims) -> Admitted | Rejection:
+        problem = self._checks(msg, event, signer, claims)
+        if problem is not None:
+            return problem
+        acted = signer.id if signer.kind == "agent" else ""  # last acted, in the same round trip
+        first, new = await self.store.first_seen(
+            signer.id or claims.iss, claims.jti, msg.origin,
+            msg.received_at + timedelta(seconds=self.settings.signature_max_age_s) + NONCE_MARGIN,
+            agent=acted, at=msg.received_at)
+        if first != msg.origin:
+            return Rejection(Reason.REPLAY, f"signature {claims.jti} was already used at {first}; "
+                             f"this copy at {msg.origin} is a replay")
+        return Admitted(signer, self._refusal(event, signer), redelivered=not new)
+
+    async def _stranger(self, event: WireModel | None) -> Admitted | None:
+        """A request in the name of an agent the registry does not know goes on to be denied by
+        policy (``unknown-agent``): there is no identity to spoof, and the requester hears why.
+        Only requests: they can only be denied. Signals and commands about strangers are not."""
+        if not isinstance(event, EscalationRequested):
+            return None
+        if self.registry.get(event.agent_id) is None:
+            await self.sync()  # registered a moment ago?
+        if self.registry.get(event.agent_id) is not None:
+            return None
+        return Admitted(Principal(event.agent_id, "agent"))
+
+    def _unsigned(self, event: WireModel | None) -> Admitted | Rejection:
+        if not self.settings.allow_unsigned:
+            return Rejection(Reason.UNSIGNED, "event carries no ce_signature; sign it with the "
+                             "agent's registered key (PERMBROKER_ALLOW_UNSIGNED is for dev only)")
+        agent = claimed_agent(event) or "unsigned"
+        return Admitted(Principal(agent, "agent"), self._refusal(event, None))
+
+    async def _key(self, kid: str, offered: PublicJwk | None
+                   ) -> tuple[Principal, PublicJwk] | Rejection:
+        operator = self.operators.get(kid)
+        if operator is not None:
+            return Principal(operator[0], "operator", kid), operator[1]
+        if offered is not None and offered.kid == kid:
+            return Principal("", "agent", kid), offered  # the shell checks it registers itself
+        owner = self.registry.owner_of(kid)
+        if owner is None:  # registered a moment ago? catch up before calling it unknown
+            await self.sync()
+            owner = self.registry.owner_of(kid)
+        record = self.registry.get(owner) if owner is not None else None
+        key = find_key(record, kid) if record is not None else None
+        if record is None or key is None:
+            return Rejection(Reason.UNKNOWN_KID, f"no registered agent or operator key {kid}")
+        return Principal(record.agent_id, "agent", kid), key.jwk
+
+    def _checks(self, msg: Incoming, event: WireModel | None, signer: Principal,
+                claims: EventClaims) -> Rejection | None:
+        problem = check_binding(
+            claims, signing.facts(msg.key, msg.value, msg.headers, msg.received_at),
+            max_age_s=self.settings.signature_max_age_s,
+            skew_s=self.settings.signature_max_skew_s)
+        if problem is None and claims.iss != (signer.id or claims.iss):
+            problem = Rejection(Reason.TAMPERED, f"signature iss {claims.iss!r} is not the key's "
+                                f"owner {signer.id!r}")
+        if problem is None and signer.kind == "agent" and signer.id:
+            record = self.registry.get(signer.id)
+            key = find_key(record, signer.kid) if record is not None else None
+            problem = key_usable(key, msg.received_at) if key is not None else None
+        if problem is None and event is not None:
+            problem = authorize_event(signer, event)
+        return problem
+
+    def _refusal(self, event: WireModel | None, signer: Principal | None) -> Rejection | None:
+        """Why an authentic agent still may not act (suspended, quarantined, model mismatch)."""
+        agent = claimed_agent(event)
+        if agent is None or (signer is not None and signer.kind == "operator"):
+            return None
+        record = self.registry.get(agent)
+        if record is None:
+            return Rejection(Reason.UNKNOWN_AGENT, f"agent {agent} is not registered")
+        problem = agent_usable(record)
+        if problem is None and isinstance(event, EscalationRequested) and event.model_version \
+                and event.model_version != record.profile.model.version:
+            problem = Rejection(Reason.MODEL_MISMATCH, f"request says model version "
+                                f"{event.model_version}; the registry records "
+                                f"{record.profile.model.version}")
+        return problem
+
+    async def reject(self, msg: Incoming, event: WireModel | None, why: Rejection,
+                     signer: Principal | None = None) -> None:
+        """Audit a refusal, naming the verified actor when there is one (redelivery-safe ids)."""
+        self._count(f"rejected_{why.code.value}")
+        agent = signer.id if signer is not None and signer.kind == "agent" and signer.id \
+            else claimed_agent(event)
+        if agent is None and msg.key is not None:
+            agent = msg.key.decode(errors="replace")
+        valid = agent if agent is not None and re.fullmatch(AGENT_ID_PATTERN, agent) else None
+        sig = signing.presented(msg.headers)
+        audit = rejection_audit(
+            msg.origin, msg.received_at, why, agent_id=valid,
+            subject_id=signing.header_value(msg.headers, "ce_id") or msg.origin,
+            ce_type=signing.header_value(msg.headers, "ce_type"),
+            kid=sig.kid if isinstance(sig, signing.Presented) else None, signer=signer)
+        await self._audit(audit)
+        log.warning("rejected %s at %s: %s", agent or "?", msg.origin, why.rule)
+
+    async def authentic_for(self, msg: Incoming, agent_id: str) -> bool:
+        """An undecodable message validly signed by ``agent_id`` itself or by an operator."""
+        verdict, signer = await self.check(msg, None)
+        if isinstance(verdict, Rejection):
+            await self.reject(msg, None, verdict, signer)
+            return False
+        return is_operator(verdict.signer.id) or verdict.signer.id == agent_id

@@ -1,0 +1,1 @@
+"""Integration tests of audit on real Kafka and Redis."""

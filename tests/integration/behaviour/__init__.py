@@ -1,0 +1,1 @@
+"""Integration tests of behaviour on real Kafka and Redis."""

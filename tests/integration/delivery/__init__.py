@@ -1,0 +1,1 @@
+"""Integration tests of delivery on real Kafka and Redis."""

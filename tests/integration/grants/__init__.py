@@ -1,0 +1,1 @@
+"""Integration tests of grants on real Kafka and Redis."""

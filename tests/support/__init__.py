@@ -1,0 +1,1 @@
+"""Test support: services, factories, waits and identities shared by the suites."""

@@ -1,0 +1,63 @@
+"""Test identities: pool agents get their own keys and are registered by an operator on first use.
+
+Imports broker and schemas. The harness signs what it publishes with the key of the agent the
+message is keyed by (as that agent would), so the suite runs with signature checks on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.codec import Encoded
+from broker.adapters.kafka.registry_view import read_registry
+from broker.config import Settings
+from broker.policy import Policy
+from broker.sdk.agent.identity import keyed_signer
+from broker.sdk.operator.client import OperatorClient
+from schemas.events import AgentProfile
+
+BATCH = 25
+
+
+class Registrar:
+    """Registers pool agents (profiles from the test bundle's Agents seed) in batches."""
+
+    def __init__(self, settings: Settings, seed: Policy) -> None:
+        self.store = AgentKeyStore.from_settings(settings)
+        self._seed = {a.agent_id: a for a in seed.agents()}
+        self._order = list(self._seed)
+        # Registered earlier (another registrar on the same stack): never registered twice.
+        self._done = {r.agent_id for r in read_registry(settings.kafka_bootstrap).records()}
+        self.operator = OperatorClient(settings)
+
+    def ensure(self, agent_id: str) -> str:
+        """Register ``agent_id`` (and the next few of its kind) unless already registered."""
+        if agent_id in self._done:
+            return agent_id
+        prefix = agent_id.rstrip("0123456789")
+        start = self._order.index(agent_id)
+        batch = [a for a in self._order[start:]
+                 if a.startswith(prefix) and a not in self._done][:BATCH]
+        commands = []
+        for agent in batch:
+            keys = self.store.load(agent) if self.store.exists(agent) else \
+                self.store.generate(agent)
+            commands.append(self.operator.register_command(self._seed[agent], keys.current.jwk,
+                                                           reason="test pool"))
+        self.operator.run_many(commands)
+        self._done.update(batch)
+        return agent_id
+
+    def seed(self, agent_id: str) -> AgentProfile:
+        """The profile the agent was registered with (from the test bundle)."""
+        return self._seed[agent_id]
+
+    def close(self) -> None:
+        """Stop reading answers."""
+        self.operator.close()
+
+
+def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
+    """Sign a message as the agent it is keyed by, when the harness holds that agent's key."""
+    return keyed_signer(store)

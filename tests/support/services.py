@@ -1,0 +1,163 @@
+"""Real Kafka + Redis for integration tests: env, else Docker, else native stack. Imports broker.
+
+Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set; else
+testcontainers when a Docker engine answers (PERMBROKER_TEST_DOCKER=0 skips the probe); else
+`broker.adapters.stack.up` with its own dir and ports, stopped again at the end of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.adapters.kafka.admin import ensure_topics
+from broker.config import Settings
+from broker.errors import BusError
+from broker.stack import local as stack
+
+ROOT = Path(__file__).resolve().parents[2]
+# PERMBROKER_TEST_PORT_OFFSET moves the native test stack (two checkouts on one machine).
+_OFFSET = int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
+TEST_STACK = Settings(stack_dir=ROOT / ".stack" / "test", kafka_port=29092 + _OFFSET,
+                      kafka_controller_port=29093 + _OFFSET, redis_port=26379 + _OFFSET)
+KAFKA_IMAGE = "apache/kafka:4.1.1"
+REDIS_IMAGE = "redis:7"
+
+if TYPE_CHECKING:
+    from testcontainers.core.container import DockerContainer
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the integration tests find Kafka and Redis."""
+
+    bootstrap: str
+    redis_url: str
+
+
+def unique(prefix: str) -> str:
+    """A fresh id (agent, request, key prefix) so tests never collide and never need a flush."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def docker_answers() -> bool:
+    """True only if a Docker engine answers a ping within a couple of seconds."""
+    if os.environ.get("PERMBROKER_TEST_DOCKER") == "0":
+        return False
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False  # the common case here: no engine, decided without any import or timeout
+    import docker  # testcontainers' dependency; only needed when an engine may be there
+
+    try:
+        return bool(docker.from_env(timeout=3).ping())
+    except docker.errors.DockerException:
+        return False
+
+
+def _wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ensure_topics(bootstrap, timeout=5)
+            return
+        except BusError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _kafka_container() -> DockerContainer:
+    """An apache/kafka container whose advertised listener is the host's mapped port."""
+    from testcontainers.core.container import DockerContainer
+
+    script = "/tmp/permbroker_start.sh"
+    return (
+        DockerContainer(KAFKA_IMAGE)
+        .with_exposed_ports(9092)
+        .with_env("CLUSTER_ID", "cGVybWJyb2tlci10ZXN0cw")
+        .with_env("KAFKA_NODE_ID", "1")
+        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,BROKER://:9093,CONTROLLER://:9094")
+        .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+                  "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT")
+        .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "BROKER")
+        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9094")
+        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        # The advertised address is known only once the port is mapped: wait for a script.
+        .with_command(["sh", "-c", f"while [ ! -f {script} ]; do sleep 0.1; done; sh {script}"])
+    )
+
+
+def _put_script(container: DockerContainer, bootstrap: str) -> None:
+    body = (f"export KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://{bootstrap},BROKER://localhost:9093\n"
+            "exec /etc/kafka/docker/run\n").encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo("tmp/permbroker_start.sh")
+        info.size, info.mode, info.mtime = len(body), 0o755, int(time.time())
+        tar.addfile(info, io.BytesIO(body))
+    container.get_wrapped_container().put_archive("/", archive.getvalue())
+
+
+@contextlib.contextmanager
+def _docker_services() -> Iterator[Services]:
+    from testcontainers.community.redis import RedisContainer
+
+    redis_box = RedisContainer(REDIS_IMAGE).with_command(
+        "redis-server --maxmemory-policy noeviction --save '' --appendonly no")
+    with redis_box, _kafka_container() as kafka_box:
+        bootstrap = f"{kafka_box.get_container_host_ip()}:{kafka_box.get_exposed_port(9092)}"
+        _put_script(kafka_box, bootstrap)
+        _wait_for_kafka(bootstrap)
+        host, port = redis_box.get_container_host_ip(), redis_box.get_exposed_port(6379)
+        yield Services(bootstrap, f"redis://{host}:{port}/0")
+
+
+@contextlib.contextmanager
+def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
+    """Stop (and wipe) the test stack afterwards if this session started any of it.
+
+    A stack that was entirely running already (another session in this tree, or one left by a
+    killed run) is reused and left alone: stopping it could break a session still using it.
+    """
+    status = stack.up(TEST_STACK, progress=log)  # on failure it stops what it started itself
+    try:
+        yield Services(status.bootstrap, status.redis_url)
+    finally:
+        if status.started:
+            stopped = stack.down(TEST_STACK, wipe=True)  # the next session starts from empty topics
+            log(f"test stack stopped: {', '.join(stopped) or 'nothing was running'}")
+        else:
+            log(f"left the reused test stack running (stop it: make clean, or "
+                f"PERMBROKER_STACK_DIR={TEST_STACK.stack_dir} permbroker stack down)")
+
+
+@contextlib.contextmanager
+def provide(log: Callable[[str], None] = print) -> Iterator[Services]:
+    """Yield running services for one test session and stop whatever this call started."""
+    bootstrap = os.environ.get("PERMBROKER_TEST_KAFKA_BOOTSTRAP")
+    redis_url = os.environ.get("PERMBROKER_TEST_REDIS_URL")
+    if bootstrap and redis_url:
+        log(f"using services from the environment: Kafka {bootstrap}")
+        ensure_topics(bootstrap)
+        yield Services(bootstrap, redis_url)
+    elif docker_answers():
+        log(f"starting {KAFKA_IMAGE} and {REDIS_IMAGE} with testcontainers")
+        with _docker_services() as services:
+            yield services
+    else:
+        log(f"no Docker engine: starting the native stack in {TEST_STACK.stack_dir}")
+        with _native_services(log) as services:
+            yield services

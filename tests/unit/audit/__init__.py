@@ -1,0 +1,1 @@
+"""Unit tests of audit (pure code, nothing started)."""

@@ -1,0 +1,1 @@
+"""Unit tests of behaviour (pure code, nothing started)."""

@@ -1,0 +1,1 @@
+"""Unit tests of delivery (pure code, nothing started)."""

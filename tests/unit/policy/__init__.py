@@ -1,0 +1,1 @@
+"""Unit tests of policy (pure code, nothing started)."""

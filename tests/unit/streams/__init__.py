@@ -1,0 +1,1 @@
+"""Unit tests of streams (pure code, nothing started)."""
