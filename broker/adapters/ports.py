@@ -2,7 +2,7 @@
 
 ``streams`` is typed on these Protocols, not on the Redis or Kafka classes. Each has an
 in-memory twin in ``tests/support/twins.py`` held to the real adapter by a contract test
-(``tests/integration/grants/test_store_contract.py``). The store's value types (snapshots,
+(``tests/contract/test_grant_store.py``). The store's value types (snapshots,
 commits, fences, rate limits, due expiries) are re-exported here: callers of the port import
 them from the port.
 """
