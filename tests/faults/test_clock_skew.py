@@ -19,7 +19,6 @@ from broker.config import Settings
 from broker.errors import TokenRejected
 from broker.identity.tokens import token_claims
 from broker.policy import load_policy
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
@@ -35,6 +34,7 @@ from tests.faults.test_properties import props_bundle
 from tests.support.faults import world
 from tests.support.faults.report import Figures
 from tests.support.helpers import wait_until
+from tests.support.identities import agent_client
 
 SKEWS = (-30, 0, 30)
 FREEZE = "payments:accounts.freeze"
@@ -57,7 +57,7 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
     agent = agents("f")
     boot = settings.kafka_bootstrap
     keyring = BrokerKeyring(settings.key_path("broker"))
-    with JwksView(boot) as jwks, GrantView(boot) as view, AgentClient(agent, boot) as client:
+    with JwksView(boot) as jwks, GrantView(boot) as view, agent_client(settings, agent) as client:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=900,
                                       reason="skew", confidence=0.95, risk_score=0.9)
