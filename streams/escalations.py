@@ -186,14 +186,14 @@ class Escalations:
             await ctx.partition_fence(msg)
         except Fenced:
             owner = await ctx.store.fence_epoch(keys.fence(msg.topic, msg.partition))
-            await _void(ctx, outcome.audit, pending, str(owner))
+            await _void(ctx, decided.audit, str(owner))
             raise
         committed = await ctx.store.commit(
             outcome, received_at=att.received_at, now=att.now,
             max_grant_s=ctx.policy.max_grant_duration_s, fence=fence, rate=carry.rate,
         )
         if committed.status == "fenced":
-            await _void(ctx, outcome.audit, pending, committed.blocked_reason)
+            await _void(ctx, decided.audit, committed.blocked_reason)
             if (await ctx.fence(msg)).epoch == fence.epoch:
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             carry.note = {"previous_attempt": "fenced by this worker's own re-claim"}  # a wipe
@@ -298,11 +298,15 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
     )
 
 
-async def _void(ctx: WorkerContext, attempt: AuditRecord, pending: AuditRecord | None,
-                owner: str) -> None:
-    """Audit that a fenced attempt never took effect (its own record is already written)."""
-    if pending is None:  # a pending (fail-closed) record was never written: nothing to void
-        await ctx.audit(attempt_fenced_audit(attempt, owner, datetime.now(UTC)))
+async def _void(ctx: WorkerContext, attempt: AuditRecord, owner: str) -> None:
+    """Audit that a fenced attempt never took effect.
+
+    ``attempt`` is the record whose write was attempted: written, or, when the write failed or
+    timed out (the fail-closed path), possibly appended all the same (a stalled process's
+    producer sends what it buffered when it resumes). A fail-closed denial's own record is only
+    written once its decision is out, so never for a fenced attempt.
+    """
+    await ctx.audit(attempt_fenced_audit(attempt, owner, datetime.now(UTC)))
 
 
 def _audit_denial(exc: Exception) -> ScopeDenial:

@@ -401,3 +401,23 @@ async def test_renewals_and_releases_go_to_the_lifecycle_handler() -> None:
                                grant_id=derive_id("grant", "req-1", AGENT), requested_at=T0)
     await w.send(w.message(release))
     assert seen == ["rel-1"] and w.bus.topics == {}
+
+
+async def test_a_partition_lost_while_the_audit_write_fails_still_voids_the_attempt() -> None:
+    """The attempt's audit write fails (it may land late all the same) while the partition
+    moves: nothing is committed, and the attempt it tried to write is voided."""
+    w = World(fencing=True)
+    await w.ctx.claim([(ESC, 0)])
+    w.bus.fail(topics.AUDIT_RAW.name)
+
+    async def stall(topic: str) -> None:
+        if topic == topics.AUDIT_RAW.name and not w.audits():
+            await w.store.claim(keys.fence(ESC, 0))
+
+    w.bus.before_write = stall
+    await w.send(w.message(request()))
+    [void] = w.audits(ATTEMPT_FENCED)
+    assert void.inputs["voided_audit_id"] == derive_id("audit", "req-1", AGENT)  # attempt 0
+    assert w.audits("escalation.decided") == []
+    assert w.decisions() == [] and w.grants() == []
+    assert await w.store.recorded(AGENT, "req-1") is None
