@@ -1,6 +1,6 @@
 """Behaviour analytics in the worker: decisions in, profiles in Redis, signed risk signals out.
 
-Imports faust, broker (core and adapters), schemas, streams.processor.
+Imports broker (core and adapters), schemas, streams.worker.
 
 Every ``escalation.decided`` (one per request an agent sent, whatever the rate limit or the
 policy answered) is folded into its agent's profile (``broker.behaviour``) with the decision's
@@ -20,14 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import faust
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
-from broker.adapters.crypto.analytics_key import ensure_analytics_key
-from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.codec import Encoded
 from broker.adapters.redis.profiles import ProfileStore
@@ -41,13 +37,12 @@ from broker.behaviour.profiles import (
     observe,
     silence,
 )
-from broker.config import Settings
 from broker.errors import WireError
 from broker.grants.decide import derive_id
 from broker.policy.detectors import Detectors
 from schemas import topics
 from schemas.events import AgentProfile, AuditRecord, EscalationDecided, RiskObserved
-from streams.processor import SOURCE, Incoming, Processor, Publish
+from streams.worker import SOURCE, Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.analytics")
 SIGNAL_KIND = "behaviour_anomaly"
@@ -66,11 +61,11 @@ def observation(decision: EscalationDecided, agent: AgentProfile) -> Observation
 class Analytics:
     """Feeds decisions to the detectors and publishes what they find."""
 
-    def __init__(self, processor: Processor, store: ProfileStore, publish: Publish,
+    def __init__(self, ctx: WorkerContext, gate: Gate, store: ProfileStore,
                  sign: Callable[[Encoded], Encoded]) -> None:
-        self.processor = processor
+        self.ctx = ctx
+        self.gate = gate
         self.store = store
-        self._publish = publish
         self._sign = sign
         # (agent class, model version, kind) -> count: bounded labels for Prometheus.
         self.counts: dict[tuple[str, str, str], int] = {}
@@ -81,24 +76,22 @@ class Analytics:
 
     async def on_decision(self, msg: Incoming) -> None:
         """Fold one message of the decisions topic into its agent's profile."""
-        cfg = self.processor.policy.detectors
+        cfg = self.ctx.policy.detectors
         if cfg is None:
             return
-        await self.processor.ready.wait()
-        gate = self.processor.identity
-        if gate is not None:
-            await gate.ready.wait()  # type: ignore[attr-defined]  # the registry is loaded
+        await self.ctx.ready.wait()
+        await self.gate.ready.wait()  # the registry is loaded
         try:
             event = codec.decode(msg.key, msg.value, msg.headers)
         except WireError as exc:
-            await self.processor.dead_letter(msg, f"behaviour analytics: {exc}")
+            await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}")
             return
         if not isinstance(event, EscalationDecided):
             return  # renewal/release decisions and command answers are not requests
-        agent = self.processor.agent_profile(event.agent_id)
+        agent = self.gate.profile(event.agent_id)
         if agent is None or not cfg.watches(agent.agent_class):
             return
-        await self.processor._retrying("behaviour", lambda: self._fold(event, agent, msg, cfg))
+        await self.ctx.retrying("behaviour", lambda: self._fold(event, agent, msg, cfg))
 
     async def _fold(self, decision: EscalationDecided, agent: AgentProfile, msg: Incoming,
                     cfg: Detectors) -> None:
@@ -106,7 +99,7 @@ class Analytics:
         (before, (partition, offset)), klass = await asyncio.gather(
             self._load(decision.agent_id), self._class_view(obs, cfg))
         if partition == msg.partition and offset >= msg.offset:
-            self.processor._count("behaviour_redelivered")
+            self.ctx.count("behaviour_redelivered")
             return
         after = observe(before, obs, cfg)
         findings = detect(before, after, obs, cfg, klass)
@@ -148,9 +141,9 @@ class Analytics:
             source=SIGNAL_SOURCE, detail=f"{finding.detector}: {finding.summary}",
             observed_at=obs.at, evidence=finding.evidence)
         message = self._sign(codec.encode(signal, source=SOURCE))
-        await self._publish(topics.RISK.name, [message])
-        await self.processor.audit(anomaly_audit(signal, finding, decision, profile,
-                                                 self.processor.policy.revision))
+        await self.ctx.publisher.publish(topics.RISK.name, [message])
+        await self.ctx.audit(anomaly_audit(signal, finding, decision, profile,
+                                           self.ctx.policy.revision))
         self._count(obs, f"signal_{finding.detector}")
         log.warning("behaviour anomaly of %s (%s): %s; signal %s", decision.agent_id,
                     finding.detector, finding.summary, signal.signal_id)
@@ -173,7 +166,7 @@ def anomaly_audit(signal: RiskObserved, finding: Finding, decision: EscalationDe
     )
 
 
-class _Collector(Collector):
+class BehaviourCollector(Collector):
     """``permbroker_behaviour_events_total{agent_class, model_version, kind}``: requests,
     granted, denied and signals per detector. Labels are bounded by the policy's classes and
     the model versions in service (per-agent figures: ``permbroker agents stats``)."""
@@ -189,24 +182,3 @@ class _Collector(Collector):
             family.add_metric([cls, version, kind], value)
         yield family
 
-
-def install(app: faust.App, processor: Processor, settings: Settings, publish: Publish,
-            registry: CollectorRegistry | None) -> Analytics:
-    """Add the behaviour agent (on the decisions topic) and its metrics to the worker."""
-    principal, key = ensure_analytics_key(settings)
-    analytics = Analytics(processor, ProfileStore.from_url(settings.redis_url), publish,
-                          lambda m: sign_message(m, key, principal))
-    if registry is not None:
-        registry.register(_Collector(analytics))
-    decisions = app.topic(topics.DECISIONS.name, value_type=bytes, key_type=bytes)
-
-    @app.agent(decisions, name="behaviour", isolated_partitions=True)
-    async def on_decision(stream: Any) -> None:
-        async for event in stream.events():
-            m = event.message
-            headers = m.headers or []
-            items = list(headers.items()) if isinstance(headers, dict) else list(headers)
-            await analytics.on_decision(Incoming(m.topic, m.partition, m.offset, m.timestamp,
-                                                 m.key, m.value, items))
-
-    return analytics

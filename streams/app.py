@@ -1,10 +1,12 @@
-"""The faust app: raw-bytes topics, agents that hand each message to the Processor.
+"""The faust wiring: raw-bytes topics, agents and timers that hand each message to a handler.
 
-Imports faust, broker.
+Imports faust, broker, schemas and the streams handlers; builds nothing but the faust app and
+its publisher (streams/bootstrap.py builds the handlers and calls ``wire``).
 
-Run it with ``permbroker worker``. Topics are created by ``permbroker stack up`` (or the admin
-helper) from the registry; faust does not declare them. No authoritative state lives in faust
-tables: Redis holds the view and Kafka the record.
+Topics are created by ``permbroker stack up`` (or the admin helper) from the registry; faust
+does not declare them. No authoritative state lives in faust tables: Redis holds the view and
+Kafka the record. faust acks a message whose handler raised, so every handler deals with its
+own errors (dead letters, retries); a risk signal that cannot be handled stops the worker.
 """
 
 from __future__ import annotations
@@ -12,50 +14,54 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from broker.adapters.audit.keys import AuditKeys, load_keys
 from broker.adapters.audit.sealer import Sealer
-from broker.adapters.kafka import codec, rebuild
-from broker.adapters.kafka.admin import ensure_topics
-from broker.adapters.redis.store import RedisGrantStore
-from broker.audit.records import rebuild_audit
-from broker.audit.redact import Redactor
+from broker.adapters.kafka.codec import Encoded
 from broker.config import Settings
 from broker.delivery.consistency import Position
-from broker.delivery.routing import GrantRouting
-from broker.errors import BusError, StoreError
-from broker.policy import Policy, load_policy
+from broker.errors import BrokerError, BusError, StoreError
 from schemas import topics
-from streams import analytics, approvals_app
-from streams import budgets as budgets_app
-from streams.identity import wiring as identity_app
+from streams.analytics import Analytics
+from streams.approvals import Approvals
+from streams.budgets import Budgets
+from streams.escalations import Escalations
+from streams.identity.commands import Commands
 from streams.lanes import Lanes
 from streams.lifecycle import Lifecycle
-from streams.metrics import serve_metrics
-from streams.processor import Incoming, Processor
+from streams.risk import Risk
+from streams.worker import Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
+JWKS_INTERVAL_S = 1.0
 
 
-def _incoming(event: Any) -> Incoming:
-    m = event.message
-    headers = m.headers or []
-    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
-    return Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, items)
+@dataclass(frozen=True)
+class Worker:
+    """The handlers of one worker process, as streams/bootstrap.py built them."""
+
+    ctx: WorkerContext
+    escalations: Escalations
+    risk: Risk
+    lifecycle: Lifecycle
+    approvals: Approvals
+    budgets: Budgets
+    analytics: Analytics
+    commands: Commands
+    start: Callable[[], Awaitable[None]]  # topics, store check, view, policy record; then ready
+    sealer: Callable[[], Sealer] | None  # a fresh audit sealer per (re)start; None: not here
 
 
-def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
-    """Build the worker app for ``settings``."""
-    policy = policy or load_policy(settings.policy_path)
+def make_app(settings: Settings) -> faust.App:
+    """The faust app for ``settings`` (no agents yet: ``wire`` adds them)."""
     datadir = settings.stack_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         value_serializer="raw",
@@ -78,91 +84,72 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
         stream_buffer_maxsize=64,
         broker_max_poll_records=64,
     )
-    store = RedisGrantStore.from_url(
-        settings.redis_url, margin_s=settings.record_margin_s,
-        warn_before_s=settings.expiry_warning_s,
-    )
 
-    async def publish(topic: str, messages: Sequence[codec.Encoded]) -> list[Position]:
-        producer = app.producer
-        try:
-            futures = [
-                await producer.send(topic, m.key, m.value, None, None, m.headers) for m in messages
-            ]
-            landed = await asyncio.gather(*futures)
-        except Exception as exc:
-            raise BusError(f"Kafka did not acknowledge the write to {topic}: {exc}") from exc
-        return [Position(md.topic, md.partition, md.offset) for md in landed]
 
-    async def publish_many(messages: Sequence[tuple[str, codec.Encoded]]) -> list[Position]:
-        producer = app.producer
+class FaustPublisher:
+    """The worker's ``Publisher``: faust's producer (acks=all); BusError when Kafka did not ack."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def publish(self, topic: str, messages: Sequence[Encoded]) -> list[Position]:
+        """Send messages to one topic; where each landed."""
+        return await self._send([(topic, m) for m in messages], f"the write to {topic}")
+
+    async def publish_many(self, messages: Sequence[tuple[str, Encoded]]) -> list[Position]:
+        """Send (topic, message) pairs in one go; where each landed."""
+        return await self._send(messages, "a write to the grant topics")
+
+    async def _send(self, messages: Sequence[tuple[str, Encoded]], what: str) -> list[Position]:
+        producer = self._app.producer
         try:
             futures = [
                 await producer.send(t, m.key, m.value, None, None, m.headers) for t, m in messages
             ]
             landed = await asyncio.gather(*futures)
         except Exception as exc:
-            raise BusError(f"Kafka did not acknowledge a write to the grant topics: {exc}") from exc
+            raise BusError(f"Kafka did not acknowledge {what}: {exc}") from exc
         return [Position(md.topic, md.partition, md.offset) for md in landed]
 
-    routing = GrantRouting(frozenset(settings.grant_namespaces))
-    keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
-    redactor = Redactor.configured(
-        keys.hmac_key,
-        free_text=settings.audit_redact_free_text,
-        extra=settings.audit_sensitive_fields.split(","),
-    )
 
-    async def rebuild_view() -> int:
-        now = await store.now()
-        folded = await asyncio.to_thread(rebuild.collect, settings.kafka_bootstrap, now)
-        restored = await rebuild.apply(store, folded, now)
-        await processor.audit_until_written(rebuild_audit(
-            f"worker {socket.gethostname()}:{os.getpid()}", now, records=folded.records,
-            restored=restored, revocations=len(folded.revocations),
-            undecodable=folded.undecodable))
-        return restored
+def incoming(event: Any) -> Incoming:
+    """The handlers' view of one faust event."""
+    m = event.message
+    headers = m.headers or []
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    return Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, items)
 
-    processor = Processor(
-        policy,
-        store,
-        publish,
-        margin_s=settings.record_margin_s,
-        rebuild=rebuild_view,
-        fencing=True,
-        redactor=redactor,
-        audit_timeout_s=settings.audit_timeout_s,
-        routing=routing,
-        publish_many=publish_many,
-    )
-    lifecycle = Lifecycle(processor, store, margin_s=settings.record_margin_s)
-    app.processor = processor  # type: ignore[attr-defined]
-    _watch_assignment(app, processor)
-    metrics = serve_metrics(processor, settings.metrics_port)
-    if settings.audit_sealer:
-        _run_sealer(app, settings, keys)
-    app.identity = identity_app.install(app, processor, settings, policy)  # type: ignore[attr-defined]
-    app.budgets = budgets_app.install(app, processor, settings)  # type: ignore[attr-defined]
-    app.analytics = analytics.install(app, processor, settings, publish, metrics)  # type: ignore[attr-defined]
 
+def wire(app: faust.App, worker: Worker, settings: Settings) -> None:
+    """Add the worker's tasks, agents and timers to ``app``."""
+    _watch_assignment(app, worker.ctx)
+    app.task(worker.start)
+    app.task(worker.commands.open)
+    if worker.sealer is not None:
+        _run_sealer(app, worker.sealer)
+    _decisions(app, worker, settings.lane_limit)
+    _each(app, topics.APPROVALS.name, "approvals", worker.approvals.on_vote)
+    _each(app, topics.USAGE.name, "usage", worker.budgets.on_usage)
+    _each(app, topics.DECISIONS.name, "behaviour", worker.analytics.on_decision)
+    _each(app, topics.REGISTRY.name, "registry", worker.commands.on_registry, isolated=False)
+    _each(app, topics.GRANT_COMMANDS.name, "grant-commands", worker.commands.on_grant_command,
+          isolated=False)
+    _timers(app, worker, settings.expiry_interval_s)
+
+
+def _decisions(app: faust.App, worker: Worker, lane_limit: int) -> None:
+    """The escalation agent (per-agent lanes) and the risk agent (stops the worker on failure)."""
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
-    approvals_app.install(app, processor, store, settings)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def prepare() -> None:
-        routed = [topics.by_name(t) for t in routing.topics()]
-        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
-        await _prepare(processor, store, settings, policy)
 
     # One actor per partition; within it, agents' requests run concurrently, each agent's in
     # order, each acked once handled (streams/lanes.py): the offset commit never passes one.
     @app.agent(escalations, name="escalations", isolated_partitions=True)
     async def on_escalation(stream: Any) -> None:
-        lanes: Lanes[Incoming] = Lanes(processor.on_escalation, limit=settings.lane_limit)
+        lanes: Lanes[Incoming] = Lanes(worker.escalations.on_escalation, limit=lane_limit)
         try:
             async for event in stream.noack().events():
-                msg = _incoming(event)
+                msg = incoming(event)
                 await lanes.submit(msg.key, msg, event.ack)
             await lanes.drain()
         finally:
@@ -172,64 +159,76 @@ def create_app(settings: Settings, policy: Policy | None = None) -> faust.App:
     async def on_risk(stream: Any) -> None:
         async for event in stream.events():
             try:
-                await processor.on_risk(_incoming(event))
+                await worker.risk.on_risk(incoming(event))
             except Exception:
                 log.critical(
                     "risk signal %s could not be processed; stopping the worker so the "
                     "partition halts instead of skipping a revocation",
-                    _incoming(event).origin,
+                    incoming(event).origin,
                     exc_info=True,
                 )
                 logging.shutdown()
                 os._exit(70)
 
-    @app.timer(settings.expiry_interval_s)  # type: ignore[untyped-decorator]
+
+def _each(app: faust.App, topic: str, name: str, handle: Callable[[Incoming], Awaitable[None]],
+          *, isolated: bool = True) -> None:
+    """An agent that hands each message of ``topic`` to ``handle``, one at a time."""
+    channel = app.topic(topic, value_type=bytes, key_type=bytes)
+
+    async def consume(stream: Any) -> None:
+        async for event in stream.events():
+            await handle(incoming(event))
+
+    app.agent(channel, name=name, isolated_partitions=isolated)(consume)
+
+
+def _timers(app: faust.App, worker: Worker, expiry_interval_s: float) -> None:
+    """Expiries and expiry warnings, approval windows, the broker's JWKS."""
+
+    @app.timer(expiry_interval_s)  # type: ignore[untyped-decorator]
     async def expiries() -> None:
         try:
-            await lifecycle.sweep()
+            await worker.lifecycle.sweep()
         except (StoreError, BusError) as exc:
             log.warning("expiry sweep failed, will retry: %s", exc)
 
-    return app
+    @app.timer(max(expiry_interval_s, 0.2))  # type: ignore[untyped-decorator]
+    async def approval_windows() -> None:
+        try:
+            await worker.approvals.sweep()
+        except (StoreError, BusError) as exc:
+            log.warning("approval window sweep failed, will retry: %s", exc)
+
+    @app.timer(JWKS_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def jwks() -> None:
+        if worker.commands.ready.is_set():
+            try:
+                await worker.commands.publish_jwks()
+            except BrokerError as exc:
+                log.warning("JWKS publication failed, will retry: %s", exc)
 
 
-def _watch_assignment(app: faust.App, processor: Processor) -> None:
+def _watch_assignment(app: faust.App, ctx: WorkerContext) -> None:
     """Claim a fencing epoch for each partition assigned; forget the revoked ones."""
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(_app: Any, revoked: set[Any], **_kw: Any) -> None:
-        processor.release([(tp.topic, tp.partition) for tp in revoked])
+        ctx.release([(tp.topic, tp.partition) for tp in revoked])
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def assigned(_app: Any, assigned: set[Any], **_kw: Any) -> None:
         # Every assignment claims anew, even a partition kept across the rebalance: a worker
         # that stalled and came back must never keep writing with an epoch someone superseded.
-        processor.claimed.clear()
+        ctx.claimed.clear()
         try:
-            processor.release(list(processor.epochs))
-            await processor.claim([(tp.topic, tp.partition) for tp in assigned])
+            ctx.release(list(ctx.epochs))
+            await ctx.claim([(tp.topic, tp.partition) for tp in assigned])
         finally:
-            processor.claimed.set()
+            ctx.claimed.set()
 
 
-async def _prepare(
-    processor: Processor, store: RedisGrantStore, settings: Settings, policy: Policy
-) -> None:
-    """Refuse an evicting Redis; rebuild the view from Kafka when it was never built (or wiped)."""
-    while True:
-        try:
-            await store.check_config()
-            await processor.ensure_view()
-            break
-        except (StoreError, BusError) as exc:
-            log.error("worker not ready: %s (retrying)", exc)
-            await asyncio.sleep(1.0)
-    await processor.announce_policy(f"{socket.gethostname()}:{os.getpid()}")
-    log.info("worker ready: policy %s revision %s", policy.source, policy.revision)
-    processor.ready.set()
-
-
-def _run_sealer(app: faust.App, settings: Settings, keys: AuditKeys) -> None:
+def _run_sealer(app: faust.App, make_sealer: Callable[[], Sealer]) -> None:
     """Seal the raw audit topic in a thread of this worker (restarted if it ever fails)."""
     stopping = threading.Event()
     current: list[Sealer] = []
@@ -237,7 +236,7 @@ def _run_sealer(app: faust.App, settings: Settings, keys: AuditKeys) -> None:
     @app.task  # type: ignore[untyped-decorator]
     async def seal() -> None:
         while not stopping.is_set():
-            sealer = Sealer(settings, keys)
+            sealer = make_sealer()
             current[:] = [sealer]
             try:
                 await asyncio.to_thread(sealer.run)

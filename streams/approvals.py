@@ -1,15 +1,17 @@
-"""The worker's side of approvals: hold requests, count votes, decide and announce. Imports broker.
+"""The worker's side of approvals: hold requests, count votes, decide and announce.
 
-``hold`` is called by the processor before it decides a request: when the policy asks for
-approval, the request is held (audited first, then stored, then ``EscalationPending`` is
-published) instead of decided. Votes arrive on the approvals topic, in the requesting agent's
-partition; each is verified by the identity gate (operators with their operator keys, verifier
-agents with their own keys; the requester's own vote is refused there and here), audited, and
-counted once in Redis. The vote that reaches the quorum (or the first deny, or the window's end)
-closes the request; its decision is then made and announced through the processor's usual
-commit and announce steps (idempotent: a redelivered vote finds it closed and only finishes an
-unpublished decision). Unanswered requests are closed by ``sweep`` a little after their window
-(``grace_s``) so that votes appended inside the window are counted first.
+Imports broker (core and adapters), schemas, streams.worker and streams.escalations.
+
+``hold`` is called by streams.escalations when ``decide`` held a request the policy grants only
+on approval: it is audited first, then stored, then ``EscalationPending`` is published. Votes
+arrive on the approvals topic, in the requesting agent's partition; each is verified by the
+identity gate (operators with their operator keys, verifier agents with their own keys; the
+requester's own vote is refused there and here), audited, and counted once in Redis. The vote
+that reaches the quorum (or the first deny, or the window's end) closes the request; its
+decision is then made and announced through the escalation path's commit and announce steps
+(idempotent: a redelivered vote finds it closed and only finishes an unpublished decision).
+Unanswered requests are closed by ``sweep`` a little after their window (``grace_s``) so that
+votes appended inside the window are counted first.
 """
 
 from __future__ import annotations
@@ -17,101 +19,87 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+from broker.adapters.ports import NO_FENCE, Committed, Fence, RateLimit
 from broker.adapters.redis.approvals import ApprovalStore, Held
-from broker.adapters.redis.store import NO_FENCE, Committed, Fence
 from broker.errors import Fenced, StoreUnavailable, WireError
-from broker.grants.approvals import hold, resolve, vote_audit, vote_problem
-from broker.grants.decide import state_denial
+from broker.grants.approvals import resolve, vote_audit, vote_problem
+from broker.grants.decide import HeldForApproval
 from broker.policy import RiskContext
 from schemas import topics
 from schemas.events import ApprovalVoted, ScopeDenial
-from streams.identity.gate import IdentityGate
-from streams.processor import Admission, Incoming, Processor, _Attempt
+from streams.escalations import announce
+from streams.worker import Admission, Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.approvals")
 
 
 class Approvals:
-    """Approval handling of one worker, sharing the processor's store, publisher and audit."""
+    """Approval handling of one worker, sharing the worker's store, publisher and audit."""
 
-    def __init__(self, processor: Processor, store: ApprovalStore, *,
+    def __init__(self, ctx: WorkerContext, gate: Gate, store: ApprovalStore, *,
                  grace_s: float = 2.0) -> None:
-        self.p = processor
+        self.ctx = ctx
+        self.gate = gate
         self.store = store
         self.grace = timedelta(seconds=grace_s)
 
-    async def hold(self, ctx: _Attempt) -> bool:
-        """Hold ``ctx.request`` when the policy grants it only on approval (False: decide it)."""
-        if ctx.blocked_by is not None or state_denial(
-                ctx.request, ctx.state, ctx.received_at, ctx.now) is not None:
-            return False  # denied anyway: the usual path says why
-        evaluation = self.p.policy.evaluate(ctx.request, ctx.agent, ctx.risk, ctx.now)
-        if evaluation.approval is None:
-            return False
-        inputs: dict[str, object] = {
-            "request": ctx.request.model_dump(mode="json"),
-            "agent": ctx.agent.model_dump(mode="json") if ctx.agent else None,
-            "risk": {"agent": ctx.risk.agent, "request": ctx.risk.request},
-            "received_at": ctx.received_at.isoformat(), "now": ctx.now.isoformat()}
-        pending, audit = hold(ctx.request, evaluation, received_at=ctx.received_at,
-                              now=ctx.now, inputs=inputs)
-        await self.p.audit(audit)  # audit first: nothing is held unaudited
+    async def hold(self, held: HeldForApproval, rate: RateLimit, now: datetime) -> bool:
+        """Hold a request ``decide`` held for approval; False when over the rate limit."""
+        pending = held.pending
+        request = pending.request
+        await self.ctx.audit(held.audit)  # audit first: nothing is held unaudited
         opened, _status, published = await self.store.open(
-            pending, self.p.policy.max_grant_duration_s, rate=self.p._rate(ctx.request),
-            now=ctx.now)
+            pending, self.ctx.policy.max_grant_duration_s, rate=rate, now=now)
         if opened == "rate":  # over the agent's rate limit: decided (denied) the usual way
             return False
         if not published:
-            await self.p.emit(topics.DECISIONS.name, pending.event)
-            await self.store.mark_published(ctx.request.agent_id, ctx.request.request_id)
-        self.p._count("approvals_held" if opened == "opened" else "approvals_held_again")
-        log.info("request %s of %s held for approval until %s", ctx.request.request_id,
-                 ctx.request.agent_id, pending.event.window_expires_at.isoformat())
+            await self.ctx.emit(topics.DECISIONS.name, pending.event)
+            await self.store.mark_published(request.agent_id, request.request_id)
+        self.ctx.count("approvals_held" if opened == "opened" else "approvals_held_again")
+        log.info("request %s of %s held for approval until %s", request.request_id,
+                 request.agent_id, pending.event.window_expires_at.isoformat())
         return True
 
     async def on_vote(self, msg: Incoming) -> None:
         """Count one vote from the approvals topic (idempotent under redelivery)."""
-        p = self.p
-        await p.ready.wait()
+        ctx = self.ctx
+        await ctx.ready.wait()
         try:
-            fence = await p._fence(msg)
-            vote = p._decode(msg, ApprovalVoted)
+            fence = await ctx.fence(msg)
+            vote = ctx.decode(msg, ApprovalVoted)
         except Fenced as exc:
-            p._fenced(msg, str(exc))
+            ctx.fenced(msg, str(exc))
             return
         except WireError as exc:
-            await p.dead_letter(msg, str(exc))
+            await ctx.dead_letter(msg, str(exc))
             return
         try:
-            admitted = await p._admit(msg, vote)
-            if admitted is None:
+            admission = await ctx.retrying("identity", lambda: self.gate.admit(msg, vote))
+            if admission is None:
                 return  # refused by the identity gate (self-approval, foreign key...), audited
-            admission = None if admitted is True else admitted
-            assert not isinstance(admission, bool)
-            await p._retrying("approval", lambda: self._vote(vote, msg, fence, admission))
+            await ctx.retrying("approval", lambda: self._vote(vote, msg, fence, admission))
         except Fenced as exc:
-            p._fenced(msg, str(exc))
+            ctx.fenced(msg, str(exc))
 
     async def _vote(self, vote: ApprovalVoted, msg: Incoming, fence: Fence,
-                    admission: Admission | None) -> None:
+                    admission: Admission) -> None:
         at = msg.received_at
-        signer = str(getattr(admission, "signer", "")) if admission is not None else ""
+        signer = str(admission.signer) if admission.signer is not None else ""
         held = await self.store.get(vote.agent_id, vote.request_id)
         if held is None:
-            await self.p.audit(vote_audit(vote, at, "refused", f"no request {vote.request_id} "
+            await self.ctx.audit(vote_audit(vote, at, "refused", f"no request {vote.request_id} "
                                           f"of {vote.agent_id} is waiting for approval",
                                           rule="approval:unknown-request", signer=signer))
             return
-        problem = vote_problem(vote, held.pending, at) or (
-            admission.denial() if admission is not None else None)
+        problem = vote_problem(vote, held.pending, at) or admission.denial()
         if problem is not None:
-            await self.p.audit(vote_audit(vote, at, "refused", problem.reason, rule=problem.rule,
+            await self.ctx.audit(vote_audit(vote, at, "refused", problem.reason, rule=problem.rule,
                                           signer=signer))
             return
         what, status = await self.store.vote(
             vote.agent_id, vote.request_id, approver=vote.approver, verdict=vote.verdict,
             at=at, vote_id=vote.vote_id, quorum=held.pending.event.quorum)
-        await self.p.audit(vote_audit(vote, at, what, f"{vote.verdict} by {vote.approver}: "
+        await self.ctx.audit(vote_audit(vote, at, what, f"{vote.verdict} by {vote.approver}: "
                                       f"{what}; request now {status}", signer=signer))
         if status != "pending":
             await self.finish(vote.agent_id, vote.request_id, msg, fence)
@@ -119,7 +107,7 @@ class Approvals:
     async def finish(self, agent_id: str, request_id: str, msg: Incoming,
                      fence: Fence = NO_FENCE) -> None:
         """Decide and announce a closed request, once (a published decision is left alone)."""
-        recorded = await self.p.store.recorded(agent_id, request_id)
+        recorded = await self.ctx.store.recorded(agent_id, request_id)
         if recorded is not None and recorded.published:
             await self.store.forget_due(agent_id, request_id)
             return
@@ -128,7 +116,7 @@ class Approvals:
         if held is None or resolution is None:
             return
         committed = recorded or await self._commit(held, fence)
-        await self.p._announce(committed, None, msg)
+        await announce(self.ctx, committed, msg)
         await self.store.forget_due(agent_id, request_id)
         log.info("held request %s of %s %s: %s", request_id, agent_id, resolution.status,
                  committed.decision.outcome if committed.decision else "?")
@@ -138,20 +126,20 @@ class Approvals:
         pending, resolution = held.pending, held.resolution()
         assert resolution is not None
         agent_id = pending.request.agent_id
-        blocked: ScopeDenial | None = self._standing(agent_id)
+        blocked: ScopeDenial | None = self.gate.standing(agent_id)
         for _attempt in range(4):
-            snap = await self.p.store.snapshot(agent_id)
+            snap = await self.ctx.store.snapshot(agent_id)
             if not snap.view_built:
-                await self.p.ensure_view()
+                await self.ctx.ensure_view()
                 continue
             outcome = resolve(
-                pending, resolution, policy=self.p.policy, agent=self.p.agent_profile(agent_id),
+                pending, resolution, policy=self.ctx.policy, agent=self.gate.profile(agent_id),
                 state=snap.state, risk=RiskContext(snap.risk, pending.request.risk_score),
                 blocked_by=blocked)
-            await self.p.audit(outcome.audit)
-            committed = await self.p.store.commit(
+            await self.ctx.audit(outcome.audit)
+            committed = await self.ctx.store.commit(
                 outcome, received_at=pending.received_at, now=snap.now,
-                max_grant_s=self.p.policy.max_grant_duration_s, fence=fence)
+                max_grant_s=self.ctx.policy.max_grant_duration_s, fence=fence)
             if committed.status == "fenced":
                 raise Fenced(f"approval of {pending.request.request_id}: a newer owner wrote")
             if committed.status != "blocked":
@@ -161,17 +149,12 @@ class Approvals:
                                   f"{committed.blocked_reason} ({committed.blocked_detail})")
         raise StoreUnavailable(f"approval of {pending.request.request_id} kept being blocked")
 
-    def _standing(self, agent_id: str) -> ScopeDenial | None:
-        """The registry's verdict on the requester now (suspended, quarantined, unknown)."""
-        gate = self.p.identity
-        return gate.standing(agent_id) if isinstance(gate, IdentityGate) else None
-
     async def sweep(self) -> int:
         """Close held requests whose window ended unanswered; decide and announce them."""
-        p = self.p
-        if not p.ready.is_set() or (p.fencing and not p.epochs):
+        ctx = self.ctx
+        if not ctx.ready.is_set() or (ctx.fencing and not ctx.epochs):
             return 0
-        now = await p.store.now()
+        now = await ctx.store.now()
         closed = 0
         for agent_id, request_id in await self.store.due(now - self.grace):
             status = await self.store.expire(agent_id, request_id, now - self.grace)

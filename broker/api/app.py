@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -37,13 +37,37 @@ OPENAPI_TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for ``settings`` (default: from the environment)."""
-    settings = settings or Settings()
+ROUTERS = (routes_agents.router, routes_operator.router, routes_selector.router,
+           routes_approvals.router, routes_behaviour.router)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings`` (``from_env`` reads them from the environment)."""
     runtime = Runtime(settings)
+    app = FastAPI(
+        title="permbroker", version="0.1.0", lifespan=_lifespan(runtime),
+        openapi_tags=OPENAPI_TAGS,
+        description="Time-boxed, narrow, revocable permissions for AI agents: check, escalate, "
+        "renew, release, revoke. Agent, service and operator endpoints take a bearer token.",
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    _health_routes(app, runtime)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: the settings are read once, here."""
+    return create_app(Settings())
+
+
+def _lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the runtime (Kafka, Redis, the grant view) with the app; stop it after."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runtime.start)
         try:
             yield
@@ -52,25 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if runtime.store is not None:
                 await runtime.store.aclose()
 
-    app = FastAPI(
-        title="permbroker", version="0.1.0", lifespan=lifespan, openapi_tags=OPENAPI_TAGS,
-        description="Time-boxed, narrow, revocable permissions for AI agents: check, escalate, "
-        "renew, release, revoke. Agent, service and operator endpoints take a bearer token.",
-    )
-    app.state.settings = settings
-    app.state.runtime = runtime
-    _health_routes(app, runtime)
-    app.include_router(routes_agents.router)
-    app.include_router(routes_operator.router)
-    app.include_router(routes_selector.router)
-    app.include_router(routes_approvals.router)
-    app.include_router(routes_behaviour.router)
-    return app
-
-
-def from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory``."""
-    return create_app(Settings())
+    return lifespan
 
 
 def _health_routes(app: FastAPI, runtime: Runtime) -> None:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import read_registry
+from broker.cli.context import cli_settings
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -126,7 +127,7 @@ def agents_keygen(
     as_json: JsonOpt = False,
 ) -> None:
     """Create the agent's key pair in its key store; print the public key to register."""
-    store = AgentKeyStore.from_settings()
+    store = AgentKeyStore.from_settings(cli_settings())
     try:
         keys = store.generate(agent, alg=alg)
     except BrokerError as exc:
@@ -154,7 +155,7 @@ def agents_register(
     as_json: JsonOpt = False,
 ) -> None:
     """Register an agent: its profile and AI attributes, and the public key it signs with."""
-    settings = Settings()
+    settings = cli_settings()
     profile = _profile(agent, _bundle_profile(agent, from_bundle),
                        _changes(agent_class, owner, model, training_data, threshold, tenant))
     if generate_key == (public_key is not None):
@@ -187,7 +188,7 @@ def agents_enroll(
         raise _fail(f"--ttl {ttl!r} is not a duration", "use e.g. 15m, 1h")
     profile = _profile(agent, _bundle_profile(agent, from_bundle),
                        _changes(agent_class, owner, model, training_data, threshold, tenant))
-    with _operator(Settings()) as op:
+    with _operator(cli_settings()) as op:
         token, exp = op.enroll(profile, ttl_s=seconds)
     if as_json:
         _json({"agent_id": agent, "enrollment_token": token, "expires_at": exp.isoformat()})
@@ -204,7 +205,7 @@ def _record_row(r: AgentRecord) -> dict[str, Any]:
 @agents_app.command("list")
 def agents_list(as_json: JsonOpt = False) -> None:
     """Every registered agent (from the registry topic)."""
-    records = _run(lambda: read_registry(Settings().kafka_bootstrap)).records()
+    records = _run(lambda: read_registry(cli_settings().kafka_bootstrap)).records()
     if as_json:
         _json([_record_row(r) for r in records])
         return
@@ -222,7 +223,7 @@ def agents_list(as_json: JsonOpt = False) -> None:
 @agents_app.command("show")
 def agents_show(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """One agent's record: profile, AI attributes, status, keys and their validity."""
-    record = _run(lambda: read_registry(Settings().kafka_bootstrap)).get(agent)
+    record = _run(lambda: read_registry(cli_settings().kafka_bootstrap)).get(agent)
     if record is None:
         raise _fail(f"agent {agent} is not registered", "permbroker agents list")
     if as_json:
@@ -247,7 +248,7 @@ def agents_update(
     training_data: TrainOpt = None, threshold: ThresholdOpt = None, tenant: TenantOpt = None,
 ) -> None:
     """Change an agent's profile; a new model version or digest revokes grants per policy."""
-    settings = Settings()
+    settings = cli_settings()
     record = _run(lambda: read_registry(settings.kafka_bootstrap)).get(agent)
     if record is None:
         raise _fail(f"agent {agent} is not registered", "permbroker agents register")
@@ -259,7 +260,7 @@ def agents_update(
 
 
 def _simple(action: str, agent: str, reason: str, **fields: Any) -> None:
-    with _operator(Settings()) as op:
+    with _operator(cli_settings()) as op:
         method = getattr(op, action)
         answer = _run(lambda: method(agent, reason=reason, **fields))
     out.print(f"[green]{action.replace('_', ' ')}[/] {agent}: {answer.reason}")

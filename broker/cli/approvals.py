@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
-from broker.config import Settings
 from broker.errors import BrokerError
 from broker.sdk.operator.approvals import Approver, Verdict, held_requests, held_row
 
@@ -31,7 +31,7 @@ def approvals_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Held requests: scopes, quorum, votes so far, window end (absolute and time left)."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     try:
         held = asyncio.run(held_requests(settings))
     except BrokerError as exc:
@@ -53,7 +53,7 @@ def approvals_list(
 
 def _vote(request_id: str, agent: str, verdict: Verdict, reason: str) -> None:
     try:
-        vote = Approver.operator(Settings()).vote(request_id, agent, verdict, reason)
+        vote = Approver.operator(cli_settings()).vote(request_id, agent, verdict, reason)
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc

@@ -22,6 +22,7 @@ from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.cli.audit_tail import tail
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -71,7 +72,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check every partition's hash chain, sequence and signed digests; name the first break."""
-    settings = Settings()
+    settings = cli_settings()
     keys = audit_check.public_key_files(settings, public_key or [])
     try:
         if file is not None:
@@ -121,7 +122,7 @@ def export(
     """Export the sealed audit for a compliance review: the contiguous entries sealed in range."""
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format {fmt!r} is not supported", "use jsonl or csv")
-    settings = Settings()
+    settings = cli_settings()
     start, end = time_option(since), time_option(until_)
     stream = audit_log.until(audit_log.read_topic(settings.kafka_bootstrap, since=start), end)
     write = audit_log.write_jsonl if fmt == "jsonl" else audit_log.write_csv
@@ -168,7 +169,7 @@ def replay(
     """Rebuild who could do what at a past instant, or check every decision reproduces."""
     if (as_of is None) == (not check):
         raise fail("say what to replay", "pass --as-of TIME (grants then) or --check (drift)")
-    settings = Settings()
+    settings = cli_settings()
     at = parse_time(as_of) if as_of else None
     start = time_option(since)
     # A grant active at `at` was decided at most a week (the longest request) before it.
@@ -238,7 +239,7 @@ def agent_timeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the audit says about one agent, in order."""
-    settings = Settings()
+    settings = cli_settings()
     try:
         records = load_records(settings, file=file, since=time_option(since))
     except BrokerError as exc:
@@ -259,7 +260,7 @@ def agent_timeline(
 def hash_value(value: Annotated[str, typer.Argument(help="The clear value to look for.")]) -> None:
     """The HMAC the audit stores for a sensitive value: search the audit for it."""
     try:
-        key = audit_keys.load_hmac_key(Settings())
+        key = audit_keys.load_hmac_key(cli_settings())
     except BrokerError as exc:
         raise fail(str(exc)) from exc
     out.print(hmac_value(key, value), highlight=False)
@@ -268,7 +269,7 @@ def hash_value(value: Annotated[str, typer.Argument(help="The clear value to loo
 @keys_app.command("init")
 def keys_init() -> None:
     """Create the audit keys that are missing (never overwrites, never prints a secret)."""
-    settings = Settings()
+    settings = cli_settings()
     created = audit_keys.ensure_keys(settings)
     for path in created:
         out.print(f"created {path}", highlight=False)
@@ -282,7 +283,7 @@ def seal() -> None:
     """Run a sealer alone (when workers run with PERMBROKER_AUDIT_SEALER=false)."""
     from broker.adapters.audit.sealer import Sealer
 
-    settings = Settings()
+    settings = cli_settings()
     try:
         sealer = Sealer(settings, audit_keys.load_keys(settings))
         err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")

@@ -16,8 +16,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from rich.markup import escape
 
 from broker.adapters.kafka.bus import consumer, partitions, to_record
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, fail, out, time_option
-from broker.config import Settings
 from broker.errors import BrokerError
 from schemas import topics
 from schemas.events import AuditRecord
@@ -78,7 +78,7 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Print recent audit records (and follow new ones with -f)."""
-    settings = Settings()
+    settings = cli_settings()
     c = consumer(settings.kafka_bootstrap)
     try:
         c.assign(_start(c, last, time_option(since)))

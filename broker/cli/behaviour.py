@@ -19,6 +19,7 @@ from rich.table import Table
 from broker.adapters.redis.profiles import ProfileStore
 from broker.behaviour.stats import report
 from broker.cli.agents import AgentArg, agents_app
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
@@ -52,7 +53,7 @@ def _when(text: str | None, now: datetime) -> str:
 def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """The agent's behaviour: request, grant and denial rates in the detectors' windows,
     hours of activity, scopes and resource patterns used."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     try:
         data = asyncio.run(read_report(settings, agent, now))
     except BrokerError as exc:
@@ -106,7 +107,7 @@ def class_stats(
 ) -> None:
     """Requests, grants and denials of every agent of a class on one model version, in the
     detectors' windows ending now."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     try:
         data = asyncio.run(read_group(settings, agent_class, model, now))
     except BrokerError as exc:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.adapters.kafka.acks import read_since
-from broker.config import Settings
+from broker.cli.context import cli_settings
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -55,7 +55,7 @@ def status(
     if seconds is None:
         err.print(f"[bold red]error:[/] --since {since!r} is not a duration (e.g. 10m, 1h)")
         raise typer.Exit(2)
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     try:
         report = collect_status(settings.kafka_bootstrap, now - timedelta(seconds=seconds))
     except BrokerError as exc:
@@ -104,7 +104,7 @@ def api(
 
     from broker.api.app import create_app
 
-    settings = Settings()
+    settings = cli_settings()
     if settings.api_operator_token is None:
         err.print("[yellow]PERMBROKER_API_OPERATOR_TOKEN is not set: operator endpoints answer "
                   "503[/]")

@@ -20,6 +20,7 @@ from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.cli.agents import JsonOpt, ReasonOpt, _ago, _fail, _json, _operator, _run, out
+from broker.cli.context import cli_settings
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.identity.inventory import InventoryRow, inventory_rows
@@ -34,7 +35,7 @@ keys_app = typer.Typer(help="The broker's token keys and this operator's key.",
 @keys_app.command("init")
 def keys_init(as_json: JsonOpt = False) -> None:
     """Create the broker's token keyring and this operator's key if missing (0600 files)."""
-    settings = Settings()
+    settings = cli_settings()
     created = ensure_identity_files(settings)
     paths = {name: str(settings.key_path(name)) for name in ("broker", "operator", "operators")}
     if as_json:
@@ -55,7 +56,7 @@ def keys_rotate(
     seconds = parse_duration(overlap) if overlap is not None else None
     if overlap is not None and seconds is None and overlap != "0":
         raise _fail(f"--overlap {overlap!r} is not a duration", "use e.g. 0, 90s, 2m")
-    with _operator(Settings()) as op:
+    with _operator(cli_settings()) as op:
         answer = _run(lambda: op.rotate_broker_key(overlap_s=seconds if overlap != "0" else 0,
                                                    reason=reason))
     out.print(f"[green]rotated[/]: {answer.reason}")
@@ -64,7 +65,7 @@ def keys_rotate(
 @keys_app.command("jwks")
 def keys_jwks() -> None:
     """The published JWKS (what resource services verify grant tokens with), as JSON."""
-    settings = Settings()
+    settings = cli_settings()
     try:
         with JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer) as view:
             view.wait_ready(30)
@@ -93,7 +94,7 @@ def inventory(
     as_json: JsonOpt = False,
 ) -> None:
     """Every agent: owner, model, baseline, what it holds now, when it last acted, and flags."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     max_age = parse_duration(stale_after) if stale_after else settings.agent_key_max_age_s
     if max_age is None:
         raise _fail(f"--stale-after {stale_after!r} is not a duration", "use e.g. 30d, 12h")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -25,6 +26,7 @@ from broker.cli import behaviour as cli_behaviour  # noqa: F401  (registers `age
 from broker.cli.agents import agents_app
 from broker.cli.approvals import approvals_app
 from broker.cli.audit import audit_app
+from broker.cli.context import cli_settings, use_settings
 from broker.cli.enforcement import api_app, revocations_app
 from broker.cli.keys import inventory, keys_app
 from broker.cli.output import JsonOpt, err, fail, out, until
@@ -46,6 +48,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _read_settings() -> None:
+    """Read the settings once, for whichever command runs (``cli_settings()``)."""
+    try:
+        use_settings(Settings())
+    except ValidationError as exc:
+        raise fail(f"invalid settings: {exc}", "check the PERMBROKER_* variables") from exc
+
 grants_app = typer.Typer(help="Inspect, revoke and rebuild grants.", no_args_is_help=True)
 policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
 app.add_typer(
@@ -100,11 +112,11 @@ def request(
     seconds = parse_duration(duration)
     if seconds is None or seconds <= 0:
         raise fail(f"--duration {duration!r} is not a duration", "use e.g. 90s, 15m, 2h")
-    settings = Settings()
+    settings = cli_settings()
     try:
-        keyless = not AgentKeyStore.from_settings(settings).exists(agent)
-        unsigned = settings.allow_unsigned and keyless  # dev mode only
-        with AgentClient(agent, settings.kafka_bootstrap, unsigned=unsigned) as client:
+        keys = AgentKeyStore.from_settings(settings)
+        unsigned = settings.allow_unsigned and not keys.exists(agent)  # dev mode only
+        with AgentClient(agent, settings.kafka_bootstrap, keys=keys, unsigned=unsigned) as client:
             decision = client.request_escalation(
                 scope,
                 resources=resource or [],
@@ -157,7 +169,7 @@ def grants_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Active grants in the Redis view (absolute expiry and time left)."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
 
     async def load(store: RedisGrantStore) -> list[GrantIssued]:
         agents = [agent] if agent else await store.agents_with_grants()
@@ -192,7 +204,7 @@ def grants_show(
     as_json: JsonOpt = False,
 ) -> None:
     """One active grant of an agent."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     grants = asyncio.run(_with_store(settings, lambda s: s.active_grants(agent, now)))
     match = [g for g in grants if g.grant_id == grant_id]
     if not match:
@@ -217,7 +229,7 @@ def grants_revoke(
     ),
 ) -> None:
     """Revoke all grants of an agent (published as an operator risk signal; workers apply it)."""
-    settings = Settings()
+    settings = cli_settings()
     try:  # signed with the operator key: agent credentials cannot revoke another agent
         with OperatorClient(settings) as op:
             signal = op.revoke_grants(agent, reason=reason, on_behalf=operator)
@@ -233,7 +245,7 @@ def grants_revoke(
 @grants_app.command("rebuild")
 def grants_rebuild(as_json: JsonOpt = False) -> None:
     """Rebuild the Redis view of active grants from the grant topic (Kafka is the record)."""
-    settings, now = Settings(), datetime.now(UTC)
+    settings, now = cli_settings(), datetime.now(UTC)
     try:
         folded = rebuild.collect(settings.kafka_bootstrap, now)
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))

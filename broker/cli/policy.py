@@ -17,8 +17,8 @@ from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS
 from broker.audit.replay import hmac_reads
 from broker.audit.whatif import CATEGORIES, DiffReport, diff, summary
 from broker.cli.audit import FileOpt, KafkaHint, load_records
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option
-from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 from broker.policy.testing import run_suite
@@ -42,7 +42,7 @@ def policy_diff(
                    code=2) from exc
     start = parse_time(since)
     try:
-        records = load_records(Settings(), file=file, since=start)
+        records = load_records(cli_settings(), file=file, since=start)
     except BrokerError as exc:
         raise fail(str(exc), KafkaHint) from exc
     report = diff(records, policy, since=start, until=time_option(until_))

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
-from broker.config import Settings
 from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
 from broker.sdk.operator.selector import plan, revoke_selected
@@ -44,7 +44,7 @@ def revoke(
     if not selector.criteria():
         raise fail("give at least one selector (--agent, --agent-class, --model-version, "
                    "--tenant, --owner, --case-id, --label)", code=2)
-    settings = Settings()
+    settings = cli_settings()
     try:
         if dry_run:
             _show(plan(settings, selector), as_json, dry=True)

@@ -1,6 +1,6 @@
 """`permbroker stack up|down|status`: local stack CLI. Imports typer, rich, config, adapters.stack.
 
-Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli_stack up`.
+Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli.stack up`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import ensure_identity_files
+from broker.cli.context import cli_settings, use_settings
 from broker.config import Settings
 from broker.errors import StackError
 from broker.stack import local as stack
@@ -56,7 +57,7 @@ def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for both services.")] = 120.0,
 ) -> None:
     """Start Kafka and Redis (or reuse ours if running), then create the topics."""
-    settings = Settings()
+    settings = cli_settings()
     try:
         if install_tools:
             stack.ensure_tools(_progress)
@@ -77,7 +78,7 @@ def down(
 ) -> None:
     """Stop the processes `stack up` started (only those), optionally wiping their data."""
     try:
-        stopped = stack.down(Settings(), wipe=wipe)
+        stopped = stack.down(cli_settings(), wipe=wipe)
     except StackError as exc:
         raise _fail("down", exc) from exc
     _out.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing of ours was running.")
@@ -91,7 +92,7 @@ def status(
 ) -> None:
     """Show each service: our PID, running, answering. Exit status 1 unless both answer."""
     try:
-        current = stack.status(Settings())
+        current = stack.status(cli_settings())
     except StackError as exc:
         raise _fail("status", exc) from exc
     if as_json:
@@ -103,4 +104,5 @@ def status(
 
 
 if __name__ == "__main__":
+    use_settings(Settings())  # read once, here, for the command (``cli_settings()``)
     stack_app(prog_name="permbroker stack")

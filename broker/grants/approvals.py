@@ -1,69 +1,34 @@
-"""Approvals with quorum (pure): hold a request, judge votes, decide when the window closes.
+"""Approvals with quorum (pure): judge votes, decide a held request when its window closes.
 
 Imports broker.grants, broker.policy, schemas, stdlib; time is always an argument.
 
-A request whose policy evaluation asks for approval is held (``EscalationPending``): nothing is
-granted. Its window ends at the request's Kafka append time + the approval window, so a
-redelivery computes the same end. Each approver counts once; the requesting agent never counts
-(no self-approval); one deny ends it. When the quorum is reached, the decision is made at the
-deciding vote's append time ``T``: the policy is evaluated again at ``T`` (the ceiling, deny
-rules and tiers as they are then), the agent's revocation markers and quarantine are checked
-(a revocation after the request is never undone), and the grant expires at ``T`` + the clamped
-duration: its clock starts at approval. An unanswered request ends ``approval-expired``.
+A request whose policy evaluation asks for approval is held by ``decide`` (``EscalationPending``,
+``broker.grants.decide.hold``): nothing is granted. Its window ends at the request's Kafka append
+time + the approval window, so a redelivery computes the same end. Each approver counts once; the
+requesting agent never counts (no self-approval); one deny ends it. When the quorum is reached,
+the decision is made at the deciding vote's append time ``T``: the policy is evaluated again at
+``T`` (the ceiling, deny rules and tiers as they are then), the agent's revocation markers and
+quarantine are checked (a revocation after the request is never undone), and the grant expires
+at ``T`` + the clamped duration: its clock starts at approval. An unanswered request ends
+``approval-expired``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
-from broker.grants.decide import AgentState, Outcome, decide, derive_id
+from broker.grants.decide import AgentState, Outcome, Pending, decide, derive_id
 from broker.policy import Evaluation, Policy, RiskContext
 from broker.policy.model import APPROVAL_DENIED, APPROVAL_EXPIRED
-from schemas.events import (
-    AgentProfile,
-    ApprovalVoted,
-    AuditRecord,
-    EscalationPending,
-    EscalationRequested,
-    ScopeDenial,
-)
+from schemas.events import AgentProfile, ApprovalVoted, AuditRecord, ScopeDenial
 
 APPROVAL_RECHECK = "approval-recheck"  # approved, but the policy at approval time says no
 SELF_APPROVAL = "approval:self"
 NOT_AN_APPROVER = "approval:not-an-approver"
 WINDOW_CLOSED = "approval:window-closed"
 Status = Literal["pending", "approved", "denied", "expired"]
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A held request: the pending event, the request, and what the evaluation already said."""
-
-    event: EscalationPending
-    request: EscalationRequested
-    received_at: datetime  # Kafka append time of the request
-    clamped_by: str | None
-    denied: tuple[ScopeDenial, ...]  # scopes denied outright; they stay denied
-
-    def to_json(self) -> str:
-        """What the approval store keeps."""
-        return json.dumps({
-            "event": self.event.model_dump(mode="json"),
-            "request": self.request.model_dump(mode="json"),
-            "received_at": self.received_at.isoformat(), "clamped_by": self.clamped_by,
-            "denied": [d.model_dump(mode="json") for d in self.denied]})
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> Pending:
-        """Inverse of ``to_json``."""
-        data = json.loads(raw)
-        return cls(EscalationPending.model_validate(data["event"]),
-                   EscalationRequested.model_validate(data["request"]),
-                   datetime.fromisoformat(data["received_at"]), data["clamped_by"],
-                   tuple(ScopeDenial.model_validate(d) for d in data["denied"]))
 
 
 @dataclass(frozen=True)
@@ -74,29 +39,6 @@ class Resolution:
     decided_at: datetime
     approvers: tuple[str, ...] = ()
     denier: str = ""
-
-
-def hold(request: EscalationRequested, evaluation: Evaluation, *, received_at: datetime,
-         now: datetime, inputs: dict[str, object]) -> tuple[Pending, AuditRecord]:
-    """The pending event of a request the policy grants only on approval, and its audit."""
-    need = evaluation.approval
-    assert need is not None, "hold() is for evaluations that ask for approval"
-    event = EscalationPending(
-        decision_id=derive_id("pending", request.request_id, request.agent_id),
-        request_id=request.request_id, agent_id=request.agent_id, scopes=need.scopes,
-        resources=evaluation.resources, duration_s=evaluation.duration_s, quorum=need.quorum,
-        approvers=need.approvers,
-        window_expires_at=received_at + timedelta(seconds=need.window_s),
-        matched_rules=evaluation.matched_rules, tiers=evaluation.tiers,
-        reasons=evaluation.reasons, policy_revision=evaluation.policy_revision, decided_at=now)
-    denied = tuple(d for d in evaluation.denied if d.scope not in need.scopes)
-    audit = AuditRecord(
-        audit_id=derive_id("audit-pending", request.request_id, request.agent_id),
-        kind="escalation.pending", agent_id=request.agent_id, occurred_at=now,
-        subject_id=request.request_id, outcome="pending", reasons=event.reasons,
-        rules=event.matched_rules, policy_revision=event.policy_revision,
-        inputs={**inputs, "pending": event.model_dump(mode="json")})
-    return Pending(event, request, received_at, evaluation.clamped_by, denied), audit
 
 
 def vote_problem(vote: ApprovalVoted, pending: Pending,

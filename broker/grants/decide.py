@@ -1,28 +1,31 @@
-"""Grant math (pure): ids, absolute expiry, and the events a decision or revocation produces.
+"""Grant math (pure): ids, absolute expiry, and the events a decision produces.
 
 Imports schemas and broker.policy only; ``now`` is always an argument. Ids derive from the input
 event id (uuid5), so a redelivered request or signal maps to the same decision, grant and audit
 ids and can never mint a second grant. Expiry is computed once, from the time Kafka appended the
 request (``received_at``), so a redelivery computes the very same ``expires_at``.
+
+``decide`` has three answers: a decision (``Outcome``: granted or denied), or, when the caller
+can hold requests and the policy grants only on approval, ``HeldForApproval`` (the pending event
+and its audit record; broker.grants.approvals decides once approvers answer).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal, overload
 
-from broker.policy import Evaluation, RiskAction, RiskContext
+from broker.policy import Evaluation, RiskContext
 from schemas.events import (
     AgentProfile,
-    AgentRevoked,
     AuditRecord,
     EscalationDecided,
+    EscalationPending,
     EscalationRequested,
-    GrantExpired,
     GrantIssued,
-    GrantRevoked,
-    RiskObserved,
     ScopeDenial,
 )
 
@@ -74,13 +77,61 @@ class Outcome:
     audit: AuditRecord
 
 
+@dataclass(frozen=True)
+class Signer:
+    """Who signed the request, as the identity gate verified it (``kid`` "": unsigned dev mode).
+
+    Recorded on the grant (its key and the model's digest) and in the audit (``signed_by``).
+    """
+
+    principal: str
+    kid: str = ""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A held request: the pending event, the request, and what the evaluation already said."""
+
+    event: EscalationPending
+    request: EscalationRequested
+    received_at: datetime  # Kafka append time of the request
+    clamped_by: str | None
+    denied: tuple[ScopeDenial, ...]  # scopes denied outright; they stay denied
+
+    def to_json(self) -> str:
+        """What the approval store keeps."""
+        return json.dumps({
+            "event": self.event.model_dump(mode="json"),
+            "request": self.request.model_dump(mode="json"),
+            "received_at": self.received_at.isoformat(), "clamped_by": self.clamped_by,
+            "denied": [d.model_dump(mode="json") for d in self.denied]})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Pending:
+        """Inverse of ``to_json``."""
+        data = json.loads(raw)
+        return cls(EscalationPending.model_validate(data["event"]),
+                   EscalationRequested.model_validate(data["request"]),
+                   datetime.fromisoformat(data["received_at"]), data["clamped_by"],
+                   tuple(ScopeDenial.model_validate(d) for d in data["denied"]))
+
+
+@dataclass(frozen=True)
+class HeldForApproval:
+    """A request the policy grants only on approval: nothing is decided until approvers answer."""
+
+    pending: Pending
+    audit: AuditRecord
+
+
 def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _state_denial(
+def state_denial(
     request: EscalationRequested, state: AgentState, received_at: datetime, now: datetime
 ) -> ScopeDenial | None:
+    """Why the agent's state (quarantine, a revocation after the request) denies everything."""
     if state.quarantined_until is not None and now < state.quarantined_until:
         return ScopeDenial(
             scope="*",
@@ -99,11 +150,22 @@ def _state_denial(
     return None
 
 
-def state_denial(
-    request: EscalationRequested, state: AgentState, received_at: datetime, now: datetime
-) -> ScopeDenial | None:
-    """Why the agent's state (quarantine, a revocation after the request) denies everything."""
-    return _state_denial(request, state, received_at, now)
+@overload
+def decide(
+    request: EscalationRequested, evaluation: Evaluation, *, agent: AgentProfile | None,
+    state: AgentState, received_at: datetime, now: datetime, risk: RiskContext | None = ...,
+    blocked_by: ScopeDenial | None = ..., note: dict[str, object] | None = ...,
+    signer: Signer | None = ..., holds: Literal[False] = ...,
+) -> Outcome: ...
+
+
+@overload
+def decide(
+    request: EscalationRequested, evaluation: Evaluation, *, agent: AgentProfile | None,
+    state: AgentState, received_at: datetime, now: datetime, risk: RiskContext | None = ...,
+    blocked_by: ScopeDenial | None = ..., note: dict[str, object] | None = ...,
+    signer: Signer | None = ..., holds: bool,
+) -> Outcome | HeldForApproval: ...
 
 
 def decide(
@@ -117,14 +179,25 @@ def decide(
     risk: RiskContext | None = None,
     blocked_by: ScopeDenial | None = None,
     note: dict[str, object] | None = None,
-) -> Outcome:
+    signer: Signer | None = None,
+    holds: bool = False,
+) -> Outcome | HeldForApproval:
     """Combine the policy evaluation with the agent's state into the decision's events.
 
-    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit, or the
-    audit that could not be written: fail closed); ``note`` adds context to the audit inputs. The
-    audit record carries every input (request, profile, state, risk, times, ``blocked_by``) so
-    that replay reproduces it exactly.
+    ``blocked_by`` denies every scope for a reason found outside the policy (a rate limit, the
+    identity gate's refusal, or the audit that could not be written: fail closed); ``note`` adds
+    context to the audit inputs; ``signer`` is the verified signer of the request. The audit
+    record carries every input (request, profile, state, risk, times, ``blocked_by``) so that
+    replay reproduces it exactly. With ``holds``, a request that nothing denies and the policy
+    grants only on approval is held instead (``HeldForApproval``).
     """
+    blocked = blocked_by or state_denial(request, state, received_at, now)
+    if holds and blocked is None and evaluation.approval is not None:
+        return HeldForApproval(*hold(request, evaluation, received_at=received_at, now=now, inputs={
+            "request": request.model_dump(mode="json"),
+            "agent": agent.model_dump(mode="json") if agent else None,
+            "risk": {"agent": risk.agent, "request": risk.request} if risk else None,
+            "received_at": received_at.isoformat(), "now": now.isoformat()}))
     inputs: dict[str, object] = {
         "request": request.model_dump(mode="json"),
         "agent": agent.model_dump(mode="json") if agent else None,
@@ -135,7 +208,6 @@ def decide(
         **({"blocked_by": blocked_by.model_dump(mode="json")} if blocked_by else {}),
         **(note or {}),
     }
-    blocked = blocked_by or _state_denial(request, state, received_at, now)
     expires_at = received_at + timedelta(seconds=evaluation.duration_s)
     if blocked is None and evaluation.granted and expires_at <= now:
         blocked = ScopeDenial(
@@ -149,11 +221,23 @@ def decide(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
         )
         return _outcome(request, evaluation, denied, (blocked.reason,), None, inputs, now,
-                        blocked=True)
+                        blocked=True, signer=signer)
     if not evaluation.granted:
         return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, None,
-                        inputs, now)
-    grant = GrantIssued(
+                        inputs, now, signer=signer)
+    grant = _grant(request, evaluation, agent, now, expires_at, signer)
+    return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now,
+                    signer=signer)
+
+
+def _grant(
+    request: EscalationRequested, evaluation: Evaluation, agent: AgentProfile | None,
+    now: datetime, expires_at: datetime, signer: Signer | None,
+) -> GrantIssued:
+    """The grant of a granted request; a signed request records its key and the model digest."""
+    signed: dict[str, str] = {} if signer is None else {
+        "kid": signer.kid, "model_digest": agent.model.digest if agent else ""}
+    return GrantIssued(
         grant_id=derive_id("grant", request.request_id, request.agent_id),
         agent_id=request.agent_id,
         request_id=request.request_id,
@@ -166,8 +250,31 @@ def decide(
         model_version=agent.model.version if agent else "",
         budgets=dict(evaluation.budgets),
         case_id=request.case_id,
+        **signed,
     )
-    return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now)
+
+
+def hold(request: EscalationRequested, evaluation: Evaluation, *, received_at: datetime,
+         now: datetime, inputs: dict[str, object]) -> tuple[Pending, AuditRecord]:
+    """The pending event of a request the policy grants only on approval, and its audit."""
+    need = evaluation.approval
+    assert need is not None, "hold() is for evaluations that ask for approval"
+    event = EscalationPending(
+        decision_id=derive_id("pending", request.request_id, request.agent_id),
+        request_id=request.request_id, agent_id=request.agent_id, scopes=need.scopes,
+        resources=evaluation.resources, duration_s=evaluation.duration_s, quorum=need.quorum,
+        approvers=need.approvers,
+        window_expires_at=received_at + timedelta(seconds=need.window_s),
+        matched_rules=evaluation.matched_rules, tiers=evaluation.tiers,
+        reasons=evaluation.reasons, policy_revision=evaluation.policy_revision, decided_at=now)
+    denied = tuple(d for d in evaluation.denied if d.scope not in need.scopes)
+    audit = AuditRecord(
+        audit_id=derive_id("audit-pending", request.request_id, request.agent_id),
+        kind="escalation.pending", agent_id=request.agent_id, occurred_at=now,
+        subject_id=request.request_id, outcome="pending", reasons=event.reasons,
+        rules=event.matched_rules, policy_revision=event.policy_revision,
+        inputs={**inputs, "pending": event.model_dump(mode="json")})
+    return Pending(event, request, received_at, evaluation.clamped_by, denied), audit
 
 
 def _outcome(
@@ -180,6 +287,7 @@ def _outcome(
     now: datetime,
     *,
     blocked: bool = False,
+    signer: Signer | None = None,
 ) -> Outcome:
     decision = EscalationDecided(
         decision_id=derive_id("decision", request.request_id, request.agent_id),
@@ -201,20 +309,26 @@ def _outcome(
         decided_at=now,
         tiers=evaluation.tiers,
     )
-    return Outcome(decision=decision, grant=grant, audit=decision_audit(decision, inputs))
+    audit = decision_audit(decision, inputs, signer=signer)
+    return Outcome(decision=decision, grant=grant, audit=audit)
 
 
-def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> AuditRecord:
+def decision_audit(
+    decision: EscalationDecided, inputs: dict[str, object], *, signer: Signer | None = None
+) -> AuditRecord:
     """The audit record of a decision, carrying the whole decision under ``inputs.decision``.
 
     A request may be decided more than once before one decision is stored (a commit blocked by a
     concurrent revocation, a crash before the commit): each attempt is audited before its commit
     and the last ``escalation.decided`` record of a request is the one that took effect. A
-    record with ``inputs.recovered_from`` confirms a decision stored earlier.
+    record with ``inputs.recovered_from`` confirms a decision stored earlier. A signed request's
+    record ends with ``signed_by`` (the principal and its key).
     """
     suffix = "".join(f"#{k}={inputs[k]}" for k in ("attempt", "recovered_from") if inputs.get(k))
     blocked = inputs.get("blocked_by")
     suffix += f"#{blocked['rule']}" if isinstance(blocked, dict) else ""
+    signed = {} if signer is None else {
+        "signed_by": {"principal": signer.principal, "kid": signer.kid or None}}
     return AuditRecord(
         audit_id=derive_id("audit", decision.request_id + suffix, decision.agent_id),
         kind="escalation.decided",
@@ -230,6 +344,7 @@ def decision_audit(decision: EscalationDecided, inputs: dict[str, object]) -> Au
             "grant_id": decision.grant_id,
             "expires_at": decision.expires_at.isoformat() if decision.expires_at else None,
             "decision": decision.model_dump(mode="json"),
+            **signed,
         },
     )
 
@@ -258,109 +373,4 @@ def duplicate_audit(
         rules=decision.matched_rules,
         policy_revision=decision.policy_revision,
         inputs={"origin": origin, "grant_id": decision.grant_id},
-    )
-
-
-@dataclass(frozen=True)
-class RevocationPlan:
-    """What the store must do for a revoking signal: markers and their lifetimes."""
-
-    agent_id: str
-    cause_id: str
-    rule: str
-    reason: str
-    revoked_at: datetime
-    quarantine_until: datetime | None
-    marker_until: datetime
-
-
-def plan_revocation(
-    signal_id: str,
-    agent_id: str,
-    action: RiskAction,
-    *,
-    now: datetime,
-    max_grant_s: int,
-    margin_s: int,
-) -> RevocationPlan:
-    """The markers of a revoke-all: they outlive the longest grant the revocation could cancel."""
-    quarantine_until = now + timedelta(seconds=action.quarantine_s) if action.quarantine_s else None
-    blocked_until = quarantine_until or now
-    marker_until = blocked_until + timedelta(seconds=max_grant_s + margin_s)
-    return RevocationPlan(
-        agent_id=agent_id,
-        cause_id=signal_id,
-        rule=action.rule or "revocation",
-        reason=action.reason,
-        revoked_at=now,
-        quarantine_until=quarantine_until,
-        marker_until=marker_until,
-    )
-
-
-def revoked_events(
-    plan: RevocationPlan, grants: tuple[GrantIssued, ...]
-) -> tuple[AgentRevoked, tuple[GrantRevoked, ...]]:
-    """One ``agent.revoked`` for the revocation, and one ``grant.revoked`` per grant removed."""
-    agent_event = AgentRevoked(
-        agent_id=plan.agent_id,
-        revoked_at=plan.revoked_at,
-        reason=plan.reason,
-        rule=plan.rule,
-        cause_event_id=plan.cause_id,
-        grant_ids=tuple(g.grant_id for g in grants),
-        quarantined_until=plan.quarantine_until,
-        markers_until=plan.marker_until,
-    )
-    return agent_event, tuple(
-        GrantRevoked(
-            grant_id=g.grant_id,
-            agent_id=g.agent_id,
-            revoked_at=plan.revoked_at,
-            expires_at=g.expires_at,
-            reason=plan.reason,
-            rule=plan.rule,
-            cause_event_id=plan.cause_id,
-            quarantined_until=plan.quarantine_until,
-        )
-        for g in grants
-    )
-
-
-def risk_audit(
-    signal: RiskObserved, action: RiskAction, revoked_ids: tuple[str, ...], now: datetime
-) -> AuditRecord:
-    """The audit record of one risk signal and what it did."""
-    return AuditRecord(
-        audit_id=derive_id("audit-risk", signal.signal_id, signal.subject_agent_id or ""),
-        kind="risk.observed",
-        agent_id=signal.subject_agent_id,
-        occurred_at=now,
-        subject_id=signal.signal_id,
-        outcome="revoked" if action.revoke else "noted",
-        reasons=(action.reason,),
-        rules=(action.rule,) if action.rule else (),
-        inputs={
-            "signal": signal.model_dump(mode="json"),
-            "revoked_grants": list(revoked_ids),
-            "quarantine_s": action.quarantine_s,
-            "now": now.isoformat(),
-        },
-    )
-
-
-def lifecycle_audit(event: GrantRevoked | GrantExpired, now: datetime) -> AuditRecord:
-    """The audit record of a revocation or expiry of one grant."""
-    kind = "grant.revoked" if isinstance(event, GrantRevoked) else "grant.expired"
-    reasons = (event.reason,) if isinstance(event, GrantRevoked) else ("reached expires_at",)
-    return AuditRecord(
-        audit_id=derive_id(f"audit-{kind}", event.grant_id, event.agent_id),
-        kind=kind,
-        agent_id=event.agent_id,
-        occurred_at=now,
-        subject_id=event.grant_id,
-        outcome=kind.split(".")[1],
-        reasons=reasons,
-        rules=(event.rule,) if isinstance(event, GrantRevoked) else (),
-        inputs={"event": event.model_dump(mode="json")},
     )

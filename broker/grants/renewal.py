@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.grants.decide import AgentState, _state_denial, derive_id
+from broker.grants.decide import AgentState, derive_id, state_denial
 from broker.policy import Policy, RiskContext
 from broker.policy.model import format_duration
 from schemas.events import (
@@ -86,7 +86,7 @@ def decide_renewal(
         )
         return _renewal(renewal, None, policy.revision, now, refusal=refusal)
     request = _as_request(renewal, grant)
-    blocked = _state_denial(request, state, received_at, now)
+    blocked = state_denial(request, state, received_at, now)
     if blocked is not None:
         refusal = _Refusal(blocked.rule, blocked.reason)
         return _renewal(renewal, grant, policy.revision, now, refusal)

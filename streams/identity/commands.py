@@ -1,5 +1,7 @@
 """Registry and grant commands, and the broker's published keys. Imports broker, schemas, streams.
 
+``open`` loads the registry from Kafka and the broker keyring from its file, then opens the gate.
+
 Registry commands (``permbroker.registry``) are verified by the identity gate, turned into the
 next agent record by the pure ``broker.registry`` and published to the compacted agents topic
 (Kafka is the record), with their effects: a suspension or key revocation revokes every grant,
@@ -14,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from broker.adapters.crypto.enrollment import verify_enrollment
 from broker.adapters.crypto.jwe import encrypt_to
 from broker.adapters.crypto.tokens import BrokerKeyring, mint_grant_token
-from broker.adapters.kafka import codec
+from broker.adapters.kafka.registry_view import RegistryView
 from broker.config import Settings
-from broker.errors import IdentityError, WireError
-from broker.grants.decide import derive_id, risk_audit
+from broker.errors import BrokerError, IdentityError, WireError
+from broker.grants.decide import derive_id
+from broker.grants.revocation import risk_audit
 from broker.identity.answers import answer, command_audit
 from broker.identity.registry import (
     Enrollment,
@@ -35,48 +37,67 @@ from broker.identity.rules import Principal, Reason, Rejection, grant_owner_prob
 from schemas import topics
 from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued
 from streams.identity.gate import Admitted, IdentityGate
-from streams.processor import Incoming, Processor
+from streams.risk import Risk
+from streams.worker import Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.identity")
-T = TypeVar("T")
 
 
 class Commands:
     """Handlers of the registry and grant-command topics, and the JWKS publisher."""
 
-    def __init__(self, processor: Processor, gate: IdentityGate, keyring: BrokerKeyring | None,
+    def __init__(self, ctx: WorkerContext, gate: IdentityGate, risk: Risk,
                  settings: Settings) -> None:
-        self.p = processor
+        self.ctx = ctx
         self.gate = gate
-        self.keyring = keyring
+        self.risk = risk
         self.settings = settings
+        self.keyring: BrokerKeyring | None = None  # loaded by ``open``
         self.ready = asyncio.Event()
         self._published_jwks = ""
 
-    def _decode(self, msg: Incoming, kind: type[T]) -> T:
-        event = codec.decode(msg.key, msg.value, msg.headers)
-        if not isinstance(event, kind):
-            raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
-        return event
+    async def open(self) -> None:
+        """Load the registry from Kafka and the broker keyring from its file; open the gate."""
+        settings, gate = self.settings, self.gate
+        while True:
+            try:
+                registry = await asyncio.to_thread(RegistryView, settings.kafka_bootstrap)
+                if not await asyncio.to_thread(registry.wait_ready, 120.0):
+                    raise BrokerError("the agent registry did not load within 120s")
+                break
+            except BrokerError as exc:
+                log.error("identity not ready: %s (retrying)", exc)
+                await asyncio.sleep(1.0)
+        try:
+            self.keyring = BrokerKeyring(settings.key_path("broker"))
+        except BrokerError as exc:  # tokens are refused (fail closed) until a keyring exists
+            log.error("no grant tokens: %s", exc)
+        if not gate.operators.keys():
+            log.error("no trusted operator keys in %s: operator commands will be refused; run "
+                      "`permbroker keys init`", gate.operators.path)
+        gate.start(registry)
+        self.ready.set()
+        await self.publish_jwks(force=True)
+        log.info("identity ready: %d agent(s) in the registry", len(registry.records()))
 
     async def _refuse(self, msg: Incoming, cmd: AgentCommand | GrantCommand, why: Rejection,
                       signer: Principal | None) -> None:
         await self.gate.reject(msg, cmd, why, signer)
         if signer is not None:  # only an authenticated sender hears back (no forged answers)
-            await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, refusal=why))
+            await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, refusal=why))
 
     # --- registry ---------------------------------------------------------------------------
 
     async def on_registry(self, msg: Incoming) -> None:
         """Apply one registry command (idempotent under redelivery)."""
-        await self.p.ready.wait()
+        await self.ctx.ready.wait()
         await self.ready.wait()
         try:
-            cmd = self._decode(msg, AgentCommand)
+            cmd = self.ctx.decode(msg, AgentCommand)
         except WireError as exc:
-            await self.p.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc))
             return
-        await self.p._retrying("registry", lambda: self._registry(cmd, msg))
+        await self.ctx.retrying("registry", lambda: self._registry(cmd, msg))
 
     async def _registry(self, cmd: AgentCommand, msg: Incoming) -> None:
         own = cmd.key.model_copy(update={"kid": thumbprint(cmd.key)}) \
@@ -113,38 +134,38 @@ class Commands:
 
     def _limits(self) -> Limits:
         return Limits(agent_key_overlap_s=self.settings.agent_key_overlap_s,
-                      known_classes=frozenset(self.p.policy.classes))
+                      known_classes=frozenset(self.ctx.policy.classes))
 
     async def _record(self, cmd: AgentCommand, msg: Incoming, signer: Principal,
                       outcome: RegistryOutcome) -> None:
         record = outcome.record
         assert record is not None
         if not outcome.already_applied:
-            await self.p.emit(topics.AGENTS.name, record)
+            await self.ctx.emit(topics.AGENTS.name, record)
             self.gate.registry.apply(record)  # write-through: this worker acts on it at once
         revoked = await self._effects(cmd, msg, record, outcome)
         reason = f"{record.change} {record.agent_id} (revision {record.revision})"
-        await self.p.audit(command_audit(
+        await self.ctx.audit(command_audit(
             cmd, msg.received_at, signer=signer, kind=f"registry.{record.change}",
             reason=reason, origin=msg.origin, revision=record.revision,
             revoked_grants=list(revoked)))
-        await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason,
+        await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason,
                                                         record_revision=record.revision))
 
     async def _effects(self, cmd: AgentCommand, msg: Incoming, record: AgentRecord,
                        outcome: RegistryOutcome) -> tuple[str, ...]:
         agent, at = record.agent_id, msg.received_at
         if outcome.revoke is not None:
-            return await self.p.revoke_agent(agent, derive_id("registry", cmd.command_id, agent),
-                                             outcome.revoke, at)
+            return await self.risk.revoke_agent(
+                agent, derive_id("registry", cmd.command_id, agent), outcome.revoke, at)
         if outcome.model_change is None:
             return ()
         signal = model_change_signal(cmd, *outcome.model_change, at)
-        action = self.p.policy.on_risk(signal, self.gate.profile(agent), at)
+        action = self.ctx.policy.on_risk(signal, self.gate.profile(agent), at)
         revoked: tuple[str, ...] = ()
         if action.revoke:
-            revoked = await self.p.revoke_agent(agent, signal.signal_id, action, at)
-        await self.p.audit(risk_audit(signal, action, revoked, at))
+            revoked = await self.risk.revoke_agent(agent, signal.signal_id, action, at)
+        await self.ctx.audit(risk_audit(signal, action, revoked, at))
         return revoked
 
     async def _rotate_broker(self, cmd: AgentCommand, msg: Incoming, signer: Principal) -> None:
@@ -158,23 +179,23 @@ class Commands:
         kid = self.keyring.rotate(datetime.now(UTC), overlap_s=overlap, cause=cmd.command_id)
         await self.publish_jwks(force=True)
         reason = f"broker key {kid} added; the previous key(s) verify for {overlap}s more"
-        await self.p.audit(command_audit(
+        await self.ctx.audit(command_audit(
             cmd, msg.received_at, signer=signer, kind="broker.key_rotated", reason=reason,
             origin=msg.origin, kid_added=kid))
-        await self.p.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason))
+        await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason))
 
     # --- grant commands ---------------------------------------------------------------------
 
     async def on_grant_command(self, msg: Incoming) -> None:
         """Issue a token for a grant: the agent's own grants only."""
-        await self.p.ready.wait()
+        await self.ctx.ready.wait()
         await self.ready.wait()
         try:
-            cmd = self._decode(msg, GrantCommand)
+            cmd = self.ctx.decode(msg, GrantCommand)
         except WireError as exc:
-            await self.p.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc))
             return
-        await self.p._retrying("grant-command", lambda: self._grant_command(cmd, msg))
+        await self.ctx.retrying("grant-command", lambda: self._grant_command(cmd, msg))
 
     async def _grant_command(self, cmd: GrantCommand, msg: Incoming) -> None:
         verdict, by = await self.gate.check(msg, cmd)
@@ -186,7 +207,7 @@ class Commands:
             await self._refuse(msg, cmd, why, verdict.signer)
             return
         now = datetime.now(UTC)
-        held = [g for g in await self.p.store.active_grants(cmd.agent_id, now)
+        held = [g for g in await self.ctx.store.active_grants(cmd.agent_id, now)
                 if g.grant_id == cmd.grant_id]
         if not held:
             await self._refuse(msg, cmd, Rejection(Reason.NOT_YOUR_GRANT, f"{cmd.grant_id} is "
@@ -209,11 +230,11 @@ class Commands:
             await self._refuse(msg, cmd, Rejection(Reason.INVALID, str(exc)), signer)
             return
         kid = self.keyring.signing_key(now).kid
-        await self.p.audit(command_audit(
+        await self.ctx.audit(command_audit(
             cmd, msg.received_at, signer=signer, kind="grant.token_issued",
             reason=f"token for grant {grant.grant_id} at {cmd.audience} until {exp.isoformat()}",
             origin=msg.origin, broker_kid=kid, token_expires_at=exp.isoformat()))
-        await self.p.emit(topics.DECISIONS.name, answer(
+        await self.ctx.emit(topics.DECISIONS.name, answer(
             cmd, msg.received_at, reason=f"token until {exp.isoformat()}", grant_id=grant.grant_id,
             token=sealed, token_expires_at=exp))
 
@@ -228,7 +249,7 @@ class Commands:
         jwks = self.keyring.jwks(now)
         if jwks.revision == self._published_jwks and not force:
             return False
-        await self.p.emit(topics.JWKS.name, jwks)
+        await self.ctx.emit(topics.JWKS.name, jwks)
         self._published_jwks = jwks.revision
         self.keyring.prune(now)
         log.info("published JWKS %s: %s", jwks.revision, ", ".join(k.kid or "" for k in jwks.keys))

@@ -12,7 +12,6 @@ rule ``identity:<code>`` and the event goes no further.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,6 @@ from broker.adapters.kafka.registry_view import RegistryView
 from broker.adapters.redis.identity import IdentityStore
 from broker.config import Settings
 from broker.errors import BusError
-from broker.grants.decide import Outcome
 from broker.identity.answers import rejection_audit
 from broker.identity.rules import (
     EventClaims,
@@ -53,7 +51,7 @@ from schemas.events import (
     ScopeDenial,
     WireModel,
 )
-from streams.processor import Incoming
+from streams.worker import Incoming
 
 log = logging.getLogger("permbroker.identity")
 NONCE_MARGIN = timedelta(hours=1)
@@ -72,18 +70,6 @@ class Admitted:
         r = self.refusal
         return ScopeDenial(scope="*", rule=r.rule, reason=r.detail) if r is not None else None
 
-    def bind(self, outcome: Outcome) -> Outcome:
-        """Record the signing key (and the model's digest) on the grant and in the audit."""
-        grant, audit = outcome.grant, outcome.audit
-        signed = {"principal": self.signer.id, "kid": self.signer.kid or None}
-        if grant is not None:
-            agent = audit.inputs.get("agent")
-            model = agent.get("model", {}) if isinstance(agent, dict) else {}
-            grant = grant.model_copy(update={"kid": self.signer.kid,
-                                             "model_digest": str(model.get("digest", ""))})
-        audit = audit.model_copy(update={"inputs": {**audit.inputs, "signed_by": signed}})
-        return dataclasses.replace(outcome, grant=grant, audit=audit)
-
 
 def claimed_agent(event: WireModel | None) -> str | None:
     """The agent an event speaks for or about (for audit and the unsigned dev mode)."""
@@ -101,7 +87,8 @@ class IdentityGate:
     """Verifies events against the registry and the operators' keys; audits every refusal."""
 
     def __init__(self, operators: OperatorDirectory, store: IdentityStore, settings: Settings,
-                 audit: Callable[..., Awaitable[None]], count: Callable[[str], None]) -> None:
+                 audit: Callable[..., Awaitable[None]], count: Callable[[str], None], *,
+                 classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> None:
         self._registry: RegistryView | None = None
         self.ready = asyncio.Event()
         self.operators = operators
@@ -109,7 +96,7 @@ class IdentityGate:
         self.settings = settings
         self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
         self._count = count
-        self.classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.classes = classes  # agent class -> (baseline, ceiling), from the policy
 
     @property
     def registry(self) -> RegistryView:

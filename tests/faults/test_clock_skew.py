@@ -19,7 +19,6 @@ from broker.config import Settings
 from broker.errors import TokenRejected
 from broker.identity.tokens import token_claims
 from broker.policy import load_policy
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
@@ -35,6 +34,7 @@ from tests.faults.test_properties import props_bundle
 from tests.support.faults import world
 from tests.support.faults.report import Figures
 from tests.support.helpers import wait_until
+from tests.support.identities import agent_client
 
 SKEWS = (-30, 0, 30)
 FREEZE = "payments:accounts.freeze"
@@ -57,7 +57,7 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
     agent = agents("f")
     boot = settings.kafka_bootstrap
     keyring = BrokerKeyring(settings.key_path("broker"))
-    with JwksView(boot) as jwks, GrantView(boot) as view, AgentClient(agent, boot) as client:
+    with JwksView(boot) as jwks, GrantView(boot) as view, agent_client(settings, agent) as client:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=900,
                                       reason="skew", confidence=0.95, risk_score=0.9)
@@ -95,8 +95,9 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
 @pytest.fixture
 def skewed_wall_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
     """Set the worker code's wall clock (``datetime.now`` in streams.*) off by some seconds."""
+    import streams.escalations
     import streams.lifecycle
-    import streams.processor
+    import streams.worker
 
     offset = {"s": 0.0}
 
@@ -106,7 +107,7 @@ def skewed_wall_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[flo
             real = datetime.now(UTC) + timedelta(seconds=offset["s"])
             return cls.fromtimestamp(real.timestamp(), tz=UTC)
 
-    for module in (streams.lifecycle, streams.processor):
+    for module in (streams.escalations, streams.lifecycle, streams.worker):
         monkeypatch.setattr(module, "datetime", Skewed)
     yield lambda seconds: offset.__setitem__("s", seconds)
 
@@ -143,7 +144,7 @@ def _grant_and_renew(w: world.World) -> tuple[float, bool, str]:
     req = EscalationRequested(request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=(FREEZE,),
                               resources=("acct-1",), duration_s=20, reason="skew",
                               confidence=0.95, risk_score=0.9, requested_at=received)
-    w.run(w.processor.on_escalation(w.incoming(topics.ESCALATIONS.name, req, received)))
+    w.run(w.escalations.on_escalation(w.incoming(topics.ESCALATIONS.name, req, received)))
     grant = next(e for e in w.captured.events(topics.GRANTS.name) if isinstance(e, GrantIssued))
     lifetime = (grant.expires_at - received).total_seconds()
     pxat_ok = w.sync.pexpiretime(keys.grant(agent, grant.grant_id)) == ms(grant.expires_at)
@@ -151,7 +152,7 @@ def _grant_and_renew(w: world.World) -> tuple[float, bool, str]:
     ren = RenewalRequested(request_id=f"ren-{uuid.uuid4()}", agent_id=agent,
                            grant_id=grant.grant_id, duration_s=20, reason="skew",
                            confidence=0.95, risk_score=0.9, requested_at=later)
-    w.run(w.processor.on_escalation(w.incoming(topics.ESCALATIONS.name, ren, later)))
+    w.run(w.escalations.on_escalation(w.incoming(topics.ESCALATIONS.name, ren, later)))
     answer = next(e for e in w.captured.events(topics.DECISIONS.name)
                   if isinstance(e, RenewalDecided))
     pxat = w.sync.pexpiretime(keys.grant(agent, grant.grant_id))

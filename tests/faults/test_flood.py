@@ -20,6 +20,7 @@ from schemas.events import EscalationDecided
 from tests.faults.conftest import FLOOD_LIMIT
 from tests.support.faults.report import Figures
 from tests.support.helpers import Tap, fraud_request, wait_until
+from tests.support.identities import agent_client
 
 TapFactory = Callable[[str], Tap]
 FLOOD = 10_000
@@ -68,7 +69,7 @@ def test_flooding_agent_is_rate_limited_and_others_stay_within_2x(
 
     def client_for(agent: str) -> AgentClient:
         if agent not in clients:
-            clients[agent] = AgentClient(agent, settings.kafka_bootstrap)
+            clients[agent] = agent_client(settings, agent)
         return clients[agent]
 
     try:

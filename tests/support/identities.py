@@ -13,6 +13,7 @@ from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.policy import Policy
+from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
 from schemas.events import AgentProfile
@@ -61,3 +62,9 @@ class Registrar:
 def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
     """Sign a message as the agent it is keyed by, when the harness holds that agent's key."""
     return keyed_signer(store)
+
+
+def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
+    """The agent's SDK client, signing with the agent's own key from the test key store."""
+    return AgentClient(agent_id, settings.kafka_bootstrap,
+                       keys=AgentKeyStore.from_settings(settings), **options)

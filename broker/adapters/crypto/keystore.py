@@ -168,9 +168,9 @@ class AgentKeyStore:
         self.directory = directory
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> AgentKeyStore:
+    def from_settings(cls, settings: Settings) -> AgentKeyStore:
         """The store at ``PERMBROKER_AGENT_KEY_DIR`` (default <stack_dir>/keys/agents)."""
-        return cls((settings or Settings()).key_path("agents"))
+        return cls(settings.key_path("agents"))
 
     def path(self, agent_id: str) -> Path:
         """The key file of one agent."""

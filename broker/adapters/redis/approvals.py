@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.store import UNLIMITED, RateLimit, from_ms, ms
 from broker.errors import StoreUnavailable
-from broker.grants.approvals import Pending, Resolution, Status
+from broker.grants.approvals import Resolution, Status
+from broker.grants.decide import Pending
 
 # KEYS: approval hash, the agent's rate bucket. ARGV: pending JSON, window end ms, record until
 # ms, bucket capacity (0: unlimited), bucket period ms, now ms. A held request takes a token of

@@ -13,11 +13,12 @@ exist without a TTL is never created: index keys get PEXPIREAT right after ZADD,
 # Order: a stale owner is fenced before anything; a recorded decision stands; nothing is decided
 # on a view that was not rebuilt; a grant must survive quarantine/revocation/staleness; only then
 # does the request take a token of its agent's rate limit (so a blocked attempt costs none).
+# Epochs are microseconds (16 digits): string.format('%d'), as tostring would print 1.79e+15.
 COMMIT = """
 local epoch = tonumber(ARGV[8])
 if epoch > 0 then
   local owner = tonumber(redis.call('GET', KEYS[9]) or '0')
-  if owner > epoch then return {'fenced', tostring(owner), '', 0} end
+  if owner > epoch then return {'fenced', string.format('%d', owner), '', 0} end
   if owner < epoch then redis.call('SET', KEYS[9], ARGV[8], 'PXAT', ARGV[6]) end
 end
 local existing = redis.call('GET', KEYS[1])
@@ -69,7 +70,7 @@ REVOKE_ALL = """
 local epoch = tonumber(ARGV[7])
 if epoch > 0 then
   local owner = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if owner > epoch then return 'fenced:' .. tostring(owner) end
+  if owner > epoch then return 'fenced:' .. string.format('%d', owner) end
   if owner < epoch then redis.call('SET', KEYS[5], ARGV[7], 'PXAT', ARGV[4]) end
 end
 local rec = redis.call('GET', KEYS[4])

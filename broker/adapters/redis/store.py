@@ -21,7 +21,8 @@ from redis.exceptions import NoScriptError, RedisError
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
 from broker.errors import StoreMisconfigured, StoreUnavailable
-from broker.grants.decide import AgentState, Outcome, RevocationPlan, derive_id
+from broker.grants.decide import AgentState, Outcome, derive_id
+from broker.grants.revocation import RevocationPlan
 from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
 
 SEP = "\x1f"

@@ -123,9 +123,10 @@ class GrantToken:
 class AgentClient:
     """What an agent uses to escalate and to report risk; acts only as ``agent_id``.
 
-    Every message is signed with the agent's own key, read from its key store
-    (``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True`` is for brokers in the dev mode that
-    accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``) only.
+    Every message is signed with the agent's own key, read from its key store ``keys``
+    (``AgentKeyStore.from_settings(settings)``: ``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True``
+    is for brokers in the dev mode that accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``)
+    only.
     """
 
     def __init__(
@@ -137,9 +138,11 @@ class AgentClient:
         keys: AgentKeyStore | None = None,
         unsigned: bool = False,
     ) -> None:
+        if keys is None and not unsigned:
+            raise ValueError(f"agent {agent_id} signs with its own key: pass keys= (its "
+                             "AgentKeyStore), or unsigned=True for a dev-mode broker")
         self.agent_id = agent_id
-        self.identity = None if unsigned else AgentIdentity(agent_id,
-                                                            keys or AgentKeyStore.from_settings())
+        self.identity = None if keys is None or unsigned else AgentIdentity(agent_id, keys)
         signer = self.identity.sign if self.identity is not None else None
         self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
         self._watcher = DecisionWatcher(bootstrap) if watch_decisions else None

@@ -33,17 +33,15 @@ class Approver:
         self._publisher = publisher
 
     @classmethod
-    def agent(cls, agent_id: str, bootstrap: str, *,
-              keys: AgentKeyStore | None = None) -> Approver:
-        """A verifier agent voting with its agent key (from ``PERMBROKER_AGENT_KEY_DIR``)."""
-        identity = AgentIdentity(agent_id, keys or AgentKeyStore.from_settings())
+    def agent(cls, agent_id: str, bootstrap: str, *, keys: AgentKeyStore) -> Approver:
+        """A verifier agent voting with its agent key (from its key store ``keys``)."""
+        identity = AgentIdentity(agent_id, keys)
         return cls(agent_id, Publisher(bootstrap, source=f"/agents/{agent_id}",
                                        signer=identity.sign))
 
     @classmethod
-    def operator(cls, settings: Settings | None = None) -> Approver:
+    def operator(cls, settings: Settings) -> Approver:
         """This operator, voting with the operator key (``permbroker keys init``)."""
-        settings = settings or Settings()
         principal, _key = load_operator(settings.key_path("operator"))
         return cls(principal, operator_publisher(
             settings.kafka_bootstrap, f"/operators/{principal.split(':', 1)[1]}", settings))

@@ -117,23 +117,24 @@ def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
     )
 
 
-def operator_publisher(bootstrap: str, source: str, settings: Settings | None = None) -> Publisher:
+def operator_publisher(bootstrap: str, source: str, settings: Settings) -> Publisher:
     """A producer that signs everything with this operator's key (KeyFileError if none)."""
-    principal, key = load_operator((settings or Settings()).key_path("operator"))
+    principal, key = load_operator(settings.key_path("operator"))
     return Publisher(bootstrap, source=source,
                      signer=lambda m: sign_message(m, key, principal))
 
 
 def revoke(
-    bootstrap: str, agent_id: str, reason: str, *, operator: str, timeout: float = 30.0,
+    settings: Settings, agent_id: str, reason: str, *, operator: str, timeout: float = 30.0,
     publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
 ) -> Revocation:
     """Revoke every grant of ``agent_id`` and wait until a worker applied it."""
+    bootstrap = settings.kafka_bootstrap
     own = watcher is None
     watcher = watcher or AuditWatcher(bootstrap)
     try:
         signal = operator_signal(agent_id, reason, operator)
-        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}")
+        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}", settings)
         pub.publish(topics.RISK.name, signal)
         return revocation_of(signal, watcher.wait(signal.signal_id, timeout))
     finally:
@@ -144,8 +145,7 @@ def revoke(
 class OperatorClient:
     """One operator's signed actions on the registry, the broker's keys and agents' grants."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        settings = settings or Settings()
+    def __init__(self, settings: Settings) -> None:
         self.principal, self._key = load_operator(settings.key_path("operator"))
         self._publisher = operator_publisher(
             settings.kafka_bootstrap, f"/operators/{self.principal.split(':', 1)[1]}", settings)

@@ -19,7 +19,6 @@ from broker.adapters.redis import keyspace as keys
 from broker.audit.redact import hmac_value
 from broker.audit.verify import Entry
 from broker.config import Settings
-from broker.sdk.agent.client import AgentClient
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, GrantExpired, GrantIssued
@@ -35,6 +34,7 @@ from tests.support.audit import (
     wait_sealed,
 )
 from tests.support.helpers import Tap, wait_until
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -45,8 +45,7 @@ ACCOUNTS = ("acct-4411-0923", "acct-4411-7710")
 def _demo(settings: Settings, fraud: str, reporter: str, tap: TapFactory) -> str:
     """The demo's steps with fresh agents; returns the request id of the fraud grant."""
     grants = tap(topics.GRANTS.name)
-    boot = settings.kafka_bootstrap
-    with AgentClient(fraud, boot) as f, AgentClient(reporter, boot) as r:
+    with agent_client(settings, fraud) as f, agent_client(settings, reporter) as r:
         f.report_risk(kind="fraud_pattern", severity=0.93, resource=ACCOUNTS[0], detail="burst")
         unsure = f.request_escalation([FREEZE], resources=ACCOUNTS, duration_s=900,
                                       reason="maybe a ring", confidence=0.5, risk_score=0.93)
@@ -159,7 +158,7 @@ def test_replay_as_of_returns_exactly_the_grants_active_then(
     """Before the grant, while active, after revocation: replay lists what Redis held then."""
     agent, grants = agents("f"), tap(topics.GRANTS.name)
     snapshots = [(datetime.now(UTC), _active(rclient, datetime.now(UTC)))]
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         d = client.request_escalation([FREEZE, PII], resources=ACCOUNTS, duration_s=900,
                                       reason="pattern", confidence=0.95, risk_score=0.93)
         assert d.outcome == "granted"
@@ -206,7 +205,7 @@ def test_unwritable_audit_denies_with_a_reason_and_loses_nothing(
     agent, grants = agents("f"), tap(topics.GRANTS.name)
     _raw_limit(settings, "1")
     try:
-        with AgentClient(agent, settings.kafka_bootstrap) as client:
+        with agent_client(settings, agent) as client:
             denied = client.request_escalation([FREEZE], resources=[ACCOUNTS[0]], duration_s=60,
                                                reason="pattern", confidence=0.99,
                                                risk_score=0.93)
@@ -216,7 +215,7 @@ def test_unwritable_audit_denies_with_a_reason_and_loses_nothing(
     assert "audit stream could not be written" in denied.reasons[0]
     assert "fail closed" in denied.reasons[0]
     assert not list(rclient.scan_iter(match=f"{keys.agent_prefix(agent)}grant:*"))
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         granted = client.request_escalation([FREEZE], resources=[ACCOUNTS[0]], duration_s=60,
                                             reason="pattern", confidence=0.99, risk_score=0.93)
     assert granted.outcome == "granted"
@@ -238,7 +237,7 @@ def test_seeded_secrets_are_stored_as_hmacs_and_searchable(
     token, account, text = seed("tok"), seed("acct-canary"), seed("free-text")
     jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ" + uuid.uuid4().hex + "In0.c2ln"
     CANARIES.append(jwt)
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         d = client.request_escalation(
             [FREEZE], resources=[account], duration_s=60, reason=f"case notes: {text}",
             confidence=0.95, risk_score=0.93, signals={"api_token": token, "note": f"see {jwt}"})

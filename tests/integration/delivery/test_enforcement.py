@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from broker.cli.enforcement import collect_status
 from broker.cli.main import app as cli
 from broker.config import Settings
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.operator.client import revoke
 from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
@@ -27,6 +26,7 @@ from schemas.events import (
 )
 from tests.support.enforcement import EXPORT, FREEZE, PII, fraud_grant, kafka_frozen
 from tests.support.helpers import Tap, wait_until
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -40,11 +40,11 @@ def test_revocation_reaches_a_running_view_and_its_ack_is_reported(
     boot, agent, point = settings.kafka_bootstrap, agents("f"), f"payments-{run_id}-ack"
     since = datetime.now(UTC) - timedelta(seconds=5)
     with GrantView(boot, topic=PAYMENTS, enforcement_point=point) as view, \
-            AgentClient(agent, boot) as client:
+            agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
-        rev = revoke(boot, agent, "suspected prompt injection", operator="tests")
+        rev = revoke(settings, agent, "suspected prompt injection", operator="tests")
         assert rev.grant_ids == (granted.grant_id,) and rev.consistency_token
         after = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not after.allowed and not after.unavailable, after.reason
@@ -74,12 +74,12 @@ def test_stopped_view_never_answers_allowed_with_the_revocations_token(
     """Paused while the revocation happens: with its token it waits then denies, never allows."""
     boot, agent = settings.kafka_bootstrap, agents("f")
     with GrantView(boot, topic=PAYMENTS, token_wait_s=1.0) as view, \
-            AgentClient(agent, boot) as client:
+            agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
         view.pause()
-        rev = revoke(boot, agent, "new-enemy check", operator="tests")
+        rev = revoke(settings, agent, "new-enemy check", operator="tests")
         assert rev.consistency_token is not None
         behind = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not behind.allowed and behind.unavailable
@@ -97,7 +97,7 @@ def test_view_that_cannot_reach_kafka_denies_with_a_reason_and_recovers(
     """Kafka frozen past the staleness bound: elevated scopes denied, saying why; then back."""
     boot, agent = settings.kafka_bootstrap, agents("f")
     with GrantView(boot, topic=PAYMENTS, staleness_bound_s=1.5, probe_interval_s=0.2) as view, \
-            AgentClient(agent, boot) as client:
+            agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
@@ -121,15 +121,15 @@ def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
 ) -> None:
     """crm scopes never reach the payments topic; issue < renew < revoke in every topic."""
-    boot, agent = settings.kafka_bootstrap, agents("f")
+    agent = agents("f")
     taps = {t: tap(t) for t in (topics.GRANTS.name, PAYMENTS, topics.GRANTS_CRM.name)}
-    with AgentClient(agent, boot) as client:
+    with agent_client(settings, agent) as client:
         both = fraud_grant(client)
         crm_only = fraud_grant(client, (PII,))
         renewed = client.renew(both.grant_id, duration_s=20, reason="still on it",
                                confidence=0.95, risk_score=0.93)
         assert renewed.outcome == "renewed", renewed.reasons
-    revoke(boot, agent, "routing check", operator="tests")
+    revoke(settings, agent, "routing check", operator="tests")
     for t in taps.values():
         t.wait_for(AgentRevoked, lambda e: e.agent_id == agent)
     payments = _agent_records(taps[PAYMENTS], agent)
@@ -154,8 +154,8 @@ def test_renewal_release_and_the_cumulative_maximum(
     """Renewal states the new expiry (the view follows); past the maximum it names the rule."""
     boot, agent, reporter, other = agents("f"), agents("f"), agents("r"), agents("f")
     boot = settings.kafka_bootstrap
-    with GrantView(boot, topic=PAYMENTS) as view, AgentClient(agent, boot) as client, \
-            AgentClient(reporter, boot) as rclient, AgentClient(other, boot) as oclient:
+    with GrantView(boot, topic=PAYMENTS) as view, agent_client(settings, agent) as client, \
+            agent_client(settings, reporter) as rclient, agent_client(settings, other) as oclient:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         renewed = client.renew(granted.grant_id, duration_s=20, reason="more time",
@@ -186,7 +186,7 @@ def test_expiring_arrives_before_expired(
     """A 3 s grant: grant.expiring precedes grant.expired on the default and routed topics."""
     reporter = agents("r")
     taps = [tap(topics.GRANTS.name), tap(topics.GRANTS_REPORTS.name)]
-    with AgentClient(reporter, settings.kafka_bootstrap) as client:
+    with agent_client(settings, reporter) as client:
         d = client.request_escalation([EXPORT], duration_s=3, reason="quick export",
                                       confidence=0.97)
     assert d.grant_id is not None and d.expires_at is not None

@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from broker.api.app import create_app
 from broker.config import Settings
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.operator.client import revoke
 from broker.sdk.resource.enforce import GrantMiddleware, Rule
 from broker.sdk.resource.fastapi_deps import require_scope
@@ -25,6 +24,7 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.enforcement import FREEZE, fraud_grant
 from tests.support.helpers import wait_until
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def test_dependency_and_middleware_enforce_over_real_http(
     """Allowed with the grant, 403 with the reason otherwise, 403 after the revocation."""
     base, _view = served
     agent = agents("f")
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         granted = fraud_grant(client)
     me = {"X-Permbroker-Agent": agent, "X-Permbroker-Consistency": granted.consistency_token or ""}
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -86,7 +86,7 @@ def test_dependency_and_middleware_enforce_over_real_http(
             other = http.post(path.format("acct-9"), headers=me)
             assert other.status_code == 403
             assert "no active grant of payments:accounts.freeze on acct-9" in other.text
-        rev = revoke(settings.kafka_bootstrap, agent, "http test", operator="tests")
+        rev = revoke(settings, agent, "http test", operator="tests")
         after = {"X-Permbroker-Agent": agent,
                  "X-Permbroker-Consistency": rev.consistency_token or ""}
         for path in ("/accounts/acct-1/freeze", "/v2/accounts/acct-1/freeze"):

@@ -13,7 +13,7 @@ from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.store import RateLimit, RedisGrantStore
 from broker.config import Settings
-from broker.grants.approvals import Pending, hold
+from broker.grants.decide import Pending, hold
 from broker.policy import RiskContext, load_policy
 from schemas.events import EscalationRequested
 from tests.support.services import unique

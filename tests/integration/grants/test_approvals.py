@@ -194,7 +194,7 @@ def test_an_approval_never_undoes_a_revocation(
     request = fraud_request(agent, scopes=(FREEZE,), duration_s=300)
     publisher.publish(topics.ESCALATIONS.name, request)
     _held(decisions, request.request_id)
-    revoke(settings.kafka_bootstrap, agent, "suspicious while held", operator="tests",
+    revoke(settings, agent, "suspicious while held", operator="tests",
            timeout=WAIT)
     for n in (0, 1):
         approvers(verifier(run_id, n)).approve(request.request_id, agent)

@@ -26,6 +26,7 @@ from schemas import topics
 from schemas.events import AuditRecord, GrantIssued, GrantRevoked, GrantUsed
 from tests.support.enforcement import FREEZE
 from tests.support.helpers import Tap, wait_until
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -65,7 +66,7 @@ def test_a_budget_of_three_freezes_allows_exactly_three_then_revokes_the_grant(
     refuses (fail closed); the worker revokes the grant once, with the reason, and audits it."""
     boot, agent = settings.kafka_bootstrap, agents("b")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT_RAW.name)
-    with GrantView(boot, topic=PAYMENTS) as view, AgentClient(agent, boot) as client:
+    with GrantView(boot, topic=PAYMENTS) as view, agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         grant_id = _budgeted_grant(client)
         issued = grants.wait_for(GrantIssued, lambda g: g.grant_id == grant_id)[0]

@@ -14,7 +14,6 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
@@ -27,6 +26,7 @@ from schemas.events import (
 )
 from tests.integration.conftest import keys_without_ttl
 from tests.support.helpers import Tap, anomaly, fraud_request
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_fraud_request_is_granted_narrowed_and_clamped(
 ) -> None:
     """A confident fraud agent gets freeze + PII on its two accounts, clamped to the rule's 20s."""
     agent = agents("f")
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         d = client.request_escalation(
             ["payments:accounts.freeze", "crm:customer.pii.read"],
             resources=["acct-1", "acct-2"],

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from broker.api.app import create_app
 from broker.cli.main import app as cli
 from broker.config import Settings
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
@@ -21,7 +20,7 @@ from schemas.events import GrantRevoked, ModelInfo
 from tests.integration.delivery.test_http import api_settings, bearer
 from tests.support.enforcement import FREEZE
 from tests.support.helpers import Tap
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, agent_client
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +33,8 @@ def _on_version(registrar: Registrar, agent: str, version: str, suite: str) -> N
                               reason=f"model upgrade to {version}")
 
 
-def _grant(agent: str, boot: str) -> str:
-    with AgentClient(agent, boot) as client:
+def _grant(agent: str, settings: Settings) -> str:
+    with agent_client(settings, agent) as client:
         decision = client.request_escalation(
             [FREEZE], resources=["acct-7"], duration_s=300, reason="fraud ring",
             confidence=0.95)
@@ -65,7 +64,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
         _on_version(registrar, agent, old, run_id)
     for agent in on_new:
         _on_version(registrar, agent, new, run_id)
-    grants = {agent: _grant(agent, boot) for agent in on_old + on_new}
+    grants = {agent: _grant(agent, settings) for agent in on_old + on_new}
     revoked_tap = tap(topics.GRANTS.name)
     with GrantView(boot) as view:
         assert view.wait_ready(30)

@@ -11,12 +11,12 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.errors import CommandRefused, TokenRejected
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import GrantReleased
 from tests.support.helpers import Tap, anomaly, wait_until
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -33,7 +33,8 @@ def test_revoked_or_released_grants_tokens_are_refused_before_they_expire(
     grants = tap(topics.GRANTS.name)
     boot = settings.kafka_bootstrap
     with JwksView(boot) as jwks, GrantView(boot) as view, \
-            AgentClient(revoked_agent, boot) as a, AgentClient(releasing_agent, boot) as b:
+            agent_client(settings, revoked_agent) as a, \
+            agent_client(settings, releasing_agent) as b:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         payments = GrantTokenVerifier(jwks, audience="payments", grants=view)
         tokens = {}

@@ -22,6 +22,7 @@ from schemas.events import (
     RiskObserved,
 )
 from tests.support.helpers import Tap, anomaly
+from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -42,7 +43,7 @@ def test_agent_a_cannot_release_renew_or_read_agent_bs_grant(
     a_id, b_id = agents("f"), agents("f")
     audit = tap(topics.AUDIT.name)
     boot = settings.kafka_bootstrap
-    with AgentClient(a_id, boot) as a, AgentClient(b_id, boot) as b:
+    with agent_client(settings, a_id) as a, agent_client(settings, b_id) as b:
         b_grant = granted(b)
         released = a.release(b_grant, reason="not mine")
         renewed = a.renew(b_grant, duration_s=60, reason="not mine", confidence=0.99,
@@ -73,8 +74,7 @@ def test_operator_actions_and_revoking_others_are_refused_to_agent_credentials(
     behaviour anomaly about B are all refused, audited with A as the signer; B keeps its grant."""
     a_id, b_id = agents("f"), agents("f")
     audit, decisions = tap(topics.AUDIT.name), tap(topics.DECISIONS.name)
-    boot = settings.kafka_bootstrap
-    with AgentClient(a_id, boot) as a, AgentClient(b_id, boot) as b:
+    with agent_client(settings, a_id) as a, agent_client(settings, b_id) as b:
         b_grant = granted(b)
         now = datetime.now(UTC)
         suspend = AgentCommand(command_id=f"c-{uuid.uuid4()}", action="suspend", agent_id=b_id,

@@ -21,7 +21,7 @@ from schemas.events import (
     ModelInfo,
 )
 from tests.support.helpers import Tap, fraud_request
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -40,7 +40,7 @@ def test_a_new_model_version_revokes_the_agents_grants_with_the_reason(
     """The grant records model and key; an update to model 1.1 revokes it, saying why."""
     agent = agents("f")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT.name)
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         first = ask(client)
         issued = grants.wait_for(GrantIssued, lambda g: g.grant_id == first.grant_id)[0]
         assert (issued.model_version, issued.model_digest) == ("1.0", "sha256:00")
@@ -67,7 +67,7 @@ def test_suspension_revokes_and_denies_until_resumed(
     """Suspended: grants revoked, requests denied (identity:agent-suspended); resumed: granted."""
     agent = agents("f")
     grants = tap(topics.GRANTS.name)
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         held = ask(client)
         registrar.operator.suspend(agent, reason="under investigation")
         revoked = grants.wait_for(GrantRevoked, lambda e: e.grant_id == held.grant_id)[0]
@@ -88,7 +88,7 @@ def test_a_revoked_key_revokes_grants_quarantines_and_signs_nothing_more(
     agent = agents("f")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT.name)
     key = registrar.store.load(agent).current
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         held = ask(client)
     registrar.operator.revoke_key(agent, key.kid, reason="key found in a public repo")
     revoked = grants.wait_for(GrantRevoked, lambda e: e.grant_id == held.grant_id)[0]

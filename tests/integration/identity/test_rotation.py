@@ -15,13 +15,12 @@ from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.errors import TokenRejected
-from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
 from tests.support.helpers import Tap, fraud_request, wait_until
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, agent_client
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]
@@ -43,7 +42,7 @@ def test_agent_key_rotates_on_schedule_with_no_failed_verification_then_retires(
     agent = agents("b")
     audit = tap(topics.AUDIT.name)
     old = registrar.store.load(agent).current
-    with AgentClient(agent, settings.kafka_bootstrap) as client:
+    with agent_client(settings, agent) as client:
         rotator = client.start_rotation(1.0, overlap_s=2)
         decided: list[EscalationDecided] = []
         while rotator.rotations < 3:
@@ -78,7 +77,7 @@ def test_broker_key_rotation_keeps_tokens_valid_in_the_overlap_and_refuses_them_
     once the old key retires from the published JWKS every token it signed is refused."""
     agent = agents("b")
     boot = settings.kafka_bootstrap
-    with AgentClient(agent, boot) as client, JwksView(boot) as jwks, GrantView(boot) as view:
+    with agent_client(settings, agent) as client, JwksView(boot) as jwks, GrantView(boot) as view:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
         grant = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=300,

@@ -34,7 +34,7 @@ from schemas.events import (
     RiskObserved,
     WireModel,
 )
-from streams.processor import Incoming
+from streams.worker import Incoming
 from tests.integration.conftest import keys_without_ttl
 from tests.support.faults.world import World, close_store
 
@@ -103,8 +103,8 @@ class BrokerModel(RuleBasedStateMachine):
     # --- plumbing ----------------------------------------------------------------------------
 
     def _deliver(self, msg: Incoming) -> None:
-        handler = (self.world.processor.on_risk if msg.topic == topics.RISK.name
-                   else self.world.processor.on_escalation)
+        handler = (self.world.risk.on_risk if msg.topic == topics.RISK.name
+                   else self.world.escalations.on_escalation)
         self.world.run(handler(msg))
 
     def _new(self, topic: str) -> list[WireModel]:
@@ -332,7 +332,7 @@ class BrokerModel(RuleBasedStateMachine):
         """Redis loses everything; the worker rebuilds the view from the grant topic."""
         COUNTS["rule: Redis wiped, view rebuilt"] += 1
         self.world.sync.flushdb()
-        self.world.run(self.world.processor.ensure_view())
+        self.world.run(self.world.ctx.ensure_view())
 
     # --- invariants --------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def escalation_epochs(epochs: Epochs) -> Epochs:
 
 
 def source_of(worker: WorkerProcess) -> str:
-    """The ce_source the worker process stamps on everything it publishes (streams.processor)."""
+    """The ce_source the worker process stamps on everything it publishes (streams.worker)."""
     assert worker.pid is not None
     return f"/permbroker/worker/{socket.gethostname()}/{worker.pid}"
 

@@ -1,4 +1,4 @@
-"""The stateful model's world: a private redis-server, the real Processor and Lifecycle on it.
+"""The stateful model's world: a private redis-server, the real worker handlers on it.
 
 Imports broker, streams, schemas, tests. No Kafka in the loop: ``publish`` captures every event
 the worker code emits (in order, per topic), so the grant events can be folded by the product's
@@ -25,12 +25,15 @@ import redis
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.rebuild import apply, fold
+from broker.adapters.redis.lifecycle import LifecycleStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.policy import Policy
 from schemas import topics
 from schemas.events import WireModel
+from streams.escalations import Escalations
 from streams.lifecycle import Lifecycle
-from streams.processor import Incoming, Processor
+from streams.risk import Risk
+from streams.worker import Incoming, OpenGate, WorkerContext
 from tests.support.faults.ports import BASE
 
 T = TypeVar("T")
@@ -92,12 +95,17 @@ class Captured:
     records: dict[str, list[Record]] = field(default_factory=dict)
 
     async def publish(self, topic: str, messages: Sequence[codec.Encoded]) -> None:
-        """The Processor's Publish: decode each message back (it must be valid) and keep it."""
+        """The worker's publisher: decode each message back (it must be valid) and keep it."""
         kept = self.records.setdefault(topic, [])
         for m in messages:
             event = codec.decode(m.key, m.value, m.headers)
             kept.append(Record(topic, 0, len(kept), int(time.time() * 1000), event, None,
                                m.value, m.key, tuple(m.headers)))
+
+    async def publish_many(self, messages: Sequence[tuple[str, codec.Encoded]]) -> None:
+        """``publish`` for (topic, message) pairs, in order."""
+        for topic, message in messages:
+            await self.publish(topic, [message])
 
     def events(self, topic: str) -> list[WireModel]:
         """The decoded events of one topic."""
@@ -105,7 +113,7 @@ class Captured:
 
 
 class World:
-    """One example's broker: a flushed Redis, a Processor and Lifecycle, an event loop."""
+    """One example's broker: a flushed Redis, the worker's handlers on it, an event loop."""
 
     def __init__(self, url: str, policy: Policy) -> None:
         self.loop = asyncio.new_event_loop()
@@ -114,12 +122,15 @@ class World:
         self.rebuilt_url = url.rsplit("/", 1)[0] + "/1"  # db 1: where rebuilds are compared
         self.store = RedisGrantStore.from_url(url, margin_s=MARGIN_S)
         self.captured = Captured()
-        self.processor = Processor(policy, self.store, self.captured.publish,
-                                   margin_s=MARGIN_S, rebuild=self._rebuild_live)
-        self.lifecycle = Lifecycle(self.processor, self.store, margin_s=MARGIN_S)
+        self.ctx = WorkerContext(policy, self.store, self.captured, margin_s=MARGIN_S,
+                                 rebuild=self._rebuild_live)
+        gate = OpenGate(policy)
+        self.lifecycle = Lifecycle(self.ctx, gate, LifecycleStore(self.store, margin_s=MARGIN_S))
+        self.escalations = Escalations(self.ctx, gate, grant_requests=self.lifecycle.on_request)
+        self.risk = Risk(self.ctx, gate)
         self.offsets: dict[str, int] = {}
         self.run(self.store.mark_built(self.redis_now()))
-        self.processor.ready.set()
+        self.ctx.ready.set()
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run one coroutine of the worker code to completion."""

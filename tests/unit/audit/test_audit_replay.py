@@ -9,15 +9,8 @@ from broker.audit.records import policy_loaded_audit
 from broker.audit.replay import check, effective, policies_in
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.audit.whatif import DENIED_TO_GRANTED, GRANTED_TO_DENIED, diff
-from broker.grants.decide import (
-    AUDIT_UNAVAILABLE,
-    AgentState,
-    decide,
-    lifecycle_audit,
-    plan_revocation,
-    revoked_events,
-    risk_audit,
-)
+from broker.grants.decide import AUDIT_UNAVAILABLE, AgentState, decide
+from broker.grants.revocation import lifecycle_audit, plan_revocation, revoked_events, risk_audit
 from broker.policy import Policy, RiskContext, load_policy
 from schemas.events import (
     AuditRecord,

@@ -16,7 +16,7 @@ from broker.behaviour.stats import (
     windows_of,
 )
 from broker.policy.detectors import DenialBurst, Detectors, RateSpike
-from streams.analytics import _Collector
+from streams.analytics import BehaviourCollector
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 CFG = Detectors(bucket_s=1, rate_spike=RateSpike(2, 20, 10, 8.0, 10, 0.9, 2),
@@ -54,7 +54,7 @@ def test_metrics_are_labelled_by_class_and_model_version_only() -> None:
     registry = CollectorRegistry()
     counts = {("fraud-detection", "3.2", "requests"): 7,
               ("fraud-detection", "3.2", "signal_rate_spike"): 1}
-    registry.register(_Collector(SimpleNamespace(counts=counts)))  # type: ignore[arg-type]
+    registry.register(BehaviourCollector(SimpleNamespace(counts=counts)))  # type: ignore[arg-type]
     text = generate_latest(registry).decode()
     assert ('permbroker_behaviour_events_total{agent_class="fraud-detection",kind="requests",'
             'model_version="3.2"} 7.0') in text

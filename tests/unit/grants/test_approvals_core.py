@@ -12,13 +12,11 @@ from broker.grants.approvals import (
     NOT_AN_APPROVER,
     SELF_APPROVAL,
     WINDOW_CLOSED,
-    Pending,
     Resolution,
-    hold,
     resolve,
     vote_problem,
 )
-from broker.grants.decide import AgentState
+from broker.grants.decide import AgentState, Pending, hold
 from broker.policy import Policy, RiskContext, load_policy
 from schemas.events import ApprovalVoted, EscalationRequested
 

@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.grants.decide import (
-    AgentState,
-    Outcome,
-    decide,
-    derive_id,
-    plan_revocation,
-    revoked_events,
-)
+from broker.grants.decide import AgentState, Outcome, decide, derive_id
+from broker.grants.revocation import plan_revocation, revoked_events
 from broker.policy import RiskAction, RiskContext, load_policy
 from schemas.events import (
     MAX_REQUESTED_DURATION_S,

@@ -1,0 +1,147 @@
+"""The worker's composition root: Settings read once, stores, keys and handlers built and injected.
+
+Imports broker (config, core, adapters) and streams; faust only through streams.app.
+
+``main`` (``python -m streams``, run by ``permbroker worker``) reads the settings and the policy
+once, builds the faust app and its publisher (streams/app.py), then every handler here, each
+given what it uses through its constructor, and hands them to ``streams.app.wire``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import sys
+
+import faust
+
+from broker.adapters.audit.keys import load_keys
+from broker.adapters.audit.sealer import Sealer
+from broker.adapters.crypto.analytics_key import ensure_analytics_key
+from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka import rebuild
+from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.ports import Publisher
+from broker.adapters.redis.approvals import ApprovalStore
+from broker.adapters.redis.budgets import BudgetRevoker
+from broker.adapters.redis.identity import IdentityStore
+from broker.adapters.redis.lifecycle import LifecycleStore
+from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.store import RedisGrantStore
+from broker.audit.records import rebuild_audit
+from broker.audit.redact import Redactor
+from broker.config import Settings
+from broker.delivery.routing import GrantRouting
+from broker.errors import BusError, ConfigError, PolicyError
+from broker.policy import Policy, load_policy
+from schemas import topics
+from streams import app as faust_app
+from streams.analytics import Analytics, BehaviourCollector
+from streams.approvals import Approvals
+from streams.budgets import Budgets
+from streams.escalations import Escalations
+from streams.identity.commands import Commands
+from streams.identity.gate import IdentityGate
+from streams.lifecycle import Lifecycle
+from streams.metrics import serve_metrics
+from streams.risk import Risk
+from streams.worker import WorkerContext
+
+log = logging.getLogger("permbroker.worker")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def main() -> int:
+    """Load settings and policy, then run the faust worker until it is stopped."""
+    settings = Settings()
+    loglevel = sys.argv[1] if len(sys.argv) > 1 else "info"
+    try:
+        policy = load_policy(settings.policy_path)
+    except PolicyError as exc:
+        print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    app = faust_app.make_app(settings)
+    try:
+        worker = build(settings, policy, faust_app.FaustPublisher(app))
+    except ConfigError as exc:
+        print(f"permbroker worker: {exc}", file=sys.stderr)
+        return 2
+    faust_app.wire(app, worker, settings)
+    logging.getLogger("permbroker").setLevel(loglevel.upper() if loglevel != "warn" else "WARNING")
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
+def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app.Worker:
+    """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
+    margin_s = settings.record_margin_s
+    store = RedisGrantStore.from_url(
+        settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
+    )
+    audit_keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
+    redactor = Redactor.configured(
+        audit_keys.hmac_key,
+        free_text=settings.audit_redact_free_text,
+        extra=settings.audit_sensitive_fields.split(","),
+    )
+    routing = GrantRouting(frozenset(settings.grant_namespaces))
+
+    async def rebuild_view() -> int:
+        return await _rebuild_view(store, settings.kafka_bootstrap, ctx)
+
+    ctx = WorkerContext(
+        policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
+        redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
+    )
+    gate = IdentityGate(
+        OperatorDirectory(settings.key_path("operators")),
+        IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
+        classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
+    )
+    risk = Risk(ctx, gate)
+    lifecycle = Lifecycle(ctx, gate, LifecycleStore(store, margin_s=margin_s))
+    approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    principal, key = ensure_analytics_key(settings)
+    analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
+                          lambda m: sign_message(m, key, principal))
+    metrics = serve_metrics(ctx, settings.metrics_port)
+    if metrics is not None:
+        metrics.register(BehaviourCollector(analytics))
+    return faust_app.Worker(
+        ctx=ctx,
+        escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request),
+        risk=risk,
+        lifecycle=lifecycle,
+        approvals=approvals,
+        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        analytics=analytics,
+        commands=Commands(ctx, gate, risk, settings),
+        start=functools.partial(_start, ctx, settings, routing),
+        sealer=functools.partial(Sealer, settings, audit_keys) if settings.audit_sealer else None,
+    )
+
+
+async def _start(ctx: WorkerContext, settings: Settings, routing: GrantRouting) -> None:
+    """Create the routed grant topics and the usage topic, then get the worker ready."""
+    routed = [topics.by_name(t) for t in routing.topics()]
+    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
+    try:
+        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, [topics.USAGE])
+    except BusError as exc:
+        log.error("could not create %s: %s", topics.USAGE.name, exc)
+    await ctx.start(WORKER)
+
+
+async def _rebuild_view(store: RedisGrantStore, bootstrap: str, ctx: WorkerContext) -> int:
+    """Rebuild the grant view from the grant topic and audit the rebuild."""
+    now = await store.now()
+    folded = await asyncio.to_thread(rebuild.collect, bootstrap, now)
+    restored = await rebuild.apply(store, folded, now)
+    await ctx.audit_until_written(rebuild_audit(
+        f"worker {WORKER}", now, records=folded.records, restored=restored,
+        revocations=len(folded.revocations), undecodable=folded.undecodable))
+    return restored

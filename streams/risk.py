@@ -1,0 +1,163 @@
+"""Risk signals and revocations in the worker. Imports broker, schemas, streams.worker.
+
+A risk signal is verified by the identity gate, then judged by the policy's revocation rules
+(an operator's revoke signal revokes outright): a revoking signal removes every grant of its
+agent and leaves markers (a revocation is never undone), publishes ``grant.revoked`` per grant
+and one ``agent.revoked``, and audits each; a non-revoking one is remembered as live risk for
+``RISK_WINDOW``. A signal that cannot be read may be a revocation: when it is validly signed (or
+identity is off), its key's agent is revoked (fail closed). Registry commands revoke through
+``revoke_agent``. A signal that cannot be handled stops the worker (streams/app.py), so the
+partition halts instead of skipping a revocation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from broker.adapters.ports import NO_RISK_FENCE, Fence
+from broker.delivery.consistency import ConsistencyToken
+from broker.delivery.routing import namespaces_of
+from broker.errors import Fenced, WireError
+from broker.grants.decide import derive_id
+from broker.grants.revocation import lifecycle_audit, plan_revocation, revoked_events, risk_audit
+from broker.policy import RiskAction
+from schemas.events import AGENT_ID_PATTERN, OPERATOR_REVOKE_KIND, RiskObserved
+from streams.worker import Gate, Incoming, WorkerContext
+
+log = logging.getLogger("permbroker.worker")
+RISK_WINDOW = timedelta(minutes=10)
+
+
+class Risk:
+    """Applies the risk topic's signals: revocations, live risk, fail-safe revocations."""
+
+    def __init__(self, ctx: WorkerContext, gate: Gate) -> None:
+        self.ctx = ctx
+        self.gate = gate
+
+    async def on_risk(self, msg: Incoming) -> None:
+        """Apply revocation rules to one risk signal; a bad signal revokes its key's agent."""
+        ctx = self.ctx
+        await ctx.ready.wait()
+        try:
+            await ctx.fence(msg)
+            try:
+                signal = ctx.decode(msg, RiskObserved)
+            except WireError as exc:
+                await ctx.dead_letter(msg, str(exc))
+                if await self._may_fail_safe(msg):
+                    await self._fail_safe_revoke(msg, str(exc))
+                return
+            if await ctx.retrying("identity", lambda: self.gate.admit(msg, signal)) is None:
+                return
+            await ctx.retrying("risk", lambda: self._risk(signal, msg))
+        except Fenced as exc:
+            ctx.fenced(msg, str(exc))
+
+    async def revoke_agent(
+        self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
+    ) -> tuple[str, ...]:
+        """Revoke every grant of an agent (registry suspensions, key revocations, model changes)."""
+        revoked, _token = await self._revoke(agent_id, cause_id, action, now, NO_RISK_FENCE)
+        return revoked
+
+    async def _may_fail_safe(self, msg: Incoming) -> bool:
+        """Only a validly signed unreadable signal revokes (no forged denial of service)."""
+        agent_id = (msg.key or b"").decode(errors="replace")
+        return await self.ctx.retrying(
+            "identity", lambda: self.gate.authentic_for(msg, agent_id)
+        )
+
+    async def _risk(self, signal: RiskObserved, msg: Incoming) -> None:
+        ctx = self.ctx
+        now = msg.received_at
+        subject = signal.subject_agent_id
+        agent = self.gate.profile(subject) if subject else None
+        action = (
+            RiskAction(
+                revoke=True,
+                rule="operator-revoke",
+                reason=f"revoked by {signal.source}: {signal.detail or 'no reason given'}",
+            )
+            if signal.kind == OPERATOR_REVOKE_KIND
+            else ctx.policy.on_risk(signal, agent, now)
+        )
+        revoked: tuple[str, ...] = ()
+        token: ConsistencyToken | None = None
+        fence = await ctx.partition_fence(msg)
+        hide = ctx.sensitive({"signal": signal.model_dump(mode="json")})
+        if action.revoke and subject:
+            revoked, token = await self._revoke(
+                subject, signal.signal_id, action, now, fence, hide
+            )
+        elif subject:
+            await ctx.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
+        audit = risk_audit(signal, action, revoked, now)
+        if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
+            audit = audit.model_copy(
+                update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}
+            )
+        await ctx.audit(audit, also=hide)
+
+    async def _revoke(
+        self,
+        agent_id: str,
+        cause_id: str,
+        action: RiskAction,
+        now: datetime,
+        fence: Fence,
+        hide: Sequence[str] = (),
+    ) -> tuple[tuple[str, ...], ConsistencyToken | None]:
+        ctx = self.ctx
+        plan = plan_revocation(
+            cause_id,
+            agent_id,
+            action,
+            now=now,
+            max_grant_s=ctx.policy.max_grant_duration_s,
+            margin_s=ctx.margin_s,
+        )
+        grants = await ctx.store.revoke_all(plan, fence)
+        if grants is None:
+            raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")
+        agent_event, per_grant = revoked_events(plan, grants)
+        spaces = {g.grant_id: namespaces_of(g.scopes) for g in grants}
+        token = await ctx.emit_grants(
+            *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
+        )
+        await ctx.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
+        ctx.count("revocations")
+        log.warning(
+            "revoked %d grant(s) of %s (rule %s, cause %s)",
+            len(grants),
+            agent_id,
+            plan.rule,
+            cause_id,
+        )
+        return tuple(g.grant_id for g in grants), token
+
+    async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
+        """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
+        agent_id = (msg.key or b"").decode(errors="replace")
+        if not re.match(AGENT_ID_PATTERN, agent_id):
+            log.error(
+                "undecodable risk signal at %s names no agent; dead-lettered only", msg.origin
+            )
+            return
+        action = RiskAction(
+            revoke=True,
+            rule="undecodable-risk-signal",
+            reason=f"a risk signal about this agent could not be read ({reason}); "
+            "revoking to fail closed",
+        )
+
+        async def revoke() -> tuple[str, ...]:
+            fence = await self.ctx.partition_fence(msg)
+            cause = derive_id("undecodable", msg.origin, agent_id)
+            revoked, _token = await self._revoke(agent_id, cause, action, msg.received_at, fence)
+            return revoked
+
+        await self.ctx.retrying("fail-safe revoke", revoke)

@@ -1,0 +1,349 @@
+"""What every handler of the worker shares: the ``WorkerContext`` and the shape of a message.
+
+Imports broker (core, ports, codec) and schemas; never faust (streams/app.py wires it), so the
+handlers run in unit tests on the ports' in-memory twins. Each handler module (escalations,
+risk, lifecycle, approvals, budgets, analytics, identity) takes the context in its constructor
+and uses its public API only.
+
+Nothing is acked silently: bad bytes go to the dead-letter topic (``dead_letter``), transient
+store and bus failures are retried while the partition waits (``retrying``). Every audit record
+has its sensitive values replaced by keyed HMACs before it is written (``audit``). Fencing: the
+worker claims an epoch per input partition when it is assigned it; a message of a partition it
+does not hold, or one a newer owner claimed, writes nothing (``Fenced``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from broker.adapters.kafka import codec
+from broker.adapters.ports import NO_FENCE, Fence, GrantStore, Publisher
+from broker.adapters.redis import keyspace as keys
+from broker.audit.records import policy_loaded_audit
+from broker.audit.redact import Redactor
+from broker.delivery.consistency import ConsistencyToken, token_of
+from broker.delivery.routing import GrantRouting
+from broker.errors import BusError, Fenced, StoreError, StoreUnavailable, WireError
+from broker.identity.rules import Principal
+from broker.policy import Policy
+from schemas import topics
+from schemas.events import AgentProfile, AuditRecord, ScopeDenial, WireModel
+from streams.dead_letter import dead_letter_audit, dead_letter_message
+
+log = logging.getLogger("permbroker.worker")
+T = TypeVar("T")
+# ce_source of what this worker writes: which host and process wrote it (for operators, and for
+# proving that a fenced worker wrote nothing).
+SOURCE = f"/permbroker/worker/{socket.gethostname()}/{os.getpid()}"
+# The input topics whose partitions are fenced, and the role their writes are fenced under.
+ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk",
+         topics.APPROVALS.name: "appr"}
+# A grant lifecycle event and the namespaces of the grant it concerns (None: unknown or all).
+Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
+# Rebuilds the grant view from the grant topic; returns how many grants it restored.
+Rebuild = Callable[[], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed message, as the handlers need it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def origin(self) -> str:
+        """topic/partition/offset, for reasons and ids."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    @property
+    def received_at(self) -> datetime:
+        """When Kafka appended the message (topics use LogAppendTime)."""
+        return datetime.fromtimestamp(self.timestamp, tz=UTC)
+
+
+class Admission(Protocol):
+    """What the identity gate says of an admitted event."""
+
+    @property
+    def signer(self) -> Principal | None:
+        """Who signed it, verified (None: identity checks are off)."""
+
+    def denial(self) -> ScopeDenial | None:
+        """An outside denial (``decide``'s blocked_by) when the authentic agent may not act."""
+
+
+class Gate(Protocol):
+    """Identity checks before policy, and who the agents are (streams/identity/gate.py)."""
+
+    ready: asyncio.Event  # set once the agent registry is loaded
+
+    async def admit(self, msg: Incoming, event: WireModel) -> Admission | None:
+        """Verify signature, key, freshness, replay and authority; None: rejected (audited)."""
+
+    def profile(self, agent_id: str) -> AgentProfile | None:
+        """The agent's profile (baseline and ceiling from its class)."""
+
+    def standing(self, agent_id: str) -> ScopeDenial | None:
+        """Why an agent may not be granted anything now (unknown, suspended...), or None."""
+
+    async def authentic_for(self, msg: Incoming, agent_id: str) -> bool:
+        """Whether an undecodable message is validly signed by the agent or an operator."""
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """The admission of an event when identity checks are off: no signer, no refusal."""
+
+    signer: None = None
+
+    def denial(self) -> None:
+        """Nothing to refuse."""
+        return None
+
+
+class OpenGate:
+    """Identity checks off (tests, tools): every event is admitted, profiles come from policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self.ready = asyncio.Event()
+        self.ready.set()
+
+    async def admit(self, msg: Incoming, event: WireModel) -> Admission | None:
+        """Admitted, unverified."""
+        return Unchecked()
+
+    def profile(self, agent_id: str) -> AgentProfile | None:
+        """The profile the policy bundle declares."""
+        return self._policy.agent(agent_id)
+
+    def standing(self, agent_id: str) -> ScopeDenial | None:
+        """No registry: nothing to say."""
+        return None
+
+    async def authentic_for(self, msg: Incoming, agent_id: str) -> bool:
+        """Unverifiable, so taken as authentic (a bad risk signal then fails closed)."""
+        return True
+
+
+class WorkerContext:
+    """The policy, grant store and publisher of one worker, with its audit, fences, counters."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: GrantStore,
+        publisher: Publisher,
+        *,
+        margin_s: int = 3600,
+        rebuild: Rebuild | None = None,
+        fencing: bool = False,
+        redactor: Redactor | None = None,
+        audit_timeout_s: float = 5.0,
+        routing: GrantRouting | None = None,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.publisher = publisher
+        self.margin_s = margin_s
+        self.audit_timeout_s = audit_timeout_s
+        self.routing = routing or GrantRouting()
+        self.ready = asyncio.Event()  # set once the view is built and the policy announced
+        self.counters: dict[str, int] = {}
+        # (topic, partition) -> the epoch this worker claimed when it was assigned it. With
+        # fencing on, a message of a partition not in here is not ours: it is left alone.
+        self.fencing = fencing
+        self.epochs: dict[tuple[str, int], int] = {}
+        self.claimed = asyncio.Event()  # clear while an assignment is being claimed
+        self.claimed.set()
+        self._reclaiming: dict[tuple[str, int], asyncio.Lock] = {}  # one re-claim at a time
+        self._rebuild = rebuild
+        self._redactor = redactor
+        self._view_lock = asyncio.Lock()
+
+    # --- counting, publishing, auditing ----------------------------------------------------
+
+    def count(self, name: str) -> None:
+        """Count one thing that happened (served as ``permbroker_worker_events_total``)."""
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def emit(self, topic: str, *events: WireModel) -> None:
+        """Encode and publish events to one topic, waiting for Kafka's acknowledgement."""
+        if events:
+            await self.publisher.publish(topic, [codec.encode(e, source=SOURCE) for e in events])
+
+    async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
+        """Publish grant lifecycle events to every topic their routing names, in one go.
+
+        Returns the consistency token of what was written (None if the publisher cannot tell).
+        """
+        routed = [
+            (topic, codec.encode(copy, source=SOURCE))
+            for event, namespaces in items
+            for topic, copy in self.routing.route(event, namespaces)
+        ]
+        positions = await self.publisher.publish_many(routed)
+        return token_of(list(positions)) if positions else None
+
+    async def audit(self, *records: AuditRecord, also: Sequence[str] = ()) -> None:
+        """Write audit records (sensitive values as HMACs) to the raw audit topic; await the ack."""
+        if self._redactor is not None:
+            records = tuple(self._redactor.redact(r, also) for r in records)
+        await self.emit(topics.AUDIT_RAW.name, *records)
+
+    async def audit_until_written(self, *records: AuditRecord) -> None:
+        """``audit``, retried until Kafka takes it (the caller waits: nothing goes unaudited)."""
+        await self.retrying("audit", lambda: self.audit(*records))
+
+    def sensitive(self, data: dict[str, object]) -> tuple[str, ...]:
+        """The sensitive values of an input, to hide wherever they are quoted."""
+        return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
+
+    async def announce_policy(self, worker: str) -> None:
+        """Record the policy bundle this worker decides with, before its first decision."""
+        await self.audit_until_written(policy_loaded_audit(self.policy, datetime.now(UTC), worker))
+
+    async def dead_letter(self, msg: Incoming, reason: str) -> None:
+        """Park a message that cannot be processed (bounded copy, origin, reason) and audit it."""
+        origin = (msg.topic, msg.partition, msg.offset)
+        dlq = dead_letter_message(msg.key, msg.value, msg.headers, origin, reason)
+        audit = dead_letter_audit(msg.key, msg.value, msg.headers, origin, reason, msg.received_at)
+        await self.retrying(
+            "dead-letter", lambda: self.publisher.publish(topics.DEAD_LETTER.name, [dlq])
+        )
+        await self.audit_until_written(audit)
+        self.count("dead_lettered")
+        log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a store/bus step until it succeeds: the partition waits, nothing is acked."""
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except (StoreUnavailable, BusError) as exc:
+                self.count("retries")
+                log.warning("%s failed, retrying in %.2fs: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def decode(msg: Incoming, kind: type[T]) -> T:
+        """The message's event, if it is a ``kind``; WireError otherwise."""
+        return expect(codec.decode(msg.key, msg.value, msg.headers), msg, kind)
+
+    # --- the grant view --------------------------------------------------------------------
+
+    async def start(self, worker: str) -> None:
+        """Refuse an evicting store, build the view if it was never built (or wiped), record
+        the policy this worker decides with; then take messages (``ready``)."""
+        while True:
+            try:
+                await self.store.check_config()
+                await self.ensure_view()
+                break
+            except (StoreError, BusError) as exc:
+                log.error("worker not ready: %s (retrying)", exc)
+                await asyncio.sleep(1.0)
+        await self.announce_policy(worker)
+        log.info("worker ready: policy %s revision %s", self.policy.source, self.policy.revision)
+        self.ready.set()
+
+    async def ensure_view(self) -> None:
+        """Rebuild the grant view from Kafka if it is absent (once, whoever asks)."""
+        async with self._view_lock:
+            if await self.store.view_epoch() is not None:
+                return
+            if self._rebuild is None:
+                raise StoreUnavailable("grant view absent and no rebuild configured")
+            log.warning("grant view absent in Redis: rebuilding it from %s", topics.GRANTS.name)
+            restored = await self._rebuild()
+            self.count("view_rebuilds")
+            log.warning("grant view rebuilt: %d active grant(s) restored", restored)
+
+    # --- fencing ---------------------------------------------------------------------------
+
+    async def claim(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Become the newest owner of newly assigned input partitions (a fencing epoch each)."""
+        for topic, partition in partitions:
+            if topic in ROLES:
+                key = keys.fence(topic, partition)
+                self.epochs[(topic, partition)] = await self.retrying(
+                    "claim", functools.partial(self.store.claim, key)
+                )
+        log.info("claimed %s", sorted(f"{t}/{p}@{e}" for (t, p), e in self.epochs.items()))
+
+    def release(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Forget partitions this worker lost: their messages are no longer ours to write."""
+        for tp in partitions:
+            self.epochs.pop(tp, None)
+
+    def fence_key(self, msg: Incoming) -> str | None:
+        """The key of the message's partition fence (None with fencing off)."""
+        return keys.fence(msg.topic, msg.partition) if self.fencing else None
+
+    async def fence(self, msg: Incoming) -> Fence:
+        """The fence to write with for ``msg`` (Fenced if its partition is not ours)."""
+        if not self.fencing:
+            return NO_FENCE
+        await self.claimed.wait()  # a message may arrive while its assignment is being claimed
+        epoch = self.epochs.get((msg.topic, msg.partition))
+        if epoch is None:
+            raise Fenced(f"{msg.origin}: partition not assigned to this worker")
+        return Fence(ROLES.get(msg.topic, "esc"), epoch)
+
+    async def check_fence(self, msg: Incoming, current: int | None) -> Fence:
+        """The fence to write with, after checking no newer owner claimed the partition."""
+        fence = await self.fence(msg)
+        if not fence.epoch or current is None or current == fence.epoch:
+            return fence
+        # Lanes of one partition run concurrently: one of ours may have claimed it again since
+        # (after a wipe), so compare with our epoch as it is now, under one lock per partition.
+        async with self._reclaiming.setdefault((msg.topic, msg.partition), asyncio.Lock()):
+            fence = await self.fence(msg)
+            current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+            if current == fence.epoch:
+                return fence
+            if current:
+                raise Fenced(f"{msg.origin}: claimed by epoch {current}, ours is {fence.epoch}")
+            # The claim vanished with a wiped Redis: claim again (epochs keep growing), once.
+            await self.claim([(msg.topic, msg.partition)])
+            return await self.fence(msg)
+
+    async def partition_fence(self, msg: Incoming) -> Fence:
+        """Our fence, after reading the partition's current epoch from the store (Fenced if moved).
+
+        A decision no input message caused (partition -1: the approval sweep closing a window)
+        has no partition to own; it was committed unfenced and its event id is fixed, so a
+        second sweeper can only republish the same decision.
+        """
+        if not self.fencing or msg.partition < 0:
+            return NO_FENCE
+        current = await self.store.fence_epoch(keys.fence(msg.topic, msg.partition))
+        return await self.check_fence(msg, current)
+
+    def fenced(self, msg: Incoming, why: str) -> None:
+        """Count and log a message this worker wrote nothing for (a newer owner has it)."""
+        self.count("fenced")
+        log.warning("fenced, writing nothing for %s: %s", msg.origin, why)
+
+
+def expect(event: WireModel, msg: Incoming, kind: type[T]) -> T:
+    """``event`` if it is a ``kind``; WireError naming the topic otherwise."""
+    if not isinstance(event, kind):
+        raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
+    return event
