@@ -212,7 +212,7 @@ def test_core_imports_only_its_allow_list() -> None:
 
 
 def test_l2_never_imports_the_shell() -> None:
-    """L2 (broker/adapters, broker/sdk, broker/stack) never reaches up into CLI, API, demo, streams."""
+    """L2 (broker/adapters, sdk, stack) never reaches up into the CLI, API, demo or streams."""
     found = violations(sources(*L2_DIRS), L3)
     assert not found, report(", ".join(L2_DIRS) + " may not import " + ", ".join(L3), found)
 
