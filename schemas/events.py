@@ -62,6 +62,15 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on (the CloudEvents ``id``); every event has one.
+
+        Ids never change: records already on the topics carry them. A model that is only a part
+        of events (``ModelInfo``, ``ScopeDenial``, ...) has none.
+        """
+        raise TypeError(f"no id for {type(self).__name__}")
+
 
 class ModelInfo(WireModel):
     """The AI model behind an agent."""
@@ -87,6 +96,11 @@ class AgentProfile(WireModel):
     # Operator labels (team=fraud, env=prod): selectors revoke by them.
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: its agent's."""
+        return f"{self.agent_id}:profile"
+
 
 class EscalationRequested(WireModel):
     """An agent asks for elevated scopes, narrowed to resources, for a duration."""
@@ -104,6 +118,11 @@ class EscalationRequested(WireModel):
     signals: Signals = Field(default_factory=dict)
     model_version: Annotated[str, StringConstraints(max_length=64)] | None = None
     requested_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.request_id
 
 
 EvidenceKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -125,6 +144,11 @@ class RiskObserved(WireModel):
     # by revocation rules as ``signal.evidence.<name>``. Optional: older signals carry none.
     evidence: dict[EvidenceKey, float | EvidenceText] = Field(default_factory=dict,
                                                                 max_length=32)
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.signal_id
 
 
 class ScopeDenial(WireModel):
@@ -158,6 +182,11 @@ class EscalationDecided(WireModel):
     tiers: tuple[str, ...] = ()  # graduated grants: "<rule>/<tier>" of each tier that matched
     approvals: tuple[str, ...] = ()  # approvers whose approval granted it (approval rules)
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the request's (one decision per request)."""
+        return self.request_id
+
 
 class GrantIssued(WireModel):
     """A time-boxed, narrow grant became active."""
@@ -178,6 +207,11 @@ class GrantIssued(WireModel):
     budgets: dict[Scope, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     case_id: str | None = None  # the case/incident the request named (revocable by it)
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the request's (one grant per request)."""
+        return self.request_id
+
 
 class GrantRevoked(WireModel):
     """A grant was revoked before its expiry; it never comes back."""
@@ -190,6 +224,11 @@ class GrantRevoked(WireModel):
     rule: str
     cause_event_id: EventId
     quarantined_until: UtcDatetime | None = None
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return f"{self.grant_id}:revoked"
 
 
 class AgentRevoked(WireModel):
@@ -204,6 +243,11 @@ class AgentRevoked(WireModel):
     quarantined_until: UtcDatetime | None = None
     markers_until: UtcDatetime
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per revoking event."""
+        return f"{self.agent_id}:revoked:{self.cause_event_id}"
+
 
 class GrantExpired(WireModel):
     """A grant reached its absolute expiry."""
@@ -211,6 +255,11 @@ class GrantExpired(WireModel):
     grant_id: EventId
     agent_id: AgentId
     expires_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return f"{self.grant_id}:expired"
 
 
 class GrantReleased(WireModel):
@@ -220,6 +269,11 @@ class GrantReleased(WireModel):
     agent_id: AgentId
     released_at: UtcDatetime
     reason: str = ""
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return f"{self.grant_id}:released"
 
 
 class AuditLink(WireModel):
@@ -261,6 +315,11 @@ class AuditRecord(WireModel):
     inputs: dict[str, object] = Field(default_factory=dict)
     chain: AuditLink | None = None
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.audit_id
+
 
 EnforcementPoint = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 
@@ -272,6 +331,11 @@ class GrantExpiring(WireModel):
     agent_id: AgentId
     expires_at: UtcDatetime
     warned_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per expiry it warns of."""
+        return f"{self.grant_id}:expiring:{int(self.expires_at.timestamp() * 1000)}"
 
 
 class RenewalRequested(WireModel):
@@ -286,6 +350,11 @@ class RenewalRequested(WireModel):
     risk_score: Unit = 0.0
     signals: Signals = Field(default_factory=dict)
     requested_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.request_id
 
 
 class RenewalDecided(WireModel):
@@ -307,6 +376,11 @@ class RenewalDecided(WireModel):
     decided_at: UtcDatetime
     consistency_token: str | None = None
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the request's (one answer per request)."""
+        return self.request_id
+
 
 class GrantRenewed(WireModel):
     """A live grant got a later absolute expiry through a policy-evaluated renewal."""
@@ -322,6 +396,11 @@ class GrantRenewed(WireModel):
     policy_revision: str
     rules: tuple[str, ...]
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per renewal request."""
+        return f"{self.grant_id}:renewed:{self.request_id}"
+
 
 class ReleaseRequested(WireModel):
     """An agent gives one of its own grants back before it expires."""
@@ -331,6 +410,11 @@ class ReleaseRequested(WireModel):
     grant_id: EventId
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
     requested_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.request_id
 
 
 class ReleaseDecided(WireModel):
@@ -344,6 +428,11 @@ class ReleaseDecided(WireModel):
     reasons: tuple[str, ...] = ()
     decided_at: UtcDatetime
     consistency_token: str | None = None
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the request's (one answer per request)."""
+        return self.request_id
 
 
 class RevocationAcknowledged(WireModel):
@@ -362,6 +451,11 @@ class RevocationAcknowledged(WireModel):
     # Applied while the view was catching up at its start (not a live propagation time).
     replayed: bool = False
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.ack_id
+
 
 class EnforcementPointStatus(WireModel):
     """An enforcement point (grant view) says it exists and how current it is."""
@@ -373,6 +467,12 @@ class EnforcementPointStatus(WireModel):
     lag: int = 0
     started_at: UtcDatetime
     reported_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per report."""
+        stamp = int(self.reported_at.timestamp() * 1000)
+        return f"{self.enforcement_point}:status:{stamp}"
 
 
 class PublicJwk(WireModel):
@@ -421,6 +521,11 @@ class AgentRecord(WireModel):
     registered_at: UtcDatetime
     enrollment_id: str | None = None  # the enrollment token (jti) the agent registered with
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per registry revision."""
+        return f"{self.agent_id}:rev:{self.revision}"
+
 
 AgentAction = Literal[
     "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key"
@@ -441,6 +546,11 @@ class AgentCommand(WireModel):
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
     issued_at: UtcDatetime
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.command_id
+
 
 class GrantCommand(WireModel):
     """An agent asks for a short-lived token for one of its own grants (to show a service)."""
@@ -454,6 +564,11 @@ class GrantCommand(WireModel):
     reply_key: PublicJwk | None = None  # token: the X25519 key the token is encrypted to
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
     issued_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.command_id
 
 
 class CommandAnswered(WireModel):
@@ -472,6 +587,11 @@ class CommandAnswered(WireModel):
     record_revision: int | None = None
     answered_at: UtcDatetime
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the answer's own (not the command's)."""
+        return self.answer_id
+
 
 class JwksPublished(WireModel):
     """The broker's public token-signing keys (a JWKS); each message replaces the previous set."""
@@ -484,6 +604,11 @@ class JwksPublished(WireModel):
     def document(self) -> dict[str, object]:
         """The RFC 7517 JWK Set: ``{"keys": [...]}``, ready to serve as jwks.json."""
         return {"keys": [k.model_dump(mode="json", exclude_none=True) for k in self.keys]}
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per key-set revision."""
+        return f"jwks:{self.issuer}:{self.revision}"
 
 
 class GrantUsed(WireModel):
@@ -499,6 +624,13 @@ class GrantUsed(WireModel):
     used: Annotated[int, Field(ge=0)]  # uses counted so far, this one included when consumed
     limit: Annotated[int, Field(ge=1)]
     used_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per use and outcome."""
+        return f"{self.grant_id}:used:{self.use_id}:{self.outcome}"
+
+
 # An approver: an operator (``operator:<name>``) or a designated verifier agent (its agent id).
 Approver = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 
@@ -525,6 +657,11 @@ class EscalationPending(WireModel):
     policy_revision: str
     decided_at: UtcDatetime
 
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per held request."""
+        return f"{self.request_id}:pending"
+
 
 class ApprovalVoted(WireModel):
     """One approver approves or denies a pending request; signed by the approver itself."""
@@ -536,6 +673,11 @@ class ApprovalVoted(WireModel):
     verdict: Literal["approve", "deny"]
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
     voted_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on."""
+        return self.vote_id
 
 
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
@@ -592,54 +734,6 @@ def type_version(ce_type: str) -> tuple[int, int] | None:
 
 # Minor version of each model this code knows; fields a newer minor adds are ignored on read.
 KNOWN_MINOR = 0
-
-
-def event_id(event: WireModel) -> str:
-    """The id field of an event: the idempotency key consumers dedupe on."""
-    special = _special_event_id(event)
-    if special is not None:
-        return special
-    for name in ("request_id", "signal_id", "decision_id", "audit_id", "answer_id", "command_id"):
-        value = getattr(event, name, None)
-        if isinstance(value, str):
-            return value
-    if isinstance(event, GrantIssued):
-        return f"{event.grant_id}:issued"
-    if isinstance(event, GrantRevoked):
-        return f"{event.grant_id}:revoked"
-    if isinstance(event, GrantExpired):
-        return f"{event.grant_id}:expired"
-    if isinstance(event, GrantReleased):
-        return f"{event.grant_id}:released"
-    if isinstance(event, AgentRevoked):
-        return f"{event.agent_id}:revoked:{event.cause_event_id}"
-    if isinstance(event, AgentProfile):
-        return f"{event.agent_id}:profile"
-    if isinstance(event, AgentRecord):
-        return f"{event.agent_id}:rev:{event.revision}"
-    if isinstance(event, JwksPublished):
-        return f"jwks:{event.issuer}:{event.revision}"
-    if isinstance(event, GrantUsed):
-        return f"{event.grant_id}:used:{event.use_id}:{event.outcome}"
-    raise TypeError(f"no id for {type(event).__name__}")
-
-
-def _special_event_id(event: WireModel) -> str | None:
-    """Ids of the events that carry a request id yet are not that request's answer."""
-    if isinstance(event, GrantExpiring):
-        return f"{event.grant_id}:expiring:{int(event.expires_at.timestamp() * 1000)}"
-    if isinstance(event, GrantRenewed):
-        return f"{event.grant_id}:renewed:{event.request_id}"
-    if isinstance(event, RevocationAcknowledged):
-        return event.ack_id
-    if isinstance(event, EscalationPending):
-        return f"{event.request_id}:pending"
-    if isinstance(event, ApprovalVoted):
-        return event.vote_id
-    if isinstance(event, EnforcementPointStatus):
-        stamp = int(event.reported_at.timestamp() * 1000)
-        return f"{event.enforcement_point}:status:{stamp}"
-    return None
 
 
 def partition_key(event: WireModel) -> str | None:

@@ -15,7 +15,6 @@ from schemas.events import (
     JwksPublished,
     RiskObserved,
     WireModel,
-    event_id,
     model_for_type,
     partition_key,
 )
@@ -51,7 +50,7 @@ def test_every_model_round_trips_through_the_codec(model: type[WireModel]) -> No
         "ce_specversion": "1.0",
         "ce_type": EVENT_TYPES[model],
         "ce_source": SOURCE,
-        "ce_id": event_id(event),
+        "ce_id": event.event_id,
         "ce_time": "2026-11-28T10:00:00Z",
         "ce_subject": key,
         "content-type": "application/json",
