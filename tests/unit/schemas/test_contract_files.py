@@ -31,7 +31,7 @@ def test_committed_contract_files_match_the_generator() -> None:
     """Every committed JSON Schema and the AsyncAPI document equal what the models generate."""
     drifted = generate.drift()
     assert not drifted, (
-        f"generated contract files drifted from schemas/events.py or schemas/topics.py: "
+        f"generated contract files drifted from schemas/events/ or schemas/topics.py: "
         f"{', '.join(drifted)}; run `python -m schemas.generate` and commit the result"
     )
 
