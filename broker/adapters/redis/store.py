@@ -2,9 +2,9 @@
 
 Imports redis, broker core, schemas.
 
-Kafka is the log of record; this view can be rebuilt from it (``rebuild.py``). Until it has been
-built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua script on one agent's
-hash slot, with absolute expiries computed once by the broker.
+Kafka is the log of record; this view can be rebuilt from it (``broker.adapters.kafka.rebuild``).
+Until it has been built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua
+script on one agent's hash slot, with absolute expiries computed once by the broker.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
+from broker.adapters.redis.calls import call, translated
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants.decide import AgentState, Outcome, RevocationPlan, derive_id
 from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
-
-SEP = "\x1f"
 
 
 def ms(when: datetime) -> int:
@@ -140,7 +139,7 @@ class RedisGrantStore:
         """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
         pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
         self._index_expiry(pipe, grant, life_until)
-        await self._call(pipe.execute())
+        await call(pipe.execute())
 
     def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
         """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
@@ -157,15 +156,9 @@ class RedisGrantStore:
         """Close the client's connections."""
         await self._r.aclose()
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-
     async def check_config(self) -> None:
         """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
-        cfg = await self._call(self._r.config_get("maxmemory-policy"))
+        cfg = await call(self._r.config_get("maxmemory-policy"))
         policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
         policy = policy.decode() if isinstance(policy, bytes) else str(policy)
         if policy != "noeviction":
@@ -177,16 +170,16 @@ class RedisGrantStore:
 
     async def view_epoch(self) -> datetime | None:
         """When the view was last built from Kafka, or None (then nothing is allowed)."""
-        raw = await self._call(self._r.get(keys.VIEW_EPOCH))
+        raw = await call(self._r.get(keys.VIEW_EPOCH))
         return from_ms(raw) if raw else None
 
     async def mark_built(self, now: datetime) -> None:
         """Record that the view now reflects the log."""
-        await self._call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+        await call(self._r.set(keys.VIEW_EPOCH, ms(now)))
 
     async def now(self) -> datetime:
         """Redis's clock: the one that expires every key, so the one grants are judged by."""
-        sec, usec = await self._call(self._r.time())
+        sec, usec = await call(self._r.time())
         return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
 
     async def snapshot(
@@ -208,7 +201,7 @@ class RedisGrantStore:
             pipe.get(fence_key)
         if request_id is not None:
             self._queue_recorded(pipe, agent_id, request_id)
-        got = await self._call(pipe.execute())
+        got = await call(pipe.execute())
         (sec, usec), rule, pxat, revoked, risk, built = got[:6]
         found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
@@ -234,11 +227,11 @@ class RedisGrantStore:
 
     async def fence_epoch(self, fence_key: str) -> int:
         """The newest claimed epoch of an input partition (0 when none, e.g. after a wipe)."""
-        return int(await self._call(self._r.get(fence_key)) or 0)
+        return int(await call(self._r.get(fence_key)) or 0)
 
     async def claim(self, fence_key: str) -> int:
         """Become the newest owner of an input partition; returns the epoch to write with."""
-        return int(await self._call(self._claim(keys=[fence_key])))
+        return int(await call(self._claim(keys=[fence_key])))
 
     async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
         """Remember a risk severity until ``until``; returns the live risk.
@@ -246,7 +239,7 @@ class RedisGrantStore:
         A signal read long after it was appended (a worker catching up) may have an ``until``
         already past: Redis then drops the key at once and there is no live risk (0).
         """
-        raw = await self._call(
+        raw = await call(
             self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
         )
         return float(raw) if raw is not None else 0.0
@@ -319,22 +312,21 @@ class RedisGrantStore:
         execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
         pipeline runs again: its other commands are idempotent, and the script did not run.
         """
-        for _ in range(2):
-            pipe = self._r.pipeline(transaction=False)
-            fill(pipe)
-            try:
-                return list(await pipe.execute())
-            except NoScriptError:
-                await self._call(self._r.script_load(script))
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        with translated():
+            for _ in range(2):
+                pipe = self._r.pipeline(transaction=False)
+                fill(pipe)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    await self._r.script_load(script)
         raise StoreUnavailable("Redis lost the commit script twice in a row")
 
     async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
         """The decision stored for a request (as a commit would find it), or None."""
         pipe = self._r.pipeline(transaction=False)
         self._queue_recorded(pipe, agent_id, request_id)
-        return self._recorded(*await self._call(pipe.execute()))
+        return self._recorded(*await call(pipe.execute()))
 
     def _queue_recorded(self, pipe: Any, agent_id: str, request_id: str) -> None:
         """Queue the reads of a request's record: the record, its grant, the legacy marker."""
@@ -365,7 +357,7 @@ class RedisGrantStore:
         """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
         until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
         a, rid = decision.agent_id, decision.request_id
-        await self._call(
+        await call(
             self._mark(keys=[keys.decision(a, rid), keys.published(a, rid)], args=[ms(until)])
         )
 
@@ -377,7 +369,7 @@ class RedisGrantStore:
         None when a newer owner of the signal's partition has written for the agent (fenced).
         """
         a = plan.agent_id
-        raw = await self._call(
+        raw = await call(
             self._revoke(
                 keys=[
                     keys.index(a),
@@ -404,7 +396,7 @@ class RedisGrantStore:
     async def release(self, grant: GrantIssued) -> bool:
         """End one grant early (the agent gave it back); True if it was live."""
         a = grant.agent_id
-        live = await self._call(
+        live = await call(
             self._release(
                 keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
                 args=[grant.grant_id],
@@ -428,7 +420,7 @@ class RedisGrantStore:
             return Check(
                 False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
             )
-        raw = await self._call(
+        raw = await call(
             self._check(
                 keys=[keys.index(agent_id)],
                 args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
@@ -441,7 +433,7 @@ class RedisGrantStore:
 
     async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
         """Live grants of one agent."""
-        raw = await self._call(
+        raw = await call(
             self._list(keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)])
         )
         return [GrantIssued.model_validate_json(item) for item in raw]
@@ -449,9 +441,10 @@ class RedisGrantStore:
     async def agents_with_grants(self) -> list[str]:
         """Agent ids that have a grant index (for listings)."""
         out: list[str] = []
-        async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
-            text = key.decode()
-            out.append(text[text.index("{") + 1 : text.rindex("}")])
+        with translated():
+            async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
+                text = key.decode()
+                out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
 
     async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
@@ -460,7 +453,7 @@ class RedisGrantStore:
         A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
         instead: its end is announced at the new expiry.
         """
-        members = await self._call(
+        members = await call(
             self._r.zrangebyscore(
                 keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
             )
@@ -470,12 +463,12 @@ class RedisGrantStore:
         for member, _score in parsed:
             agent, gid, _ns = keys.parse_member(member)
             pipe.get(keys.life(agent, gid))
-        lives = await self._call(pipe.execute()) if parsed else []
+        lives = await call(pipe.execute()) if parsed else []
         out = []
         for (member, score), current in zip(parsed, lives, strict=True):
             agent, gid, namespaces = keys.parse_member(member)
             if current is not None and int(current) > int(score):
-                await self._call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
+                await call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
                 continue
             event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
             out.append(DueExpiry(event, current is not None, namespaces, member))
@@ -489,14 +482,14 @@ class RedisGrantStore:
         for d in done:
             pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
             pipe.zrem(keys.EXPIRY_INDEX, d.member)
-        await self._call(pipe.execute())
+        await call(pipe.execute())
 
     async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
         """Rebuild: put back one grant from the log if still live and not revoked."""
         a = grant.agent_id
         life_until = grant.expires_at + self._margin
         await self.schedule(grant, life_until)
-        done = await self._call(
+        done = await call(
             self._restore(
                 keys=[
                     keys.grant(a, grant.grant_id),
@@ -545,7 +538,7 @@ class RedisGrantStore:
                 body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
                 pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
                          pxat=ms(rev.markers_until + self._margin), nx=True)
-        await self._call(pipe.execute())
+        await call(pipe.execute())
 
     async def restore_revocation(
         self,
@@ -557,7 +550,7 @@ class RedisGrantStore:
         now: datetime,
     ) -> None:
         """Rebuild: put back a revocation marker (and quarantine) from the log."""
-        await self._call(
+        await call(
             self._restore(
                 keys=[
                     keys.grant(agent_id, "-"),
