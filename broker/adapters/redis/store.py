@@ -10,10 +10,9 @@ script on one agent's hash slot, with absolute expiries computed once by the bro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -21,85 +20,35 @@ from redis.exceptions import NoScriptError
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
 from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.restore import Rebuild
+from broker.adapters.redis.values import (
+    NO_FENCE,
+    NO_RISK_FENCE,
+    UNLIMITED,
+    Check,
+    Committed,
+    DueExpiry,
+    Fence,
+    RateLimit,
+    Snapshot,
+    from_ms,
+    ms,
+)
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants.decide import AgentState, Outcome, RevocationPlan, derive_id
-from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
+from schemas.events import EscalationDecided, GrantIssued
+
+__all__ = [  # the values of the store's signatures, importable with it
+    "NO_FENCE", "NO_RISK_FENCE", "UNLIMITED", "Check", "Committed", "DueExpiry", "Fence",
+    "RateLimit", "RedisGrantStore", "Snapshot", "from_ms", "ms",
+]
 
 
-def ms(when: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    return int(when.timestamp() * 1000)
+class RedisGrantStore(Rebuild):
+    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer.
 
-
-def from_ms(value: int | str | bytes) -> datetime:
-    """Aware UTC datetime from epoch milliseconds."""
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-
-
-@dataclass(frozen=True)
-class Committed:
-    """Result of storing a decision: what is now recorded for the request."""
-
-    status: Literal["stored", "existing", "blocked", "fenced"]
-    decision: EscalationDecided | None
-    grant: GrantIssued | None
-    published: bool = False
-    blocked_reason: str = ""
-    blocked_detail: str = ""
-
-
-@dataclass(frozen=True)
-class DueExpiry:
-    """A grant whose expiry passed: announce it (``live``) to its namespaces' topics, then ack."""
-
-    event: GrantExpired
-    live: bool
-    namespaces: tuple[str, ...] | None
-    member: str
-
-
-@dataclass(frozen=True)
-class Fence:
-    """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
-
-    role: str = "esc"
-    epoch: int = 0
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A token bucket: ``capacity`` requests per ``per_ms`` milliseconds (0: unlimited)."""
-
-    capacity: int = 0
-    per_ms: int = 1000
-
-
-NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What one decision reads first, in one round trip; ``now`` is Redis's clock."""
-
-    now: datetime
-    state: AgentState
-    risk: float
-    view_built: bool
-    fence_epoch: int | None
-    recorded: Committed | None = None  # the request's stored decision, when one was asked for
-
-
-@dataclass(frozen=True)
-class Check:
-    """Answer of a store-side check, with the reason."""
-
-    allowed: bool
-    reason: str
-    grant: GrantIssued | None = None
-
-
-class RedisGrantStore:
-    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer."""
+    Its expiry indexes (``expiry.ExpiryIndex``) and rebuild (``restore.Rebuild``) are inherited.
+    """
 
     def __init__(
         self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
@@ -129,28 +78,6 @@ class RedisGrantStore:
     def client(self) -> aioredis.Redis:
         """The Redis client (for the lifecycle store sharing its connections)."""
         return self._r
-
-    def warn_at(self, grant: GrantIssued) -> datetime:
-        """When to announce grant.expiring: ``warn_before_s`` ahead, at most half its life."""
-        life = (grant.expires_at - grant.issued_at).total_seconds()
-        return grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
-
-    async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
-        """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
-        pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
-        self._index_expiry(pipe, grant, life_until)
-        await call(pipe.execute())
-
-    def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
-        """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
-        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
-        for index, when in (
-            (keys.EXPIRY_INDEX, grant.expires_at),
-            (keys.EXPIRING_INDEX, self.warn_at(grant)),
-        ):
-            pipe.zadd(index, {member: ms(when)})
-            pipe.pexpireat(index, ms(life_until), gt=True)
-            pipe.pexpireat(index, ms(life_until), nx=True)
 
     async def aclose(self) -> None:
         """Close the client's connections."""
@@ -446,130 +373,3 @@ class RedisGrantStore:
                 text = key.decode()
                 out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
-
-    async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
-        """Grants whose expiry passed; ``live`` says whether to announce (not revoked/released).
-
-        A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
-        instead: its end is announced at the new expiry.
-        """
-        members = await call(
-            self._r.zrangebyscore(
-                keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
-            )
-        )
-        parsed = [(raw.decode(), score) for raw, score in members]
-        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
-        for member, _score in parsed:
-            agent, gid, _ns = keys.parse_member(member)
-            pipe.get(keys.life(agent, gid))
-        lives = await call(pipe.execute()) if parsed else []
-        out = []
-        for (member, score), current in zip(parsed, lives, strict=True):
-            agent, gid, namespaces = keys.parse_member(member)
-            if current is not None and int(current) > int(score):
-                await call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
-                continue
-            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
-            out.append(DueExpiry(event, current is not None, namespaces, member))
-        return out
-
-    async def ack_expiries(self, done: Sequence[DueExpiry]) -> None:
-        """Forget announced (or skipped) expiries."""
-        if not done:
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for d in done:
-            pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
-            pipe.zrem(keys.EXPIRY_INDEX, d.member)
-        await call(pipe.execute())
-
-    async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
-        """Rebuild: put back one grant from the log if still live and not revoked."""
-        a = grant.agent_id
-        life_until = grant.expires_at + self._margin
-        await self.schedule(grant, life_until)
-        done = await call(
-            self._restore(
-                keys=[
-                    keys.grant(a, grant.grant_id),
-                    keys.index(a),
-                    keys.life(a, grant.grant_id),
-                    keys.revoked(a),
-                    keys.quarantine(a),
-                ],
-                args=[
-                    grant.model_dump_json(),
-                    ms(grant.expires_at),
-                    ms(now),
-                    ms(life_until),
-                    grant.grant_id,
-                    ms(grant.issued_at),
-                    0,
-                    0,
-                    0,
-                    "",
-                ],
-            )
-        )
-        return bool(done)
-
-    async def restore_records(
-        self,
-        grants: Iterable[GrantIssued],
-        decision_of: Callable[[GrantIssued], EscalationDecided],
-        revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
-        now: datetime,
-    ) -> None:
-        """Rebuild: the idempotency records of logged grants and revocations (never overwritten).
-
-        With them a request or revoking signal redelivered after a wipe is a duplicate, as it
-        was before: it cannot revive a released grant, move a renewed expiry back, or revoke
-        grants issued after the revocation.
-        """
-        pipe = self._r.pipeline(transaction=False)
-        for g in grants:  # only records that would still live (a long log has many more)
-            if g.expires_at + self._margin > now:
-                d, pxat = decision_of(g), ms(g.expires_at + self._margin)
-                pipe.set(keys.decision(d.agent_id, d.request_id),
-                         records.pack(d.model_dump_json(), published=True), pxat=pxat, nx=True)
-        for rev, grants in revocations:
-            if rev.markers_until + self._margin > now:
-                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
-                pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
-                         pxat=ms(rev.markers_until + self._margin), nx=True)
-        await call(pipe.execute())
-
-    async def restore_revocation(
-        self,
-        agent_id: str,
-        revoked_at: datetime,
-        marker_until: datetime,
-        quarantine_until: datetime | None,
-        rule: str,
-        now: datetime,
-    ) -> None:
-        """Rebuild: put back a revocation marker (and quarantine) from the log."""
-        await call(
-            self._restore(
-                keys=[
-                    keys.grant(agent_id, "-"),
-                    keys.index(agent_id),
-                    keys.life(agent_id, "-"),
-                    keys.revoked(agent_id),
-                    keys.quarantine(agent_id),
-                ],
-                args=[
-                    "",
-                    0,
-                    ms(now),
-                    0,
-                    "",
-                    0,
-                    ms(revoked_at),
-                    ms(marker_until),
-                    ms(quarantine_until) if quarantine_until else 0,
-                    rule,
-                ],
-            )
-        )
