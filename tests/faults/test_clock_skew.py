@@ -31,10 +31,10 @@ from schemas.events import (
     RenewalRequested,
 )
 from schemas.signing import GRANT_TOKEN_TYPE
-from tests.faults.test_properties import props_bundle
 from tests.support.faults import world
+from tests.support.faults.bundles import props_bundle
 from tests.support.faults.report import Figures
-from tests.support.helpers import wait_until
+from tests.support.waits import wait_until
 
 SKEWS = (-30, 0, 30)
 FREEZE = "payments:accounts.freeze"

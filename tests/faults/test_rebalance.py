@@ -16,10 +16,12 @@ from broker.config import Settings
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord
+from tests.support.factories import fraud_request
 from tests.support.faults.helpers import Ledger, worker_counters
 from tests.support.faults.ports import BASE
 from tests.support.faults.report import Figures
 from tests.support.faults.workers import (
+    LEDGER_POLL_S,
     Epochs,
     claims,
     escalation_epochs,
@@ -28,10 +30,10 @@ from tests.support.faults.workers import (
     resume,
     second_worker,
     source_of,
-    wait_for,
     written_by,
 )
-from tests.support.helpers import Tap, fraud_request
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 TapFactory = Callable[[str], Tap]
 
@@ -56,17 +58,20 @@ def test_rebalance_adding_and_removing_a_worker_mid_burst_of_10000(
     ledger = Ledger((r.request_id for r in requests), tap(topics.DECISIONS.name),
                     tap(topics.GRANTS.name))
     publisher.publish_many(topics.ESCALATIONS.name, requests, timeout=180)
-    wait_for(lambda: len(ledger.decided()) >= 2000, 600, "2,000 decisions before the join")
+    wait_until(lambda: len(ledger.decided()) >= 2000, 600, "2,000 decisions before the join",
+               every=LEDGER_POLL_S)
     worker_2.start()
     worker_2.wait_ready(180)
     at_join = len(ledger.decided())
-    wait_for(lambda: len(ledger.decided()) >= 6000, 600, "6,000 decisions before the leave")
+    wait_until(lambda: len(ledger.decided()) >= 6000, 600, "6,000 decisions before the leave",
+               every=LEDGER_POLL_S)
     joined = claims(worker_2)
     by_second = sum(v for k, v in worker_counters(BASE + 2).items() if k.startswith("decided_"))
     worker_2.stop()
     at_leave = len(ledger.decided())
     started = time.monotonic()
-    wait_for(lambda: ledger.decided() == ledger.wanted, 600, "every request decided")
+    wait_until(lambda: ledger.decided() == ledger.wanted, 600, "every request decided",
+               every=LEDGER_POLL_S)
     drain_s = time.monotonic() - started
     conflicting, two_grants, changed = ledger.conflicts()
     granted = {d.request_id for d in ledger.decisions() if d.outcome == "granted"}
@@ -149,6 +154,15 @@ def _stale_attempts(records: list[Record], lost: Epochs, moved: Epochs) -> list[
     return out
 
 
+def _start_sharing(worker: WorkerProcess, worker_2: WorkerProcess) -> None:
+    """Start the second worker and wait until both own escalation partitions."""
+    worker_2.start()
+    worker_2.wait_ready(180)
+    wait_until(lambda: bool(claims(worker)) and escalation_epochs(claims(worker)[-1]) != {}
+               and bool(claims(worker_2)), 120, "both workers own escalation partitions",
+               every=LEDGER_POLL_S)
+
+
 def _stall_until_taken_over(worker: WorkerProcess, rclient: redis.Redis, ledger: Ledger,
                             lost: Epochs) -> tuple[Epochs, float]:
     """SIGSTOP the worker until the other one claimed its partitions and decided 200 more.
@@ -158,13 +172,14 @@ def _stall_until_taken_over(worker: WorkerProcess, rclient: redis.Redis, ledger:
     pause(worker)
     stopped_at = time.monotonic()
     try:
-        wait_for(lambda: all(e > lost[tp] for tp, e in _fences(rclient, lost).items()),
-                   120, "the other worker claimed the stalled worker's partitions")
+        wait_until(lambda: all(e > lost[tp] for tp, e in _fences(rclient, lost).items()),
+                   120, "the other worker claimed the stalled worker's partitions",
+                   every=LEDGER_POLL_S)
         moved = _fences(rclient, lost)
         took_over_s = time.monotonic() - stopped_at
         progress = len(ledger.decided())
-        wait_for(lambda: len(ledger.decided()) >= progress + 200, 300,
-                   "the other worker decides while the stalled one is stopped")
+        wait_until(lambda: len(ledger.decided()) >= progress + 200, 300,
+                   "the other worker decides while the stalled one is stopped", every=LEDGER_POLL_S)
     finally:
         resume(worker)
     return moved, took_over_s
@@ -185,24 +200,23 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     tap: TapFactory, rclient: redis.Redis, agents: Callable[[str], str], figures: Figures,
 ) -> None:
     """SIGSTOP past the session timeout: the other worker takes over, the stalled one is fenced."""
-    worker_2.start()
-    worker_2.wait_ready(180)
-    wait_for(lambda: bool(claims(worker)) and escalation_epochs(claims(worker)[-1]) != {}
-               and bool(claims(worker_2)), 120, "both workers own escalation partitions")
+    _start_sharing(worker, worker_2)
     pool = [agents("b") for _ in range(60)]
     requests = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
     decisions, grants = tap(topics.DECISIONS.name), tap(topics.GRANTS.name)
     audit = tap(topics.AUDIT_RAW.name)
     ledger = Ledger((r.request_id for r in requests), decisions, grants)
     publisher.publish_many(topics.ESCALATIONS.name, requests, timeout=120)
-    wait_for(lambda: len(ledger.decided()) >= 800, 300, "800 decisions before the stall")
+    wait_until(lambda: len(ledger.decided()) >= 800, 300, "800 decisions before the stall",
+               every=LEDGER_POLL_S)
     lost = escalation_epochs(claims(worker)[-1])
     stalled_source = source_of(worker)
     fenced_before = worker_counters(settings.metrics_port).get("fenced", 0)
     moved, took_over_s = _stall_until_taken_over(worker, rclient, ledger, lost)
-    wait_for(lambda: ledger.decided() == ledger.wanted, 400, "every request decided")
-    wait_for(lambda: exited(worker) or len(claims(worker)) > 1, 120,
-               "the stalled worker rejoined (a new claim) or exited")
+    wait_until(lambda: ledger.decided() == ledger.wanted, 400, "every request decided",
+               every=LEDGER_POLL_S)
+    wait_until(lambda: exited(worker) or len(claims(worker)) > 1, 120,
+               "the stalled worker rejoined (a new claim) or exited", every=LEDGER_POLL_S)
     reclaimed = escalation_epochs(claims(worker)[-1]) if not exited(worker) else {}
     # The product's count of refusals: its metric while it runs, else the lines it logged.
     refused = (worker_counters(settings.metrics_port).get("fenced", 0) - fenced_before

@@ -18,10 +18,9 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import GrantRevoked, ModelInfo
-from tests.integration.delivery.test_http import api_settings, bearer
 from tests.support.enforcement import FREEZE
-from tests.support.helpers import Tap
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, api_settings, bearer
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,8 @@ from schemas.events import (
     CommandAnswered,
     RiskObserved,
 )
-from tests.support.helpers import Tap, anomaly
+from tests.support.factories import anomaly
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -35,8 +35,8 @@ from schemas.events import (
     WireModel,
 )
 from streams.processor import Incoming
-from tests.integration.conftest import keys_without_ttl
 from tests.support.faults.world import World, close_store
+from tests.support.fixtures import keys_without_ttl
 
 FRAUD, REPORT = "fraud-detection", "reporting"
 AGENTS = {"pa-fraud-1": FRAUD, "pa-fraud-2": FRAUD, "pa-fraud-3": FRAUD, "pa-report-1": REPORT,
