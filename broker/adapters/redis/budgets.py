@@ -1,7 +1,7 @@
 """Budget counters in Redis: count a use (resource services), end an exhausted grant (workers).
 
 Imports redis, broker core (budgets, errors), schemas. Each call is one Lua script on one agent's
-hash slot (``broker.adapters.redis.lua_budgets``); a Redis that does not answer raises
+hash slot (``broker.adapters.redis.lua``); a Redis that does not answer raises
 ``StoreUnavailable`` (callers fail closed).
 """
 
@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis import lua_budgets
+from broker.adapters.redis import lua
 from broker.adapters.redis.calls import call, translated
 from broker.adapters.redis.store import ms
 from broker.grants.budgets import Use, UseStatus, cause_of
@@ -27,7 +27,7 @@ class BudgetCounter:
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
-        self._consume = client.register_script(lua_budgets.CONSUME)
+        self._consume = client.register_script(lua.CONSUME)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0) -> BudgetCounter:
@@ -63,7 +63,7 @@ class BudgetRevoker:
     def __init__(self, client: aioredis.Redis, *, margin_s: int = 3600) -> None:
         self._r = client
         self._margin = timedelta(seconds=margin_s)
-        self._revoke = client.register_script(lua_budgets.REVOKE_EXHAUSTED)
+        self._revoke = client.register_script(lua.REVOKE_EXHAUSTED)
 
     async def end(self, event: GrantUsed, now: datetime, max_grant_s: int) -> Exhaustion:
         """Remove the grant once per exhaustion, only if the store's counter is at the limit."""
