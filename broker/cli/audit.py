@@ -34,8 +34,7 @@ from schemas.events import MAX_REQUESTED_DURATION_S, AuditRecord
 
 audit_app = typer.Typer(help="Read, verify, export and replay the audit stream.",
                         no_args_is_help=True)
-keys_app = typer.Typer(help="The audit's HMAC and signing keys.", no_args_is_help=True)
-audit_app.add_typer(keys_app, name="keys")
+audit_keys_app = typer.Typer(help="The audit's HMAC and signing keys.", no_args_is_help=True)
 
 FileOpt = Annotated[Path | None, typer.Option(
     "--file", help="Read an export (audit export --format jsonl) instead of the topic.")]
@@ -345,7 +344,7 @@ def hash_value(value: Annotated[str, typer.Argument(help="The clear value to loo
     out.print(hmac_value(key, value), highlight=False)
 
 
-@keys_app.command("init")
+@audit_keys_app.command("init")
 def keys_init() -> None:
     """Create the audit keys that are missing (never overwrites, never prints a secret)."""
     settings = Settings()

@@ -25,6 +25,8 @@ from broker.policy import load_policy
 from broker.policy.fields import parse_duration
 from schemas.events import AgentRecord
 
+inventory_app = typer.Typer()
+
 
 async def _held(settings: Settings, records: list[AgentRecord],
                 now: datetime) -> tuple[dict[str, list[Any]], dict[str, datetime]]:
@@ -38,6 +40,7 @@ async def _held(settings: Settings, records: list[AgentRecord],
         await ids.aclose()
 
 
+@inventory_app.command("inventory")
 def inventory(
     stale_after: Annotated[str | None, typer.Option(
         help="Flag keys older than this (default PERMBROKER_AGENT_KEY_MAX_AGE_S).")] = None,

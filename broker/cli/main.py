@@ -6,161 +6,45 @@ every error says what to do next and exits non-zero.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from broker.adapters.crypto.keystore import AgentKeyStore
-from broker.cli import behaviour as cli_behaviour  # noqa: F401  (registers `agents stats`)
 from broker.cli.agents import agents_app
 from broker.cli.approvals import approvals_app
-from broker.cli.audit import audit_app
+from broker.cli.audit import audit_app, audit_keys_app
+from broker.cli.behaviour import behaviour_app
 from broker.cli.enforcement import api_app, revocations_app
 from broker.cli.grants import grants_app
-from broker.cli.inventory import inventory
+from broker.cli.inventory import inventory_app
 from broker.cli.keys import keys_app
-from broker.cli.output import JsonOpt, err, fail, out, until
-from broker.cli.output import print_json as _print_json
-from broker.cli.policy import register as register_policy_commands
-from broker.cli.revoke import register as register_revoke_command
+from broker.cli.policy import policy_app
+from broker.cli.revoke import revoke_app
+from broker.cli.run import run_app
 from broker.cli.stack import stack_app
-from broker.config import Settings
-from broker.errors import BrokerError, PolicyError
-from broker.policy import load_policy
-from broker.policy.fields import parse_duration
-from broker.sdk.agent.client import AgentClient
 
 app = typer.Typer(
     help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
+# The command tree, assembled here only. Each module of broker/cli decorates its commands on
+# its own Typer; a Typer added without a name contributes its commands to the group it is
+# added to. Added in the order ``--help`` lists them.
+app.add_typer(revoke_app)  # permbroker revoke
+app.add_typer(inventory_app)  # permbroker inventory
+app.add_typer(run_app)  # permbroker worker | demo | request
 app.add_typer(
     stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
 )
 app.add_typer(grants_app, name="grants")
 app.add_typer(audit_app, name="audit")
+audit_app.add_typer(audit_keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(revocations_app, name="revocations")
 app.add_typer(api_app, name="api")
-register_policy_commands(policy_app)
-register_revoke_command(app)
 app.add_typer(agents_app, name="agents")
+agents_app.add_typer(behaviour_app)  # permbroker agents stats | class-stats
 app.add_typer(keys_app, name="keys")
 app.add_typer(approvals_app, name="approvals")
-app.command("inventory")(inventory)
-
-@app.command()
-def worker(
-    loglevel: Annotated[str, typer.Option(help="crit|error|warn|info|debug")] = "info",
-) -> None:
-    """Run a stream worker (faust) that decides escalations and applies risk signals."""
-    os.execvp(sys.executable, [sys.executable, "-m", "streams", loglevel])  # noqa: S606
-
-
-@app.command()
-def demo(
-    keep: Annotated[bool, typer.Option(help="Leave the demo stack running afterwards.")] = False,
-) -> None:
-    """Play the fraud-agent scenario end to end on a real Kafka and Redis; exit 0 if it matched."""
-    from broker.demo.scenario import run_demo
-
-    raise typer.Exit(run_demo(keep=keep))
-
-
-@app.command()
-def request(
-    agent: Annotated[str, typer.Option(help="The agent id to act as.")],
-    scope: Annotated[list[str], typer.Option(help="Scope to request (repeatable).")],
-    reason: Annotated[str, typer.Option(help="Why the agent needs it.")],
-    confidence: Annotated[float, typer.Option(help="The agent's confidence, 0..1.")],
-    resource: Annotated[
-        list[str] | None, typer.Option(help="Resource to narrow to (repeatable).")
-    ] = None,
-    duration: Annotated[str, typer.Option(help="Requested duration: 90s, 15m, 1h.")] = "15m",
-    risk: Annotated[float, typer.Option(help="Risk score the agent observed, 0..1.")] = 0.0,
-    case: Annotated[str | None, typer.Option(help="Task / case id.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the decision.")] = 30.0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Send one escalation request as an agent and wait for the decision."""
-    seconds = parse_duration(duration)
-    if seconds is None or seconds <= 0:
-        raise fail(f"--duration {duration!r} is not a duration", "use e.g. 90s, 15m, 2h")
-    settings = Settings()
-    try:
-        keyless = not AgentKeyStore.from_settings(settings).exists(agent)
-        unsigned = settings.allow_unsigned and keyless  # dev mode only
-        with AgentClient(agent, settings.kafka_bootstrap, unsigned=unsigned) as client:
-            decision = client.request_escalation(
-                scope,
-                resources=resource or [],
-                duration_s=seconds,
-                reason=reason,
-                confidence=confidence,
-                risk_score=risk,
-                case_id=case,
-                timeout=timeout,
-            )
-    except (BrokerError, ValueError) as exc:
-        raise fail(str(exc), "is the stack up (permbroker stack up) and a worker running?") from exc
-    if as_json:
-        _print_json(decision.model_dump(mode="json"))
-    else:
-        color = "green" if decision.outcome == "granted" else "red"
-        out.print(f"[bold {color}]{decision.outcome.upper()}[/] request {decision.request_id}")
-        if decision.grant_id:
-            out.print(
-                f"  grant {decision.grant_id}: {', '.join(decision.granted_scopes)}"
-                f" on {', '.join(decision.resources) or 'any resource'}"
-            )
-            out.print(f"  expires {until(decision.expires_at)}")
-        if decision.clamped_by:
-            out.print(f"  clamped by {decision.clamped_by}")
-        for d in decision.denied:
-            out.print(f"  denied {d.scope}: {d.reason} [rule {d.rule}]")
-        out.print(f"  policy {decision.policy_revision}; rules {', '.join(decision.matched_rules)}")
-    raise typer.Exit(0 if decision.outcome == "granted" else 3)
-
-
-@policy_app.command("validate")
-def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
-    """Load a policy bundle and report its revision, or the file, line and rule of each error."""
-    try:
-        policy = load_policy(path)
-    except PolicyError as exc:
-        if as_json:
-            _print_json(
-                {
-                    "valid": False,
-                    "file": exc.file,
-                    "line": exc.line,
-                    "rule": exc.rule,
-                    "error": exc.message,
-                }
-            )
-        else:
-            err.print(f"[bold red]invalid:[/] {exc}")
-        raise typer.Exit(2) from exc
-    agents = [a.agent_id for a in policy.agents()]
-    if as_json:
-        _print_json(
-            {
-                "valid": True,
-                "revision": policy.revision,
-                "agents": agents,
-                "max_grant_duration_s": policy.max_grant_duration_s,
-            }
-        )
-    else:
-        out.print(
-            f"[green]valid[/] {path}: revision {policy.revision}, {len(agents)} agent(s), "
-            f"longest grant {policy.max_grant_duration_s}s"
-        )
 
 
 def main() -> None:
