@@ -1,6 +1,6 @@
 """`permbroker stack up|down|status`: local stack CLI. Imports typer, rich, config, adapters.stack.
 
-Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli_stack up`.
+Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli.stack up`.
 """
 
 from __future__ import annotations

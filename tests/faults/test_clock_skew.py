@@ -1,6 +1,6 @@
-"""Clock skew (#8): a resource-side token verifier 30 s off still refuses expired tokens beyond
-the leeway (and honours live ones); a worker's wall clock 30 s off does not change a grant's
-lifetime as Redis measures it."""
+"""Clock skew (criterion 8): a resource-side token verifier 30 s off still refuses expired tokens
+beyond the leeway (and honours live ones); a worker's wall clock 30 s off does not change a
+grant's lifetime as Redis measures it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Property-based invariants (#14): the stateful model of tests/faults/model.py run by hypothesis
-against the real worker code on a private redis-server, with the counts in the report."""
+"""Property-based invariants (criterion 14): the stateful model of tests/support/faults/model.py
+run by hypothesis against the real worker code on a private redis-server, with the counts in the
+report."""
 
 from __future__ import annotations
 

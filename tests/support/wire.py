@@ -223,19 +223,19 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         revision="sha256:12",
         published_at=NOW,
     ),
+    EscalationPending: EscalationPending(
+        decision_id="decision-9", request_id="req-9", agent_id=AGENT,
+        scopes=("payments:accounts.freeze",), resources=("acct-1",), duration_s=300, quorum=2,
+        approvers=("operator:oncall", "verifier-1", "verifier-2"),
+        window_expires_at=NOW + timedelta(minutes=10), matched_rules=("fraud-graduated",),
+        tiers=("fraud-graduated/unsure",), policy_revision="sha256:12", decided_at=NOW,
+    ),
+    ApprovalVoted: ApprovalVoted(
+        vote_id="vote-1", request_id="req-9", agent_id=AGENT, approver="verifier-1",
+        verdict="approve", reason="pattern confirmed", voted_at=NOW,
+    ),
 }
-# Approvals (issue 6): added apart so the table above stays as it was.
-SAMPLES[EscalationPending] = EscalationPending(
-    decision_id="decision-9", request_id="req-9", agent_id=AGENT,
-    scopes=("payments:accounts.freeze",), resources=("acct-1",), duration_s=300, quorum=2,
-    approvers=("operator:oncall", "verifier-1", "verifier-2"),
-    window_expires_at=NOW + timedelta(minutes=10), matched_rules=("fraud-graduated",),
-    tiers=("fraud-graduated/unsure",), policy_revision="sha256:12", decided_at=NOW,
-)
-SAMPLES[ApprovalVoted] = ApprovalVoted(
-    vote_id="vote-1", request_id="req-9", agent_id=AGENT, approver="verifier-1",
-    verdict="approve", reason="pattern confirmed", voted_at=NOW,
-)
+
 
 
 def headers_of(encoded: codec.Encoded) -> dict[str, str]:

@@ -9,7 +9,8 @@ exist without a TTL is never created: index keys get PEXPIREAT right after ZADD,
 #       record_until_ms, grant_id, fence epoch (0 = unfenced), rate capacity (0 = no limit),
 #       rate period ms
 # Returns {status, decision record, live grant_json or '', legacy published 0/1 (or blocked
-# detail)}. The record is broker/adapters/records.py's form (its first byte: published or not).
+# detail)}. The record is in broker/adapters/redis/records.py's form (its first byte: published
+# or not).
 # Order: a stale owner is fenced before anything; a recorded decision stands; nothing is decided
 # on a view that was not rebuilt; a grant must survive quarantine/revocation/staleness; only then
 # does the request take a token of its agent's rate limit (so a blocked attempt costs none).

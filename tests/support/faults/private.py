@@ -1,7 +1,7 @@
 """A private Kafka + Redis + worker for tests that kill, wipe or restart a service.
 
 Imports broker, tests. Ports BASE+10..BASE+13, never the session stack's (BASE: see
-tests/faults/ports.py); the stack lives in .stack/faults-private and is stopped and wiped
+tests/support/faults/ports.py); the stack lives in .stack/faults-private and is stopped and wiped
 afterwards.
 """
 

@@ -1,4 +1,4 @@
-"""The audit after the merge of issue 4: renewals and releases in replay as of T, redaction."""
+"""The audit of renewals and releases: replay as of T, and redaction."""
 
 from __future__ import annotations
 
