@@ -1,4 +1,4 @@
-"""From measured arms to report sections: the ratio lines and each target of issue 7.
+"""From measured arms to report sections: the ratio lines and each target of the benchmarks.
 
 Imports the bench's stats and report types only.
 """

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     )
     record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
-    # Resource services (issue 4): routing, freshness, renewal warnings, HTTP API.
+    # Resource services: routing, freshness, renewal warnings, HTTP API.
     grant_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Scope namespaces with their own grant topic (comma-separated)"
     )

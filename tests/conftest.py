@@ -1,4 +1,7 @@
-"""Shared fixtures: `services` (real Kafka + Redis, started on demand). Imports tests.services."""
+"""Shared fixtures: `services` (real Kafka + Redis, started on demand).
+
+Imports tests.support.services.
+"""
 
 from __future__ import annotations
 

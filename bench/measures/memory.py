@@ -85,7 +85,7 @@ def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],
         kinds["grant"].append(client.memory_usage(keys.grant(agent, gid)) or 0)
         kinds["life"].append(client.memory_usage(keys.life(agent, gid)) or 0)
         kinds["decision"].append(client.memory_usage(keys.decision(agent, rid)) or 0)
-        # 0 since the published flag lives in the decision record (broker/adapters/records.py)
+        # 0 since the published flag lives in the decision record (broker/adapters/redis/records.py)
         kinds["published (legacy key)"].append(client.memory_usage(keys.published(agent, rid)) or 0)
         kinds["index (per agent, / grants per agent)"].append(
             (client.memory_usage(keys.index(agent)) or 0) // (n // AGENTS))

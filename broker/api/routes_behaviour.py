@@ -1,7 +1,7 @@
 """Operator route: an agent's behaviour profile. L3. Imports fastapi, broker (adapters, policy).
 
 ``GET /v1/operator/agents/{agent_id}/stats`` returns what ``permbroker agents stats --json``
-prints (``broker.behaviour_stats.report``); 404 when the agent has no profile.
+prints (``broker.behaviour.stats.report``); 404 when the agent has no profile.
 ``GET /v1/operator/classes/{class}/models/{version}/stats``: ``agents class-stats --json``.
 """
 

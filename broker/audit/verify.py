@@ -1,6 +1,6 @@
 """Verifying audit hash chains (pure): name the entry where a chain breaks, and raw gaps.
 
-Imports broker.audit_chain, schemas and stdlib; signature checks are passed in (see
+Imports broker.audit.chain, schemas and stdlib; signature checks are passed in (see
 ``broker.adapters.audit_keys.signature_check``).
 
 Entries of one partition are walked in offset order. Each break is reported once, at the entry

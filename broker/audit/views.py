@@ -1,6 +1,6 @@
 """Views of the audit log (pure): who could do what at a past instant, and one agent's story.
 
-Imports broker.audit_replay, schemas and stdlib. Reads records, returns values.
+Imports broker.audit.replay, schemas and stdlib. Reads records, returns values.
 
 A grant is active at T when the decision that took effect granted it at or before T
 (``decided_at`` = the grant's ``issued_at``), and at T it had neither reached its ``expires_at``

@@ -1,6 +1,6 @@
 """What-if (pure): the recorded requests decided again by a candidate policy, and what changes.
 
-Imports broker.audit_replay, broker.policy, schemas and stdlib. Reads records, returns a report;
+Imports broker.audit.replay, broker.policy, schemas and stdlib. Reads records, returns a report;
 it writes nothing (no Redis, no Kafka): the candidate never touches a live grant.
 
 Each effective, reproducible decision in the window is decided again from its recorded inputs

@@ -1,45 +1,124 @@
 """`permbroker audit ...`: tail, verify, export, replay, timeline, hash, keys, seal. L3 (Typer).
 
 Imports broker (core, adapters), schemas. Reads the sealed audit topic (``permbroker.audit``) or
-an export file; nothing here writes to Redis or to a lifecycle topic. ``verify`` and ``replay
---check`` exit 1 when they find a problem, naming the record that shows it.
+an export file; nothing here writes to Redis or to a lifecycle topic. ``tail`` reads committed
+sealer transactions only (read_committed). ``verify`` and ``replay --check`` exit 1 when they
+find a problem, naming the record that shows it.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from confluent_kafka import KafkaException, TopicPartition
 from rich.markup import escape
 
 from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit import log as audit_log
+from broker.adapters.kafka.bus import consumer, partitions, to_record
 from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
-from broker.cli.audit_tail import tail
 from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.policy import Policy, load_policy
+from schemas import topics
 from schemas.events import MAX_REQUESTED_DURATION_S, AuditRecord
 
 audit_app = typer.Typer(help="Read, verify, export and replay the audit stream.",
                         no_args_is_help=True)
-keys_app = typer.Typer(help="The audit's HMAC and signing keys.", no_args_is_help=True)
-audit_app.add_typer(keys_app, name="keys")
-audit_app.command("tail")(tail)
+audit_keys_app = typer.Typer(help="The audit's HMAC and signing keys.", no_args_is_help=True)
 
 FileOpt = Annotated[Path | None, typer.Option(
     "--file", help="Read an export (audit export --format jsonl) instead of the topic.")]
 SinceOpt = Annotated[str | None, typer.Option(help="From this time (ISO 8601, or '1h ago').")]
 UntilOpt = Annotated[str | None, typer.Option(help="Up to this time (exclusive).")]
 KafkaHint = "is Kafka up and the topic there? permbroker stack status"
+
+
+def _start(c: Any, last: int, since: datetime | None) -> list[TopicPartition]:
+    name = topics.AUDIT.name
+    if since is not None:
+        wanted = [TopicPartition(name, p, int(since.timestamp() * 1000))
+                  for p in partitions(c, name)]
+        return [tp for tp in c.offsets_for_times(wanted, timeout=10) if tp.offset >= 0]
+    out_: list[TopicPartition] = []
+    for p in partitions(c, name):
+        low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+        out_.append(TopicPartition(name, p, max(low, high - last)))
+    return out_
+
+
+def _scopes(rec: AuditRecord) -> set[str]:
+    found: set[str] = set()
+    for key in ("request", "decision", "event"):
+        part = rec.inputs.get(key)
+        if isinstance(part, dict):
+            for field in ("scopes", "granted_scopes"):
+                value = part.get(field)
+                if isinstance(value, list):
+                    found.update(str(v) for v in value)
+    return found
+
+
+def _wanted(rec: AuditRecord, agent: str | None, kind: str | None, scope: str | None) -> bool:
+    return ((agent is None or rec.agent_id == agent) and (kind is None or rec.kind == kind)
+            and (scope is None or scope in _scopes(rec)))
+
+
+def _show(rec: AuditRecord, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(rec.model_dump_json() + "\n")
+        return
+    where = f"p{rec.chain.partition}/{rec.chain.seq}" if rec.chain else ""
+    out.print(
+        f"{rec.occurred_at:%H:%M:%S.%f}"[:-3] + f"Z {rec.kind:<20} {rec.agent_id or '-':<18} "
+        f"{rec.outcome:<8} {escape('; '.join(rec.reasons)[:90])} "
+        f"[dim]{escape(', '.join(rec.rules))} {where}[/]",
+        highlight=False,
+    )
+
+
+@audit_app.command("tail")
+def tail(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following.")] = False,
+    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="Only this kind (escalation.decided, risk.observed, grant.revoked, ...).")] = None,
+    scope: Annotated[str | None, typer.Option(help="Only records about this scope.")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="From this time (ISO 8601, or '10m ago') instead of the last records.")] = None,
+    last: Annotated[int, typer.Option(help="How many recent entries per partition.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print recent audit records (and follow new ones with -f)."""
+    settings = cli_settings()
+    c = consumer(settings.kafka_bootstrap)
+    try:
+        c.assign(_start(c, last, time_option(since)))
+        idle_since = time.monotonic()
+        while follow or time.monotonic() - idle_since < 1.5:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            idle_since = time.monotonic()
+            rec = to_record(msg).event
+            if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
+                _show(rec, as_json)
+    except (BrokerError, KafkaException) as exc:
+        raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
 
 
 def load_records(settings: Settings, *, file: Path | None = None,
@@ -266,7 +345,7 @@ def hash_value(value: Annotated[str, typer.Argument(help="The clear value to loo
     out.print(hmac_value(key, value), highlight=False)
 
 
-@keys_app.command("init")
+@audit_keys_app.command("init")
 def keys_init() -> None:
     """Create the audit keys that are missing (never overwrites, never prints a secret)."""
     settings = cli_settings()

@@ -18,13 +18,15 @@ from rich.table import Table
 
 from broker.adapters.redis.profiles import ProfileStore
 from broker.behaviour.stats import report
-from broker.cli.agents import AgentArg, agents_app
+from broker.cli.agents import AgentArg
 from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 from broker.policy.detectors import Detectors
+
+behaviour_app = typer.Typer()
 
 
 def _detectors(settings: Settings) -> Detectors | None:
@@ -49,7 +51,7 @@ def _when(text: str | None, now: datetime) -> str:
     return until(datetime.fromisoformat(text), now) if text else "-"
 
 
-@agents_app.command("stats")
+@behaviour_app.command("stats")
 def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """The agent's behaviour: request, grant and denial rates in the detectors' windows,
     hours of activity, scopes and resource patterns used."""
@@ -99,7 +101,7 @@ async def read_group(settings: Settings, agent_class: str, model_version: str,
         await store.close()
 
 
-@agents_app.command("class-stats")
+@behaviour_app.command("class-stats")
 def class_stats(
     agent_class: Annotated[str, typer.Argument(help="The agent class.")],
     model: Annotated[str, typer.Option(help="The model version.")],

@@ -1,4 +1,4 @@
-"""CLI of issue 4: ``permbroker revocations status`` and ``permbroker api``. L3 (Typer + Rich).
+"""``permbroker revocations status`` and ``permbroker api``. L3 (Typer + Rich).
 
 Imports broker (adapters, core, api) and schemas, never streams.
 """

@@ -1,8 +1,7 @@
-"""`permbroker policy diff` (what-if on recorded requests) and `policy test` (fixtures). L3.
+"""`permbroker policy diff` (what-if on recorded requests), `test` (fixtures), `validate`. L3.
 
-Imports typer, rich, broker (core, adapters through cli_audit), schemas. ``register`` adds both
-commands to the ``policy`` group of the main CLI. ``diff`` reads the audit and the candidate
-bundle and writes nothing: no Redis, no Kafka topic, no grant.
+Imports typer, rich, broker (core, adapters through cli.audit), schemas. ``diff`` reads the audit
+and the candidate bundle and writes nothing: no Redis, no Kafka topic, no grant.
 """
 
 from __future__ import annotations
@@ -23,7 +22,10 @@ from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 from broker.policy.testing import run_suite
 
+policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
 
+
+@policy_app.command("diff")
 def policy_diff(
     candidate: Annotated[Path, typer.Option(help="The candidate bundle (dir or file).")],
     since: Annotated[str, typer.Option(help="Replay requests decided since (ISO 8601, '1d').")],
@@ -87,6 +89,7 @@ def _print_diff(report: DiffReport, examples: int, warnings: list[str]) -> None:
         err.print(f"[yellow]warning: {escape(w)}[/]")
 
 
+@policy_app.command("test")
 def policy_test(
     path: Annotated[Path, typer.Argument(help="A bundle (fixtures in its tests/) or a "
                                                "fixtures directory.")],
@@ -112,7 +115,37 @@ def policy_test(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def register(policy_app: typer.Typer) -> None:
-    """Add ``diff`` and ``test`` to the ``permbroker policy`` group."""
-    policy_app.command("diff")(policy_diff)
-    policy_app.command("test")(policy_test)
+@policy_app.command("validate")
+def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
+    """Load a policy bundle and report its revision, or the file, line and rule of each error."""
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        if as_json:
+            print_json(
+                {
+                    "valid": False,
+                    "file": exc.file,
+                    "line": exc.line,
+                    "rule": exc.rule,
+                    "error": exc.message,
+                }
+            )
+        else:
+            err.print(f"[bold red]invalid:[/] {exc}")
+        raise typer.Exit(2) from exc
+    agents = [a.agent_id for a in policy.agents()]
+    if as_json:
+        print_json(
+            {
+                "valid": True,
+                "revision": policy.revision,
+                "agents": agents,
+                "max_grant_duration_s": policy.max_grant_duration_s,
+            }
+        )
+    else:
+        out.print(
+            f"[green]valid[/] {path}: revision {policy.revision}, {len(agents)} agent(s), "
+            f"longest grant {policy.max_grant_duration_s}s"
+        )

@@ -19,7 +19,10 @@ from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
 from broker.sdk.operator.selector import plan, revoke_selected
 
+revoke_app = typer.Typer()
 
+
+@revoke_app.command("revoke")
 def revoke(
     agent: Annotated[str | None, typer.Option(help="This agent id.")] = None,
     agent_class: Annotated[str | None, typer.Option(help="Agents of this class.")] = None,
@@ -88,8 +91,3 @@ def _show(selection: Selection, as_json: bool, *, dry: bool) -> None:
     out.print(table)
     out.print(("would revoke" if dry else "revoking") + f" {len(selection.grant_ids)} grant(s) "
               f"of {len(selection.targets)} agent(s) selected by {selection.selector.describe()}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``revoke`` to the top-level command group."""
-    app.command("revoke")(revoke)

@@ -200,7 +200,7 @@ def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
     if isinstance(event, RiskObserved):
         return _authorize_risk(signer, event)
     if isinstance(event, AgentCommand):
-        return None  # registry commands have their own rules (broker.registry)
+        return None  # registry commands have their own rules (broker.identity.registry)
     if isinstance(event, ApprovalVoted):
         return _authorize_vote(signer, event)
     return _not_permitted(signer, f"{type(event).__name__} is not an event agents send")

@@ -1,8 +1,9 @@
 """Fault-suite fixtures: the session worker on a policy with a rate-limited class, the report.
 
-Reuses the integration fixtures (``worker``, ``publisher``, ``tap``, ``rclient``, ...) on the
-session services; tests that kill or restart a service start their own (tests/faults/private.py)
-on ports BASE+10.. (tests/faults/ports.py). Every test here is marked ``faults`` and runs under
+Shares the integration suite's fixtures (``worker``, ``publisher``, ``tap``, ``rclient``, ...
+from tests/support/fixtures.py) on the session services; tests that kill or restart a service
+start their own (tests/support/faults/private.py) on ports BASE+10..
+(tests/support/faults/ports.py). Every test here is marked ``faults`` and runs under
 ``make test-faults``.
 """
 
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported for this suite
-    _bulk_class,
+from tests.support.faults.bundles import CLASSES, POOL, write_bundle
+from tests.support.faults.ports import BASE
+from tests.support.faults.report import Figures, Report
+from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
     every_grant_key_expires,
-    pool_taker,
     publisher,
     rclient,
     registrar,
@@ -28,22 +29,11 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, re-exported f
     tap,
     worker,
 )
-from tests.support.faults.ports import BASE
-from tests.support.faults.report import Figures, Report
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, pool_taker
 from tests.support.services import Services
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-POOL = 1000
 METRICS_PORT = BASE + 1
-CLASSES = (
-    ("f", "fraud-detection", 0.9),
-    ("r", "reporting", 0.6),
-    ("b", "bulk-test", 0.5),
-    ("x", "flood-test", 0.5),
-)
-FLOOD_LIMIT = {"requests": 20, "per": "1s"}
 _REPORT = Report()
 
 
@@ -93,55 +83,14 @@ def figures(request: pytest.FixtureRequest) -> Figures:
     return _REPORT.open(str(marker.args[0]) if marker else "-", request.node.name)
 
 
-def _flood_class(policy: dict[str, Any]) -> None:
-    """A class with a request rate limit and long grants (the flood test's agents)."""
-    policy["agent_classes"]["flood-test"] = {
-        "baseline": [],
-        "ceiling": ["payments:accounts.*"],
-        "rate_limit": dict(FLOOD_LIMIT),
-    }
-    policy["escalation_rules"].append({
-        "id": "flood-test-freeze",
-        "agent_classes": ["flood-test"],
-        "scopes": ["payments:accounts.freeze"],
-        "when": "request.confidence >= agent.confidence_threshold",
-        "max_duration": "10m",
-    })
-
-
-def write_bundle(bundle: Path, tag: str, pool: int = POOL) -> Path:
-    """The fraud policy plus bulk-test and flood-test classes, and a pool of agents per class."""
-    bundle.mkdir(parents=True, exist_ok=True)
-    policy = yaml.safe_load((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
-    _bulk_class(policy)
-    _flood_class(policy)
-    # The fault suite measures the rate limit, recovery and hostile input with fixed outcomes;
-    # the fraud bundle's behaviour detectors would (rightly) revoke a flooding or probing agent
-    # and change those outcomes. They are tested in tests/integration/test_behaviour.py.
-    policy.pop("detectors", None)
-    (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-    lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
-    for n in range(pool):
-        for suffix, cls, threshold in CLASSES:
-            lines += [
-                f"  - agent_id: t{tag}-{suffix}{n:03d}",
-                f"    agent_class: {cls}",
-                "    owner: tests@example.com",
-                "    model: {name: test-model, version: '1.0', digest: 'sha256:00'}",
-                f"    confidence_threshold: {threshold}",
-            ]
-    (bundle / "agents.yaml").write_text("\n".join(lines) + "\n")
-    return bundle
-
-
 @pytest.fixture(scope="session")
-def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:  # noqa: F811
+def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     """The fault suite's bundle (overrides the integration one for tests/faults)."""
     return write_bundle(tmp_path_factory.mktemp("policy"), run_id)
 
 
 @pytest.fixture(scope="session")
-def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:  # noqa: F811
+def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:
     """A never-used agent id: 'f' fraud, 'r' reporting, 'b' bulk-test, 'x' flood-test.
 
     Each is registered with a key of its own (signature checks stay on in this suite too).
@@ -153,7 +102,7 @@ def agents(run_id: str, registrar: Registrar) -> Callable[[str], str]:  # noqa: 
 def settings(
     services: Services,
     test_policy: Path,
-    run_id: str,  # noqa: F811 - the fixture, not the import
+    run_id: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Settings of the session worker: the integration ones plus a metrics port."""

@@ -1,6 +1,6 @@
-"""Clock skew (#8): a resource-side token verifier 30 s off still refuses expired tokens beyond
-the leeway (and honours live ones); a worker's wall clock 30 s off does not change a grant's
-lifetime as Redis measures it."""
+"""Clock skew (criterion 8): a resource-side token verifier 30 s off still refuses expired tokens
+beyond the leeway (and honours live ones); a worker's wall clock 30 s off does not change a
+grant's lifetime as Redis measures it."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from schemas.events import (
     RenewalRequested,
 )
 from schemas.signing import GRANT_TOKEN_TYPE
-from tests.faults.test_properties import props_bundle
 from tests.support.faults import world
+from tests.support.faults.bundles import props_bundle
 from tests.support.faults.report import Figures
-from tests.support.helpers import wait_until
 from tests.support.identities import agent_client
+from tests.support.waits import wait_until
 
 SKEWS = (-30, 0, 30)
 FREEZE = "payments:accounts.freeze"

@@ -12,9 +12,11 @@ from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.stack.worker import WorkerProcess
 from schemas import topics
+from tests.support.factories import fraud_request
 from tests.support.faults.helpers import Ledger, worker_counters
 from tests.support.faults.report import Figures
-from tests.support.helpers import Tap, fraud_request, wait_until
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 TapFactory = Callable[[str], Tap]
 

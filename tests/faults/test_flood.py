@@ -17,10 +17,12 @@ from broker.sdk.agent.client import AgentClient
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import EscalationDecided
-from tests.faults.conftest import FLOOD_LIMIT
+from tests.support.factories import fraud_request
+from tests.support.faults.bundles import FLOOD_LIMIT
 from tests.support.faults.report import Figures
-from tests.support.helpers import Tap, fraud_request, wait_until
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 TapFactory = Callable[[str], Tap]
 FLOOD = 10_000

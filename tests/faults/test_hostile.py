@@ -17,10 +17,12 @@ from broker.config import Settings
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, EscalationDecided
+from tests.support.factories import anomaly, fraud_request
 from tests.support.faults.helpers import delta, worker_counters
 from tests.support.faults.report import Figures
-from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
 from tests.support.identities import harness_signer
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 TapFactory = Callable[[str], Tap]
 OVERSIZE = 1024 * 1024 - 16 * 1024  # ~1 MiB: as large as Kafka's default 1 MiB limit lets in

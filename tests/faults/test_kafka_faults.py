@@ -14,11 +14,13 @@ from broker.adapters.kafka.bus import Publisher, read_all
 from broker.errors import BusError
 from schemas import topics
 from schemas.events import EscalationDecided, EscalationRequested, GrantIssued
+from tests.support.factories import fraud_request
 from tests.support.faults import cluster, private
 from tests.support.faults.helpers import Ledger
 from tests.support.faults.report import Figures
-from tests.support.faults.workers import wait_for
-from tests.support.helpers import Tap, fraud_request
+from tests.support.faults.workers import LEDGER_POLL_S
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 
 class Burst:
@@ -86,7 +88,8 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
         try:
             ledger = Ledger((r.request_id for r in [*first, *later]), decisions, grants)
             publisher.publish_many(topics.ESCALATIONS.name, first, timeout=120)
-            wait_for(lambda: len(ledger.decided()) >= 600, 300, "600 decisions before the kill")
+            wait_until(lambda: len(ledger.decided()) >= 600, 300, "600 decisions before the kill",
+                       every=LEDGER_POLL_S)
             pid = worker.pid
             private.kill("kafka")
             at_kill = len(ledger.decided())
@@ -95,7 +98,8 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
             burst = Burst(publisher, later).start()  # load goes on once the broker is back
             burst.join(300)
             acked = {r.request_id for r in first} | burst.acked
-            wait_for(lambda: acked <= ledger.decided(), 400, "every acked request decided")
+            wait_until(lambda: acked <= ledger.decided(), 400, "every acked request decided",
+                       every=LEDGER_POLL_S)
             recovered_s = time.monotonic() - restarted
             conflicting, two_grants, changed = ledger.conflicts()
             figures.check("decided when Kafka was killed", f"{at_kill:,} of 3,000",
@@ -131,8 +135,7 @@ def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed
         private.register(settings, pool)
         publisher = private.publisher(settings, "/tests/cluster")
         requests = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
-        decisions, grants = Tap(bootstrap, topics.DECISIONS.name), Tap(bootstrap,
-                                                                       topics.GRANTS.name)
+        decisions, grants = (Tap(bootstrap, t.name) for t in (topics.DECISIONS, topics.GRANTS))
         try:
             ledger = Ledger((r.request_id for r in requests), decisions, grants)
             led = cluster.leaders(watched)
@@ -145,7 +148,8 @@ def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed
 
             burst = Burst(publisher, requests, fault=(1200, kill)).start()
             burst.join(300)
-            wait_for(lambda: burst.acked <= ledger.decided(), 400, "every acked one decided")
+            wait_until(lambda: burst.acked <= ledger.decided(), 400, "every acked one decided",
+                       every=LEDGER_POLL_S)
             granted = {d.grant_id for d in ledger.decisions() if d.grant_id is not None}
             in_log = _logged(bootstrap, topics.ESCALATIONS.name, EscalationRequested,
                              burst.acked, "request_id")

@@ -1,5 +1,6 @@
-"""Property-based invariants (#14): the stateful model of tests/faults/model.py run by hypothesis
-against the real worker code on a private redis-server, with the counts in the report."""
+"""Property-based invariants (criterion 14): the stateful model of tests/support/faults/model.py
+run by hypothesis against the real worker code on a private redis-server, with the counts in the
+report."""
 
 from __future__ import annotations
 
@@ -8,31 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from broker.policy import load_policy
 from tests.support.faults import model, world
+from tests.support.faults.bundles import props_bundle
 from tests.support.faults.report import Figures
 
-ROOT = Path(__file__).resolve().parents[2]
 # CI-sized; PERMBROKER_PROPS_EXAMPLES raises it for a longer hunt.
 EXAMPLES = int(os.environ.get("PERMBROKER_PROPS_EXAMPLES", "40"))
 STEPS = 30
-
-
-def props_bundle(bundle: Path) -> Path:
-    """The shipped fraud policy with the model's three agents (two fraud, one reporting)."""
-    bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / "policy.yaml").write_text((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
-    agents = [{"agent_id": agent, "agent_class": cls, "owner": "props@example.com",
-               "model": {"name": "m", "version": "1", "digest": "sha256:00"},
-               "confidence_threshold": 0.9 if cls == model.FRAUD else 0.6}
-              for agent, cls in model.AGENTS.items()]
-    (bundle / "agents.yaml").write_text(yaml.safe_dump(
-        {"apiVersion": "permbroker/v1", "kind": "Agents", "agents": agents}, sort_keys=False))
-    return bundle
 
 
 @pytest.mark.criterion("14")

@@ -22,9 +22,11 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
+from tests.support.factories import anomaly, fraud_request
 from tests.support.faults import private
 from tests.support.faults.report import Figures
-from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 Private = tuple[Settings, WorkerProcess]
 

@@ -1,12 +1,17 @@
 """Test identities: pool agents get their own keys and are registered by an operator on first use.
 
+Also the API credentials of the HTTP tests (an agent, a service and an operator token).
 Imports broker and schemas. The harness signs what it publishes with the key of the agent the
 message is keyed by (as that agent would), so the suite runs with signature checks on.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from typing import Any
+
+from pydantic import SecretStr
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.codec import Encoded
@@ -68,3 +73,30 @@ def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentCli
     """The agent's SDK client, signing with the agent's own key from the test key store."""
     return AgentClient(agent_id, settings.kafka_bootstrap,
                        keys=AgentKeyStore.from_settings(settings), **options)
+
+
+def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str, float], ...],
+               pool: int) -> Callable[[str], str]:
+    """Hands out each pool agent of a class suffix once, registered before it is handed out."""
+    counters = {suffix: itertools.count() for suffix, _cls, _t in classes}
+
+    def take(kind: str = "f") -> str:
+        n = next(counters[kind])
+        assert n < pool, "agent pool exhausted: raise POOL"
+        return registrar.ensure(f"t{run_id}-{kind}{n:03d}")
+
+    return take
+
+
+def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
+    """The test settings plus API credentials for one agent, a service and an operator."""
+    return settings.model_copy(update={
+        "api_operator_token": SecretStr("op-secret"), "api_service_token": SecretStr("svc"),
+        "api_agent_tokens": {agent: SecretStr("agent-secret"), "someone-else": SecretStr("x")},
+        "enforcement_point": f"api-{agent}", "view_staleness_bound_s": 5.0, **changes,
+    })
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of an API call with ``token``."""
+    return {"Authorization": f"Bearer {token}"}

@@ -1,6 +1,6 @@
 """Verifying the audit: chains of the sealed topic (or a copy, or an export) and raw coverage.
 
-Imports broker.audit_chain, broker.adapters (audit_keys, audit_log), broker.config, schemas.
+Imports broker.audit.chain, broker.adapters (audit_keys, audit_log), broker.config, schemas.
 Blocking (confluent-kafka). ``verify`` returns a report; the CLI prints it and sets the exit code.
 
 Raw coverage (live topic only): every offset of ``permbroker.audit.raw`` must be sealed exactly

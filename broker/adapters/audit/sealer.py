@@ -1,6 +1,6 @@
 """The audit sealer: chains raw audit records into the sealed audit topic, with signed digests.
 
-Imports confluent-kafka, broker.audit_chain, broker.adapters (audit_keys, audit_log, codec),
+Imports confluent-kafka, broker.audit.chain, broker.adapters (audit_keys, audit_log, codec),
 broker.config, broker.errors, schemas. Blocking: it runs in a thread of the worker (or alone,
 ``permbroker audit seal``), never inside a faust agent.
 

@@ -26,7 +26,6 @@ from schemas.events import (
     EVENT_TYPES,
     KNOWN_MINOR,
     WireModel,
-    event_id,
     model_for_type,
     partition_key,
     type_version,
@@ -55,7 +54,7 @@ def encode(event: WireModel, *, source: str, time: datetime | None = None) -> En
     attributes: dict[str, Any] = {
         "type": EVENT_TYPES[type(event)],
         "source": source,
-        "id": event_id(event),
+        "id": event.event_id,
         "time": time or datetime.now(UTC),
         "datacontenttype": CONTENT_TYPE,
     }

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from redis.exceptions import RedisError
-
 from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.calls import call
 from broker.adapters.redis.store import UNLIMITED, RateLimit, from_ms, ms
-from broker.errors import StoreUnavailable
 from broker.grants.approvals import Resolution, Status
 from broker.grants.decide import Pending
 
@@ -117,12 +115,6 @@ class ApprovalStore:
         self._vote = client.register_script(VOTE)
         self._expire = client.register_script(EXPIRE)
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-
     def _until(self, pending: Pending, max_grant_s: int) -> datetime:
         return pending.event.window_expires_at + timedelta(seconds=max_grant_s) + self._margin
 
@@ -144,18 +136,18 @@ class ApprovalStore:
                          args=[pending.to_json(), ms(event.window_expires_at), ms(until),
                                rate.capacity, rate.per_ms, ms(now or event.decided_at)],
                          client=pipe)
-        what, status, published = (await self._call(pipe.execute()))[-1]
+        what, status, published = (await call(pipe.execute()))[-1]
         if what == b"rate":
             return "rate", "pending", False
         return what.decode(), cast(Status, status.decode()), published == b"1"
 
     async def mark_published(self, agent_id: str, request_id: str) -> None:
         """The pending event reached Kafka (a redelivered request does not publish it again)."""
-        await self._call(self._r.hset(keys.approval(agent_id, request_id), "published", "1"))
+        await call(self._r.hset(keys.approval(agent_id, request_id), "published", "1"))
 
     async def get(self, agent_id: str, request_id: str) -> Held | None:
         """The held request, or None (never held, or forgotten long after its window)."""
-        raw = await self._call(self._r.hgetall(keys.approval(agent_id, request_id)))
+        raw = await call(self._r.hgetall(keys.approval(agent_id, request_id)))
         if not raw or b"pending" not in raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -171,20 +163,20 @@ class ApprovalStore:
     async def vote(self, agent_id: str, request_id: str, *, approver: str, verdict: str,
                    at: datetime, vote_id: str, quorum: int) -> tuple[str, Status]:
         """Count one vote atomically: (unknown|closed|late|duplicate|counted, status after)."""
-        what, status, _decided = await self._call(self._vote(
+        what, status, _decided = await call(self._vote(
             keys=[keys.approval(agent_id, request_id)],
             args=[approver, verdict, ms(at), vote_id, quorum]))
         return what.decode(), cast(Status, status.decode() or "pending")
 
     async def expire(self, agent_id: str, request_id: str, now: datetime) -> Status | None:
         """Close the request if its window has ended unanswered; its status (None: gone)."""
-        status, _decided = await self._call(self._expire(
+        status, _decided = await call(self._expire(
             keys=[keys.approval(agent_id, request_id)], args=[ms(now)]))
         return None if status == b"gone" else cast(Status, status.decode())
 
     async def due(self, until: datetime, limit: int = 200) -> list[tuple[str, str]]:
         """Held requests whose window ended by ``until``: (agent, request id)."""
-        members = await self._call(self._r.zrangebyscore(
+        members = await call(self._r.zrangebyscore(
             keys.APPROVALS_DUE, "-inf", ms(until), start=0, num=limit))
         return [cast(tuple[str, str], tuple(m.decode().split(keys.MEMBER_SEP, 1)))
                 for m in members]
@@ -192,11 +184,11 @@ class ApprovalStore:
     async def forget_due(self, agent_id: str, request_id: str) -> None:
         """Drop a request from the due index once its final decision was published."""
         member = keys.MEMBER_SEP.join((agent_id, request_id))
-        await self._call(self._r.zrem(keys.APPROVALS_DUE, member))
+        await call(self._r.zrem(keys.APPROVALS_DUE, member))
 
     async def listed(self, limit: int = 500) -> list[Held]:
         """Every held request still indexed (pending, or closed but not yet announced)."""
-        members = await self._call(self._r.zrange(keys.APPROVALS_DUE, 0, limit - 1))
+        members = await call(self._r.zrange(keys.APPROVALS_DUE, 0, limit - 1))
         held = []
         for m in members:
             agent, request = m.decode().split(keys.MEMBER_SEP, 1)

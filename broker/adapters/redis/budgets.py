@@ -1,7 +1,7 @@
 """Budget counters in Redis: count a use (resource services), end an exhausted grant (workers).
 
 Imports redis, broker core (budgets, errors), schemas. Each call is one Lua script on one agent's
-hash slot (``broker.adapters.lua_budgets``); a Redis that does not answer raises
+hash slot (``broker.adapters.redis.lua``); a Redis that does not answer raises
 ``StoreUnavailable`` (callers fail closed).
 """
 
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis import lua_budgets
+from broker.adapters.redis import lua
+from broker.adapters.redis.calls import call, translated
 from broker.adapters.redis.store import ms
-from broker.errors import StoreUnavailable
 from broker.grants.budgets import Use, UseStatus, cause_of
 from schemas.events import GrantIssued, GrantUsed
 
@@ -28,7 +27,7 @@ class BudgetCounter:
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
-        self._consume = client.register_script(lua_budgets.CONSUME)
+        self._consume = client.register_script(lua.CONSUME)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0) -> BudgetCounter:
@@ -39,12 +38,10 @@ class BudgetCounter:
     def consume(self, grant: GrantIssued, scope: str, use_id: str) -> Use:
         """Count one use of ``scope`` under ``grant`` (idempotent per ``use_id``)."""
         a = grant.agent_id
-        try:
+        with translated():
             status, used, limit = self._consume(
                 keys=[keys.grant(a, grant.grant_id), keys.budget(a, grant.grant_id)],
                 args=[use_id, scope])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         return Use(cast(UseStatus, status.decode()), int(used), int(limit))
 
     def close(self) -> None:
@@ -66,19 +63,13 @@ class BudgetRevoker:
     def __init__(self, client: aioredis.Redis, *, margin_s: int = 3600) -> None:
         self._r = client
         self._margin = timedelta(seconds=margin_s)
-        self._revoke = client.register_script(lua_budgets.REVOKE_EXHAUSTED)
-
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        self._revoke = client.register_script(lua.REVOKE_EXHAUSTED)
 
     async def end(self, event: GrantUsed, now: datetime, max_grant_s: int) -> Exhaustion:
         """Remove the grant once per exhaustion, only if the store's counter is at the limit."""
         a, gid, cause = event.agent_id, event.grant_id, cause_of(event)
         until = now + timedelta(seconds=max_grant_s) + self._margin
-        status, payload = await self._call(self._revoke(
+        status, payload = await call(self._revoke(
             keys=[keys.grant(a, gid), keys.life(a, gid), keys.index(a),
                   keys.budget_revoked(a, cause), keys.budget(a, gid)],
             args=[gid, event.scope, ms(until)]))
@@ -88,11 +79,11 @@ class BudgetRevoker:
 
     async def published(self, event: GrantUsed) -> bool:
         """Whether the revocation of this exhaustion already reached Kafka."""
-        return bool(await self._call(self._r.exists(keys.published(event.agent_id,
+        return bool(await call(self._r.exists(keys.published(event.agent_id,
                                                                    cause_of(event)))))
 
     async def mark_published(self, event: GrantUsed, now: datetime, max_grant_s: int) -> None:
         """Remember the revocation was published, so a redelivery publishes nothing again."""
         until = now + timedelta(seconds=max_grant_s) + self._margin
-        await self._call(self._r.set(keys.published(event.agent_id, cause_of(event)), 1,
+        await call(self._r.set(keys.published(event.agent_id, cause_of(event)), 1,
                                      pxat=ms(until)))

@@ -9,13 +9,11 @@ accepted at all (``iat`` + max age + margin); after that, staleness rejects it a
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from broker.adapters.redis import keyspace as keys
-from broker.errors import StoreUnavailable
+from broker.adapters.redis.calls import call
 
 LAST_ACTED_LIFE = timedelta(days=30)
 
@@ -54,18 +52,12 @@ class IdentityStore:
         """Close the client's connections."""
         await self._r.aclose()
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-
     async def first_seen(self, principal: str, jti: str, origin: str, until: datetime, *,
                          agent: str = "", at: datetime | None = None) -> tuple[str, bool]:
         """The origin of the nonce's first use (recording ``origin`` if none), and whether this
         call recorded it; a first use by ``agent`` also records that it acted ``at``."""
         acted = at or until
-        first, new = await self._call(self._first_seen(
+        first, new = await call(self._first_seen(
             keys=[keys.nonce(principal, jti), keys.LAST_ACTED],
             args=[origin, _ms(until), agent, _ms(acted), _ms(acted + LAST_ACTED_LIFE)]))
         return (first.decode() if isinstance(first, bytes) else str(first)), bool(int(new))
@@ -75,10 +67,10 @@ class IdentityStore:
         pipe = self._r.pipeline(transaction=False)
         pipe.hset(keys.LAST_ACTED, agent_id, _ms(at))
         pipe.pexpireat(keys.LAST_ACTED, _ms(at + LAST_ACTED_LIFE))
-        await self._call(pipe.execute())
+        await call(pipe.execute())
 
     async def last_acted(self) -> dict[str, datetime]:
         """agent id -> when it last acted (within the last 30 days)."""
-        raw = await self._call(self._r.hgetall(keys.LAST_ACTED))
+        raw = await call(self._r.hgetall(keys.LAST_ACTED))
         return {k.decode(): datetime.fromtimestamp(int(v) / 1000, tz=UTC)
                 for k, v in raw.items()}

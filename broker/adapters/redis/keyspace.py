@@ -61,7 +61,7 @@ def decision(agent_id: str, request_id: str) -> str:
 def published(agent_id: str, request_id: str) -> str:
     """A "published" marker: of a decision record written before records.py's compact form
     (a compact record carries its flag in its first byte), and of a budget exhaustion's
-    revocation (broker/adapters/budget_store.py)."""
+    revocation (broker/adapters/redis/budgets.py)."""
     return f"{agent_prefix(agent_id)}published:{request_id}"
 
 
@@ -116,7 +116,7 @@ def nonce(principal: str, jti: str) -> str:
     return f"{PREFIX}:{{{principal}}}:nonce:{jti}"
 
 
-# Usage budgets (issue 6): counters of one grant, and what an exhaustion revoked.
+# Usage budgets: counters of one grant, and what an exhaustion revoked.
 def budget(agent_id: str, grant_id: str) -> str:
     """Hash of one grant's budgets: ``left:<scope>`` uses left, ``use:<use id>`` what each use
     left (idempotency); PXAT the grant's own expiry, so it ends with the grant."""
@@ -126,7 +126,7 @@ def budget(agent_id: str, grant_id: str) -> str:
 def budget_revoked(agent_id: str, cause_id: str) -> str:
     """The grant (JSON, '' if it had already ended) one budget exhaustion revoked."""
     return f"{agent_prefix(agent_id)}budget-revoked:{cause_id}"
-# Approvals (issue 6). Global zset of held requests "agent\x1frequest_id" scored by the end of
+# Approvals. Global zset of held requests "agent\x1frequest_id" scored by the end of
 # their approval window (PXAT: past the latest window it holds, plus a margin).
 APPROVALS_DUE = f"{PREFIX}:approvals:due"
 

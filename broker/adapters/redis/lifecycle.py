@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
+from broker.adapters.redis.calls import call
 from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
 from broker.grants.renewal import RenewalOutcome
 from schemas.events import GrantExpiring, GrantIssued, ReleaseDecided, RenewalDecided
@@ -48,12 +49,9 @@ class LifecycleStore:
         self._renew = self._r.register_script(lua.RENEW)
         self._release = self._r.register_script(lua.RELEASE_OWN)
 
-    async def _call(self, coro: Any) -> Any:
-        return await self._store._call(coro)  # one translation of Redis errors: StoreUnavailable
-
     async def live_grant(self, agent_id: str, grant_id: str, now: datetime) -> GrantIssued | None:
         """The agent's own grant ``grant_id`` if it is live (not ended, not past expires_at)."""
-        raw = await self._call(self._r.get(keys.grant(agent_id, grant_id)))
+        raw = await call(self._r.get(keys.grant(agent_id, grant_id)))
         if not raw:
             return None
         grant = GrantIssued.model_validate_json(raw)
@@ -64,7 +62,7 @@ class LifecycleStore:
                        request_id: str) -> bool:
         """Whether a renewal or release request was already decided (a redelivery)."""
         key = (keys.renewal if kind == "renewal" else keys.release)(agent_id, request_id)
-        return bool(await self._call(self._r.exists(key)))
+        return bool(await call(self._r.exists(key)))
 
     async def renew(
         self, outcome: RenewalOutcome, grant: GrantIssued | None, *, received_at: datetime,
@@ -81,7 +79,7 @@ class LifecycleStore:
             life_until = max(record_until, r.expires_at + self._margin)
             prev_ms = ms(grant.expires_at)
             await self._store.schedule(renewed, life_until)
-        status, payload = await self._call(
+        status, payload = await call(
             self._renew(
                 keys=[keys.renewal(a, d.request_id), keys.grant(a, d.grant_id), keys.index(a),
                       keys.life(a, d.grant_id), keys.revoked(a), keys.quarantine(a),
@@ -98,7 +96,7 @@ class LifecycleStore:
         """End the agent's own grant (when the decision says released) and record the answer."""
         a = decision.agent_id
         until = received_at + timedelta(seconds=max_grant_s) + self._margin
-        status, payload = await self._call(
+        status, payload = await call(
             self._release(
                 keys=[keys.release(a, decision.request_id), keys.grant(a, decision.grant_id),
                       keys.life(a, decision.grant_id), keys.index(a)],
@@ -110,7 +108,7 @@ class LifecycleStore:
 
     async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
         """Grants whose expiry warning is due, with the warning to announce if still live."""
-        members = await self._call(
+        members = await call(
             self._r.zrangebyscore(keys.EXPIRING_INDEX, "-inf", ms(now), start=0, num=limit)
         )
         parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
@@ -118,7 +116,7 @@ class LifecycleStore:
         for _member, agent, gid, _ns in parsed:
             pipe.get(keys.life(agent, gid))
             pipe.get(keys.grant(agent, gid))
-        found = await self._call(pipe.execute()) if parsed else []
+        found = await call(pipe.execute()) if parsed else []
         out = []
         for i, (member, agent, gid, namespaces) in enumerate(parsed):
             # The life key holds the current expiry while the grant has not been ended; a
@@ -126,7 +124,7 @@ class LifecycleStore:
             life, raw_grant = found[2 * i], found[2 * i + 1]
             grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
             if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
-                await self._call(  # renewed since it was indexed: warn later
+                await call(  # renewed since it was indexed: warn later
                     self._r.zadd(keys.EXPIRING_INDEX, {member: ms(self._store.warn_at(grant))})
                 )
                 continue
@@ -142,7 +140,7 @@ class LifecycleStore:
     async def ack_warnings(self, done: Sequence[DueWarning]) -> None:
         """Forget announced (or moot) warnings."""
         if done:
-            await self._call(self._r.zrem(keys.EXPIRING_INDEX, *(d.member for d in done)))
+            await call(self._r.zrem(keys.EXPIRING_INDEX, *(d.member for d in done)))
 
 
 def _stored(status: bytes, payload: bytes) -> Stored:

@@ -11,20 +11,18 @@ counts requests, grants and denials, each expiring with the longest detector win
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.calls import call
 from broker.behaviour.profiles import ClassView, Profile
 from broker.behaviour.stats import group_report, window_buckets
-from broker.errors import StoreUnavailable
 from broker.policy.detectors import Detectors
 
-T = TypeVar("T")
+WHAT = "behaviour profiles"  # names the store in its errors
 CLASS_COUNT = "#requests"  # field of the class hash holding its request count
 
 # KEYS[1] profile hash; ARGV: partition, offset, profile JSON, expire-at ms.
@@ -59,17 +57,11 @@ class ProfileStore:
         """A store on a fresh client for ``url``."""
         return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await call()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"behaviour profiles: {what} failed: {exc}") from exc
-
     async def load(self, agent_id: str) -> tuple[Profile | None, tuple[int, int]]:
         """The agent's profile and the (partition, offset) of the last decision in it
         ((-1, -1): none)."""
-        raw = await self._call("load", lambda: self._r.hmget(
-            keys.behaviour(agent_id), ["profile", "partition", "offset"]))
+        fields = ["profile", "partition", "offset"]
+        raw = await call(self._r.hmget(keys.behaviour(agent_id), fields), f"{WHAT}: load")
         text, partition, offset = raw
         position = (int(partition), int(offset)) if partition is not None and offset is not None \
             else (-1, -1)
@@ -80,24 +72,24 @@ class ProfileStore:
         """Store the profile unless this partition's decision at or after the offset of
         ``position`` is already in it (a decision on another partition, after the topic grew,
         is always newer)."""
-        done = await self._call("save", lambda: self._save(
+        done = await call(self._save(
             keys=[keys.behaviour(agent_id)],
-            args=[position[0], position[1], profile.to_json(), expire_ms]))
+            args=[position[0], position[1], profile.to_json(), expire_ms]), f"{WHAT}: save")
         return bool(done)
 
     async def class_view(self, agent_class: str, patterns: tuple[str, ...]) -> ClassView:
         """The class's request count and which of ``patterns`` it used before."""
         fields = [CLASS_COUNT, *patterns]
-        raw = await self._call("class view", lambda: self._r.hmget(
-            keys.behaviour_class(agent_class), fields))
+        raw = await call(self._r.hmget(keys.behaviour_class(agent_class), fields),
+                         f"{WHAT}: class view")
         known = frozenset(p for p, v in zip(patterns, raw[1:], strict=True) if v is not None)
         return ClassView(int(raw[0] or 0), known)
 
     async def learn(self, agent_class: str, patterns: tuple[str, ...], at_ms: int,
                     expire_ms: int) -> None:
         """Count one request of the class and remember its patterns (until ``expire_ms``)."""
-        await self._call("learn", lambda: self._learn(
-            keys=[keys.behaviour_class(agent_class)], args=[at_ms, expire_ms, *patterns]))
+        await call(self._learn(keys=[keys.behaviour_class(agent_class)],
+                               args=[at_ms, expire_ms, *patterns]), f"{WHAT}: learn")
 
     async def count_group(self, agent_class: str, model_version: str, bucket_ms: int,
                           granted: bool, expire_ms: int) -> None:
@@ -111,7 +103,7 @@ class ProfileStore:
                 pipe.pexpireat(key, expire_ms)
                 await pipe.execute()
 
-        await self._call("count group", write)
+        await call(write(), f"{WHAT}: count group")
 
     async def group_window(self, agent_class: str, model_version: str,
                            starts: list[int]) -> tuple[int, int, int]:
@@ -124,14 +116,14 @@ class ProfileStore:
                                ["r", "g", "d"])
                 return list(await pipe.execute())
 
-        rows = await self._call("group window", read)
+        rows = await call(read(), f"{WHAT}: group window")
         totals = [sum(int(row[i] or 0) for row in rows) for i in range(3)]
         return totals[0], totals[1], totals[2]
 
     async def group_stats(self, agent_class: str, model_version: str, cfg: Detectors,
                           now: datetime) -> dict[str, Any]:
         """A class and model version's request, grant and denial counts in the detector
-        windows ending ``now`` (``broker.behaviour_stats.group_report``)."""
+        windows ending ``now`` (``broker.behaviour.stats.group_report``)."""
         counts = [(seconds, starts,
                    await self.group_window(agent_class, model_version, starts))
                   for seconds, starts in window_buckets(cfg, now)]
@@ -139,7 +131,7 @@ class ProfileStore:
 
     async def ttl_ms(self, agent_id: str) -> int:
         """Milliseconds the agent's profile key has left (-2: absent)."""
-        return int(await self._call("ttl", lambda: self._r.pttl(keys.behaviour(agent_id))))
+        return int(await call(self._r.pttl(keys.behaviour(agent_id)), f"{WHAT}: ttl"))
 
     async def close(self) -> None:
         """Close the client."""

@@ -2,106 +2,54 @@
 
 Imports redis, broker core, schemas.
 
-Kafka is the log of record; this view can be rebuilt from it (``rebuild.py``). Until it has been
-built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua script on one agent's
-hash slot, with absolute expiries computed once by the broker.
+Kafka is the log of record; this view can be rebuilt from it (``broker.adapters.kafka.rebuild``).
+Until it has been built (``VIEW_EPOCH`` present) checks fail closed. Every write is one Lua
+script on one agent's hash slot, with absolute expiries computed once by the broker.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
+from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.restore import Rebuild
+from broker.adapters.redis.values import (
+    NO_FENCE,
+    NO_RISK_FENCE,
+    UNLIMITED,
+    Check,
+    Committed,
+    DueExpiry,
+    Fence,
+    RateLimit,
+    Snapshot,
+    from_ms,
+    ms,
+)
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants.decide import AgentState, Outcome, derive_id
 from broker.grants.revocation import RevocationPlan
-from schemas.events import AgentRevoked, EscalationDecided, GrantExpired, GrantIssued
+from schemas.events import EscalationDecided, GrantIssued
 
-SEP = "\x1f"
-
-
-def ms(when: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    return int(when.timestamp() * 1000)
+__all__ = [  # the values of the store's signatures, importable with it
+    "NO_FENCE", "NO_RISK_FENCE", "UNLIMITED", "Check", "Committed", "DueExpiry", "Fence",
+    "RateLimit", "RedisGrantStore", "Snapshot", "from_ms", "ms",
+]
 
 
-def from_ms(value: int | str | bytes) -> datetime:
-    """Aware UTC datetime from epoch milliseconds."""
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+class RedisGrantStore(Rebuild):
+    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer.
 
-
-@dataclass(frozen=True)
-class Committed:
-    """Result of storing a decision: what is now recorded for the request."""
-
-    status: Literal["stored", "existing", "blocked", "fenced"]
-    decision: EscalationDecided | None
-    grant: GrantIssued | None
-    published: bool = False
-    blocked_reason: str = ""
-    blocked_detail: str = ""
-
-
-@dataclass(frozen=True)
-class DueExpiry:
-    """A grant whose expiry passed: announce it (``live``) to its namespaces' topics, then ack."""
-
-    event: GrantExpired
-    live: bool
-    namespaces: tuple[str, ...] | None
-    member: str
-
-
-@dataclass(frozen=True)
-class Fence:
-    """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
-
-    role: str = "esc"
-    epoch: int = 0
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A token bucket: ``capacity`` requests per ``per_ms`` milliseconds (0: unlimited)."""
-
-    capacity: int = 0
-    per_ms: int = 1000
-
-
-NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What one decision reads first, in one round trip; ``now`` is Redis's clock."""
-
-    now: datetime
-    state: AgentState
-    risk: float
-    view_built: bool
-    fence_epoch: int | None
-    recorded: Committed | None = None  # the request's stored decision, when one was asked for
-
-
-@dataclass(frozen=True)
-class Check:
-    """Answer of a store-side check, with the reason."""
-
-    allowed: bool
-    reason: str
-    grant: GrantIssued | None = None
-
-
-class RedisGrantStore:
-    """Grant store on Redis; every method raises StoreUnavailable when Redis cannot answer."""
+    Its expiry indexes (``expiry.ExpiryIndex``) and rebuild (``restore.Rebuild``) are inherited.
+    """
 
     def __init__(
         self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
@@ -132,41 +80,13 @@ class RedisGrantStore:
         """The Redis client (for the lifecycle store sharing its connections)."""
         return self._r
 
-    def warn_at(self, grant: GrantIssued) -> datetime:
-        """When to announce grant.expiring: ``warn_before_s`` ahead, at most half its life."""
-        life = (grant.expires_at - grant.issued_at).total_seconds()
-        return grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
-
-    async def schedule(self, grant: GrantIssued, life_until: datetime) -> None:
-        """Index a grant's expiry and expiry warning (before it is stored: never missed)."""
-        pipe = self._r.pipeline(transaction=False)  # one round trip for both indexes
-        self._index_expiry(pipe, grant, life_until)
-        await self._call(pipe.execute())
-
-    def _index_expiry(self, pipe: Any, grant: GrantIssued, life_until: datetime) -> None:
-        """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
-        member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
-        for index, when in (
-            (keys.EXPIRY_INDEX, grant.expires_at),
-            (keys.EXPIRING_INDEX, self.warn_at(grant)),
-        ):
-            pipe.zadd(index, {member: ms(when)})
-            pipe.pexpireat(index, ms(life_until), gt=True)
-            pipe.pexpireat(index, ms(life_until), nx=True)
-
     async def aclose(self) -> None:
         """Close the client's connections."""
         await self._r.aclose()
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
-
     async def check_config(self) -> None:
         """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
-        cfg = await self._call(self._r.config_get("maxmemory-policy"))
+        cfg = await call(self._r.config_get("maxmemory-policy"))
         policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
         policy = policy.decode() if isinstance(policy, bytes) else str(policy)
         if policy != "noeviction":
@@ -178,16 +98,16 @@ class RedisGrantStore:
 
     async def view_epoch(self) -> datetime | None:
         """When the view was last built from Kafka, or None (then nothing is allowed)."""
-        raw = await self._call(self._r.get(keys.VIEW_EPOCH))
+        raw = await call(self._r.get(keys.VIEW_EPOCH))
         return from_ms(raw) if raw else None
 
     async def mark_built(self, now: datetime) -> None:
         """Record that the view now reflects the log."""
-        await self._call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+        await call(self._r.set(keys.VIEW_EPOCH, ms(now)))
 
     async def now(self) -> datetime:
         """Redis's clock: the one that expires every key, so the one grants are judged by."""
-        sec, usec = await self._call(self._r.time())
+        sec, usec = await call(self._r.time())
         return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
 
     async def snapshot(
@@ -209,7 +129,7 @@ class RedisGrantStore:
             pipe.get(fence_key)
         if request_id is not None:
             self._queue_recorded(pipe, agent_id, request_id)
-        got = await self._call(pipe.execute())
+        got = await call(pipe.execute())
         (sec, usec), rule, pxat, revoked, risk, built = got[:6]
         found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
@@ -235,11 +155,11 @@ class RedisGrantStore:
 
     async def fence_epoch(self, fence_key: str) -> int:
         """The newest claimed epoch of an input partition (0 when none, e.g. after a wipe)."""
-        return int(await self._call(self._r.get(fence_key)) or 0)
+        return int(await call(self._r.get(fence_key)) or 0)
 
     async def claim(self, fence_key: str) -> int:
         """Become the newest owner of an input partition; returns the epoch to write with."""
-        return int(await self._call(self._claim(keys=[fence_key])))
+        return int(await call(self._claim(keys=[fence_key])))
 
     async def note_risk(self, agent_id: str, severity: float, until: datetime) -> float:
         """Remember a risk severity until ``until``; returns the live risk.
@@ -247,7 +167,7 @@ class RedisGrantStore:
         A signal read long after it was appended (a worker catching up) may have an ``until``
         already past: Redis then drops the key at once and there is no live risk (0).
         """
-        raw = await self._call(
+        raw = await call(
             self._note_risk(keys=[keys.risk(agent_id)], args=[repr(severity), ms(until)])
         )
         return float(raw) if raw is not None else 0.0
@@ -320,22 +240,21 @@ class RedisGrantStore:
         execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
         pipeline runs again: its other commands are idempotent, and the script did not run.
         """
-        for _ in range(2):
-            pipe = self._r.pipeline(transaction=False)
-            fill(pipe)
-            try:
-                return list(await pipe.execute())
-            except NoScriptError:
-                await self._call(self._r.script_load(script))
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        with translated():
+            for _ in range(2):
+                pipe = self._r.pipeline(transaction=False)
+                fill(pipe)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    await self._r.script_load(script)
         raise StoreUnavailable("Redis lost the commit script twice in a row")
 
     async def recorded(self, agent_id: str, request_id: str) -> Committed | None:
         """The decision stored for a request (as a commit would find it), or None."""
         pipe = self._r.pipeline(transaction=False)
         self._queue_recorded(pipe, agent_id, request_id)
-        return self._recorded(*await self._call(pipe.execute()))
+        return self._recorded(*await call(pipe.execute()))
 
     def _queue_recorded(self, pipe: Any, agent_id: str, request_id: str) -> None:
         """Queue the reads of a request's record: the record, its grant, the legacy marker."""
@@ -366,7 +285,7 @@ class RedisGrantStore:
         """Remember that a decision reached Kafka, so a later delivery is a mere duplicate."""
         until = self._record_until(decision.expires_at or received_at, received_at, max_grant_s)
         a, rid = decision.agent_id, decision.request_id
-        await self._call(
+        await call(
             self._mark(keys=[keys.decision(a, rid), keys.published(a, rid)], args=[ms(until)])
         )
 
@@ -378,7 +297,7 @@ class RedisGrantStore:
         None when a newer owner of the signal's partition has written for the agent (fenced).
         """
         a = plan.agent_id
-        raw = await self._call(
+        raw = await call(
             self._revoke(
                 keys=[
                     keys.index(a),
@@ -405,7 +324,7 @@ class RedisGrantStore:
     async def release(self, grant: GrantIssued) -> bool:
         """End one grant early (the agent gave it back); True if it was live."""
         a = grant.agent_id
-        live = await self._call(
+        live = await call(
             self._release(
                 keys=[keys.life(a, grant.grant_id), keys.grant(a, grant.grant_id), keys.index(a)],
                 args=[grant.grant_id],
@@ -429,7 +348,7 @@ class RedisGrantStore:
             return Check(
                 False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
             )
-        raw = await self._call(
+        raw = await call(
             self._check(
                 keys=[keys.index(agent_id)],
                 args=[ms(now), scope, resource, keys.agent_prefix(agent_id)],
@@ -442,7 +361,7 @@ class RedisGrantStore:
 
     async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
         """Live grants of one agent."""
-        raw = await self._call(
+        raw = await call(
             self._list(keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)])
         )
         return [GrantIssued.model_validate_json(item) for item in raw]
@@ -450,134 +369,8 @@ class RedisGrantStore:
     async def agents_with_grants(self) -> list[str]:
         """Agent ids that have a grant index (for listings)."""
         out: list[str] = []
-        async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
-            text = key.decode()
-            out.append(text[text.index("{") + 1 : text.rindex("}")])
+        with translated():
+            async for key in self._r.scan_iter(match=f"{keys.PREFIX}:{{*}}:grants", count=500):
+                text = key.decode()
+                out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
-
-    async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
-        """Grants whose expiry passed; ``live`` says whether to announce (not revoked/released).
-
-        A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
-        instead: its end is announced at the new expiry.
-        """
-        members = await self._call(
-            self._r.zrangebyscore(
-                keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
-            )
-        )
-        parsed = [(raw.decode(), score) for raw, score in members]
-        pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
-        for member, _score in parsed:
-            agent, gid, _ns = keys.parse_member(member)
-            pipe.get(keys.life(agent, gid))
-        lives = await self._call(pipe.execute()) if parsed else []
-        out = []
-        for (member, score), current in zip(parsed, lives, strict=True):
-            agent, gid, namespaces = keys.parse_member(member)
-            if current is not None and int(current) > int(score):
-                await self._call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
-                continue
-            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
-            out.append(DueExpiry(event, current is not None, namespaces, member))
-        return out
-
-    async def ack_expiries(self, done: Sequence[DueExpiry]) -> None:
-        """Forget announced (or skipped) expiries."""
-        if not done:
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for d in done:
-            pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
-            pipe.zrem(keys.EXPIRY_INDEX, d.member)
-        await self._call(pipe.execute())
-
-    async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
-        """Rebuild: put back one grant from the log if still live and not revoked."""
-        a = grant.agent_id
-        life_until = grant.expires_at + self._margin
-        await self.schedule(grant, life_until)
-        done = await self._call(
-            self._restore(
-                keys=[
-                    keys.grant(a, grant.grant_id),
-                    keys.index(a),
-                    keys.life(a, grant.grant_id),
-                    keys.revoked(a),
-                    keys.quarantine(a),
-                ],
-                args=[
-                    grant.model_dump_json(),
-                    ms(grant.expires_at),
-                    ms(now),
-                    ms(life_until),
-                    grant.grant_id,
-                    ms(grant.issued_at),
-                    0,
-                    0,
-                    0,
-                    "",
-                ],
-            )
-        )
-        return bool(done)
-
-    async def restore_records(
-        self,
-        grants: Iterable[GrantIssued],
-        decision_of: Callable[[GrantIssued], EscalationDecided],
-        revocations: Sequence[tuple[AgentRevoked, Sequence[GrantIssued]]],
-        now: datetime,
-    ) -> None:
-        """Rebuild: the idempotency records of logged grants and revocations (never overwritten).
-
-        With them a request or revoking signal redelivered after a wipe is a duplicate, as it
-        was before: it cannot revive a released grant, move a renewed expiry back, or revoke
-        grants issued after the revocation.
-        """
-        pipe = self._r.pipeline(transaction=False)
-        for g in grants:  # only records that would still live (a long log has many more)
-            if g.expires_at + self._margin > now:
-                d, pxat = decision_of(g), ms(g.expires_at + self._margin)
-                pipe.set(keys.decision(d.agent_id, d.request_id),
-                         records.pack(d.model_dump_json(), published=True), pxat=pxat, nx=True)
-        for rev, grants in revocations:
-            if rev.markers_until + self._margin > now:
-                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
-                pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
-                         pxat=ms(rev.markers_until + self._margin), nx=True)
-        await self._call(pipe.execute())
-
-    async def restore_revocation(
-        self,
-        agent_id: str,
-        revoked_at: datetime,
-        marker_until: datetime,
-        quarantine_until: datetime | None,
-        rule: str,
-        now: datetime,
-    ) -> None:
-        """Rebuild: put back a revocation marker (and quarantine) from the log."""
-        await self._call(
-            self._restore(
-                keys=[
-                    keys.grant(agent_id, "-"),
-                    keys.index(agent_id),
-                    keys.life(agent_id, "-"),
-                    keys.revoked(agent_id),
-                    keys.quarantine(agent_id),
-                ],
-                args=[
-                    "",
-                    0,
-                    ms(now),
-                    0,
-                    "",
-                    0,
-                    ms(revoked_at),
-                    ms(marker_until),
-                    ms(quarantine_until) if quarantine_until else 0,
-                    rule,
-                ],
-            )
-        )

@@ -48,7 +48,7 @@ class DecisionWatcher:
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
         )
         self._decisions: dict[str, Decision] = {}
-        self._pending: dict[str, EscalationPending] = {}  # held for approval (issue 6)
+        self._pending: dict[str, EscalationPending] = {}  # held for approval
         self._answers: dict[str, CommandAnswered] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()

@@ -20,7 +20,9 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, EscalationDecided, EscalationRequested
 from tests.support.audit import cli, cli_process, kafka_ends, redis_snapshot, report, wait_sealed
-from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.factories import anomaly, fraud_request
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

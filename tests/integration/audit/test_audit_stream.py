@@ -33,8 +33,9 @@ from tests.support.audit import (
     seed,
     wait_sealed,
 )
-from tests.support.helpers import Tap, wait_until
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -32,9 +32,10 @@ from broker.config import Settings
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
-from tests.integration.delivery.test_http import api_settings, bearer
 from tests.support.audit import cli
-from tests.support.helpers import Tap, wait_until
+from tests.support.identities import api_settings, bearer
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 USUAL_EVERY_S = 1.0  # the agents' usual rate: one request a second

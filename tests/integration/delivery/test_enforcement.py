@@ -25,8 +25,9 @@ from schemas.events import (
     GrantRevoked,
 )
 from tests.support.enforcement import EXPORT, FREEZE, PII, fraud_grant, kafka_frozen
-from tests.support.helpers import Tap, wait_until
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -11,7 +11,6 @@ import pytest
 import uvicorn
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from broker.api.app import create_app
 from broker.config import Settings
@@ -23,8 +22,8 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.enforcement import FREEZE, fraud_grant
-from tests.support.helpers import wait_until
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, api_settings, bearer
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,19 +92,6 @@ def test_dependency_and_middleware_enforce_over_real_http(
             denied = http.post(path, headers=after)
             assert denied.status_code == 403, denied.text
             assert "no active grant" in denied.headers["x-permbroker-deny-reason"]
-
-
-def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
-    """The test settings plus API credentials for one agent, a service and an operator."""
-    return settings.model_copy(update={
-        "api_operator_token": SecretStr("op-secret"), "api_service_token": SecretStr("svc"),
-        "api_agent_tokens": {agent: SecretStr("agent-secret"), "someone-else": SecretStr("x")},
-        "enforcement_point": f"api-{agent}", "view_staleness_bound_s": 5.0, **changes,
-    })
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_api_escalates_checks_lists_revokes_and_reports(

@@ -28,8 +28,9 @@ from schemas.events import (
     GrantIssued,
 )
 from tests.support.approval_policy import requester, verifier
-from tests.support.helpers import Tap, fraud_request
+from tests.support.factories import fraud_request
 from tests.support.identities import Registrar
+from tests.support.taps import Tap
 
 FREEZE, UNFREEZE, PII = ("payments:accounts.freeze", "payments:accounts.unfreeze",
                          "crm:customer.pii.read")

@@ -25,8 +25,9 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, GrantIssued, GrantRevoked, GrantUsed
 from tests.support.enforcement import FREEZE
-from tests.support.helpers import Tap, wait_until
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

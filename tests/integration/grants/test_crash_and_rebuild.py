@@ -18,7 +18,9 @@ from broker.config import Settings
 from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 from schemas.events import EscalationDecided, GrantExpired, GrantIssued
-from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.factories import anomaly, fraud_request
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 import redis
 
-from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.bus import Publisher, Record
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
@@ -24,9 +23,11 @@ from schemas.events import (
     GrantIssued,
     GrantRevoked,
 )
-from tests.integration.conftest import keys_without_ttl
-from tests.support.helpers import Tap, anomaly, fraud_request
+from tests.support.factories import anomaly, fraud_request
+from tests.support.fixtures import keys_without_ttl
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -132,13 +133,13 @@ def test_malformed_and_invalid_messages_go_to_the_dead_letter_topic(
 
 def _dead_letters(dlq: Tap, agent: str, count: int) -> list[list[tuple[str, bytes]]]:
     """Headers (+ the raw value as 'raw') of dead letters keyed by ``agent``."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = [r for r in dlq.records if r.key == agent.encode()]
-        if len(found) >= count:
-            return [[*r.headers, ("raw", r.raw or b"")] for r in found]
-        time.sleep(0.02)
-    raise AssertionError(f"expected {count} dead letters for {agent}")
+
+    def found() -> list[Record]:
+        mine = [r for r in dlq.records if r.key == agent.encode()]
+        return mine if len(mine) >= count else []
+
+    letters = wait_until(found, 30, f"{count} dead letters for {agent}")
+    return [[*r.headers, ("raw", r.raw or b"")] for r in letters]
 
 
 def test_revocation_is_never_undone(

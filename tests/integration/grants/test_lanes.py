@@ -17,7 +17,8 @@ from broker.grants.decide import derive_id
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import EscalationDecided, ReleaseDecided, ReleaseRequested
-from tests.support.helpers import Tap, fraud_request
+from tests.support.factories import fraud_request
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,9 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import GrantRevoked, ModelInfo
-from tests.integration.delivery.test_http import api_settings, bearer
 from tests.support.enforcement import FREEZE
-from tests.support.helpers import Tap
-from tests.support.identities import Registrar, agent_client
+from tests.support.identities import Registrar, agent_client, api_settings, bearer
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,10 @@ from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import GrantReleased
-from tests.support.helpers import Tap, anomaly, wait_until
+from tests.support.factories import anomaly
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -25,7 +25,9 @@ from schemas.events import (
     GrantIssued,
 )
 from schemas.signing import SIGNATURE_HEADER
-from tests.support.helpers import Tap, anomaly, fraud_request, wait_until
+from tests.support.factories import anomaly, fraud_request
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -21,8 +21,9 @@ from schemas.events import (
     CommandAnswered,
     RiskObserved,
 )
-from tests.support.helpers import Tap, anomaly
+from tests.support.factories import anomaly
 from tests.support.identities import agent_client
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -20,8 +20,9 @@ from schemas.events import (
     GrantRevoked,
     ModelInfo,
 )
-from tests.support.helpers import Tap, fraud_request
+from tests.support.factories import fraud_request
 from tests.support.identities import Registrar, agent_client
+from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

@@ -19,8 +19,10 @@ from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
-from tests.support.helpers import Tap, fraud_request, wait_until
+from tests.support.factories import fraud_request
 from tests.support.identities import Registrar, agent_client
+from tests.support.taps import Tap
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 TapFactory = Callable[[str], Tap]

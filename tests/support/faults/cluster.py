@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from broker.stack import local as stack
 from broker.stack.procs import is_ours
 from broker.stack.worker import WorkerProcess
 from tests.support.faults.ports import BASE
+from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = stack_cluster.ClusterSpec(ROOT / ".stack" / "faults-cluster", BASE + 20, nodes=3)
@@ -110,6 +110,5 @@ def kill_node(node: int) -> None:
     record = stack_cluster.node_record(SPEC, node)
     assert record is not None, f"kafka node {node} is not running"
     os.kill(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while is_ours(record) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not is_ours(record), 30, f"kafka node {node} gone after kill -9",
+               every=0.05)

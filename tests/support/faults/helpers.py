@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from schemas.events import EscalationDecided, GrantIssued
-from tests.support.helpers import Tap
+from tests.support.taps import Tap
 
 _LINE = re.compile(r'^permbroker_worker_events_total\{kind="([a-z_]+)"\} ([0-9.e+]+)$')
 

@@ -1,9 +1,10 @@
 """The stateful model of the broker (hypothesis): rules drive the real worker code, invariants
 compare the real Redis store with what the model allows. Imports broker, schemas, tests.
 
-The model is written from the policy text (tests/faults/props_policy: ceilings, rule maxima,
-caps, quarantines), not from the code under test: it knows which grants may be live, until when,
-and checks the store after every step. ``COUNTS`` tallies rules and outcomes for the report.
+The model is written from the policy text (the fraud policy, see tests/support/faults/bundles.py:
+ceilings, rule maxima, caps, quarantines), not from the code under test: it knows which grants
+may be live, until when, and checks the store after every step. ``COUNTS`` tallies rules and
+outcomes for the report.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from schemas.events import (
     WireModel,
 )
 from streams.worker import Incoming
-from tests.integration.conftest import keys_without_ttl
 from tests.support.faults.world import World, close_store
+from tests.support.fixtures import keys_without_ttl
 
 FRAUD, REPORT = "fraud-detection", "reporting"
 AGENTS = {"pa-fraud-1": FRAUD, "pa-fraud-2": FRAUD, "pa-fraud-3": FRAUD, "pa-report-1": REPORT,

@@ -1,7 +1,7 @@
 """A private Kafka + Redis + worker for tests that kill, wipe or restart a service.
 
 Imports broker, tests. Ports BASE+10..BASE+13, never the session stack's (BASE: see
-tests/faults/ports.py); the stack lives in .stack/faults-private and is stopped and wiped
+tests/support/faults/ports.py); the stack lives in .stack/faults-private and is stopped and wiped
 afterwards.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from broker.stack.procs import ProcRecord, is_ours
 from broker.stack.worker import WorkerProcess
 from tests.support.faults.ports import BASE
 from tests.support.identities import Registrar, harness_signer
+from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=BASE + 10,
@@ -72,9 +72,7 @@ def kill(service: str) -> None:
     record = ProcRecord.read(STACK.stack_dir / f"{service}.pid")
     assert record is not None and is_ours(record), f"{service} is not running"
     os.kill(record.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while is_ours(record) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not is_ours(record), 30, f"{service} gone after kill -9", every=0.05)
 
 
 def _up(attempts: int = 3) -> stack.StackStatus:

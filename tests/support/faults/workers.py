@@ -9,8 +9,7 @@ import os
 import re
 import signal
 import socket
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from broker.adapters.kafka.bus import Record
 from broker.config import Settings
@@ -20,6 +19,9 @@ from schemas import topics
 _CLAIMED = re.compile(r"claimed \[([^\]]*)\]")
 _EPOCH = re.compile(r"'([^/']+)/(\d+)@(\d+)'")
 Epochs = dict[tuple[str, int], int]
+# How often tests poll a ledger (wait_until's ``every``): ledgers hold 10,000s of events, and
+# scanning them 50 times a second takes CPU from the workers on a 2-core machine.
+LEDGER_POLL_S = 0.5
 
 
 def second_worker(settings: Settings, metrics_port: int, name: str) -> WorkerProcess:
@@ -74,13 +76,3 @@ def resume(worker: WorkerProcess) -> None:
 def exited(worker: WorkerProcess) -> bool:
     """The worker process has ended."""
     return worker.proc is None or worker.proc.poll() is not None
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
-    """wait_until with a coarser poll: the ledgers these tests poll hold 10,000s of events, and
-    scanning them 50 times a second takes CPU from the workers on a 2-core machine."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        time.sleep(every)

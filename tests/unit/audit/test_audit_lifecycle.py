@@ -1,4 +1,4 @@
-"""The audit after the merge of issue 4: renewals and releases in replay as of T, redaction."""
+"""The audit of renewals and releases: replay as of T, and redaction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 from broker.audit.redact import Redactor
 from broker.audit.views import grants_as_of
 from schemas.events import AuditRecord
-from tests.unit.audit.test_audit_redact import KEY, NOW, decided_record, request
+from tests.support.redaction import KEY, NOW, decided_record, request
 
 TOKEN = "ct1:permbroker.grants@3:17,permbroker.grants.payments@3:4"
 

@@ -1,4 +1,4 @@
-"""Folding the grant topic (broker/adapters/rebuild.py): revocation markers survive a rebuild."""
+"""Folding the grant topic (broker/adapters/kafka/rebuild.py): revocation markers survive."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from broker.grants.budgets import (
 from broker.grants.decide import AgentState, decide
 from broker.policy import RiskContext, load_policy
 from schemas.events import EscalationRequested, GrantIssued, GrantUsed
-from tests.unit.policy.test_policy_loader import BASE, assert_at, line_of, load_error, write
+from tests.support.policy_files import BASE, assert_at, line_of, load_error, write
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"

@@ -1,4 +1,4 @@
-"""Grant math (broker/grants.py) on the real fraud policy: ids, expiry, denials, revocation."""
+"""Grant math (broker/grants/decide.py) on the real fraud policy: ids, expiry, denials, revoking."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def issued(outcome: Outcome) -> GrantIssued:
 def test_fraud_policy_caps_grants_at_twenty_seconds() -> None:
     """The fixture policy is what these tests assume: the longest grant is issued for 20 s.
 
-    Renewals (issue 4) may keep it alive up to ``max_total_duration`` (60 s) in all; that
+    Renewals may keep it alive up to ``max_total_duration`` (60 s) in all; that
     cumulative bound is the policy's ``max_grant_duration_s`` (what records and markers outlive).
     """
     longest_issue = max(

@@ -95,7 +95,7 @@ def test_the_cli_refuses_an_empty_selector_and_a_revocation_without_reason() -> 
 def test_agents_bundle_may_label_agents(tmp_path: Path) -> None:
     """labels: {team: fraud} on an agent of the Agents bundle lands on its profile."""
     from broker.policy import load_policy
-    from tests.unit.policy.test_policy_loader import BASE, write
+    from tests.support.policy_files import BASE, write
 
     text = BASE.replace('    model: {name: fraud-gbm, version: "3.2"}',
                         '    model: {name: fraud-gbm, version: "3.2"}\n'

@@ -8,7 +8,7 @@ import pytest
 
 from broker.errors import PolicyError
 from broker.policy import load_policy
-from tests.unit.policy.test_policy_loader import BASE, FRAUD, line_of, write
+from tests.support.policy_files import BASE, FRAUD, line_of, write
 
 DETECTORS = """\
 detectors:

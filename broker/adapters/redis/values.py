@@ -1,0 +1,85 @@
+"""What the grant store takes and returns, and Redis's time encoding (epoch milliseconds).
+
+Imports broker core, schemas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from broker.grants.decide import AgentState
+from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+
+
+def ms(when: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int(when.timestamp() * 1000)
+
+
+def from_ms(value: int | str | bytes) -> datetime:
+    """Aware UTC datetime from epoch milliseconds."""
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Result of storing a decision: what is now recorded for the request."""
+
+    status: Literal["stored", "existing", "blocked", "fenced"]
+    decision: EscalationDecided | None
+    grant: GrantIssued | None
+    published: bool = False
+    blocked_reason: str = ""
+    blocked_detail: str = ""
+
+
+@dataclass(frozen=True)
+class DueExpiry:
+    """A grant whose expiry passed: announce it (``live``) to its namespaces' topics, then ack."""
+
+    event: GrantExpired
+    live: bool
+    namespaces: tuple[str, ...] | None
+    member: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write for one input partition: its topic role and this worker's epoch (0: none)."""
+
+    role: str = "esc"
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``capacity`` requests per ``per_ms`` milliseconds (0: unlimited)."""
+
+    capacity: int = 0
+    per_ms: int = 1000
+
+
+NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one decision reads first, in one round trip; ``now`` is Redis's clock."""
+
+    now: datetime
+    state: AgentState
+    risk: float
+    view_built: bool
+    fence_epoch: int | None
+    recorded: Committed | None = None  # the request's stored decision, when one was asked for
+
+
+@dataclass(frozen=True)
+class Check:
+    """Answer of a store-side check, with the reason."""
+
+    allowed: bool
+    reason: str
+    grant: GrantIssued | None = None

@@ -1,0 +1,159 @@
+"""``permbroker grants ...``: list, show, revoke and rebuild grants. L3 (Typer + Rich).
+
+Imports broker (adapters, core, sdk) and schemas. Lists read the Redis view; ``revoke`` publishes
+an operator-signed risk signal the workers apply; ``rebuild`` refills the view from the grant
+topic (Kafka is the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from broker.adapters.kafka import rebuild
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.redis.store import RedisGrantStore
+from broker.audit.records import rebuild_audit
+from broker.cli.context import cli_settings
+from broker.cli.output import JsonOpt, err, fail, out, until
+from broker.cli.output import print_json as _print_json
+from broker.config import Settings
+from broker.errors import BrokerError
+from broker.sdk.operator.client import OperatorClient
+from schemas import topics
+from schemas.events import GrantIssued
+
+grants_app = typer.Typer(help="Inspect, revoke and rebuild grants.", no_args_is_help=True)
+
+
+async def _with_store(settings: Settings, fn: Any) -> Any:
+    store = RedisGrantStore.from_url(settings.redis_url, margin_s=settings.record_margin_s)
+    try:
+        return await fn(store)
+    finally:
+        await store.aclose()
+
+
+def _grant_row(g: GrantIssued, now: datetime) -> dict[str, Any]:
+    return {
+        **g.model_dump(mode="json"),
+        "remaining_s": round((g.expires_at - now).total_seconds(), 1),
+    }
+
+
+@grants_app.command("list")
+def grants_list(
+    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Active grants in the Redis view (absolute expiry and time left)."""
+    settings, now = cli_settings(), datetime.now(UTC)
+
+    async def load(store: RedisGrantStore) -> list[GrantIssued]:
+        agents = [agent] if agent else await store.agents_with_grants()
+        return [g for a in agents for g in await store.active_grants(a, now)]
+
+    try:
+        grants = asyncio.run(_with_store(settings, load))
+    except BrokerError as exc:
+        raise fail(
+            str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)"
+        ) from exc
+    if as_json:
+        _print_json([_grant_row(g, now) for g in grants])
+        return
+    table = Table("agent", "grant", "scopes", "resources", "expires", "rules")
+    for g in sorted(grants, key=lambda g: g.expires_at):
+        table.add_row(
+            g.agent_id,
+            g.grant_id,
+            "\n".join(g.scopes),
+            "\n".join(g.resources) or "*",
+            until(g.expires_at, now),
+            ", ".join(g.rules),
+        )
+    out.print(table if grants else "no active grants")
+
+
+@grants_app.command("show")
+def grants_show(
+    grant_id: str,
+    agent: Annotated[str, typer.Option(help="The grant's agent.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One active grant of an agent."""
+    settings, now = cli_settings(), datetime.now(UTC)
+    grants = asyncio.run(_with_store(settings, lambda s: s.active_grants(agent, now)))
+    match = [g for g in grants if g.grant_id == grant_id]
+    if not match:
+        raise fail(
+            f"no active grant {grant_id} for agent {agent}",
+            "it may have expired or been revoked: permbroker audit tail --agent " + agent,
+        )
+    if as_json:
+        _print_json(_grant_row(match[0], now))
+    else:
+        for k, v in _grant_row(match[0], now).items():
+            out.print(f"[bold]{k}[/]: {v}")
+        out.print(f"[bold]expires[/]: {until(match[0].expires_at, now)}")
+
+
+@grants_app.command("revoke")
+def grants_revoke(
+    agent: Annotated[str, typer.Option(help="Revoke every grant of this agent.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit).")],
+    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
+        "USER", "operator"
+    ),
+) -> None:
+    """Revoke all grants of an agent (published as an operator risk signal; workers apply it)."""
+    settings = cli_settings()
+    try:  # signed with the operator key: agent credentials cannot revoke another agent
+        with OperatorClient(settings) as op:
+            signal = op.revoke_grants(agent, reason=reason, on_behalf=operator)
+    except BrokerError as exc:
+        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
+            from exc
+    out.print(
+        f"revocation {signal.signal_id} for {agent} published; "
+        f"watch: permbroker audit tail --agent {agent}"
+    )
+
+
+@grants_app.command("rebuild")
+def grants_rebuild(as_json: JsonOpt = False) -> None:
+    """Rebuild the Redis view of active grants from the grant topic (Kafka is the record)."""
+    settings, now = cli_settings(), datetime.now(UTC)
+    try:
+        folded = rebuild.collect(settings.kafka_bootstrap, now)
+        restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
+        record = rebuild_audit(
+            f"operator {os.environ.get('USER', 'unknown')}", now, records=folded.records,
+            restored=restored, revocations=len(folded.revocations),
+            undecodable=folded.undecodable)
+        Publisher(settings.kafka_bootstrap, source="/operators/cli").publish(
+            topics.AUDIT_RAW.name, record)
+    except BrokerError as exc:
+        raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
+    result = {
+        "records_read": folded.records,
+        "active_grants": restored,
+        "revocation_markers": len(folded.revocations),
+        "undecodable": folded.undecodable,
+    }
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(
+            f"read {folded.records} record(s) of {topics.GRANTS.name}; restored {restored} "
+            f"active grant(s) and {len(folded.revocations)} revocation marker(s)"
+        )
+        if folded.undecodable:
+            err.print(
+                f"[yellow]{folded.undecodable} undecodable record(s) skipped (see the DLQ)[/]"
+            )
