@@ -47,14 +47,14 @@ deps: venv
 
 stack-up: venv deps
 	$(call header,stack-up)
-	$(BIN)/python -m broker.cli.stack up
+	$(BIN)/python -m broker.cli.ops.stack up
 
 stack-status: venv
-	$(BIN)/python -m broker.cli.stack status
+	$(BIN)/python -m broker.cli.ops.stack status
 
 stack-down: venv
 	$(call header,stack-down)
-	$(BIN)/python -m broker.cli.stack down $(if $(WIPE),--wipe,)
+	$(BIN)/python -m broker.cli.ops.stack down $(if $(WIPE),--wipe,)
 
 check: venv
 	$(call header,check: ruff)
@@ -105,7 +105,7 @@ clean:
 	$(call header,clean)
 	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
 	  for dir in $$(find .stack -maxdepth 2 -name '*.pid' -printf '%h\n' | sort -u); do \
-	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.stack down || true; \
+	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.ops.stack down || true; \
 	  done; \
 	fi
 	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

@@ -9,20 +9,20 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from broker.cli.agents import agents_app
-from broker.cli.approvals import approvals_app
-from broker.cli.audit import audit_app, audit_keys_app
-from broker.cli.behaviour import behaviour_app
+from broker.cli.audit.audit import audit_app, audit_keys_app
 from broker.cli.context import use_settings
-from broker.cli.enforcement import api_app, revocations_app
-from broker.cli.grants import grants_app
-from broker.cli.inventory import inventory_app
-from broker.cli.keys import keys_app
+from broker.cli.grants.approvals import approvals_app
+from broker.cli.grants.grants import grants_app
+from broker.cli.grants.revoke import revoke_app
+from broker.cli.identity.agents import agents_app
+from broker.cli.identity.behaviour import behaviour_app
+from broker.cli.identity.inventory import inventory_app
+from broker.cli.identity.keys import keys_app
+from broker.cli.ops.enforcement import api_app, revocations_app
+from broker.cli.ops.run import run_app
+from broker.cli.ops.stack import stack_app
 from broker.cli.output import fail
 from broker.cli.policy import policy_app
-from broker.cli.revoke import revoke_app
-from broker.cli.run import run_app
-from broker.cli.stack import stack_app
 from broker.config import Settings
 
 app = typer.Typer(

@@ -15,7 +15,7 @@ from rich.markup import escape
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS
 from broker.audit.replay import hmac_reads
 from broker.audit.whatif import CATEGORIES, DiffReport, diff, summary
-from broker.cli.audit import FileOpt, KafkaHint, load_records
+from broker.cli.audit.audit import FileOpt, KafkaHint, load_records
 from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option
 from broker.errors import BrokerError, PolicyError

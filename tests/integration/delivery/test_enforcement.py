@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from broker.cli.enforcement import collect_status
 from broker.cli.main import app as cli
+from broker.cli.ops.enforcement import collect_status
 from broker.config import Settings
 from broker.sdk.operator.client import revoke
 from broker.sdk.resource.view import GrantView

@@ -11,8 +11,8 @@ import typer
 
 from broker.adapters.crypto.keystore import ensure_identity_files
 from broker.adapters.kafka.jwks import JwksView
-from broker.cli.agents import JsonOpt, ReasonOpt, _fail, _json, _operator, _run, out
 from broker.cli.context import cli_settings
+from broker.cli.identity.agents import JsonOpt, ReasonOpt, _fail, _json, _operator, _run, out
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
 

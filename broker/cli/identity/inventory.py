@@ -17,8 +17,8 @@ from rich.table import Table
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.store import RedisGrantStore
-from broker.cli.agents import JsonOpt, _ago, _fail, _json, _run, out
 from broker.cli.context import cli_settings
+from broker.cli.identity.agents import JsonOpt, _ago, _fail, _json, _run, out
 from broker.config import Settings
 from broker.errors import PolicyError
 from broker.identity.inventory import InventoryRow, inventory_rows

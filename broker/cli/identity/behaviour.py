@@ -18,8 +18,8 @@ from rich.table import Table
 
 from broker.adapters.redis.profiles import ProfileStore
 from broker.behaviour.stats import report
-from broker.cli.agents import AgentArg
 from broker.cli.context import cli_settings
+from broker.cli.identity.agents import AgentArg
 from broker.cli.output import JsonOpt, fail, out, print_json, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError

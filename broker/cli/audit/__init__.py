@@ -1,0 +1,1 @@
+"""CLI commands of the audit: tail, verify, export, replay, timeline, keys, seal."""

@@ -1,0 +1,1 @@
+"""CLI commands of grants: inspect, revoke and rebuild grants, revoke by selector, approvals."""

@@ -1,0 +1,1 @@
+"""CLI commands of identity: agents, keys, the inventory, behaviour profiles."""
