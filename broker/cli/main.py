@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -276,12 +277,14 @@ def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
                     "valid": False,
                     "file": exc.file,
                     "line": exc.line,
+                    "column": exc.column,
                     "rule": exc.rule,
                     "error": exc.message,
+                    "suggestion": exc.suggestion,
                 }
             )
         else:
-            err.print(f"[bold red]invalid:[/] {exc}")
+            err.print(f"[bold red]invalid:[/] {escape(str(exc))}")  # CEL has [brackets]
         raise typer.Exit(2) from exc
     agents = [a.agent_id for a in policy.agents()]
     if as_json:
