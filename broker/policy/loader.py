@@ -13,7 +13,7 @@ CEL expression is compiled once per revision.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -87,15 +87,20 @@ def load_policy(path: str | Path) -> Policy:
     return compile_bundle(read_bundle(path))
 
 
-def load_policy_files(files: list[tuple[str, bytes]], source: str) -> Policy:
-    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log."""
-    return compile_bundle(bundle_of(files, source))
+def load_policy_files(files: list[tuple[str, bytes]], source: str, *,
+                      check_types: bool = True) -> Policy:
+    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log.
+
+    ``check_types=False`` loads a revision that already ran (recorded in the audit log) as it
+    ran, even if a condition does not type-check: replay must reproduce its decisions.
+    """
+    return compile_bundle(bundle_of(files, source), check_types=check_types)
 
 
-def compile_bundle(bundle: Bundle) -> Policy:
+def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
     """Validate and compile a bundle already read."""
     policy_doc, agent_docs = _split_kinds(bundle.documents, bundle.source)
-    parsed = _parse_policy(policy_doc)
+    parsed = _parse_policy(policy_doc, check_types)
     agents = _parse_agents(agent_docs, parsed.classes)
     return Policy(
         name=parsed.name, revision=bundle.revision, source=bundle.source,
@@ -130,8 +135,8 @@ def _split_kinds(documents: tuple[Document, ...], source: str) -> tuple[Document
     return policies[0], agents
 
 
-def _parse_policy(doc: Document) -> _PolicyDoc:
-    at, body = At(doc.file), doc.body
+def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
+    at, body = At(doc.file, check_types=check_types), doc.body
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
@@ -197,7 +202,7 @@ def _rules(body: LineMap, key: str, at: At, seen: dict[str, str]) -> list[tuple[
         if not isinstance(item, LineMap):
             raise at.error(f"each item of {key!r} must be a mapping (a rule)", line)
         rule_id = item.get("id")
-        rule_at = At(at.file, rule_id if isinstance(rule_id, str) else None)
+        rule_at = replace(at, rule=rule_id if isinstance(rule_id, str) else None)
         if "id" in item:
             id_line = item.line_of("id")
             if not isinstance(rule_id, str) or not _RULE_ID_RE.match(rule_id):

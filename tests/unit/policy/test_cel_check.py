@@ -11,9 +11,11 @@ import cel
 import pytest
 from typer.testing import CliRunner
 
+from broker.audit.records import policy_loaded_audit
+from broker.audit.replay import policies_in
 from broker.cli.main import app
 from broker.errors import PolicyError
-from broker.policy import load_policy
+from broker.policy import load_policy, load_policy_files
 from broker.policy.cel_check import check
 from broker.policy.cel_inputs import Inputs
 from broker.policy.loader import ESCALATION_INPUTS, REVOCATION_INPUTS
@@ -280,3 +282,24 @@ def test_a_new_model_field_is_declared_without_further_change() -> None:
     assert check("request.urgency > 2", inputs) is None
     problem = check("request.urgncy > 2", inputs)
     assert problem is not None and problem.suggestion == "did you mean request.urgency?"
+
+
+def test_a_revision_that_already_ran_still_replays() -> None:
+    """A recorded bundle with a type error (run before the check existed) loads from the audit
+    log as it ran, and its deny rule still fails closed; a new load of it is rejected."""
+    shipped = sorted((ROOT / "policies" / "fraud").glob("*.yaml"))
+    files = [(p.name, p.read_bytes().replace(b"risk.agent >= 0.7", b"risk.agnet >= 0.7"))
+             for p in shipped]
+    with pytest.raises(PolicyError) as rejected:
+        load_policy_files(files, "mem")
+    assert rejected.value.suggestion == "did you mean risk.agent?"
+    ran = load_policy_files(files, "mem", check_types=False)
+    replayed = policies_in([policy_loaded_audit(ran, NOW, "worker-1")])
+    assert list(replayed) == [ran.revision]
+    request = EscalationRequested(
+        request_id="req-1", agent_id="fraud-detector-7", scopes=("crm:customer.pii.read",),
+        resources=("acct-1",), duration_s=60, reason="pattern", confidence=0.99, risk_score=0.9,
+        requested_at=NOW)
+    policy = replayed[ran.revision]
+    evaluation = policy.evaluate(request, policy.agent("fraud-detector-7"), RiskContext(), NOW)
+    assert [d.rule for d in evaluation.denied] == ["no-pii-for-risky-agent"]
