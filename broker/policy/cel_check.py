@@ -4,7 +4,8 @@ The checker is CEL's reference one (cel-cpp, through cel-expr-python); the condi
 run on common-expression-language, which has no checker. The two agree on CEL's types with one
 exception: the checker refuses to compare an int with a double (``x >= 1`` for a double ``x``),
 which the runtime allows; the fix it suggests (``1.0``) means the same in both. Its findings are
-turned into problems that name the field and suggest a fix (difflib for misspelt names).
+turned into problems that name the field and suggest a fix (difflib for misspelt names); a
+finding whose wording is not recognised is still an error, reported in the checker's words.
 """
 
 from __future__ import annotations

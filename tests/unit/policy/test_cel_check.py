@@ -20,6 +20,7 @@ from broker.policy.cel_check import check
 from broker.policy.cel_inputs import Inputs
 from broker.policy.loader import ESCALATION_INPUTS, REVOCATION_INPUTS
 from broker.policy.model import CelInputs, Condition, RiskContext, RiskInputs
+from broker.policy.source import LineMap, parse_yaml
 from schemas.events import AgentProfile, EscalationRequested, ModelInfo, RiskObserved
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -303,3 +304,24 @@ def test_a_revision_that_already_ran_still_replays() -> None:
     policy = replayed[ran.revision]
     evaluation = policy.evaluate(request, policy.agent("fraud-detector-7"), RiskContext(), NOW)
     assert [d.rule for d in evaluation.denied] == ["no-pii-for-risky-agent"]
+
+
+@pytest.mark.parametrize("written", [
+    "when: request.confidence >= 0.8 && request.risk_scor > 0.1\n",
+    "when: request.confidence >= 0.8 &&\n  request.risk_scor > 0.1\n",
+    "when: 'request.confidence >= 0.8 && request.risk_scor > 0.1'\n",
+    'when: "request.reason != \\"x\\" &&\n  request.risk_scor > 0.1"\n',
+    "when: >-\n  request.confidence >= 0.8\n  && request.risk_scor > 0.1\n",
+    "when: |\n  request.confidence >= 0.8 &&\n    request.risk_scor > 0.1\n",
+    "x: {when: request.confidence >= 0.8 && request.risk_scor > 0.1}\n",
+], ids=["plain", "plain-folded", "single-quoted", "double-quoted-escapes", "folded", "literal",
+        "flow"])
+def test_a_position_in_a_value_is_found_in_the_file(written: str) -> None:
+    """Whatever YAML style holds the condition, an offset in it maps to its line and column."""
+    text = "apiVersion: permbroker/v1\n" + written
+    body = parse_yaml(text.encode(), "p.yaml")[0].body
+    mapping = body.get("x", body)
+    assert isinstance(mapping, LineMap)
+    value = mapping["when"]
+    assert isinstance(value, str)
+    assert mapping.position("when", value.index("risk_scor")) == position(text, "risk_scor")
