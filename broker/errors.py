@@ -33,18 +33,24 @@ class ConfigError(BrokerError):
 
 
 class PolicyError(BrokerError):
-    """A policy bundle is invalid; names the file, line and rule."""
+    """A policy bundle is invalid; names the file, line (and column) and rule, and may suggest
+    a fix ("did you mean request.confidence?")."""
 
     def __init__(
-        self, message: str, *, file: str, line: int | None = None, rule: str | None = None
+        self, message: str, *, file: str, line: int | None = None, rule: str | None = None,
+        column: int | None = None, suggestion: str | None = None,
     ) -> None:
         self.file = file
         self.line = line
         self.rule = rule
         self.message = message
+        self.column = column if line is not None else None
+        self.suggestion = suggestion
         where = f"{file}:{line}" if line is not None else file
+        where += f":{self.column}" if self.column is not None else ""
         in_rule = f" (rule {rule})" if rule else ""
-        super().__init__(f"{where}{in_rule}: {message}")
+        hint = f"; {suggestion}" if suggestion else ""
+        super().__init__(f"{where}{in_rule}: {message}{hint}")
 
 
 class WireError(BrokerError):

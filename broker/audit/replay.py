@@ -237,7 +237,9 @@ def policies_in(records: Iterable[AuditRecord]) -> dict[str, Policy]:
             continue
         files = json.loads(gzip.decompress(base64.b64decode(str(packed))))
         contents = [(name, base64.b64decode(data)) for name, data in files.items()]
-        policy = load_policy_files(contents, f"audit:{record.audit_id}")
+        # The workers ran these bytes: load them as they ran, even if a condition would not
+        # type-check today, so that replay reproduces what was decided.
+        policy = load_policy_files(contents, f"audit:{record.audit_id}", check_types=False)
         if policy.revision == record.policy_revision:
             out[policy.revision] = policy
     return out

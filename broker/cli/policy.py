@@ -129,10 +129,12 @@ def policy_validate(path: Path, as_json: JsonOpt = False) -> None:
                     "line": exc.line,
                     "rule": exc.rule,
                     "error": exc.message,
+                    "column": exc.column,
+                    "suggestion": exc.suggestion,
                 }
             )
         else:
-            err.print(f"[bold red]invalid:[/] {exc}")
+            err.print(f"[bold red]invalid:[/] {escape(str(exc))}")  # CEL has [brackets]
         raise typer.Exit(2) from exc
     agents = [a.agent_id for a in policy.agents()]
     if as_json:

@@ -31,6 +31,7 @@ from broker.policy.model import (
     RevocationRule,
     RiskAction,
     RiskContext,
+    RiskInputs,
     Tier,
     format_duration,
 )
@@ -126,8 +127,7 @@ class Policy:
         inputs = CelInputs({
             "request": lambda: request.model_dump(mode="json"),
             "agent": lambda: agent.model_dump(mode="json"),
-            "risk": lambda: {"agent": float(risk.agent), "request": float(risk.request),
-                             "score": float(max(risk.agent, risk.request))},
+            "risk": lambda: RiskInputs.of(risk).model_dump(),
             "now": lambda: now,
         })
         decider = _ScopeDecider(self, request, agent, inputs)

@@ -1,6 +1,7 @@
 """Located field readers of the loader. Imports cel, broker.errors/scopes/policy, stdlib.
 
-Every failure is a PolicyError naming the file, the line and (when inside one) the rule.
+Every failure is a PolicyError naming the file, the line and (when inside one) the rule; a type
+error in a CEL condition also names the column and suggests a fix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from functools import lru_cache
 import cel
 
 from broker.errors import PolicyError
+from broker.policy.cel_check import check
+from broker.policy.cel_inputs import Inputs
 from broker.policy.model import Condition, format_duration
 from broker.policy.source import LineList, LineMap
 from broker.scopes import is_glob, is_valid_scope
@@ -26,14 +29,18 @@ _BOUND_RE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za
 
 @dataclass(frozen=True)
 class At:
-    """Where the loader is: the file, and the rule being read (if any)."""
+    """Where the loader is: the file, the rule being read (if any), and whether conditions are
+    type-checked (not for a revision already run, which must load as it ran)."""
 
     file: str
     rule: str | None = None
+    check_types: bool = True
 
-    def error(self, message: str, line: int | None) -> PolicyError:
-        """A PolicyError at ``line`` of this file, naming this rule."""
-        return PolicyError(message, file=self.file, line=line, rule=self.rule)
+    def error(self, message: str, line: int | None, *, column: int | None = None,
+              suggestion: str | None = None) -> PolicyError:
+        """A PolicyError at ``line`` (and ``column``) of this file, naming this rule."""
+        return PolicyError(message, file=self.file, line=line, rule=self.rule, column=column,
+                           suggestion=suggestion)
 
 
 def check_fields(body: LineMap, at: At, what: str, *, required: Collection[str],
@@ -156,8 +163,9 @@ def _compile(source: str) -> cel.Program:
     return cel.compile(source)
 
 
-def condition(body: LineMap, at: At, kind: str, variables: frozenset[str]) -> Condition:
-    """Compile the CEL expression under ``when`` and check the variables it references."""
+def condition(body: LineMap, at: At, kind: str, inputs: Inputs) -> Condition:
+    """Compile the CEL expression under ``when``, check the variables it references, then
+    type-check it against the declared ``inputs`` (their fields and types)."""
     source, line = body.get("when"), body.line_of("when")
     if not isinstance(source, str) or not source.strip():
         raise at.error("'when' must be a CEL expression string (quote literals: when: \"true\")",
@@ -167,9 +175,14 @@ def condition(body: LineMap, at: At, kind: str, variables: frozenset[str]) -> Co
     except ValueError as exc:
         raise at.error(f"CEL expression does not compile: {exc}", line) from exc
     used = frozenset(program.variables()) - set(_BOUND_RE.findall(source))
-    unknown = sorted(used - variables)
+    unknown = sorted(used - inputs.names)
     if unknown:
         raise at.error(
             f"CEL expression references {', '.join(map(repr, unknown))}, which {kind} rules do "
-            f"not provide; available: {', '.join(sorted(variables))}", line)
+            f"not provide; available: {', '.join(sorted(inputs.names))}", line)
+    problem = check(source, inputs) if at.check_types else None
+    if problem is not None:
+        line, column = body.position("when", problem.offset)
+        raise at.error(f"CEL type error: {problem.message}", line, column=column,
+                       suggestion=problem.suggestion)
     return Condition(source, program, used)

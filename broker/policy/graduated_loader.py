@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import cast
 
+from broker.policy.cel_inputs import Inputs
 from broker.policy.fields import (
     At,
     check_fields,
@@ -57,7 +58,7 @@ def parse_approval(body: LineMap, at: At, rule_scopes: tuple[str, ...],
 
 
 def parse_tiers(body: LineMap, at: At, rule_scopes: tuple[str, ...], rule_max_s: int,
-                variables: frozenset[str]) -> tuple[Tier, ...]:
+                inputs: Inputs) -> tuple[Tier, ...]:
     """The ``tiers:`` list of an escalation rule, in file order (the first that holds wins)."""
     tiers: list[Tier] = []
     for item, line in items(body, "tiers", at, required=False):
@@ -77,7 +78,7 @@ def parse_tiers(body: LineMap, at: At, rule_scopes: tuple[str, ...], rule_max_s:
         if approval is not None and not (approval.scopes or scopes):
             raise at.error(f"the approval of {what} covers no scope", item.line_of("approval"))
         tiers.append(Tier(
-            name=name, when=condition(item, at, "escalation", variables), scopes=scopes,
+            name=name, when=condition(item, at, "escalation", inputs), scopes=scopes,
             max_duration_s=optional_duration(item, "max_duration", at,
                                              cap=("the rule's max_duration", rule_max_s)),
             approval=approval))

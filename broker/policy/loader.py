@@ -4,14 +4,16 @@ Every error names the file, the line and the rule.
 
 Checks: apiVersion/kind, unknown and missing fields (listing the allowed ones), scope syntax and
 globs where they are not allowed, baselines and rule scopes outside a class ceiling, unknown agent
-classes, duplicate rule ids and agent ids, durations, CEL that does not compile or that references
-a variable its rule kind does not provide. Each CEL expression is compiled once per revision.
+classes, duplicate rule ids and agent ids, durations, CEL that does not compile, that references
+a variable its rule kind does not provide, or that does not type-check against those variables'
+declared fields (misspelt fields and mismatched types name the column and suggest a fix). Each
+CEL expression is compiled once per revision.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 
 from broker.errors import PolicyError
 from broker.policy.budgets import budgets_of
+from broker.policy.cel_inputs import TIMESTAMP, Inputs
 from broker.policy.detectors import Detectors, parse_detectors
 from broker.policy.evaluate import Policy
 from broker.policy.fields import (
@@ -43,17 +46,21 @@ from broker.policy.model import (
     EscalationRule,
     RateRule,
     RevocationRule,
+    RiskInputs,
     format_duration,
 )
 from broker.policy.source import Bundle, Document, LineList, LineMap, bundle_of, read_bundle
 from broker.scopes import within
-from schemas.events import AgentProfile
+from schemas.events import AgentProfile, EscalationRequested, RiskObserved
 
 API_VERSION = "permbroker/v1"
 KINDS = ("Policy", "Agents")
-ESCALATION_VARIABLES = frozenset({"request", "agent", "risk", "now"})
-DENY_VARIABLES = ESCALATION_VARIABLES
-REVOCATION_VARIABLES = frozenset({"signal", "agent", "now"})
+# What each kind of condition reads (Policy.evaluate and Policy.on_risk build exactly these):
+# each model's fields and types are declared to the CEL type checker.
+ESCALATION_INPUTS = Inputs((("request", EscalationRequested), ("agent", AgentProfile),
+                            ("risk", RiskInputs), ("now", TIMESTAMP)))
+DENY_INPUTS = ESCALATION_INPUTS
+REVOCATION_INPUTS = Inputs((("signal", RiskObserved), ("agent", AgentProfile), ("now", TIMESTAMP)))
 
 _RULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _CLASS_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
@@ -80,15 +87,20 @@ def load_policy(path: str | Path) -> Policy:
     return compile_bundle(read_bundle(path))
 
 
-def load_policy_files(files: list[tuple[str, bytes]], source: str) -> Policy:
-    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log."""
-    return compile_bundle(bundle_of(files, source))
+def load_policy_files(files: list[tuple[str, bytes]], source: str, *,
+                      check_types: bool = True) -> Policy:
+    """Validate and compile a bundle given as (file name, bytes), e.g. from the audit log.
+
+    ``check_types=False`` loads a revision that already ran (recorded in the audit log) as it
+    ran, even if a condition does not type-check: replay must reproduce its decisions.
+    """
+    return compile_bundle(bundle_of(files, source), check_types=check_types)
 
 
-def compile_bundle(bundle: Bundle) -> Policy:
+def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
     """Validate and compile a bundle already read."""
     policy_doc, agent_docs = _split_kinds(bundle.documents, bundle.source)
-    parsed = _parse_policy(policy_doc)
+    parsed = _parse_policy(policy_doc, check_types)
     agents = _parse_agents(agent_docs, parsed.classes)
     return Policy(
         name=parsed.name, revision=bundle.revision, source=bundle.source,
@@ -123,8 +135,8 @@ def _split_kinds(documents: tuple[Document, ...], source: str) -> tuple[Document
     return policies[0], agents
 
 
-def _parse_policy(doc: Document) -> _PolicyDoc:
-    at, body = At(doc.file), doc.body
+def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
+    at, body = At(doc.file, check_types=check_types), doc.body
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
@@ -190,7 +202,7 @@ def _rules(body: LineMap, key: str, at: At, seen: dict[str, str]) -> list[tuple[
         if not isinstance(item, LineMap):
             raise at.error(f"each item of {key!r} must be a mapping (a rule)", line)
         rule_id = item.get("id")
-        rule_at = At(at.file, rule_id if isinstance(rule_id, str) else None)
+        rule_at = replace(at, rule=rule_id if isinstance(rule_id, str) else None)
         if "id" in item:
             id_line = item.line_of("id")
             if not isinstance(rule_id, str) or not _RULE_ID_RE.match(rule_id):
@@ -241,9 +253,9 @@ def _parse_escalation(body: LineMap, at: At, classes: dict[str, AgentClass],
                        body.line_of("approval"))
     return EscalationRule(
         id=string(body, "id", at), agent_classes=rule_classes, scopes=rule_scopes,
-        tiers=parse_tiers(body, at, rule_scopes, rule_max or max_s, ESCALATION_VARIABLES),
+        tiers=parse_tiers(body, at, rule_scopes, rule_max or max_s, ESCALATION_INPUTS),
         approval=parse_approval(body, at, rule_scopes, "the rule"),
-        when=condition(body, at, "escalation", ESCALATION_VARIABLES),
+        when=condition(body, at, "escalation", ESCALATION_INPUTS),
         max_duration_s=rule_max, max_total_duration_s=rule_total,
         resources=cast(Literal["required", "any"],
                        choice(body, "resources", at, ("required", "any"))),
@@ -259,7 +271,7 @@ def _parse_deny(body: LineMap, at: At, classes: dict[str, AgentClass]) -> DenyRu
     scopes = scope_list(body, "scopes", at, allow_glob=True, what="a deny rule's scopes")
     return DenyRule(
         id=string(body, "id", at), scopes=tuple(s for s, _ in scopes),
-        when=condition(body, at, "deny", DENY_VARIABLES), reason=string(body, "reason", at),
+        when=condition(body, at, "deny", DENY_INPUTS), reason=string(body, "reason", at),
         agent_classes=(_class_refs(body, at, classes, required=True)
                        if "agent_classes" in body else None),
         description=string(body, "description", at, default=""),
@@ -270,7 +282,7 @@ def _parse_revocation(body: LineMap, at: At) -> RevocationRule:
     check_fields(body, at, "a revocation rule", required=("id", "when", "action"),
                  optional=("description", "quarantine", "reason"))
     return RevocationRule(
-        id=string(body, "id", at), when=condition(body, at, "revocation", REVOCATION_VARIABLES),
+        id=string(body, "id", at), when=condition(body, at, "revocation", REVOCATION_INPUTS),
         action=cast(Literal["revoke_all"], choice(body, "action", at, ("revoke_all",))),
         quarantine_s=optional_duration(body, "quarantine", at) or 0,
         reason=string(body, "reason", at, default=""),

@@ -1,4 +1,4 @@
-"""Policy data: CEL conditions, rules, classes, results. Imports cel, schemas, stdlib.
+"""Policy data: CEL conditions, rules, classes, results. Imports cel, pydantic, schemas, stdlib.
 
 Everything here is immutable and built once per policy revision by ``broker.policy.loader``.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import cel
+from pydantic import BaseModel, ConfigDict
 
 from schemas.events import ScopeDenial
 
@@ -197,6 +198,23 @@ class RiskContext:
 
     agent: float = 0.0
     request: float = 0.0
+
+
+class RiskInputs(BaseModel):
+    """The ``risk`` variable of escalation and deny conditions (its fields are declared to the
+    type checker from this model): the agent's live risk, the request's own score, the larger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: float
+    request: float
+    score: float
+
+    @classmethod
+    def of(cls, risk: RiskContext) -> RiskInputs:
+        """The condition inputs of one decision's risk."""
+        agent, request = float(risk.agent), float(risk.request)
+        return cls(agent=agent, request=request, score=max(agent, request))
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,32 @@ BUNDLE_SUFFIXES = (".yaml", ".yml")
 
 
 class LineMap(dict[str, object]):
-    """A YAML mapping that knows its own line and the line of each key (1-based)."""
+    """A YAML mapping that knows its own line and the line of each key (1-based).
 
-    def __init__(self, line: int) -> None:
+    It also keeps where each scalar value is written in its file, so that a position inside a
+    value (a column of a CEL expression) can be pointed at in the file.
+    """
+
+    def __init__(self, line: int, text: str = "") -> None:
         super().__init__()
         self.line = line
         self.lines: dict[str, int] = {}
+        self.text = text  # the whole file the mapping was read from
+        self.spans: dict[str, tuple[int, int, str | None]] = {}  # key -> start, end, style
 
     def line_of(self, key: str) -> int:
         """The line of ``key``, or of the mapping itself when the key is absent."""
         return self.lines.get(key, self.line)
+
+    def position(self, key: str, offset: int) -> tuple[int, int | None]:
+        """(line, column), 1-based, in the file of character ``offset`` of the string value of
+        ``key``; the key's line and no column when that cannot be told."""
+        value, span = self.get(key), self.spans.get(key)
+        if not isinstance(value, str) or span is None or not self.text:
+            return self.line_of(key), None
+        index = _index_in_file(value, offset, self.text, span)
+        start = self.text.rfind("\n", 0, index) + 1
+        return self.text.count("\n", 0, index) + 1, index - start + 1
 
 
 class LineList(list[object]):
@@ -56,17 +72,40 @@ class Bundle:
     files: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes): what the revision hashes
 
 
+def _index_in_file(value: str, offset: int, text: str, span: tuple[int, int, str | None]) -> int:
+    """Where character ``offset`` of a scalar's value is written in the file's ``text``.
+
+    Folding, block indentation, quotes and escapes only add or change whitespace and quoting
+    around the value's characters, so each non-space character of the value is found in order.
+    """
+    start, end, style = span
+    if style in ("|", ">"):
+        start = text.find("\n", start, end) + 1  # past the block header (``>-``)
+    elif style in ("'", '"'):
+        start += 1  # past the opening quote
+    index = start
+    for char in value[: offset + 1]:
+        if char.isspace():
+            continue
+        found = text.find(char, index, end)
+        if found < 0:
+            break
+        index = found + 1
+    return max(index - 1, start)
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader building LineMap/LineList and rejecting duplicate or non-string keys."""
 
     def __init__(self, stream: bytes, file: str) -> None:
         super().__init__(stream)
         self.file = file
+        self.text = stream.decode("utf-8", errors="replace")
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
     loader.flatten_mapping(node)
-    result = LineMap(node.start_mark.line + 1)
+    result = LineMap(node.start_mark.line + 1, loader.text)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
@@ -77,6 +116,9 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
                               file=loader.file, line=line)
         result[key] = loader.construct_object(value_node, deep=True)
         result.lines[key] = line
+        if isinstance(value_node, yaml.ScalarNode):
+            result.spans[key] = (value_node.start_mark.index, value_node.end_mark.index,
+                                 value_node.style)
     return result
 
 

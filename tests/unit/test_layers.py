@@ -27,6 +27,8 @@ CORE_ALLOWED = (
     "schemas", "broker.errors", "broker.scopes", "broker.config",
     *(f"broker.{package}" for package in CORE_PACKAGES),
     "pydantic", "pydantic_core", "pydantic_settings", "cel", "yaml",
+    # CEL's reference type checker, and the protobuf descriptors it takes declared types as.
+    "cel_expr_python", "google.protobuf",
 )
 # L2 (I/O behind ports, SDKs, dev tooling) and L3 (entry points), by path.
 L2_DIRS = ("broker/adapters", "broker/sdk", "broker/stack")
