@@ -21,6 +21,7 @@ import redis
 import yaml
 
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.kafka import acls
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.registry_view import read_registry
@@ -39,10 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".stack" / "bench"
 FRAUD_POLICY = ROOT / "policies" / "fraud"
 # Mirror topics of the reference loops: the registry's shape (partitions, configs), own names,
-# so the reference never competes with the worker for the same messages.
-RAW_IN = dataclasses.replace(topics.ESCALATIONS, name="bench.raw.escalations")
-RAW_OUT = dataclasses.replace(topics.GRANTS, name="bench.raw.grants")
-FLOOR = dataclasses.replace(topics.ESCALATIONS, name="bench.floor")
+# so the reference never competes with the worker for the same messages. Their ACLs: the
+# harness writes as an agent, the reference loops run as the worker, like the product.
+RAW_IN = dataclasses.replace(topics.ESCALATIONS, name="bench.raw.escalations",
+                             writers=(topics.AGENT,), readers=(topics.WORKER,))
+RAW_OUT = dataclasses.replace(topics.GRANTS, name="bench.raw.grants",
+                              writers=(topics.WORKER,), readers=(topics.SERVICE,))
+FLOOR = dataclasses.replace(topics.ESCALATIONS, name="bench.floor",
+                            writers=(topics.AGENT,), readers=(topics.WORKER,))
 POOLS = {"lat": 16, "rev": 400, "tput": 120, "exp": 40, "chk": 8}
 
 
@@ -102,7 +107,9 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
     stack.down(settings, wipe=True)
     try:
         stack.up(settings, progress=say)
-        ensure_topics(role_access(settings, topics.ADMIN), (RAW_IN, RAW_OUT, FLOOR))
+        admin = role_access(settings, topics.ADMIN)
+        ensure_topics(admin, (RAW_IN, RAW_OUT, FLOOR))
+        acls.apply(admin, [a for t in (RAW_IN, RAW_OUT, FLOOR) for a in acls.topic_acls(t)])
         write_policy(settings.policy_path)
         ensure_identity_files(settings)  # the broker's token keys and the bench operator's key
         client = redis.Redis.from_url(settings.redis_url)

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from bench import env
 from bench.measures.latency import fraud_request
+from broker.adapters.kafka import acls
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import encode
@@ -37,7 +38,9 @@ from schemas import topics
 
 AGENTS = 10_000  # 100,000 grants = 10 per agent
 CONCURRENCY = 100  # requests in flight (one Redis connection each)
-MEM_TOPIC = dataclasses.replace(env.RAW_OUT, name="bench.mem.grants")
+# Grants the harness (an agent's user) writes for a resource view (a service's) to read.
+MEM_TOPIC = dataclasses.replace(env.RAW_OUT, name="bench.mem.grants", writers=(topics.AGENT,),
+                                readers=(topics.SERVICE,))
 
 
 async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, str, str]]:
@@ -103,7 +106,9 @@ def redis_memory(settings: Any, harness: Publisher, n: int) -> dict[str, Any]:
     """Used memory before/after n grants, bytes per grant, and the per-key breakdown."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        ensure_topics(role_access(settings, topics.ADMIN), (MEM_TOPIC,))
+        admin = role_access(settings, topics.ADMIN)
+        ensure_topics(admin, (MEM_TOPIC,))
+        acls.apply(admin, acls.topic_acls(MEM_TOPIC))
         before = int(client.info("memory")["used_memory"])
         keys_before = int(client.dbsize())
         sample = asyncio.run(_fill(settings, n, harness))

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit.log import Stored, read_topic, watermarks
+from broker.adapters.kafka import acls
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import producer_config
 from broker.cli.main import app
@@ -123,9 +124,11 @@ def copy_partition(
 ) -> str:
     """A new topic holding one partition of the sealed audit, bytes as stored, after ``change``."""
     name = f"permbroker.audit.copy-{uuid.uuid4().hex[:8]}"
-    copy = topics.Topic(name, topics.PARTITIONS, "delete", topics.DAY_MS, (), "a test copy")
-    admin = role_access(settings, topics.ADMIN)  # a copy only the tests make: not in the ACLs
+    copy = topics.Topic(name, topics.PARTITIONS, "delete", topics.DAY_MS, (), "a test copy",
+                        readers=(topics.OPERATOR, topics.AUDITOR))
+    admin = role_access(settings, topics.ADMIN)  # a topic of the tests only: its ACLs too
     ensure_topics(admin, [copy])
+    acls.apply(admin, acls.topic_acls(copy))
     entries = [s for s in sealed(settings) if s.entry.partition == partition]
     producer = Producer(producer_config(admin))
     for s in change(entries):

@@ -21,7 +21,7 @@ from broker.policy import Policy
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
-from broker.stack.credentials import role_access
+from broker.stack.credentials import role_access, role_settings
 from schemas import topics
 from schemas.events import AgentProfile
 
@@ -92,8 +92,9 @@ def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str,
 
 
 def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
-    """The test settings plus API credentials for one agent, a service and an operator."""
-    return settings.model_copy(update={
+    """The test settings plus API credentials for one agent, a service and an operator; on
+    Kafka the API is the api role's user."""
+    return role_settings(settings, topics.API).model_copy(update={
         "api_operator_token": SecretStr("op-secret"), "api_service_token": SecretStr("svc"),
         "api_agent_tokens": {agent: SecretStr("agent-secret"), "someone-else": SecretStr("x")},
         "enforcement_point": f"api-{agent}", "view_staleness_bound_s": 5.0, **changes,

@@ -28,6 +28,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import Encoded, decode, encode
 from broker.errors import BusError, WireError
 from schemas.events import WireModel
+from schemas.topics import group_prefix
 
 
 def producer_config(kafka: KafkaAccess) -> dict[str, object]:
@@ -51,7 +52,9 @@ class Publisher:
         source: str,
         signer: Callable[[Encoded], Encoded] | None = None,
     ) -> None:
-        self._producer = Producer(producer_config(kafka))
+        self._principal = kafka.principal
+        self._refused: KafkaError | None = None  # Kafka refused our credentials
+        self._producer = Producer({**producer_config(kafka), "error_cb": self._on_error})
         self._source = source
         self._signer = signer  # adds the sender's ce_signature to every message it publishes
 
@@ -79,10 +82,25 @@ class Publisher:
                 self._produce(topic, self._signer(m) if self._signer else m, on_delivery)
         except KafkaException as exc:
             raise BusError(f"cannot produce to {topic}: {exc}") from exc
-        if self._producer.flush(timeout) > 0:
-            raise BusError(f"Kafka did not acknowledge the write to {topic} within {timeout}s")
+        self._flush(topic, timeout)
         if errors:
             raise BusError(f"Kafka refused the write to {topic}: {errors[0]}")
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka retries a refused login until the write times out: remember it instead."""
+        if err.code() == KafkaError._AUTHENTICATION or err.fatal():
+            self._refused = err
+
+    def _flush(self, topic: str, timeout: float) -> None:
+        """Wait for every acknowledgement; a refused login fails at once, naming the user."""
+        deadline = time.monotonic() + timeout
+        while self._producer.flush(min(0.2, max(deadline - time.monotonic(), 0.0))) > 0:
+            if self._refused is not None:
+                raise BusError(f"Kafka refused {self._principal} writing to {topic}: "
+                               f"{self._refused.str()}")
+            if time.monotonic() >= deadline:
+                raise BusError(f"Kafka did not acknowledge the write to {topic} within "
+                               f"{timeout}s")
 
     def _produce(self, topic: str, m: Encoded, on_delivery: Callable[..., None]) -> None:
         while True:
@@ -97,10 +115,15 @@ class Publisher:
 
 
 def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -> Consumer:
-    """A consumer that never commits unless it is given a group (readers assign partitions)."""
+    """A consumer that never commits unless it is given a group (readers assign partitions).
+
+    A reader's throwaway group id is in its role's group prefix (librdkafka looks its
+    coordinator up, which the ACLs allow for that prefix only).
+    """
+    role = kafka.username or "anonymous"
     config: dict[str, object] = {
         **kafka.confluent(),
-        "group.id": group or f"permbroker-reader-{uuid.uuid4()}",
+        "group.id": group or f"{group_prefix(role)}reader-{uuid.uuid4()}",
         "enable.auto.commit": bool(group),
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 10,

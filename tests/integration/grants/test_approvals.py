@@ -19,7 +19,7 @@ from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.operator.approvals import Approver
 from broker.sdk.operator.client import revoke
-from broker.stack.credentials import role_access
+from broker.stack.credentials import role_access, role_settings
 from schemas import topics
 from schemas.events import (
     ApprovalVoted,
@@ -256,7 +256,8 @@ def test_operators_approve_through_the_cli_and_the_api_counting_once(
                                      agent, "--reason", "looked at it"], env=env)
     assert voted.exit_code == 0, voted.output
     _vote_audited(audit, request.request_id, "counted")
-    api_settings = settings.model_copy(update={"api_operator_token": SecretStr("op-secret")})
+    api_settings = role_settings(settings, topics.API).model_copy(
+        update={"api_operator_token": SecretStr("op-secret")})
     with TestClient(create_app(api_settings)) as api:
         op = {"Authorization": "Bearer op-secret"}
         rows = api.get("/v1/operator/approvals", params={"agent": agent}, headers=op).json()

@@ -38,7 +38,7 @@ class ForeignAgent:
         self.key = jwk.OKPKey.generate_key("Ed25519")  # the private key never leaves here
         self.producer = Producer({**connect, "acks": "all", "partitioner": "murmur2_random"})
         self.consumer = Consumer({**connect, "enable.auto.commit": False,
-                                  "group.id": f"foreign-{uuid.uuid4()}"})
+                                  "group.id": f"pb-agent-foreign-{uuid.uuid4()}"})
 
     def listen(self, topic: str) -> None:
         """Start reading a topic at its current end on every partition (before sending)."""
@@ -168,7 +168,7 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
 
 def jwks(connect: dict[str, str]) -> dict[str, Any]:
     """Section 7: the latest key set on the compacted JWKS topic."""
-    c = Consumer({**connect, "group.id": f"jwks-{uuid.uuid4()}",
+    c = Consumer({**connect, "group.id": f"pb-service-jwks-{uuid.uuid4()}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         _low, high = c.get_watermark_offsets(TopicPartition("permbroker.jwks", 0), timeout=10)
