@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
+from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client
 from broker.adapters.kafka.bus import Record, consumer, end_offsets, producer_config, to_record
+from broker.errors import BusError
 from schemas import topics
 from tests.support.services import Services
 
@@ -154,3 +156,14 @@ def test_each_role_may_do_on_each_topic_exactly_what_the_registry_says(
             topic.name.startswith(topics.GRANT_TOPIC_PREFIX)
         assert ("CREATE" in granted) == creates, (role, topic.name, granted)
         assert not granted & {"DELETE", "ALTER", "ALTER_CONFIGS"}, (role, topic.name, granted)
+
+
+def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(services: Services) -> None:
+    """As admin, applying the table again creates nothing; any other user is refused (it would
+    be shown no ACLs at all, and read that as every rule missing)."""
+    wanted = acls.table("permbroker")
+    done = acls.apply(services.kafka(topics.ADMIN), wanted, dry_run=True)
+    assert done.created == () and list(done.kept) == wanted
+    for role in (topics.OPERATOR, topics.WORKER):
+        with pytest.raises(BusError, match="may not list or change Kafka's ACLs"):
+            acls.apply(services.kafka(role), wanted, dry_run=True)

@@ -121,6 +121,21 @@ def from_binding(b: AclBinding) -> Acl | None:
                _name(b.resource_pattern_type), _name(b.operation))
 
 
+def _check_may_alter(admin: KafkaAccess, timeout: float) -> None:
+    """BusError unless ``admin``'s user may change ACLs (ALTER on the cluster): anyone else is
+    shown no ACLs at all, which would read as "every rule is missing"."""
+    client = admin_client(admin)
+    try:
+        cluster = client.describe_cluster(include_authorized_operations=True,
+                                          request_timeout=timeout).result(timeout=timeout)
+    except (KafkaException, FutureTimeout) as exc:
+        raise BusError(f"cannot describe the Kafka cluster as {admin.principal}: {exc}") from exc
+    granted = {_name(op) for op in cluster.authorized_operations or []}
+    if not granted & {"ALTER", "ALL"}:
+        raise BusError(f"{admin.principal} may not list or change Kafka's ACLs (that needs ALTER "
+                       "on the cluster: a super user)")
+
+
 def existing(admin: KafkaAccess, timeout: float = 30.0) -> set[Acl]:
     """Every ALLOW rule the cluster holds now (BusError if Kafka does not say)."""
     # None matches any name, principal and host (the library's annotations say str).
@@ -139,6 +154,7 @@ def apply(admin: KafkaAccess, wanted: Iterable[Acl], *, dry_run: bool = False,
           timeout: float = 30.0) -> Applied:
     """Create the rules of ``wanted`` that are missing; idempotent (BusError on refusal)."""
     wanted = sorted(set(wanted))
+    _check_may_alter(admin, timeout)
     have = existing(admin, timeout)
     missing = [acl for acl in wanted if acl not in have]
     if missing and not dry_run:
