@@ -19,7 +19,15 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollectio
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client
-from broker.adapters.kafka.bus import Record, consumer, end_offsets, producer_config, to_record
+from broker.adapters.kafka.bus import (
+    Publisher,
+    Record,
+    consumer,
+    end_offsets,
+    producer_config,
+    to_record,
+)
+from broker.adapters.kafka.codec import Encoded
 from broker.errors import BusError
 from schemas import topics
 from tests.support.services import Services
@@ -105,6 +113,16 @@ def test_a_wrong_password_is_refused_at_login(services: Services, probe: bytes) 
     assert all(err is not None for err in attempt.delivered.values())
     assert any(e.code() == KafkaError._AUTHENTICATION for e in attempt.client_errors), \
         [e.str() for e in attempt.client_errors]
+
+
+def test_a_publisher_whose_login_is_refused_says_so_naming_its_user(services: Services) -> None:
+    """The product's Publisher reports the refused login (the user named), not a timeout."""
+    worker = services.kafka(topics.WORKER)
+    guessed = worker.as_user(worker.username, f"guess-{uuid.uuid4().hex}")
+    probe = Encoded(f"acl-probe-{uuid.uuid4().hex}".encode(), b"{}", [])
+    with pytest.raises(BusError, match=r"Kafka refused User:worker writing to permbroker\.grants: "
+                                       r".*[Aa]uthentication"):
+        Publisher(guessed, source="/tests/acl").publish_raw(topics.GRANTS.name, probe, timeout=60)
 
 
 def read_from(kafka: KafkaAccess, topic: str, starts: dict[int, int]) -> list[Record]:

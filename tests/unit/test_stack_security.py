@@ -119,3 +119,23 @@ def test_a_stack_formatted_without_users_is_not_reused_silently(tmp_path: Path) 
     (kafka_dir / "data" / "meta.properties").write_text("formatted\n")
     with pytest.raises(StackError, match="permbroker stack down --wipe"):
         stack_local.stack_credentials(settings, kafka_dir, lambda _m: None)
+
+
+def test_the_container_kafka_is_configured_like_the_native_stack() -> None:
+    """deploy/kafka-start.sh (docker-compose.yml, the tests' Docker path) sets every security
+    property of the native stack to the same value (its inter-broker listener is INTERNAL)."""
+    script = (Path(__file__).resolve().parents[2] / "deploy" / "kafka-start.sh").read_text()
+    body = script.split("<<PROPERTIES\n", 1)[1].split("\nPROPERTIES\n", 1)[0]
+    container = dict(line.split("=", 1) for line in body.splitlines())
+    native = stack_kafka.security(Credentials.generate())
+    for key, value in native.items():
+        key = key.replace("listener.name.client.", "listener.name.internal.")
+        assert key in container, key
+        if "jaas" not in key:
+            assert container[key] == value, key
+    assert container["inter.broker.listener.name"] == "INTERNAL"
+    assert set(container["listener.security.protocol.map"].split(",")) == {
+        "HOST:SASL_PLAINTEXT", "CONTROLLER:SASL_PLAINTEXT", "INTERNAL:SASL_PLAINTEXT"}
+    assert container["listener.name.host.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    for user in (*ROLES, BROKER):
+        assert user in script.split("for user in ", 1)[1].split(";", 1)[0].split(), user
