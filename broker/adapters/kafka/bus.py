@@ -145,15 +145,24 @@ def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     return sorted(info.partitions)
 
 
+# A partition just created (or moved) can be listed before its leader serves it.
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
 def end_offsets(c: Consumer, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """The current log end offset of every partition."""
+    """The current log end offset of every partition (waiting out a leader still moving in)."""
     out = {}
+    deadline = time.monotonic() + timeout
     for p in partitions(c, topic, timeout):
-        try:
-            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        except KafkaException as exc:
-            raise BusError(f"cannot read offsets of {topic}: {exc}") from exc
-        out[p] = high
+        while p not in out:
+            try:
+                out[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                moving = isinstance(error, KafkaError) and error.code() in _LEADER_MOVING
+                if not moving or time.monotonic() >= deadline:
+                    raise BusError(f"cannot read offsets of {topic}: {exc}") from exc
+                time.sleep(0.1)
     return out
 
 
