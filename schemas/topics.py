@@ -1,8 +1,12 @@
-"""Topic registry: every Kafka topic name, its shape and what flows on it. Imports stdlib only.
+"""Topic registry: every Kafka topic name, its shape, what flows on it and who may touch it.
 
-Names are spelled here and nowhere else. All topics are keyed by agent id, so every event about
-one agent lands in one partition, in order. Partition counts match across the topics a worker
-joins so faust co-partitions them.
+Imports stdlib only. Names are spelled here and nowhere else. All topics are keyed by agent id,
+so every event about one agent lands in one partition, in order. Partition counts match across
+the topics a worker joins so faust co-partitions them.
+
+Each topic names the roles (Kafka principals, one SCRAM user per role) that may write it and
+read it: the one declarative table the ACLs are derived from (broker/adapters/kafka/acls.py).
+No role but ``admin`` (a super user) touches a topic its entry does not name it for.
 """
 
 from __future__ import annotations
@@ -10,6 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
+
+# The Kafka principals (SCRAM users, one per role) the ACLs below are written for. admin is the
+# super user of the tooling (topics, users, ACLs); it needs no ACL and is named by no topic.
+ADMIN, WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API = (
+    "admin", "worker", "agent", "service", "operator", "auditor", "api")
+ROLES: tuple[str, ...] = (ADMIN, WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API)
+
+
+def group_prefix(role: str) -> str:
+    """Consumer groups a role may use (its readers' throwaway groups, its own durable ones).
+
+    The workers' group is the app id instead (a setting): workers read and commit in it,
+    resource services may only describe it (its committed offsets prove revocations processed).
+    """
+    return f"pb-{role}-"
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,9 @@ class Topic:
     event_types: tuple[str, ...]
     description: str
     config: dict[str, str] = field(default_factory=dict)
+    writers: tuple[str, ...] = ()  # roles with WRITE
+    readers: tuple[str, ...] = ()  # roles with READ
+    describers: tuple[str, ...] = ()  # roles that may see only its offsets (DESCRIBE)
 
     def kafka_config(self) -> dict[str, str]:
         """Topic-level configs for the AdminClient."""
@@ -46,12 +68,17 @@ ESCALATIONS = Topic(
     "Agents ask for elevated scopes, renew or release their grants. Broker-assigned append "
     "time is the request's clock.",
     _APPEND_TIME,
+    writers=(AGENT, API),
+    readers=(WORKER, OPERATOR),
 )
 RISK = Topic(
     "permbroker.risk", PARTITIONS, "delete", 7 * DAY_MS,
     ("io.permbroker.risk.observed.v1",),
     "Risk signals about agents (and resources); revocation rules act on them.",
     _APPEND_TIME,
+    writers=(AGENT, OPERATOR, API, WORKER),  # workers: the behaviour analytics' signals
+    readers=(WORKER, OPERATOR),
+    describers=(SERVICE,),  # a view's revocation watch compares its ends to the workers' commits
 )
 DECISIONS = Topic(
     "permbroker.decisions", PARTITIONS, "delete", 7 * DAY_MS,
@@ -64,6 +91,8 @@ DECISIONS = Topic(
     ),
     "One decision per request, with reasons, matched rules and policy revision; and the answer "
     "to each registry or grant command.",
+    writers=(WORKER,),
+    readers=(AGENT, WORKER, OPERATOR, AUDITOR, API),  # workers: the behaviour analytics
 )
 GRANT_EVENT_TYPES = (
     "io.permbroker.grant.issued.v1",
@@ -78,8 +107,15 @@ GRANTS = Topic(
     "permbroker.grants", PARTITIONS, "delete", 30 * DAY_MS,
     GRANT_EVENT_TYPES,
     "Grant lifecycle: what resource services consume to enforce. Log of record for grants.",
+    writers=(WORKER,),
+    readers=(SERVICE, WORKER, OPERATOR, API),  # workers: rebuilding the Redis view
 )
 GRANT_TOPIC_PREFIX = GRANTS.name + "."
+# Every namespace's grant topic, present or future (one prefixed ACL each): the workers create
+# the topic of a namespace they route to when it is missing.
+GRANT_NAMESPACE_WRITERS: tuple[str, ...] = (WORKER,)
+GRANT_NAMESPACE_READERS: tuple[str, ...] = (SERVICE, OPERATOR)
+GRANT_NAMESPACE_CREATORS: tuple[str, ...] = (WORKER,)
 
 
 def grant_topic(namespace: str) -> Topic:
@@ -91,6 +127,7 @@ def grant_topic(namespace: str) -> Topic:
     return Topic(
         GRANT_TOPIC_PREFIX + namespace, PARTITIONS, "delete", 30 * DAY_MS, GRANT_EVENT_TYPES,
         f"Grant lifecycle of the {namespace} namespace, for the resource services of {namespace}.",
+        writers=GRANT_NAMESPACE_WRITERS, readers=GRANT_NAMESPACE_READERS,
     )
 
 
@@ -103,23 +140,31 @@ REVOCATION_ACKS = Topic(
     "permbroker.revocation-acks", PARTITIONS, "delete", 30 * DAY_MS,
     ("io.permbroker.revocation.acknowledged.v1", "io.permbroker.enforcement.status.v1"),
     "Enforcement points confirm each revocation they applied, and report how current they are.",
+    writers=(SERVICE, API),  # the API's own grant view is an enforcement point
+    readers=(OPERATOR, API),
 )
 AUDIT = Topic(
     "permbroker.audit", PARTITIONS, "delete", 365 * DAY_MS,
     ("io.permbroker.audit.recorded.v1",),
     "Every input, decision and lifecycle event, with what produced it: hash-chained per "
     "partition by the sealer (seq, prev_hash, hash) and sealed by signed digests.",
+    writers=(WORKER,),  # the sealer, inside the worker (or `permbroker audit seal`)
+    readers=(WORKER, AUDITOR, OPERATOR, API),  # the sealer reads its chain head back
 )
 AUDIT_RAW = Topic(
     "permbroker.audit.raw", PARTITIONS, "delete", 7 * DAY_MS,
     ("io.permbroker.audit.recorded.v1",),
     "Audit records as workers write them, acknowledged before a grant becomes visible; the "
     "sealer chains each one into permbroker.audit (same partition).",
+    writers=(WORKER, OPERATOR, API),  # operators: selector revocations, `grants rebuild`
+    readers=(WORKER, AUDITOR),
 )
 DEAD_LETTER = Topic(
     "permbroker.dlq", PARTITIONS, "delete", 30 * DAY_MS,
     (),
     "Messages that could not be decoded or validated: raw bytes, origin and reason in headers.",
+    writers=(WORKER,),
+    readers=(OPERATOR,),
 )
 
 APPROVALS = Topic(
@@ -129,6 +174,8 @@ APPROVALS = Topic(
     "requesting agent so they share the request's partition order. Append time is the vote's "
     "clock: a granted request's expiry counts from the deciding vote.",
     _APPEND_TIME,
+    writers=(AGENT, OPERATOR, API),  # approvers may be verifier agents
+    readers=(WORKER, OPERATOR),
 )
 
 # The identity issue's topics: the agent registry, grant commands and the broker's JWKS.
@@ -138,23 +185,31 @@ REGISTRY = Topic(
     "Signed registry commands: operators register, update, suspend, resume agents and revoke "
     "keys; an agent rotates its own key or registers itself with an enrollment token.",
     _APPEND_TIME,
+    writers=(AGENT, OPERATOR, API),
+    readers=(WORKER, OPERATOR),
 )
 AGENTS = Topic(
     "permbroker.agents", PARTITIONS, "compact", -1,
     ("io.permbroker.agent.record.v1",),
     "The agent registry, log of record: the latest record of every agent (profile, AI "
     "attributes, status, public keys), written by the workers only.",
+    writers=(WORKER,),
+    readers=(WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API),
 )
 GRANT_COMMANDS = Topic(
     "permbroker.grant-commands", PARTITIONS, "delete", 7 * DAY_MS,
     ("io.permbroker.grant.command.v1",),
     "Signed agent commands about their own grants: release early, get a grant token.",
     _APPEND_TIME,
+    writers=(AGENT,),
+    readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(
     "permbroker.jwks", 1, "compact", -1,
     ("io.permbroker.jwks.published.v1",),
     "The broker's public grant-token keys (JWKS), the latest set per issuer (key = issuer).",
+    writers=(WORKER,),
+    readers=(WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API),
 )
 IDENTITY_TOPICS: tuple[Topic, ...] = (REGISTRY, AGENTS, GRANT_COMMANDS, JWKS)
 USAGE = Topic(
@@ -163,6 +218,8 @@ USAGE = Topic(
     "Resource services report each use of a budgeted scope (counted atomically in Redis first); "
     "workers audit it and revoke a grant whose budget is exhausted.",
     _APPEND_TIME,
+    writers=(SERVICE,),
+    readers=(WORKER, OPERATOR),
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (

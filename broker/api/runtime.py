@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import Publisher, Record
@@ -34,6 +35,7 @@ class Runtime:
     """The live components of one API process."""
 
     settings: Settings
+    kafka: KafkaAccess  # the API's own Kafka user (role api), from the same settings
     metrics: Metrics = field(default_factory=Metrics)
     view: GrantView | None = None
     store: RedisGrantStore | None = None
@@ -51,17 +53,17 @@ class Runtime:
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
         # Everything the API relays (an agent's request it authenticated, an operator's
         # revocation) is signed with the operator key: the workers refuse unsigned events.
-        self.publisher = operator_publisher(s.kafka_bootstrap, "/permbroker/api", s)
+        self.publisher = operator_publisher(self.kafka, "/permbroker/api", s)
         self.view = GrantView(
-            s.kafka_bootstrap, on_event=self._on_event,
+            self.kafka, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
             token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
         )
-        self.decisions = DecisionWatcher(s.kafka_bootstrap)
-        self.jwks = JwksView(s.kafka_bootstrap, issuer=s.token_issuer)
+        self.decisions = DecisionWatcher(self.kafka)
+        self.jwks = JwksView(self.kafka, issuer=s.token_issuer)
         self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
-        self.audits = AuditWatcher(s.kafka_bootstrap)
-        self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
+        self.audits = AuditWatcher(self.kafka)
+        self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event)
 
     def _on_event(self, record: Record, _applied_at: float) -> None:
@@ -77,7 +79,7 @@ class Runtime:
     def kafka_problem(self) -> str:
         """'' when Kafka answers a metadata request within 2 s, else why not."""
         try:
-            cluster_metadata(admin_client(self.settings.kafka_bootstrap), 2.0)
+            cluster_metadata(admin_client(self.kafka), 2.0)
         except BrokerError as exc:
             return str(exc)
         return ""

@@ -1,10 +1,12 @@
 """A local multi-broker Kafka cluster (KRaft, combined controller+broker nodes). Imports stdlib.
 
-Also imports broker.errors and the stack_kafka / stack_procs helpers. The single-broker stack
-(broker.adapters.stack) is unchanged; this is for tests and trials of replication: N JVMs on
+Also imports broker.errors and the stack kafka / credentials / procs helpers. The single-broker
+stack (broker.stack.local) is unchanged; this is for tests and trials of replication: N JVMs on
 loopback, each node a broker and one of N quorum voters, topics created by default with
 replication factor N and ``min.insync.replicas`` = N - 1, so a producer with acks=all keeps
 writing with one node down and an acknowledged write survives the loss of any one node.
+Secured like the single broker (SASL/SCRAM, ACLs; users in <root>/credentials.json, 0600):
+``broker.stack.local.provision`` then creates the users' topics and ACLs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.errors import BusError, StackError
 from broker.stack import kafka as stack_kafka
+from broker.stack.credentials import Credentials
 from broker.stack.procs import ProcRecord, exit_code, is_ours, spawn, stop, tail
+from schemas.topics import ADMIN
 
 LOOPBACK = "127.0.0.1"
 # Three JVMs next to everything else on a small machine: a small heap each.
@@ -54,9 +59,25 @@ class ClusterSpec:
     def min_isr(self) -> int:
         return max(self.nodes - 1, 1)
 
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    def credentials(self) -> Credentials:
+        """The cluster's users, generated on first use (before any node is formatted)."""
+        found = Credentials.read(self.credentials_file)
+        if found is None:
+            found = Credentials.generate()
+            found.write(self.credentials_file)
+        return found
+
+    def admin(self) -> KafkaAccess:
+        """The cluster as its super user."""
+        return self.credentials().access(KafkaAccess(self.bootstrap), ADMIN)
+
 
 def write_node_properties(spec: ClusterSpec, node: int) -> Path:
-    """server.properties of one node: broker + controller, N voters, RF N, min ISR N-1."""
+    """server.properties of one node: broker + controller, N voters, RF N, min ISR N-1 (0600)."""
     rf, isr = str(spec.nodes), str(spec.min_isr)
     voters = ",".join(f"{n}@{LOOPBACK}:{spec.controller_port(n)}"
                       for n in range(1, spec.nodes + 1))
@@ -65,10 +86,8 @@ def write_node_properties(spec: ClusterSpec, node: int) -> Path:
         "process.roles": "broker,controller",
         "node.id": str(node),
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{cport}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        **stack_kafka.listeners(port, cport, LOOPBACK),
+        **stack_kafka.security(spec.credentials()),
         "log.dirs": str(node_dir / "data"),
         "default.replication.factor": rf,
         "min.insync.replicas": isr,
@@ -83,9 +102,7 @@ def write_node_properties(spec: ClusterSpec, node: int) -> Path:
         "group.initial.rebalance.delay.ms": "0",
     }
     node_dir.mkdir(parents=True, exist_ok=True)
-    path = node_dir / "server.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
-    return path
+    return stack_kafka.write_secret_properties(node_dir / "server.properties", props)
 
 
 def start_node(spec: ClusterSpec, libs: Path, node: int) -> ProcRecord:
@@ -94,7 +111,7 @@ def start_node(spec: ClusterSpec, libs: Path, node: int) -> ProcRecord:
     (spec.node_dir(node) / "data").mkdir(parents=True, exist_ok=True)
     shared = stack_kafka.cluster_id(spec.root)  # one id for every node of the cluster
     (spec.node_dir(node) / "cluster.id").write_text(shared + "\n")
-    stack_kafka.format_once(libs, spec.node_dir(node), properties)
+    stack_kafka.format_once(libs, spec.node_dir(node), properties, spec.credentials())
     argv = stack_kafka.server_argv(libs, properties, heap=HEAP)
     record = spawn(argv, cwd=spec.node_dir(node), log_path=spec.log_file(node))
     record.write(spec.pid_file(node))
@@ -112,7 +129,7 @@ def wait_brokers(spec: ClusterSpec, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            brokers = cluster_metadata(admin_client(spec.bootstrap), 5).brokers
+            brokers = cluster_metadata(admin_client(spec.admin()), 5).brokers
             if len(brokers) >= count:
                 return
         except BusError:

@@ -1,8 +1,16 @@
 """Kafka for the local stack: jars from Maven Central, KRaft config, format, argv. Imports stdlib.
 
-Also imports broker.config, broker.errors and stack_procs. The jars are resolved once per
-version into the cache dir with a small pom (kafka-pom.xml); a marker file written last tells a
-complete download from a half one.
+Also imports broker.config, broker.errors, stack credentials and procs. The jars are resolved
+once per version into the cache dir with a small pom (kafka-pom.xml); a marker file written
+last tells a complete download from a half one.
+
+Security, on every stack this tooling starts: clients authenticate with SASL/SCRAM-SHA-512 on
+the CLIENT listener (also the brokers' own listener, as the ``broker`` user); the controller
+listener takes SASL/PLAIN from the static ``controller`` user only (SCRAM users live in the
+metadata log, which the controllers must reach first; an unauthenticated controller listener
+would make any local process a super user). KRaft's StandardAuthorizer with
+``allow.everyone.if.no.acl.found=false``: no ACL, no access; ``admin``, ``broker`` and
+``controller`` are the super users. server.properties holds two passwords: it is written 0600.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 
 from broker.config import Settings
 from broker.errors import StackError
+from broker.stack.credentials import BROKER, CONTROLLER, Credentials
 from broker.stack.procs import locked, tail
 
 Progress = Callable[[str], None]
@@ -91,17 +100,60 @@ def _resolve(home: Path, version: str) -> None:
     (home / _MARKER).write_text("\n".join(sorted(p.name for p in libs.glob("*.jar"))) + "\n")
 
 
-def write_properties(settings: Settings, kafka_dir: Path) -> Path:
+MECHANISM = "SCRAM-SHA-512"
+SUPER_USERS = ("admin", BROKER, CONTROLLER)
+
+
+def listeners(port: int, cport: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """The CLIENT (SASL/SCRAM, also inter-broker) and CONTROLLER (SASL/PLAIN) listeners."""
+    return {
+        "listeners": f"CLIENT://{host}:{port},CONTROLLER://{host}:{cport}",
+        "advertised.listeners": f"CLIENT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "CLIENT",
+        "listener.security.protocol.map": "CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+    }
+
+
+def security(credentials: Credentials) -> dict[str, str]:
+    """Authentication and authorization settings of every node (see the module docstring)."""
+    broker, controller = credentials.password(BROKER), credentials.password(CONTROLLER)
+    return {
+        "sasl.mechanism.inter.broker.protocol": MECHANISM,
+        "listener.name.client.sasl.enabled.mechanisms": MECHANISM,
+        "listener.name.client.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER}" password="{broker}";',
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config":
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{CONTROLLER}" password="{controller}" '
+            f'user_{CONTROLLER}="{controller}";',
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(f"User:{user}" for user in SUPER_USERS),
+        "auto.create.topics.enable": "false",  # topics come from the admin (and workers' CREATE)
+    }
+
+
+def write_secret_properties(path: Path, props: dict[str, str]) -> Path:
+    """Write a properties file readable by this user only (it holds passwords)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
+    return path
+
+
+def write_properties(settings: Settings, kafka_dir: Path, credentials: Credentials) -> Path:
     """server.properties of a single-node KRaft cluster (broker + controller) on loopback."""
     port, cport = settings.kafka_port, settings.kafka_controller_port
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        **listeners(port, cport),
+        **security(credentials),
         "log.dirs": str(kafka_dir / "data"),
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",
@@ -110,9 +162,7 @@ def write_properties(settings: Settings, kafka_dir: Path) -> Path:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
     }
-    path = kafka_dir / "server.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
-    return path
+    return write_secret_properties(kafka_dir / "server.properties", props)
 
 
 def cluster_id(kafka_dir: Path) -> str:
@@ -127,18 +177,28 @@ def cluster_id(kafka_dir: Path) -> str:
     return value
 
 
-def format_once(libs: Path, kafka_dir: Path, properties: Path) -> None:
-    """Format the KRaft log dir unless it already holds meta.properties."""
-    if (kafka_dir / "data" / "meta.properties").is_file():
+def formatted(kafka_dir: Path) -> bool:
+    """Whether the node's KRaft log dir has been formatted."""
+    return (kafka_dir / "data" / "meta.properties").is_file()
+
+
+def format_once(libs: Path, kafka_dir: Path, properties: Path, credentials: Credentials) -> None:
+    """Format the KRaft log dir (with every SCRAM user) unless it already holds meta.properties.
+
+    The users exist from the first start: the brokers authenticate to each other as one of them.
+    """
+    if formatted(kafka_dir):
         return
+    users = [arg for user, password in credentials.users().items()
+             for arg in ("--add-scram", f"{MECHANISM}=[name={user},password={password}]")]
     cmd = [tool("java"), *_LOGGING, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-           "-t", cluster_id(kafka_dir), "-c", str(properties)]
+           "-t", cluster_id(kafka_dir), "-c", str(properties), *users]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,  # noqa: S603
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as exc:
         raise StackError("formatting the Kafka log dir did not finish within 120s") from exc
-    if done.returncode != 0:
+    if done.returncode != 0:  # the output names the file, never the passwords of the argv
         raise StackError(f"formatting the Kafka log dir failed:\n{done.stdout}{done.stderr}")
 
 

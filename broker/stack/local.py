@@ -2,7 +2,12 @@
 
 Imports stdlib, redis, confluent-kafka (via admin), config, errors and the stack_* helpers.
 Used by `permbroker stack`, the Makefile, the demo and the test fixtures. State lives in
-settings.stack_dir: kafka/ (properties, cluster id, KRaft log dir), redis/, *.log, *.pid.
+settings.stack_dir: kafka/ (properties, cluster id, KRaft log dir, credentials.json), redis/,
+*.log, *.pid.
+
+Kafka always runs with authentication and ACLs (broker/stack/kafka.py): ``up`` generates one
+password per role on the first start (credentials.json, 0600), creates the users, the topics
+and the ACL table of the topic registry (``provision``), each time idempotently.
 """
 
 from __future__ import annotations
@@ -19,10 +24,18 @@ from pathlib import Path
 import redis
 
 from broker.adapters.audit.keys import ensure_keys
-from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import (
+    admin_client,
+    cluster_metadata,
+    ensure_topics,
+    ensure_users,
+)
 from broker.config import Settings
-from broker.errors import BusError, StackError
+from broker.errors import BusError, ConfigError, StackError
 from broker.stack import kafka as stack_kafka
+from broker.stack.credentials import Credentials, credentials_file
 from broker.stack.procs import (
     ProcRecord,
     exit_code,
@@ -34,6 +47,7 @@ from broker.stack.procs import (
     stop,
     tail,
 )
+from schemas.topics import ADMIN
 
 Progress = Callable[[str], None]
 LOOPBACK = "127.0.0.1"
@@ -64,6 +78,8 @@ class StackStatus:
     redis: ServiceStatus
     topics_created: tuple[str, ...] = ()
     started: tuple[str, ...] = ()
+    credentials: str = ""  # the file with every role's Kafka password ('' when none)
+    acls_created: int = 0
 
     @property
     def bootstrap(self) -> str:
@@ -79,6 +95,7 @@ class StackStatus:
 
     def to_dict(self) -> dict[str, object]:
         return {"ready": self.ready, "bootstrap": self.bootstrap, "redis_url": self.redis_url,
+                "credentials": self.credentials,
                 "services": [asdict(self.kafka), asdict(self.redis)],
                 "topics_created": list(self.topics_created), "started": list(self.started)}
 
@@ -101,11 +118,21 @@ def _ports(settings: Settings, name: str) -> tuple[int, ...]:
     return (settings.redis_port,)
 
 
-def _kafka_answers(port: int, timeout: float = 2.0) -> bool:
-    if not port_open(port):
+def admin_access(settings: Settings) -> KafkaAccess:
+    """The stack's Kafka as its super user (anonymous when the stack has no users yet)."""
+    base = KafkaAccess(f"{LOOPBACK}:{settings.kafka_port}")
+    try:
+        credentials = Credentials.read(credentials_file(settings))
+    except ConfigError as exc:
+        raise StackError(str(exc)) from exc
+    return credentials.access(base, ADMIN) if credentials is not None else base
+
+
+def _kafka_answers(settings: Settings, timeout: float = 2.0) -> bool:
+    if not port_open(settings.kafka_port):
         return False
     try:
-        return bool(cluster_metadata(admin_client(f"{LOOPBACK}:{port}"), timeout).brokers)
+        return bool(cluster_metadata(admin_client(admin_access(settings)), timeout).brokers)
     except BusError:
         return False
 
@@ -125,7 +152,7 @@ def _redis_answers(port: int, timeout: float = 1.0) -> bool:
 
 def _answers(settings: Settings, name: str) -> bool:
     if name == KAFKA:
-        return _kafka_answers(settings.kafka_port)
+        return _kafka_answers(settings)
     return _redis_answers(settings.redis_port)
 
 
@@ -138,7 +165,9 @@ def _service_status(settings: Settings, name: str) -> ServiceStatus:
 
 def status(settings: Settings) -> StackStatus:
     """Where each service stands: our PID alive, and answering its protocol on its port."""
-    return StackStatus(_service_status(settings, KAFKA), _service_status(settings, REDIS))
+    users = credentials_file(settings)
+    return StackStatus(_service_status(settings, KAFKA), _service_status(settings, REDIS),
+                       credentials=str(users) if users.is_file() else "")
 
 
 def missing_tools() -> list[str]:
@@ -204,12 +233,32 @@ def _start(settings: Settings, name: str, argv: list[str], cwd: Path) -> ProcRec
     return record
 
 
+def stack_credentials(settings: Settings, kafka_dir: Path, say: Progress) -> Credentials:
+    """The stack's users: kept from an earlier start, else generated now (before formatting)."""
+    path = credentials_file(settings)
+    try:
+        credentials = Credentials.read(path)
+    except ConfigError as exc:
+        raise StackError(str(exc)) from exc
+    if credentials is not None:
+        return credentials
+    if stack_kafka.formatted(kafka_dir):
+        raise StackError(f"the Kafka data in {kafka_dir} was made without the users in {path} "
+                         "(an older stack, or the file was deleted); wipe it and start again: "
+                         "permbroker stack down --wipe")
+    credentials = Credentials.generate()
+    credentials.write(path)
+    say(f"Generated a Kafka password per role in {path} (0600)")
+    return credentials
+
+
 def _start_kafka(settings: Settings, say: Progress) -> ProcRecord:
     libs = stack_kafka.ensure_jars(settings, say)
     kafka_dir = _dir(settings) / KAFKA
     (kafka_dir / "data").mkdir(parents=True, exist_ok=True)
-    properties = stack_kafka.write_properties(settings, kafka_dir)
-    stack_kafka.format_once(libs, kafka_dir, properties)
+    credentials = stack_credentials(settings, kafka_dir, say)
+    properties = stack_kafka.write_properties(settings, kafka_dir, credentials)
+    stack_kafka.format_once(libs, kafka_dir, properties, credentials)
     say(f"Starting Kafka {settings.kafka_version} on {LOOPBACK}:{settings.kafka_port}")
     return _start(settings, KAFKA, stack_kafka.server_argv(libs, properties), kafka_dir)
 
@@ -247,8 +296,8 @@ def _await(settings: Settings, name: str, record: ProcRecord, deadline: float) -
 
 
 def _start_all(settings: Settings, say: Progress, timeout: float,
-               fresh: list[ProcRecord]) -> tuple[str, ...]:
-    """Start what is not running yet (appending to fresh), wait for both, create the topics."""
+               fresh: list[ProcRecord]) -> tuple[tuple[str, ...], int]:
+    """Start what is not running yet (appending to fresh), wait for both, then ``provision``."""
     claimed = {name: _claim(settings, name) for name in (KAFKA, REDIS)}  # fail before starting
     records: dict[str, ProcRecord] = {}
     for name, start in ((KAFKA, _start_kafka), (REDIS, _start_redis)):
@@ -264,18 +313,36 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
     _await(settings, REDIS, records[REDIS], deadline)
     _await(settings, KAFKA, records[KAFKA], deadline)
     say(f"Kafka and Redis answer (waited {time.monotonic() - started:.1f}s)")
+    credentials = Credentials.read(credentials_file(settings))
+    if credentials is None:
+        raise StackError(f"Kafka answers but its users' file {credentials_file(settings)} is "
+                         "missing (a stack from before Kafka had users?); stop and wipe it: "
+                         "permbroker stack down --wipe")
     try:
-        created = ensure_topics(f"{LOOPBACK}:{settings.kafka_port}", timeout=30)
+        created, applied = provision(admin_access(settings), credentials, settings.app_id)
     except BusError as exc:
-        raise StackError(f"Kafka answers but creating the topics failed: {exc}") from exc
+        raise StackError(f"Kafka answers but setting up its users, topics and ACLs failed: "
+                         f"{exc}") from exc
     if created:
         say(f"Created topics: {', '.join(created)}")
-    return tuple(created)
+    say(f"ACLs: {len(applied.created)} created, {len(applied.kept)} in place")
+    return tuple(created), len(applied.created)
+
+
+def provision(admin: KafkaAccess, credentials: Credentials, app_id: str,
+              timeout: float = 30.0) -> tuple[list[str], acls.Applied]:
+    """Users, then topics, then the ACL table (workers' group and ids: ``app_id``), as admin.
+
+    Idempotent: what exists is kept. Returns the topics created and what the ACLs came to.
+    """
+    ensure_users(admin, credentials.users(), timeout)
+    created = ensure_topics(admin, timeout=timeout)
+    return created, acls.apply(admin, acls.table(app_id), timeout=timeout)
 
 
 def up(settings: Settings, *, progress: Progress | None = None,
        timeout: float = 120.0) -> StackStatus:
-    """Start (or reuse) Kafka and Redis, wait until both answer, then create the topics.
+    """Start (or reuse) Kafka and Redis, wait until both answer, then ``provision`` Kafka.
 
     Idempotent: services whose PID file is ours and alive are reused. If anything fails, the
     processes this call started are stopped again before the StackError propagates.
@@ -286,7 +353,7 @@ def up(settings: Settings, *, progress: Progress | None = None,
     fresh: list[ProcRecord] = []
     with locked(_dir(settings) / ".lock"):
         try:
-            created = _start_all(settings, say, timeout, fresh)
+            created, acls_created = _start_all(settings, say, timeout, fresh)
         except BaseException:  # StackError, but also Ctrl-C or a test timeout: leave nothing
             _stop_recorded(settings, fresh)
             raise
@@ -295,7 +362,8 @@ def up(settings: Settings, *, progress: Progress | None = None,
     kafka, redis_status = _service_status(settings, KAFKA), _service_status(settings, REDIS)
     fresh_pids = {record.pid for record in fresh}
     started = tuple(st.name for st in (kafka, redis_status) if st.pid in fresh_pids)
-    return StackStatus(kafka, redis_status, created, started)
+    return StackStatus(kafka, redis_status, created, started, str(credentials_file(settings)),
+                       acls_created)
 
 
 def _stop_recorded(settings: Settings, records: list[ProcRecord],

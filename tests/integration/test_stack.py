@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import redis
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigResource, ResourceType
 
-from schemas.topics import ALL_TOPICS
+from broker.adapters.kafka.admin import admin_client
+from schemas.topics import ADMIN, ALL_TOPICS
 from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,7 @@ def test_redis_never_evicts(services: Services) -> None:
 
 def test_every_registered_topic_exists_as_registered(services: Services) -> None:
     """Every topic of ALL_TOPICS exists with the registry's partition count and cleanup policy."""
-    admin = AdminClient({"bootstrap.servers": services.bootstrap})
+    admin = admin_client(services.kafka(ADMIN))
     listed = admin.list_topics(timeout=10).topics
     for topic in ALL_TOPICS:
         assert topic.name in listed, topic.name

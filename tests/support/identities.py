@@ -21,6 +21,8 @@ from broker.policy import Policy
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
+from broker.stack.credentials import role_access, role_settings
+from schemas import topics
 from schemas.events import AgentProfile
 
 BATCH = 25
@@ -34,8 +36,9 @@ class Registrar:
         self._seed = {a.agent_id: a for a in seed.agents()}
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
-        self._done = {r.agent_id for r in read_registry(settings.kafka_bootstrap).records()}
-        self.operator = OperatorClient(settings)
+        operator = role_access(settings, topics.OPERATOR)
+        self._done = {r.agent_id for r in read_registry(operator).records()}
+        self.operator = OperatorClient(settings, operator)
 
     def ensure(self, agent_id: str) -> str:
         """Register ``agent_id`` (and the next few of its kind) unless already registered."""
@@ -71,7 +74,7 @@ def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
     """The agent's SDK client, signing with the agent's own key from the test key store."""
-    return AgentClient(agent_id, settings.kafka_bootstrap,
+    return AgentClient(agent_id, role_access(settings, topics.AGENT),
                        keys=AgentKeyStore.from_settings(settings), **options)
 
 
@@ -89,8 +92,9 @@ def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str,
 
 
 def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
-    """The test settings plus API credentials for one agent, a service and an operator."""
-    return settings.model_copy(update={
+    """The test settings plus API credentials for one agent, a service and an operator; on
+    Kafka the API is the api role's user."""
+    return role_settings(settings, topics.API).model_copy(update={
         "api_operator_token": SecretStr("op-secret"), "api_service_token": SecretStr("svc"),
         "api_agent_tokens": {agent: SecretStr("agent-secret"), "someone-else": SecretStr("x")},
         "enforcement_point": f"api-{agent}", "view_staleness_bound_s": 5.0, **changes,

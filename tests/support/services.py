@@ -1,8 +1,10 @@
 """Real Kafka + Redis for integration tests: env, else Docker, else native stack. Imports broker.
 
-Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set; else
+Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set (with
+PERMBROKER_TEST_KAFKA_CREDENTIALS naming its users' credentials.json when it has users); else
 testcontainers when a Docker engine answers (PERMBROKER_TEST_DOCKER=0 skips the probe); else
 `broker.adapters.stack.up` with its own dir and ports, stopped again at the end of the session.
+Clients of the tests reach Kafka as the role they play (``role_access(settings, role)``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.config import Settings
 from broker.errors import BusError
 from broker.stack import local as stack
+from broker.stack.credentials import Credentials, credentials_file
+from schemas.topics import ADMIN
 
 ROOT = Path(__file__).resolve().parents[2]
 # PERMBROKER_TEST_PORT_OFFSET moves the native test stack (two checkouts on one machine).
@@ -37,10 +42,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Services:
-    """Where the integration tests find Kafka and Redis."""
+    """Where the integration tests find Kafka and Redis, and Kafka's users (None: it has none)."""
 
     bootstrap: str
     redis_url: str
+    credentials_file: Path | None = None
+
+    def kafka(self, role: str) -> KafkaAccess:
+        """How a client playing ``role`` reaches the session's Kafka."""
+        base = KafkaAccess(self.bootstrap)
+        found = Credentials.read(self.credentials_file) if self.credentials_file else None
+        return found.access(base, role) if found is not None else base
 
 
 def unique(prefix: str) -> str:
@@ -62,11 +74,13 @@ def docker_answers() -> bool:
         return False
 
 
-def _wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> None:
+def _wait_for_kafka(kafka: KafkaAccess, credentials: Credentials,
+                    timeout: float = 120.0) -> None:
+    """Provision (users, topics, ACLs) once the broker answers its admin."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            ensure_topics(bootstrap, timeout=5)
+            stack.provision(kafka, credentials, "permbroker")
             return
         except BusError:
             if time.monotonic() >= deadline:
@@ -74,55 +88,49 @@ def _wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> None:
             time.sleep(0.5)
 
 
-def _kafka_container() -> DockerContainer:
-    """An apache/kafka container whose advertised listener is the host's mapped port."""
+def _kafka_container(credentials: Credentials) -> DockerContainer:
+    """An apache/kafka container secured like the native stack (deploy/kafka-start.sh), its
+    HOST listener advertised at the host's mapped port."""
     from testcontainers.core.container import DockerContainer
 
     script = "/tmp/permbroker_start.sh"
-    return (
-        DockerContainer(KAFKA_IMAGE)
-        .with_exposed_ports(9092)
-        .with_env("CLUSTER_ID", "cGVybWJyb2tlci10ZXN0cw")
-        .with_env("KAFKA_NODE_ID", "1")
-        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
-        .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,BROKER://:9093,CONTROLLER://:9094")
-        .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                  "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT")
-        .with_env("KAFKA_INTER_BROKER_LISTENER_NAME", "BROKER")
-        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9094")
-        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
-        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-        # The advertised address is known only once the port is mapped: wait for a script.
-        .with_command(["sh", "-c", f"while [ ! -f {script} ]; do sleep 0.1; done; sh {script}"])
-    )
+    box = DockerContainer(KAFKA_IMAGE).with_exposed_ports(9092)
+    box = box.with_env("CLUSTER_ID", "cGVybWJyb2tlci10ZXN0cw")
+    box = box.with_env("PB_KAFKA_INTERNAL_ADVERTISED", "localhost:19092")
+    for user, password in credentials.passwords.items():
+        box = box.with_env(f"PB_KAFKA_{user.upper()}_PASSWORD", password)
+    # The advertised address is known only once the port is mapped: wait for a script.
+    return box.with_command(["sh", "-c", f"while [ ! -f {script} ]; do sleep 0.1; done; "
+                             f"sh {script}"])
 
 
 def _put_script(container: DockerContainer, bootstrap: str) -> None:
-    body = (f"export KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://{bootstrap},BROKER://localhost:9093\n"
-            "exec /etc/kafka/docker/run\n").encode()
+    start = (ROOT / "deploy" / "kafka-start.sh").read_bytes()
+    body = (f"export PB_KAFKA_HOST_ADVERTISED={bootstrap}\n"
+            "exec sh /tmp/permbroker_kafka.sh\n").encode()
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
-        info = tarfile.TarInfo("tmp/permbroker_start.sh")
-        info.size, info.mode, info.mtime = len(body), 0o755, int(time.time())
-        tar.addfile(info, io.BytesIO(body))
+        for name, data in (("tmp/permbroker_kafka.sh", start), ("tmp/permbroker_start.sh", body)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
     container.get_wrapped_container().put_archive("/", archive.getvalue())
 
 
 @contextlib.contextmanager
-def _docker_services() -> Iterator[Services]:
+def _docker_services(users: Path) -> Iterator[Services]:
     from testcontainers.community.redis import RedisContainer
 
+    credentials = Credentials.generate()
+    credentials.write(users)
     redis_box = RedisContainer(REDIS_IMAGE).with_command(
         "redis-server --maxmemory-policy noeviction --save '' --appendonly no")
-    with redis_box, _kafka_container() as kafka_box:
+    with redis_box, _kafka_container(credentials) as kafka_box:
         bootstrap = f"{kafka_box.get_container_host_ip()}:{kafka_box.get_exposed_port(9092)}"
         _put_script(kafka_box, bootstrap)
-        _wait_for_kafka(bootstrap)
+        _wait_for_kafka(credentials.access(KafkaAccess(bootstrap), ADMIN), credentials)
         host, port = redis_box.get_container_host_ip(), redis_box.get_exposed_port(6379)
-        yield Services(bootstrap, f"redis://{host}:{port}/0")
+        yield Services(bootstrap, f"redis://{host}:{port}/0", users)
 
 
 @contextlib.contextmanager
@@ -134,7 +142,7 @@ def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
     """
     status = stack.up(TEST_STACK, progress=log)  # on failure it stops what it started itself
     try:
-        yield Services(status.bootstrap, status.redis_url)
+        yield Services(status.bootstrap, status.redis_url, credentials_file(TEST_STACK))
     finally:
         if status.started:
             stopped = stack.down(TEST_STACK, wipe=True)  # the next session starts from empty topics
@@ -149,13 +157,15 @@ def provide(log: Callable[[str], None] = print) -> Iterator[Services]:
     """Yield running services for one test session and stop whatever this call started."""
     bootstrap = os.environ.get("PERMBROKER_TEST_KAFKA_BOOTSTRAP")
     redis_url = os.environ.get("PERMBROKER_TEST_REDIS_URL")
+    users = os.environ.get("PERMBROKER_TEST_KAFKA_CREDENTIALS")
     if bootstrap and redis_url:
         log(f"using services from the environment: Kafka {bootstrap}")
-        ensure_topics(bootstrap)
-        yield Services(bootstrap, redis_url)
+        services = Services(bootstrap, redis_url, Path(users) if users else None)
+        ensure_topics(services.kafka(ADMIN))
+        yield services
     elif docker_answers():
         log(f"starting {KAFKA_IMAGE} and {REDIS_IMAGE} with testcontainers")
-        with _docker_services() as services:
+        with _docker_services(TEST_STACK.stack_dir / "docker-credentials.json") as services:
             yield services
     else:
         log(f"no Docker engine: starting the native stack in {TEST_STACK.stack_dir}")

@@ -1,21 +1,31 @@
-"""Kafka administration: contract topics, created idempotently. Imports confluent-kafka, schemas.
+"""Kafka administration: contract topics and SCRAM users, created idempotently.
 
-Also imports broker.errors. Blocking calls (confluent-kafka): never call them in a faust agent.
+Imports confluent-kafka, schemas.
+
+Also imports access and broker.errors. Blocking calls (confluent-kafka): never call them in a
+faust agent.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not re-declared
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
 from confluent_kafka.cimpl import NewTopic
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.errors import BusError
 from schemas.topics import ALL_TOPICS, Topic
 
@@ -25,9 +35,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(kafka: KafkaAccess) -> AdminClient:
     """An AdminClient whose librdkafka logs go to Python logging, not straight to stderr."""
-    return AdminClient({"bootstrap.servers": bootstrap}, logger=_log)
+    return AdminClient(kafka.confluent(), logger=_log)
 
 
 def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
@@ -38,14 +48,14 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
         raise BusError(f"Kafka did not answer a metadata request within {timeout}s: {exc}") from exc
 
 
-def ensure_topics(bootstrap: str, topics: Sequence[Topic] = ALL_TOPICS,
+def ensure_topics(kafka: KafkaAccess, topics: Sequence[Topic] = ALL_TOPICS,
                   timeout: float = 30) -> list[str]:
     """Create the topics that are missing, with the registry's partitions and configs.
 
     Idempotent: a topic that exists (or that a concurrent caller creates) is left alone.
     Returns the names this call created, once the broker's metadata shows all of them.
     """
-    admin = admin_client(bootstrap)
+    admin = admin_client(kafka)
     deadline = time.monotonic() + timeout
     existing = cluster_metadata(admin, timeout).topics
     missing = [topic for topic in topics if topic.name not in existing]
@@ -75,14 +85,52 @@ def _created(name: str, future: Future[None], deadline: float) -> bool:
 
 
 def _await_visible(admin: AdminClient, topics: Sequence[Topic], deadline: float) -> None:
-    """Wait until metadata lists every topic with all its partitions (creation is async)."""
+    """Wait until metadata lists every topic with all its partitions, each with a leader
+    (creation is async: a partition without a leader yet refuses even an offsets request)."""
     while True:
         remaining = deadline - time.monotonic()
         listed = cluster_metadata(admin, max(remaining, 1.0)).topics
         if all(t.name in listed and len(listed[t.name].partitions) == t.partitions
-               and listed[t.name].error is None for t in topics):
+               and listed[t.name].error is None
+               and all(p.leader >= 0 and p.error is None
+                       for p in listed[t.name].partitions.values()) for t in topics):
             return
         if remaining <= 0:
             absent = [t.name for t in topics if t.name not in listed]
             raise BusError(f"topics not visible in Kafka metadata before the deadline: {absent}")
         time.sleep(0.1)
+
+
+SCRAM_ITERATIONS = 4096  # Kafka's minimum for SCRAM-SHA-512, as StorageTool's format uses
+
+
+def ensure_users(kafka: KafkaAccess, passwords: Mapping[str, str],
+                 timeout: float = 30) -> list[str]:
+    """Create the SCRAM-SHA-512 users of ``passwords`` that do not exist yet; their names.
+
+    An existing user keeps its password (this never rotates one). Needs a super user.
+    """
+    admin = admin_client(kafka)  # referenced until its futures are done
+    try:
+        every = cast("Future[dict[str, Any]]",  # the form for all users: one future
+                     admin.describe_user_scram_credentials(request_timeout=timeout))
+        have = every.result(timeout)
+    except (KafkaException, FutureTimeout) as exc:
+        error = exc.args[0] if exc.args else None
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError.RESOURCE_NOT_FOUND):
+            raise BusError(f"cannot list Kafka's SCRAM users as {kafka.principal}: {exc}") from exc
+        have = {}
+    missing = [user for user in passwords if user not in have]
+    if not missing:
+        return []
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, info, passwords[user].encode()) for user in missing]
+    for user, future in admin.alter_user_scram_credentials(upserts,
+                                                           request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except (KafkaException, FutureTimeout) as exc:
+            raise BusError(f"Kafka refused to create the SCRAM user {user}: {exc}") from exc
+    _log.info("created Kafka SCRAM users %s", missing)
+    return missing

@@ -1,6 +1,6 @@
 """Kafka access outside faust (SDKs, CLI, rebuild, demo) with confluent-kafka.
 
-Imports schemas, codec.
+Imports schemas, access, codec.
 
 Producers use the Java-compatible murmur2 partitioner so a key lands on the same partition as
 when faust (aiokafka) produces it: one agent, one partition, whoever writes.
@@ -24,15 +24,17 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import Encoded, decode, encode
 from broker.errors import BusError, WireError
 from schemas.events import WireModel
+from schemas.topics import group_prefix
 
 
-def producer_config(bootstrap: str) -> dict[str, object]:
+def producer_config(kafka: KafkaAccess) -> dict[str, object]:
     """Settings every permbroker producer shares."""
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka.confluent(),
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
         "acks": "all",
@@ -45,12 +47,14 @@ class Publisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         *,
         source: str,
         signer: Callable[[Encoded], Encoded] | None = None,
     ) -> None:
-        self._producer = Producer(producer_config(bootstrap))
+        self._principal = kafka.principal
+        self._refused: KafkaError | None = None  # Kafka refused our credentials
+        self._producer = Producer({**producer_config(kafka), "error_cb": self._on_error})
         self._source = source
         self._signer = signer  # adds the sender's ce_signature to every message it publishes
 
@@ -78,10 +82,25 @@ class Publisher:
                 self._produce(topic, self._signer(m) if self._signer else m, on_delivery)
         except KafkaException as exc:
             raise BusError(f"cannot produce to {topic}: {exc}") from exc
-        if self._producer.flush(timeout) > 0:
-            raise BusError(f"Kafka did not acknowledge the write to {topic} within {timeout}s")
+        self._flush(topic, timeout)
         if errors:
             raise BusError(f"Kafka refused the write to {topic}: {errors[0]}")
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka retries a refused login until the write times out: remember it instead."""
+        if err.code() == KafkaError._AUTHENTICATION or err.fatal():
+            self._refused = err
+
+    def _flush(self, topic: str, timeout: float) -> None:
+        """Wait for every acknowledgement; a refused login fails at once, naming the user."""
+        deadline = time.monotonic() + timeout
+        while self._producer.flush(min(0.2, max(deadline - time.monotonic(), 0.0))) > 0:
+            if self._refused is not None:
+                raise BusError(f"Kafka refused {self._principal} writing to {topic}: "
+                               f"{self._refused.str()}")
+            if time.monotonic() >= deadline:
+                raise BusError(f"Kafka did not acknowledge the write to {topic} within "
+                               f"{timeout}s")
 
     def _produce(self, topic: str, m: Encoded, on_delivery: Callable[..., None]) -> None:
         while True:
@@ -95,11 +114,16 @@ class Publisher:
                 self._producer.poll(0.05)
 
 
-def consumer(bootstrap: str, *, group: str | None = None, **extra: object) -> Consumer:
-    """A consumer that never commits unless it is given a group (readers assign partitions)."""
+def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -> Consumer:
+    """A consumer that never commits unless it is given a group (readers assign partitions).
+
+    A reader's throwaway group id is in its role's group prefix (librdkafka looks its
+    coordinator up, which the ACLs allow for that prefix only).
+    """
+    role = kafka.username or "anonymous"
     config: dict[str, object] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group or f"permbroker-reader-{uuid.uuid4()}",
+        **kafka.confluent(),
+        "group.id": group or f"{group_prefix(role)}reader-{uuid.uuid4()}",
         "enable.auto.commit": bool(group),
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 10,
@@ -121,15 +145,24 @@ def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     return sorted(info.partitions)
 
 
+# A partition just created (or moved) can be listed before its leader serves it.
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
 def end_offsets(c: Consumer, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """The current log end offset of every partition."""
+    """The current log end offset of every partition (waiting out a leader still moving in)."""
     out = {}
+    deadline = time.monotonic() + timeout
     for p in partitions(c, topic, timeout):
-        try:
-            _low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        except KafkaException as exc:
-            raise BusError(f"cannot read offsets of {topic}: {exc}") from exc
-        out[p] = high
+        while p not in out:
+            try:
+                out[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                moving = isinstance(error, KafkaError) and error.code() in _LEADER_MOVING
+                if not moving or time.monotonic() >= deadline:
+                    raise BusError(f"cannot read offsets of {topic}: {exc}") from exc
+                time.sleep(0.1)
     return out
 
 
@@ -167,10 +200,10 @@ def to_record(msg: Message) -> Record:
 
 
 def read_all(
-    bootstrap: str, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
+    kafka: KafkaAccess, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
 ) -> Iterator[Record]:
     """Every message of a topic from the beginning up to its end at call time."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         ends = end_offsets(c, topic)
         todo = {p for p, end in ends.items() if end > 0}

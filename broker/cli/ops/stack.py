@@ -1,4 +1,4 @@
-"""`permbroker stack up|down|status`: local stack CLI. Imports typer, rich, config, adapters.stack.
+"""`permbroker stack up|down|status|env|compose-env`: local stack CLI. Imports typer, rich, stack.
 
 Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli.stack up`.
 """
@@ -6,6 +6,8 @@ Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m bro
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from typing import Annotated
 
 import typer
@@ -15,8 +17,10 @@ from rich.table import Table
 from broker.adapters.crypto.keystore import ensure_identity_files
 from broker.cli.context import cli_settings, use_settings
 from broker.config import Settings
-from broker.errors import StackError
+from broker.errors import ConfigError, StackError
 from broker.stack import local as stack
+from broker.stack.credentials import Credentials, credentials_file
+from schemas.topics import ROLES
 
 stack_app = typer.Typer(
     help="Local Apache Kafka (KRaft) + Redis as plain processes, no Docker needed.",
@@ -70,6 +74,8 @@ def up(
     _out.print(_table(status))
     _out.print(f"PERMBROKER_KAFKA_BOOTSTRAP={status.bootstrap}", highlight=False)
     _out.print(f"PERMBROKER_REDIS_URL={status.redis_url}", highlight=False)
+    _out.print(f"Kafka users (SASL/SCRAM-SHA-512, one per role) in {status.credentials}; a "
+               "process's own: eval \"$(permbroker stack env --role worker)\"", highlight=False)
 
 
 @stack_app.command()
@@ -101,6 +107,42 @@ def status(
         _out.print(_table(current))
     if not current.ready:
         raise typer.Exit(1)
+
+
+@stack_app.command()
+def env(
+    role: Annotated[str, typer.Option(help=f"The role to connect as: {', '.join(ROLES)}.")],
+) -> None:
+    """Print `export PERMBROKER_KAFKA_*=...` lines: the stack's Kafka as one role's user."""
+    settings = cli_settings()
+    try:
+        found = Credentials.read(credentials_file(settings))
+        if found is None:
+            raise StackError(f"no Kafka users in {credentials_file(settings)}: run "
+                             "permbroker stack up first")
+        access = found.access(stack.admin_access(settings).anonymous(), role)
+    except (ConfigError, StackError) as exc:
+        _err.print(f"[bold red]stack env failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    for name, value in access.env().items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+@stack_app.command("compose-env")
+def compose_env() -> None:
+    """Write <stack_dir>/compose.env (0600): a password per Kafka user for docker-compose.yml.
+
+    Kept once written: ``docker compose --env-file .stack/compose.env up`` reuses it.
+    """
+    path = cli_settings().stack_dir / "compose.env"
+    if not path.is_file():
+        users = Credentials.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"PB_KAFKA_{user.upper()}_PASSWORD={password}\n"
+                         for user, password in users.passwords.items())
+    _out.print(f"{path} (0600): docker compose --env-file {path} up --build", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Kafka ACLs derived from the topic registry, and applied idempotently. Imports confluent-kafka.
+
+Also imports access, admin, broker.errors and schemas.topics. ``table`` is pure: every role a
+topic names as writer or reader gets WRITE or READ on it (prefixed for the grant namespaces,
+present and future, which workers may also CREATE); each role may use the consumer groups of
+its prefix; the workers read and commit in their group and write their transactional ids (the
+app id), resource services may only describe that group. Nothing else is allowed: the cluster
+runs with ``allow.everyone.if.no.acl.found=false``. ``apply`` creates what is missing with the
+admin's credentials and reports what it created and what was there already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from enum import Enum
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not re-declared
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import admin_client
+from broker.errors import BusError
+from schemas import topics
+from schemas.topics import Topic
+
+TOPIC, GROUP, TRANSACTIONAL_ID = "TOPIC", "GROUP", "TRANSACTIONAL_ID"
+LITERAL, PREFIXED = "LITERAL", "PREFIXED"
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One ALLOW rule: ``User:<role>`` may do ``operation`` on a resource (from any host)."""
+
+    role: str
+    resource: str
+    name: str
+    pattern: str
+    operation: str
+
+    @property
+    def principal(self) -> str:
+        return f"User:{self.role}"
+
+    def binding(self) -> AclBinding:
+        """The confluent-kafka form."""
+        return AclBinding(ResourceType[self.resource], self.name,
+                          ResourcePatternType[self.pattern], self.principal, "*",
+                          AclOperation[self.operation], AclPermissionType.ALLOW)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"principal": self.principal, "resource": self.resource, "name": self.name,
+                "pattern": self.pattern, "operation": self.operation}
+
+    def __str__(self) -> str:
+        pattern = "*" if self.pattern == PREFIXED else ""
+        return f"{self.principal} {self.operation} {self.resource} {self.name}{pattern}"
+
+
+def topic_acls(topic: Topic, pattern: str = LITERAL) -> list[Acl]:
+    """WRITE for each writer, READ for each reader, DESCRIBE for each describer of ``topic``."""
+    return ([Acl(r, TOPIC, topic.name, pattern, "WRITE") for r in topic.writers]
+            + [Acl(r, TOPIC, topic.name, pattern, "READ") for r in topic.readers]
+            + [Acl(r, TOPIC, topic.name, pattern, "DESCRIBE") for r in topic.describers])
+
+
+def _namespaces() -> list[Acl]:
+    """Every namespace grant topic, present or future: one prefixed rule per role."""
+    any_namespace = topics.grant_topic("")  # named exactly the prefix
+    return (topic_acls(any_namespace, PREFIXED)
+            + [Acl(r, TOPIC, topics.GRANT_TOPIC_PREFIX, PREFIXED, "CREATE")
+               for r in topics.GRANT_NAMESPACE_CREATORS])
+
+
+def _groups(app_id: str) -> list[Acl]:
+    own = [Acl(r, GROUP, topics.group_prefix(r), PREFIXED, "READ")
+           for r in topics.ROLES if r != topics.ADMIN]
+    return [*own,
+            Acl(topics.WORKER, GROUP, app_id, PREFIXED, "READ"),  # faust's group, the sealer's
+            Acl(topics.WORKER, TRANSACTIONAL_ID, app_id, PREFIXED, "WRITE"),  # the sealer's
+            Acl(topics.SERVICE, GROUP, app_id, PREFIXED, "DESCRIBE")]  # revocation watch
+
+
+def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS) -> list[Acl]:
+    """Every ACL the roles need, derived from the registry (sorted, no duplicates)."""
+    literal = [acl for t in registry if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)
+               for acl in topic_acls(t)]
+    return sorted({*literal, *_namespaces(), *_groups(app_id)})
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did: the rules it created and those already in place."""
+
+    created: tuple[Acl, ...]
+    kept: tuple[Acl, ...]
+
+    def as_dict(self) -> dict[str, list[dict[str, str]]]:
+        return {"created": [a.as_dict() for a in self.created],
+                "kept": [a.as_dict() for a in self.kept]}
+
+
+def _name(value: object) -> str:
+    return value.name if isinstance(value, Enum) else str(value)
+
+
+def from_binding(b: AclBinding) -> Acl | None:
+    """The rule a binding the cluster lists stands for (None: not an ALLOW for a user)."""
+    if b.permission_type != AclPermissionType.ALLOW or b.host != "*" \
+            or not b.principal.startswith("User:"):
+        return None
+    return Acl(b.principal.removeprefix("User:"), _name(b.restype), b.name,
+               _name(b.resource_pattern_type), _name(b.operation))
+
+
+def _check_may_alter(admin: KafkaAccess, timeout: float) -> None:
+    """BusError unless ``admin``'s user may change ACLs (ALTER on the cluster): anyone else is
+    shown no ACLs at all, which would read as "every rule is missing"."""
+    client = admin_client(admin)
+    try:
+        cluster = client.describe_cluster(include_authorized_operations=True,
+                                          request_timeout=timeout).result(timeout=timeout)
+    except (KafkaException, FutureTimeout) as exc:
+        raise BusError(f"cannot describe the Kafka cluster as {admin.principal}: {exc}") from exc
+    granted = {_name(op) for op in cluster.authorized_operations or []}
+    if not granted & {"ALTER", "ALL"}:
+        raise BusError(f"{admin.principal} may not list or change Kafka's ACLs (that needs ALTER "
+                       "on the cluster: a super user)")
+
+
+def existing(admin: KafkaAccess, timeout: float = 30.0) -> set[Acl]:
+    """Every ALLOW rule the cluster holds now (BusError if Kafka does not say)."""
+    # None matches any name, principal and host (the library's annotations say str).
+    anything: str = None  # type: ignore[assignment]
+    flt = AclBindingFilter(ResourceType.ANY, anything, ResourcePatternType.ANY, anything,
+                           anything, AclOperation.ANY, AclPermissionType.ANY)
+    client = admin_client(admin)
+    try:
+        bindings = client.describe_acls(flt, request_timeout=timeout).result(timeout=timeout)
+    except (KafkaException, FutureTimeout) as exc:
+        raise BusError(f"cannot list the cluster's ACLs as {admin.principal}: {exc}") from exc
+    return {acl for b in bindings if (acl := from_binding(b)) is not None}
+
+
+def apply(admin: KafkaAccess, wanted: Iterable[Acl], *, dry_run: bool = False,
+          timeout: float = 30.0) -> Applied:
+    """Create the rules of ``wanted`` that are missing; idempotent (BusError on refusal)."""
+    wanted = sorted(set(wanted))
+    _check_may_alter(admin, timeout)
+    have = existing(admin, timeout)
+    missing = [acl for acl in wanted if acl not in have]
+    if missing and not dry_run:
+        client = admin_client(admin)  # kept referenced until every future is done
+        futures = client.create_acls([acl.binding() for acl in missing], request_timeout=timeout)
+        for binding, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+            except (KafkaException, FutureTimeout) as exc:
+                raise BusError(f"Kafka refused the ACL {binding}: {exc}") from exc
+    return Applied(tuple(missing), tuple(acl for acl in wanted if acl in have))

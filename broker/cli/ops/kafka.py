@@ -1,0 +1,87 @@
+"""``permbroker kafka provision`` and ``kafka acls show|apply``: topics and the ACL table. L3.
+
+Imports typer, rich, broker (adapters, cli context and output), never streams. ``provision`` and
+``acls apply`` run with the process's Kafka user, which must be a super user (the local stack's
+``admin``: ``eval "$(permbroker stack env --role admin)"``); both are idempotent and say what
+they created and what was in place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.admin import ensure_topics
+from broker.cli.context import cli_kafka, cli_settings
+from broker.cli.output import JsonOpt, fail, out, print_json
+from broker.errors import BrokerError
+
+kafka_app = typer.Typer(help="Kafka authorization: the ACLs every role needs.",
+                        no_args_is_help=True)
+acls_app = typer.Typer(help="The ACL table derived from the topic registry.",
+                       no_args_is_help=True)
+kafka_app.add_typer(acls_app, name="acls")
+
+_SUPER_HINT = "run it as Kafka's super user, e.g. eval \"$(permbroker stack env --role admin)\""
+AppIdOpt = Annotated[str | None, typer.Option(
+    "--app-id", help="The workers' app id (group and transactional id prefix); default: "
+    "PERMBROKER_APP_ID.")]
+
+
+def _table(title: str, rows: list[tuple[str, acls.Acl]]) -> Table:
+    table = Table(title=title)
+    for column in ("", "principal", "operation", "resource", "name", "pattern"):
+        table.add_column(column)
+    for state, a in rows:
+        table.add_row(state, a.principal, a.operation, a.resource, a.name, a.pattern.lower())
+    return table
+
+
+@acls_app.command("show")
+def show(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the ACL table (no Kafka needed)."""
+    wanted = acls.table(app_id or cli_settings().app_id)
+    if as_json:
+        print_json([a.as_dict() for a in wanted])
+        return
+    out.print(_table(f"{len(wanted)} ACLs", [("", a) for a in wanted]))
+
+
+@acls_app.command("apply")
+def apply(
+    app_id: AppIdOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only say what would be created.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the missing ACLs of the table (idempotent); list what was created and kept."""
+    try:
+        kafka = cli_kafka()
+        done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id), dry_run=dry_run)
+    except BrokerError as exc:
+        raise fail(str(exc), _SUPER_HINT) from exc
+    if as_json:
+        print_json({**done.as_dict(), "dry_run": dry_run, "principal": kafka.principal})
+        return
+    verb = "would create" if dry_run else "created"
+    rows = [(verb, a) for a in done.created] + [("kept", a) for a in done.kept]
+    out.print(_table(f"{len(done.created)} {verb}, {len(done.kept)} kept", rows))
+
+
+@kafka_app.command()
+def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
+    """Create the contract's missing topics, then the missing ACLs (idempotent)."""
+    try:
+        kafka = cli_kafka()
+        created = ensure_topics(kafka, timeout=60)
+        done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id))
+    except BrokerError as exc:
+        raise fail(str(exc), _SUPER_HINT) from exc
+    if as_json:
+        print_json({"topics_created": created, **done.as_dict()})
+        return
+    out.print(f"topics created: {', '.join(created) or 'none (all there)'}; ACLs: "
+              f"{len(done.created)} created, {len(done.kept)} kept", highlight=False)

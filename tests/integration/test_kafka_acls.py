@@ -1,0 +1,187 @@
+"""Kafka as the tests start it authenticates every client and authorizes it by role.
+
+Nobody but the workers can write what consumers trust (grants, the JWKS, the agent registry's
+record, decisions): an anonymous client cannot even log in, an agent's or a resource service's
+user is refused with TOPIC_AUTHORIZATION_FAILED, and nothing reaches the log. Every role may do
+exactly what its row of the topic registry says (the broker's own answer, per topic).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
+
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import admin_client
+from broker.adapters.kafka.bus import (
+    Publisher,
+    Record,
+    consumer,
+    end_offsets,
+    producer_config,
+    to_record,
+)
+from broker.adapters.kafka.codec import Encoded
+from broker.errors import BusError
+from schemas import topics
+from tests.support.services import Services
+
+pytestmark = pytest.mark.integration
+
+TRUSTED = (topics.GRANTS, topics.GRANTS_PAYMENTS, topics.JWKS, topics.AGENTS, topics.DECISIONS)
+# Refusals come back at once; a client that cannot log in is given this long, not 300 s.
+GIVE_UP_MS = 3000
+
+
+@dataclass
+class Attempt:
+    """What came back from trying to write one record to each trusted topic."""
+
+    delivered: dict[str, KafkaError | None]
+    client_errors: list[KafkaError]
+    seconds: float
+
+
+def _attempt(kafka: KafkaAccess, key: bytes) -> Attempt:
+    """Produce one record keyed ``key`` to every trusted topic as ``kafka``; wait for each."""
+    client_errors: list[KafkaError] = []
+    delivered: dict[str, KafkaError | None] = {}
+    producer = Producer({**producer_config(kafka), "message.timeout.ms": GIVE_UP_MS,
+                         "error_cb": client_errors.append})
+    started = time.monotonic()
+    for topic in TRUSTED:
+        def report(err: KafkaError | None, _msg: object, name: str = topic.name) -> None:
+            delivered[name] = err
+
+        producer.produce(topic.name, key=key, value=b'{"forged": true}', on_delivery=report)
+    left = producer.flush(GIVE_UP_MS / 1000 + 10)
+    assert left == 0, f"{left} writes neither delivered nor failed"
+    return Attempt(delivered, client_errors, time.monotonic() - started)
+
+
+@pytest.fixture
+def probe(services: Services) -> Iterator[bytes]:
+    """A fresh record key; afterwards no trusted topic holds a record with it (read back as
+    the admin from where each log ended before the test: the workers keep writing meanwhile)."""
+    key = f"acl-probe-{uuid.uuid4().hex}".encode()
+    admin = services.kafka(topics.ADMIN)
+    reader = consumer(admin)
+    before = {t.name: end_offsets(reader, t.name) for t in TRUSTED}
+    reader.close()
+    yield key
+    for topic in TRUSTED:
+        landed = [r for r in read_from(admin, topic.name, before[topic.name]) if r.key == key]
+        assert not landed, f"a refused client's record reached {topic.name}: {landed[0]}"
+
+
+@pytest.mark.parametrize("role", [topics.AGENT, topics.SERVICE])
+def test_an_agent_or_a_service_cannot_write_what_consumers_trust(
+    services: Services, role: str, probe: bytes,
+) -> None:
+    """Each write is refused by the broker's authorizer (TOPIC_AUTHORIZATION_FAILED), fast."""
+    attempt = _attempt(services.kafka(role), probe)
+    codes = {name: err.code() if err else None for name, err in attempt.delivered.items()}
+    assert codes == dict.fromkeys((t.name for t in TRUSTED),
+                                  KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    assert attempt.seconds < GIVE_UP_MS / 1000, "refusals should not wait for a timeout"
+
+
+def test_an_anonymous_client_cannot_log_in_and_writes_nothing(
+    services: Services, probe: bytes,
+) -> None:
+    """No SASL: the broker drops the connection; every write fails, none reaches a log."""
+    anonymous = services.kafka(topics.ADMIN).anonymous()
+    assert not anonymous.sasl
+    attempt = _attempt(anonymous, probe)
+    codes = {name: err.code() if err else None for name, err in attempt.delivered.items()}
+    assert codes == dict.fromkeys((t.name for t in TRUSTED), KafkaError._MSG_TIMED_OUT)
+    assert {e.code() for e in attempt.client_errors} & {
+        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION}
+
+
+def test_a_wrong_password_is_refused_at_login(services: Services, probe: bytes) -> None:
+    """A known user with a guessed password: SASL authentication fails; nothing is written."""
+    worker = services.kafka(topics.WORKER)
+    guessed = worker.as_user(worker.username, f"guess-{uuid.uuid4().hex}")
+    attempt = _attempt(guessed, probe)
+    assert all(err is not None for err in attempt.delivered.values())
+    assert any(e.code() == KafkaError._AUTHENTICATION for e in attempt.client_errors), \
+        [e.str() for e in attempt.client_errors]
+
+
+def test_a_publisher_whose_login_is_refused_says_so_naming_its_user(services: Services) -> None:
+    """The product's Publisher reports the refused login (the user named), not a timeout."""
+    worker = services.kafka(topics.WORKER)
+    guessed = worker.as_user(worker.username, f"guess-{uuid.uuid4().hex}")
+    probe = Encoded(f"acl-probe-{uuid.uuid4().hex}".encode(), b"{}", [])
+    with pytest.raises(BusError, match=r"Kafka refused User:worker writing to permbroker\.grants: "
+                                       r".*[Aa]uthentication"):
+        Publisher(guessed, source="/tests/acl").publish_raw(topics.GRANTS.name, probe, timeout=60)
+
+
+def read_from(kafka: KafkaAccess, topic: str, starts: dict[int, int]) -> list[Record]:
+    """Every record of ``topic`` from ``starts`` (partition -> offset) to the end now."""
+    c = consumer(kafka)
+    try:
+        ends = end_offsets(c, topic)
+        todo = {p for p, end in ends.items() if end > starts.get(p, 0)}
+        c.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in todo])
+        out: list[Record] = []
+        deadline = time.monotonic() + 30
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            out.append(to_record(msg))
+            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
+                todo.discard(msg.partition() or 0)
+        assert not todo, f"reading {topic} did not reach its end"
+        return out
+    finally:
+        c.close()
+
+
+def _authorized(kafka: KafkaAccess, name: str) -> set[str]:
+    """The operations the broker says ``kafka``'s user may do on a topic (KIP-430)."""
+    admin = admin_client(kafka)
+    future = admin.describe_topics(TopicCollection([name]), include_authorized_operations=True,
+                                   request_timeout=30)[name]
+    return {op.name for op in (future.result(30).authorized_operations or [])}
+
+
+@pytest.mark.parametrize("role", [r for r in topics.ROLES if r != topics.ADMIN])
+def test_each_role_may_do_on_each_topic_exactly_what_the_registry_says(
+    services: Services, role: str,
+) -> None:
+    """WRITE iff the role is a writer, READ iff a reader; a topic it is not named for does not
+    even exist for it; only the workers may create (a namespace's grant topic)."""
+    kafka = services.kafka(role)
+    for topic in topics.ALL_TOPICS:
+        if role not in (*topic.writers, *topic.readers, *topic.describers):
+            with pytest.raises(KafkaException, match="TOPIC_AUTHORIZATION_FAILED"):
+                _authorized(kafka, topic.name)
+            continue
+        granted = _authorized(kafka, topic.name)
+        assert ("WRITE" in granted) == (role in topic.writers), (role, topic.name, granted)
+        assert ("READ" in granted) == (role in topic.readers), (role, topic.name, granted)
+        creates = role in topics.GRANT_NAMESPACE_CREATORS and \
+            topic.name.startswith(topics.GRANT_TOPIC_PREFIX)
+        assert ("CREATE" in granted) == creates, (role, topic.name, granted)
+        assert not granted & {"DELETE", "ALTER", "ALTER_CONFIGS"}, (role, topic.name, granted)
+
+
+def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(services: Services) -> None:
+    """As admin, applying the table again creates nothing; any other user is refused (it would
+    be shown no ACLs at all, and read that as every rule missing)."""
+    wanted = acls.table("permbroker")
+    done = acls.apply(services.kafka(topics.ADMIN), wanted, dry_run=True)
+    assert done.created == () and list(done.kept) == wanted
+    for role in (topics.OPERATOR, topics.WORKER):
+        with pytest.raises(BusError, match="may not list or change Kafka's ACLs"):
+            acls.apply(services.kafka(role), wanted, dry_run=True)
