@@ -142,7 +142,7 @@ class Risk:
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
         agent_id = (msg.key or b"").decode(errors="replace")
-        if not re.match(AGENT_ID_PATTERN, agent_id):
+        if not re.fullmatch(AGENT_ID_PATTERN, agent_id):
             log.error(
                 "undecodable risk signal at %s names no agent; dead-lettered only", msg.origin
             )
