@@ -23,6 +23,7 @@ import yaml
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -139,7 +140,9 @@ def signing_publisher(settings: Settings, source: str) -> Publisher:
 
 def register_agents(settings: Settings) -> None:
     """Give every bench agent a key and register it (once per stack; Kafka keeps the record)."""
-    store, known = agent_keys(settings), read_registry(settings.kafka_bootstrap)
+    with JwksView.from_settings(settings) as keys:
+        known = read_registry(settings.kafka_bootstrap, keys.trust)
+    store = agent_keys(settings)
     todo = [a for a in load_policy(settings.policy_path).agents() if known.get(a.agent_id) is None]
     if not todo:
         return

@@ -33,6 +33,7 @@ from bench.measures import (
 )
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
+from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
 
@@ -53,7 +54,8 @@ def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
     watch = KeyWatch(s.redis_url)
     floor = FloorPipe(s.kafka_bootstrap, s.redis_url, env.FLOOR.name)
     seen = ViewEvents()
-    view = GrantView(s.kafka_bootstrap, on_event=seen.on_event)
+    view = GrantView(s.kafka_bootstrap, trust=JwksView.from_settings(s).trust,
+                     on_event=seen.on_event)
     if not view.wait_ready(60):
         raise RuntimeError("the bench's grant view did not catch up")
     return b_latency.Rig(s, watch, floor, view, seen,

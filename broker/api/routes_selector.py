@@ -43,16 +43,17 @@ def revoke_by_selector(
     body: SelectorBody, request: Request, operator: Annotated[str, Depends(require_operator)],
 ) -> dict[str, Any]:
     """Dry run (default) or revoke every agent the selector names."""
-    selector, settings = body.selector(), runtime_of(request).settings
+    runtime = runtime_of(request)
+    selector, settings = body.selector(), runtime.settings
     if not selector.criteria():
         raise HTTPException(422, "give at least one selector criterion")
     if not body.dry_run and not body.reason:
         raise HTTPException(422, "a reason is required to revoke (it is recorded in the audit)")
     try:
         if body.dry_run:
-            return {**plan(settings, selector).as_json(), "dry_run": True}
+            return {**plan(settings, selector, runtime.verifier()).as_json(), "dry_run": True}
         done = revoke_selected(settings, selector, body.reason, operator=operator,
-                               timeout=settings.decision_timeout_s * 2)
+                               trust=runtime.verifier(), timeout=settings.decision_timeout_s * 2)
     except DecisionTimeout as exc:
         raise HTTPException(504, str(exc)) from exc
     except BrokerError as exc:

@@ -1,17 +1,24 @@
-"""The settings of one CLI invocation, read once at its entry. Imports broker.config.
+"""The settings of one CLI invocation, read once at its entry. Imports broker.config, jwks.
 
 ``permbroker``'s root callback (and ``python -m broker.cli.stack``) reads the settings once and
 hands them to ``use_settings``; every command asks ``cli_settings()`` for them. (A context
-variable, not click's context object: Typer vendors its own click.)
+variable, not click's context object: Typer vendors its own click.) A command that reads what
+the broker wrote verifies it with ``trusted()``: the chain of trust from the settings' anchor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
+from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 
 _SETTINGS: ContextVar[Settings] = ContextVar("permbroker_cli_settings")
+T = TypeVar("T")
 
 
 def use_settings(settings: Settings) -> None:
@@ -25,3 +32,16 @@ def cli_settings() -> Settings:
         return _SETTINGS.get()
     except LookupError as exc:
         raise RuntimeError("no settings for this command: run it through permbroker") from exc
+
+
+@contextmanager
+def trusted() -> Iterator[RecordTrust]:
+    """The broker's chain of trust for this invocation's reads (KeyFileError without anchor)."""
+    with JwksView.from_settings(cli_settings()) as view:
+        yield view.trust
+
+
+def read_trusted(read: Callable[[RecordTrust], T]) -> T:
+    """``read(trust)`` with this invocation's chain of trust, closed afterwards."""
+    with trusted() as trust:
+        return read(trust)

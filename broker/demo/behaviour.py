@@ -55,7 +55,7 @@ def find_signal(bootstrap: str, signal_id: str, timeout: float) -> RiskObserved 
             msg = c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            event = to_record(msg).event
+            event = to_record(msg, None).event  # agents' and analytics' signals: the gate's job
             if isinstance(event, RiskObserved) and event.signal_id == signal_id:
                 return event
         return None
@@ -66,7 +66,8 @@ def find_signal(bootstrap: str, signal_id: str, timeout: float) -> RiskObserved 
 def detected_revocation(s: Timeline, settings: Settings, view: GrantView) -> None:
     """Step 8: a burst of denied requests revokes the agent's grants, by policy."""
     boot = settings.kafka_bootstrap
-    with AgentClient(REPORT_AGENT, boot, keys=AgentKeyStore.from_settings(settings)) as agent:
+    with AgentClient(REPORT_AGENT, boot, keys=AgentKeyStore.from_settings(settings),
+                     trust=view.trust) as agent:
         d = agent.request_escalation([EXPORT], duration_s=8, reason="month-end report run",
                                      confidence=0.9)
         s.say("broker", f"{REPORT_AGENT}: {EXPORT} {d.outcome.upper()} (grant {d.grant_id})")

@@ -19,6 +19,7 @@ from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
 from broker.adapters.kafka.codec import encode
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.errors import BrokerError, TokenRejected
@@ -59,10 +60,10 @@ def register_agents(s: Timeline, settings: Settings, agent_ids: tuple[str, ...])
 
 
 def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
-             request: EscalationRequested) -> None:
+             request: EscalationRequested, trust: Trust) -> None:
     """``thief`` signs a request in ``victim``'s name with its own key: refused and audited."""
     key = AgentKeyStore.from_settings(settings).load(thief).current
-    with _AuditWatch(settings.kafka_bootstrap) as watch:
+    with _AuditWatch(settings.kafka_bootstrap, trust) as watch:
         forged = sign_message(encode(request, source=f"/agents/{victim}"), key, thief)
         Publisher(settings.kafka_bootstrap, source="/impostor").publish_raw(
             topics.ESCALATIONS.name, forged)
@@ -77,8 +78,7 @@ def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
 def token_step(s: Timeline, settings: Settings, client: AgentClient, grant_id: str,
                view: GrantView) -> tuple[GrantToken, GrantTokenVerifier, JwksView]:
     """The agent fetches a grant token; the payments service verifies it against the JWKS."""
-    jwks = JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer)
-    jwks.wait_ready(30)
+    jwks = JwksView.from_settings(settings)  # keys the chain of trust from the anchor accepts
     token = client.grant_token(grant_id, "payments")
     verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
     try:
@@ -112,7 +112,8 @@ def token_refused(s: Timeline, token: GrantToken, verifier: GrantTokenVerifier) 
 class _AuditWatch:
     """Reads the audit topic from its current end (started before the event is sent)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, trust: Trust) -> None:
+        self._trust = trust
         self._c = consumer(bootstrap)
         ends = end_offsets(self._c, topics.AUDIT.name)
         self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
@@ -123,7 +124,7 @@ class _AuditWatch:
             msg = self._c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            event = to_record(msg).event
+            event = to_record(msg, self._trust, reader="demo-audit").event
             if isinstance(event, AuditRecord) and pred(event):
                 return event
         return None

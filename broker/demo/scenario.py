@@ -18,6 +18,8 @@ from rich.table import Table
 from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import log as audit_log
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.crypto.service_key import ensure_service
+from broker.adapters.kafka.jwks import JwksView
 from broker.audit.views import grants_as_of
 from broker.config import Settings
 from broker.demo import behaviour as demo_behaviour
@@ -63,22 +65,22 @@ def demo_settings() -> Settings:
 
 def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) -> None:
     """The six steps of the fraud scenario, each checked (``payments``: the payments side)."""
-    boot = settings.kafka_bootstrap
+    boot, trust = settings.kafka_bootstrap, view.trust
     started = datetime.now(UTC)
     keys = AgentKeyStore.from_settings(settings)  # each agent signs with its own key
-    with AgentClient(FRAUD_AGENT, boot, keys=keys) as fraud, \
-            AgentClient(REPORT_AGENT, boot, keys=keys) as reporter:
+    with AgentClient(FRAUD_AGENT, boot, keys=keys, trust=trust) as fraud, \
+            AgentClient(REPORT_AGENT, boot, keys=keys, trust=trust) as reporter:
         d = steps.escalate(s, view, fraud)
         steps.enforce(s, payments, d)
         assert d.grant_id is not None
         token, verifier, jwks = demo_identity.token_step(s, settings, fraud, d.grant_id,
                                                            payments)
         demo_identity.impostor(s, settings, FRAUD_AGENT, REPORT_AGENT,
-                               fraud_request_like(FRAUD_AGENT))
+                               fraud_request_like(FRAUD_AGENT), trust)
         steps.outside_ceiling(s, fraud)
         d6 = steps.short_grant(s, reporter)
         sig = steps.anomaly(s, fraud, payments)
-        steps.acknowledged(s, boot, sig, started, d.grant_id)
+        steps.acknowledged(s, boot, sig, started, d.grant_id, trust)
         demo_identity.token_refused(s, token, verifier)
         jwks.close()
         steps.quarantined(s, fraud)
@@ -120,6 +122,7 @@ def run_demo(*, keep: bool = False) -> int:
     s = Scenario()
     console.rule("[bold]permbroker demo: the fraud agent")
     worker = None
+    stack_keys: list[JwksView] = []
     started = time.monotonic()
     try:
         stack.down(settings, wipe=True)
@@ -133,10 +136,13 @@ def run_demo(*, keep: bool = False) -> int:
         worker.wait_ready(90)
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
         demo_identity.register_agents(s, settings, (FRAUD_AGENT, REPORT_AGENT))
-        with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view, GrantView(
-            settings.kafka_bootstrap, topic=topics.GRANTS_PAYMENTS.name,
-            enforcement_point=PAYMENTS_SERVICE,
-        ) as payments:
+        keys = JwksView.from_settings(settings)  # the resource side's chain of trust
+        stack_keys.append(keys)
+        with GrantView(settings.kafka_bootstrap, trust=keys.trust, on_event=s.on_event) as view, \
+                GrantView(settings.kafka_bootstrap, trust=keys.trust,
+                          topic=topics.GRANTS_PAYMENTS.name,
+                          enforcement_point=ensure_service(settings, PAYMENTS_SERVICE)
+                          ) as payments:
             if not (view.wait_ready(30) and payments.wait_ready(30)):
                 raise BrokerError("the resource-side grant views did not catch up within 30s")
             started_at = datetime.now(UTC)
@@ -146,6 +152,8 @@ def run_demo(*, keep: bool = False) -> int:
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))
     finally:
+        for jwks in stack_keys:
+            jwks.close()
         if worker is not None:
             worker.stop()
         if not keep:

@@ -33,7 +33,7 @@ from schemas.signing import GRANT_TOKEN_TYPE
 from tests.support.faults import world
 from tests.support.faults.bundles import props_bundle
 from tests.support.faults.report import Figures
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.waits import wait_until
 
 SKEWS = (-30, 0, 30)
@@ -57,7 +57,9 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
     agent = agents("f")
     boot = settings.kafka_bootstrap
     keyring = BrokerKeyring(settings.key_path("broker"))
-    with JwksView(boot) as jwks, GrantView(boot) as view, agent_client(settings, agent) as client:
+    with JwksView.from_settings(settings) as jwks, \
+            GrantView(boot, trust=shared_trust(settings)) as view, \
+            agent_client(settings, agent) as client:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=900,
                                       reason="skew", confidence=0.95, risk_score=0.9)

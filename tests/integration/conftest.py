@@ -26,6 +26,7 @@ from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
     registrar,
     run_id,
     tap,
+    trust,
     worker,
 )
 from tests.support.identities import Registrar, pool_taker

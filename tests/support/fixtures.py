@@ -16,12 +16,13 @@ import pytest
 import redis
 
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.policy import load_policy
 from broker.stack.worker import WorkerProcess
-from tests.support.identities import Registrar, harness_signer
+from tests.support.identities import Registrar, harness_signer, shared_trust
 from tests.support.services import Services
 from tests.support.taps import Tap
 
@@ -62,6 +63,12 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     proc.wait_ready()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def trust(worker: WorkerProcess, settings: Settings) -> RecordTrust:
+    """The session broker's chain of trust (anchor, then its published key sets), shared."""
+    return shared_trust(settings)
 
 
 @pytest.fixture(scope="session")

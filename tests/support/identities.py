@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.codec import Encoded
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.policy import Policy
@@ -26,6 +29,17 @@ from schemas.events import AgentProfile
 BATCH = 25
 
 
+_TRUST: dict[Path, JwksView] = {}
+
+
+def shared_trust(settings: Settings) -> RecordTrust:
+    """The chain of trust of the test session's broker (one JWKS view per anchor, shared)."""
+    anchor = settings.key_path("trust-anchor")
+    if anchor not in _TRUST:
+        _TRUST[anchor] = JwksView.from_settings(settings)
+    return _TRUST[anchor].trust
+
+
 class Registrar:
     """Registers pool agents (profiles from the test bundle's Agents seed) in batches."""
 
@@ -34,7 +48,8 @@ class Registrar:
         self._seed = {a.agent_id: a for a in seed.agents()}
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
-        self._done = {r.agent_id for r in read_registry(settings.kafka_bootstrap).records()}
+        self._done = {r.agent_id for r in read_registry(
+            settings.kafka_bootstrap, shared_trust(settings)).records()}
         self.operator = OperatorClient(settings)
 
     def ensure(self, agent_id: str) -> str:
@@ -71,7 +86,7 @@ def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
     """The agent's SDK client, signing with the agent's own key from the test key store."""
-    return AgentClient(agent_id, settings.kafka_bootstrap,
+    return AgentClient(agent_id, settings.kafka_bootstrap, trust=shared_trust(settings),
                        keys=AgentKeyStore.from_settings(settings), **options)
 
 

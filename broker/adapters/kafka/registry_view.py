@@ -1,7 +1,9 @@
 """The agent registry as the workers, the CLI and the SDKs read it. Imports follow, bus, schemas.
 
 Kafka is the record (the compacted ``permbroker.agents`` topic); this is a view of it in memory:
-the latest revision of every agent, and which agent owns each key id. Blocking calls (``sync``)
+the latest revision of every agent, and which agent owns each key id. Only records the broker
+signed are applied (the decode edge checks them against the reader's trust): a forged record,
+whatever its revision, is refused and counted and changes nothing. Blocking calls (``sync``)
 belong in a thread when the caller is async.
 """
 
@@ -11,6 +13,7 @@ import threading
 from collections.abc import Iterable
 
 from broker.adapters.kafka.bus import Record, read_all
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.follow import Follower
 from schemas.events import AgentRecord
 from schemas.topics import AGENTS
@@ -52,7 +55,7 @@ class Registry:
 
 
 def fold(records: Iterable[Record]) -> Registry:
-    """A registry from records read off the agents topic (undecodable ones are skipped)."""
+    """A registry from records read off the agents topic (refused ones were counted, skipped)."""
     registry = Registry()
     for rec in records:
         if isinstance(rec.event, AgentRecord):
@@ -60,18 +63,19 @@ def fold(records: Iterable[Record]) -> Registry:
     return registry
 
 
-def read_registry(bootstrap: str, timeout: float = 30.0) -> Registry:
+def read_registry(bootstrap: str, trust: Trust, timeout: float = 30.0) -> Registry:
     """The whole registry, read once from the beginning (for the CLI and tests)."""
-    return fold(read_all(bootstrap, AGENTS.name, timeout=timeout))
+    return fold(read_all(bootstrap, AGENTS.name, trust=trust, reader="registry-read",
+                         timeout=timeout))
 
 
 class RegistryView(Registry):
     """A registry kept current by following the agents topic in a thread."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, trust: Trust) -> None:
         super().__init__()
-        self._follower = Follower(bootstrap, AGENTS.name, self._on_record,
-                                  name="permbroker-registry")
+        self._follower = Follower(bootstrap, AGENTS.name, self._on_record, trust=trust,
+                                  reader="registry", name="permbroker-registry")
 
     def _on_record(self, rec: Record) -> None:
         if isinstance(rec.event, AgentRecord):

@@ -22,6 +22,7 @@ from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit import log as audit_log
 from broker.adapters.kafka.bus import consumer, partitions, to_record
+from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
@@ -102,7 +103,10 @@ def tail(
     """Print recent audit records (and follow new ones with -f)."""
     settings = cli_settings()
     c = consumer(settings.kafka_bootstrap)
+    view: JwksView | None = None
     try:
+        view = JwksView.from_settings(settings)  # only what the broker sealed is shown
+        trust = view.trust
         c.assign(_start(c, last, time_option(since)))
         idle_since = time.monotonic()
         while follow or time.monotonic() - idle_since < 1.5:
@@ -110,7 +114,7 @@ def tail(
             if msg is None or msg.error():
                 continue
             idle_since = time.monotonic()
-            rec = to_record(msg).event
+            rec = to_record(msg, trust, reader="audit-tail").event
             if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
                 _show(rec, as_json)
     except (BrokerError, KafkaException) as exc:
@@ -119,6 +123,8 @@ def tail(
         pass
     finally:
         c.close()
+        if view is not None:
+            view.close()
 
 
 def load_records(settings: Settings, *, file: Path | None = None,
@@ -361,10 +367,12 @@ def keys_init() -> None:
 def seal() -> None:
     """Run a sealer alone (when workers run with PERMBROKER_AUDIT_SEALER=false)."""
     from broker.adapters.audit.sealer import Sealer
+    from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 
     settings = cli_settings()
     try:
-        sealer = Sealer(settings, audit_keys.load_keys(settings))
+        signer = RecordSigner(BrokerKeyring(settings.key_path("broker")))
+        sealer = Sealer(settings, audit_keys.load_keys(settings), signer)
         err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")
         sealer.run()
     except KeyboardInterrupt:

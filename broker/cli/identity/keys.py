@@ -55,8 +55,7 @@ def keys_jwks() -> None:
     """The published JWKS (what resource services verify grant tokens with), as JSON."""
     settings = cli_settings()
     try:
-        with JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer) as view:
-            view.wait_ready(30)
+        with JwksView.from_settings(settings) as view:  # the keys the chain of trust accepts
             _json(view.document())
     except BrokerError as exc:
         raise _fail(str(exc), "is Kafka up? permbroker stack status") from exc

@@ -3,7 +3,8 @@
 Imports adapters, schemas.
 
 Blocking (confluent-kafka); one client per agent identity. The client starts reading the
-decision topic at its current end *before* it publishes, so a fast decision is never missed.
+decision topic at its current end *before* it publishes, so a fast decision is never missed;
+it believes only answers the broker signed (``trust``: the broker's chain of trust).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import TopicPartition
-
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
-from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.edge import Record, Trust
+from broker.adapters.kafka.follow import Follower
+from broker.delivery.bounded import Bounded
 from broker.errors import CommandRefused, DecisionTimeout
 from broker.sdk.agent.identity import AgentIdentity, Rotator
 from schemas import topics
@@ -36,78 +38,83 @@ from schemas.events import (
 )
 
 Decision = EscalationDecided | RenewalDecided | ReleaseDecided
+Answer = Decision | EscalationPending | CommandAnswered
 
 
 class DecisionWatcher:
-    """Follows the decision topic from 'now' and hands each decision to whoever waits for it."""
+    """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
 
-    def __init__(self, bootstrap: str) -> None:
-        self._consumer = consumer(bootstrap)
-        ends = end_offsets(self._consumer, topics.DECISIONS.name)
-        self._consumer.assign(
-            [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
-        )
-        self._decisions: dict[str, Decision] = {}
-        self._pending: dict[str, EscalationPending] = {}  # held for approval
-        self._answers: dict[str, CommandAnswered] = {}
+    Only answers the broker signed count (the decode edge checks them against ``trust``). At most
+    ``max_entries`` answers nobody has asked for yet are kept, the oldest dropped first: answers
+    for other agents' requests pass by without filling the memory.
+    """
+
+    def __init__(self, bootstrap: str, *, trust: Trust, max_entries: int = 10_000) -> None:
+        self._held: Bounded[tuple[str, str], Answer] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
-        self._thread.start()
+        self._follower = Follower(bootstrap, topics.DECISIONS.name, self._on_record, trust=trust,
+                                  reader="decision-watcher", name="permbroker-decisions",
+                                  start="end")
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            event = to_record(msg).event
-            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
-                with self._cond:
-                    self._decisions[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, EscalationPending):
-                with self._cond:
-                    self._pending[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, CommandAnswered):
-                with self._cond:
-                    self._answers[event.command_id] = event
-                    self._cond.notify_all()
-        self._consumer.close()
+    @property
+    def held(self) -> int:
+        """Answers kept for callers that have not asked for them (at most the bound)."""
+        with self._cond:
+            return len(self._held)
+
+    def _on_record(self, record: Record) -> None:
+        event = record.event
+        if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
+            key = ("decision", event.request_id)
+        elif isinstance(event, EscalationPending):
+            key = ("pending", event.request_id)
+        elif isinstance(event, CommandAnswered):
+            key = ("answer", event.command_id)
+        else:
+            return
+        with self._cond:
+            self._held.put(key, event)
+            self._cond.notify_all()
 
     def wait(self, request_id: str, timeout: float) -> Decision:
         """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: request_id in self._decisions, timeout):
+            if not self._cond.wait_for(lambda: ("decision", request_id) in self._held, timeout):
                 raise DecisionTimeout(
                     f"no decision for request {request_id} within {timeout:.0f}s: is a worker "
                     "running (permbroker worker) and reading the same Kafka cluster?"
                 )
-            return self._decisions.pop(request_id)
+            found = self._held.pop(("decision", request_id))
+            assert isinstance(found, EscalationDecided | RenewalDecided | ReleaseDecided)
+            return found
 
     def wait_pending(self, request_id: str, timeout: float) -> EscalationPending | Decision:
         """The request's pending notice (held for approval), or its decision if that came first."""
+        pending, decided = ("pending", request_id), ("decision", request_id)
         with self._cond:
-            if not self._cond.wait_for(lambda: request_id in self._pending
-                                       or request_id in self._decisions, timeout):
+            if not self._cond.wait_for(lambda: pending in self._held or decided in self._held,
+                                       timeout):
                 raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
-            return self._pending.pop(request_id, None) or self._decisions.pop(request_id)
+            found = self._held.pop(pending) or self._held.pop(decided)
+            assert not isinstance(found, CommandAnswered | None)
+            return found
 
     def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: command_id in self._answers, timeout):
+            if not self._cond.wait_for(lambda: ("answer", command_id) in self._held, timeout):
                 raise DecisionTimeout(
                     f"no answer to command {command_id} within {timeout:.0f}s: is a worker "
                     "running, and was the command signed by a registered key? (permbroker "
                     "audit tail --kind identity.rejected)"
                 )
-            return self._answers.pop(command_id)
+            answer = self._held.pop(("answer", command_id))
+            assert isinstance(answer, CommandAnswered)
+            return answer
 
     def close(self) -> None:
         """Stop following the topic."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._follower.close()
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class AgentClient:
         agent_id: str,
         bootstrap: str,
         *,
+        trust: Trust | None = None,
         watch_decisions: bool = True,
         keys: AgentKeyStore | None = None,
         unsigned: bool = False,
@@ -145,7 +153,12 @@ class AgentClient:
         self.identity = None if keys is None or unsigned else AgentIdentity(agent_id, keys)
         signer = self.identity.sign if self.identity is not None else None
         self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
-        self._watcher = DecisionWatcher(bootstrap) if watch_decisions else None
+        if watch_decisions and trust is None:
+            raise ValueError(f"agent {agent_id} believes only answers the broker signed: pass "
+                             "trust= (JwksView.from_settings(settings).trust), or "
+                             "watch_decisions=False")
+        self._watcher = DecisionWatcher(bootstrap, trust=trust) \
+            if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
 
     def send(self, request: EscalationRequested) -> None:

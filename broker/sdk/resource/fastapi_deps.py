@@ -1,6 +1,8 @@
 """FastAPI dependency for resource services: ``require_scope``. Imports fastapi, sdk.enforce.
 
-    app.state.grant_view = GrantView(bootstrap, topic="permbroker.grants.payments")
+    keys = JwksView.from_settings(settings)  # the broker's chain of trust (its anchor file)
+    app.state.grant_view = GrantView(bootstrap, trust=keys.trust,
+                                     topic="permbroker.grants.payments")
 
     @app.post("/accounts/{account_id}/freeze")
     def freeze(account_id: str,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
+from broker.adapters.crypto.service_key import ensure_service
 from broker.cli.main import app as cli
 from broker.cli.ops.enforcement import collect_status
 from broker.config import Settings
@@ -25,7 +26,7 @@ from schemas.events import (
     GrantRevoked,
 )
 from tests.support.enforcement import EXPORT, FREEZE, PII, fraud_grant, kafka_frozen
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -40,18 +41,20 @@ def test_revocation_reaches_a_running_view_and_its_ack_is_reported(
     """allows() turns false at the view; its ack shows in `revocations status` with a time."""
     boot, agent, point = settings.kafka_bootstrap, agents("f"), f"payments-{run_id}-ack"
     since = datetime.now(UTC) - timedelta(seconds=5)
-    with GrantView(boot, topic=PAYMENTS, enforcement_point=point) as view, \
+    with GrantView(boot, trust=shared_trust(settings), topic=PAYMENTS,
+                   enforcement_point=ensure_service(settings, point)) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
-        rev = revoke(settings, agent, "suspected prompt injection", operator="tests")
+        rev = revoke(settings, agent, "suspected prompt injection", operator="tests",
+                     trust=shared_trust(settings))
         assert rev.grant_ids == (granted.grant_id,) and rev.consistency_token
         after = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not after.allowed and not after.unavailable, after.reason
 
         def confirmation() -> float | None:
-            for p in collect_status(boot, since).points:
+            for p in collect_status(boot, since, shared_trust(settings)).points:
                 for c in p.confirmed:
                     if p.name == point and c.cause_event_id == rev.signal_id:
                         return c.seconds
@@ -74,13 +77,14 @@ def test_stopped_view_never_answers_allowed_with_the_revocations_token(
 ) -> None:
     """Paused while the revocation happens: with its token it waits then denies, never allows."""
     boot, agent = settings.kafka_bootstrap, agents("f")
-    with GrantView(boot, topic=PAYMENTS, token_wait_s=1.0) as view, \
+    with GrantView(boot, trust=shared_trust(settings), topic=PAYMENTS, token_wait_s=1.0) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
         view.pause()
-        rev = revoke(settings, agent, "new-enemy check", operator="tests")
+        rev = revoke(settings, agent, "new-enemy check", operator="tests",
+                     trust=shared_trust(settings))
         assert rev.consistency_token is not None
         behind = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not behind.allowed and behind.unavailable
@@ -97,7 +101,8 @@ def test_view_that_cannot_reach_kafka_denies_with_a_reason_and_recovers(
 ) -> None:
     """Kafka frozen past the staleness bound: elevated scopes denied, saying why; then back."""
     boot, agent = settings.kafka_bootstrap, agents("f")
-    with GrantView(boot, topic=PAYMENTS, staleness_bound_s=1.5, probe_interval_s=0.2) as view, \
+    with GrantView(boot, trust=shared_trust(settings), topic=PAYMENTS, staleness_bound_s=1.5,
+                   probe_interval_s=0.2) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
@@ -130,7 +135,7 @@ def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
         renewed = client.renew(both.grant_id, duration_s=20, reason="still on it",
                                confidence=0.95, risk_score=0.93)
         assert renewed.outcome == "renewed", renewed.reasons
-    revoke(settings, agent, "routing check", operator="tests")
+    revoke(settings, agent, "routing check", operator="tests", trust=shared_trust(settings))
     for t in taps.values():
         t.wait_for(AgentRevoked, lambda e: e.agent_id == agent)
     payments = _agent_records(taps[PAYMENTS], agent)
@@ -155,7 +160,8 @@ def test_renewal_release_and_the_cumulative_maximum(
     """Renewal states the new expiry (the view follows); past the maximum it names the rule."""
     boot, agent, reporter, other = agents("f"), agents("f"), agents("r"), agents("f")
     boot = settings.kafka_bootstrap
-    with GrantView(boot, topic=PAYMENTS) as view, agent_client(settings, agent) as client, \
+    with GrantView(boot, trust=shared_trust(settings), topic=PAYMENTS) as view, \
+            agent_client(settings, agent) as client, \
             agent_client(settings, reporter) as rclient, agent_client(settings, other) as oclient:
         assert view.wait_ready(30)
         granted = fraud_grant(client)

@@ -29,7 +29,7 @@ from schemas.events import (
 )
 from tests.support.approval_policy import requester, verifier
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, shared_trust
 from tests.support.taps import Tap
 
 FREEZE, UNFREEZE, PII = ("payments:accounts.freeze", "payments:accounts.unfreeze",
@@ -195,7 +195,7 @@ def test_an_approval_never_undoes_a_revocation(
     request = fraud_request(agent, scopes=(FREEZE,), duration_s=300)
     publisher.publish(topics.ESCALATIONS.name, request)
     _held(decisions, request.request_id)
-    revoke(settings, agent, "suspicious while held", operator="tests",
+    revoke(settings, agent, "suspicious while held", operator="tests", trust=shared_trust(settings),
            timeout=WAIT)
     for n in (0, 1):
         approvers(verifier(run_id, n)).approve(request.request_id, agent)

@@ -16,7 +16,7 @@ from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import GrantReleased
 from tests.support.factories import anomaly
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -34,7 +34,8 @@ def test_revoked_or_released_grants_tokens_are_refused_before_they_expire(
     revoked_agent, releasing_agent = agents("f"), agents("f")
     grants = tap(topics.GRANTS.name)
     boot = settings.kafka_bootstrap
-    with JwksView(boot) as jwks, GrantView(boot) as view, \
+    with JwksView.from_settings(settings) as jwks, \
+            GrantView(boot, trust=shared_trust(settings)) as view, \
             agent_client(settings, revoked_agent) as a, \
             agent_client(settings, releasing_agent) as b:
         assert jwks.wait_ready(30) and view.wait_ready(30)

@@ -14,6 +14,7 @@ from broker.cli.main import app
 from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
 from broker.stack.worker import WorkerProcess
+from tests.support.identities import shared_trust
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ def test_register_inventory_show_suspend_and_jwks(
     cli(env, "agents", "register", "--agent", agent, "--class", "reporting", "--owner", "none",
         "--model", "report-llm:1.4@sha256:9b", "--public-key", str(tmp_path / "pub.json"))
     store = AgentKeyStore(tmp_path / "agent-keys")
-    with AgentClient(agent, settings.kafka_bootstrap, keys=store) as client:
+    with AgentClient(agent, settings.kafka_bootstrap, keys=store,
+                     trust=shared_trust(settings)) as client:
         d = client.request_escalation(["reports:ledger.export"], duration_s=60,
                                       reason="month end", confidence=0.9)
     assert d.outcome == "granted"

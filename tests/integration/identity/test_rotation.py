@@ -20,7 +20,7 @@ from broker.sdk.resource.view import GrantView
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar, agent_client
+from tests.support.identities import Registrar, agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -54,7 +54,7 @@ def test_agent_key_rotates_on_schedule_with_no_failed_verification_then_retires(
         rotator.stop()
         assert rotator.failures == 0 and len(decided) >= 3
         assert all(d.outcome == "granted" for d in decided)
-    record = read_registry(settings.kafka_bootstrap).get(agent)
+    record = read_registry(settings.kafka_bootstrap, shared_trust(settings)).get(agent)
     assert record is not None
     retired = [k for k in record.keys if k.status == "retiring" and k.not_after is not None]
     assert len([k for k in record.keys if k.status == "active"]) == 1
@@ -79,7 +79,8 @@ def test_broker_key_rotation_keeps_tokens_valid_in_the_overlap_and_refuses_them_
     once the old key retires from the published JWKS every token it signed is refused."""
     agent = agents("b")
     boot = settings.kafka_bootstrap
-    with agent_client(settings, agent) as client, JwksView(boot) as jwks, GrantView(boot) as view:
+    with agent_client(settings, agent) as client, JwksView.from_settings(settings) as jwks, \
+            GrantView(boot, trust=shared_trust(settings)) as view:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
         grant = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=300,
