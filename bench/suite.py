@@ -36,6 +36,8 @@ from bench.report import Section
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,10 @@ class Sizes:
 
 def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
     watch = KeyWatch(s.redis_url)
-    floor = FloorPipe(s.kafka_bootstrap, s.redis_url, env.FLOOR.name)
+    floor = FloorPipe(role_access(s, topics.WORKER), s.redis_url, env.FLOOR.name)
     seen = ViewEvents()
-    view = GrantView(s.kafka_bootstrap, trust=JwksView.from_settings(s).trust,
+    service = role_access(s, topics.SERVICE)
+    view = GrantView(service, trust=JwksView.from_settings(s, service).trust,
                      on_event=seen.on_event)
     if not view.wait_ready(60):
         raise RuntimeError("the bench's grant view did not catch up")

@@ -26,6 +26,7 @@ from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka import rebuild
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
@@ -68,9 +69,10 @@ def main() -> int:
     except PolicyError as exc:
         print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
         return 2
-    app = faust_app.make_app(settings)
     try:
-        worker = build(settings, policy, faust_app.FaustPublisher(app))
+        kafka = KafkaAccess.from_settings(settings)
+        app = faust_app.make_app(settings, kafka)
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app))
     except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
@@ -80,7 +82,8 @@ def main() -> int:
     return 0
 
 
-def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app.Worker:
+def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
+          publisher: Publisher) -> faust_app.Worker:
     """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
     margin_s = settings.record_margin_s
     store = RedisGrantStore.from_url(
@@ -101,7 +104,7 @@ def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app
                                    leeway_s=settings.signature_max_skew_s)
 
     async def rebuild_view() -> int:
-        return await _rebuild_view(store, settings.kafka_bootstrap, ctx, trust)
+        return await _rebuild_view(store, kafka, ctx, trust)
 
     ctx = WorkerContext(
         policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
@@ -131,32 +134,32 @@ def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app
         approvals=approvals,
         budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
         analytics=analytics,
-        commands=Commands(ctx, gate, risk, settings, keyring, trust),
-        start=functools.partial(_start, ctx, settings, routing, trust),
-        sealer=functools.partial(Sealer, settings, audit_keys, ctx.sign)
-        if settings.audit_sealer else None,
+        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust),
+        start=functools.partial(_start, ctx, kafka, routing, trust),
+        sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
+                if settings.audit_sealer else None),
     )
 
 
-async def _start(ctx: WorkerContext, settings: Settings, routing: GrantRouting,
+async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
                  trust: RecordTrust) -> None:
     """Create the routed grant topics and the usage topic, follow the published key sets,
     then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
-    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
+    await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
-        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, [topics.USAGE])
+        await asyncio.to_thread(ensure_topics, kafka, [topics.USAGE])
     except BusError as exc:
         log.error("could not create %s: %s", topics.USAGE.name, exc)
-    await _follow_keys(ctx, settings, trust)
+    await _follow_keys(ctx, kafka, trust)
     await ctx.start(WORKER)
 
 
-async def _follow_keys(ctx: WorkerContext, settings: Settings, trust: RecordTrust) -> None:
+async def _follow_keys(ctx: WorkerContext, kafka: KafkaAccess, trust: RecordTrust) -> None:
     """Follow the JWKS topic into ``trust`` (for the life of the worker), retried until it can."""
     while True:
         try:
-            view = await asyncio.to_thread(JwksView, settings.kafka_bootstrap, trust)
+            view = await asyncio.to_thread(JwksView, kafka, trust)
             if not await asyncio.to_thread(view.wait_ready, 60.0):
                 view.close()
                 raise BusError(f"{topics.JWKS.name} could not be read within 60s")
@@ -167,11 +170,11 @@ async def _follow_keys(ctx: WorkerContext, settings: Settings, trust: RecordTrus
     ctx.trusted.set()
 
 
-async def _rebuild_view(store: RedisGrantStore, bootstrap: str, ctx: WorkerContext,
+async def _rebuild_view(store: RedisGrantStore, kafka: KafkaAccess, ctx: WorkerContext,
                         trust: RecordTrust) -> int:
     """Rebuild the grant view from the grant topic and audit the rebuild."""
     now = await store.now()
-    folded = await asyncio.to_thread(rebuild.collect, bootstrap, now, trust)
+    folded = await asyncio.to_thread(rebuild.collect, kafka, now, trust)
     restored = await rebuild.apply(store, folded, now)
     await ctx.audit_until_written(rebuild_audit(
         f"worker {WORKER}", now, records=folded.records, restored=restored,

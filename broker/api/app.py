@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.api import (
     routes_agents,
     routes_approvals,
@@ -43,7 +44,7 @@ ROUTERS = (routes_agents.router, routes_operator.router, routes_selector.router,
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings`` (``from_env`` reads them from the environment)."""
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, KafkaAccess.from_settings(settings))
     app = FastAPI(
         title="permbroker", version="0.1.0", lifespan=_lifespan(runtime),
         openapi_tags=OPENAPI_TAGS,

@@ -34,7 +34,7 @@ def revoke(
     runtime = runtime_of(request)
     try:
         rev = sdk_revoke(
-            runtime.settings, agent_id, body.reason, operator=operator,
+            runtime.settings, runtime.kafka, agent_id, body.reason, operator=operator,
             trust=runtime.verifier(), timeout=runtime.settings.decision_timeout_s,
             publisher=runtime.publisher, watcher=runtime.audits,
         )

@@ -18,6 +18,7 @@ import redis
 
 from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import Publisher, Record
@@ -40,6 +41,7 @@ class Runtime:
     """The live components of one API process."""
 
     settings: Settings
+    kafka: KafkaAccess  # the API's own Kafka user (role api), from the same settings
     metrics: Metrics = field(default_factory=Metrics)
     view: GrantView | None = None
     store: RedisGrantStore | None = None
@@ -58,21 +60,20 @@ class Runtime:
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
         # Everything the API relays (an agent's request it authenticated, an operator's
         # revocation) is signed with the operator key: the workers refuse unsigned events.
-        self.publisher = operator_publisher(s.kafka_bootstrap, "/permbroker/api", s)
-        self.jwks = JwksView.from_settings(s, wait_s=10)  # the key sets published so far
+        self.publisher = operator_publisher(self.kafka, "/permbroker/api", s)
+        self.jwks = JwksView.from_settings(s, self.kafka, wait_s=10)  # the key sets so far
         trust = self.trust = self.jwks.trust
         self.metrics.registry.register(RefusalCollector(trust.refusals))
         self.view = GrantView(
-            s.kafka_bootstrap, trust=trust, on_event=self._on_event,
+            self.kafka, trust=trust, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
             token_wait_s=s.view_token_wait_s, max_entries=s.view_max_entries,
             enforcement_point=ensure_service(s, self.enforcement_point),
         )
-        self.decisions = DecisionWatcher(s.kafka_bootstrap, trust=trust,
+        self.decisions = DecisionWatcher(self.kafka, trust=trust,
                                          max_entries=s.watch_max_entries)
-        self.audits = AuditWatcher(s.kafka_bootstrap, trust=trust,
-                                   max_entries=s.watch_max_entries)
-        self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
+        self.audits = AuditWatcher(self.kafka, trust=trust, max_entries=s.watch_max_entries)
+        self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event, trust=trust)
 
     def verifier(self) -> RecordTrust:
@@ -94,7 +95,7 @@ class Runtime:
     def kafka_problem(self) -> str:
         """'' when Kafka answers a metadata request within 2 s, else why not."""
         try:
-            cluster_metadata(admin_client(self.settings.kafka_bootstrap), 2.0)
+            cluster_metadata(admin_client(self.kafka), 2.0)
         except BrokerError as exc:
             return str(exc)
         return ""

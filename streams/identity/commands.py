@@ -22,6 +22,7 @@ from broker.adapters.crypto.jwe import encrypt_to
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, mint_grant_token
 from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.registry_view import RegistryView
 from broker.config import Settings
@@ -50,8 +51,10 @@ class Commands:
     """Handlers of the registry and grant-command topics, and the JWKS publisher."""
 
     def __init__(self, ctx: WorkerContext, gate: IdentityGate, risk: Risk,
-                 settings: Settings, keyring: BrokerKeyring, trust: RecordTrust) -> None:
+                 settings: Settings, kafka: KafkaAccess, keyring: BrokerKeyring,
+                 trust: RecordTrust) -> None:
         self.ctx = ctx
+        self.kafka = kafka
         self.gate = gate
         self.risk = risk
         self.settings = settings
@@ -62,12 +65,11 @@ class Commands:
 
     async def open(self) -> None:
         """Load the registry from Kafka (once the key sets are followed); open the gate."""
-        settings, gate = self.settings, self.gate
+        gate = self.gate
         await self.ctx.trusted.wait()  # registry records signed by a rotated key verify then
         while True:
             try:
-                registry = await asyncio.to_thread(RegistryView, settings.kafka_bootstrap,
-                                                   self.trust)
+                registry = await asyncio.to_thread(RegistryView, self.kafka, self.trust)
                 if not await asyncio.to_thread(registry.wait_ready, 120.0):
                     raise BrokerError("the agent registry did not load within 120s")
                 break

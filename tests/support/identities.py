@@ -24,6 +24,8 @@ from broker.policy import Policy
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
+from broker.stack.credentials import role_access
+from schemas import topics
 from schemas.events import AgentProfile
 
 BATCH = 25
@@ -36,7 +38,7 @@ def shared_trust(settings: Settings) -> RecordTrust:
     """The chain of trust of the test session's broker (one JWKS view per anchor, shared)."""
     anchor = settings.key_path("trust-anchor")
     if anchor not in _TRUST:
-        _TRUST[anchor] = JwksView.from_settings(settings)
+        _TRUST[anchor] = JwksView.from_settings(settings, role_access(settings, topics.SERVICE))
     return _TRUST[anchor].trust
 
 
@@ -48,9 +50,9 @@ class Registrar:
         self._seed = {a.agent_id: a for a in seed.agents()}
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
-        self._done = {r.agent_id for r in read_registry(
-            settings.kafka_bootstrap, shared_trust(settings)).records()}
-        self.operator = OperatorClient(settings)
+        operator = role_access(settings, topics.OPERATOR)
+        self._done = {r.agent_id for r in read_registry(operator, shared_trust(settings)).records()}
+        self.operator = OperatorClient(settings, operator, trust=shared_trust(settings))
 
     def ensure(self, agent_id: str) -> str:
         """Register ``agent_id`` (and the next few of its kind) unless already registered."""
@@ -86,7 +88,7 @@ def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
     """The agent's SDK client, signing with the agent's own key from the test key store."""
-    return AgentClient(agent_id, settings.kafka_bootstrap, trust=shared_trust(settings),
+    return AgentClient(agent_id, role_access(settings, topics.AGENT), trust=shared_trust(settings),
                        keys=AgentKeyStore.from_settings(settings), **options)
 
 

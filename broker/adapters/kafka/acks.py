@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from broker.adapters.crypto.service_key import ServiceIdentity
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, partitions, producer_config, to_record
 from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.edge import Trust
@@ -40,10 +41,10 @@ log = logging.getLogger("permbroker.acks")
 class AckPublisher:
     """Queues revocation acks and status reports of one enforcement point."""
 
-    def __init__(self, bootstrap: str, identity: ServiceIdentity) -> None:
+    def __init__(self, kafka: KafkaAccess, identity: ServiceIdentity) -> None:
         self.name = identity.name
         self._identity = identity
-        self._producer = Producer({**producer_config(bootstrap), "linger.ms": 5}, logger=log)
+        self._producer = Producer({**producer_config(kafka), "linger.ms": 5}, logger=log)
         self._source = f"/enforcement/{identity.name}"
         self.failed = 0
 
@@ -96,12 +97,12 @@ class AckPublisher:
 
 
 def read_since(
-    bootstrap: str, topic: str, since: datetime, *, trust: Trust, reader: str,
+    kafka: KafkaAccess, topic: str, since: datetime, *, trust: Trust, reader: str,
     timeout: float = 30.0,
 ) -> Iterator[Record]:
     """Every record of ``topic`` appended since ``since``, up to its end at call time, read
     through the decode edge (refused records come with their reason)."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         parts = partitions(c, topic)
         stamp = int(since.timestamp() * 1000)
@@ -141,12 +142,12 @@ class AckFollower:
     """Follows the acks topic from ``since``; hands each verified ack and status to a callback."""
 
     def __init__(
-        self, bootstrap: str, since: datetime,
+        self, kafka: KafkaAccess, since: datetime,
         on_event: Callable[[RevocationAcknowledged | EnforcementPointStatus], None], *,
         trust: Trust,
     ) -> None:
         self._on_event = on_event
-        self._follower = Follower(bootstrap, topics.REVOCATION_ACKS.name, self._apply,
+        self._follower = Follower(kafka, topics.REVOCATION_ACKS.name, self._apply,
                                   trust=trust, reader="acks", name="permbroker-acks", start=since)
 
     def _apply(self, record: Record) -> None:

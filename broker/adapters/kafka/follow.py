@@ -21,6 +21,7 @@ from typing import Literal
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.adapters.kafka.edge import Record, Trust, read_message
 from broker.errors import BusError
@@ -32,7 +33,7 @@ Start = Literal["beginning", "end"] | datetime
 class Follower:
     """A daemon thread reading ``topic`` through the decode edge, in offset order."""
 
-    def __init__(self, bootstrap: str, topic: str, apply: Callable[[Record], None], *,
+    def __init__(self, kafka: KafkaAccess, topic: str, apply: Callable[[Record], None], *,
                  trust: Trust | None, reader: str, name: str, start: Start = "beginning",
                  on_refused: Callable[[Record], None] | None = None) -> None:
         self.topic = topic
@@ -40,8 +41,8 @@ class Follower:
         self._apply = apply
         self._on_refused = on_refused
         self._trust = trust
-        self._consumer = consumer(bootstrap)
-        self._meta = consumer(bootstrap)
+        self._consumer = consumer(kafka)
+        self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
         self._parts = partitions(self._consumer, topic)
         self._cond = threading.Condition()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.edge import Record
 from broker.adapters.kafka.follow import Follower
 from broker.config import Settings
@@ -28,21 +29,22 @@ READER = "jwks"
 class JwksView:
     """A reader's chain of trust, kept current from the JWKS topic in a thread."""
 
-    def __init__(self, bootstrap: str, trust: RecordTrust) -> None:
+    def __init__(self, kafka: KafkaAccess, trust: RecordTrust) -> None:
         self.trust = trust
         self.issuer = trust.issuer
-        self._follower = Follower(bootstrap, JWKS.name, self._on_record, trust=trust,
+        self._follower = Follower(kafka, JWKS.name, self._on_record, trust=trust,
                                   reader=READER, name="permbroker-jwks")
         trust.follow(self._follower.sync)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, wait_s: float = 30.0) -> JwksView:
+    def from_settings(cls, settings: Settings, kafka: KafkaAccess, *,
+                      wait_s: float = 30.0) -> JwksView:
         """The trust of a process configured by ``settings`` (anchor and services files), with
         the key sets published so far applied (KeyFileError when the anchor is missing)."""
         trust = RecordTrust.from_files(settings.key_path("trust-anchor"),
                                        settings.key_path("services"),
                                        leeway_s=settings.signature_max_skew_s)
-        view = cls(settings.kafka_bootstrap, trust)
+        view = cls(kafka, trust)
         view.wait_ready(wait_s)
         return view
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.edge import Trust
 from broker.adapters.redis.store import RedisGrantStore
@@ -94,9 +95,9 @@ def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
     })
 
 
-def collect(bootstrap: str, now: datetime, trust: Trust, timeout: float = 60.0) -> Folded:
+def collect(kafka: KafkaAccess, now: datetime, trust: Trust, timeout: float = 60.0) -> Folded:
     """Read the whole grant topic and fold what the broker signed (blocking)."""
-    return fold(read_all(bootstrap, GRANTS.name, trust=trust, reader="rebuild",
+    return fold(read_all(kafka, GRANTS.name, trust=trust, reader="rebuild",
                          timeout=timeout), now)
 
 

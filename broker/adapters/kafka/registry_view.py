@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.follow import Follower
@@ -63,18 +64,18 @@ def fold(records: Iterable[Record]) -> Registry:
     return registry
 
 
-def read_registry(bootstrap: str, trust: Trust, timeout: float = 30.0) -> Registry:
+def read_registry(kafka: KafkaAccess, trust: Trust, timeout: float = 30.0) -> Registry:
     """The whole registry, read once from the beginning (for the CLI and tests)."""
-    return fold(read_all(bootstrap, AGENTS.name, trust=trust, reader="registry-read",
+    return fold(read_all(kafka, AGENTS.name, trust=trust, reader="registry-read",
                          timeout=timeout))
 
 
 class RegistryView(Registry):
     """A registry kept current by following the agents topic in a thread."""
 
-    def __init__(self, bootstrap: str, trust: Trust) -> None:
+    def __init__(self, kafka: KafkaAccess, trust: Trust) -> None:
         super().__init__()
-        self._follower = Follower(bootstrap, AGENTS.name, self._on_record, trust=trust,
+        self._follower = Follower(kafka, AGENTS.name, self._on_record, trust=trust,
                                   reader="registry", name="permbroker-registry")
 
     def _on_record(self, rec: Record) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.context import cli_settings, trusted
+from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
@@ -53,10 +53,11 @@ def revoke(
     try:
         with trusted() as trust:
             if dry_run:
-                _show(plan(settings, selector, trust), as_json, dry=True)
+                _show(plan(settings, cli_kafka(), selector, trust), as_json, dry=True)
                 return
-            done = revoke_selected(settings, selector, reason or "", operator=operator,
-                                   trust=trust, timeout=settings.decision_timeout_s * 2)
+            done = revoke_selected(settings, cli_kafka(), selector, reason or "",
+                                   operator=operator, trust=trust,
+                                   timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "
                    "(permbroker stack status; permbroker keys init)") from exc

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import Registry, read_registry
-from broker.cli.context import cli_settings, read_trusted
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -58,15 +58,14 @@ def _ago(when: datetime | None, now: datetime) -> str:
 
 def _operator(settings: Settings) -> OperatorClient:
     try:
-        return OperatorClient(settings)
+        return OperatorClient(settings, cli_kafka())
     except BrokerError as exc:
         raise _fail(str(exc), "create the operator key with `permbroker keys init`") from exc
 
 
 def _read_registry() -> Registry:
     """The registry as the broker signed it (records refused by the chain of trust left out)."""
-    settings = cli_settings()
-    return read_trusted(lambda trust: read_registry(settings.kafka_bootstrap, trust))
+    return read_trusted(lambda trust: read_registry(cli_kafka(), trust))
 
 
 def _run(action: Any) -> Any:

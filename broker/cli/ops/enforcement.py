@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
 from broker.adapters.kafka.edge import Trust
-from broker.cli.context import cli_settings, read_trusted
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -30,15 +31,15 @@ out = Console()
 err = Console(stderr=True)
 
 
-def collect_status(bootstrap: str, since: datetime, trust: Trust) -> RevocationStatus:
+def collect_status(kafka: KafkaAccess, since: datetime, trust: Trust) -> RevocationStatus:
     """Revocations on the grant topic and acks/status reports since ``since`` (blocking); only
     what the broker and the registered enforcement points signed counts."""
-    revs = [r.event for r in read_since(bootstrap, topics.GRANTS.name, since, trust=trust,
+    revs = [r.event for r in read_since(kafka, topics.GRANTS.name, since, trust=trust,
                                         reader="revocation-status")
             if isinstance(r.event, AgentRevoked)]
     acks: list[RevocationAcknowledged] = []
     statuses: list[EnforcementPointStatus] = []
-    for rec in read_since(bootstrap, topics.REVOCATION_ACKS.name, since, trust=trust,
+    for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since, trust=trust,
                           reader="revocation-status"):
         if isinstance(rec.event, RevocationAcknowledged):
             acks.append(rec.event)
@@ -59,10 +60,10 @@ def status(
     if seconds is None:
         err.print(f"[bold red]error:[/] --since {since!r} is not a duration (e.g. 10m, 1h)")
         raise typer.Exit(2)
-    settings, now = cli_settings(), datetime.now(UTC)
+    now = datetime.now(UTC)
     try:
         report = read_trusted(lambda t: collect_status(
-            settings.kafka_bootstrap, now - timedelta(seconds=seconds), t))
+            cli_kafka(), now - timedelta(seconds=seconds), t))
     except BrokerError as exc:
         err.print(f"[bold red]error:[/] {exc}\n[dim]hint:[/] is Kafka up? permbroker stack status")
         raise typer.Exit(1) from exc

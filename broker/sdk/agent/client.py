@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Record, Trust
 from broker.adapters.kafka.follow import Follower
@@ -49,10 +50,10 @@ class DecisionWatcher:
     for other agents' requests pass by without filling the memory.
     """
 
-    def __init__(self, bootstrap: str, *, trust: Trust, max_entries: int = 10_000) -> None:
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
         self._held: Bounded[tuple[str, str], Answer] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._follower = Follower(bootstrap, topics.DECISIONS.name, self._on_record, trust=trust,
+        self._follower = Follower(kafka, topics.DECISIONS.name, self._on_record, trust=trust,
                                   reader="decision-watcher", name="permbroker-decisions",
                                   start="end")
 
@@ -139,7 +140,7 @@ class AgentClient:
     def __init__(
         self,
         agent_id: str,
-        bootstrap: str,
+        kafka: KafkaAccess,
         *,
         trust: Trust | None = None,
         watch_decisions: bool = True,
@@ -152,12 +153,12 @@ class AgentClient:
         self.agent_id = agent_id
         self.identity = None if keys is None or unsigned else AgentIdentity(agent_id, keys)
         signer = self.identity.sign if self.identity is not None else None
-        self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
+        self._publisher = Publisher(kafka, source=f"/agents/{agent_id}", signer=signer)
         if watch_decisions and trust is None:
             raise ValueError(f"agent {agent_id} believes only answers the broker signed: pass "
-                             "trust= (JwksView.from_settings(settings).trust), or "
+                             "trust= (JwksView.from_settings(settings, kafka).trust), or "
                              "watch_decisions=False")
-        self._watcher = DecisionWatcher(bootstrap, trust=trust) \
+        self._watcher = DecisionWatcher(kafka, trust=trust) \
             if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from broker.adapters.crypto.enrollment import issue_enrollment
 from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Record, Trust
 from broker.adapters.kafka.follow import Follower
@@ -70,10 +71,10 @@ class AuditWatcher:
     Only records the broker signed count; at most ``max_entries`` wait for a caller.
     """
 
-    def __init__(self, bootstrap: str, *, trust: Trust, max_entries: int = 10_000) -> None:
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
         self._found: Bounded[str, AuditRecord] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._follower = Follower(bootstrap, topics.AUDIT.name, self._on_record, trust=trust,
+        self._follower = Follower(kafka, topics.AUDIT.name, self._on_record, trust=trust,
                                   reader="audit-watcher", name="permbroker-audit", start="end")
 
     def _on_record(self, record: Record) -> None:
@@ -114,25 +115,24 @@ def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
     )
 
 
-def operator_publisher(bootstrap: str, source: str, settings: Settings) -> Publisher:
+def operator_publisher(kafka: KafkaAccess, source: str, settings: Settings) -> Publisher:
     """A producer that signs everything with this operator's key (KeyFileError if none)."""
     principal, key = load_operator(settings.key_path("operator"))
-    return Publisher(bootstrap, source=source,
+    return Publisher(kafka, source=source,
                      signer=lambda m: sign_message(m, key, principal))
 
 
 def revoke(
-    settings: Settings, agent_id: str, reason: str, *, operator: str, trust: Trust,
-    timeout: float = 30.0, publisher: Publisher | None = None,
+    settings: Settings, kafka: KafkaAccess, agent_id: str, reason: str, *, operator: str,
+    trust: Trust, timeout: float = 30.0, publisher: Publisher | None = None,
     watcher: AuditWatcher | None = None,
 ) -> Revocation:
     """Revoke every grant of ``agent_id`` and wait until a worker applied it."""
-    bootstrap = settings.kafka_bootstrap
     own = watcher is None
-    watcher = watcher or AuditWatcher(bootstrap, trust=trust)
+    watcher = watcher or AuditWatcher(kafka, trust=trust)
     try:
         signal = operator_signal(agent_id, reason, operator)
-        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}", settings)
+        pub = publisher or operator_publisher(kafka, f"/operators/{operator}", settings)
         pub.publish(topics.RISK.name, signal)
         return revocation_of(signal, watcher.wait(signal.signal_id, timeout))
     finally:
@@ -143,15 +143,16 @@ def revoke(
 class OperatorClient:
     """One operator's signed actions on the registry, the broker's keys and agents' grants."""
 
-    def __init__(self, settings: Settings, *, trust: Trust | None = None) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, *,
+                 trust: Trust | None = None) -> None:
         self.principal, self._key = load_operator(settings.key_path("operator"))
         self._publisher = operator_publisher(
-            settings.kafka_bootstrap, f"/operators/{self.principal.split(':', 1)[1]}", settings)
+            kafka, f"/operators/{self.principal.split(':', 1)[1]}", settings)
         # The broker's answers are believed only when it signed them: with no trust given, the
         # client follows the chain of trust from the settings' anchor itself.
-        self._jwks = JwksView.from_settings(settings) if trust is None else None
+        self._jwks = JwksView.from_settings(settings, kafka) if trust is None else None
         self.trust: Trust = trust if trust is not None else self._own_trust()
-        self._watcher = DecisionWatcher(settings.kafka_bootstrap, trust=self.trust,
+        self._watcher = DecisionWatcher(kafka, trust=self.trust,
                                         max_entries=settings.watch_max_entries)
 
     def _own_trust(self) -> Trust:

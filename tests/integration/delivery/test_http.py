@@ -19,6 +19,7 @@ from broker.sdk.resource.enforce import GrantMiddleware, Rule
 from broker.sdk.resource.fastapi_deps import require_scope
 from broker.sdk.resource.index import Verdict
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.enforcement import FREEZE, fraud_grant
@@ -51,7 +52,7 @@ def resource_service(view: GrantView) -> FastAPI:
 @pytest.fixture
 def served(settings: Settings) -> Iterator[tuple[str, GrantView]]:
     """The payments service on uvicorn at a loopback port, with its grant view."""
-    view = GrantView(settings.kafka_bootstrap, trust=shared_trust(settings),
+    view = GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings),
                      topic=topics.GRANTS_PAYMENTS.name)
     assert view.wait_ready(30)
     server = uvicorn.Server(uvicorn.Config(resource_service(view), host="127.0.0.1", port=0,
@@ -86,7 +87,8 @@ def test_dependency_and_middleware_enforce_over_real_http(
             other = http.post(path.format("acct-9"), headers=me)
             assert other.status_code == 403
             assert "no active grant of payments:accounts.freeze on acct-9" in other.text
-        rev = revoke(settings, agent, "http test", operator="tests", trust=shared_trust(settings))
+        rev = revoke(settings, role_access(settings, topics.OPERATOR), agent, "http test",
+                     operator="tests", trust=shared_trust(settings))
         after = {"X-Permbroker-Agent": agent,
                  "X-Permbroker-Consistency": rev.consistency_token or ""}
         for path in ("/accounts/acct-1/freeze", "/v2/accounts/acct-1/freeze"):

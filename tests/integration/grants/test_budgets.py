@@ -22,6 +22,7 @@ from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.budgets import BudgetMeter
 from broker.sdk.resource.index import Verdict
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, GrantIssued, GrantRevoked, GrantUsed
@@ -66,20 +67,20 @@ def test_a_budget_of_three_freezes_allows_exactly_three_then_revokes_the_grant(
 ) -> None:
     """8 racing uses: 3 pass, 5 are refused; a retried use id is not counted twice; Redis down
     refuses (fail closed); the worker revokes the grant once, with the reason, and audits it."""
-    boot, agent = settings.kafka_bootstrap, agents("b")
+    service, agent = role_access(settings, topics.SERVICE), agents("b")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT_RAW.name)
-    with GrantView(boot, trust=shared_trust(settings), topic=PAYMENTS) as view, \
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         grant_id = _budgeted_grant(client)
         issued = grants.wait_for(GrantIssued, lambda g: g.grant_id == grant_id)[0]
         assert issued.budgets == {FREEZE: 3}
-        service = ensure_service(settings, "payments-api")
-        pub = Publisher(boot, source="/tests/payments-api", signer=service.sign)
+        payments = ensure_service(settings, "payments-api")  # signs its usage reports
+        pub = Publisher(service, source="/tests/payments-api", signer=payments.sign)
         dead = BudgetMeter(view, BudgetCounter.from_url("redis://127.0.0.1:1", timeout_s=0.5),
-                           pub, service=service)
+                           pub, service=payments)
         meter = BudgetMeter(view, BudgetCounter(redis.Redis.from_url(settings.redis_url)), pub,
-                            service=service)
+                            service=payments)
         wait_until(lambda: view.allows(agent, FREEZE, "acct-1").allowed, 30, "grant in view")
         down = dead.use(agent, FREEZE, "acct-1", use_id="use-while-redis-is-down")
         assert not down.allowed and down.unavailable and "fail closed" in down.reason
