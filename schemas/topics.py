@@ -157,9 +157,10 @@ GRANT_COMMANDS = Topic(
     _APPEND_TIME,
 )
 JWKS = Topic(
-    "permbroker.jwks", 1, "compact", -1,
+    "permbroker.jwks", 1, "delete", -1,
     ("io.permbroker.jwks.published.v1",),
-    "The broker's public grant-token keys (JWKS), the latest set per issuer (key = issuer).",
+    "The broker's public keys (JWKS) as published, every set kept (key = issuer): each set is "
+    "signed by a key of the one before, the chain readers follow from their trust anchor.",
 )
 IDENTITY_TOPICS: tuple[Topic, ...] = (REGISTRY, AGENTS, GRANT_COMMANDS, JWKS)
 USAGE = Topic(
