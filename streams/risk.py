@@ -57,6 +57,12 @@ class Risk:
         except Fenced as exc:
             ctx.fenced(msg, str(exc))
 
+    async def fail_safe(self, msg: Incoming, reason: str) -> None:
+        """A signal whose handling failed for good: revoke the agent its key names, if the
+        signal is validly signed by that agent or an operator (streams/guard.py retries this)."""
+        if await self._may_fail_safe(msg):
+            await self._fail_safe_revoke(msg, reason)
+
     async def revoke_agent(
         self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
     ) -> tuple[str, ...]:

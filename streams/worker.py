@@ -22,7 +22,9 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -85,6 +87,55 @@ class Incoming:
         return edge.read(self.topic, self.partition, self.offset, int(self.timestamp * 1000),
                          self.key, self.value, self.headers, trust=trust, reader=READER,
                          expect=expect)
+
+
+# The message the current task handles (set by the guard in streams/guard.py): a retry names
+# the partition that waits.
+HANDLING: ContextVar[Incoming | None] = ContextVar("permbroker_handling", default=None)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message whose partition waits: since when, for which step, why."""
+
+    topic: str
+    partition: int
+    offset: int
+    step: str
+    reason: str  # the error's class: a bounded metric label
+    detail: str
+    since: float
+
+
+class Waits:
+    """Messages waiting for a retry (Redis or Kafka unavailable): the partitions they hold up."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, int, int], Waiting] = {}
+
+    def waiting(self, msg: Incoming | None, step: str, exc: BaseException) -> None:
+        """``msg`` waits for ``step`` because of ``exc`` (kept since its first wait)."""
+        if msg is None:
+            return
+        key = (msg.topic, msg.partition, msg.offset)
+        first = self._waiting.get(key)
+        self._waiting[key] = Waiting(msg.topic, msg.partition, msg.offset, step,
+                                     type(exc).__name__, str(exc)[:200],
+                                     first.since if first else time.monotonic())
+
+    def done(self, msg: Incoming | None) -> None:
+        """``msg`` no longer waits."""
+        if msg is not None:
+            self._waiting.pop((msg.topic, msg.partition, msg.offset), None)
+
+    def partitions(self) -> list[Waiting]:
+        """The longest wait of each waiting partition."""
+        oldest: dict[tuple[str, int], Waiting] = {}
+        for w in self._waiting.values():
+            held = oldest.get((w.topic, w.partition))
+            if held is None or w.since < held.since:
+                oldest[(w.topic, w.partition)] = w
+        return sorted(oldest.values(), key=lambda w: (w.topic, w.partition))
 
 
 class Admission(Protocol):
@@ -188,6 +239,7 @@ class WorkerContext:
         self._rebuild = rebuild
         self._redactor = redactor
         self._view_lock = asyncio.Lock()
+        self.waits = Waits()  # messages whose partition waits for a retry, and why
         self.signer = signer  # None only in unit tests on the in-memory twins
         self.trust = trust  # None only in unit tests: nothing read is then signature-checked
         self.trusted = asyncio.Event()  # set once the trust follows the published key sets
@@ -261,16 +313,22 @@ class WorkerContext:
         log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a store/bus step until it succeeds: the partition waits, nothing is acked."""
+        """Retry a store/bus step until it succeeds: the partition waits (shown in ``waits``,
+        hence in metrics and readiness, with why), nothing is acked."""
         delay = 0.05
-        while True:
-            try:
-                return await call()
-            except (StoreUnavailable, BusError) as exc:
-                self.count("retries")
-                log.warning("%s failed, retrying in %.2fs: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        msg = HANDLING.get()
+        try:
+            while True:
+                try:
+                    return await call()
+                except (StoreUnavailable, BusError) as exc:
+                    self.count("retries")
+                    self.waits.waiting(msg, what, exc)
+                    log.warning("%s failed, retrying in %.2fs: %s", what, delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self.waits.done(msg)
 
     def read(self, msg: Incoming) -> WireModel:
         """The message's event through the decode edge; WireError (with its reason) if refused."""

@@ -25,6 +25,7 @@ from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
     rclient,
     registrar,
     run_id,
+    shared_trust_closed,
     tap,
     trust,
     worker,

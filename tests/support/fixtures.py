@@ -24,7 +24,12 @@ from broker.policy import load_policy
 from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
-from tests.support.identities import Registrar, harness_signer, shared_trust
+from tests.support.identities import (
+    Registrar,
+    close_shared_trust,
+    harness_signer,
+    shared_trust,
+)
 from tests.support.services import Services
 from tests.support.taps import Tap
 
@@ -65,6 +70,13 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     proc.wait_ready()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_trust_closed(services: Services) -> Iterator[None]:
+    """The shared JWKS views stop before the session's services do."""
+    yield
+    close_shared_trust()
 
 
 @pytest.fixture(scope="session")

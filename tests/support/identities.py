@@ -42,6 +42,15 @@ def shared_trust(settings: Settings) -> RecordTrust:
     return _TRUST[anchor].trust
 
 
+def close_shared_trust(settings: Settings | None = None) -> None:
+    """Stop the shared JWKS view of ``settings`` (default: all of them), before the services
+    they read are stopped."""
+    for anchor in [settings.key_path("trust-anchor")] if settings is not None else list(_TRUST):
+        view = _TRUST.pop(anchor, None)
+        if view is not None:
+            view.close()
+
+
 class Registrar:
     """Registers pool agents (profiles from the test bundle's Agents seed) in batches."""
 
