@@ -9,7 +9,6 @@ what it had to drop, so a bound set too low shows in metrics instead of hiding.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -41,10 +40,6 @@ class Bounded(Generic[K, V]):
     def pop(self, key: K) -> V | None:
         """Remove and return the value under ``key``, if held."""
         return self._items.pop(key, None)
-
-    def discard_if(self, drop: Iterator[K] | list[K]) -> int:
-        """Remove the given keys; how many were held."""
-        return sum(self._items.pop(k, None) is not None for k in list(drop))
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

@@ -42,20 +42,13 @@ Decision = EscalationDecided | RenewalDecided | ReleaseDecided
 Answer = Decision | EscalationPending | CommandAnswered
 
 
-class DecisionWatcher:
-    """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
+class Answers:
+    """Answers read off the decision topic, held until someone asks: at most ``max_entries``,
+    the oldest dropped first, so answers for other agents' requests never fill the memory."""
 
-    Only answers the broker signed count (the decode edge checks them against ``trust``). At most
-    ``max_entries`` answers nobody has asked for yet are kept, the oldest dropped first: answers
-    for other agents' requests pass by without filling the memory.
-    """
-
-    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000) -> None:
         self._held: Bounded[tuple[str, str], Answer] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._follower = Follower(kafka, topics.DECISIONS.name, self._on_record, trust=trust,
-                                  reader="decision-watcher", name="permbroker-decisions",
-                                  start="end")
 
     @property
     def held(self) -> int:
@@ -63,7 +56,8 @@ class DecisionWatcher:
         with self._cond:
             return len(self._held)
 
-    def _on_record(self, record: Record) -> None:
+    def on_record(self, record: Record) -> None:
+        """Hold one accepted record's answer (anything else on the topic is ignored)."""
         event = record.event
         if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
             key = ("decision", event.request_id)
@@ -112,6 +106,20 @@ class DecisionWatcher:
             answer = self._held.pop(("answer", command_id))
             assert isinstance(answer, CommandAnswered)
             return answer
+
+
+
+class DecisionWatcher(Answers):
+    """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
+
+    Only answers the broker signed count (the decode edge checks them against ``trust``).
+    """
+
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
+        super().__init__(max_entries)
+        self._follower = Follower(kafka, topics.DECISIONS.name, self.on_record, trust=trust,
+                                  reader="decision-watcher", name="permbroker-decisions",
+                                  start="end")
 
     def close(self) -> None:
         """Stop following the topic."""
