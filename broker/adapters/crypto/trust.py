@@ -53,12 +53,13 @@ class RecordTrust:
         self._refreshed_at = 0.0
 
     @classmethod
-    def from_files(cls, anchor: Path, services: Path | None = None, *,
-                   leeway_s: int = 30) -> RecordTrust:
+    def from_files(cls, anchor: Path, services: Path | None = None, *, leeway_s: int = 30,
+                   refusals: Refusals | None = None) -> RecordTrust:
         """Trust starting from an anchor file (KeyFileError when it is missing or too open)."""
         issuer, keys = read_anchor(anchor)
         return cls(KeyChain(issuer, keys, leeway_s=leeway_s),
-                   services=ServiceDirectory(services) if services is not None else None)
+                   services=ServiceDirectory(services) if services is not None else None,
+                   refusals=refusals)
 
     @property
     def issuer(self) -> str:

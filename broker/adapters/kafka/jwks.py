@@ -17,7 +17,7 @@ import dataclasses
 
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.edge import Record
+from broker.adapters.kafka.edge import Record, Refusals
 from broker.adapters.kafka.follow import Follower
 from broker.config import Settings
 from schemas.events import JwksPublished, PublicJwk
@@ -37,13 +37,13 @@ class JwksView:
         trust.follow(self._follower.sync)
 
     @classmethod
-    def from_settings(cls, settings: Settings, kafka: KafkaAccess, *,
-                      wait_s: float = 30.0) -> JwksView:
+    def from_settings(cls, settings: Settings, kafka: KafkaAccess, *, wait_s: float = 30.0,
+                      refusals: Refusals | None = None) -> JwksView:
         """The trust of a process configured by ``settings`` (anchor and services files), with
         the key sets published so far applied (KeyFileError when the anchor is missing)."""
         trust = RecordTrust.from_files(settings.key_path("trust-anchor"),
                                        settings.key_path("services"),
-                                       leeway_s=settings.signature_max_skew_s)
+                                       leeway_s=settings.signature_max_skew_s, refusals=refusals)
         view = cls(kafka, trust)
         view.wait_ready(wait_s)
         return view
