@@ -19,6 +19,7 @@ from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import log as audit_log
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.crypto.service_key import ensure_service
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.jwks import JwksView
 from broker.audit.views import grants_as_of
 from broker.config import Settings
@@ -97,15 +98,18 @@ def _seen_at(s: Scenario, kind: type[GrantIssued] | type[AgentRevoked]) -> datet
     return None
 
 
-def audit_checks(s: Scenario, settings: Settings, started_at: datetime) -> None:
-    """The audit of the run: the whole chain verifies, and replay agrees with the grant view."""
+def audit_checks(s: Scenario, settings: Settings, started_at: datetime,
+                 trust: RecordTrust) -> None:
+    """The audit of the run: the whole chain verifies (every entry signed by the broker), and
+    replay agrees with the grant view."""
     auditor = role_access(settings, topics.AUDITOR)
-    result = audit_check.wait_sealed(auditor, audit_check.public_key_files(settings, []), 30)
+    result = audit_check.wait_sealed(auditor, audit_check.public_key_files(settings, []), 30,
+                                     trust=trust)
     entries = sum(c.entries for c in result.chains.values())
     s.say("audit", f"{entries} entries in {len(result.chains)} hash chain(s), every one signed; "
           f"verify: {'OK' if result.ok else '; '.join(result.problems[:2])}")
     s.check("audit verify passes (chains, sequence, signed digests, raw coverage)", result.ok)
-    records = [e.record() for e in audit_log.read_topic(auditor)]
+    records = [e.record() for e in audit_log.read_topic(auditor, trust=trust)]
     instants = [("before the escalation", started_at), ("while the grant was active",
                 _seen_at(s, GrantIssued)), ("after the revocation", _seen_at(s, AgentRevoked))]
     held = []
@@ -151,7 +155,7 @@ def run_demo(*, keep: bool = False) -> int:
             started_at = datetime.now(UTC)
             play(s, settings, view, payments)
             demo_behaviour.detected_revocation(s, settings, view)
-        audit_checks(s, settings, started_at)
+        audit_checks(s, settings, started_at, keys.trust)
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))
     finally:

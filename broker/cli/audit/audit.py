@@ -26,7 +26,7 @@ from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
-from broker.cli.context import cli_kafka, cli_settings
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -129,9 +129,13 @@ def tail(
 
 def load_records(settings: Settings, *, file: Path | None = None,
                  since: datetime | None = None) -> list[AuditRecord]:
-    """Every parseable sealed record (from the topic, or an export), in log order."""
-    stored = (audit_log.read_jsonl(file) if file else
-              audit_log.read_topic(cli_kafka(), since=since))
+    """Every parseable sealed record the broker signed (from the topic, or an export), in log
+    order: an entry whose signature does not verify is left out, like one that does not parse."""
+    if file is not None:  # an export: its integrity is the chain's (permbroker audit verify)
+        stored = list(audit_log.read_jsonl(file))
+    else:
+        stored = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), since=since,
+                                                                   trust=t)))
     records, bad = [], 0
     for s in stored:
         try:
@@ -139,7 +143,8 @@ def load_records(settings: Settings, *, file: Path | None = None,
         except BrokerError:
             bad += 1
     if bad:
-        err.print(f"[yellow]{bad} entr(y/ies) did not parse and were left out; run "
+        err.print(f"[yellow]{bad} entr(y/ies) not signed by the broker or not parseable were "
+                  "left out; run "
                   "permbroker audit verify[/]")
     return records
 
@@ -163,10 +168,12 @@ def verify(
         if file is not None:
             result = audit_check.verify_file(file, keys, complete=complete)
         elif wait > 0 and topic is None:
-            result = audit_check.wait_sealed(cli_kafka(), keys, wait)
+            result = read_trusted(lambda t: audit_check.wait_sealed(cli_kafka(), keys, wait,
+                                                                    trust=t))
         else:
-            result = audit_check.verify_topic(cli_kafka(), keys, complete=complete,
-                                              **({"topic": topic} if topic else {}))
+            result = read_trusted(lambda t: audit_check.verify_topic(
+                cli_kafka(), keys, complete=complete, trust=t,
+                **({"topic": topic} if topic else {})))
     except BrokerError as exc:
         raise fail(str(exc), KafkaHint) from exc
     if as_json:
@@ -226,8 +233,9 @@ def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
     """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
     policies = audit_replay.policies_in(records)
     if from_topic:  # policy.loaded records may predate the window: find them by their bytes
-        loaded = (s.record() for s in audit_log.read_topic(cli_kafka())
-                  if b'"kind":"policy.loaded"' in (s.entry.value or b""))
+        signed = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), trust=t)))
+        loaded = (s.record() for s in signed if s.refusal is None
+                  and b'"kind":"policy.loaded"' in (s.entry.value or b""))
         policies.update(audit_replay.policies_in(loaded))
     for path in paths:
         policy = load_policy(path)
