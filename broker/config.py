@@ -145,8 +145,9 @@ class Settings(BaseSettings):
         None, description="Where enforcement points keep their private keys (default "
         "<stack_dir>/keys/services)"
     )
-    watch_max_entries: int = Field(
-        10_000, ge=1, description="Answers a decision watcher keeps for callers not waiting yet"
+    decisions_kept: int = Field(
+        10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
+        "have not asked yet (the oldest are dropped first)"
     )
     view_max_entries: int = Field(
         100_000, ge=1, description="Ended grant ids (and unreadable agents) a grant view remembers"

@@ -71,8 +71,8 @@ class Runtime:
             enforcement_point=ensure_service(s, self.enforcement_point),
         )
         self.decisions = DecisionWatcher(self.kafka, trust=trust,
-                                         max_entries=s.watch_max_entries)
-        self.audits = AuditWatcher(self.kafka, trust=trust, max_entries=s.watch_max_entries)
+                                         max_entries=s.decisions_kept)
+        self.audits = AuditWatcher(self.kafka, trust=trust, max_entries=s.decisions_kept)
         self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event, trust=trust)
 

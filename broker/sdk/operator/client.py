@@ -153,7 +153,7 @@ class OperatorClient:
         self._jwks = JwksView.from_settings(settings, kafka) if trust is None else None
         self.trust: Trust = trust if trust is not None else self._own_trust()
         self._watcher = DecisionWatcher(kafka, trust=self.trust,
-                                        max_entries=settings.watch_max_entries)
+                                        max_entries=settings.decisions_kept)
 
     def _own_trust(self) -> Trust:
         assert self._jwks is not None

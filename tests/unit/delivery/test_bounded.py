@@ -2,7 +2,7 @@
 
 100,000 decisions for requests nobody here waits for leave the watcher holding at most its
 bound, and the answer a caller does wait for is still there; 100,000 ended grants leave the
-index remembering at most its bound. The bound is a setting (PERMBROKER_WATCH_MAX_ENTRIES,
+index remembering at most its bound. The bound is a setting (PERMBROKER_DECISIONS_KEPT,
 PERMBROKER_VIEW_MAX_ENTRIES).
 """
 
@@ -36,7 +36,7 @@ def _decision(n: int) -> EscalationDecided:
 def test_a_watcher_holds_at_most_its_bound_after_100000_foreign_decisions() -> None:
     """The bound from settings holds: 100,000 foreign decisions, at most the bound held, the
     oldest dropped, and a decision arriving after them is handed to its waiter."""
-    bound = Settings(watch_max_entries=1_000).watch_max_entries
+    bound = Settings(decisions_kept=1_000).decisions_kept
     answers = Answers(max_entries=bound)
     template = _decision(0)
     tracemalloc.start()
