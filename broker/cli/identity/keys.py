@@ -22,10 +22,11 @@ keys_app = typer.Typer(help="The broker's token keys and this operator's key.",
 
 @keys_app.command("init")
 def keys_init(as_json: JsonOpt = False) -> None:
-    """Create the broker's token keyring and this operator's key if missing (0600 files)."""
+    """Create the broker's keyring, its trust anchor and this operator's key if missing (0600)."""
     settings = cli_settings()
     created = ensure_identity_files(settings)
-    paths = {name: str(settings.key_path(name)) for name in ("broker", "operator", "operators")}
+    paths = {name: str(settings.key_path(name))
+             for name in ("broker", "operator", "operators", "trust-anchor")}
     if as_json:
         _json({"created": created, **paths})
         return
