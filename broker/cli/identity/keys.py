@@ -31,7 +31,7 @@ def keys_init(as_json: JsonOpt = False) -> None:
         _json({"created": created, **paths})
         return
     for name, path in paths.items():
-        out.print(f"{name:<9} {path}{'  (created)' if path in created else ''}")
+        out.print(f"{name:<13} {path}{'  (created)' if path in created else ''}")
 
 
 @keys_app.command("rotate")
