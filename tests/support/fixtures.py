@@ -44,11 +44,13 @@ def run_id() -> str:
 def registrar(worker: WorkerProcess, settings: Settings, test_policy: Path) -> Iterator[Registrar]:
     """Registers pool agents through the operator's signed commands; their keys in a tmp store.
 
-    AgentClient and the operator SDK find the keys through the environment, as they would on an
-    agent's or an operator's machine.
+    AgentClient, the operator SDK and the CLI find the keys (and the broker's trust anchor)
+    through the environment, as they would on an agent's or an operator's machine.
     """
     env = {"PERMBROKER_AGENT_KEY_DIR": str(settings.key_path("agents")),
-           "PERMBROKER_OPERATOR_KEY_FILE": str(settings.key_path("operator"))}
+           "PERMBROKER_OPERATOR_KEY_FILE": str(settings.key_path("operator")),
+           "PERMBROKER_TRUST_ANCHOR": str(settings.key_path("trust-anchor")),
+           "PERMBROKER_SERVICES_FILE": str(settings.key_path("services"))}
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     reg = Registrar(settings, load_policy(test_policy))
