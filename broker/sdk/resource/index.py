@@ -63,6 +63,9 @@ class Verdict:
         return f"Verdict(allowed={self.allowed}, reason={self.reason!r})"
 
 
+# Refusal reasons of a record the broker signed for another topic (replayed here by a writer
+# past the ACLs): a view that is given one has nothing to fail closed about.
+COPIED = frozenset({"wrong-topic", "wrong-type"})
 # One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
 Held = tuple[float, frozenset[str], GrantIssued]
 
@@ -121,7 +124,9 @@ class GrantIndex:
         """Apply one record of the grant topic; returns the agent revocation it applied, if any."""
         ev = record.event
         if ev is None:
-            if record.authentic:
+            # A broker record copied from another topic is readable, just not ours: not a
+            # revocation we might be missing, so it denies no one.
+            if record.authentic and record.reason not in COPIED:
                 self._poison(record)
             else:
                 self.refused += 1  # unsigned or forged: counted by the edge, applied nowhere

@@ -116,7 +116,11 @@ def test_ended_grants_never_come_back_and_undecodable_events_fail_closed() -> No
     index.apply(record(None, 4, authentic=False))
     index.apply(record(None, 5, key=b"a-1\n", authentic=True))  # names no agent (full match)
     assert index.allows("a-1", FREEZE, "acct-1", NOW).allowed and index.refused == 1
-    index.apply(record(None, 6))
+    copied = Record("permbroker.grants", 0, 6, 0, None, "audit record", None, b"a-1",
+                    reason="wrong-topic", authentic=True)  # the broker's, from another topic
+    index.apply(copied)
+    assert index.allows("a-1", FREEZE, "acct-1", NOW).allowed
+    index.apply(record(None, 7))
     denied = index.allows("a-1", FREEZE, "acct-1", NOW)
     assert not denied.allowed and "could not be decoded" in denied.reason
 
