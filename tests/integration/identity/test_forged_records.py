@@ -39,6 +39,7 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import (
     AgentKey,
+    EnforcementPointStatus,
     EscalationDecided,
     GrantIssued,
     JwksPublished,
@@ -96,11 +97,15 @@ def _forge(attacker: Attacker, agent: str, point: str) -> dict[str, str]:
     rekeyed = real.model_copy(update={"revision": real.revision + 100, "keys": (AgentKey(
         kid=attacker.key.kid, jwk=attacker.key.jwk, added_at=now),)})
     attacker.both(topics.AGENTS.name, rekeyed)
+    # Accepted, an ack or status report would list its point in every revocation status.
     ack = RevocationAcknowledged(
         ack_id=f"ack-forged-{uuid.uuid4().hex[:8]}", enforcement_point=point, agent_id=agent,
         cause_event_id="sig-forged", revoked_at=now, applied_at=now, topic=topics.GRANTS.name,
         partition=0, offset=0)
     attacker.both(topics.REVOCATION_ACKS.name, ack, signer=f"service:{point}")
+    status = EnforcementPointStatus(enforcement_point=point, topic=topics.GRANTS.name,
+                                    ready=True, started_at=now, reported_at=now)
+    attacker.both(topics.REVOCATION_ACKS.name, status, signer=f"service:{point}")
     return {"grant": grant.grant_id, "kid": attacker.key.kid, "point": point}
 
 
@@ -123,7 +128,7 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
     keys = JwksView.from_settings(settings, service)  # a fresh reader: its own refusal counts
     watcher = DecisionWatcher(service, trust=keys.trust)
     try:
-        forged = _forge(attacker, agent, f"api-{agent}")
+        forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}")
         attacker.both(topics.DECISIONS.name, EscalationDecided(
             decision_id="d-forged", request_id="req-forged", agent_id=agent, outcome="granted",
             granted_scopes=(CLOSE,), decided_at=datetime.now(UTC), policy_revision="forged"))
