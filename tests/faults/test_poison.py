@@ -142,7 +142,8 @@ def _serve_every_topic(settings: Settings, r: Readers, agents: Callable[[str], s
         assert e.outcome == "granted"
         _served(figures, f"{phase} reports grant topic", lambda: None,
                 lambda: views[topics.GRANTS_REPORTS.name].allows(reporter, EXPORT).allowed)
-    check = {"agent_id": victim, "scope": FREEZE, "resource": "acct-1"}
+    check = {"agent_id": victim, "scope": FREEZE, "resource": "acct-1",
+             "consistency_token": decided[0].consistency_token}
     assert r.api.post("/v1/check", json=check, headers=bearer("svc")).json()["allowed"]
     _revoke_and_ack(settings, r, fresh, figures, phase)
     _vote_and_rotate(settings, r, victim, figures, phase)
@@ -188,9 +189,9 @@ def _counted(r: Readers, dlq: Tap, figures: Figures, phase: str,
              outputs: tuple[topics.Topic, ...] = OUTPUTS) -> None:
     """Inputs: every poison dead-lettered with its origin; outputs: refused, with its origin."""
     for topic in INPUTS:
-        origins = {(dict(d.headers).get(topics.DLQ_TOPIC), dict(d.headers).get(
-            topics.DLQ_OFFSET)) for d in dlq.records
-            if dict(d.headers).get(topics.DLQ_TOPIC) == topic.name.encode()}
+        named = [dict(d.headers) for d in dlq.records]
+        origins = {(h.get(topics.DLQ_PARTITION), h.get(topics.DLQ_OFFSET)) for h in named
+                   if h.get(topics.DLQ_TOPIC) == topic.name.encode()}
         figures.at_least(f"{phase} {topic.name}: dead-lettered with origin", len(origins),
                          len(KINDS))
     for topic in outputs:
