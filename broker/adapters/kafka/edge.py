@@ -1,6 +1,6 @@
 """The one decode edge: every consumed Kafka message becomes a ``Record``, never an exception.
 
-Imports codec, schemas, broker.identity.rules (Rejection) and prometheus-client.
+Imports confluent-kafka, codec, schemas, broker.identity.rules (Rejection) and prometheus-client.
 
 ``read`` checks, in order: size bounds (value, key, headers), a UTF-8 key, the signature where the
 topic requires one (``signer_role``: what the broker writes is signed by the broker, what

@@ -1,12 +1,12 @@
 """Following a topic in a thread: the one abstraction every view and watcher reads Kafka with.
 
-Imports bus, edge. Each message goes through the decode edge (``edge.read``, with the reader's
-trust): accepted records are handed to ``apply`` in offset order, refused ones (counted by the
-edge) to ``on_refused`` if given. Nothing a record holds stops the thread: an exception from a
-callback is counted as a refusal (``apply-failed``) and logged, and the next record is read.
-The thread starts at the beginning of the topic, at its end (what is appended from now on) or
-at a time; ``wait_ready`` returns once what the topic held at start has been read, ``sync``
-once what it holds now has.
+Imports confluent-kafka, access, bus, edge. Each message goes through the decode edge
+(``edge.read``, with the reader's trust): accepted records are handed to ``apply`` in offset
+order, refused ones (counted by the edge) to ``on_refused`` if given. Nothing a record holds
+stops the thread: an exception from a callback is counted as a refusal (``apply-failed``) and
+logged, and the next record is read. The thread starts at the beginning of the topic, at its end
+(what is appended from now on) or at a time; ``wait_ready`` returns once what the topic held at
+start has been read, ``sync`` once what it holds now has.
 """
 
 from __future__ import annotations
