@@ -199,7 +199,7 @@ def _counted(r: Readers, dlq: Tap, figures: Figures, phase: str,
                          len(r.refused(topic.name)), len(KINDS))
 
 
-@pytest.mark.criterion("14")
+@pytest.mark.criterion("9")
 @pytest.mark.timeout(600)
 def test_poison_on_every_topic_stops_nothing_and_locks_no_one_out(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
