@@ -157,6 +157,7 @@ def _serve_namespace_topics(settings: Settings, r: Readers, victim: str, figures
                          (topics.GRANTS_REPORTS, EXPORT)):
         grant = GrantIssued(grant_id=f"g-{uuid.uuid4().hex[:12]}", agent_id=victim,
                             request_id=f"req-{uuid.uuid4().hex[:8]}", scopes=(scope,),
+                            resources=("acct-1",),
                             issued_at=now, expires_at=now + timedelta(minutes=15),
                             policy_revision="poison-matrix", rules=("poison-matrix",))
         view = r.views[topic.name]
