@@ -24,6 +24,7 @@ from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -147,7 +148,10 @@ def signing_publisher(settings: Settings, source: str) -> Publisher:
 
 def register_agents(settings: Settings) -> None:
     """Give every bench agent a key and register it (once per stack; Kafka keeps the record)."""
-    store, known = agent_keys(settings), read_registry(role_access(settings, topics.OPERATOR))
+    operator = role_access(settings, topics.OPERATOR)
+    with JwksView.from_settings(settings, operator) as keys:
+        known = read_registry(operator, keys.trust)
+    store = agent_keys(settings)
     todo = [a for a in load_policy(settings.policy_path).agents() if known.get(a.agent_id) is None]
     if not todo:
         return

@@ -33,6 +33,7 @@ from bench.measures import (
 )
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
+from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
@@ -55,7 +56,9 @@ def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
     watch = KeyWatch(s.redis_url)
     floor = FloorPipe(role_access(s, topics.WORKER), s.redis_url, env.FLOOR.name)
     seen = ViewEvents()
-    view = GrantView(role_access(s, topics.SERVICE), on_event=seen.on_event)
+    service = role_access(s, topics.SERVICE)
+    view = GrantView(service, trust=JwksView.from_settings(s, service).trust,
+                     on_event=seen.on_event)
     if not view.wait_ready(60):
         raise RuntimeError("the bench's grant view did not catch up")
     return b_latency.Rig(s, watch, floor, view, seen,

@@ -133,6 +133,25 @@ class Settings(BaseSettings):
     agent_key_dir: Path | None = Field(
         None, description="Where agents keep their private keys (default <stack_dir>/keys/agents)"
     )
+    trust_anchor: Path | None = Field(
+        None, description="The broker's pinned public keys every reader verifies records from "
+        "(default <stack_dir>/keys/trust-anchor.json)"
+    )
+    services_file: Path | None = Field(
+        None, description="Enforcement points' public keys, a JWKS (default "
+        "<stack_dir>/keys/services.json)"
+    )
+    service_key_dir: Path | None = Field(
+        None, description="Where enforcement points keep their private keys (default "
+        "<stack_dir>/keys/services)"
+    )
+    decisions_kept: int = Field(
+        10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
+        "have not asked yet (the oldest are dropped first)"
+    )
+    view_max_entries: int = Field(
+        100_000, ge=1, description="Ended grant ids (and unreadable agents) a grant view remembers"
+    )
     token_issuer: str = Field("permbroker", description="`iss` of grant tokens")
     token_max_ttl_s: int = Field(60, description="Longest life of a grant token")
     token_leeway_s: int = Field(5, description="Clock leeway of token verifiers")
@@ -149,7 +168,11 @@ class Settings(BaseSettings):
     def key_path(self, name: str) -> Path:
         """Where a key file lives: the explicit setting, else <stack_dir>/keys/<default>."""
         explicit = {"broker": self.broker_key_file, "operator": self.operator_key_file,
-                    "operators": self.operators_file, "agents": self.agent_key_dir}[name]
+                    "operators": self.operators_file, "agents": self.agent_key_dir,
+                    "trust-anchor": self.trust_anchor, "services": self.services_file,
+                    "service-keys": self.service_key_dir}[name]
         default = {"broker": "broker.json", "operator": "operator.json",
-                   "operators": "operators.json", "agents": "agents"}[name]
+                   "operators": "operators.json", "agents": "agents",
+                   "trust-anchor": "trust-anchor.json", "services": "services.json",
+                   "service-keys": "services"}[name]
         return explicit if explicit is not None else self.stack_dir / "keys" / default

@@ -54,7 +54,12 @@ class PolicyError(BrokerError):
 
 
 class WireError(BrokerError):
-    """An event could not be decoded or validated against the contract."""
+    """An event could not be decoded or validated against the contract; ``code`` is a stable
+    reason (for metrics and dead letters), the message says exactly what is wrong."""
+
+    def __init__(self, message: str, *, code: str = "undecodable") -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class StoreError(BrokerError):

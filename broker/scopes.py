@@ -66,10 +66,10 @@ def _valid_glob(text: str) -> bool:
     namespace, _, rest = text.partition(":")
     if len(rest) > _MAX_GLOB_REST:
         return False
-    if namespace != WILDCARD and not _NAMESPACE_RE.match(namespace):
+    if namespace != WILDCARD and not _NAMESPACE_RE.fullmatch(namespace):
         return False
     segments = rest.split(".")
-    if not all(s == WILDCARD or _SEGMENT_RE.match(s) for s in segments):
+    if not all(s == WILDCARD or _SEGMENT_RE.fullmatch(s) for s in segments):
         return False
     # Without a trailing '*' the glob must still name a resource and an action.
     return segments[-1] == WILDCARD or len(segments) >= 2

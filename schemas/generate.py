@@ -105,9 +105,11 @@ def _ce_headers(event_type: str) -> Json:
             "content-type": text("Media type of the value.", const=CONTENT_TYPE),
             SIGNATURE_HEADER: text(
                 f"CloudEvents extension `signature`: a compact JWS ({EVENT_TOKEN_TYPE}) by "
-                "the sender's registered key over the exact value bytes, the CloudEvents id "
-                "and type and the key; required on what agents and operators send (see "
-                "docs/protocol.md).",
+                "the writer's key over the exact value bytes, the CloudEvents id and type and "
+                "the key: an agent's or operator's registered key on what they send, the "
+                "broker's key (its chain of trust) on everything the broker writes, an "
+                "enforcement point's key on its acks and usage reports; required everywhere "
+                "(see docs/protocol.md).",
                 pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
             ),
         },

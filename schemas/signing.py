@@ -26,3 +26,6 @@ GRANT_CLAIMS = ("iss", "aud", "sub", "scope", "jti", "iat", "nbf", "exp")
 # An operator principal id is "operator:<name>"; agent ids never contain this prefix's colon
 # form at the start, so the two namespaces never meet.
 OPERATOR_PREFIX = "operator:"
+# An enforcement point (a resource service's grant view) signs its acks and usage reports as
+# "service:<name>", with a key listed in the services file.
+SERVICE_PREFIX = "service:"

@@ -205,9 +205,10 @@ GRANT_COMMANDS = Topic(
     readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(
-    "permbroker.jwks", 1, "compact", -1,
+    "permbroker.jwks", 1, "delete", -1,
     ("io.permbroker.jwks.published.v1",),
-    "The broker's public grant-token keys (JWKS), the latest set per issuer (key = issuer).",
+    "The broker's public keys (JWKS) as published, every set kept (key = issuer): each set is "
+    "signed by a key of the one before, the chain readers follow from their trust anchor.",
     writers=(WORKER,),
     readers=(WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API),
 )

@@ -82,7 +82,7 @@ class Analytics:
         await self.ctx.ready.wait()
         await self.gate.ready.wait()  # the registry is loaded
         try:
-            event = codec.decode(msg.key, msg.value, msg.headers)
+            event = self.ctx.read(msg)  # a decision the broker signed, or a refusal
         except WireError as exc:
             await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}")
             return

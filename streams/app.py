@@ -5,15 +5,15 @@ its publisher (streams/bootstrap.py builds the handlers and calls ``wire``).
 
 Topics are created by ``permbroker stack up`` (or the admin helper) from the registry; faust
 does not declare them. No authoritative state lives in faust tables: Redis holds the view and
-Kafka the record. faust acks a message whose handler raised, so every handler deals with its
-own errors (dead letters, retries); a risk signal that cannot be handled stops the worker.
+Kafka the record. faust acks a message whose handler raised, so every handler runs guarded
+(streams/guard.py): retried while Redis or Kafka is unavailable, dead-lettered when it fails
+for good; a risk signal that cannot be handled fails closed for the agent its key names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ from streams.analytics import Analytics
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.escalations import Escalations
+from streams.guard import guarded
 from streams.identity.commands import Commands
 from streams.lanes import Lanes
 from streams.lifecycle import Lifecycle
@@ -138,25 +139,32 @@ def wire(app: faust.App, worker: Worker, settings: Settings) -> None:
     if worker.sealer is not None:
         _run_sealer(app, worker.sealer)
     _decisions(app, worker, settings.lane_limit)
-    _each(app, topics.APPROVALS.name, "approvals", worker.approvals.on_vote)
-    _each(app, topics.USAGE.name, "usage", worker.budgets.on_usage)
-    _each(app, topics.DECISIONS.name, "behaviour", worker.analytics.on_decision)
-    _each(app, topics.REGISTRY.name, "registry", worker.commands.on_registry, isolated=False)
-    _each(app, topics.GRANT_COMMANDS.name, "grant-commands", worker.commands.on_grant_command,
+    ctx = worker.ctx
+    _each(app, ctx, topics.APPROVALS.name, "approvals", worker.approvals.on_vote)
+    _each(app, ctx, topics.USAGE.name, "usage", worker.budgets.on_usage)
+    _each(app, ctx, topics.DECISIONS.name, "behaviour", worker.analytics.on_decision)
+    _each(app, ctx, topics.REGISTRY.name, "registry", worker.commands.on_registry,
           isolated=False)
+    _each(app, ctx, topics.GRANT_COMMANDS.name, "grant-commands",
+          worker.commands.on_grant_command, isolated=False)
     _timers(app, worker, settings.expiry_interval_s)
 
 
 def _decisions(app: faust.App, worker: Worker, lane_limit: int) -> None:
-    """The escalation agent (per-agent lanes) and the risk agent (stops the worker on failure)."""
+    """The escalation agent (per-agent lanes) and the risk agent (fails closed per signal)."""
     escalations = app.topic(topics.ESCALATIONS.name, value_type=bytes, key_type=bytes)
     risk = app.topic(topics.RISK.name, value_type=bytes, key_type=bytes)
+    ctx = worker.ctx
+
+    async def escalate(msg: Incoming) -> None:
+        await guarded(ctx, msg, worker.escalations.on_escalation)
 
     # One actor per partition; within it, agents' requests run concurrently, each agent's in
     # order, each acked once handled (streams/lanes.py): the offset commit never passes one.
+    # A failing request is dead-lettered by the guard: its lane goes on with the next one.
     @app.agent(escalations, name="escalations", isolated_partitions=True)
     async def on_escalation(stream: Any) -> None:
-        lanes: Lanes[Incoming] = Lanes(worker.escalations.on_escalation, limit=lane_limit)
+        lanes: Lanes[Incoming] = Lanes(escalate, limit=lane_limit)
         try:
             async for event in stream.noack().events():
                 msg = incoming(event)
@@ -165,30 +173,23 @@ def _decisions(app: faust.App, worker: Worker, lane_limit: int) -> None:
         finally:
             lanes.cancel()
 
+    # A signal whose handling fails for good is dead-lettered and, if validly signed, revokes
+    # the agent its key names (retried until done: the partition waits, the worker goes on).
     @app.agent(risk, name="risk", isolated_partitions=True)
     async def on_risk(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                await worker.risk.on_risk(incoming(event))
-            except Exception:
-                log.critical(
-                    "risk signal %s could not be processed; stopping the worker so the "
-                    "partition halts instead of skipping a revocation",
-                    incoming(event).origin,
-                    exc_info=True,
-                )
-                logging.shutdown()
-                os._exit(70)
+            await guarded(ctx, incoming(event), worker.risk.on_risk,
+                          fail_safe=worker.risk.fail_safe)
 
 
-def _each(app: faust.App, topic: str, name: str, handle: Callable[[Incoming], Awaitable[None]],
-          *, isolated: bool = True) -> None:
-    """An agent that hands each message of ``topic`` to ``handle``, one at a time."""
+def _each(app: faust.App, ctx: WorkerContext, topic: str, name: str,
+          handle: Callable[[Incoming], Awaitable[None]], *, isolated: bool = True) -> None:
+    """An agent that hands each message of ``topic`` to ``handle``, one at a time, guarded."""
     channel = app.topic(topic, value_type=bytes, key_type=bytes)
 
     async def consume(stream: Any) -> None:
         async for event in stream.events():
-            await handle(incoming(event))
+            await guarded(ctx, incoming(event), handle)
 
     app.agent(channel, name=name, isolated_partitions=isolated)(consume)
 

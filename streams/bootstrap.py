@@ -23,9 +23,13 @@ from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
 from broker.adapters.crypto.keystore import OperatorDirectory
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.kafka.edge import RefusalCollector
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.ports import Publisher
 from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
@@ -37,7 +41,7 @@ from broker.audit.records import rebuild_audit
 from broker.audit.redact import Redactor
 from broker.config import Settings
 from broker.delivery.routing import GrantRouting
-from broker.errors import BusError, ConfigError, PolicyError
+from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
@@ -69,7 +73,7 @@ def main() -> int:
         kafka = KafkaAccess.from_settings(settings)
         app = faust_app.make_app(settings, kafka)
         worker = build(settings, kafka, policy, faust_app.FaustPublisher(app))
-    except ConfigError as exc:
+    except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
     faust_app.wire(app, worker, settings)
@@ -92,13 +96,20 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         extra=settings.audit_sensitive_fields.split(","),
     )
     routing = GrantRouting(frozenset(settings.grant_namespaces))
+    # The broker signs every record it writes; it reads back only what its chain of trust
+    # (the anchor, then the published key sets) vouches for. Both are required (fail closed).
+    keyring = BrokerKeyring(settings.key_path("broker"))
+    trust = RecordTrust.from_files(settings.key_path("trust-anchor"),
+                                   settings.key_path("services"),
+                                   leeway_s=settings.signature_max_skew_s)
 
     async def rebuild_view() -> int:
-        return await _rebuild_view(store, kafka, ctx)
+        return await _rebuild_view(store, kafka, ctx, trust)
 
     ctx = WorkerContext(
         policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
         redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
+        signer=RecordSigner(keyring), trust=trust,
     )
     gate = IdentityGate(
         OperatorDirectory(settings.key_path("operators")),
@@ -114,6 +125,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     metrics = serve_metrics(ctx, settings.metrics_port)
     if metrics is not None:
         metrics.register(BehaviourCollector(analytics))
+        metrics.register(RefusalCollector(trust.refusals))
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request),
@@ -122,28 +134,47 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         approvals=approvals,
         budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
         analytics=analytics,
-        commands=Commands(ctx, gate, risk, settings, kafka),
-        start=functools.partial(_start, ctx, kafka, routing),
-        sealer=(functools.partial(Sealer, settings, kafka, audit_keys) if settings.audit_sealer
-                else None),
+        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust),
+        start=functools.partial(_start, ctx, kafka, routing, trust),
+        sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
+                if settings.audit_sealer else None),
     )
 
 
-async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting) -> None:
-    """Create the routed grant topics and the usage topic, then get the worker ready."""
+async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
+                 trust: RecordTrust) -> None:
+    """Create the routed grant topics and the usage topic, follow the published key sets,
+    then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
     await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
         await asyncio.to_thread(ensure_topics, kafka, [topics.USAGE])
     except BusError as exc:
         log.error("could not create %s: %s", topics.USAGE.name, exc)
+    await _follow_keys(ctx, kafka, trust)
     await ctx.start(WORKER)
 
 
-async def _rebuild_view(store: RedisGrantStore, kafka: KafkaAccess, ctx: WorkerContext) -> int:
+async def _follow_keys(ctx: WorkerContext, kafka: KafkaAccess, trust: RecordTrust) -> None:
+    """Follow the JWKS topic into ``trust`` (for the life of the worker), retried until it can."""
+    while True:
+        try:
+            view = await asyncio.to_thread(JwksView, kafka, trust)
+            if not await asyncio.to_thread(view.wait_ready, 60.0):
+                view.close()
+                raise BusError(f"{topics.JWKS.name} could not be read within 60s")
+            break
+        except BusError as exc:
+            log.error("not following the broker's key sets yet: %s (retrying)", exc)
+            await asyncio.sleep(1.0)
+    ctx.trusted.set()
+
+
+async def _rebuild_view(store: RedisGrantStore, kafka: KafkaAccess, ctx: WorkerContext,
+                        trust: RecordTrust) -> int:
     """Rebuild the grant view from the grant topic and audit the rebuild."""
     now = await store.now()
-    folded = await asyncio.to_thread(rebuild.collect, kafka, now)
+    folded = await asyncio.to_thread(rebuild.collect, kafka, now, trust)
     restored = await rebuild.apply(store, folded, now)
     await ctx.audit_until_written(rebuild_audit(
         f"worker {WORKER}", now, records=folded.records, restored=restored,

@@ -86,7 +86,7 @@ def dead_letter_audit(
     topic, partition, offset = origin
     where = f"{topic}/{partition}/{offset}"
     text = (key or b"").decode(errors="replace")
-    agent = text if key is not None and re.match(AGENT_ID_PATTERN, text) else None
+    agent = text if key is not None and re.fullmatch(AGENT_ID_PATTERN, text) else None
     header = dict(headers)
     return AuditRecord(
         audit_id=derive_id("audit-dead-letter", where),

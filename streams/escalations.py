@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from broker.adapters.kafka import codec
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
 from broker.audit.records import attempt_fenced_audit
@@ -102,7 +101,7 @@ class Escalations:
         await ctx.ready.wait()
         try:
             await ctx.fence(msg)
-            event = codec.decode(msg.key, msg.value, msg.headers)
+            event = ctx.read(msg)
             if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
                 if await self._admit(msg, event) is not None:  # the agent's own, verified
                     await self.grant_requests(msg, event)

@@ -11,7 +11,8 @@ offset only when every offset below it was acknowledged, so nothing is committed
 effects are durable, and a crash redelivers whatever was still in flight (handlers are
 idempotent). A handler that raises stops the lanes: its message is never acknowledged, no later
 message of its key is handled, and the next ``submit`` (or ``drain``) raises the error, as the
-one-at-a-time actor did.
+one-at-a-time actor did. The worker's handler never raises (streams/guard.py dead-letters a
+message that fails for good and retries one that waits for Redis or Kafka), so its lanes go on.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """Prometheus metrics of a worker: its counters, served over HTTP. Imports prometheus_client.
 
 ``PERMBROKER_METRICS_PORT`` (0 = off) serves ``/metrics`` with ``permbroker_worker_events_total``
-labelled by what happened (decided_granted, dead_lettered, fenced, rate_limited, ...), and
-``permbroker_worker_partitions`` (the input partitions the worker currently owns).
+labelled by what happened (decided_granted, dead_lettered, fenced, rate_limited, ...),
+``permbroker_worker_partitions`` (the input partitions the worker currently owns),
+``permbroker_worker_waiting_seconds`` (a partition held up by a retry: for how long, at which
+step, why) and ``permbroker_worker_ready`` (1 once the worker takes messages and no partition
+has waited longer than ``UNREADY_AFTER_S``), its readiness signal.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -14,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streams.worker import WorkerContext
+
+UNREADY_AFTER_S = 5.0
 
 
 class _WorkerCollector(Collector):
@@ -32,6 +38,25 @@ class _WorkerCollector(Collector):
         owned = GaugeMetricFamily("permbroker_worker_partitions", "Input partitions owned")
         owned.add_metric([], len(self._ctx.epochs))
         yield owned
+        yield from self._waits()
+
+    def _waits(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        waiting = GaugeMetricFamily(
+            "permbroker_worker_waiting_seconds", "How long a partition has waited for a retry "
+            "(Redis or Kafka unavailable, a revocation not done yet), at which step, why",
+            labels=["topic", "partition", "step", "reason"])
+        longest = 0.0
+        for w in self._ctx.waits.partitions():
+            waited = now - w.since
+            longest = max(longest, waited)
+            waiting.add_metric([w.topic, str(w.partition), w.step, w.reason], waited)
+        yield waiting
+        ready = GaugeMetricFamily("permbroker_worker_ready", "1 when the worker takes messages "
+                                  "and no partition waits longer than "
+                                  f"{UNREADY_AFTER_S:g}s")
+        ready.add_metric([], 1 if self._ctx.ready.is_set() and longest <= UNREADY_AFTER_S else 0)
+        yield ready
 
 
 def serve_metrics(ctx: WorkerContext, port: int) -> CollectorRegistry | None:

@@ -57,6 +57,12 @@ class Risk:
         except Fenced as exc:
             ctx.fenced(msg, str(exc))
 
+    async def fail_safe(self, msg: Incoming, reason: str) -> None:
+        """A signal whose handling failed for good: revoke the agent its key names, if the
+        signal is validly signed by that agent or an operator (streams/guard.py retries this)."""
+        if await self._may_fail_safe(msg):
+            await self._fail_safe_revoke(msg, reason)
+
     async def revoke_agent(
         self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
     ) -> tuple[str, ...]:
@@ -142,7 +148,7 @@ class Risk:
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
         agent_id = (msg.key or b"").decode(errors="replace")
-        if not re.match(AGENT_ID_PATTERN, agent_id):
+        if not re.fullmatch(AGENT_ID_PATTERN, agent_id):
             log.error(
                 "undecodable risk signal at %s names no agent; dead-lettered only", msg.origin
             )

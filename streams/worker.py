@@ -6,8 +6,11 @@ risk, lifecycle, approvals, budgets, analytics, identity) takes the context in i
 and uses its public API only.
 
 Nothing is acked silently: bad bytes go to the dead-letter topic (``dead_letter``), transient
-store and bus failures are retried while the partition waits (``retrying``). Every audit record
-has its sensitive values replaced by keyed HMACs before it is written (``audit``). Fencing: the
+store and bus failures are retried while the partition waits (``retrying``). Every message is
+read through the decode edge (``read``: bounds, signature where the topic requires one, JSON
+limits, schema) and every record the worker writes is signed by the broker's key (``signer``).
+Every audit record has its sensitive values replaced by keyed HMACs before it is written
+(``audit``). Fencing: the
 worker claims an epoch per input partition when it is assigned it; a message of a partition it
 does not hold, or one a newer owner claimed, writes nothing (``Fenced``).
 """
@@ -19,19 +22,21 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-from broker.adapters.kafka import codec
+from broker.adapters.kafka import codec, edge
 from broker.adapters.ports import NO_FENCE, Fence, GrantStore, Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.audit.records import policy_loaded_audit
 from broker.audit.redact import Redactor
 from broker.delivery.consistency import ConsistencyToken, token_of
 from broker.delivery.routing import GrantRouting
-from broker.errors import BusError, Fenced, StoreError, StoreUnavailable, WireError
+from broker.errors import BusError, Fenced, IdentityError, StoreError, StoreUnavailable, WireError
 from broker.identity.rules import Principal
 from broker.policy import Policy
 from schemas import topics
@@ -50,6 +55,9 @@ ROLES = {topics.ESCALATIONS.name: "esc", topics.RISK.name: "risk",
 Routed = tuple[WireModel, frozenset[str] | tuple[str, ...] | None]
 # Rebuilds the grant view from the grant topic; returns how many grants it restored.
 Rebuild = Callable[[], Awaitable[int]]
+# Adds the broker's ce_signature to a message (IdentityError when no key can sign).
+Signer = Callable[[codec.Encoded], codec.Encoded]
+READER = "worker"
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,61 @@ class Incoming:
     def received_at(self) -> datetime:
         """When Kafka appended the message (topics use LogAppendTime)."""
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
+
+    def read(self, trust: edge.Trust | None, expect: type[WireModel] | None = None) -> edge.Record:
+        """This message through the decode edge (never raises)."""
+        return edge.read(self.topic, self.partition, self.offset, int(self.timestamp * 1000),
+                         self.key, self.value, self.headers, trust=trust, reader=READER,
+                         expect=expect)
+
+
+# The message the current task handles (set by the guard in streams/guard.py): a retry names
+# the partition that waits.
+HANDLING: ContextVar[Incoming | None] = ContextVar("permbroker_handling", default=None)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A message whose partition waits: since when, for which step, why."""
+
+    topic: str
+    partition: int
+    offset: int
+    step: str
+    reason: str  # the error's class: a bounded metric label
+    detail: str
+    since: float
+
+
+class Waits:
+    """Messages waiting for a retry (Redis or Kafka unavailable): the partitions they hold up."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, int, int], Waiting] = {}
+
+    def waiting(self, msg: Incoming | None, step: str, exc: BaseException) -> None:
+        """``msg`` waits for ``step`` because of ``exc`` (kept since its first wait)."""
+        if msg is None:
+            return
+        key = (msg.topic, msg.partition, msg.offset)
+        first = self._waiting.get(key)
+        self._waiting[key] = Waiting(msg.topic, msg.partition, msg.offset, step,
+                                     type(exc).__name__, str(exc)[:200],
+                                     first.since if first else time.monotonic())
+
+    def done(self, msg: Incoming | None) -> None:
+        """``msg`` no longer waits."""
+        if msg is not None:
+            self._waiting.pop((msg.topic, msg.partition, msg.offset), None)
+
+    def partitions(self) -> list[Waiting]:
+        """The longest wait of each waiting partition."""
+        oldest: dict[tuple[str, int], Waiting] = {}
+        for w in self._waiting.values():
+            held = oldest.get((w.topic, w.partition))
+            if held is None or w.since < held.since:
+                oldest[(w.topic, w.partition)] = w
+        return sorted(oldest.values(), key=lambda w: (w.topic, w.partition))
 
 
 class Admission(Protocol):
@@ -155,6 +218,8 @@ class WorkerContext:
         redactor: Redactor | None = None,
         audit_timeout_s: float = 5.0,
         routing: GrantRouting | None = None,
+        signer: Signer | None = None,
+        trust: edge.Trust | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -174,6 +239,10 @@ class WorkerContext:
         self._rebuild = rebuild
         self._redactor = redactor
         self._view_lock = asyncio.Lock()
+        self.waits = Waits()  # messages whose partition waits for a retry, and why
+        self.signer = signer  # None only in unit tests on the in-memory twins
+        self.trust = trust  # None only in unit tests: nothing read is then signature-checked
+        self.trusted = asyncio.Event()  # set once the trust follows the published key sets
 
     # --- counting, publishing, auditing ----------------------------------------------------
 
@@ -181,10 +250,24 @@ class WorkerContext:
         """Count one thing that happened (served as ``permbroker_worker_events_total``)."""
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    def sign(self, message: codec.Encoded) -> codec.Encoded:
+        """The message with the broker's signature; BusError (retried: nothing is written
+        unsigned, the partition waits) when no key can sign now."""
+        if self.signer is None:
+            return message
+        try:
+            return self.signer(message)
+        except IdentityError as exc:
+            raise BusError(f"cannot sign what the broker writes: {exc}") from exc
+
+    def encode(self, event: WireModel) -> codec.Encoded:
+        """An event as the broker writes it: a signed CloudEvent."""
+        return self.sign(codec.encode(event, source=SOURCE))
+
     async def emit(self, topic: str, *events: WireModel) -> None:
-        """Encode and publish events to one topic, waiting for Kafka's acknowledgement."""
+        """Encode, sign and publish events to one topic, waiting for Kafka's acknowledgement."""
         if events:
-            await self.publisher.publish(topic, [codec.encode(e, source=SOURCE) for e in events])
+            await self.publisher.publish(topic, [self.encode(e) for e in events])
 
     async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
         """Publish grant lifecycle events to every topic their routing names, in one go.
@@ -192,7 +275,7 @@ class WorkerContext:
         Returns the consistency token of what was written (None if the publisher cannot tell).
         """
         routed = [
-            (topic, codec.encode(copy, source=SOURCE))
+            (topic, self.encode(copy))
             for event, namespaces in items
             for topic, copy in self.routing.route(event, namespaces)
         ]
@@ -230,21 +313,33 @@ class WorkerContext:
         log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a store/bus step until it succeeds: the partition waits, nothing is acked."""
+        """Retry a store/bus step until it succeeds: the partition waits (shown in ``waits``,
+        hence in metrics and readiness, with why), nothing is acked."""
         delay = 0.05
-        while True:
-            try:
-                return await call()
-            except (StoreUnavailable, BusError) as exc:
-                self.count("retries")
-                log.warning("%s failed, retrying in %.2fs: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        msg = HANDLING.get()
+        try:
+            while True:
+                try:
+                    return await call()
+                except (StoreUnavailable, BusError) as exc:
+                    self.count("retries")
+                    self.waits.waiting(msg, what, exc)
+                    log.warning("%s failed, retrying in %.2fs: %s", what, delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        finally:
+            self.waits.done(msg)
 
-    @staticmethod
-    def decode(msg: Incoming, kind: type[T]) -> T:
+    def read(self, msg: Incoming) -> WireModel:
+        """The message's event through the decode edge; WireError (with its reason) if refused."""
+        record = msg.read(self.trust)
+        if record.event is None:
+            raise WireError(record.error or "refused", code=record.reason or "undecodable")
+        return record.event
+
+    def decode(self, msg: Incoming, kind: type[T]) -> T:
         """The message's event, if it is a ``kind``; WireError otherwise."""
-        return expect(codec.decode(msg.key, msg.value, msg.headers), msg, kind)
+        return expect(self.read(msg), msg, kind)
 
     # --- the grant view --------------------------------------------------------------------
 

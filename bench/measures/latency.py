@@ -67,7 +67,7 @@ class Rig:
         """The agent's own SDK client (one identity, one client)."""
         if agent not in self.clients:
             self.clients[agent] = AgentClient(agent, role_access(self.settings, topics.AGENT),  # type: ignore[arg-type]
-                                              watch_decisions=False,
+                                              watch_decisions=False, trust=self.view.trust,
                                               keys=env.agent_keys(self.settings))  # type: ignore[arg-type]
         return self.clients[agent]
 

@@ -24,10 +24,12 @@ import redis.asyncio as aioredis
 
 from bench import env
 from bench.measures.latency import fraud_request
+from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import encode
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.store import RedisGrantStore
 from broker.grants.decide import AgentState, decide
@@ -70,11 +72,13 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
             sample.append((req.agent_id, out.grant.grant_id, req.request_id))
         return committed.grant
 
+    sign = RecordSigner(BrokerKeyring(settings.key_path("broker")))  # as the worker signs
     try:
         for start in range(0, n, CONCURRENCY):
             todo = range(start, min(n, start + CONCURRENCY))
             grants = await asyncio.gather(*(one(i) for i in todo))
-            harness.publish_many(MEM_TOPIC.name, [encode(g, source="/bench") for g in grants])
+            harness.publish_many(MEM_TOPIC.name,
+                                 [sign(encode(g, source="/bench")) for g in grants])
     finally:
         await store.aclose()
     return sample
@@ -123,10 +127,12 @@ def redis_memory(settings: Any, harness: Publisher, n: int) -> dict[str, Any]:
 
 def view_memory(settings: Any, n: int) -> dict[str, Any]:
     """Python bytes a fresh GrantView holds after reading the n grants (tracemalloc)."""
+    service = role_access(settings, topics.SERVICE)
+    keys = JwksView.from_settings(settings, service)  # the view verifies every record it applies
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    view = GrantView(role_access(settings, topics.SERVICE), topic=MEM_TOPIC.name)
+    view = GrantView(service, trust=keys.trust, topic=MEM_TOPIC.name)
     try:
         if not view.wait_ready(timeout=600):
             raise RuntimeError("the memory view did not catch up within 10 minutes")
@@ -135,4 +141,5 @@ def view_memory(settings: Any, n: int) -> dict[str, Any]:
     finally:
         tracemalloc.stop()
         view.close()
+        keys.close()
     return {"grants": n, "bytes_held": held, "bytes_per_grant": held / n}

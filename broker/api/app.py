@@ -96,7 +96,8 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
         }
         ready = all(c["ok"] for c in checks.values())
         causes = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
-        body = {"ready": ready, "causes": causes, "checks": checks}
+        body = {"ready": ready, "causes": causes, "checks": checks,
+                "refused_records": _refusals(runtime)}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
@@ -118,6 +119,15 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
             return {"keys": []}
         data: dict[str, Any] = json.loads(path.read_text("utf-8"))
         return {"keys": data.get("keys", [])}
+
+
+def _refusals(runtime: Runtime) -> dict[str, Any]:
+    """Records this process's readers refused (unsigned, forged, unreadable): how many, and the
+    latest with their origin. Information only: a refusal never makes the API unready."""
+    if runtime.trust is None:
+        return {"total": 0, "recent": []}
+    refusals = runtime.trust.refusals
+    return {"total": refusals.total(), "recent": [r.as_dict() for r in refusals.recent()[-10:]]}
 
 
 def _check(problem: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from broker.delivery.bounded import Bounded
 from broker.delivery.freshness import Freshness
 from broker.delivery.propagation import RevocationStatus, fold_status
 from schemas.events import AgentRevoked, EnforcementPointStatus, RevocationAcknowledged
@@ -50,7 +51,8 @@ class Metrics:
         self._revocations: deque[AgentRevoked] = deque(maxlen=KEEP)
         self._acks: deque[RevocationAcknowledged] = deque(maxlen=KEEP)
         self._statuses: dict[str, EnforcementPointStatus] = {}
-        self._observed: set[tuple[str, str]] = set()
+        # (point, revocation) pairs already timed: as bounded as the acks they come from.
+        self._observed: Bounded[tuple[str, str], None] = Bounded(KEEP)
 
     def revoked(self, event: AgentRevoked) -> None:
         """A revocation seen on the grant topic."""
@@ -67,7 +69,7 @@ class Metrics:
             key = (event.enforcement_point, event.cause_event_id)
             if key in self._observed or event.replayed:
                 return  # a replay at a view's start is no live propagation time
-            self._observed.add(key)
+            self._observed.put(key, None)
         seconds = (event.applied_at - event.revoked_at).total_seconds()
         self.propagation.labels(event.enforcement_point).observe(max(seconds, 0.0))
 

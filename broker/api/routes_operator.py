@@ -35,8 +35,8 @@ def revoke(
     try:
         rev = sdk_revoke(
             runtime.settings, runtime.kafka, agent_id, body.reason, operator=operator,
-            timeout=runtime.settings.decision_timeout_s, publisher=runtime.publisher,
-            watcher=runtime.audits,
+            trust=runtime.verifier(), timeout=runtime.settings.decision_timeout_s,
+            publisher=runtime.publisher, watcher=runtime.audits,
         )
     except DecisionTimeout as exc:
         raise HTTPException(504, str(exc)) from exc

@@ -51,9 +51,10 @@ def revoke_by_selector(
         raise HTTPException(422, "a reason is required to revoke (it is recorded in the audit)")
     try:
         if body.dry_run:
-            return {**plan(settings, runtime.kafka, selector).as_json(), "dry_run": True}
+            return {**plan(settings, runtime.kafka, selector, runtime.verifier()).as_json(),
+                    "dry_run": True}
         done = revoke_selected(settings, runtime.kafka, selector, body.reason, operator=operator,
-                               timeout=settings.decision_timeout_s * 2)
+                               trust=runtime.verifier(), timeout=settings.decision_timeout_s * 2)
     except DecisionTimeout as exc:
         raise HTTPException(504, str(exc)) from exc
     except BrokerError as exc:

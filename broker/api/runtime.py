@@ -2,7 +2,10 @@
 
 Imports adapters, sdk, config. Started and stopped by the app's lifespan; every piece is one per
 process and shared by the request handlers (confluent-kafka producers and the view are
-thread-safe; the async Redis client lives on the app's event loop).
+thread-safe; the async Redis client lives on the app's event loop). Every reader verifies what
+it applies with one ``RecordTrust`` (the broker's chain of trust from the settings' anchor, kept
+current by the JWKS view); the API's grant view acknowledges revocations as an enforcement point
+with its own key (created and registered in the services file on first start).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
+from broker.adapters.crypto.service_key import ensure_service
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import Publisher, Record
+from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
@@ -44,6 +50,7 @@ class Runtime:
     audits: AuditWatcher | None = None
     acks: AckFollower | None = None
     jwks: JwksView | None = None  # the broker's published token keys (/.well-known/jwks.json)
+    trust: RecordTrust | None = None  # what every reader of this process verifies with
     enforcement_point: str = ""
 
     def start(self) -> None:
@@ -54,17 +61,26 @@ class Runtime:
         # Everything the API relays (an agent's request it authenticated, an operator's
         # revocation) is signed with the operator key: the workers refuse unsigned events.
         self.publisher = operator_publisher(self.kafka, "/permbroker/api", s)
+        self.jwks = JwksView.from_settings(s, self.kafka, wait_s=10)  # the key sets so far
+        trust = self.trust = self.jwks.trust
+        self.metrics.registry.register(RefusalCollector(trust.refusals))
         self.view = GrantView(
-            self.kafka, on_event=self._on_event,
+            self.kafka, trust=trust, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
-            token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
+            token_wait_s=s.view_token_wait_s, max_entries=s.view_max_entries,
+            enforcement_point=ensure_service(s, self.enforcement_point),
         )
-        self.decisions = DecisionWatcher(self.kafka)
-        self.jwks = JwksView(self.kafka, issuer=s.token_issuer)
-        self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
-        self.audits = AuditWatcher(self.kafka)
+        self.decisions = DecisionWatcher(self.kafka, trust=trust,
+                                         max_entries=s.decisions_kept)
+        self.audits = AuditWatcher(self.kafka, trust=trust, max_entries=s.decisions_kept)
         self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
-                                self.metrics.ack_event)
+                                self.metrics.ack_event, trust=trust)
+
+    def verifier(self) -> RecordTrust:
+        """The trust every reader here verifies with (BrokerError before the API started)."""
+        if self.trust is None:
+            raise BrokerError("the API has not started its readers yet")
+        return self.trust
 
     def _on_event(self, record: Record, _applied_at: float) -> None:
         if isinstance(record.event, AgentRevoked):

@@ -124,7 +124,7 @@ class Redactor:
         """Every sensitive string of a record's inputs (configured paths and secret keys)."""
         found = {s for f in self.fields for s in _at_path(inputs, f.split("."))}
         found.update(_under_secret_keys(inputs))
-        return {s for s in found if s and not HMAC_RE.match(s)}
+        return {s for s in found if s and not HMAC_RE.fullmatch(s)}
 
     def redact(self, record: AuditRecord, also: Iterable[str] = ()) -> AuditRecord:
         """The record with every sensitive value (and ``also``) replaced by its HMAC."""
@@ -140,7 +140,7 @@ class Redactor:
         return AuditRecord.model_validate(self._walk(data, pattern, free=False))
 
     def _hash_clear(self, value: str) -> str:
-        return value if HMAC_RE.match(value) else self.hash(value)
+        return value if HMAC_RE.fullmatch(value) else self.hash(value)
 
     def _secrets(self, data: Any, secret: bool) -> Any:
         if isinstance(data, dict):
@@ -156,6 +156,6 @@ class Redactor:
                     for k, v in data.items()}
         if isinstance(data, list):
             return [self._walk(item, pattern, free) for item in data]
-        if not isinstance(data, str) or HMAC_RE.match(data):
+        if not isinstance(data, str) or HMAC_RE.fullmatch(data):
             return data
         return (pattern if free else SHAPE_RE).sub(lambda m: self.hash(m.group(0)), data)

@@ -18,6 +18,7 @@ from broker.cli.identity.agents import agents_app
 from broker.cli.identity.behaviour import behaviour_app
 from broker.cli.identity.inventory import inventory_app
 from broker.cli.identity.keys import keys_app
+from broker.cli.identity.services import services_app
 from broker.cli.ops.enforcement import api_app, revocations_app
 from broker.cli.ops.kafka import kafka_app
 from broker.cli.ops.run import run_app
@@ -60,6 +61,7 @@ app.add_typer(api_app, name="api")
 app.add_typer(agents_app, name="agents")
 agents_app.add_typer(behaviour_app)  # permbroker agents stats | class-stats
 app.add_typer(keys_app, name="keys")
+app.add_typer(services_app, name="services")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(kafka_app, name="kafka")
 

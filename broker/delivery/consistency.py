@@ -73,7 +73,7 @@ def parse_token(text: str) -> ConsistencyToken:
         )
     positions = []
     for part in body.split(","):
-        match = _POSITION.match(part)
+        match = _POSITION.fullmatch(part)
         if match is None:
             raise InvalidConsistencyToken(
                 f"bad position {part[:80]!r} in consistency token; expected topic@partition:offset"

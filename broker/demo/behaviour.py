@@ -57,7 +57,7 @@ def find_signal(kafka: KafkaAccess, signal_id: str, timeout: float) -> RiskObser
             msg = c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            event = to_record(msg).event
+            event = to_record(msg, None).event  # agents' and analytics' signals: the gate's job
             if isinstance(event, RiskObserved) and event.signal_id == signal_id:
                 return event
         return None
@@ -68,7 +68,8 @@ def find_signal(kafka: KafkaAccess, signal_id: str, timeout: float) -> RiskObser
 def detected_revocation(s: Timeline, settings: Settings, view: GrantView) -> None:
     """Step 8: a burst of denied requests revokes the agent's grants, by policy."""
     keys = AgentKeyStore.from_settings(settings)
-    with AgentClient(REPORT_AGENT, role_access(settings, topics.AGENT), keys=keys) as agent:
+    with AgentClient(REPORT_AGENT, role_access(settings, topics.AGENT), keys=keys,
+                     trust=view.trust) as agent:
         d = agent.request_escalation([EXPORT], duration_s=8, reason="month-end report run",
                                      confidence=0.9)
         s.say("broker", f"{REPORT_AGENT}: {EXPORT} {d.outcome.upper()} (grant {d.grant_id})")

@@ -20,6 +20,7 @@ from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
 from broker.adapters.kafka.codec import encode
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 from broker.errors import BrokerError, TokenRejected
@@ -61,10 +62,10 @@ def register_agents(s: Timeline, settings: Settings, agent_ids: tuple[str, ...])
 
 
 def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
-             request: EscalationRequested) -> None:
+             request: EscalationRequested, trust: Trust) -> None:
     """``thief`` signs a request in ``victim``'s name with its own key: refused and audited."""
     key = AgentKeyStore.from_settings(settings).load(thief).current
-    with _AuditWatch(role_access(settings, topics.AUDITOR)) as watch:
+    with _AuditWatch(role_access(settings, topics.AUDITOR), trust) as watch:
         forged = sign_message(encode(request, source=f"/agents/{victim}"), key, thief)
         Publisher(role_access(settings, topics.AGENT), source="/impostor").publish_raw(
             topics.ESCALATIONS.name, forged)
@@ -79,8 +80,8 @@ def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
 def token_step(s: Timeline, settings: Settings, client: AgentClient, grant_id: str,
                view: GrantView) -> tuple[GrantToken, GrantTokenVerifier, JwksView]:
     """The agent fetches a grant token; the payments service verifies it against the JWKS."""
-    jwks = JwksView(role_access(settings, topics.SERVICE), issuer=settings.token_issuer)
-    jwks.wait_ready(30)
+    # The keys the chain of trust from the anchor accepts.
+    jwks = JwksView.from_settings(settings, role_access(settings, topics.SERVICE))
     token = client.grant_token(grant_id, "payments")
     verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
     try:
@@ -114,7 +115,8 @@ def token_refused(s: Timeline, token: GrantToken, verifier: GrantTokenVerifier) 
 class _AuditWatch:
     """Reads the audit topic from its current end (started before the event is sent)."""
 
-    def __init__(self, kafka: KafkaAccess) -> None:
+    def __init__(self, kafka: KafkaAccess, trust: Trust) -> None:
+        self._trust = trust
         self._c = consumer(kafka)
         ends = end_offsets(self._c, topics.AUDIT.name)
         self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
@@ -125,7 +127,7 @@ class _AuditWatch:
             msg = self._c.poll(0.1)
             if msg is None or msg.error():
                 continue
-            event = to_record(msg).event
+            event = to_record(msg, self._trust, reader="demo-audit").event
             if isinstance(event, AuditRecord) and pred(event):
                 return event
         return None

@@ -18,6 +18,9 @@ from rich.table import Table
 from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import log as audit_log
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.crypto.service_key import ensure_service
+from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.jwks import JwksView
 from broker.audit.views import grants_as_of
 from broker.config import Settings
 from broker.demo import behaviour as demo_behaviour
@@ -64,22 +67,23 @@ def demo_settings() -> Settings:
 
 def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) -> None:
     """The six steps of the fraud scenario, each checked (``payments``: the payments side)."""
-    agent = role_access(settings, topics.AGENT)
+    agent, trust = role_access(settings, topics.AGENT), view.trust
     started = datetime.now(UTC)
     keys = AgentKeyStore.from_settings(settings)  # each agent signs with its own key
-    with AgentClient(FRAUD_AGENT, agent, keys=keys) as fraud, \
-            AgentClient(REPORT_AGENT, agent, keys=keys) as reporter:
+    with AgentClient(FRAUD_AGENT, agent, keys=keys, trust=trust) as fraud, \
+            AgentClient(REPORT_AGENT, agent, keys=keys, trust=trust) as reporter:
         d = steps.escalate(s, view, fraud)
         steps.enforce(s, payments, d)
         assert d.grant_id is not None
         token, verifier, jwks = demo_identity.token_step(s, settings, fraud, d.grant_id,
                                                            payments)
         demo_identity.impostor(s, settings, FRAUD_AGENT, REPORT_AGENT,
-                               fraud_request_like(FRAUD_AGENT))
+                               fraud_request_like(FRAUD_AGENT), trust)
         steps.outside_ceiling(s, fraud)
         d6 = steps.short_grant(s, reporter)
         sig = steps.anomaly(s, fraud, payments)
-        steps.acknowledged(s, role_access(settings, topics.OPERATOR), sig, started, d.grant_id)
+        steps.acknowledged(s, role_access(settings, topics.OPERATOR), sig, started, d.grant_id,
+                           trust)
         demo_identity.token_refused(s, token, verifier)
         jwks.close()
         steps.quarantined(s, fraud)
@@ -94,15 +98,18 @@ def _seen_at(s: Scenario, kind: type[GrantIssued] | type[AgentRevoked]) -> datet
     return None
 
 
-def audit_checks(s: Scenario, settings: Settings, started_at: datetime) -> None:
-    """The audit of the run: the whole chain verifies, and replay agrees with the grant view."""
+def audit_checks(s: Scenario, settings: Settings, started_at: datetime,
+                 trust: RecordTrust) -> None:
+    """The audit of the run: the whole chain verifies (every entry signed by the broker), and
+    replay agrees with the grant view."""
     auditor = role_access(settings, topics.AUDITOR)
-    result = audit_check.wait_sealed(auditor, audit_check.public_key_files(settings, []), 30)
+    result = audit_check.wait_sealed(auditor, audit_check.public_key_files(settings, []), 30,
+                                     trust=trust)
     entries = sum(c.entries for c in result.chains.values())
     s.say("audit", f"{entries} entries in {len(result.chains)} hash chain(s), every one signed; "
           f"verify: {'OK' if result.ok else '; '.join(result.problems[:2])}")
     s.check("audit verify passes (chains, sequence, signed digests, raw coverage)", result.ok)
-    records = [e.record() for e in audit_log.read_topic(auditor)]
+    records = [e.record() for e in audit_log.read_topic(auditor, trust=trust)]
     instants = [("before the escalation", started_at), ("while the grant was active",
                 _seen_at(s, GrantIssued)), ("after the revocation", _seen_at(s, AgentRevoked))]
     held = []
@@ -122,6 +129,7 @@ def run_demo(*, keep: bool = False) -> int:
     s = Scenario()
     console.rule("[bold]permbroker demo: the fraud agent")
     worker = None
+    stack_keys: list[JwksView] = []
     started = time.monotonic()
     try:
         stack.down(settings, wipe=True)
@@ -136,19 +144,23 @@ def run_demo(*, keep: bool = False) -> int:
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
         demo_identity.register_agents(s, settings, (FRAUD_AGENT, REPORT_AGENT))
         service = role_access(settings, topics.SERVICE)
-        with GrantView(service, on_event=s.on_event) as view, GrantView(
-            service, topic=topics.GRANTS_PAYMENTS.name,
-            enforcement_point=PAYMENTS_SERVICE,
-        ) as payments:
+        keys = JwksView.from_settings(settings, service)  # the resource side's chain of trust
+        stack_keys.append(keys)
+        with GrantView(service, trust=keys.trust, on_event=s.on_event) as view, \
+                GrantView(service, trust=keys.trust, topic=topics.GRANTS_PAYMENTS.name,
+                          enforcement_point=ensure_service(settings, PAYMENTS_SERVICE)
+                          ) as payments:
             if not (view.wait_ready(30) and payments.wait_ready(30)):
                 raise BrokerError("the resource-side grant views did not catch up within 30s")
             started_at = datetime.now(UTC)
             play(s, settings, view, payments)
             demo_behaviour.detected_revocation(s, settings, view)
-        audit_checks(s, settings, started_at)
+        audit_checks(s, settings, started_at, keys.trust)
     except BrokerError as exc:
         s.check("demo ran to completion", False, str(exc))
     finally:
+        for jwks in stack_keys:
+            jwks.close()
         if worker is not None:
             worker.stop()
         if not keep:

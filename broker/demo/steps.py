@@ -18,6 +18,7 @@ from rich.markup import escape
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
 from broker.adapters.kafka.bus import Record
+from broker.adapters.kafka.edge import Trust
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView, Verdict
 from schemas import topics
@@ -113,12 +114,14 @@ def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
 
 
 def wait_ack(
-    kafka: KafkaAccess, cause_id: str, since: datetime, timeout: float
+    kafka: KafkaAccess, cause_id: str, since: datetime, timeout: float, trust: Trust
 ) -> RevocationAcknowledged | None:
-    """The payments service's acknowledgement of one revocation, read back from Kafka."""
+    """The payments service's acknowledgement of one revocation, read back from Kafka (only
+    acks signed by the payments service's registered key count)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since):
+        for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since, trust=trust,
+                              reader="demo-acks"):
             ack = rec.event
             if isinstance(ack, RevocationAcknowledged) and ack.cause_event_id == cause_id \
                     and ack.enforcement_point == PAYMENTS_SERVICE:
@@ -283,9 +286,9 @@ def anomaly(s: Scenario, fraud: AgentClient, payments: GrantView) -> RiskObserve
 
 
 def acknowledged(s: Scenario, kafka: KafkaAccess, sig: RiskObserved, since: datetime,
-                 grant_id: str) -> None:
+                 grant_id: str, trust: Trust) -> None:
     """Step 5, continued: the payments service acknowledged it; the grant.revoked was seen."""
-    ack = wait_ack(kafka, sig.signal_id, since, 10)
+    ack = wait_ack(kafka, sig.signal_id, since, 10, trust)
     if ack is not None:
         ms = (ack.applied_at - ack.revoked_at).total_seconds() * 1000
         s.say(

@@ -132,21 +132,29 @@ def is_operator(principal_id: str) -> bool:
     return principal_id.startswith(OPERATOR_PREFIX)
 
 
-def check_binding(
-    claims: EventClaims, facts: MessageFacts, *, max_age_s: int, skew_s: int
-) -> Rejection | None:
-    """The claims name this very message, for the broker, signed recently enough."""
+def check_bound(claims: EventClaims, facts: MessageFacts) -> Rejection | None:
+    """The claims name this very message (id, type, key, value bytes), for the broker."""
     bound = (("ce_id", claims.ce_id, facts.ce_id), ("ce_type", claims.ce_type, facts.ce_type),
              ("key", claims.key, facts.key), ("digest", claims.digest, facts.digest))
     for name, signed, actual in bound:
         if signed != actual:
             what = "value bytes" if name == "digest" else name
             return Rejection(Reason.TAMPERED, f"the signature covers another {what} "
-                             f"(signed {signed!r}, message has {actual!r})"
+                             f"(signed {signed[:80]!r}, message has {actual[:80]!r})"
                              if name != "digest" else "the signature covers other value bytes")
     if claims.aud != BROKER_AUDIENCE:
         return Rejection(Reason.TAMPERED, f"signature audience {claims.aud!r} is not "
                          f"{BROKER_AUDIENCE!r}")
+    return None
+
+
+def check_binding(
+    claims: EventClaims, facts: MessageFacts, *, max_age_s: int, skew_s: int
+) -> Rejection | None:
+    """The claims name this very message, for the broker, signed recently enough."""
+    problem = check_bound(claims, facts)
+    if problem is not None:
+        return problem
     appended = facts.received_at.timestamp()
     if claims.iat < appended - max_age_s:
         return Rejection(Reason.STALE, f"signed at iat {claims.iat}, {appended - claims.iat:.0f}s "

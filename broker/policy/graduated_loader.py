@@ -43,7 +43,7 @@ def parse_approval(body: LineMap, at: At, rule_scopes: tuple[str, ...],
     quorum = cast(int, optional_positive_int(spec, "quorum", at))
     approvers: list[str] = []
     for name, line in strings(spec, "approvers", at, required=True):
-        if not re.match(AGENT_ID_PATTERN, name):
+        if not re.fullmatch(AGENT_ID_PATTERN, name):
             raise at.error(f"bad approver {name!r}: operator:<name> or a verifier agent's id",
                            line)
         if name in approvers:
@@ -67,7 +67,7 @@ def parse_tiers(body: LineMap, at: At, rule_scopes: tuple[str, ...], rule_max_s:
         check_fields(item, at, "a tier", required=("name", "when"),
                      optional=("scopes", "max_duration", "approval", "description"))
         name = string(item, "name", at)
-        if not _TIER_RE.match(name) or any(t.name == name for t in tiers):
+        if not _TIER_RE.fullmatch(name) or any(t.name == name for t in tiers):
             raise at.error(f"bad or duplicate tier name {name!r}", item.line_of("name"))
         what = f"tier {name!r}"
         scopes = _subset(item, "scopes", at, rule_scopes, what)

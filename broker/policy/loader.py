@@ -163,7 +163,7 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
     body = classes_map[name]
-    if not _CLASS_RE.match(name):
+    if not _CLASS_RE.fullmatch(name):
         raise at.error(f"bad agent class name {name!r}: lowercase letters, digits and '-'",
                        classes_map.line_of(name))
     if not isinstance(body, LineMap):

@@ -61,7 +61,9 @@ _IDENTITY_SETTINGS = ("allow_unsigned", "signature_max_age_s", "signature_max_sk
                       "token_issuer", "token_max_ttl_s", "broker_key_overlap_s",
                       "agent_key_overlap_s")
 _KEY_FILES = {"broker": "BROKER_KEY_FILE", "operator": "OPERATOR_KEY_FILE",
-              "operators": "OPERATORS_FILE", "agents": "AGENT_KEY_DIR"}
+              "operators": "OPERATORS_FILE", "agents": "AGENT_KEY_DIR",
+              "trust-anchor": "TRUST_ANCHOR", "services": "SERVICES_FILE",
+              "service-keys": "SERVICE_KEY_DIR"}
 
 
 def _identity_env(settings: Settings) -> dict[str, str]:

@@ -73,12 +73,12 @@ EVENT_TYPES: dict[type[WireModel], str] = {
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 
-_TYPE_RE = re.compile(r"^(?P<base>io\.permbroker\.[a-z.]+)\.v(?P<major>\d+)(\.(?P<minor>\d+))?$")
+_TYPE_RE = re.compile(r"(?P<base>io\.permbroker\.[a-z.]+)\.v(?P<major>\d+)(\.(?P<minor>\d+))?")
 
 
 def model_for_type(ce_type: str) -> type[WireModel] | None:
     """The model for a CloudEvents type; minor versions (``.v1.3``) map to their major."""
-    match = _TYPE_RE.match(ce_type)
+    match = _TYPE_RE.fullmatch(ce_type)
     if match is None:
         return None
     return MODELS_BY_TYPE.get(f"{match['base']}.v{match['major']}")
@@ -86,7 +86,7 @@ def model_for_type(ce_type: str) -> type[WireModel] | None:
 
 def type_version(ce_type: str) -> tuple[int, int] | None:
     """(major, minor) of a versioned CloudEvents type; ``...v1`` is minor 0. None if unversioned."""
-    match = _TYPE_RE.match(ce_type)
+    match = _TYPE_RE.fullmatch(ce_type)
     if match is None:
         return None
     return int(match["major"]), int(match["minor"] or 0)

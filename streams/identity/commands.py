@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 
 from broker.adapters.crypto.enrollment import verify_enrollment
 from broker.adapters.crypto.jwe import encrypt_to
+from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, mint_grant_token
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.registry_view import RegistryView
 from broker.config import Settings
 from broker.errors import BrokerError, IdentityError, WireError
@@ -39,7 +42,7 @@ from schemas import topics
 from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued
 from streams.identity.gate import Admitted, IdentityGate
 from streams.risk import Risk
-from streams.worker import Incoming, WorkerContext
+from streams.worker import SOURCE, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.identity")
 
@@ -48,32 +51,31 @@ class Commands:
     """Handlers of the registry and grant-command topics, and the JWKS publisher."""
 
     def __init__(self, ctx: WorkerContext, gate: IdentityGate, risk: Risk,
-                 settings: Settings, kafka: KafkaAccess) -> None:
+                 settings: Settings, kafka: KafkaAccess, keyring: BrokerKeyring,
+                 trust: RecordTrust) -> None:
         self.ctx = ctx
         self.kafka = kafka
         self.gate = gate
         self.risk = risk
         self.settings = settings
-        self.keyring: BrokerKeyring | None = None  # loaded by ``open``
+        self.keyring = keyring
+        self.trust = trust
         self.ready = asyncio.Event()
         self._published_jwks = ""
 
     async def open(self) -> None:
-        """Load the registry from Kafka and the broker keyring from its file; open the gate."""
-        settings, gate = self.settings, self.gate
+        """Load the registry from Kafka (once the key sets are followed); open the gate."""
+        gate = self.gate
+        await self.ctx.trusted.wait()  # registry records signed by a rotated key verify then
         while True:
             try:
-                registry = await asyncio.to_thread(RegistryView, self.kafka)
+                registry = await asyncio.to_thread(RegistryView, self.kafka, self.trust)
                 if not await asyncio.to_thread(registry.wait_ready, 120.0):
                     raise BrokerError("the agent registry did not load within 120s")
                 break
             except BrokerError as exc:
                 log.error("identity not ready: %s (retrying)", exc)
                 await asyncio.sleep(1.0)
-        try:
-            self.keyring = BrokerKeyring(settings.key_path("broker"))
-        except BrokerError as exc:  # tokens are refused (fail closed) until a keyring exists
-            log.error("no grant tokens: %s", exc)
         if not gate.operators.keys():
             log.error("no trusted operator keys in %s: operator commands will be refused; run "
                       "`permbroker keys init`", gate.operators.path)
@@ -171,11 +173,6 @@ class Commands:
         return revoked
 
     async def _rotate_broker(self, cmd: AgentCommand, msg: Incoming, signer: Principal) -> None:
-        if self.keyring is None:
-            why = Rejection(Reason.INVALID, "this worker has no broker keyring "
-                            f"({self.settings.key_path('broker')})")
-            await self._refuse(msg, cmd, why, signer)
-            return
         overlap = cmd.overlap_s if cmd.overlap_s is not None else \
             self.settings.broker_key_overlap_s
         kid = self.keyring.rotate(datetime.now(UTC), overlap_s=overlap, cause=cmd.command_id)
@@ -220,8 +217,6 @@ class Commands:
     async def _token(self, cmd: GrantCommand, msg: Incoming, signer: Principal,
                      grant: GrantIssued, now: datetime) -> None:
         try:
-            if self.keyring is None:
-                raise IdentityError("the broker's signing key is unavailable (fail closed)")
             if cmd.reply_key is None or cmd.audience is None:
                 raise IdentityError("a token request needs an audience and a reply_key")
             self.keyring.reload()
@@ -243,16 +238,31 @@ class Commands:
     # --- the broker's public keys -----------------------------------------------------------
 
     async def publish_jwks(self, *, force: bool = False) -> bool:
-        """Publish the JWKS when it changed (a rotation, a retirement); True if published."""
-        if self.keyring is None:
-            return False
+        """Publish the JWKS when it changed (a rotation, a retirement); True if published.
+
+        It is signed by a key of the set the readers hold in force (the chain of trust: the new
+        set by the old key); a set already in force is not published again.
+        """
         now = datetime.now(UTC)
         self.keyring.reload()
         jwks = self.keyring.jwks(now)
         if jwks.revision == self._published_jwks and not force:
             return False
-        await self.ctx.emit(topics.JWKS.name, jwks)
+        current = self.trust.current()
+        if current is not None and current.revision == jwks.revision:
+            self._published_jwks = jwks.revision
+            return False
+        key = self.keyring.chain_key(self.trust.signers(), now)
+        if key is None:
+            log.error("cannot publish JWKS %s: no key of this keyring is in the readers' set "
+                      "in force (%s); the trust anchor %s does not chain to this keyring",
+                      jwks.revision, ", ".join(sorted(self.trust.signers())),
+                      self.settings.key_path("trust-anchor"))
+            return False
+        signed = sign_message(encode(jwks, source=SOURCE), key, self.keyring.issuer, now)
+        await self.ctx.publisher.publish(topics.JWKS.name, [signed])
         self._published_jwks = jwks.revision
         self.keyring.prune(now)
-        log.info("published JWKS %s: %s", jwks.revision, ", ".join(k.kid or "" for k in jwks.keys))
+        log.info("published JWKS %s signed by %s: %s", jwks.revision, key.kid,
+                 ", ".join(k.kid or "" for k in jwks.keys))
         return True

@@ -26,7 +26,9 @@ from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
     rclient,
     registrar,
     run_id,
+    shared_trust_closed,
     tap,
+    trust,
     worker,
 )
 from tests.support.identities import Registrar, pool_taker

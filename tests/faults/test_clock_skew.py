@@ -34,7 +34,7 @@ from schemas.signing import GRANT_TOKEN_TYPE
 from tests.support.faults import world
 from tests.support.faults.bundles import props_bundle
 from tests.support.faults.report import Figures
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.waits import wait_until
 
 SKEWS = (-30, 0, 30)
@@ -58,7 +58,8 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
     agent = agents("f")
     service = role_access(settings, topics.SERVICE)
     keyring = BrokerKeyring(settings.key_path("broker"))
-    with JwksView(service) as jwks, GrantView(service) as view, \
+    with JwksView.from_settings(settings, service) as jwks, \
+            GrantView(service, trust=shared_trust(settings)) as view, \
             agent_client(settings, agent) as client:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=900,

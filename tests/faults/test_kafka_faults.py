@@ -66,7 +66,7 @@ class Burst:
 def _logged(kafka: KafkaAccess, topic: str, kind: type, ids: set[str], attr: str) -> set[str]:
     """Ids (``attr``) of the events of one kind read back from the whole log of a topic."""
     out = set()
-    for rec in read_all(kafka, topic, timeout=120):
+    for rec in read_all(kafka, topic, trust=None, timeout=120):
         if isinstance(rec.event, kind) and getattr(rec.event, attr) in ids:
             out.add(getattr(rec.event, attr))
     return out

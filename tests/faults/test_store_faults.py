@@ -26,6 +26,7 @@ from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
 from tests.support.factories import anomaly, fraud_request
 from tests.support.faults import private
 from tests.support.faults.report import Figures
+from tests.support.identities import shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -203,8 +204,8 @@ def test_redis_killed_resource_view_denies_while_a_revocation_waits_then_recover
     try:
         publisher.publish_many(topics.ESCALATIONS.name, [fraud_request(a) for a in both])
         grants.wait_for(GrantIssued, lambda g: g.agent_id in both, count=2)
-        with GrantView(role_access(settings, topics.SERVICE), staleness_bound_s=VIEW_BOUND_S,
-                       revocations_group=settings.app_id) as view:
+        with GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings),
+                       staleness_bound_s=VIEW_BOUND_S, revocations_group=settings.app_id) as view:
             assert view.wait_ready(60)
             wait_until(lambda: all(v.allowed for v in _view_checks(view, both)), 60,
                        "both agents allowed by the view before the fault")

@@ -30,6 +30,7 @@ from broker.stack.credentials import role_access
 from broker.stack.worker import ROOT, worker_env
 from schemas import topics
 from schemas.events import AuditRecord
+from tests.support.identities import shared_trust
 
 # Secrets the tests seed into requests and signals; none may reach an audit topic in clear.
 CANARIES: list[str] = []
@@ -73,10 +74,12 @@ def public_keys(settings: Settings) -> list[Path]:
 
 
 def wait_sealed(settings: Settings, timeout: float = 60.0) -> audit_check.Verification:
-    """Wait until every raw record is chained and signed; fail if the chain is broken."""
+    """Wait until every raw record is chained and signed; fail if the chain is broken or an
+    entry does not carry the broker's signature."""
     result = audit_check.wait_sealed(role_access(settings, topics.AUDITOR), public_keys(settings),
-                                     timeout)
+                                     timeout, trust=shared_trust(settings))
     assert result.ok, "audit chain not intact: " + "; ".join(result.problems[:5])
+    assert not any("no broker signature" in n for n in result.notes), result.notes
     return result
 
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
@@ -23,7 +24,12 @@ from broker.policy import load_policy
 from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
-from tests.support.identities import Registrar, harness_signer
+from tests.support.identities import (
+    Registrar,
+    close_shared_trust,
+    harness_signer,
+    shared_trust,
+)
 from tests.support.services import Services
 from tests.support.taps import Tap
 
@@ -38,11 +44,13 @@ def run_id() -> str:
 def registrar(worker: WorkerProcess, settings: Settings, test_policy: Path) -> Iterator[Registrar]:
     """Registers pool agents through the operator's signed commands; their keys in a tmp store.
 
-    AgentClient and the operator SDK find the keys through the environment, as they would on an
-    agent's or an operator's machine.
+    AgentClient, the operator SDK and the CLI find the keys (and the broker's trust anchor)
+    through the environment, as they would on an agent's or an operator's machine.
     """
     env = {"PERMBROKER_AGENT_KEY_DIR": str(settings.key_path("agents")),
-           "PERMBROKER_OPERATOR_KEY_FILE": str(settings.key_path("operator"))}
+           "PERMBROKER_OPERATOR_KEY_FILE": str(settings.key_path("operator")),
+           "PERMBROKER_TRUST_ANCHOR": str(settings.key_path("trust-anchor")),
+           "PERMBROKER_SERVICES_FILE": str(settings.key_path("services"))}
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     reg = Registrar(settings, load_policy(test_policy))
@@ -64,6 +72,19 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     proc.wait_ready()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_trust_closed(services: Services) -> Iterator[None]:
+    """The shared JWKS views stop before the session's services do."""
+    yield
+    close_shared_trust()
+
+
+@pytest.fixture(scope="session")
+def trust(worker: WorkerProcess, settings: Settings) -> RecordTrust:
+    """The session broker's chain of trust (anchor, then its published key sets), shared."""
+    return shared_trust(settings)
 
 
 @pytest.fixture(scope="session")

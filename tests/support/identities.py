@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.codec import Encoded
+from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.policy import Policy
@@ -28,6 +31,26 @@ from schemas.events import AgentProfile
 BATCH = 25
 
 
+_TRUST: dict[Path, JwksView] = {}
+
+
+def shared_trust(settings: Settings) -> RecordTrust:
+    """The chain of trust of the test session's broker (one JWKS view per anchor, shared)."""
+    anchor = settings.key_path("trust-anchor")
+    if anchor not in _TRUST:
+        _TRUST[anchor] = JwksView.from_settings(settings, role_access(settings, topics.SERVICE))
+    return _TRUST[anchor].trust
+
+
+def close_shared_trust(settings: Settings | None = None) -> None:
+    """Stop the shared JWKS view of ``settings`` (default: all of them), before the services
+    they read are stopped."""
+    for anchor in [settings.key_path("trust-anchor")] if settings is not None else list(_TRUST):
+        view = _TRUST.pop(anchor, None)
+        if view is not None:
+            view.close()
+
+
 class Registrar:
     """Registers pool agents (profiles from the test bundle's Agents seed) in batches."""
 
@@ -37,8 +60,8 @@ class Registrar:
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
         operator = role_access(settings, topics.OPERATOR)
-        self._done = {r.agent_id for r in read_registry(operator).records()}
-        self.operator = OperatorClient(settings, operator)
+        self._done = {r.agent_id for r in read_registry(operator, shared_trust(settings)).records()}
+        self.operator = OperatorClient(settings, operator, trust=shared_trust(settings))
 
     def ensure(self, agent_id: str) -> str:
         """Register ``agent_id`` (and the next few of its kind) unless already registered."""
@@ -74,7 +97,7 @@ def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
     """The agent's SDK client, signing with the agent's own key from the test key store."""
-    return AgentClient(agent_id, role_access(settings, topics.AGENT),
+    return AgentClient(agent_id, role_access(settings, topics.AGENT), trust=shared_trust(settings),
                        keys=AgentKeyStore.from_settings(settings), **options)
 
 

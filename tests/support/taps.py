@@ -36,7 +36,7 @@ class Tap:
             msg = self._c.poll(0.05)
             if msg is not None and not msg.error():
                 with self._lock:
-                    self.records.append(to_record(msg))
+                    self.records.append(to_record(msg, None))  # a tap sees everything
         self._c.close()
 
     def events(self, kind: type[T], pred: Callable[[T], bool] = lambda _e: True) -> list[T]:

@@ -60,3 +60,31 @@ def test_request_rejects_a_bad_duration() -> None:
     )
     assert result.exit_code == 1
     assert "not a duration" in result.output
+
+
+def test_services_keygen_register_list_and_an_open_services_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    """An enforcement point's key is created 0600 and registered in the services file (0600);
+    the file is refused, naming it and its mode, once others may write it."""
+    # None unsets a variable a session fixture may have set (the files are this test's own).
+    env: dict[str, str | None] = {"PERMBROKER_STACK_DIR": str(tmp_path),
+                                  "PERMBROKER_SERVICES_FILE": None,
+                                  "PERMBROKER_SERVICE_KEY_DIR": None}
+    made = runner.invoke(app, ["services", "keygen", "payments-api", "--json"], env=env)
+    assert made.exit_code == 0, made.output
+    kid = json.loads(made.stdout)["public_key"]["kid"]
+    key_file = tmp_path / "keys" / "services" / "payments-api.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["services", "keygen", "payments-api"], env=env)
+    assert again.exit_code != 0 and "already has a key" in again.output
+    registered = runner.invoke(app, ["services", "register", "payments-api"], env=env)
+    assert registered.exit_code == 0, registered.output
+    services = tmp_path / "keys" / "services.json"
+    assert services.stat().st_mode & 0o777 == 0o600
+    listed = runner.invoke(app, ["services", "list", "--json"], env=env)
+    assert json.loads(listed.stdout) == [{"principal": "service:payments-api", "kid": kid}]
+    services.chmod(0o666)
+    refused = runner.invoke(app, ["services", "list"], env=env)
+    assert refused.exit_code != 0 and "writable by others" in refused.output
+    assert f"chmod 600 {services}" in refused.output.replace("\n", "")

@@ -11,14 +11,15 @@ once. Offsets past the last sealed one are the sealer's lag, not a break; an uns
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.adapters.audit.keys import PUBLIC_FILE, key_dir, load_public_keys, signature_check
 from broker.adapters.audit.log import Stored, read_jsonl, read_topic, watermarks
 from broker.adapters.kafka.access import KafkaAccess
-from broker.audit.verify import ChainReport, Problem, raw_gaps, verify_chain
+from broker.adapters.kafka.edge import Trust
+from broker.audit.verify import ChainReport, Entry, Problem, raw_gaps, verify_chain
 from broker.config import Settings
 from schemas import topics
 
@@ -68,7 +69,22 @@ def verify(
     """Verify the chains of these entries with these public keys."""
     check = signature_check(load_public_keys(keys))
     result = Verification(source)
-    result.chains = verify_chain((s.entry for s in stored), check, from_start=from_start)
+    unsigned: list[int] = []
+
+    def entries() -> Iterator[Entry]:
+        for s in stored:
+            if s.refusal is not None and s.refusal.startswith("unsigned"):
+                unsigned.append(1)  # older than record signatures: the chain still covers it
+            elif s.refusal is not None:
+                result.problems.append(f"partition {s.entry.partition} offset "
+                                       f"{s.entry.offset}: not signed by the broker "
+                                       f"({s.refusal[:200]})")
+            yield s.entry
+
+    result.chains = verify_chain(entries(), check, from_start=from_start)
+    if unsigned:
+        result.notes.append(f"{len(unsigned)} entr(y/ies) carry no broker signature (written "
+                            "before records were signed); the hash chain and digests cover them")
     for chain in result.chains.values():
         result.problems += [str(p) for p in chain.problems]
         result.notes += chain.notes
@@ -81,14 +97,18 @@ def verify(
 
 
 def verify_topic(kafka: KafkaAccess, keys: list[Path], *, topic: str = topics.AUDIT.name,
-                 complete: bool = False) -> Verification:
-    """Verify a topic's chains; for the live audit topic, also its raw coverage."""
+                 complete: bool = False, trust: Trust | None = None) -> Verification:
+    """Verify a topic's chains (and, given a trust, each entry's broker signature); for the
+    live audit topic, also its raw coverage."""
     marks = watermarks(kafka, topic)
     from_start = {p: low == 0 for p, (low, _high) in marks.items()}
-    result = verify(read_topic(kafka, topic), keys, source=f"topic {topic}",
+    # The raw topic as of now: what is appended while the chain is read (and each entry's
+    # signature checked) is the next verification's, not lag of this one.
+    raw = watermarks(kafka, topics.AUDIT_RAW.name) if topic == topics.AUDIT.name else {}
+    result = verify(read_topic(kafka, topic, trust=trust), keys, source=f"topic {topic}",
                     from_start=all(from_start.values()), complete=complete)
     if topic == topics.AUDIT.name:
-        _raw_coverage(kafka, result, complete)
+        _raw_coverage(raw, result, complete)
     return result
 
 
@@ -98,8 +118,9 @@ def verify_file(path: Path, keys: list[Path], *, complete: bool = False) -> Veri
                   complete=complete)
 
 
-def _raw_coverage(kafka: KafkaAccess, result: Verification, complete: bool) -> None:
-    for partition, (low, high) in watermarks(kafka, topics.AUDIT_RAW.name).items():
+def _raw_coverage(raw: dict[int, tuple[int, int]], result: Verification,
+                  complete: bool) -> None:
+    for partition, (low, high) in raw.items():
         chain = result.chains.get(partition)
         sealed = chain.raw_offsets if chain else []
         top = max(sealed, default=low - 1)
@@ -113,7 +134,8 @@ def _raw_coverage(kafka: KafkaAccess, result: Verification, complete: bool) -> N
                                        "record(s) not sealed yet (sealer lag)")
 
 
-def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float) -> Verification:
+def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float, *,
+                trust: Trust | None = None) -> Verification:
     """Verify once every raw record is chained and signed (waiting up to ``timeout``).
 
     Returns at once when the chain is broken; an unsealed tail left at the deadline is reported
@@ -121,9 +143,9 @@ def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float) -> Verific
     """
     deadline = time.monotonic() + timeout
     while True:
-        result = verify_topic(kafka, keys)
+        result = verify_topic(kafka, keys, trust=trust)
         if not result.ok or result.unsealed == 0:
             return result
         if time.monotonic() >= deadline:
-            return verify_topic(kafka, keys, complete=True)
+            return verify_topic(kafka, keys, complete=True, trust=trust)
         time.sleep(0.5)

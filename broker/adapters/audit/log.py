@@ -18,26 +18,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
+from broker.adapters.kafka.edge import ROLE_BROKER, Trust
 from broker.audit.chain import Position, is_digest
 from broker.audit.verify import Entry
 from broker.errors import BusError, WireError
+from broker.identity.rules import Rejection
 from schemas import topics
 from schemas.events import AuditRecord
 
 
 @dataclass(frozen=True)
 class Stored:
-    """One entry read back from the audit topic, with where it sits."""
+    """One entry read back from the audit topic, with where it sits (and, read with a trust,
+    why its broker signature does not verify)."""
 
     entry: Entry
     timestamp_ms: int
+    refusal: str | None = None  # "<reason>: <detail>"; None when verified or not checked
 
     def record(self) -> AuditRecord:
-        """The entry as an AuditRecord (WireError when it does not parse)."""
+        """The entry as an AuditRecord (WireError when it is refused or does not parse)."""
+        if self.refusal is not None:
+            raise WireError(f"audit entry at partition {self.entry.partition} offset "
+                            f"{self.entry.offset} is not signed by the broker: {self.refusal}")
         try:
             if self.entry.value is not None:
                 return AuditRecord.model_validate_json(self.entry.value)
@@ -64,12 +71,13 @@ def _start_offsets(c: Any, topic: str, since: datetime | None,
 
 def read_topic(
     kafka: KafkaAccess, topic: str = topics.AUDIT.name, *, since: datetime | None = None,
-    starts: dict[int, int] | None = None, timeout: float = 60.0,
+    starts: dict[int, int] | None = None, timeout: float = 60.0, trust: Trust | None = None,
 ) -> Iterator[Stored]:
     """Every committed entry of ``topic`` (from the first sealed at ``since``), to its end.
 
     ``starts`` (partition -> offset) reads only those partitions from those offsets. Entries of
-    different partitions come interleaved, each partition's in offset order.
+    different partitions come interleaved, each partition's in offset order. With a ``trust``,
+    each entry's broker signature is checked (``Stored.refusal`` says why one fails).
     """
     config: dict[str, object] = {"enable.partition.eof": True, "isolation.level": "read_committed"}
     c = consumer(kafka, group=None, **config)
@@ -91,9 +99,21 @@ def read_topic(
                     continue
                 raise BusError(f"error reading {topic}: {err}")
             _kind, ts = msg.timestamp()
-            yield Stored(Entry(msg.partition() or 0, msg.offset() or 0, msg.value()), ts)
+            yield Stored(Entry(msg.partition() or 0, msg.offset() or 0, msg.value()), ts,
+                         _refusal(msg, trust))
     finally:
         c.close()
+
+
+def _refusal(msg: Message, trust: Trust | None) -> str | None:
+    """Why the entry's broker signature does not verify (None: it does, or nobody asked)."""
+    if trust is None:
+        return None
+    items = msg.headers() or []
+    headers = [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in (
+        items.items() if isinstance(items, dict) else items)]
+    verdict = trust.verify(ROLE_BROKER, msg.key(), msg.value(), headers)
+    return f"{verdict.code.value}: {verdict.detail}" if isinstance(verdict, Rejection) else None
 
 
 def until(stored: Iterable[Stored], end: datetime | None) -> Iterator[Stored]:

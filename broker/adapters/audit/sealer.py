@@ -1,8 +1,9 @@
 """The audit sealer: chains raw audit records into the sealed audit topic, with signed digests.
 
-Imports confluent-kafka, broker.audit.chain, broker.adapters (audit_keys, audit_log, codec),
-broker.config, broker.errors, schemas. Blocking: it runs in a thread of the worker (or alone,
-``permbroker audit seal``), never inside a faust agent.
+Imports confluent-kafka, broker.audit.chain, broker.adapters (audit_keys, audit_log, codec,
+edge), broker.config, broker.errors, schemas. Every sealed entry carries the broker's record
+signature (``sign``), like everything else the broker writes. Blocking: it runs in a thread of
+the worker (or alone, ``permbroker audit seal``), never inside a faust agent.
 
 Workers append audit records to ``permbroker.audit.raw`` (acknowledged before any grant they
 describe becomes visible). The sealer consumes that topic in its own consumer group, so each raw
@@ -35,9 +36,10 @@ from broker.adapters.audit.log import Head, read_head, watermarks
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
+from broker.adapters.kafka.edge import read_message
 from broker.audit.chain import GENESIS, Position, seal_digest, seal_record
 from broker.config import Settings
-from broker.errors import BusError, Fenced, WireError
+from broker.errors import BusError, Fenced
 from schemas import topics
 from schemas.events import AuditRecord
 
@@ -81,15 +83,19 @@ def _after(pos: Position, sealed: AuditRecord) -> Position:
     return Position(pos.partition, pos.seq + 1, sealed.chain.hash if sealed.chain else GENESIS)
 
 
+Sign = Callable[[codec.Encoded], codec.Encoded]
+
+
 class PartitionSealer:
     """Seals one partition: its transactional producer and its chain head."""
 
     def __init__(self, settings: Settings, kafka: KafkaAccess, partition: int,
-                 keys: AuditKeys) -> None:
+                 keys: AuditKeys, sign: Sign) -> None:
         self.partition = partition
         self._settings = settings
         self._kafka = kafka
         self._keys = keys
+        self._sign = sign
         self._producer = Producer({
             **kafka.confluent(),
             "transactional.id": f"{settings.app_id}-audit-sealer-p{partition}",
@@ -139,13 +145,10 @@ class PartitionSealer:
         return len(batch)
 
     def _record(self, msg: Message, now: datetime) -> AuditRecord:
-        raw_headers = msg.headers() or []
-        items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-        headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
-        try:
-            event = codec.decode(msg.key(), msg.value(), headers)
-        except WireError as exc:
-            return _undecodable(msg, str(exc), now)
+        read = read_message(msg, trust=None)  # the decode edge: never raises
+        event = read.event
+        if event is None:
+            return _undecodable(msg, read.error or "refused", now)
         if not isinstance(event, AuditRecord) or event.chain is not None:
             return _undecodable(msg, f"a {type(event).__name__} with a chain link", now)
         return event
@@ -166,21 +169,26 @@ class PartitionSealer:
         """One transaction: the batch, then a digest if due; the head moves only on commit."""
         now = datetime.now(UTC)
         pos, since = self.head.pos, self.head.since
+        entries = []  # signed before the transaction opens: a signing failure leaves none open
+        for record, raw in batch:
+            sealed, value = seal_record(record, pos, raw, now)
+            entries.append(self._sign(_encode(sealed, value, pos)))
+            pos = _after(pos, sealed)
+        digested = force_digest or pos.seq - since >= self._settings.audit_digest_every
+        if digested:
+            digest, value = seal_digest(pos, first_seq=since, signed_at=now,
+                                        key_id=self._keys.key_id, sign=self._keys.sign)
+            entries.append(self._sign(_encode(digest, value, pos)))
+            pos = _after(pos, digest)
         try:
             self._producer.begin_transaction()
-            for record, raw in batch:
-                sealed, value = seal_record(record, pos, raw, now)
-                self._produce(_encode(sealed, value, pos))
-                pos = _after(pos, sealed)
-            if force_digest or pos.seq - since >= self._settings.audit_digest_every:
-                digest, value = seal_digest(pos, first_seq=since, signed_at=now,
-                                            key_id=self._keys.key_id, sign=self._keys.sign)
-                self._produce(_encode(digest, value, pos))
-                pos = _after(pos, digest)
-                since, self._last_digest = pos.seq, time.monotonic()
+            for entry in entries:
+                self._produce(entry)
             self._producer.commit_transaction(30.0)
         except KafkaException as exc:
             self._abort(exc)
+        if digested:
+            since, self._last_digest = pos.seq, time.monotonic()
         self.head = Head(pos, raw_offset, since)
 
     def _produce(self, m: codec.Encoded) -> None:
@@ -207,10 +215,12 @@ class PartitionSealer:
 class Sealer:
     """Consumes the raw audit topic in a group and seals the partitions it is assigned."""
 
-    def __init__(self, settings: Settings, kafka: KafkaAccess, keys: AuditKeys) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, keys: AuditKeys,
+                 sign: Sign) -> None:
         self._settings = settings
         self._kafka = kafka
         self._keys = keys
+        self._sign = sign  # the broker's record signature on every sealed entry
         self._sealers: dict[int, PartitionSealer] = {}
         self._stop = threading.Event()
         self.sealed = 0
@@ -239,7 +249,8 @@ class Sealer:
 
     def _assigned(self, c: Consumer, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            sealer = PartitionSealer(self._settings, self._kafka, tp.partition, self._keys)
+            sealer = PartitionSealer(self._settings, self._kafka, tp.partition, self._keys,
+                                     self._sign)
             tp.offset = _retry(sealer.open, self._stop, f"open partition {tp.partition}")
             self._sealers[tp.partition] = sealer
         c.assign(assigned)

@@ -8,6 +8,7 @@ returns key material except to the code that signs with it.
     <stack_dir>/keys/broker.json      the broker's grant-token keyring (kid rotation, overlap)
     <stack_dir>/keys/operator.json    this operator's key (principal operator:<name>)
     <stack_dir>/keys/operators.json   public JWKS of every operator the workers trust
+    <stack_dir>/keys/trust-anchor.json the broker's first public keys (readers' chain of trust)
     <stack_dir>/keys/agents/<id>.json an agent's own keys (current, and the one it replaces)
 """
 
@@ -23,8 +24,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from broker.adapters.crypto.directory import (
+    KeyDirectory,
+    Principals,
+    add_principal,
+    load_principals,
+    write_anchor,
+)
 from broker.adapters.crypto.jose import SigningKey
 from broker.config import Settings
 from broker.errors import IdentityError, KeyFileError
@@ -60,6 +66,9 @@ def read_private(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+OPERATORS_FILE = "operators file"
+
+
 def _time(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
@@ -84,67 +93,21 @@ def load_operator(path: Path) -> tuple[str, SigningKey]:
     return principal, SigningKey.from_pem(str(data.get("private_key_pem", "")))
 
 
-def load_operators(path: Path) -> dict[str, tuple[str, PublicJwk]]:
+def load_operators(path: Path) -> Principals:
     """kid -> (principal, public key) of every trusted operator (a JWKS with ``principal``)."""
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise KeyFileError(f"no operators file at {path}: run `permbroker keys init`") from None
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read operators file {path}: {exc}") from None
-    out: dict[str, tuple[str, PublicJwk]] = {}
-    for item in data.get("keys", []) if isinstance(data, dict) else []:
-        entry = dict(item)
-        principal = entry.pop("principal", "")
-        try:
-            jwk = PublicJwk.model_validate(entry)
-        except ValidationError as exc:
-            raise KeyFileError(f"bad key in operators file {path}: {exc.errors()[0]['msg']}") \
-                from None
-        if jwk.kid and str(principal).startswith(OPERATOR_PREFIX):
-            out[jwk.kid] = (str(principal), jwk)
-    return out
+    return load_principals(path, OPERATOR_PREFIX, OPERATORS_FILE)
 
 
-class OperatorDirectory:
+class OperatorDirectory(KeyDirectory):
     """The trusted operators' keys from the operators file, re-read when it changes."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: int | None = None
-        self._keys: dict[str, tuple[str, PublicJwk]] = {}
-        self.reload()
-
-    def reload(self) -> None:
-        """Re-read the file if it changed (a missing file trusts no operator)."""
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._keys, self._stamp = {}, None
-            return
-        if stamp != self._stamp:
-            self._keys, self._stamp = load_operators(self.path), stamp
-
-    def get(self, kid: str) -> tuple[str, PublicJwk] | None:
-        """(principal, key) of an operator key id."""
-        found = self._keys.get(kid)
-        if found is None:
-            self.reload()
-            found = self._keys.get(kid)
-        return found
-
-    def keys(self) -> dict[str, tuple[str, PublicJwk]]:
-        """Every trusted operator key, by kid."""
-        return dict(self._keys)
+        super().__init__(path, OPERATOR_PREFIX, OPERATORS_FILE)
 
 
 def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
-    """Trust an operator key (public; the file stays world-readable-safe, it holds no secret)."""
-    keys = [] if not path.exists() else json.loads(path.read_text("utf-8")).get("keys", [])
-    keys = [k for k in keys if k.get("kid") != jwk.kid]
-    keys.append({**jwk.model_dump(mode="json", exclude_none=True), "principal": principal})
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"keys": keys}, indent=2) + "\n", "utf-8")
+    """Trust an operator key (the file holds no secret, but is written 0600: it decides trust)."""
+    add_principal(path, principal, jwk, OPERATORS_FILE)
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -278,14 +241,19 @@ def rotated(keys: list[BrokerKey], now: datetime, *, overlap_s: int, lead_s: flo
 # --- first start --------------------------------------------------------------------------------
 
 def ensure_identity_files(settings: Settings) -> list[str]:
-    """Create the broker keyring and an operator key if missing; make sure the workers trust
-    that operator key (its public half in the operators file)."""
+    """Create the broker keyring, its trust anchor and an operator key if missing; make sure the
+    workers trust that operator key (its public half in the operators file)."""
     created = []
     broker = settings.key_path("broker")
     if not broker.exists():
         now = datetime.now(UTC)
         write_keyring(broker, settings.token_issuer, [BrokerKey(SigningKey.generate(), now, now)])
         created.append(str(broker))
+    anchor = settings.key_path("trust-anchor")
+    if not anchor.exists():  # pinned once: later keys reach readers through the chain
+        issuer, keys = read_keyring(broker)
+        write_anchor(anchor, issuer, tuple(k.key.jwk for k in keys if k.retire_at is None))
+        created.append(str(anchor))
     operator, operators = settings.key_path("operator"), settings.key_path("operators")
     if not operator.exists():
         key, principal = SigningKey.generate(), operator_name()

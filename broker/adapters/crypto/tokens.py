@@ -1,19 +1,27 @@
-"""The broker's token keys and grant-token minting. Imports pyjwt (via jose), keystore, schemas.
+"""The broker's keys: grant-token minting and record signing. Imports pyjwt (via jose), keystore.
 
-``BrokerKeyring`` is the worker's live view of the keyring file at ``Settings.key_path("broker")``:
-it re-reads the file when it changes, so a rotation needs no restart. ``jwks()`` returns the
-public key set to publish (and to serve at ``/.well-known/jwks.json``): every key that has not
-retired, including one that activates shortly (so verifiers know it before it signs anything).
+Also imports signing, schemas. ``BrokerKeyring`` is the worker's live view of the keyring file at
+``Settings.key_path("broker")``: it re-reads the file when it changes, so a rotation needs no
+restart. ``jwks()`` returns the public key set to publish (and to serve at
+``/.well-known/jwks.json``): every key that has not retired, including one that activates
+shortly (so verifiers know it before it signs anything). ``RecordSigner`` signs every record the
+broker writes with the active key: the same keys sign grant tokens and records, so one chain of
+trust (the anchor, then the published sets) vouches for both.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import threading
+import time
+from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.keystore import BrokerKey, read_keyring, rotated, write_keyring
+from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.codec import Encoded
 from broker.errors import IdentityError, KeyFileError
 from broker.identity.rules import Rejection
 from broker.identity.tokens import token_claims
@@ -66,6 +74,15 @@ class BrokerKeyring:
         return JwksPublished(issuer=self.issuer, keys=public, revision=revision,
                              published_at=now)
 
+    def chain_key(self, signers: Collection[str], now: datetime) -> SigningKey | None:
+        """The key to sign the next key set with: one the readers' set in force lists (the
+        active one if it does), so the chain of trust is never broken; None if none is held."""
+        held = [k for k in self._keys if k.key.kid in signers
+                and (k.retire_at is None or k.retire_at > now)]
+        active = [k for k in held if k.activate_at <= now]
+        chosen = max(active or held, key=lambda k: k.activate_at, default=None)
+        return chosen.key if chosen is not None else None
+
     def retirements(self) -> list[tuple[str, datetime]]:
         """(kid, retire_at) of every retiring key."""
         return [(k.key.kid, k.retire_at) for k in self._keys if k.retire_at is not None]
@@ -104,3 +121,23 @@ def mint_grant_token(grant: GrantIssued, audience: str, keyring: BrokerKeyring, 
     exp = claims["exp"]
     assert isinstance(exp, int)
     return token, datetime.fromtimestamp(exp, tz=now.tzinfo)
+
+
+class RecordSigner:
+    """Signs each record the broker writes (``ce_signature``) with the keyring's active key."""
+
+    def __init__(self, keyring: BrokerKeyring, *, reload_every_s: float = 1.0) -> None:
+        self.keyring = keyring
+        self._every = reload_every_s
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, message: Encoded) -> Encoded:
+        """The message signed now; IdentityError when no key is active (nothing is written)."""
+        now = datetime.now(UTC)
+        with self._lock:
+            if time.monotonic() - self._checked > self._every:
+                self._checked = time.monotonic()
+                self.keyring.reload()  # a rotation by another worker or the CLI
+            key = self.keyring.signing_key(now)
+        return sign_message(message, key, self.keyring.issuer, now)

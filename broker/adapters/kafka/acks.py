@@ -1,24 +1,29 @@
 """Revocation acknowledgements on Kafka: publish them from a view, read them back, follow them.
 
-Imports confluent-kafka, bus, codec, core and schemas. The publisher never blocks the view's
-consumer thread: it queues the message and lets librdkafka deliver it (``poll`` serves the
-delivery reports, ``close`` flushes). An ack that cannot be delivered is counted and shows up as
-unconfirmed in ``permbroker revocations status``: it is a report, never a safety decision.
+Imports confluent-kafka, bus, codec, edge, follow, crypto (signing), core and schemas. The
+publisher never blocks the view's consumer thread: it queues the message and lets librdkafka
+deliver it (``poll`` serves the delivery reports, ``close`` flushes). An ack that cannot be
+delivered is counted and shows up as unconfirmed in ``permbroker revocations status``: it is a
+report, never a safety decision. Every ack and status report is signed by the enforcement
+point's own key (``ServiceIdentity``); readers count only those whose signature verifies against
+the services file and whose signer is the point the report names (the decode edge checks both).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, partitions, producer_config, to_record
 from broker.adapters.kafka.codec import encode
+from broker.adapters.kafka.edge import Trust
+from broker.adapters.kafka.follow import Follower
 from broker.delivery.freshness import Freshness
 from broker.errors import BusError
 from broker.grants.decide import derive_id
@@ -36,10 +41,11 @@ log = logging.getLogger("permbroker.acks")
 class AckPublisher:
     """Queues revocation acks and status reports of one enforcement point."""
 
-    def __init__(self, kafka: KafkaAccess, enforcement_point: str) -> None:
-        self.name = enforcement_point
+    def __init__(self, kafka: KafkaAccess, identity: ServiceIdentity) -> None:
+        self.name = identity.name
+        self._identity = identity
         self._producer = Producer({**producer_config(kafka), "linger.ms": 5}, logger=log)
-        self._source = f"/enforcement/{enforcement_point}"
+        self._source = f"/enforcement/{identity.name}"
         self.failed = 0
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
@@ -48,7 +54,7 @@ class AckPublisher:
             log.warning("enforcement point %s: ack not delivered: %s", self.name, err)
 
     def _send(self, event: WireModel) -> None:
-        m = encode(event, source=self._source)
+        m = self._identity.sign(encode(event, source=self._source))
         try:
             self._producer.produce(topics.REVOCATION_ACKS.name, value=m.value, key=m.key,
                                    headers=list(m.headers), on_delivery=self._on_delivery)
@@ -91,9 +97,11 @@ class AckPublisher:
 
 
 def read_since(
-    kafka: KafkaAccess, topic: str, since: datetime, *, timeout: float = 30.0
+    kafka: KafkaAccess, topic: str, since: datetime, *, trust: Trust, reader: str,
+    timeout: float = 30.0,
 ) -> Iterator[Record]:
-    """Every record of ``topic`` appended since ``since``, up to its end at call time."""
+    """Every record of ``topic`` appended since ``since``, up to its end at call time, read
+    through the decode edge (refused records come with their reason)."""
     c = consumer(kafka)
     try:
         parts = partitions(c, topic)
@@ -108,14 +116,15 @@ def read_since(
                 todo[tp.partition] = high
                 assign.append(TopicPartition(topic, tp.partition, start))
         c.assign(assign)
-        yield from _drain(c, topic, todo, timeout)
+        yield from _drain(c, topic, todo, timeout, trust, reader)
     except KafkaException as exc:
         raise BusError(f"cannot read {topic}: {exc}") from exc
     finally:
         c.close()
 
 
-def _drain(c: Consumer, topic: str, todo: dict[int, int], timeout: float) -> Iterator[Record]:
+def _drain(c: Consumer, topic: str, todo: dict[int, int], timeout: float, trust: Trust,
+           reader: str) -> Iterator[Record]:
     deadline = time.monotonic() + timeout
     while todo:
         if time.monotonic() > deadline:
@@ -123,44 +132,28 @@ def _drain(c: Consumer, topic: str, todo: dict[int, int], timeout: float) -> Ite
         msg = c.poll(0.2)
         if msg is None or msg.error():
             continue
-        rec = to_record(msg)
+        rec = to_record(msg, trust, reader=reader)
         yield rec
         if rec.offset + 1 >= todo.get(rec.partition, 0):
             todo.pop(rec.partition, None)
 
 
 class AckFollower:
-    """Follows the acks topic from ``since``; hands each ack and status to a callback."""
+    """Follows the acks topic from ``since``; hands each verified ack and status to a callback."""
 
     def __init__(
         self, kafka: KafkaAccess, since: datetime,
-        on_event: Callable[[RevocationAcknowledged | EnforcementPointStatus], None],
+        on_event: Callable[[RevocationAcknowledged | EnforcementPointStatus], None], *,
+        trust: Trust,
     ) -> None:
-        self._c = consumer(kafka)
-        topic = topics.REVOCATION_ACKS.name
-        stamp = int(since.timestamp() * 1000)
-        parts = partitions(self._c, topic)
-        starts = self._c.offsets_for_times(
-            [TopicPartition(topic, p, stamp) for p in parts], timeout=10
-        )
-        self._c.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else -1)
-                        for tp in starts])
         self._on_event = on_event
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="permbroker-acks", daemon=True)
-        self._thread.start()
+        self._follower = Follower(kafka, topics.REVOCATION_ACKS.name, self._apply,
+                                  trust=trust, reader="acks", name="permbroker-acks", start=since)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._c.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            event = to_record(msg).event
-            if isinstance(event, RevocationAcknowledged | EnforcementPointStatus):
-                self._on_event(event)
-        self._c.close()
+    def _apply(self, record: Record) -> None:
+        if isinstance(record.event, RevocationAcknowledged | EnforcementPointStatus):
+            self._on_event(record.event)
 
     def close(self) -> None:
         """Stop following."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._follower.close()

@@ -1,6 +1,6 @@
 """Kafka access outside faust (SDKs, CLI, rebuild, demo) with confluent-kafka.
 
-Imports schemas, access, codec.
+Imports schemas, access, codec, edge (every message read here goes through the decode edge).
 
 Producers use the Java-compatible murmur2 partitioner so a key lands on the same partition as
 when faust (aiokafka) produces it: one agent, one partition, whoever writes.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -25,10 +24,14 @@ from confluent_kafka import (
 )
 
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.codec import Encoded, decode, encode
-from broker.errors import BusError, WireError
+from broker.adapters.kafka.codec import Encoded, encode
+from broker.adapters.kafka.edge import Record, Trust, read_message
+from broker.errors import BusError
 from schemas.events import WireModel
 from schemas.topics import group_prefix
+
+__all__ = ["Publisher", "Record", "consumer", "end_offsets", "partitions", "producer_config",
+           "read_all", "to_record"]
 
 
 def producer_config(kafka: KafkaAccess) -> dict[str, object]:
@@ -166,43 +169,18 @@ def end_offsets(c: Consumer, topic: str, timeout: float = 10.0) -> dict[int, int
     return out
 
 
-@dataclass(frozen=True)
-class Record:
-    """One message read back: where it came from, and the decoded event or the decode error."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    event: WireModel | None
-    error: str | None
-    raw: bytes | None
-    key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-def to_record(msg: Message) -> Record:
-    """Decode a consumed message without raising."""
-    raw = msg.value()
-    raw_headers = msg.headers() or []
-    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in items)
-    key = msg.key()
-    key_bytes = key.encode() if isinstance(key, str) else key
-    try:
-        event: WireModel | None = decode(key_bytes, raw, headers)
-        error = None
-    except WireError as exc:
-        event, error = None, str(exc)
-    _kind, ts = msg.timestamp()
-    return Record(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, ts, event, error,
-                  raw, key_bytes, headers)
+def to_record(msg: Message, trust: Trust | None, *, reader: str = "",
+              signed_by: str | None = None) -> Record:
+    """Read a consumed message through the decode edge (``edge.read``): never raises."""
+    return read_message(msg, trust=trust, reader=reader, signed_by=signed_by)
 
 
 def read_all(
-    kafka: KafkaAccess, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
+    kafka: KafkaAccess, topic: str, *, trust: Trust | None, reader: str = "",
+    timeout: float = 30.0, stop: Callable[[], bool] | None = None,
 ) -> Iterator[Record]:
-    """Every message of a topic from the beginning up to its end at call time."""
+    """Every message of a topic from the beginning up to its end at call time, each read through
+    the decode edge (refused records are yielded too, with their reason)."""
     c = consumer(kafka)
     try:
         ends = end_offsets(c, topic)
@@ -217,7 +195,7 @@ def read_all(
                 continue
             if msg.error():
                 raise BusError(f"error reading {topic}: {msg.error()}")
-            rec = to_record(msg)
+            rec = to_record(msg, trust, reader=reader)
             yield rec
             if rec.offset + 1 >= ends[rec.partition]:
                 todo.discard(rec.partition)

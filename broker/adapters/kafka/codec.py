@@ -3,13 +3,16 @@
 Imports schemas, cloudevents.
 
 On Kafka an event is: key = agent id, headers = ``ce_*`` attributes (+ ``content-type``),
-value = the model as JSON. Decoding checks every layer and raises ``WireError`` with a reason
-that the dead-letter topic carries verbatim.
+value = the model as JSON. Decoding checks every layer and raises ``WireError`` (and nothing
+else, whatever the bytes hold) with a reason that the dead-letter topic carries verbatim: the
+size, nesting depth and constants (no NaN or Infinity) of the JSON are bounded before it is
+parsed, so no record can exhaust the stack or smuggle a non-number into a float field.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +36,11 @@ from schemas.events import (
 
 CONTENT_TYPE = "application/json"
 MAX_VALUE_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32  # our deepest event nests 5 levels; a decoder's stack is never at risk
 REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_type", "ce_source")
 _FORMAT = JSONFormat()
+_STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"')  # JSON strings (brackets inside do not nest)
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
 
@@ -75,39 +81,81 @@ def _header_dict(headers: Headers) -> dict[str, bytes]:
     return {name: value for name, value in items if value is not None}
 
 
+def json_depth(value: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep the JSON in ``value`` nests, counting no further than ``limit + 1``."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.finditer(_STRINGS.sub(b'""', value)):
+        if bracket.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_json(value: bytes | None) -> None:
+    """Refuse what no event can be: a tombstone, too many bytes, too deep, not JSON, NaN."""
+    if value is None:
+        raise WireError("empty value (tombstone) where an event was expected", code="tombstone")
+    if len(value) > MAX_VALUE_BYTES:
+        raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit",
+                        code="too-large")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise WireError(f"value nests deeper than {MAX_JSON_DEPTH} levels", code="too-deep")
+    try:
+        json.loads(value, parse_constant=_no_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WireError(f"value is not valid JSON: {exc}", code="not-json") from exc
+    except RecursionError as exc:  # unreachable below the depth limit; kept as a backstop
+        raise WireError("value nests too deep to parse", code="too-deep") from exc
+
+
 def decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireModel:
     """Decode and validate one Kafka message; raise WireError saying exactly what is wrong."""
-    if value is None:
-        raise WireError("empty value (tombstone) where an event was expected")
-    if len(value) > MAX_VALUE_BYTES:
-        raise WireError(f"value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
     try:
-        json.loads(value)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise WireError(f"value is not valid JSON: {exc}") from exc
+        return _decode(key, value, headers)
+    except WireError:
+        raise
+    except Exception as exc:  # the decode edge: whatever the bytes do, they get a reason
+        raise WireError(f"cannot decode: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _decode(key: bytes | None, value: bytes | None, headers: Headers) -> WireModel:
+    check_json(value)
+    assert value is not None
     header_map = _header_dict(headers)
     missing = [h for h in REQUIRED_HEADERS if h not in {k.lower() for k in header_map}]
     if missing:
-        raise WireError(f"not a binary-mode CloudEvent: missing header(s) {', '.join(missing)}")
+        raise WireError(f"not a binary-mode CloudEvent: missing header(s) {', '.join(missing)}",
+                        code="not-cloudevent")
     try:
         message = ce_kafka.KafkaMessage(headers=header_map, key=key, value=value)
         ce = ce_kafka.from_binary(message, _FORMAT, CloudEvent)
     except (BaseCloudEventException, ValueError, UnicodeDecodeError) as exc:
-        raise WireError(f"not a binary-mode CloudEvent: {exc}") from exc
+        raise WireError(f"not a binary-mode CloudEvent: {exc}", code="not-cloudevent") from exc
     model = model_for_type(ce.get_type())
     if model is None:
-        raise WireError(f"unknown event type {ce.get_type()!r}")
+        raise WireError(f"unknown event type {ce.get_type()!r}", code="unknown-type")
     data = ce.get_data()
     if not isinstance(data, dict):
-        raise WireError(f"value is not a JSON object (content-type {ce.get_datacontenttype()!r})")
+        raise WireError(f"value is not a JSON object (content-type {ce.get_datacontenttype()!r})",
+                        code="not-object")
     data = _known_fields(model, ce.get_type(), data)
     try:
         event = model.model_validate(data)
     except ValidationError as exc:
-        raise WireError(f"schema-invalid {ce.get_type()}: {_brief(exc)}") from exc
+        raise WireError(f"schema-invalid {ce.get_type()}: {_brief(exc)}",
+                        code="schema-invalid") from exc
     expected_key = partition_key(event)
     if expected_key is not None and (key is None or key.decode(errors="replace") != expected_key):
-        raise WireError(f"message key {key!r} does not match the event's agent {expected_key!r}")
+        raise WireError(f"message key {key[:80] if key else key!r} does not match the event's "
+                        f"agent {expected_key!r}", code="key-mismatch")
     return event
 
 

@@ -1,44 +1,78 @@
-"""Follow a (compacted) topic from its beginning in a thread; know when the view is current.
+"""Following a topic in a thread: the one abstraction every view and watcher reads Kafka with.
 
-Imports confluent-kafka, bus, errors. Blocking: run ``sync`` in a thread from async code.
-
-``wait_ready`` returns once everything that was in the topic at start has been applied;
-``sync`` once everything in it *now* has been (read-your-writes for a writer that just had its
-write acknowledged). Both have deadlines and report False rather than guess.
+Imports confluent-kafka, access, bus, edge. Each message goes through the decode edge
+(``edge.read``, with the reader's trust): accepted records are handed to ``apply`` in offset
+order, refused ones (counted by the edge) to ``on_refused`` if given. Nothing a record holds
+stops the thread: an exception from a callback is counted as a refusal (``apply-failed``) and
+logged, and the next record is read. The thread starts at the beginning of the topic, at its end
+(what is appended from now on) or at a time; ``wait_ready`` returns once what the topic held at
+start has been read, ``sync`` once what it holds now has.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
+from broker.adapters.kafka.bus import consumer, partitions
+from broker.adapters.kafka.edge import Record, Trust, read_message
 from broker.errors import BusError
+
+log = logging.getLogger("permbroker.follow")
+Start = Literal["beginning", "end"] | datetime
 
 
 class Follower:
-    """A daemon thread applying every record of ``topic`` to ``apply``, in offset order."""
+    """A daemon thread reading ``topic`` through the decode edge, in offset order."""
 
     def __init__(self, kafka: KafkaAccess, topic: str, apply: Callable[[Record], None], *,
-                 name: str) -> None:
+                 trust: Trust | None, reader: str, name: str, start: Start = "beginning",
+                 on_refused: Callable[[Record], None] | None = None) -> None:
         self.topic = topic
+        self.reader = reader
         self._apply = apply
+        self._on_refused = on_refused
+        self._trust = trust
         self._consumer = consumer(kafka)
         self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
         self._parts = partitions(self._consumer, topic)
-        self._pos = dict.fromkeys(self._parts, 0)
         self._cond = threading.Condition()
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self._parts])
         self._target = self._ends()
+        self._pos = self._assign(start)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def _assign(self, start: Start) -> dict[int, int]:
+        """Assign every partition from ``start``; the position each begins at."""
+        if start == "end":
+            pos = {p: high for p, (_low, high) in self._target.items()}
+            offsets = [TopicPartition(self.topic, p, OFFSET_END) for p in self._parts]
+        elif start == "beginning":
+            pos = dict.fromkeys(self._parts, 0)
+            offsets = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._parts]
+        else:
+            stamp = int(start.timestamp() * 1000)
+            try:
+                found = self._consumer.offsets_for_times(
+                    [TopicPartition(self.topic, p, stamp) for p in self._parts], timeout=10)
+            except KafkaException as exc:
+                raise BusError(f"cannot look up offsets of {self.topic} by time: {exc}") from exc
+            pos = {tp.partition: tp.offset if tp.offset >= 0 else self._target[tp.partition][1]
+                   for tp in found}
+            offsets = [TopicPartition(self.topic, p, o) for p, o in pos.items()]
+        self._consumer.assign(offsets)
+        return pos
 
     def _ends(self) -> dict[int, tuple[int, int]]:
         """(low, high) watermarks of every partition, now."""
@@ -56,28 +90,54 @@ class Follower:
         return all(low >= high or self._pos[p] >= high for p, (low, high) in ends.items())
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.05)
-            if msg is not None and not msg.error():
-                record = to_record(msg)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except Exception:
+                    log.exception("%s: error following %s; going on", self.reader, self.topic)
+                    time.sleep(0.1)
+        finally:
+            self._consumer.close()
+            with self._meta_lock:
+                self._meta.close()
+
+    def _step(self) -> None:
+        msg = self._consumer.poll(0.05)
+        if msg is not None and not msg.error():
+            record = read_message(msg, trust=self._trust, reader=self.reader)
+            self._handle(record)
+            with self._cond:
+                self._pos[record.partition] = record.offset + 1
+                self._cond.notify_all()
+        if not self._ready.is_set():
+            with self._cond:
+                if self._caught_up(self._target):
+                    self._ready.set()
+
+    def _handle(self, record: Record) -> None:
+        """Hand the record over; an exception of the callback is a refusal, never fatal."""
+        try:
+            if record.event is not None:
                 self._apply(record)
-                with self._cond:
-                    self._pos[record.partition] = record.offset + 1
-                    self._cond.notify_all()
-            if not self._ready.is_set():
-                with self._cond:
-                    if self._caught_up(self._target):
-                        self._ready.set()
-        self._consumer.close()
-        with self._meta_lock:
-            self._meta.close()
+            elif self._on_refused is not None:
+                self._on_refused(record)
+        except Exception as exc:  # noqa: BLE001 - nothing a record holds may stop the thread
+            failed = dataclasses.replace(record, event=None, reason="apply-failed",
+                                         error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            if self._trust is not None:
+                self._trust.refusals.add(self.reader, failed)
+            log.warning("%s could not apply %s: %s", self.reader, record.origin, failed.error)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        """Block until what the topic held at start has been applied."""
+        """Block until what the topic held at start has been read."""
         return self._ready.wait(timeout)
 
     def sync(self, timeout: float = 10.0) -> bool:
-        """Block until what the topic holds now has been applied; False at the deadline."""
+        """Block until what the topic holds now has been read; False at the deadline (at once
+        when called from the following thread itself, which cannot wait for its own progress)."""
+        if threading.current_thread() is self._thread:
+            return False
         ends = self._ends()
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -1,7 +1,9 @@
 """Rebuild the Redis grant view from the grant lifecycle topic (Kafka is the log of record).
 
 Imports bus, redis_store, schemas. Folding the log is pure (``fold``); reading it blocks
-(``collect``, run it in a thread from async code); ``apply`` writes the result.
+(``collect``, run it in a thread from async code); ``apply`` writes the result. Only records the
+broker signed are folded: the decode edge refuses (and counts) the rest, so a forged grant is
+never restored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import datetime
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.redis.store import RedisGrantStore
 from broker.grants.decide import derive_id
 from schemas.events import (
@@ -92,9 +95,10 @@ def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
     })
 
 
-def collect(kafka: KafkaAccess, now: datetime, timeout: float = 60.0) -> Folded:
-    """Read the whole grant topic and fold it (blocking)."""
-    return fold(read_all(kafka, GRANTS.name, timeout=timeout), now)
+def collect(kafka: KafkaAccess, now: datetime, trust: Trust, timeout: float = 60.0) -> Folded:
+    """Read the whole grant topic and fold what the broker signed (blocking)."""
+    return fold(read_all(kafka, GRANTS.name, trust=trust, reader="rebuild",
+                         timeout=timeout), now)
 
 
 async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:

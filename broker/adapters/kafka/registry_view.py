@@ -1,7 +1,9 @@
 """The agent registry as the workers, the CLI and the SDKs read it. Imports follow, bus, schemas.
 
 Kafka is the record (the compacted ``permbroker.agents`` topic); this is a view of it in memory:
-the latest revision of every agent, and which agent owns each key id. Blocking calls (``sync``)
+the latest revision of every agent, and which agent owns each key id. Only records the broker
+signed are applied (the decode edge checks them against the reader's trust): a forged record,
+whatever its revision, is refused and counted and changes nothing. Blocking calls (``sync``)
 belong in a thread when the caller is async.
 """
 
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.follow import Follower
 from schemas.events import AgentRecord
 from schemas.topics import AGENTS
@@ -53,7 +56,7 @@ class Registry:
 
 
 def fold(records: Iterable[Record]) -> Registry:
-    """A registry from records read off the agents topic (undecodable ones are skipped)."""
+    """A registry from records read off the agents topic (refused ones were counted, skipped)."""
     registry = Registry()
     for rec in records:
         if isinstance(rec.event, AgentRecord):
@@ -61,18 +64,19 @@ def fold(records: Iterable[Record]) -> Registry:
     return registry
 
 
-def read_registry(kafka: KafkaAccess, timeout: float = 30.0) -> Registry:
+def read_registry(kafka: KafkaAccess, trust: Trust, timeout: float = 30.0) -> Registry:
     """The whole registry, read once from the beginning (for the CLI and tests)."""
-    return fold(read_all(kafka, AGENTS.name, timeout=timeout))
+    return fold(read_all(kafka, AGENTS.name, trust=trust, reader="registry-read",
+                         timeout=timeout))
 
 
 class RegistryView(Registry):
     """A registry kept current by following the agents topic in a thread."""
 
-    def __init__(self, kafka: KafkaAccess) -> None:
+    def __init__(self, kafka: KafkaAccess, trust: Trust) -> None:
         super().__init__()
-        self._follower = Follower(kafka, AGENTS.name, self._on_record,
-                                  name="permbroker-registry")
+        self._follower = Follower(kafka, AGENTS.name, self._on_record, trust=trust,
+                                  reader="registry", name="permbroker-registry")
 
     def _on_record(self, rec: Record) -> None:
         if isinstance(rec.event, AgentRecord):

@@ -22,10 +22,11 @@ from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit import log as audit_log
 from broker.adapters.kafka.bus import consumer, partitions, to_record
+from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
-from broker.cli.context import cli_kafka, cli_settings
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -100,8 +101,12 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Print recent audit records (and follow new ones with -f)."""
+    settings = cli_settings()
     c = consumer(cli_kafka())
+    view: JwksView | None = None
     try:
+        view = JwksView.from_settings(settings, cli_kafka())  # only what the broker sealed is shown
+        trust = view.trust
         c.assign(_start(c, last, time_option(since)))
         idle_since = time.monotonic()
         while follow or time.monotonic() - idle_since < 1.5:
@@ -109,7 +114,7 @@ def tail(
             if msg is None or msg.error():
                 continue
             idle_since = time.monotonic()
-            rec = to_record(msg).event
+            rec = to_record(msg, trust, reader="audit-tail").event
             if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
                 _show(rec, as_json)
     except (BrokerError, KafkaException) as exc:
@@ -118,13 +123,19 @@ def tail(
         pass
     finally:
         c.close()
+        if view is not None:
+            view.close()
 
 
 def load_records(settings: Settings, *, file: Path | None = None,
                  since: datetime | None = None) -> list[AuditRecord]:
-    """Every parseable sealed record (from the topic, or an export), in log order."""
-    stored = (audit_log.read_jsonl(file) if file else
-              audit_log.read_topic(cli_kafka(), since=since))
+    """Every parseable sealed record the broker signed (from the topic, or an export), in log
+    order: an entry whose signature does not verify is left out, like one that does not parse."""
+    if file is not None:  # an export: its integrity is the chain's (permbroker audit verify)
+        stored = list(audit_log.read_jsonl(file))
+    else:
+        stored = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), since=since,
+                                                                   trust=t)))
     records, bad = [], 0
     for s in stored:
         try:
@@ -132,7 +143,8 @@ def load_records(settings: Settings, *, file: Path | None = None,
         except BrokerError:
             bad += 1
     if bad:
-        err.print(f"[yellow]{bad} entr(y/ies) did not parse and were left out; run "
+        err.print(f"[yellow]{bad} entr(y/ies) not signed by the broker or not parseable were "
+                  "left out; run "
                   "permbroker audit verify[/]")
     return records
 
@@ -156,10 +168,12 @@ def verify(
         if file is not None:
             result = audit_check.verify_file(file, keys, complete=complete)
         elif wait > 0 and topic is None:
-            result = audit_check.wait_sealed(cli_kafka(), keys, wait)
+            result = read_trusted(lambda t: audit_check.wait_sealed(cli_kafka(), keys, wait,
+                                                                    trust=t))
         else:
-            result = audit_check.verify_topic(cli_kafka(), keys, complete=complete,
-                                              **({"topic": topic} if topic else {}))
+            result = read_trusted(lambda t: audit_check.verify_topic(
+                cli_kafka(), keys, complete=complete, trust=t,
+                **({"topic": topic} if topic else {})))
     except BrokerError as exc:
         raise fail(str(exc), KafkaHint) from exc
     if as_json:
@@ -219,8 +233,9 @@ def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
     """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
     policies = audit_replay.policies_in(records)
     if from_topic:  # policy.loaded records may predate the window: find them by their bytes
-        loaded = (s.record() for s in audit_log.read_topic(cli_kafka())
-                  if b'"kind":"policy.loaded"' in (s.entry.value or b""))
+        signed = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), trust=t)))
+        loaded = (s.record() for s in signed if s.refusal is None
+                  and b'"kind":"policy.loaded"' in (s.entry.value or b""))
         policies.update(audit_replay.policies_in(loaded))
     for path in paths:
         policy = load_policy(path)
@@ -359,10 +374,12 @@ def keys_init() -> None:
 def seal() -> None:
     """Run a sealer alone (when workers run with PERMBROKER_AUDIT_SEALER=false)."""
     from broker.adapters.audit.sealer import Sealer
+    from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 
     settings = cli_settings()
     try:
-        sealer = Sealer(settings, cli_kafka(), audit_keys.load_keys(settings))
+        signer = RecordSigner(BrokerKeyring(settings.key_path("broker")))
+        sealer = Sealer(settings, cli_kafka(), audit_keys.load_keys(settings), signer)
         err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")
         sealer.run()
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
-from broker.cli.context import cli_kafka, cli_settings
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, until
 from broker.cli.output import print_json as _print_json
 from broker.config import Settings
@@ -130,7 +130,7 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
     """Rebuild the Redis view of active grants from the grant topic (Kafka is the record)."""
     settings, now = cli_settings(), datetime.now(UTC)
     try:
-        folded = rebuild.collect(cli_kafka(), now)
+        folded = read_trusted(lambda t: rebuild.collect(cli_kafka(), now, t))
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
         record = rebuild_audit(
             f"operator {os.environ.get('USER', 'unknown')}", now, records=folded.records,

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.context import cli_kafka, cli_settings
+from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
@@ -48,14 +48,16 @@ def revoke(
         raise fail("give at least one selector (--agent, --agent-class, --model-version, "
                    "--tenant, --owner, --case-id, --label)", code=2)
     settings = cli_settings()
+    if not dry_run and not reason:
+        raise fail("--reason is required to revoke (it is recorded in the audit)", code=2)
     try:
-        if dry_run:
-            _show(plan(settings, cli_kafka(), selector), as_json, dry=True)
-            return
-        if not reason:
-            raise fail("--reason is required to revoke (it is recorded in the audit)", code=2)
-        done = revoke_selected(settings, cli_kafka(), selector, reason, operator=operator,
-                               timeout=settings.decision_timeout_s * 2)
+        with trusted() as trust:
+            if dry_run:
+                _show(plan(settings, cli_kafka(), selector, trust), as_json, dry=True)
+                return
+            done = revoke_selected(settings, cli_kafka(), selector, reason or "",
+                                   operator=operator, trust=trust,
+                                   timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "
                    "(permbroker stack status; permbroker keys init)") from exc

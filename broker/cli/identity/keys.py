@@ -22,15 +22,16 @@ keys_app = typer.Typer(help="The broker's token keys and this operator's key.",
 
 @keys_app.command("init")
 def keys_init(as_json: JsonOpt = False) -> None:
-    """Create the broker's token keyring and this operator's key if missing (0600 files)."""
+    """Create the broker's keyring, its trust anchor and this operator's key if missing (0600)."""
     settings = cli_settings()
     created = ensure_identity_files(settings)
-    paths = {name: str(settings.key_path(name)) for name in ("broker", "operator", "operators")}
+    paths = {name: str(settings.key_path(name))
+             for name in ("broker", "operator", "operators", "trust-anchor")}
     if as_json:
         _json({"created": created, **paths})
         return
     for name, path in paths.items():
-        out.print(f"{name:<9} {path}{'  (created)' if path in created else ''}")
+        out.print(f"{name:<13} {path}{'  (created)' if path in created else ''}")
 
 
 @keys_app.command("rotate")
@@ -55,8 +56,7 @@ def keys_jwks() -> None:
     """The published JWKS (what resource services verify grant tokens with), as JSON."""
     settings = cli_settings()
     try:
-        with JwksView(cli_kafka(), issuer=settings.token_issuer) as view:
-            view.wait_ready(30)
+        with JwksView.from_settings(settings, cli_kafka()) as view:  # keys the chain accepts
             _json(view.document())
     except BrokerError as exc:
         raise _fail(str(exc), "is Kafka up? permbroker stack status") from exc

@@ -16,7 +16,8 @@ from rich.table import Table
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
-from broker.cli.context import cli_kafka, cli_settings
+from broker.adapters.kafka.edge import Trust
+from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -30,13 +31,16 @@ out = Console()
 err = Console(stderr=True)
 
 
-def collect_status(kafka: KafkaAccess, since: datetime) -> RevocationStatus:
-    """Revocations on the grant topic and acks/status reports since ``since`` (blocking)."""
-    revs = [r.event for r in read_since(kafka, topics.GRANTS.name, since)
+def collect_status(kafka: KafkaAccess, since: datetime, trust: Trust) -> RevocationStatus:
+    """Revocations on the grant topic and acks/status reports since ``since`` (blocking); only
+    what the broker and the registered enforcement points signed counts."""
+    revs = [r.event for r in read_since(kafka, topics.GRANTS.name, since, trust=trust,
+                                        reader="revocation-status")
             if isinstance(r.event, AgentRevoked)]
     acks: list[RevocationAcknowledged] = []
     statuses: list[EnforcementPointStatus] = []
-    for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since):
+    for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since, trust=trust,
+                          reader="revocation-status"):
         if isinstance(rec.event, RevocationAcknowledged):
             acks.append(rec.event)
         elif isinstance(rec.event, EnforcementPointStatus):
@@ -58,7 +62,8 @@ def status(
         raise typer.Exit(2)
     now = datetime.now(UTC)
     try:
-        report = collect_status(cli_kafka(), now - timedelta(seconds=seconds))
+        report = read_trusted(lambda t: collect_status(
+            cli_kafka(), now - timedelta(seconds=seconds), t))
     except BrokerError as exc:
         err.print(f"[bold red]error:[/] {exc}\n[dim]hint:[/] is Kafka up? permbroker stack status")
         raise typer.Exit(1) from exc

@@ -3,7 +3,8 @@
 Imports adapters, schemas.
 
 Blocking (confluent-kafka); one client per agent identity. The client starts reading the
-decision topic at its current end *before* it publishes, so a fast decision is never missed.
+decision topic at its current end *before* it publishes, so a fast decision is never missed;
+it believes only answers the broker signed (``trust``: the broker's chain of trust).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import TopicPartition
-
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.edge import Record, Trust
+from broker.adapters.kafka.follow import Follower
+from broker.delivery.bounded import Bounded
 from broker.errors import CommandRefused, DecisionTimeout
 from broker.sdk.agent.identity import AgentIdentity, Rotator
 from schemas import topics
@@ -37,78 +39,91 @@ from schemas.events import (
 )
 
 Decision = EscalationDecided | RenewalDecided | ReleaseDecided
+Answer = Decision | EscalationPending | CommandAnswered
 
 
-class DecisionWatcher:
-    """Follows the decision topic from 'now' and hands each decision to whoever waits for it."""
+class Answers:
+    """Answers read off the decision topic, held until someone asks: at most ``max_entries``,
+    the oldest dropped first, so answers for other agents' requests never fill the memory."""
 
-    def __init__(self, kafka: KafkaAccess) -> None:
-        self._consumer = consumer(kafka)
-        ends = end_offsets(self._consumer, topics.DECISIONS.name)
-        self._consumer.assign(
-            [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
-        )
-        self._decisions: dict[str, Decision] = {}
-        self._pending: dict[str, EscalationPending] = {}  # held for approval
-        self._answers: dict[str, CommandAnswered] = {}
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._held: Bounded[tuple[str, str], Answer] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._consumer.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            event = to_record(msg).event
-            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
-                with self._cond:
-                    self._decisions[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, EscalationPending):
-                with self._cond:
-                    self._pending[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, CommandAnswered):
-                with self._cond:
-                    self._answers[event.command_id] = event
-                    self._cond.notify_all()
-        self._consumer.close()
+    @property
+    def held(self) -> int:
+        """Answers kept for callers that have not asked for them (at most the bound)."""
+        with self._cond:
+            return len(self._held)
+
+    def on_record(self, record: Record) -> None:
+        """Hold one accepted record's answer (anything else on the topic is ignored)."""
+        event = record.event
+        if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
+            key = ("decision", event.request_id)
+        elif isinstance(event, EscalationPending):
+            key = ("pending", event.request_id)
+        elif isinstance(event, CommandAnswered):
+            key = ("answer", event.command_id)
+        else:
+            return
+        with self._cond:
+            self._held.put(key, event)
+            self._cond.notify_all()
 
     def wait(self, request_id: str, timeout: float) -> Decision:
         """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: request_id in self._decisions, timeout):
+            if not self._cond.wait_for(lambda: ("decision", request_id) in self._held, timeout):
                 raise DecisionTimeout(
                     f"no decision for request {request_id} within {timeout:.0f}s: is a worker "
                     "running (permbroker worker) and reading the same Kafka cluster?"
                 )
-            return self._decisions.pop(request_id)
+            found = self._held.pop(("decision", request_id))
+            assert isinstance(found, EscalationDecided | RenewalDecided | ReleaseDecided)
+            return found
 
     def wait_pending(self, request_id: str, timeout: float) -> EscalationPending | Decision:
         """The request's pending notice (held for approval), or its decision if that came first."""
+        pending, decided = ("pending", request_id), ("decision", request_id)
         with self._cond:
-            if not self._cond.wait_for(lambda: request_id in self._pending
-                                       or request_id in self._decisions, timeout):
+            if not self._cond.wait_for(lambda: pending in self._held or decided in self._held,
+                                       timeout):
                 raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
-            return self._pending.pop(request_id, None) or self._decisions.pop(request_id)
+            found = self._held.pop(pending) or self._held.pop(decided)
+            assert not isinstance(found, CommandAnswered | None)
+            return found
 
     def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: command_id in self._answers, timeout):
+            if not self._cond.wait_for(lambda: ("answer", command_id) in self._held, timeout):
                 raise DecisionTimeout(
                     f"no answer to command {command_id} within {timeout:.0f}s: is a worker "
                     "running, and was the command signed by a registered key? (permbroker "
                     "audit tail --kind identity.rejected)"
                 )
-            return self._answers.pop(command_id)
+            answer = self._held.pop(("answer", command_id))
+            assert isinstance(answer, CommandAnswered)
+            return answer
+
+
+
+class DecisionWatcher(Answers):
+    """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
+
+    Only answers the broker signed count (the decode edge checks them against ``trust``).
+    """
+
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
+        super().__init__(max_entries)
+        self._follower = Follower(kafka, topics.DECISIONS.name, self.on_record, trust=trust,
+                                  reader="decision-watcher", name="permbroker-decisions",
+                                  start="end")
 
     def close(self) -> None:
         """Stop following the topic."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._follower.close()
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,7 @@ class AgentClient:
         agent_id: str,
         kafka: KafkaAccess,
         *,
+        trust: Trust | None = None,
         watch_decisions: bool = True,
         keys: AgentKeyStore | None = None,
         unsigned: bool = False,
@@ -146,7 +162,12 @@ class AgentClient:
         self.identity = None if keys is None or unsigned else AgentIdentity(agent_id, keys)
         signer = self.identity.sign if self.identity is not None else None
         self._publisher = Publisher(kafka, source=f"/agents/{agent_id}", signer=signer)
-        self._watcher = DecisionWatcher(kafka) if watch_decisions else None
+        if watch_decisions and trust is None:
+            raise ValueError(f"agent {agent_id} believes only answers the broker signed: pass "
+                             "trust= (JwksView.from_settings(settings, kafka).trust), or "
+                             "watch_decisions=False")
+        self._watcher = DecisionWatcher(kafka, trust=trust) \
+            if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
 
     def send(self, request: EscalationRequested) -> None:

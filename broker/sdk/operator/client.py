@@ -20,14 +20,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import TopicPartition
-
 from broker.adapters.crypto.enrollment import issue_enrollment
 from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.edge import Record, Trust
+from broker.adapters.kafka.follow import Follower
+from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
+from broker.delivery.bounded import Bounded
 from broker.errors import CommandRefused, DecisionTimeout
 from broker.sdk.agent.client import DecisionWatcher
 from schemas import topics
@@ -64,29 +66,23 @@ def operator_signal(agent_id: str, reason: str, operator: str) -> RiskObserved:
 
 
 class AuditWatcher:
-    """Follows the audit topic from now; hands over the record about a given subject."""
+    """Follows the sealed audit topic from now; hands over the record about a given subject.
 
-    def __init__(self, kafka: KafkaAccess) -> None:
-        self._c = consumer(kafka)
-        ends = end_offsets(self._c, topics.AUDIT.name)
-        self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
-        self._found: dict[str, AuditRecord] = {}
+    Only records the broker signed count; at most ``max_entries`` wait for a caller.
+    """
+
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
+        self._found: Bounded[str, AuditRecord] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="permbroker-audit", daemon=True)
-        self._thread.start()
+        self._follower = Follower(kafka, topics.AUDIT.name, self._on_record, trust=trust,
+                                  reader="audit-watcher", name="permbroker-audit", start="end")
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self._c.poll(0.1)
-            if msg is None or msg.error():
-                continue
-            rec = to_record(msg).event
-            if isinstance(rec, AuditRecord) and rec.kind == "risk.observed":
-                with self._cond:
-                    self._found[rec.subject_id] = rec
-                    self._cond.notify_all()
-        self._c.close()
+    def _on_record(self, record: Record) -> None:
+        rec = record.event
+        if isinstance(rec, AuditRecord) and rec.kind == "risk.observed":
+            with self._cond:
+                self._found.put(rec.subject_id, rec)
+                self._cond.notify_all()
 
     def wait(self, subject_id: str, timeout: float) -> AuditRecord:
         """The audit record of ``subject_id``; DecisionTimeout after ``timeout`` seconds."""
@@ -96,12 +92,13 @@ class AuditWatcher:
                     f"the revocation {subject_id} was published but no worker applied it within "
                     f"{timeout:.0f}s: is a worker running (permbroker worker)?"
                 )
-            return self._found.pop(subject_id)
+            found = self._found.pop(subject_id)
+            assert found is not None
+            return found
 
     def close(self) -> None:
         """Stop following."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._follower.close()
 
 
 def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
@@ -127,11 +124,12 @@ def operator_publisher(kafka: KafkaAccess, source: str, settings: Settings) -> P
 
 def revoke(
     settings: Settings, kafka: KafkaAccess, agent_id: str, reason: str, *, operator: str,
-    timeout: float = 30.0, publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
+    trust: Trust, timeout: float = 30.0, publisher: Publisher | None = None,
+    watcher: AuditWatcher | None = None,
 ) -> Revocation:
     """Revoke every grant of ``agent_id`` and wait until a worker applied it."""
     own = watcher is None
-    watcher = watcher or AuditWatcher(kafka)
+    watcher = watcher or AuditWatcher(kafka, trust=trust)
     try:
         signal = operator_signal(agent_id, reason, operator)
         pub = publisher or operator_publisher(kafka, f"/operators/{operator}", settings)
@@ -145,11 +143,21 @@ def revoke(
 class OperatorClient:
     """One operator's signed actions on the registry, the broker's keys and agents' grants."""
 
-    def __init__(self, settings: Settings, kafka: KafkaAccess) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, *,
+                 trust: Trust | None = None) -> None:
         self.principal, self._key = load_operator(settings.key_path("operator"))
         self._publisher = operator_publisher(
             kafka, f"/operators/{self.principal.split(':', 1)[1]}", settings)
-        self._watcher = DecisionWatcher(kafka)
+        # The broker's answers are believed only when it signed them: with no trust given, the
+        # client follows the chain of trust from the settings' anchor itself.
+        self._jwks = JwksView.from_settings(settings, kafka) if trust is None else None
+        self.trust: Trust = trust if trust is not None else self._own_trust()
+        self._watcher = DecisionWatcher(kafka, trust=self.trust,
+                                        max_entries=settings.decisions_kept)
+
+    def _own_trust(self) -> Trust:
+        assert self._jwks is not None
+        return self._jwks.trust
 
     def _command(self, action: str, agent_id: str | None, reason: str,
                  **fields: object) -> AgentCommand:
@@ -238,6 +246,8 @@ class OperatorClient:
     def close(self) -> None:
         """Stop reading answers."""
         self._watcher.close()
+        if self._jwks is not None:
+            self._jwks.close()
 
     def __enter__(self) -> OperatorClient:
         return self

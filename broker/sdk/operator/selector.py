@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
@@ -52,9 +53,9 @@ class SelectorRevocation:
         return tuple(sorted(g for r in self.revocations for g in r.grant_ids))
 
 
-def profiles(settings: Settings, kafka: KafkaAccess) -> list[AgentProfile]:
+def profiles(settings: Settings, kafka: KafkaAccess, trust: Trust) -> list[AgentProfile]:
     """Registered agents' profiles, plus the policy bundle's agents not in the registry."""
-    registered = {r.agent_id: r.profile for r in read_registry(kafka).records()}
+    registered = {r.agent_id: r.profile for r in read_registry(kafka, trust).records()}
     try:
         seeded = load_policy(settings.policy_path).agents()
     except BrokerError:
@@ -72,11 +73,11 @@ async def _grants(settings: Settings, agents: list[str] | None,
         await store.aclose()
 
 
-def plan(settings: Settings, kafka: KafkaAccess, selector: Selector,
+def plan(settings: Settings, kafka: KafkaAccess, selector: Selector, trust: Trust,
          now: datetime | None = None) -> Selection:
     """The dry run: what ``revoke_selected`` would revoke now (StoreUnavailable, BusError)."""
     now = now or datetime.now(UTC)
-    known = profiles(settings, kafka)
+    known = profiles(settings, kafka, trust)
     named = [p.agent_id for p in known if selector.profile_matches(p)] \
         if selector.needs_profile else None
     grants = asyncio.run(_grants(settings, named, now))
@@ -99,9 +100,9 @@ def operation_audit(op_id: str, selection: Selection, reason: str, operator: str
 
 
 def revoke_selected(settings: Settings, kafka: KafkaAccess, selector: Selector, reason: str, *,
-                    operator: str, timeout: float = 60.0) -> SelectorRevocation:
+                    operator: str, trust: Trust, timeout: float = 60.0) -> SelectorRevocation:
     """Revoke every agent ``selector`` names; returns once workers applied each revocation."""
-    selection = plan(settings, kafka, selector)
+    selection = plan(settings, kafka, selector, trust)
     op_id = f"sel-{uuid.uuid4()}"
     if not selection.targets:
         return SelectorRevocation(op_id, selection, ())
@@ -109,7 +110,7 @@ def revoke_selected(settings: Settings, kafka: KafkaAccess, selector: Selector, 
     publisher.publish(topics.AUDIT_RAW.name, operation_audit(op_id, selection, reason, operator))
     detail = f"{reason} (selector {selector.describe()}; operation {op_id})"[:2000]
     signals = [operator_signal(t.agent_id, detail, operator) for t in selection.targets]
-    watcher = AuditWatcher(kafka)
+    watcher = AuditWatcher(kafka, trust=trust)
     try:
         publisher.publish_many(topics.RISK.name, signals)
         done = tuple(revocation_of(s, watcher.wait(s.signal_id, timeout)) for s in signals)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.codec import encode
 from broker.adapters.redis.budgets import BudgetCounter
 from broker.delivery.consistency import ConsistencyToken
 from broker.errors import BrokerError, StoreUnavailable
@@ -27,21 +29,26 @@ from schemas.events import GrantIssued, GrantUsed
 
 
 class BudgetMeter:
-    """Counts uses of budgeted scopes for one resource service, on top of a grant view."""
+    """Counts uses of budgeted scopes for one resource service, on top of a grant view.
+
+    Each report is signed with the service's own key (``service``): the workers count only
+    reports an enforcement point registered in the services file signed in its own name.
+    """
 
     def __init__(self, view: Checker, counter: BudgetCounter, publisher: Publisher, *,
-                 service: str) -> None:
+                 service: ServiceIdentity) -> None:
         self.view = view
-        self.service = service
+        self.service = service.name
+        self._identity = service
         self._counter = counter
         self._publisher = publisher
 
     @classmethod
     def connect(cls, view: Checker, redis_url: str, kafka: KafkaAccess, *,
-                service: str) -> BudgetMeter:
+                service: ServiceIdentity) -> BudgetMeter:
         """A meter with its own Redis client and Kafka producer."""
         return cls(view, BudgetCounter.from_url(redis_url),
-                   Publisher(kafka, source=f"/services/{service}"), service=service)
+                   Publisher(kafka, source=f"/services/{service.name}"), service=service)
 
     def use(self, agent_id: str | None, scope: str, resource: str = "", *, use_id: str,
             at_least: ConsistencyToken | str | None = None) -> Verdict:
@@ -78,7 +85,8 @@ class BudgetMeter:
             outcome="consumed" if counted.counted else "refused",
             used=counted.used, limit=counted.limit, used_at=datetime.now(UTC))
         try:
-            self._publisher.publish(topics.USAGE.name, event)
+            self._publisher.publish_raw(topics.USAGE.name, self._identity.sign(
+                encode(event, source=f"/services/{self.service}")))
         except BrokerError as exc:
             if not counted.counted:
                 return ""  # a refusal stays a refusal; only its report is missing

@@ -1,6 +1,7 @@
 """FastAPI dependency for resource services: ``require_scope``. Imports fastapi, sdk.enforce.
 
-    app.state.grant_view = GrantView(kafka, topic="permbroker.grants.payments")
+    keys = JwksView.from_settings(settings, kafka)  # the broker's chain of trust (its anchor)
+    app.state.grant_view = GrantView(kafka, trust=keys.trust, topic="permbroker.grants.payments")
 
     @app.post("/accounts/{account_id}/freeze")
     def freeze(account_id: str,

@@ -2,15 +2,23 @@
 
 Written by one thread (the view's consumer), read by any: each agent's entry is rebuilt and
 swapped in whole (copy on write), so a check is two dict lookups and never takes a lock.
+Only records that passed the decode edge are applied. A record refused there denies its agent
+only when its signature verified (the broker wrote it, this view cannot read it: it may be a
+revocation, so fail closed); a forged or unsigned one changes nothing, so it locks no one out.
+Memory is bounded: at most ``max_entries`` ended grant ids (oldest forgotten first: a grant
+ended that long ago has expired too) and as many unreadable agents are remembered.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
 from broker.adapters.kafka.bus import Record
+from broker.delivery.bounded import Bounded
 from schemas.events import (
+    AGENT_ID_PATTERN,
     AgentRevoked,
     GrantExpired,
     GrantIssued,
@@ -55,6 +63,9 @@ class Verdict:
         return f"Verdict(allowed={self.allowed}, reason={self.reason!r})"
 
 
+# Refusal reasons of a record the broker signed for another topic (replayed here by a writer
+# past the ACLs): a view that is given one has nothing to fail closed about.
+COPIED = frozenset({"wrong-topic", "wrong-type"})
 # One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
 Held = tuple[float, frozenset[str], GrantIssued]
 
@@ -62,19 +73,20 @@ Held = tuple[float, frozenset[str], GrantIssued]
 class GrantIndex:
     """Active grants by agent and scope; ended grant ids are remembered and never come back."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 100_000) -> None:
         self._grants: dict[str, dict[str, GrantIssued]] = {}
         self._by_scope: dict[str, dict[str, tuple[Held, ...]]] = {}
-        self._ended: set[str] = set()
-        self._poisoned: dict[str, str] = {}
+        self._ended: Bounded[str, None] = Bounded(max_entries)
+        self._poisoned: Bounded[str, str] = Bounded(max_entries)
         self.undecodable = 0
+        self.refused = 0
 
     def allows(
         self, agent_id: str, scope: str, resource: str, now: datetime | None = None
     ) -> Verdict:
         """The answer from memory (the view has checked its freshness first)."""
         if self._poisoned and agent_id in self._poisoned:
-            return Verdict(False, self._poisoned[agent_id])
+            return Verdict(False, self._poisoned.get(agent_id) or "unreadable event")
         held = self._by_scope.get(agent_id)
         entries = held.get(scope) if held is not None else None
         if not entries:
@@ -112,7 +124,12 @@ class GrantIndex:
         """Apply one record of the grant topic; returns the agent revocation it applied, if any."""
         ev = record.event
         if ev is None:
-            self._poison(record)
+            # A broker record copied from another topic is readable, just not ours: not a
+            # revocation we might be missing, so it denies no one.
+            if record.authentic and record.reason not in COPIED:
+                self._poison(record)
+            else:
+                self.refused += 1  # unsigned or forged: counted by the edge, applied nowhere
             return None
         if isinstance(ev, GrantIssued):
             if ev.grant_id not in self._ended:
@@ -134,18 +151,19 @@ class GrantIndex:
         return None
 
     def _poison(self, record: Record) -> None:
-        """An event we cannot read may be a revocation: deny its agent from now on."""
+        """An event the broker signed but we cannot read may be a revocation: deny its agent."""
         self.undecodable += 1
-        if record.key:
-            agent = record.key.decode(errors="replace")
-            self._poisoned[agent] = (
+        agent = (record.key or b"").decode(errors="replace")
+        if re.fullmatch(AGENT_ID_PATTERN, agent):
+            self._poisoned.put(agent, (
                 f"an event about {agent} at {record.topic}@{record.partition}:{record.offset} "
                 f"could not be decoded ({record.error}); denying it until this view is "
                 "restarted on a version that reads it (fail closed)"
-            )
+            ))
 
     def _end(self, agent_id: str, grant_ids: tuple[str, ...]) -> None:
-        self._ended.update(grant_ids)
+        for grant_id in grant_ids:
+            self._ended.put(grant_id, None)
         held = self._grants.get(agent_id, {})
         if any(g in held for g in grant_ids):
             self._set(agent_id, {k: v for k, v in held.items() if k not in grant_ids})

@@ -8,13 +8,19 @@ read). It denies with a reason until the view has caught up, when it has not bee
 within its staleness bound (see ``broker.sdk.freshness``), for an agent one of whose events could
 not be decoded, and, given ``at_least=token``, until it has applied the event the consistency token
 names (waiting up to ``token_wait_s``). An ended grant id is remembered so it never comes back.
-With an ``enforcement_point`` name it acknowledges each revocation it applies on the acks topic.
+Every record is read through the decode edge with the view's ``trust``: only what the broker
+signed is applied; a forged or unsigned record is refused, counted and changes nothing (it denies
+no one), while one the broker signed but this view cannot read denies its agent (fail closed).
+Nothing a record holds stops the view's thread. With an ``enforcement_point`` identity it
+acknowledges each revocation it applies on the acks topic, signed with that point's key.
 Given the workers' consumer group (``revocations_group``), it is also stale while revocation
 signals wait unprocessed (Redis down, workers stuck): then every check is denied.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +28,11 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckPublisher
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
+from broker.adapters.kafka.edge import ROLE_BROKER, Trust
 from broker.delivery.consistency import ConsistencyToken, parse_token
 from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker
 from broker.errors import BusError, InvalidConsistencyToken
@@ -35,6 +43,8 @@ from schemas.events import AgentRevoked, GrantIssued
 
 __all__ = ["Freshness", "GrantView", "Verdict"]
 STATUS_EVERY_S = 10.0
+READER = "grant-view"
+log = logging.getLogger("permbroker.view")
 
 
 class GrantView:
@@ -44,22 +54,25 @@ class GrantView:
         self,
         kafka: KafkaAccess,
         *,
+        trust: Trust,
         topic: str = topics.GRANTS.name,
         on_event: Callable[[Record, float], None] | None = None,
         staleness_bound_s: float = 5.0,
         probe_interval_s: float = 0.5,
         token_wait_s: float = 2.0,
-        enforcement_point: str | None = None,
+        enforcement_point: ServiceIdentity | None = None,
         revocations_group: str | None = None,
+        max_entries: int = 100_000,
     ) -> None:
         self.topic = topic
+        self.trust = trust
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s
-        self.enforcement_point = enforcement_point
+        self.enforcement_point = enforcement_point.name if enforcement_point else None
         self._probe_every = probe_interval_s
         self._on_event = on_event
         self._clock = time.monotonic
-        self._index = GrantIndex()
+        self._index = GrantIndex(max_entries)
         self._broker_clock = BrokerClock(self._clock)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -195,20 +208,14 @@ class GrantView:
     # --- the consumer thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_status = self._clock()
+        next_status = [self._clock()]
         try:
             while not self._stop.is_set():
-                now = self._clock()
-                if self._want_paused != self._paused:
-                    self._switch_pause()
-                if self._acks is not None and now >= next_status and self._tracker.ready():
-                    self._acks.status(self.topic, self.freshness(), self.started_at)
-                    next_status = now + STATUS_EVERY_S
-                msg = self._consumer.poll(0.05)
-                if self._acks is not None:
-                    self._acks.poll()
-                if msg is not None and not msg.error():
-                    self._apply(to_record(msg))
+                try:
+                    self._step(next_status)
+                except Exception:
+                    log.exception("grant view of %s: error in its consumer loop", self.topic)
+                    time.sleep(0.1)
         finally:
             self._prober.join(timeout=10)
             if self._acks is not None:
@@ -217,6 +224,19 @@ class GrantView:
             self._probes.close()
             if self._watch is not None:
                 self._watch.close()
+
+    def _step(self, next_status: list[float]) -> None:
+        now = self._clock()
+        if self._want_paused != self._paused:
+            self._switch_pause()
+        if self._acks is not None and now >= next_status[0] and self._tracker.ready():
+            next_status[0] = now + STATUS_EVERY_S
+            self._acks.status(self.topic, self.freshness(), self.started_at)
+        msg = self._consumer.poll(0.05)
+        if self._acks is not None:
+            self._acks.poll()
+        if msg is not None and not msg.error():
+            self._apply(to_record(msg, self.trust, reader=READER, signed_by=ROLE_BROKER))
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self._probe_every):
@@ -242,18 +262,24 @@ class GrantView:
                 self._cond.notify_all()
 
     def _apply(self, record: Record) -> None:
+        """Apply one record (or note why not); nothing in it may stop this thread."""
         replayed = not self._tracker.ready()
-        revoked = self._index.apply(record)
-        if record.timestamp_ms > 0:
-            self._broker_clock.seen(record.timestamp_ms / 1000)
+        try:
+            revoked = self._index.apply(record)
+            if record.event is not None and record.timestamp_ms > 0:  # a forgery moves no clock
+                self._broker_clock.seen(record.timestamp_ms / 1000)
+            applied_at = time.time()
+            if self._on_event is not None:
+                self._on_event(record, applied_at)
+            if self._acks is not None and isinstance(revoked, AgentRevoked):
+                self._acks.ack(revoked, record, applied_at, replayed=replayed)
+        except Exception as exc:  # noqa: BLE001 - no record may stop the view's thread
+            self.trust.refusals.add(READER, dataclasses.replace(
+                record, event=None, reason="apply-failed",
+                error=f"{type(exc).__name__}: {str(exc)[:200]}"))
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()
-        applied_at = time.time()
-        if self._on_event is not None:
-            self._on_event(record, applied_at)
-        if self._acks is not None and isinstance(revoked, AgentRevoked):
-            self._acks.ack(revoked, record, applied_at, replayed=replayed)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
+from broker.adapters.crypto.service_key import ensure_service
 from broker.cli.main import app as cli
 from broker.cli.ops.enforcement import collect_status
 from broker.config import Settings
@@ -26,7 +27,7 @@ from schemas.events import (
     GrantRevoked,
 )
 from tests.support.enforcement import EXPORT, FREEZE, PII, fraud_grant, kafka_frozen
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -43,18 +44,20 @@ def test_revocation_reaches_a_running_view_and_its_ack_is_reported(
     operator = role_access(settings, topics.OPERATOR)
     agent, point = agents("f"), f"payments-{run_id}-ack"
     since = datetime.now(UTC) - timedelta(seconds=5)
-    with GrantView(service, topic=PAYMENTS, enforcement_point=point) as view, \
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS,
+                   enforcement_point=ensure_service(settings, point)) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
-        rev = revoke(settings, operator, agent, "suspected prompt injection", operator="tests")
+        rev = revoke(settings, operator, agent, "suspected prompt injection", operator="tests",
+                     trust=shared_trust(settings))
         assert rev.grant_ids == (granted.grant_id,) and rev.consistency_token
         after = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not after.allowed and not after.unavailable, after.reason
 
         def confirmation() -> float | None:
-            for p in collect_status(operator, since).points:
+            for p in collect_status(operator, since, shared_trust(settings)).points:
                 for c in p.confirmed:
                     if p.name == point and c.cause_event_id == rev.signal_id:
                         return c.seconds
@@ -77,14 +80,15 @@ def test_stopped_view_never_answers_allowed_with_the_revocations_token(
 ) -> None:
     """Paused while the revocation happens: with its token it waits then denies, never allows."""
     service, agent = role_access(settings, topics.SERVICE), agents("f")
-    with GrantView(service, topic=PAYMENTS, token_wait_s=1.0) as view, \
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS,
+                   token_wait_s=1.0) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
         view.pause()
         rev = revoke(settings, role_access(settings, topics.OPERATOR), agent, "new-enemy check",
-                     operator="tests")
+                     operator="tests", trust=shared_trust(settings))
         assert rev.consistency_token is not None
         behind = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not behind.allowed and behind.unavailable
@@ -101,7 +105,8 @@ def test_view_that_cannot_reach_kafka_denies_with_a_reason_and_recovers(
 ) -> None:
     """Kafka frozen past the staleness bound: elevated scopes denied, saying why; then back."""
     service, agent = role_access(settings, topics.SERVICE), agents("f")
-    with GrantView(service, topic=PAYMENTS, staleness_bound_s=1.5, probe_interval_s=0.2) as view, \
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS, staleness_bound_s=1.5,
+                   probe_interval_s=0.2) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
@@ -135,7 +140,7 @@ def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
                                confidence=0.95, risk_score=0.93)
         assert renewed.outcome == "renewed", renewed.reasons
     revoke(settings, role_access(settings, topics.OPERATOR), agent, "routing check",
-           operator="tests")
+           operator="tests", trust=shared_trust(settings))
     for t in taps.values():
         t.wait_for(AgentRevoked, lambda e: e.agent_id == agent)
     payments = _agent_records(taps[PAYMENTS], agent)
@@ -160,7 +165,8 @@ def test_renewal_release_and_the_cumulative_maximum(
     """Renewal states the new expiry (the view follows); past the maximum it names the rule."""
     agent, reporter, other = agents("f"), agents("r"), agents("f")
     service = role_access(settings, topics.SERVICE)
-    with GrantView(service, topic=PAYMENTS) as view, agent_client(settings, agent) as client, \
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS) as view, \
+            agent_client(settings, agent) as client, \
             agent_client(settings, reporter) as rclient, agent_client(settings, other) as oclient:
         assert view.wait_ready(30)
         granted = fraud_grant(client)

@@ -23,7 +23,7 @@ from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.enforcement import FREEZE, fraud_grant
-from tests.support.identities import agent_client, api_settings, bearer
+from tests.support.identities import agent_client, api_settings, bearer, shared_trust
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,8 @@ def resource_service(view: GrantView) -> FastAPI:
 @pytest.fixture
 def served(settings: Settings) -> Iterator[tuple[str, GrantView]]:
     """The payments service on uvicorn at a loopback port, with its grant view."""
-    view = GrantView(role_access(settings, topics.SERVICE), topic=topics.GRANTS_PAYMENTS.name)
+    view = GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings),
+                     topic=topics.GRANTS_PAYMENTS.name)
     assert view.wait_ready(30)
     server = uvicorn.Server(uvicorn.Config(resource_service(view), host="127.0.0.1", port=0,
                                            log_level="warning"))
@@ -87,7 +88,7 @@ def test_dependency_and_middleware_enforce_over_real_http(
             assert other.status_code == 403
             assert "no active grant of payments:accounts.freeze on acct-9" in other.text
         rev = revoke(settings, role_access(settings, topics.OPERATOR), agent, "http test",
-                     operator="tests")
+                     operator="tests", trust=shared_trust(settings))
         after = {"X-Permbroker-Agent": agent,
                  "X-Permbroker-Consistency": rev.consistency_token or ""}
         for path in ("/accounts/acct-1/freeze", "/v2/accounts/acct-1/freeze"):

@@ -30,7 +30,7 @@ from schemas.events import (
 )
 from tests.support.approval_policy import requester, verifier
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar
+from tests.support.identities import Registrar, shared_trust
 from tests.support.taps import Tap
 
 FREEZE, UNFREEZE, PII = ("payments:accounts.freeze", "payments:accounts.unfreeze",
@@ -87,7 +87,7 @@ def test_two_of_three_grant_counts_the_full_duration_from_the_deciding_approval(
     decisions, audit, votes, grants = (tap(t) for t in (
         topics.DECISIONS.name, topics.AUDIT_RAW.name, topics.APPROVALS.name, topics.GRANTS.name))
     client = AgentClient(agent, role_access(settings, topics.AGENT),
-                         keys=AgentKeyStore.from_settings(settings))
+                         keys=AgentKeyStore.from_settings(settings), trust=shared_trust(settings))
     try:
         request = fraud_request(agent, scopes=(FREEZE,), duration_s=600)
         client.send(request)
@@ -197,8 +197,7 @@ def test_an_approval_never_undoes_a_revocation(
     publisher.publish(topics.ESCALATIONS.name, request)
     _held(decisions, request.request_id)
     revoke(settings, role_access(settings, topics.OPERATOR), agent, "suspicious while held",
-           operator="tests",
-           timeout=WAIT)
+           operator="tests", trust=shared_trust(settings), timeout=WAIT)
     for n in (0, 1):
         approvers(verifier(run_id, n)).approve(request.request_id, agent)
     decided = _decided(decisions, request.request_id)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
@@ -26,7 +27,7 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, GrantIssued, GrantRevoked, GrantUsed
 from tests.support.enforcement import FREEZE
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -68,16 +69,18 @@ def test_a_budget_of_three_freezes_allows_exactly_three_then_revokes_the_grant(
     refuses (fail closed); the worker revokes the grant once, with the reason, and audits it."""
     service, agent = role_access(settings, topics.SERVICE), agents("b")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT_RAW.name)
-    with GrantView(service, topic=PAYMENTS) as view, agent_client(settings, agent) as client:
+    with GrantView(service, trust=shared_trust(settings), topic=PAYMENTS) as view, \
+            agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         grant_id = _budgeted_grant(client)
         issued = grants.wait_for(GrantIssued, lambda g: g.grant_id == grant_id)[0]
         assert issued.budgets == {FREEZE: 3}
-        pub = Publisher(service, source="/tests/payments-api")
+        payments = ensure_service(settings, "payments-api")  # signs its usage reports
+        pub = Publisher(service, source="/tests/payments-api", signer=payments.sign)
         dead = BudgetMeter(view, BudgetCounter.from_url("redis://127.0.0.1:1", timeout_s=0.5),
-                           pub, service="payments-api")
+                           pub, service=payments)
         meter = BudgetMeter(view, BudgetCounter(redis.Redis.from_url(settings.redis_url)), pub,
-                            service="payments-api")
+                            service=payments)
         wait_until(lambda: view.allows(agent, FREEZE, "acct-1").allowed, 30, "grant in view")
         down = dead.use(agent, FREEZE, "acct-1", use_id="use-while-redis-is-down")
         assert not down.allowed and down.unavailable and "fail closed" in down.reason

@@ -26,7 +26,7 @@ from schemas.events import (
 )
 from tests.support.factories import anomaly, fraud_request
 from tests.support.fixtures import keys_without_ttl
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -183,7 +183,7 @@ def test_revocation_is_never_undone(
     )
     assert grant_keys(rclient, agent) == []
     assert len(grants.events(GrantIssued, lambda g: g.agent_id == agent)) == 1
-    with GrantView(role_access(settings, topics.SERVICE)) as view:
+    with GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings)) as view:
         assert view.wait_ready(30)
         assert not view.allows(agent, "payments:accounts.freeze", "acct-1").allowed
 

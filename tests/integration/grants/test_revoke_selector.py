@@ -19,7 +19,7 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import GrantRevoked, ModelInfo
 from tests.support.enforcement import FREEZE
-from tests.support.identities import Registrar, agent_client, api_settings, bearer
+from tests.support.identities import Registrar, agent_client, api_settings, bearer, shared_trust
 from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
         _on_version(registrar, agent, new, run_id)
     grants = {agent: _grant(agent, settings) for agent in on_old + on_new}
     revoked_tap = tap(topics.GRANTS.name)
-    with GrantView(service) as view:
+    with GrantView(service, trust=shared_trust(settings)) as view:
         assert view.wait_ready(30)
         dry = _cli(settings, "--model-version", new, "--dry-run")
         listed = {a["agent_id"]: a for a in dry["agents"]}  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import GrantReleased
 from tests.support.factories import anomaly
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -35,7 +35,8 @@ def test_revoked_or_released_grants_tokens_are_refused_before_they_expire(
     revoked_agent, releasing_agent = agents("f"), agents("f")
     grants = tap(topics.GRANTS.name)
     service = role_access(settings, topics.SERVICE)
-    with JwksView(service) as jwks, GrantView(service) as view, \
+    with JwksView.from_settings(settings, service) as jwks, \
+            GrantView(service, trust=shared_trust(settings)) as view, \
             agent_client(settings, revoked_agent) as a, \
             agent_client(settings, releasing_agent) as b:
         assert jwks.wait_ready(30) and view.wait_ready(30)

@@ -16,6 +16,7 @@ from broker.sdk.agent.client import AgentClient
 from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
+from tests.support.identities import shared_trust
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ def test_register_inventory_show_suspend_and_jwks(
     cli(env, "agents", "register", "--agent", agent, "--class", "reporting", "--owner", "none",
         "--model", "report-llm:1.4@sha256:9b", "--public-key", str(tmp_path / "pub.json"))
     store = AgentKeyStore(tmp_path / "agent-keys")
-    with AgentClient(agent, role_access(settings, topics.AGENT), keys=store) as client:
+    with AgentClient(agent, role_access(settings, topics.AGENT), keys=store,
+                     trust=shared_trust(settings)) as client:
         d = client.request_escalation(["reports:ledger.export"], duration_s=60,
                                       reason="month end", confidence=0.9)
     assert d.outcome == "granted"

@@ -23,7 +23,7 @@ from schemas.events import (
     RiskObserved,
 )
 from tests.support.factories import anomaly
-from tests.support.identities import agent_client
+from tests.support.identities import agent_client, shared_trust
 from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_agent_a_cannot_release_renew_or_read_agent_bs_grant(
         tokens = [r for r in refused if r.kind == "identity.rejected"]
         assert {r.inputs["signer"] for r in tokens} == {a_id}
         assert b.grant_token(b_grant, "payments").grant_id == b_grant  # B still holds it
-    with GrantView(service) as view:
+    with GrantView(service, trust=shared_trust(settings)) as view:
         assert view.wait_ready(30)
         assert view.allows(b_id, FREEZE, "acct-1").allowed
 

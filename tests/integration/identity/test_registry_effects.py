@@ -22,7 +22,7 @@ from schemas.events import (
     ModelInfo,
 )
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar, agent_client
+from tests.support.identities import Registrar, agent_client, shared_trust
 from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,8 @@ def test_a_revoked_key_revokes_grants_quarantines_and_signs_nothing_more(
     registrar.operator.revoke_key(agent, key.kid, reason="key found in a public repo")
     revoked = grants.wait_for(GrantRevoked, lambda e: e.grant_id == held.grant_id)[0]
     assert revoked.rule == "registry:key-revoked"
-    record = read_registry(role_access(settings, topics.OPERATOR)).get(agent)
+    operator = role_access(settings, topics.OPERATOR)
+    record = read_registry(operator, shared_trust(settings)).get(agent)
     assert record is not None and record.status == "quarantined"
     stolen = fraud_request(agent)
     Publisher(role_access(settings, topics.AGENT), source="/thief").publish_raw(

@@ -21,7 +21,7 @@ from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar, agent_client
+from tests.support.identities import Registrar, agent_client, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -55,7 +55,8 @@ def test_agent_key_rotates_on_schedule_with_no_failed_verification_then_retires(
         rotator.stop()
         assert rotator.failures == 0 and len(decided) >= 3
         assert all(d.outcome == "granted" for d in decided)
-    record = read_registry(role_access(settings, topics.OPERATOR)).get(agent)
+    operator = role_access(settings, topics.OPERATOR)
+    record = read_registry(operator, shared_trust(settings)).get(agent)
     assert record is not None
     retired = [k for k in record.keys if k.status == "retiring" and k.not_after is not None]
     assert len([k for k in record.keys if k.status == "active"]) == 1
@@ -80,8 +81,9 @@ def test_broker_key_rotation_keeps_tokens_valid_in_the_overlap_and_refuses_them_
     once the old key retires from the published JWKS every token it signed is refused."""
     agent = agents("b")
     service = role_access(settings, topics.SERVICE)
-    with agent_client(settings, agent) as client, JwksView(service) as jwks, \
-            GrantView(service) as view:
+    with agent_client(settings, agent) as client, \
+            JwksView.from_settings(settings, service) as jwks, \
+            GrantView(service, trust=shared_trust(settings)) as view:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
         grant = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=300,

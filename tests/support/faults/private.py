@@ -25,7 +25,7 @@ from broker.stack.procs import ProcRecord, is_ours
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
-from tests.support.identities import Registrar, harness_signer
+from tests.support.identities import Registrar, close_shared_trust, harness_signer
 from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,6 +51,7 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
         yield settings, worker
     finally:
         worker.stop()
+        close_shared_trust(settings)
         stack.down(STACK, wipe=True)
 
 

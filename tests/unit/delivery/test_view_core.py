@@ -74,8 +74,11 @@ def test_a_view_behind_the_log_end_is_not_proven_until_it_catches_up() -> None:
     assert tracker.snapshot(5.0).staleness_s == 5.0 and tracker.snapshot(5.0).fresh
 
 
-def record(event: WireModel | None, offset: int, key: bytes | None = b"a-1") -> Record:
-    return Record("permbroker.grants", 0, offset, 0, event, None if event else "bad", None, key)
+def record(event: WireModel | None, offset: int, key: bytes | None = b"a-1", *,
+           authentic: bool = True) -> Record:
+    """A record as the decode edge hands it over (``authentic``: its signature verified)."""
+    return Record("permbroker.grants", 0, offset, 0, event, None if event else "bad", None, key,
+                  authentic=authentic)
 
 
 def grant(gid: str = "g-1", life_s: int = 20) -> GrantIssued:
@@ -101,7 +104,8 @@ def test_index_judges_expiry_at_check_time_and_applies_renewals() -> None:
 
 
 def test_ended_grants_never_come_back_and_undecodable_events_fail_closed() -> None:
-    """A released grant replayed stays ended; an unreadable event denies its agent."""
+    """A released grant replayed stays ended; an unreadable event the broker signed denies its
+    agent; an unsigned or forged one (refused at the edge) denies no one."""
     index = GrantIndex()
     index.apply(record(grant(), 0))
     index.apply(record(GrantReleased(grant_id="g-1", agent_id="a-1", released_at=NOW), 1))
@@ -109,9 +113,25 @@ def test_ended_grants_never_come_back_and_undecodable_events_fail_closed() -> No
     assert not index.allows("a-1", FREEZE, "acct-1", NOW).allowed
     index.apply(record(grant("g-2"), 3))
     assert index.allows("a-1", FREEZE, "acct-1", NOW).allowed
-    index.apply(record(None, 4))
+    index.apply(record(None, 4, authentic=False))
+    index.apply(record(None, 5, key=b"a-1\n", authentic=True))  # names no agent (full match)
+    assert index.allows("a-1", FREEZE, "acct-1", NOW).allowed and index.refused == 1
+    copied = Record("permbroker.grants", 0, 6, 0, None, "audit record", None, b"a-1",
+                    reason="wrong-topic", authentic=True)  # the broker's, from another topic
+    index.apply(copied)
+    assert index.allows("a-1", FREEZE, "acct-1", NOW).allowed
+    index.apply(record(None, 7))
     denied = index.allows("a-1", FREEZE, "acct-1", NOW)
     assert not denied.allowed and "could not be decoded" in denied.reason
+
+
+def test_the_index_remembers_at_most_its_bound_of_ended_grants() -> None:
+    """Ended grant ids are kept up to the bound, the oldest forgotten first."""
+    index = GrantIndex(max_entries=100)
+    for n in range(1000):
+        index.apply(record(GrantReleased(grant_id=f"g-{n}", agent_id="a-1", released_at=NOW), n))
+    assert index.state("a-1", "g-999") == "ended" and index.state("a-1", "g-0") == "unknown"
+    assert len(index._ended) == 100
 
 
 def test_agent_revocation_ends_every_grant_of_the_agent() -> None:

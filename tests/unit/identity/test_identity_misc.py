@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files, load_operator
+from broker.adapters.crypto.directory import read_anchor, read_public
+from broker.adapters.crypto.keystore import (
+    AgentKeyStore,
+    ensure_identity_files,
+    load_operator,
+    read_keyring,
+)
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.inventory import inventory_rows
@@ -31,14 +37,26 @@ JWK = PublicJwk(kty="OKP", crv="Ed25519", x="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwI
 def test_key_files_are_private_and_an_open_one_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keys are written 0600 in a 0700 dir; a group/world-readable key file is refused."""
-    for name in ("BROKER_KEY_FILE", "OPERATOR_KEY_FILE", "OPERATORS_FILE", "AGENT_KEY_DIR"):
+    """Keys are written 0600 in a 0700 dir; a group/world-readable key file is refused; the
+    public files that decide trust (operators, trust anchor) are 0600 too and refused when
+    others may write them."""
+    for name in ("BROKER_KEY_FILE", "OPERATOR_KEY_FILE", "OPERATORS_FILE", "AGENT_KEY_DIR",
+                 "TRUST_ANCHOR"):
         monkeypatch.delenv(f"PERMBROKER_{name}", raising=False)  # only this test's directory
     settings = Settings(stack_dir=tmp_path)
     created = ensure_identity_files(settings)
-    assert len(created) == 2 and ensure_identity_files(settings) == []
-    for name in ("broker", "operator"):
-        assert settings.key_path(name).stat().st_mode & 0o777 == 0o600
+    assert len(created) == 3 and ensure_identity_files(settings) == []
+    for name in ("broker", "operator", "operators", "trust-anchor"):
+        assert settings.key_path(name).stat().st_mode & 0o777 == 0o600, name
+    issuer, anchored = read_anchor(settings.key_path("trust-anchor"))
+    assert issuer == "permbroker" and [k.kid for k in anchored] == [
+        k.key.kid for k in read_keyring(settings.key_path("broker"))[1]]
+    for name in ("operators", "trust-anchor"):
+        os.chmod(settings.key_path(name), 0o664)
+        with pytest.raises(KeyFileError, match=f"writable by others.*chmod 600 {tmp_path}"):
+            read_public(settings.key_path(name), name)
+        os.chmod(settings.key_path(name), 0o644)  # readable by all is fine: nothing secret
+        read_public(settings.key_path(name), name)
     assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
     principal, key = load_operator(settings.key_path("operator"))
     assert principal.startswith("operator:") and "PRIVATE" not in repr(key)
