@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -58,14 +58,23 @@ class Settings(BaseSettings):
     enforcement_point: str = Field("", description="Name this process's view acks revocations as")
     api_host: str = Field("127.0.0.1", description="permbroker api: listen address")
     api_port: int = Field(8080, description="permbroker api: listen port")
-    api_operator_token: SecretStr | None = Field(
-        None, description="Bearer token of operators (revoke, revocation status)"
+    api_assertion_max_life_s: int = Field(
+        120, ge=1, le=3600, description="Longest life (exp - iat) of an API assertion"
     )
-    api_service_token: SecretStr | None = Field(
-        None, description="Bearer token of resource services calling /v1/check"
+    api_max_body_bytes: int = Field(
+        65536, ge=1024, description="Largest request body the API reads (larger: 413)"
     )
-    api_agent_tokens: dict[str, SecretStr] = Field(
-        default_factory=dict, description="Bearer token per agent id (JSON object)"
+    api_rate_limit: int = Field(
+        50, ge=1, description="Requests per credential per api_rate_window_s (more: 429)"
+    )
+    api_rate_window_s: int = Field(1, ge=1, description="The window of api_rate_limit, seconds")
+    metrics_history: int = Field(
+        10_000, ge=1, description="Revocations, acks and propagation times the API's metrics "
+        "remember (the oldest are forgotten first)"
+    )
+    decisions_kept: int = Field(
+        10_000, ge=1, description="Answers a decision watcher keeps for callers that have not "
+        "asked yet (the oldest are dropped first)"
     )
     jwks_path: Path | None = Field(None, description="JWKS file served at /.well-known/jwks.json")
 
@@ -112,6 +121,14 @@ class Settings(BaseSettings):
     operators_file: Path | None = Field(
         None, description="Operators' public keys, a JWKS (default <stack_dir>/keys/operators.json)"
     )
+    service_key_file: Path | None = Field(
+        None, description="This resource service's private key (default "
+        "<stack_dir>/keys/service.json; the HTTP API relays with it)"
+    )
+    services_file: Path | None = Field(
+        None, description="Resource services' public keys, a JWKS (default "
+        "<stack_dir>/keys/services.json)"
+    )
     agent_key_dir: Path | None = Field(
         None, description="Where agents keep their private keys (default <stack_dir>/keys/agents)"
     )
@@ -131,7 +148,9 @@ class Settings(BaseSettings):
     def key_path(self, name: str) -> Path:
         """Where a key file lives: the explicit setting, else <stack_dir>/keys/<default>."""
         explicit = {"broker": self.broker_key_file, "operator": self.operator_key_file,
-                    "operators": self.operators_file, "agents": self.agent_key_dir}[name]
+                    "operators": self.operators_file, "agents": self.agent_key_dir,
+                    "service": self.service_key_file, "services": self.services_file}[name]
         default = {"broker": "broker.json", "operator": "operator.json",
-                   "operators": "operators.json", "agents": "agents"}[name]
+                   "operators": "operators.json", "agents": "agents",
+                   "service": "service.json", "services": "services.json"}[name]
         return explicit if explicit is not None else self.stack_dir / "keys" / default

@@ -8,6 +8,8 @@ returns key material except to the code that signs with it.
     <stack_dir>/keys/broker.json      the broker's grant-token keyring (kid rotation, overlap)
     <stack_dir>/keys/operator.json    this operator's key (principal operator:<name>)
     <stack_dir>/keys/operators.json   public JWKS of every operator the workers trust
+    <stack_dir>/keys/service.json     this process's resource-service key (service:<name>)
+    <stack_dir>/keys/services.json    public JWKS of every resource service (and the HTTP API)
     <stack_dir>/keys/agents/<id>.json an agent's own keys (current, and the one it replaces)
 """
 
@@ -29,7 +31,7 @@ from broker.adapters.crypto.jose import SigningKey
 from broker.config import Settings
 from broker.errors import IdentityError, KeyFileError
 from schemas.events import AGENT_ID_PATTERN, PublicJwk
-from schemas.signing import OPERATOR_PREFIX
+from schemas.signing import OPERATOR_PREFIX, SERVICE_PREFIX
 
 
 def write_private(path: Path, data: dict[str, Any]) -> None:
@@ -64,7 +66,9 @@ def _time(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
-# --- operators ------------------------------------------------------------------------------
+DEFAULT_SERVICE = SERVICE_PREFIX + "permbroker-api"  # the HTTP API's service identity
+
+# --- operators and services -----------------------------------------------------------------
 
 def operator_name() -> str:
     """The default operator principal: ``operator:<login name>``."""
@@ -75,23 +79,59 @@ def operator_name() -> str:
     return OPERATOR_PREFIX + (re.sub(r"[^A-Za-z0-9._@-]", "-", user) or "operator")
 
 
-def load_operator(path: Path) -> tuple[str, SigningKey]:
-    """The operator principal and key in ``path`` (the CLI signs operator commands with it)."""
-    data = read_private(path, "operator key")
+def _load_key(path: Path, prefix: str, what: str) -> tuple[str, SigningKey]:
+    data = read_private(path, what)
     principal = data.get("principal")
-    if not isinstance(principal, str) or not principal.startswith(OPERATOR_PREFIX):
-        raise KeyFileError(f"operator key {path} names no principal operator:<name>")
+    if not isinstance(principal, str) or not principal.startswith(prefix):
+        raise KeyFileError(f"{what} {path} names no principal {prefix}<name>")
     return principal, SigningKey.from_pem(str(data.get("private_key_pem", "")))
 
 
-def load_operators(path: Path) -> dict[str, tuple[str, PublicJwk]]:
-    """kid -> (principal, public key) of every trusted operator (a JWKS with ``principal``)."""
+def load_operator(path: Path) -> tuple[str, SigningKey]:
+    """The operator principal and key in ``path`` (the CLI signs operator commands with it)."""
+    return _load_key(path, OPERATOR_PREFIX, "operator key")
+
+
+def load_service(path: Path) -> tuple[str, SigningKey]:
+    """A resource service's principal (``service:<name>``) and key: what it signs with."""
+    return _load_key(path, SERVICE_PREFIX, "service key")
+
+
+def new_principal_key(path: Path, principal: str) -> SigningKey:
+    """Generate a key for ``principal`` into ``path`` (0600); refuses to overwrite one."""
+    if path.exists():
+        raise KeyFileError(f"{path} exists already; it holds the key of "
+                           f"{_principal_in(path)} (delete it first to replace it)")
+    key = SigningKey.generate()
+    write_private(path, {"principal": principal, "private_key_pem": key.to_pem()})
+    return key
+
+
+def _principal_in(path: Path) -> str:
     try:
+        return str(json.loads(path.read_text("utf-8")).get("principal", "?"))
+    except (OSError, ValueError, AttributeError):
+        return "?"
+
+
+def check_not_writable(path: Path, what: str) -> None:
+    """Refuse a trust file others could write: whoever writes it chooses whom we trust."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyFileError(f"{what} {path} is writable by group or others (mode "
+                           f"{oct(mode & 0o777)}); anyone who can write it chooses whom "
+                           f"permbroker trusts: run chmod 600 {path}")
+
+
+def _load_public_keys(path: Path, prefix: str, what: str) -> dict[str, tuple[str, PublicJwk]]:
+    """kid -> (principal, public key) of a JWKS whose keys carry a ``principal``."""
+    try:
+        check_not_writable(path, what)
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise KeyFileError(f"no operators file at {path}: run `permbroker keys init`") from None
+        raise KeyFileError(f"no {what} at {path}: run `permbroker keys init`") from None
     except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read operators file {path}: {exc}") from None
+        raise KeyFileError(f"cannot read {what} {path}: {exc}") from None
     out: dict[str, tuple[str, PublicJwk]] = {}
     for item in data.get("keys", []) if isinstance(data, dict) else []:
         entry = dict(item)
@@ -99,11 +139,20 @@ def load_operators(path: Path) -> dict[str, tuple[str, PublicJwk]]:
         try:
             jwk = PublicJwk.model_validate(entry)
         except ValidationError as exc:
-            raise KeyFileError(f"bad key in operators file {path}: {exc.errors()[0]['msg']}") \
-                from None
-        if jwk.kid and str(principal).startswith(OPERATOR_PREFIX):
+            raise KeyFileError(f"bad key in {what} {path}: {exc.errors()[0]['msg']}") from None
+        if jwk.kid and str(principal).startswith(prefix):
             out[jwk.kid] = (str(principal), jwk)
     return out
+
+
+def load_operators(path: Path) -> dict[str, tuple[str, PublicJwk]]:
+    """kid -> (principal, public key) of every trusted operator (a JWKS with ``principal``)."""
+    return _load_public_keys(path, OPERATOR_PREFIX, "operators file")
+
+
+def load_services(path: Path) -> dict[str, tuple[str, PublicJwk]]:
+    """kid -> (principal, public key) of every trusted resource service (``services.json``)."""
+    return _load_public_keys(path, SERVICE_PREFIX, "services file")
 
 
 class OperatorDirectory:
@@ -115,18 +164,21 @@ class OperatorDirectory:
         self._keys: dict[str, tuple[str, PublicJwk]] = {}
         self.reload()
 
+    def _load(self) -> dict[str, tuple[str, PublicJwk]]:
+        return load_operators(self.path)
+
     def reload(self) -> None:
-        """Re-read the file if it changed (a missing file trusts no operator)."""
+        """Re-read the file if it changed (a missing file trusts no one)."""
         try:
             stamp = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             self._keys, self._stamp = {}, None
             return
         if stamp != self._stamp:
-            self._keys, self._stamp = load_operators(self.path), stamp
+            self._keys, self._stamp = self._load(), stamp
 
     def get(self, kid: str) -> tuple[str, PublicJwk] | None:
-        """(principal, key) of an operator key id."""
+        """(principal, key) of a key id."""
         found = self._keys.get(kid)
         if found is None:
             self.reload()
@@ -134,17 +186,36 @@ class OperatorDirectory:
         return found
 
     def keys(self) -> dict[str, tuple[str, PublicJwk]]:
-        """Every trusted operator key, by kid."""
+        """Every trusted key, by kid."""
         return dict(self._keys)
 
 
-def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
-    """Trust an operator key (public; the file stays world-readable-safe, it holds no secret)."""
+class ServiceDirectory(OperatorDirectory):
+    """The trusted resource services' keys from the services file, re-read when it changes."""
+
+    def _load(self) -> dict[str, tuple[str, PublicJwk]]:
+        return load_services(self.path)
+
+
+def _add_public(path: Path, principal: str, jwk: PublicJwk) -> None:
     keys = [] if not path.exists() else json.loads(path.read_text("utf-8")).get("keys", [])
     keys = [k for k in keys if k.get("kid") != jwk.kid]
     keys.append({**jwk.model_dump(mode="json", exclude_none=True), "principal": principal})
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps({"keys": keys}, indent=2) + "\n", "utf-8")
+    write_private(path, {"keys": keys})  # 0600: it holds no secret, but it decides trust
+
+
+def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
+    """Trust an operator key (written 0600: whoever may write the file chooses the operators)."""
+    if not principal.startswith(OPERATOR_PREFIX):
+        raise KeyFileError(f"an operator principal is {OPERATOR_PREFIX}<name>, not {principal!r}")
+    _add_public(path, principal, jwk)
+
+
+def add_service(path: Path, principal: str, jwk: PublicJwk) -> None:
+    """Trust a resource service's key (its enforcement point or API process), 0600."""
+    if not principal.startswith(SERVICE_PREFIX):
+        raise KeyFileError(f"a service principal is {SERVICE_PREFIX}<name>, not {principal!r}")
+    _add_public(path, principal, jwk)
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -278,20 +349,22 @@ def rotated(keys: list[BrokerKey], now: datetime, *, overlap_s: int, lead_s: flo
 # --- first start --------------------------------------------------------------------------------
 
 def ensure_identity_files(settings: Settings) -> list[str]:
-    """Create the broker keyring and an operator key if missing; make sure the workers trust
-    that operator key (its public half in the operators file)."""
+    """Create the broker keyring, an operator key and this host's service key (the HTTP API's)
+    if missing; make sure the workers trust them (their public halves in the trust files)."""
     created = []
     broker = settings.key_path("broker")
     if not broker.exists():
         now = datetime.now(UTC)
         write_keyring(broker, settings.token_issuer, [BrokerKey(SigningKey.generate(), now, now)])
         created.append(str(broker))
-    operator, operators = settings.key_path("operator"), settings.key_path("operators")
-    if not operator.exists():
-        key, principal = SigningKey.generate(), operator_name()
-        write_private(operator, {"principal": principal, "private_key_pem": key.to_pem()})
-        created.append(str(operator))
-    principal, key = load_operator(operator)
-    if not operators.exists() or key.kid not in load_operators(operators):
-        add_operator(operators, principal, key.jwk)
+    for kind, trusted, default in (("operator", "operators", operator_name()),
+                                   ("service", "services", DEFAULT_SERVICE)):
+        path, trust = settings.key_path(kind), settings.key_path(trusted)
+        if not path.exists():
+            new_principal_key(path, default)
+            created.append(str(path))
+        principal, key = _load_key(path, default.split(":")[0] + ":", f"{kind} key")
+        known = {} if not trust.exists() else _load_public_keys(trust, "", f"{trusted} file")
+        if key.kid not in known:
+            _add_public(trust, principal, key.jwk)
     return created

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files, load_operator
+from broker.adapters.crypto.jose import SigningKey
+from broker.adapters.crypto.keystore import (
+    AgentKeyStore,
+    add_operator,
+    add_service,
+    ensure_identity_files,
+    load_operator,
+    load_operators,
+    load_services,
+)
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.inventory import inventory_rows
@@ -31,14 +40,16 @@ JWK = PublicJwk(kty="OKP", crv="Ed25519", x="11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwI
 def test_key_files_are_private_and_an_open_one_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Keys are written 0600 in a 0700 dir; a group/world-readable key file is refused."""
-    for name in ("BROKER_KEY_FILE", "OPERATOR_KEY_FILE", "OPERATORS_FILE", "AGENT_KEY_DIR"):
+    """Keys and trust files are written 0600 in a 0700 dir; a group/world-readable key file is
+    refused."""
+    for name in ("BROKER_KEY_FILE", "OPERATOR_KEY_FILE", "OPERATORS_FILE", "AGENT_KEY_DIR",
+                 "SERVICE_KEY_FILE", "SERVICES_FILE"):
         monkeypatch.delenv(f"PERMBROKER_{name}", raising=False)  # only this test's directory
     settings = Settings(stack_dir=tmp_path)
     created = ensure_identity_files(settings)
-    assert len(created) == 2 and ensure_identity_files(settings) == []
-    for name in ("broker", "operator"):
-        assert settings.key_path(name).stat().st_mode & 0o777 == 0o600
+    assert len(created) == 3 and ensure_identity_files(settings) == []
+    for name in ("broker", "operator", "operators", "service", "services"):
+        assert settings.key_path(name).stat().st_mode & 0o777 == 0o600, name
     assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
     principal, key = load_operator(settings.key_path("operator"))
     assert principal.startswith("operator:") and "PRIVATE" not in repr(key)
@@ -52,6 +63,29 @@ def test_key_files_are_private_and_an_open_one_is_refused(
         store.generate("fraud-1")
     with pytest.raises(KeyFileError, match="agents keygen --agent nobody"):
         store.load("nobody")
+
+
+def test_a_trust_file_others_may_write_is_refused_naming_it_and_its_mode(
+    tmp_path: Path,
+) -> None:
+    """operators.json and services.json decide whom the broker trusts: group- or
+    world-writable, they are refused with the file, its mode and the fix."""
+    operators, services = tmp_path / "operators.json", tmp_path / "services.json"
+    key = SigningKey.generate()
+    add_operator(operators, "operator:alice", key.jwk)
+    add_service(services, "service:payments", key.jwk)
+    assert load_operators(operators)[key.kid][0] == "operator:alice"
+    assert load_services(services)[key.kid][0] == "service:payments"
+    os.chmod(operators, 0o644)  # readable by others is fine: public keys
+    assert key.kid in load_operators(operators)
+    for path, load, mode in ((operators, load_operators, 0o664), (services, load_services, 0o646)):
+        os.chmod(path, mode)
+        with pytest.raises(KeyFileError) as refused:
+            load(path)
+        assert str(path) in str(refused.value) and oct(mode) in str(refused.value)
+        assert "chmod 600" in str(refused.value)
+    with pytest.raises(KeyFileError, match="operator:<name>"):
+        add_operator(operators, "service:payments", key.jwk)
 
 
 def record(agent: str, owner: str, key_age: timedelta, status: str = "active") -> AgentRecord:
