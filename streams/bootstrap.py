@@ -21,7 +21,7 @@ import faust
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
-from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.keystore import OperatorDirectory, ServiceDirectory
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.admin import ensure_topics
@@ -99,6 +99,7 @@ def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app
     )
     gate = IdentityGate(
         OperatorDirectory(settings.key_path("operators")),
+        ServiceDirectory(settings.key_path("services")),
         IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
     )
