@@ -7,12 +7,12 @@ exactly that set in one operator-signed, audited operation and prints what the w
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from broker.adapters.crypto.keystore import load_operator
 from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
@@ -34,8 +34,6 @@ def revoke(
     label: Annotated[list[str] | None, typer.Option(help="key=value (repeatable).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why (recorded in the audit).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, revoke nothing.")] = False,
-    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
-        "USER", "operator"),
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke every agent a selector names (all criteria must hold); --dry-run lists them."""
@@ -54,7 +52,8 @@ def revoke(
             return
         if not reason:
             raise fail("--reason is required to revoke (it is recorded in the audit)", code=2)
-        done = revoke_selected(settings, selector, reason, operator=operator,
+        principal, _key = load_operator(settings.key_path("operator"))
+        done = revoke_selected(settings, selector, reason, operator=principal.split(":", 1)[1],
                                timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "

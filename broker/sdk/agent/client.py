@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from confluent_kafka import TopicPartition
 
@@ -33,23 +35,31 @@ from schemas.events import (
     RenewalDecided,
     RenewalRequested,
     RiskObserved,
+    WireModel,
 )
 
 Decision = EscalationDecided | RenewalDecided | ReleaseDecided
+T = TypeVar("T")
 
 
 class DecisionWatcher:
-    """Follows the decision topic from 'now' and hands each decision to whoever waits for it."""
+    """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
 
-    def __init__(self, bootstrap: str) -> None:
+    Answers nobody asked for yet are kept for a caller that publishes, then waits: at most
+    ``keep`` of each kind (``PERMBROKER_DECISIONS_KEPT``), the oldest dropped first, so the
+    decisions of every other agent on the topic never grow the process.
+    """
+
+    def __init__(self, bootstrap: str, *, keep: int = 10_000) -> None:
         self._consumer = consumer(bootstrap)
         ends = end_offsets(self._consumer, topics.DECISIONS.name)
         self._consumer.assign(
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
         )
-        self._decisions: dict[str, Decision] = {}
-        self._pending: dict[str, EscalationPending] = {}  # held for approval
-        self._answers: dict[str, CommandAnswered] = {}
+        self.keep = keep
+        self._decisions: OrderedDict[str, Decision] = OrderedDict()
+        self._pending: OrderedDict[str, EscalationPending] = OrderedDict()  # held for approval
+        self._answers: OrderedDict[str, CommandAnswered] = OrderedDict()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="permbroker-decisions", daemon=True)
@@ -60,20 +70,26 @@ class DecisionWatcher:
             msg = self._consumer.poll(0.1)
             if msg is None or msg.error():
                 continue
-            event = to_record(msg).event
-            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
-                with self._cond:
-                    self._decisions[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, EscalationPending):
-                with self._cond:
-                    self._pending[event.request_id] = event
-                    self._cond.notify_all()
-            elif isinstance(event, CommandAnswered):
-                with self._cond:
-                    self._answers[event.command_id] = event
-                    self._cond.notify_all()
+            self.take(to_record(msg).event)
         self._consumer.close()
+
+    def take(self, event: WireModel | None) -> None:
+        """Hold one answer read from the decision topic for whoever waits for it."""
+        with self._cond:
+            if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
+                _hold(self._decisions, event.request_id, event, self.keep)
+            elif isinstance(event, EscalationPending):
+                _hold(self._pending, event.request_id, event, self.keep)
+            elif isinstance(event, CommandAnswered):
+                _hold(self._answers, event.command_id, event, self.keep)
+            else:
+                return
+            self._cond.notify_all()
+
+    def held(self) -> int:
+        """How many answers are held now (at most 3 x ``keep``)."""
+        with self._cond:
+            return len(self._decisions) + len(self._pending) + len(self._answers)
 
     def wait(self, request_id: str, timeout: float) -> Decision:
         """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
@@ -108,6 +124,13 @@ class DecisionWatcher:
         """Stop following the topic."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _hold(held: OrderedDict[str, T], key: str, value: T, keep: int) -> None:
+    held[key] = value
+    held.move_to_end(key)
+    while len(held) > keep:
+        held.popitem(last=False)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
@@ -97,13 +98,19 @@ def operation_audit(op_id: str, selection: Selection, reason: str, operator: str
 
 
 def revoke_selected(settings: Settings, selector: Selector, reason: str, *, operator: str,
-                    timeout: float = 60.0) -> SelectorRevocation:
-    """Revoke every agent ``selector`` names; returns once workers applied each revocation."""
+                    timeout: float = 60.0, publisher: Publisher | None = None
+                    ) -> SelectorRevocation:
+    """Revoke every agent ``selector`` names; returns once workers applied each revocation.
+
+    ``publisher`` signs for ``operator`` (default: this operator's key; the HTTP API passes one
+    that relays the calling operator's assertion).
+    """
     selection = plan(settings, selector)
     op_id = f"sel-{uuid.uuid4()}"
     if not selection.targets:
         return SelectorRevocation(op_id, selection, ())
-    publisher = operator_publisher(settings.kafka_bootstrap, f"/operators/{operator}", settings)
+    publisher = publisher or operator_publisher(settings.kafka_bootstrap,
+                                                f"/operators/{operator}", settings)
     publisher.publish(topics.AUDIT_RAW.name, operation_audit(op_id, selection, reason, operator))
     detail = f"{reason} (selector {selector.describe()}; operation {op_id})"[:2000]
     signals = [operator_signal(t.agent_id, detail, operator) for t in selection.targets]
