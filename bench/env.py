@@ -30,8 +30,9 @@ from broker.policy import load_policy
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
 from broker.stack import local as stack
+from broker.stack.credentials import role_access
 from broker.stack.procs import ProcRecord
-from broker.stack.worker import WorkerProcess
+from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +101,8 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
     settings = bench_settings()
     stack.down(settings, wipe=True)
     try:
-        status = stack.up(settings, progress=say)
-        ensure_topics(status.bootstrap, (RAW_IN, RAW_OUT, FLOOR))
+        stack.up(settings, progress=say)
+        ensure_topics(role_access(settings, topics.ADMIN), (RAW_IN, RAW_OUT, FLOOR))
         write_policy(settings.policy_path)
         ensure_identity_files(settings)  # the broker's token keys and the bench operator's key
         client = redis.Redis.from_url(settings.redis_url)
@@ -116,7 +117,7 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
 @contextmanager
 def worker(settings: Settings, name: str = "worker") -> Iterator[WorkerProcess]:
     """One worker child process, ready, stopped again on exit."""
-    proc = WorkerProcess(settings, name=name)
+    proc = WorkerProcess(settings, role_access(settings, topics.WORKER), name=name)
     proc.start()
     try:
         proc.wait_ready(timeout=120)
@@ -133,17 +134,17 @@ def agent_keys(settings: Settings) -> AgentKeyStore:
 
 def signing_publisher(settings: Settings, source: str) -> Publisher:
     """A producer that signs as the agent each message is keyed by (the product's real path)."""
-    return Publisher(settings.kafka_bootstrap, source=source,
+    return Publisher(role_access(settings, topics.AGENT), source=source,
                      signer=keyed_signer(agent_keys(settings)))
 
 
 def register_agents(settings: Settings) -> None:
     """Give every bench agent a key and register it (once per stack; Kafka keeps the record)."""
-    store, known = agent_keys(settings), read_registry(settings.kafka_bootstrap)
+    store, known = agent_keys(settings), read_registry(role_access(settings, topics.OPERATOR))
     todo = [a for a in load_policy(settings.policy_path).agents() if known.get(a.agent_id) is None]
     if not todo:
         return
-    with OperatorClient(settings) as op:
+    with OperatorClient(settings, role_access(settings, topics.OPERATOR)) as op:
         op.run_many([op.register_command(a, (store.load(a.agent_id) if store.exists(a.agent_id)
                                              else store.generate(a.agent_id)).current.jwk,
                                          reason="bench") for a in todo], timeout=120)
@@ -190,10 +191,11 @@ class RawLoop:
     def __enter__(self) -> RawLoop:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.rawloop", self._settings.kafka_bootstrap,
-                 self._settings.redis_url, RAW_IN.name, RAW_OUT.name, str(RAW_IN.partitions)],
+                [sys.executable, "-m", "bench.rawloop", self._settings.redis_url, RAW_IN.name,
+                 RAW_OUT.name, str(RAW_IN.partitions)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**worker_env(self._settings, role_access(self._settings, topics.WORKER)),
+                     "PYTHONPATH": str(ROOT)},
             )
         deadline = time.monotonic() + 60
         while "raw loop ready" not in self.log_path.read_text(errors="replace"):

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import redis
 from confluent_kafka import TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, end_offsets
 from broker.errors import BrokerError
 from schemas.events import AgentRevoked, GrantIssued
@@ -113,9 +114,9 @@ class FloorPipe(Stamps):
     The message value is the Redis key to write; the SET is seen by a KeyWatch like any grant.
     """
 
-    def __init__(self, bootstrap: str, redis_url: str, topic: str) -> None:
+    def __init__(self, kafka: KafkaAccess, redis_url: str, topic: str) -> None:
         super().__init__()
-        self._c = consumer(bootstrap)
+        self._c = consumer(kafka)
         ends = end_offsets(self._c, topic)
         self._c.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
         self._r = redis.Redis.from_url(redis_url)

@@ -2,7 +2,8 @@
 
 Imports aiokafka, redis.asyncio, broker.adapters.keys and broker.grants (id and key naming only).
 
-``python -m bench.rawloop BOOTSTRAP REDIS_URL IN_TOPIC OUT_TOPIC PARTITIONS``. It reads the same
+``python -m bench.rawloop REDIS_URL IN_TOPIC OUT_TOPIC PARTITIONS``, on the Kafka the
+``PERMBROKER_KAFKA_*`` settings name, as the user they name (the worker's). It reads the same
 CloudEvents bytes the agent SDK writes, with the same Kafka client faust uses (aiokafka) and the
 same Redis client the grant store uses (redis.asyncio), decides with one inline predicate, writes
 the grant with an absolute expiry (SET PXAT) and publishes it; it awaits the acknowledgements of
@@ -20,17 +21,19 @@ import sys
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.redis import keyspace as keys
+from broker.config import Settings
 from broker.grants.decide import derive_id
 
 MAX_GRANT_MS = 20_000  # the fraud rule's max_duration
 
 
-async def _start(bootstrap: str, topic: str,
+async def _start(kafka: KafkaAccess, topic: str,
                  partitions: int) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), enable_auto_commit=False,
                                 fetch_max_wait_ms=500, auto_offset_reset="latest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(**kafka.aiokafka(), acks="all", linger_ms=0)
     await consumer.start()
     await producer.start()
     tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -55,11 +58,11 @@ async def _handle(msg: object, r: aioredis.Redis, producer: AIOKafkaProducer,
     return await producer.send(out_topic, grant, key=agent.encode())
 
 
-async def run(bootstrap: str, redis_url: str, in_topic: str, out_topic: str,
+async def run(kafka: KafkaAccess, redis_url: str, in_topic: str, out_topic: str,
               partitions: int) -> None:
     """Loop until terminated."""
     r = aioredis.Redis.from_url(redis_url)
-    consumer, producer = await _start(bootstrap, in_topic, partitions)
+    consumer, producer = await _start(kafka, in_topic, partitions)
     print("raw loop ready", flush=True)
     try:
         while True:
@@ -79,4 +82,4 @@ async def run(bootstrap: str, redis_url: str, in_topic: str, out_topic: str,
 
 
 if __name__ == "__main__":
-    asyncio.run(run(*sys.argv[1:5], int(sys.argv[5])))
+    asyncio.run(run(KafkaAccess.from_settings(Settings()), *sys.argv[1:4], int(sys.argv[4])))

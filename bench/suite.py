@@ -35,6 +35,8 @@ from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,9 @@ class Sizes:
 
 def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
     watch = KeyWatch(s.redis_url)
-    floor = FloorPipe(s.kafka_bootstrap, s.redis_url, env.FLOOR.name)
+    floor = FloorPipe(role_access(s, topics.WORKER), s.redis_url, env.FLOOR.name)
     seen = ViewEvents()
-    view = GrantView(s.kafka_bootstrap, on_event=seen.on_event)
+    view = GrantView(role_access(s, topics.SERVICE), on_event=seen.on_event)
     if not view.wait_ready(60):
         raise RuntimeError("the bench's grant view did not catch up")
     return b_latency.Rig(s, watch, floor, view, seen,

@@ -6,10 +6,13 @@ Imports pydantic-settings and stdlib.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KafkaProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
 def _default_cache() -> Path:
@@ -22,6 +25,21 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERMBROKER_", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers")
+    # Who this process is on Kafka (a SCRAM user of one role) and how it connects.
+    kafka_security_protocol: KafkaProtocol | None = Field(
+        None, description="PLAINTEXT, SASL_PLAINTEXT or SASL_SSL (default: SASL_PLAINTEXT when "
+        "a username is set, else PLAINTEXT)"
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field("SCRAM-SHA-512", description="SASL mechanism")
+    kafka_username: str = Field("", description="SASL user (the role: worker, agent, ...)")
+    kafka_password: SecretStr | None = Field(None, description="SASL password of that user")
+    kafka_ca_file: Path | None = Field(
+        None, description="PEM CA certificate(s) that sign the brokers' certificates (SASL_SSL)"
+    )
+    kafka_credentials_file: Path | None = Field(
+        None, description="Dev tooling only: the local stack's Kafka users, one password per "
+        "role, handed to the processes it starts (default <stack_dir>/kafka/credentials.json)"
+    )
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL of the grant store")
     policy_path: Path = Field(Path("policies/fraud"), description="Policy bundle (file or dir)")
     app_id: str = Field("permbroker", description="faust app id = Kafka consumer group")

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 DAY_MS = 24 * 3600 * 1000
 
+# The Kafka principals (SCRAM users, one per role) the ACLs below are written for.
+ADMIN, WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API = (
+    "admin", "worker", "agent", "service", "operator", "auditor", "api")
+ROLES: tuple[str, ...] = (ADMIN, WORKER, AGENT, SERVICE, OPERATOR, AUDITOR, API)
+
 
 @dataclass(frozen=True)
 class Topic:

@@ -22,6 +22,7 @@ from typing import Any
 import faust
 
 from broker.adapters.audit.sealer import Sealer
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import Encoded
 from broker.config import Settings
 from broker.delivery.consistency import Position
@@ -57,13 +58,14 @@ class Worker:
     sealer: Callable[[], Sealer] | None  # a fresh audit sealer per (re)start; None: not here
 
 
-def make_app(settings: Settings) -> faust.App:
-    """The faust app for ``settings`` (no agents yet: ``wire`` adds them)."""
+def make_app(settings: Settings, kafka: KafkaAccess) -> faust.App:
+    """The faust app for ``settings``, on Kafka as ``kafka`` says (``wire`` adds the agents)."""
     datadir = settings.stack_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=f"kafka://{kafka.bootstrap}",
+        broker_credentials=credentials(kafka),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -84,6 +86,14 @@ def make_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=64,
         broker_max_poll_records=64,
     )
+
+
+def credentials(kafka: KafkaAccess) -> faust.SASLCredentials | None:
+    """faust's (aiokafka's) SASL credentials for ``kafka``; a CA context makes it SASL_SSL."""
+    if not kafka.sasl:
+        return None
+    return faust.SASLCredentials(username=kafka.username, password=kafka.password,
+                                 mechanism=kafka.sasl_mechanism, ssl_context=kafka.ssl_context())
 
 
 class FaustPublisher:

@@ -24,6 +24,7 @@ from broker.adapters.crypto.analytics_key import ensure_analytics_key
 from broker.adapters.crypto.keystore import OperatorDirectory, ServiceDirectory
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka import rebuild
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.ports import Publisher
 from broker.adapters.redis.approvals import ApprovalStore
@@ -64,9 +65,10 @@ def main() -> int:
     except PolicyError as exc:
         print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
         return 2
-    app = faust_app.make_app(settings)
     try:
-        worker = build(settings, policy, faust_app.FaustPublisher(app))
+        kafka = KafkaAccess.from_settings(settings)
+        app = faust_app.make_app(settings, kafka)
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app))
     except ConfigError as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +78,8 @@ def main() -> int:
     return 0
 
 
-def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app.Worker:
+def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
+          publisher: Publisher) -> faust_app.Worker:
     """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
     margin_s = settings.record_margin_s
     store = RedisGrantStore.from_url(
@@ -91,7 +94,7 @@ def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app
     routing = GrantRouting(frozenset(settings.grant_namespaces))
 
     async def rebuild_view() -> int:
-        return await _rebuild_view(store, settings.kafka_bootstrap, ctx)
+        return await _rebuild_view(store, kafka, ctx)
 
     ctx = WorkerContext(
         policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
@@ -120,27 +123,28 @@ def build(settings: Settings, policy: Policy, publisher: Publisher) -> faust_app
         approvals=approvals,
         budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
         analytics=analytics,
-        commands=Commands(ctx, gate, risk, settings),
-        start=functools.partial(_start, ctx, settings, routing),
-        sealer=functools.partial(Sealer, settings, audit_keys) if settings.audit_sealer else None,
+        commands=Commands(ctx, gate, risk, settings, kafka),
+        start=functools.partial(_start, ctx, kafka, routing),
+        sealer=(functools.partial(Sealer, settings, kafka, audit_keys) if settings.audit_sealer
+                else None),
     )
 
 
-async def _start(ctx: WorkerContext, settings: Settings, routing: GrantRouting) -> None:
+async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting) -> None:
     """Create the routed grant topics and the usage topic, then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
-    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, routed)
+    await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
-        await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, [topics.USAGE])
+        await asyncio.to_thread(ensure_topics, kafka, [topics.USAGE])
     except BusError as exc:
         log.error("could not create %s: %s", topics.USAGE.name, exc)
     await ctx.start(WORKER)
 
 
-async def _rebuild_view(store: RedisGrantStore, bootstrap: str, ctx: WorkerContext) -> int:
+async def _rebuild_view(store: RedisGrantStore, kafka: KafkaAccess, ctx: WorkerContext) -> int:
     """Rebuild the grant view from the grant topic and audit the rebuild."""
     now = await store.now()
-    folded = await asyncio.to_thread(rebuild.collect, bootstrap, now)
+    folded = await asyncio.to_thread(rebuild.collect, kafka, now)
     restored = await rebuild.apply(store, folded, now)
     await ctx.audit_until_written(rebuild_audit(
         f"worker {WORKER}", now, records=folded.records, restored=restored,

@@ -24,6 +24,8 @@ from broker.grants.decide import derive_id
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.operator.client import OperatorClient
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
 from schemas.events import EscalationRequested
 
 FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
@@ -64,7 +66,7 @@ class Rig:
     def client(self, agent: str) -> AgentClient:
         """The agent's own SDK client (one identity, one client)."""
         if agent not in self.clients:
-            self.clients[agent] = AgentClient(agent, self.settings.kafka_bootstrap,  # type: ignore[attr-defined]
+            self.clients[agent] = AgentClient(agent, role_access(self.settings, topics.AGENT),  # type: ignore[arg-type]
                                               watch_decisions=False,
                                               keys=env.agent_keys(self.settings))  # type: ignore[arg-type]
         return self.clients[agent]
@@ -209,7 +211,8 @@ def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[s
     arms = {k: Arm(name, unit) for k, (name, unit) in ARMS.items()}
     # A monitor reports about other agents with operator credentials (an agent's key may
     # only report about itself).
-    monitor = OperatorClient(rig.settings)  # type: ignore[arg-type]
+    monitor = OperatorClient(rig.settings,  # type: ignore[arg-type]
+                             role_access(rig.settings, topics.OPERATOR))  # type: ignore[arg-type]
     bao_failures = 0
     for r in range(rounds):
         s_redis, s_view = subject_round(rig, n)

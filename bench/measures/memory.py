@@ -32,6 +32,8 @@ from broker.adapters.redis.store import RedisGrantStore
 from broker.grants.decide import AgentState, decide
 from broker.policy import RiskContext, load_policy
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
 
 AGENTS = 10_000  # 100,000 grants = 10 per agent
 CONCURRENCY = 100  # requests in flight (one Redis connection each)
@@ -101,7 +103,7 @@ def redis_memory(settings: Any, harness: Publisher, n: int) -> dict[str, Any]:
     """Used memory before/after n grants, bytes per grant, and the per-key breakdown."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        ensure_topics(settings.kafka_bootstrap, (MEM_TOPIC,))
+        ensure_topics(role_access(settings, topics.ADMIN), (MEM_TOPIC,))
         before = int(client.info("memory")["used_memory"])
         keys_before = int(client.dbsize())
         sample = asyncio.run(_fill(settings, n, harness))
@@ -119,7 +121,7 @@ def view_memory(settings: Any, n: int) -> dict[str, Any]:
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    view = GrantView(settings.kafka_bootstrap, topic=MEM_TOPIC.name)
+    view = GrantView(role_access(settings, topics.SERVICE), topic=MEM_TOPIC.name)
     try:
         if not view.wait_ready(timeout=600):
             raise RuntimeError("the memory view did not catch up within 10 minutes")

@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.api import (
     problems,
     routes_agents,
@@ -50,7 +51,7 @@ ROUTERS = (routes_agents.router, routes_operator.router, routes_selector.router,
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for ``settings`` (``from_env`` reads them from the environment)."""
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, KafkaAccess.from_settings(settings))
     app = FastAPI(
         title="permbroker", version="0.1.0", lifespan=_lifespan(runtime),
         openapi_tags=OPENAPI_TAGS, docs_url=None, redoc_url=None,

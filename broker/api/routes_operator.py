@@ -30,7 +30,7 @@ def revoke(agent_id: AgentIdPath, body: RevokeBody, request: Request,
     spend(request, who)
     try:
         rev = sdk_revoke(
-            runtime.settings, agent_id, body.reason, operator=who.name,
+            runtime.settings, runtime.kafka, agent_id, body.reason, operator=who.name,
             timeout=runtime.settings.decision_timeout_s,
             publisher=runtime.relay(who.assertion.token), watcher=runtime.audits,
         )

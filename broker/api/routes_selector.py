@@ -39,10 +39,10 @@ def revoke_by_selector(body: SelectorBody, request: Request, who: Operator) -> d
                       kind="invalid-request")
     try:
         if body.dry_run:
-            return {**plan(settings, selector).as_json(), "dry_run": True}
+            return {**plan(settings, runtime.kafka, selector).as_json(), "dry_run": True}
         spend(request, who)
-        done = revoke_selected(settings, selector, body.reason, operator=who.principal.id,
-                               timeout=settings.decision_timeout_s * 2,
+        done = revoke_selected(settings, runtime.kafka, selector, body.reason,
+                               operator=who.name, timeout=settings.decision_timeout_s * 2,
                                publisher=runtime.relay(who.assertion.token))
     except DecisionTimeout as exc:
         raise Refused(504, str(exc), kind="timeout") from exc

@@ -21,6 +21,7 @@ from broker.adapters.crypto.assertions import Identities
 from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.keystore import OperatorDirectory, ServiceDirectory, load_service
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import Publisher, Record
@@ -48,6 +49,7 @@ class Runtime:
     """The live components of one API process."""
 
     settings: Settings
+    kafka: KafkaAccess  # the API's own Kafka user (role api), from the same settings
     metrics: Metrics = field(init=False)
     throttle: Throttle = field(init=False)
     view: GrantView | None = None
@@ -76,8 +78,8 @@ class Runtime:
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
         self._redis = redis.Redis.from_url(s.redis_url, socket_timeout=1.0,
                                            socket_connect_timeout=1.0)
-        self._admin = admin_client(s.kafka_bootstrap)
-        self.registry = RegistryView(s.kafka_bootstrap)
+        self._admin = admin_client(self.kafka)
+        self.registry = RegistryView(self.kafka)
         self.registry.wait_ready(10)
         registry = self.registry
         self.identities = Identities(
@@ -86,15 +88,15 @@ class Runtime:
             refresh=lambda: registry.sync(2.0))
         self.publisher = self._relay_publisher()
         self.view = GrantView(
-            s.kafka_bootstrap, on_event=self._on_event,
+            self.kafka, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
             token_wait_s=s.view_token_wait_s, enforcement_point=self.enforcement_point,
         )
-        self.decisions = DecisionWatcher(s.kafka_bootstrap, keep=s.decisions_kept)
-        self.jwks = JwksView(s.kafka_bootstrap, issuer=s.token_issuer)
+        self.decisions = DecisionWatcher(self.kafka, keep=s.decisions_kept)
+        self.jwks = JwksView(self.kafka, issuer=s.token_issuer)
         self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
-        self.audits = AuditWatcher(s.kafka_bootstrap)
-        self.acks = AckFollower(s.kafka_bootstrap, datetime.now(UTC) - ACK_HISTORY,
+        self.audits = AuditWatcher(self.kafka)
+        self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event)
 
     def _relay_publisher(self) -> Publisher | None:
@@ -103,7 +105,7 @@ class Runtime:
             self.service, self._service_key = load_service(self.settings.key_path("service"))
         except BrokerError:
             return None
-        return Publisher(self.settings.kafka_bootstrap, source=f"/{self.service}")
+        return Publisher(self.kafka, source=f"/{self.service}")
 
     def relay(self, assertion: str) -> Publisher:
         """A publisher whose records carry ``assertion`` and are signed with the service key."""

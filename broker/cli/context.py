@@ -1,22 +1,27 @@
-"""The settings of one CLI invocation, read once at its entry. Imports broker.config.
+"""The settings of one CLI invocation, read once at its entry. Imports broker.config, kafka access.
 
 ``permbroker``'s root callback (and ``python -m broker.cli.stack``) reads the settings once and
-hands them to ``use_settings``; every command asks ``cli_settings()`` for them. (A context
-variable, not click's context object: Typer vendors its own click.)
+hands them to ``use_settings``; every command asks ``cli_settings()`` for them, and
+``cli_kafka()`` for the Kafka access they describe (built on first use, so commands that never
+touch Kafka never trip over its settings). (Context variables, not click's context object:
+Typer vendors its own click.)
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.config import Settings
 
 _SETTINGS: ContextVar[Settings] = ContextVar("permbroker_cli_settings")
+_KAFKA: ContextVar[KafkaAccess | None] = ContextVar("permbroker_cli_kafka", default=None)
 
 
 def use_settings(settings: Settings) -> None:
     """Make ``settings`` this invocation's (called by the entry point only)."""
     _SETTINGS.set(settings)
+    _KAFKA.set(None)
 
 
 def cli_settings() -> Settings:
@@ -25,3 +30,12 @@ def cli_settings() -> Settings:
         return _SETTINGS.get()
     except LookupError as exc:
         raise RuntimeError("no settings for this command: run it through permbroker") from exc
+
+
+def cli_kafka() -> KafkaAccess:
+    """How this invocation reaches Kafka (ConfigError when the settings contradict each other)."""
+    kafka = _KAFKA.get()
+    if kafka is None:
+        kafka = KafkaAccess.from_settings(cli_settings())
+        _KAFKA.set(kafka)
+    return kafka

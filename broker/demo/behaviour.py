@@ -18,10 +18,12 @@ from typing import Protocol
 from confluent_kafka import TopicPartition
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, end_offsets, to_record
 from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AgentRevoked, RiskObserved
 
@@ -44,9 +46,9 @@ class Timeline(Protocol):
         """The first lifecycle event the resource side saw matching ``pred``."""
 
 
-def find_signal(bootstrap: str, signal_id: str, timeout: float) -> RiskObserved | None:
+def find_signal(kafka: KafkaAccess, signal_id: str, timeout: float) -> RiskObserved | None:
     """The risk signal with ``signal_id`` on the risk topic (read from the start)."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         ends = end_offsets(c, topics.RISK.name)
         c.assign([TopicPartition(topics.RISK.name, p, 0) for p in ends])
@@ -65,8 +67,8 @@ def find_signal(bootstrap: str, signal_id: str, timeout: float) -> RiskObserved 
 
 def detected_revocation(s: Timeline, settings: Settings, view: GrantView) -> None:
     """Step 8: a burst of denied requests revokes the agent's grants, by policy."""
-    boot = settings.kafka_bootstrap
-    with AgentClient(REPORT_AGENT, boot, keys=AgentKeyStore.from_settings(settings)) as agent:
+    keys = AgentKeyStore.from_settings(settings)
+    with AgentClient(REPORT_AGENT, role_access(settings, topics.AGENT), keys=keys) as agent:
         d = agent.request_escalation([EXPORT], duration_s=8, reason="month-end report run",
                                      confidence=0.9)
         s.say("broker", f"{REPORT_AGENT}: {EXPORT} {d.outcome.upper()} (grant {d.grant_id})")
@@ -83,7 +85,8 @@ def detected_revocation(s: Timeline, settings: Settings, view: GrantView) -> Non
                          and r.event.agent_id == REPORT_AGENT, 20)
     rev = found[0].event if found is not None else None
     assert rev is None or isinstance(rev, AgentRevoked)
-    signal = find_signal(boot, rev.cause_event_id, 10) if rev is not None else None
+    operator = role_access(settings, topics.OPERATOR)
+    signal = find_signal(operator, rev.cause_event_id, 10) if rev is not None else None
     if rev is not None:
         s.say("broker", f"revoked {len(rev.grant_ids)} grant(s) of {REPORT_AGENT} by rule "
               f"{rev.rule}; quarantined until {rev.quarantined_until:%H:%M:%S}Z"

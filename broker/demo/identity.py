@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
 from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.jwks import JwksView
@@ -27,6 +28,7 @@ from broker.sdk.agent.client import AgentClient, GrantToken
 from broker.sdk.operator.client import OperatorClient
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AuditRecord, EscalationRequested
 
@@ -45,7 +47,7 @@ def register_agents(s: Timeline, settings: Settings, agent_ids: tuple[str, ...])
     """Each agent's own key (kept in its key store); the operator registers the public halves."""
     store = AgentKeyStore.from_settings(settings)
     seed = load_policy(settings.policy_path)
-    with OperatorClient(settings) as op:
+    with OperatorClient(settings, role_access(settings, topics.OPERATOR)) as op:
         for agent in agent_ids:
             keys = store.load(agent) if store.exists(agent) else store.generate(agent)
             profile = seed.agent(agent)
@@ -62,9 +64,9 @@ def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
              request: EscalationRequested) -> None:
     """``thief`` signs a request in ``victim``'s name with its own key: refused and audited."""
     key = AgentKeyStore.from_settings(settings).load(thief).current
-    with _AuditWatch(settings.kafka_bootstrap) as watch:
+    with _AuditWatch(role_access(settings, topics.AUDITOR)) as watch:
         forged = sign_message(encode(request, source=f"/agents/{victim}"), key, thief)
-        Publisher(settings.kafka_bootstrap, source="/impostor").publish_raw(
+        Publisher(role_access(settings, topics.AGENT), source="/impostor").publish_raw(
             topics.ESCALATIONS.name, forged)
         record = watch.wait(lambda a: a.subject_id == request.request_id, 15)
     rule = record.rules[0] if record is not None and record.rules else "-"
@@ -77,7 +79,7 @@ def impostor(s: Timeline, settings: Settings, victim: str, thief: str,
 def token_step(s: Timeline, settings: Settings, client: AgentClient, grant_id: str,
                view: GrantView) -> tuple[GrantToken, GrantTokenVerifier, JwksView]:
     """The agent fetches a grant token; the payments service verifies it against the JWKS."""
-    jwks = JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer)
+    jwks = JwksView(role_access(settings, topics.SERVICE), issuer=settings.token_issuer)
     jwks.wait_ready(30)
     token = client.grant_token(grant_id, "payments")
     verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
@@ -112,8 +114,8 @@ def token_refused(s: Timeline, token: GrantToken, verifier: GrantTokenVerifier) 
 class _AuditWatch:
     """Reads the audit topic from its current end (started before the event is sent)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._c = consumer(bootstrap)
+    def __init__(self, kafka: KafkaAccess) -> None:
+        self._c = consumer(kafka)
         ends = end_offsets(self._c, topics.AUDIT.name)
         self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
 

@@ -35,6 +35,7 @@ from broker.errors import BrokerError
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
 from broker.stack import local as stack
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, GrantIssued
@@ -63,11 +64,11 @@ def demo_settings() -> Settings:
 
 def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) -> None:
     """The six steps of the fraud scenario, each checked (``payments``: the payments side)."""
-    boot = settings.kafka_bootstrap
+    agent = role_access(settings, topics.AGENT)
     started = datetime.now(UTC)
     keys = AgentKeyStore.from_settings(settings)  # each agent signs with its own key
-    with AgentClient(FRAUD_AGENT, boot, keys=keys) as fraud, \
-            AgentClient(REPORT_AGENT, boot, keys=keys) as reporter:
+    with AgentClient(FRAUD_AGENT, agent, keys=keys) as fraud, \
+            AgentClient(REPORT_AGENT, agent, keys=keys) as reporter:
         d = steps.escalate(s, view, fraud)
         steps.enforce(s, payments, d)
         assert d.grant_id is not None
@@ -78,7 +79,7 @@ def play(s: Scenario, settings: Settings, view: GrantView, payments: GrantView) 
         steps.outside_ceiling(s, fraud)
         d6 = steps.short_grant(s, reporter)
         sig = steps.anomaly(s, fraud, payments)
-        steps.acknowledged(s, boot, sig, started, d.grant_id)
+        steps.acknowledged(s, role_access(settings, topics.OPERATOR), sig, started, d.grant_id)
         demo_identity.token_refused(s, token, verifier)
         jwks.close()
         steps.quarantined(s, fraud)
@@ -95,12 +96,13 @@ def _seen_at(s: Scenario, kind: type[GrantIssued] | type[AgentRevoked]) -> datet
 
 def audit_checks(s: Scenario, settings: Settings, started_at: datetime) -> None:
     """The audit of the run: the whole chain verifies, and replay agrees with the grant view."""
-    result = audit_check.wait_sealed(settings, audit_check.public_key_files(settings, []), 30)
+    auditor = role_access(settings, topics.AUDITOR)
+    result = audit_check.wait_sealed(auditor, audit_check.public_key_files(settings, []), 30)
     entries = sum(c.entries for c in result.chains.values())
     s.say("audit", f"{entries} entries in {len(result.chains)} hash chain(s), every one signed; "
           f"verify: {'OK' if result.ok else '; '.join(result.problems[:2])}")
     s.check("audit verify passes (chains, sequence, signed digests, raw coverage)", result.ok)
-    records = [e.record() for e in audit_log.read_topic(settings.kafka_bootstrap)]
+    records = [e.record() for e in audit_log.read_topic(auditor)]
     instants = [("before the escalation", started_at), ("while the grant was active",
                 _seen_at(s, GrantIssued)), ("after the revocation", _seen_at(s, AgentRevoked))]
     held = []
@@ -128,13 +130,14 @@ def run_demo(*, keep: bool = False) -> int:
         s.say("stack", f"Kafka {settings.kafka_version} at {st.bootstrap}, Redis at {st.redis_url}")
         for path in ensure_identity_files(settings):  # broker token keys, operator key (0600)
             s.say("setup", f"created {path}")
-        worker = WorkerProcess(settings)
+        worker = WorkerProcess(settings, role_access(settings, topics.WORKER))
         worker.start()
         worker.wait_ready(90)
         s.say("worker", f"faust worker pid {worker.pid} ready (policy {settings.policy_path.name})")
         demo_identity.register_agents(s, settings, (FRAUD_AGENT, REPORT_AGENT))
-        with GrantView(settings.kafka_bootstrap, on_event=s.on_event) as view, GrantView(
-            settings.kafka_bootstrap, topic=topics.GRANTS_PAYMENTS.name,
+        service = role_access(settings, topics.SERVICE)
+        with GrantView(service, on_event=s.on_event) as view, GrantView(
+            service, topic=topics.GRANTS_PAYMENTS.name,
             enforcement_point=PAYMENTS_SERVICE,
         ) as payments:
             if not (view.wait_ready(30) and payments.wait_ready(30)):

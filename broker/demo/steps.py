@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.markup import escape
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
 from broker.adapters.kafka.bus import Record
 from broker.sdk.agent.client import AgentClient
@@ -112,12 +113,12 @@ def _wait(pred: Callable[[], bool], timeout: float) -> float | None:
 
 
 def wait_ack(
-    boot: str, cause_id: str, since: datetime, timeout: float
+    kafka: KafkaAccess, cause_id: str, since: datetime, timeout: float
 ) -> RevocationAcknowledged | None:
     """The payments service's acknowledgement of one revocation, read back from Kafka."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for rec in read_since(boot, topics.REVOCATION_ACKS.name, since):
+        for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since):
             ack = rec.event
             if isinstance(ack, RevocationAcknowledged) and ack.cause_event_id == cause_id \
                     and ack.enforcement_point == PAYMENTS_SERVICE:
@@ -281,10 +282,10 @@ def anomaly(s: Scenario, fraud: AgentClient, payments: GrantView) -> RiskObserve
     return sig
 
 
-def acknowledged(s: Scenario, boot: str, sig: RiskObserved, since: datetime,
+def acknowledged(s: Scenario, kafka: KafkaAccess, sig: RiskObserved, since: datetime,
                  grant_id: str) -> None:
     """Step 5, continued: the payments service acknowledged it; the grant.revoked was seen."""
-    ack = wait_ack(boot, sig.signal_id, since, 10)
+    ack = wait_ack(kafka, sig.signal_id, since, 10)
     if ack is not None:
         ms = (ack.applied_at - ack.revoked_at).total_seconds() * 1000
         s.say(

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.errors import BusError, StackError
 from broker.stack import kafka as stack_kafka
@@ -112,7 +113,7 @@ def wait_brokers(spec: ClusterSpec, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            brokers = cluster_metadata(admin_client(spec.bootstrap), 5).brokers
+            brokers = cluster_metadata(admin_client(KafkaAccess(spec.bootstrap)), 5).brokers
             if len(brokers) >= count:
                 return
         except BusError:

@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from broker.adapters.audit.keys import ensure_keys
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
 from broker.config import Settings
 from broker.errors import BusError, StackError
@@ -105,7 +106,8 @@ def _kafka_answers(port: int, timeout: float = 2.0) -> bool:
     if not port_open(port):
         return False
     try:
-        return bool(cluster_metadata(admin_client(f"{LOOPBACK}:{port}"), timeout).brokers)
+        admin = admin_client(KafkaAccess(f"{LOOPBACK}:{port}"))
+        return bool(cluster_metadata(admin, timeout).brokers)
     except BusError:
         return False
 
@@ -265,7 +267,7 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
     _await(settings, KAFKA, records[KAFKA], deadline)
     say(f"Kafka and Redis answer (waited {time.monotonic() - started:.1f}s)")
     try:
-        created = ensure_topics(f"{LOOPBACK}:{settings.kafka_port}", timeout=30)
+        created = ensure_topics(KafkaAccess(f"{LOOPBACK}:{settings.kafka_port}"), timeout=30)
     except BusError as exc:
         raise StackError(f"Kafka answers but creating the topics failed: {exc}") from exc
     if created:

@@ -1,9 +1,10 @@
 """A worker as a child process (``python -m streams``), for the demo, tests and benchmarks.
 
-Imports config.
+Imports config and the Kafka access.
 
-Starts it with settings passed through the environment, waits until it has its partitions and
-its grant view is ready, and stops (SIGTERM) or kills (SIGKILL) exactly that process.
+Starts it with settings and its Kafka access (the worker role's user) passed through the
+environment, waits until it has its partitions and its grant view is ready, and stops (SIGTERM)
+or kills (SIGKILL) exactly that process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.config import Settings
 from broker.errors import BrokerError
 
@@ -22,11 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_MARKERS = ("worker ready", "Setting newly assigned partitions")
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment that hands ``settings`` to a worker process."""
+_KAFKA_VARS = ("PERMBROKER_KAFKA_BOOTSTRAP", "PERMBROKER_KAFKA_SECURITY_PROTOCOL",
+               "PERMBROKER_KAFKA_SASL_MECHANISM", "PERMBROKER_KAFKA_USERNAME",
+               "PERMBROKER_KAFKA_PASSWORD", "PERMBROKER_KAFKA_CA_FILE")
+
+
+def worker_env(settings: Settings, kafka: KafkaAccess) -> dict[str, str]:
+    """The environment that hands ``settings`` and ``kafka`` to a child (worker or CLI)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in _KAFKA_VARS}
     return {
-        **os.environ,
-        "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        **inherited,
+        **kafka.env(),
         "PERMBROKER_REDIS_URL": settings.redis_url,
         "PERMBROKER_POLICY_PATH": str(settings.policy_path),
         "PERMBROKER_STACK_DIR": str(settings.stack_dir),
@@ -71,8 +79,10 @@ def _identity_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One ``python -m streams`` child with its log file."""
 
-    def __init__(self, settings: Settings, *, name: str = "worker", loglevel: str = "info") -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, *, name: str = "worker",
+                 loglevel: str = "info") -> None:
         self.settings = settings
+        self.kafka = kafka
         self.log_path = settings.stack_dir / f"{name}.log"
         self._loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
@@ -90,7 +100,7 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [sys.executable, "-m", "streams", self._loglevel],
-                env=worker_env(self.settings),
+                env=worker_env(self.settings, self.kafka),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

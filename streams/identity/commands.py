@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from broker.adapters.crypto.enrollment import verify_enrollment
 from broker.adapters.crypto.jwe import encrypt_to
 from broker.adapters.crypto.tokens import BrokerKeyring, mint_grant_token
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.registry_view import RegistryView
 from broker.config import Settings
 from broker.errors import BrokerError, IdentityError, WireError
@@ -47,8 +48,9 @@ class Commands:
     """Handlers of the registry and grant-command topics, and the JWKS publisher."""
 
     def __init__(self, ctx: WorkerContext, gate: IdentityGate, risk: Risk,
-                 settings: Settings) -> None:
+                 settings: Settings, kafka: KafkaAccess) -> None:
         self.ctx = ctx
+        self.kafka = kafka
         self.gate = gate
         self.risk = risk
         self.settings = settings
@@ -61,7 +63,7 @@ class Commands:
         settings, gate = self.settings, self.gate
         while True:
             try:
-                registry = await asyncio.to_thread(RegistryView, settings.kafka_bootstrap)
+                registry = await asyncio.to_thread(RegistryView, self.kafka)
                 if not await asyncio.to_thread(registry.wait_ready, 120.0):
                     raise BrokerError("the agent registry did not load within 120s")
                 break

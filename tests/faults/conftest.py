@@ -108,6 +108,7 @@ def settings(
     """Settings of the session worker: the integration ones plus a metrics port."""
     settings = Settings(
         kafka_bootstrap=services.bootstrap,
+        kafka_credentials_file=services.credentials_file,
         redis_url=services.redis_url,
         policy_path=test_policy,
         app_id=f"permbroker-faults-{run_id}",

@@ -21,6 +21,7 @@ from broker.identity.tokens import token_claims
 from broker.policy import load_policy
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import (
     EscalationRequested,
@@ -55,9 +56,10 @@ def test_a_verifier_30s_off_refuses_expired_tokens_and_honours_live_ones(
     """Clock -30/0/+30 s: a token expired 6 s ago (leeway 5 s) is refused; a fresh one is
     accepted by a clock behind or right (ahead, it may be refused as expired: fail closed)."""
     agent = agents("f")
-    boot = settings.kafka_bootstrap
+    service = role_access(settings, topics.SERVICE)
     keyring = BrokerKeyring(settings.key_path("broker"))
-    with JwksView(boot) as jwks, GrantView(boot) as view, agent_client(settings, agent) as client:
+    with JwksView(service) as jwks, GrantView(service) as view, \
+            agent_client(settings, agent) as client:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=900,
                                       reason="skew", confidence=0.95, risk_score=0.9)

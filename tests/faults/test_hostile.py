@@ -11,9 +11,11 @@ import pytest
 from confluent_kafka import Producer
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, producer_config
 from broker.adapters.kafka.codec import MAX_VALUE_BYTES, Encoded, encode
 from broker.config import Settings
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, EscalationDecided
@@ -50,9 +52,9 @@ def _bad(kind: str, agent: str, n: int) -> Encoded:
     return _with(good, b'{"pad": "' + b"x" * (OVERSIZE - 12) + b'"}')
 
 
-def _raw_producer(bootstrap: str) -> Producer:
+def _raw_producer(kafka: KafkaAccess) -> Producer:
     """A hostile sender: it raises its own message size limit to what the broker accepts."""
-    return Producer({**producer_config(bootstrap), "message.max.bytes": 2 * 1024 * 1024})
+    return Producer({**producer_config(kafka), "message.max.bytes": 2 * 1024 * 1024})
 
 
 def _send_raw(producer: Producer, topic: str, messages: list[Encoded]) -> None:
@@ -100,7 +102,7 @@ def test_10000_with_malformed_wrong_typed_and_oversized_messages(
     dlq, audit, decisions = tap(topics.DEAD_LETTER.name), tap(topics.AUDIT.name), tap(
         topics.DECISIONS.name)
     pid, before = worker.pid, worker_counters(settings.metrics_port)
-    _send_raw(_raw_producer(settings.kafka_bootstrap), topics.ESCALATIONS.name, messages)
+    _send_raw(_raw_producer(role_access(settings, topics.AGENT)), topics.ESCALATIONS.name, messages)
 
     def decided() -> set[str]:
         return {d.request_id for d in decisions.events(

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, read_all
 from broker.errors import BusError
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import EscalationDecided, EscalationRequested, GrantIssued
 from tests.support.factories import fraud_request
@@ -61,10 +63,10 @@ class Burst:
         assert not self._thread.is_alive(), "the burst did not finish publishing in time"
 
 
-def _logged(bootstrap: str, topic: str, kind: type, ids: set[str], attr: str) -> set[str]:
+def _logged(kafka: KafkaAccess, topic: str, kind: type, ids: set[str], attr: str) -> set[str]:
     """Ids (``attr``) of the events of one kind read back from the whole log of a topic."""
     out = set()
-    for rec in read_all(bootstrap, topic, timeout=120):
+    for rec in read_all(kafka, topic, timeout=120):
         if isinstance(rec.event, kind) and getattr(rec.event, attr) in ids:
             out.add(getattr(rec.event, attr))
     return out
@@ -83,8 +85,9 @@ def test_kafka_restarted_under_load_every_acked_request_is_decided(
         publisher = private.publisher(settings, "/tests/kafka-restart")
         first = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
         later = [fraud_request(pool[i % len(pool)]) for i in range(500)]
-        decisions = Tap(settings.kafka_bootstrap, topics.DECISIONS.name)
-        grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+        admin = role_access(settings, topics.ADMIN)
+        decisions = Tap(admin, topics.DECISIONS.name)
+        grants = Tap(admin, topics.GRANTS.name)
         try:
             ledger = Ledger((r.request_id for r in [*first, *later]), decisions, grants)
             publisher.publish_many(topics.ESCALATIONS.name, first, timeout=120)
@@ -128,14 +131,14 @@ def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed
 ) -> None:
     """RF 3, min ISR 2, acks=all: kill -9 the busiest broker mid-burst; nothing acked is lost."""
     with cluster.cluster_services(test_policy, run_id, tmp_path / "w") as (settings, _worker):
-        bootstrap = settings.kafka_bootstrap
+        admin = role_access(settings, topics.ADMIN)
         watched = {topics.ESCALATIONS.name, topics.DECISIONS.name, topics.GRANTS.name}
         rf, isr = cluster.replication(watched)
         pool = [agents("b") for _ in range(40)]
         private.register(settings, pool)
         publisher = private.publisher(settings, "/tests/cluster")
         requests = [fraud_request(pool[i % len(pool)]) for i in range(3000)]
-        decisions, grants = (Tap(bootstrap, t.name) for t in (topics.DECISIONS, topics.GRANTS))
+        decisions, grants = (Tap(admin, t.name) for t in (topics.DECISIONS, topics.GRANTS))
         try:
             ledger = Ledger((r.request_id for r in requests), decisions, grants)
             led = cluster.leaders(watched)
@@ -151,11 +154,11 @@ def test_three_broker_cluster_loses_no_acked_request_or_grant_when_one_is_killed
             wait_until(lambda: burst.acked <= ledger.decided(), 400, "every acked one decided",
                        every=LEDGER_POLL_S)
             granted = {d.grant_id for d in ledger.decisions() if d.grant_id is not None}
-            in_log = _logged(bootstrap, topics.ESCALATIONS.name, EscalationRequested,
+            in_log = _logged(admin, topics.ESCALATIONS.name, EscalationRequested,
                              burst.acked, "request_id")
-            grants_in_log = _logged(bootstrap, topics.GRANTS.name, GrantIssued, granted,
+            grants_in_log = _logged(admin, topics.GRANTS.name, GrantIssued, granted,
                                     "grant_id")
-            decided_in_log = _logged(bootstrap, topics.DECISIONS.name, EscalationDecided,
+            decided_in_log = _logged(admin, topics.DECISIONS.name, EscalationDecided,
                                      burst.acked, "request_id")
             conflicting, two_grants, _changed = ledger.conflicts()
             figures.equal("replication factor of the request/decision/grant topics", rf, 3)

@@ -19,6 +19,7 @@ from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
 from broker.sdk.resource.index import Verdict
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
@@ -57,7 +58,7 @@ def test_wiped_redis_allows_nothing_until_rebuilt_then_exactly_the_active_grants
     """FLUSHALL under a running worker: checks deny until it rebuilt; then the same grants."""
     settings, _worker = private_stack
     publisher = private.publisher(settings, "/tests/wipe")
-    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    grants = Tap(role_access(settings, topics.ADMIN), topics.GRANTS.name)
     client = redis.Redis.from_url(settings.redis_url)
     try:
         holders, revoked = [agents("b") for _ in range(20)], agents("b")
@@ -131,8 +132,8 @@ def test_redis_killed_mid_burst_denies_then_rebuilds_and_no_revoked_grant_return
     """kill -9 Redis during 600 requests: checks deny fast; rebuilt before allowing; 0 lost."""
     settings, _worker = private_stack
     publisher = private.publisher(settings, "/tests/redis-kill")
-    decisions = Tap(settings.kafka_bootstrap, topics.DECISIONS.name)
-    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    decisions = Tap(role_access(settings, topics.ADMIN), topics.DECISIONS.name)
+    grants = Tap(role_access(settings, topics.ADMIN), topics.GRANTS.name)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
     try:
         revoked, pool = agents("b"), [agents("b") for _ in range(30)]
@@ -195,14 +196,14 @@ def test_redis_killed_resource_view_denies_while_a_revocation_waits_then_recover
     within its bound; after the restart the revocation lands before anything is allowed again."""
     settings, _worker = private_stack
     publisher = private.publisher(settings, "/tests/view-redis-kill")
-    grants = Tap(settings.kafka_bootstrap, topics.GRANTS.name)
+    grants = Tap(role_access(settings, topics.ADMIN), topics.GRANTS.name)
     holder, bystander = agents("b"), agents("b")
     both = (holder, bystander)
     private.register(settings, both)
     try:
         publisher.publish_many(topics.ESCALATIONS.name, [fraud_request(a) for a in both])
         grants.wait_for(GrantIssued, lambda g: g.agent_id in both, count=2)
-        with GrantView(settings.kafka_bootstrap, staleness_bound_s=VIEW_BOUND_S,
+        with GrantView(role_access(settings, topics.SERVICE), staleness_bound_s=VIEW_BOUND_S,
                        revocations_group=settings.app_id) as view:
             assert view.wait_ready(60)
             wait_until(lambda: all(v.allowed for v in _view_checks(view, both)), 60,

@@ -91,6 +91,7 @@ def settings(
     """Settings of the test worker and clients (audit keys created, free text as HMACs)."""
     settings = Settings(
         kafka_bootstrap=services.bootstrap,
+        kafka_credentials_file=services.credentials_file,
         redis_url=services.redis_url,
         policy_path=test_policy,
         app_id=f"permbroker-test-{run_id}",

@@ -25,6 +25,7 @@ from broker.adapters.kafka.admin import ensure_topics
 from broker.adapters.kafka.bus import producer_config
 from broker.cli.main import app
 from broker.config import Settings
+from broker.stack.credentials import role_access
 from broker.stack.worker import ROOT, worker_env
 from schemas import topics
 from schemas.events import AuditRecord
@@ -56,7 +57,7 @@ def audit_leaks(settings: Settings) -> list[str]:
     keys = _key_material(settings)
     found = []
     for topic in (topics.AUDIT_RAW.name, topics.AUDIT.name):
-        for s in read_topic(settings.kafka_bootstrap, topic):
+        for s in read_topic(role_access(settings, topics.AUDITOR), topic):
             blob = s.entry.value or b""
             where = f"{topic} partition {s.entry.partition} offset {s.entry.offset}"
             found += [f"{n.decode()!r} at {where}" for n in needles if n in blob]
@@ -72,14 +73,15 @@ def public_keys(settings: Settings) -> list[Path]:
 
 def wait_sealed(settings: Settings, timeout: float = 60.0) -> audit_check.Verification:
     """Wait until every raw record is chained and signed; fail if the chain is broken."""
-    result = audit_check.wait_sealed(settings, public_keys(settings), timeout)
+    result = audit_check.wait_sealed(role_access(settings, topics.AUDITOR), public_keys(settings),
+                                     timeout)
     assert result.ok, "audit chain not intact: " + "; ".join(result.problems[:5])
     return result
 
 
 def sealed(settings: Settings) -> list[Stored]:
     """Every entry of the sealed audit topic."""
-    return list(read_topic(settings.kafka_bootstrap))
+    return list(read_topic(role_access(settings, topics.AUDITOR)))
 
 
 def records(settings: Settings) -> list[AuditRecord]:
@@ -97,8 +99,9 @@ class Ran:
 
 
 def cli(settings: Settings, *args: str) -> Ran:
-    """Run ``permbroker ARGS`` in this process against the test services."""
-    env = {k: v for k, v in worker_env(settings).items() if k.startswith("PERMBROKER_")}
+    """Run ``permbroker ARGS`` in this process against the test services, as an operator."""
+    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
+    env = {k: v for k, v in operator.items() if k.startswith("PERMBROKER_")}
     result = CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "200"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
@@ -106,9 +109,10 @@ def cli(settings: Settings, *args: str) -> Ran:
 
 
 def cli_process(settings: Settings, *args: str, timeout: float = 120.0) -> Ran:
-    """Run ``python -m broker ARGS`` as its own process (never raises on exit code)."""
+    """Run ``python -m broker ARGS`` as its own process, as an operator (never raises)."""
+    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
     done = subprocess.run(
-        [sys.executable, "-m", "broker", *args], env={**worker_env(settings), "COLUMNS": "200"},
+        [sys.executable, "-m", "broker", *args], env={**operator, "COLUMNS": "200"},
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
     )
     return Ran(done.returncode, done.stdout, done.stderr)
@@ -120,9 +124,10 @@ def copy_partition(
     """A new topic holding one partition of the sealed audit, bytes as stored, after ``change``."""
     name = f"permbroker.audit.copy-{uuid.uuid4().hex[:8]}"
     copy = topics.Topic(name, topics.PARTITIONS, "delete", topics.DAY_MS, (), "a test copy")
-    ensure_topics(settings.kafka_bootstrap, [copy])
+    admin = role_access(settings, topics.ADMIN)  # a copy only the tests make: not in the ACLs
+    ensure_topics(admin, [copy])
     entries = [s for s in sealed(settings) if s.entry.partition == partition]
-    producer = Producer(producer_config(settings.kafka_bootstrap))
+    producer = Producer(producer_config(admin))
     for s in change(entries):
         producer.produce(name, value=s.entry.value, partition=partition)
     assert producer.flush(30) == 0
@@ -131,7 +136,8 @@ def copy_partition(
 
 def kafka_ends(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
     """Watermarks of every topic of the contract."""
-    return {t.name: watermarks(settings.kafka_bootstrap, t.name) for t in topics.ALL_TOPICS}
+    admin = role_access(settings, topics.ADMIN)
+    return {t.name: watermarks(admin, t.name) for t in topics.ALL_TOPICS}
 
 
 def redis_snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes | None, int]]:

@@ -20,7 +20,9 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.policy import load_policy
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
+from schemas import topics
 from tests.support.identities import Registrar, harness_signer
 from tests.support.services import Services
 from tests.support.taps import Tap
@@ -57,7 +59,7 @@ def registrar(worker: WorkerProcess, settings: Settings, test_policy: Path) -> I
 def worker(settings: Settings) -> Iterator[WorkerProcess]:
     """One worker process for the session (tests may kill and restart it)."""
     ensure_identity_files(settings)  # the broker's token keys and a test operator's key
-    proc = WorkerProcess(settings)
+    proc = WorkerProcess(settings, role_access(settings, topics.WORKER))
     proc.start()
     proc.wait_ready()
     yield proc
@@ -66,18 +68,21 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
 
 @pytest.fixture(scope="session")
 def publisher(settings: Settings) -> Publisher:
-    """A producer acting as the test harness: signs as the agent each message is keyed by."""
+    """A producer acting as the test harness: signs as the agent each message is keyed by.
+
+    It is on Kafka as the agent role: it writes what agents write.
+    """
     signer = harness_signer(AgentKeyStore.from_settings(settings))
-    return Publisher(settings.kafka_bootstrap, source="/tests", signer=signer)
+    return Publisher(role_access(settings, topics.AGENT), source="/tests", signer=signer)
 
 
 @pytest.fixture
 def tap(settings: Settings) -> Iterator[Callable[[str], Tap]]:
-    """Open taps on topics; closed after the test."""
+    """Open taps on topics (as the admin: a tap reads whatever a test watches); closed after."""
     opened: list[Tap] = []
 
     def open_tap(topic: str) -> Tap:
-        t = Tap(settings.kafka_bootstrap, topic)
+        t = Tap(role_access(settings, topics.ADMIN), topic)
         opened.append(t)
         return t
 

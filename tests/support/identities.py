@@ -29,6 +29,8 @@ from broker.policy import Policy
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
+from broker.stack.credentials import role_access
+from schemas import topics
 from schemas.events import AgentProfile
 
 BATCH = 25
@@ -42,8 +44,9 @@ class Registrar:
         self._seed = {a.agent_id: a for a in seed.agents()}
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
-        self._done = {r.agent_id for r in read_registry(settings.kafka_bootstrap).records()}
-        self.operator = OperatorClient(settings)
+        operator = role_access(settings, topics.OPERATOR)
+        self._done = {r.agent_id for r in read_registry(operator).records()}
+        self.operator = OperatorClient(settings, operator)
 
     def ensure(self, agent_id: str) -> str:
         """Register ``agent_id`` (and the next few of its kind) unless already registered."""
@@ -79,7 +82,7 @@ def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:
     """The agent's SDK client, signing with the agent's own key from the test key store."""
-    return AgentClient(agent_id, settings.kafka_bootstrap,
+    return AgentClient(agent_id, role_access(settings, topics.AGENT),
                        keys=AgentKeyStore.from_settings(settings), **options)
 
 

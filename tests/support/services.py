@@ -1,8 +1,10 @@
 """Real Kafka + Redis for integration tests: env, else Docker, else native stack. Imports broker.
 
-Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set; else
+Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set (with
+PERMBROKER_TEST_KAFKA_CREDENTIALS naming its users' credentials.json when it has users); else
 testcontainers when a Docker engine answers (PERMBROKER_TEST_DOCKER=0 skips the probe); else
 `broker.adapters.stack.up` with its own dir and ports, stopped again at the end of the session.
+Clients of the tests reach Kafka as the role they play (``role_access(settings, role)``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.config import Settings
 from broker.errors import BusError
 from broker.stack import local as stack
+from broker.stack.credentials import Credentials, credentials_file
+from schemas.topics import ADMIN
 
 ROOT = Path(__file__).resolve().parents[2]
 # PERMBROKER_TEST_PORT_OFFSET moves the native test stack (two checkouts on one machine).
@@ -37,10 +42,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Services:
-    """Where the integration tests find Kafka and Redis."""
+    """Where the integration tests find Kafka and Redis, and Kafka's users (None: it has none)."""
 
     bootstrap: str
     redis_url: str
+    credentials_file: Path | None = None
+
+    def kafka(self, role: str) -> KafkaAccess:
+        """How a client playing ``role`` reaches the session's Kafka."""
+        base = KafkaAccess(self.bootstrap)
+        found = Credentials.read(self.credentials_file) if self.credentials_file else None
+        return found.access(base, role) if found is not None else base
 
 
 def unique(prefix: str) -> str:
@@ -62,11 +74,11 @@ def docker_answers() -> bool:
         return False
 
 
-def _wait_for_kafka(bootstrap: str, timeout: float = 120.0) -> None:
+def _wait_for_kafka(kafka: KafkaAccess, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            ensure_topics(bootstrap, timeout=5)
+            ensure_topics(kafka, timeout=5)
             return
         except BusError:
             if time.monotonic() >= deadline:
@@ -120,7 +132,7 @@ def _docker_services() -> Iterator[Services]:
     with redis_box, _kafka_container() as kafka_box:
         bootstrap = f"{kafka_box.get_container_host_ip()}:{kafka_box.get_exposed_port(9092)}"
         _put_script(kafka_box, bootstrap)
-        _wait_for_kafka(bootstrap)
+        _wait_for_kafka(KafkaAccess(bootstrap))
         host, port = redis_box.get_container_host_ip(), redis_box.get_exposed_port(6379)
         yield Services(bootstrap, f"redis://{host}:{port}/0")
 
@@ -134,7 +146,7 @@ def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
     """
     status = stack.up(TEST_STACK, progress=log)  # on failure it stops what it started itself
     try:
-        yield Services(status.bootstrap, status.redis_url)
+        yield Services(status.bootstrap, status.redis_url, credentials_file(TEST_STACK))
     finally:
         if status.started:
             stopped = stack.down(TEST_STACK, wipe=True)  # the next session starts from empty topics
@@ -149,10 +161,12 @@ def provide(log: Callable[[str], None] = print) -> Iterator[Services]:
     """Yield running services for one test session and stop whatever this call started."""
     bootstrap = os.environ.get("PERMBROKER_TEST_KAFKA_BOOTSTRAP")
     redis_url = os.environ.get("PERMBROKER_TEST_REDIS_URL")
+    users = os.environ.get("PERMBROKER_TEST_KAFKA_CREDENTIALS")
     if bootstrap and redis_url:
         log(f"using services from the environment: Kafka {bootstrap}")
-        ensure_topics(bootstrap)
-        yield Services(bootstrap, redis_url)
+        services = Services(bootstrap, redis_url, Path(users) if users else None)
+        ensure_topics(services.kafka(ADMIN))
+        yield services
     elif docker_answers():
         log(f"starting {KAFKA_IMAGE} and {REDIS_IMAGE} with testcontainers")
         with _docker_services() as services:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from confluent_kafka import TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, end_offsets, to_record
 from tests.support.waits import wait_until
 
@@ -20,9 +21,9 @@ T = TypeVar("T")
 class Tap:
     """Collects every record appended to a topic after the tap was opened."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, kafka: KafkaAccess, topic: str) -> None:
         self.records: list[Record] = []
-        self._c = consumer(bootstrap)
+        self._c = consumer(kafka)
         ends = end_offsets(self._c, topic)
         self._c.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
         self._stop = threading.Event()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from broker.adapters.audit.keys import PUBLIC_FILE, key_dir, load_public_keys, signature_check
 from broker.adapters.audit.log import Stored, read_jsonl, read_topic, watermarks
+from broker.adapters.kafka.access import KafkaAccess
 from broker.audit.verify import ChainReport, Problem, raw_gaps, verify_chain
 from broker.config import Settings
 from schemas import topics
@@ -79,15 +80,15 @@ def verify(
     return result
 
 
-def verify_topic(settings: Settings, keys: list[Path], *, topic: str = topics.AUDIT.name,
+def verify_topic(kafka: KafkaAccess, keys: list[Path], *, topic: str = topics.AUDIT.name,
                  complete: bool = False) -> Verification:
     """Verify a topic's chains; for the live audit topic, also its raw coverage."""
-    marks = watermarks(settings.kafka_bootstrap, topic)
+    marks = watermarks(kafka, topic)
     from_start = {p: low == 0 for p, (low, _high) in marks.items()}
-    result = verify(read_topic(settings.kafka_bootstrap, topic), keys, source=f"topic {topic}",
+    result = verify(read_topic(kafka, topic), keys, source=f"topic {topic}",
                     from_start=all(from_start.values()), complete=complete)
     if topic == topics.AUDIT.name:
-        _raw_coverage(settings, result, complete)
+        _raw_coverage(kafka, result, complete)
     return result
 
 
@@ -97,9 +98,8 @@ def verify_file(path: Path, keys: list[Path], *, complete: bool = False) -> Veri
                   complete=complete)
 
 
-def _raw_coverage(settings: Settings, result: Verification, complete: bool) -> None:
-    for partition, (low, high) in watermarks(settings.kafka_bootstrap,
-                                             topics.AUDIT_RAW.name).items():
+def _raw_coverage(kafka: KafkaAccess, result: Verification, complete: bool) -> None:
+    for partition, (low, high) in watermarks(kafka, topics.AUDIT_RAW.name).items():
         chain = result.chains.get(partition)
         sealed = chain.raw_offsets if chain else []
         top = max(sealed, default=low - 1)
@@ -113,7 +113,7 @@ def _raw_coverage(settings: Settings, result: Verification, complete: bool) -> N
                                        "record(s) not sealed yet (sealer lag)")
 
 
-def wait_sealed(settings: Settings, keys: list[Path], timeout: float) -> Verification:
+def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float) -> Verification:
     """Verify once every raw record is chained and signed (waiting up to ``timeout``).
 
     Returns at once when the chain is broken; an unsealed tail left at the deadline is reported
@@ -121,9 +121,9 @@ def wait_sealed(settings: Settings, keys: list[Path], timeout: float) -> Verific
     """
     deadline = time.monotonic() + timeout
     while True:
-        result = verify_topic(settings, keys)
+        result = verify_topic(kafka, keys)
         if not result.ok or result.unsealed == 0:
             return result
         if time.monotonic() >= deadline:
-            return verify_topic(settings, keys, complete=True)
+            return verify_topic(kafka, keys, complete=True)
         time.sleep(0.5)

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.audit.chain import Position, is_digest
 from broker.audit.verify import Entry
@@ -62,7 +63,7 @@ def _start_offsets(c: Any, topic: str, since: datetime | None,
 
 
 def read_topic(
-    bootstrap: str, topic: str = topics.AUDIT.name, *, since: datetime | None = None,
+    kafka: KafkaAccess, topic: str = topics.AUDIT.name, *, since: datetime | None = None,
     starts: dict[int, int] | None = None, timeout: float = 60.0,
 ) -> Iterator[Stored]:
     """Every committed entry of ``topic`` (from the first sealed at ``since``), to its end.
@@ -71,7 +72,7 @@ def read_topic(
     different partitions come interleaved, each partition's in offset order.
     """
     config: dict[str, object] = {"enable.partition.eof": True, "isolation.level": "read_committed"}
-    c = consumer(bootstrap, group=None, **config)
+    c = consumer(kafka, group=None, **config)
     try:
         start = _start_offsets(c, topic, since, starts)
         todo = {tp.partition for tp in start}
@@ -108,9 +109,9 @@ def until(stored: Iterable[Stored], end: datetime | None) -> Iterator[Stored]:
         yield s
 
 
-def watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
+def watermarks(kafka: KafkaAccess, topic: str) -> dict[int, tuple[int, int]]:
     """partition -> (low, high) offsets."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         out = {}
         for p in partitions(c, topic):
@@ -192,22 +193,22 @@ class Head:
         return self.pos.seq - self.since
 
 
-def read_head(bootstrap: str, partition: int, *, window: int = 64) -> Head:
+def read_head(kafka: KafkaAccess, partition: int, *, window: int = 64) -> Head:
     """The chain head of one sealed partition, read back from its last committed entries."""
-    low, high = watermarks(bootstrap, topics.AUDIT.name)[partition]
+    low, high = watermarks(kafka, topics.AUDIT.name)[partition]
     while True:
         start = max(low, high - window)
-        head = _head_from(bootstrap, partition, start, complete=start <= low)
+        head = _head_from(kafka, partition, start, complete=start <= low)
         if head is not None:
             return head
         window *= 4
 
 
-def _head_from(bootstrap: str, partition: int, start: int, *, complete: bool) -> Head | None:
+def _head_from(kafka: KafkaAccess, partition: int, start: int, *, complete: bool) -> Head | None:
     """The head seen from ``start``; None if the window lacks the last record or digest."""
     last: dict[str, Any] | None = None
     raw_offset, since = -1, None
-    for stored in read_topic(bootstrap, topics.AUDIT.name, starts={partition: start}):
+    for stored in read_topic(kafka, topics.AUDIT.name, starts={partition: start}):
         record = stored.record()
         if record.chain is None:
             raise BusError(f"entry at offset {stored.entry.offset} of {topics.AUDIT.name} has "

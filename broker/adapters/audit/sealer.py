@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from broker.adapters.audit.keys import AuditKeys
 from broker.adapters.audit.log import Head, read_head, watermarks
 from broker.adapters.kafka import codec
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.audit.chain import GENESIS, Position, seal_digest, seal_record
 from broker.config import Settings
@@ -83,12 +84,14 @@ def _after(pos: Position, sealed: AuditRecord) -> Position:
 class PartitionSealer:
     """Seals one partition: its transactional producer and its chain head."""
 
-    def __init__(self, settings: Settings, partition: int, keys: AuditKeys) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, partition: int,
+                 keys: AuditKeys) -> None:
         self.partition = partition
         self._settings = settings
+        self._kafka = kafka
         self._keys = keys
         self._producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka.confluent(),
             "transactional.id": f"{settings.app_id}-audit-sealer-p{partition}",
             "enable.idempotence": True, "acks": "all", "linger.ms": 2,
             "transaction.timeout.ms": 60000,
@@ -103,9 +106,8 @@ class PartitionSealer:
         except KafkaException as exc:
             raise BusError(f"sealer of partition {self.partition} could not start its "
                            f"transactions: {exc}") from exc
-        self.head = read_head(self._settings.kafka_bootstrap, self.partition)
-        low, _high = watermarks(self._settings.kafka_bootstrap,
-                                topics.AUDIT_RAW.name)[self.partition]
+        self.head = read_head(self._kafka, self.partition)
+        low, _high = watermarks(self._kafka, topics.AUDIT_RAW.name)[self.partition]
         if low > self.head.raw_offset + 1:
             now = datetime.now(UTC)
             self._commit([(_gap(self.partition, self.head.raw_offset + 1, low - 1, now), -1)],
@@ -205,8 +207,9 @@ class PartitionSealer:
 class Sealer:
     """Consumes the raw audit topic in a group and seals the partitions it is assigned."""
 
-    def __init__(self, settings: Settings, keys: AuditKeys) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess, keys: AuditKeys) -> None:
         self._settings = settings
+        self._kafka = kafka
         self._keys = keys
         self._sealers: dict[int, PartitionSealer] = {}
         self._stop = threading.Event()
@@ -218,7 +221,7 @@ class Sealer:
 
     def run(self) -> None:
         """Seal until ``stop()``; Kafka errors are retried, the partition's chain waits."""
-        c = consumer(self._settings.kafka_bootstrap, group=f"{self._settings.app_id}-audit-sealer",
+        c = consumer(self._kafka, group=f"{self._settings.app_id}-audit-sealer",
                      **{"enable.auto.commit": False,
                         "session.timeout.ms": int(self._settings.session_timeout_s * 1000),
                         "heartbeat.interval.ms": int(self._settings.session_timeout_s * 250)})
@@ -236,7 +239,7 @@ class Sealer:
 
     def _assigned(self, c: Consumer, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            sealer = PartitionSealer(self._settings, tp.partition, self._keys)
+            sealer = PartitionSealer(self._settings, self._kafka, tp.partition, self._keys)
             tp.offset = _retry(sealer.open, self._stop, f"open partition {tp.partition}")
             self._sealers[tp.partition] = sealer
         c.assign(assigned)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, partitions, producer_config, to_record
 from broker.adapters.kafka.codec import encode
 from broker.delivery.freshness import Freshness
@@ -35,9 +36,9 @@ log = logging.getLogger("permbroker.acks")
 class AckPublisher:
     """Queues revocation acks and status reports of one enforcement point."""
 
-    def __init__(self, bootstrap: str, enforcement_point: str) -> None:
+    def __init__(self, kafka: KafkaAccess, enforcement_point: str) -> None:
         self.name = enforcement_point
-        self._producer = Producer({**producer_config(bootstrap), "linger.ms": 5}, logger=log)
+        self._producer = Producer({**producer_config(kafka), "linger.ms": 5}, logger=log)
         self._source = f"/enforcement/{enforcement_point}"
         self.failed = 0
 
@@ -90,10 +91,10 @@ class AckPublisher:
 
 
 def read_since(
-    bootstrap: str, topic: str, since: datetime, *, timeout: float = 30.0
+    kafka: KafkaAccess, topic: str, since: datetime, *, timeout: float = 30.0
 ) -> Iterator[Record]:
     """Every record of ``topic`` appended since ``since``, up to its end at call time."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         parts = partitions(c, topic)
         stamp = int(since.timestamp() * 1000)
@@ -132,10 +133,10 @@ class AckFollower:
     """Follows the acks topic from ``since``; hands each ack and status to a callback."""
 
     def __init__(
-        self, bootstrap: str, since: datetime,
+        self, kafka: KafkaAccess, since: datetime,
         on_event: Callable[[RevocationAcknowledged | EnforcementPointStatus], None],
     ) -> None:
-        self._c = consumer(bootstrap)
+        self._c = consumer(kafka)
         topic = topics.REVOCATION_ACKS.name
         stamp = int(since.timestamp() * 1000)
         parts = partitions(self._c, topic)

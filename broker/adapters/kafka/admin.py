@@ -1,6 +1,7 @@
 """Kafka administration: contract topics, created idempotently. Imports confluent-kafka, schemas.
 
-Also imports broker.errors. Blocking calls (confluent-kafka): never call them in a faust agent.
+Also imports access and broker.errors. Blocking calls (confluent-kafka): never call them in a
+faust agent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.errors import BusError
 from schemas.topics import ALL_TOPICS, Topic
 
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(kafka: KafkaAccess) -> AdminClient:
     """An AdminClient whose librdkafka logs go to Python logging, not straight to stderr."""
-    return AdminClient({"bootstrap.servers": bootstrap}, logger=_log)
+    return AdminClient(kafka.confluent(), logger=_log)
 
 
 def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
@@ -38,14 +40,14 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
         raise BusError(f"Kafka did not answer a metadata request within {timeout}s: {exc}") from exc
 
 
-def ensure_topics(bootstrap: str, topics: Sequence[Topic] = ALL_TOPICS,
+def ensure_topics(kafka: KafkaAccess, topics: Sequence[Topic] = ALL_TOPICS,
                   timeout: float = 30) -> list[str]:
     """Create the topics that are missing, with the registry's partitions and configs.
 
     Idempotent: a topic that exists (or that a concurrent caller creates) is left alone.
     Returns the names this call created, once the broker's metadata shows all of them.
     """
-    admin = admin_client(bootstrap)
+    admin = admin_client(kafka)
     deadline = time.monotonic() + timeout
     existing = cluster_metadata(admin, timeout).topics
     missing = [topic for topic in topics if topic.name not in existing]

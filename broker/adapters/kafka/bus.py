@@ -1,6 +1,6 @@
 """Kafka access outside faust (SDKs, CLI, rebuild, demo) with confluent-kafka.
 
-Imports schemas, codec.
+Imports schemas, access, codec.
 
 Producers use the Java-compatible murmur2 partitioner so a key lands on the same partition as
 when faust (aiokafka) produces it: one agent, one partition, whoever writes.
@@ -25,15 +25,16 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import Encoded, decode, encode
 from broker.errors import BusError, WireError
 from schemas.events import WireModel
 
 
-def producer_config(bootstrap: str) -> dict[str, object]:
+def producer_config(kafka: KafkaAccess) -> dict[str, object]:
     """Settings every permbroker producer shares."""
     return {
-        "bootstrap.servers": bootstrap,
+        **kafka.confluent(),
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
         "acks": "all",
@@ -46,12 +47,12 @@ class Publisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         *,
         source: str,
         signer: Callable[[Encoded], Encoded] | None = None,
     ) -> None:
-        self._producer = Producer(producer_config(bootstrap))
+        self._producer = Producer(producer_config(kafka))
         self._source = source
         self._signer = signer  # adds the sender's ce_signature to every message it publishes
 
@@ -103,10 +104,10 @@ class Publisher:
                 self._producer.poll(0.05)
 
 
-def consumer(bootstrap: str, *, group: str | None = None, **extra: object) -> Consumer:
+def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -> Consumer:
     """A consumer that never commits unless it is given a group (readers assign partitions)."""
     config: dict[str, object] = {
-        "bootstrap.servers": bootstrap,
+        **kafka.confluent(),
         "group.id": group or f"permbroker-reader-{uuid.uuid4()}",
         "enable.auto.commit": bool(group),
         "auto.offset.reset": "earliest",
@@ -175,10 +176,10 @@ def to_record(msg: Message) -> Record:
 
 
 def read_all(
-    bootstrap: str, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
+    kafka: KafkaAccess, topic: str, *, timeout: float = 30.0, stop: Callable[[], bool] | None = None
 ) -> Iterator[Record]:
     """Every message of a topic from the beginning up to its end at call time."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         ends = end_offsets(c, topic)
         todo = {p for p, end in ends.items() if end > 0}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
 from broker.errors import BusError
 
@@ -22,12 +23,12 @@ from broker.errors import BusError
 class Follower:
     """A daemon thread applying every record of ``topic`` to ``apply``, in offset order."""
 
-    def __init__(self, bootstrap: str, topic: str, apply: Callable[[Record], None], *,
+    def __init__(self, kafka: KafkaAccess, topic: str, apply: Callable[[Record], None], *,
                  name: str) -> None:
         self.topic = topic
         self._apply = apply
-        self._consumer = consumer(bootstrap)
-        self._meta = consumer(bootstrap)
+        self._consumer = consumer(kafka)
+        self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
         self._parts = partitions(self._consumer, topic)
         self._pos = dict.fromkeys(self._parts, 0)

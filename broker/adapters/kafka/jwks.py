@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.follow import Follower
 from schemas.events import JwksPublished, PublicJwk
@@ -18,11 +19,11 @@ from schemas.topics import JWKS
 class JwksView:
     """The latest published key set of an issuer, kept current in a thread."""
 
-    def __init__(self, bootstrap: str, *, issuer: str = "permbroker") -> None:
+    def __init__(self, kafka: KafkaAccess, *, issuer: str = "permbroker") -> None:
         self.issuer = issuer
         self._latest: JwksPublished | None = None
         self._lock = threading.Lock()
-        self._follower = Follower(bootstrap, JWKS.name, self._on_record, name="permbroker-jwks")
+        self._follower = Follower(kafka, JWKS.name, self._on_record, name="permbroker-jwks")
 
     def _on_record(self, rec: Record) -> None:
         ev = rec.event

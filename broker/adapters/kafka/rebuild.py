@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.redis.store import RedisGrantStore
 from broker.grants.decide import derive_id
@@ -91,9 +92,9 @@ def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
     })
 
 
-def collect(bootstrap: str, now: datetime, timeout: float = 60.0) -> Folded:
+def collect(kafka: KafkaAccess, now: datetime, timeout: float = 60.0) -> Folded:
     """Read the whole grant topic and fold it (blocking)."""
-    return fold(read_all(bootstrap, GRANTS.name, timeout=timeout), now)
+    return fold(read_all(kafka, GRANTS.name, timeout=timeout), now)
 
 
 async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:

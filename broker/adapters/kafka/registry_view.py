@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.follow import Follower
 from schemas.events import AgentRecord
@@ -60,17 +61,17 @@ def fold(records: Iterable[Record]) -> Registry:
     return registry
 
 
-def read_registry(bootstrap: str, timeout: float = 30.0) -> Registry:
+def read_registry(kafka: KafkaAccess, timeout: float = 30.0) -> Registry:
     """The whole registry, read once from the beginning (for the CLI and tests)."""
-    return fold(read_all(bootstrap, AGENTS.name, timeout=timeout))
+    return fold(read_all(kafka, AGENTS.name, timeout=timeout))
 
 
 class RegistryView(Registry):
     """A registry kept current by following the agents topic in a thread."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, kafka: KafkaAccess) -> None:
         super().__init__()
-        self._follower = Follower(bootstrap, AGENTS.name, self._on_record,
+        self._follower = Follower(kafka, AGENTS.name, self._on_record,
                                   name="permbroker-registry")
 
     def _on_record(self, rec: Record) -> None:

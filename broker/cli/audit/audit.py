@@ -25,7 +25,7 @@ from broker.adapters.kafka.bus import consumer, partitions, to_record
 from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
 from broker.config import Settings
 from broker.errors import BrokerError
@@ -100,8 +100,7 @@ def tail(
     as_json: JsonOpt = False,
 ) -> None:
     """Print recent audit records (and follow new ones with -f)."""
-    settings = cli_settings()
-    c = consumer(settings.kafka_bootstrap)
+    c = consumer(cli_kafka())
     try:
         c.assign(_start(c, last, time_option(since)))
         idle_since = time.monotonic()
@@ -125,7 +124,7 @@ def load_records(settings: Settings, *, file: Path | None = None,
                  since: datetime | None = None) -> list[AuditRecord]:
     """Every parseable sealed record (from the topic, or an export), in log order."""
     stored = (audit_log.read_jsonl(file) if file else
-              audit_log.read_topic(settings.kafka_bootstrap, since=since))
+              audit_log.read_topic(cli_kafka(), since=since))
     records, bad = [], 0
     for s in stored:
         try:
@@ -157,9 +156,9 @@ def verify(
         if file is not None:
             result = audit_check.verify_file(file, keys, complete=complete)
         elif wait > 0 and topic is None:
-            result = audit_check.wait_sealed(settings, keys, wait)
+            result = audit_check.wait_sealed(cli_kafka(), keys, wait)
         else:
-            result = audit_check.verify_topic(settings, keys, complete=complete,
+            result = audit_check.verify_topic(cli_kafka(), keys, complete=complete,
                                               **({"topic": topic} if topic else {}))
     except BrokerError as exc:
         raise fail(str(exc), KafkaHint) from exc
@@ -201,9 +200,8 @@ def export(
     """Export the sealed audit for a compliance review: the contiguous entries sealed in range."""
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format {fmt!r} is not supported", "use jsonl or csv")
-    settings = cli_settings()
     start, end = time_option(since), time_option(until_)
-    stream = audit_log.until(audit_log.read_topic(settings.kafka_bootstrap, since=start), end)
+    stream = audit_log.until(audit_log.read_topic(cli_kafka(), since=start), end)
     write = audit_log.write_jsonl if fmt == "jsonl" else audit_log.write_csv
     try:
         if output is None:
@@ -221,7 +219,7 @@ def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
     """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
     policies = audit_replay.policies_in(records)
     if from_topic:  # policy.loaded records may predate the window: find them by their bytes
-        loaded = (s.record() for s in audit_log.read_topic(settings.kafka_bootstrap)
+        loaded = (s.record() for s in audit_log.read_topic(cli_kafka())
                   if b'"kind":"policy.loaded"' in (s.entry.value or b""))
         policies.update(audit_replay.policies_in(loaded))
     for path in paths:
@@ -364,7 +362,7 @@ def seal() -> None:
 
     settings = cli_settings()
     try:
-        sealer = Sealer(settings, audit_keys.load_keys(settings))
+        sealer = Sealer(settings, cli_kafka(), audit_keys.load_keys(settings))
         err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")
         sealer.run()
     except KeyboardInterrupt:

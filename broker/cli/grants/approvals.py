@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
 from broker.errors import BrokerError
 from broker.sdk.operator.approvals import Approver, Verdict, held_requests, held_row
@@ -53,7 +53,8 @@ def approvals_list(
 
 def _vote(request_id: str, agent: str, verdict: Verdict, reason: str) -> None:
     try:
-        vote = Approver.operator(cli_settings()).vote(request_id, agent, verdict, reason)
+        approver = Approver.operator(cli_settings(), cli_kafka())
+        vote = approver.vote(request_id, agent, verdict, reason)
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc

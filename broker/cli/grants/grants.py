@@ -19,7 +19,7 @@ from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, until
 from broker.cli.output import print_json as _print_json
 from broker.config import Settings
@@ -114,7 +114,7 @@ def grants_revoke(
     """
     settings = cli_settings()
     try:  # signed with the operator key: agent credentials cannot revoke another agent
-        with OperatorClient(settings) as op:
+        with OperatorClient(settings, cli_kafka()) as op:
             signal = op.revoke_grants(agent, reason=reason)
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
@@ -130,13 +130,13 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
     """Rebuild the Redis view of active grants from the grant topic (Kafka is the record)."""
     settings, now = cli_settings(), datetime.now(UTC)
     try:
-        folded = rebuild.collect(settings.kafka_bootstrap, now)
+        folded = rebuild.collect(cli_kafka(), now)
         restored = asyncio.run(_with_store(settings, lambda s: rebuild.apply(s, folded, now)))
         record = rebuild_audit(
             f"operator {os.environ.get('USER', 'unknown')}", now, records=folded.records,
             restored=restored, revocations=len(folded.revocations),
             undecodable=folded.undecodable)
-        Publisher(settings.kafka_bootstrap, source="/operators/cli").publish(
+        Publisher(cli_kafka(), source="/operators/cli").publish(
             topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import load_operator
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
@@ -48,12 +48,13 @@ def revoke(
     settings = cli_settings()
     try:
         if dry_run:
-            _show(plan(settings, selector), as_json, dry=True)
+            _show(plan(settings, cli_kafka(), selector), as_json, dry=True)
             return
         if not reason:
             raise fail("--reason is required to revoke (it is recorded in the audit)", code=2)
         principal, _key = load_operator(settings.key_path("operator"))
-        done = revoke_selected(settings, selector, reason, operator=principal.split(":", 1)[1],
+        done = revoke_selected(settings, cli_kafka(), selector, reason,
+                               operator=principal.split(":", 1)[1],
                                timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import read_registry
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -58,7 +58,7 @@ def _ago(when: datetime | None, now: datetime) -> str:
 
 def _operator(settings: Settings) -> OperatorClient:
     try:
-        return OperatorClient(settings)
+        return OperatorClient(settings, cli_kafka())
     except BrokerError as exc:
         raise _fail(str(exc), "create the operator key with `permbroker keys init`") from exc
 
@@ -206,7 +206,7 @@ def _record_row(r: AgentRecord) -> dict[str, Any]:
 @agents_app.command("list")
 def agents_list(as_json: JsonOpt = False) -> None:
     """Every registered agent (from the registry topic)."""
-    records = _run(lambda: read_registry(cli_settings().kafka_bootstrap)).records()
+    records = _run(lambda: read_registry(cli_kafka())).records()
     if as_json:
         _json([_record_row(r) for r in records])
         return
@@ -224,7 +224,7 @@ def agents_list(as_json: JsonOpt = False) -> None:
 @agents_app.command("show")
 def agents_show(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """One agent's record: profile, AI attributes, status, keys and their validity."""
-    record = _run(lambda: read_registry(cli_settings().kafka_bootstrap)).get(agent)
+    record = _run(lambda: read_registry(cli_kafka())).get(agent)
     if record is None:
         raise _fail(f"agent {agent} is not registered", "permbroker agents list")
     if as_json:
@@ -250,7 +250,7 @@ def agents_update(
 ) -> None:
     """Change an agent's profile; a new model version or digest revokes grants per policy."""
     settings = cli_settings()
-    record = _run(lambda: read_registry(settings.kafka_bootstrap)).get(agent)
+    record = _run(lambda: read_registry(cli_kafka())).get(agent)
     if record is None:
         raise _fail(f"agent {agent} is not registered", "permbroker agents register")
     profile = _profile(agent, record.profile,

@@ -17,7 +17,7 @@ from rich.table import Table
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.store import RedisGrantStore
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.identity.agents import JsonOpt, _ago, _fail, _json, _run, out
 from broker.config import Settings
 from broker.errors import PolicyError
@@ -52,7 +52,7 @@ def inventory(
     max_age = parse_duration(stale_after) if stale_after else settings.agent_key_max_age_s
     if max_age is None:
         raise _fail(f"--stale-after {stale_after!r} is not a duration", "use e.g. 30d, 12h")
-    records = _run(lambda: read_registry(settings.kafka_bootstrap)).records()
+    records = _run(lambda: read_registry(cli_kafka())).records()
     held, acted = _run(lambda: asyncio.run(_held(settings, records, now)))
     try:
         classes = load_policy(settings.policy_path).classes

@@ -11,7 +11,7 @@ import typer
 
 from broker.adapters.crypto.keystore import ensure_identity_files
 from broker.adapters.kafka.jwks import JwksView
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.identity.agents import JsonOpt, ReasonOpt, _fail, _json, _operator, _run, out
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -55,7 +55,7 @@ def keys_jwks() -> None:
     """The published JWKS (what resource services verify grant tokens with), as JSON."""
     settings = cli_settings()
     try:
-        with JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer) as view:
+        with JwksView(cli_kafka(), issuer=settings.token_issuer) as view:
             view.wait_ready(30)
             _json(view.document())
     except BrokerError as exc:

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -29,13 +30,13 @@ out = Console()
 err = Console(stderr=True)
 
 
-def collect_status(bootstrap: str, since: datetime) -> RevocationStatus:
+def collect_status(kafka: KafkaAccess, since: datetime) -> RevocationStatus:
     """Revocations on the grant topic and acks/status reports since ``since`` (blocking)."""
-    revs = [r.event for r in read_since(bootstrap, topics.GRANTS.name, since)
+    revs = [r.event for r in read_since(kafka, topics.GRANTS.name, since)
             if isinstance(r.event, AgentRevoked)]
     acks: list[RevocationAcknowledged] = []
     statuses: list[EnforcementPointStatus] = []
-    for rec in read_since(bootstrap, topics.REVOCATION_ACKS.name, since):
+    for rec in read_since(kafka, topics.REVOCATION_ACKS.name, since):
         if isinstance(rec.event, RevocationAcknowledged):
             acks.append(rec.event)
         elif isinstance(rec.event, EnforcementPointStatus):
@@ -55,9 +56,9 @@ def status(
     if seconds is None:
         err.print(f"[bold red]error:[/] --since {since!r} is not a duration (e.g. 10m, 1h)")
         raise typer.Exit(2)
-    settings, now = cli_settings(), datetime.now(UTC)
+    now = datetime.now(UTC)
     try:
-        report = collect_status(settings.kafka_bootstrap, now - timedelta(seconds=seconds))
+        report = collect_status(cli_kafka(), now - timedelta(seconds=seconds))
     except BrokerError as exc:
         err.print(f"[bold red]error:[/] {exc}\n[dim]hint:[/] is Kafka up? permbroker stack status")
         raise typer.Exit(1) from exc

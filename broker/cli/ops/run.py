@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.adapters.crypto.keystore import AgentKeyStore
-from broker.cli.context import cli_settings
+from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, until
 from broker.cli.output import print_json as _print_json
 from broker.errors import BrokerError
@@ -63,7 +63,7 @@ def request(
     try:
         keys = AgentKeyStore.from_settings(settings)
         unsigned = settings.allow_unsigned and not keys.exists(agent)  # dev mode only
-        with AgentClient(agent, settings.kafka_bootstrap, keys=keys, unsigned=unsigned) as client:
+        with AgentClient(agent, cli_kafka(), keys=keys, unsigned=unsigned) as client:
             decision = client.request_escalation(
                 scope,
                 resources=resource or [],

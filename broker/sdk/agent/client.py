@@ -20,6 +20,7 @@ from confluent_kafka import TopicPartition
 
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
 from broker.errors import CommandRefused, DecisionTimeout
 from broker.sdk.agent.identity import AgentIdentity, Rotator
@@ -50,8 +51,8 @@ class DecisionWatcher:
     decisions of every other agent on the topic never grow the process.
     """
 
-    def __init__(self, bootstrap: str, *, keep: int = 10_000) -> None:
-        self._consumer = consumer(bootstrap)
+    def __init__(self, kafka: KafkaAccess, *, keep: int = 10_000) -> None:
+        self._consumer = consumer(kafka)
         ends = end_offsets(self._consumer, topics.DECISIONS.name)
         self._consumer.assign(
             [TopicPartition(topics.DECISIONS.name, p, o) for p, o in ends.items()]
@@ -155,7 +156,7 @@ class AgentClient:
     def __init__(
         self,
         agent_id: str,
-        bootstrap: str,
+        kafka: KafkaAccess,
         *,
         watch_decisions: bool = True,
         keys: AgentKeyStore | None = None,
@@ -167,8 +168,8 @@ class AgentClient:
         self.agent_id = agent_id
         self.identity = None if keys is None or unsigned else AgentIdentity(agent_id, keys)
         signer = self.identity.sign if self.identity is not None else None
-        self._publisher = Publisher(bootstrap, source=f"/agents/{agent_id}", signer=signer)
-        self._watcher = DecisionWatcher(bootstrap) if watch_decisions else None
+        self._publisher = Publisher(kafka, source=f"/agents/{agent_id}", signer=signer)
+        self._watcher = DecisionWatcher(kafka) if watch_decisions else None
         self._rotator: Rotator | None = None
 
     def send(self, request: EscalationRequested) -> None:

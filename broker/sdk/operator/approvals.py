@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from broker.adapters.crypto.keystore import AgentKeyStore, load_operator
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis.approvals import ApprovalStore, Held
 from broker.adapters.redis.store import RedisGrantStore
@@ -33,18 +34,18 @@ class Approver:
         self._publisher = publisher
 
     @classmethod
-    def agent(cls, agent_id: str, bootstrap: str, *, keys: AgentKeyStore) -> Approver:
+    def agent(cls, agent_id: str, kafka: KafkaAccess, *, keys: AgentKeyStore) -> Approver:
         """A verifier agent voting with its agent key (from its key store ``keys``)."""
         identity = AgentIdentity(agent_id, keys)
-        return cls(agent_id, Publisher(bootstrap, source=f"/agents/{agent_id}",
+        return cls(agent_id, Publisher(kafka, source=f"/agents/{agent_id}",
                                        signer=identity.sign))
 
     @classmethod
-    def operator(cls, settings: Settings) -> Approver:
+    def operator(cls, settings: Settings, kafka: KafkaAccess) -> Approver:
         """This operator, voting with the operator key (``permbroker keys init``)."""
         principal, _key = load_operator(settings.key_path("operator"))
         return cls(principal, operator_publisher(
-            settings.kafka_bootstrap, f"/operators/{principal.split(':', 1)[1]}", settings))
+            kafka, f"/operators/{principal.split(':', 1)[1]}", settings))
 
     def vote(self, request_id: str, agent_id: str, verdict: Verdict,
              reason: str = "") -> ApprovalVoted:

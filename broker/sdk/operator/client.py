@@ -25,6 +25,7 @@ from confluent_kafka import TopicPartition
 from broker.adapters.crypto.enrollment import issue_enrollment
 from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets, to_record
 from broker.config import Settings
 from broker.errors import CommandRefused, DecisionTimeout
@@ -65,8 +66,8 @@ def operator_signal(agent_id: str, reason: str, operator: str) -> RiskObserved:
 class AuditWatcher:
     """Follows the audit topic from now; hands over the record about a given subject."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._c = consumer(bootstrap)
+    def __init__(self, kafka: KafkaAccess) -> None:
+        self._c = consumer(kafka)
         ends = end_offsets(self._c, topics.AUDIT.name)
         self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
         self._found: dict[str, AuditRecord] = {}
@@ -117,24 +118,23 @@ def revocation_of(signal: RiskObserved, audit: AuditRecord) -> Revocation:
     )
 
 
-def operator_publisher(bootstrap: str, source: str, settings: Settings) -> Publisher:
+def operator_publisher(kafka: KafkaAccess, source: str, settings: Settings) -> Publisher:
     """A producer that signs everything with this operator's key (KeyFileError if none)."""
     principal, key = load_operator(settings.key_path("operator"))
-    return Publisher(bootstrap, source=source,
+    return Publisher(kafka, source=source,
                      signer=lambda m: sign_message(m, key, principal))
 
 
 def revoke(
-    settings: Settings, agent_id: str, reason: str, *, operator: str, timeout: float = 30.0,
-    publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
+    settings: Settings, kafka: KafkaAccess, agent_id: str, reason: str, *, operator: str,
+    timeout: float = 30.0, publisher: Publisher | None = None, watcher: AuditWatcher | None = None,
 ) -> Revocation:
     """Revoke every grant of ``agent_id`` and wait until a worker applied it."""
-    bootstrap = settings.kafka_bootstrap
     own = watcher is None
-    watcher = watcher or AuditWatcher(bootstrap)
+    watcher = watcher or AuditWatcher(kafka)
     try:
         signal = operator_signal(agent_id, reason, operator)
-        pub = publisher or operator_publisher(bootstrap, f"/operators/{operator}", settings)
+        pub = publisher or operator_publisher(kafka, f"/operators/{operator}", settings)
         pub.publish(topics.RISK.name, signal)
         return revocation_of(signal, watcher.wait(signal.signal_id, timeout))
     finally:
@@ -145,11 +145,11 @@ def revoke(
 class OperatorClient:
     """One operator's signed actions on the registry, the broker's keys and agents' grants."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kafka: KafkaAccess) -> None:
         self.principal, self._key = load_operator(settings.key_path("operator"))
         self._publisher = operator_publisher(
-            settings.kafka_bootstrap, f"/operators/{self.principal.split(':', 1)[1]}", settings)
-        self._watcher = DecisionWatcher(settings.kafka_bootstrap)
+            kafka, f"/operators/{self.principal.split(':', 1)[1]}", settings)
+        self._watcher = DecisionWatcher(kafka)
 
     def _command(self, action: str, agent_id: str | None, reason: str,
                  **fields: object) -> AgentCommand:

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.store import RedisGrantStore
@@ -52,9 +53,9 @@ class SelectorRevocation:
         return tuple(sorted(g for r in self.revocations for g in r.grant_ids))
 
 
-def profiles(settings: Settings) -> list[AgentProfile]:
+def profiles(settings: Settings, kafka: KafkaAccess) -> list[AgentProfile]:
     """Registered agents' profiles, plus the policy bundle's agents not in the registry."""
-    registered = {r.agent_id: r.profile for r in read_registry(settings.kafka_bootstrap).records()}
+    registered = {r.agent_id: r.profile for r in read_registry(kafka).records()}
     try:
         seeded = load_policy(settings.policy_path).agents()
     except BrokerError:
@@ -72,10 +73,11 @@ async def _grants(settings: Settings, agents: list[str] | None,
         await store.aclose()
 
 
-def plan(settings: Settings, selector: Selector, now: datetime | None = None) -> Selection:
+def plan(settings: Settings, kafka: KafkaAccess, selector: Selector,
+         now: datetime | None = None) -> Selection:
     """The dry run: what ``revoke_selected`` would revoke now (StoreUnavailable, BusError)."""
     now = now or datetime.now(UTC)
-    known = profiles(settings)
+    known = profiles(settings, kafka)
     named = [p.agent_id for p in known if selector.profile_matches(p)] \
         if selector.needs_profile else None
     grants = asyncio.run(_grants(settings, named, now))
@@ -97,24 +99,23 @@ def operation_audit(op_id: str, selection: Selection, reason: str, operator: str
     )
 
 
-def revoke_selected(settings: Settings, selector: Selector, reason: str, *, operator: str,
-                    timeout: float = 60.0, publisher: Publisher | None = None
+def revoke_selected(settings: Settings, kafka: KafkaAccess, selector: Selector, reason: str, *,
+                    operator: str, timeout: float = 60.0, publisher: Publisher | None = None
                     ) -> SelectorRevocation:
     """Revoke every agent ``selector`` names; returns once workers applied each revocation.
 
     ``publisher`` signs for ``operator`` (default: this operator's key; the HTTP API passes one
     that relays the calling operator's assertion).
     """
-    selection = plan(settings, selector)
+    selection = plan(settings, kafka, selector)
     op_id = f"sel-{uuid.uuid4()}"
     if not selection.targets:
         return SelectorRevocation(op_id, selection, ())
-    publisher = publisher or operator_publisher(settings.kafka_bootstrap,
-                                                f"/operators/{operator}", settings)
+    publisher = publisher or operator_publisher(kafka, f"/operators/{operator}", settings)
     publisher.publish(topics.AUDIT_RAW.name, operation_audit(op_id, selection, reason, operator))
     detail = f"{reason} (selector {selector.describe()}; operation {op_id})"[:2000]
     signals = [operator_signal(t.agent_id, detail, operator) for t in selection.targets]
-    watcher = AuditWatcher(settings.kafka_bootstrap)
+    watcher = AuditWatcher(kafka)
     try:
         publisher.publish_many(topics.RISK.name, signals)
         done = tuple(revocation_of(s, watcher.wait(s.signal_id, timeout)) for s in signals)

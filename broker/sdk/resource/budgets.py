@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis.budgets import BudgetCounter
 from broker.delivery.consistency import ConsistencyToken
@@ -37,11 +38,11 @@ class BudgetMeter:
         self._publisher = publisher
 
     @classmethod
-    def connect(cls, view: Checker, redis_url: str, bootstrap: str, *,
+    def connect(cls, view: Checker, redis_url: str, kafka: KafkaAccess, *,
                 service: str) -> BudgetMeter:
         """A meter with its own Redis client and Kafka producer."""
         return cls(view, BudgetCounter.from_url(redis_url),
-                   Publisher(bootstrap, source=f"/services/{service}"), service=service)
+                   Publisher(kafka, source=f"/services/{service}"), service=service)
 
     def use(self, agent_id: str | None, scope: str, resource: str = "", *, use_id: str,
             at_least: ConsistencyToken | str | None = None) -> Verdict:

@@ -1,6 +1,6 @@
 """FastAPI dependency for resource services: ``require_scope``. Imports fastapi, sdk.enforce.
 
-    app.state.grant_view = GrantView(bootstrap, topic="permbroker.grants.payments")
+    app.state.grant_view = GrantView(kafka, topic="permbroker.grants.payments")
     app.state.grant_verifier = GrantTokenVerifier(jwks_view, audience="payments",
                                                   grants=app.state.grant_view)
 

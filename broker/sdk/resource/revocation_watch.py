@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.delivery.freshness import FreshnessTracker
 from broker.errors import BusError
@@ -23,13 +24,13 @@ from schemas import topics
 class RevocationWatch:
     """Tracks the workers' committed position on the risk topic against its log ends."""
 
-    def __init__(self, bootstrap: str, group: str, clock: Callable[[], float],
+    def __init__(self, kafka: KafkaAccess, group: str, clock: Callable[[], float],
                  timeout_s: float = 1.0) -> None:
         self.group = group
         self.topic = topics.RISK.name
         self._timeout = timeout_s
         # A handle in the workers' group that never subscribes: it only reads committed offsets.
-        self._c = consumer(bootstrap, group=group, **{"enable.auto.commit": False})
+        self._c = consumer(kafka, group=group, **{"enable.auto.commit": False})
         try:
             self._parts = partitions(self._c, self.topic)
         except BusError:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckPublisher
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
 from broker.delivery.consistency import ConsistencyToken, parse_token
@@ -41,7 +42,7 @@ class GrantView:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         *,
         topic: str = topics.GRANTS.name,
         on_event: Callable[[Record, float], None] | None = None,
@@ -64,15 +65,15 @@ class GrantView:
         self._stop = threading.Event()
         self._paused = False
         self._want_paused = False
-        self._consumer = consumer(bootstrap)
+        self._consumer = consumer(kafka)
         # A second handle for log-end probes: calls on the consumer from another thread than the
         # one polling it can block for as long as it polls.
-        self._probes = consumer(bootstrap)
+        self._probes = consumer(kafka)
         self._tracker = self._bootstrap()
         # With the workers' group id, pending revocation signals also make the view stale.
-        self._watch = (RevocationWatch(bootstrap, revocations_group, self._clock)
+        self._watch = (RevocationWatch(kafka, revocations_group, self._clock)
                        if revocations_group else None)
-        self._acks = AckPublisher(bootstrap, enforcement_point) if enforcement_point else None
+        self._acks = AckPublisher(kafka, enforcement_point) if enforcement_point else None
         self.started_at = datetime.now(UTC)
         self._thread = threading.Thread(target=self._run, name="permbroker-view", daemon=True)
         self._thread.start()

@@ -19,6 +19,7 @@ from broker.adapters.redis import keyspace as keys
 from broker.audit.redact import hmac_value
 from broker.audit.verify import Entry
 from broker.config import Settings
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, AuditRecord, GrantExpired, GrantIssued
@@ -193,7 +194,7 @@ def _raw_limit(settings: Settings, limit: str | None) -> None:
     entry = ConfigEntry("max.message.bytes", limit or "", incremental_operation=op)
     resource = ConfigResource(ConfigResource.Type.TOPIC, topics.AUDIT_RAW.name,
                               incremental_configs=[entry])
-    admin = admin_client(settings.kafka_bootstrap)
+    admin = admin_client(role_access(settings, topics.ADMIN))
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(timeout=30)
 

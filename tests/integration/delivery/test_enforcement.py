@@ -14,6 +14,7 @@ from broker.cli.ops.enforcement import collect_status
 from broker.config import Settings
 from broker.sdk.operator.client import revoke
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import (
@@ -38,20 +39,22 @@ def test_revocation_reaches_a_running_view_and_its_ack_is_reported(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], run_id: str,
 ) -> None:
     """allows() turns false at the view; its ack shows in `revocations status` with a time."""
-    boot, agent, point = settings.kafka_bootstrap, agents("f"), f"payments-{run_id}-ack"
+    service = role_access(settings, topics.SERVICE)
+    operator = role_access(settings, topics.OPERATOR)
+    agent, point = agents("f"), f"payments-{run_id}-ack"
     since = datetime.now(UTC) - timedelta(seconds=5)
-    with GrantView(boot, topic=PAYMENTS, enforcement_point=point) as view, \
+    with GrantView(service, topic=PAYMENTS, enforcement_point=point) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
-        rev = revoke(settings, agent, "suspected prompt injection", operator="tests")
+        rev = revoke(settings, operator, agent, "suspected prompt injection", operator="tests")
         assert rev.grant_ids == (granted.grant_id,) and rev.consistency_token
         after = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not after.allowed and not after.unavailable, after.reason
 
         def confirmation() -> float | None:
-            for p in collect_status(boot, since).points:
+            for p in collect_status(operator, since).points:
                 for c in p.confirmed:
                     if p.name == point and c.cause_event_id == rev.signal_id:
                         return c.seconds
@@ -61,7 +64,7 @@ def test_revocation_reaches_a_running_view_and_its_ack_is_reported(
     seconds = confirmation()
     assert seconds is not None and 0 < seconds < 10
     result = CliRunner().invoke(cli, ["revocations", "status", "--since", "5m", "--json"],
-                                env={"PERMBROKER_KAFKA_BOOTSTRAP": boot})
+                                env=operator.env())
     assert result.exit_code == 0, result.output
     shown = {p["name"]: p for p in json.loads(result.output)["enforcement_points"]}
     confirmed = {c["cause_event_id"]: c for c in shown[point]["confirmed"]}
@@ -73,14 +76,15 @@ def test_stopped_view_never_answers_allowed_with_the_revocations_token(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
 ) -> None:
     """Paused while the revocation happens: with its token it waits then denies, never allows."""
-    boot, agent = settings.kafka_bootstrap, agents("f")
-    with GrantView(boot, topic=PAYMENTS, token_wait_s=1.0) as view, \
+    service, agent = role_access(settings, topics.SERVICE), agents("f")
+    with GrantView(service, topic=PAYMENTS, token_wait_s=1.0) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
         view.pause()
-        rev = revoke(settings, agent, "new-enemy check", operator="tests")
+        rev = revoke(settings, role_access(settings, topics.OPERATOR), agent, "new-enemy check",
+                     operator="tests")
         assert rev.consistency_token is not None
         behind = view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token)
         assert not behind.allowed and behind.unavailable
@@ -96,13 +100,13 @@ def test_view_that_cannot_reach_kafka_denies_with_a_reason_and_recovers(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
 ) -> None:
     """Kafka frozen past the staleness bound: elevated scopes denied, saying why; then back."""
-    boot, agent = settings.kafka_bootstrap, agents("f")
-    with GrantView(boot, topic=PAYMENTS, staleness_bound_s=1.5, probe_interval_s=0.2) as view, \
+    service, agent = role_access(settings, topics.SERVICE), agents("f")
+    with GrantView(service, topic=PAYMENTS, staleness_bound_s=1.5, probe_interval_s=0.2) as view, \
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client)
         assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
-        with kafka_frozen(boot):
+        with kafka_frozen(settings.kafka_bootstrap):
             wait_until(lambda: not view.allows(agent, FREEZE, "acct-1").allowed, 15,
                        "the view to deny once stale")
             denied = view.allows(agent, FREEZE, "acct-1")
@@ -130,7 +134,8 @@ def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
         renewed = client.renew(both.grant_id, duration_s=20, reason="still on it",
                                confidence=0.95, risk_score=0.93)
         assert renewed.outcome == "renewed", renewed.reasons
-    revoke(settings, agent, "routing check", operator="tests")
+    revoke(settings, role_access(settings, topics.OPERATOR), agent, "routing check",
+           operator="tests")
     for t in taps.values():
         t.wait_for(AgentRevoked, lambda e: e.agent_id == agent)
     payments = _agent_records(taps[PAYMENTS], agent)
@@ -153,9 +158,9 @@ def test_renewal_release_and_the_cumulative_maximum(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
 ) -> None:
     """Renewal states the new expiry (the view follows); past the maximum it names the rule."""
-    boot, agent, reporter, other = agents("f"), agents("f"), agents("r"), agents("f")
-    boot = settings.kafka_bootstrap
-    with GrantView(boot, topic=PAYMENTS) as view, agent_client(settings, agent) as client, \
+    agent, reporter, other = agents("f"), agents("r"), agents("f")
+    service = role_access(settings, topics.SERVICE)
+    with GrantView(service, topic=PAYMENTS) as view, agent_client(settings, agent) as client, \
             agent_client(settings, reporter) as rclient, agent_client(settings, other) as oclient:
         assert view.wait_ready(30)
         granted = fraud_grant(client)

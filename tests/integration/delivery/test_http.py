@@ -23,6 +23,7 @@ from broker.sdk.resource.fastapi_deps import require_scope
 from broker.sdk.resource.index import Verdict
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.enforcement import FREEZE, fraud_grant
@@ -63,9 +64,9 @@ def resource_service(view: GrantView, verifier: GrantTokenVerifier) -> FastAPI:
 @pytest.fixture
 def served(settings: Settings) -> Iterator[tuple[str, GrantView]]:
     """The payments service on uvicorn at a loopback port, with its grant view."""
-    view = GrantView(settings.kafka_bootstrap, topic=topics.GRANTS_PAYMENTS.name)
+    view = GrantView(role_access(settings, topics.SERVICE), topic=topics.GRANTS_PAYMENTS.name)
     assert view.wait_ready(30)
-    keys = JwksView(settings.kafka_bootstrap, issuer=settings.token_issuer)
+    keys = JwksView(role_access(settings, topics.SERVICE), issuer=settings.token_issuer)
     assert keys.wait_ready(30)
     verifier = GrantTokenVerifier(keys, audience="payments", grants=view)
     server = uvicorn.Server(uvicorn.Config(resource_service(view, verifier), host="127.0.0.1",
@@ -108,7 +109,8 @@ def test_dependency_and_middleware_enforce_over_real_http(
             other = http.post(path.format("acct-9"), headers=me)
             assert other.status_code == 403
             assert "no active grant of payments:accounts.freeze on acct-9" in other.text
-        rev = revoke(settings, agent, "http test", operator="tests")
+        rev = revoke(settings, role_access(settings, topics.OPERATOR), agent, "http test",
+                     operator="tests")
         assert not view.allows(agent, FREEZE, "acct-1", at_least=rev.consistency_token).allowed
         for path in ("/accounts/acct-1/freeze", "/v2/accounts/acct-1/freeze"):
             denied = http.post(path, headers=me)

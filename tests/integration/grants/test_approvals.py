@@ -18,6 +18,7 @@ from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.operator.approvals import Approver
 from broker.sdk.operator.client import revoke
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import (
     ApprovalVoted,
@@ -44,7 +45,7 @@ def approvers(settings: Settings, registrar: Registrar,
 
     def make(agent_id: str) -> Approver:
         registrar.ensure(agent_id)
-        return Approver.agent(agent_id, settings.kafka_bootstrap, keys=keys)
+        return Approver.agent(agent_id, role_access(settings, topics.AGENT), keys=keys)
 
     for n in range(3):
         registrar.ensure(verifier(run_id, n))
@@ -84,7 +85,7 @@ def test_two_of_three_grant_counts_the_full_duration_from_the_deciding_approval(
     agent = registrar.ensure(requester(run_id, "a", 1))
     decisions, audit, votes, grants = (tap(t) for t in (
         topics.DECISIONS.name, topics.AUDIT_RAW.name, topics.APPROVALS.name, topics.GRANTS.name))
-    client = AgentClient(agent, settings.kafka_bootstrap,
+    client = AgentClient(agent, role_access(settings, topics.AGENT),
                          keys=AgentKeyStore.from_settings(settings))
     try:
         request = fraud_request(agent, scopes=(FREEZE,), duration_s=600)
@@ -194,7 +195,8 @@ def test_an_approval_never_undoes_a_revocation(
     request = fraud_request(agent, scopes=(FREEZE,), duration_s=300)
     publisher.publish(topics.ESCALATIONS.name, request)
     _held(decisions, request.request_id)
-    revoke(settings, agent, "suspicious while held", operator="tests",
+    revoke(settings, role_access(settings, topics.OPERATOR), agent, "suspicious while held",
+           operator="tests",
            timeout=WAIT)
     for n in (0, 1):
         approvers(verifier(run_id, n)).approve(request.request_id, agent)
@@ -239,7 +241,7 @@ def test_operators_approve_through_the_cli_and_the_api_counting_once(
     request = fraud_request(agent, scopes=("payments:accounts.read",), duration_s=300)
     publisher.publish(topics.ESCALATIONS.name, request)
     pending = _held(decisions, request.request_id)
-    env = {"PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**role_access(settings, topics.OPERATOR).env(),
            "PERMBROKER_REDIS_URL": settings.redis_url,
            "PERMBROKER_STACK_DIR": str(settings.stack_dir)}
     listed = CliRunner().invoke(app, ["approvals", "list", "--agent", agent, "--json"], env=env)

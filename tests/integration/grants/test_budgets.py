@@ -21,6 +21,7 @@ from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.budgets import BudgetMeter
 from broker.sdk.resource.index import Verdict
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, GrantIssued, GrantRevoked, GrantUsed
@@ -65,14 +66,14 @@ def test_a_budget_of_three_freezes_allows_exactly_three_then_revokes_the_grant(
 ) -> None:
     """8 racing uses: 3 pass, 5 are refused; a retried use id is not counted twice; Redis down
     refuses (fail closed); the worker revokes the grant once, with the reason, and audits it."""
-    boot, agent = settings.kafka_bootstrap, agents("b")
+    service, agent = role_access(settings, topics.SERVICE), agents("b")
     grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT_RAW.name)
-    with GrantView(boot, topic=PAYMENTS) as view, agent_client(settings, agent) as client:
+    with GrantView(service, topic=PAYMENTS) as view, agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         grant_id = _budgeted_grant(client)
         issued = grants.wait_for(GrantIssued, lambda g: g.grant_id == grant_id)[0]
         assert issued.budgets == {FREEZE: 3}
-        pub = Publisher(boot, source="/tests/payments-api")
+        pub = Publisher(service, source="/tests/payments-api")
         dead = BudgetMeter(view, BudgetCounter.from_url("redis://127.0.0.1:1", timeout_s=0.5),
                            pub, service="payments-api")
         meter = BudgetMeter(view, BudgetCounter(redis.Redis.from_url(settings.redis_url)), pub,

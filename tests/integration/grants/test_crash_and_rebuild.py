@@ -15,6 +15,7 @@ import redis
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 from schemas.events import EscalationDecided, GrantExpired, GrantIssued
@@ -120,7 +121,7 @@ def test_rebuild_after_flush_restores_exactly_the_active_grants(
     assert _active(rclient, 0) == {}
     out = subprocess.run(
         [sys.executable, "-m", "broker", "grants", "rebuild", "--json"],
-        env=worker_env(settings),
+        env=worker_env(settings, role_access(settings, topics.OPERATOR)),
         capture_output=True,
         text=True,
         timeout=120,

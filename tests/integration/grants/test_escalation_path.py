@@ -14,6 +14,7 @@ from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import (
@@ -182,7 +183,7 @@ def test_revocation_is_never_undone(
     )
     assert grant_keys(rclient, agent) == []
     assert len(grants.events(GrantIssued, lambda g: g.agent_id == agent)) == 1
-    with GrantView(settings.kafka_bootstrap) as view:
+    with GrantView(role_access(settings, topics.SERVICE)) as view:
         assert view.wait_ready(30)
         assert not view.allows(agent, "payments:accounts.freeze", "acct-1").allowed
 

@@ -14,6 +14,7 @@ from broker.api.app import create_app
 from broker.cli.main import app as cli
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import GrantRevoked, ModelInfo
@@ -48,7 +49,7 @@ def _grant(agent: str, settings: Settings) -> str:
 
 
 def _cli(settings: Settings, *args: str) -> dict[str, object]:
-    env = {"PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**role_access(settings, topics.OPERATOR).env(),
            "PERMBROKER_REDIS_URL": settings.redis_url,
            "PERMBROKER_POLICY_PATH": str(settings.policy_path)}
     result = CliRunner().invoke(cli, ["revoke", *args, "--json"], env=env)
@@ -63,7 +64,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
 ) -> None:
     """Agents on two versions hold grants; the dry run lists the new version's agents and grants
     (absolute expiry, time left); the real run revokes exactly those; the others keep theirs."""
-    boot, old, new = settings.kafka_bootstrap, f"3.1-{run_id}", f"3.2-{run_id}"
+    service, old, new = role_access(settings, topics.SERVICE), f"3.1-{run_id}", f"3.2-{run_id}"
     on_old, on_new = [agents("b") for _ in range(2)], [agents("b") for _ in range(2)]
     for agent in on_old:
         _on_version(registrar, agent, old, run_id)
@@ -71,7 +72,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
         _on_version(registrar, agent, new, run_id)
     grants = {agent: _grant(agent, settings) for agent in on_old + on_new}
     revoked_tap = tap(topics.GRANTS.name)
-    with GrantView(boot) as view:
+    with GrantView(service) as view:
         assert view.wait_ready(30)
         dry = _cli(settings, "--model-version", new, "--dry-run")
         listed = {a["agent_id"]: a for a in dry["agents"]}  # type: ignore[attr-defined]

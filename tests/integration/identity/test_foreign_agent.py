@@ -33,14 +33,12 @@ def b64url(data: bytes) -> str:
 class ForeignAgent:
     """What docs/protocol.md asks of an agent, written against Kafka and JOSE directly."""
 
-    def __init__(self, bootstrap: str, agent_id: str) -> None:
+    def __init__(self, connect: dict[str, str], agent_id: str) -> None:
         self.agent_id = agent_id
         self.key = jwk.OKPKey.generate_key("Ed25519")  # the private key never leaves here
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                                  "partitioner": "murmur2_random"})
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
+        self.producer = Producer({**connect, "acks": "all", "partitioner": "murmur2_random"})
+        self.consumer = Consumer({**connect, "enable.auto.commit": False,
                                   "group.id": f"foreign-{uuid.uuid4()}"})
-        self.bootstrap = bootstrap
 
     def listen(self, topic: str) -> None:
         """Start reading a topic at its current end on every partition (before sending)."""
@@ -84,13 +82,29 @@ class ForeignAgent:
         self.consumer.close()
 
 
+def connection(settings: Any, user: str) -> dict[str, str]:
+    """Section 1: the bootstrap servers, and the SASL/SCRAM user of its role when Kafka has
+    users (the operator hands the password out; here, the test stack's credentials file)."""
+    connect = {"bootstrap.servers": settings.kafka_bootstrap}
+    users = settings.kafka_credentials_file
+    if users is not None and os.path.exists(users):
+        with open(users) as f:
+            password = json.load(f)[user]
+        connect.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
+                        "sasl.username": user, "sasl.password": password})
+    return connect
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def enrollment_token(settings: Any, agent_id: str) -> str:
     """The operator's step: `permbroker agents enroll ... --json`."""
+    operator = connection(settings, "operator")
     env = {**os.environ, "PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "PERMBROKER_KAFKA_USERNAME": operator.get("sasl.username", ""),
+           "PERMBROKER_KAFKA_PASSWORD": operator.get("sasl.password", ""),
            "PERMBROKER_STACK_DIR": str(settings.stack_dir),
            "PERMBROKER_POLICY_PATH": str(settings.policy_path)}
     out = subprocess.run(
@@ -108,7 +122,7 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
     worker: object, settings: Any,
 ) -> None:
     """Register with an enrollment token, escalate, read the decision, get and check a token."""
-    agent = ForeignAgent(settings.kafka_bootstrap, f"foreign-{uuid.uuid4().hex[:8]}")
+    agent = ForeignAgent(connection(settings, "agent"), f"foreign-{uuid.uuid4().hex[:8]}")
     try:
         token = enrollment_token(settings, agent.agent_id)
         agent.listen("permbroker.decisions")
@@ -139,7 +153,7 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
         assert sealed["outcome"] == "done", sealed
         grant_token = jwe.decrypt_compact(sealed["token"], reply,
                                           algorithms=["ECDH-ES", "A256GCM"]).plaintext
-        keys = jwks(settings.kafka_bootstrap)
+        keys = jwks(connection(settings, "service"))
         checked = jwt.decode(grant_token, jwk.KeySet.import_key_set(keys), algorithms=["EdDSA"])
         JWTClaimsRegistry(iss={"essential": True, "value": "permbroker"},
                           aud={"essential": True, "value": "payments"},
@@ -152,9 +166,9 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
         agent.close()
 
 
-def jwks(bootstrap: str) -> dict[str, Any]:
+def jwks(connect: dict[str, str]) -> dict[str, Any]:
     """Section 7: the latest key set on the compacted JWKS topic."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"jwks-{uuid.uuid4()}",
+    c = Consumer({**connect, "group.id": f"jwks-{uuid.uuid4()}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         _low, high = c.get_watermark_offsets(TopicPartition("permbroker.jwks", 0), timeout=10)

@@ -13,6 +13,7 @@ from broker.config import Settings
 from broker.errors import CommandRefused, TokenRejected
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import GrantReleased
 from tests.support.factories import anomaly
@@ -33,8 +34,8 @@ def test_revoked_or_released_grants_tokens_are_refused_before_they_expire(
     unexpired token is refused, and no new token is issued for that grant."""
     revoked_agent, releasing_agent = agents("f"), agents("f")
     grants = tap(topics.GRANTS.name)
-    boot = settings.kafka_bootstrap
-    with JwksView(boot) as jwks, GrantView(boot) as view, \
+    service = role_access(settings, topics.SERVICE)
+    with JwksView(service) as jwks, GrantView(service) as view, \
             agent_client(settings, revoked_agent) as a, \
             agent_client(settings, releasing_agent) as b:
         assert jwks.wait_ready(30) and view.wait_ready(30)

@@ -17,6 +17,7 @@ from broker.adapters.kafka.codec import Encoded
 from broker.api.app import create_app
 from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
 from schemas.signing import ASSERTION_HEADER
@@ -123,7 +124,7 @@ def test_a_revoked_key_is_refused_by_the_api_and_by_the_worker_behind_it(
                           [*message.headers, (ASSERTION_HEADER, assertion.encode())])
         return sign_message(carried, key, service)
 
-    Publisher(settings.kafka_bootstrap, source="/stale-relay", signer=relay).publish(
+    Publisher(role_access(settings, topics.API), source="/stale-relay", signer=relay).publish(
         topics.ESCALATIONS.name, relayed)
     rejected = audit.wait_for(AuditRecord, lambda a: a.subject_id == relayed.request_id)[0]
     assert rejected.kind == "identity.rejected" and rejected.rules == ("identity:key-revoked",)
@@ -142,7 +143,7 @@ def test_a_service_signed_record_without_an_assertion_acts_for_no_one(
     audit = tap(topics.AUDIT.name)
     service, key = load_service(settings.key_path("service"))
     bare = fraud_request(agent)
-    Publisher(settings.kafka_bootstrap, source="/bare", signer=lambda m: sign_message(
+    Publisher(role_access(settings, topics.API), source="/bare", signer=lambda m: sign_message(
         m, key, service)).publish(topics.ESCALATIONS.name, bare)
     rejected = audit.wait_for(AuditRecord, lambda a: a.subject_id == bare.request_id)[0]
     assert rejected.rules == ("identity:not-permitted",)
@@ -181,7 +182,7 @@ def test_a_request_for_an_unknown_agent_writes_no_redis_key(
     stranger = f"stranger-{uuid.uuid4().hex[:8]}"
     decisions = tap(topics.DECISIONS.name)
     unsigned = fraud_request(stranger)
-    Publisher(settings.kafka_bootstrap, source="/anyone").publish(
+    Publisher(role_access(settings, topics.AGENT), source="/anyone").publish(
         topics.ESCALATIONS.name, unsigned)
     denied = decisions.wait_for(EscalationDecided,
                                 lambda d: d.request_id == unsigned.request_id)[0]

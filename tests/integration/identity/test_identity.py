@@ -16,6 +16,7 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.config import Settings
 from broker.identity.rules import value_digest
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import (
     AgentRevoked,
@@ -35,7 +36,7 @@ TapFactory = Callable[[str], Tap]
 
 def unsigned_publisher(settings: Settings) -> Publisher:
     """A producer that sends exactly what it is given (an attacker's, or a careless agent's)."""
-    return Publisher(settings.kafka_bootstrap, source="/attacker")
+    return Publisher(role_access(settings, topics.AGENT), source="/attacker")
 
 
 def signature(message: Encoded, private: SigningKey, kid: str, *, iss: str,

@@ -13,7 +13,9 @@ from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.cli.main import app
 from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
+from schemas import topics
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +32,7 @@ def test_register_inventory_show_suspend_and_jwks(
 ) -> None:
     """keygen (0600 key file), register, inventory (holds, last acted, no-owner flag), show,
     suspend, and the published JWKS; every list command speaks JSON."""
-    env = {"PERMBROKER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    env = {**role_access(settings, topics.OPERATOR).env(),
            "PERMBROKER_REDIS_URL": settings.redis_url,
            "PERMBROKER_STACK_DIR": str(settings.stack_dir),
            "PERMBROKER_POLICY_PATH": str(settings.policy_path),
@@ -45,7 +47,7 @@ def test_register_inventory_show_suspend_and_jwks(
     cli(env, "agents", "register", "--agent", agent, "--class", "reporting", "--owner", "none",
         "--model", "report-llm:1.4@sha256:9b", "--public-key", str(tmp_path / "pub.json"))
     store = AgentKeyStore(tmp_path / "agent-keys")
-    with AgentClient(agent, settings.kafka_bootstrap, keys=store) as client:
+    with AgentClient(agent, role_access(settings, topics.AGENT), keys=store) as client:
         d = client.request_escalation(["reports:ledger.export"], duration_s=60,
                                       reason="month end", confidence=0.9)
     assert d.outcome == "granted"

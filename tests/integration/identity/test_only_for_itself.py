@@ -13,6 +13,7 @@ from broker.config import Settings
 from broker.errors import CommandRefused
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import (
     OPERATOR_REVOKE_KIND,
@@ -43,7 +44,7 @@ def test_agent_a_cannot_release_renew_or_read_agent_bs_grant(
     """A's release, renewal and token (read) of B's grant are refused, audited as A's acts."""
     a_id, b_id = agents("f"), agents("f")
     audit = tap(topics.AUDIT.name)
-    boot = settings.kafka_bootstrap
+    service = role_access(settings, topics.SERVICE)
     with agent_client(settings, a_id) as a, agent_client(settings, b_id) as b:
         b_grant = granted(b)
         released = a.release(b_grant, reason="not mine")
@@ -62,7 +63,7 @@ def test_agent_a_cannot_release_renew_or_read_agent_bs_grant(
         tokens = [r for r in refused if r.kind == "identity.rejected"]
         assert {r.inputs["signer"] for r in tokens} == {a_id}
         assert b.grant_token(b_grant, "payments").grant_id == b_grant  # B still holds it
-    with GrantView(boot) as view:
+    with GrantView(service) as view:
         assert view.wait_ready(30)
         assert view.allows(b_id, FREEZE, "acct-1").allowed
 

@@ -12,6 +12,7 @@ from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
 from broker.sdk.agent.client import AgentClient
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import (
     AuditRecord,
@@ -94,10 +95,10 @@ def test_a_revoked_key_revokes_grants_quarantines_and_signs_nothing_more(
     registrar.operator.revoke_key(agent, key.kid, reason="key found in a public repo")
     revoked = grants.wait_for(GrantRevoked, lambda e: e.grant_id == held.grant_id)[0]
     assert revoked.rule == "registry:key-revoked"
-    record = read_registry(settings.kafka_bootstrap).get(agent)
+    record = read_registry(role_access(settings, topics.OPERATOR)).get(agent)
     assert record is not None and record.status == "quarantined"
     stolen = fraud_request(agent)
-    Publisher(settings.kafka_bootstrap, source="/thief").publish_raw(
+    Publisher(role_access(settings, topics.AGENT), source="/thief").publish_raw(
         topics.ESCALATIONS.name, sign_message(encode(stolen, source="/thief"), key, agent))
     rejected = audit.wait_for(AuditRecord, lambda a: a.subject_id == stolen.request_id)[0]
     assert rejected.rules == ("identity:key-revoked",)

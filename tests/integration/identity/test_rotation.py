@@ -17,6 +17,7 @@ from broker.config import Settings
 from broker.errors import TokenRejected
 from broker.sdk.resource.tokens import GrantTokenVerifier
 from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided
 from tests.support.factories import fraud_request
@@ -54,14 +55,14 @@ def test_agent_key_rotates_on_schedule_with_no_failed_verification_then_retires(
         rotator.stop()
         assert rotator.failures == 0 and len(decided) >= 3
         assert all(d.outcome == "granted" for d in decided)
-    record = read_registry(settings.kafka_bootstrap).get(agent)
+    record = read_registry(role_access(settings, topics.OPERATOR)).get(agent)
     assert record is not None
     retired = [k for k in record.keys if k.status == "retiring" and k.not_after is not None]
     assert len([k for k in record.keys if k.status == "active"]) == 1
     assert old.kid not in {k.kid for k in record.keys if k.status == "active"}
     wait_past(max(k.not_after for k in retired if k.not_after), "every old key's overlap")
     late = [fraud_request(agent) for _ in range(10)]
-    thief = Publisher(settings.kafka_bootstrap, source="/old-key")
+    thief = Publisher(role_access(settings, topics.AGENT), source="/old-key")
     for request in late:
         thief.publish_raw(topics.ESCALATIONS.name,
                           sign_message(encode(request, source="/old-key"), old, agent))
@@ -78,8 +79,9 @@ def test_broker_key_rotation_keeps_tokens_valid_in_the_overlap_and_refuses_them_
     """Tokens of the old and the new broker key both verify during the overlap (0 failures);
     once the old key retires from the published JWKS every token it signed is refused."""
     agent = agents("b")
-    boot = settings.kafka_bootstrap
-    with agent_client(settings, agent) as client, JwksView(boot) as jwks, GrantView(boot) as view:
+    service = role_access(settings, topics.SERVICE)
+    with agent_client(settings, agent) as client, JwksView(service) as jwks, \
+            GrantView(service) as view:
         assert jwks.wait_ready(30) and view.wait_ready(30)
         verifier = GrantTokenVerifier(jwks, audience="payments", grants=view)
         grant = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=300,

@@ -18,14 +18,17 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.adapters.crypto.keystore import ensure_identity_files
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
 from broker.config import Settings
 from broker.errors import StackError
 from broker.stack import cluster as stack_cluster
 from broker.stack import kafka as stack_kafka
 from broker.stack import local as stack
+from broker.stack.credentials import role_access
 from broker.stack.procs import is_ours
 from broker.stack.worker import WorkerProcess
+from schemas import topics
 from tests.support.faults.ports import BASE
 from tests.support.waits import wait_until
 
@@ -45,14 +48,15 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     worker: WorkerProcess | None = None
     try:
         _start(stack_kafka.ensure_jars(Settings(), lambda _msg: None))
-        ensure_topics(SPEC.bootstrap, timeout=120)
+        ensure_topics(KafkaAccess(SPEC.bootstrap), timeout=120)
         settings = Settings(kafka_bootstrap=SPEC.bootstrap, redis_url=f"redis://127.0.0.1:"
                             f"{REDIS.redis_port}/0", policy_path=policy,
                             app_id=f"permbroker-cluster-{tag}", stack_dir=workdir,
                             expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 27)
         ensure_keys(settings)
         ensure_identity_files(settings)
-        worker = WorkerProcess(settings, name="cluster-worker")
+        worker = WorkerProcess(settings, role_access(settings, topics.WORKER),
+                               name="cluster-worker")
         worker.start()
         worker.wait_ready(300)
         yield settings, worker
@@ -82,7 +86,7 @@ def _start(libs: Path, attempts: int = 3) -> None:
 
 def leaders(topic_names: set[str]) -> dict[int, int]:
     """How many partitions of these topics each node leads now."""
-    meta = cluster_metadata(admin_client(SPEC.bootstrap), 10)
+    meta = cluster_metadata(admin_client(KafkaAccess(SPEC.bootstrap)), 10)
     count: dict[int, int] = {}
     for name in topic_names:
         for p in meta.topics[name].partitions.values():
@@ -92,14 +96,14 @@ def leaders(topic_names: set[str]) -> dict[int, int]:
 
 def replication(topic_names: set[str]) -> tuple[int, int]:
     """(smallest replica count, smallest in-sync replica count) over these topics' partitions."""
-    meta = cluster_metadata(admin_client(SPEC.bootstrap), 10)
+    meta = cluster_metadata(admin_client(KafkaAccess(SPEC.bootstrap)), 10)
     parts = [p for name in topic_names for p in meta.topics[name].partitions.values()]
     return min(len(p.replicas) for p in parts), min(len(p.isrs) for p in parts)
 
 
 def min_insync(topic: str) -> int:
     """The topic's effective min.insync.replicas, as the cluster reports it."""
-    admin = admin_client(SPEC.bootstrap)
+    admin = admin_client(KafkaAccess(SPEC.bootstrap))
     futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
     configs = next(iter(futures.values())).result(timeout=30)
     return int(configs["min.insync.replicas"].value)

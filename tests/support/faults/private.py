@@ -20,8 +20,10 @@ from broker.config import Settings
 from broker.errors import StackError
 from broker.policy import load_policy
 from broker.stack import local as stack
+from broker.stack.credentials import credentials_file, role_access
 from broker.stack.procs import ProcRecord, is_ours
 from broker.stack.worker import WorkerProcess
+from schemas import topics
 from tests.support.faults.ports import BASE
 from tests.support.identities import Registrar, harness_signer
 from tests.support.waits import wait_until
@@ -37,11 +39,12 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     """Start Kafka + Redis + one worker on private ports; stop and wipe them afterwards."""
     status = _up()
     settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
-                        policy_path=policy, app_id=f"permbroker-private-{tag}", stack_dir=workdir,
+                        kafka_credentials_file=credentials_file(STACK), policy_path=policy,
+                        app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13)
     ensure_keys(settings)
     ensure_identity_files(settings)  # the private worker's token keys and operator key
-    worker = WorkerProcess(settings, name="private-worker")
+    worker = WorkerProcess(settings, role_access(settings, topics.WORKER), name="private-worker")
     try:
         worker.start()
         worker.wait_ready(180)
@@ -63,7 +66,7 @@ def register(settings: Settings, agent_ids: Iterable[str]) -> None:
 
 def publisher(settings: Settings, source: str) -> Publisher:
     """A producer that signs as the agent each message is keyed by (private key store)."""
-    return Publisher(settings.kafka_bootstrap, source=source,
+    return Publisher(role_access(settings, topics.AGENT), source=source,
                      signer=harness_signer(AgentKeyStore.from_settings(settings)))
 
 

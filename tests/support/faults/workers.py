@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from broker.adapters.kafka.bus import Record
 from broker.config import Settings
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 
@@ -26,7 +27,8 @@ LEDGER_POLL_S = 0.5
 
 def second_worker(settings: Settings, metrics_port: int, name: str) -> WorkerProcess:
     """Another worker of the same consumer group (same keys and stack dir, its own log, port)."""
-    return WorkerProcess(settings.model_copy(update={"metrics_port": metrics_port}), name=name)
+    return WorkerProcess(settings.model_copy(update={"metrics_port": metrics_port}),
+                         role_access(settings, topics.WORKER), name=name)
 
 
 def claims(worker: WorkerProcess) -> list[Epochs]:
