@@ -60,7 +60,7 @@ def caller(request: Request,
     """The verified caller; 401 without a valid assertion, 429 over the rate limit."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Refused(401, "no assertion: send Authorization: Bearer <assertion> (a JWT "
-                      "signed by your own key; permbroker api assertion mints one)",
+                      "signed by your own key; permbroker keys assertion mints one)",
                       kind="unauthenticated", headers=CHALLENGE)
     runtime = runtime_of(request)
     assert runtime.identities is not None
