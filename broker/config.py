@@ -91,8 +91,8 @@ class Settings(BaseSettings):
         "remember (the oldest are forgotten first)"
     )
     decisions_kept: int = Field(
-        10_000, ge=1, description="Answers a decision watcher keeps for callers that have not "
-        "asked yet (the oldest are dropped first)"
+        10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
+        "have not asked yet (the oldest are dropped first)"
     )
     jwks_path: Path | None = Field(None, description="JWKS file served at /.well-known/jwks.json")
 

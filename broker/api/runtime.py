@@ -95,7 +95,7 @@ class Runtime:
         self.decisions = DecisionWatcher(self.kafka, keep=s.decisions_kept)
         self.jwks = JwksView(self.kafka, issuer=s.token_issuer)
         self.jwks.wait_ready(10)  # the key set published so far (empty on a brand-new cluster)
-        self.audits = AuditWatcher(self.kafka)
+        self.audits = AuditWatcher(self.kafka, keep=s.decisions_kept)
         self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event)
 

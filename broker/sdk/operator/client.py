@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,13 +65,18 @@ def operator_signal(agent_id: str, reason: str, operator: str) -> RiskObserved:
 
 
 class AuditWatcher:
-    """Follows the audit topic from now; hands over the record about a given subject."""
+    """Follows the audit topic from now; hands over the record about a given subject.
 
-    def __init__(self, kafka: KafkaAccess) -> None:
+    Records of risk signals nobody waits for are held for a caller that asks late: at most
+    ``keep``, the oldest dropped first, whatever else the audit topic carries.
+    """
+
+    def __init__(self, kafka: KafkaAccess, *, keep: int = 10_000) -> None:
         self._c = consumer(kafka)
         ends = end_offsets(self._c, topics.AUDIT.name)
         self._c.assign([TopicPartition(topics.AUDIT.name, p, o) for p, o in ends.items()])
-        self._found: dict[str, AuditRecord] = {}
+        self.keep = keep
+        self._found: OrderedDict[str, AuditRecord] = OrderedDict()
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="permbroker-audit", daemon=True)
@@ -83,10 +89,22 @@ class AuditWatcher:
                 continue
             rec = to_record(msg).event
             if isinstance(rec, AuditRecord) and rec.kind == "risk.observed":
-                with self._cond:
-                    self._found[rec.subject_id] = rec
-                    self._cond.notify_all()
+                self.take(rec)
         self._c.close()
+
+    def take(self, record: AuditRecord) -> None:
+        """Hold one risk signal's audit record for whoever waits for it."""
+        with self._cond:
+            self._found[record.subject_id] = record
+            self._found.move_to_end(record.subject_id)
+            while len(self._found) > self.keep:
+                self._found.popitem(last=False)
+            self._cond.notify_all()
+
+    def held(self) -> int:
+        """How many records are held now (at most ``keep``)."""
+        with self._cond:
+            return len(self._found)
 
     def wait(self, subject_id: str, timeout: float) -> AuditRecord:
         """The audit record of ``subject_id``; DecisionTimeout after ``timeout`` seconds."""
