@@ -86,8 +86,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
         by_label = _cli(settings, "--label", f"suite={run_id}", "--model-version", old,
                         "--dry-run")
         assert {a["agent_id"] for a in by_label["agents"]} == set(on_old)  # type: ignore[attr-defined]
-        real = _cli(settings, "--model-version", new, "--reason", "model recalled",
-                    "--operator", "tests")
+        real = _cli(settings, "--model-version", new, "--reason", "model recalled")
         assert real["revoked_grant_ids"] == dry["grant_ids"]
         assert {a["agent_id"] for a in real["agents"]} == set(on_new)  # type: ignore[attr-defined]
         for agent in on_new:
