@@ -76,14 +76,23 @@ class Settings(BaseSettings):
     enforcement_point: str = Field("", description="Name this process's view acks revocations as")
     api_host: str = Field("127.0.0.1", description="permbroker api: listen address")
     api_port: int = Field(8080, description="permbroker api: listen port")
-    api_operator_token: SecretStr | None = Field(
-        None, description="Bearer token of operators (revoke, revocation status)"
+    api_assertion_max_life_s: int = Field(
+        120, ge=1, le=3600, description="Longest life (exp - iat) of an API assertion"
     )
-    api_service_token: SecretStr | None = Field(
-        None, description="Bearer token of resource services calling /v1/check"
+    api_max_body_bytes: int = Field(
+        65536, ge=1024, description="Largest request body the API reads (larger: 413)"
     )
-    api_agent_tokens: dict[str, SecretStr] = Field(
-        default_factory=dict, description="Bearer token per agent id (JSON object)"
+    api_rate_limit: int = Field(
+        50, ge=1, description="Requests per credential per api_rate_window_s (more: 429)"
+    )
+    api_rate_window_s: int = Field(1, ge=1, description="The window of api_rate_limit, seconds")
+    metrics_history: int = Field(
+        10_000, ge=1, description="Revocations, acks and propagation times the API's metrics "
+        "remember (the oldest are forgotten first)"
+    )
+    decisions_kept: int = Field(
+        10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
+        "have not asked yet (the oldest are dropped first)"
     )
     jwks_path: Path | None = Field(None, description="JWKS file served at /.well-known/jwks.json")
 
@@ -138,16 +147,13 @@ class Settings(BaseSettings):
         "(default <stack_dir>/keys/trust-anchor.json)"
     )
     services_file: Path | None = Field(
-        None, description="Enforcement points' public keys, a JWKS (default "
+        None, description="Resource services' (enforcement points', the API's) public keys, a "
+        "JWKS (default "
         "<stack_dir>/keys/services.json)"
     )
     service_key_dir: Path | None = Field(
         None, description="Where enforcement points keep their private keys (default "
         "<stack_dir>/keys/services)"
-    )
-    decisions_kept: int = Field(
-        10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
-        "have not asked yet (the oldest are dropped first)"
     )
     view_max_entries: int = Field(
         100_000, ge=1, description="Ended grant ids (and unreadable agents) a grant view remembers"

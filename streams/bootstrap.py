@@ -24,7 +24,7 @@ from broker.adapters.crypto.analytics_key import ensure_analytics_key
 from broker.adapters.crypto.keystore import OperatorDirectory
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
-from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
@@ -113,6 +113,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     )
     gate = IdentityGate(
         OperatorDirectory(settings.key_path("operators")),
+        ServiceDirectory(settings.key_path("services")),
         IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
     )

@@ -118,7 +118,9 @@ class Escalations:
         first = [asyncio.ensure_future(self._snapshot(request, msg, recorded=True))]
         try:
             admission = await self._admit(msg, request)
-            if admission is not None:
+            if admission is not None and self.gate.profile(request.agent_id) is None:
+                await ctx.retrying("decide", lambda: self._deny_stranger(request, msg, admission))
+            elif admission is not None:
                 await ctx.retrying("decide", lambda: self._decide(request, msg, admission, first))
         except Fenced as exc:
             ctx.fenced(msg, str(exc))
@@ -135,6 +137,22 @@ class Escalations:
     ) -> Snapshot:
         rid = request.request_id if recorded else None
         return await self.ctx.store.snapshot(request.agent_id, self.ctx.fence_key(msg), rid)
+
+    async def _deny_stranger(self, request: EscalationRequested, msg: Incoming,
+                             admission: Admission) -> None:
+        """Deny a request in the name of an agent the registry does not know, writing nothing
+        to Redis (no key under an id anyone can choose): the same ids on a redelivery, so the
+        denial is the same too. Audited first, like every decision."""
+        ctx, at = self.ctx, msg.received_at
+        risk = RiskContext(agent=0.0, request=request.risk_score)
+        signer = Signer(admission.signer.id, admission.signer.kid) if admission.signer else None
+        outcome = decide(request, ctx.policy.evaluate(request, None, risk, at), agent=None,
+                         state=AgentState(), received_at=at, now=at, risk=risk,
+                         blocked_by=admission.denial(), note={"stranger": True}, signer=signer)
+        await ctx.audit(outcome.audit)
+        await ctx.partition_fence(msg)
+        ctx.count(f"decided_{outcome.decision.outcome}")
+        await ctx.emit(topics.DECISIONS.name, outcome.decision)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming, admission: Admission,
                       first: list[asyncio.Task[Snapshot]]) -> None:

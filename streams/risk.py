@@ -51,9 +51,11 @@ class Risk:
                 if await self._may_fail_safe(msg):
                     await self._fail_safe_revoke(msg, str(exc))
                 return
-            if await ctx.retrying("identity", lambda: self.gate.admit(msg, signal)) is None:
+            admission = await ctx.retrying("identity", lambda: self.gate.admit(msg, signal))
+            if admission is None:
                 return
-            await ctx.retrying("risk", lambda: self._risk(signal, msg))
+            signer = admission.signer.id if admission.signer is not None else None
+            await ctx.retrying("risk", lambda: self._risk(signal, msg, signer))
         except Fenced as exc:
             ctx.fenced(msg, str(exc))
 
@@ -77,16 +79,18 @@ class Risk:
             "identity", lambda: self.gate.authentic_for(msg, agent_id)
         )
 
-    async def _risk(self, signal: RiskObserved, msg: Incoming) -> None:
+    async def _risk(self, signal: RiskObserved, msg: Incoming, signer: str | None) -> None:
+        """Apply one admitted signal; ``signer`` is the verified principal that signed it."""
         ctx = self.ctx
         now = msg.received_at
         subject = signal.subject_agent_id
         agent = self.gate.profile(subject) if subject else None
         action = (
-            RiskAction(
+            RiskAction(  # named by the key that signed it, never by what the signal says
                 revoke=True,
                 rule="operator-revoke",
-                reason=f"revoked by {signal.source}: {signal.detail or 'no reason given'}",
+                reason=f"revoked by {signer or signal.source}: "
+                f"{signal.detail or 'no reason given'}",
             )
             if signal.kind == OPERATOR_REVOKE_KIND
             else ctx.policy.on_risk(signal, agent, now)
@@ -101,7 +105,7 @@ class Risk:
             )
         elif subject:
             await ctx.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        audit = risk_audit(signal, action, revoked, now)
+        audit = risk_audit(signal, action, revoked, now, signed_by=signer)
         if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
             audit = audit.model_copy(
                 update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}

@@ -3,9 +3,13 @@
     permbroker api                                  # uvicorn on PERMBROKER_API_HOST:PORT
     uvicorn --factory broker.api.app:from_env
 
-OpenAPI at ``/openapi.json`` and ``/docs``. ``/healthz`` says the process runs; ``/readyz`` is
-200 only when Kafka answers, Redis answers and the grant view is fresh, and otherwise names each
-cause. ``/metrics`` is Prometheus text.
+The OpenAPI document is at ``/openapi.json`` and is the only documentation served: no
+``/docs`` or ``/redoc`` page (they load their scripts from a CDN, and an API whose every call
+needs a fresh assertion gains little from a try-it-out page; any OpenAPI viewer reads the JSON
+offline). ``/healthz`` says the process runs; ``/readyz`` is 200 only when Kafka answers,
+Redis answers and the grant view is fresh, and otherwise names each cause, reusing the
+runtime's clients. ``/metrics`` is Prometheus text. Every refusal is a problem
+(``broker.api.problems``); bodies are limited (413) before anything reads them.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.api import (
+    problems,
     routes_agents,
     routes_approvals,
     routes_behaviour,
     routes_operator,
     routes_selector,
 )
+from broker.api.problems import HEALTH_PROBLEMS, BodyLimit
 from broker.api.runtime import Runtime
 from broker.config import Settings
 
@@ -47,15 +54,20 @@ def create_app(settings: Settings) -> FastAPI:
     runtime = Runtime(settings, KafkaAccess.from_settings(settings))
     app = FastAPI(
         title="permbroker", version="0.1.0", lifespan=_lifespan(runtime),
-        openapi_tags=OPENAPI_TAGS,
+        openapi_tags=OPENAPI_TAGS, docs_url=None, redoc_url=None,
         description="Time-boxed, narrow, revocable permissions for AI agents: check, escalate, "
-        "renew, release, revoke. Agent, service and operator endpoints take a bearer token.",
+        "renew, release, revoke. Agent, service and operator endpoints take a bearer "
+        "assertion: a short-lived JWT for the call, signed by the caller's own key. Every "
+        "refusal is an RFC 9457 problem (application/problem+json).",
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    problems.install(app)
+    app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
     _health_routes(app, runtime)
     for router in ROUTERS:
         app.include_router(router)
+    app.openapi = problems.problem_openapi(app)  # type: ignore[method-assign]
     return app
 
 
@@ -80,13 +92,31 @@ def _lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManag
     return lifespan
 
 
+class Readiness(BaseModel):
+    """Whether the API can answer, and otherwise each cause."""
+
+    ready: bool
+    causes: list[str]
+    checks: dict[str, dict[str, Any]]
+    refused_records: dict[str, Any]  # unsigned/forged/unreadable records refused (information)
+
+
+class Jwks(BaseModel):
+    """A JWK Set (RFC 7517): the broker's public grant-token keys."""
+
+    keys: list[dict[str, Any]]
+
+
 def _health_routes(app: FastAPI, runtime: Runtime) -> None:
-    @app.get("/healthz", tags=["health"])
+    health = APIRouter(tags=["health"], responses=HEALTH_PROBLEMS)
+
+    @health.get("/healthz")
     def healthz() -> dict[str, str]:
         """The process is up (no dependency checked)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready: causes"}})
+    @health.get("/readyz", response_model=Readiness,
+                responses={503: {"description": "not ready: causes", "model": Readiness}})
     def readyz() -> JSONResponse:
         """Ready only when Kafka and Redis answer and the grant view is fresh; else why not."""
         checks = {
@@ -96,29 +126,31 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
         }
         ready = all(c["ok"] for c in checks.values())
         causes = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
-        body = {"ready": ready, "causes": causes, "checks": checks,
-                "refused_records": _refusals(runtime)}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        body = Readiness(ready=ready, causes=causes, checks=checks,
+                         refused_records=_refusals(runtime))
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @health.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus metrics (revocation propagation, view freshness, checks)."""
         assert runtime.view is not None
         body = runtime.metrics.render(runtime.view.freshness())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/.well-known/jwks.json", tags=["health"])
-    def jwks(request: Request) -> dict[str, Any]:
+    @health.get("/.well-known/jwks.json")
+    def jwks() -> Jwks:
         """The broker's grant-token keys as published on Kafka (the JWKS topic); a JWKS file
         (PERMBROKER_JWKS_PATH) only when no key set was published yet."""
         published = runtime.jwks.document() if runtime.jwks is not None else {"keys": []}
         if published["keys"]:
-            return published
+            return Jwks.model_validate(published)
         path = runtime.settings.jwks_path
         if path is None or not path.is_file():
-            return {"keys": []}
+            return Jwks(keys=[])
         data: dict[str, Any] = json.loads(path.read_text("utf-8"))
-        return {"keys": data.get("keys", [])}
+        return Jwks(keys=list(data.get("keys", [])))
+
+    app.include_router(health)
 
 
 def _refusals(runtime: Runtime) -> dict[str, Any]:

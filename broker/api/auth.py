@@ -1,78 +1,130 @@
-"""Bearer-token authentication of the HTTP API. Imports fastapi, broker.config.
+"""Who calls the HTTP API: a verified assertion, never a shared secret or a header. L3.
 
-Three kinds of caller, each with tokens from the settings (until the identity work issues
-signed agent credentials): operators (``PERMBROKER_API_OPERATOR_TOKEN``), resource services
-calling ``/v1/check`` (``PERMBROKER_API_SERVICE_TOKEN``) and agents
-(``PERMBROKER_API_AGENT_TOKENS``, a JSON object agent id -> token). An agent's token only works
-for its own agent id: agents act only for themselves. A kind whose token is unset is disabled
-(503 saying which variable to set), never open.
+Imports fastapi, broker (adapters.crypto, identity) and the API's runtime and problems.
+
+Every protected call carries ``Authorization: Bearer <assertion>``: a short-lived JWT (type
+``permbroker-api+jwt``) for this method and path, signed by the caller's own key, which is
+verified against the trusted files and the registry (``broker.adapters.crypto.assertions``):
+operators (``operators.json``), resource services (``services.json``) and agents (their
+registered keys). A revoked or unknown key, a forged, expired or misdirected assertion is 401;
+a principal that may not do this is 403; a principal over its rate limit is 429 with
+Retry-After. An assertion that makes the API act (relayed to Kafka) is spent: used once.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import HTTPException, Request
-from pydantic import SecretStr
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broker.config import Settings
+from broker.adapters.crypto.assertions import Verified
+from broker.api.bodies import AgentIdPath
+from broker.api.problems import Refused
+from broker.api.runtime import Runtime
+from broker.errors import BrokerError
+from broker.identity.rules import Principal, Rejection
 
-CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-
-def bearer(request: Request) -> str:
-    """The bearer token of the request, or 401."""
-    value = request.headers.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                            headers=CHALLENGE)
-    return token.strip()
-
-
-def _matches(token: str, secrets: Iterable[SecretStr | None]) -> bool:
-    return any(
-        s is not None and hmac.compare_digest(token.encode(), s.get_secret_value().encode())
-        for s in secrets
-    )
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="permbroker"'}
+BEARER = HTTPBearer(
+    auto_error=False, scheme_name="assertion", bearerFormat="JWT (permbroker-api+jwt)",
+    description="A short-lived assertion signed by the caller's own key: claims iss, aud "
+    "(permbroker-api), iat, exp, jti, htm (method) and htu (path); see docs/protocol.md.",
+)
 
 
-def settings_of(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
+def runtime_of(request: Request) -> Runtime:
+    """The app's live components."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
-def require_operator(request: Request) -> str:
-    """Operators only; returns who (the X-Permbroker-Operator header, for the audit)."""
-    settings = settings_of(request)
-    if settings.api_operator_token is None:
-        raise HTTPException(503, "operator endpoints are disabled: set "
-                            "PERMBROKER_API_OPERATOR_TOKEN")
-    if not _matches(bearer(request), [settings.api_operator_token]):
-        raise HTTPException(403, "not an operator token", headers=CHALLENGE)
-    return request.headers.get("x-permbroker-operator", "api-operator")[:64]
+@dataclass(frozen=True)
+class Caller:
+    """The verified principal of one call, and the assertion that proved it (to relay)."""
+
+    principal: Principal
+    assertion: Verified
+
+    @property
+    def name(self) -> str:
+        """The principal without its kind prefix (``alice`` for ``operator:alice``)."""
+        return self.principal.id.split(":", 1)[-1]
 
 
-def require_service(request: Request) -> None:
-    """Resource services (or operators)."""
-    settings = settings_of(request)
-    if settings.api_service_token is None and settings.api_operator_token is None:
-        raise HTTPException(503, "check endpoint disabled: set PERMBROKER_API_SERVICE_TOKEN")
-    if not _matches(bearer(request), [settings.api_service_token, settings.api_operator_token]):
-        raise HTTPException(403, "not a service or operator token", headers=CHALLENGE)
+def caller(request: Request,
+           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+           ) -> Caller:
+    """The verified caller; 401 without a valid assertion, 429 over the rate limit."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Refused(401, "no assertion: send Authorization: Bearer <assertion> (a JWT "
+                      "signed by your own key; permbroker keys assertion mints one)",
+                      kind="unauthenticated", headers=CHALLENGE)
+    runtime = runtime_of(request)
+    assert runtime.identities is not None
+    verified = runtime.identities.verify(credentials.credentials, datetime.now(UTC),
+                                         (request.method, request.url.path))
+    if isinstance(verified, Rejection):
+        raise Refused(401, verified.detail, kind=verified.rule, headers=CHALLENGE)
+    retry = runtime.throttle.retry_after(verified.principal.id)
+    if retry is not None:
+        raise Refused(429, f"{verified.principal.id} is over its rate limit "
+                      f"({runtime.throttle.describe()})", kind="rate-limited",
+                      headers={"Retry-After": str(retry)})
+    return Caller(verified.principal, verified)
 
 
-def require_agent(request: Request, agent_id: str, *, operator_ok: bool = False) -> None:
-    """The agent ``agent_id`` itself (and, for reads, an operator)."""
-    settings = settings_of(request)
-    token = bearer(request)
-    if operator_ok and _matches(token, [settings.api_operator_token]):
-        return
-    own = settings.api_agent_tokens.get(agent_id)
-    if own is None or not _matches(token, [own]):
-        raise HTTPException(
-            403, f"this token does not belong to agent {agent_id}: an agent acts only for "
-            "itself (agent tokens: PERMBROKER_API_AGENT_TOKENS)", headers=CHALLENGE,
-        )
+Authenticated = Annotated[Caller, Depends(caller)]
+
+
+def require_operator(who: Authenticated) -> Caller:
+    """Operators only."""
+    if who.principal.kind != "operator":
+        raise Refused(403, f"{who.principal.id} is not an operator (operators.json)",
+                      kind="not-permitted")
+    return who
+
+
+def require_service(who: Authenticated) -> Caller:
+    """Resource services (services.json) or operators."""
+    if who.principal.kind not in ("service", "operator"):
+        raise Refused(403, f"{who.principal.id} is neither a resource service (services.json) "
+                      "nor an operator", kind="not-permitted")
+    return who
+
+
+def agent_or_operator(agent_id: AgentIdPath, who: Authenticated) -> Caller:
+    """The agent ``agent_id`` itself, or an operator (reads)."""
+    if who.principal.kind == "operator" or who.principal.id == agent_id:
+        return who
+    raise Refused(403, f"{who.principal.id} may not read agent {agent_id}'s grants: an agent "
+                  "reads only its own", kind="not-permitted")
+
+
+def agent_itself(agent_id: AgentIdPath, who: Authenticated) -> Caller:
+    """The agent ``agent_id`` itself: agents act only for themselves."""
+    if who.principal.kind == "agent" and who.principal.id == agent_id:
+        return who
+    raise Refused(403, f"{who.principal.id} may not act as agent {agent_id}: an agent acts "
+                  "only for itself, with an assertion signed by its own key",
+                  kind="not-permitted")
+
+
+def spend(request: Request, who: Caller) -> None:
+    """Use the caller's assertion up (before the call acts): a second use is refused."""
+    runtime = runtime_of(request)
+    try:
+        first = runtime.spend(who.principal.id, who.assertion.claims)
+    except BrokerError as exc:
+        raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
+    if not first:
+        raise Refused(401, f"assertion {who.assertion.claims.jti} was used before; mint a new "
+                      "one for each call", kind="identity:replay", headers=CHALLENGE)
+
+
+Operator = Annotated[Caller, Depends(require_operator)]
+Service = Annotated[Caller, Depends(require_service)]
+AgentOrOperator = Annotated[Caller, Depends(agent_or_operator)]
+AgentItself = Annotated[Caller, Depends(agent_itself)]

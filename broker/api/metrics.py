@@ -2,7 +2,9 @@
 
 One registry per app (so tests can build several). Revocation propagation is observed once per
 (enforcement point, revocation), from the acknowledgements on the acks topic; the view's
-freshness and the unconfirmed revocations are sampled at scrape time.
+freshness and the unconfirmed revocations are sampled at scrape time. Every history held here is
+bounded by ``keep`` (``PERMBROKER_METRICS_HISTORY``): the oldest entries are forgotten first, so
+no stream of acks, however long or hostile, grows the process.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from broker.delivery.propagation import RevocationStatus, fold_status
 from schemas.events import AgentRevoked, EnforcementPointStatus, RevocationAcknowledged
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-KEEP = 10_000
 
 
 class Metrics:
     """The API's metrics and the revocation/ack history they are computed from."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
         self.registry = CollectorRegistry()
         r = self.registry
         self.propagation = Histogram(
@@ -48,11 +50,10 @@ class Metrics:
         self.view_lag = Gauge("permbroker_view_lag_records",
                               "Records between the grant view and the log end", registry=r)
         self._lock = threading.Lock()
-        self._revocations: deque[AgentRevoked] = deque(maxlen=KEEP)
-        self._acks: deque[RevocationAcknowledged] = deque(maxlen=KEEP)
-        self._statuses: dict[str, EnforcementPointStatus] = {}
-        # (point, revocation) pairs already timed: as bounded as the acks they come from.
-        self._observed: Bounded[tuple[str, str], None] = Bounded(KEEP)
+        self._revocations: deque[AgentRevoked] = deque(maxlen=keep)
+        self._acks: deque[RevocationAcknowledged] = deque(maxlen=keep)
+        self._statuses: Bounded[str, EnforcementPointStatus] = Bounded(keep)
+        self._observed: Bounded[tuple[str, str], None] = Bounded(keep)
 
     def revoked(self, event: AgentRevoked) -> None:
         """A revocation seen on the grant topic."""
@@ -63,7 +64,7 @@ class Metrics:
         """An acknowledgement or a status report from the acks topic."""
         with self._lock:
             if isinstance(event, EnforcementPointStatus):
-                self._statuses[event.enforcement_point] = event
+                self._statuses.put(event.enforcement_point, event)
                 return
             self._acks.append(event)
             key = (event.enforcement_point, event.cause_event_id)
@@ -72,6 +73,12 @@ class Metrics:
             self._observed.put(key, None)
         seconds = (event.applied_at - event.revoked_at).total_seconds()
         self.propagation.labels(event.enforcement_point).observe(max(seconds, 0.0))
+
+    def held(self) -> dict[str, int]:
+        """How many entries each history holds now (each at most ``keep``)."""
+        with self._lock:
+            return {"revocations": len(self._revocations), "acks": len(self._acks),
+                    "statuses": len(self._statuses), "observed": len(self._observed)}
 
     def status(self) -> RevocationStatus:
         """Revocations seen and every enforcement point's confirmations."""

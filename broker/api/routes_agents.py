@@ -1,23 +1,33 @@
 """Routes for resource services (check) and agents (escalate, renew, release, list). L3.
 
-Imports fastapi, pydantic, broker, schemas. Agent routes relay to Kafka exactly what the agent
-SDK would send and wait for the worker's decision, so agents that cannot speak Kafka get the same
-semantics (and the same consistency tokens). Blocking calls run in FastAPI's thread pool.
+Imports fastapi, broker, schemas. Agent routes relay to Kafka what the agent SDK would send,
+carrying the agent's own assertion (``relay``), and wait for the worker's decision: the worker
+judges it as the agent's own request (suspended, quarantined, revoked key: refused alike), so
+agents that cannot speak Kafka get the same semantics and the same consistency tokens.
+Blocking calls run in FastAPI's thread pool.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
 
-from broker.api.auth import require_agent, require_service
+from broker.api.auth import AgentItself, AgentOrOperator, Caller, Service, runtime_of, spend
+from broker.api.bodies import (
+    AgentIdPath,
+    CheckBody,
+    EscalationBody,
+    IdPath,
+    ReleaseBody,
+    RenewalBody,
+)
+from broker.api.problems import PROBLEMS, Refused
 from broker.api.runtime import Runtime
 from broker.errors import BrokerError, DecisionTimeout
-from broker.sdk.resource.enforce import check
+from broker.sdk.resource.enforce import check_agent
 from schemas import topics
 from schemas.events import (
     EscalationDecided,
@@ -28,82 +38,40 @@ from schemas.events import (
     ReleaseRequested,
     RenewalDecided,
     RenewalRequested,
-    Resource,
-    Scope,
-    Signals,
-    Unit,
     WireModel,
 )
 
-router = APIRouter()
+router = APIRouter(responses=PROBLEMS)
 
 
-class Body(BaseModel):
-    """Request bodies are untrusted: unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class CheckBody(Body):
-    agent_id: str
-    scope: str
-    resource: str = ""
-    consistency_token: str | None = Field(None, description="answer only from a view this fresh")
-
-
-class EscalationBody(Body):
-    scopes: Annotated[tuple[Scope, ...], Field(min_length=1, max_length=32)]
-    resources: tuple[Resource, ...] = ()
-    duration_s: Annotated[int, Field(gt=0)]
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    confidence: Unit
-    risk_score: Unit = 0.0
-    case_id: str | None = None
-    signals: Signals = Field(default_factory=dict)
-
-
-class RenewalBody(Body):
-    duration_s: Annotated[int, Field(gt=0)]
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    confidence: Unit
-    risk_score: Unit = 0.0
-    signals: Signals = Field(default_factory=dict)
-
-
-class ReleaseBody(Body):
-    reason: Annotated[str, Field(max_length=2000)] = ""
-
-
-def runtime_of(request: Request) -> Runtime:
-    """The app's live components."""
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _relay(runtime: Runtime, kind: str, request: WireModel, request_id: str,
-           *, pending: bool = False) -> Any:
-    assert runtime.publisher is not None and runtime.decisions is not None
+def relay(request: Request, who: Caller, kind: str, event: WireModel, request_id: str,
+          *, pending: bool = False) -> Any:
+    """Publish ``event`` as the caller's own (its assertion, used up now) and await the answer."""
+    runtime: Runtime = runtime_of(request)
+    assert runtime.decisions is not None
+    spend(request, who)
     wait = runtime.decisions.wait_pending if pending else runtime.decisions.wait
     try:
-        runtime.publisher.publish(topics.ESCALATIONS.name, request)
+        runtime.relay(who.assertion.token).publish(topics.ESCALATIONS.name, event)
         decision = wait(request_id, runtime.settings.decision_timeout_s)
     except DecisionTimeout as exc:
         runtime.metrics.requests.labels(kind, "timeout").inc()
-        raise HTTPException(504, str(exc)) from exc
+        raise Refused(504, str(exc), kind="timeout") from exc
     except BrokerError as exc:
         runtime.metrics.requests.labels(kind, "unavailable").inc()
-        raise HTTPException(503, f"{exc} (is Kafka up?)") from exc
+        raise Refused(503, f"{exc} (is Kafka up?)", kind="unavailable") from exc
     outcome = getattr(decision, "outcome", "pending")  # held for approval: no outcome yet
     runtime.metrics.requests.labels(kind, outcome).inc()
     return decision
 
 
-@router.post("/v1/check", tags=["resource services"], dependencies=[Depends(require_service)])
-def check_action(body: CheckBody, request: Request) -> dict[str, Any]:
-    """May this agent use this scope on this resource now? Answered from the grant view."""
+@router.post("/v1/check", tags=["resource services"])
+def check_action(body: CheckBody, request: Request, _who: Service) -> dict[str, Any]:
+    """May this agent use this scope on this resource now? Answered from the grant view
+    (resource services, with their enforcement point key; operators)."""
     runtime = runtime_of(request)
     assert runtime.view is not None
-    verdict = check(runtime.view, body.agent_id, body.scope, body.resource,
+    verdict = check_agent(runtime.view, body.agent_id, body.scope, body.resource,
                     at_least=body.consistency_token)
     outcome = "allowed" if verdict.allowed else "unavailable" if verdict.unavailable else "denied"
     runtime.metrics.checks.labels(outcome).inc()
@@ -118,15 +86,15 @@ def check_action(body: CheckBody, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/agents/{agent_id}/grants", tags=["agents"])
-async def list_grants(agent_id: str, request: Request) -> list[dict[str, Any]]:
+async def list_grants(agent_id: AgentIdPath, request: Request,
+                      _who: AgentOrOperator) -> list[dict[str, Any]]:
     """The agent's active grants (absolute expiry and time left); the agent or an operator."""
-    require_agent(request, agent_id, operator_ok=True)
     runtime, now = runtime_of(request), datetime.now(UTC)
     assert runtime.store is not None
     try:
         grants: list[GrantIssued] = await runtime.store.active_grants(agent_id, now)
     except BrokerError as exc:
-        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+        raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
     return [
         {**g.model_dump(mode="json"),
          "remaining_s": round((g.expires_at - now).total_seconds(), 1)}
@@ -135,39 +103,38 @@ async def list_grants(agent_id: str, request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/v1/agents/{agent_id}/escalations", tags=["agents"])
-def escalate(agent_id: str, body: EscalationBody,
-             request: Request) -> EscalationDecided | EscalationPending:
+def escalate(agent_id: AgentIdPath, body: EscalationBody, request: Request,
+             who: AgentItself) -> EscalationDecided | EscalationPending:
     """Ask for elevated scopes as ``agent_id``; returns the decision (reasons, expiry, token),
     or, when the policy asks for approval, the pending notice (approvers, window end)."""
-    require_agent(request, agent_id)
     req = EscalationRequested(
         request_id=f"req-{uuid.uuid4()}", agent_id=agent_id, requested_at=datetime.now(UTC),
         **body.model_dump(),
     )
-    decision: EscalationDecided | EscalationPending = _relay(
-        runtime_of(request), "escalation", req, req.request_id, pending=True)
+    decision: EscalationDecided | EscalationPending = relay(
+        request, who, "escalation", req, req.request_id, pending=True)
     return decision
 
 
 @router.post("/v1/agents/{agent_id}/grants/{grant_id}/renewal", tags=["agents"])
-def renew(agent_id: str, grant_id: str, body: RenewalBody, request: Request) -> RenewalDecided:
+def renew(agent_id: AgentIdPath, grant_id: IdPath, body: RenewalBody, request: Request,
+          who: AgentItself) -> RenewalDecided:
     """Renew one of the agent's own grants with fresh evidence: new absolute expiry or why not."""
-    require_agent(request, agent_id)
     req = RenewalRequested(
         request_id=f"renew-{uuid.uuid4()}", agent_id=agent_id, grant_id=grant_id,
         requested_at=datetime.now(UTC), **body.model_dump(),
     )
-    decision: RenewalDecided = _relay(runtime_of(request), "renewal", req, req.request_id)
+    decision: RenewalDecided = relay(request, who, "renewal", req, req.request_id)
     return decision
 
 
 @router.post("/v1/agents/{agent_id}/grants/{grant_id}/release", tags=["agents"])
-def release(agent_id: str, grant_id: str, body: ReleaseBody, request: Request) -> ReleaseDecided:
+def release(agent_id: AgentIdPath, grant_id: IdPath, body: ReleaseBody, request: Request,
+            who: AgentItself) -> ReleaseDecided:
     """Give one of the agent's own grants back early."""
-    require_agent(request, agent_id)
     req = ReleaseRequested(
         request_id=f"release-{uuid.uuid4()}", agent_id=agent_id, grant_id=grant_id,
         requested_at=datetime.now(UTC), reason=body.reason,
     )
-    decision: ReleaseDecided = _relay(runtime_of(request), "release", req, req.request_id)
+    decision: ReleaseDecided = relay(request, who, "release", req, req.request_id)
     return decision

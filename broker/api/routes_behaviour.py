@@ -10,32 +10,33 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Request
 
 from broker.adapters.redis.profiles import ProfileStore
-from broker.api.auth import require_operator
-from broker.api.routes_agents import runtime_of
+from broker.api.auth import Operator, runtime_of
+from broker.api.bodies import AgentIdPath, LabelPath
+from broker.api.problems import PROBLEMS, Refused
 from broker.behaviour.stats import report
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
 
-router = APIRouter(tags=["operators"])
+router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 
-@router.get("/v1/operator/agents/{agent_id}/stats", dependencies=[Depends(require_operator)])
-async def stats(agent_id: str, request: Request) -> dict[str, Any]:
+@router.get("/v1/operator/agents/{agent_id}/stats")
+async def stats(agent_id: AgentIdPath, request: Request, _who: Operator) -> dict[str, Any]:
     """Request, grant and denial counts in the detectors' windows, hours, scopes, patterns."""
     runtime = runtime_of(request)
     if runtime.store is None:
-        raise HTTPException(503, "the API is not connected to Redis yet")
+        raise Refused(503, "the API is not connected to Redis yet", kind="unavailable")
     store = ProfileStore(runtime.store.client)
     try:
         profile, _position = await store.load(agent_id)
         ttl = await store.ttl_ms(agent_id)
     except BrokerError as exc:
-        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+        raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
     if profile is None:
-        raise HTTPException(404, f"no behaviour profile for agent {agent_id}")
+        raise Refused(404, f"no behaviour profile for agent {agent_id}", kind="not-found")
     try:
         detectors = load_policy(runtime.settings.policy_path).detectors
     except PolicyError:
@@ -43,22 +44,23 @@ async def stats(agent_id: str, request: Request) -> dict[str, Any]:
     return report(agent_id, profile, datetime.now(UTC), detectors, ttl)
 
 
-@router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats",
-            dependencies=[Depends(require_operator)])
-async def class_stats(agent_class: str, model_version: str, request: Request) -> dict[str, Any]:
+@router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats")
+async def class_stats(agent_class: LabelPath, model_version: LabelPath, request: Request,
+                      _who: Operator) -> dict[str, Any]:
     """Requests, grants and denials of a class on one model version, in the detectors' windows."""
     runtime = runtime_of(request)
     if runtime.store is None:
-        raise HTTPException(503, "the API is not connected to Redis yet")
+        raise Refused(503, "the API is not connected to Redis yet", kind="unavailable")
     try:
         detectors = load_policy(runtime.settings.policy_path).detectors
     except PolicyError as exc:
-        raise HTTPException(503, f"the policy does not load: {exc}") from exc
+        raise Refused(503, f"the policy does not load: {exc}", kind="unavailable") from exc
     if detectors is None:
-        raise HTTPException(404, "the policy has no detectors section: no class profiles")
+        raise Refused(404, "the policy has no detectors section: no class profiles",
+                      kind="not-found")
     try:
         return await ProfileStore(runtime.store.client).group_stats(
             agent_class, model_version, detectors, datetime.now(UTC))
     except BrokerError as exc:
-        raise HTTPException(503, f"{exc} (is Redis up?)") from exc
+        raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
 

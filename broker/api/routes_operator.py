@@ -1,47 +1,43 @@
 """Operator routes: revoke an agent, revocation propagation status. L3. Imports fastapi, broker.
 
-Both need the operator bearer token. A revocation is published as an operator risk signal and
-the call returns once a worker applied it, with the consistency token of the revocation.
+Both need an operator's assertion. A revocation is published as an operator risk signal that
+carries that assertion, so the worker audits it as signed by that operator; the call returns
+once a worker applied it, with the consistency token of the revocation.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import Field
+from fastapi import APIRouter, Request
 
-from broker.api.auth import require_operator
-from broker.api.routes_agents import Body, runtime_of
+from broker.api.auth import Operator, runtime_of, spend
+from broker.api.bodies import AgentIdPath, RevokeBody
+from broker.api.problems import PROBLEMS, Refused
 from broker.delivery.propagation import RevocationStatus
 from broker.errors import BrokerError, DecisionTimeout
 from broker.sdk.operator.client import revoke as sdk_revoke
 
-router = APIRouter(tags=["operators"])
-
-
-class RevokeBody(Body):
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 
 @router.post("/v1/operator/agents/{agent_id}/revoke")
-def revoke(
-    agent_id: str, body: RevokeBody, request: Request,
-    operator: Annotated[str, Depends(require_operator)],
-) -> dict[str, Any]:
+def revoke(agent_id: AgentIdPath, body: RevokeBody, request: Request,
+           who: Operator) -> dict[str, Any]:
     """Revoke every grant of ``agent_id``; returns the revoked grants and the consistency token."""
     runtime = runtime_of(request)
+    spend(request, who)
     try:
         rev = sdk_revoke(
-            runtime.settings, runtime.kafka, agent_id, body.reason, operator=operator,
+            runtime.settings, runtime.kafka, agent_id, body.reason, operator=who.name,
             trust=runtime.verifier(), timeout=runtime.settings.decision_timeout_s,
-            publisher=runtime.publisher, watcher=runtime.audits,
+            publisher=runtime.relay(who.assertion.token), watcher=runtime.audits,
         )
     except DecisionTimeout as exc:
-        raise HTTPException(504, str(exc)) from exc
+        raise Refused(504, str(exc), kind="timeout") from exc
     except BrokerError as exc:
-        raise HTTPException(503, f"{exc} (is Kafka up?)") from exc
+        raise Refused(503, f"{exc} (is Kafka up?)", kind="unavailable") from exc
     runtime.metrics.requests.labels("revocation", "revoked").inc()
     return {
         "signal_id": rev.signal_id, "agent_id": rev.agent_id, "grant_ids": list(rev.grant_ids),
@@ -50,8 +46,8 @@ def revoke(
     }
 
 
-@router.get("/v1/operator/revocations", dependencies=[Depends(require_operator)])
-def revocations(request: Request) -> dict[str, Any]:
+@router.get("/v1/operator/revocations")
+def revocations(request: Request, _who: Operator) -> dict[str, Any]:
     """Per enforcement point: confirmed revocations with propagation times, and unconfirmed ones."""
     return status_json(runtime_of(request).metrics.status(), datetime.now(UTC))
 

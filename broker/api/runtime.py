@@ -2,10 +2,13 @@
 
 Imports adapters, sdk, config. Started and stopped by the app's lifespan; every piece is one per
 process and shared by the request handlers (confluent-kafka producers and the view are
-thread-safe; the async Redis client lives on the app's event loop). Every reader verifies what
-it applies with one ``RecordTrust`` (the broker's chain of trust from the settings' anchor, kept
-current by the JWKS view); the API's grant view acknowledges revocations as an enforcement point
-with its own key (created and registered in the services file on first start).
+thread-safe; the async Redis client lives on the app's event loop, the blocking one serves the
+request threads and ``/readyz``). Every reader verifies what it applies with one ``RecordTrust``
+(the broker's chain of trust from the settings' anchor, kept current by the JWKS view). Who calls
+is checked against the operators and services files and the registry (followed here). The API is
+one resource service, with its own key (created and registered in the services file on first
+start): its grant view acknowledges revocations with it, and what it relays is signed with it and
+carries the caller's assertion, so the workers judge it as the caller's own.
 """
 
 from __future__ import annotations
@@ -15,23 +18,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import redis
+from confluent_kafka.admin import AdminClient
 
-from broker.adapters.crypto.service_key import ensure_service
-from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.crypto.assertions import Identities
+from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.service_key import ServiceIdentity, ensure_service
+from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import Publisher, Record
+from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.kafka.registry_view import RegistryView
+from broker.adapters.redis.identity import SpentAssertions
 from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
+from broker.api.throttle import Throttle
 from broker.config import Settings
 from broker.errors import BrokerError
+from broker.identity.rules import AssertionClaims
 from broker.sdk.agent.client import DecisionWatcher
-from broker.sdk.operator.client import AuditWatcher, operator_publisher
+from broker.sdk.operator.client import AuditWatcher
 from broker.sdk.resource.view import GrantView
 from schemas.events import AgentRevoked
+from schemas.signing import ASSERTION_HEADER
 
 ACK_HISTORY = timedelta(hours=1)
 
@@ -42,7 +54,8 @@ class Runtime:
 
     settings: Settings
     kafka: KafkaAccess  # the API's own Kafka user (role api), from the same settings
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(init=False)
+    throttle: Throttle = field(init=False)
     view: GrantView | None = None
     store: RedisGrantStore | None = None
     publisher: Publisher | None = None
@@ -51,24 +64,42 @@ class Runtime:
     acks: AckFollower | None = None
     jwks: JwksView | None = None  # the broker's published token keys (/.well-known/jwks.json)
     trust: RecordTrust | None = None  # what every reader of this process verifies with
+    registry: RegistryView | None = None
+    identities: Identities | None = None
     enforcement_point: str = ""
+    identity: ServiceIdentity | None = None  # this API as a resource service: acks, relays
+    _redis: redis.Redis | None = None
+    _admin: AdminClient | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.settings.metrics_history)
+        self.throttle = Throttle(self.settings.api_rate_limit, self.settings.api_rate_window_s)
 
     def start(self) -> None:
         """Connect everything (blocking: Kafka metadata, the view's bootstrap)."""
         s = self.settings
         self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
-        # Everything the API relays (an agent's request it authenticated, an operator's
-        # revocation) is signed with the operator key: the workers refuse unsigned events.
-        self.publisher = operator_publisher(self.kafka, "/permbroker/api", s)
+        self._redis = redis.Redis.from_url(s.redis_url, socket_timeout=1.0,
+                                           socket_connect_timeout=1.0)
+        self._admin = admin_client(self.kafka)
         self.jwks = JwksView.from_settings(s, self.kafka, wait_s=10)  # the key sets so far
         trust = self.trust = self.jwks.trust
         self.metrics.registry.register(RefusalCollector(trust.refusals))
+        self.registry = RegistryView(self.kafka, trust)
+        self.registry.wait_ready(10)
+        registry = self.registry
+        self.identities = Identities(
+            OperatorDirectory(s.key_path("operators")), ServiceDirectory(s.key_path("services")),
+            registry, max_life_s=s.api_assertion_max_life_s, leeway_s=s.signature_max_skew_s,
+            refresh=lambda: registry.sync(2.0))
+        identity = self.identity = ensure_service(s, self.enforcement_point)
+        self.publisher = Publisher(self.kafka, source=f"/{identity.principal}")
         self.view = GrantView(
             self.kafka, trust=trust, on_event=self._on_event,
             staleness_bound_s=s.view_staleness_bound_s, probe_interval_s=s.view_probe_interval_s,
             token_wait_s=s.view_token_wait_s, max_entries=s.view_max_entries,
-            enforcement_point=ensure_service(s, self.enforcement_point),
+            enforcement_point=identity,
         )
         self.decisions = DecisionWatcher(self.kafka, trust=trust,
                                          max_entries=s.decisions_kept)
@@ -82,34 +113,55 @@ class Runtime:
             raise BrokerError("the API has not started its readers yet")
         return self.trust
 
+    def relay(self, assertion: str) -> Publisher:
+        """A publisher whose records carry ``assertion`` and are signed with the API's key."""
+        if self.publisher is None or self.identity is None:
+            raise BrokerError("the API has not started its publisher yet")
+        identity = self.identity
+
+        def sign(message: Encoded) -> Encoded:
+            carried = [*message.headers, (ASSERTION_HEADER, assertion.encode())]
+            return identity.sign(Encoded(message.key, message.value, carried))
+
+        return self.publisher.signing_with(sign)
+
+    def spend(self, principal: str, claims: AssertionClaims) -> bool:
+        """Use an assertion up (True the first time); StoreUnavailable if Redis cannot say."""
+        assert self._redis is not None
+        until = datetime.fromtimestamp(claims.exp + self.settings.signature_max_skew_s + 1, tz=UTC)
+        return SpentAssertions(self._redis).spend(principal, claims.jti, until)
+
     def _on_event(self, record: Record, _applied_at: float) -> None:
         if isinstance(record.event, AgentRevoked):
             self.metrics.revoked(record.event)
 
     def stop(self) -> None:
         """Close what was started."""
-        for part in (self.acks, self.audits, self.decisions, self.view, self.jwks):
+        for part in (self.acks, self.audits, self.decisions, self.view, self.jwks,
+                     self.registry):
             if part is not None:
                 part.close()
+        if self._redis is not None:
+            self._redis.close()
 
     def kafka_problem(self) -> str:
         """'' when Kafka answers a metadata request within 2 s, else why not."""
+        if self._admin is None:
+            return "not connected to Kafka yet"
         try:
-            cluster_metadata(admin_client(self.kafka), 2.0)
+            cluster_metadata(self._admin, 2.0)
         except BrokerError as exc:
             return str(exc)
         return ""
 
     def redis_problem(self) -> str:
         """'' when Redis answers a PING within 1 s, else why not."""
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1.0,
-                                      socket_connect_timeout=1.0)
+        if self._redis is None:
+            return "not connected to Redis yet"
         try:
-            client.ping()
+            self._redis.ping()
         except (redis.RedisError, OSError) as exc:
             return f"Redis at {_where(self.settings.redis_url)} did not answer: {exc}"
-        finally:
-            client.close()
         return ""
 
 

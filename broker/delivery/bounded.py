@@ -50,3 +50,7 @@ class Bounded(Generic[K, V]):
     def keys(self) -> list[K]:
         """The keys, oldest first."""
         return list(self._items)
+
+    def values(self) -> list[V]:
+        """The values, oldest first."""
+        return list(self._items.values())

@@ -88,9 +88,11 @@ def revoked_events(
 
 
 def risk_audit(
-    signal: RiskObserved, action: RiskAction, revoked_ids: tuple[str, ...], now: datetime
+    signal: RiskObserved, action: RiskAction, revoked_ids: tuple[str, ...], now: datetime, *,
+    signed_by: str | None = None,
 ) -> AuditRecord:
-    """The audit record of one risk signal and what it did."""
+    """The audit record of one risk signal and what it did (``signed_by``: the verified
+    principal whose key signed it)."""
     return AuditRecord(
         audit_id=derive_id("audit-risk", signal.signal_id, signal.subject_agent_id or ""),
         kind="risk.observed",
@@ -105,6 +107,7 @@ def risk_audit(
             "revoked_grants": list(revoked_ids),
             "quarantine_s": action.quarantine_s,
             "now": now.isoformat(),
+            "signed_by": signed_by,
         },
     )
 

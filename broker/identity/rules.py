@@ -32,7 +32,7 @@ from schemas.events import (
     RiskObserved,
     WireModel,
 )
-from schemas.signing import BROKER_AUDIENCE, OPERATOR_PREFIX
+from schemas.signing import API_AUDIENCE, BROKER_AUDIENCE, OPERATOR_PREFIX
 
 
 class Reason(StrEnum):
@@ -73,10 +73,11 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who signed: an agent (its id) or an operator (``operator:<name>``), and with which key."""
+    """Who signed: an agent (its id), an operator (``operator:<name>``) or a resource service
+    (``service:<name>``), and with which key."""
 
     id: str
-    kind: Literal["agent", "operator"]
+    kind: Literal["agent", "operator", "service"]
     kid: str = ""
 
     def __str__(self) -> str:
@@ -106,6 +107,45 @@ class EventClaims:
     ce_type: str
     key: str
     digest: str
+
+
+@dataclass(frozen=True)
+class AssertionClaims:
+    """The verified claims of an API assertion (the HTTP credential of a principal)."""
+
+    iss: str
+    aud: str
+    iat: int
+    exp: int
+    jti: str
+    htm: str  # the HTTP method it was made for
+    htu: str  # the path it was made for
+
+
+def assertion_problem(claims: AssertionClaims, owner: str, at: datetime, *, max_life_s: int,
+                      leeway_s: int, call: tuple[str, str] | None = None) -> Rejection | None:
+    """The assertion was made by the key's owner, for the API, for this call (``call``: method
+    and path; None when judged after the relay), and is valid at ``at``."""
+    if claims.iss != owner:
+        return Rejection(Reason.TAMPERED, f"assertion iss {claims.iss!r} is not the key's owner "
+                         f"{owner!r}")
+    if claims.aud != API_AUDIENCE:
+        return Rejection(Reason.TAMPERED, f"assertion audience {claims.aud!r} is not "
+                         f"{API_AUDIENCE!r}")
+    if call is not None and (claims.htm, claims.htu) != (call[0].upper(), call[1]):
+        return Rejection(Reason.TAMPERED, f"assertion is for {claims.htm} {claims.htu}, not "
+                         f"{call[0].upper()} {call[1]}")
+    if claims.exp - claims.iat > max_life_s:
+        return Rejection(Reason.STALE, f"assertion lives {claims.exp - claims.iat}s; at most "
+                         f"{max_life_s}s are accepted: mint short-lived assertions")
+    now = at.timestamp()
+    if now >= claims.exp + leeway_s:
+        return Rejection(Reason.STALE, f"assertion expired at {claims.exp} ({now - claims.exp:.0f}s"
+                         " ago): mint a new one for each call")
+    if now < claims.iat - leeway_s:
+        return Rejection(Reason.STALE, f"assertion issued in the future (iat {claims.iat}; "
+                         f"clock skew allows {leeway_s}s)")
+    return None
 
 
 def b64url(data: bytes) -> str:
@@ -195,16 +235,28 @@ def find_key(record: AgentRecord, kid: str) -> AgentKey | None:
     return next((k for k in record.keys if k.kid == kid), None)
 
 
+def is_agent_request(event: WireModel | None) -> bool:
+    """Requests only the agent itself may make: escalate, renew, release, obtain a token."""
+    return isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested
+                      | GrantCommand)
+
+
 def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
-    """Agents act only for themselves; operator-only events need an operator's key."""
+    """Agents act only for themselves; operator-only events need an operator's key; a service
+    acts for no one (the HTTP API relays a principal's own assertion, judged as that principal).
+    """
+    if signer.kind == "service":
+        return _not_permitted(signer, "a resource service signs its acks and usage reports; it "
+                              "relays a request only with the principal's own assertion")
     if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand):
-        if signer.kind == "agent" and signer.id != event.agent_id:
+        if signer.kind == "operator":
+            return _not_permitted(signer, f"only agent {event.agent_id} itself may ask for or "
+                                  "about its grants (through the HTTP API too: its assertion)")
+        if signer.id != event.agent_id:
             return Rejection(Reason.FOREIGN_KEY, f"signed with key {signer.kid} of agent "
                              f"{signer.id}, not of {event.agent_id}: agents act only for "
                              "themselves")
-        if signer.kind == "operator" and isinstance(event, GrantCommand):
-            return _not_permitted(signer, "a grant token is for the agent itself only")
-        return None  # an operator may relay a request (the HTTP API, for agents without Kafka)
+        return None
     if isinstance(event, RiskObserved):
         return _authorize_risk(signer, event)
     if isinstance(event, AgentCommand):

@@ -1,12 +1,15 @@
 """The identity gate: every agent event is verified before policy sees it. Imports broker, schemas.
 
 For each escalation, risk signal and command: read the ``ce_signature``, find the key by kid (an
-agent's key in the registry, or an operator's), verify it with that key's own algorithm, check
-that the claims bind this very message and were made within the window around Kafka's append
-time, that the key was valid then, that the signer may act for whom the event names, that the
-agent is active, and that this signature was not used at another offset before (replay; the
-same offset again is a redelivery). A refusal is audited as ``identity.rejected`` with a distinct
-rule ``identity:<code>`` and the event goes no further.
+agent's key in the registry, an operator's or a resource service's), verify it with that key's
+own algorithm, check that the claims bind this very message and were made within the window
+around Kafka's append time, that the key was valid then, that the signer may act for whom the
+event names, that the agent is active, and that this signature was not used at another offset
+before (replay; the same offset again is a redelivery). A record a service signed (the HTTP API
+relaying a call) counts only with the assertion of the principal it relays for (``pb_assertion``):
+that assertion is verified with the principal's own key and the event is judged as signed by
+that principal, with every check above; its nonce is spent here. A refusal is audited as
+``identity.rejected`` with a distinct rule ``identity:<code>`` and the event goes no further.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from broker.adapters.crypto import signing
+from broker.adapters.crypto.assertions import Identities, Verified
 from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.trust import ServiceDirectory
 from broker.adapters.kafka.registry_view import RegistryView
 from broker.adapters.redis.identity import IdentityStore
 from broker.config import Settings
@@ -34,6 +39,7 @@ from broker.identity.rules import (
     authorize_event,
     check_binding,
     find_key,
+    is_agent_request,
     is_operator,
     key_usable,
 )
@@ -51,6 +57,7 @@ from schemas.events import (
     ScopeDenial,
     WireModel,
 )
+from schemas.signing import ASSERTION_HEADER
 from streams.worker import Incoming
 
 log = logging.getLogger("permbroker.identity")
@@ -86,12 +93,14 @@ def claimed_agent(event: WireModel | None) -> str | None:
 class IdentityGate:
     """Verifies events against the registry and the operators' keys; audits every refusal."""
 
-    def __init__(self, operators: OperatorDirectory, store: IdentityStore, settings: Settings,
+    def __init__(self, operators: OperatorDirectory, services: ServiceDirectory,
+                 store: IdentityStore, settings: Settings,
                  audit: Callable[..., Awaitable[None]], count: Callable[[str], None], *,
                  classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> None:
         self._registry: RegistryView | None = None
         self.ready = asyncio.Event()
         self.operators = operators
+        self.services = services  # resource services; the HTTP API relays with its key
         self.store = store
         self.settings = settings
         self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
@@ -138,8 +147,9 @@ class IdentityGate:
             await self.reject(msg, event, verdict, signer)
             return None
         unsigned = verdict.signer.kind == "agent" and not verdict.signer.kid  # dev mode
-        if unsigned and claimed_agent(event) is not None:
-            await self.store.mark_acted(verdict.signer.id, msg.received_at)
+        agent = claimed_agent(event)
+        if unsigned and agent is not None and self.registry.get(agent) is not None:
+            await self.store.mark_acted(verdict.signer.id, msg.received_at)  # never a stranger
         return verdict
 
     async def check(self, msg: Incoming, event: WireModel | None, key: PublicJwk | None = None
@@ -166,18 +176,45 @@ class IdentityGate:
 
     async def _verified(self, msg: Incoming, event: WireModel | None, signer: Principal,
                         claims: EventClaims) -> Admitted | Rejection:
-        problem = self._checks(msg, event, signer, claims)
+        problem = self._binding(msg, signer, claims)
+        nonce, until = claims.jti, msg.received_at + timedelta(
+            seconds=self.settings.signature_max_age_s)
+        if problem is None and signer.kind == "service":
+            relayed = await self._relayed(msg)  # judged as the principal it relays for
+            if isinstance(relayed, Rejection):
+                return relayed
+            signer, nonce = relayed.principal, relayed.claims.jti
+            if signer.kind == "operator":  # one operator call may fan out (a selector revoke)
+                nonce = f"{nonce}:{claims.ce_id}"
+            until = max(until, datetime.fromtimestamp(relayed.claims.exp, tz=UTC))
+        problem = problem or self._checks(msg, event, signer)
         if problem is not None:
             return problem
         acted = signer.id if signer.kind == "agent" else ""  # last acted, in the same round trip
         first, new = await self.store.first_seen(
-            signer.id or claims.iss, claims.jti, msg.origin,
-            msg.received_at + timedelta(seconds=self.settings.signature_max_age_s) + NONCE_MARGIN,
+            signer.id or claims.iss, nonce, msg.origin, until + NONCE_MARGIN,
             agent=acted, at=msg.received_at)
         if first != msg.origin:
-            return Rejection(Reason.REPLAY, f"signature {claims.jti} was already used at {first}; "
+            return Rejection(Reason.REPLAY, f"signature {nonce} was already used at {first}; "
                              f"this copy at {msg.origin} is a replay")
         return Admitted(signer, self._refusal(event, signer), redelivered=not new)
+
+    async def _relayed(self, msg: Incoming) -> Verified | Rejection:
+        """The assertion a relayed record carries, verified with its principal's own key."""
+        token = signing.header_value(msg.headers, ASSERTION_HEADER)
+        if token is None:
+            return Rejection(Reason.NOT_PERMITTED, "a record signed by a resource service must "
+                             "carry the assertion of the principal it relays for")
+        found = self._identities().verify(token, msg.received_at)
+        if isinstance(found, Rejection) and found.code is Reason.UNKNOWN_KID:
+            await self.sync()  # registered a moment ago?
+            found = self._identities().verify(token, msg.received_at)
+        return found
+
+    def _identities(self) -> Identities:
+        s = self.settings
+        return Identities(self.operators, self.services, self.registry,
+                          max_life_s=s.api_assertion_max_life_s, leeway_s=s.signature_max_skew_s)
 
     async def _stranger(self, event: WireModel | None) -> Admitted | None:
         """A request in the name of an agent the registry does not know goes on to be denied by
@@ -203,6 +240,9 @@ class IdentityGate:
         operator = self.operators.get(kid)
         if operator is not None:
             return Principal(operator[0], "operator", kid), operator[1]
+        service = self.services.get(kid)
+        if service is not None:
+            return Principal(service[0], "service", kid), service[1]
         if offered is not None and offered.kid == kid:
             return Principal("", "agent", kid), offered  # the shell checks it registers itself
         owner = self.registry.owner_of(kid)
@@ -215,8 +255,8 @@ class IdentityGate:
             return Rejection(Reason.UNKNOWN_KID, f"no registered agent or operator key {kid}")
         return Principal(record.agent_id, "agent", kid), key.jwk
 
-    def _checks(self, msg: Incoming, event: WireModel | None, signer: Principal,
-                claims: EventClaims) -> Rejection | None:
+    def _binding(self, msg: Incoming, signer: Principal, claims: EventClaims) -> Rejection | None:
+        """The signature binds this very message, recently, and names its key's owner."""
         problem = check_binding(
             claims, signing.facts(msg.key, msg.value, msg.headers, msg.received_at),
             max_age_s=self.settings.signature_max_age_s,
@@ -224,7 +264,13 @@ class IdentityGate:
         if problem is None and claims.iss != (signer.id or claims.iss):
             problem = Rejection(Reason.TAMPERED, f"signature iss {claims.iss!r} is not the key's "
                                 f"owner {signer.id!r}")
-        if problem is None and signer.kind == "agent" and signer.id:
+        return problem
+
+    def _checks(self, msg: Incoming, event: WireModel | None,
+                signer: Principal) -> Rejection | None:
+        """The signer's key was usable when Kafka appended the event, and it may send it."""
+        problem = None
+        if signer.kind == "agent" and signer.id:
             record = self.registry.get(signer.id)
             key = find_key(record, signer.kid) if record is not None else None
             problem = key_usable(key, msg.received_at) if key is not None else None
@@ -233,9 +279,14 @@ class IdentityGate:
         return problem
 
     def _refusal(self, event: WireModel | None, signer: Principal | None) -> Rejection | None:
-        """Why an authentic agent still may not act (suspended, quarantined, model mismatch)."""
+        """Why an authentic agent still may not act (suspended, quarantined, model mismatch).
+
+        Whoever signed, an agent's own request is judged by the agent's standing; only an
+        operator acting *on* an agent (a revocation, a vote) needs no standing of the agent's.
+        """
         agent = claimed_agent(event)
-        if agent is None or (signer is not None and signer.kind == "operator"):
+        if agent is None or (signer is not None and signer.kind == "operator"
+                             and not is_agent_request(event)):
             return None
         record = self.registry.get(agent)
         if record is None:

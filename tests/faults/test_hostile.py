@@ -112,7 +112,13 @@ def test_10000_with_malformed_wrong_typed_and_oversized_messages(
     wait_until(lambda: len(dlq.records) >= 160, 60, "160 dead letters")
     after = worker_counters(settings.metrics_port)
     reasons = [dict(r.headers).get(topics.DLQ_REASON, b"").decode() for r in dlq.records]
-    audited = audit.events(AuditRecord, lambda a: a.kind == "message.dead_lettered")
+
+    def dead_letter_audits() -> list[AuditRecord]:
+        return audit.events(AuditRecord, lambda a: a.kind == "message.dead_lettered")
+
+    # The sealer copies each audit record after the dead letter is out: wait for it, then count.
+    wait_until(lambda: len(dead_letter_audits()) >= 160, 60, "160 dead letters audited")
+    audited = dead_letter_audits()
     figures.equal("good requests decided", len(decided()), len(good_ids))
     figures.equal("dead letters (bad JSON)", sum("not valid JSON" in r for r in reasons),
                   bad["json"])

@@ -49,7 +49,7 @@ from schemas.events import (
 from tests.support.enforcement import EXPORT, FREEZE, PII
 from tests.support.faults.poisons import KINDS, poisons
 from tests.support.faults.report import Figures
-from tests.support.identities import agent_client, api_settings, bearer
+from tests.support.identities import agent_client, api_settings, new_service
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -141,7 +141,8 @@ def _serve_every_topic(settings: Settings, r: Readers, agents: Callable[[str], s
     _serve_namespace_topics(settings, r, victim, figures, phase)
     check = {"agent_id": victim, "scope": FREEZE, "resource": "acct-1",
              "consistency_token": decided[0].consistency_token}
-    assert r.api.post("/v1/check", json=check, headers=bearer("svc")).json()["allowed"]
+    checker = new_service(settings, "poison-check")
+    assert r.api.post("/v1/check", json=check, auth=checker).json()["allowed"]
     _revoke_and_ack(settings, r, fresh, figures, phase)
     _vote_and_rotate(settings, r, victim, figures, phase)
 

@@ -1,6 +1,7 @@
 """Test identities: pool agents get their own keys and are registered by an operator on first use.
 
-Also the API credentials of the HTTP tests (an agent, a service and an operator token).
+Also the API credentials of the HTTP tests: assertions signed by an agent's, a service's or an
+operator's own key, minted per request.
 Imports broker and schemas. The harness signs what it publishes with the key of the agent the
 message is keyed by (as that agent would), so the suite runs with signature checks on.
 """
@@ -8,13 +9,16 @@ message is keyed by (as that agent would), so the suite runs with signature chec
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+import httpx
 
-from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.crypto.assertions import mint
+from broker.adapters.crypto.jose import SigningKey
+from broker.adapters.crypto.keystore import AgentKeyStore, add_operator, load_operator
+from broker.adapters.crypto.service_key import register_service
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.jwks import JwksView
@@ -115,15 +119,50 @@ def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str,
 
 
 def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
-    """The test settings plus API credentials for one agent, a service and an operator; on
-    Kafka the API is the api role's user."""
+    """The test settings for an API process serving ``agent``'s tests; on Kafka the API is the
+    api role's user."""
     return role_settings(settings, topics.API).model_copy(update={
-        "api_operator_token": SecretStr("op-secret"), "api_service_token": SecretStr("svc"),
-        "api_agent_tokens": {agent: SecretStr("agent-secret"), "someone-else": SecretStr("x")},
         "enforcement_point": f"api-{agent}", "view_staleness_bound_s": 5.0, **changes,
     })
 
 
-def bearer(token: str) -> dict[str, str]:
-    """The Authorization header of an API call with ``token``."""
-    return {"Authorization": f"Bearer {token}"}
+class Assertions(httpx.Auth):
+    """Signs every request with a fresh assertion for its method and path (what a client of
+    the HTTP API does with its own key): httpx and Starlette's TestClient take it as ``auth``."""
+
+    def __init__(self, principal: str, key: SigningKey) -> None:
+        self.principal = principal
+        self.key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = "Bearer " + self.header_value(
+            request.method, request.url.path)
+        yield request
+
+    def header_value(self, method: str, path: str) -> str:
+        """An assertion for one call."""
+        return mint(self.key, self.principal, method, path)
+
+
+def operator_auth(settings: Settings) -> Assertions:
+    """The test operator (the key ``ensure_identity_files`` created)."""
+    return Assertions(*load_operator(settings.key_path("operator")))
+
+
+def agent_auth(settings: Settings, agent: str) -> Assertions:
+    """An agent, with its current key from the test key store."""
+    return Assertions(agent, AgentKeyStore.from_settings(settings).load(agent).current)
+
+
+def new_service(settings: Settings, name: str) -> Assertions:
+    """A resource service with a fresh key, trusted through the services file."""
+    key = SigningKey.generate()
+    register_service(settings, name, key.jwk)
+    return Assertions(f"service:{name}", key)
+
+
+def new_operator(settings: Settings, name: str) -> Assertions:
+    """Another operator with a fresh key, trusted through the operators file."""
+    key = SigningKey.generate()
+    add_operator(settings.key_path("operators"), f"operator:{name}", key.jwk)
+    return Assertions(f"operator:{name}", key)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from broker.adapters.crypto.assertions import Identities, Verified
+from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.trust import ServiceDirectory
+from broker.adapters.kafka.registry_view import Registry
 from broker.cli.main import app
 
 runner = CliRunner()
@@ -88,3 +93,29 @@ def test_services_keygen_register_list_and_an_open_services_file_is_refused(
     refused = runner.invoke(app, ["services", "list"], env=env)
     assert refused.exit_code != 0 and "writable by others" in refused.output
     assert f"chmod 600 {services}" in refused.output.replace("\n", "")
+
+
+def test_keys_add_an_operator_and_mint_its_assertions(tmp_path: Path) -> None:
+    """keys add-operator writes a 0600 key and trusts it; keys assertion signs a call with it
+    that the API's verifier accepts for that call only."""
+    env = {"PERMBROKER_STACK_DIR": str(tmp_path)}
+    key_file = tmp_path / "bob.json"
+    added = runner.invoke(app, ["keys", "add-operator", "bob", "--key-file", str(key_file)],
+                          env=env)
+    assert added.exit_code == 0, added.output
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "operators.json").stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["keys", "add-operator", "bob", "--key-file", str(key_file)],
+                          env=env)
+    assert again.exit_code != 0 and "exists already" in again.output
+    minted = runner.invoke(app, ["keys", "assertion", "GET", "/v1/operator/revocations"],
+                           env={**env, "PERMBROKER_OPERATOR_KEY_FILE": str(key_file)})
+    assert minted.exit_code == 0, minted.output
+    ids = Identities(OperatorDirectory(tmp_path / "keys" / "operators.json"),
+                     ServiceDirectory(tmp_path / "keys" / "services.json"), Registry(),
+                     max_life_s=120, leeway_s=5)
+    found = ids.verify(minted.stdout.strip(), datetime.now(UTC),
+                       ("GET", "/v1/operator/revocations"))
+    assert isinstance(found, Verified) and found.principal.id == "operator:bob"
+    other = ids.verify(minted.stdout.strip(), datetime.now(UTC), ("GET", "/v1/check"))
+    assert not isinstance(other, Verified)

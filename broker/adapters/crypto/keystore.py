@@ -73,7 +73,7 @@ def _time(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
-# --- operators ------------------------------------------------------------------------------
+# --- operators -----------------------------------------------------------------
 
 def operator_name() -> str:
     """The default operator principal: ``operator:<login name>``."""
@@ -84,13 +84,17 @@ def operator_name() -> str:
     return OPERATOR_PREFIX + (re.sub(r"[^A-Za-z0-9._@-]", "-", user) or "operator")
 
 
+def _load_key(path: Path, prefix: str, what: str) -> tuple[str, SigningKey]:
+    data = read_private(path, what)
+    principal = data.get("principal")
+    if not isinstance(principal, str) or not principal.startswith(prefix):
+        raise KeyFileError(f"{what} {path} names no principal {prefix}<name>")
+    return principal, SigningKey.from_pem(str(data.get("private_key_pem", "")))
+
+
 def load_operator(path: Path) -> tuple[str, SigningKey]:
     """The operator principal and key in ``path`` (the CLI signs operator commands with it)."""
-    data = read_private(path, "operator key")
-    principal = data.get("principal")
-    if not isinstance(principal, str) or not principal.startswith(OPERATOR_PREFIX):
-        raise KeyFileError(f"operator key {path} names no principal operator:<name>")
-    return principal, SigningKey.from_pem(str(data.get("private_key_pem", "")))
+    return _load_key(path, OPERATOR_PREFIX, "operator key")
 
 
 def load_operators(path: Path) -> Principals:
@@ -107,7 +111,18 @@ class OperatorDirectory(KeyDirectory):
 
 def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
     """Trust an operator key (the file holds no secret, but is written 0600: it decides trust)."""
+    if not principal.startswith(OPERATOR_PREFIX):
+        raise KeyFileError(f"an operator principal is {OPERATOR_PREFIX}<name>, not {principal!r}")
     add_principal(path, principal, jwk, OPERATORS_FILE)
+
+
+def new_principal_key(path: Path, principal: str) -> SigningKey:
+    """Generate a key for ``principal`` into ``path`` (0600); refuses to overwrite one."""
+    if path.exists():
+        raise KeyFileError(f"{path} exists already; delete it first to replace the key it holds")
+    key = SigningKey.generate()
+    write_private(path, {"principal": principal, "private_key_pem": key.to_pem()})
+    return key
 
 
 # --- agents ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Every call here blocks; never call it from inside a faust agent.
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -60,6 +61,13 @@ class Publisher:
         self._producer = Producer({**producer_config(kafka), "error_cb": self._on_error})
         self._source = source
         self._signer = signer  # adds the sender's ce_signature to every message it publishes
+
+    def signing_with(self, signer: Callable[[Encoded], Encoded]) -> Publisher:
+        """This publisher (the same producer) signing with ``signer`` instead: the HTTP API
+        relays each call with the assertion of the principal it relays for."""
+        clone = copy.copy(self)
+        clone._signer = signer
+        return clone
 
     def publish(self, topic: str, event: WireModel, *, timeout: float = 10.0) -> None:
         """Produce one event and block until Kafka acknowledged it (or raise BusError)."""

@@ -1,4 +1,6 @@
-"""Redis state of the identity checks: signature nonces, last activity. Imports redis, keys.
+"""Redis state of the identity checks: signature nonces, spent API assertions, last activity.
+
+Imports redis, keys.
 
 Also imports errors. A nonce key records the Kafka origin (topic/partition/offset) of the first
 message that carried a signature: the same origin again is a redelivery (fine), another origin
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import redis
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, translated
 
 LAST_ACTED_LIFE = timedelta(days=30)
 
@@ -74,3 +77,16 @@ class IdentityStore:
         raw = await call(self._r.hgetall(keys.LAST_ACTED))
         return {k.decode(): datetime.fromtimestamp(int(v) / 1000, tz=UTC)
                 for k, v in raw.items()}
+
+
+class SpentAssertions:
+    """API assertions the HTTP API acted on, each usable once (a blocking client: the API's
+    request threads). Only a verified principal's assertion is ever written here."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    def spend(self, principal: str, jti: str, until: datetime) -> bool:
+        """Record the assertion's use; False when it was used before (StoreUnavailable)."""
+        with translated("spend an API assertion"):
+            return bool(self._r.set(keys.spent(principal, jti), b"1", nx=True, pxat=_ms(until)))

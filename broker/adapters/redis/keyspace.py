@@ -116,6 +116,11 @@ def nonce(principal: str, jti: str) -> str:
     return f"{PREFIX}:{{{principal}}}:nonce:{jti}"
 
 
+def spent(principal: str, jti: str) -> str:
+    """An API assertion the HTTP API acted on (used once); lives until it expires."""
+    return f"{PREFIX}:{{{principal}}}:spent:{jti}"
+
+
 # Usage budgets: counters of one grant, and what an exhaustion revoked.
 def budget(agent_id: str, grant_id: str) -> str:
     """Hash of one grant's budgets: ``left:<scope>`` uses left, ``use:<use id>`` what each use

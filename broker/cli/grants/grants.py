@@ -107,15 +107,15 @@ def grants_show(
 def grants_revoke(
     agent: Annotated[str, typer.Option(help="Revoke every grant of this agent.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit).")],
-    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
-        "USER", "operator"
-    ),
 ) -> None:
-    """Revoke all grants of an agent (published as an operator risk signal; workers apply it)."""
+    """Revoke all grants of an agent (published as an operator risk signal; workers apply it).
+
+    Signed with this operator's key: the audit names the operator that key belongs to.
+    """
     settings = cli_settings()
     try:  # signed with the operator key: agent credentials cannot revoke another agent
         with OperatorClient(settings, cli_kafka()) as op:
-            signal = op.revoke_grants(agent, reason=reason, on_behalf=operator)
+            signal = op.revoke_grants(agent, reason=reason)
     except BrokerError as exc:
         raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc

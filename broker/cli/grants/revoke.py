@@ -7,12 +7,12 @@ exactly that set in one operator-signed, audited operation and prints what the w
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from broker.adapters.crypto.keystore import load_operator
 from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
@@ -34,8 +34,6 @@ def revoke(
     label: Annotated[list[str] | None, typer.Option(help="key=value (repeatable).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why (recorded in the audit).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, revoke nothing.")] = False,
-    operator: Annotated[str, typer.Option(help="Who is revoking.")] = os.environ.get(
-        "USER", "operator"),
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke every agent a selector names (all criteria must hold); --dry-run lists them."""
@@ -55,8 +53,9 @@ def revoke(
             if dry_run:
                 _show(plan(settings, cli_kafka(), selector, trust), as_json, dry=True)
                 return
+            principal, _key = load_operator(settings.key_path("operator"))
             done = revoke_selected(settings, cli_kafka(), selector, reason or "",
-                                   operator=operator, trust=trust,
+                                   operator=principal.split(":", 1)[1], trust=trust,
                                    timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
         raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "

@@ -111,8 +111,5 @@ def api(
     from broker.api.app import create_app
 
     settings = cli_settings()
-    if settings.api_operator_token is None:
-        err.print("[yellow]PERMBROKER_API_OPERATOR_TOKEN is not set: operator endpoints answer "
-                  "503[/]")
     uvicorn.run(create_app(settings), host=host or settings.api_host,
                 port=port or settings.api_port, log_level="info")

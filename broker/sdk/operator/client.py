@@ -234,12 +234,10 @@ class OperatorClient:
         self._publisher.publish(topics.RISK.name, signal)
         return signal
 
-    def revoke_grants(self, agent_id: str, *, reason: str,
-                      on_behalf: str | None = None) -> RiskObserved:
+    def revoke_grants(self, agent_id: str, *, reason: str) -> RiskObserved:
         """Revoke every grant of an agent (an operator revocation signal, signed by this
-        operator's key; ``on_behalf`` names the person in the signal's source)."""
-        name = on_behalf or self.principal.split(":", 1)[1]
-        signal = operator_signal(agent_id, reason, name)
+        operator's key: the audit names this operator)."""
+        signal = operator_signal(agent_id, reason, self.principal.split(":", 1)[1])
         self._publisher.publish(topics.RISK.name, signal)
         return signal
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Trust
 from broker.adapters.kafka.registry_view import read_registry
 from broker.adapters.redis.store import RedisGrantStore
@@ -100,13 +101,18 @@ def operation_audit(op_id: str, selection: Selection, reason: str, operator: str
 
 
 def revoke_selected(settings: Settings, kafka: KafkaAccess, selector: Selector, reason: str, *,
-                    operator: str, trust: Trust, timeout: float = 60.0) -> SelectorRevocation:
-    """Revoke every agent ``selector`` names; returns once workers applied each revocation."""
+                    operator: str, trust: Trust, timeout: float = 60.0,
+                    publisher: Publisher | None = None) -> SelectorRevocation:
+    """Revoke every agent ``selector`` names; returns once workers applied each revocation.
+
+    ``publisher`` signs for ``operator`` (default: this operator's key; the HTTP API passes one
+    that relays the calling operator's assertion).
+    """
     selection = plan(settings, kafka, selector, trust)
     op_id = f"sel-{uuid.uuid4()}"
     if not selection.targets:
         return SelectorRevocation(op_id, selection, ())
-    publisher = operator_publisher(kafka, f"/operators/{operator}", settings)
+    publisher = publisher or operator_publisher(kafka, f"/operators/{operator}", settings)
     publisher.publish(topics.AUDIT_RAW.name, operation_audit(op_id, selection, reason, operator))
     detail = f"{reason} (selector {selector.describe()}; operation {op_id})"[:2000]
     signals = [operator_signal(t.agent_id, detail, operator) for t in selection.targets]

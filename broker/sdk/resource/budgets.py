@@ -2,9 +2,10 @@
 
 Imports adapters, core, sdk.enforce/grant_index, schemas.
 
-A use of a budgeted scope passes only if (1) the view allows it (``enforce.check``), (2) Redis
-counts it atomically against the grant's budget (``CONSUME``: refused at the limit, idempotent
-per ``use_id``, the counter expiring with the grant) and (3) the ``grant.used`` report reached
+A use of a budgeted scope passes only if (1) the view allows it to the agent the service
+identified (``enforce.check_agent``; a grant token is the default proof), (2) Redis counts it
+atomically against the grant's budget (``CONSUME``: refused at the limit, idempotent per
+``use_id``, the counter expiring with the grant) and (3) the ``grant.used`` report reached
 Kafka, where workers audit it and end the grant when its budget is used up. If Redis or Kafka
 cannot answer, the use is refused as *unavailable* (fail closed); retry with the same ``use_id``:
 a use counted before the failure is not counted twice. Scopes without a budget pass on (1) alone.
@@ -22,7 +23,7 @@ from broker.adapters.redis.budgets import BudgetCounter
 from broker.delivery.consistency import ConsistencyToken
 from broker.errors import BrokerError, StoreUnavailable
 from broker.grants.budgets import Use, exhausted_reason
-from broker.sdk.resource.enforce import Checker, check
+from broker.sdk.resource.enforce import Checker, check_agent
 from broker.sdk.resource.index import Verdict
 from schemas import topics
 from schemas.events import GrantIssued, GrantUsed
@@ -53,7 +54,7 @@ class BudgetMeter:
     def use(self, agent_id: str | None, scope: str, resource: str = "", *, use_id: str,
             at_least: ConsistencyToken | str | None = None) -> Verdict:
         """Check, count and report one use; an allowing verdict means: go ahead, once."""
-        verdict = check(self.view, agent_id, scope, resource, at_least=at_least)
+        verdict = check_agent(self.view, agent_id, scope, resource, at_least=at_least)
         grant = verdict.grant
         if not verdict.allowed or grant is None or scope not in grant.budgets:
             return verdict

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit.log import Stored
+from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.kafka.admin import admin_client
 from broker.adapters.redis import keyspace as keys
 from broker.audit.redact import hmac_value
@@ -258,14 +259,17 @@ def test_seeded_secrets_are_stored_as_hmacs_and_searchable(
 def test_operator_actions_are_audited(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
 ) -> None:
-    """`grants rebuild` and `grants revoke` by an operator each leave an audit record."""
+    """`grants rebuild` and `grants revoke` by an operator each leave an audit record; the
+    revocation names the operator whose key signed it."""
     agent, audit = agents("f"), tap(topics.AUDIT.name)
+    principal, _key = load_operator(settings.key_path("operator"))
     assert cli(settings, "grants", "rebuild", "--json").returncode == 0
-    assert cli(settings, "grants", "revoke", "--agent", agent, "--reason", "offboarding",
-               "--operator", "alice").returncode == 0
+    assert cli(settings, "grants", "revoke", "--agent", agent, "--reason", "offboarding"
+               ).returncode == 0
     rebuilt = audit.wait_for(AuditRecord, lambda r: r.kind == "operator.grants.rebuild")
     assert rebuilt[0].outcome == "rebuilt" and rebuilt[0].chain is not None
     revoked = audit.wait_for(AuditRecord, lambda r: r.kind == "risk.observed"
                              and r.agent_id == agent)[0]
     assert revoked.outcome == "revoked" and revoked.rules == ("operator-revoke",)
-    assert revoked.inputs["signal"]["source"] == "operator:alice"  # type: ignore[index]
+    assert revoked.inputs["signal"]["source"] == principal  # type: ignore[index]
+    assert revoked.inputs["signed_by"] == principal

@@ -33,7 +33,7 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
 from tests.support.audit import cli
-from tests.support.identities import api_settings, bearer
+from tests.support.identities import api_settings, operator_auth
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -111,15 +111,15 @@ def test_stats_through_the_cli_and_the_api(
     assert table.returncode == 0 and "per minute" in table.stdout and "Z (" in table.stdout
     missing = cli(settings, "agents", "stats", "nobody-here")
     assert missing.returncode == 1 and "no behaviour profile" in missing.stderr
+    op = operator_auth(settings)
     with TestClient(create_app(api_settings(settings, agent))) as api:
         path = f"/v1/operator/agents/{agent}/stats"
         assert api.get(path).status_code == 401
-        served = api.get(path, headers=bearer("op-secret")).json()
+        served = api.get(path, auth=op).json()
         assert served["totals"] == data["totals"] and served["first_seen"] == data["first_seen"]
-        assert api.get("/v1/operator/agents/nobody-here/stats",
-                       headers=bearer("op-secret")).status_code == 404
+        assert api.get("/v1/operator/agents/nobody-here/stats", auth=op).status_code == 404
         served_group = api.get("/v1/operator/classes/analytics-test/models/1.0/stats",
-                               headers=bearer("op-secret")).json()
+                               auth=op).json()
         assert served_group["windows"][-1]["requests"] >= after["windows"][-1]["requests"] - 3
 
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -30,7 +29,7 @@ from schemas.events import (
 )
 from tests.support.approval_policy import requester, verifier
 from tests.support.factories import fraud_request
-from tests.support.identities import Registrar, shared_trust
+from tests.support.identities import Registrar, operator_auth, shared_trust
 from tests.support.taps import Tap
 
 FREEZE, UNFREEZE, PII = ("payments:accounts.freeze", "payments:accounts.unfreeze",
@@ -255,16 +254,14 @@ def test_operators_approve_through_the_cli_and_the_api_counting_once(
                                      agent, "--reason", "looked at it"], env=env)
     assert voted.exit_code == 0, voted.output
     _vote_audited(audit, request.request_id, "counted")
-    api_settings = role_settings(settings, topics.API).model_copy(
-        update={"api_operator_token": SecretStr("op-secret")})
-    with TestClient(create_app(api_settings)) as api:
-        op = {"Authorization": "Bearer op-secret"}
-        rows = api.get("/v1/operator/approvals", params={"agent": agent}, headers=op).json()
+    op = operator_auth(settings)  # the operator who voted through the CLI
+    with TestClient(create_app(role_settings(settings, topics.API))) as api:
+        rows = api.get("/v1/operator/approvals", params={"agent": agent}, auth=op).json()
         assert list(rows[0]["votes"].values()) == ["approve"]
         assert api.post(f"/v1/operator/approvals/{agent}/{request.request_id}/approve",
-                        json={}, headers={}).status_code in (401, 403)
+                        json={}).status_code == 401
         again = api.post(f"/v1/operator/approvals/{agent}/{request.request_id}/approve",
-                         json={"reason": "me again"}, headers=op)
+                         json={"reason": "me again"}, auth=op)
         assert again.status_code == 200, again.text
     _vote_audited(audit, request.request_id, "duplicate")
     assert not decisions.events(EscalationDecided, lambda d: d.request_id == request.request_id)

@@ -19,7 +19,14 @@ from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import GrantRevoked, ModelInfo
 from tests.support.enforcement import FREEZE
-from tests.support.identities import Registrar, agent_client, api_settings, bearer, shared_trust
+from tests.support.identities import (
+    Registrar,
+    agent_client,
+    api_settings,
+    new_service,
+    operator_auth,
+    shared_trust,
+)
 from tests.support.taps import Tap
 
 pytestmark = pytest.mark.integration
@@ -80,8 +87,7 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
         by_label = _cli(settings, "--label", f"suite={run_id}", "--model-version", old,
                         "--dry-run")
         assert {a["agent_id"] for a in by_label["agents"]} == set(on_old)  # type: ignore[attr-defined]
-        real = _cli(settings, "--model-version", new, "--reason", "model recalled",
-                    "--operator", "tests")
+        real = _cli(settings, "--model-version", new, "--reason", "model recalled")
         assert real["revoked_grant_ids"] == dry["grant_ids"]
         assert {a["agent_id"] for a in real["agents"]} == set(on_new)  # type: ignore[attr-defined]
         for agent in on_new:
@@ -99,14 +105,14 @@ def test_revoke_by_model_version_revokes_exactly_the_grants_of_that_version(
 
 def _api_agrees(settings: Settings, agent: str, version: str, grant_ids: list[str]) -> None:
     """POST /v1/operator/revoke as a dry run lists the same grants; bad calls are refused."""
+    op, svc = operator_auth(settings), new_service(settings, f"selector-{agent}")
     with TestClient(create_app(api_settings(settings, agent))) as api:
         path = "/v1/operator/revoke"
         body = {"model_version": version, "dry_run": True}
-        assert api.post(path, json=body, headers=bearer("svc")).status_code == 403
-        assert api.post(path, json={"dry_run": True},
-                        headers=bearer("op-secret")).status_code == 422
+        assert api.post(path, json=body, auth=svc).status_code == 403
+        assert api.post(path, json={"dry_run": True}, auth=op).status_code == 422
         assert api.post(path, json={**body, "dry_run": False},
-                        headers=bearer("op-secret")).status_code == 422  # no reason
-        listed = api.post(path, json=body, headers=bearer("op-secret"))
+                        auth=op).status_code == 422  # no reason
+        listed = api.post(path, json=body, auth=op)
         assert listed.status_code == 200, listed.text
         assert listed.json()["grant_ids"] == grant_ids and listed.json()["dry_run"] is True

@@ -48,7 +48,13 @@ from schemas.events import (
 )
 from schemas.signing import GRANT_TOKEN_TYPE
 from tests.support.enforcement import FREEZE
-from tests.support.identities import agent_client, api_settings, bearer, shared_trust
+from tests.support.identities import (
+    agent_client,
+    api_settings,
+    new_service,
+    operator_auth,
+    shared_trust,
+)
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
@@ -137,7 +143,7 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
         with GrantView(service, trust=keys.trust, topic=topics.GRANTS_PAYMENTS.name) as view, \
                 TestClient(create_app(api_settings(settings, agent))) as api:
             assert view.wait_ready(30) and keys.sync(10)
-            _the_view_and_the_api_refuse(view, api, agent, forged)
+            _the_view_and_the_api_refuse(settings, view, api, agent, forged)
             _the_legitimate_agent_is_served(settings, view, keys, agent, attacker, forged)
         _the_cli_readers_refuse(settings, keys, agent, forged, since)
         _each_refusal_is_counted_with_its_origin(keys, forged)
@@ -146,17 +152,17 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
         keys.close()
 
 
-def _the_view_and_the_api_refuse(view: GrantView, api: TestClient, agent: str,
-                                 forged: dict[str, str]) -> None:
+def _the_view_and_the_api_refuse(settings: Settings, view: GrantView, api: TestClient,
+                                 agent: str, forged: dict[str, str]) -> None:
     assert not view.allows(agent, CLOSE, "acct-1").allowed
     assert view.grant_state(agent, forged["grant"]) == "unknown"
     wait_until(lambda: api.get("/readyz").status_code == 200, 30, "the API to be ready")
     check = api.post("/v1/check", json={"agent_id": agent, "scope": CLOSE, "resource": "acct-1"},
-                     headers=bearer("svc")).json()
+                     auth=new_service(settings, "payments-check")).json()
     assert not check["allowed"], check
     served = api.get("/.well-known/jwks.json").json()["keys"]
     assert forged["kid"] not in {k["kid"] for k in served}
-    status = api.get("/v1/operator/revocations", headers=bearer("op-secret")).json()
+    status = api.get("/v1/operator/revocations", auth=operator_auth(settings)).json()
     assert forged["point"] not in {p["name"] for p in status["enforcement_points"]}
     ready = api.get("/readyz").json()["refused_records"]
     assert ready["total"] >= 4 and all("/" in r["origin"] for r in ready["recent"])

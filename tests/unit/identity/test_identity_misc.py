@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.crypto.directory import read_anchor, read_public
+from broker.adapters.crypto.directory import (
+    Principals,
+    add_principal,
+    load_principals,
+    read_anchor,
+    read_public,
+)
+from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.keystore import (
     AgentKeyStore,
+    add_operator,
     ensure_identity_files,
     load_operator,
+    load_operators,
     read_keyring,
 )
+from broker.adapters.crypto.trust import SERVICES_FILE
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.inventory import inventory_rows
@@ -28,6 +38,7 @@ from schemas.events import (
     ModelInfo,
     PublicJwk,
 )
+from schemas.signing import SERVICE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
@@ -70,6 +81,33 @@ def test_key_files_are_private_and_an_open_one_is_refused(
         store.generate("fraud-1")
     with pytest.raises(KeyFileError, match="agents keygen --agent nobody"):
         store.load("nobody")
+
+
+def test_a_trust_file_others_may_write_is_refused_naming_it_and_its_mode(
+    tmp_path: Path,
+) -> None:
+    """operators.json and services.json decide whom the broker trusts: group- or
+    world-writable, they are refused with the file, its mode and the fix."""
+    operators, services = tmp_path / "operators.json", tmp_path / "services.json"
+    key = SigningKey.generate()
+    add_operator(operators, "operator:alice", key.jwk)
+    add_principal(services, "service:payments", key.jwk, SERVICES_FILE)
+
+    def load_services(path: Path) -> Principals:
+        return load_principals(path, SERVICE_PREFIX, SERVICES_FILE)
+
+    assert load_operators(operators)[key.kid][0] == "operator:alice"
+    assert load_services(services)[key.kid][0] == "service:payments"
+    os.chmod(operators, 0o644)  # readable by others is fine: public keys
+    assert key.kid in load_operators(operators)
+    for path, load, mode in ((operators, load_operators, 0o664), (services, load_services, 0o646)):
+        os.chmod(path, mode)
+        with pytest.raises(KeyFileError) as refused:
+            load(path)
+        assert str(path) in str(refused.value) and oct(mode) in str(refused.value)
+        assert "chmod 600" in str(refused.value)
+    with pytest.raises(KeyFileError, match="operator:<name>"):
+        add_operator(operators, "service:payments", key.jwk)
 
 
 def record(agent: str, owner: str, key_age: timedelta, status: str = "active") -> AgentRecord:

@@ -116,16 +116,19 @@ def test_suspended_or_quarantined_agent_may_not_act(status: str, code: Reason) -
 
 
 def test_an_agent_escalates_only_for_itself() -> None:
-    """B's key on A's request is another agent's key; an operator may relay it (the HTTP API)
-    but may not take a grant token in A's name."""
+    """B's key on A's request is another agent's key; an operator's or a service's key may
+    neither ask for A's grants nor take a grant token in A's name (the HTTP API relays A's own
+    assertion, judged as A)."""
     assert authorize_event(Principal(A, "agent", "k"), request()) is None
     foreign = authorize_event(Principal(B, "agent", "kb"), request())
     assert foreign is not None and foreign.code is Reason.FOREIGN_KEY
-    assert authorize_event(ALICE, request()) is None
     token = GrantCommand(command_id="c-1", agent_id=A, grant_id="g-1", action="token",
                          issued_at=NOW)
-    relayed = authorize_event(ALICE, token)
-    assert relayed is not None and relayed.code is Reason.NOT_PERMITTED
+    service = Principal("service:permbroker-api", "service", "kid-service-1")
+    for signer in (ALICE, service):
+        for event in (request(), token):
+            refused = authorize_event(signer, event)
+            assert refused is not None and refused.code is Reason.NOT_PERMITTED
 
 
 def test_risk_about_another_agent_or_an_operator_revoke_needs_an_operator() -> None:
