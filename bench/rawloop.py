@@ -1,6 +1,7 @@
 """The reference loop: consume -> decide -> Redis write, hand-written with the worker's clients.
 
-Imports aiokafka, redis.asyncio, broker.adapters.keys and broker.grants (id and key naming only).
+Imports aiokafka, redis.asyncio, broker.adapters.redis.keyspace and broker.grants (id and key
+naming only).
 
 ``python -m bench.rawloop BOOTSTRAP REDIS_URL IN_TOPIC OUT_TOPIC PARTITIONS``. It reads the same
 CloudEvents bytes the agent SDK writes, with the same Kafka client faust uses (aiokafka) and the

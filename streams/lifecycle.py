@@ -2,7 +2,7 @@
 
 Renewal and release requests arrive on the escalation topic (keyed by the agent, so in order
 with its requests); streams.escalations hands them here. Each is decided by the pure core
-(``broker.renewal``), stored once in Redis (a redelivery gets the recorded answer), then its
+(``broker.grants.renewal``), stored once in Redis (a redelivery gets the recorded answer), then its
 lifecycle event goes to the grant topics its routing names and its decision to the decision
 topic, with the consistency token of the lifecycle event. Like a decision, each attempt is
 audited on the raw audit topic before the Redis write (a failed audit write is retried: the

@@ -1,6 +1,6 @@
 """The settings of one CLI invocation, read once at its entry. Imports broker.config.
 
-``permbroker``'s root callback (and ``python -m broker.cli.stack``) reads the settings once and
+``permbroker``'s root callback (and ``python -m broker.cli.ops.stack``) reads the settings once and
 hands them to ``use_settings``; every command asks ``cli_settings()`` for them. (A context
 variable, not click's context object: Typer vendors its own click.)
 """

@@ -1,7 +1,7 @@
 """A local multi-broker Kafka cluster (KRaft, combined controller+broker nodes). Imports stdlib.
 
 Also imports broker.errors and the stack_kafka / stack_procs helpers. The single-broker stack
-(broker.adapters.stack) is unchanged; this is for tests and trials of replication: N JVMs on
+(broker.stack.local) is unchanged; this is for tests and trials of replication: N JVMs on
 loopback, each node a broker and one of N quorum voters, topics created by default with
 replication factor N and ``min.insync.replicas`` = N - 1, so a producer with acks=all keeps
 writing with one node down and an acknowledged write survives the loss of any one node.

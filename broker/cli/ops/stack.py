@@ -1,6 +1,7 @@
 """`permbroker stack up|down|status`: local stack CLI. Imports typer, rich, config, adapters.stack.
 
-Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli.stack up`.
+Mounted into the main CLI as `permbroker stack`; also runs alone:
+`python -m broker.cli.ops.stack up`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Enforcement helpers for resource services: ``check``, ``enforce``, an ASGI middleware.
 
 Imports core, sdk.grant_index and stdlib (no web framework: the FastAPI dependency lives in
-``broker.sdk.fastapi``). Every denial carries its reason. A denial because the view cannot
+broker.sdk.resource.fastapi_deps). Every denial carries its reason. A denial because the view cannot
 vouch for its freshness is *unavailable* (HTTP 503: retry later), any other is *forbidden* (403).
 
 Who the caller is comes from ``identify``; the default reads the ``X-Permbroker-Agent`` header,

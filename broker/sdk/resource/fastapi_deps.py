@@ -9,7 +9,7 @@
         ...
 
 The view comes from ``view=`` or ``request.app.state.grant_view``; the caller from ``identify``
-(default: the ``X-Permbroker-Agent`` header, see ``broker.sdk.enforce``); an
+(default: the ``X-Permbroker-Agent`` header, see ``broker.sdk.resource.enforce``); an
 ``X-Permbroker-Consistency`` header is passed on as ``at_least``. A denial is an HTTP 403 (503
 when the view cannot vouch for its freshness) whose JSON detail and ``X-Permbroker-Deny-Reason``
 header carry the reason.

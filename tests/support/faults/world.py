@@ -2,8 +2,8 @@
 
 Imports broker, streams, schemas, tests. No Kafka in the loop: ``publish`` captures every event
 the worker code emits (in order, per topic), so the grant events can be folded by the product's
-own rebuild (``broker.adapters.rebuild``). Time is Redis's real clock (the one that expires the
-keys); the model moves it forward only by waiting, bounded, for a grant's expiry to pass.
+own rebuild (``broker.adapters.kafka.rebuild``). Time is Redis's real clock (the one that expires
+the keys); the model moves it forward only by waiting, bounded, for a grant's expiry to pass.
 """
 
 from __future__ import annotations
