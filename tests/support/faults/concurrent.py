@@ -159,6 +159,7 @@ def _lifecycle(self: BrokerModel, b: Burst, decisions: list[WireModel]) -> None:
     """Renewals and releases, in lane order: each answered once, and rightly."""
     released: set[str] = set()
     revoked = {e.msg.key for e in b.entries if e.signal and SIGNALS[e.signal] is not None}
+    after = self.world.redis_now()  # every answer was given by then
     for e in b.entries:
         if e.held is None or not isinstance(e.event, RenewalRequested | ReleaseRequested):
             continue
@@ -172,7 +173,7 @@ def _lifecycle(self: BrokerModel, b: Burst, decisions: list[WireModel]) -> None:
                 held.ended = held.ended or "released"
             else:
                 explained = (gid in released or e.msg.key in revoked
-                             or held.expires_at <= e.msg.received_at + GUARD)
+                             or held.expires_at <= after + GUARD)
                 assert explained, f"the agent could not release its own live grant {gid}"
             released.add(gid)
         elif answer.outcome == "renewed":
