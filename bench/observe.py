@@ -1,6 +1,6 @@
 """Observers with no polling: Redis keyspace notifications, the floor pipe, grant-view events.
 
-Imports redis, confluent-kafka (via broker.adapters.bus), broker, schemas.
+Imports redis, confluent-kafka (via broker.adapters.kafka.bus), broker, schemas.
 
 Every timestamp is ``time.perf_counter()`` taken in the observing thread the moment the event
 arrives, so the driver can publish and then wait on a condition with a deadline.

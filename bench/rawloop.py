@@ -1,6 +1,7 @@
 """The reference loop: consume -> decide -> Redis write, hand-written with the worker's clients.
 
-Imports aiokafka, redis.asyncio, broker.adapters.keys and broker.grants (id and key naming only).
+Imports aiokafka, redis.asyncio, broker.adapters.redis.keyspace and broker.grants (id and key
+naming only).
 
 ``python -m bench.rawloop REDIS_URL IN_TOPIC OUT_TOPIC PARTITIONS``, on the Kafka the
 ``PERMBROKER_KAFKA_*`` settings name, as the user they name (the worker's). It reads the same

@@ -3,7 +3,7 @@
 Imports broker, schemas, streams.worker.
 
 Resource services count uses atomically in Redis before they report them on the usage topic
-(``broker.sdk.budgets``). Here every report is audited, and a report of the last unit (or a
+(``broker.sdk.resource.budgets``). Here every report is audited, and a report of the last unit (or a
 refusal at the limit) ends the grant: ``REVOKE_EXHAUSTED`` removes it once per exhaustion, only
 if the store's own counter is at the limit (a forged report revokes nothing), then one
 ``grant.revoked`` with the reason is published and marked, so a redelivered report publishes

@@ -2,11 +2,12 @@
 
 Renewal and release requests arrive on the escalation topic (keyed by the agent, so in order
 with its requests); streams.escalations hands them here. Each is decided by the pure core
-(``broker.renewal``), stored once in Redis (a redelivery gets the recorded answer), then its
+(``broker.grants.renewal``), stored once in Redis (a redelivery gets the recorded answer), then its
 lifecycle event goes to the grant topics its routing names and its decision to the decision
-topic, with the consistency token of the lifecycle event. Like a decision, each attempt is
-audited on the raw audit topic before the Redis write (a failed audit write is retried: the
-partition waits, nothing is stored unaudited). The sweep announces
+topic, with the consistency token of the lifecycle event. Each is decided at the store's clock
+(Redis's: the one that expires the grant's key), as an escalation is. Like a decision, each
+attempt is audited on the raw audit topic before the Redis write (a failed audit write is retried:
+the partition waits, nothing is stored unaudited). The sweep announces
 ``grant.expiring`` before ``grant.expired`` (warnings first in every tick; a late warning still
 goes out while the grant has not been announced as expired); an expiry is announced once Redis's
 TTL ended the grant (``grant.expired`` to its namespaces' topics, audited).
@@ -15,7 +16,7 @@ TTL ended the grant (``grant.expired`` to its namespaces' topics, audited).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from broker.adapters.redis.lifecycle import LifecycleStore, recorded_release, recorded_renewal
 from broker.delivery.routing import namespaces_of
@@ -54,7 +55,7 @@ class Lifecycle:
     async def _renew(self, renewal: RenewalRequested, msg: Incoming) -> None:
         audited = await self._life.recorded("renewal", renewal.agent_id, renewal.request_id)
         for _attempt in range(3):
-            now = datetime.now(UTC)
+            now = await self.ctx.store.now()  # the clock the grant's key expires by
             grant = await self._life.live_grant(renewal.agent_id, renewal.grant_id, now)
             outcome = await self._decide_renewal(renewal, grant, msg.received_at, now)
             if not audited:  # audit first: nothing is stored unaudited
@@ -109,7 +110,7 @@ class Lifecycle:
     async def _release(self, release: ReleaseRequested, msg: Incoming) -> None:
         audited = await self._life.recorded("release", release.agent_id, release.request_id)
         for _attempt in range(3):
-            now = datetime.now(UTC)
+            now = await self.ctx.store.now()  # the clock the grant's key expires by
             grant = await self._life.live_grant(release.agent_id, release.grant_id, now)
             decision, _event, audit = decide_release(release, grant, now)
             if not audited:  # audit first: nothing is stored unaudited
@@ -139,7 +140,7 @@ class Lifecycle:
         """Announce due expiry warnings, then due expiries (so a warning always comes first)."""
         if not self.ctx.ready.is_set():
             return 0
-        due = await self._life.due_warnings(datetime.now(UTC))
+        due = await self._life.due_warnings(await self.ctx.store.now())
         live = [(d.event, d.namespaces) for d in due if d.event is not None]
         if live:
             await self.ctx.emit_grants(*live)

@@ -15,20 +15,26 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from broker.adapters.ports import NO_RISK_FENCE, Fence
 from broker.delivery.consistency import ConsistencyToken
 from broker.delivery.routing import namespaces_of
 from broker.errors import Fenced, WireError
 from broker.grants.decide import derive_id
-from broker.grants.revocation import lifecycle_audit, plan_revocation, revoked_events, risk_audit
+from broker.grants.revocation import (
+    LIVE_RISK,
+    lifecycle_audit,
+    plan_revocation,
+    revoked_events,
+    risk_audit,
+)
 from broker.policy import RiskAction
 from schemas.events import AGENT_ID_PATTERN, OPERATOR_REVOKE_KIND, RiskObserved
 from streams.worker import Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
-RISK_WINDOW = timedelta(minutes=10)
+RISK_WINDOW = LIVE_RISK
 
 
 class Risk:
@@ -97,6 +103,7 @@ class Risk:
         )
         revoked: tuple[str, ...] = ()
         token: ConsistencyToken | None = None
+        noted_until: datetime | None = None
         fence = await ctx.partition_fence(msg)
         hide = ctx.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
@@ -104,8 +111,10 @@ class Risk:
                 subject, signal.signal_id, action, now, fence, hide
             )
         elif subject:
-            await ctx.store.note_risk(subject, signal.severity, now + RISK_WINDOW)
-        audit = risk_audit(signal, action, revoked, now, signed_by=signer)
+            noted_until = now + RISK_WINDOW
+            await ctx.store.note_risk(subject, signal.severity, noted_until)
+        audit = risk_audit(signal, action, revoked, now, signed_by=signer,
+                           noted_until=noted_until)
         if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
             audit = audit.model_copy(
                 update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}

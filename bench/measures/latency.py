@@ -86,8 +86,9 @@ def escalate(rig: Rig, agent: str) -> tuple[float, float, str]:
     gkey, done = keys.grant(agent, gid), published(keys.decision(agent, req.request_id))
     rig.watch.watch(gkey, done)
     rig.seen.watch(f"grant:{gid}")
+    client = rig.client(agent)  # created (first use) before the clock starts
     t0 = time.perf_counter()
-    rig.client(agent).send(req)
+    client.send(req)
     t_redis = rig.watch.wait(gkey)
     t_view = rig.seen.wait(f"grant:{gid}")
     rig.watch.wait(done)  # the worker finished the request (published everything)
@@ -113,8 +114,9 @@ def raw_round(rig: Rig, n: int) -> list[float]:
         req = fraud_request(agent)
         gkey = keys.grant(agent, derive_id("grant", req.request_id, agent))
         rig.watch.watch(gkey)
+        publisher = rig.publisher(agent)  # created (first use) before the clock starts
         t0 = time.perf_counter()
-        rig.publisher(agent).publish(env.RAW_IN.name, req)
+        publisher.publish(env.RAW_IN.name, req)
         out.append(ms_since(t0, rig.watch.wait(gkey)))
         time.sleep(GAP_S)
     return out
@@ -140,7 +142,8 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     """Grant a fresh agent, revoke it by a risk signal; ms to the first denied view check.
 
     Returns (first denied check, view applied the revocation). Afterwards probes the view 50
-    more times: any allow there is a false allow (a revocation must never be undone).
+    more times. Every check that began once the view had applied the revocation counts: any
+    allow among them is a false allow (a revocation must never be undone).
     """
     victim = env.agent_id("rev", rig.next_victim)
     rig.next_victim += 1
@@ -148,22 +151,37 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     if not rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
         raise RuntimeError(f"the view does not allow {victim}'s fresh grant")
     rig.seen.watch(f"revoked:{victim}")
+    checks: list[tuple[float, bool]] = []  # (perf_counter at the start, allowed)
+
+    def check() -> bool:
+        started = time.perf_counter()
+        allowed = rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed
+        checks.append((started, allowed))
+        return allowed
+
     t0 = time.perf_counter()
     monitor.report_risk(kind="behaviour_anomaly", severity=0.95, subject_agent_id=victim,
                         detail="bench: out of pattern")
     deadline = t0 + 30
-    while rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
+    while check():
         if time.perf_counter() > deadline:
             raise RuntimeError(f"revocation of {victim} never reached the view")
         time.sleep(0.0001)
     t_denied = time.perf_counter()
     t_applied = rig.seen.wait(f"revoked:{victim}")
     for _ in range(50):
-        rig.checks_after += 1
-        if rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
-            rig.false_allows += 1
+        check()
         time.sleep(0.0001)
+    made, allowed = after_applied(checks, t_applied)
+    rig.checks_after += made
+    rig.false_allows += allowed
     return ms_since(t0, t_denied), ms_since(t0, t_applied)
+
+
+def after_applied(checks: list[tuple[float, bool]], applied_at: float) -> tuple[int, int]:
+    """(checks that began at or after ``applied_at``, how many of them allowed)."""
+    late = [allowed for started, allowed in checks if started >= applied_at]
+    return len(late), sum(late)
 
 
 def revoke_round(rig: Rig, monitor: OperatorClient, n: int) -> tuple[list[float], list[float]]:

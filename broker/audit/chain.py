@@ -1,7 +1,7 @@
 """The audit hash chain (pure): canonical bytes, entry hashes, sealed records and digests.
 
 Imports schemas and stdlib only; signing is passed in as a callable (the keys live in
-``broker.adapters.audit_keys``); ``broker.audit.verify`` checks chains.
+``broker.adapters.audit.keys``); ``broker.audit.verify`` checks chains.
 
 Each partition of the audit topic is one chain. An entry (an ``AuditRecord``) carries
 ``chain = {partition, seq, prev_hash, hash, raw_offset, sealed_at}``; ``hash`` = sha256 of the

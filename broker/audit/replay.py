@@ -4,7 +4,7 @@ Imports schemas, broker.grants, broker.policy and stdlib. Nothing here writes an
 and what-if read audit records and return values.
 
 A request may have several ``escalation.decided`` records (each attempt is audited before its
-commit; see ``broker.grants.decision_audit``); the last one of the newest partition owner (fence
+commit; see ``broker.grants.decide``); the last one of the newest partition owner (fence
 epoch) is the one that took effect. A record is *reproducible* when it carries the inputs
 (request, profile, state, risk, times); running ``Policy.evaluate`` and ``decide`` on them with
 the recorded revision gives back the recorded decision, field for field, or the difference is

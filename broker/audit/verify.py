@@ -1,7 +1,7 @@
 """Verifying audit hash chains (pure): name the entry where a chain breaks, and raw gaps.
 
 Imports broker.audit.chain, schemas and stdlib; signature checks are passed in (see
-``broker.adapters.audit_keys.signature_check``).
+``broker.adapters.audit.keys.signature_check``).
 
 Entries of one partition are walked in offset order. Each break is reported once, at the entry
 that shows it: bytes that are not the canonical form the sealer wrote or do not match their hash

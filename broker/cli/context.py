@@ -1,6 +1,6 @@
 """The settings of one CLI invocation, read once at its entry. Imports broker.config, kafka access.
 
-Also imports the JWKS view. ``permbroker``'s root callback (and ``python -m broker.cli.stack``)
+Also imports the JWKS view. ``permbroker``'s root callback (and ``python -m broker.cli.ops.stack``)
 reads the settings once and hands them to ``use_settings``; every command asks ``cli_settings()``
 for them, and ``cli_kafka()`` for the Kafka access they describe (built on first use, so commands
 that never touch Kafka never trip over its settings). (Context variables, not click's context

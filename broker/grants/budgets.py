@@ -1,7 +1,7 @@
 """Usage budgets, the pure part: what a counted use means, reasons, revocation events, audits.
 
 Imports broker.grants and schemas; no I/O, time passed in. The counting itself is atomic in
-Redis (``broker.adapters.budget_store``); this module names the results and builds the events.
+Redis (``broker.adapters.redis.budgets``); this module names the results and builds the events.
 """
 
 from __future__ import annotations

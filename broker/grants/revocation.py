@@ -2,6 +2,8 @@
 
 Imports schemas, broker.grants.decide and broker.policy; ``now`` is always an argument. A
 revocation's markers outlive the longest grant it could cancel (a revocation is never undone).
+A signal that does not revoke raises the agent's live risk for ``LIVE_RISK``; its audit record
+says until when (``noted_until``), so a rebuilt view gets the live risk back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from schemas.events import (
     GrantRevoked,
     RiskObserved,
 )
+
+LIVE_RISK = timedelta(minutes=10)  # how long a non-revoking signal raises the agent's risk
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,10 @@ def revoked_events(
 
 def risk_audit(
     signal: RiskObserved, action: RiskAction, revoked_ids: tuple[str, ...], now: datetime, *,
-    signed_by: str | None = None,
+    signed_by: str | None = None, noted_until: datetime | None = None,
 ) -> AuditRecord:
     """The audit record of one risk signal and what it did (``signed_by``: the verified
-    principal whose key signed it)."""
+    principal whose key signed it; ``noted_until``: the live risk it raised lasts until then)."""
     return AuditRecord(
         audit_id=derive_id("audit-risk", signal.signal_id, signal.subject_agent_id or ""),
         kind="risk.observed",
@@ -108,6 +112,7 @@ def risk_audit(
             "quarantine_s": action.quarantine_s,
             "now": now.isoformat(),
             "signed_by": signed_by,
+            **({"noted_until": noted_until.isoformat()} if noted_until else {}),
         },
     )
 

@@ -393,7 +393,7 @@ def down(settings: Settings, *, wipe: bool = False, timeout: float = 30.0) -> li
 
 
 def main(argv: list[str]) -> int:
-    """`python -m broker.adapters.stack ensure-tools` (used by `make deps`)."""
+    """`python -m broker.stack.local ensure-tools` (used by `make deps`)."""
     if argv != ["ensure-tools"]:
         print("usage: python -m broker.adapters.stack ensure-tools", file=sys.stderr)
         return 2

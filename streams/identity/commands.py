@@ -3,8 +3,8 @@
 ``open`` loads the registry from Kafka and the broker keyring from its file, then opens the gate.
 
 Registry commands (``permbroker.registry``) are verified by the identity gate, turned into the
-next agent record by the pure ``broker.registry`` and published to the compacted agents topic
-(Kafka is the record), with their effects: a suspension or key revocation revokes every grant,
+next agent record by the pure ``broker.identity.registry`` and published to the compacted agents
+topic (Kafka is the record), with their effects: a suspension or key revocation revokes every grant,
 a model change is judged by the policy's revocation rules. A grant command lets an agent obtain
 a short-lived token for one of its own grants (encrypted to the key it sent). Every command
 gets an answer on the decisions topic and an audit record. (Releasing and renewing a grant are

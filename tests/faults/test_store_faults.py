@@ -25,6 +25,7 @@ from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
 from tests.support.factories import anomaly, fraud_request
 from tests.support.faults import private
+from tests.support.faults.exposure import Exposure
 from tests.support.faults.report import Figures
 from tests.support.identities import shared_trust
 from tests.support.taps import Tap
@@ -183,72 +184,114 @@ def test_redis_killed_mid_burst_denies_then_rebuilds_and_no_revoked_grant_return
 
 
 VIEW_BOUND_S = 5.0
+PROBE_S = 0.5  # the view's probe interval (GrantView's default, passed explicitly)
+FREEZE = "payments:accounts.freeze"
 
 
 def _view_checks(view: GrantView, agents: tuple[str, ...]) -> list[Verdict]:
-    return [view.allows(a, "payments:accounts.freeze", "acct-1") for a in agents]
+    return [view.allows(a, FREEZE, "acct-1") for a in agents]
+
+
+def _both(view: GrantView, exposure: Exposure, bystander: str) -> tuple[Verdict, Verdict]:
+    """One check of the revoked agent (through ``exposure``) and one of the bystander."""
+    return exposure.check(view), view.allows(bystander, FREEZE, "acct-1")
 
 
 @pytest.mark.criterion("4")
 def test_redis_killed_resource_view_denies_while_a_revocation_waits_then_recovers(
     private_stack: Private, agents: Callable[[str], str], figures: Figures,
 ) -> None:
-    """Resource side: Redis down and a revocation pending, the view denies every elevated check
-    within its bound; after the restart the revocation lands before anything is allowed again."""
+    """Resource side: Redis down and a revocation pending, the revoked agent is allowed for at
+    most the staleness bound plus one probe interval; every check after the view applied the
+    revocation denies it; the bystander is allowed again once Redis is back."""
     settings, _worker = private_stack
     publisher = private.publisher(settings, "/tests/view-redis-kill")
     grants = Tap(role_access(settings, topics.ADMIN), topics.GRANTS.name)
     holder, bystander = agents("b"), agents("b")
     both = (holder, bystander)
     private.register(settings, both)
+    exposure = Exposure(holder, FREEZE, "acct-1")
     try:
         publisher.publish_many(topics.ESCALATIONS.name, [fraud_request(a) for a in both])
         grants.wait_for(GrantIssued, lambda g: g.agent_id in both, count=2)
         with GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings),
-                       staleness_bound_s=VIEW_BOUND_S, revocations_group=settings.app_id) as view:
+                       staleness_bound_s=VIEW_BOUND_S, probe_interval_s=PROBE_S,
+                       revocations_group=settings.app_id, on_event=exposure.on_event) as view:
             assert view.wait_ready(60)
             wait_until(lambda: all(v.allowed for v in _view_checks(view, both)), 60,
                        "both agents allowed by the view before the fault")
             private.kill("redis")
             publisher.publish(topics.RISK.name, anomaly(holder))
-            signalled = time.monotonic()
-            wait_until(lambda: not any(v.allowed for v in _view_checks(view, both)), 60,
-                       "every check denied")
-            to_deny = time.monotonic() - signalled
-            made, allowed, unavailable = 0, 0, 0
-            end = time.monotonic() + 3.0
-            while time.monotonic() < end:  # Redis still down: checks keep failing closed
-                for v in _view_checks(view, both):
-                    made, allowed, unavailable = made + 1, allowed + v.allowed, \
-                        unavailable + v.unavailable
+            exposure.sent()
+            to_deny = _until_all_denied(view, exposure, bystander)
+            made, allowed, unavailable = _while_down(view, exposure, bystander, 3.0)
             private.restart()
-            back, holder_allowed = _until_bystander_allowed(view, holder, bystander)
-            figures.at_most("time from the pending revocation to every check denied (s)",
-                            round(to_deny, 2), VIEW_BOUND_S + 3.0)
-            figures.at_least("view checks while Redis was down", made, 1)
-            figures.equal("of them allowed", allowed, 0)
-            figures.equal("of them marked unavailable (503, retry)", unavailable, made)
-            figures.check("bystander allowed again after the restart", str(back), "True", back)
-            figures.equal("revoked agent allowed once the view went stale (restart, recovery)",
-                          holder_allowed, 0)
-            figures.check("revoked agent's grant state after recovery",
-                          _holder_state(view, holder), "ended", _holder_state(view, holder)
-                          == "ended")
+            back, holder_allowed = _until_bystander_allowed(view, exposure, bystander)
+            _after_applied(view, exposure, 1.0)
+            state = _holder_state(view, holder)
+        figures.at_most("revoked agent allowed after its revocation was sent (s)",
+                        round(exposure.window_s(), 2), VIEW_BOUND_S + PROBE_S)
+        figures.check("time from the pending revocation to every check denied (s)",
+                      round(to_deny, 2), "reported", True)
+        figures.at_least("view checks while Redis was down", made, 1)
+        figures.equal("of them allowed", allowed, 0)
+        figures.equal("of them marked unavailable (503, retry)", unavailable, made)
+        figures.check("bystander allowed again after the restart", str(back), "True", back)
+        figures.equal("revoked agent allowed after the view first denied it", holder_allowed, 0)
+        figures.at_least("checks of the revoked agent after the view applied its revocation",
+                         exposure.after_applied, 1)
+        figures.equal("of them allowed", exposure.allowed_after_applied, 0)
+        figures.check("revoked agent's grant state after recovery", state, "ended",
+                      state == "ended")
     finally:
         grants.close()
     figures.verify()
 
 
-def _until_bystander_allowed(view: GrantView, holder: str, bystander: str) -> tuple[bool, int]:
+def _while_down(view: GrantView, exposure: Exposure, bystander: str,
+                seconds: float) -> tuple[int, int, int]:
+    """Checks while Redis is still down: (made, allowed, marked unavailable)."""
+    made, allowed, unavailable = 0, 0, 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for v in _both(view, exposure, bystander):
+            made, allowed, unavailable = made + 1, allowed + v.allowed, unavailable + v.unavailable
+    return made, allowed, unavailable
+
+
+def _after_applied(view: GrantView, exposure: Exposure, seconds: float) -> None:
+    """Check the revoked agent until the view applied its revocation, then ``seconds`` more."""
+
+    def applied() -> bool:
+        exposure.check(view)
+        return exposure.applied_at is not None
+
+    wait_until(applied, 120, "the view applied the revocation")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        exposure.check(view)
+
+
+def _until_all_denied(view: GrantView, exposure: Exposure, bystander: str) -> float:
+    """Check both agents until both are denied (60 s at most); seconds since the signal."""
+    assert exposure.sent_at is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not any(v.allowed for v in _both(view, exposure, bystander)):
+            return time.monotonic() - exposure.sent_at
+    raise AssertionError("the view still allowed an agent 60 s after the revocation was sent")
+
+
+def _until_bystander_allowed(view: GrantView, exposure: Exposure,
+                             bystander: str) -> tuple[bool, int]:
     """Check both until the bystander is allowed again (or 180 s); count the holder's allows."""
     holder_allowed = 0
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        held, other = _view_checks(view, (holder, bystander))
+        held, other = _both(view, exposure, bystander)
         holder_allowed += held.allowed
         if other.allowed:
-            return True, holder_allowed + view.allows(holder, "payments:accounts.freeze",
-                                                      "acct-1").allowed
+            return True, holder_allowed + exposure.check(view).allowed
         time.sleep(0.05)  # polling the view's in-memory state; the deadline bounds it
     return False, holder_allowed
 

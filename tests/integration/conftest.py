@@ -40,17 +40,15 @@ CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-t
 
 
 def _analytics_class(policy: dict[str, Any]) -> None:
-    """The only class the behaviour detectors watch in tests, with windows of seconds."""
+    """The only class the behaviour detectors watch in tests, with the shipped thresholds."""
     policy["agent_classes"]["analytics-test"] = {"baseline": [], "ceiling": ["payments:accounts.*"]}
     policy["escalation_rules"].append({
         "id": "analytics-test-freeze", "agent_classes": ["analytics-test"],
         "scopes": ["payments:accounts.freeze"],
         "when": "request.confidence >= agent.confidence_threshold", "max_duration": "10m"})
-    policy["detectors"] = {
-        "bucket": "1s", "retention": "1h", "agent_classes": ["analytics-test"],
-        "rate_spike": {"window": "2s", "baseline": "300s", "min_history": "8s", "factor": 8,
-                       "min_requests": 12, "severity": 0.9, "cooldown": "30s"},
-    }
+    # The fraud bundle's own detectors section, unchanged, watching the analytics-test class
+    # only: other tests' agents are not profiled (a denial burst would revoke them).
+    policy["detectors"] = {**policy["detectors"], "agent_classes": ["analytics-test"]}
 
 
 @pytest.fixture(scope="session")

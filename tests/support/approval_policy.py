@@ -1,6 +1,6 @@
 """Approval and graduated-grant rules added to the session's test policy, with their agents.
 
-Imports broker.adapters.keystore (the test operator's principal). Requesters ``t<run>-a<n>``
+Imports broker.adapters.crypto.keystore (the test operator's principal). Requesters ``t<run>-a<n>``
 (class approval-test) and ``t<run>-g<n>`` (graduated-test); verifier agents
 ``t<run>-v000..v002`` (class reporting) and the test operator vote.
 """

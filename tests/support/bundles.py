@@ -21,6 +21,7 @@ def bulk_class(policy: dict[str, Any]) -> None:
             "scopes": ["payments:accounts.freeze", "crm:customer.pii.read"],
             "when": "request.confidence >= agent.confidence_threshold",
             "max_duration": "10m",
+            "max_total_duration": "15m",  # renewals (the redelivery test renews one)
             "budgets": {"payments:accounts.freeze": 3},  # the budget tests count against it
         }
     )

@@ -3,7 +3,7 @@
 Order: PERMBROKER_TEST_KAFKA_BOOTSTRAP + PERMBROKER_TEST_REDIS_URL if both are set (with
 PERMBROKER_TEST_KAFKA_CREDENTIALS naming its users' credentials.json when it has users); else
 testcontainers when a Docker engine answers (PERMBROKER_TEST_DOCKER=0 skips the probe); else
-`broker.adapters.stack.up` with its own dir and ports, stopped again at the end of the session.
+`broker.stack.local.up` with its own dir and ports, stopped again at the end of the session.
 Clients of the tests reach Kafka as the role they play (``role_access(settings, role)``).
 """
 

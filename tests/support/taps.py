@@ -44,6 +44,14 @@ class Tap:
         with self._lock:
             return [r.event for r in self.records if isinstance(r.event, kind) and pred(r.event)]
 
+    def last_offsets(self) -> dict[int, int]:
+        """The highest offset read so far, per partition."""
+        with self._lock:
+            out: dict[int, int] = {}
+            for r in self.records:
+                out[r.partition] = max(out.get(r.partition, -1), r.offset)
+            return out
+
     def wait_for(
         self, kind: type[T], pred: Callable[[T], bool], count: int = 1, timeout: float = 30.0
     ) -> list[T]:

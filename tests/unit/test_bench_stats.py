@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from bench.measures.latency import after_applied
 from bench.report import Section, markdown
 from bench.stats import Arm, Line, Target, median_ratio, percentile, ratio_lines
 
@@ -54,3 +55,12 @@ def test_report_lists_missed_targets_in_the_summary() -> None:
     text = markdown([sec], meta)
     summary = text.split("## Summary")[1].split("## 7.")[0]
     assert "Redis bytes per active grant" in summary and "**MISSED**" in summary
+
+
+def test_false_allows_count_every_check_after_the_view_applied_the_revocation() -> None:
+    """Checks that began once the view applied a revocation count, before the first denial too;
+    checks from before it do not (they may rightly allow)."""
+    checks = [(1.0, True), (2.0, True), (3.0, True), (4.0, False), (5.0, False)]
+    assert after_applied(checks, 2.5) == (3, 1)  # the allow at 3.0 preceded the first denial
+    assert after_applied(checks, 4.0) == (2, 0)
+    assert after_applied(checks, 9.0) == (0, 0)

@@ -136,7 +136,7 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
 
 
 def signature_check(keys: dict[str, Ed25519PublicKey]) -> Callable[[str, bytes, str], bool | None]:
-    """A ``broker.audit.chain.SignatureCheck`` over these public keys."""
+    """A ``broker.audit.verify.SignatureCheck`` over these public keys."""
 
     def check(kid: str, payload: bytes, signature: str) -> bool | None:
         key = keys.get(kid)

@@ -1,6 +1,6 @@
 """Reading the sealed audit topic (or a copy, or an export), its chain head, and exports.
 
-Imports confluent-kafka, broker.adapters.bus, broker.audit.chain, broker.errors, schemas.
+Imports confluent-kafka, broker.adapters.kafka.bus, broker.audit.chain, broker.errors, schemas.
 
 Blocking (confluent-kafka): run it from the CLI or a thread. The sealed topic is written in
 Kafka transactions, so readers use ``read_committed`` and stop at each partition's end (EOF),

@@ -185,15 +185,18 @@ def to_record(msg: Message, trust: Trust | None, *, reader: str = "",
 
 def read_all(
     kafka: KafkaAccess, topic: str, *, trust: Trust | None, reader: str = "",
-    timeout: float = 30.0, stop: Callable[[], bool] | None = None,
+    timeout: float = 30.0, stop: Callable[[], bool] | None = None, since_ms: int | None = None,
 ) -> Iterator[Record]:
-    """Every message of a topic from the beginning up to its end at call time, each read through
-    the decode edge (refused records are yielded too, with their reason)."""
+    """Every message of a topic from the beginning (or the first appended at or after
+    ``since_ms``) up to its end at call time, each read through the decode edge (refused
+    records are yielded too, with their reason)."""
     c = consumer(kafka)
     try:
         ends = end_offsets(c, topic)
-        todo = {p for p, end in ends.items() if end > 0}
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        starts = {p: OFFSET_BEGINNING for p in ends} if since_ms is None else \
+            _offsets_at(c, topic, list(ends), since_ms)
+        todo = {p for p, end in ends.items() if end > 0 and starts.get(p, -1) != -1}
+        c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         deadline = time.monotonic() + timeout
         while todo:
             if time.monotonic() > deadline or (stop and stop()):
@@ -209,3 +212,12 @@ def read_all(
                 todo.discard(rec.partition)
     finally:
         c.close()
+
+
+def _offsets_at(c: Consumer, topic: str, parts: list[int], at_ms: int) -> dict[int, int]:
+    """The first offset of each partition appended at or after ``at_ms`` (-1: none)."""
+    try:
+        found = c.offsets_for_times([TopicPartition(topic, p, at_ms) for p in parts], timeout=10)
+    except KafkaException as exc:
+        raise BusError(f"cannot find the offsets of {topic} at {at_ms}: {exc}") from exc
+    return {tp.partition: tp.offset for tp in found}

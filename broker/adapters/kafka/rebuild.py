@@ -3,7 +3,9 @@
 Imports bus, redis_store, schemas. Folding the log is pure (``fold``); reading it blocks
 (``collect``, run it in a thread from async code); ``apply`` writes the result. Only records the
 broker signed are folded: the decode edge refuses (and counts) the rest, so a forged grant is
-never restored.
+never restored. Live risk (what non-revoking signals raised, for ``LIVE_RISK``) is folded from
+the raw audit topic's last ``LIVE_RISK``: each ``risk.observed`` record that noted risk says
+until when.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from datetime import datetime
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.edge import Trust
-from broker.adapters.redis.store import RedisGrantStore
+from broker.adapters.redis.store import RedisGrantStore, ms
 from broker.grants.decide import derive_id
+from broker.grants.revocation import LIVE_RISK
 from schemas.events import (
     AgentRevoked,
+    AuditRecord,
     EscalationDecided,
     GrantExpired,
     GrantIssued,
@@ -26,7 +30,7 @@ from schemas.events import (
     GrantRenewed,
     GrantRevoked,
 )
-from schemas.topics import GRANTS
+from schemas.topics import AUDIT_RAW, GRANTS
 
 
 @dataclass
@@ -38,13 +42,15 @@ class Folded:
     revocations: dict[str, AgentRevoked] = field(default_factory=dict)  # merged per agent
     issued: dict[str, GrantIssued] = field(default_factory=dict)  # every grant, latest expiry
     causes: list[AgentRevoked] = field(default_factory=list)  # every revocation, in log order
+    risk: list[tuple[str, float, datetime]] = field(default_factory=list)  # live risk noted
     undecodable: int = 0
     records: int = 0
 
 
-def fold(records: Iterable[Record], now: datetime) -> Folded:
-    """Active grants = issued (renewed: later expiry), minus revoked/expired/released/lapsed."""
-    state = Folded()
+def fold(records: Iterable[Record], now: datetime, audit: Iterable[Record] = ()) -> Folded:
+    """Active grants = issued (renewed: later expiry), minus revoked/expired/released/lapsed;
+    with the raw ``audit`` records, the live risk still in force at ``now``, in log order."""
+    state = Folded(risk=live_risk(audit, now))
     for rec in records:
         state.records += 1
         ev = rec.event
@@ -78,6 +84,22 @@ def fold(records: Iterable[Record], now: datetime) -> Folded:
     return state
 
 
+def live_risk(audit: Iterable[Record], now: datetime) -> list[tuple[str, float, datetime]]:
+    """(agent, severity, until) of every risk the audit says was noted and lasts past ``now``."""
+    out = []
+    for rec in audit:
+        ev = rec.event
+        if not (isinstance(ev, AuditRecord) and ev.kind == "risk.observed"
+                and ev.outcome == "noted" and ev.agent_id):
+            continue
+        until, signal = ev.inputs.get("noted_until"), ev.inputs.get("signal")
+        if isinstance(until, str) and isinstance(signal, dict):
+            ends = datetime.fromisoformat(until)
+            if ends > now:
+                out.append((ev.agent_id, float(signal["severity"]), ends))
+    return out
+
+
 def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
     """Two revocations of one agent as the markers they leave together: the later revocation,
     the longest quarantine of either (with its rule), the later marker end.
@@ -96,9 +118,12 @@ def merge_revocations(a: AgentRevoked, b: AgentRevoked) -> AgentRevoked:
 
 
 def collect(kafka: KafkaAccess, now: datetime, trust: Trust, timeout: float = 60.0) -> Folded:
-    """Read the whole grant topic and fold what the broker signed (blocking)."""
-    return fold(read_all(kafka, GRANTS.name, trust=trust, reader="rebuild",
-                         timeout=timeout), now)
+    """Read the whole grant topic and the raw audit's last ``LIVE_RISK``; fold what the broker
+    signed (blocking)."""
+    since = ms(now - LIVE_RISK)
+    return fold(read_all(kafka, GRANTS.name, trust=trust, reader="rebuild", timeout=timeout),
+                now, read_all(kafka, AUDIT_RAW.name, trust=trust, reader="rebuild",
+                              timeout=timeout, since_ms=since))
 
 
 async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
@@ -114,6 +139,8 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
                 rev.rule,
                 now,
             )
+    for agent_id, severity, until in folded.risk:  # in log order: the store keeps the highest
+        await store.note_risk(agent_id, severity, until)
     restored = 0
     for grant in folded.active.values():
         restored += await store.restore_grant(grant, now)

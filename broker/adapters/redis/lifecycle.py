@@ -1,6 +1,6 @@
 """Redis side of renewals, releases and expiry warnings. Imports redis, broker core, schemas.
 
-Shares the grant store's client and key layout (``keys.py``). A renewal or release is one Lua
+Shares the grant store's client and key layout (``keyspace.py``). A renewal or release is one Lua
 script on the agent's hash slot, recorded under its request id so a redelivery gets the recorded
 answer back and can never move an expiry twice. Grants are read under the requesting agent's
 prefix only: an agent cannot renew or release another agent's grant.

@@ -3,7 +3,7 @@
 Imports broker (adapters, sdk, policy, config) and schemas. Operator commands are signed with the
 operator key (``PERMBROKER_OPERATOR_KEY_FILE``) and wait for the broker's answer; reads come from
 the compacted agents topic (the record). ``keys`` and ``inventory`` have modules of their own
-(``broker.cli.keys``, ``broker.cli.inventory``).
+(``broker.cli.identity.keys``, ``broker.cli.identity.inventory``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`permbroker stack up|down|status|env|compose-env`: local stack CLI. Imports typer, rich, stack.
 
-Mounted into the main CLI as `permbroker stack`; also runs alone: `python -m broker.cli.stack up`.
+Mounted into the main CLI as `permbroker stack`; also runs alone:
+`python -m broker.cli.ops.stack up`.
 """
 
 from __future__ import annotations

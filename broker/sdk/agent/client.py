@@ -322,7 +322,7 @@ class AgentClient:
         return GrantToken(token, grant_id, audience, answer.token_expires_at)
 
     def rotate_key(self, *, overlap_s: int | None = None, timeout: float = 30.0) -> str:
-        """Replace the agent's key now (see ``broker.sdk.identity``); the new kid."""
+        """Replace the agent's key now (see ``broker.sdk.agent.identity``); the new kid."""
         if self.identity is None:
             raise ValueError("an unsigned client has no key to rotate")
         cmd = self.identity.rotation_command(overlap_s)

@@ -5,7 +5,7 @@ Imports adapters, core and schemas.
 Bootstraps from the start of the topic, then follows it. ``allows()`` is a dict lookup by agent
 then scope; expiry is judged at check time against the absolute ``expires_at`` (never extended on
 read). It denies with a reason until the view has caught up, when it has not been proven current
-within its staleness bound (see ``broker.sdk.freshness``), for an agent one of whose events could
+within its staleness bound (broker.delivery.freshness), for an agent one of whose events could
 not be decoded, and, given ``at_least=token``, until it has applied the event the consistency token
 names (waiting up to ``token_wait_s``). An ended grant id is remembered so it never comes back.
 Every record is read through the decode edge with the view's ``trust``: only what the broker

@@ -1,9 +1,13 @@
 """Behaviour analytics on real Kafka + Redis: a rate spike revokes by policy, across restarts.
 
-The test policy's detectors watch only the analytics-test class (agents('n')), with windows of
-seconds: bucket 1s, rate_spike window 2s, baseline 300s (longer than a slow restart),
-min_history 8s, factor 8, at least 12 requests, cooldown 30s. The fraud bundle's rule
-``revoke-on-rate-spike`` decides what the signal does.
+The test policy's detectors are the fraud bundle's own (bucket 10s; rate_spike: window 1m,
+baseline 30m, min_history 10m, factor 10, at least 20 requests), watching only the analytics-test
+class (agents('n')); the bundle's rule ``revoke-on-rate-spike`` decides what a signal does.
+
+Time is injected, not waited for: the analytics judge each decision by its own time
+(``decided_at``), so the spike tests write the decisions topic as the worker would, with times
+from a test clock reaching 25 minutes back, and the worker's analytics fold them, sign their
+signal and revoke through the real risk path. Nothing is paced by sleeps.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +33,7 @@ from broker.adapters.redis.profiles import ProfileStore
 from broker.api.app import create_app
 from broker.behaviour.profiles import Profile
 from broker.config import Settings
+from broker.grants.decide import derive_id
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
@@ -38,8 +43,6 @@ from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
-USUAL_EVERY_S = 1.0  # the agents' usual rate: one request a second
-BURST = 40  # twenty times that rate for two seconds
 
 
 def freeze(agent: str) -> EscalationRequested:
@@ -50,14 +53,38 @@ def freeze(agent: str) -> EscalationRequested:
         confidence=0.9, risk_score=0.5, requested_at=datetime.now(UTC))
 
 
-def send_paced(publisher: Publisher, agent: str, count: int, every_s: float) -> None:
-    """Send ``count`` requests, one every ``every_s`` (the workload's rate, not a wait)."""
-    start = time.monotonic()
-    for i in range(count):
-        publisher.publish(topics.ESCALATIONS.name, freeze(agent))
-        pause = start + (i + 1) * every_s - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+class DecisionClock:
+    """Decision times for the analytics: minute-aligned, starting 25 minutes before now."""
+
+    def __init__(self, behind: timedelta = timedelta(minutes=25)) -> None:
+        start = datetime.now(UTC) - behind
+        self.t0 = start.replace(second=0, microsecond=0)
+
+    def at(self, seconds: float) -> datetime:
+        """``seconds`` after the clock's start."""
+        return self.t0 + timedelta(seconds=seconds)
+
+
+def decided(agent: str, at: datetime) -> EscalationDecided:
+    """A granted freeze decided at ``at``, as the worker would write it to the decisions topic."""
+    request_id = f"req-{uuid.uuid4()}"
+    return EscalationDecided(
+        decision_id=derive_id("decision", request_id, agent), request_id=request_id,
+        agent_id=agent, outcome="granted", granted_scopes=("payments:accounts.freeze",),
+        resources=(f"acct-{uuid.uuid4().int % 10_000}",),
+        grant_id=derive_id("grant", request_id, agent), expires_at=at + timedelta(minutes=10),
+        duration_s=600, matched_rules=("analytics-test-freeze",), policy_revision="test-clock",
+        decided_at=at)
+
+
+def history(publisher: Publisher, agent: str, times: list[datetime]) -> None:
+    """Write the agent's decisions at ``times`` (in order) to the decisions topic."""
+    publisher.publish_many(topics.DECISIONS.name, [decided(agent, t) for t in times])
+
+
+def spike(clock: DecisionClock, start_s: float, count: int = 20) -> list[datetime]:
+    """``count`` decision times 2 s apart from ``start_s`` on: all within one minute."""
+    return [clock.at(start_s + 2 * i) for i in range(count)]
 
 
 def stats(settings: Settings, agent: str) -> dict[str, Any] | None:
@@ -91,19 +118,19 @@ def test_stats_through_the_cli_and_the_api(
     """`agents stats` (table and --json) and the operator API show one profile, absolute times."""
     agent = agents("n")
     before = group(settings)
-    send_paced(publisher, agent, 3, 0.2)
+    publisher.publish_many(topics.ESCALATIONS.name, [freeze(agent) for _ in range(3)])
     wait_until(profiled(settings, agent, 3), 60, "three requests profiled")
     wait_until(lambda: group(settings)["windows"][-1]["requests"]
                - before["windows"][-1]["requests"] == 3, 30, "the class counted three")
     after = group(settings)
     assert after["agent_class"] == "analytics-test" and after["model_version"] == "1.0"
-    assert [w["window_s"] for w in after["windows"]] == [1, 2, 300]
+    assert [w["window_s"] for w in after["windows"]] == [10, 60, 1800]
     assert after["windows"][-1]["requests"] - before["windows"][-1]["requests"] == 3
     assert after["windows"][-1]["granted"] - before["windows"][-1]["granted"] == 3
     data = stats(settings, agent)
     assert data is not None and data["totals"] == {"requests": 3, "granted": 3, "denied": 0}
     assert data["agent_class"] == "analytics-test" and data["model_version"] == "1.0"
-    assert [w["window_s"] for w in data["windows"]] == [1, 2, 300]
+    assert [w["window_s"] for w in data["windows"]] == [10, 60, 1800]
     assert data["windows"][-1]["requests"] == 3 and data["scopes"].keys() == {
         "payments:accounts.freeze"} and data["resource_patterns"].keys() == {"acct-#"}
     assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
@@ -127,8 +154,8 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     settings: Settings, agents: Callable[[str], str], publisher: Publisher,
     tap: Callable[[str], Tap], rclient: redis.Redis,
 ) -> None:
-    """An agent that suddenly sends 20x its usual rate is revoked; a 2x one is not; the audit
-    shows the signed signal, its evidence and the rule that acted."""
+    """An agent that suddenly sends 20x its usual rate is revoked by the shipped thresholds; one
+    at 5x is not; the audit shows the signed signal, its evidence and the rule that acted."""
     spiky, steady = agents("n"), agents("n")
     audit, risk, decisions = tap(topics.AUDIT_RAW.name), tap(topics.RISK.name), \
         tap(topics.DECISIONS.name)
@@ -136,10 +163,12 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     publisher.publish(topics.ESCALATIONS.name, first)
     (granted,) = decisions.wait_for(EscalationDecided, lambda d: d.request_id == first.request_id)
     assert granted.outcome == "granted" and granted.grant_id
-    for agent in (spiky, steady):
-        send_paced(publisher, agent, 11, USUAL_EVERY_S / 2)  # the two interleave: 1/s each
-    send_paced(publisher, steady, 4, 0.5)  # twice its usual rate: not far above it
-    send_paced(publisher, spiky, BURST, 2.0 / BURST)
+    clock = DecisionClock()
+    # Usual rates, over 20 minutes: one a minute (spiky), four a minute (steady).
+    history(publisher, spiky, [clock.at(60 * m) for m in range(20)])
+    history(publisher, steady, [clock.at(15 * q) for q in range(80)])
+    history(publisher, steady, spike(clock, 20 * 60 + 30))  # 20 in a minute: 5x its usual
+    history(publisher, spiky, spike(clock, 20 * 60 + 30))  # 20 in a minute: 20x its usual
 
     record = audit.wait_for(AuditRecord, risk_audit(spiky), timeout=90)[0]
     signal = record.inputs["signal"]
@@ -148,9 +177,10 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     print(f"\nspike: revoked {record.inputs['revoked_grants']} by {record.rules}; {evidence}")
     assert record.outcome == "revoked" and record.rules == ("revoke-on-rate-spike",)
     assert signal["kind"] == "behaviour_anomaly" and signal["source"] == "permbroker-analytics"
-    assert evidence["detector"] == "rate_spike" and evidence["threshold_factor"] == 8
-    assert evidence["factor"] >= 8 and evidence["requests"] >= 12
-    assert 0 < evidence["baseline_per_window"] <= 4  # about 2 per 2s window: its usual rate
+    assert evidence["detector"] == "rate_spike" and evidence["threshold_factor"] == 10
+    assert evidence["requests"] == 20 and evidence["window_s"] == 60
+    assert evidence["baseline_requests"] == 20 and 600 <= evidence["baseline_s"] <= 1800
+    assert 19 <= evidence["factor"] <= 21  # about one a minute: its usual rate
     assert granted.grant_id in record.inputs["revoked_grants"]
     assert record.inputs["quarantine_s"] == 600
     (finding,) = audit.wait_for(AuditRecord, lambda r: r.kind == "behaviour.anomaly"
@@ -163,8 +193,9 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     sig = presented(list(sent.headers))
     assert isinstance(sig, Presented) and sig.kid == key.kid
     assert _principal == ANALYTICS_PRINCIPAL
-    # The steady agent: every request folded into its profile, and no signal about it.
-    wait_until(profiled(settings, steady, 15), 60, "the steady agent's 15 requests profiled")
+    # The steady agent: every decision folded into its profile, and no signal about it.
+    wait_until(profiled(settings, steady, 100), 90, "the steady agent's 100 decisions profiled")
+    wait_until(profiled(settings, spiky, 41), 90, "the spiky agent's 41 decisions profiled")
     assert audit.events(AuditRecord, risk_audit(steady)) == []
     assert rclient.pttl(keys.behaviour(spiky)) > 0 and rclient.pttl(keys.behaviour(steady)) > 0
 
@@ -173,23 +204,24 @@ def test_profiles_and_windows_survive_a_worker_restart(
     settings: Settings, agents: Callable[[str], str], publisher: Publisher,
     tap: Callable[[str], Tap], worker: WorkerProcess,
 ) -> None:
-    """kill -9 mid-baseline: the window keeps the requests from before the restart, nothing is
+    """kill -9 mid-baseline: the window keeps the decisions from before the restart, nothing is
     counted twice, and the spike after it is judged against that baseline."""
     agent = agents("n")
     audit = tap(topics.AUDIT_RAW.name)
-    send_paced(publisher, agent, 5, USUAL_EVERY_S)
-    wait_until(profiled(settings, agent, 5), 60, "five requests profiled before the kill")
+    clock = DecisionClock()
+    history(publisher, agent, [clock.at(120 * k) for k in range(5)])  # one every 2 minutes
+    wait_until(profiled(settings, agent, 5), 60, "five decisions profiled before the kill")
     before = stats(settings, agent)
     assert before is not None
     worker.kill()
     worker.start()
     worker.wait_ready(180)
-    send_paced(publisher, agent, 5, USUAL_EVERY_S)
-    wait_until(profiled(settings, agent, 10), 90, "ten requests profiled after the restart")
+    history(publisher, agent, [clock.at(120 * k) for k in range(5, 10)])
+    wait_until(profiled(settings, agent, 10), 90, "ten decisions profiled after the restart")
     after = stats(settings, agent)
     assert after is not None and after["totals"]["requests"] == 10  # redeliveries not recounted
-    assert after["first_seen"] == before["first_seen"]
-    send_paced(publisher, agent, BURST, 2.0 / BURST)
+    assert after["first_seen"] == before["first_seen"] == clock.t0.isoformat()
+    history(publisher, agent, spike(clock, 20 * 60 + 30))
     record = audit.wait_for(AuditRecord, risk_audit(agent), timeout=90)[0]
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
@@ -197,8 +229,8 @@ def test_profiles_and_windows_survive_a_worker_restart(
     print(f"\nafter restart: {after['totals']} by {record.rules}; {evidence}")
     assert record.rules == ("revoke-on-rate-spike",) and record.outcome == "revoked"
     assert evidence["baseline_requests"] == 10  # the pre-restart five are in the baseline
-    first = datetime.fromisoformat(before["first_seen"]).timestamp()
-    assert evidence["baseline_s"] >= 8 and time.time() - first >= evidence["baseline_s"]
+    assert evidence["requests"] == 20 and 600 <= evidence["baseline_s"] <= 1800
+    wait_until(profiled(settings, agent, 30), 90, "every decision profiled")
 
 
 async def test_profile_store_never_folds_a_decision_twice(

@@ -8,17 +8,19 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
 
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
+from broker.audit.records import REBUILD
 from broker.config import Settings
 from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
-from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+from schemas.events import AuditRecord, EscalationDecided, GrantExpired, GrantIssued
 from tests.support.factories import anomaly, fraud_request
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
@@ -96,9 +98,10 @@ def test_rebuild_after_flush_restores_exactly_the_active_grants(
     rclient: redis.Redis,
     agents: Callable[[str], str],
 ) -> None:
-    """FLUSHALL then `permbroker grants rebuild`: active grants back, no expired or revoked one."""
+    """Worker stopped, FLUSHALL, then `permbroker grants rebuild`: active grants back, no expired
+    or revoked one, and the rebuild's own audit record names the operator CLI as its actor."""
     active_agent, revoked_agent, lapsing_agent = agents("f"), agents("f"), agents("r")
-    grants = tap(topics.GRANTS.name)
+    grants, audit = tap(topics.GRANTS.name), tap(topics.AUDIT_RAW.name)
     publisher.publish(topics.ESCALATIONS.name, fraud_request(active_agent))
     publisher.publish(topics.ESCALATIONS.name, fraud_request(revoked_agent))
     short = fraud_request(
@@ -113,12 +116,37 @@ def test_rebuild_after_flush_restores_exactly_the_active_grants(
         30,
         "revocation applied",
     )
+    worker.stop()  # nothing but the CLI may rebuild the view
+    try:
+        report, before, after, horizon = _flush_and_rebuild(settings, rclient)
+    finally:
+        worker.start()
+        worker.wait_ready()
+    assert any(agent == active_agent for agent, _ in before.values())
+    # Compared on one horizon: a grant of `before` that lapsed while the rebuild ran is gone.
+    assert after == {gid: held for gid, held in before.items() if held[1] > horizon}
+    assert report["active_grants"] >= len(after)
+    assert not any(agent in {revoked_agent, lapsing_agent} for agent, _ in after.values())
+    assert rclient.exists(keys.quarantine(revoked_agent)) == 1, "quarantine not restored"
+    (record,) = audit.wait_for(
+        AuditRecord, lambda a: a.kind == REBUILD and a.occurred_at >= report["at"])
+    assert str(record.inputs["actor"]).startswith("operator ")
+    assert record.inputs["restored"] == report["active_grants"]
+    assert not audit.events(AuditRecord, lambda a: a.kind == REBUILD
+                            and str(a.inputs["actor"]).startswith("worker ")
+                            and a.occurred_at >= report["at"])
 
+
+def _flush_and_rebuild(
+    settings: Settings, rclient: redis.Redis
+) -> tuple[dict[str, Any], dict[str, tuple[str, int]], dict[str, tuple[str, int]], int]:
+    """FLUSHALL then the CLI rebuild: (its report, active grants before, after, the horizon)."""
     margin = timedelta(seconds=3)  # grants about to lapse during the rebuild are left out of both
     before = _active(rclient, int((datetime.now(UTC) + margin).timestamp() * 1000))
-    assert any(agent == active_agent for agent, _ in before.values())
+    at = datetime.now(UTC)
     rclient.flushall()
     assert _active(rclient, 0) == {}
+    assert rclient.get(keys.VIEW_EPOCH) is None
     out = subprocess.run(
         [sys.executable, "-m", "broker", "grants", "rebuild", "--json"],
         env=worker_env(settings, role_access(settings, topics.OPERATOR)),
@@ -127,12 +155,7 @@ def test_rebuild_after_flush_restores_exactly_the_active_grants(
         timeout=120,
         check=True,
     )
-    report = json.loads(out.stdout)
+    report = {**json.loads(out.stdout), "at": at}
+    assert rclient.get(keys.VIEW_EPOCH) is not None, "the CLI did not mark the view built"
     horizon = int((datetime.now(UTC) + margin).timestamp() * 1000)
-    after = _active(rclient, horizon)
-    # Compared on one horizon: a grant of `before` that lapsed while the rebuild ran is gone.
-    assert after == {gid: held for gid, held in before.items() if held[1] > horizon}
-    assert report["active_grants"] >= len(after)
-    assert not any(agent in {revoked_agent, lapsing_agent} for agent, _ in after.values())
-    assert rclient.exists(keys.quarantine(revoked_agent)) == 1, "quarantine not restored"
-    assert rclient.get(keys.VIEW_EPOCH) is not None
+    return report, before, _active(rclient, horizon), horizon

@@ -61,7 +61,7 @@ def test_fraud_request_is_granted_narrowed_and_clamped(
     assert d.expires_at is not None and d.expires_at > datetime.now(UTC)
 
 
-def test_redelivered_request_yields_exactly_one_grant(
+def test_a_request_published_three_times_yields_exactly_one_grant(
     worker: WorkerProcess,
     settings: Settings,
     publisher: Publisher,
@@ -69,7 +69,9 @@ def test_redelivered_request_yields_exactly_one_grant(
     rclient: redis.Redis,
     agents: Callable[[str], str],
 ) -> None:
-    """One request delivered 3 times: one grant, one unchanged expires_at, one decision effect."""
+    """One request published 3 times (each copy signed afresh, at its own offset): one grant,
+    one unchanged expires_at, one decision; the copies are audited as duplicates. (The same
+    record consumed again at its own offset: tests/integration/grants/test_redelivery.py.)"""
     agent = agents("f")
     decisions, grants, audit = (
         tap(topics.DECISIONS.name),

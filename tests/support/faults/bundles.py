@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tests.support.bundles import bulk_class
-from tests.support.faults import model
+from tests.support.faults import spec
 
 ROOT = Path(__file__).resolve().parents[3]
 POOL = 1000
@@ -69,8 +69,8 @@ def props_bundle(bundle: Path) -> Path:
     (bundle / "policy.yaml").write_text((ROOT / "policies" / "fraud" / "policy.yaml").read_text())
     agents = [{"agent_id": agent, "agent_class": cls, "owner": "props@example.com",
                "model": {"name": "m", "version": "1", "digest": "sha256:00"},
-               "confidence_threshold": 0.9 if cls == model.FRAUD else 0.6}
-              for agent, cls in model.AGENTS.items()]
+               "confidence_threshold": 0.9 if cls == spec.FRAUD else 0.6}
+              for agent, cls in spec.AGENTS.items()]
     (bundle / "agents.yaml").write_text(yaml.safe_dump(
         {"apiVersion": "permbroker/v1", "kind": "Agents", "agents": agents}, sort_keys=False))
     return bundle

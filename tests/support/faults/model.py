@@ -3,28 +3,37 @@ compare the real Redis store with what the model allows. Imports broker, schemas
 
 The model is written from the policy text (the fraud policy, see tests/support/faults/bundles.py:
 ceilings, rule maxima, caps, quarantines), not from the code under test: it knows which grants
-may be live, until when, and checks the store after every step. ``COUNTS`` tallies rules and
-outcomes for the report.
+may be live, until when, and checks the store after every step. Every message is signed and
+passes the worker's identity gate; forged and replayed messages must be refused by it. Bursts
+(tests/support/faults/concurrent.py) run several messages at once, as the worker's lanes do.
 """
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
+import hypothesis
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    get_state_machine_test,
+    invariant,
+    precondition,
+    rule,
+)
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.store import ms
-from broker.policy import Policy
 from schemas import topics
 from schemas.events import (
-    OPERATOR_REVOKE_KIND,
+    AuditRecord,
+    EscalationDecided,
     EscalationRequested,
     GrantExpired,
     GrantIssued,
@@ -36,66 +45,48 @@ from schemas.events import (
     WireModel,
 )
 from streams.worker import Incoming
+from tests.support.faults import concurrent
+from tests.support.faults.spec import (
+    AGENTS,
+    CAP_S,
+    CEILING,
+    COUNTS,
+    ENDS,
+    GUARD,
+    MAX_WAIT,
+    RULE_MAX_S,
+    SCOPE_SETS,
+    SIGNAL_PICKS,
+    SIGNALS,
+    Held,
+    check_end,
+    fitting,
+    within,
+)
 from tests.support.faults.world import World, close_store
-from tests.support.fixtures import keys_without_ttl
 
-FRAUD, REPORT = "fraud-detection", "reporting"
-AGENTS = {"pa-fraud-1": FRAUD, "pa-fraud-2": FRAUD, "pa-fraud-3": FRAUD, "pa-report-1": REPORT,
-          "pa-report-2": REPORT}
-CEILING = {FRAUD: ("payments:transactions.*", "payments:accounts.*", "crm:customer.pii.read"),
-           REPORT: ("reports:ledger.*", "reports:summaries.*")}
-RULE_MAX_S = {FRAUD: 20, REPORT: 8}  # max_duration of the one granting rule of each class
-CAP_S = {FRAUD: 60, REPORT: 8}  # max_total_duration (reporting: not set, so its max_duration)
-# Scope sets asked for: most fit one class's granting rule, some reach beyond every ceiling.
-SCOPE_SETS = (("payments:accounts.freeze",), ("crm:customer.pii.read", "payments:accounts.freeze"),
-              ("reports:ledger.export",), ("crm:customer.pii.read",),
-              ("admin:root.all", "reports:ledger.export"), ("payments:accounts.close",),
-              ("payments:accounts.freeze", "reports:ledger.export"))
-FITTING = {FRAUD: SCOPE_SETS[:2] + SCOPE_SETS[3:4], REPORT: SCOPE_SETS[2:3]}  # a rule grants these
-# (kind, severity) -> quarantine seconds if it revokes, None if it only raises live risk.
-SIGNALS: dict[tuple[str, float], int | None] = {  # chosen by SIGNAL_PICKS (quarantines rarer)
-    ("behaviour_anomaly", 0.95): 600, ("compromise_suspected", 0.5): 3600,
-    ("model_changed", 0.1): 0, (OPERATOR_REVOKE_KIND, 1.0): 0,
-    ("behaviour_anomaly", 0.75): None, ("behaviour_anomaly", 0.3): None,
-}
-SIGNAL_PICKS = (("behaviour_anomaly", 0.3), ("model_changed", 0.1), ("behaviour_anomaly", 0.75),
-                (OPERATOR_REVOKE_KIND, 1.0), ("behaviour_anomaly", 0.3), ("model_changed", 0.1),
-                ("behaviour_anomaly", 0.3), ("behaviour_anomaly", 0.95),
-                ("compromise_suspected", 0.5))
-GUARD = timedelta(milliseconds=300)  # grants this close to expiry are not compared (clock race)
-MAX_WAIT = timedelta(seconds=2.5)  # the longest the model lets time pass in one step
-COUNTS: Counter[str] = Counter()
-
-
-def within(scope: str, patterns: tuple[str, ...]) -> bool:
-    """The ceiling test, from the policy text: exact, or a ``.*`` wildcard on the prefix."""
-    return any(scope == p or (p.endswith("*") and scope.startswith(p[:-1])) for p in patterns)
-
-
-@dataclass
-class Held:
-    """What the model knows of one grant."""
-
-    grant: GrantIssued
-    expires_at: datetime
-    cap: datetime
-    ended: str = ""  # "revoked", "released", or "" (expiry is judged by time)
+AGENT = st.sampled_from(sorted(AGENTS))
 
 
 class BrokerModel(RuleBasedStateMachine):
-    """Requests, risk, renewals, releases, expiries, redeliveries, rebuilds in any order."""
+    """Requests, risk, renewals, releases, expiries, redeliveries, replays, forgeries, bursts
+    and rebuilds in any order."""
 
-    url: ClassVar[str] = ""
-    policy: ClassVar[Policy]
+    make_world: ClassVar[Callable[[], World]]
 
     def __init__(self) -> None:
         super().__init__()
-        self.world = World(self.url, self.policy)
+        self.world = self.make_world()
+        self.agents = self.world.agents  # model name -> agent id of this example
+        self.cls = {self.agents[a]: c for a, c in AGENTS.items()}  # agent id -> class
         self.grants: dict[str, Held] = {}
         self.blocked_until: dict[str, datetime] = {}  # revocation marker / quarantine end
         self.risk: dict[str, float] = {}
         self.delivered: list[Incoming] = []
-        self.seen = {t: 0 for t in (topics.GRANTS.name, topics.DECISIONS.name)}
+        self.remembered = 0  # delivered[remembered:] came after the last wipe (see ``replay``)
+        self.ended_early: dict[str, WireModel] = {}  # ends announced before their grant
+        self.seen = {t: 0 for t in (topics.GRANTS.name, topics.DECISIONS.name,
+                                    topics.AUDIT_RAW.name)}
         COUNTS["examples"] += 1
 
     def teardown(self) -> None:
@@ -109,7 +100,7 @@ class BrokerModel(RuleBasedStateMachine):
         self.world.run(handler(msg))
 
     def _new(self, topic: str) -> list[WireModel]:
-        events = self.world.captured.events(topic)
+        events = self.world.events(topic)
         fresh, self.seen[topic] = events[self.seen[topic]:], len(events)
         return fresh
 
@@ -122,23 +113,45 @@ class BrokerModel(RuleBasedStateMachine):
         now = self.world.redis_now()
         return [h.expires_at for h in self._live(now) if h.expires_at <= now + MAX_WAIT]
 
-    def _absorb_grant_events(self, now: datetime, events: list[WireModel] | None = None) -> None:
-        """Issued grants join the model; expiry announcements must be for grants really due."""
+    def absorb(self, now: datetime, events: list[WireModel] | None = None) -> None:
+        """Issued grants join the model; expiry announcements must be for grants really due.
+
+        A revocation racing a decision can be announced before the grant it ended (the risk
+        and escalation agents run concurrently): as every consumer of the grant topic does, the
+        model remembers the end and applies it when the grant's own event comes.
+        """
         for ev in self._new(topics.GRANTS.name) if events is None else events:
             if isinstance(ev, GrantIssued) and ev.grant_id not in self.grants:
-                cls = AGENTS[ev.agent_id]
-                cap = ev.issued_at + timedelta(seconds=CAP_S[cls])
+                cap = ev.issued_at + timedelta(seconds=CAP_S[self.cls[ev.agent_id]])
                 self.grants[ev.grant_id] = Held(ev, ev.expires_at, cap)
-            elif isinstance(ev, GrantExpired):
-                held = self.grants[ev.grant_id]
-                assert not held.ended, f"expiry announced for a {held.ended} grant {ev.grant_id}"
-                assert held.expires_at <= now, f"{ev.grant_id} announced expired before its time"
-                COUNTS["expiries announced"] += 1
+                if (early := self.ended_early.pop(ev.grant_id, None)) is not None:
+                    COUNTS["ends announced before their grant"] += 1
+                    check_end(self.grants[ev.grant_id], early, now)  # type: ignore[arg-type]
+            elif isinstance(ev, ENDS) and ev.grant_id in self.grants:
+                check_end(self.grants[ev.grant_id], ev, now)
+            elif isinstance(ev, ENDS) and not isinstance(ev, GrantExpired):
+                self.ended_early[ev.grant_id] = ev
 
-    # --- rules -------------------------------------------------------------------------------
+    def _signal(self, agent: str, signal: tuple[str, float], at: datetime) -> Incoming:
+        kind, severity = signal
+        sig = RiskObserved(signal_id=f"sig-{uuid.uuid4()}", subject_agent_id=agent, kind=kind,
+                           severity=severity, source="props", observed_at=at)
+        return self.world.incoming(topics.RISK.name, sig, at)
 
-    @rule(agent=st.sampled_from(sorted(AGENTS)),
-          scopes=st.sampled_from(SCOPE_SETS), fit=st.sampled_from((True, True, False)),
+    def note_signal(self, agent: str, signal: tuple[str, float], received: datetime) -> bool:
+        """What a signal does in the model; True when it revokes."""
+        quarantine = SIGNALS[signal]
+        if quarantine is None:
+            self.risk[agent] = max(self.risk.get(agent, 0.0), signal[1])
+            return False
+        COUNTS["revocations"] += 1
+        until = received + timedelta(seconds=quarantine)
+        self.blocked_until[agent] = max(self.blocked_until.get(agent, until), until)
+        return True
+
+    # --- rules: one message at a time ---------------------------------------------------------
+
+    @rule(agent=AGENT, scopes=st.sampled_from(SCOPE_SETS), fit=st.sampled_from((True, True, False)),
           duration=st.sampled_from((1, 2, 3, 20, 900)),
           age=st.sampled_from((0.0, 0.0, 0.0, 0.0, 17.5, 19.5, 30.0)),
           confidence=st.sampled_from((0.95, 0.95, 0.5)),
@@ -147,63 +160,64 @@ class BrokerModel(RuleBasedStateMachine):
                 age: float, confidence: float, risk_score: float) -> None:
         """An escalation, appended ``age`` seconds ago (a worker catching up reads it late)."""
         COUNTS["rule: request"] += 1
-        if fit:  # mostly scopes the agent's class may be granted, else anything (ceiling tests)
-            fitting = FITTING[AGENTS[agent]]
-            scopes = fitting[SCOPE_SETS.index(scopes) % len(fitting)]
-        received = self.world.redis_now() - timedelta(seconds=age)
-        req = EscalationRequested(
-            request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=tuple(sorted(scopes)),
-            resources=("acct-1", "acct-2"), duration_s=duration, reason="props",
-            confidence=confidence, risk_score=risk_score, requested_at=received)
-        msg = self.world.incoming(topics.ESCALATIONS.name, req, received)
+        agent = self.agents[agent]
+        req = self.escalation(agent, scopes, fit, duration, confidence, risk_score)
+        msg = self.world.incoming(topics.ESCALATIONS.name, req,
+                                  self.world.redis_now() - timedelta(seconds=age))
         self.delivered.append(msg)
         self._deliver(msg)
         fresh = self._new(topics.GRANTS.name)
-        self._check_issued(req, received, [e for e in fresh if isinstance(e, GrantIssued)])
-        self._absorb_grant_events(self.world.redis_now(), fresh)
+        self.check_issued(req, msg.received_at, [e for e in fresh if isinstance(e, GrantIssued)])
+        self.absorb(self.world.redis_now(), fresh)
 
-    def _check_issued(self, req: EscalationRequested, received: datetime,
-                      issued: list[GrantIssued]) -> None:
+    def escalation(self, agent: str, scopes: tuple[str, ...], fit: bool, duration: int,
+                   confidence: float, risk_score: float) -> EscalationRequested:
+        """A request of ``agent``: mostly scopes its class may be granted (else any: ceilings)."""
+        if fit:
+            scopes = fitting(self.cls[agent], scopes)
+        return EscalationRequested(
+            request_id=f"req-{uuid.uuid4()}", agent_id=agent, scopes=tuple(sorted(scopes)),
+            resources=("acct-1", "acct-2"), duration_s=duration, reason="props",
+            confidence=confidence, risk_score=risk_score, requested_at=self.world.redis_now())
+
+    def check_issued(self, req: EscalationRequested, received: datetime,
+                     issued: list[GrantIssued], *, risk: float | None = None) -> None:
+        """At most one grant for the request: within the ceiling, not for a blocked agent."""
         mine = [g for g in issued if g.request_id == req.request_id]
         assert len({g.grant_id for g in mine}) <= 1, "two grants for one request"
         COUNTS["requests granted" if mine else "requests denied"] += 1
         for g in mine:
-            cls = AGENTS[req.agent_id]
+            cls = self.cls[req.agent_id]
             beyond = [s for s in g.scopes if not within(s, CEILING[cls]) or s not in req.scopes]
             assert not beyond, f"granted beyond the ceiling or the request: {beyond}"
             blocked = self.blocked_until.get(req.agent_id)
             assert blocked is None or received > blocked, "granted to a revoked agent"
-            if self.risk.get(req.agent_id, 0.0) >= 0.7:
+            if (self.risk.get(req.agent_id, 0.0) if risk is None else risk) >= 0.7:
                 assert not any(s.startswith("crm:") for s in g.scopes), "deny rule overridden"
             expected = received + timedelta(seconds=min(req.duration_s, RULE_MAX_S[cls]))
             assert g.expires_at == expected, f"expires_at {g.expires_at} != {expected}"
 
-    @rule(agent=st.sampled_from(sorted(AGENTS)), signal=st.sampled_from(SIGNAL_PICKS))
+    @rule(agent=AGENT, signal=st.sampled_from(SIGNAL_PICKS))
     def risk_signal(self, agent: str, signal: tuple[str, float]) -> None:
         """A risk signal: revoking kinds end every live grant of the agent, for good."""
         COUNTS["rule: risk signal"] += 1
-        received = self.world.redis_now()
-        kind, severity = signal
-        sig = RiskObserved(signal_id=f"sig-{uuid.uuid4()}", subject_agent_id=agent, kind=kind,
-                           severity=severity, source="props", observed_at=received)
-        msg = self.world.incoming(topics.RISK.name, sig, received)
+        agent = self.agents[agent]
+        msg = self._signal(agent, signal, self.world.redis_now())
         self.delivered.append(msg)
         self._deliver(msg)
-        quarantine = SIGNALS[signal]
-        if quarantine is None:
-            self.risk[agent] = max(self.risk.get(agent, 0.0), severity)
-        else:
-            COUNTS["revocations"] += 1
-            for held in self._live(received, agent):  # what had expired by then just expires
+        if self.note_signal(agent, signal, msg.received_at):
+            for held in self._live(msg.received_at, agent):  # what had expired just expires
                 held.ended = "revoked"
-            until = received + timedelta(seconds=quarantine)
-            self.blocked_until[agent] = max(self.blocked_until.get(agent, until), until)
-        self._absorb_grant_events(self.world.redis_now())
+        self.absorb(self.world.redis_now())
 
-    def _pick(self, pick: int, live: bool) -> Held:
+    def pick(self, pick: int, live: bool) -> Held:
         """A grant of the model: a live one when asked and there is one, else any."""
         pool = (self._live(self.world.redis_now()) if live else []) or list(self.grants.values())
         return pool[pick % len(pool)]
+
+    def other(self, agent: str) -> str:
+        """Another agent of this example than ``agent``."""
+        return next(a for a in sorted(self.cls) if a != agent)
 
     @precondition(lambda self: bool(self.grants))
     @rule(pick=st.integers(0, 10**6), live=st.sampled_from((True, True, False)),
@@ -214,31 +228,32 @@ class BrokerModel(RuleBasedStateMachine):
               foreign: bool) -> None:
         """A renewal of a grant (by its agent, or by another agent: never allowed)."""
         COUNTS["rule: renewal"] += 1
-        held = self._pick(pick, live)
+        held = self.pick(pick, live)
         owner = held.grant.agent_id
-        agent = next(a for a in sorted(AGENTS) if a != owner) if foreign else owner
-        received = self.world.redis_now()
+        agent = self.other(owner) if foreign else owner
         ren = RenewalRequested(request_id=f"ren-{uuid.uuid4()}", agent_id=agent,
                                grant_id=held.grant.grant_id, duration_s=duration, reason="props",
-                               confidence=confidence, risk_score=0.9, requested_at=received)
-        msg = self.world.incoming(topics.ESCALATIONS.name, ren, received)
+                               confidence=confidence, risk_score=0.9,
+                               requested_at=self.world.redis_now())
+        msg = self.world.incoming(topics.ESCALATIONS.name, ren, self.world.redis_now())
         self.delivered.append(msg)
         before = held.expires_at
         self._deliver(msg)
         answer = [d for d in self._new(topics.DECISIONS.name)
                   if isinstance(d, RenewalDecided) and d.request_id == ren.request_id]
         assert len(answer) == 1, "a renewal without exactly one answer"
+        received = msg.received_at
         if answer[0].outcome == "renewed":
             COUNTS["renewals allowed"] += 1
             new = answer[0].expires_at
             assert new is not None and not foreign, "renewed another agent's grant"
             assert not held.ended and before > received, "renewed an ended grant"
-            expected = received + timedelta(seconds=min(duration, RULE_MAX_S[AGENTS[owner]]))
+            expected = received + timedelta(seconds=min(duration, RULE_MAX_S[self.cls[owner]]))
             assert new == expected and before < new <= held.cap, (new, expected, held.cap)
             held.expires_at = new
         else:
             COUNTS["renewals refused"] += 1
-        self._absorb_grant_events(self.world.redis_now())
+        self.absorb(self.world.redis_now())
 
     @precondition(lambda self: bool(self.grants))
     @rule(pick=st.integers(0, 10**6), live=st.sampled_from((True, True, False)),
@@ -246,15 +261,14 @@ class BrokerModel(RuleBasedStateMachine):
     def release(self, pick: int, live: bool, foreign: bool) -> None:
         """A release of a grant (its own agent's release of a live grant always succeeds)."""
         COUNTS["rule: release"] += 1
-        held = self._pick(pick, live)
+        held = self.pick(pick, live)
         owner = held.grant.agent_id
-        agent = next(a for a in sorted(AGENTS) if a != owner) if foreign else owner
-        received = self.world.redis_now()
+        agent = self.other(owner) if foreign else owner
         rel = ReleaseRequested(request_id=f"rel-{uuid.uuid4()}", agent_id=agent,
-                               grant_id=held.grant.grant_id, requested_at=received)
-        msg = self.world.incoming(topics.ESCALATIONS.name, rel, received)
+                               grant_id=held.grant.grant_id, requested_at=self.world.redis_now())
+        msg = self.world.incoming(topics.ESCALATIONS.name, rel, self.world.redis_now())
         self.delivered.append(msg)
-        was_live = not held.ended and held.expires_at > received + GUARD
+        was_live = not held.ended and held.expires_at > msg.received_at + GUARD
         self._deliver(msg)
         answer = [d for d in self._new(topics.DECISIONS.name)
                   if isinstance(d, ReleaseDecided) and d.request_id == rel.request_id]
@@ -266,23 +280,71 @@ class BrokerModel(RuleBasedStateMachine):
         else:
             COUNTS["releases refused"] += 1
             assert foreign or not was_live, "the agent could not release its own live grant"
-        self._absorb_grant_events(self.world.redis_now())
+        self.absorb(self.world.redis_now())
+
+    def _no_effect(self, what: str) -> None:
+        """Nothing granted, decided or re-announced anew (identical copies aside)."""
+        grants_before = len(self.grants)
+        fresh = self._new(topics.GRANTS.name)
+        for g in (e for e in fresh if isinstance(e, GrantIssued)):
+            held = self.grants.get(g.grant_id)
+            assert held is not None, f"{what} minted a new grant {g.grant_id}"
+            assert not held.ended, f"{what} re-announced a {held.ended} grant"
+        self.absorb(self.world.redis_now(), fresh)
+        assert len(self.grants) == grants_before
 
     @precondition(lambda self: bool(self.delivered))
     @rule(pick=st.integers(0, 10**6))
     def redeliver(self, pick: int) -> None:
-        """At-least-once delivery: any earlier message again, unchanged (must be a no-op)."""
+        """At-least-once delivery: an earlier message again at its own offset (a no-op)."""
         COUNTS["rule: redelivery"] += 1
-        grants_before = len(self.grants)
         self._deliver(self.delivered[pick % len(self.delivered)])
-        fresh = self._new(topics.GRANTS.name)
-        for g in (e for e in fresh if isinstance(e, GrantIssued)):
-            held = self.grants.get(g.grant_id)
-            assert held is not None, f"a redelivery minted a new grant {g.grant_id}"
-            assert not held.ended, f"a redelivery re-announced a {held.ended} grant"
         self._new(topics.DECISIONS.name)
-        self._absorb_grant_events(self.world.redis_now(), fresh)
-        assert len(self.grants) == grants_before
+        self._no_effect("a redelivery")
+
+    @precondition(lambda self: len(self.delivered) > self.remembered)
+    @rule(pick=st.integers(0, 10**6))
+    def replay(self, pick: int) -> None:
+        """The same signed bytes appended again at a new offset: the gate refuses the replay.
+
+        Only messages first delivered since the last wipe: the gate remembers signatures in
+        Redis, and a wipe forgets them (the view's rebuild does not restore them), so a replay of
+        an older message within the signature's max age is decided as a new message.
+        """
+        COUNTS["rule: replay"] += 1
+        since = self.delivered[self.remembered:]
+        msg = self.world.replayed(since[pick % len(since)])
+        self._new(topics.DECISIONS.name)
+        self._new(topics.AUDIT_RAW.name)
+        self._deliver(msg)
+        refused = self.refusals(msg)
+        assert refused, "a replay passed the identity gate"
+        COUNTS["replays refused by the gate"] += 1
+        assert not self._new(topics.DECISIONS.name), "a refused replay was decided"
+        self._no_effect("a replay")
+
+    def refusals(self, msg: Incoming) -> list[AuditRecord]:
+        """The gate's refusals (identity.rejected audit records) of the message at its origin."""
+        return [a for a in self._new(topics.AUDIT_RAW.name) if isinstance(a, AuditRecord)
+                and a.kind == "identity.rejected" and a.inputs.get("origin") == msg.origin]
+
+    @rule(agent=AGENT, scopes=st.sampled_from(SCOPE_SETS))
+    def forged_request(self, agent: str, scopes: tuple[str, ...]) -> None:
+        """A request in one agent's name signed with another's key: refused, nothing decided."""
+        COUNTS["rule: forged request"] += 1
+        agent = self.agents[agent]
+        req = self.escalation(agent, scopes, True, 20, 0.95, 0.9)
+        msg = self.world.incoming(topics.ESCALATIONS.name, req, self.world.redis_now(),
+                                  forged_by=self.other(agent))
+        self._new(topics.DECISIONS.name)
+        self._new(topics.AUDIT_RAW.name)
+        self._deliver(msg)
+        assert self.refusals(msg), "a forged request passed the identity gate"
+        assert not [d for d in self._new(topics.DECISIONS.name)
+                    if isinstance(d, EscalationDecided) and d.request_id == req.request_id]
+        self._no_effect("a forged request")
+
+    burst = concurrent.burst
 
     @precondition(lambda self: bool(self.grants))  # not on the clock: replays must agree
     @rule()
@@ -306,17 +368,17 @@ class BrokerModel(RuleBasedStateMachine):
 
     def _sweep(self) -> None:
         self.world.run(self.world.lifecycle.sweep())
-        self._absorb_grant_events(self.world.redis_now())
+        self.absorb(self.world.redis_now())
 
     @precondition(lambda self: bool(self.grants or self.blocked_until))
     @rule()
     def rebuild_and_compare(self) -> None:
-        """Rebuild the view from the captured grant topic into db 1: it equals the live view."""
+        """Rebuild the view from the grant topic into db 1: it equals the live view."""
         COUNTS["rule: rebuild compared"] += 1
         now = self.world.redis_now()
         rebuilt = self.world.rebuild_elsewhere(now)
         try:
-            for agent in AGENTS:
+            for agent in self.cls:
                 live = self.world.run(self.world.store.active_grants(agent, now))
                 again = self.world.run(rebuilt.active_grants(agent, now))
                 settled = now + GUARD
@@ -332,6 +394,7 @@ class BrokerModel(RuleBasedStateMachine):
     def wipe_and_rebuild(self) -> None:
         """Redis loses everything; the worker rebuilds the view from the grant topic."""
         COUNTS["rule: Redis wiped, view rebuilt"] += 1
+        self.remembered = len(self.delivered)
         self.world.sync.flushdb()
         self.world.run(self.world.ctx.ensure_view())
 
@@ -342,26 +405,47 @@ class BrokerModel(RuleBasedStateMachine):
         """Live grants: within the ceiling, not ended, not expired, expiry unmoved, none lost."""
         COUNTS["invariant checks"] += 1
         now = self.world.redis_now()
-        for agent, cls in AGENTS.items():
+        for agent, cls in self.cls.items():
             live = self.world.run(self.world.store.active_grants(agent, now))
-            for g in live:
+            pxats = self.world.pexpiretimes([keys.grant(agent, g.grant_id) for g in live])
+            for g, pxat in zip(live, pxats, strict=True):
                 held = self.grants.get(g.grant_id)
                 assert held is not None, f"unknown grant {g.grant_id} active"
                 assert all(within(s, CEILING[cls]) for s in g.scopes), "beyond the ceiling"
                 assert not held.ended, f"{held.ended} grant {g.grant_id} still active"
                 assert g.expires_at == held.expires_at > now, "expiry moved or passed"
-                pxat = self.world.sync.pexpiretime(keys.grant(agent, g.grant_id))
                 if pxat == -2:  # expired on Redis's clock since the listing: only if it was due
                     assert held.expires_at <= self.world.redis_now(), "grant key vanished early"
                 else:
                     assert pxat == ms(held.expires_at), "grant key's PXAT is not its expires_at"
             wanted = {h.grant.grant_id for h in self._live(now + GUARD, agent)}
             assert wanted <= {g.grant_id for g in live}, "a live grant is missing from Redis"
-        for gid, held in self.grants.items():
-            if held.ended:
-                assert not self.world.sync.exists(keys.grant(held.grant.agent_id, gid))
+        ended = [(h.grant.agent_id, gid) for gid, h in self.grants.items() if h.ended]
+        assert not any(self.world.pexpiretimes([keys.grant(a, g) for a, g in ended], exists=True))
 
     @invariant()
     def every_key_has_a_ttl(self) -> None:
         """No per-agent key (grant, marker, record, index) lives forever."""
-        assert not keys_without_ttl(self.world.sync)
+        assert not self.world.keys_without_ttl()
+
+
+def run(make_world: Callable[[], World], *, examples: int, steps: int,
+        seed: int | None = None) -> int:
+    """Run the model on fresh worlds, randomized: ``seed`` (else a random one) drives every
+    choice; it is printed, and named in the error of a failing run to reproduce it (with
+    PERMBROKER_PROPS_SEED), beside hypothesis's own ``@reproduce_failure`` blob."""
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    BrokerModel.make_world = staticmethod(make_world)  # type: ignore[assignment]
+    COUNTS.clear()
+    test = get_state_machine_test(BrokerModel, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+        print_blob=True, suppress_health_check=[HealthCheck.too_slow,
+                                                HealthCheck.data_too_large]))
+    print(f"property model: seed {seed}, {examples} examples x {steps} steps")
+    try:
+        hypothesis.seed(seed)(test)()
+    except BaseException as exc:
+        exc.add_note(f"reproduce: PERMBROKER_PROPS_SEED={seed} (the same sizes), or the "
+                     "@reproduce_failure blob hypothesis printed")
+        raise
+    return seed

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
-from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.bus import Publisher, consumer, end_offsets
 from broker.config import Settings
-from broker.errors import StackError
+from broker.errors import BusError, StackError
 from broker.policy import load_policy
 from broker.stack import local as stack
 from broker.stack.credentials import credentials_file, role_access
@@ -53,6 +53,31 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
         worker.stop()
         close_shared_trust(settings)
         stack.down(STACK, wipe=True)
+
+
+@contextlib.contextmanager
+def private_stack() -> Iterator[stack.StackStatus]:
+    """Kafka + Redis on the private ports and no worker (the property model's Kafka); stopped
+    and wiped afterwards."""
+    status = _up()
+    try:
+        wait_until(lambda: _leaders(status.bootstrap), 60, "every topic partition has a leader")
+        yield status
+    finally:
+        stack.down(STACK, wipe=True)
+
+
+def _leaders(bootstrap: str) -> bool:
+    """Whether the log end of every partition of every topic can be read (leaders elected)."""
+    c = consumer(bootstrap)
+    try:
+        for topic in topics.ALL_TOPICS:
+            end_offsets(c, topic.name, timeout=5)
+        return True
+    except BusError:
+        return False
+    finally:
+        c.close()
 
 
 def register(settings: Settings, agent_ids: Iterable[str]) -> None:

@@ -1,9 +1,12 @@
 """The stateful model's world: a private redis-server, the real worker handlers on it.
 
-Imports broker, streams, schemas, tests. No Kafka in the loop: ``publish`` captures every event
-the worker code emits (in order, per topic), so the grant events can be folded by the product's
-own rebuild (``broker.adapters.rebuild``). Time is Redis's real clock (the one that expires the
-keys); the model moves it forward only by waiting, bounded, for a grant's expiry to pass.
+Imports broker, streams, schemas, tests. Every message the model delivers is signed by its
+author and passes the worker's own identity gate (tests/support/faults/gate.py). ``World`` has
+no Kafka in the loop: ``publish`` captures every event the worker code emits (in order, per
+topic), so the grant events can be folded by the product's own rebuild
+(``broker.adapters.kafka.rebuild``); tests/support/faults/kafka_world.py puts a real Kafka in
+it. Time is Redis's real clock (the one that expires the keys); the model moves it forward only
+by waiting, bounded, for a grant's expiry to pass.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.rebuild import apply, fold
+from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.lifecycle import LifecycleStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.policy import Policy
@@ -33,8 +37,10 @@ from schemas.events import WireModel
 from streams.escalations import Escalations
 from streams.lifecycle import Lifecycle
 from streams.risk import Risk
-from streams.worker import Incoming, OpenGate, WorkerContext
+from streams.worker import Incoming, WorkerContext
+from tests.support.faults.gate import Identities
 from tests.support.faults.ports import BASE
+from tests.support.faults.spec import AGENTS
 
 T = TypeVar("T")
 PORT = BASE + 40  # never the session stack's, private.py's nor the cluster's ports
@@ -107,30 +113,56 @@ class Captured:
         for topic, message in messages:
             await self.publish(topic, [message])
 
+    def pexpiretimes(self, names: Sequence[str], *, exists: bool = False) -> list[int]:
+        """PEXPIRETIME (or EXISTS) of each key, in one round trip."""
+        pipe = self.sync.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(name) if exists else pipe.pexpiretime(name)
+        return [int(v) for v in pipe.execute()]
+
+    def keys_without_ttl(self) -> list[str]:
+        """Per-agent keys (grants, markers, records, indexes) that would live forever."""
+        names = list(self.sync.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000))
+        pipe = self.sync.pipeline(transaction=False)
+        for name in names:
+            pipe.pttl(name)
+        return [n.decode() for n, ttl in zip(names, pipe.execute(), strict=True) if ttl == -1]
+
     def events(self, topic: str) -> list[WireModel]:
         """The decoded events of one topic."""
         return [r.event for r in self.records.get(topic, []) if r.event is not None]
 
 
 class World:
-    """One example's broker: a flushed Redis, the worker's handlers on it, an event loop."""
+    """One example's broker: a flushed Redis, the worker's gate and handlers on it, a loop."""
 
-    def __init__(self, url: str, policy: Policy) -> None:
+    suffix = ""  # added to the model's agent names (worlds whose log outlives an example)
+
+    def __init__(self, url: str, policy: Policy, ids: Identities) -> None:
+        self.agents = {name: f"{name}{self.suffix}" for name in AGENTS}
+        for name, cls in AGENTS.items():
+            ids.register(self.agents[name], cls)
         self.loop = asyncio.new_event_loop()
         self.sync = redis.Redis.from_url(url)
         self.sync.flushall()
         self.rebuilt_url = url.rsplit("/", 1)[0] + "/1"  # db 1: where rebuilds are compared
         self.store = RedisGrantStore.from_url(url, margin_s=MARGIN_S)
-        self.captured = Captured()
-        self.ctx = WorkerContext(policy, self.store, self.captured, margin_s=MARGIN_S,
+        self.ids = ids
+        self.bus = self._bus()
+        self.ctx = WorkerContext(policy, self.store, self.bus, margin_s=MARGIN_S,
                                  rebuild=self._rebuild_live)
-        gate = OpenGate(policy)
-        self.lifecycle = Lifecycle(self.ctx, gate, LifecycleStore(self.store, margin_s=MARGIN_S))
-        self.escalations = Escalations(self.ctx, gate, grant_requests=self.lifecycle.on_request)
-        self.risk = Risk(self.ctx, gate)
+        self.gate, self._nonces = ids.gate(url, self.ctx.audit, self.ctx.count)
+        self.lifecycle = Lifecycle(self.ctx, self.gate,
+                                   LifecycleStore(self.store, margin_s=MARGIN_S))
+        self.escalations = Escalations(self.ctx, self.gate,
+                                       grant_requests=self.lifecycle.on_request)
+        self.risk = Risk(self.ctx, self.gate)
         self.offsets: dict[str, int] = {}
         self.run(self.store.mark_built(self.redis_now()))
         self.ctx.ready.set()
+
+    def _bus(self) -> Captured:
+        return Captured()
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run one coroutine of the worker code to completion."""
@@ -141,34 +173,71 @@ class World:
         sec, usec = self.sync.time()
         return datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC)
 
-    def incoming(self, topic: str, event: WireModel, received_at: datetime) -> Incoming:
-        """The message as Kafka would hand it over, appended at ``received_at``."""
+    def pexpiretimes(self, names: Sequence[str], *, exists: bool = False) -> list[int]:
+        """PEXPIRETIME (or EXISTS) of each key, in one round trip."""
+        pipe = self.sync.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(name) if exists else pipe.pexpiretime(name)
+        return [int(v) for v in pipe.execute()]
+
+    def keys_without_ttl(self) -> list[str]:
+        """Per-agent keys (grants, markers, records, indexes) that would live forever."""
+        names = list(self.sync.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000))
+        pipe = self.sync.pipeline(transaction=False)
+        for name in names:
+            pipe.pttl(name)
+        return [n.decode() for n, ttl in zip(names, pipe.execute(), strict=True) if ttl == -1]
+
+    def events(self, topic: str) -> list[WireModel]:
+        """Every event the worker code published to ``topic``, in order."""
+        return self.bus.events(topic)
+
+    def incoming(self, topic: str, event: WireModel, received_at: datetime, *,
+                 forged_by: str | None = None) -> Incoming:
+        """The message as Kafka would hand it over, signed by its author as of ``received_at``
+        (or with ``forged_by``'s key: another agent's), appended at ``received_at``."""
         encoded = codec.encode(event, source="/tests/props")
+        signed = self.ids.forge(encoded, forged_by, received_at) if forged_by else \
+            self.ids.sign(event, encoded, received_at)
+        return self.append(topic, signed, received_at)
+
+    def append(self, topic: str, message: codec.Encoded, received_at: datetime) -> Incoming:
+        """``message`` appended to ``topic`` at ``received_at``, at the next offset."""
         offset = self.offsets.get(topic, 0)
         self.offsets[topic] = offset + 1
-        return Incoming(topic, 0, offset, received_at.timestamp(), encoded.key, encoded.value,
-                        encoded.headers)
+        return Incoming(topic, 0, offset, received_at.timestamp(), message.key, message.value,
+                        message.headers)
+
+    def replayed(self, msg: Incoming) -> Incoming:
+        """The same bytes (signature and all) appended again now: a replay, not a redelivery."""
+        message = codec.Encoded(msg.key, msg.value or b"", list(msg.headers))
+        return self.append(msg.topic, message, self.redis_now())
 
     def grant_records(self) -> list[Record]:
         """The grant topic as a rebuild would read it."""
-        return list(self.captured.records.get(topics.GRANTS.name, []))
+        return list(self.bus.records.get(topics.GRANTS.name, []))
+
+    def audit_records(self) -> list[Record]:
+        """The raw audit topic as a rebuild would read it (the live risk it noted)."""
+        return list(self.bus.records.get(topics.AUDIT_RAW.name, []))
 
     async def _rebuild_live(self) -> int:
         now = await self.store.now()
-        return await apply(self.store, fold(self.grant_records(), now), now)
+        return await apply(self.store, fold(self.grant_records(), now, self.audit_records()), now)
 
     def rebuild_elsewhere(self, now: datetime) -> RedisGrantStore:
-        """Fold the captured grant topic into an empty db 1, as ``grants rebuild`` would."""
+        """Fold the grant topic into an empty db 1, as ``grants rebuild`` would."""
         other = redis.Redis.from_url(self.rebuilt_url)
         other.flushdb()
         other.close()
         store = RedisGrantStore.from_url(self.rebuilt_url, margin_s=MARGIN_S)
-        self.run(apply(store, fold(self.grant_records(), now), now))
+        self.run(apply(store, fold(self.grant_records(), now, self.audit_records()), now))
         return store
 
     def close(self) -> None:
         """Close the clients and the loop."""
         self.run(self.store.aclose())
+        self.run(self._nonces.aclose())
         self.sync.close()
         self.loop.close()
 

@@ -1,4 +1,5 @@
-"""Folding the grant topic (broker/adapters/kafka/rebuild.py): revocation markers survive."""
+"""Folding the grant topic (broker/adapters/kafka/rebuild.py): revocation markers survive, and
+the live risk the raw audit noted comes back."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.rebuild import fold
+from broker.grants.revocation import risk_audit
+from broker.policy import RiskAction
 from broker.sdk.resource.index import GrantIndex
-from schemas.events import AgentRevoked, GrantIssued, WireModel
+from schemas.events import AgentRevoked, GrantIssued, RiskObserved, WireModel
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
@@ -70,3 +73,24 @@ def test_a_wiped_store_s_unlisted_earlier_grant_still_ends() -> None:
     g1 = _grant("g1", NOW - timedelta(seconds=5))
     log = _records(g1, _revoked(NOW, "revoke-on-model-change", None))
     assert fold(log, NOW).active == {}
+
+
+def _noted(agent: str, severity: float, until: datetime | None, outcome: str = "noted") -> Record:
+    signal = RiskObserved(signal_id=f"sig-{agent}-{severity}", subject_agent_id=agent,
+                          kind="behaviour_anomaly", severity=severity, source="t",
+                          observed_at=NOW - timedelta(minutes=1))
+    action = RiskAction(revoke=outcome == "revoked", rule="r", reason="r")
+    record = risk_audit(signal, action, (), NOW - timedelta(minutes=1), noted_until=until)
+    return Record("permbroker.audit.raw", 0, 0, 0, record, None, None)
+
+
+def test_live_risk_noted_in_the_audit_comes_back_with_the_view() -> None:
+    """Risk a signal noted (not revoked) and still in force is folded back, in log order; risk
+    that has lapsed, a revocation's record and one without its end are not."""
+    audit = [_noted("a-1", 0.75, NOW + timedelta(minutes=9)),
+             _noted("a-2", 0.5, NOW - timedelta(seconds=1)),
+             _noted("a-3", 0.95, NOW + timedelta(minutes=9), outcome="revoked"),
+             _noted("a-4", 0.8, None),
+             _noted("a-1", 0.3, NOW + timedelta(minutes=9, seconds=30))]
+    assert fold([], NOW, audit).risk == [("a-1", 0.75, NOW + timedelta(minutes=9)),
+                                        ("a-1", 0.3, NOW + timedelta(minutes=9, seconds=30))]
