@@ -1,8 +1,8 @@
 """The whole run: stack, worker(s), raw loop, observers, every benchmark, sections of the report.
 
 Imports broker, schemas and the bench's modules. Order: latency (1-3, 9), checks (4), policy
-(5), expiry (8), throughput (6, a second worker joins at the end), memory (7, 100,000 grants,
-last because it fills Redis).
+(5), signing and verifying (10), expiry (8), throughput (6, a second worker joins at the end),
+memory (7, 100,000 grants, last because it fills Redis).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from bench.measures import (
 )
 from bench.measures import (
     tput as b_tput,
+)
+from bench.measures import (
+    trust as b_trust,
 )
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
 from bench.report import Section
@@ -131,6 +134,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
             out.append(_checks(rig, s, sz, say))
             p_arms, verdict = b_policy.policy_rounds(sz.rounds, say)
             out.append(sections.policy(p_arms, verdict))
+            out.append(sections.trust(b_trust.trust_rounds(sz.rounds, say)))
             assert rig.harness is not None
             e_arms = b_expiry.expiry_run(rig.watch, rig.seen, rig.view, rig.harness,
                                          s.redis_url, sz.expiry_grants, say)
