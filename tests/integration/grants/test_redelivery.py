@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.bus import Publisher, Record, consumer
 from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.sdk.operator.approvals import Approver
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import (
@@ -115,11 +116,18 @@ def _approved(settings: Settings, publisher: Publisher, decisions: Tap, registra
     store = AgentKeyStore.from_settings(settings)
     votes = []
     for approver in approvers:
-        voter = Approver.agent(approver, settings.kafka_bootstrap, keys=store)
+        voter = Approver.agent(approver, role_access(settings, topics.AGENT), keys=store)
         votes.append(voter.approve(request.request_id, agent, "checked"))
     decisions.wait_for(EscalationDecided, lambda d: d.request_id == request.request_id
                        and d.outcome == "granted", timeout=WAIT)
     return agent, votes[-1]
+
+
+def _worker_group(settings: Settings) -> Consumer:
+    """A client of the workers' consumer group (as the admin, the tooling's user), never
+    committing on its own."""
+    return consumer(role_access(settings, topics.ADMIN), group=settings.app_id,
+                    **{"enable.auto.commit": False})
 
 
 def _rewind(settings: Settings, records: list[Record]) -> dict[tuple[str, int], int]:
@@ -127,8 +135,7 @@ def _rewind(settings: Settings, records: list[Record]) -> dict[tuple[str, int], 
     to: dict[tuple[str, int], int] = {}
     for r in records:
         to[(r.topic, r.partition)] = min(r.offset, to.get((r.topic, r.partition), r.offset))
-    group = consumer(settings.kafka_bootstrap, group=settings.app_id,
-                     **{"enable.auto.commit": False})
+    group = _worker_group(settings)
     try:
         group.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in to.items()],
                      asynchronous=False)
@@ -141,8 +148,7 @@ def _rewind(settings: Settings, records: list[Record]) -> dict[tuple[str, int], 
 
 def _committed_past(settings: Settings, records: list[Record]) -> bool:
     """Whether the worker group's commits passed every record again (each handled and acked)."""
-    group = consumer(settings.kafka_bootstrap, group=settings.app_id,
-                     **{"enable.auto.commit": False})
+    group = _worker_group(settings)
     try:
         tps = [TopicPartition(r.topic, r.partition) for r in records]
         at = {(c.topic, c.partition): c.offset for c in group.committed(tps, timeout=10)}
