@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from broker.adapters.crypto.analytics_key import ANALYTICS_PRINCIPAL, analytics_key_path
 from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.crypto.signing import Presented, presented
+from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.profiles import ProfileStore
@@ -34,6 +35,7 @@ from broker.api.app import create_app
 from broker.behaviour.profiles import Profile
 from broker.config import Settings
 from broker.grants.decide import derive_id
+from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AuditRecord, EscalationDecided, EscalationRequested, RiskObserved
@@ -77,9 +79,17 @@ def decided(agent: str, at: datetime) -> EscalationDecided:
         decided_at=at)
 
 
-def history(publisher: Publisher, agent: str, times: list[datetime]) -> None:
+@pytest.fixture
+def as_worker(settings: Settings) -> Publisher:
+    """Writes the decisions topic as the worker does: as the worker's Kafka user, each record
+    signed with the broker's keyring (the analytics read only what the broker signed)."""
+    return Publisher(role_access(settings, topics.WORKER), source="/tests/decisions",
+                     signer=RecordSigner(BrokerKeyring(settings.key_path("broker"))))
+
+
+def history(as_worker: Publisher, agent: str, times: list[datetime]) -> None:
     """Write the agent's decisions at ``times`` (in order) to the decisions topic."""
-    publisher.publish_many(topics.DECISIONS.name, [decided(agent, t) for t in times])
+    as_worker.publish_many(topics.DECISIONS.name, [decided(agent, t) for t in times])
 
 
 def spike(clock: DecisionClock, start_s: float, count: int = 20) -> list[datetime]:
@@ -152,7 +162,7 @@ def test_stats_through_the_cli_and_the_api(
 
 def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     settings: Settings, agents: Callable[[str], str], publisher: Publisher,
-    tap: Callable[[str], Tap], rclient: redis.Redis,
+    as_worker: Publisher, tap: Callable[[str], Tap], rclient: redis.Redis,
 ) -> None:
     """An agent that suddenly sends 20x its usual rate is revoked by the shipped thresholds; one
     at 5x is not; the audit shows the signed signal, its evidence and the rule that acted."""
@@ -165,10 +175,10 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
     assert granted.outcome == "granted" and granted.grant_id
     clock = DecisionClock()
     # Usual rates, over 20 minutes: one a minute (spiky), four a minute (steady).
-    history(publisher, spiky, [clock.at(60 * m) for m in range(20)])
-    history(publisher, steady, [clock.at(15 * q) for q in range(80)])
-    history(publisher, steady, spike(clock, 20 * 60 + 30))  # 20 in a minute: 5x its usual
-    history(publisher, spiky, spike(clock, 20 * 60 + 30))  # 20 in a minute: 20x its usual
+    history(as_worker, spiky, [clock.at(60 * m) for m in range(20)])
+    history(as_worker, steady, [clock.at(15 * q) for q in range(80)])
+    history(as_worker, steady, spike(clock, 20 * 60 + 30))  # 20 in a minute: 5x its usual
+    history(as_worker, spiky, spike(clock, 20 * 60 + 30))  # 20 in a minute: 20x its usual
 
     record = audit.wait_for(AuditRecord, risk_audit(spiky), timeout=90)[0]
     signal = record.inputs["signal"]
@@ -201,7 +211,7 @@ def test_twenty_times_the_usual_rate_is_revoked_by_policy(
 
 
 def test_profiles_and_windows_survive_a_worker_restart(
-    settings: Settings, agents: Callable[[str], str], publisher: Publisher,
+    settings: Settings, agents: Callable[[str], str], as_worker: Publisher,
     tap: Callable[[str], Tap], worker: WorkerProcess,
 ) -> None:
     """kill -9 mid-baseline: the window keeps the decisions from before the restart, nothing is
@@ -209,19 +219,19 @@ def test_profiles_and_windows_survive_a_worker_restart(
     agent = agents("n")
     audit = tap(topics.AUDIT_RAW.name)
     clock = DecisionClock()
-    history(publisher, agent, [clock.at(120 * k) for k in range(5)])  # one every 2 minutes
+    history(as_worker, agent, [clock.at(120 * k) for k in range(5)])  # one every 2 minutes
     wait_until(profiled(settings, agent, 5), 60, "five decisions profiled before the kill")
     before = stats(settings, agent)
     assert before is not None
     worker.kill()
     worker.start()
     worker.wait_ready(180)
-    history(publisher, agent, [clock.at(120 * k) for k in range(5, 10)])
+    history(as_worker, agent, [clock.at(120 * k) for k in range(5, 10)])
     wait_until(profiled(settings, agent, 10), 90, "ten decisions profiled after the restart")
     after = stats(settings, agent)
     assert after is not None and after["totals"]["requests"] == 10  # redeliveries not recounted
     assert after["first_seen"] == before["first_seen"] == clock.t0.isoformat()
-    history(publisher, agent, spike(clock, 20 * 60 + 30))
+    history(as_worker, agent, spike(clock, 20 * 60 + 30))
     record = audit.wait_for(AuditRecord, risk_audit(agent), timeout=90)[0]
     signal = record.inputs["signal"]
     assert isinstance(signal, dict)
