@@ -41,9 +41,9 @@ from schemas.events import (
     RenewalRequested,
 )
 from schemas.signing import GRANT_TOKEN_TYPE
-from tests.support.faults import world
 from tests.support.faults.bundles import props_bundle
-from tests.support.faults.gate import Identities
+from tests.support.faults.model import world
+from tests.support.faults.model.gate import Identities
 from tests.support.faults.report import Figures
 from tests.support.identities import agent_client, shared_trust
 from tests.support.waits import wait_until

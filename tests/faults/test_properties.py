@@ -1,7 +1,8 @@
-"""Property-based invariants (criterion 14): the stateful model of tests/support/faults/model.py
-run by hypothesis, randomized (a fresh seed each run, printed; a failure names it), against the
-real worker code, its identity gate and its lanes: on a private redis-server with the worker's
-output captured, and on a private Kafka + Redis with every message crossing Kafka.
+"""Property-based invariants (criterion 14): the stateful model of
+tests/support/faults/model/machine.py run by hypothesis, randomized (a fresh seed each run,
+printed; a failure names it), against the real worker code, its identity gate and its lanes: on
+a private redis-server with the worker's output captured, and on a private Kafka + Redis with
+every message crossing Kafka.
 
 Sizes: PERMBROKER_PROPS_EXAMPLES / PERMBROKER_PROPS_STEPS (the captured world) and
 PERMBROKER_PROPS_KAFKA_EXAMPLES (the Kafka world) change them; PERMBROKER_PROPS_SEED replays one
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from broker.policy import load_policy
-from tests.support.faults import model, private, world
+from tests.support.faults import private
 from tests.support.faults.bundles import props_bundle
-from tests.support.faults.gate import Identities
-from tests.support.faults.kafka_world import KafkaWorld
+from tests.support.faults.model import machine, spec, world
+from tests.support.faults.model.gate import Identities
+from tests.support.faults.model.kafka_world import KafkaWorld
 from tests.support.faults.report import Figures
 
 EXAMPLES = int(os.environ.get("PERMBROKER_PROPS_EXAMPLES", "200"))
@@ -61,9 +63,9 @@ def test_any_interleaving_keeps_the_grant_invariants(tmp_path: Path, figures: Fi
     ids = Identities(tmp_path / "ids", policy)
     started = time.monotonic()
     with world.redis_server() as url:
-        seed = model.run(lambda: world.World(url, policy, ids), examples=EXAMPLES, steps=STEPS,
+        seed = machine.run(lambda: world.World(url, policy, ids), examples=EXAMPLES, steps=STEPS,
                          seed=SEED)
-    report(figures, model.COUNTS, EXAMPLES, seed, started)
+    report(figures, spec.COUNTS, EXAMPLES, seed, started)
 
 
 @pytest.mark.criterion("14")
@@ -76,8 +78,7 @@ def test_the_model_with_every_message_through_kafka_keeps_the_invariants(
     policy = load_policy(props_bundle(tmp_path / "bundle"))
     ids = Identities(tmp_path / "ids", policy)
     started = time.monotonic()
-    with private.private_stack() as status:
-        seed = model.run(
-            lambda: KafkaWorld(status.redis_url, policy, ids, status.bootstrap),
-            examples=KAFKA_EXAMPLES, steps=KAFKA_STEPS, seed=SEED)
-    report(figures, model.COUNTS, KAFKA_EXAMPLES, seed, started)
+    with private.private_stack() as kafka_settings:
+        seed = machine.run(lambda: KafkaWorld(policy, ids, kafka_settings),
+                           examples=KAFKA_EXAMPLES, steps=KAFKA_STEPS, seed=SEED)
+    report(figures, spec.COUNTS, KAFKA_EXAMPLES, seed, started)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from broker.policy import load_policy
-from tests.support.faults import model, world
 from tests.support.faults.bundles import props_bundle
-from tests.support.faults.gate import Identities
+from tests.support.faults.model import machine, spec, world
+from tests.support.faults.model.gate import Identities
 
 EXAMPLES, STEPS = 12, 20
 
@@ -27,6 +27,6 @@ def test_a_short_randomized_run_of_the_property_model_keeps_the_grant_invariants
     policy = load_policy(props_bundle(tmp_path / "bundle"))
     ids = Identities(tmp_path / "ids", policy)
     with world.redis_server() as url:
-        model.run(lambda: world.World(url, policy, ids), examples=EXAMPLES, steps=STEPS)
-    assert model.COUNTS["examples"] >= EXAMPLES
-    assert model.COUNTS["invariant checks"] >= EXAMPLES
+        machine.run(lambda: world.World(url, policy, ids), examples=EXAMPLES, steps=STEPS)
+    assert spec.COUNTS["examples"] >= EXAMPLES
+    assert spec.COUNTS["invariant checks"] >= EXAMPLES

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tests.support.bundles import bulk_class
-from tests.support.faults import spec
+from tests.support.faults.model import spec
 
 ROOT = Path(__file__).resolve().parents[3]
 POOL = 1000

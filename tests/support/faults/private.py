@@ -15,6 +15,7 @@ from pathlib import Path
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Publisher, consumer, end_offsets
 from broker.config import Settings
 from broker.errors import BusError, StackError
@@ -56,20 +57,24 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
 
 
 @contextlib.contextmanager
-def private_stack() -> Iterator[stack.StackStatus]:
-    """Kafka + Redis on the private ports and no worker (the property model's Kafka); stopped
-    and wiped afterwards."""
+def private_stack() -> Iterator[Settings]:
+    """Kafka + Redis on the private ports and no worker (the property model's Kafka), as settings
+    that reach them (each role as its own Kafka user: ``role_access``); stopped and wiped
+    afterwards."""
     status = _up()
+    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
+                        kafka_credentials_file=credentials_file(STACK))
     try:
-        wait_until(lambda: _leaders(status.bootstrap), 60, "every topic partition has a leader")
-        yield status
+        wait_until(lambda: _leaders(role_access(settings, topics.ADMIN)), 60,
+                   "every topic partition has a leader")
+        yield settings
     finally:
         stack.down(STACK, wipe=True)
 
 
-def _leaders(bootstrap: str) -> bool:
+def _leaders(kafka: KafkaAccess) -> bool:
     """Whether the log end of every partition of every topic can be read (leaders elected)."""
-    c = consumer(bootstrap)
+    c = consumer(kafka)
     try:
         for topic in topics.ALL_TOPICS:
             end_offsets(c, topic.name, timeout=5)

@@ -1,10 +1,12 @@
 """The property world with a real Kafka in the loop. Imports broker, schemas, streams, tests.
 
-Each message the model delivers is produced to its real topic and consumed back (its offset,
-headers and LogAppendTime are Kafka's); the worker code publishes through a real producer
-(acks=all), the model reads the grant, decision and audit topics back from Kafka, and the view is
-rebuilt by the product's ``rebuild.collect``, reading the whole grant topic. The topics outlive
-an example, so each example's agents have ids of their own (``KafkaWorld.suffix``).
+Each message the model delivers is produced to its real topic as an agent and consumed back as
+the worker (its offset, headers and LogAppendTime are Kafka's); the worker code publishes through
+a real producer (acks=all) as the worker, the model reads the grant, decision and audit topics
+back from Kafka, and the view is rebuilt by the product's ``rebuild.collect``, reading the whole
+grant topic and verifying every record with the broker's chain of trust. Every client is on Kafka
+as the user of its role (``role_access``). The topics outlive an example, so each example's
+agents have ids of their own (``KafkaWorld.suffix``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from broker.adapters.kafka import codec, rebuild
 from broker.adapters.kafka.bus import Record, consumer, producer_config, to_record
 from broker.adapters.redis.store import RedisGrantStore
+from broker.config import Settings
 from broker.delivery.consistency import Position
 from broker.errors import BusError
 from broker.policy import Policy
+from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import WireModel
 from streams.worker import Incoming
-from tests.support.faults.gate import Identities
-from tests.support.faults.world import MARGIN_S, World
+from tests.support.faults.model.gate import Identities
+from tests.support.faults.model.world import MARGIN_S, World
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -40,9 +44,10 @@ _EXAMPLES = itertools.count()
 class KafkaBus:
     """The worker's publisher on a real Kafka, and a reader of what it wrote there."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer(producer_config(bootstrap))
-        self._taps = {t: Tap(bootstrap, t) for t in READ_BACK}
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer(producer_config(role_access(settings, topics.WORKER)))
+        admin = role_access(settings, topics.ADMIN)  # a tap reads whatever the model watches
+        self._taps = {t: Tap(admin, t) for t in READ_BACK}
         self._wrote: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
         self._lock = threading.Lock()
 
@@ -56,23 +61,8 @@ class KafkaBus:
 
     def send(self, messages: Sequence[tuple[str, codec.Encoded]]) -> list[Position]:
         """Blocking ``publish_many``."""
-        landed: list[Position | KafkaError] = []
-
-        def done(err: KafkaError | None, msg: Message) -> None:
-            landed.append(err or Position(msg.topic() or "", msg.partition() or 0,
-                                          msg.offset() or 0))
-
         with self._lock:
-            for topic, m in messages:
-                self._producer.produce(topic, m.value, m.key, headers=m.headers,
-                                       on_delivery=done)
-            self._producer.flush(30)
-        failed = [x for x in landed if isinstance(x, KafkaError)]
-        if failed or len(landed) != len(messages):
-            raise BusError(f"Kafka did not acknowledge {len(messages) - len(landed)} message(s)"
-                           f"{': ' + str(failed[0]) if failed else ''}")
-        positions = [x for x in landed if isinstance(x, Position)]
-        with self._lock:
+            positions = _send(self._producer, messages)
             for p in positions:
                 key = (p.topic, p.partition)
                 self._wrote[key] = max(self._wrote.get(key, -1), p.offset)
@@ -105,26 +95,27 @@ class KafkaBus:
 class KafkaWorld(World):
     """``World`` with every input and output crossing a real Kafka broker."""
 
-    def __init__(self, url: str, policy: Policy, ids: Identities, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, policy: Policy, ids: Identities, settings: Settings) -> None:
+        self.settings = settings
         self.suffix = f"k{next(_EXAMPLES)}-{int(time.time() * 1000) % 10**9}"
-        self._reader = consumer(bootstrap)
-        super().__init__(url, policy, ids)
+        self._sender = Producer(producer_config(role_access(settings, topics.AGENT)))
+        self._reader = consumer(role_access(settings, topics.WORKER))
+        super().__init__(settings.redis_url, policy, ids)
 
     def _bus(self) -> KafkaBus:  # type: ignore[override]
-        return KafkaBus(self.bootstrap)
+        return KafkaBus(self.settings)
 
     def append(self, topic: str, message: codec.Encoded, received_at: datetime) -> Incoming:
-        """Produce ``message`` and consume it back: Kafka gives its offset and append time."""
-        assert isinstance(self.bus, KafkaBus)
-        (where,) = self.bus.send([(topic, message)])
+        """Produce ``message`` as an agent and consume it back as the worker: Kafka gives its
+        offset and append time."""
+        (where,) = _send(self._sender, [(topic, message)])
         self._reader.assign([TopicPartition(topic, where.partition, where.offset)])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             msg = self._reader.poll(0.5)
             if msg is None or msg.error() or msg.offset() != where.offset:
                 continue
-            rec = to_record(msg)
+            rec = to_record(msg, None)  # as consumed: the gate checks its signature
             return Incoming(topic, rec.partition, rec.offset, rec.timestamp_ms / 1000,
                             rec.key, rec.raw, list(rec.headers))
         raise AssertionError(f"{topic}/{where.partition}/{where.offset} never read back")
@@ -136,22 +127,47 @@ class KafkaWorld(World):
         return self.bus.records(topics.GRANTS.name)
 
     async def _rebuild_live(self) -> int:
+        """The worker's own rebuild: as the worker, with the worker's trust."""
         now = await self.store.now()
-        folded = await asyncio.to_thread(rebuild.collect, self.bootstrap, now)
+        folded = await asyncio.to_thread(rebuild.collect, role_access(
+            self.settings, topics.WORKER), now, self.trust)
         return await rebuild.apply(self.store, folded, now)
 
     def rebuild_elsewhere(self, now: datetime) -> RedisGrantStore:
-        """``grants rebuild`` into an empty db 1: the whole grant topic, read from Kafka."""
+        """``grants rebuild`` into an empty db 1: the whole grant topic, read from Kafka as the
+        operator's CLI reads it (its own chain of trust from the broker's anchor)."""
         other = redis.Redis.from_url(self.rebuilt_url)
         other.flushdb()
         other.close()
         store = RedisGrantStore.from_url(self.rebuilt_url, margin_s=MARGIN_S)
-        self.run(rebuild.apply(store, rebuild.collect(self.bootstrap, now), now))
+        folded = rebuild.collect(role_access(self.settings, topics.OPERATOR), now,
+                                 self.ids.trust())
+        self.run(rebuild.apply(store, folded, now))
         return store
 
     def close(self) -> None:
         """Close Kafka's clients, then the rest."""
         assert isinstance(self.bus, KafkaBus)
         self.bus.close()
+        self._sender.flush(10)
         self._reader.close()
         super().close()
+
+
+def _send(producer: Producer, messages: Sequence[tuple[str, codec.Encoded]]) -> list[Position]:
+    """Send (topic, message) pairs in order and wait for Kafka's acknowledgement of each; where
+    each landed (BusError if any was not acknowledged)."""
+    landed: list[Position | KafkaError] = []
+
+    def done(err: KafkaError | None, msg: Message) -> None:
+        landed.append(err or Position(msg.topic() or "", msg.partition() or 0,
+                                      msg.offset() or 0))
+
+    for topic, m in messages:
+        producer.produce(topic, m.value, m.key, headers=m.headers, on_delivery=done)
+    producer.flush(30)
+    failed = [x for x in landed if isinstance(x, KafkaError)]
+    if failed or len(landed) != len(messages):
+        raise BusError(f"Kafka did not acknowledge {len(messages) - len(landed)} message(s)"
+                       f"{': ' + str(failed[0]) if failed else ''}")
+    return [x for x in landed if isinstance(x, Position)]

@@ -5,7 +5,7 @@ The model is written from the policy text (the fraud policy, see tests/support/f
 ceilings, rule maxima, caps, quarantines), not from the code under test: it knows which grants
 may be live, until when, and checks the store after every step. Every message is signed and
 passes the worker's identity gate; forged and replayed messages must be refused by it. Bursts
-(tests/support/faults/concurrent.py) run several messages at once, as the worker's lanes do.
+(tests/support/faults/model/concurrent.py) run several messages at once, as the worker's lanes do.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from schemas.events import (
     WireModel,
 )
 from streams.worker import Incoming
-from tests.support.faults import concurrent
-from tests.support.faults.spec import (
+from tests.support.faults.model import concurrent
+from tests.support.faults.model.spec import (
     AGENTS,
     CAP_S,
     CEILING,
@@ -63,7 +63,7 @@ from tests.support.faults.spec import (
     fitting,
     within,
 )
-from tests.support.faults.world import World, close_store
+from tests.support.faults.model.world import World, close_store
 
 AGENT = st.sampled_from(sorted(AGENTS))
 

@@ -1,10 +1,11 @@
 """The stateful model's world: a private redis-server, the real worker handlers on it.
 
 Imports broker, streams, schemas, tests. Every message the model delivers is signed by its
-author and passes the worker's own identity gate (tests/support/faults/gate.py). ``World`` has
-no Kafka in the loop: ``publish`` captures every event the worker code emits (in order, per
-topic), so the grant events can be folded by the product's own rebuild
-(``broker.adapters.kafka.rebuild``); tests/support/faults/kafka_world.py puts a real Kafka in
+author and passes the worker's own identity gate (tests/support/faults/model/gate.py); every
+record the worker writes is signed by the broker's key and read back through the decode edge,
+verified. ``World`` has no Kafka in the loop: ``publish`` captures every event the worker code
+emits (in order, per topic), so the grant events can be folded by the product's own rebuild
+(``broker.adapters.kafka.rebuild``); tests/support/faults/model/kafka_world.py puts a real Kafka in
 it. Time is Redis's real clock (the one that expires the keys); the model moves it forward only
 by waiting, bounded, for a grant's expiry to pass.
 """
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 import redis
 
-from broker.adapters.kafka import codec
+from broker.adapters.kafka import codec, edge
 from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.rebuild import apply, fold
 from broker.adapters.redis import keyspace as keys
@@ -38,9 +39,9 @@ from streams.escalations import Escalations
 from streams.lifecycle import Lifecycle
 from streams.risk import Risk
 from streams.worker import Incoming, WorkerContext
-from tests.support.faults.gate import Identities
+from tests.support.faults.model.gate import Identities
+from tests.support.faults.model.spec import AGENTS
 from tests.support.faults.ports import BASE
-from tests.support.faults.spec import AGENTS
 
 T = TypeVar("T")
 PORT = BASE + 40  # never the session stack's, private.py's nor the cluster's ports
@@ -96,37 +97,26 @@ def _answers(url: str, proc: subprocess.Popen[bytes]) -> bool:
 
 @dataclass
 class Captured:
-    """Every event the worker code published, per topic, in order."""
+    """Every record the worker code published, per topic, in order, as its readers read it."""
 
+    trust: edge.Trust  # the broker's chain of trust: what the worker writes must verify
     records: dict[str, list[Record]] = field(default_factory=dict)
 
     async def publish(self, topic: str, messages: Sequence[codec.Encoded]) -> None:
-        """The worker's publisher: decode each message back (it must be valid) and keep it."""
+        """The worker's publisher: read each message back through the decode edge (signature
+        and all: it must pass) and keep it."""
         kept = self.records.setdefault(topic, [])
         for m in messages:
-            event = codec.decode(m.key, m.value, m.headers)
-            kept.append(Record(topic, 0, len(kept), int(time.time() * 1000), event, None,
-                               m.value, m.key, tuple(m.headers)))
+            rec = edge.read(topic, 0, len(kept), int(time.time() * 1000), m.key, m.value,
+                            m.headers, trust=self.trust, reader="props")
+            assert rec.event is not None, f"the worker wrote what its readers refuse on " \
+                f"{topic}: {rec.reason}: {rec.error}"
+            kept.append(rec)
 
     async def publish_many(self, messages: Sequence[tuple[str, codec.Encoded]]) -> None:
         """``publish`` for (topic, message) pairs, in order."""
         for topic, message in messages:
             await self.publish(topic, [message])
-
-    def pexpiretimes(self, names: Sequence[str], *, exists: bool = False) -> list[int]:
-        """PEXPIRETIME (or EXISTS) of each key, in one round trip."""
-        pipe = self.sync.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(name) if exists else pipe.pexpiretime(name)
-        return [int(v) for v in pipe.execute()]
-
-    def keys_without_ttl(self) -> list[str]:
-        """Per-agent keys (grants, markers, records, indexes) that would live forever."""
-        names = list(self.sync.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000))
-        pipe = self.sync.pipeline(transaction=False)
-        for name in names:
-            pipe.pttl(name)
-        return [n.decode() for n, ttl in zip(names, pipe.execute(), strict=True) if ttl == -1]
 
     def events(self, topic: str) -> list[WireModel]:
         """The decoded events of one topic."""
@@ -148,9 +138,11 @@ class World:
         self.rebuilt_url = url.rsplit("/", 1)[0] + "/1"  # db 1: where rebuilds are compared
         self.store = RedisGrantStore.from_url(url, margin_s=MARGIN_S)
         self.ids = ids
+        self.trust = ids.trust()
         self.bus = self._bus()
         self.ctx = WorkerContext(policy, self.store, self.bus, margin_s=MARGIN_S,
-                                 rebuild=self._rebuild_live)
+                                 rebuild=self._rebuild_live, signer=ids.signer(),
+                                 trust=self.trust)
         self.gate, self._nonces = ids.gate(url, self.ctx.audit, self.ctx.count)
         self.lifecycle = Lifecycle(self.ctx, self.gate,
                                    LifecycleStore(self.store, margin_s=MARGIN_S))
@@ -162,7 +154,7 @@ class World:
         self.ctx.ready.set()
 
     def _bus(self) -> Captured:
-        return Captured()
+        return Captured(self.trust)
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run one coroutine of the worker code to completion."""

@@ -34,7 +34,7 @@ from schemas.events import (
 )
 from streams.lanes import Lanes
 from streams.worker import Incoming
-from tests.support.faults.spec import (
+from tests.support.faults.model.spec import (
     AGENTS,
     COUNTS,
     GUARD,
@@ -46,7 +46,7 @@ from tests.support.faults.spec import (
 )
 
 if TYPE_CHECKING:
-    from tests.support.faults.model import BrokerModel
+    from tests.support.faults.model.machine import BrokerModel
 
 KINDS = ("request", "request", "renew", "release", "risk")
 ITEM = st.tuples(st.sampled_from(KINDS), st.sampled_from(sorted(AGENTS)), st.integers(0, 10**6),

@@ -5,7 +5,9 @@ store in a scratch directory) and a registry record; an operator key signs the r
 agent may only report about itself). The gate is the worker's own, verifying every message the
 model delivers: signature, binding, freshness against the append time, replay (its nonces live in
 the world's Redis), authority. The registry is the product's ``Registry`` (the view's state
-without its Kafka follower): the model registers its agents once, before any event.
+without its Kafka follower): the model registers its agents once, before any event. The broker's
+own keyring and trust anchor sign and verify what the worker writes (``signer``, ``trust``), as
+streams/bootstrap.py builds them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from broker.adapters.crypto.keystore import (
     load_operator,
 )
 from broker.adapters.crypto.signing import sign_message
+from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
+from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.registry_view import Registry
 from broker.adapters.redis.identity import IdentityStore
@@ -45,7 +49,8 @@ class Identities:
 
     def __init__(self, workdir: Path, policy: Policy) -> None:
         self.settings = Settings(stack_dir=workdir)
-        ensure_identity_files(self.settings)  # the operator's key and the operators file
+        # The broker's keyring and trust anchor, the operator's key and the operators file.
+        ensure_identity_files(self.settings)
         self.operator, self._operator_key = load_operator(self.settings.key_path("operator"))
         self.keys = AgentKeyStore.from_settings(self.settings)
         self.policy = policy
@@ -79,12 +84,24 @@ class Identities:
         """Sign ``message`` with another agent's key (the gate must refuse it)."""
         return sign_message(message, self.keys.load(as_agent).current, as_agent, now=at)
 
+    def signer(self) -> RecordSigner:
+        """What signs every record the worker writes: the broker's keyring."""
+        return RecordSigner(BrokerKeyring(self.settings.key_path("broker")))
+
+    def trust(self) -> RecordTrust:
+        """What verifies them: the chain of trust from the broker's anchor (the model never
+        rotates the broker's key, so the anchor is the whole chain)."""
+        return RecordTrust.from_files(self.settings.key_path("trust-anchor"),
+                                      self.settings.key_path("services"),
+                                      leeway_s=self.settings.signature_max_skew_s)
+
     def gate(self, redis_url: str, audit: Callable[..., Awaitable[None]],
              count: Callable[[str], None]) -> tuple[IdentityGate, IdentityStore]:
         """The worker's gate over these identities, with its nonce store on ``redis_url``."""
         store = IdentityStore.from_url(redis_url)
         gate = IdentityGate(
-            OperatorDirectory(self.settings.key_path("operators")), store, self.settings,
+            OperatorDirectory(self.settings.key_path("operators")),
+            ServiceDirectory(self.settings.key_path("services")), store, self.settings,
             audit, count,
             classes={n: (c.baseline, c.ceiling) for n, c in self.policy.classes.items()})
         registry = StaticRegistry()
