@@ -157,7 +157,7 @@ AUDIT_RAW = Topic(
     "Audit records as workers write them, acknowledged before a grant becomes visible; the "
     "sealer chains each one into permbroker.audit (same partition).",
     writers=(WORKER, OPERATOR, API),  # operators: selector revocations, `grants rebuild`
-    readers=(WORKER, AUDITOR),
+    readers=(WORKER, OPERATOR, AUDITOR),  # operators: `grants rebuild` restores live risk
 )
 DEAD_LETTER = Topic(
     "permbroker.dlq", PARTITIONS, "delete", 30 * DAY_MS,

@@ -88,11 +88,12 @@ def readers(settings: Settings, agent: str, since: datetime) -> Iterator[Readers
                  for t in GRANT_TOPICS}
         registry = RegistryView(service, trust)
         stack.callback(registry.close)
-        decisions = DecisionWatcher(service, trust=trust)
+        operator = role_access(settings, topics.OPERATOR)  # reads decisions and acks
+        decisions = DecisionWatcher(operator, trust=trust)
         stack.callback(decisions.close)
         api = stack.enter_context(TestClient(create_app(api_settings(settings, agent))))
         found = Readers(jwks, views, registry, decisions, api)
-        acks = AckFollower(service, since, found.acks.append, trust=trust)
+        acks = AckFollower(operator, since, found.acks.append, trust=trust)
         stack.callback(acks.close)
         assert all(v.wait_ready(60) for v in views.values()) and registry.wait_ready(60)
         wait_until(lambda: api.get("/readyz").status_code == 200, 60, "the API ready")

@@ -138,7 +138,7 @@ def read_from(kafka: KafkaAccess, topic: str, starts: dict[int, int]) -> list[Re
             msg = c.poll(0.2)
             if msg is None or msg.error():
                 continue
-            out.append(to_record(msg))
+            out.append(to_record(msg, None))
             if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
                 todo.discard(msg.partition() or 0)
         assert not todo, f"reading {topic} did not reach its end"

@@ -132,7 +132,7 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
     attacker = Attacker(settings, SigningKey.generate())
     since = datetime.now(UTC) - timedelta(seconds=5)
     keys = JwksView.from_settings(settings, service)  # a fresh reader: its own refusal counts
-    watcher = DecisionWatcher(service, trust=keys.trust)
+    watcher = DecisionWatcher(role_access(settings, topics.AGENT), trust=keys.trust)
     try:
         forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}")
         attacker.both(topics.DECISIONS.name, EscalationDecided(
