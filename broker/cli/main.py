@@ -19,6 +19,7 @@ from broker.cli.identity.behaviour import behaviour_app
 from broker.cli.identity.inventory import inventory_app
 from broker.cli.identity.keys import keys_app
 from broker.cli.identity.services import services_app
+from broker.cli.ops.dev import dev_app
 from broker.cli.ops.enforcement import api_app, revocations_app
 from broker.cli.ops.kafka import kafka_app
 from broker.cli.ops.run import run_app
@@ -53,6 +54,7 @@ def _read_settings() -> None:
 app.add_typer(revoke_app)  # permbroker revoke
 app.add_typer(inventory_app)  # permbroker inventory
 app.add_typer(run_app)  # permbroker worker | demo | request
+app.add_typer(dev_app)  # permbroker dev
 app.add_typer(
     stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
 )
