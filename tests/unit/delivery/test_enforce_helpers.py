@@ -57,12 +57,14 @@ def keyring(tmp_path: Path) -> BrokerKeyring:
 
 
 def token_of(keyring: BrokerKeyring, agent: str) -> str:
+    # The grant lives five minutes from now, not from collection: in a long suite the unit
+    # tests run minutes after this module was imported.
+    now = datetime.now(UTC)
     grant = GrantIssued(
         grant_id=f"grant-{agent}", agent_id=agent, request_id="req-1", scopes=(FREEZE,),
-        resources=("acct-1",), issued_at=NOW, expires_at=NOW + timedelta(minutes=5),
+        resources=("acct-1",), issued_at=now, expires_at=now + timedelta(minutes=5),
         policy_revision="sha256:ab", rules=("r",), model_version="1", model_digest="sha256:0")
-    token, _exp = mint_grant_token(grant, "payments", keyring, now=datetime.now(UTC),
-                                   max_ttl_s=60)
+    token, _exp = mint_grant_token(grant, "payments", keyring, now=now, max_ttl_s=60)
     return token
 
 
