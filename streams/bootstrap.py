@@ -40,7 +40,7 @@ from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
 from broker.audit.redact import Redactor
 from broker.config import Settings
-from broker.delivery.routing import GrantRouting
+from broker.delivery.routing import GrantRouting, routing_for
 from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
@@ -95,7 +95,9 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         free_text=settings.audit_redact_free_text,
         extra=settings.audit_sensitive_fields.split(","),
     )
-    routing = GrantRouting(frozenset(settings.grant_namespaces))
+    # Every namespace of the ceilings gets its topic unless the setting lists them explicitly.
+    routing = routing_for(settings.grant_namespaces,
+                          (s for c in policy.classes.values() for s in c.ceiling))
     # The broker signs every record it writes; it reads back only what its chain of trust
     # (the anchor, then the published key sets) vouches for. Both are required (fail closed).
     keyring = BrokerKeyring(settings.key_path("broker"))

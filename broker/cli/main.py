@@ -19,6 +19,7 @@ from broker.cli.identity.behaviour import behaviour_app
 from broker.cli.identity.inventory import inventory_app
 from broker.cli.identity.keys import keys_app
 from broker.cli.identity.services import services_app
+from broker.cli.ops.dev import dev_app
 from broker.cli.ops.enforcement import api_app, revocations_app
 from broker.cli.ops.kafka import kafka_app
 from broker.cli.ops.run import run_app
@@ -26,6 +27,7 @@ from broker.cli.ops.stack import stack_app
 from broker.cli.output import fail
 from broker.cli.policy import policy_app
 from broker.config import Settings
+from broker.errors import ConfigError
 
 app = typer.Typer(
     help="permbroker: time-boxed, narrow, revocable permissions for AI agents.",
@@ -40,7 +42,10 @@ def _read_settings() -> None:
     try:
         use_settings(Settings())
     except ValidationError as exc:
-        raise fail(f"invalid settings: {exc}", "check the PERMBROKER_* variables") from exc
+        raise fail(f"invalid settings: {exc}",
+                   "check the PERMBROKER_* variables and the config file") from exc
+    except ConfigError as exc:
+        raise fail(str(exc), "fix PERMBROKER_CONFIG or the config file") from exc
 
 
 # The command tree, assembled here only. Each module of broker/cli decorates its commands on
@@ -49,6 +54,7 @@ def _read_settings() -> None:
 app.add_typer(revoke_app)  # permbroker revoke
 app.add_typer(inventory_app)  # permbroker inventory
 app.add_typer(run_app)  # permbroker worker | demo | request
+app.add_typer(dev_app)  # permbroker dev
 app.add_typer(
     stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
 )

@@ -31,9 +31,11 @@ _MODULE_PREFIX = re.compile(r"\b[a-z_]+(?:\.[a-z_]+)*\.(?=[A-Z])")  # typing.X, 
 CONFIG_INTRO = """\
 # Configuration reference
 
-Every setting is read from an environment variable named `PERMBROKER_<NAME>` (`broker/config.py`,
-pydantic-settings). A value that does not parse or is out of range stops the process with the
-variable named. Paths without a default under `<stack_dir>` are relative to the working directory.
+Every setting is read from the environment variable `PERMBROKER_<NAME>`, else from the config
+file `permbroker.toml` (the key `<name>` in lower case; the file named by `PERMBROKER_CONFIG`,
+else the one in `$XDG_CONFIG_HOME/permbroker/`; its relative paths are resolved against its
+folder), else the default (`broker/config.py`). A value that does not parse or is out of range
+stops the process with the setting named.
 
 This page is generated from the settings' own descriptions by `python -m broker.cli.reference`;
 a unit test fails when it differs from what the code says.
@@ -71,16 +73,15 @@ def type_name(annotation: object) -> str:
 
 
 def default_text(field: FieldInfo) -> str:
-    """The default as a reader would type it; a path under the home directory starts with ~."""
+    """The default as a reader would type it; one computed on this machine (a path under the
+    data dir, the shipped bundle) is named by the description instead."""
     if field.is_required():
         return "(required)"
+    if field.default_factory is not None:
+        return "(computed)"
     value = field.get_default(call_default_factory=True)
     if value is None or value == "" or value == ():
         return "(none)"
-    if isinstance(value, Path):
-        home = str(Path.home())
-        text = str(value)
-        return "`" + ("~" + text[len(home):] if text.startswith(home) else text) + "`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     return f"`{value}`"

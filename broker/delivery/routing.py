@@ -6,10 +6,15 @@ grants and renewals projected to that namespace's scopes, the end of those grant
 released, expired, expiring), and every agent-level revocation (the agent may hold grants
 anywhere). A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
 agent id with the same partition count, so each keeps one agent's events in order.
+
+By default every namespace named in the policy's ceilings is routed (``routing_for``): a
+resource service of any namespace an agent may ever hold finds its topic written. A configured
+list replaces that default (to add namespaces or to route fewer).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +30,21 @@ def namespace_of(scope: str) -> str:
 def namespaces_of(scopes: Iterable[str]) -> frozenset[str]:
     """The namespaces a set of scopes touches."""
     return frozenset(namespace_of(s) for s in scopes)
+
+
+# A namespace that can name a Kafka topic (a wildcard ceiling such as ``*:read`` names none).
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def ceiling_namespaces(ceilings: Iterable[str]) -> frozenset[str]:
+    """The namespaces the ceiling scopes name (``payments:accounts.*`` -> ``payments``)."""
+    return frozenset(ns for ns in namespaces_of(ceilings) if _TOPIC_SAFE.fullmatch(ns))
+
+
+def routing_for(configured: Iterable[str], ceilings: Iterable[str]) -> GrantRouting:
+    """The configured namespaces when any are given, else every namespace of the ceilings."""
+    chosen = frozenset(configured)
+    return GrantRouting(chosen if chosen else ceiling_namespaces(ceilings))
 
 
 @dataclass(frozen=True)

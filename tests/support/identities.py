@@ -118,6 +118,18 @@ def pool_taker(run_id: str, registrar: Registrar, classes: tuple[tuple[str, str,
     return take
 
 
+# Every setting that names a key file or directory. ``own_keys`` sets each to None, so a stack
+# of its own keeps its keys in <stack_dir>/keys whatever the environment names (the session's
+# registrar exports its key paths for the SDK and the CLI).
+KEY_SETTINGS = ("broker_key_file", "operator_key_file", "operators_file", "agent_key_dir",
+                "trust_anchor", "services_file", "service_key_dir")
+
+
+def own_keys() -> dict[str, Any]:
+    """Settings arguments that keep every key file in the settings' own stack dir."""
+    return dict.fromkeys(KEY_SETTINGS)
+
+
 def api_settings(settings: Settings, agent: str, **changes: Any) -> Settings:
     """The test settings for an API process serving ``agent``'s tests; on Kafka the API is the
     api role's user."""

@@ -26,7 +26,7 @@ from broker.stack.procs import ProcRecord, is_ours
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
-from tests.support.identities import Registrar, close_shared_trust, harness_signer
+from tests.support.identities import Registrar, close_shared_trust, harness_signer, own_keys
 from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -42,7 +42,8 @@ def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
                         kafka_credentials_file=credentials_file(STACK), policy_path=policy,
                         app_id=f"permbroker-private-{tag}", stack_dir=workdir,
-                        expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13)
+                        expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13,
+                        **own_keys())  # its worker's keys, not the session's
     ensure_keys(settings)
     ensure_identity_files(settings)  # the private worker's token keys and operator key
     worker = WorkerProcess(settings, role_access(settings, topics.WORKER), name="private-worker")

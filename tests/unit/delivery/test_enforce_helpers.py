@@ -57,8 +57,7 @@ def keyring(tmp_path: Path) -> BrokerKeyring:
 
 
 def token_of(keyring: BrokerKeyring, agent: str) -> str:
-    # The grant lives five minutes from now, not from collection: in a long suite the unit
-    # tests run minutes after this module was imported.
+    # Issued now, not at import: a suite that runs for minutes first must not see it expired.
     now = datetime.now(UTC)
     grant = GrantIssued(
         grant_id=f"grant-{agent}", agent_id=agent, request_id="req-1", scopes=(FREEZE,),

@@ -134,6 +134,8 @@ def burst(self: BrokerModel, items: list[tuple[str, str, int, tuple[str, ...],
     b.risk_before = dict(self.risk)
     for item in items:
         b.add(*item)
+    self.requested += sum(e.kind == "request" for e in b.entries)
+    self.sent += sum(e.kind in ("request", "risk") for e in b.entries)
     self.delivered.extend(e.msg for e in b.entries)
     COUNTS["burst messages"] += len(b.entries)
     self.world.run(b.run())

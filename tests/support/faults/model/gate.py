@@ -1,6 +1,6 @@
 """The identity gate of the property world: real keys, a registry, the worker's ``IdentityGate``.
 
-Imports broker, schemas, streams. Each agent of the model has its own key pair (an agent key
+Imports broker, schemas, streams, tests. Each agent of the model has its own key pair (an agent key
 store in a scratch directory) and a registry record; an operator key signs the risk signals (an
 agent may only report about itself). The gate is the worker's own, verifying every message the
 model delivers: signature, binding, freshness against the append time, replay (its nonces live in
@@ -32,6 +32,7 @@ from broker.config import Settings
 from broker.policy import Policy
 from schemas.events import AgentKey, AgentProfile, AgentRecord, ModelInfo, RiskObserved, WireModel
 from streams.identity.gate import IdentityGate
+from tests.support.identities import own_keys
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)  # keys and records valid long before any test event
 
@@ -48,7 +49,7 @@ class Identities:
     """Keys and registry records of the model's agents, and an operator key (made once)."""
 
     def __init__(self, workdir: Path, policy: Policy) -> None:
-        self.settings = Settings(stack_dir=workdir)
+        self.settings = Settings(stack_dir=workdir, **own_keys())  # the model's keys only
         # The broker's keyring and trust anchor, the operator's key and the operators file.
         ensure_identity_files(self.settings)
         self.operator, self._operator_key = load_operator(self.settings.key_path("operator"))
