@@ -16,7 +16,7 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps dev stack-up stack-down stack-status check test test-faults demo bench bench-peers clean
+.PHONY: help venv deps dev stack-up stack-down stack-status check docs test test-faults demo bench bench-peers clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
@@ -26,6 +26,7 @@ help:
 	@echo "make stack-status  show the local stack"
 	@echo "make stack-down    stop it (WIPE=1 also deletes its data)"
 	@echo "make check         ruff + mypy --strict"
+	@echo "make docs          build the docs site into site/ (mkdocs --strict, offline)"
 	@echo "make test          run the test suite (starts and stops its own stack)"
 	@echo "make test-faults   run the fault-injection suite, write reports/reliability.md"
 	@echo "make demo          run the fraud-agent demo (starts and stops its own stack)"
@@ -68,7 +69,14 @@ check: venv
 	$(call header,check: mypy --strict)
 	$(BIN)/mypy schemas broker streams
 
-test: venv deps
+# The docs site (docs/, mkdocs.yml) into site/: strict, so a broken link or anchor fails, and
+# offline (the theme's web fonts are off). The reference pages are generated:
+# `python -m broker.cli.reference` rewrites them, and a unit test fails when they drift.
+docs: venv
+	$(call header,docs: mkdocs build --strict into site/)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: venv deps docs
 	$(call header,test: policy tests of every shipped bundle)
 	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
@@ -116,5 +124,5 @@ clean:
 	    PERMBROKER_STACK_DIR=$$dir $(BIN)/python -m broker.cli.ops.stack down || true; \
 	  done; \
 	fi
-	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist site
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf

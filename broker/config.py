@@ -95,38 +95,56 @@ class Settings(BaseSettings):
         None, description="Dev tooling only: the local stack's Kafka users, one password per "
         "role, handed to the processes it starts (default <stack_dir>/kafka/credentials.json)"
     )
-    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL of the grant store")
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0", description="Redis URL of the grant store (it must run with "
+        "maxmemory-policy noeviction; checked at start)"
+    )
     policy_path: Path = Field(
         default_factory=shipped_bundle,
-        description="Policy bundle (file or dir); default: the shipped fraud bundle",
+        description="Policy bundle (file or dir) the worker loads; default: the shipped fraud "
+        "bundle",
     )
-    app_id: str = Field("permbroker", description="faust app id = Kafka consumer group")
+    app_id: str = Field(
+        "permbroker", description="faust app id = Kafka consumer group of the workers (and "
+        "their transactional-id prefix)"
+    )
     # Local stack (permbroker stack up): where state, logs and PIDs live, and which ports.
     stack_dir: Path = Field(
         default_factory=_default_stack_dir,
         description="State dir of the local stack (data, logs, keys); default: "
         "$XDG_DATA_HOME/permbroker/stack",
     )
-    cache_dir: Path = Field(default_factory=_default_cache, description="Kafka jar cache")
+    cache_dir: Path = Field(
+        default_factory=_default_cache,
+        description="Kafka jar cache of the local stack; default: ~/.cache/permbroker",
+    )
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local stack")
-    kafka_port: int = 19092
-    kafka_controller_port: int = 19093
-    redis_port: int = 16379
+    kafka_port: int = Field(19092, description="Local stack: Kafka client port")
+    kafka_controller_port: int = Field(19093, description="Local stack: Kafka controller port")
+    redis_port: int = Field(16379, description="Local stack: Redis port")
     # Worker behaviour.
-    session_timeout_s: float = Field(10.0, description="Kafka group session timeout of a worker")
+    session_timeout_s: float = Field(
+        10.0, description="Kafka group session timeout of a worker (how fast a dead worker's "
+        "partitions move to another)"
+    )
     expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
     lane_limit: int = Field(
         64, ge=1, description="Escalations in flight per input partition (different agents "
         "concurrently, each agent's in order); 1 handles them one at a time"
     )
-    record_margin_s: int = Field(3600, description="Extra life of decision/revocation markers")
+    record_margin_s: int = Field(
+        3600, description="Extra life of decision and revocation records beyond the grants "
+        "they cover"
+    )
     decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
     # Resource services: routing, freshness, renewal warnings, HTTP API.
     grant_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Scope namespaces with their own grant topic (comma-separated); "
         "unset: every namespace of the policy's ceilings; set: exactly these"
     )
-    expiry_warning_s: float = Field(30.0, description="grant.expiring this long before expiry")
+    expiry_warning_s: float = Field(
+        30.0, description="grant.expiring this long before expiry (at most half the grant's life)"
+    )
     view_staleness_bound_s: float = Field(
         5.0, description="A grant view staler than this denies (fail closed)"
     )
@@ -136,7 +154,10 @@ class Settings(BaseSettings):
     view_token_wait_s: float = Field(
         2.0, description="How long allows(..., at_least=token) waits for the view to catch up"
     )
-    enforcement_point: str = Field("", description="Name this process's view acks revocations as")
+    enforcement_point: str = Field(
+        "", description="Name this process's view acks revocations as (the API's default: "
+        "permbroker-api.<host>)"
+    )
     api_host: str = Field("127.0.0.1", description="permbroker api: listen address")
     api_port: int = Field(8080, description="permbroker api: listen port")
     api_assertion_max_life_s: int = Field(
@@ -157,7 +178,10 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Answers a decision (or audit) watcher keeps for callers that "
         "have not asked yet (the oldest are dropped first)"
     )
-    jwks_path: Path | None = Field(None, description="JWKS file served at /.well-known/jwks.json")
+    jwks_path: Path | None = Field(
+        None, description="JWKS file the API serves at /.well-known/jwks.json until a key set "
+        "is published on Kafka"
+    )
 
     @field_validator("grant_namespaces", mode="before")
     @classmethod
@@ -165,21 +189,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
-    metrics_port: int = Field(0, description="Worker /metrics port (0: off)")
+    metrics_port: int = Field(
+        0, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off)"
+    )
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(
-        None, description="HMAC and signing keys of the audit (default <stack_dir>/keys)"
+        None, description="audit-hmac.key, audit-signing.key (Ed25519, PKCS#8) and "
+        "audit-signing.pub; a worker without them refuses to start (default <stack_dir>/keys)"
     )
     audit_timeout_s: float = Field(
-        5.0, description="Wait for the audit write before failing a request closed"
+        5.0, description="Wait for the audit write before denying a request (audit-unavailable)"
     )
     audit_redact_free_text: bool = Field(
         False, description="Store free-text reasons and details as HMACs too"
     )
     audit_sensitive_fields: str = Field(
-        "", description="Extra dotted input paths stored as HMACs (comma-separated)"
+        "", description="Extra dotted input paths stored as HMACs, comma-separated (e.g. "
+        "request.signals.customer)"
     )
-    audit_sealer: bool = Field(True, description="Run the audit sealer inside the worker")
+    audit_sealer: bool = Field(
+        True, description="Run the audit sealer inside each worker (false: run permbroker audit "
+        "seal on its own)"
+    )
     audit_digest_interval_s: float = Field(
         2.0, description="Seconds between signed digests of a partition with new entries"
     )

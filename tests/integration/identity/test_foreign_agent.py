@@ -167,7 +167,7 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
 
 
 def jwks(connect: dict[str, str]) -> dict[str, Any]:
-    """Section 7: the latest key set on the compacted JWKS topic."""
+    """Section 7: the latest key set on the JWKS topic (its ``keys`` member is the array)."""
     c = Consumer({**connect, "group.id": f"pb-service-jwks-{uuid.uuid4()}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:

@@ -1,5 +1,5 @@
 """The ACL table is derived from the topic registry alone, grants no more than it names, and the
-README's topic table says the same about who may write and read each topic."""
+docs' topic table (docs/operations.md) says the same about who may write and read each topic."""
 
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def test_a_rule_survives_the_round_trip_through_confluent_kafka() -> None:
         assert from_binding(acl.binding()) == acl
 
 
-def _readme_table() -> dict[str, tuple[set[str], set[str]]]:
-    text = (ROOT / "README.md").read_text()
+def _docs_table() -> dict[str, tuple[set[str], set[str]]]:
+    text = (ROOT / "docs" / "operations.md").read_text()
     rows: dict[str, tuple[set[str], set[str]]] = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -90,9 +90,9 @@ def _readme_table() -> dict[str, tuple[set[str], set[str]]]:
     return rows
 
 
-def test_the_readme_topic_table_says_who_may_write_and_read_each_topic() -> None:
+def test_the_docs_topic_table_says_who_may_write_and_read_each_topic() -> None:
     """One row per topic of the registry (the grant namespaces as one), roles as registered."""
-    rows = _readme_table()
+    rows = _docs_table()
     namespace = topics.grant_topic("<namespace>")
     registry = [t for t in topics.ALL_TOPICS if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)]
     expected = {t.name: (set(t.writers), set(t.readers)) for t in [*registry, namespace]}
