@@ -6,7 +6,9 @@ order, refused ones (counted by the edge) to ``on_refused`` if given. Nothing a 
 stops the thread: an exception from a callback is counted as a refusal (``apply-failed``) and
 logged, and the next record is read. The thread starts at the beginning of the topic, at its end
 (what is appended from now on) or at a time; ``wait_ready`` returns once what the topic held at
-start has been read, ``sync`` once what it holds now has.
+start has been read, ``sync`` once what it holds now has. A follower given ``only_keys`` passes
+over a message keyed otherwise before decoding it: a record about someone else is never applied,
+so it need not be verified (an agent's watcher on a topic of every agent's answers).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Follower:
 
     def __init__(self, kafka: KafkaAccess, topic: str, apply: Callable[[Record], None], *,
                  trust: Trust | None, reader: str, name: str, start: Start = "beginning",
-                 on_refused: Callable[[Record], None] | None = None) -> None:
+                 on_refused: Callable[[Record], None] | None = None,
+                 only_keys: frozenset[bytes] | None = None) -> None:
         self.topic = topic
+        self._only = only_keys
         self.reader = reader
         self._apply = apply
         self._on_refused = on_refused
@@ -105,10 +109,11 @@ class Follower:
     def _step(self) -> None:
         msg = self._consumer.poll(0.05)
         if msg is not None and not msg.error():
-            record = read_message(msg, trust=self._trust, reader=self.reader)
-            self._handle(record)
+            key = msg.key()
+            if self._only is None or not key or key in self._only:
+                self._handle(read_message(msg, trust=self._trust, reader=self.reader))
             with self._cond:
-                self._pos[record.partition] = record.offset + 1
+                self._pos[msg.partition() or 0] = (msg.offset() or 0) + 1
                 self._cond.notify_all()
         if not self._ready.is_set():
             with self._cond:

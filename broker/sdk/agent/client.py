@@ -112,14 +112,18 @@ class Answers:
 class DecisionWatcher(Answers):
     """Follows the decision topic from 'now' and hands each decision to whoever waits for it.
 
-    Only answers the broker signed count (the decode edge checks them against ``trust``).
+    Only answers the broker signed count (the decode edge checks them against ``trust``). An
+    agent's watcher (``agent_id``) reads only answers keyed by that agent (and unkeyed ones):
+    the other agents' decisions are passed over undecoded and unverified.
     """
 
-    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
+    def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000,
+                 agent_id: str | None = None) -> None:
         super().__init__(max_entries)
+        only = frozenset({agent_id.encode()}) if agent_id is not None else None
         self._follower = Follower(kafka, topics.DECISIONS.name, self.on_record, trust=trust,
                                   reader="decision-watcher", name="permbroker-decisions",
-                                  start="end")
+                                  start="end", only_keys=only)
 
     def close(self) -> None:
         """Stop following the topic."""
@@ -166,7 +170,7 @@ class AgentClient:
             raise ValueError(f"agent {agent_id} believes only answers the broker signed: pass "
                              "trust= (JwksView.from_settings(settings, kafka).trust), or "
                              "watch_decisions=False")
-        self._watcher = DecisionWatcher(kafka, trust=trust) \
+        self._watcher = DecisionWatcher(kafka, trust=trust, agent_id=agent_id) \
             if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
 
