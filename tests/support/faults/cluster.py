@@ -29,6 +29,7 @@ from broker.stack.procs import is_ours
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
+from tests.support.identities import own_keys
 from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,7 +54,8 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
                             f"{REDIS.redis_port}/0", policy_path=policy,
                             app_id=f"permbroker-cluster-{tag}", stack_dir=workdir,
                             kafka_credentials_file=SPEC.credentials_file,
-                            expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 27)
+                            expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 27,
+                            **own_keys())  # the cluster worker's keys, not the session's
         ensure_keys(settings)
         ensure_identity_files(settings)
         worker = WorkerProcess(settings, role_access(settings, topics.WORKER),
