@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
@@ -60,8 +60,10 @@ class Follower:
     def _assign(self, start: Start) -> dict[int, int]:
         """Assign every partition from ``start``; the position each begins at."""
         if start == "end":
+            # The ends read above, as exact offsets: a logical OFFSET_END would be resolved only
+            # at the first fetch, after an answer to what the caller publishes next may be in.
             pos = {p: high for p, (_low, high) in self._target.items()}
-            offsets = [TopicPartition(self.topic, p, OFFSET_END) for p in self._parts]
+            offsets = [TopicPartition(self.topic, p, o) for p, o in pos.items()]
         elif start == "beginning":
             pos = dict.fromkeys(self._parts, 0)
             offsets = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._parts]
