@@ -1,15 +1,19 @@
 """Keys and JWS primitives (Ed25519 / P-256) for signatures and tokens. Imports pyjwt, cryptography.
 
-Also imports schemas and broker.errors. A ``SigningKey`` is a private key with its ``kid`` (the
-RFC 7638 thumbprint of its public JWK) and algorithm; it serializes to PKCS#8 PEM only for the
-key files that hold it, never into a log line, an event or an exception message.
-Algorithms are always pinned by the caller; nothing here takes one from a token.
+Also imports schemas, broker.identity.rules and broker.errors. A ``SigningKey`` is a private key
+with its ``kid`` (the RFC 7638 thumbprint of its public JWK) and algorithm; it serializes to PKCS#8
+PEM only for the key files that hold it, never into a log line, an event or an exception message.
+Algorithms are always pinned by the caller; nothing here takes one from a token. Event signatures
+and API assertions share one header check and one verification (``compact_header``,
+``verify_compact``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from broker.errors import IdentityError
-from broker.identity.rules import b64url, thumbprint
-from schemas.events import PublicJwk
+from broker.identity.rules import Reason, Rejection, b64url, thumbprint
+from schemas.events import KID_PATTERN, PublicJwk
 
 Alg = Literal["EdDSA", "ES256"]
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
@@ -125,3 +129,55 @@ def unverified_header(token: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise IdentityError("malformed JWS: header is not a JSON object")
     return header
+
+
+# Header parameters that would let a token name its own key: keys come from the registry and the
+# trust files only.
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256", "crit")
+
+
+def compact_header(token: str, *, typ: str, what: str,
+                   max_bytes: int) -> tuple[str, str] | Rejection:
+    """``(kid, alg)`` of a compact JWS whose header is acceptable (nothing verified yet), or
+    why it is malformed; ``what`` names the credential in the reason ("signature", ...)."""
+    if len(token) > max_bytes or token.count(".") != 2:
+        return Rejection(Reason.MALFORMED, f"{what} is not a compact JWS")
+    try:
+        header = unverified_header(token)
+    except IdentityError as exc:
+        return Rejection(Reason.MALFORMED, str(exc))
+    if header.get("typ") != typ:
+        return Rejection(Reason.MALFORMED, f"{what} typ must be {typ!r}")
+    bad = [name for name in FORBIDDEN_HEADERS if name in header]
+    if bad:
+        return Rejection(Reason.MALFORMED, f"{what} header parameter(s) {', '.join(bad)} are not "
+                         "accepted: keys come from the registry and trust files only")
+    kid, alg = header.get("kid"), header.get("alg")
+    if not isinstance(kid, str) or re.fullmatch(KID_PATTERN, kid) is None:
+        return Rejection(Reason.MALFORMED, f"{what} kid missing or not a key id")
+    if not isinstance(alg, str):
+        return Rejection(Reason.MALFORMED, f"{what} alg missing")
+    return kid, alg
+
+
+def verify_compact(token: str, kid: str, alg: str, jwk: PublicJwk, *, audience: str,
+                   required: Iterable[str], what: str) -> dict[str, Any] | Rejection:
+    """The claims of a compact JWS verified with ``jwk`` and the key's own algorithm (never the
+    token's); times are the caller's to check."""
+    try:
+        expected = algorithm_of(jwk)
+        public = load_public(jwk)
+    except IdentityError as exc:
+        return Rejection(Reason.MALFORMED, f"key {kid} unusable: {exc}")
+    if alg != expected:
+        return Rejection(Reason.FORGED, f"{what} alg {alg!r} is not the key's {expected!r}")
+    try:
+        data: dict[str, Any] = jwt.decode(
+            token, public, algorithms=[expected], audience=audience,
+            options={"require": list(required), "verify_exp": False, "verify_iat": False,
+                     "verify_nbf": False})
+    except jwt.InvalidSignatureError:
+        return Rejection(Reason.FORGED, f"{what} does not verify with key {kid}")
+    except jwt.PyJWTError as exc:
+        return Rejection(Reason.MALFORMED, f"{what} claims invalid: {exc}")
+    return data
