@@ -29,7 +29,7 @@ from broker.stack.procs import is_ours
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
-from tests.support.identities import own_keys
+from tests.support.identities import close_shared_trust, own_keys
 from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,6 +46,7 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     shutil.rmtree(SPEC.root, ignore_errors=True)
     SPEC.root.mkdir(parents=True)
     worker: WorkerProcess | None = None
+    settings: Settings | None = None
     try:
         _start(stack_kafka.ensure_jars(Settings(), lambda _msg: None))
         stack.provision(SPEC.admin(), SPEC.credentials(), f"permbroker-cluster-{tag}",
@@ -66,6 +67,8 @@ def cluster_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Se
     finally:
         if worker is not None:
             worker.stop()
+        if settings is not None:
+            close_shared_trust(settings)  # its key-set reader, before the nodes it reads stop
         stack_cluster.down(SPEC)
         stack.down(REDIS, wipe=True)
         shutil.rmtree(SPEC.root, ignore_errors=True)
