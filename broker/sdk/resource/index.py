@@ -1,7 +1,10 @@
 """The in-memory grant index of a view: agent -> scope -> held grants. Imports schemas, bus.
 
-Written by one thread (the view's consumer), read by any: each agent's entry is rebuilt and
-swapped in whole (copy on write), so a check is two dict lookups and never takes a lock.
+Written by one thread (the view's consumer), read by any: a change copies only the maps it
+touches (the agent's grants, its scope map and the changed scopes' entries, each a C-level dict
+copy) and swaps them in (copy on write), so a check is three dict lookups and never takes a
+lock, and applying a record costs the size of the maps it touches, never a rebuild of all the
+agent's grants (an agent holding thousands is replayed in linear time).
 Only records that passed the decode edge are applied. A record refused there denies its agent
 only when its signature verified (the broker wrote it, this view cannot read it: it may be a
 revocation, so fail closed); a forged or unsigned one changes nothing, so it locks no one out.
@@ -68,6 +71,8 @@ class Verdict:
 COPIED = frozenset({"wrong-topic", "wrong-type"})
 # One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
 Held = tuple[float, frozenset[str], GrantIssued]
+# An agent's held grants: scope -> grant id -> held. Published maps are never changed in place.
+Scopes = dict[str, dict[str, Held]]
 
 
 class GrantIndex:
@@ -75,7 +80,7 @@ class GrantIndex:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._grants: dict[str, dict[str, GrantIssued]] = {}
-        self._by_scope: dict[str, dict[str, tuple[Held, ...]]] = {}
+        self._by_scope: dict[str, Scopes] = {}
         self._ended: Bounded[str, None] = Bounded(max_entries)
         self._poisoned: Bounded[str, str] = Bounded(max_entries)
         self.undecodable = 0
@@ -93,7 +98,7 @@ class GrantIndex:
             return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
         t = now.timestamp() if now is not None else time.time()
         expired = None
-        for expires, resources, grant in entries:
+        for expires, resources, grant in entries.values():
             if not resources or resource in resources:
                 if expires > t:
                     return Verdict(True, "", grant, t)
@@ -133,13 +138,11 @@ class GrantIndex:
             return None
         if isinstance(ev, GrantIssued):
             if ev.grant_id not in self._ended:
-                self._set(ev.agent_id, {**self._grants.get(ev.agent_id, {}), ev.grant_id: ev})
+                self._put(ev)
         elif isinstance(ev, GrantRenewed):
-            held = self._grants.get(ev.agent_id, {})
-            old = held.get(ev.grant_id)
+            old = self._grants.get(ev.agent_id, {}).get(ev.grant_id)
             if old is not None and ev.expires_at > old.expires_at:
-                renewed = old.model_copy(update={"expires_at": ev.expires_at})
-                self._set(ev.agent_id, {**held, ev.grant_id: renewed})
+                self._put(old.model_copy(update={"expires_at": ev.expires_at}))
         elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
             self._end(ev.agent_id, (ev.grant_id,))
         elif isinstance(ev, AgentRevoked):
@@ -161,22 +164,52 @@ class GrantIndex:
                 "restarted on a version that reads it (fail closed)"
             ))
 
+    def _put(self, grant: GrantIssued) -> None:
+        """Hold ``grant`` (new, or replacing the one with its id, e.g. renewed)."""
+        agent = grant.agent_id
+        grants = dict(self._grants.get(agent, {}))
+        old = grants.get(grant.grant_id)
+        grants[grant.grant_id] = grant
+        scopes = dict(self._by_scope.get(agent, {}))
+        if old is not None:
+            _drop(scopes, old)
+        entry = (grant.expires_at.timestamp(), frozenset(grant.resources), grant)
+        for scope in grant.scopes:
+            held = dict(scopes.get(scope, {}))
+            held[grant.grant_id] = entry
+            scopes[scope] = held
+        self._grants[agent] = grants
+        self._by_scope[agent] = scopes
+
     def _end(self, agent_id: str, grant_ids: tuple[str, ...]) -> None:
         for grant_id in grant_ids:
             self._ended.put(grant_id, None)
-        held = self._grants.get(agent_id, {})
-        if any(g in held for g in grant_ids):
-            self._set(agent_id, {k: v for k, v in held.items() if k not in grant_ids})
-
-    def _set(self, agent_id: str, grants: dict[str, GrantIssued]) -> None:
-        by_scope: dict[str, list[Held]] = {}
-        for g in grants.values():
-            entry = (g.expires_at.timestamp(), frozenset(g.resources), g)
-            for scope in g.scopes:
-                by_scope.setdefault(scope, []).append(entry)
+        current = self._grants.get(agent_id, {})
+        gone = [current[g] for g in dict.fromkeys(grant_ids) if g in current]
+        if not gone:
+            return
+        grants = dict(current)
+        scopes = dict(self._by_scope.get(agent_id, {}))
+        for grant in gone:
+            del grants[grant.grant_id]
+            _drop(scopes, grant)
         if grants:
             self._grants[agent_id] = grants
-            self._by_scope[agent_id] = {s: tuple(v) for s, v in by_scope.items()}
+            self._by_scope[agent_id] = scopes
         else:
             self._grants.pop(agent_id, None)
             self._by_scope.pop(agent_id, None)
+
+
+def _drop(scopes: Scopes, grant: GrantIssued) -> None:
+    """Remove ``grant`` from an unpublished scope map (copying each scope's entries it touches)."""
+    for scope in grant.scopes:
+        held = scopes.get(scope)
+        if held is None or grant.grant_id not in held:
+            continue
+        if len(held) == 1:
+            del scopes[scope]
+        else:
+            held = dict(held)
+            del held[grant.grant_id]
+            scopes[scope] = held
