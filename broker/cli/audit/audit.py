@@ -118,7 +118,7 @@ def tail(
             if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
                 _show(rec, as_json)
     except (BrokerError, KafkaException) as exc:
-        raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
+        raise fail(exc, "is Kafka up? permbroker stack status") from exc
     except KeyboardInterrupt:
         pass
     finally:
@@ -175,7 +175,7 @@ def verify(
                 cli_kafka(), keys, complete=complete, trust=t,
                 **({"topic": topic} if topic else {})))
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     if as_json:
         print_json(result.as_dict())
     else:
@@ -224,7 +224,7 @@ def export(
             with output.open("w", encoding="utf-8", newline="") as f:
                 count = write(stream, f)
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else ""))
 
 
@@ -273,7 +273,7 @@ def replay(
             return
         policies = _policies(settings, records, policy or [], from_topic=file is None)
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     _check(records, policies, start, time_option(until_), as_json)
 
 
@@ -335,7 +335,7 @@ def agent_timeline(
     try:
         records = load_records(settings, file=file, since=time_option(since))
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     story = timeline(records, agent)
     if as_json:
         print_json([{**m.__dict__, "ref": str(m.ref)} for m in story])
@@ -354,7 +354,7 @@ def hash_value(value: Annotated[str, typer.Argument(help="The clear value to loo
     try:
         key = audit_keys.load_hmac_key(cli_settings())
     except BrokerError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(exc) from exc
     out.print(hmac_value(key, value), highlight=False)
 
 
@@ -385,4 +385,4 @@ def seal() -> None:
     except KeyboardInterrupt:
         pass
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc

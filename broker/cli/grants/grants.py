@@ -117,7 +117,7 @@ def grants_revoke(
         with OperatorClient(settings, cli_kafka()) as op:
             signal = op.revoke_grants(agent, reason=reason)
     except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
+        raise fail(exc, "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc
     out.print(
         f"revocation {signal.signal_id} for {agent} published; "
@@ -139,7 +139,7 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
         Publisher(cli_kafka(), source="/operators/cli").publish(
             topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
-        raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
+        raise fail(exc, "are Kafka and Redis up? permbroker stack status") from exc
     result = {
         "records_read": folded.records,
         "active_grants": restored,

@@ -21,6 +21,7 @@ from rich.table import Table
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import Registry, read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
+from broker.cli.output import fail
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -37,11 +38,7 @@ AgentArg = Annotated[str, typer.Argument(help="The agent id.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the audit).")]
 
 
-def _fail(message: str, hint: str = "") -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    if hint:
-        err.print(f"[dim]hint:[/] {hint}")
-    return typer.Exit(1)
+_fail = fail  # one error format for every command (re-exported to keys and services)
 
 
 def _json(data: Any) -> None:
@@ -60,7 +57,7 @@ def _operator(settings: Settings) -> OperatorClient:
     try:
         return OperatorClient(settings, cli_kafka())
     except BrokerError as exc:
-        raise _fail(str(exc), "create the operator key with `permbroker keys init`") from exc
+        raise _fail(exc, "create the operator key with `permbroker keys init`") from exc
 
 
 def _read_registry() -> Registry:
@@ -72,7 +69,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except BrokerError as exc:
-        raise _fail(str(exc), "is a worker running? (permbroker worker); see "
+        raise _fail(exc, "is a worker running? (permbroker worker); see "
                     "`permbroker audit tail --kind identity.rejected`") from exc
 
 
@@ -137,7 +134,7 @@ def agents_keygen(
     try:
         keys = store.generate(agent, alg=alg)
     except BrokerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(exc) from exc
     jwk = keys.current.jwk.model_dump(mode="json", exclude_none=True)
     if as_json:
         _json({"agent_id": agent, "kid": keys.current.kid, "public_jwk": jwk,

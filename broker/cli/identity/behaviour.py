@@ -59,7 +59,7 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     try:
         data = asyncio.run(read_report(settings, agent, now))
     except BrokerError as exc:
-        raise fail(str(exc), "is Redis up? (permbroker stack status)") from exc
+        raise fail(exc, "is Redis up? (permbroker stack status)") from exc
     if data is None:
         raise fail(f"no behaviour profile for agent {agent}",
                    "profiles are kept for agents of classes the policy's detectors watch, "
@@ -113,7 +113,7 @@ def class_stats(
     try:
         data = asyncio.run(read_group(settings, agent_class, model, now))
     except BrokerError as exc:
-        raise fail(str(exc), "is Redis up? (permbroker stack status)") from exc
+        raise fail(exc, "is Redis up? (permbroker stack status)") from exc
     if data is None:
         raise fail(f"the policy at {settings.policy_path} has no detectors section",
                    "class profiles are kept for the classes its detectors watch")

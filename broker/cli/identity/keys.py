@@ -72,7 +72,7 @@ def keys_jwks() -> None:
         with JwksView.from_settings(settings, cli_kafka()) as view:  # keys the chain accepts
             _json(view.document())
     except BrokerError as exc:
-        raise _fail(str(exc), "is Kafka up? permbroker stack status") from exc
+        raise _fail(exc, "is Kafka up? permbroker stack status") from exc
 
 
 KeyFileOpt = Annotated[Path, typer.Option(
@@ -88,7 +88,7 @@ def keys_add_operator(name: str, key_file: KeyFileOpt) -> None:
         key = new_principal_key(key_file, f"operator:{name}")
         add_operator(settings.key_path("operators"), f"operator:{name}", key.jwk)
     except BrokerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(exc) from exc
     out.print(f"operator:{name} (key {key.kid}) trusted; its key is in {key_file}")
 
 
@@ -109,7 +109,7 @@ def keys_assertion(
     try:
         principal, key = _signer(cli_settings(), agent, service)
     except BrokerError as exc:
-        raise _fail(str(exc), "permbroker keys init creates the operator key; "
+        raise _fail(exc, "permbroker keys init creates the operator key; "
                     "permbroker services keygen a service's") from exc
     sys.stdout.write(mint(key, principal, method, path, ttl_s=ttl) + "\n")
 

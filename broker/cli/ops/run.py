@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.redis.calls import ping
 from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, fail, out, until
 from broker.cli.output import print_json as _print_json
@@ -27,6 +28,11 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="crit|error|warn|info|debug")] = "info",
 ) -> None:
     """Run a stream worker (faust) that decides escalations and applies risk signals."""
+    try:  # fail in seconds, naming the cause, rather than a worker retrying forever
+        cli_kafka()
+        ping(cli_settings().redis_url)
+    except BrokerError as exc:
+        raise fail(exc, "are Kafka and Redis up? permbroker stack status") from exc
     os.execvp(sys.executable, [sys.executable, "-m", "streams", loglevel])  # noqa: S606
 
 
@@ -76,7 +82,7 @@ def request(
                 timeout=timeout,
             )
     except (BrokerError, ValueError) as exc:
-        raise fail(str(exc), "is the stack up (permbroker stack up) and a worker running?") from exc
+        raise fail(exc, "is the stack up (permbroker stack up) and a worker running?") from exc
     if as_json:
         _print_json(decision.model_dump(mode="json"))
     else:
