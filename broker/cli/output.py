@@ -55,14 +55,33 @@ def cause_hint(exc: BaseException) -> str:
     return next((hint for kind, hint in hints if isinstance(exc, kind)), "")
 
 
-def until(when: datetime | None, now: datetime | None = None) -> str:
-    """An absolute time with the time remaining (or elapsed)."""
+def until(when: datetime | None, now: datetime | None = None, never: str = "-") -> str:
+    """The one time format of the CLI: ISO 8601 UTC and the time remaining or elapsed, e.g.
+    ``2026-12-05T21:04:05Z (in 14m 59s)`` or ``2026-12-05T20:49:05Z (3h 2m ago)``."""
     if when is None:
-        return "-"
+        return never
     now = now or datetime.now(UTC)
     left = (when - now).total_seconds()
-    rel = f"in {left:.1f}s" if left >= 0 else f"{-left:.1f}s ago"
-    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({rel})"
+    rel = f"in {human(left)}" if left >= 0 else f"{human(left)} ago"
+    return f"{stamp(when)} ({rel})"
+
+
+def stamp(when: datetime) -> str:
+    """An instant as ISO 8601 UTC to the second, with ``Z``."""
+    return f"{when.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z"
+
+
+def human(seconds: float) -> str:
+    """A duration as people read it, its two largest units: 45s, 14m 59s, 3h 2m, 7d 0h."""
+    total = round(abs(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
 
 
 def print_json(data: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +27,17 @@ from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
-from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
+from broker.cli.output import (
+    JsonOpt,
+    err,
+    fail,
+    out,
+    parse_time,
+    print_json,
+    stamp,
+    time_option,
+    until,
+)
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.policy import Policy, load_policy
@@ -286,12 +296,12 @@ def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
                     "grants": [{**g.__dict__, "ref": str(g.ref)} for g in grants],
                     "quarantined": [{**q.__dict__, "ref": str(q.ref)} for q in barred]})
         return
-    out.print(f"as of {at.isoformat()}: {len(grants)} active grant(s)", highlight=False)
+    out.print(f"as of {stamp(at)}: {len(grants)} active grant(s)", highlight=False)
     for g in grants:
         out.print(f"  {g.agent_id} may {', '.join(g.scopes)} on "
                   f"{', '.join(g.resources) or 'any resource'}", highlight=False)
         out.print(f"    until {until(g.ends_at, at)} ({g.ended_by}); grant {g.grant_id}; "
-                  f"rules {', '.join(g.rules)}; issued {g.issued_at.isoformat()}; {g.ref}",
+                  f"rules {', '.join(g.rules)}; issued {stamp(g.issued_at)}; {g.ref}",
                   highlight=False)
     for q in barred:
         out.print(f"  {q.agent_id} quarantined by {q.rule} until {until(q.until, at)}",
@@ -344,7 +354,8 @@ def agent_timeline(
         raise fail(f"the audit holds nothing about agent {agent}",
                    "check the id (permbroker audit tail) or widen --since")
     for m in story:
-        out.print(f"{m.at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"Z {m.kind:<20} {escape(m.text)} "
+        at = f"{m.at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"  # ms: events are close
+        out.print(f"{at} {m.kind:<20} {escape(m.text)} "
                   f"[dim]{escape(str(m.ref))}[/]", highlight=False)
 
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import Registry, read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
-from broker.cli.output import fail
+from broker.cli.output import fail, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -46,11 +46,7 @@ def _json(data: Any) -> None:
 
 
 def _ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "never"
-    delta = (now - when).total_seconds()
-    rel = f"{delta:.0f}s ago" if delta >= 0 else f"in {-delta:.0f}s"
-    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({rel})"
+    return until(when, now, never="never")
 
 
 def _operator(settings: Settings) -> OperatorClient:

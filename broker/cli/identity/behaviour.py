@@ -20,7 +20,7 @@ from broker.adapters.redis.profiles import ProfileStore
 from broker.behaviour.stats import report
 from broker.cli.context import cli_settings
 from broker.cli.identity.agents import AgentArg
-from broker.cli.output import JsonOpt, fail, out, print_json, until
+from broker.cli.output import JsonOpt, fail, human, out, print_json, stamp, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -73,9 +73,9 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     out.print(f"first seen {_when(data['first_seen'], now)}; last seen "
               f"{_when(data['last_seen'], now)}; profile expires {_when(data['expires_at'], now)}")
     table = Table("window", "from", "requests", "granted", "denied", "per minute",
-                  title=f"as of {now:%Y-%m-%d %H:%M:%S}Z")
+                  title=f"as of {stamp(now)}")
     for w in data["windows"]:
-        table.add_row(f"{w['window_s']}s", _when(w["from"], now), str(w["requests"]),
+        table.add_row(human(float(w['window_s'])), _when(w["from"], now), str(w["requests"]),
                       str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")
     out.print(table)
     hours = ", ".join(f"{h}h:{c}" for h, c in data["hours_utc"].items()) or "-"
@@ -121,8 +121,8 @@ def class_stats(
         print_json(data)
         return
     table = Table("window", "from", "requests", "granted", "denied", "per minute",
-                  title=f"class {agent_class}, model {model}, as of {now:%Y-%m-%d %H:%M:%S}Z")
+                  title=f"class {agent_class}, model {model}, as of {stamp(now)}")
     for w in data["windows"]:
-        table.add_row(f"{w['window_s']}s", _when(w["from"], now), str(w["requests"]),
+        table.add_row(human(float(w['window_s'])), _when(w["from"], now), str(w["requests"]),
                       str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")
     out.print(table)
