@@ -2,9 +2,9 @@
 
 Every confluent-kafka client is built with ``routed(config)``: its log lines go to the
 ``permbroker.kafka.client`` logger instead of straight to stderr, and a connection that keeps
-failing is logged once per condition (broker and message, timings stripped) rather than every
-few milliseconds. The last condition seen per facility is kept so an error can name the cause
-("Connection refused", "SASL authentication failed").
+failing is logged once per condition (the message with timings and client numbers stripped)
+rather than every few milliseconds; a condition still there a minute later is logged again,
+with how many repeats were held back. The last line seen is kept (``last_condition``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -21,24 +22,30 @@ _KEPT = 256
 
 
 class _OncePerCondition(logging.Filter):
-    """Passes the first record of each condition; drops the repeats (bounded memory)."""
+    """Passes the first record of each condition, then at most one a minute (bounded memory)."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_s: float = 60.0) -> None:
         super().__init__()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (passed, held)
         self._lock = threading.Lock()
+        self._every_s = every_s
         self.last: str = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         key = _VARYING.sub("", text.split("]: ", 1)[-1])
+        now = time.monotonic()
         with self._lock:
             self.last = text
-            if key in self._seen:
+            passed, held = self._seen.pop(key, (-self._every_s, 0))
+            if now - passed < self._every_s:
+                self._seen[key] = (passed, held + 1)
                 return False
-            self._seen[key] = None
+            self._seen[key] = (now, 0)
             if len(self._seen) > _KEPT:
                 self._seen.popitem(last=False)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it)"
         return True
 
 

@@ -1,0 +1,52 @@
+"""CLI error output: one line per bad setting, naming it; user data is never read as markup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli.main import app
+from broker.cli.output import fail
+from broker.errors import KafkaUnreachable, StoreUnavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_each_bad_setting_is_one_line_naming_the_variable_and_its_value() -> None:
+    """Two bad values: two lines, each naming its PERMBROKER_ variable; no pydantic dump."""
+    result = runner.invoke(app, ["policy", "validate", str(ROOT / "policies" / "fraud")],
+                           env={"PERMBROKER_SESSION_TIMEOUT_S": "-5",
+                                "PERMBROKER_REDIS_PORT": "70000"})
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert "error: PERMBROKER_SESSION_TIMEOUT_S='-5': Input should be greater than 0" in lines
+    assert any(line.startswith("error: PERMBROKER_REDIS_PORT='70000'") for line in lines)
+    assert len(lines) == 4 and "pydantic" not in result.stderr
+
+
+def test_an_error_message_is_printed_as_text_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A regex or a bracket in the message survives (Rich markup is not interpreted), and a
+    long message is not wrapped."""
+    message = "agent id must match ^[a-z][a-z0-9-]{0,63}$ [bold]x[/bold] " + "y" * 200
+    assert fail(message, "hint [dim]here[/]").exit_code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {message}", "hint: hint [dim]here[/]"]
+
+
+@pytest.mark.parametrize(("exc", "named"), [
+    (KafkaUnreachable("Kafka is unreachable (127.0.0.1:1: Connection refused)"),
+     "PERMBROKER_KAFKA_BOOTSTRAP"),
+    (StoreUnavailable("Redis did not answer"), "PERMBROKER_REDIS_URL"),
+])
+def test_the_hint_names_the_real_cause_not_the_caller_s_guess(
+    exc: Exception, named: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Given the exception, fail() replaces a guess ('is a worker running?') with its cause."""
+    fail(exc, "is a worker running?")
+    err = capsys.readouterr().err
+    assert named in err and "worker" not in err
