@@ -50,3 +50,36 @@ def test_the_hint_names_the_real_cause_not_the_caller_s_guess(
     fail(exc, "is a worker running?")
     err = capsys.readouterr().err
     assert named in err and "worker" not in err
+
+
+def test_a_denial_s_rule_in_brackets_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`permbroker request` prints '[rule X]' literally and a reason's brackets too (Rich
+    would otherwise take them for markup tags and drop them)."""
+    from datetime import UTC, datetime
+
+    from broker.cli.ops import run as run_module
+    from schemas.events import EscalationDecided, ScopeDenial
+
+    decision = EscalationDecided(
+        decision_id="decision-1", request_id="req-1", agent_id="a1", outcome="denied",
+        denied=(ScopeDenial(scope="x:y.z", rule="ceiling", reason="not in [ceiling]"),),
+        policy_revision="sha256:00", decided_at=datetime.now(UTC))
+
+    class Client:
+        def __init__(self, *_a: object, **_k: object) -> None: ...
+        def __enter__(self) -> Client: return self
+        def __exit__(self, *_exc: object) -> None: ...
+        def request_escalation(self, *_a: object, **_k: object) -> EscalationDecided:
+            return decision
+
+    class Trusted:
+        def __enter__(self) -> object: return object()
+        def __exit__(self, *_exc: object) -> None: ...
+
+    monkeypatch.setattr(run_module, "AgentClient", Client)
+    monkeypatch.setattr(run_module, "trusted", Trusted)
+    monkeypatch.setattr(run_module, "cli_kafka", lambda: None)
+    result = runner.invoke(app, ["request", "--agent", "a1", "--scope", "x:y.z", "--reason",
+                                 "r", "--confidence", "0.9"], env={"COLUMNS": "200"})
+    assert result.exit_code == 3
+    assert "denied x:y.z: not in [ceiling] [rule ceiling]" in result.stdout

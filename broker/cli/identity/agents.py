@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -169,7 +170,7 @@ def agents_register(
     if as_json:
         _json(answer.model_dump(mode="json"))
     else:
-        out.print(f"[green]registered[/] {agent}: {answer.reason}")
+        out.print(f"[green]registered[/] {agent}: {escape(answer.reason)}")
 
 
 @agents_app.command("enroll")
@@ -212,7 +213,7 @@ def agents_list(as_json: JsonOpt = False) -> None:
     table = Table("agent", "class", "owner", "model", "status", "keys", "changed")
     for r in records:
         m = r.profile.model
-        table.add_row(r.agent_id, r.profile.agent_class, r.profile.owner,
+        table.add_row(r.agent_id, r.profile.agent_class, escape(r.profile.owner),
                       f"{m.name} {m.version}", r.status,
                       ", ".join(f"{k.kid[:8]}…({k.status})" for k in r.keys),
                       f"{r.change} {_ago(r.changed_at, now)}")
@@ -255,14 +256,14 @@ def agents_update(
                        _changes(agent_class, owner, model, training_data, threshold, tenant))
     with _operator(settings) as op:
         answer = _run(lambda: op.update(profile, reason=reason))
-    out.print(f"[green]updated[/] {agent}: {answer.reason}")
+    out.print(f"[green]updated[/] {agent}: {escape(answer.reason)}")
 
 
 def _simple(action: str, agent: str, reason: str, **fields: Any) -> None:
     with _operator(cli_settings()) as op:
         method = getattr(op, action)
         answer = _run(lambda: method(agent, reason=reason, **fields))
-    out.print(f"[green]{action.replace('_', ' ')}[/] {agent}: {answer.reason}")
+    out.print(f"[green]{action.replace('_', ' ')}[/] {agent}: {escape(answer.reason)}")
 
 
 @agents_app.command("suspend")

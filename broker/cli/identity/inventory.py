@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters.kafka.registry_view import read_registry
@@ -74,7 +75,8 @@ def _print_inventory(rows: list[InventoryRow], now: datetime) -> None:
         holds = "\n".join(f"{', '.join(g.scopes)} until {g.expires_at:%H:%M:%S}Z "
                           f"({human((g.expires_at - now).total_seconds())} left)"
                           for g in row.grants) or "-"
-        table.add_row(row.agent_id, row.owner, row.model, row.status, "\n".join(row.baseline),
+        table.add_row(row.agent_id, escape(row.owner), row.model, row.status,
+                      "\n".join(row.baseline),
                       holds, _ago(row.last_acted, now),
                       "[red]" + ", ".join(row.flags) + "[/]" if row.flags else "")
     out.print(table if rows else "no agents registered")

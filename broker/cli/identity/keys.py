@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from broker.adapters.crypto.assertions import DEFAULT_LIFE_S, mint
 from broker.adapters.crypto.jose import SigningKey
@@ -61,7 +62,7 @@ def keys_rotate(
     with _operator(cli_settings()) as op:
         answer = _run(lambda: op.rotate_broker_key(overlap_s=seconds if overlap != "0" else 0,
                                                    reason=reason))
-    out.print(f"[green]rotated[/]: {answer.reason}")
+    out.print(f"[green]rotated[/]: {escape(answer.reason)}")
 
 
 @keys_app.command("jwks")

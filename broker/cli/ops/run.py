@@ -10,6 +10,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.redis.calls import ping
@@ -97,6 +98,6 @@ def request(
         if decision.clamped_by:
             out.print(f"  clamped by {decision.clamped_by}")
         for d in decision.denied:
-            out.print(f"  denied {d.scope}: {d.reason} [rule {d.rule}]")
+            out.print(f"  denied {d.scope}: {escape(d.reason)} {escape(f'[rule {d.rule}]')}")
         out.print(f"  policy {decision.policy_revision}; rules {', '.join(decision.matched_rules)}")
     raise typer.Exit(0 if decision.outcome == "granted" else 3)
