@@ -6,6 +6,7 @@ every error says what to do next and exits non-zero.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -91,6 +92,7 @@ def main() -> None:
     never a traceback; librdkafka's own lines stay out of the terminal (the error names the
     cause)."""
     silence()
+    refusals = _RefusalSummary()
     try:
         app()
     except KeyboardInterrupt:
@@ -98,3 +100,26 @@ def main() -> None:
     except (BrokerError, KafkaException, OSError, RedisError) as exc:
         hint = "is Kafka up? permbroker stack status" if isinstance(exc, KafkaException) else ""
         sys.exit(fail(exc, hint).exit_code)
+    finally:
+        refusals.report()
+
+
+class _RefusalSummary(logging.Handler):
+    """Records the readers refused (unsigned, forged: logged by the decode edge one line
+    each) become one line at exit: how many, and the first, so an error stays readable."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+        edge = logging.getLogger("permbroker.edge")
+        edge.addHandler(self)
+        edge.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+    def report(self) -> None:
+        if self.seen:
+            more = f" (and {len(self.seen) - 1} more)" if len(self.seen) > 1 else ""
+            err.print(Text(f"note: refused an untrusted record: {self.seen[0]}{more}"),
+                      soft_wrap=True, highlight=False)

@@ -83,3 +83,25 @@ def test_a_denial_s_rule_in_brackets_is_printed(monkeypatch: pytest.MonkeyPatch)
                                  "r", "--confidence", "0.9"], env={"COLUMNS": "200"})
     assert result.exit_code == 3
     assert "denied x:y.z: not in [ceiling] [rule ceiling]" in result.stdout
+
+
+def test_records_refused_while_reading_are_one_line_at_exit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The decode edge logs each refused record; a command prints one line for all of them."""
+    import logging
+
+    from broker.cli.main import _RefusalSummary
+
+    summary = _RefusalSummary()
+    edge = logging.getLogger("permbroker.edge")
+    try:
+        for n in range(3):
+            edge.warning("jwks refused permbroker.jwks/0/%d: unsigned", n)
+        summary.report()
+        lines = capsys.readouterr().err.splitlines()
+        assert lines == ["note: refused an untrusted record: jwks refused permbroker.jwks/0/0: "
+                         "unsigned (and 2 more)"]
+    finally:
+        edge.removeHandler(summary)
+        edge.propagate = True

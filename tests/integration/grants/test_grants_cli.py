@@ -30,8 +30,9 @@ def run(settings: Settings, *args: str) -> Result:
 def test_grants_list_prints_whole_ids_and_show_finds_a_grant_by_id_or_prefix(
     worker: object, settings: Settings, agents: Callable[[str], str],
 ) -> None:
-    """On 80 columns the list still prints the whole grant id, with one time format (ISO UTC,
-    humanised time left); ``grants show`` needs no --agent and takes a unique prefix."""
+    """On 80 columns the list still prints the whole grant id; ``grants show`` needs no
+    --agent, takes a unique prefix, and prints times in the one format (ISO UTC with Z and the
+    humanised time left)."""
     agent = agents("f")
     with agent_client(settings, agent) as client:
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=600,
@@ -40,11 +41,12 @@ def test_grants_list_prints_whole_ids_and_show_finds_a_grant_by_id_or_prefix(
     listed = run(settings, "grants", "list", "--agent", agent)
     assert listed.exit_code == 0, listed.output
     assert d.grant_id in listed.stdout and agent in listed.stdout
-    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d+m \d+s\)", listed.stdout)
     shown = run(settings, "grants", "show", d.grant_id[:20], "--json")
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["grant_id"] == d.grant_id
     whole = run(settings, "grants", "show", d.grant_id)
     assert whole.exit_code == 0 and f"grant_id: {d.grant_id}" in whole.stdout
+    assert re.search(r"expires_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d+m \d+s\)",
+                     whole.stdout), whole.stdout
     missing = run(settings, "grants", "show", "grant-nope")
     assert missing.exit_code == 1 and "no active grant grant-nope" in missing.stderr
