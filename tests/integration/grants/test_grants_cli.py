@@ -46,7 +46,7 @@ def test_grants_list_prints_whole_ids_and_show_finds_a_grant_by_id_or_prefix(
     assert json.loads(shown.stdout)["grant_id"] == d.grant_id
     whole = run(settings, "grants", "show", d.grant_id)
     assert whole.exit_code == 0 and f"grant_id: {d.grant_id}" in whole.stdout
-    assert re.search(r"expires_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d+m \d+s\)",
+    assert re.search(r"expires_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d+[dhms]( \d+[hms])?\)",
                      whole.stdout), whole.stdout
     missing = run(settings, "grants", "show", "grant-nope")
     assert missing.exit_code == 1 and "no active grant grant-nope" in missing.stderr
