@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
@@ -67,7 +68,12 @@ def grants_list(
     if as_json:
         _print_json([_grant_row(g, now) for g in grants])
         return
-    table = Table("agent", "grant", "scopes", "resources", "expires", "rules")
+    table = Table()
+    # Ids are printed whole (never cut to fit the terminal) so they can be copied.
+    ids = {"agent": max((len(g.agent_id) for g in grants), default=5),
+           "grant": max((len(g.grant_id) for g in grants), default=5)}
+    for name in ("agent", "grant", "scopes", "resources", "expires", "rules"):
+        table.add_column(name, no_wrap=name in ids, min_width=ids.get(name))
     for g in sorted(grants, key=lambda g: g.expires_at):
         table.add_row(
             g.agent_id,
@@ -82,25 +88,34 @@ def grants_list(
 
 @grants_app.command("show")
 def grants_show(
-    grant_id: str,
-    agent: Annotated[str, typer.Option(help="The grant's agent.")],
+    grant_id: Annotated[str, typer.Argument(help="The grant id, or a unique prefix of it.")],
+    agent: Annotated[str | None, typer.Option(help="The grant's agent (faster).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One active grant of an agent."""
+    """One active grant, found by its id (or a unique prefix) among every agent's grants."""
     settings, now = cli_settings(), datetime.now(UTC)
-    grants = asyncio.run(_with_store(settings, lambda s: s.active_grants(agent, now)))
-    match = [g for g in grants if g.grant_id == grant_id]
+
+    async def load(store: RedisGrantStore) -> list[GrantIssued]:
+        agents = [agent] if agent else await store.agents_with_grants()
+        return [g for a in agents for g in await store.active_grants(a, now)]
+
+    match = [g for g in asyncio.run(_with_store(settings, load))
+             if g.grant_id.startswith(grant_id)]
+    if len(match) > 1 and not any(g.grant_id == grant_id for g in match):
+        raise fail(f"{grant_id} is the start of {len(match)} grant ids: "
+                   + ", ".join(g.grant_id for g in match[:3]), "give more of the id")
+    match = [g for g in match if g.grant_id == grant_id] or match
     if not match:
-        raise fail(
-            f"no active grant {grant_id} for agent {agent}",
-            "it may have expired or been revoked: permbroker audit tail --agent " + agent,
-        )
+        raise fail(f"no active grant {grant_id}" + (f" for agent {agent}" if agent else ""),
+                   "it may have expired or been revoked: permbroker audit tail"
+                   + (f" --agent {agent}" if agent else ""))
     if as_json:
         _print_json(_grant_row(match[0], now))
     else:
-        for k, v in _grant_row(match[0], now).items():
-            out.print(f"[bold]{k}[/]: {v}")
-        out.print(f"[bold]expires[/]: {until(match[0].expires_at, now)}")
+        g = match[0]
+        times = {"issued_at": until(g.issued_at, now), "expires_at": until(g.expires_at, now)}
+        for k, v in g.model_dump(mode="json").items():  # user data: printed as text
+            out.print(Text.assemble((f"{k}", "bold"), f": {times.get(k, v)}"), soft_wrap=True)
 
 
 @grants_app.command("revoke")
@@ -117,7 +132,7 @@ def grants_revoke(
         with OperatorClient(settings, cli_kafka()) as op:
             signal = op.revoke_grants(agent, reason=reason)
     except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
+        raise fail(exc, "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc
     out.print(
         f"revocation {signal.signal_id} for {agent} published; "
@@ -139,7 +154,7 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
         Publisher(cli_kafka(), source="/operators/cli").publish(
             topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
-        raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
+        raise fail(exc, "are Kafka and Redis up? permbroker stack status") from exc
     result = {
         "records_read": folded.records,
         "active_grants": restored,

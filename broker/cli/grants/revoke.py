@@ -41,7 +41,7 @@ def revoke(
         selector = Selector(agent, agent_class, model_version, tenant, owner, case_id,
                             parse_labels(label or ()))
     except ValueError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(exc) from exc
     if not selector.criteria():
         raise fail("give at least one selector (--agent, --agent-class, --model-version, "
                    "--tenant, --owner, --case-id, --label)", code=2)
@@ -58,7 +58,7 @@ def revoke(
                                    operator=principal.split(":", 1)[1], trust=trust,
                                    timeout=settings.decision_timeout_s * 2)
     except BrokerError as exc:
-        raise fail(str(exc), "are Kafka, Redis and a worker up, and is there an operator key? "
+        raise fail(exc, "are Kafka, Redis and a worker up, and is there an operator key? "
                    "(permbroker stack status; permbroker keys init)") from exc
     if as_json:
         print_json({**done.plan.as_json(), "operation_id": done.operation_id, "dry_run": False,
