@@ -199,9 +199,10 @@ AGENTS = Topic(
 GRANT_COMMANDS = Topic(
     "permbroker.grant-commands", PARTITIONS, "delete", 7 * DAY_MS,
     ("io.permbroker.grant.command.v1",),
-    "Signed agent commands about their own grants: release early, get a grant token.",
+    "Signed commands about one grant: an agent asks for a token for its own grant, an "
+    "operator revokes a grant.",
     _APPEND_TIME,
-    writers=(AGENT,),
+    writers=(AGENT, OPERATOR),
     readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(

@@ -120,7 +120,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
     )
     risk = Risk(ctx, gate)
-    lifecycle = Lifecycle(ctx, gate, LifecycleStore(store, margin_s=margin_s))
+    life = LifecycleStore(store, margin_s=margin_s)
+    lifecycle = Lifecycle(ctx, gate, life)
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
@@ -137,7 +138,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         approvals=approvals,
         budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
         analytics=analytics,
-        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust),
+        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),
         sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
                 if settings.audit_sealer else None),

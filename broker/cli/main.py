@@ -20,7 +20,7 @@ from broker.cli.audit.audit import audit_app, audit_keys_app
 from broker.cli.context import use_settings
 from broker.cli.grants.approvals import approvals_app
 from broker.cli.grants.grants import grants_app
-from broker.cli.grants.revoke import revoke_app
+from broker.cli.grants.revoke import agents_revoke, revoke_app
 from broker.cli.identity.agents import agents_app
 from broker.cli.identity.behaviour import behaviour_app
 from broker.cli.identity.inventory import inventory_app
@@ -85,6 +85,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(revocations_app, name="revocations")
 app.add_typer(api_app, name="api")
 app.add_typer(agents_app, name="agents")
+agents_app.command("revoke")(agents_revoke)  # permbroker agents revoke AGENT
 agents_app.add_typer(behaviour_app)  # permbroker agents stats | class-stats
 app.add_typer(keys_app, name="keys")
 app.add_typer(services_app, name="services")
