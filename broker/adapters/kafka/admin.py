@@ -29,7 +29,7 @@ from confluent_kafka.cimpl import NewTopic
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.clientlog import routed
 from broker.errors import BusError, KafkaRefused, KafkaUnreachable
-from schemas.topics import ALL_TOPICS, Topic
+from schemas.topics import ALL_TOPICS, GRANT_TOPIC_PREFIX, Topic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin._metadata import ClusterMetadata
@@ -48,6 +48,12 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BusError(f"Kafka did not answer a metadata request within {timeout}s: {exc}") from exc
+
+
+def grant_topic_names(kafka: KafkaAccess, timeout: float = 10) -> list[str]:
+    """The namespace grant topics that exist (``permbroker.grants.<namespace>``), sorted."""
+    found = cluster_metadata(admin_client(kafka), timeout).topics
+    return sorted(t for t in found if t.startswith(GRANT_TOPIC_PREFIX))
 
 
 def ensure_topics(kafka: KafkaAccess, topics: Sequence[Topic] = ALL_TOPICS,
