@@ -70,7 +70,9 @@ TABLE: dict[str, Row] = {
     "stack compose-env": Row((), kind=OFFLINE),
     "grants list": Row((), R),
     "grants show": Row((ID, "--agent", A), R),
-    "grants revoke": Row(("--agent", A, "--reason", "test"), K),
+    # The grant is looked up in Redis first: with Redis up and no such grant it never gets
+    # as far as Kafka, so only Redis is a cause it must name.
+    "grants revoke": Row((ID, "--agent", A, "--reason", "test"), R),
     "grants rebuild": Row((), KR),
     "audit tail": Row(("--last", "1"), K),
     "audit verify": Row((), K),
@@ -96,6 +98,7 @@ TABLE: dict[str, Row] = {
     "agents update": Row((A, "--reason", "test", "--threshold", "0.9"), K),
     "agents suspend": Row((A, "--reason", "test"), K),
     "agents resume": Row((A, "--reason", "test"), K),
+    "agents revoke": Row((A, "--reason", "test", "--acks-wait", "1"), KR),
     "agents revoke-key": Row((A, "--reason", "test", "--kid", "kid-1"), K),
     "agents stats": Row((A,), R),
     "agents class-stats": Row(("fraud-detection", "--model", "1.0"), R),
