@@ -152,7 +152,7 @@ def _routing(settings: Settings, policy: Policy) -> GrantRouting:
 async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
                  trust: RecordTrust) -> None:
     """Create the routed grant topics and the usage topic, follow the published key sets,
-    then get the worker ready."""
+    announce the routed namespaces, then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
     await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
@@ -160,8 +160,8 @@ async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
     except BusError as exc:
         log.error("could not create %s: %s", topics.USAGE.name, exc)
     await _follow_keys(ctx, kafka, trust)
+    await announce_routing(ctx, kafka)  # before the first grant a view of a namespace may see
     await ctx.start(WORKER)
-    await announce_routing(ctx, kafka)
 
 
 async def announce_routing(ctx: WorkerContext, kafka: KafkaAccess) -> None:
