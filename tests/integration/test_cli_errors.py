@@ -58,6 +58,7 @@ TABLE: dict[str, Row] = {
     "inventory": Row((), KR),
     "worker": Row((), KR),
     "demo": Row((), kind="starts"),
+    "dev": Row((), kind="starts"),
     "request": Row(("--agent", A, "--scope", "payments:accounts.freeze", "--reason", "r",
                     "--confidence", "0.9", "--resource", "acct-1", "--timeout", "3"), K,
                    bad=("--agent", A, "--scope", "payments:accounts.freeze", "--reason", "r",
@@ -98,7 +99,8 @@ TABLE: dict[str, Row] = {
     "agents update": Row((A, "--reason", "test", "--threshold", "0.9"), K),
     "agents suspend": Row((A, "--reason", "test"), K),
     "agents resume": Row((A, "--reason", "test"), K),
-    "agents revoke": Row((A, "--reason", "test", "--acks-wait", "1"), KR),
+    # An agent the registry and the bundle do not know is refused before Redis is read.
+    "agents revoke": Row((A, "--reason", "test", "--acks-wait", "1"), K),
     "agents revoke-key": Row((A, "--reason", "test", "--kid", "kid-1"), K),
     "agents stats": Row((A,), R),
     "agents class-stats": Row(("fraud-detection", "--model", "1.0"), R),

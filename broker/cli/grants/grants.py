@@ -72,17 +72,20 @@ def grants_list(
         _print_json([_grant_row(g, now) for g in grants])
         return
     table = Table()
-    # Ids are printed whole (never cut to fit the terminal) so they can be copied.
-    ids = {"agent": max((len(g.agent_id) for g in grants), default=5),
-           "grant": max((len(g.grant_id) for g in grants), default=5)}
-    for name in ("agent", "grant", "scopes", "resources", "expires", "rules"):
-        table.add_column(name, no_wrap=name in ids, min_width=ids.get(name))
+    # Ids are printed whole (never cut to fit the terminal) so they can be copied: the grant
+    # and its agent share one column (one above the other), so even 80 columns leave room for
+    # the resources; scopes, expiry and rules wrap.
+    width = max((len(g.grant_id) for g in grants), default=5)
+    table.add_column("grant / agent", no_wrap=True, min_width=width)
+    table.add_column("resources", min_width=max(
+        (len(r) for g in grants for r in g.resources), default=1))
+    for name in ("scopes", "expires", "rules"):
+        table.add_column(name, overflow="fold")
     for g in sorted(grants, key=lambda g: g.expires_at):
         table.add_row(
-            g.agent_id,
-            g.grant_id,
-            "\n".join(g.scopes),
+            f"{g.grant_id}\n{g.agent_id}",
             "\n".join(g.resources) or "*",
+            "\n".join(g.scopes),
             until(g.expires_at, now),
             ", ".join(g.rules),
         )
