@@ -119,47 +119,49 @@ class Settings(BaseSettings):
         description="Kafka jar cache of the local stack; default: ~/.cache/permbroker",
     )
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local stack")
-    kafka_port: int = Field(19092, description="Local stack: Kafka client port")
-    kafka_controller_port: int = Field(19093, description="Local stack: Kafka controller port")
-    redis_port: int = Field(16379, description="Local stack: Redis port")
+    kafka_port: int = Field(19092, ge=1, le=65535, description="Local stack: Kafka client port")
+    kafka_controller_port: int = Field(
+        19093, ge=1, le=65535, description="Local stack: Kafka controller port")
+    redis_port: int = Field(16379, ge=1, le=65535, description="Local stack: Redis port")
     # Worker behaviour.
     session_timeout_s: float = Field(
-        10.0, description="Kafka group session timeout of a worker (how fast a dead worker's "
-        "partitions move to another)"
+        10.0, gt=0, description="Kafka group session timeout of a worker (how fast a dead "
+        "worker's partitions move to another)"
     )
-    expiry_interval_s: float = Field(0.5, description="How often lapsed grants are announced")
+    expiry_interval_s: float = Field(0.5, gt=0, description="How often lapsed grants are announced")
     lane_limit: int = Field(
         64, ge=1, description="Escalations in flight per input partition (different agents "
         "concurrently, each agent's in order); 1 handles them one at a time"
     )
     record_margin_s: int = Field(
-        3600, description="Extra life of decision and revocation records beyond the grants "
+        3600, ge=0, description="Extra life of decision and revocation records beyond the grants "
         "they cover"
     )
-    decision_timeout_s: float = Field(30.0, description="SDK wait for a decision")
+    decision_timeout_s: float = Field(30.0, gt=0, description="SDK wait for a decision")
     # Resource services: routing, freshness, renewal warnings, HTTP API.
     grant_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Scope namespaces with their own grant topic (comma-separated); "
         "unset: every namespace of the policy's ceilings; set: exactly these"
     )
     expiry_warning_s: float = Field(
-        30.0, description="grant.expiring this long before expiry (at most half the grant's life)"
+        30.0, ge=0, description="grant.expiring this long before expiry (at most half the grant's "
+        "life)"
     )
     view_staleness_bound_s: float = Field(
-        5.0, description="A grant view staler than this denies (fail closed)"
+        5.0, gt=0, description="A grant view staler than this denies (fail closed)"
     )
     view_probe_interval_s: float = Field(
-        0.5, description="How often a grant view asks Kafka for the log end"
+        0.5, gt=0, description="How often a grant view asks Kafka for the log end"
     )
     view_token_wait_s: float = Field(
-        2.0, description="How long allows(..., at_least=token) waits for the view to catch up"
+        2.0, ge=0, description="How long allows(..., at_least=token) waits for the view to catch up"
     )
     enforcement_point: str = Field(
         "", description="Name this process's view acks revocations as (the API's default: "
         "permbroker-api.<host>)"
     )
     api_host: str = Field("127.0.0.1", description="permbroker api: listen address")
-    api_port: int = Field(8080, description="permbroker api: listen port")
+    api_port: int = Field(8080, ge=0, le=65535, description="permbroker api: listen port")
     api_assertion_max_life_s: int = Field(
         120, ge=1, le=3600, description="Longest life (exp - iat) of an API assertion"
     )
@@ -190,7 +192,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
     metrics_port: int = Field(
-        0, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off)"
+        0, ge=0, le=65535, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off)"
     )
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(
@@ -198,7 +200,8 @@ class Settings(BaseSettings):
         "audit-signing.pub; a worker without them refuses to start (default <stack_dir>/keys)"
     )
     audit_timeout_s: float = Field(
-        5.0, description="Wait for the audit write before denying a request (audit-unavailable)"
+        5.0, gt=0, description="Wait for the audit write before denying a request "
+        "(audit-unavailable)"
     )
     audit_redact_free_text: bool = Field(
         False, description="Store free-text reasons and details as HMACs too"
@@ -212,18 +215,19 @@ class Settings(BaseSettings):
         "seal on its own)"
     )
     audit_digest_interval_s: float = Field(
-        2.0, description="Seconds between signed digests of a partition with new entries"
+        2.0, gt=0, description="Seconds between signed digests of a partition with new entries"
     )
-    audit_digest_every: int = Field(500, description="Entries after which a digest is due anyway")
+    audit_digest_every: int = Field(
+        500, ge=1, description="Entries after which a digest is due anyway")
     # Identity (agent keys, signed events, grant tokens). Key files hold private keys: they are
     # created with mode 0600 under <stack_dir>/keys unless a path is given, never logged.
     allow_unsigned: bool = Field(
         False, description="DEV ONLY: accept events without a signature from registered agents"
     )
     signature_max_age_s: int = Field(
-        300, description="An event's iat may be at most this old when Kafka appends it"
+        300, gt=0, description="An event's iat may be at most this old when Kafka appends it"
     )
-    signature_max_skew_s: int = Field(30, description="An event's iat may be this far ahead")
+    signature_max_skew_s: int = Field(30, ge=0, description="An event's iat may be this far ahead")
     broker_key_file: Path | None = Field(
         None, description="The broker's token keyring (default <stack_dir>/keys/broker.json)"
     )
@@ -253,16 +257,17 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Ended grant ids (and unreadable agents) a grant view remembers"
     )
     token_issuer: str = Field("permbroker", description="`iss` of grant tokens")
-    token_max_ttl_s: int = Field(60, description="Longest life of a grant token")
-    token_leeway_s: int = Field(5, description="Clock leeway of token verifiers")
+    token_max_ttl_s: int = Field(60, gt=0, description="Longest life of a grant token")
+    token_leeway_s: int = Field(5, ge=0, description="Clock leeway of token verifiers")
     broker_key_overlap_s: int = Field(
-        120, description="How long a replaced broker key still verifies (>= token life + leeway)"
+        120, ge=0,
+        description="How long a replaced broker key still verifies (>= token life + leeway)"
     )
     agent_key_overlap_s: int = Field(
-        300, description="How long an agent's replaced key still signs after a rotation"
+        300, ge=0, description="How long an agent's replaced key still signs after a rotation"
     )
     agent_key_max_age_s: int = Field(
-        30 * 86400, description="Inventory flags agents whose newest key is older than this"
+        30 * 86400, gt=0, description="Inventory flags agents whose newest key is older than this"
     )
 
     @classmethod

@@ -8,6 +8,8 @@
     │   ├── StoreUnavailable      Redis cannot be reached: fail closed
     │   └── StoreMisconfigured    Redis would evict live grants (maxmemory-policy)
     ├── BusError                  Kafka cannot be reached or refused a write: fail closed
+    │   ├── KafkaUnreachable      nothing answers at the bootstrap servers (down, wrong address)
+    │   └── KafkaRefused          Kafka refused this client's credentials (SASL user, password)
     ├── Fenced                    a newer worker owns the partition: this one writes nothing
     ├── StackError                the local Kafka/Redis stack could not be started or stopped
     ├── DecisionTimeout           no decision arrived for a request within the deadline
@@ -76,6 +78,14 @@ class StoreMisconfigured(StoreError):
 
 class BusError(BrokerError):
     """Kafka cannot be reached or refused a write."""
+
+
+class KafkaUnreachable(BusError):
+    """Nothing answers at Kafka's bootstrap servers: it is down, or the address is wrong."""
+
+
+class KafkaRefused(BusError):
+    """Kafka refused this client's credentials (its SASL user or password)."""
 
 
 class Fenced(BrokerError):

@@ -25,6 +25,7 @@ from schemas.events import (
     EVENT_TYPES,
     JwksPublished,
     RiskObserved,
+    RoutingAnnounced,
     WireModel,
 )
 from schemas.signing import EVENT_TOKEN_TYPE, SIGNATURE_HEADER
@@ -139,6 +140,8 @@ def _key_schema(model: type[WireModel]) -> Json:
             "description": "The issuer (a compacted topic: the latest key set per issuer).",
             "type": "string",
         }
+    if model is RoutingAnnounced:
+        return {"description": "No key: an announcement names no agent id.", "type": "null"}
     if "agent_id" not in model.model_fields:
         raise ValueError(f"{model.__name__} has no agent_id to key on")
     if _accepts_none(model, "agent_id"):

@@ -111,6 +111,8 @@ GRANTS = Topic(
     readers=(SERVICE, WORKER, OPERATOR, API),  # workers: rebuilding the Redis view
 )
 GRANT_TOPIC_PREFIX = GRANTS.name + "."
+# Workers announce on each namespace topic which namespaces they route (no agent key).
+ROUTING_EVENT_TYPE = "io.permbroker.grant.routing.v1"
 # Every namespace's grant topic, present or future (one prefixed ACL each): the workers create
 # the topic of a namespace they route to when it is missing.
 GRANT_NAMESPACE_WRITERS: tuple[str, ...] = (WORKER,)
@@ -125,8 +127,10 @@ def grant_topic(namespace: str) -> Topic:
     namespace's scopes, plus every agent-level revocation; the default topic carries everything.
     """
     return Topic(
-        GRANT_TOPIC_PREFIX + namespace, PARTITIONS, "delete", 30 * DAY_MS, GRANT_EVENT_TYPES,
-        f"Grant lifecycle of the {namespace} namespace, for the resource services of {namespace}.",
+        GRANT_TOPIC_PREFIX + namespace, PARTITIONS, "delete", 30 * DAY_MS,
+        (*GRANT_EVENT_TYPES, ROUTING_EVENT_TYPE),
+        f"Grant lifecycle of the {namespace} namespace, for the resource services of "
+        f"{namespace}, and the workers' routing announcements (is this namespace routed?).",
         writers=GRANT_NAMESPACE_WRITERS, readers=GRANT_NAMESPACE_READERS,
     )
 
@@ -199,9 +203,10 @@ AGENTS = Topic(
 GRANT_COMMANDS = Topic(
     "permbroker.grant-commands", PARTITIONS, "delete", 7 * DAY_MS,
     ("io.permbroker.grant.command.v1",),
-    "Signed agent commands about their own grants: release early, get a grant token.",
+    "Signed commands about one grant: an agent asks for a token for its own grant, an "
+    "operator revokes a grant.",
     _APPEND_TIME,
-    writers=(AGENT,),
+    writers=(AGENT, OPERATOR),
     readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(

@@ -41,6 +41,8 @@ from streams.worker import Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
 JWKS_INTERVAL_S = 1.0
+# Well inside the grant topics' retention (30 days): a view always finds an announcement.
+ROUTING_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Worker:
     analytics: Analytics
     commands: Commands
     start: Callable[[], Awaitable[None]]  # topics, store check, view, policy record; then ready
+    announce: Callable[[], Awaitable[None]]  # the routed namespaces, on every namespace topic
     sealer: Callable[[], Sealer] | None  # a fresh audit sealer per (re)start; None: not here
 
 
@@ -195,7 +198,7 @@ def _each(app: faust.App, ctx: WorkerContext, topic: str, name: str,
 
 
 def _timers(app: faust.App, worker: Worker, expiry_interval_s: float) -> None:
-    """Expiries and expiry warnings, approval windows, the broker's JWKS."""
+    """Expiries and expiry warnings, approval windows, the routing announcement, the JWKS."""
 
     @app.timer(expiry_interval_s)  # type: ignore[untyped-decorator]
     async def expiries() -> None:
@@ -210,6 +213,11 @@ def _timers(app: faust.App, worker: Worker, expiry_interval_s: float) -> None:
             await worker.approvals.sweep()
         except (StoreError, BusError) as exc:
             log.warning("approval window sweep failed, will retry: %s", exc)
+
+    @app.timer(ROUTING_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def routing() -> None:
+        if worker.ctx.ready.is_set():
+            await worker.announce()
 
     @app.timer(JWKS_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def jwks() -> None:

@@ -27,7 +27,7 @@ from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.admin import ensure_topics
+from broker.adapters.kafka.admin import ensure_topics, grant_topic_names
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.ports import Publisher
@@ -95,9 +95,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         free_text=settings.audit_redact_free_text,
         extra=settings.audit_sensitive_fields.split(","),
     )
-    # Every namespace of the ceilings gets its topic unless the setting lists them explicitly.
-    routing = routing_for(settings.grant_namespaces,
-                          (s for c in policy.classes.values() for s in c.ceiling))
+    routing = _routing(settings, policy)
     # The broker signs every record it writes; it reads back only what its chain of trust
     # (the anchor, then the published key sets) vouches for. Both are required (fail closed).
     keyring = BrokerKeyring(settings.key_path("broker"))
@@ -120,7 +118,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
     )
     risk = Risk(ctx, gate)
-    lifecycle = Lifecycle(ctx, gate, LifecycleStore(store, margin_s=margin_s))
+    lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
@@ -137,17 +135,24 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         approvals=approvals,
         budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
         analytics=analytics,
-        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust),
+        commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),
+        announce=functools.partial(announce_routing, ctx, kafka),
         sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
                 if settings.audit_sealer else None),
     )
 
 
+def _routing(settings: Settings, policy: Policy) -> GrantRouting:
+    """Every namespace of the ceilings gets its topic unless the setting lists them explicitly."""
+    return routing_for(settings.grant_namespaces,
+                       (s for c in policy.classes.values() for s in c.ceiling))
+
+
 async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
                  trust: RecordTrust) -> None:
     """Create the routed grant topics and the usage topic, follow the published key sets,
-    then get the worker ready."""
+    announce the routed namespaces, then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
     await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
@@ -155,7 +160,18 @@ async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
     except BusError as exc:
         log.error("could not create %s: %s", topics.USAGE.name, exc)
     await _follow_keys(ctx, kafka, trust)
+    await announce_routing(ctx, kafka)  # before the first grant a view of a namespace may see
     await ctx.start(WORKER)
+
+
+async def announce_routing(ctx: WorkerContext, kafka: KafkaAccess) -> None:
+    """Tell every namespace grant topic which namespaces this worker routes (a view of one it
+    does not route then says so instead of waiting for grants that never come)."""
+    try:
+        names = await asyncio.to_thread(grant_topic_names, kafka)
+        await ctx.announce_routing(WORKER, also=names)
+    except BusError as exc:
+        log.error("could not announce the routed namespaces: %s (retried by the timer)", exc)
 
 
 async def _follow_keys(ctx: WorkerContext, kafka: KafkaAccess, trust: RecordTrust) -> None:

@@ -24,6 +24,7 @@ from broker.errors import Fenced, WireError
 from broker.grants.decide import derive_id
 from broker.grants.revocation import (
     LIVE_RISK,
+    OPERATOR_REVOKE_RULE,
     lifecycle_audit,
     plan_revocation,
     revoked_events,
@@ -94,7 +95,7 @@ class Risk:
         action = (
             RiskAction(  # named by the key that signed it, never by what the signal says
                 revoke=True,
-                rule="operator-revoke",
+                rule=OPERATOR_REVOKE_RULE,
                 reason=f"revoked by {signer or signal.source}: "
                 f"{signal.detail or 'no reason given'}",
             )

@@ -40,7 +40,7 @@ from broker.errors import BusError, Fenced, IdentityError, StoreError, StoreUnav
 from broker.identity.rules import Principal
 from broker.policy import Policy
 from schemas import topics
-from schemas.events import AgentProfile, AuditRecord, ScopeDenial, WireModel
+from schemas.events import AgentProfile, AuditRecord, RoutingAnnounced, ScopeDenial, WireModel
 from streams.dead_letter import dead_letter_audit, dead_letter_message
 
 log = logging.getLogger("permbroker.worker")
@@ -295,6 +295,15 @@ class WorkerContext:
     def sensitive(self, data: dict[str, object]) -> tuple[str, ...]:
         """The sensitive values of an input, to hide wherever they are quoted."""
         return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
+
+    async def announce_routing(self, worker: str, also: Sequence[str] = ()) -> None:
+        """Name the namespaces this worker routes on every namespace grant topic it writes and
+        on ``also`` (existing ones it does not), so a view there can tell whether it is fed."""
+        event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
+                                 announced_at=datetime.now(UTC))
+        targets = sorted({*self.routing.topics(), *also} - {topics.GRANTS.name})
+        if targets:
+            await self.publisher.publish_many([(t, self.encode(event)) for t in targets])
 
     async def announce_policy(self, worker: str) -> None:
         """Record the policy bundle this worker decides with, before its first decision."""

@@ -8,7 +8,9 @@ The OpenAPI document is at ``/openapi.json`` and is the only documentation serve
 needs a fresh assertion gains little from a try-it-out page; any OpenAPI viewer reads the JSON
 offline). ``/healthz`` says the process runs; ``/readyz`` is 200 only when Kafka answers,
 Redis answers and the grant view is fresh, and otherwise names each cause, reusing the
-runtime's clients. ``/metrics`` is Prometheus text. Every refusal is a problem
+runtime's clients; the app serves even when Kafka or Redis is down at start (the readers
+start once Kafka answers, the other routes answer 503 until then). ``/metrics`` is Prometheus
+text. Every refusal is a problem
 (``broker.api.problems``); bodies are limited (413) before anything reads them.
 """
 
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.api import (
@@ -36,6 +41,7 @@ from broker.api import (
 from broker.api.problems import HEALTH_PROBLEMS, BodyLimit
 from broker.api.runtime import Runtime
 from broker.config import Settings
+from broker.errors import BrokerError
 
 OPENAPI_TAGS = [
     {"name": "health", "description": "Liveness, readiness (with causes) and metrics."},
@@ -64,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(UntilStarted, runtime=runtime)
     _health_routes(app, runtime)
     for router in ROUTERS:
         app.include_router(router)
@@ -81,10 +88,24 @@ def _lifespan(runtime: Runtime) -> Callable[[FastAPI], AbstractAsyncContextManag
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(runtime.start)
+        # Serve even when Kafka is down: /readyz says why, the other routes answer 503 until
+        # the readers are up (their start is retried in the background).
+        runtime.connect()
+        stop = threading.Event()
+        starter = threading.Thread(target=runtime.start_until_ready, args=(stop,),
+                                   name="api-start", daemon=True)
+        try:
+            await asyncio.to_thread(runtime.start)
+        except BrokerError as exc:
+            runtime.start_problem = str(exc)
+            runtime.stop(readers_only=True)
+            starter.start()
         try:
             yield
         finally:
+            stop.set()
+            if starter.is_alive():
+                await asyncio.to_thread(starter.join, 30.0)
             await asyncio.to_thread(runtime.stop)
             if runtime.store is not None:
                 await runtime.store.aclose()
@@ -119,7 +140,9 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
                 responses={503: {"description": "not ready: causes", "model": Readiness}})
     def readyz() -> JSONResponse:
         """Ready only when Kafka and Redis answer and the grant view is fresh; else why not."""
-        checks = {
+        checks = {} if runtime.started else {
+            "start": _check(f"starting: {runtime.start_problem or 'connecting'}")}
+        checks |= {
             "kafka": _check(runtime.kafka_problem()),
             "redis": _check(runtime.redis_problem()),
             "view": _view_check(runtime),
@@ -133,7 +156,9 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
     @health.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus metrics (revocation propagation, view freshness, checks)."""
-        assert runtime.view is not None
+        if runtime.view is None:
+            return problems.problem(503, "the grant view is not started yet (see /readyz)",
+                                    kind="unavailable")
         body = runtime.metrics.render(runtime.view.freshness())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -151,6 +176,25 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
         return Jwks(keys=list(data.get("keys", [])))
 
     app.include_router(health)
+
+
+class UntilStarted(BaseHTTPMiddleware):
+    """503 (with the cause) for every route but health and the OpenAPI document until the
+    runtime's readers are up (Kafka or Redis was down at start)."""
+
+    OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json",
+                      "/openapi.json"})
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        super().__init__(app)
+        self.runtime = runtime
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if self.runtime.started or request.url.path in self.OPEN:
+            return await call_next(request)
+        cause = self.runtime.start_problem or "connecting to Kafka and Redis"
+        return problems.problem(503, f"the API is starting: {cause} (see /readyz)",
+                                kind="unavailable", headers={"Retry-After": "2"})
 
 
 def _refusals(runtime: Runtime) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Blocking calls run in FastAPI's thread pool.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -107,8 +107,10 @@ def escalate(agent_id: AgentIdPath, body: EscalationBody, request: Request,
              who: AgentItself) -> EscalationDecided | EscalationPending:
     """Ask for elevated scopes as ``agent_id``; returns the decision (reasons, expiry, token),
     or, when the policy asks for approval, the pending notice (approvers, window end)."""
+    now = datetime.now(UTC)  # valid while this call waits: never granted once it has answered
     req = EscalationRequested(
-        request_id=f"req-{uuid.uuid4()}", agent_id=agent_id, requested_at=datetime.now(UTC),
+        request_id=f"req-{uuid.uuid4()}", agent_id=agent_id, requested_at=now,
+        valid_until=now + timedelta(seconds=runtime_of(request).settings.decision_timeout_s),
         **body.model_dump(),
     )
     decision: EscalationDecided | EscalationPending = relay(

@@ -13,7 +13,9 @@ carries the caller's assertion, so the workers judge it as the caller's own.
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +28,7 @@ from broker.adapters.crypto.service_key import ServiceIdentity, ensure_service
 from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckFollower
-from broker.adapters.kafka.admin import admin_client, cluster_metadata
+from broker.adapters.kafka.admin import admin_client, cluster_metadata, probe
 from broker.adapters.kafka.bus import Publisher, Record
 from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.edge import RefusalCollector
@@ -46,6 +48,7 @@ from schemas.events import AgentRevoked
 from schemas.signing import ASSERTION_HEADER
 
 ACK_HISTORY = timedelta(hours=1)
+log = logging.getLogger("permbroker.api")
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Runtime:
     registry: RegistryView | None = None
     identities: Identities | None = None
     enforcement_point: str = ""
+    started: bool = False  # every reader is up: the routes may serve
+    start_problem: str = ""  # why the last start failed (Kafka down): /readyz says it
     identity: ServiceIdentity | None = None  # this API as a resource service: acks, relays
     _redis: redis.Redis | None = None
     _admin: AdminClient | None = None
@@ -75,17 +80,36 @@ class Runtime:
         self.metrics = Metrics(self.settings.metrics_history)
         self.throttle = Throttle(self.settings.api_rate_limit, self.settings.api_rate_window_s)
 
-    def start(self) -> None:
-        """Connect everything (blocking: Kafka metadata, the view's bootstrap)."""
+    def connect(self) -> None:
+        """Make the clients /readyz asks (no I/O yet): they report Kafka and Redis from now."""
         s = self.settings
         self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
         self._redis = redis.Redis.from_url(s.redis_url, socket_timeout=1.0,
                                            socket_connect_timeout=1.0)
         self._admin = admin_client(self.kafka)
+
+    def start_until_ready(self, stop: threading.Event, retry_s: float = 2.0) -> None:
+        """``start``, again every ``retry_s`` while it fails (Kafka down), until
+        ``stop``; ``start_problem`` holds the last failure for /readyz."""
+        while not stop.is_set():
+            try:
+                self.start()
+                return
+            except BrokerError as exc:
+                self.start_problem = str(exc)
+                log.warning("API not started (retrying every %.0fs): %s", retry_s, exc)
+                self.stop(readers_only=True)
+            stop.wait(retry_s)
+
+    def start(self) -> None:
+        """Start every reader (blocking: Kafka metadata, the view's bootstrap); fails at once,
+        naming the cause, when Kafka does not answer. (Redis is not needed to start: the routes
+        that use it answer 503 while it is down, and /readyz names it.)"""
+        s = self.settings
+        probe(self.kafka, timeout=2.0)
         self.jwks = JwksView.from_settings(s, self.kafka, wait_s=10)  # the key sets so far
         trust = self.trust = self.jwks.trust
-        self.metrics.registry.register(RefusalCollector(trust.refusals))
         self.registry = RegistryView(self.kafka, trust)
         self.registry.wait_ready(10)
         registry = self.registry
@@ -106,6 +130,8 @@ class Runtime:
         self.audits = AuditWatcher(self.kafka, trust=trust, max_entries=s.decisions_kept)
         self.acks = AckFollower(self.kafka, datetime.now(UTC) - ACK_HISTORY,
                                 self.metrics.ack_event, trust=trust)
+        self.metrics.registry.register(RefusalCollector(trust.refusals))  # once: on success
+        self.started, self.start_problem = True, ""
 
     def verifier(self) -> RecordTrust:
         """The trust every reader here verifies with (BrokerError before the API started)."""
@@ -135,13 +161,15 @@ class Runtime:
         if isinstance(record.event, AgentRevoked):
             self.metrics.revoked(record.event)
 
-    def stop(self) -> None:
-        """Close what was started."""
-        for part in (self.acks, self.audits, self.decisions, self.view, self.jwks,
-                     self.registry):
+    def stop(self, *, readers_only: bool = False) -> None:
+        """Close what was started (``readers_only``: the readers of a failed start, to retry)."""
+        for name in ("acks", "audits", "decisions", "view", "jwks", "registry"):
+            part = getattr(self, name)
             if part is not None:
                 part.close()
-        if self._redis is not None:
+                setattr(self, name, None)
+        self.trust = self.identities = self.publisher = None
+        if self._redis is not None and not readers_only:
             self._redis.close()
 
     def kafka_problem(self) -> str:

@@ -17,12 +17,14 @@ from typing import TypeVar
 
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import probe
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
 
 _SETTINGS: ContextVar[Settings] = ContextVar("permbroker_cli_settings")
 _KAFKA: ContextVar[KafkaAccess | None] = ContextVar("permbroker_cli_kafka", default=None)
 T = TypeVar("T")
+_PROBE_TIMEOUT_S = 5.0
 
 
 def use_settings(settings: Settings) -> None:
@@ -40,10 +42,16 @@ def cli_settings() -> Settings:
 
 
 def cli_kafka() -> KafkaAccess:
-    """How this invocation reaches Kafka (ConfigError when the settings contradict each other)."""
+    """How this invocation reaches Kafka (ConfigError when the settings contradict each other).
+
+    The first call checks that Kafka answers and accepts the credentials, so a command fails
+    within seconds naming the cause (KafkaUnreachable, KafkaRefused) instead of timing out on
+    whichever read or write it tried first.
+    """
     kafka = _KAFKA.get()
     if kafka is None:
         kafka = KafkaAccess.from_settings(cli_settings())
+        probe(kafka, timeout=_PROBE_TIMEOUT_S)
         _KAFKA.set(kafka)
     return kafka
 

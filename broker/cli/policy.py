@@ -46,7 +46,7 @@ def policy_diff(
     try:
         records = load_records(cli_settings(), file=file, since=start)
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     report = diff(records, policy, since=start, until=time_option(until_))
     warnings = hmac_reads(policy, DEFAULT_FIELDS + FREE_TEXT_FIELDS)
     if as_json:
@@ -107,8 +107,8 @@ def policy_test(
         for case in result.cases:
             mark = "[green]PASS[/]" if case.passed else "[bold red]FAIL[/]"
             out.print(f"{mark} {escape(str(case)[5:])}", highlight=False)
-        for error in result.errors:
-            out.print(f"[bold red]ERROR[/] {escape(error)}", highlight=False)
+        for error in result.errors:  # the bundle or a fixture could not be read: on stderr
+            err.print(f"[bold red]ERROR[/] {escape(error)}", highlight=False, soft_wrap=True)
         passed = sum(c.passed for c in result.cases)
         out.print(f"{passed}/{len(result.cases)} policy test(s) passed for {result.bundle} "
                   f"({result.revision or 'not loaded'})", highlight=False)

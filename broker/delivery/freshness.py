@@ -28,6 +28,7 @@ class Freshness:
     bound_s: float
     problem: str = ""
     paused: bool = False
+    unrouted: str = ""  # why no worker writes the view's topic ('' when one does)
 
     @property
     def fresh(self) -> bool:
@@ -36,6 +37,8 @@ class Freshness:
 
     def reason(self) -> str:
         """Why the view is not fresh ('' when it is)."""
+        if self.unrouted:
+            return f"{self.unrouted} (fail closed)"
         if not self.ready:
             return "grant view still catching up with the log (fail closed)"
         if self.fresh:

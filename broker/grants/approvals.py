@@ -85,8 +85,9 @@ def resolve(pending: Pending, resolution: Resolution, *, policy: Policy,
         "denier": resolution.denier or None, "decided_at": at.isoformat(),
         "request_received_at": pending.received_at.isoformat(),
         "window_expires_at": pending.event.window_expires_at.isoformat()}}
+    # No deadline: the pending notice answered the request in time; the window governs now.
     outcome = decide(pending.request, evaluation, agent=agent, state=state, received_at=at,
-                     now=at, risk=risk, blocked_by=blocked, note=inputs)
+                     now=at, risk=risk, blocked_by=blocked, note=inputs, deadline=False)
     decision = outcome.decision.model_copy(
         update={"approvals": resolution.approvers, "tiers": pending.event.tiers})
     audit = outcome.audit.model_copy(update={

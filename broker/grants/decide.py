@@ -32,6 +32,8 @@ from schemas.events import (
 _NAMESPACE = uuid.UUID("6f1c7d52-2a7e-4f43-9d0e-6b8f3c1a9e10")
 # Denial rule of a request decided while its audit record could not be written (fail closed).
 AUDIT_UNAVAILABLE = "audit-unavailable"
+# Denial rule of a request decided after its ``valid_until``: its client stopped waiting.
+REQUEST_EXPIRED = "request-expired"
 
 
 def derive_id(kind: str, source_id: str, agent_id: str = "") -> str:
@@ -150,12 +152,25 @@ def state_denial(
     return None
 
 
+def deadline_denial(request: EscalationRequested, now: datetime) -> ScopeDenial | None:
+    """Why a request decided at ``now`` is too late: its client gave up at ``valid_until``."""
+    if request.valid_until is None or now <= request.valid_until:
+        return None
+    return ScopeDenial(
+        scope="*",
+        rule=REQUEST_EXPIRED,
+        reason=f"decided at {now.isoformat()}, after the request's valid_until "
+        f"{request.valid_until.isoformat()}: its client has stopped waiting, so nothing is "
+        "granted; send a new request",
+    )
+
+
 @overload
 def decide(
     request: EscalationRequested, evaluation: Evaluation, *, agent: AgentProfile | None,
     state: AgentState, received_at: datetime, now: datetime, risk: RiskContext | None = ...,
     blocked_by: ScopeDenial | None = ..., note: dict[str, object] | None = ...,
-    signer: Signer | None = ..., holds: Literal[False] = ...,
+    signer: Signer | None = ..., holds: Literal[False] = ..., deadline: bool = ...,
 ) -> Outcome: ...
 
 
@@ -164,7 +179,7 @@ def decide(
     request: EscalationRequested, evaluation: Evaluation, *, agent: AgentProfile | None,
     state: AgentState, received_at: datetime, now: datetime, risk: RiskContext | None = ...,
     blocked_by: ScopeDenial | None = ..., note: dict[str, object] | None = ...,
-    signer: Signer | None = ..., holds: bool,
+    signer: Signer | None = ..., holds: bool, deadline: bool = ...,
 ) -> Outcome | HeldForApproval: ...
 
 
@@ -181,6 +196,7 @@ def decide(
     note: dict[str, object] | None = None,
     signer: Signer | None = None,
     holds: bool = False,
+    deadline: bool = True,
 ) -> Outcome | HeldForApproval:
     """Combine the policy evaluation with the agent's state into the decision's events.
 
@@ -189,9 +205,12 @@ def decide(
     context to the audit inputs; ``signer`` is the verified signer of the request. The audit
     record carries every input (request, profile, state, risk, times, ``blocked_by``) so that
     replay reproduces it exactly. With ``holds``, a request that nothing denies and the policy
-    grants only on approval is held instead (``HeldForApproval``).
+    grants only on approval is held instead (``HeldForApproval``). A request decided after its
+    ``valid_until`` is denied (``request-expired``) unless ``deadline`` is False (the final
+    decision of a held request: its pending notice answered the request in time).
     """
-    blocked = blocked_by or state_denial(request, state, received_at, now)
+    blocked = (blocked_by or state_denial(request, state, received_at, now)
+               or (deadline_denial(request, now) if deadline else None))
     if holds and blocked is None and evaluation.approval is not None:
         return HeldForApproval(*hold(request, evaluation, received_at=received_at, now=now, inputs={
             "request": request.model_dump(mode="json"),
@@ -209,13 +228,7 @@ def decide(
         **(note or {}),
     }
     expires_at = received_at + timedelta(seconds=evaluation.duration_s)
-    if blocked is None and evaluation.granted and expires_at <= now:
-        blocked = ScopeDenial(
-            scope="*",
-            rule="stale-request",
-            reason=f"received at {received_at.isoformat()}, the grant would have expired at "
-            f"{expires_at.isoformat()} before it could be decided",
-        )
+    blocked = blocked or _stale(evaluation, received_at, expires_at, now)
     if blocked is not None:
         denied = tuple(
             ScopeDenial(scope=s, rule=blocked.rule, reason=blocked.reason) for s in request.scopes
@@ -228,6 +241,19 @@ def decide(
     grant = _grant(request, evaluation, agent, now, expires_at, signer)
     return _outcome(request, evaluation, evaluation.denied, evaluation.reasons, grant, inputs, now,
                     signer=signer)
+
+
+def _stale(evaluation: Evaluation, received_at: datetime, expires_at: datetime,
+           now: datetime) -> ScopeDenial | None:
+    """A grant that would have expired before its request could be decided."""
+    if not evaluation.granted or expires_at > now:
+        return None
+    return ScopeDenial(
+        scope="*",
+        rule="stale-request",
+        reason=f"received at {received_at.isoformat()}, the grant would have expired at "
+        f"{expires_at.isoformat()} before it could be decided",
+    )
 
 
 def _grant(

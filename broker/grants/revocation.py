@@ -23,6 +23,7 @@ from schemas.events import (
 )
 
 LIVE_RISK = timedelta(minutes=10)  # how long a non-revoking signal raises the agent's risk
+OPERATOR_REVOKE_RULE = "operator-revoke"  # the rule of every revocation an operator asked for
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,17 @@ def revoked_events(
             quarantined_until=plan.quarantine_until,
         )
         for g in grants
+    )
+
+
+def grant_revocation(grant: GrantIssued, cause_id: str, reason: str,
+                     at: datetime) -> GrantRevoked:
+    """The ``grant.revoked`` of an operator's revocation of one grant (``cause_id``: the
+    command's id; ``reason`` names the operator)."""
+    return GrantRevoked(
+        grant_id=grant.grant_id, agent_id=grant.agent_id, revoked_at=at,
+        expires_at=grant.expires_at, reason=reason, rule=OPERATOR_REVOKE_RULE,
+        cause_event_id=cause_id,
     )
 
 

@@ -4,6 +4,7 @@ A selector names agents by any of: agent id, agent class, model version, tenant,
 (all given criteria must hold), and/or a case id (agents holding a live grant issued for that
 case). The same function plans the dry run and the real run, so both name the same set; no
 criterion at all selects nothing (revoking everyone takes an explicit list, not an empty one).
+An operator names one grant by its whole id or a prefix of exactly one id (``resolve_grant``).
 """
 
 from __future__ import annotations
@@ -136,3 +137,21 @@ def select(selector: Selector, profiles: Iterable[AgentProfile],
             continue
         targets.append(Target(agent, profile, held))
     return Selection(selector, tuple(targets), now)
+
+
+def resolve_grant(ref: str, grants: Iterable[GrantIssued]
+                  ) -> tuple[GrantIssued | None, tuple[str, ...]]:
+    """The grant ``ref`` names: its whole id, or the start of exactly one grant id.
+
+    Returns ``(grant, ())`` when it names one; ``(None, candidates)`` (the ids it starts,
+    sorted) when it names several; ``(None, ())`` when it names none. An empty ``ref`` names
+    nothing. A whole id wins even when it also starts a longer id.
+    """
+    if not ref:
+        return None, ()
+    found = {g.grant_id: g for g in grants if g.grant_id.startswith(ref)}
+    if ref in found:
+        return found[ref], ()
+    if len(found) == 1:
+        return next(iter(found.values())), ()
+    return None, tuple(sorted(found))

@@ -237,8 +237,9 @@ def find_key(record: AgentRecord, kid: str) -> AgentKey | None:
 
 def is_agent_request(event: WireModel | None) -> bool:
     """Requests only the agent itself may make: escalate, renew, release, obtain a token."""
-    return isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested
-                      | GrantCommand)
+    if isinstance(event, GrantCommand):
+        return event.action != "revoke"
+    return isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested)
 
 
 def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
@@ -248,6 +249,11 @@ def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
     if signer.kind == "service":
         return _not_permitted(signer, "a resource service signs its acks and usage reports; it "
                               "relays a request only with the principal's own assertion")
+    if isinstance(event, GrantCommand) and event.action == "revoke":
+        if signer.kind == "operator":
+            return None
+        return _not_permitted(signer, "revoking a grant needs operator credentials (an agent "
+                              "ends its own grant early with a release)")
     if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand):
         if signer.kind == "operator":
             return _not_permitted(signer, f"only agent {event.agent_id} itself may ask for or "
@@ -296,6 +302,9 @@ def _not_permitted(signer: Principal, why: str) -> Rejection:
 def grant_owner_problem(command: GrantCommand) -> Rejection | None:
     """An agent may release or read (obtain a token for) only its own grants."""
     owner = command.grant_agent_id or command.agent_id
+    if owner != command.agent_id and command.action == "revoke":
+        return Rejection(Reason.INVALID, f"a revocation names the grant's agent as agent_id "
+                         f"({command.agent_id}), not another one ({owner})")
     if owner != command.agent_id:
         return Rejection(Reason.NOT_YOUR_GRANT, f"agent {command.agent_id} may obtain tokens only "
                          f"for its own grants; grant {command.grant_id} belongs to {owner}")

@@ -64,6 +64,7 @@ from schemas.events.grants import (
     GrantRenewed,
     GrantRevoked,
     GrantUsed,
+    RoutingAnnounced,
 )
 from schemas.events.identity import (
     AgentAction,
@@ -146,6 +147,7 @@ __all__ = [
     "Resource",
     "RevocationAcknowledged",
     "RiskObserved",
+    "RoutingAnnounced",
     "Scope",
     "ScopeDenial",
     "ScopeGlob",

@@ -25,6 +25,7 @@ from schemas.events.grants import (
     GrantRenewed,
     GrantRevoked,
     GrantUsed,
+    RoutingAnnounced,
 )
 from schemas.events.identity import (
     AgentCommand,
@@ -70,6 +71,7 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     CommandAnswered: "io.permbroker.command.answered.v1",
     JwksPublished: "io.permbroker.jwks.published.v1",
     GrantUsed: "io.permbroker.grant.used.v1",
+    RoutingAnnounced: "io.permbroker.grant.routing.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 

@@ -41,6 +41,9 @@ class EscalationRequested(WireModel):
     signals: Signals = Field(default_factory=dict)
     model_version: Annotated[str, StringConstraints(max_length=64)] | None = None
     requested_at: UtcDatetime
+    valid_until: UtcDatetime | None = Field(None, description=(
+        "The requester's deadline (its client stops waiting then): a request the broker would "
+        "decide after it is denied with the rule request-expired. Absent: no deadline."))
 
     @property
     def event_id(self) -> str:

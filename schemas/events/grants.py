@@ -155,3 +155,18 @@ class GrantUsed(WireModel):
 
 
 GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | AgentRevoked
+
+
+class RoutingAnnounced(WireModel):
+    """A worker names the scope namespaces it routes to their own grant topics. Written to every
+    namespace grant topic (those it routes, and existing ones it does not), at start and
+    periodically, so a view of a namespace topic knows whether any worker writes it."""
+
+    worker: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    namespaces: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")], ...]
+    announced_at: UtcDatetime
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per announcement."""
+        return f"routing:{self.worker}:{self.announced_at.isoformat()}"

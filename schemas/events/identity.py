@@ -135,13 +135,15 @@ class AgentCommand(WireModel):
 
 
 class GrantCommand(WireModel):
-    """An agent asks for a short-lived token for one of its own grants (to show a service)."""
+    """A command about one grant: an agent asks for a short-lived token for one of its own
+    grants (``token``, signed by the agent), or an operator revokes one grant (``revoke``,
+    signed by the operator; ``agent_id`` is then the grant's agent)."""
 
     command_id: EventId
-    agent_id: AgentId  # the acting agent, who signs
+    agent_id: AgentId  # token: the acting agent, who signs; revoke: the grant's agent
     grant_id: EventId
     grant_agent_id: AgentId | None = None  # whose grant (default: the acting agent)
-    action: Literal["token"]
+    action: Literal["token", "revoke"]
     audience: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] | None = None
     reply_key: PublicJwk | None = None  # token: the X25519 key the token is encrypted to
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""

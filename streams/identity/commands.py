@@ -6,7 +6,9 @@ Registry commands (``permbroker.registry``) are verified by the identity gate, t
 next agent record by the pure ``broker.identity.registry`` and published to the compacted agents
 topic (Kafka is the record), with their effects: a suspension or key revocation revokes every grant,
 a model change is judged by the policy's revocation rules. A grant command lets an agent obtain
-a short-lived token for one of its own grants (encrypted to the key it sent). Every command
+a short-lived token for one of its own grants (encrypted to the key it sent), or an operator
+revoke one grant (ended in Redis as a release ends it, ``grant.revoked`` naming the operator on
+the grant topics; never undone: the grant's id stays ended everywhere). Every command
 gets an answer on the decisions topic and an audit record. (Releasing and renewing a grant are
 requests on the escalation topic, decided by streams.lifecycle behind the same identity gate.)
 """
@@ -25,10 +27,12 @@ from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.codec import encode
 from broker.adapters.kafka.registry_view import RegistryView
+from broker.adapters.redis.lifecycle import LifecycleStore
 from broker.config import Settings
+from broker.delivery.routing import namespaces_of
 from broker.errors import BrokerError, IdentityError, WireError
 from broker.grants.decide import derive_id
-from broker.grants.revocation import risk_audit
+from broker.grants.revocation import grant_revocation, lifecycle_audit, risk_audit
 from broker.identity.answers import answer, command_audit
 from broker.identity.registry import (
     Enrollment,
@@ -39,7 +43,7 @@ from broker.identity.registry import (
 )
 from broker.identity.rules import Principal, Reason, Rejection, grant_owner_problem, thumbprint
 from schemas import topics
-from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued
+from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued, GrantRevoked
 from streams.identity.gate import Admitted, IdentityGate
 from streams.risk import Risk
 from streams.worker import SOURCE, Incoming, WorkerContext
@@ -52,8 +56,9 @@ class Commands:
 
     def __init__(self, ctx: WorkerContext, gate: IdentityGate, risk: Risk,
                  settings: Settings, kafka: KafkaAccess, keyring: BrokerKeyring,
-                 trust: RecordTrust) -> None:
+                 trust: RecordTrust, life: LifecycleStore) -> None:
         self.ctx = ctx
+        self.life = life
         self.kafka = kafka
         self.gate = gate
         self.risk = risk
@@ -186,7 +191,7 @@ class Commands:
     # --- grant commands ---------------------------------------------------------------------
 
     async def on_grant_command(self, msg: Incoming) -> None:
-        """Issue a token for a grant: the agent's own grants only."""
+        """Issue a token for an agent's own grant, or revoke one grant for an operator."""
         await self.ctx.ready.wait()
         await self.ready.wait()
         try:
@@ -205,6 +210,9 @@ class Commands:
         if why is not None:
             await self._refuse(msg, cmd, why, verdict.signer)
             return
+        if cmd.action == "revoke":
+            await self._revoke_grant(cmd, msg, verdict.signer)
+            return
         now = datetime.now(UTC)
         held = [g for g in await self.ctx.store.active_grants(cmd.agent_id, now)
                 if g.grant_id == cmd.grant_id]
@@ -213,6 +221,37 @@ class Commands:
                                f"not an active grant of {cmd.agent_id}"), verdict.signer)
             return
         await self._token(cmd, msg, verdict.signer, held[0], now)
+
+    async def _revoke_grant(self, cmd: GrantCommand, msg: Incoming, signer: Principal) -> None:
+        """End one grant for an operator, as a release ends it; a redelivery republishes the
+        recorded ``grant.revoked`` (same ids) and ends nothing twice."""
+        life, agent = self.life, cmd.agent_id
+        revoked = await life.recorded_revocation(agent, cmd.command_id)
+        spaces = None  # unknown on a redelivery: the end goes to every routed topic
+        if revoked is None:
+            grant = await life.live_grant(agent, cmd.grant_id, await self.ctx.store.now())
+            stored = None
+            if grant is not None:
+                revoked = grant_revocation(
+                    grant, cmd.command_id, f"revoked by {signer.id}: "
+                    f"{cmd.reason or 'no reason given'}", msg.received_at)
+                spaces = namespaces_of(grant.scopes)
+                stored = await life.revoke_one(
+                    revoked, max_grant_s=self.ctx.policy.max_grant_duration_s)
+            if stored is None or stored.status == "blocked":
+                await self._refuse(msg, cmd, Rejection(Reason.NOT_YOUR_GRANT, f"{cmd.grant_id} "
+                                   f"is not an active grant of {agent} (expired, released or "
+                                   "revoked already)"), signer)
+                return
+            revoked = GrantRevoked.model_validate_json(stored.decision_json)
+        await self.ctx.emit_grants((revoked, spaces))
+        await self.ctx.audit(lifecycle_audit(revoked, msg.received_at), command_audit(
+            cmd, msg.received_at, signer=signer, kind="grant.revoked_by_operator",
+            reason=revoked.reason, origin=msg.origin, revoked_grants=[revoked.grant_id],
+            expires_at=revoked.expires_at.isoformat()))
+        self.ctx.count("revocations")
+        await self.ctx.emit(topics.DECISIONS.name, answer(
+            cmd, msg.received_at, reason=revoked.reason, grant_id=revoked.grant_id))
 
     async def _token(self, cmd: GrantCommand, msg: Incoming, signer: Principal,
                      grant: GrantIssued, now: datetime) -> None:

@@ -41,6 +41,7 @@ from schemas.events import (
     RenewalRequested,
     RevocationAcknowledged,
     RiskObserved,
+    RoutingAnnounced,
     ScopeDenial,
     WireModel,
 )
@@ -200,6 +201,9 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         audience="payments",
         reply_key=PublicJwk(kty="OKP", crv="X25519", x="AAAA"),
         issued_at=NOW,
+    ),
+    RoutingAnnounced: RoutingAnnounced(
+        worker="host-1:4242", namespaces=("crm", "payments"), announced_at=NOW,
     ),
     CommandAnswered: CommandAnswered(
         answer_id="answer-1",

@@ -36,6 +36,7 @@ from broker.adapters.audit.log import Head, read_head, watermarks
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
+from broker.adapters.kafka.clientlog import routed
 from broker.adapters.kafka.edge import read_message
 from broker.audit.chain import GENESIS, Position, seal_digest, seal_record
 from broker.config import Settings
@@ -96,12 +97,12 @@ class PartitionSealer:
         self._kafka = kafka
         self._keys = keys
         self._sign = sign
-        self._producer = Producer({
+        self._producer = Producer(routed({
             **kafka.confluent(),
             "transactional.id": f"{settings.app_id}-audit-sealer-p{partition}",
             "enable.idempotence": True, "acks": "all", "linger.ms": 2,
             "transaction.timeout.ms": 60000,
-        })
+        }))
         self.head = Head(Position(partition))
         self._last_digest = time.monotonic()
 

@@ -44,7 +44,7 @@ class AckPublisher:
     def __init__(self, kafka: KafkaAccess, identity: ServiceIdentity) -> None:
         self.name = identity.name
         self._identity = identity
-        self._producer = Producer({**producer_config(kafka), "linger.ms": 5}, logger=log)
+        self._producer = Producer({**producer_config(kafka), "linger.ms": 5})
         self._source = f"/enforcement/{identity.name}"
         self.failed = 0
 

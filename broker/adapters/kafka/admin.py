@@ -9,6 +9,7 @@ faust agent.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -26,8 +27,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, n
 from confluent_kafka.cimpl import NewTopic
 
 from broker.adapters.kafka.access import KafkaAccess
-from broker.errors import BusError
-from schemas.topics import ALL_TOPICS, Topic
+from broker.adapters.kafka.clientlog import routed
+from broker.errors import BusError, KafkaRefused, KafkaUnreachable
+from schemas.topics import ALL_TOPICS, GRANT_TOPIC_PREFIX, Topic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin._metadata import ClusterMetadata
@@ -37,7 +39,7 @@ _log = logging.getLogger(__name__)
 
 def admin_client(kafka: KafkaAccess) -> AdminClient:
     """An AdminClient whose librdkafka logs go to Python logging, not straight to stderr."""
-    return AdminClient(kafka.confluent(), logger=_log)
+    return AdminClient(routed(kafka.confluent()))  # type: ignore[arg-type]  # stub lacks logger
 
 
 def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
@@ -46,6 +48,12 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
         return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise BusError(f"Kafka did not answer a metadata request within {timeout}s: {exc}") from exc
+
+
+def grant_topic_names(kafka: KafkaAccess, timeout: float = 10) -> list[str]:
+    """The namespace grant topics that exist (``permbroker.grants.<namespace>``), sorted."""
+    found = cluster_metadata(admin_client(kafka), timeout).topics
+    return sorted(t for t in found if t.startswith(GRANT_TOPIC_PREFIX))
 
 
 def ensure_topics(kafka: KafkaAccess, topics: Sequence[Topic] = ALL_TOPICS,
@@ -134,3 +142,42 @@ def ensure_users(kafka: KafkaAccess, passwords: Mapping[str, str],
             raise BusError(f"Kafka refused to create the SCRAM user {user}: {exc}") from exc
     _log.info("created Kafka SCRAM users %s", missing)
     return missing
+
+
+def probe(kafka: KafkaAccess, timeout: float = 5.0) -> None:
+    """Fail fast, naming the cause, unless Kafka answers and accepts this client's credentials.
+
+    KafkaUnreachable when no bootstrap server accepts a connection (or none answers a metadata
+    request within ``timeout``), KafkaRefused when Kafka refuses the credentials.
+    """
+    _connectable(kafka.bootstrap, timeout)
+    errors: list[KafkaError] = []
+    admin = AdminClient(routed({**kafka.confluent(), "error_cb": errors.append}))  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=0.25)
+            return
+        except KafkaException as exc:
+            last: object = exc.args[0] if exc.args else exc
+        admin.poll(0)  # serves error_cb
+        refused = [e for e in errors if e.code() == KafkaError._AUTHENTICATION or e.fatal()]
+        if refused:
+            raise KafkaRefused(f"Kafka at {kafka.bootstrap} refused the credentials of "
+                               f"{kafka.principal}: {refused[-1].str()}")
+        if time.monotonic() >= deadline:
+            raise KafkaUnreachable(f"Kafka at {kafka.bootstrap} did not answer within "
+                                   f"{timeout:.0f}s ({last})")
+
+
+def _connectable(bootstrap: str, timeout: float) -> None:
+    """KafkaUnreachable unless one bootstrap server accepts a TCP connection."""
+    problems = []
+    for server in (s.strip() for s in bootstrap.split(",") if s.strip()):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return
+        except (OSError, ValueError) as exc:
+            problems.append(f"{server}: {getattr(exc, 'strerror', None) or exc}")
+    raise KafkaUnreachable(f"Kafka is unreachable ({'; '.join(problems) or 'no servers'})")

@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.clientlog import routed
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.kafka.edge import Record, Trust, read_message
 from broker.errors import BusError
@@ -37,13 +38,13 @@ __all__ = ["Publisher", "Record", "consumer", "end_offsets", "partitions", "prod
 
 def producer_config(kafka: KafkaAccess) -> dict[str, object]:
     """Settings every permbroker producer shares."""
-    return {
+    return routed({
         **kafka.confluent(),
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 1,
-    }
+    })
 
 
 class Publisher:
@@ -141,7 +142,7 @@ def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -
         "enable.partition.eof": False,
     }
     config.update(extra)
-    return Consumer(config)
+    return Consumer(routed(config))
 
 
 def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:

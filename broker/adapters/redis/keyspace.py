@@ -93,6 +93,11 @@ def renewal(agent_id: str, request_id: str) -> str:
 def release(agent_id: str, request_id: str) -> str:
     """The decision recorded for one release request (idempotency under redelivery)."""
     return f"{agent_prefix(agent_id)}release:{request_id}"
+
+
+def grant_revocation(agent_id: str, command_id: str) -> str:
+    """The grant.revoked recorded for one operator's revocation of one grant (redelivery)."""
+    return f"{agent_prefix(agent_id)}grant-revocation:{command_id}"
 def owner(agent_id: str, role: str) -> str:
     """Fence epoch of the latest worker that wrote for the agent from one topic ('esc'/'risk')."""
     return f"{agent_prefix(agent_id)}owner:{role}"

@@ -1,9 +1,10 @@
-"""Redis side of renewals, releases and expiry warnings. Imports redis, broker core, schemas.
+"""Redis side of renewals, releases, revocations of one grant and expiry warnings.
 
-Shares the grant store's client and key layout (``keyspace.py``). A renewal or release is one Lua
-script on the agent's hash slot, recorded under its request id so a redelivery gets the recorded
-answer back and can never move an expiry twice. Grants are read under the requesting agent's
-prefix only: an agent cannot renew or release another agent's grant.
+Imports redis, broker core, schemas. Shares the grant store's client and key layout
+(``keyspace.py``). A renewal, a release or an operator's revocation of one grant is one Lua script
+on the agent's hash slot, recorded under its request (or command) id so a redelivery gets the
+recorded answer back and can never move an expiry or end a grant twice. Grants are read under the
+requesting agent's prefix only: an agent cannot renew or release another agent's grant.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from broker.adapters.redis import lua
 from broker.adapters.redis.calls import call
 from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
 from broker.grants.renewal import RenewalOutcome
-from schemas.events import GrantExpiring, GrantIssued, ReleaseDecided, RenewalDecided
+from schemas.events import (
+    GrantExpiring,
+    GrantIssued,
+    GrantRevoked,
+    ReleaseDecided,
+    RenewalDecided,
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,27 @@ class LifecycleStore:
             )
         )
         return _stored(status, payload)
+
+    async def revoke_one(self, revoked: GrantRevoked, *, max_grant_s: int) -> Stored:
+        """End one grant for an operator's revocation, as a release ends it, and record the
+        ``grant.revoked`` under the command (``cause_event_id``): a redelivery gets the recorded
+        event back and ends nothing twice. ``blocked`` ('gone') when the grant is not live."""
+        a, gid = revoked.agent_id, revoked.grant_id
+        until = max(revoked.expires_at, revoked.revoked_at + timedelta(seconds=max_grant_s)) \
+            + self._margin
+        status, payload = await call(
+            self._release(
+                keys=[keys.grant_revocation(a, revoked.cause_event_id), keys.grant(a, gid),
+                      keys.life(a, gid), keys.index(a)],
+                args=[revoked.model_dump_json(), "1", gid, ms(until)],
+            )
+        )
+        return _stored(status, payload)
+
+    async def recorded_revocation(self, agent_id: str, command_id: str) -> GrantRevoked | None:
+        """The grant.revoked an operator's revocation recorded, if it was carried out."""
+        raw = await call(self._r.get(keys.grant_revocation(agent_id, command_id)))
+        return GrantRevoked.model_validate_json(raw) if raw else None
 
     async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
         """Grants whose expiry warning is due, with the warning to announce if still live."""

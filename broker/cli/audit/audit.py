@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +27,17 @@ from broker.audit import replay as audit_replay
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
-from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option, until
+from broker.cli.output import (
+    JsonOpt,
+    err,
+    fail,
+    out,
+    parse_time,
+    print_json,
+    stamp,
+    time_option,
+    until,
+)
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.policy import Policy, load_policy
@@ -118,7 +128,7 @@ def tail(
             if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
                 _show(rec, as_json)
     except (BrokerError, KafkaException) as exc:
-        raise fail(str(exc), "is Kafka up? permbroker stack status") from exc
+        raise fail(exc, "is Kafka up? permbroker stack status") from exc
     except KeyboardInterrupt:
         pass
     finally:
@@ -175,7 +185,7 @@ def verify(
                 cli_kafka(), keys, complete=complete, trust=t,
                 **({"topic": topic} if topic else {})))
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     if as_json:
         print_json(result.as_dict())
     else:
@@ -224,7 +234,7 @@ def export(
             with output.open("w", encoding="utf-8", newline="") as f:
                 count = write(stream, f)
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else ""))
 
 
@@ -273,7 +283,7 @@ def replay(
             return
         policies = _policies(settings, records, policy or [], from_topic=file is None)
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     _check(records, policies, start, time_option(until_), as_json)
 
 
@@ -286,12 +296,12 @@ def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
                     "grants": [{**g.__dict__, "ref": str(g.ref)} for g in grants],
                     "quarantined": [{**q.__dict__, "ref": str(q.ref)} for q in barred]})
         return
-    out.print(f"as of {at.isoformat()}: {len(grants)} active grant(s)", highlight=False)
+    out.print(f"as of {stamp(at)}: {len(grants)} active grant(s)", highlight=False)
     for g in grants:
         out.print(f"  {g.agent_id} may {', '.join(g.scopes)} on "
                   f"{', '.join(g.resources) or 'any resource'}", highlight=False)
         out.print(f"    until {until(g.ends_at, at)} ({g.ended_by}); grant {g.grant_id}; "
-                  f"rules {', '.join(g.rules)}; issued {g.issued_at.isoformat()}; {g.ref}",
+                  f"rules {', '.join(g.rules)}; issued {stamp(g.issued_at)}; {g.ref}",
                   highlight=False)
     for q in barred:
         out.print(f"  {q.agent_id} quarantined by {q.rule} until {until(q.until, at)}",
@@ -335,7 +345,7 @@ def agent_timeline(
     try:
         records = load_records(settings, file=file, since=time_option(since))
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc
     story = timeline(records, agent)
     if as_json:
         print_json([{**m.__dict__, "ref": str(m.ref)} for m in story])
@@ -344,7 +354,8 @@ def agent_timeline(
         raise fail(f"the audit holds nothing about agent {agent}",
                    "check the id (permbroker audit tail) or widen --since")
     for m in story:
-        out.print(f"{m.at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"Z {m.kind:<20} {escape(m.text)} "
+        at = f"{m.at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"  # ms: events are close
+        out.print(f"{at} {m.kind:<20} {escape(m.text)} "
                   f"[dim]{escape(str(m.ref))}[/]", highlight=False)
 
 
@@ -354,7 +365,7 @@ def hash_value(value: Annotated[str, typer.Argument(help="The clear value to loo
     try:
         key = audit_keys.load_hmac_key(cli_settings())
     except BrokerError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(exc) from exc
     out.print(hmac_value(key, value), highlight=False)
 
 
@@ -385,4 +396,4 @@ def seal() -> None:
     except KeyboardInterrupt:
         pass
     except BrokerError as exc:
-        raise fail(str(exc), KafkaHint) from exc
+        raise fail(exc, KafkaHint) from exc

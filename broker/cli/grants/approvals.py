@@ -35,7 +35,7 @@ def approvals_list(
     try:
         held = asyncio.run(held_requests(settings))
     except BrokerError as exc:
-        raise fail(str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)") \
+        raise fail(exc, f"is Redis up at {settings.redis_url}? (permbroker stack status)") \
             from exc
     rows = [held_row(h, now) for h in held if agent in (None, h.pending.event.agent_id)]
     if as_json:
@@ -56,7 +56,7 @@ def _vote(request_id: str, agent: str, verdict: Verdict, reason: str) -> None:
         approver = Approver.operator(cli_settings(), cli_kafka())
         vote = approver.vote(request_id, agent, verdict, reason)
     except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
+        raise fail(exc, "is Kafka up, and is there an operator key? permbroker keys init") \
             from exc
     out.print(f"{verdict} by {vote.approver} on {request_id} of {agent} published "
               f"(vote {vote.vote_id}); watch: permbroker audit tail --agent {agent}")

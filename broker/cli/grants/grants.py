@@ -1,8 +1,9 @@
 """``permbroker grants ...``: list, show, revoke and rebuild grants. L3 (Typer + Rich).
 
-Imports broker (adapters, core, sdk) and schemas. Lists read the Redis view; ``revoke`` publishes
-an operator-signed risk signal the workers apply; ``rebuild`` refills the view from the grant
-topic (Kafka is the record).
+Imports broker (adapters, core, sdk) and schemas. Lists read the Redis view; a grant is named by
+its whole id or a unique prefix; ``revoke`` sends an operator-signed command for one grant and
+waits for the worker's answer; ``rebuild`` refills the view from the grant topic (Kafka is the
+record).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
@@ -23,7 +25,9 @@ from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, until
 from broker.cli.output import print_json as _print_json
 from broker.config import Settings
-from broker.errors import BrokerError
+from broker.errors import BrokerError, CommandRefused
+from broker.grants.revocation import OPERATOR_REVOKE_RULE
+from broker.grants.selection import resolve_grant
 from broker.sdk.operator.client import OperatorClient
 from schemas import topics
 from schemas.events import GrantIssued
@@ -67,62 +71,104 @@ def grants_list(
     if as_json:
         _print_json([_grant_row(g, now) for g in grants])
         return
-    table = Table("agent", "grant", "scopes", "resources", "expires", "rules")
+    table = Table()
+    # Ids are printed whole (never cut to fit the terminal) so they can be copied: the grant
+    # and its agent share one column (one above the other), so even 80 columns leave room for
+    # the resources; scopes, expiry and rules wrap.
+    width = max((len(g.grant_id) for g in grants), default=5)
+    table.add_column("grant / agent", no_wrap=True, min_width=width)
+    table.add_column("resources", min_width=max(
+        (len(r) for g in grants for r in g.resources), default=1))
+    for name in ("scopes", "expires", "rules"):
+        table.add_column(name, overflow="fold")
     for g in sorted(grants, key=lambda g: g.expires_at):
         table.add_row(
-            g.agent_id,
-            g.grant_id,
-            "\n".join(g.scopes),
+            f"{g.grant_id}\n{g.agent_id}",
             "\n".join(g.resources) or "*",
+            "\n".join(g.scopes),
             until(g.expires_at, now),
             ", ".join(g.rules),
         )
     out.print(table if grants else "no active grants")
 
 
+def resolve(settings: Settings, ref: str, agent: str | None, now: datetime) -> GrantIssued:
+    """The active grant ``ref`` names (whole id or unique prefix); a CLI error otherwise."""
+
+    async def load(store: RedisGrantStore) -> list[GrantIssued]:
+        agents = [agent] if agent else await store.agents_with_grants()
+        return [g for a in agents for g in await store.active_grants(a, now)]
+
+    try:
+        grant, candidates = resolve_grant(ref, asyncio.run(_with_store(settings, load)))
+    except BrokerError as exc:
+        raise fail(str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)"
+                   ) from exc
+    if len(candidates) > 1:
+        shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise fail(f"{ref} is the start of {len(candidates)} grant ids: {shown}",
+                   "give more of the id")
+    if grant is None:
+        raise fail(f"no active grant {ref}" + (f" for agent {agent}" if agent else ""),
+                   "it may have expired or been revoked: permbroker audit tail"
+                   + (f" --agent {agent}" if agent else ""))
+    return grant
+
+
+def _print_fields(fields: dict[str, Any], now: datetime, times: tuple[str, ...]) -> None:
+    for k, v in fields.items():  # user data: printed as text
+        shown = until(datetime.fromisoformat(v), now) if k in times and v else v
+        out.print(Text.assemble((f"{k}", "bold"), f": {shown}"), soft_wrap=True)
+
+
 @grants_app.command("show")
 def grants_show(
-    grant_id: str,
-    agent: Annotated[str, typer.Option(help="The grant's agent.")],
+    grant_id: Annotated[str, typer.Argument(help="The grant id, or a unique prefix of it.")],
+    agent: Annotated[str | None, typer.Option(help="The grant's agent (faster).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One active grant of an agent."""
+    """One active grant, found by its id (or a unique prefix) among every agent's grants."""
     settings, now = cli_settings(), datetime.now(UTC)
-    grants = asyncio.run(_with_store(settings, lambda s: s.active_grants(agent, now)))
-    match = [g for g in grants if g.grant_id == grant_id]
-    if not match:
-        raise fail(
-            f"no active grant {grant_id} for agent {agent}",
-            "it may have expired or been revoked: permbroker audit tail --agent " + agent,
-        )
+    g = resolve(settings, grant_id, agent, now)
     if as_json:
-        _print_json(_grant_row(match[0], now))
+        _print_json(_grant_row(g, now))
     else:
-        for k, v in _grant_row(match[0], now).items():
-            out.print(f"[bold]{k}[/]: {v}")
-        out.print(f"[bold]expires[/]: {until(match[0].expires_at, now)}")
+        _print_fields(g.model_dump(mode="json"), now, ("issued_at", "expires_at"))
 
 
 @grants_app.command("revoke")
 def grants_revoke(
-    agent: Annotated[str, typer.Option(help="Revoke every grant of this agent.")],
+    grant_id: Annotated[str, typer.Argument(help="The grant id, or a unique prefix of it.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit).")],
+    agent: Annotated[str | None, typer.Option(help="The grant's agent (faster).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Revoke all grants of an agent (published as an operator risk signal; workers apply it).
+    """Revoke one grant: a signed, audited command a worker carries out and answers.
 
-    Signed with this operator's key: the audit names the operator that key belongs to.
+    Signed with this operator's key (the grant.revoked reason names the operator); waits for the
+    worker's answer and prints the revocation. Every grant of an agent: permbroker agents revoke.
     """
-    settings = cli_settings()
-    try:  # signed with the operator key: agent credentials cannot revoke another agent
+    settings, now = cli_settings(), datetime.now(UTC)
+    grant = resolve(settings, grant_id, agent, now)
+    try:
         with OperatorClient(settings, cli_kafka()) as op:
-            signal = op.revoke_grants(agent, reason=reason)
+            done = op.revoke_grant(grant.agent_id, grant.grant_id, reason=reason,
+                                   timeout=settings.decision_timeout_s * 2)
+    except CommandRefused as exc:
+        raise fail(exc, "list what is active: permbroker grants list") from exc
     except BrokerError as exc:
-        raise fail(str(exc), "is Kafka up, and is there an operator key? permbroker keys init") \
-            from exc
-    out.print(
-        f"revocation {signal.signal_id} for {agent} published; "
-        f"watch: permbroker audit tail --agent {agent}"
-    )
+        raise fail(exc, "are Kafka and a worker up, and is there an operator key? "
+                   "(permbroker stack status; permbroker keys init)") from exc
+    revoked = {"grant_id": grant.grant_id, "agent_id": grant.agent_id,
+               "scopes": list(grant.scopes), "resources": list(grant.resources),
+               "revoked_at": done.answered_at.isoformat(),
+               "expires_at": grant.expires_at.isoformat(), "reason": done.reason,
+               "rule": OPERATOR_REVOKE_RULE, "cause_event_id": done.command_id}
+    if as_json:
+        _print_json(revoked)
+        return
+    out.print(Text(f"revoked grant {grant.grant_id} of {grant.agent_id}"), soft_wrap=True)
+    _print_fields(revoked, datetime.now(UTC), ("revoked_at", "expires_at"))
 
 
 @grants_app.command("rebuild")
@@ -139,7 +185,7 @@ def grants_rebuild(as_json: JsonOpt = False) -> None:
         Publisher(cli_kafka(), source="/operators/cli").publish(
             topics.AUDIT_RAW.name, record)
     except BrokerError as exc:
-        raise fail(str(exc), "are Kafka and Redis up? permbroker stack status") from exc
+        raise fail(exc, "are Kafka and Redis up? permbroker stack status") from exc
     result = {
         "records_read": folded.records,
         "active_grants": restored,

@@ -16,11 +16,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import Registry, read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
+from broker.cli.output import fail, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -37,11 +39,7 @@ AgentArg = Annotated[str, typer.Argument(help="The agent id.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the audit).")]
 
 
-def _fail(message: str, hint: str = "") -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    if hint:
-        err.print(f"[dim]hint:[/] {hint}")
-    return typer.Exit(1)
+_fail = fail  # one error format for every command (re-exported to keys and services)
 
 
 def _json(data: Any) -> None:
@@ -49,18 +47,14 @@ def _json(data: Any) -> None:
 
 
 def _ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "never"
-    delta = (now - when).total_seconds()
-    rel = f"{delta:.0f}s ago" if delta >= 0 else f"in {-delta:.0f}s"
-    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({rel})"
+    return until(when, now, never="never")
 
 
 def _operator(settings: Settings) -> OperatorClient:
     try:
         return OperatorClient(settings, cli_kafka())
     except BrokerError as exc:
-        raise _fail(str(exc), "create the operator key with `permbroker keys init`") from exc
+        raise _fail(exc, "create the operator key with `permbroker keys init`") from exc
 
 
 def _read_registry() -> Registry:
@@ -72,7 +66,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except BrokerError as exc:
-        raise _fail(str(exc), "is a worker running? (permbroker worker); see "
+        raise _fail(exc, "is a worker running? (permbroker worker); see "
                     "`permbroker audit tail --kind identity.rejected`") from exc
 
 
@@ -137,7 +131,7 @@ def agents_keygen(
     try:
         keys = store.generate(agent, alg=alg)
     except BrokerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(exc) from exc
     jwk = keys.current.jwk.model_dump(mode="json", exclude_none=True)
     if as_json:
         _json({"agent_id": agent, "kid": keys.current.kid, "public_jwk": jwk,
@@ -176,7 +170,7 @@ def agents_register(
     if as_json:
         _json(answer.model_dump(mode="json"))
     else:
-        out.print(f"[green]registered[/] {agent}: {answer.reason}")
+        out.print(f"[green]registered[/] {agent}: {escape(answer.reason)}")
 
 
 @agents_app.command("enroll")
@@ -219,7 +213,7 @@ def agents_list(as_json: JsonOpt = False) -> None:
     table = Table("agent", "class", "owner", "model", "status", "keys", "changed")
     for r in records:
         m = r.profile.model
-        table.add_row(r.agent_id, r.profile.agent_class, r.profile.owner,
+        table.add_row(r.agent_id, r.profile.agent_class, escape(r.profile.owner),
                       f"{m.name} {m.version}", r.status,
                       ", ".join(f"{k.kid[:8]}…({k.status})" for k in r.keys),
                       f"{r.change} {_ago(r.changed_at, now)}")
@@ -262,14 +256,14 @@ def agents_update(
                        _changes(agent_class, owner, model, training_data, threshold, tenant))
     with _operator(settings) as op:
         answer = _run(lambda: op.update(profile, reason=reason))
-    out.print(f"[green]updated[/] {agent}: {answer.reason}")
+    out.print(f"[green]updated[/] {agent}: {escape(answer.reason)}")
 
 
 def _simple(action: str, agent: str, reason: str, **fields: Any) -> None:
     with _operator(cli_settings()) as op:
         method = getattr(op, action)
         answer = _run(lambda: method(agent, reason=reason, **fields))
-    out.print(f"[green]{action.replace('_', ' ')}[/] {agent}: {answer.reason}")
+    out.print(f"[green]{action.replace('_', ' ')}[/] {agent}: {escape(answer.reason)}")
 
 
 @agents_app.command("suspend")

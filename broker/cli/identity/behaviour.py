@@ -20,7 +20,7 @@ from broker.adapters.redis.profiles import ProfileStore
 from broker.behaviour.stats import report
 from broker.cli.context import cli_settings
 from broker.cli.identity.agents import AgentArg
-from broker.cli.output import JsonOpt, fail, out, print_json, until
+from broker.cli.output import JsonOpt, fail, human, out, print_json, stamp, until
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -59,7 +59,7 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     try:
         data = asyncio.run(read_report(settings, agent, now))
     except BrokerError as exc:
-        raise fail(str(exc), "is Redis up? (permbroker stack status)") from exc
+        raise fail(exc, "is Redis up? (permbroker stack status)") from exc
     if data is None:
         raise fail(f"no behaviour profile for agent {agent}",
                    "profiles are kept for agents of classes the policy's detectors watch, "
@@ -73,9 +73,9 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     out.print(f"first seen {_when(data['first_seen'], now)}; last seen "
               f"{_when(data['last_seen'], now)}; profile expires {_when(data['expires_at'], now)}")
     table = Table("window", "from", "requests", "granted", "denied", "per minute",
-                  title=f"as of {now:%Y-%m-%d %H:%M:%S}Z")
+                  title=f"as of {stamp(now)}")
     for w in data["windows"]:
-        table.add_row(f"{w['window_s']}s", _when(w["from"], now), str(w["requests"]),
+        table.add_row(human(float(w['window_s'])), _when(w["from"], now), str(w["requests"]),
                       str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")
     out.print(table)
     hours = ", ".join(f"{h}h:{c}" for h, c in data["hours_utc"].items()) or "-"
@@ -113,7 +113,7 @@ def class_stats(
     try:
         data = asyncio.run(read_group(settings, agent_class, model, now))
     except BrokerError as exc:
-        raise fail(str(exc), "is Redis up? (permbroker stack status)") from exc
+        raise fail(exc, "is Redis up? (permbroker stack status)") from exc
     if data is None:
         raise fail(f"the policy at {settings.policy_path} has no detectors section",
                    "class profiles are kept for the classes its detectors watch")
@@ -121,8 +121,8 @@ def class_stats(
         print_json(data)
         return
     table = Table("window", "from", "requests", "granted", "denied", "per minute",
-                  title=f"class {agent_class}, model {model}, as of {now:%Y-%m-%d %H:%M:%S}Z")
+                  title=f"class {agent_class}, model {model}, as of {stamp(now)}")
     for w in data["windows"]:
-        table.add_row(f"{w['window_s']}s", _when(w["from"], now), str(w["requests"]),
+        table.add_row(human(float(w['window_s'])), _when(w["from"], now), str(w["requests"]),
                       str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")
     out.print(table)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from broker.adapters.kafka.registry_view import read_registry
@@ -19,6 +20,7 @@ from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.identity.agents import JsonOpt, _ago, _fail, _json, _run, out
+from broker.cli.output import human
 from broker.config import Settings
 from broker.errors import PolicyError
 from broker.identity.inventory import InventoryRow, inventory_rows
@@ -71,9 +73,10 @@ def _print_inventory(rows: list[InventoryRow], now: datetime) -> None:
                   "flags", title=f"{len(rows)} agent(s)")
     for row in rows:
         holds = "\n".join(f"{', '.join(g.scopes)} until {g.expires_at:%H:%M:%S}Z "
-                          f"({(g.expires_at - now).total_seconds():.0f}s left)"
+                          f"({human((g.expires_at - now).total_seconds())} left)"
                           for g in row.grants) or "-"
-        table.add_row(row.agent_id, row.owner, row.model, row.status, "\n".join(row.baseline),
+        table.add_row(row.agent_id, escape(row.owner), row.model, row.status,
+                      "\n".join(row.baseline),
                       holds, _ago(row.last_acted, now),
                       "[red]" + ", ".join(row.flags) + "[/]" if row.flags else "")
     out.print(table if rows else "no agents registered")

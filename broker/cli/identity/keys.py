@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from broker.adapters.crypto.assertions import DEFAULT_LIFE_S, mint
 from broker.adapters.crypto.jose import SigningKey
@@ -61,7 +62,7 @@ def keys_rotate(
     with _operator(cli_settings()) as op:
         answer = _run(lambda: op.rotate_broker_key(overlap_s=seconds if overlap != "0" else 0,
                                                    reason=reason))
-    out.print(f"[green]rotated[/]: {answer.reason}")
+    out.print(f"[green]rotated[/]: {escape(answer.reason)}")
 
 
 @keys_app.command("jwks")
@@ -72,7 +73,7 @@ def keys_jwks() -> None:
         with JwksView.from_settings(settings, cli_kafka()) as view:  # keys the chain accepts
             _json(view.document())
     except BrokerError as exc:
-        raise _fail(str(exc), "is Kafka up? permbroker stack status") from exc
+        raise _fail(exc, "is Kafka up? permbroker stack status") from exc
 
 
 KeyFileOpt = Annotated[Path, typer.Option(
@@ -88,7 +89,7 @@ def keys_add_operator(name: str, key_file: KeyFileOpt) -> None:
         key = new_principal_key(key_file, f"operator:{name}")
         add_operator(settings.key_path("operators"), f"operator:{name}", key.jwk)
     except BrokerError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(exc) from exc
     out.print(f"operator:{name} (key {key.kid}) trusted; its key is in {key_file}")
 
 
@@ -109,7 +110,7 @@ def keys_assertion(
     try:
         principal, key = _signer(cli_settings(), agent, service)
     except BrokerError as exc:
-        raise _fail(str(exc), "permbroker keys init creates the operator key; "
+        raise _fail(exc, "permbroker keys init creates the operator key; "
                     "permbroker services keygen a service's") from exc
     sys.stdout.write(mint(key, principal, method, path, ttl_s=ttl) + "\n")
 

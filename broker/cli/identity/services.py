@@ -37,7 +37,7 @@ def services_keygen(name: NameArg, as_json: JsonOpt = False) -> None:
     try:
         identity = create_service(settings, name)
     except BrokerError as exc:
-        raise _fail(str(exc), f"permbroker services register {name}") from exc
+        raise _fail(exc, f"permbroker services register {name}") from exc
     path = service_key_path(settings, name)
     if as_json:
         _json({"name": name, "key_file": str(path),
@@ -71,7 +71,7 @@ def services_list(as_json: JsonOpt = False) -> None:
     try:
         keys = ServiceDirectory(settings.key_path("services")).keys()
     except BrokerError as exc:
-        raise _fail(str(exc), "permbroker services register <name>") from exc
+        raise _fail(exc, "permbroker services register <name>") from exc
     rows = [{"principal": p, "kid": kid} for kid, (p, _jwk) in sorted(keys.items())]
     if as_json:
         _json(rows)

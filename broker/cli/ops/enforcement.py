@@ -18,6 +18,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import read_since
 from broker.adapters.kafka.edge import Trust
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
+from broker.cli.output import human
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -85,7 +86,8 @@ def _print_status(data: dict[str, object], revocations: int, since: str) -> None
         table.add_row(
             p["name"], p["topic"] or "-", str(len(p["confirmed"])),
             _fmt_ms(p["p50_ms"]), _fmt_ms(p["max_ms"]),
-            ", ".join(f"{u['cause_event_id']} ({u['agent_id']}, {u['age_s']}s ago)"
+            ", ".join(f"{u['cause_event_id']} ({u['agent_id']}, "
+                      f"{human(float(str(u['age_s'])))} ago)"
                       for u in p["unconfirmed"]) or "none",
             (p["last_report"] or "never") + (" [red](silent)[/]" if p["silent"] else ""),
         )

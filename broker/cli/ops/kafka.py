@@ -62,7 +62,7 @@ def apply(
         kafka = cli_kafka()
         done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id), dry_run=dry_run)
     except BrokerError as exc:
-        raise fail(str(exc), _SUPER_HINT) from exc
+        raise fail(exc, _SUPER_HINT) from exc
     if as_json:
         print_json({**done.as_dict(), "dry_run": dry_run, "principal": kafka.principal})
         return
@@ -79,7 +79,7 @@ def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
         created = ensure_topics(kafka, timeout=60)
         done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id))
     except BrokerError as exc:
-        raise fail(str(exc), _SUPER_HINT) from exc
+        raise fail(exc, _SUPER_HINT) from exc
     if as_json:
         print_json({"topics_created": created, **done.as_dict()})
         return

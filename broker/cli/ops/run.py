@@ -10,8 +10,10 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.redis.calls import ping
 from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, fail, out, until
 from broker.cli.output import print_json as _print_json
@@ -27,6 +29,11 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="crit|error|warn|info|debug")] = "info",
 ) -> None:
     """Run a stream worker (faust) that decides escalations and applies risk signals."""
+    try:  # fail in seconds, naming the cause, rather than a worker retrying forever
+        cli_kafka()
+        ping(cli_settings().redis_url)
+    except BrokerError as exc:
+        raise fail(exc, "are Kafka and Redis up? permbroker stack status") from exc
     os.execvp(sys.executable, [sys.executable, "-m", "streams", loglevel])  # noqa: S606
 
 
@@ -76,7 +83,7 @@ def request(
                 timeout=timeout,
             )
     except (BrokerError, ValueError) as exc:
-        raise fail(str(exc), "is the stack up (permbroker stack up) and a worker running?") from exc
+        raise fail(exc, "is the stack up (permbroker stack up) and a worker running?") from exc
     if as_json:
         _print_json(decision.model_dump(mode="json"))
     else:
@@ -91,6 +98,6 @@ def request(
         if decision.clamped_by:
             out.print(f"  clamped by {decision.clamped_by}")
         for d in decision.denied:
-            out.print(f"  denied {d.scope}: {d.reason} [rule {d.rule}]")
+            out.print(f"  denied {d.scope}: {escape(d.reason)} {escape(f'[rule {d.rule}]')}")
         out.print(f"  policy {decision.policy_revision}; rules {', '.join(decision.matched_rules)}")
     raise typer.Exit(0 if decision.outcome == "granted" else 3)

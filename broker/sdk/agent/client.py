@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -193,7 +193,12 @@ class AgentClient:
         signals: Mapping[str, str | float | int | bool] | None = None,
         timeout: float = 30.0,
     ) -> EscalationDecided:
-        """Ask for scopes and wait for the broker's decision (granted or denied, with reasons)."""
+        """Ask for scopes and wait for the broker's decision (granted or denied, with reasons).
+
+        The request is valid until the wait ends (``timeout``): one the broker would decide
+        later is denied (rule ``request-expired``), never granted to a client that gave up.
+        """
+        now = datetime.now(UTC)
         request = EscalationRequested(
             request_id=f"req-{uuid.uuid4()}",
             agent_id=self.agent_id,
@@ -205,7 +210,8 @@ class AgentClient:
             confidence=confidence,
             risk_score=risk_score,
             signals=dict(signals or {}),
-            requested_at=datetime.now(UTC),
+            requested_at=now,
+            valid_until=now + timedelta(seconds=timeout),
         )
         self.send(request)
         return self.await_decision(request.request_id, timeout)

@@ -8,8 +8,8 @@ every grant topic. ``revoke(wait=True)`` reads that record back, so the caller c
 Everything an operator sends is signed with the operator's key (``Settings.key_path
 ("operator")``): agent credentials cannot revoke another agent or change the registry.
 ``OperatorClient`` runs registry commands (register, update, suspend, resume, revoke a key,
-rotate the broker's keys) and waits for the broker's answer; a refusal raises
-``CommandRefused`` with the reason. Enrollment tokens are signed locally.
+rotate the broker's keys) and revokes single grants, and waits for the broker's answer; a
+refusal raises ``CommandRefused`` with the reason. Enrollment tokens are signed locally.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from schemas.events import (
     AgentProfile,
     AuditRecord,
     CommandAnswered,
+    GrantCommand,
     PublicJwk,
     RiskObserved,
 )
@@ -177,7 +178,7 @@ class OperatorClient:
         self._publisher.publish_many(topics.REGISTRY.name, batch)
         return [self._settle(c, timeout) for c in batch]
 
-    def _settle(self, command: AgentCommand, timeout: float) -> CommandAnswered:
+    def _settle(self, command: AgentCommand | GrantCommand, timeout: float) -> CommandAnswered:
         try:
             answer = self._watcher.wait_answer(command.command_id, timeout)
         except DecisionTimeout as exc:
@@ -233,6 +234,17 @@ class OperatorClient:
             detail=detail, observed_at=datetime.now(UTC))
         self._publisher.publish(topics.RISK.name, signal)
         return signal
+
+    def revoke_grant(self, agent_id: str, grant_id: str, *, reason: str,
+                     timeout: float = 30.0) -> CommandAnswered:
+        """Revoke one grant and wait until a worker did (CommandRefused with the reason when it
+        is not an active grant of ``agent_id``). The answer's ``answered_at`` is the revocation
+        time and its ``reason`` the ``grant.revoked`` reason, naming this operator."""
+        command = GrantCommand(
+            command_id=f"op-revoke-{uuid.uuid4()}", agent_id=agent_id, grant_id=grant_id,
+            action="revoke", reason=reason, issued_at=datetime.now(UTC))
+        self._publisher.publish(topics.GRANT_COMMANDS.name, command)
+        return self._settle(command, timeout)
 
     def revoke_grants(self, agent_id: str, *, reason: str) -> RiskObserved:
         """Revoke every grant of an agent (an operator revocation signal, signed by this

@@ -14,7 +14,9 @@ no one), while one the broker signed but this view cannot read denies its agent 
 Nothing a record holds stops the view's thread. With an ``enforcement_point`` identity it
 acknowledges each revocation it applies on the acks topic, signed with that point's key.
 Given the workers' consumer group (``revocations_group``), it is also stale while revocation
-signals wait unprocessed (Redis down, workers stuck): then every check is denied.
+signals wait unprocessed (Redis down, workers stuck): then every check is denied. A view of a
+namespace topic (``permbroker.grants.<ns>``) is not ready, and denies every check saying why,
+until a worker's signed routing announcement there names the namespace (the latest one counts).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from broker.errors import BusError, InvalidConsistencyToken
 from broker.sdk.resource.index import GrantIndex, Verdict
 from broker.sdk.resource.revocation_watch import RevocationWatch
 from schemas import topics
-from schemas.events import AgentRevoked, GrantIssued
+from schemas.events import AgentRevoked, GrantIssued, RoutingAnnounced
 
 __all__ = ["Freshness", "GrantView", "Verdict"]
 STATUS_EVERY_S = 10.0
@@ -69,6 +71,10 @@ class GrantView:
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s
         self.enforcement_point = enforcement_point.name if enforcement_point else None
+        self.namespace = topic.removeprefix(topics.GRANT_TOPIC_PREFIX) \
+            if topic.startswith(topics.GRANT_TOPIC_PREFIX) else None
+        self.routing: RoutingAnnounced | None = None  # the latest announcement read
+        self._unrouted = self._routing_problem()
         self._probe_every = probe_interval_s
         self._on_event = on_event
         self._clock = time.monotonic
@@ -125,7 +131,7 @@ class GrantView:
     ) -> Verdict:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
         floor = self._tracker.floor if self._watch is None else self._floor()  # hot path
-        if floor is None or self._clock() - floor > self.bound_s:
+        if floor is None or self._clock() - floor > self.bound_s or self._unrouted:
             return Verdict(False, self.freshness().reason(), unavailable=True)
         if at_least is not None:
             problem = self._wait_for(at_least)
@@ -162,7 +168,7 @@ class GrantView:
         """'active', 'ended' (revoked, released, expired), 'unknown', or 'not-ready' while the
         view is not fresh enough to say (token verifiers then refuse: fail closed)."""
         floor = self._floor()
-        if floor is None or self._clock() - floor > self.bound_s:
+        if floor is None or self._clock() - floor > self.bound_s or self._unrouted:
             return "not-ready"
         return self._index.state(agent_id, grant_id, now)
 
@@ -183,8 +189,31 @@ class GrantView:
         risk = self._watch.tracker.floor
         return None if risk is None else min(floor, risk)
 
+    def _routing_problem(self) -> str:
+        """Why no worker writes this namespace topic ('' when one does, or for the default)."""
+        if self.namespace is None:
+            return ""
+        if self.routing is None:
+            return (f"no worker routes namespace '{self.namespace}' to {self.topic}: no worker "
+                    "announced its routing there (route it: a ceiling naming the namespace, or "
+                    "PERMBROKER_GRANT_NAMESPACES)")
+        if self.namespace in self.routing.namespaces:
+            return ""
+        routed = ", ".join(self.routing.namespaces) or "none"
+        return (f"no worker routes namespace '{self.namespace}' to {self.topic}: worker "
+                f"{self.routing.worker} routes {routed} (since "
+                f"{self.routing.announced_at.isoformat()})")
+
     def freshness(self) -> Freshness:
-        """How current the view is (ready, staleness, lag, the last probe problem)."""
+        """How current the view is (ready, staleness, lag, the last probe problem); a view of a
+        namespace topic no worker routes is not ready, and says so (``unrouted``)."""
+        own = self._freshness()
+        if self._unrouted and own.ready:
+            return dataclasses.replace(own, ready=False, problem=self._unrouted,
+                                       unrouted=self._unrouted)
+        return own
+
+    def _freshness(self) -> Freshness:
         own = self._tracker.snapshot(self.bound_s, paused=self._paused)
         if self._watch is None:
             return own
@@ -266,6 +295,8 @@ class GrantView:
         replayed = not self._tracker.ready()
         try:
             revoked = self._index.apply(record)
+            if isinstance(record.event, RoutingAnnounced):
+                self._announced(record.event)
             if record.event is not None and record.timestamp_ms > 0:  # a forgery moves no clock
                 self._broker_clock.seen(record.timestamp_ms / 1000)
             applied_at = time.time()
@@ -280,6 +311,12 @@ class GrantView:
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()
+
+    def _announced(self, event: RoutingAnnounced) -> None:
+        """The latest announcement decides (a worker restarted with other namespaces)."""
+        if self.routing is None or event.announced_at >= self.routing.announced_at:
+            self.routing = event
+            self._unrouted = self._routing_problem()
 
     # --- lifecycle ------------------------------------------------------------------------------
 

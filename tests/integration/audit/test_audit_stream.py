@@ -261,13 +261,13 @@ def test_seeded_secrets_are_stored_as_hmacs_and_searchable(
 def test_operator_actions_are_audited(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
 ) -> None:
-    """`grants rebuild` and `grants revoke` by an operator each leave an audit record; the
+    """`grants rebuild` and `agents revoke` by an operator each leave an audit record; the
     revocation names the operator whose key signed it."""
     agent, audit = agents("f"), tap(topics.AUDIT.name)
     principal, _key = load_operator(settings.key_path("operator"))
     assert cli(settings, "grants", "rebuild", "--json").returncode == 0
-    assert cli(settings, "grants", "revoke", "--agent", agent, "--reason", "offboarding"
-               ).returncode == 0
+    assert cli(settings, "agents", "revoke", agent, "--reason", "offboarding",
+               "--acks-wait", "0").returncode == 0
     rebuilt = audit.wait_for(AuditRecord, lambda r: r.kind == "operator.grants.rebuild")
     assert rebuilt[0].outcome == "rebuilt" and rebuilt[0].chain is not None
     revoked = audit.wait_for(AuditRecord, lambda r: r.kind == "risk.observed"

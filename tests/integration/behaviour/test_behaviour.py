@@ -13,6 +13,7 @@ signal and revoke through the real risk path. Nothing is paced by sleeps.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -146,6 +147,7 @@ def test_stats_through_the_cli_and_the_api(
     assert datetime.fromisoformat(data["expires_at"]) > datetime.now(UTC)
     table = cli(settings, "agents", "stats", agent)
     assert table.returncode == 0 and "per minute" in table.stdout and "Z (" in table.stdout
+    assert re.search(r"\d+\.\d+s", table.stdout) is None, "durations are humanised (14m 59s)"
     missing = cli(settings, "agents", "stats", "nobody-here")
     assert missing.returncode == 1 and "no behaviour profile" in missing.stderr
     op = operator_auth(settings)

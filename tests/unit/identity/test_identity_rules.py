@@ -15,6 +15,7 @@ from broker.identity.rules import (
     authorize_event,
     check_binding,
     grant_owner_problem,
+    is_agent_request,
     key_usable,
     thumbprint,
     value_digest,
@@ -156,3 +157,18 @@ def test_an_agent_takes_tokens_only_for_its_own_grants() -> None:
     assert why is not None and why.code is Reason.NOT_YOUR_GRANT
     assert f"agent {A} may obtain tokens only for its own grants" in why.detail
     assert grant_owner_problem(cmd.model_copy(update={"grant_agent_id": None})) is None
+
+
+def test_revoking_one_grant_needs_an_operator() -> None:
+    """An operator revokes any agent's grant (no standing of the agent's needed); no agent
+    revokes a grant, not even its own (it releases it), nor another agent's; a service never."""
+    revoke = GrantCommand(command_id="c-2", agent_id=A, grant_id="g-1", action="revoke",
+                          reason="leaked", issued_at=NOW)
+    assert authorize_event(ALICE, revoke) is None
+    assert not is_agent_request(revoke)
+    service = Principal("service:permbroker-api", "service", "kid-service-1")
+    for signer in (Principal(A, "agent", "k"), Principal(B, "agent", "kb"), service):
+        refused = authorize_event(signer, revoke)
+        assert refused is not None and refused.code is Reason.NOT_PERMITTED
+    other = grant_owner_problem(revoke.model_copy(update={"grant_agent_id": B}))
+    assert other is not None and other.code is Reason.INVALID

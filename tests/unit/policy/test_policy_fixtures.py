@@ -88,4 +88,4 @@ def test_a_bundle_without_fixtures_fails(tmp_path: Path) -> None:
     shutil.copy(ROOT / "policies" / "fraud" / "policy.yaml", tmp_path / "policy.yaml")
     (tmp_path / TESTS_DIR).mkdir()
     result = runner.invoke(app, ["policy", "test", str(tmp_path)])
-    assert result.exit_code == 1 and "no fixture files" in result.stdout
+    assert result.exit_code == 1 and "no fixture files" in result.stderr  # errors on stderr

@@ -35,6 +35,7 @@ from schemas.events import (
     RenewalRequested,
     RevocationAcknowledged,
     RiskObserved,
+    RoutingAnnounced,
     ScopeDenial,
     WireModel,
 )
@@ -69,6 +70,7 @@ PINNED: dict[type[WireModel], str] = {
     JwksPublished: "jwks:permbroker:sha256:12",
     EscalationPending: "req-9:pending",
     ApprovalVoted: "vote-1",
+    RoutingAnnounced: "routing:host-1:4242:2026-11-28T10:00:00+00:00",
 }
 
 
