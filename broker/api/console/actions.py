@@ -35,7 +35,7 @@ from broker.errors import BrokerError
 from broker.sdk.operator.approvals import Approver
 from broker.sdk.operator.client import revoke as revoke_agent
 from schemas import topics
-from schemas.events import GrantCommand
+from schemas.events import AgentCommand, GrantCommand
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 Field = Annotated[str, Form()]
@@ -113,9 +113,10 @@ def revoke_grant(request: Request, agent_id: Field, grant_id: Field,
 
 
 @router.post("/agents/revoke")
-def revoke_all(request: Request, agent_id: Field, csrf: Csrf = "",
+def revoke_all(request: Request, agent_id: Field, csrf: Csrf = "", suspend: Field = "",
                reason: Field = "revoked from the console") -> Response:
-    """Revoke every grant of an agent (an operator revocation) and wait until applied."""
+    """Revoke every grant of an agent (an operator revocation) and wait until applied; with
+    ``suspend``, also bar it from acting until an operator resumes it (the quarantine)."""
     session = _session(request, csrf)
     if isinstance(session, Response):
         return session
@@ -129,7 +130,40 @@ def revoke_all(request: Request, agent_id: Field, csrf: Csrf = "",
         session.notes.append(f"revoking {agent_id} failed: {exc}")
         return _back("/console/grants")
     session.notes.append(f"revoked {len(rev.grant_ids)} grant(s) of {agent_id}")
+    if suspend:
+        session.notes.append(_command(request, session, "suspend", agent_id, reason))
     return _back("/console/grants")
+
+
+def _command(request: Request, session: Session, action: str, agent_id: str,
+             reason: str) -> str:
+    """Run an operator registry command as the session's operator; what came of it."""
+    runtime = runtime_of(request)
+    command = AgentCommand.model_validate({
+        "command_id": f"op-{action}-{uuid.uuid4()}", "action": action, "agent_id": agent_id,
+        "reason": reason, "issued_at": datetime.now(UTC)})
+    try:
+        assert runtime.decisions is not None
+        runtime.relay(session.token).publish(topics.REGISTRY.name, command)
+        answer = runtime.decisions.wait_answer(command.command_id,
+                                               runtime.settings.decision_timeout_s)
+    except BrokerError as exc:
+        return f"{action} {agent_id} failed: {exc}"
+    said = "done" if answer.outcome == "done" else f"refused ({answer.reason})"
+    return f"{action} {agent_id}: {said}"
+
+
+@router.post("/agents/standing")
+def standing(request: Request, agent_id: Field, action: Field, csrf: Csrf = "",
+             reason: Field = "from the console") -> Response:
+    """Suspend or resume an agent (an operator registry command); waits for the answer."""
+    session = _session(request, csrf)
+    if isinstance(session, Response):
+        return session
+    if action not in ("suspend", "resume"):
+        return _refused(f"an agent is suspended or resumed, not {action!r}")
+    session.notes.append(_command(request, session, action, agent_id, reason))
+    return _back("/console/agents")
 
 
 @router.post("/approvals/vote")

@@ -6,20 +6,29 @@ same stores, views and audit code as the CLI and the JSON API, nothing of its ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import log as audit_log
 from broker.adapters.redis.approvals import ApprovalStore
+from broker.adapters.redis.identity import IdentityStore
 from broker.api.routes_operator import status_json
 from broker.api.runtime import Runtime
 from broker.audit.views import ActiveGrant, grants_as_of
-from broker.errors import BrokerError
+from broker.errors import BrokerError, PolicyError
+from broker.identity.inventory import InventoryRow, inventory_rows
+from broker.policy import load_policy
 from broker.sdk.operator.approvals import held_row
+from schemas import topics
 from schemas.events import AuditRecord, GrantIssued
 
 AUDIT_LOOKBACK = timedelta(hours=6)  # how far back the audit page reads the sealed log
+FEED_LOOKBACK = timedelta(minutes=15)  # the decisions page: the last quarter of an hour
+FEED_LIMIT = 200
+FEED_KINDS = frozenset({"escalation.decided", "identity.rejected", "message.dead_lettered"})
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,33 @@ async def approvals(runtime: Runtime, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
+async def agents(runtime: Runtime, now: datetime) -> list[InventoryRow]:
+    """The inventory (``permbroker inventory``): every registered agent, what it holds now,
+    when it last acted, its newest key's age and flags."""
+    if runtime.store is None or runtime.registry is None:
+        raise BrokerError("the API has not started its readers yet")
+    records = runtime.registry.records()
+    store = runtime.store
+    held = {r.agent_id: await store.active_grants(r.agent_id, now) for r in records}
+    acted = await IdentityStore(store.client).last_acted()
+    try:
+        classes = load_policy(runtime.settings.policy_path).classes
+    except (PolicyError, OSError):
+        classes = {}  # the API may run without the bundle: baselines are then not shown
+    max_age = timedelta(seconds=runtime.settings.agent_key_max_age_s)
+    return inventory_rows(records, classes, held, acted, now=now, key_max_age=max_age)
+
+
+def chain_status(runtime: Runtime) -> audit_check.Verification:
+    """Every partition's hash chain, sequence and signed digests of the sealed audit (as
+    ``permbroker audit verify``, without the raw topic's coverage, which the API may not read)."""
+    marks = audit_log.watermarks(runtime.kafka, topics.AUDIT.name)
+    keys = audit_check.public_key_files(runtime.settings, [])
+    stored = audit_log.read_topic(runtime.kafka, trust=runtime.verifier())
+    return audit_check.verify(stored, keys, source=f"topic {topics.AUDIT.name}",
+                              from_start=all(low == 0 for low, _ in marks.values()))
+
+
 @dataclass(frozen=True)
 class AuditView:
     """One agent's audit: its timeline, and what it could do at the chosen instant."""
@@ -78,10 +114,10 @@ class AuditView:
     end: datetime
 
 
-def audit_records(runtime: Runtime, agent_id: str, now: datetime) -> list[AuditRecord]:
-    """The agent's sealed audit records the broker signed (bad signatures left out)."""
-    stored = audit_log.read_topic(runtime.kafka, since=now - AUDIT_LOOKBACK,
-                                  trust=runtime.verifier())
+def audit_records(runtime: Runtime, keep: Callable[[AuditRecord], bool], since: datetime
+                  ) -> list[AuditRecord]:
+    """The sealed audit records since ``since`` that the broker signed and ``keep`` keeps."""
+    stored = audit_log.read_topic(runtime.kafka, since=since, trust=runtime.verifier())
     out = []
     for s in stored:
         if s.refusal is not None:
@@ -90,9 +126,20 @@ def audit_records(runtime: Runtime, agent_id: str, now: datetime) -> list[AuditR
             record = s.record()
         except BrokerError:
             continue
-        if record.agent_id == agent_id:
+        if keep(record):
             out.append(record)
     return out
+
+
+def of_agent(runtime: Runtime, agent_id: str, now: datetime) -> list[AuditRecord]:
+    """One agent's audit records (the last AUDIT_LOOKBACK)."""
+    return audit_records(runtime, lambda r: r.agent_id == agent_id, now - AUDIT_LOOKBACK)
+
+
+def decisions(runtime: Runtime, now: datetime) -> list[AuditRecord]:
+    """The latest decisions, identity rejections and dead letters, newest first."""
+    found = audit_records(runtime, lambda r: r.kind in FEED_KINDS, now - FEED_LOOKBACK)
+    return sorted(found, key=lambda r: r.occurred_at, reverse=True)[:FEED_LIMIT]
 
 
 def audit_view(records: list[AuditRecord], agent_id: str, at: datetime | None,

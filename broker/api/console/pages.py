@@ -90,22 +90,58 @@ def login_form(request: Request) -> Response:
 
 
 @router.get("/audit", response_class=HTMLResponse)
-async def audit(request: Request, agent: str = "", at: int | None = None) -> Response:
-    """One agent's audit timeline, and what it could do at the slider's instant (replay)."""
+async def audit(request: Request, agent: str = "", at: int | None = None,
+                verify: bool = False) -> Response:
+    """One agent's audit timeline, and what it could do at the slider's instant (replay);
+    with ``verify``, the chain verification of the whole sealed audit."""
     session = current(request)
     if session is None:
         return to_login()
     now = datetime.now(UTC)
-    view, problem = None, ""
+    view, problem, chain = None, "", None
+    if verify:
+        try:
+            chain = await asyncio.to_thread(data.chain_status, runtime_of(request))
+        except BrokerError as exc:
+            problem = str(exc)
     if agent:
         try:
-            records = await asyncio.to_thread(data.audit_records, runtime_of(request), agent, now)
+            records = await asyncio.to_thread(data.of_agent, runtime_of(request), agent, now)
         except BrokerError as exc:
             problem = str(exc)
         else:
             instant = datetime.fromtimestamp(at, tz=UTC) if at is not None else None
             view = data.audit_view(records, agent, instant, now)
-    return page(request, "audit", session, agent=agent, view=view, problem=problem)
+    return page(request, "audit", session, agent=agent, view=view, problem=problem,
+                chain=chain)
+
+
+@router.get("/agents", response_class=HTMLResponse)
+async def agents(request: Request) -> Response:
+    """The agents: class, owner, model, status, key age, last request, what each holds now."""
+    session = current(request)
+    if session is None:
+        return to_login()
+    now, rows, problem = datetime.now(UTC), [], ""
+    try:
+        rows = await data.agents(runtime_of(request), now)
+    except BrokerError as exc:
+        problem = str(exc)
+    return page(request, "agents", session, rows=rows, problem=problem)
+
+
+@router.get("/decisions", response_class=HTMLResponse)
+async def decisions(request: Request) -> Response:
+    """The latest decisions (outcome, rules, reasons), identity rejections and dead letters."""
+    session = current(request)
+    if session is None:
+        return to_login()
+    rows, problem = [], ""
+    try:
+        rows = await asyncio.to_thread(data.decisions, runtime_of(request), datetime.now(UTC))
+    except BrokerError as exc:
+        problem = str(exc)
+    return page(request, "decisions", session, rows=rows, problem=problem)
 
 
 @router.get("/{name}", response_class=HTMLResponse)
