@@ -176,7 +176,8 @@ class DevSession:
         base = f"http://{api.api_host}:{api.api_port}"
         _wait_http(child, f"{base}/healthz", 60, lambda r: r.status_code == 200)
         self.say(f"API at {base} (OpenAPI at {base}/openapi.json); operator console at "
-                 f"{base}/console (sign in with: permbroker keys assertion POST /console/login --ttl 120)")
+                 f"{base}/console (sign in with: permbroker keys assertion POST "
+                 "/console/login --ttl 120)")
 
     def _start_example(self) -> None:
         if not (EXAMPLES / "payments_service.py").is_file():

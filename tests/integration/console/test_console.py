@@ -305,28 +305,35 @@ def test_an_approval_from_the_console_counts_once_and_self_approval_is_refused(
 def test_an_agent_is_suspended_and_resumed_from_the_agents_page(
     page: Page, settings: Settings, agents: Callable[[str], str],
 ) -> None:
-    """The inventory lists the agent with what it holds; suspend ends its standing (its next
-    request is denied, and the decisions page shows it), resume restores it."""
+    """"Revoke + suspend" on a grant's row ends the grant and suspends the agent; the agents
+    page lists it with what it holds, resumes it and suspends it (its next request is then
+    denied, and the decisions page shows it) and resumes it again."""
     agent = agents("f")
+
+    def act(button: str, said: str, status: str) -> None:
+        page.locator(f"#agent-{agent} button.{button}").click()
+        expect(page.locator(".note")).to_contain_text(said, timeout=WAIT * 1000)
+        expect(page.locator(f"#agent-{agent} .status")).to_have_text(status)
+
     with agent_client(settings, agent) as client:
-        fraud_grant(client, (FREEZE,))
+        granted = fraud_grant(client, (FREEZE,))
         sign_in(page, settings)
+        page.locator(f"#grant-{granted.grant_id} button.revoke-suspend").click()
+        expect(page.locator(".note").first).to_contain_text(f"revoked 1 grant(s) of {agent}",
+                                                            timeout=WAIT * 1000)
+        expect(page.locator(".note").nth(1)).to_contain_text(f"suspend {agent}: done")
         page.goto("/console/agents")
-        row = page.locator(f"#agent-{agent}")
-        expect(row.locator(".status")).to_have_text("active")
-        expect(row).to_contain_text(FREEZE)
-        shot(page, "agents")
-        row.locator("button.suspend").click()
-        expect(page.locator(".note")).to_contain_text(f"suspend {agent}: done",
-                                                      timeout=WAIT * 1000)
         expect(page.locator(f"#agent-{agent} .status")).to_have_text("suspended")
+        act("resume", f"resume {agent}: done", "active")
+        again = fraud_grant(client, (FREEZE,))
+        page.goto("/console/agents")
+        expect(page.locator(f"#agent-{agent}")).to_contain_text(FREEZE)
+        shot(page, "agents")
+        act("suspend", f"suspend {agent}: done", "suspended")
         denied = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=60,
                                            reason="while suspended", confidence=0.95)
-        assert denied.outcome == "denied", denied
-        page.locator(f"#agent-{agent} button.resume").click()
-        expect(page.locator(".note")).to_contain_text(f"resume {agent}: done",
-                                                      timeout=WAIT * 1000)
-        expect(page.locator(f"#agent-{agent} .status")).to_have_text("active")
+        assert denied.outcome == "denied" and again.grant_id, denied
+        act("resume", f"resume {agent}: done", "active")
 
     def listed() -> bool:  # on the decisions page once the sealer wrote it
         page.goto("/console/decisions")
