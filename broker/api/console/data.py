@@ -23,7 +23,7 @@ from broker.identity.inventory import InventoryRow, inventory_rows
 from broker.policy import load_policy
 from broker.sdk.operator.approvals import held_row
 from schemas import topics
-from schemas.events import AuditRecord, GrantIssued
+from schemas.events import AgentKey, AuditRecord, GrantIssued
 
 AUDIT_LOOKBACK = timedelta(hours=6)  # how far back the audit page reads the sealed log
 FEED_LOOKBACK = timedelta(minutes=15)  # the decisions page: the last quarter of an hour
@@ -75,21 +75,33 @@ async def approvals(runtime: Runtime, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-async def agents(runtime: Runtime, now: datetime) -> list[InventoryRow]:
+@dataclass(frozen=True)
+class AgentRow:
+    """An agent of the inventory, with its keys (id, status, added) and its live risk."""
+
+    row: InventoryRow
+    keys: tuple[AgentKey, ...]
+    risk: float
+
+
+async def agents(runtime: Runtime, now: datetime) -> list[AgentRow]:
     """The inventory (``permbroker inventory``): every registered agent, what it holds now,
-    when it last acted, its newest key's age and flags."""
+    when it last acted, its keys and their age, its live risk and flags."""
     if runtime.store is None or runtime.registry is None:
         raise BrokerError("the API has not started its readers yet")
-    records = runtime.registry.records()
+    records = {r.agent_id: r for r in runtime.registry.records()}
     store = runtime.store
-    held = {r.agent_id: await store.active_grants(r.agent_id, now) for r in records}
+    held = {a: await store.active_grants(a, now) for a in records}
     acted = await IdentityStore(store.client).last_acted()
     try:
         classes = load_policy(runtime.settings.policy_path).classes
     except (PolicyError, OSError):
         classes = {}  # the API may run without the bundle: baselines are then not shown
     max_age = timedelta(seconds=runtime.settings.agent_key_max_age_s)
-    return inventory_rows(records, classes, held, acted, now=now, key_max_age=max_age)
+    rows = inventory_rows(list(records.values()), classes, held, acted, now=now,
+                          key_max_age=max_age)
+    return [AgentRow(r, tuple(records[r.agent_id].keys), await store.live_risk(r.agent_id))
+            for r in rows]
 
 
 def chain_status(runtime: Runtime) -> audit_check.Verification:

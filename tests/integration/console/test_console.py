@@ -328,6 +328,9 @@ def test_an_agent_is_suspended_and_resumed_from_the_agents_page(
         again = fraud_grant(client, (FREEZE,))
         page.goto("/console/agents")
         expect(page.locator(f"#agent-{agent}")).to_contain_text(FREEZE)
+        kid = AgentKeyStore.from_settings(settings).load(agent).current.kid
+        expect(page.locator(f"#agent-{agent}")).to_contain_text(kid[:12])
+        expect(page.locator(f"#agent-{agent} .risk")).to_have_text(re.compile(r"^\d\.\d\d$"))
         shot(page, "agents")
         act("suspend", f"suspend {agent}: done", "suspended")
         denied = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=60,
