@@ -206,7 +206,7 @@ GRANT_COMMANDS = Topic(
     "Signed commands about one grant: an agent asks for a token for its own grant, an "
     "operator revokes a grant.",
     _APPEND_TIME,
-    writers=(AGENT, OPERATOR),
+    writers=(AGENT, OPERATOR, API),  # the API: the console's revocations, as the operator's
     readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(
