@@ -56,8 +56,11 @@ WAIT = 60.0  # conditions met sooner end the wait; two shared cores can be slow
 
 
 def chromium_or_skip() -> str:
-    """The chromium executable, or a skip saying how to install it."""
+    """The chromium executable, or a skip saying how to install it (a failure under CI, where
+    ``make deps`` must have installed it: a console left untested would pass silently)."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        if os.environ.get("CI"):
+            pytest.fail(f"chromium not found at {CHROMIUM} under CI: make deps must install it")
         pytest.skip(f"chromium not found at {CHROMIUM}: make deps installs it "
                     "(apt-get install -y chromium)")
     return CHROMIUM
