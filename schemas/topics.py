@@ -102,6 +102,7 @@ GRANT_EVENT_TYPES = (
     "io.permbroker.agent.revoked.v1",
     "io.permbroker.grant.renewed.v1",
     "io.permbroker.grant.expiring.v1",
+    "io.permbroker.agent.baseline.v1",
 )
 GRANTS = Topic(
     "permbroker.grants", PARTITIONS, "delete", 30 * DAY_MS,

@@ -80,9 +80,10 @@ class AgentKey(WireModel):
     revoked_at: UtcDatetime | None = None
 
 
-AgentStatus = Literal["active", "suspended", "quarantined"]
+AgentStatus = Literal["active", "suspended", "quarantined", "decommissioned"]
 RegistryChange = Literal[
-    "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked"
+    "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked",
+    "decommissioned", "reinstated",
 ]
 
 
@@ -110,7 +111,8 @@ class AgentRecord(WireModel):
 
 
 AgentAction = Literal[
-    "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key"
+    "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key",
+    "decommission", "reinstate",
 ]
 
 
@@ -169,6 +171,8 @@ class CommandAnswered(WireModel):
     token: str | None = None  # JWE (ECDH-ES, A256GCM) to the command's reply key
     token_expires_at: UtcDatetime | None = None
     record_revision: int | None = None
+    # Where the command's effects on the grant topics landed (a view's ``at_least``).
+    consistency_token: Annotated[str, StringConstraints(max_length=4096)] | None = None
     answered_at: UtcDatetime
 
     @property

@@ -19,6 +19,7 @@ from schemas.events import (
     AgentRevoked,
     ApprovalVoted,
     AuditRecord,
+    BaselineEntitlement,
     CommandAnswered,
     EnforcementPointStatus,
     EscalationDecided,
@@ -204,6 +205,12 @@ SAMPLES: dict[type[WireModel], WireModel] = {
     ),
     RoutingAnnounced: RoutingAnnounced(
         worker="host-1:4242", namespaces=("crm", "payments"), announced_at=NOW,
+    ),
+    BaselineEntitlement: BaselineEntitlement(
+        entitlement_id="baseline-1", agent_id=AGENT, status="active",
+        scopes=("payments:transactions.read",), agent_class="fraud-detector",
+        registry_revision=2, policy_revision="sha256:abc", reason="baseline of class "
+        "fraud-detector (registry revision 2)", cause_id="cmd-1", effective_at=NOW,
     ),
     CommandAnswered: CommandAnswered(
         answer_id="answer-1",

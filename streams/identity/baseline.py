@@ -1,0 +1,51 @@
+"""Baseline entitlements in the worker: state each agent's baseline on the grant topics.
+
+Imports broker, schemas and streams.
+
+Every registry change states the agent's entitlement anew (active with its class's baseline,
+or withdrawn), signed like every broker record, on the grant topics the views follow, after the
+change's revocations (same agent key, so a view applies them in that order), and audits it.
+A worker that opens states every registered agent's entitlement again (re-announcement): a
+view that starts after the grant topic's retention dropped the original statement, or after a
+policy changed a class's baseline, still finds the current one. Statements are deterministic
+(same record and policy, same id and content) and views keep the newest registry revision.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import UTC, datetime
+
+from broker.delivery.consistency import ConsistencyToken
+from broker.identity.baseline import baseline_audit, entitlement_of
+from schemas.events import AgentRecord
+from streams.identity.gate import IdentityGate
+from streams.worker import WorkerContext
+
+log = logging.getLogger("permbroker.identity")
+
+
+class Baselines:
+    """States baseline entitlements from registry records and the policy's classes."""
+
+    def __init__(self, ctx: WorkerContext, gate: IdentityGate) -> None:
+        self.ctx = ctx
+        self.gate = gate
+
+    async def state(self, record: AgentRecord, at: datetime) -> ConsistencyToken | None:
+        """Publish and audit the entitlement ``record`` gives; where it landed."""
+        baseline = self.gate.classes.get(record.profile.agent_class, ((), ()))[0]
+        event = entitlement_of(record, baseline, policy_revision=self.ctx.policy.revision)
+        token = await self.ctx.emit_grants((event, None))
+        await self.ctx.audit(baseline_audit(event, at))
+        return token
+
+    async def announce_all(self) -> int:
+        """State every registered agent's entitlement again; how many were stated."""
+        records = self.gate.registry.records()
+        now = datetime.now(UTC)
+        for record in records:
+            await self.ctx.retrying("baseline", functools.partial(self.state, record, now))
+        log.info("stated the baseline entitlement of %d agent(s)", len(records))
+        return len(records)
