@@ -88,6 +88,7 @@ DECISIONS = Topic(
         "io.permbroker.grant.release.decided.v1",
         "io.permbroker.command.answered.v1",
         "io.permbroker.escalation.pending.v1",
+        "io.permbroker.agent.key.warning.v1",
     ),
     "One decision per request, with reasons, matched rules and policy revision; and the answer "
     "to each registry or grant command.",

@@ -19,9 +19,10 @@ from schemas.events.identity import AgentRecord
 BASELINE_RULE = "baseline"
 
 
-def entitlement_of(record: AgentRecord, baseline: tuple[str, ...], *,
-                   policy_revision: str) -> BaselineEntitlement:
-    """What ``record`` entitles its agent to, given its class's ``baseline`` scopes."""
+def entitlement_of(record: AgentRecord, baseline: tuple[str, ...], *, policy_revision: str,
+                   until: datetime | None = None) -> BaselineEntitlement:
+    """What ``record`` entitles its agent to, given its class's ``baseline`` scopes, until its
+    registration lapses (``until``, judged by each view at check time)."""
     active = record.status == "active"
     cls = record.profile.agent_class
     reason = (f"baseline of class {cls} (registry revision {record.revision})" if active else
@@ -29,12 +30,13 @@ def entitlement_of(record: AgentRecord, baseline: tuple[str, ...], *,
               f"{record.reason or 'no reason given'})")
     status = "active" if active else "withdrawn"
     scopes = tuple(sorted(set(baseline))) if active else ()
-    source = f"{record.revision}\x1f{policy_revision}\x1f{status}\x1f{','.join(scopes)}"
+    ends = until.isoformat() if until is not None else ""
+    source = f"{record.revision}\x1f{policy_revision}\x1f{status}\x1f{','.join(scopes)}\x1f{ends}"
     return BaselineEntitlement(
         entitlement_id=derive_id("baseline", source, record.agent_id), agent_id=record.agent_id,
         status=status, scopes=scopes, agent_class=cls, registry_revision=record.revision,
         policy_revision=policy_revision, reason=reason[:2000], cause_id=record.cause_id,
-        effective_at=record.changed_at)
+        effective_at=record.changed_at, until=until if active else None)
 
 
 def baseline_audit(event: BaselineEntitlement, now: datetime) -> AuditRecord:

@@ -37,7 +37,7 @@ from schemas.events.base import (
     UtcDatetime,
     WireModel,
 )
-from schemas.events.baseline import BaselineEntitlement
+from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
 from schemas.events.catalog import (
     EVENT_TYPES,
     KNOWN_MINOR,
@@ -136,6 +136,7 @@ __all__ = [
     "GrantRevoked",
     "GrantUsed",
     "JwksPublished",
+    "KeyAgeWarning",
     "Kid",
     "LabelKey",
     "LabelValue",

@@ -1,4 +1,5 @@
-"""Baseline entitlements: an agent's standing, revocable everyday access, as the broker states it.
+"""Agent standing: baseline entitlements (standing, revocable everyday access, as the broker
+states it) and key-age warnings (rotate before the policy refuses the key).
 
 Imports pydantic, the stdlib and the other modules of schemas.events.
 """
@@ -9,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from schemas.events.base import AgentId, EventId, Scope, UtcDatetime, WireModel
+from schemas.events.base import AgentId, EventId, Kid, Scope, UtcDatetime, WireModel
 
 
 class BaselineEntitlement(WireModel):
@@ -28,8 +29,27 @@ class BaselineEntitlement(WireModel):
     reason: Annotated[str, StringConstraints(max_length=2000)] = ""
     cause_id: EventId
     effective_at: UtcDatetime
+    until: UtcDatetime | None = None  # when the registration lapses unless renewed
 
     @property
     def event_id(self) -> str:
         """The idempotency key consumers dedupe on: one per statement."""
         return self.entitlement_id
+
+
+class KeyAgeWarning(WireModel):
+    """The broker to one agent (on the decisions topic): the key it signs with nears the
+    policy's maximum key age and will be refused from ``refused_at``; rotate it now."""
+
+    warning_id: EventId
+    agent_id: AgentId
+    kid: Kid
+    added_at: UtcDatetime
+    refused_at: UtcDatetime
+    warned_at: UtcDatetime
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: one per warning."""
+        return self.warning_id

@@ -83,7 +83,7 @@ class AgentKey(WireModel):
 AgentStatus = Literal["active", "suspended", "quarantined", "decommissioned"]
 RegistryChange = Literal[
     "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked",
-    "decommissioned", "reinstated",
+    "decommissioned", "reinstated", "renewed",
 ]
 
 
@@ -103,6 +103,8 @@ class AgentRecord(WireModel):
     cause_offset: int = -1  # offset of that command in its registry partition (idempotency)
     registered_at: UtcDatetime
     enrollment_id: str | None = None  # the enrollment token (jti) the agent registered with
+    # When an operator last renewed the registration (None: never; it counts from registered_at).
+    renewed_at: UtcDatetime | None = None
 
     @property
     def event_id(self) -> str:
@@ -112,7 +114,7 @@ class AgentRecord(WireModel):
 
 AgentAction = Literal[
     "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key",
-    "decommission", "reinstate",
+    "decommission", "reinstate", "renew",
 ]
 
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from broker.delivery.consistency import ConsistencyToken
 from broker.identity.baseline import baseline_audit, entitlement_of
+from broker.identity.lifecycle import registration_ends
 from schemas.events import AgentRecord
 from streams.identity.gate import IdentityGate
 from streams.worker import WorkerContext
@@ -36,7 +37,9 @@ class Baselines:
     async def state(self, record: AgentRecord, at: datetime) -> ConsistencyToken | None:
         """Publish and audit the entitlement ``record`` gives; where it landed."""
         baseline = self.gate.classes.get(record.profile.agent_class, ((), ()))[0]
-        event = entitlement_of(record, baseline, policy_revision=self.ctx.policy.revision)
+        policy = self.ctx.policy
+        event = entitlement_of(record, baseline, policy_revision=policy.revision,
+                               until=registration_ends(record, policy.lifecycle))
         token = await self.ctx.emit_grants((event, None))
         await self.ctx.audit(baseline_audit(event, at))
         return token

@@ -43,7 +43,14 @@ from broker.identity.registry import (
 )
 from broker.identity.rules import Principal, Reason, Rejection, grant_owner_problem, thumbprint
 from schemas import topics
-from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued, GrantRevoked
+from schemas.events import (
+    AgentCommand,
+    AgentRecord,
+    GrantCommand,
+    GrantIssued,
+    GrantRevoked,
+    KeyAgeWarning,
+)
 from streams.identity.baseline import Baselines
 from streams.identity.gate import Admitted, IdentityGate
 from streams.risk import Risk
@@ -69,6 +76,7 @@ class Commands:
         self.ready = asyncio.Event()
         self._published_jwks = ""
         self.baselines = Baselines(ctx, gate)
+        gate.warn = self._key_warning
 
     async def open(self) -> None:
         """Load the registry from Kafka (once the key sets are followed); open the gate."""
@@ -194,6 +202,11 @@ class Commands:
             cmd, msg.received_at, signer=signer, kind="broker.key_rotated", reason=reason,
             origin=msg.origin, kid_added=kid))
         await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason))
+
+    async def _key_warning(self, warning: KeyAgeWarning) -> None:
+        """Tell the agent on its decisions partition: its SDK rotates the key before the limit."""
+        await self.ctx.emit(topics.DECISIONS.name, warning)
+        log.warning("agent %s: %s", warning.agent_id, warning.reason)
 
     # --- grant commands ---------------------------------------------------------------------
 

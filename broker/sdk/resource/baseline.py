@@ -4,7 +4,8 @@ Written by the view's consumer thread, read by any: each agent's entry is replac
 dict store), never changed in place, so a check takes no lock. A statement with an older
 registry revision than the one held changes nothing (a worker that re-announces from a registry
 view a moment behind cannot undo a suspension). A revocation of the agent that quarantines it
-withdraws the baseline until the quarantine ends, judged at check time like a grant's expiry.
+withdraws the baseline until the quarantine ends, and a lapsing registration ends it (``until``),
+both judged at check time like a grant's expiry.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class BaselineIndex:
             if held is not None and held[1].status == "withdrawn":
                 return False, f"baseline of {agent_id} withdrawn: {held[1].reason}", None
             return False, "", None
+        ends = held[1].until
+        if ends is not None and t >= ends.timestamp():
+            return False, (f"baseline of {agent_id} ended at {ends.isoformat()}: its "
+                           "registration lapsed (renew it)"), None
         quarantine = self._quarantined.get(agent_id)
         until = quarantine.quarantined_until if quarantine is not None else None
         if quarantine is not None and until is not None and t < until.timestamp():

@@ -5,8 +5,10 @@ nothing."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,16 +19,29 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import encode
 from broker.api.app import create_app
 from broker.config import Settings
-from broker.sdk.resource.view import GrantView
+from broker.errors import CommandRefused
+from broker.sdk.resource.view import GrantView, Verdict
 from broker.stack.credentials import role_access
 from schemas import topics
-from schemas.events import BaselineEntitlement
-from tests.support.enforcement import FREEZE
-from tests.support.identities import Registrar, api_settings, new_service, shared_trust
+from schemas.events import AuditRecord, BaselineEntitlement
+from tests.support.enforcement import FREEZE, fraud_grant
+from tests.support.identities import (
+    Registrar,
+    agent_client,
+    api_settings,
+    new_service,
+    shared_trust,
+)
+from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 READ = "payments:transactions.read"  # the fraud-detection class's baseline
+
+
+def _allowed(view: GrantView, agent: str, scope: str) -> Verdict | None:
+    verdict = view.allows(agent, scope, "acct-9")
+    return verdict if verdict.allowed else None
 
 
 def _forge(settings: Settings, agent: str) -> None:
@@ -59,10 +74,9 @@ def test_baseline_is_allowed_withdrawn_on_suspension_and_restored_on_resume(
         views = (whole, payments)
         assert all(v.wait_ready(30) for v in views)
         for view in views:
-            allowed = wait_until(lambda v=view: v.allows(agent, READ, "acct-9").allowed or None,
-                                 30, "the registration's baseline at the view")
-            verdict = view.allows(agent, READ, "acct-9")
-            assert allowed and verdict.grant is None and verdict.baseline is not None
+            verdict = wait_until(functools.partial(_allowed, view, agent, READ), 30,
+                                 "the registration's baseline at the view")
+            assert verdict is not None and verdict.grant is None and verdict.baseline is not None
             assert verdict.reason.startswith("baseline entitlement: baseline of class "
                                              "fraud-detection"), verdict.reason
             assert not view.allows(agent, FREEZE, "acct-9").allowed
@@ -90,12 +104,52 @@ def test_check_says_the_verdict_is_a_baseline_entitlement(
         wait_until(lambda: api.get("/readyz").status_code == 200, 30, "the API to be ready")
         auth = new_service(settings, "payments-baseline-check")
 
-        def check(scope: str) -> dict[str, object]:
+        def check(scope: str) -> dict[str, Any]:
             body = {"agent_id": agent, "scope": scope, "resource": "acct-3"}
-            answer: dict[str, object] = api.post("/v1/check", json=body, auth=auth).json()
+            answer: dict[str, Any] = api.post("/v1/check", json=body, auth=auth).json()
             return answer
 
-        allowed = wait_until(lambda: check(READ)["allowed"] and check(READ), 30, "baseline")
+        def baseline_allowed() -> dict[str, Any] | None:
+            answer = check(READ)
+            return answer if answer["allowed"] else None
+
+        allowed = wait_until(baseline_allowed, 30, "the baseline at the API's view")
+        assert allowed is not None
         assert allowed["entitlement"] == "baseline" and allowed["grant_id"] is None, allowed
         denied = check(FREEZE)
         assert not denied["allowed"] and denied["entitlement"] is None, denied
+
+
+def test_decommission_revokes_retires_keys_withdraws_the_baseline_and_keeps_the_audit(
+    worker: object, settings: Settings, agents: Callable[[str], str], registrar: Registrar,
+    tap: Callable[[str], Tap],
+) -> None:
+    """At the decommission's token the grant and the baseline are gone; every key is revoked;
+    the audit holds the decommission; registering the id again is refused until an operator
+    reinstates it with a new key, which restores the baseline."""
+    agent, service = agents("f"), role_access(settings, topics.SERVICE)
+    audit = tap(topics.AUDIT.name)
+    with GrantView(service, trust=shared_trust(settings)) as view, \
+            agent_client(settings, agent) as client:
+        assert view.wait_ready(30)
+        granted = fraud_grant(client, (FREEZE,))
+        assert view.allows(agent, FREEZE, "acct-1", at_least=granted.consistency_token).allowed
+        gone = registrar.operator.decommission(agent, reason="model retired")
+        assert gone.consistency_token
+        for scope in (FREEZE, READ):
+            denied = view.allows(agent, scope, "acct-1", at_least=gone.consistency_token)
+            assert not denied.allowed and not denied.unavailable, denied
+        assert view.grant_state(agent, granted.grant_id or "") == "ended"
+    record = audit.wait_for(AuditRecord, lambda a: a.kind == "registry.decommissioned"
+                            and a.agent_id == agent)[0]
+    revoked = record.inputs.get("revoked_grants")
+    assert isinstance(revoked, list) and granted.grant_id in revoked, record.inputs
+    assert audit.wait_for(AuditRecord, lambda a: a.kind == "baseline.withdrawn"
+                          and a.agent_id == agent)
+    stored = registrar.store.load(agent)
+    with pytest.raises(CommandRefused, match="reinstate"):
+        registrar.operator.register(registrar.seed(agent), stored.current.jwk, reason="again")
+    back = registrar.operator.reinstate(agent, SigningKey.generate().jwk, reason="new deployment")
+    with GrantView(service, trust=shared_trust(settings)) as later:  # a view started later
+        assert later.wait_ready(30)
+        assert later.allows(agent, READ, "acct-1", at_least=back.consistency_token).allowed

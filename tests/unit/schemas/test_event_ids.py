@@ -29,6 +29,7 @@ from schemas.events import (
     GrantRevoked,
     GrantUsed,
     JwksPublished,
+    KeyAgeWarning,
     ModelInfo,
     ReleaseDecided,
     ReleaseRequested,
@@ -73,6 +74,7 @@ PINNED: dict[type[WireModel], str] = {
     ApprovalVoted: "vote-1",
     RoutingAnnounced: "routing:host-1:4242:2026-11-28T10:00:00+00:00",
     BaselineEntitlement: "baseline-1",
+    KeyAgeWarning: "key-warning-1",
 }
 
 
