@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from broker.delivery.consistency import ConsistencyToken
 from broker.identity.baseline import baseline_audit, entitlement_of
 from broker.identity.lifecycle import registration_ends
-from schemas.events import AgentRecord
+from schemas.events import AgentRecord, BaselineEntitlement
 from streams.identity.gate import IdentityGate
 from streams.worker import WorkerContext
 
 log = logging.getLogger("permbroker.identity")
+BATCH = 500  # statements per publish when re-announcing
 
 
 class Baselines:
@@ -34,21 +35,29 @@ class Baselines:
         self.ctx = ctx
         self.gate = gate
 
-    async def state(self, record: AgentRecord, at: datetime) -> ConsistencyToken | None:
-        """Publish and audit the entitlement ``record`` gives; where it landed."""
+    def _statement(self, record: AgentRecord) -> BaselineEntitlement:
         baseline = self.gate.classes.get(record.profile.agent_class, ((), ()))[0]
         policy = self.ctx.policy
-        event = entitlement_of(record, baseline, policy_revision=policy.revision,
-                               until=registration_ends(record, policy.lifecycle))
+        return entitlement_of(record, baseline, policy_revision=policy.revision,
+                              until=registration_ends(record, policy.lifecycle))
+
+    async def state(self, record: AgentRecord, at: datetime) -> ConsistencyToken | None:
+        """Publish and audit the entitlement ``record`` gives; where it landed."""
+        event = self._statement(record)
         token = await self.ctx.emit_grants((event, None))
         await self.ctx.audit(baseline_audit(event, at))
         return token
 
     async def announce_all(self) -> int:
-        """State every registered agent's entitlement again; how many were stated."""
+        """State every registered agent's entitlement again, in batches; how many."""
         records = self.gate.registry.records()
         now = datetime.now(UTC)
-        for record in records:
-            await self.ctx.retrying("baseline", functools.partial(self.state, record, now))
+        for start in range(0, len(records), BATCH):
+            events = [self._statement(r) for r in records[start:start + BATCH]]
+            await self.ctx.retrying("baseline", functools.partial(self._publish, events, now))
         log.info("stated the baseline entitlement of %d agent(s)", len(records))
         return len(records)
+
+    async def _publish(self, events: list[BaselineEntitlement], at: datetime) -> None:
+        await self.ctx.emit_grants(*((e, None) for e in events))
+        await self.ctx.audit(*(baseline_audit(e, at) for e in events))
