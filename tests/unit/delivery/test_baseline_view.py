@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from broker.adapters.kafka.bus import Record
+from broker.adapters.kafka.rebuild import fold
 from broker.delivery.routing import GrantRouting
 from broker.sdk.resource.index import GrantIndex
 from schemas.events import AgentRevoked, BaselineEntitlement, GrantIssued, WireModel
@@ -96,3 +97,16 @@ def test_routing_sends_the_baseline_to_every_namespace_topic_projected() -> None
     scopes = {topic: e.scopes for topic, e in routed}  # type: ignore[attr-defined]
     assert scopes == {"permbroker.grants": (READ, PII), "permbroker.grants.payments": (READ,),
                       "permbroker.grants.crm": (PII,), "permbroker.grants.reports": ()}
+
+
+def test_a_rebuild_folds_grants_only_and_leaves_the_baseline_to_the_log() -> None:
+    """Baseline statements put nothing in the rebuilt grant store (they have no Redis key to
+    expire) and end no grant; the folded grants are those of the same log without them."""
+    g = GrantIssued(grant_id="g-1", agent_id="a-1", request_id="r-1", scopes=(FREEZE,),
+                    resources=("acct-1",), issued_at=NOW, expires_at=NOW + timedelta(minutes=5),
+                    policy_revision="p", rules=())
+    with_statements = fold([record(stated(1), 0), record(g, 1),
+                            record(stated(2, "withdrawn"), 2)], NOW)
+    without = fold([record(g, 0)], NOW)
+    assert with_statements.active == without.active == {"g-1": g}
+    assert with_statements.revocations == {} and with_statements.records == 3
