@@ -6,22 +6,26 @@ nothing."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import encode
 from broker.api.app import create_app
+from broker.cli.main import app
 from broker.config import Settings
 from broker.errors import CommandRefused
 from broker.sdk.resource.view import GrantView, Verdict
 from broker.stack.credentials import role_access
+from broker.stack.worker import worker_env
 from schemas import topics
 from schemas.events import AuditRecord, BaselineEntitlement
 from tests.support.enforcement import FREEZE, fraud_grant
@@ -153,3 +157,32 @@ def test_decommission_revokes_retires_keys_withdraws_the_baseline_and_keeps_the_
     with GrantView(service, trust=shared_trust(settings)) as later:  # a view started later
         assert later.wait_ready(30)
         assert later.allows(agent, READ, "acct-1", at_least=back.consistency_token).allowed
+
+
+def _held_at(settings: Settings, agent: str, at: datetime) -> list[dict[str, Any]] | None:
+    """``permbroker audit replay --as-of AT --agent AGENT --json`` baselines (None: not yet
+    sealed that far, or the CLI failed)."""
+    env = {k: v for k, v in worker_env(settings, role_access(settings, topics.OPERATOR)).items()
+           if k.startswith("PERMBROKER_")}
+    done = CliRunner().invoke(app, ["audit", "replay", "--as-of", at.isoformat(), "--agent",
+                                    agent, "--json"], env=env)
+    if done.exit_code != 0:
+        return None
+    held: list[dict[str, Any]] = json.loads(done.stdout)["baselines"]
+    return held
+
+
+def test_replay_answers_what_the_agent_could_do_while_suspended_and_after(
+    worker: object, settings: Settings, agents: Callable[[str], str], registrar: Registrar,
+) -> None:
+    """From the sealed audit: the baseline held after resuming, none while suspended."""
+    agent = agents("f")
+    suspended = registrar.operator.suspend(agent, reason="checking")
+    resumed = registrar.operator.resume(agent, reason="fine")
+
+    def after_resume() -> list[dict[str, Any]] | None:
+        return _held_at(settings, agent, resumed.answered_at) or None
+
+    held = wait_until(after_resume, 60, "the resumed baseline in the sealed audit")
+    assert held is not None and [b["scopes"] for b in held] == [[READ]], held
+    assert _held_at(settings, agent, suspended.answered_at) == []
