@@ -9,7 +9,9 @@ it believes only answers the broker signed (``trust``: the broker's chain of tru
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Record, Trust
 from broker.adapters.kafka.follow import Follower
 from broker.delivery.bounded import Bounded
-from broker.errors import CommandRefused, DecisionTimeout
+from broker.errors import BrokerError, CommandRefused, DecisionTimeout
 from broker.sdk.agent.identity import AgentIdentity, Rotator
 from schemas import topics
 from schemas.events import (
@@ -40,6 +42,8 @@ from schemas.events import (
     WireModel,
 )
 
+log = logging.getLogger("permbroker.sdk")
+ROTATION_RETRY_S = 60
 Decision = EscalationDecided | RenewalDecided | ReleaseDecided
 Answer = Decision | EscalationPending | CommandAnswered | KeyAgeWarning
 
@@ -188,6 +192,7 @@ class AgentClient:
         # limit: the old key would be refused and the request with it).
         self.auto_rotate = auto_rotate
         self.rotations = 0
+        self._retry_rotation_at = 0.0
 
     def key_warning(self, kid: str | None = None) -> KeyAgeWarning | None:
         """The broker's warning that key ``kid`` (default: the one in use) nears the policy's
@@ -196,9 +201,16 @@ class AgentClient:
         return self._watcher.key_warning(kid) if self._watcher and kid else None
 
     def _publish(self, topic: str, event: WireModel) -> None:
-        """Publish signed, rotating first if the broker warned that the key grows old."""
-        if self.auto_rotate and self.key_warning() is not None:
-            self.rotate_key()
+        """Publish signed, rotating first if the broker warned that the key grows old (a failed
+        rotation is retried a minute later: the warned key is still accepted until then)."""
+        now = time.monotonic()
+        if self.auto_rotate and now >= self._retry_rotation_at and self.key_warning():
+            try:
+                self.rotate_key()
+            except BrokerError as exc:
+                self._retry_rotation_at = now + ROTATION_RETRY_S
+                log.warning("agent %s: key rotation on the broker's warning failed (retrying "
+                            "in %ds): %s", self.agent_id, ROTATION_RETRY_S, exc)
         self._publisher.publish(topic, event)
 
     def send(self, request: EscalationRequested) -> None:
