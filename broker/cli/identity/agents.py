@@ -307,5 +307,8 @@ def agents_reinstate(
     public_key: Annotated[Path, typer.Option(help="The agent's new public JWK (file).")],
 ) -> None:
     """Bring a decommissioned agent id back with a new key (its old keys stay revoked)."""
-    jwk = PublicJwk.model_validate(json.loads(public_key.read_text("utf-8")))
+    try:
+        jwk = PublicJwk.model_validate(json.loads(public_key.read_text("utf-8")))
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read a public JWK from {public_key}: {exc}") from exc
     _simple("reinstate", agent, reason, key=jwk)
