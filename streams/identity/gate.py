@@ -293,8 +293,8 @@ class IdentityGate:
 
     async def _warn_key_age(self, signer: Principal, at: datetime) -> None:
         """Tell the agent (once per key) that its key nears the policy's maximum age."""
-        if signer.kind != "agent" or not signer.kid or self.warn is None \
-                or signer.kid in self._warned:
+        if self.lifecycle.max_key_age_s is None or signer.kind != "agent" or not signer.kid \
+                or self.warn is None or signer.kid in self._warned:
             return
         record = self.registry.get(signer.id)
         key = find_key(record, signer.kid) if record is not None else None
