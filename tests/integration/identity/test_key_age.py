@@ -120,7 +120,7 @@ def test_the_sdk_rotates_on_the_warning_and_an_over_age_key_is_refused_saying_wh
 def _inventory(settings: Settings) -> list[dict[str, Any]]:
     env = {k: v for k, v in worker_env(settings, role_access(settings, topics.OPERATOR)).items()
            if k.startswith("PERMBROKER_")}
-    done = CliRunner().invoke(app, ["agents", "inventory", "--json"], env=env)
+    done = CliRunner().invoke(app, ["inventory", "--json"], env=env)
     assert done.exit_code == 0, done.output
     rows: list[dict[str, Any]] = json.loads(done.stdout)
     return rows
