@@ -37,6 +37,7 @@ from schemas.events.base import (
     UtcDatetime,
     WireModel,
 )
+from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
 from schemas.events.catalog import (
     EVENT_TYPES,
     KNOWN_MINOR,
@@ -115,6 +116,7 @@ __all__ = [
     "AuditLink",
     "AuditRecord",
     "B64Url",
+    "BaselineEntitlement",
     "CommandAnswered",
     "EnforcementPoint",
     "EnforcementPointStatus",
@@ -134,6 +136,7 @@ __all__ = [
     "GrantRevoked",
     "GrantUsed",
     "JwksPublished",
+    "KeyAgeWarning",
     "Kid",
     "LabelKey",
     "LabelValue",
