@@ -94,12 +94,14 @@ async def agents(runtime: Runtime, now: datetime) -> list[AgentRow]:
     held = {a: await store.active_grants(a, now) for a in records}
     acted = await IdentityStore(store.client).last_acted()
     try:
-        classes = load_policy(runtime.settings.policy_path).classes
+        policy = load_policy(runtime.settings.policy_path)
+        classes, lifecycle = policy.classes, policy.lifecycle
     except (PolicyError, OSError):
-        classes = {}  # the API may run without the bundle: baselines are then not shown
+        # The API may run without the bundle: baselines and lifecycle flags are then not shown.
+        classes, lifecycle = {}, None
     max_age = timedelta(seconds=runtime.settings.agent_key_max_age_s)
     rows = inventory_rows(list(records.values()), classes, held, acted, now=now,
-                          key_max_age=max_age)
+                          key_max_age=max_age, lifecycle=lifecycle)
     return [AgentRow(r, tuple(records[r.agent_id].keys), await store.live_risk(r.agent_id))
             for r in rows]
 
