@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.policy import graduated
+from broker.policy.delegation import DelegationRule
 from broker.policy.detectors import Detectors
 from broker.policy.model import (
     APPROVAL_UNSATISFIABLE,
@@ -60,8 +61,10 @@ class Policy:
                  agents: tuple[AgentProfile, ...],
                  default_max_total_duration_s: int | None = None,
                  files: tuple[tuple[str, bytes], ...] = (),
-                 detectors: Detectors | None = None) -> None:
+                 detectors: Detectors | None = None,
+                 delegation_rules: tuple[DelegationRule, ...] = ()) -> None:
         self.name = name
+        self.delegation_rules = delegation_rules  # default deny: no rule, no delegation
         self.detectors = detectors  # behaviour detectors (None: nothing is watched)
         self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision

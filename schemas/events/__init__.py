@@ -45,6 +45,7 @@ from schemas.events.catalog import (
     partition_key,
     type_version,
 )
+from schemas.events.delegation import DelegationDecided, DelegationRequested
 from schemas.events.delivery import EnforcementPoint, EnforcementPointStatus, RevocationAcknowledged
 from schemas.events.escalations import (
     ApprovalVoted,
@@ -116,6 +117,8 @@ __all__ = [
     "AuditRecord",
     "B64Url",
     "CommandAnswered",
+    "DelegationDecided",
+    "DelegationRequested",
     "EnforcementPoint",
     "EnforcementPointStatus",
     "EscalationDecided",

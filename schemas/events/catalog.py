@@ -9,6 +9,7 @@ import re
 
 from schemas.events.audit import AuditRecord
 from schemas.events.base import WireModel
+from schemas.events.delegation import DelegationDecided, DelegationRequested
 from schemas.events.delivery import EnforcementPointStatus, RevocationAcknowledged
 from schemas.events.escalations import (
     ApprovalVoted,
@@ -72,6 +73,8 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     JwksPublished: "io.permbroker.jwks.published.v1",
     GrantUsed: "io.permbroker.grant.used.v1",
     RoutingAnnounced: "io.permbroker.grant.routing.v1",
+    DelegationRequested: "io.permbroker.grant.delegation.requested.v1",
+    DelegationDecided: "io.permbroker.grant.delegation.decided.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 

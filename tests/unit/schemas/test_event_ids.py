@@ -15,6 +15,8 @@ from schemas.events import (
     AuditLink,
     AuditRecord,
     CommandAnswered,
+    DelegationDecided,
+    DelegationRequested,
     EnforcementPointStatus,
     EscalationDecided,
     EscalationPending,
@@ -71,6 +73,8 @@ PINNED: dict[type[WireModel], str] = {
     EscalationPending: "req-9:pending",
     ApprovalVoted: "vote-1",
     RoutingAnnounced: "routing:host-1:4242:2026-11-28T10:00:00+00:00",
+    DelegationRequested: "req-4",
+    DelegationDecided: "delegation-1",  # the decision's id
 }
 
 
