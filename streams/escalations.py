@@ -112,8 +112,9 @@ class Escalations:
                     await self.grant_requests(msg, event)
                 return
             if self.delegations and isinstance(event, DelegationRequested):
-                if await self._admit(msg, event) is not None:  # the delegator's own, verified
-                    await self.delegations.on_request(msg, event)
+                admitted = await self._admit(msg, event)  # the delegator's own, verified
+                if admitted is not None:  # a registry refusal (suspended, ...) denies it
+                    await self.delegations.on_request(msg, event, admitted.denial())
                 return
             request = expect(event, msg, EscalationRequested)
         except Fenced as exc:

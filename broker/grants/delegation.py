@@ -45,6 +45,7 @@ class Parties:
     delegator_state: AgentState
     delegate: AgentProfile | None
     delegate_state: AgentState
+    refusal: ScopeDenial | None = None  # the identity gate's (a suspended delegator, ...)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def decide_delegation(request: DelegationRequested, parties: Parties, policy: Po
 
 def _blocked(request: DelegationRequested, parties: Parties, now: datetime) -> ScopeDenial | None:
     """Why nothing at all can be delegated: the parent, the delegator or the delegate."""
+    if parties.refusal is not None:
+        return parties.refusal
     parent, agent = parties.parent, request.agent_id
     if parent is None or parent.agent_id != agent:
         return _deny(PARENT, f"agent {agent} holds no live grant {request.parent_grant_id} "

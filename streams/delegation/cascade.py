@@ -67,17 +67,19 @@ class Delegations:
         self._store = DelegationStore(grants.client)
         self._life = life
 
-    async def on_request(self, msg: Incoming, request: DelegationRequested) -> None:
-        """Decide one delegation (retrying store and bus failures; the partition waits)."""
-        await self.ctx.retrying("delegate", lambda: self._delegate(request))
+    async def on_request(self, msg: Incoming, request: DelegationRequested,
+                         refusal: ScopeDenial | None = None) -> None:
+        """Decide one delegation (retrying store and bus failures; the partition waits);
+        ``refusal``: the identity gate's (a suspended or quarantined delegator), a denial."""
+        await self.ctx.retrying("delegate", lambda: self._delegate(request, refusal))
 
-    async def _delegate(self, request: DelegationRequested) -> None:
+    async def _delegate(self, request: DelegationRequested, refusal: ScopeDenial | None) -> None:
         recorded = await self._store.recorded(request.agent_id, request.request_id)
         if recorded is not None:  # a redelivery: announce what was decided, never decide again
             await self._announce(recorded, await self._child_of(recorded))
             return
         now = await self.ctx.store.now()  # the clock the grants' keys expire by
-        parties = await self._parties(request, now)
+        parties = await self._parties(request, now, refusal)
         outcome = decide_delegation(request, parties, self.ctx.policy, now)
         await self.ctx.audit(outcome.audit)  # audit first: nothing is stored unaudited
         decision, grant = outcome.decision, outcome.grant
@@ -97,9 +99,11 @@ class Delegations:
             decision = found
         await self._announce(decision, grant)
 
-    async def _parties(self, request: DelegationRequested, now: datetime) -> Parties:
+    async def _parties(self, request: DelegationRequested, now: datetime,
+                       refusal: ScopeDenial | None) -> Parties:
         delegate = self._gate.profile(request.delegate_id)
         return Parties(
+            refusal=refusal,
             parent=await self._life.live_grant(request.agent_id, request.parent_grant_id, now),
             delegator=self._gate.profile(request.agent_id),
             delegator_state=await self.ctx.store.agent_state(request.agent_id),

@@ -121,6 +121,12 @@ class DelegationStore:
         pairs = (_text(m).split(SEP, 1) for m in members)
         return sorted((p[0], p[1]) for p in pairs if len(p) == 2)
 
+    async def live_children(self, agent_id: str, grant_id: str) -> list[tuple[str, str]]:
+        """The children of ``grant_id`` that are still active."""
+        found = await self.children(agent_id, grant_id)
+        alive = [await call(self._r.exists(keys.grant(a, g))) for a, g in found]
+        return [pair for pair, live in zip(found, alive, strict=True) if live]
+
     async def end_child(self, agent_id: str, grant_id: str,
                         marker_until: datetime) -> GrantIssued | None:
         """Remove one child grant because its parent ended; the grant it removed (the same on

@@ -43,8 +43,9 @@ def test_child_within_parent_token_names_delegator_and_revoked_parent_ends_child
 ) -> None:
     """An over-wide delegation is narrowed (PII denied by default deny, a foreign resource
     dropped, the expiry clamped to the parent's); the child's token carries ``act`` naming the
-    delegator (product verifier and joserfc); the parent's revocation denies the child at the
-    view at the revocation's token, and the cascade revokes the child, audited by rule."""
+    delegator (product verifier and joserfc); the revocation of the parent's agent denies the
+    child at the view at the revocation's token, the cascade revokes the child (rule
+    ``delegation-parent-ended``), and the revoked delegator can delegate nothing more."""
     parent_agent, child_agent = agents("f"), agents("f")
     grants, service = tap(topics.GRANTS.name), role_access(settings, topics.SERVICE)
     with JwksView.from_settings(settings, service) as keys, \
@@ -77,8 +78,8 @@ def test_child_within_parent_token_names_delegator_and_revoked_parent_ends_child
         payload = json.loads(found.payload)
         assert payload["sub"] == child_agent and payload["act"] == {"sub": parent_agent}
 
-        revoked = json.loads(_operator(settings, "grants", "revoke", parent.grant_id,
-                                       "--reason", "leaked"))
+        revoked = json.loads(_operator(settings, "agents", "revoke", parent_agent,
+                                       "--reason", "compromised", "--acks-wait", "0"))
         verdict = view.allows(child_agent, FREEZE, "acct-1",
                               at_least=revoked["consistency_token"])
         assert not verdict and not verdict.unavailable
@@ -87,6 +88,8 @@ def test_child_within_parent_token_names_delegator_and_revoked_parent_ends_child
         assert ended.rule == "delegation-parent-ended" and parent.grant_id in ended.reason
         wait_until(lambda: view.grant_state(child_agent, d.grant_id) == "ended", 30,
                    "the child's revocation at the view")
+        again = a.delegate(parent.grant_id, child_agent, [FREEZE], duration_s=5, reason="again")
+        assert again.outcome == "denied" and again.grant_id is None
 
 
 def test_releasing_the_parent_ends_the_child_and_a_foreign_grant_cannot_be_delegated(
