@@ -204,7 +204,8 @@ def delegation_audit(decision: DelegationDecided, request: DelegationRequested,
         subject_id=decision.request_id, outcome=decision.outcome, reasons=decision.reasons,
         rules=decision.matched_rules, policy_revision=decision.policy_revision,
         inputs={"request": request.model_dump(mode="json"),
-                "parent": parties.parent.model_dump(mode="json") if parties.parent else None,
+                # the parent grant, under the name the audit redacts grant resources by
+                "grant": parties.parent.model_dump(mode="json") if parties.parent else None,
                 "delegate_class": parties.delegate.agent_class if parties.delegate else None,
                 "grant_id": decision.grant_id, "decision": decision.model_dump(mode="json")},
     )

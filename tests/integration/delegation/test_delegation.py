@@ -82,9 +82,8 @@ def test_child_within_parent_token_names_delegator_and_revoked_parent_ends_child
                                        "--reason", "compromised", "--acks-wait", "0"))
         verdict = view.allows(child_agent, FREEZE, "acct-1",
                               at_least=revoked["consistency_token"])
-        assert not verdict and not verdict.unavailable
-        assert parent.grant_id in verdict.reason
-        ended = grants.wait_for(GrantRevoked, lambda e: e.grant_id == d.grant_id)
+        assert not verdict and not verdict.unavailable  # denied on the merits, at that token
+        [ended] = grants.wait_for(GrantRevoked, lambda e: e.grant_id == d.grant_id)
         assert ended.rule == "delegation-parent-ended" and parent.grant_id in ended.reason
         wait_until(lambda: view.grant_state(child_agent, d.grant_id) == "ended", 30,
                    "the child's revocation at the view")
@@ -107,7 +106,7 @@ def test_releasing_the_parent_ends_the_child_and_a_foreign_grant_cannot_be_deleg
         stolen = c.delegate(parent.grant_id, child_agent, [FREEZE], duration_s=5, reason="mine")
         assert stolen.outcome == "denied" and stolen.grant_id is None
         assert {x.rule for x in stolen.denied} == {"delegation-parent"}
-        d = a.delegate(parent.grant_id, child_agent, [FREEZE], duration_s=5, reason="hand over")
+        d = a.delegate(parent.grant_id, child_agent, [FREEZE], duration_s=15, reason="hand over")
         assert d.outcome == "granted" and d.grant_id and d.consistency_token, d.reasons
         assert d.resources == ("acct-1", "acct-2") and d.expires_at is not None
         assert d.expires_at <= parent.expires_at if parent.expires_at else False
@@ -116,5 +115,5 @@ def test_releasing_the_parent_ends_the_child_and_a_foreign_grant_cannot_be_deleg
         assert released.outcome == "released" and released.consistency_token
         verdict = view.allows(child_agent, FREEZE, "acct-2", at_least=released.consistency_token)
         assert not verdict and not verdict.unavailable
-        ended = grants.wait_for(GrantRevoked, lambda e: e.grant_id == d.grant_id)
+        [ended] = grants.wait_for(GrantRevoked, lambda e: e.grant_id == d.grant_id)
         assert ended.rule == "delegation-parent-ended" and "released" in ended.reason

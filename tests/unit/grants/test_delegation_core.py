@@ -87,7 +87,7 @@ def test_an_over_wide_request_is_narrowed_and_clamped_to_the_parent(policy: Poli
     assert d.clamped_by.startswith("parent grant grant-p")
     assert g.parent_grant_id == "grant-p" and g.delegators == (A,)
     assert any("acct-9" in r and "narrowed" in r for r in d.reasons)
-    assert out.audit.kind == "grant.delegation.decided" and out.audit.inputs["parent"]
+    assert out.audit.kind == "grant.delegation.decided" and out.audit.inputs["grant"]
 
 
 def test_the_rule_maximum_clamps_below_a_long_parent(policy: Policy) -> None:
