@@ -12,9 +12,9 @@ Then the child's ``grant.issued`` goes to the grant topics and the decision, wit
 consistency token, to the decision topic. A redelivery finds the recorded decision and only
 announces it again.
 
-The cascade reads the all-grants topic: a revoked, released or expired grant (or an agent
-revoked with its grants) ends each of its children (``grant.revoked``, rule
-``delegation-parent-ended``, audited per child); that child's own revocation, read in turn,
+The cascade reads the all-grants topic: a revoked, released or expired grant (an agent's
+revocation comes with a ``grant.revoked`` per grant) ends each of its children
+(``grant.revoked``, rule ``delegation-parent-ended``, audited per child); that child's own revocation, read in turn,
 ends the grandchildren. Redelivery repeats the same events (each end is recorded per child).
 """
 
@@ -39,7 +39,6 @@ from broker.grants.delegation import (
 from broker.grants.revocation import lifecycle_audit
 from schemas import topics
 from schemas.events import (
-    AgentRevoked,
     DelegationDecided,
     DelegationRequested,
     GrantExpired,
@@ -91,7 +90,7 @@ class Delegations:
         record_until = self._until(parties.parent.expires_at if parties.parent else now)
         status, found = await self._store.record(decision, grant, record_until)
         if status == "parent-ended" and grant is not None:
-            await self._store.end_child(grant.agent_id, grant.grant_id, record_until)
+            await self._store.end_child(grant.agent_id, grant.grant_id, now, record_until)
             decision, grant = await self._refused(outcome, parties, request,
                                                   "the parent grant ended meanwhile", now)
             status, found = await self._store.record(decision, None, record_until)
@@ -146,38 +145,30 @@ class Delegations:
         """End the children of every grant a record of the all-grants topic ends."""
         await self.ctx.ready.wait()
         event = self.ctx.read(msg)
-        if isinstance(event, AgentRevoked):
-            ended = [(event.agent_id, g) for g in event.grant_ids]
-        elif isinstance(event, GrantRevoked | GrantReleased | GrantExpired):
-            ended = [(event.agent_id, event.grant_id)]
-        else:
-            return
-        for agent_id, grant_id in ended:
-            await self._cascade_retrying(agent_id, grant_id, event)
-
-    async def _cascade_retrying(
-        self, agent_id: str, grant_id: str,
-        cause: AgentRevoked | GrantRevoked | GrantReleased | GrantExpired,
-    ) -> None:
-        await self.ctx.retrying("cascade", lambda: self._cascade(agent_id, grant_id, cause))
+        # An agent's revocation comes with one grant.revoked per grant it removed: those end
+        # the children (agent.revoked itself adds nothing to cascade).
+        if isinstance(event, GrantRevoked | GrantReleased | GrantExpired):
+            await self.ctx.retrying("cascade", lambda: self._cascade(
+                event.agent_id, event.grant_id, event))
 
     async def _cascade(self, agent_id: str, grant_id: str,
-                       cause: AgentRevoked | GrantRevoked | GrantReleased | GrantExpired) -> None:
+                       cause: GrantRevoked | GrantReleased | GrantExpired) -> None:
         children = await self._store.children(agent_id, grant_id)
         if not children:
             return
         now = await self.ctx.store.now()
-        how = type(cause).__name__.removeprefix("Grant").removeprefix("Agent").lower()
+        how = type(cause).__name__.removeprefix("Grant").lower()
         for child_agent, child_id in children:
-            child = await self._store.end_child(child_agent, child_id, self._until(now))
+            at, child = await self._store.end_child(child_agent, child_id, now,
+                                                    self._until(now))
             if child is None:
                 continue  # it had already ended on its own (expired, released, revoked)
-            revoked = GrantRevoked(
-                grant_id=child.grant_id, agent_id=child.agent_id, revoked_at=now,
+            revoked = GrantRevoked(  # the same event on a redelivery (recorded with the end)
+                grant_id=child.grant_id, agent_id=child.agent_id, revoked_at=at,
                 expires_at=child.expires_at, rule=PARENT_ENDED, cause_event_id=grant_id,
                 reason=f"parent grant {grant_id} of {agent_id} was {how}: a delegated grant "
                 "never outlives its parent")
-            await self.ctx.audit(lifecycle_audit(revoked, now))  # audited per child
+            await self.ctx.audit(lifecycle_audit(revoked, at))  # audited per child
             await self.ctx.emit_grants((revoked, namespaces_of(child.scopes)))
             self.ctx.count("delegation_cascaded")
             log.info("grant %s of %s ended with its parent %s", child_id, child_agent, grant_id)

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.calls import call
-from broker.adapters.redis.values import ms
+from broker.adapters.redis.values import from_ms, ms
 from schemas.events import DelegationDecided, GrantIssued
 
 # KEYS: grant, index, life, ended-child, quarantine, view epoch, revoked
@@ -61,16 +61,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[3])
 return {'stored', ARGV[1]}
 """
 
-# KEYS: grant, life, index, ended-child   ARGV: grant_id, marker_until_ms
-# Returns the child grant JSON this end removed ('' if it had already ended on its own).
+# KEYS: grant, life, index, ended-child   ARGV: grant_id, marker_until_ms, now_ms
+# Returns "<ms of the end>|<the child grant JSON it removed>" ('' after the bar if the child had
+# already ended on its own); the first end's answer on every later call.
 END_CHILD = """
 local done = redis.call('GET', KEYS[4])
 if done then return done end
 local g = redis.call('GET', KEYS[1]) or ''
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SET', KEYS[4], g, 'PXAT', ARGV[2])
-return g
+local rec = ARGV[3] .. '|' .. g
+redis.call('SET', KEYS[4], rec, 'PXAT', ARGV[2])
+return rec
 """
 
 ChildStatus = Literal["stored", "ended", "view", "quarantine", "revoked", "stale"]
@@ -127,16 +129,16 @@ class DelegationStore:
         alive = [await call(self._r.exists(keys.grant(a, g))) for a, g in found]
         return [pair for pair, live in zip(found, alive, strict=True) if live]
 
-    async def end_child(self, agent_id: str, grant_id: str,
-                        marker_until: datetime) -> GrantIssued | None:
-        """Remove one child grant because its parent ended; the grant it removed (the same on
-        every call), or None if it had already ended on its own."""
+    async def end_child(self, agent_id: str, grant_id: str, now: datetime,
+                        marker_until: datetime) -> tuple[datetime, GrantIssued | None]:
+        """Remove one child grant because its parent ended: when, and the grant it removed
+        (None if it had already ended on its own); the first call's answer on every call."""
         raw = await call(self._end(
             keys=[keys.grant(agent_id, grant_id), keys.life(agent_id, grant_id),
                   keys.index(agent_id), keys.ended_child(agent_id, grant_id)],
-            args=[grant_id, ms(marker_until)]))
-        text = _text(raw)
-        return GrantIssued.model_validate_json(text) if text else None
+            args=[grant_id, ms(marker_until), ms(now)]))
+        at, _, text = _text(raw).partition("|")
+        return from_ms(at), (GrantIssued.model_validate_json(text) if text else None)
 
 
 def _text(value: object) -> str:
