@@ -14,8 +14,9 @@ announces it again.
 
 The cascade reads the all-grants topic: a revoked, released or expired grant (an agent's
 revocation comes with a ``grant.revoked`` per grant) ends each of its children
-(``grant.revoked``, rule ``delegation-parent-ended``, audited per child); that child's own revocation, read in turn,
-ends the grandchildren. Redelivery repeats the same events (each end is recorded per child).
+(``grant.revoked``, rule ``delegation-parent-ended``, audited per child); that child's own
+revocation, read in turn, ends the grandchildren. Redelivery repeats the same events (each
+end is recorded per child).
 """
 
 from __future__ import annotations
