@@ -64,9 +64,10 @@ ESCALATIONS = Topic(
         "io.permbroker.escalation.requested.v1",
         "io.permbroker.grant.renewal.requested.v1",
         "io.permbroker.grant.release.requested.v1",
+        "io.permbroker.grant.delegation.requested.v1",
     ),
-    "Agents ask for elevated scopes, renew or release their grants. Broker-assigned append "
-    "time is the request's clock.",
+    "Agents ask for elevated scopes, renew, release or delegate their grants. Broker-assigned "
+    "append time is the request's clock.",
     _APPEND_TIME,
     writers=(AGENT, API),
     readers=(WORKER, OPERATOR),
@@ -89,6 +90,7 @@ DECISIONS = Topic(
         "io.permbroker.command.answered.v1",
         "io.permbroker.escalation.pending.v1",
         "io.permbroker.agent.key.warning.v1",
+        "io.permbroker.grant.delegation.decided.v1",
     ),
     "One decision per request, with reasons, matched rules and policy revision; and the answer "
     "to each registry or grant command.",

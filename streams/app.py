@@ -145,6 +145,9 @@ def wire(app: faust.App, worker: Worker, settings: Settings) -> None:
     ctx = worker.ctx
     _each(app, ctx, topics.APPROVALS.name, "approvals", worker.approvals.on_vote)
     _each(app, ctx, topics.USAGE.name, "usage", worker.budgets.on_usage)
+    if worker.escalations.delegations is not None:  # a parent's end ends its delegated children
+        _each(app, ctx, topics.GRANTS.name, "delegation-cascade",
+              worker.escalations.delegations.on_grant_event)
     _each(app, ctx, topics.DECISIONS.name, "behaviour", worker.analytics.on_decision)
     _each(app, ctx, topics.REGISTRY.name, "registry", worker.commands.on_registry,
           isolated=False)

@@ -48,6 +48,7 @@ from streams import app as faust_app
 from streams.analytics import Analytics, BehaviourCollector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
+from streams.delegation import Delegations
 from streams.escalations import Escalations
 from streams.identity.commands import Commands
 from streams.identity.gate import IdentityGate
@@ -130,7 +131,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         metrics.register(RefusalCollector(trust.refusals))
     return faust_app.Worker(
         ctx=ctx,
-        escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request),
+        escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
+                                delegations=Delegations(ctx, gate, life, store)),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,

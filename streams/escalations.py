@@ -42,16 +42,19 @@ from schemas import topics
 from schemas.events import (
     AgentProfile,
     AuditRecord,
+    DelegationRequested,
     EscalationRequested,
     ReleaseRequested,
     RenewalRequested,
     ScopeDenial,
 )
+from streams.delegation import Delegations
 from streams.worker import Admission, Gate, Incoming, WorkerContext, expect
 
 log = logging.getLogger("permbroker.worker")
 # Handles a renewal or release request read from the escalation topic (streams.lifecycle).
 GrantRequestHandler = Callable[[Incoming, RenewalRequested | ReleaseRequested], Awaitable[None]]
+
 
 
 class Holder(Protocol):
@@ -89,8 +92,10 @@ class Escalations:
     """Decides the requests of the escalation topic (renewals and releases go to ``lifecycle``)."""
 
     def __init__(self, ctx: WorkerContext, gate: Gate, *, holder: Holder | None = None,
-                 grant_requests: GrantRequestHandler | None = None) -> None:
+                 grant_requests: GrantRequestHandler | None = None,
+                 delegations: Delegations | None = None) -> None:
         self.ctx = ctx
+        self.delegations = delegations
         self.gate = gate
         self.holder = holder
         self.grant_requests = grant_requests
@@ -105,6 +110,11 @@ class Escalations:
             if self.grant_requests and isinstance(event, RenewalRequested | ReleaseRequested):
                 if await self._admit(msg, event) is not None:  # the agent's own, verified
                     await self.grant_requests(msg, event)
+                return
+            if self.delegations and isinstance(event, DelegationRequested):
+                admitted = await self._admit(msg, event)  # the delegator's own, verified
+                if admitted is not None:  # a registry refusal (suspended, ...) denies it
+                    await self.delegations.on_request(msg, event, admitted.denial())
                 return
             request = expect(event, msg, EscalationRequested)
         except Fenced as exc:
@@ -128,7 +138,8 @@ class Escalations:
             _discard(first)
 
     async def _admit(
-        self, msg: Incoming, event: EscalationRequested | RenewalRequested | ReleaseRequested
+        self, msg: Incoming,
+    event: EscalationRequested | RenewalRequested | ReleaseRequested | DelegationRequested
     ) -> Admission | None:
         return await self.ctx.retrying("identity", lambda: self.gate.admit(msg, event))
 

@@ -24,6 +24,7 @@ from schemas.events import (
     AgentKey,
     AgentRecord,
     ApprovalVoted,
+    DelegationRequested,
     EscalationRequested,
     GrantCommand,
     PublicJwk,
@@ -245,7 +246,8 @@ def is_agent_request(event: WireModel | None) -> bool:
     """Requests only the agent itself may make: escalate, renew, release, obtain a token."""
     if isinstance(event, GrantCommand):
         return event.action != "revoke"
-    return isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested)
+    return isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested
+                      | DelegationRequested)
 
 
 def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
@@ -260,7 +262,8 @@ def authorize_event(signer: Principal, event: WireModel) -> Rejection | None:
             return None
         return _not_permitted(signer, "revoking a grant needs operator credentials (an agent "
                               "ends its own grant early with a release)")
-    if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand):
+    if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand
+                  | DelegationRequested):
         if signer.kind == "operator":
             return _not_permitted(signer, f"only agent {event.agent_id} itself may ask for or "
                                   "about its grants (through the HTTP API too: its assertion)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.policy import graduated
+from broker.policy.delegation import DelegationRule
 from broker.policy.detectors import Detectors
 from broker.policy.lifecycle import AgentLifecycle
 from broker.policy.model import (
@@ -62,9 +63,11 @@ class Policy:
                  default_max_total_duration_s: int | None = None,
                  files: tuple[tuple[str, bytes], ...] = (),
                  detectors: Detectors | None = None,
-                 lifecycle: AgentLifecycle | None = None) -> None:
+                 lifecycle: AgentLifecycle | None = None,
+                 delegation_rules: tuple[DelegationRule, ...] = ()) -> None:
         self.name = name
         self.lifecycle = lifecycle or AgentLifecycle()  # key age, dormancy, registration limits
+        self.delegation_rules = delegation_rules  # default deny: no rule, no delegation
         self.detectors = detectors  # behaviour detectors (None: nothing is watched)
         self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision

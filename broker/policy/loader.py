@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from broker.errors import PolicyError
 from broker.policy.budgets import budgets_of
 from broker.policy.cel_inputs import TIMESTAMP, Inputs
+from broker.policy.delegation import DelegationRule, parse_delegation
 from broker.policy.detectors import Detectors, parse_detectors
 from broker.policy.evaluate import Policy
 from broker.policy.fields import (
@@ -82,6 +83,7 @@ class _PolicyDoc:
     revocation: tuple[RevocationRule, ...]
     detectors: Detectors | None = None
     lifecycle: AgentLifecycle | None = None
+    delegation: tuple[DelegationRule, ...] = ()
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -111,6 +113,7 @@ def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
         detectors=parsed.detectors, lifecycle=parsed.lifecycle,
+        delegation_rules=parsed.delegation,
     )
 
 
@@ -142,7 +145,7 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
-                           "detectors", "lifecycle"))
+                           "detectors", "lifecycle", "delegation_rules"))
     defaults = mapping(body, "defaults", at)
     check_fields(defaults, at, "defaults", required=("max_duration",),
                  optional=("max_total_duration",))
@@ -159,9 +162,11 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
                   for r, a in _rules(body, "escalation_rules", at, seen)]
     deny = [_parse_deny(r, a, classes) for r, a in _rules(body, "deny_rules", at, seen)]
     revocation = [_parse_revocation(r, a) for r, a in _rules(body, "revocation_rules", at, seen)]
+    delegation = [parse_delegation(r, a, classes, max_s)
+                  for r, a in _rules(body, "delegation_rules", at, seen)]
     return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
                       tuple(deny), tuple(revocation), parse_detectors(body, at, classes),
-                      parse_lifecycle(body, at))
+                      parse_lifecycle(body, at), tuple(delegation))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:

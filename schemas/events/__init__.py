@@ -46,6 +46,7 @@ from schemas.events.catalog import (
     partition_key,
     type_version,
 )
+from schemas.events.delegation import DelegationDecided, DelegationRequested
 from schemas.events.delivery import EnforcementPoint, EnforcementPointStatus, RevocationAcknowledged
 from schemas.events.escalations import (
     ApprovalVoted,
@@ -118,6 +119,8 @@ __all__ = [
     "B64Url",
     "BaselineEntitlement",
     "CommandAnswered",
+    "DelegationDecided",
+    "DelegationRequested",
     "EnforcementPoint",
     "EnforcementPointStatus",
     "EscalationDecided",

@@ -10,6 +10,7 @@ import re
 from schemas.events.audit import AuditRecord
 from schemas.events.base import WireModel
 from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
+from schemas.events.delegation import DelegationDecided, DelegationRequested
 from schemas.events.delivery import EnforcementPointStatus, RevocationAcknowledged
 from schemas.events.escalations import (
     ApprovalVoted,
@@ -75,6 +76,8 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     RoutingAnnounced: "io.permbroker.grant.routing.v1",
     BaselineEntitlement: "io.permbroker.agent.baseline.v1",
     KeyAgeWarning: "io.permbroker.agent.key.warning.v1",
+    DelegationRequested: "io.permbroker.grant.delegation.requested.v1",
+    DelegationDecided: "io.permbroker.grant.delegation.decided.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 

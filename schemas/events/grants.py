@@ -30,6 +30,10 @@ class GrantIssued(WireModel):
     # At most this many uses per scope over the grant's life (from the granting rule's budgets).
     budgets: dict[Scope, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     case_id: str | None = None  # the case/incident the request named (revocable by it)
+    # A delegated grant: the grant it was carved from (it ends when that one ends), and the
+    # delegators, nearest first (the parent's holder, then whoever delegated to it, ...).
+    parent_grant_id: EventId | None = None
+    delegators: tuple[AgentId, ...] = ()
 
     @property
     def event_id(self) -> str:

@@ -51,6 +51,7 @@ from schemas.events import (
     AgentCommand,
     AgentProfile,
     ApprovalVoted,
+    DelegationRequested,
     EscalationRequested,
     GrantCommand,
     KeyAgeWarning,
@@ -85,7 +86,7 @@ class Admitted:
 def claimed_agent(event: WireModel | None) -> str | None:
     """The agent an event speaks for or about (for audit and the unsigned dev mode)."""
     if isinstance(event, EscalationRequested | RenewalRequested | ReleaseRequested | GrantCommand
-                  | AgentCommand):
+                  | AgentCommand | DelegationRequested):
         return event.agent_id
     if isinstance(event, RiskObserved):
         return event.subject_agent_id

@@ -59,6 +59,9 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     bulk_class(policy)
     approval_agents = add_approval_rules(policy, run_id)
     _analytics_class(policy)
+    policy["delegation_rules"] = [{  # fraud agents may hand a freeze (never PII) to each other
+        "id": "fraud-hands-over-freeze", "from_classes": ["fraud-detection"],
+        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}]
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):

@@ -21,6 +21,8 @@ from schemas.events import (
     AuditRecord,
     BaselineEntitlement,
     CommandAnswered,
+    DelegationDecided,
+    DelegationRequested,
     EnforcementPointStatus,
     EscalationDecided,
     EscalationPending,
@@ -250,6 +252,15 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         vote_id="vote-1", request_id="req-9", agent_id=AGENT, approver="verifier-1",
         verdict="approve", reason="pattern confirmed", voted_at=NOW,
     ),
+    DelegationRequested: DelegationRequested(
+        request_id="req-4", agent_id=AGENT, parent_grant_id="grant-1", delegate_id="ops-bot-1",
+        scopes=(FREEZE,), resources=("acct-1",), duration_s=60, reason="hand over the freeze",
+        requested_at=NOW),
+    DelegationDecided: DelegationDecided(
+        decision_id="delegation-1", request_id="req-4", agent_id=AGENT, delegate_id="ops-bot-1",
+        parent_grant_id="grant-1", outcome="granted", grant_id="grant-2", granted_scopes=(FREEZE,),
+        resources=("acct-1",), expires_at=LATER, policy_revision="sha256:ab", decided_at=NOW,
+        consistency_token="ct1:permbroker.grants@3:18"),
 }
 
 

@@ -161,3 +161,20 @@ def behaviour_group(agent_class: str, model_version: str, bucket_ms: int) -> str
     """Hash {r, g, d}: requests, grants, denials of one agent class and model version in the
     time bucket starting at ``bucket_ms``; PXAT the end of the longest detector window."""
     return f"{PREFIX}:behaviour:group:{agent_class}:{model_version}:{bucket_ms}"
+
+
+# Delegation: the decision of one delegation request (in the delegator's slot), the children of
+# one grant (in the parent's slot) and what a parent's end did to one child (in the child's).
+def delegation(agent_id: str, request_id: str) -> str:
+    """The decision recorded for one delegation request (idempotency under redelivery)."""
+    return f"{agent_prefix(agent_id)}delegation:{request_id}"
+
+
+def children(agent_id: str, grant_id: str) -> str:
+    """Set of "child agent\\x1fchild grant" delegated from one grant; PXAT past its expiry."""
+    return f"{agent_prefix(agent_id)}children:{grant_id}"
+
+
+def ended_child(agent_id: str, grant_id: str) -> str:
+    """The child grant (JSON, '' if already gone) its parent's end removed; never re-created."""
+    return f"{agent_prefix(agent_id)}ended-child:{grant_id}"

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
+from broker.adapters.redis.delegation import DelegationStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
@@ -127,13 +128,23 @@ def grants_show(
     agent: Annotated[str | None, typer.Option(help="The grant's agent (faster).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One active grant, found by its id (or a unique prefix) among every agent's grants."""
+    """One active grant, found by its id (or a unique prefix) among every agent's grants.
+
+    A delegated grant names its parent (``parent_grant_id``) and delegators; any grant lists the
+    active grants delegated from it (``children``, as agent/grant).
+    """
     settings, now = cli_settings(), datetime.now(UTC)
     g = resolve(settings, grant_id, agent, now)
+    try:
+        children = asyncio.run(_with_store(settings, lambda s: DelegationStore(
+            s.client).live_children(g.agent_id, g.grant_id)))
+    except BrokerError as exc:
+        raise fail(str(exc), f"is Redis up at {settings.redis_url}?") from exc
+    shown = {**g.model_dump(mode="json"), "children": [f"{a}/{c}" for a, c in children]}
     if as_json:
-        _print_json(_grant_row(g, now))
+        _print_json({**_grant_row(g, now), "children": shown["children"]})
     else:
-        _print_fields(g.model_dump(mode="json"), now, ("issued_at", "expires_at"))
+        _print_fields(shown, now, ("issued_at", "expires_at"))
 
 
 @grants_app.command("revoke")

@@ -29,6 +29,8 @@ from broker.sdk.agent.identity import AgentIdentity, Rotator
 from schemas import topics
 from schemas.events import (
     CommandAnswered,
+    DelegationDecided,
+    DelegationRequested,
     EscalationDecided,
     EscalationPending,
     EscalationRequested,
@@ -44,7 +46,7 @@ from schemas.events import (
 
 log = logging.getLogger("permbroker.sdk")
 ROTATION_RETRY_S = 60
-Decision = EscalationDecided | RenewalDecided | ReleaseDecided
+Decision = EscalationDecided | RenewalDecided | ReleaseDecided | DelegationDecided
 Answer = Decision | EscalationPending | CommandAnswered | KeyAgeWarning
 
 
@@ -65,7 +67,8 @@ class Answers:
     def on_record(self, record: Record) -> None:
         """Hold one accepted record's answer (anything else on the topic is ignored)."""
         event = record.event
-        if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided):
+        if isinstance(event, EscalationDecided | RenewalDecided | ReleaseDecided
+                      | DelegationDecided):
             key = ("decision", event.request_id)
         elif isinstance(event, EscalationPending):
             key = ("pending", event.request_id)
@@ -88,7 +91,8 @@ class Answers:
                     "running (permbroker worker) and reading the same Kafka cluster?"
                 )
             found = self._held.pop(("decision", request_id))
-            assert isinstance(found, EscalationDecided | RenewalDecided | ReleaseDecided)
+            assert isinstance(found, EscalationDecided | RenewalDecided | ReleaseDecided
+                              | DelegationDecided)
             return found
 
     def wait_pending(self, request_id: str, timeout: float) -> EscalationPending | Decision:
@@ -313,6 +317,34 @@ class AgentClient:
         self._publish(topics.ESCALATIONS.name, request)
         decision = self._await(request.request_id, timeout)
         assert isinstance(decision, ReleaseDecided)
+        return decision
+
+    def delegate(
+        self,
+        grant_id: str,
+        to: str,
+        scopes: tuple[str, ...] | list[str],
+        *,
+        duration_s: int,
+        reason: str,
+        resources: tuple[str, ...] | list[str] = (),
+        timeout: float = 30.0,
+    ) -> DelegationDecided:
+        """Hand part of one of this agent's grants to agent ``to``; policy decides.
+
+        The child grant's scopes and resources are within the parent's and it expires no later
+        than the parent (the answer names what was narrowed or clamped, and the rule of any
+        denial); it ends when the parent ends. Its grant tokens name this agent in ``act``.
+        """
+        request = DelegationRequested(
+            request_id=f"delegate-{uuid.uuid4()}", agent_id=self.agent_id,
+            parent_grant_id=grant_id, delegate_id=to, scopes=tuple(scopes),
+            resources=tuple(resources), duration_s=duration_s, reason=reason,
+            requested_at=datetime.now(UTC),
+        )
+        self._publisher.publish(topics.ESCALATIONS.name, request)
+        decision = self._await(request.request_id, timeout)
+        assert isinstance(decision, DelegationDecided)
         return decision
 
     def report_risk(

@@ -76,6 +76,7 @@ class Verdict:
 # Refusal reasons of a record the broker signed for another topic (replayed here by a writer
 # past the ACLs): a view that is given one has nothing to fail closed about.
 COPIED = frozenset({"wrong-topic", "wrong-type"})
+MAX_CHAIN = 16  # delegation depth a view follows; a deeper chain is denied
 # One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
 Held = tuple[float, frozenset[str], GrantIssued]
 # An agent's held grants: scope -> grant id -> held. Published maps are never changed in place.
@@ -118,14 +119,31 @@ class GrantIndex:
         expired = None
         for expires, resources, grant in entries.values():
             if not resources or resource in resources:
-                if expires > t:
+                if expires > t and self._parent_lives(grant, t):
                     return Verdict(True, "", grant, t)
                 expired = grant
+        if expired is not None and expired.parent_grant_id and expired.expires_at.timestamp() > t:
+            return Verdict(False, f"grant {expired.grant_id} was delegated from grant "
+                           f"{expired.parent_grant_id}, which is no longer active")
         if expired is not None:
             return Verdict(
                 False, f"grant {expired.grant_id} expired at {expired.expires_at.isoformat()}"
             )
         return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+
+    def _parent_lives(self, grant: GrantIssued, t: float) -> bool:
+        """A delegated grant holds only while every grant up its chain is active here (its
+        parent's end, applied from the same topic, denies it at once: fail closed)."""
+        for _ in range(MAX_CHAIN):
+            if grant.parent_grant_id is None:
+                return True
+            if not grant.delegators or grant.parent_grant_id in self._ended:
+                return False
+            parent = self._grants.get(grant.delegators[0], {}).get(grant.parent_grant_id)
+            if parent is None or parent.expires_at.timestamp() <= t:
+                return False
+            grant = parent
+        return False
 
     def state(self, agent_id: str, grant_id: str, now: datetime | None = None) -> str:
         """'active', 'ended' (revoked, released, expired, or its agent unreadable), 'unknown'."""
@@ -135,7 +153,8 @@ class GrantIndex:
         if grant is None:
             return "unknown"
         t = (now or datetime.now(UTC)).timestamp()
-        return "active" if grant.expires_at.timestamp() > t else "ended"
+        return "active" if grant.expires_at.timestamp() > t and self._parent_lives(grant, t) \
+            else "ended"
 
     def active(self, agent_id: str, now: datetime | None = None) -> list[Verdict]:
         """The agent's live grants, as allowing verdicts (absolute expiry and time left)."""

@@ -16,6 +16,8 @@ from schemas.events import (
     AuditRecord,
     BaselineEntitlement,
     CommandAnswered,
+    DelegationDecided,
+    DelegationRequested,
     EnforcementPointStatus,
     EscalationDecided,
     EscalationPending,
@@ -75,6 +77,8 @@ PINNED: dict[type[WireModel], str] = {
     RoutingAnnounced: "routing:host-1:4242:2026-11-28T10:00:00+00:00",
     BaselineEntitlement: "baseline-1",
     KeyAgeWarning: "key-warning-1",
+    DelegationRequested: "req-4",
+    DelegationDecided: "delegation-1",  # the decision's id
 }
 
 
