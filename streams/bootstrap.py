@@ -83,6 +83,17 @@ def main() -> int:
     return 0
 
 
+def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGate:
+    """The identity gate every handler admits signed records through."""
+    return IdentityGate(
+        OperatorDirectory(settings.key_path("operators")),
+        ServiceDirectory(settings.key_path("services")),
+        IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
+        classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
+        lifecycle=policy.lifecycle,
+    )
+
+
 def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
           publisher: Publisher) -> faust_app.Worker:
     """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
@@ -112,13 +123,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
         signer=RecordSigner(keyring), trust=trust,
     )
-    gate = IdentityGate(
-        OperatorDirectory(settings.key_path("operators")),
-        ServiceDirectory(settings.key_path("services")),
-        IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
-        classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
-        lifecycle=policy.lifecycle,
-    )
+    gate = _gate(settings, ctx, policy)
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
