@@ -1,0 +1,1 @@
+"""MCP tool calls guarded by grants: the server middleware and the agent-side helper."""

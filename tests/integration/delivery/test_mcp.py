@@ -1,0 +1,141 @@
+"""MCP tool calls guarded by grants: a real MCP client and server (the mcp SDK) over HTTP."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import uvicorn
+from mcp import Client
+from mcp_types import CallToolResult, ListToolsResult
+
+from broker.adapters.kafka.bus import Publisher
+from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.kafka.registry_view import RegistryView
+from broker.config import Settings
+from broker.policy.loader import load_policy
+from broker.sdk.mcp.agent import Evidence, GuardedTools, refusal
+from broker.sdk.mcp.guard import policy_ceiling
+from broker.sdk.resource.tokens import GrantTokenVerifier
+from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
+from schemas.topics import grant_topic
+from tests.support.factories import anomaly
+from tests.support.identities import agent_client, shared_trust
+from tests.support.waits import wait_until
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[3]
+FREEZE = "payments:accounts.freeze"
+FLAGGED = "acct-1"  # the account the agent's own analysis flagged
+
+
+def example_server() -> ModuleType:
+    """examples/mcp/server.py, the server under test."""
+    spec = importlib.util.spec_from_file_location("mcp_example_server",
+                                                  ROOT / "examples" / "mcp" / "server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a thread; its MCP endpoint's URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, "the MCP server listening")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def names(listed: ListToolsResult) -> set[str]:
+    """The tool names of a listing."""
+    return {tool.name for tool in listed.tools}
+
+
+def flagged_only(scope: str, resource: str) -> Evidence:
+    """The agent's evidence: strong for the account it flagged, weak for any other."""
+    if resource == FLAGGED:
+        return Evidence("card-testing ring on this account", confidence=0.95, risk_score=0.93)
+    return Evidence("no finding, just curious", confidence=0.95, risk_score=0.1)
+
+
+def text(result: CallToolResult) -> str:
+    """The first text block of a tool result."""
+    block = result.content[0]
+    return str(getattr(block, "text", ""))
+
+
+async def test_fraud_flow_through_guarded_mcp_tools(
+    worker: object, settings: Settings, publisher: Publisher, agents: Callable[[str], str],
+) -> None:
+    """A freeze call is refused naming the scope; the helper escalates and the retry succeeds on
+    the flagged account only; a risk signal revokes the agent mid-session and the next call is
+    refused; tools/list follows (anonymous, then the ceiling, then anonymous again)."""
+    agent = agents("f")
+    service = role_access(settings, topics.SERVICE)
+    with JwksView.from_settings(settings, service) as jwks, \
+            GrantView(service, trust=shared_trust(settings),
+                      topic=grant_topic("payments").name) as view, \
+            agent_client(settings, agent) as client:
+        registry = RegistryView(service, jwks.trust)
+        try:
+            assert jwks.wait_ready(30) and view.wait_ready(30) and registry.wait_ready(30)
+            verifier = GrantTokenVerifier(jwks, audience="payments",
+                                          issuer=settings.token_issuer, grants=view)
+            ceiling = policy_ceiling(load_policy(settings.policy_path), registry)
+            app = example_server().build(view, verifier, ceiling).streamable_http_app()
+            with serving(app) as url:
+                async with Client(url, cache=None) as session:
+                    tools = GuardedTools(session, client, audience="payments",
+                                         evidence=flagged_only)
+                    await _play(tools, session, view, publisher, agent)
+        finally:
+            registry.close()
+
+
+async def _play(tools: GuardedTools, session: Client, view: GrantView, publisher: Publisher,
+                agent: str) -> None:
+    assert names(await tools.list_tools()) == {"lookup_account"}  # no token: anonymous
+    bare = await session.call_tool("freeze_account", {"account_id": FLAGGED})
+    denied = refusal(bare)
+    assert denied is not None and denied["scope"] == FREEZE and denied["resource"] == FLAGGED
+
+    frozen = await tools.call_tool("freeze_account", {"account_id": FLAGGED})
+    assert not frozen.is_error and text(frozen) == f"{FLAGGED}: frozen"
+    grant = tools.decisions[-1]
+    assert grant.outcome == "granted" and grant.grant_id
+    # Callable now (freeze) or within the fraud class's ceiling (unfreeze); refunds never.
+    assert names(await tools.list_tools()) == {"lookup_account", "freeze_account",
+                                               "unfreeze_account"}
+
+    other = await tools.call_tool("freeze_account", {"account_id": "acct-9"})
+    denied = refusal(other)
+    assert denied is not None and denied["resource"] == "acct-9" and denied["agent_id"] == agent
+    assert tools.decisions[-1].outcome == "denied"  # weak evidence: policy says no
+
+    publisher.publish(topics.RISK.name, anomaly(agent))
+    wait_until(lambda: view.grant_state(agent, str(grant.grant_id)) == "ended", 15,
+               "the revocation reached the service's view")
+    after = await tools.call_tool("freeze_account", {"account_id": FLAGGED})
+    denied = refusal(after)
+    assert denied is not None and denied["scope"] == FREEZE and "grant-ended" in denied["reason"]
+    assert tools.decisions[-1].outcome == "denied"  # quarantined: no new grant
+    assert names(await tools.list_tools()) == {"lookup_account"}
