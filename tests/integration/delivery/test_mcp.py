@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,10 +39,10 @@ FREEZE = "payments:accounts.freeze"
 FLAGGED = "acct-1"  # the account the agent's own analysis flagged
 
 
-def example_server() -> ModuleType:
-    """examples/mcp/server.py, the server under test."""
-    spec = importlib.util.spec_from_file_location("mcp_example_server",
-                                                  ROOT / "examples" / "mcp" / "server.py")
+def example(name: str) -> ModuleType:
+    """examples/mcp/<name>.py, as a module."""
+    spec = importlib.util.spec_from_file_location(f"mcp_example_{name}",
+                                                  ROOT / "examples" / "mcp" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -83,32 +84,59 @@ def text(result: CallToolResult) -> str:
     return str(getattr(block, "text", ""))
 
 
-async def test_fraud_flow_through_guarded_mcp_tools(
-    worker: object, settings: Settings, publisher: Publisher, agents: Callable[[str], str],
-) -> None:
-    """A freeze call is refused naming the scope; the helper escalates and the retry succeeds on
-    the flagged account only; a risk signal revokes the agent mid-session and the next call is
-    refused; tools/list follows (anonymous, then the ceiling, then anonymous again)."""
-    agent = agents("f")
+@dataclass
+class Served:
+    """The example MCP server, serving, and the service's grant view behind it."""
+
+    url: str
+    view: GrantView
+
+
+@pytest.fixture(scope="module")
+def served(worker: object, settings: Settings) -> Iterator[Served]:
+    """examples/mcp/server.py, built on the payments grant view, served over HTTP."""
     service = role_access(settings, topics.SERVICE)
     with JwksView.from_settings(settings, service) as jwks, \
             GrantView(service, trust=shared_trust(settings),
-                      topic=grant_topic("payments").name) as view, \
-            agent_client(settings, agent) as client:
+                      topic=grant_topic("payments").name) as view:
         registry = RegistryView(service, jwks.trust)
         try:
             assert jwks.wait_ready(30) and view.wait_ready(30) and registry.wait_ready(30)
             verifier = GrantTokenVerifier(jwks, audience="payments",
                                           issuer=settings.token_issuer, grants=view)
             ceiling = policy_ceiling(load_policy(settings.policy_path), registry)
-            app = example_server().build(view, verifier, ceiling).streamable_http_app()
+            app = example("server").build(view, verifier, ceiling).streamable_http_app()
             with serving(app) as url:
-                async with Client(url, cache=None) as session:
-                    tools = GuardedTools(session, client, audience="payments",
-                                         evidence=flagged_only)
-                    await _play(tools, session, view, publisher, agent)
+                yield Served(url, view)
         finally:
             registry.close()
+
+
+async def test_fraud_flow_through_guarded_mcp_tools(
+    served: Served, settings: Settings, publisher: Publisher, agents: Callable[[str], str],
+) -> None:
+    """A freeze call is refused naming the scope; the helper escalates and the retry succeeds on
+    the flagged account only; a risk signal revokes the agent mid-session and the next call is
+    refused; tools/list follows (anonymous, then the ceiling, then anonymous again)."""
+    agent = agents("f")
+    with agent_client(settings, agent) as client:
+        async with Client(served.url, cache=None) as session:
+            tools = GuardedTools(session, client, audience="payments", evidence=flagged_only)
+            await _play(tools, session, served.view, publisher, agent)
+
+
+async def test_the_example_agent_freezes_only_what_it_flagged(
+    served: Served, settings: Settings, agents: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """examples/mcp/agent.py: 0 and 'frozen' for a flagged account, 1 with the scope named for
+    an account it did not flag (it does not even ask)."""
+    play = example("agent").play
+    with agent_client(settings, agents("f")) as client:
+        assert await play(served.url, client, "acct-5", {"acct-5"}) == 0
+        assert "acct-5: frozen" in capsys.readouterr().out
+        assert await play(served.url, client, "acct-6", {"acct-5"}) == 1
+        assert f"needs {FREEZE} on acct-6" in capsys.readouterr().out
 
 
 async def _play(tools: GuardedTools, session: Client, view: GrantView, publisher: Publisher,
