@@ -145,9 +145,8 @@ class McpGuard:
         resource = value if isinstance(value, str) else ""
         at_least = meta.get(META_CONSISTENCY) if isinstance(meta, Mapping) else None
         at_least = at_least if isinstance(at_least, str) else None
-        waited = self._view.caught_up(at_least) \
-            if at_least and isinstance(self._view, CatchesUp) else ""
-        if waited:  # the caller's grant may not be in the view yet: verifying would refuse it
+        waited = self._unready(at_least)
+        if waited:  # verifying a token against a view that cannot vouch would refuse it
             return denial(Verdict(False, waited, unavailable=True), Caller(None), tool, need,
                           resource)
         caller = caller_of(self._verifier, tokens_of(meta))
@@ -158,6 +157,18 @@ class McpGuard:
                           caller, tool, need, resource)
         verdict = self._view.allows(caller.agent_id, need.scope, resource)
         return None if verdict.allowed else denial(verdict, caller, tool, need, resource)
+
+    def _unready(self, at_least: str | None) -> str:
+        """Why the view cannot answer for this request yet ('' when it can): not current, or
+        not yet holding the event of the caller's consistency token. The caller should retry
+        later rather than escalate."""
+        if isinstance(self._view, GrantView):
+            fresh = self._view.freshness()
+            if not fresh.fresh:
+                return fresh.reason()
+        if at_least and isinstance(self._view, CatchesUp):
+            return self._view.caught_up(at_least)
+        return ""
 
     def visible(self, tool: str, agent_id: str | None) -> bool:
         """Whether the listing shows ``tool`` to this caller (anonymous: unguarded tools only)."""
