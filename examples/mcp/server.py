@@ -9,7 +9,8 @@ streamable HTTP at ``/mcp``. ``lookup_account`` is open; ``freeze_account`` need
 ``payments:accounts.freeze`` on the account it names, ``unfreeze_account``
 ``payments:accounts.unfreeze`` and ``issue_refund`` ``payments:refunds.issue``. A refused call is
 a tool error naming the scope and account to escalate for; ``tools/list`` shows an agent the
-tools it may call now or could escalate to (its ceiling, from the policy bundle).
+tools it may call now or could escalate to (its ceiling, from the policy bundle). With
+``--report-as <service>`` every check is reported to the audit (``permbroker audit checks``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 import uvicorn
 from mcp.server import MCPServer
 
+from broker.adapters.crypto.service_key import load_service
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import RegistryView
@@ -28,6 +30,7 @@ from broker.policy.loader import load_policy
 from broker.sdk.mcp.guard import McpGuard, policy_ceiling
 from broker.sdk.resource.enforce import Checker, TokenVerifier
 from broker.sdk.resource.tokens import GrantTokenVerifier
+from broker.sdk.resource.usage import UsageReporter
 from broker.sdk.resource.view import GrantView
 from schemas.topics import grant_topic
 
@@ -35,9 +38,10 @@ AUDIENCE = "payments"
 
 
 def build(view: Checker, verifier: TokenVerifier,
-          ceiling: Callable[[str], Sequence[str]] | None = None) -> MCPServer:
+          ceiling: Callable[[str], Sequence[str]] | None = None,
+          reporter: UsageReporter | None = None) -> MCPServer:
     """The payments MCP server, its tools guarded by ``view`` and ``verifier``."""
-    guard = McpGuard(view, verifier, ceiling=ceiling)
+    guard = McpGuard(view, verifier, ceiling=ceiling, reporter=reporter)
     server = MCPServer("payments", middleware=[guard])
 
     @server.tool()
@@ -70,6 +74,8 @@ def main() -> None:
     """Serve the guarded tools until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--report-as", metavar="SERVICE", help="report every check, signed as "
+                        "this registered enforcement point (permbroker services register)")
     args = parser.parse_args()
     settings = Settings()
     kafka = KafkaAccess.from_settings(settings)
@@ -81,11 +87,15 @@ def main() -> None:
         verifier = GrantTokenVerifier(keys, audience=AUDIENCE, issuer=settings.token_issuer,
                                       grants=view)
         ceiling = policy_ceiling(load_policy(settings.policy_path), registry)
-        app = build(view, verifier, ceiling).streamable_http_app()
+        reporter = UsageReporter.connect(kafka, service=load_service(settings, args.report_as)) \
+            if args.report_as else None
+        app = build(view, verifier, ceiling, reporter).streamable_http_app()
         try:
             uvicorn.run(app, host="127.0.0.1", port=args.port)
         finally:
             registry.close()
+            if reporter is not None:
+                reporter.close()
 
 
 if __name__ == "__main__":

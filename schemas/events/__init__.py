@@ -87,6 +87,7 @@ from schemas.events.lifecycle import (
     RenewalRequested,
 )
 from schemas.events.risk import OPERATOR_REVOKE_KIND, EvidenceKey, EvidenceText, RiskObserved
+from schemas.events.usage import CheckPerformed, ChecksReported
 
 __all__ = [
     "AGENT_ID_PATTERN",
@@ -115,6 +116,8 @@ __all__ = [
     "AuditLink",
     "AuditRecord",
     "B64Url",
+    "CheckPerformed",
+    "ChecksReported",
     "CommandAnswered",
     "EnforcementPoint",
     "EnforcementPointStatus",

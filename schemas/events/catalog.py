@@ -42,6 +42,7 @@ from schemas.events.lifecycle import (
     RenewalRequested,
 )
 from schemas.events.risk import RiskObserved
+from schemas.events.usage import ChecksReported
 
 # CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
 EVENT_TYPES: dict[type[WireModel], str] = {
@@ -71,6 +72,7 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     CommandAnswered: "io.permbroker.command.answered.v1",
     JwksPublished: "io.permbroker.jwks.published.v1",
     GrantUsed: "io.permbroker.grant.used.v1",
+    ChecksReported: "io.permbroker.checks.reported.v1",
     RoutingAnnounced: "io.permbroker.grant.routing.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}

@@ -14,7 +14,8 @@ view decides whether it holds the tool's scope on the resource its argument name
 a tool error (``isError``) whose structured content names the scope and resource to escalate for,
 and why (``DENIAL_KIND``). ``tools/list`` shows the unguarded tools, the guarded ones the caller
 may call now, and those within its ceiling (``ceiling``: what it could escalate to); a caller
-that presents no valid token is anonymous and sees only the unguarded tools.
+that presents no valid token is anonymous and sees only the unguarded tools. With a
+``reporter`` (``broker.sdk.resource.usage``) every check of an identified caller is reported.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from broker.policy.evaluate import Policy
 from broker.scopes import within
 from broker.sdk.resource.enforce import Checker, TokenVerifier
 from broker.sdk.resource.index import Verdict
+from broker.sdk.resource.usage import UsageReporter
 from broker.sdk.resource.view import GrantView
 
 META_TOKENS = "io.permbroker/grant-tokens"
@@ -121,8 +123,10 @@ class McpGuard:
     """Server middleware: checks guarded tool calls and filters the tool listing per caller."""
 
     def __init__(self, view: Checker, verifier: TokenVerifier, *,
-                 ceiling: Callable[[str], Sequence[str]] | None = None) -> None:
+                 ceiling: Callable[[str], Sequence[str]] | None = None,
+                 reporter: UsageReporter | None = None) -> None:
         self._view = view
+        self._reporter = reporter
         self._verifier = verifier
         self._ceiling = ceiling
         self.tools: dict[str, Guarded] = {}
@@ -156,6 +160,8 @@ class McpGuard:
             return denial(Verdict(False, f"argument {need.resource!r} names no resource"),
                           caller, tool, need, resource)
         verdict = self._view.allows(caller.agent_id, need.scope, resource)
+        if self._reporter is not None:  # an identified caller's check (never blocks it)
+            self._reporter.record(caller.agent_id, need.scope, resource, verdict)
         return None if verdict.allowed else denial(verdict, caller, tool, need, resource)
 
     def _unready(self, at_least: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import uvicorn
 from mcp import Client
 from mcp_types import CallToolResult, ListToolsResult
 
+from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import RegistryView
@@ -25,10 +27,12 @@ from broker.policy.loader import load_policy
 from broker.sdk.mcp.agent import Evidence, GuardedTools, refusal
 from broker.sdk.mcp.guard import policy_ceiling
 from broker.sdk.resource.tokens import GrantTokenVerifier
+from broker.sdk.resource.usage import UsageReporter
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.topics import grant_topic
+from tests.support.audit import cli
 from tests.support.factories import anomaly
 from tests.support.identities import agent_client, shared_trust
 from tests.support.waits import wait_until
@@ -66,6 +70,12 @@ def serving(app: Any) -> Iterator[str]:
         sock.close()
 
 
+def audited_checks(settings: Settings, *args: str) -> list[dict[str, Any]]:
+    """``permbroker audit checks ... --json`` as an operator; [] while nothing matches."""
+    ran = cli(settings, "audit", "checks", *args, "--json")
+    return list(json.loads(ran.stdout)) if ran.returncode == 0 else []
+
+
 def names(listed: ListToolsResult) -> set[str]:
     """The tool names of a listing."""
     return {tool.name for tool in listed.tools}
@@ -90,6 +100,7 @@ class Served:
 
     url: str
     view: GrantView
+    reporter: UsageReporter
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +111,19 @@ def served(worker: object, settings: Settings) -> Iterator[Served]:
             GrantView(service, trust=shared_trust(settings),
                       topic=grant_topic("payments").name) as view:
         registry = RegistryView(service, jwks.trust)
+        reporter = UsageReporter.connect(service, service=ensure_service(settings, "payments-mcp"),
+                                         interval_s=0.2)
         try:
             assert jwks.wait_ready(30) and view.wait_ready(30) and registry.wait_ready(30)
             verifier = GrantTokenVerifier(jwks, audience="payments",
                                           issuer=settings.token_issuer, grants=view)
             ceiling = policy_ceiling(load_policy(settings.policy_path), registry)
-            app = example("server").build(view, verifier, ceiling).streamable_http_app()
+            app = example("server").build(view, verifier, ceiling, reporter).streamable_http_app()
             with serving(app) as url:
-                yield Served(url, view)
+                yield Served(url, view, reporter)
         finally:
             registry.close()
+            reporter.close()
 
 
 async def test_fraud_flow_through_guarded_mcp_tools(
@@ -117,12 +131,24 @@ async def test_fraud_flow_through_guarded_mcp_tools(
 ) -> None:
     """A freeze call is refused naming the scope; the helper escalates and the retry succeeds on
     the flagged account only; a risk signal revokes the agent mid-session and the next call is
-    refused; tools/list follows (anonymous, then the ceiling, then anonymous again)."""
+    refused; tools/list follows (anonymous, then the ceiling, then anonymous again). The
+    checks are reported: `permbroker audit checks` names the agent and the grant."""
     agent = agents("f")
     with agent_client(settings, agent) as client:
         async with Client(served.url, cache=None) as session:
             tools = GuardedTools(session, client, audience="payments", evidence=flagged_only)
             await _play(tools, session, served.view, publisher, agent)
+    granted = tools.decisions[0].grant_id
+    served.reporter.flush()
+    # Who froze the flagged account, under which grant: the audit answers from the reports.
+    rows = wait_until(lambda: [r for r in audited_checks(settings, "--resource", FLAGGED,
+                                                         "--scope", FREEZE)
+                               if r["agent_id"] == agent], 60, "the check in the audit", every=1)
+    assert [(r["outcome"], r["grant_id"]) for r in rows] == [("allowed", granted)]
+    refused = wait_until(lambda: audited_checks(settings, "--agent", agent, "--denied"), 60,
+                         "the denied check in the audit", every=1)
+    assert [(r["check"]["scope"], r["grant_id"]) for r in refused] == [(FREEZE, None)]
+    assert served.reporter.dropped_total == 0
 
 
 async def test_the_example_agent_freezes_only_what_it_flagged(

@@ -14,6 +14,7 @@ from schemas.events import (
     ApprovalVoted,
     AuditLink,
     AuditRecord,
+    ChecksReported,
     CommandAnswered,
     EnforcementPointStatus,
     EscalationDecided,
@@ -67,6 +68,7 @@ PINNED: dict[type[WireModel], str] = {
     GrantCommand: "cmd-3",
     CommandAnswered: "answer-1",  # the answer's id, not the command's
     GrantUsed: "g-1:used:use-1:consumed",
+    ChecksReported: "checks-1",
     JwksPublished: "jwks:permbroker:sha256:12",
     EscalationPending: "req-9:pending",
     ApprovalVoted: "vote-1",
