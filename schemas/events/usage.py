@@ -1,4 +1,4 @@
-"""Checks reported by enforcement points (usage, not budgets). Imports pydantic, schemas.base."""
+"""Checks that enforcement points report (not budgets). Imports pydantic, schemas.events.base."""
 
 from __future__ import annotations
 
