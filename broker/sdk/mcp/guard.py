@@ -20,11 +20,13 @@ that presents no valid token is anonymous and sees only the unguarded tools. Wit
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp_types import CallToolResult, ListToolsResult, TextContent
 
@@ -146,7 +148,8 @@ class McpGuard:
         if need is None:
             return None
         value = arguments.get(need.resource, "") if need.resource else ""
-        resource = value if isinstance(value, str) else ""
+        named = isinstance(value, str | int) and not isinstance(value, bool)
+        resource = str(value) if named else ""  # an id given as a number names it too
         at_least = meta.get(META_CONSISTENCY) if isinstance(meta, Mapping) else None
         at_least = at_least if isinstance(at_least, str) else None
         waited = self._unready(at_least)
@@ -201,7 +204,10 @@ class McpGuard:
             name, arguments = params.get("name"), params.get("arguments") or {}
             # A malformed call goes on to the SDK, which refuses it; a guarded one is checked.
             if isinstance(name, str) and isinstance(arguments, Mapping):
-                refused = self.check(name, arguments, meta)
+                check = functools.partial(self.check, name, arguments, meta)
+                # Waiting for a consistency token blocks: off the event loop.
+                waits = isinstance(meta, Mapping) and META_CONSISTENCY in meta
+                refused = await anyio.to_thread.run_sync(check) if waits else check()
                 if refused is not None:
                     return refused
             return await call_next(ctx)
