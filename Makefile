@@ -44,8 +44,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 deps: venv
-	$(call header,deps: java + mvn + redis-server)
+	$(call header,deps: java + mvn + redis-server + chromium)
 	$(BIN)/python -m broker.stack.local ensure-tools
+	@# The console's browser tests drive the distribution's chromium (Playwright downloads none).
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	  || echo "chromium is missing and could not be installed (needs root and apt-get): the console's browser tests will skip"
 
 # Runs until Ctrl-C (or SIGTERM); stops everything it started.
 dev: venv deps

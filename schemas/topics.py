@@ -88,6 +88,7 @@ DECISIONS = Topic(
         "io.permbroker.grant.release.decided.v1",
         "io.permbroker.command.answered.v1",
         "io.permbroker.escalation.pending.v1",
+        "io.permbroker.agent.key.warning.v1",
     ),
     "One decision per request, with reasons, matched rules and policy revision; and the answer "
     "to each registry or grant command.",
@@ -102,6 +103,7 @@ GRANT_EVENT_TYPES = (
     "io.permbroker.agent.revoked.v1",
     "io.permbroker.grant.renewed.v1",
     "io.permbroker.grant.expiring.v1",
+    "io.permbroker.agent.baseline.v1",
 )
 GRANTS = Topic(
     "permbroker.grants", PARTITIONS, "delete", 30 * DAY_MS,
@@ -206,7 +208,7 @@ GRANT_COMMANDS = Topic(
     "Signed commands about one grant: an agent asks for a token for its own grant, an "
     "operator revokes a grant.",
     _APPEND_TIME,
-    writers=(AGENT, OPERATOR),
+    writers=(AGENT, OPERATOR, API),  # the API: the console's revocations, as the operator's
     readers=(WORKER, OPERATOR),
 )
 JWKS = Topic(

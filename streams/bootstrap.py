@@ -116,6 +116,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         ServiceDirectory(settings.key_path("services")),
         IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
+        lifecycle=policy.lifecycle,
     )
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))

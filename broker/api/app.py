@@ -38,6 +38,7 @@ from broker.api import (
     routes_operator,
     routes_selector,
 )
+from broker.api.console import install as install_console
 from broker.api.problems import HEALTH_PROBLEMS, BodyLimit
 from broker.api.runtime import Runtime
 from broker.config import Settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     _health_routes(app, runtime)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app)  # the operator console at /console (not in the OpenAPI document)
     app.openapi = problems.problem_openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -78,6 +78,8 @@ def check_action(body: CheckBody, request: Request, _who: Service) -> dict[str, 
     grant = verdict.grant
     return {
         "allowed": verdict.allowed, "unavailable": verdict.unavailable, "reason": verdict.reason,
+        # What allows it: a time-boxed grant, or the agent's standing baseline (no expiry).
+        "entitlement": "grant" if grant else "baseline" if verdict.baseline else None,
         "grant_id": grant.grant_id if grant else None,
         "expires_at": grant.expires_at.isoformat() if grant else None,
         "remaining_s": round((grant.expires_at - datetime.now(UTC)).total_seconds(), 1)

@@ -4,7 +4,9 @@ The default topic (``permbroker.grants``, the log of record that rebuild folds) 
 event. A routed namespace (``payments``) gets its own topic carrying only what concerns it:
 grants and renewals projected to that namespace's scopes, the end of those grants (revoked,
 released, expired, expiring), and every agent-level revocation (the agent may hold grants
-anywhere). A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
+anywhere). A baseline entitlement replaces the agent's whole baseline, so every routed topic
+gets it, projected to its namespace's scopes (possibly none: the baseline there is then empty).
+A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
 agent id with the same partition count, so each keeps one agent's events in order.
 
 By default every namespace named in the policy's ceilings is routed (``routing_for``): a
@@ -18,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from schemas.events import AgentRevoked, GrantIssued, GrantRenewed, WireModel
+from schemas.events import AgentRevoked, BaselineEntitlement, GrantIssued, GrantRenewed, WireModel
 from schemas.topics import GRANTS, grant_topic
 
 
@@ -74,6 +76,11 @@ class GrantRouting:
             for ns in sorted(namespaces_of(event.scopes) & self.namespaces):
                 scopes = tuple(s for s in event.scopes if namespace_of(s) == ns)
                 out.append((grant_topic(ns).name, event.model_copy(update={"scopes": scopes})))
+            return out
+        if isinstance(event, BaselineEntitlement):
+            out.extend((grant_topic(ns).name, event.model_copy(update={"scopes": tuple(
+                s for s in event.scopes if namespace_of(s) == ns)}))
+                for ns in sorted(self.namespaces))
             return out
         if isinstance(event, AgentRevoked) or namespaces is None:
             targets = self.namespaces

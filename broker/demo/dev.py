@@ -171,11 +171,13 @@ class DevSession:
         env = _env(s, topics.API, PERMBROKER_API_HOST=api.api_host,
                    PERMBROKER_API_PORT=str(api.api_port),
                    PERMBROKER_ENFORCEMENT_POINT="permbroker-api.dev")
-        # The operator console, once it exists, is served by this process: nothing more to start.
+        # The operator console is served by this process (/console): nothing more to start.
         child = self._spawn("api", [sys.executable, "-m", "broker", "api"], env)
         base = f"http://{api.api_host}:{api.api_port}"
         _wait_http(child, f"{base}/healthz", 60, lambda r: r.status_code == 200)
-        self.say(f"API at {base} (docs at {base}/docs)")
+        self.say(f"API at {base} (OpenAPI at {base}/openapi.json); operator console at "
+                 f"{base}/console (sign in with: permbroker keys assertion POST "
+                 "/console/login --ttl 120)")
 
     def _start_example(self) -> None:
         if not (EXAMPLES / "payments_service.py").is_file():

@@ -3,7 +3,8 @@
 Imports schemas and broker.policy.model; time is an argument. The "inventory your AI agents"
 step: for each registered agent its owner, model, baseline (from its class), the grants it holds
 right now, when it last acted, and flags: no owner, stale or missing keys, a class the policy
-does not define, a status other than active.
+does not define, a status other than active, and the policy's lifecycle limits (dormant, a key
+nearing or past the maximum key age, a lapsed registration).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from broker.identity.lifecycle import lifecycle_flags
+from broker.policy.lifecycle import AgentLifecycle
 from broker.policy.model import AgentClass
 from schemas.events import AgentRecord, GrantIssued
 
@@ -65,7 +68,8 @@ def _flags(record: AgentRecord, known: bool, newest: datetime | None, now: datet
 
 def inventory_rows(records: list[AgentRecord], classes: Mapping[str, AgentClass],
                    held: Mapping[str, list[GrantIssued]], acted: Mapping[str, datetime], *,
-                   now: datetime, key_max_age: timedelta) -> list[InventoryRow]:
+                   now: datetime, key_max_age: timedelta,
+                   lifecycle: AgentLifecycle | None = None) -> list[InventoryRow]:
     """One row per registered agent, in agent id order."""
     rows = []
     for r in sorted(records, key=lambda r: r.agent_id):
@@ -80,5 +84,6 @@ def inventory_rows(records: list[AgentRecord], classes: Mapping[str, AgentClass]
             status=r.status, baseline=cls.baseline if cls else (),
             grants=tuple(g for g in held.get(r.agent_id, []) if g.expires_at > now),
             last_acted=acted.get(r.agent_id), newest_key_at=newest,
-            flags=_flags(r, cls is not None, newest, now, key_max_age)))
+            flags=_flags(r, cls is not None, newest, now, key_max_age) + lifecycle_flags(
+                r, lifecycle or AgentLifecycle(), acted.get(r.agent_id), now)))
     return rows

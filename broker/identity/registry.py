@@ -2,7 +2,10 @@
 
 Imports schemas, broker.identity, broker.grants and broker.policy; time is an argument.
 
-Operators register, update, suspend, resume and revoke keys; an agent may rotate only its own
+Operators register, update, suspend, resume, revoke keys and decommission (every grant revoked,
+every key retired, the record and its audit kept; the id cannot register again until an operator
+reinstates it with a new key) and renew registrations (which lapse under a policy's
+``lifecycle.registration_ttl``); an agent may rotate only its own
 key (signed by its current key) or register itself once with an operator's enrollment token
 (signed by the new key: proof of possession). Agent credentials never perform operator actions.
 A record carries the command that produced it (id and registry offset), so a redelivered command
@@ -27,7 +30,8 @@ from schemas.events import (
     RiskObserved,
 )
 
-OPERATOR_ACTIONS = frozenset({"update", "suspend", "resume", "revoke_key", "rotate_broker_key"})
+OPERATOR_ACTIONS = frozenset({"update", "suspend", "resume", "revoke_key", "rotate_broker_key",
+                              "decommission", "reinstate", "renew"})
 MODEL_CHANGED_KIND = "model_changed"
 
 
@@ -158,6 +162,10 @@ def _profile_problem(ctx: _Ctx, profile: AgentProfile | None) -> Rejection | Non
 
 
 def _register(ctx: _Ctx) -> RegistryOutcome:
+    if ctx.current is not None and ctx.current.status == "decommissioned":
+        return _refuse(Reason.DECOMMISSIONED, f"agent {ctx.cmd.agent_id} was decommissioned "
+                       f"({ctx.current.reason or 'no reason given'}); its id registers again "
+                       "only when an operator reinstates it (agents reinstate, with a new key)")
     if ctx.current is not None:
         return _refuse(Reason.INVALID, f"agent {ctx.cmd.agent_id} is already registered "
                        f"(revision {ctx.current.revision}); use update or rotate_key")
@@ -199,6 +207,9 @@ def _suspend(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
 
 
 def _resume(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
+    if current.status == "decommissioned":
+        return _refuse(Reason.DECOMMISSIONED, f"agent {current.agent_id} is decommissioned; "
+                       "only reinstate (with a new key) brings it back")
     if current.status == "active":
         return _refuse(Reason.INVALID, f"agent {current.agent_id} is already active")
     return RegistryOutcome(record=_next(ctx, current, "resumed", status="active"))
@@ -235,9 +246,44 @@ def _revoke_key(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
     return RegistryOutcome(record=record, revoke=action)
 
 
+def _decommission(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
+    if current.status == "decommissioned":
+        return _refuse(Reason.INVALID, f"agent {current.agent_id} is already decommissioned")
+    keys = tuple(k if k.status == "revoked" else
+                 k.model_copy(update={"status": "revoked", "revoked_at": ctx.at})
+                 for k in current.keys)
+    action = RiskAction(True, "registry:decommissioned", f"agent decommissioned by "
+                        f"{ctx.signer.id}: {ctx.cmd.reason or 'no reason given'}")
+    record = _next(ctx, current, "decommissioned", keys=keys, status="decommissioned")
+    return RegistryOutcome(record=record, revoke=action)
+
+
+def _renew(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
+    """Renew the registration (it lapses ``lifecycle.registration_ttl`` after this)."""
+    if current.status == "decommissioned":
+        return _refuse(Reason.DECOMMISSIONED, f"agent {current.agent_id} is decommissioned; "
+                       "only reinstate (with a new key) brings it back")
+    return RegistryOutcome(record=_next(ctx, current, "renewed", renewed_at=ctx.at))
+
+
+def _reinstate(ctx: _Ctx, current: AgentRecord) -> RegistryOutcome:
+    """Bring a decommissioned id back, with a new key (its old keys stay revoked)."""
+    if current.status != "decommissioned":
+        return _refuse(Reason.INVALID, f"agent {current.agent_id} is {current.status}, not "
+                       "decommissioned; reinstate is only for a decommissioned agent")
+    new = _key(ctx)
+    if new is None or any(k.kid == new.kid for k in current.keys):
+        return _refuse(Reason.INVALID, "reinstate needs a new public key (never one the agent "
+                       "had before)")
+    keys = (*current.keys[-(ctx.limits.max_keys - 1):], new)
+    return RegistryOutcome(record=_next(ctx, current, "reinstated", keys=keys, status="active",
+                                        renewed_at=ctx.at))
+
+
 _HANDLERS: dict[str, Callable[[_Ctx, AgentRecord], RegistryOutcome]] = {
     "update": _update, "suspend": _suspend, "resume": _resume, "rotate_key": _rotate,
-    "revoke_key": _revoke_key,
+    "revoke_key": _revoke_key, "decommission": _decommission, "reinstate": _reinstate,
+    "renew": _renew,
 }
 
 

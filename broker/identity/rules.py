@@ -51,6 +51,9 @@ class Reason(StrEnum):
     UNKNOWN_AGENT = "unknown-agent"
     SUSPENDED = "agent-suspended"
     QUARANTINED = "agent-quarantined"
+    DECOMMISSIONED = "agent-decommissioned"
+    REGISTRATION_LAPSED = "registration-lapsed"
+    KEY_TOO_OLD = "key-too-old"
     NOT_PERMITTED = "not-permitted"  # acting for another agent, or an operator action
     NOT_YOUR_GRANT = "not-your-grant"
     SELF_APPROVAL = "self-approval"  # the requesting agent voted on its own request
@@ -220,9 +223,12 @@ def key_usable(key: AgentKey, at: datetime) -> Rejection | None:
 
 
 def agent_usable(record: AgentRecord) -> Rejection | None:
-    """A suspended or quarantined agent cannot act."""
+    """A suspended, quarantined or decommissioned agent cannot act."""
     if record.status == "suspended":
         return Rejection(Reason.SUSPENDED, f"agent {record.agent_id} is suspended "
+                         f"({record.reason or 'no reason given'}, by {record.changed_by})")
+    if record.status == "decommissioned":
+        return Rejection(Reason.DECOMMISSIONED, f"agent {record.agent_id} is decommissioned "
                          f"({record.reason or 'no reason given'}, by {record.changed_by})")
     if record.status == "quarantined":
         return Rejection(Reason.QUARANTINED, f"agent {record.agent_id} is quarantined "

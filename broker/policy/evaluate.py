@@ -15,6 +15,7 @@ from datetime import datetime
 
 from broker.policy import graduated
 from broker.policy.detectors import Detectors
+from broker.policy.lifecycle import AgentLifecycle
 from broker.policy.model import (
     APPROVAL_UNSATISFIABLE,
     CEILING_PREFIX,
@@ -60,8 +61,10 @@ class Policy:
                  agents: tuple[AgentProfile, ...],
                  default_max_total_duration_s: int | None = None,
                  files: tuple[tuple[str, bytes], ...] = (),
-                 detectors: Detectors | None = None) -> None:
+                 detectors: Detectors | None = None,
+                 lifecycle: AgentLifecycle | None = None) -> None:
         self.name = name
+        self.lifecycle = lifecycle or AgentLifecycle()  # key age, dormancy, registration limits
         self.detectors = detectors  # behaviour detectors (None: nothing is watched)
         self.files = files  # the bundle's (file name, bytes), as hashed into the revision
         self.revision = revision

@@ -38,6 +38,7 @@ from broker.policy.fields import (
     strings,
 )
 from broker.policy.graduated_loader import parse_approval, parse_tiers
+from broker.policy.lifecycle import AgentLifecycle, parse_lifecycle
 from broker.policy.model import (
     RATE_LIMIT_PREFIX,
     RESERVED_RULE_IDS,
@@ -80,6 +81,7 @@ class _PolicyDoc:
     deny: tuple[DenyRule, ...]
     revocation: tuple[RevocationRule, ...]
     detectors: Detectors | None = None
+    lifecycle: AgentLifecycle | None = None
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -108,7 +110,7 @@ def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
         default_max_total_duration_s=parsed.max_total_s,
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
-        detectors=parsed.detectors,
+        detectors=parsed.detectors, lifecycle=parsed.lifecycle,
     )
 
 
@@ -140,7 +142,7 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
-                           "detectors"))
+                           "detectors", "lifecycle"))
     defaults = mapping(body, "defaults", at)
     check_fields(defaults, at, "defaults", required=("max_duration",),
                  optional=("max_total_duration",))
@@ -158,7 +160,8 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
     deny = [_parse_deny(r, a, classes) for r, a in _rules(body, "deny_rules", at, seen)]
     revocation = [_parse_revocation(r, a) for r, a in _rules(body, "revocation_rules", at, seen)]
     return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
-                      tuple(deny), tuple(revocation), parse_detectors(body, at, classes))
+                      tuple(deny), tuple(revocation), parse_detectors(body, at, classes),
+                      parse_lifecycle(body, at))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:

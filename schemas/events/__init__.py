@@ -37,6 +37,7 @@ from schemas.events.base import (
     UtcDatetime,
     WireModel,
 )
+from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
 from schemas.events.catalog import (
     EVENT_TYPES,
     KNOWN_MINOR,
@@ -116,6 +117,7 @@ __all__ = [
     "AuditLink",
     "AuditRecord",
     "B64Url",
+    "BaselineEntitlement",
     "CheckPerformed",
     "ChecksReported",
     "CommandAnswered",
@@ -137,6 +139,7 @@ __all__ = [
     "GrantRevoked",
     "GrantUsed",
     "JwksPublished",
+    "KeyAgeWarning",
     "Kid",
     "LabelKey",
     "LabelValue",

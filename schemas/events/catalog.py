@@ -9,6 +9,7 @@ import re
 
 from schemas.events.audit import AuditRecord
 from schemas.events.base import WireModel
+from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
 from schemas.events.delivery import EnforcementPointStatus, RevocationAcknowledged
 from schemas.events.escalations import (
     ApprovalVoted,
@@ -74,6 +75,8 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     GrantUsed: "io.permbroker.grant.used.v1",
     ChecksReported: "io.permbroker.checks.reported.v1",
     RoutingAnnounced: "io.permbroker.grant.routing.v1",
+    BaselineEntitlement: "io.permbroker.agent.baseline.v1",
+    KeyAgeWarning: "io.permbroker.agent.key.warning.v1",
 }
 MODELS_BY_TYPE: dict[str, type[WireModel]] = {v: k for k, v in EVENT_TYPES.items()}
 

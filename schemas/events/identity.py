@@ -80,9 +80,10 @@ class AgentKey(WireModel):
     revoked_at: UtcDatetime | None = None
 
 
-AgentStatus = Literal["active", "suspended", "quarantined"]
+AgentStatus = Literal["active", "suspended", "quarantined", "decommissioned"]
 RegistryChange = Literal[
-    "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked"
+    "registered", "updated", "suspended", "resumed", "quarantined", "key_rotated", "key_revoked",
+    "decommissioned", "reinstated", "renewed",
 ]
 
 
@@ -102,6 +103,8 @@ class AgentRecord(WireModel):
     cause_offset: int = -1  # offset of that command in its registry partition (idempotency)
     registered_at: UtcDatetime
     enrollment_id: str | None = None  # the enrollment token (jti) the agent registered with
+    # When an operator last renewed the registration (None: never; it counts from registered_at).
+    renewed_at: UtcDatetime | None = None
 
     @property
     def event_id(self) -> str:
@@ -110,7 +113,8 @@ class AgentRecord(WireModel):
 
 
 AgentAction = Literal[
-    "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key"
+    "register", "update", "suspend", "resume", "rotate_key", "revoke_key", "rotate_broker_key",
+    "decommission", "reinstate", "renew",
 ]
 
 
@@ -169,6 +173,8 @@ class CommandAnswered(WireModel):
     token: str | None = None  # JWE (ECDH-ES, A256GCM) to the command's reply key
     token_expires_at: UtcDatetime | None = None
     record_revision: int | None = None
+    # Where the command's effects on the grant topics landed (a view's ``at_least``).
+    consistency_token: Annotated[str, StringConstraints(max_length=4096)] | None = None
     answered_at: UtcDatetime
 
     @property

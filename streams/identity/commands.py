@@ -43,7 +43,15 @@ from broker.identity.registry import (
 )
 from broker.identity.rules import Principal, Reason, Rejection, grant_owner_problem, thumbprint
 from schemas import topics
-from schemas.events import AgentCommand, AgentRecord, GrantCommand, GrantIssued, GrantRevoked
+from schemas.events import (
+    AgentCommand,
+    AgentRecord,
+    GrantCommand,
+    GrantIssued,
+    GrantRevoked,
+    KeyAgeWarning,
+)
+from streams.identity.baseline import Baselines
 from streams.identity.gate import Admitted, IdentityGate
 from streams.risk import Risk
 from streams.worker import SOURCE, Incoming, WorkerContext
@@ -67,6 +75,8 @@ class Commands:
         self.trust = trust
         self.ready = asyncio.Event()
         self._published_jwks = ""
+        self.baselines = Baselines(ctx, gate)
+        gate.warn = self._key_warning
 
     async def open(self) -> None:
         """Load the registry from Kafka (once the key sets are followed); open the gate."""
@@ -87,6 +97,8 @@ class Commands:
         gate.start(registry)
         self.ready.set()
         await self.publish_jwks(force=True)
+        await self.ctx.ready.wait()
+        await self.baselines.announce_all()  # a view that starts later finds the current ones
         log.info("identity ready: %d agent(s) in the registry", len(registry.records()))
 
     async def _refuse(self, msg: Incoming, cmd: AgentCommand | GrantCommand, why: Rejection,
@@ -153,13 +165,16 @@ class Commands:
             await self.ctx.emit(topics.AGENTS.name, record)
             self.gate.registry.apply(record)  # write-through: this worker acts on it at once
         revoked = await self._effects(cmd, msg, record, outcome)
+        # After its revocations, on the same agent key: a view applies them in that order.
+        token = await self.baselines.state(record, msg.received_at)
         reason = f"{record.change} {record.agent_id} (revision {record.revision})"
         await self.ctx.audit(command_audit(
             cmd, msg.received_at, signer=signer, kind=f"registry.{record.change}",
             reason=reason, origin=msg.origin, revision=record.revision,
             revoked_grants=list(revoked)))
-        await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason,
-                                                        record_revision=record.revision))
+        await self.ctx.emit(topics.DECISIONS.name, answer(
+            cmd, msg.received_at, reason=reason, record_revision=record.revision,
+            consistency_token=token.encode() if token is not None else None))
 
     async def _effects(self, cmd: AgentCommand, msg: Incoming, record: AgentRecord,
                        outcome: RegistryOutcome) -> tuple[str, ...]:
@@ -187,6 +202,11 @@ class Commands:
             cmd, msg.received_at, signer=signer, kind="broker.key_rotated", reason=reason,
             origin=msg.origin, kid_added=kid))
         await self.ctx.emit(topics.DECISIONS.name, answer(cmd, msg.received_at, reason=reason))
+
+    async def _key_warning(self, warning: KeyAgeWarning) -> None:
+        """Tell the agent on its decisions partition: its SDK rotates the key before the limit."""
+        await self.ctx.emit(topics.DECISIONS.name, warning)
+        log.warning("agent %s: %s", warning.agent_id, warning.reason)
 
     # --- grant commands ---------------------------------------------------------------------
 

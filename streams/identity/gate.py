@@ -28,8 +28,10 @@ from broker.adapters.crypto.trust import ServiceDirectory
 from broker.adapters.kafka.registry_view import RegistryView
 from broker.adapters.redis.identity import IdentityStore
 from broker.config import Settings
+from broker.delivery.bounded import Bounded
 from broker.errors import BusError
 from broker.identity.answers import rejection_audit
+from broker.identity.lifecycle import key_age_problem, key_age_warning, registration_problem
 from broker.identity.rules import (
     EventClaims,
     Principal,
@@ -43,6 +45,7 @@ from broker.identity.rules import (
     is_operator,
     key_usable,
 )
+from broker.policy.lifecycle import AgentLifecycle
 from schemas.events import (
     AGENT_ID_PATTERN,
     AgentCommand,
@@ -50,6 +53,7 @@ from schemas.events import (
     ApprovalVoted,
     EscalationRequested,
     GrantCommand,
+    KeyAgeWarning,
     PublicJwk,
     ReleaseRequested,
     RenewalRequested,
@@ -96,7 +100,8 @@ class IdentityGate:
     def __init__(self, operators: OperatorDirectory, services: ServiceDirectory,
                  store: IdentityStore, settings: Settings,
                  audit: Callable[..., Awaitable[None]], count: Callable[[str], None], *,
-                 classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> None:
+                 classes: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+                 lifecycle: AgentLifecycle | None = None) -> None:
         self._registry: RegistryView | None = None
         self.ready = asyncio.Event()
         self.operators = operators
@@ -106,6 +111,10 @@ class IdentityGate:
         self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
         self._count = count
         self.classes = classes  # agent class -> (baseline, ceiling), from the policy
+        self.lifecycle = lifecycle or AgentLifecycle()  # key age and registration limits
+        # Tells an agent its key nears the maximum age (set by the shell; once per key here).
+        self.warn: Callable[[KeyAgeWarning], Awaitable[None]] | None = None
+        self._warned: Bounded[str, None] = Bounded(100_000)
 
     @property
     def registry(self) -> RegistryView:
@@ -190,6 +199,7 @@ class IdentityGate:
         problem = problem or self._checks(msg, event, signer)
         if problem is not None:
             return problem
+        await self._warn_key_age(signer, msg.received_at)
         acted = signer.id if signer.kind == "agent" else ""  # last acted, in the same round trip
         first, new = await self.store.first_seen(
             signer.id or claims.iss, nonce, msg.origin, until + NONCE_MARGIN,
@@ -197,7 +207,8 @@ class IdentityGate:
         if first != msg.origin:
             return Rejection(Reason.REPLAY, f"signature {nonce} was already used at {first}; "
                              f"this copy at {msg.origin} is a replay")
-        return Admitted(signer, self._refusal(event, signer), redelivered=not new)
+        return Admitted(signer, self._refusal(event, signer, msg.received_at),
+                        redelivered=not new)
 
     async def _relayed(self, msg: Incoming) -> Verified | Rejection:
         """The assertion a relayed record carries, verified with its principal's own key."""
@@ -274,11 +285,26 @@ class IdentityGate:
             record = self.registry.get(signer.id)
             key = find_key(record, signer.kid) if record is not None else None
             problem = key_usable(key, msg.received_at) if key is not None else None
+            if problem is None and key is not None:
+                problem = key_age_problem(key, self.lifecycle, msg.received_at)
         if problem is None and event is not None:
             problem = authorize_event(signer, event)
         return problem
 
-    def _refusal(self, event: WireModel | None, signer: Principal | None) -> Rejection | None:
+    async def _warn_key_age(self, signer: Principal, at: datetime) -> None:
+        """Tell the agent (once per key) that its key nears the policy's maximum age."""
+        if self.lifecycle.max_key_age_s is None or signer.kind != "agent" or not signer.kid \
+                or self.warn is None or signer.kid in self._warned:
+            return
+        record = self.registry.get(signer.id)
+        key = find_key(record, signer.kid) if record is not None else None
+        warning = key_age_warning(signer.id, key, self.lifecycle, at) if key else None
+        if warning is not None:
+            await self.warn(warning)
+            self._warned.put(signer.kid, None)
+
+    def _refusal(self, event: WireModel | None, signer: Principal | None,
+                 at: datetime | None = None) -> Rejection | None:
         """Why an authentic agent still may not act (suspended, quarantined, model mismatch).
 
         Whoever signed, an agent's own request is judged by the agent's standing; only an
@@ -292,6 +318,8 @@ class IdentityGate:
         if record is None:
             return Rejection(Reason.UNKNOWN_AGENT, f"agent {agent} is not registered")
         problem = agent_usable(record)
+        if problem is None and at is not None:
+            problem = registration_problem(record, self.lifecycle, at)
         if problem is None and isinstance(event, EscalationRequested) and event.model_version \
                 and event.model_version != record.profile.model.version:
             problem = Rejection(Reason.MODEL_MISMATCH, f"request says model version "

@@ -36,6 +36,8 @@ A = "fraud-detector-1"
 ID = "grant-00000000-0000-0000-0000-000000000000"
 REQ = "req-00000000-0000-0000-0000-000000000000"
 POLICY = str(Path(__file__).resolve().parents[2] / "policies" / "fraud")
+# A public key only (no private half): what `agents reinstate` reads.
+PUBLIC_KEY = str(Path(__file__).resolve().parents[1] / "support" / "data" / "agent-public-key.json")
 BAD_OPTION = "--no-such-option"
 
 
@@ -102,6 +104,11 @@ TABLE: dict[str, Row] = {
     # An agent the registry and the bundle do not know is refused before Redis is read.
     "agents revoke": Row((A, "--reason", "test", "--acks-wait", "1"), K),
     "agents revoke-key": Row((A, "--reason", "test", "--kid", "kid-1"), K),
+    "agents decommission": Row((A, "--reason", "test"), K),
+    "agents renew": Row((A, "--reason", "test"), K),
+    "agents reinstate": Row((A, "--reason", "test", "--public-key", PUBLIC_KEY), K,
+                            bad=(A, "--reason", "test", "--public-key", "/nonexistent/key.json"),
+                            bad_says="/nonexistent/key.json"),
     "agents stats": Row((A,), R),
     "agents class-stats": Row(("fraud-detection", "--model", "1.0"), R),
     "keys init": Row((), kind=OFFLINE),

@@ -101,12 +101,18 @@ class Ran:
     stdout: str
     stderr: str
 
+    @property
+    def output(self) -> str:
+        """Both streams, as a terminal shows them."""
+        return self.stdout + self.stderr
 
-def cli(settings: Settings, *args: str) -> Ran:
-    """Run ``permbroker ARGS`` in this process against the test services, as an operator."""
+
+def cli(settings: Settings, *args: str, columns: int = 200) -> Ran:
+    """Run ``permbroker ARGS`` in this process against the test services, as an operator, on a
+    terminal ``columns`` wide."""
     operator = worker_env(settings, role_access(settings, topics.OPERATOR))
     env = {k: v for k, v in operator.items() if k.startswith("PERMBROKER_")}
-    result = CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "200"})
+    result = CliRunner().invoke(app, list(args), env={**env, "COLUMNS": str(columns)})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Ran(result.exit_code, result.stdout, result.stderr)

@@ -19,6 +19,7 @@ from schemas.events import (
     AgentRevoked,
     ApprovalVoted,
     AuditRecord,
+    BaselineEntitlement,
     CheckPerformed,
     ChecksReported,
     CommandAnswered,
@@ -35,6 +36,7 @@ from schemas.events import (
     GrantRevoked,
     GrantUsed,
     JwksPublished,
+    KeyAgeWarning,
     ModelInfo,
     PublicJwk,
     ReleaseDecided,
@@ -206,6 +208,16 @@ SAMPLES: dict[type[WireModel], WireModel] = {
     ),
     RoutingAnnounced: RoutingAnnounced(
         worker="host-1:4242", namespaces=("crm", "payments"), announced_at=NOW,
+    ),
+    BaselineEntitlement: BaselineEntitlement(
+        entitlement_id="baseline-1", agent_id=AGENT, status="active",
+        scopes=("payments:transactions.read",), agent_class="fraud-detector",
+        registry_revision=2, policy_revision="sha256:abc", reason="baseline of class "
+        "fraud-detector (registry revision 2)", cause_id="cmd-1", effective_at=NOW,
+    ),
+    KeyAgeWarning: KeyAgeWarning(
+        warning_id="key-warning-1", agent_id=AGENT, kid="kid-0000000001", added_at=NOW,
+        refused_at=LATER, warned_at=NOW, reason="rotate before the maximum key age",
     ),
     CommandAnswered: CommandAnswered(
         answer_id="answer-1",

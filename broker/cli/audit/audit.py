@@ -24,6 +24,7 @@ from broker.adapters.audit import log as audit_log
 from broker.adapters.kafka.bus import consumer, partitions, to_record
 from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
+from broker.audit.baselines import baselines_as_of
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
@@ -256,7 +257,7 @@ def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
 @audit_app.command("replay")
 def replay(
     as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="List the grants active at this instant.")] = None,
+        "--as-of", help="List the grants and baselines active at this instant.")] = None,
     check: Annotated[bool, typer.Option(
         help="Decide every recorded request again with its recorded revision; report drift.")]
     = False,
@@ -291,10 +292,12 @@ def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
                  as_json: bool) -> None:
     grants = [g for g in grants_as_of(records, at) if agent is None or g.agent_id == agent]
     barred = [q for q in quarantines_as_of(records, at) if agent is None or q.agent_id == agent]
+    held = [b for b in baselines_as_of(records, at) if agent is None or b.agent_id == agent]
     if as_json:
         print_json({"as_of": at.isoformat(),
                     "grants": [{**g.__dict__, "ref": str(g.ref)} for g in grants],
-                    "quarantined": [{**q.__dict__, "ref": str(q.ref)} for q in barred]})
+                    "quarantined": [{**q.__dict__, "ref": str(q.ref)} for q in barred],
+                    "baselines": [{**b.__dict__, "ref": str(b.ref)} for b in held]})
         return
     out.print(f"as of {stamp(at)}: {len(grants)} active grant(s)", highlight=False)
     for g in grants:
@@ -306,6 +309,10 @@ def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
     for q in barred:
         out.print(f"  {q.agent_id} quarantined by {q.rule} until {until(q.until, at)}",
                   highlight=False)
+    for b in held:
+        out.print(f"  {b.agent_id} baseline {', '.join(b.scopes) or 'none'} on any resource "
+                  f"(standing, class {b.agent_class}, registry revision {b.registry_revision}; "
+                  f"{b.ref})", highlight=False)
 
 
 def _check(records: list[AuditRecord], policies: dict[str, Policy], since: datetime | None,

@@ -285,3 +285,30 @@ def agents_revoke_key(
 ) -> None:
     """Revoke a compromised key: the agent's grants are revoked and it is quarantined."""
     _simple("revoke_key", agent, reason, kid=kid)
+
+
+@agents_app.command("decommission")
+def agents_decommission(agent: AgentArg, reason: ReasonOpt) -> None:
+    """Retire an agent: every grant revoked, every key retired, its baseline withdrawn; the
+    record and the audit stay, and the id registers again only after ``agents reinstate``."""
+    _simple("decommission", agent, reason)
+
+
+@agents_app.command("renew")
+def agents_renew(agent: AgentArg, reason: ReasonOpt) -> None:
+    """Renew an agent's registration (under a policy's ``lifecycle.registration_ttl`` it lapses
+    that long after it was made or last renewed)."""
+    _simple("renew", agent, reason)
+
+
+@agents_app.command("reinstate")
+def agents_reinstate(
+    agent: AgentArg, reason: ReasonOpt,
+    public_key: Annotated[Path, typer.Option(help="The agent's new public JWK (file).")],
+) -> None:
+    """Bring a decommissioned agent id back with a new key (its old keys stay revoked)."""
+    try:
+        jwk = PublicJwk.model_validate(json.loads(public_key.read_text("utf-8")))
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot read a public JWK from {public_key}: {exc}") from exc
+    _simple("reinstate", agent, reason, key=jwk)

@@ -57,11 +57,11 @@ def inventory(
     records = _run(lambda: read_trusted(lambda t: read_registry(cli_kafka(), t))).records()
     held, acted = _run(lambda: asyncio.run(_held(settings, records, now)))
     try:
-        classes = load_policy(settings.policy_path).classes
+        policy = load_policy(settings.policy_path)
     except PolicyError as exc:
         raise _fail(f"invalid policy {settings.policy_path}: {exc}") from exc
-    rows = inventory_rows(records, classes, held, acted, now=now,
-                          key_max_age=timedelta(seconds=max_age))
+    rows = inventory_rows(records, policy.classes, held, acted, now=now,
+                          key_max_age=timedelta(seconds=max_age), lifecycle=policy.lifecycle)
     if as_json:
         _json([row.to_json() for row in rows])
         return

@@ -9,7 +9,9 @@ it believes only answers the broker signed (``trust``: the broker's chain of tru
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Record, Trust
 from broker.adapters.kafka.follow import Follower
 from broker.delivery.bounded import Bounded
-from broker.errors import CommandRefused, DecisionTimeout
+from broker.errors import BrokerError, CommandRefused, DecisionTimeout
 from broker.sdk.agent.identity import AgentIdentity, Rotator
 from schemas import topics
 from schemas.events import (
@@ -31,15 +33,19 @@ from schemas.events import (
     EscalationPending,
     EscalationRequested,
     GrantCommand,
+    KeyAgeWarning,
     ReleaseDecided,
     ReleaseRequested,
     RenewalDecided,
     RenewalRequested,
     RiskObserved,
+    WireModel,
 )
 
+log = logging.getLogger("permbroker.sdk")
+ROTATION_RETRY_S = 60
 Decision = EscalationDecided | RenewalDecided | ReleaseDecided
-Answer = Decision | EscalationPending | CommandAnswered
+Answer = Decision | EscalationPending | CommandAnswered | KeyAgeWarning
 
 
 class Answers:
@@ -65,6 +71,8 @@ class Answers:
             key = ("pending", event.request_id)
         elif isinstance(event, CommandAnswered):
             key = ("answer", event.command_id)
+        elif isinstance(event, KeyAgeWarning):
+            key = ("key-warning", event.kid)
         else:
             return
         with self._cond:
@@ -91,8 +99,14 @@ class Answers:
                                        timeout):
                 raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
             found = self._held.pop(pending) or self._held.pop(decided)
-            assert not isinstance(found, CommandAnswered | None)
+            assert not isinstance(found, CommandAnswered | KeyAgeWarning | None)
             return found
+
+    def key_warning(self, kid: str) -> KeyAgeWarning | None:
+        """The broker's warning that key ``kid`` nears the policy's maximum age, if one came."""
+        with self._cond:
+            found = self._held.get(("key-warning", kid))
+        return found if isinstance(found, KeyAgeWarning) else None
 
     def wait_answer(self, command_id: str, timeout: float) -> CommandAnswered:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
@@ -158,6 +172,7 @@ class AgentClient:
         watch_decisions: bool = True,
         keys: AgentKeyStore | None = None,
         unsigned: bool = False,
+        auto_rotate: bool = True,
     ) -> None:
         if keys is None and not unsigned:
             raise ValueError(f"agent {agent_id} signs with its own key: pass keys= (its "
@@ -173,12 +188,36 @@ class AgentClient:
         self._watcher = DecisionWatcher(kafka, trust=trust, agent_id=agent_id) \
             if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
+        # On the broker's key-age warning, rotate before the next message (never after the
+        # limit: the old key would be refused and the request with it).
+        self.auto_rotate = auto_rotate
+        self.rotations = 0
+        self._retry_rotation_at = 0.0
+
+    def key_warning(self, kid: str | None = None) -> KeyAgeWarning | None:
+        """The broker's warning that key ``kid`` (default: the one in use) nears the policy's
+        maximum key age, if one came."""
+        kid = kid or (self.identity.kid if self.identity is not None else None)
+        return self._watcher.key_warning(kid) if self._watcher and kid else None
+
+    def _publish(self, topic: str, event: WireModel) -> None:
+        """Publish signed, rotating first if the broker warned that the key grows old (a failed
+        rotation is retried a minute later: the warned key is still accepted until then)."""
+        now = time.monotonic()
+        if self.auto_rotate and now >= self._retry_rotation_at and self.key_warning():
+            try:
+                self.rotate_key()
+            except BrokerError as exc:
+                self._retry_rotation_at = now + ROTATION_RETRY_S
+                log.warning("agent %s: key rotation on the broker's warning failed (retrying "
+                            "in %ds): %s", self.agent_id, ROTATION_RETRY_S, exc)
+        self._publisher.publish(topic, event)
 
     def send(self, request: EscalationRequested) -> None:
         """Publish a request built by the caller (must be this agent's own)."""
         if request.agent_id != self.agent_id:
             raise ValueError(f"client of {self.agent_id} cannot send for {request.agent_id}")
-        self._publisher.publish(topics.ESCALATIONS.name, request)
+        self._publish(topics.ESCALATIONS.name, request)
 
     def request_escalation(
         self,
@@ -260,7 +299,7 @@ class AgentClient:
             duration_s=duration_s, reason=reason, confidence=confidence, risk_score=risk_score,
             signals=dict(signals or {}), requested_at=datetime.now(UTC),
         )
-        self._publisher.publish(topics.ESCALATIONS.name, request)
+        self._publish(topics.ESCALATIONS.name, request)
         decision = self._await(request.request_id, timeout)
         assert isinstance(decision, RenewalDecided)
         return decision
@@ -271,7 +310,7 @@ class AgentClient:
             request_id=f"release-{uuid.uuid4()}", agent_id=self.agent_id, grant_id=grant_id,
             reason=reason, requested_at=datetime.now(UTC),
         )
-        self._publisher.publish(topics.ESCALATIONS.name, request)
+        self._publish(topics.ESCALATIONS.name, request)
         decision = self._await(request.request_id, timeout)
         assert isinstance(decision, ReleaseDecided)
         return decision
@@ -296,7 +335,7 @@ class AgentClient:
             detail=detail,
             observed_at=datetime.now(UTC),
         )
-        self._publisher.publish(topics.RISK.name, signal)
+        self._publish(topics.RISK.name, signal)
         return signal
 
     def _answer(self, command_id: str, timeout: float) -> CommandAnswered:
@@ -309,7 +348,7 @@ class AgentClient:
         cmd = GrantCommand.model_validate({
             "command_id": f"{action}-{uuid.uuid4()}", "agent_id": self.agent_id,
             "grant_id": grant_id, "action": action, "issued_at": datetime.now(UTC), **fields})
-        self._publisher.publish(topics.GRANT_COMMANDS.name, cmd)
+        self._publish(topics.GRANT_COMMANDS.name, cmd)
         answer = self._answer(cmd.command_id, timeout)
         if answer.outcome != "done":
             raise CommandRefused(f"{action} of grant {grant_id} refused: {answer.reason}",
@@ -337,7 +376,9 @@ class AgentClient:
             raise ValueError("an unsigned client has no key to rotate")
         cmd = self.identity.rotation_command(overlap_s)
         self._publisher.publish(topics.REGISTRY.name, cmd)
-        return self.identity.settle(self._answer(cmd.command_id, timeout))
+        kid = self.identity.settle(self._answer(cmd.command_id, timeout))
+        self.rotations += 1
+        return kid
 
     def start_rotation(self, every_s: float, *, overlap_s: int | None = None) -> Rotator:
         """Rotate the key every ``every_s`` seconds in the background until close()."""

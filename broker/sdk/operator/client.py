@@ -8,8 +8,9 @@ every grant topic. ``revoke(wait=True)`` reads that record back, so the caller c
 Everything an operator sends is signed with the operator's key (``Settings.key_path
 ("operator")``): agent credentials cannot revoke another agent or change the registry.
 ``OperatorClient`` runs registry commands (register, update, suspend, resume, revoke a key,
-rotate the broker's keys) and revokes single grants, and waits for the broker's answer; a
-refusal raises ``CommandRefused`` with the reason. Enrollment tokens are signed locally.
+decommission, reinstate, rotate the broker's keys) and revokes single grants, and waits for the
+broker's answer; a refusal raises ``CommandRefused`` with the reason. Enrollment tokens are
+signed locally.
 """
 
 from __future__ import annotations
@@ -208,6 +209,20 @@ class OperatorClient:
     def resume(self, agent_id: str, *, reason: str) -> CommandAnswered:
         """Let a suspended or quarantined agent act again (revoked grants stay revoked)."""
         return self.run(self._command("resume", agent_id, reason))
+
+    def decommission(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Retire an agent for good: every grant revoked, every key retired, the baseline
+        withdrawn; the record and the audit stay, and the id registers again only when
+        reinstated (``reinstate``)."""
+        return self.run(self._command("decommission", agent_id, reason))
+
+    def renew(self, agent_id: str, *, reason: str) -> CommandAnswered:
+        """Renew the agent's registration (it lapses under ``lifecycle.registration_ttl``)."""
+        return self.run(self._command("renew", agent_id, reason))
+
+    def reinstate(self, agent_id: str, key: PublicJwk, *, reason: str) -> CommandAnswered:
+        """Bring a decommissioned agent id back with a new key (its old keys stay revoked)."""
+        return self.run(self._command("reinstate", agent_id, reason, key=key))
 
     def revoke_key(self, agent_id: str, kid: str, *, reason: str) -> CommandAnswered:
         """Revoke a compromised key: its grants are revoked and the agent quarantined."""

@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 
 from broker.adapters.kafka.bus import Record
 from broker.delivery.bounded import Bounded
+from broker.sdk.resource.baseline import BaselineIndex
 from schemas.events import (
     AGENT_ID_PATTERN,
     AgentRevoked,
+    BaselineEntitlement,
     GrantExpired,
     GrantIssued,
     GrantReleased,
@@ -32,16 +34,19 @@ from schemas.events import (
 
 
 class Verdict:
-    """A check's answer and why; an allowing verdict carries the grant and its expiry."""
+    """A check's answer and why; an allowing verdict carries the grant and its expiry, or the
+    baseline entitlement that allows it (standing, no expiry: not a grant)."""
 
-    __slots__ = ("_now", "_reason", "allowed", "grant", "unavailable")
+    __slots__ = ("_now", "_reason", "allowed", "baseline", "grant", "unavailable")
 
     def __init__(
         self, allowed: bool, reason: str = "", grant: GrantIssued | None = None,
         now: float | None = None, *, unavailable: bool = False,
+        baseline: BaselineEntitlement | None = None,
     ) -> None:
         self.allowed = allowed
         self.grant = grant
+        self.baseline = baseline
         self._reason = reason
         self._now = now
         # Denied because the view cannot vouch for its answer yet (stale, catching up, token
@@ -52,6 +57,8 @@ class Verdict:
     def reason(self) -> str:
         """Why: the grant, its absolute expiry and the time left; or the cause of the denial."""
         if self._reason or self.grant is None:
+            if not self._reason and self.baseline is not None:
+                return f"baseline entitlement: {self.baseline.reason}"
             return self._reason
         left = self.grant.expires_at.timestamp() - (self._now or time.time())
         return (
@@ -83,20 +90,31 @@ class GrantIndex:
         self._by_scope: dict[str, Scopes] = {}
         self._ended: Bounded[str, None] = Bounded(max_entries)
         self._poisoned: Bounded[str, str] = Bounded(max_entries)
+        self.baselines = BaselineIndex()
         self.undecodable = 0
         self.refused = 0
 
     def allows(
         self, agent_id: str, scope: str, resource: str, now: datetime | None = None
     ) -> Verdict:
-        """The answer from memory (the view has checked its freshness first)."""
+        """The answer from memory (the view has checked its freshness first): a grant, else
+        the agent's baseline entitlement, else a denial saying why."""
         if self._poisoned and agent_id in self._poisoned:
             return Verdict(False, self._poisoned.get(agent_id) or "unreadable event")
+        t = now.timestamp() if now is not None else time.time()
+        verdict = self._granted(agent_id, scope, resource, t)
+        if verdict.allowed:
+            return verdict
+        allowed, why, statement = self.baselines.entitled(agent_id, scope, t)
+        if allowed:
+            return Verdict(True, "", None, t, baseline=statement)
+        return Verdict(False, f"{verdict.reason}; {why}") if why else verdict
+
+    def _granted(self, agent_id: str, scope: str, resource: str, t: float) -> Verdict:
         held = self._by_scope.get(agent_id)
         entries = held.get(scope) if held is not None else None
         if not entries:
             return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
-        t = now.timestamp() if now is not None else time.time()
         expired = None
         for expires, resources, grant in entries.values():
             if not resources or resource in resources:
@@ -150,7 +168,10 @@ class GrantIndex:
             earlier = [gid for gid, g in self._grants.get(ev.agent_id, {}).items()
                        if g.issued_at <= ev.revoked_at]
             self._end(ev.agent_id, (*earlier, *ev.grant_ids))
+            self.baselines.revoked(ev)
             return ev
+        elif isinstance(ev, BaselineEntitlement):
+            self.baselines.apply(ev)
         return None
 
     def _poison(self, record: Record) -> None:

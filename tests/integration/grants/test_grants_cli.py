@@ -7,24 +7,14 @@ import re
 from collections.abc import Callable
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from broker.cli.main import app
 from broker.config import Settings
-from broker.stack.credentials import role_access
-from broker.stack.worker import worker_env
-from schemas import topics
+from tests.support.audit import cli
 from tests.support.identities import agent_client
 
 pytestmark = pytest.mark.integration
 FREEZE = "payments:accounts.freeze"
 
-
-def run(settings: Settings, *args: str) -> Result:
-    """``permbroker ARGS`` as an operator, on a narrow (80 columns) terminal."""
-    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
-    env = {k: v for k, v in operator.items() if k.startswith("PERMBROKER_")}
-    return CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "80"})
 
 
 def test_grants_list_prints_whole_ids_and_show_finds_a_grant_by_id_or_prefix(
@@ -38,15 +28,15 @@ def test_grants_list_prints_whole_ids_and_show_finds_a_grant_by_id_or_prefix(
         d = client.request_escalation([FREEZE], resources=["acct-1"], duration_s=600,
                                       reason="pattern", confidence=0.95, risk_score=0.9)
     assert d.outcome == "granted" and d.grant_id is not None
-    listed = run(settings, "grants", "list", "--agent", agent)
-    assert listed.exit_code == 0, listed.output
+    listed = cli(settings, "grants", "list", "--agent", agent, columns=80)
+    assert listed.returncode == 0, listed.output
     assert d.grant_id in listed.stdout and agent in listed.stdout
-    shown = run(settings, "grants", "show", d.grant_id[:20], "--json")
-    assert shown.exit_code == 0, shown.output
+    shown = cli(settings, "grants", "show", d.grant_id[:20], "--json")
+    assert shown.returncode == 0, shown.output
     assert json.loads(shown.stdout)["grant_id"] == d.grant_id
-    whole = run(settings, "grants", "show", d.grant_id)
-    assert whole.exit_code == 0 and f"grant_id: {d.grant_id}" in whole.stdout
+    whole = cli(settings, "grants", "show", d.grant_id)
+    assert whole.returncode == 0 and f"grant_id: {d.grant_id}" in whole.stdout
     assert re.search(r"expires_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in \d+[dhms]( \d+[hms])?\)",
                      whole.stdout), whole.stdout
-    missing = run(settings, "grants", "show", "grant-nope")
-    assert missing.exit_code == 1 and "no active grant grant-nope" in missing.stderr
+    missing = cli(settings, "grants", "show", "grant-nope")
+    assert missing.returncode == 1 and "no active grant grant-nope" in missing.stderr

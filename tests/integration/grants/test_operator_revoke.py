@@ -7,28 +7,20 @@ import json
 from collections.abc import Callable
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.kafka.admin import ensure_topics
-from broker.cli.main import app
 from broker.config import Settings
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
-from broker.stack.worker import worker_env
 from schemas import topics
+from tests.support.audit import cli
 from tests.support.enforcement import FREEZE, fraud_grant
 from tests.support.identities import agent_client, shared_trust
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
-
-def run(settings: Settings, *args: str) -> Result:
-    """``permbroker ARGS`` as an operator."""
-    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
-    env = {k: v for k, v in operator.items() if k.startswith("PERMBROKER_")}
-    return CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "120"})
 
 
 def test_grants_revoke_ends_one_grant_by_prefix_and_says_what_it_revoked(
@@ -43,9 +35,9 @@ def test_grants_revoke_ends_one_grant_by_prefix_and_says_what_it_revoked(
         assert view.wait_ready(30)
         first, second = fraud_grant(client), fraud_grant(client, (FREEZE,))
         assert first.grant_id and second.grant_id
-        done = run(settings, "grants", "revoke", first.grant_id[:-4], "--reason", "leaked",
+        done = cli(settings, "grants", "revoke", first.grant_id[:-4], "--reason", "leaked",
                    "--json")
-        assert done.exit_code == 0, done.output
+        assert done.returncode == 0, done.output
         shown = json.loads(done.stdout)
         assert shown["grant_id"] == first.grant_id and shown["agent_id"] == agent
         assert shown["reason"].startswith("revoked by operator:") and "leaked" in shown["reason"]
@@ -53,10 +45,10 @@ def test_grants_revoke_ends_one_grant_by_prefix_and_says_what_it_revoked(
         wait_until(lambda: view.grant_state(agent, first.grant_id) == "ended", 30,
                    "the grant.revoked at the view")
         assert view.grant_state(agent, second.grant_id) == "active"
-    again = run(settings, "grants", "revoke", first.grant_id, "--reason", "again")
-    assert again.exit_code == 1 and "no active grant" in again.stderr
-    text = run(settings, "grants", "revoke", second.grant_id, "--reason", "done")
-    assert text.exit_code == 0 and f"revoked grant {second.grant_id} of {agent}" in text.stdout
+    again = cli(settings, "grants", "revoke", first.grant_id, "--reason", "again")
+    assert again.returncode == 1 and "no active grant" in again.stderr
+    text = cli(settings, "grants", "revoke", second.grant_id, "--reason", "done")
+    assert text.returncode == 0 and f"revoked grant {second.grant_id} of {agent}" in text.stdout
 
 
 def test_agents_revoke_waits_for_the_worker_and_reports_each_acknowledging_point(
@@ -71,9 +63,9 @@ def test_agents_revoke_waits_for_the_worker_and_reports_each_acknowledging_point
             agent_client(settings, agent) as client:
         assert view.wait_ready(30)
         granted = fraud_grant(client, (FREEZE,))
-        done = run(settings, "agents", "revoke", agent, "--reason", "compromised",
+        done = cli(settings, "agents", "revoke", agent, "--reason", "compromised",
                    "--acks-wait", "20", "--json")
-    assert done.exit_code == 0, done.output
+    assert done.returncode == 0, done.output
     result = json.loads(done.stdout)
     assert [r["grant_id"] for r in result["revoked"]] == [granted.grant_id]
     assert result["revoked"][0]["scopes"] == [FREEZE]
@@ -88,9 +80,9 @@ def test_agents_revoke_without_enforcement_points_says_none_acknowledged(
     agent = agents("f")
     with agent_client(settings, agent) as client:
         granted = fraud_grant(client)
-    done = run(settings, "agents", "revoke", agent, "--reason", "compromised",
+    done = cli(settings, "agents", "revoke", agent, "--reason", "compromised",
                "--acks-wait", "0.2")
-    assert done.exit_code == 0, done.output
+    assert done.returncode == 0, done.output
     assert granted.grant_id in done.stdout and f"revoked 1 grant(s) of {agent}" in done.stdout
 
 

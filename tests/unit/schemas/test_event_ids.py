@@ -14,6 +14,7 @@ from schemas.events import (
     ApprovalVoted,
     AuditLink,
     AuditRecord,
+    BaselineEntitlement,
     ChecksReported,
     CommandAnswered,
     EnforcementPointStatus,
@@ -29,6 +30,7 @@ from schemas.events import (
     GrantRevoked,
     GrantUsed,
     JwksPublished,
+    KeyAgeWarning,
     ModelInfo,
     ReleaseDecided,
     ReleaseRequested,
@@ -73,6 +75,8 @@ PINNED: dict[type[WireModel], str] = {
     EscalationPending: "req-9:pending",
     ApprovalVoted: "vote-1",
     RoutingAnnounced: "routing:host-1:4242:2026-11-28T10:00:00+00:00",
+    BaselineEntitlement: "baseline-1",
+    KeyAgeWarning: "key-warning-1",
 }
 
 
