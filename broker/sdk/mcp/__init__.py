@@ -1,1 +1,1 @@
-"""MCP tool calls guarded by grants: the server middleware and the agent-side helper."""
+"""MCP tool calls guarded by grants: the server middleware (guard) and the agent helper (agent)."""
