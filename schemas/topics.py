@@ -224,9 +224,10 @@ JWKS = Topic(
 IDENTITY_TOPICS: tuple[Topic, ...] = (REGISTRY, AGENTS, GRANT_COMMANDS, JWKS)
 USAGE = Topic(
     "permbroker.usage", PARTITIONS, "delete", 7 * DAY_MS,
-    ("io.permbroker.grant.used.v1",),
+    ("io.permbroker.grant.used.v1", "io.permbroker.checks.reported.v1"),
     "Resource services report each use of a budgeted scope (counted atomically in Redis first); "
-    "workers audit it and revoke a grant whose budget is exhausted.",
+    "workers audit it and revoke a grant whose budget is exhausted. Enforcement points also "
+    "report the checks they answer, in batches per agent; workers audit each check.",
     _APPEND_TIME,
     writers=(SERVICE,),
     readers=(WORKER, OPERATOR),

@@ -7,7 +7,8 @@ Resource services count uses atomically in Redis before they report them on the 
 refusal at the limit) ends the grant: ``REVOKE_EXHAUSTED`` removes it once per exhaustion, only
 if the store's own counter is at the limit (a forged report revokes nothing), then one
 ``grant.revoked`` with the reason is published and marked, so a redelivered report publishes
-nothing again. An undecodable report goes to the dead-letter topic.
+nothing again. Reports of the checks enforcement points answered (``checks.reported``) are
+audited, one record per check. An undecodable report goes to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import logging
 from datetime import datetime
 
 from broker.adapters.redis.budgets import BudgetRevoker, Exhaustion
+from broker.audit.checks import check_audits
 from broker.delivery.routing import namespaces_of
 from broker.errors import WireError
 from broker.grants.budgets import revoked_for, use_audit
 from broker.grants.revocation import lifecycle_audit
-from schemas.events import GrantUsed
-from streams.worker import Incoming, WorkerContext
+from schemas.events import ChecksReported, GrantUsed
+from streams.worker import Incoming, WorkerContext, expect
 
 log = logging.getLogger("permbroker.budgets")
 
@@ -37,11 +39,23 @@ class Budgets:
         """Handle one report of the usage topic (retried until stored and published)."""
         await self.ctx.ready.wait()
         try:
-            event = self.ctx.decode(msg, GrantUsed)
+            found = self.ctx.read(msg)
+            if isinstance(found, ChecksReported):  # checks an enforcement point answered
+                await self.ctx.retrying("usage", lambda: self._checks(found, msg))
+                return
+            event = expect(found, msg, GrantUsed)
         except WireError as exc:
             await self.ctx.dead_letter(msg, str(exc))
             return
         await self.ctx.retrying("usage", lambda: self._apply(event, msg))
+
+    async def _checks(self, report: ChecksReported, msg: Incoming) -> None:
+        """Audit each reported check (resources hashed wherever they are quoted)."""
+        resources = tuple(sorted({c.resource for c in report.checks if c.resource}))
+        await self.ctx.audit(*check_audits(report, msg.received_at), also=resources)
+        self.ctx.count("check_reports")
+        if report.dropped:
+            self.ctx.count("check_reports_with_drops")
 
     async def _apply(self, event: GrantUsed, msg: Incoming) -> None:
         now = msg.received_at

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from rich.text import Text
 
 from broker.adapters.kafka.clientlog import silence
+from broker.cli.audit import checks as _audit_checks  # noqa: F401 - registers `audit checks`
 from broker.cli.audit.audit import audit_app, audit_keys_app
 from broker.cli.context import use_settings
 from broker.cli.grants.approvals import approvals_app

@@ -89,6 +89,7 @@ from schemas.events.lifecycle import (
     RenewalRequested,
 )
 from schemas.events.risk import OPERATOR_REVOKE_KIND, EvidenceKey, EvidenceText, RiskObserved
+from schemas.events.usage import CheckPerformed, ChecksReported
 
 __all__ = [
     "AGENT_ID_PATTERN",
@@ -118,6 +119,8 @@ __all__ = [
     "AuditRecord",
     "B64Url",
     "BaselineEntitlement",
+    "CheckPerformed",
+    "ChecksReported",
     "CommandAnswered",
     "DelegationDecided",
     "DelegationRequested",

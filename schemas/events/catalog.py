@@ -44,6 +44,7 @@ from schemas.events.lifecycle import (
     RenewalRequested,
 )
 from schemas.events.risk import RiskObserved
+from schemas.events.usage import ChecksReported
 
 # CloudEvents `type` for each model: reverse-DNS, versioned. Spelled here only.
 EVENT_TYPES: dict[type[WireModel], str] = {
@@ -73,6 +74,7 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     CommandAnswered: "io.permbroker.command.answered.v1",
     JwksPublished: "io.permbroker.jwks.published.v1",
     GrantUsed: "io.permbroker.grant.used.v1",
+    ChecksReported: "io.permbroker.checks.reported.v1",
     RoutingAnnounced: "io.permbroker.grant.routing.v1",
     BaselineEntitlement: "io.permbroker.agent.baseline.v1",
     KeyAgeWarning: "io.permbroker.agent.key.warning.v1",

@@ -151,6 +151,13 @@ class Assertions(httpx.Auth):
             request.method, request.url.path)
         yield request
 
+    def __call__(self, request: Any) -> Any:
+        """The same for a client that takes a function as ``auth``: Starlette's TestClient runs
+        on httpx2 when it is installed (the mcp SDK brings it), which knows no ``httpx.Auth``."""
+        request.headers["Authorization"] = "Bearer " + self.header_value(
+            request.method, request.url.path)
+        return request
+
     def header_value(self, method: str, path: str) -> str:
         """An assertion for one call."""
         return mint(self.key, self.principal, method, path)

@@ -20,6 +20,8 @@ from schemas.events import (
     ApprovalVoted,
     AuditRecord,
     BaselineEntitlement,
+    CheckPerformed,
+    ChecksReported,
     CommandAnswered,
     DelegationDecided,
     DelegationRequested,
@@ -234,6 +236,12 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         use_id="use-1", agent_id=AGENT, grant_id="g-1", scope="payments:accounts.freeze",
         resource="acct-1", service="payments-api", outcome="consumed", used=1, limit=3,
         used_at=NOW,
+    ),
+    ChecksReported: ChecksReported(
+        report_id="checks-1", agent_id=AGENT, service="payments-mcp", dropped=2,
+        checks=(CheckPerformed(scope="payments:accounts.freeze", resource="acct-1", allowed=True,
+                               grant_id="g-1", reason="grant g-1", checked_at=NOW),),
+        reported_at=NOW,
     ),
     JwksPublished: JwksPublished(
         issuer="permbroker",

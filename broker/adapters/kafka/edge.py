@@ -37,6 +37,7 @@ from broker.identity.rules import Rejection
 from schemas import topics
 from schemas.events import (
     EVENT_TYPES,
+    ChecksReported,
     EnforcementPointStatus,
     GrantUsed,
     RevocationAcknowledged,
@@ -213,7 +214,7 @@ def _not_author(role: str | None, signed: Signed | None,
         return None
     if isinstance(event, RevocationAcknowledged | EnforcementPointStatus):
         named = event.enforcement_point
-    elif isinstance(event, GrantUsed):
+    elif isinstance(event, GrantUsed | ChecksReported):
         named = event.service
     else:
         return "wrong-topic", f"{type(event).__name__} is not an enforcement point's report"

@@ -139,6 +139,11 @@ class GrantView:
                 return Verdict(False, problem, unavailable=True)
         return self._index.allows(agent_id, scope, resource, now)
 
+    def caught_up(self, token: ConsistencyToken | str) -> str:
+        """'' once the view has applied the event ``token`` names (waiting up to
+        ``token_wait_s``), else why not: for checks made outside ``allows`` (token verifiers)."""
+        return self._wait_for(token)
+
     def _wait_for(self, token: ConsistencyToken | str) -> str:
         """'' once the view has applied what ``token`` names on its topic, else why not."""
         try:

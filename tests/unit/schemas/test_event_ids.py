@@ -15,6 +15,7 @@ from schemas.events import (
     AuditLink,
     AuditRecord,
     BaselineEntitlement,
+    ChecksReported,
     CommandAnswered,
     DelegationDecided,
     DelegationRequested,
@@ -71,6 +72,7 @@ PINNED: dict[type[WireModel], str] = {
     GrantCommand: "cmd-3",
     CommandAnswered: "answer-1",  # the answer's id, not the command's
     GrantUsed: "g-1:used:use-1:consumed",
+    ChecksReported: "checks-1",
     JwksPublished: "jwks:permbroker:sha256:12",
     EscalationPending: "req-9:pending",
     ApprovalVoted: "vote-1",
