@@ -39,7 +39,7 @@ class Budgets:
         try:
             event = self.ctx.decode(msg, GrantUsed)
         except WireError as exc:
-            await self.ctx.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc), exc.code)
             return
         await self.ctx.retrying("usage", lambda: self._apply(event, msg))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,7 +112,7 @@ class Escalations:
             ctx.fenced(msg, str(exc))
             return
         except WireError as exc:
-            await ctx.dead_letter(msg, str(exc))
+            await ctx.dead_letter(msg, str(exc), exc.code)
             return
         # The first snapshot (reads only) is taken while the identity gate checks the
         # signature, to save its round trip; a retry of the decision reads afresh.
@@ -150,9 +151,11 @@ class Escalations:
                          state=AgentState(), received_at=at, now=at, risk=risk,
                          blocked_by=admission.denial(), note={"stranger": True}, signer=signer)
         await ctx.audit(outcome.audit)
+        committed_at = time.time()  # nothing to commit in Redis: decided once audited
         await ctx.partition_fence(msg)
         ctx.count(f"decided_{outcome.decision.outcome}")
         await ctx.emit(topics.DECISIONS.name, outcome.decision)
+        ctx.figures.decided(outcome.decision, msg.timestamp, committed_at)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming, admission: Admission,
                       first: list[asyncio.Task[Snapshot]]) -> None:
@@ -290,6 +293,9 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
     decision = committed.decision
     if decision is None:  # blocked every time: the next attempt starts over
         raise StoreUnavailable("agent state kept changing during the decision")
+    # Committed just now, or (finished after a crash) around when it was decided.
+    committed_at = time.time() if committed.status != "existing" else \
+        decision.decided_at.timestamp()
     # Stalled since the commit? Then the new owner announces it (found stored, unpublished).
     await ctx.partition_fence(msg)
     if committed.status == "existing" and committed.published:
@@ -308,6 +314,7 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
         if token is not None:
             decision = decision.model_copy(update={"consistency_token": token.encode()})
     await ctx.emit(topics.DECISIONS.name, decision)
+    ctx.figures.decided(decision, msg.timestamp, committed_at)
     if pending is not None:  # a fail-closed denial: its record waits for the audit to return
         await ctx.audit_until_written(pending)
     await ctx.store.mark_published(

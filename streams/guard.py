@@ -37,7 +37,7 @@ async def guarded(ctx: WorkerContext, msg: Incoming, handle: Handler, *,
     try:
         failure = await _until_done(ctx, msg, handle)
         if failure is not None:
-            await ctx.dead_letter(msg, failure)
+            await ctx.dead_letter(msg, failure, "handler-failed")
             if fail_safe is not None:
                 await _until_safe(ctx, msg, fail_safe, failure)
     finally:
