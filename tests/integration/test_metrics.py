@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,10 +23,34 @@ from schemas import topics
 from schemas.events import GrantIssued
 from tests.support.factories import anomaly
 from tests.support.identities import Registrar, agent_client
-from tests.support.scrape import Samples, scrape, scrape_text, total
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
+
+# sample name -> {labels (sorted items) -> value}
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape_text(port: int) -> str:
+    """The exposition text the worker on ``port`` serves now."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def scrape(port: int) -> Samples:
+    """Every sample the worker on ``port`` serves now."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(scrape_text(port)):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for key, v in samples.get(name, {}).items()
+               if all((k, val) in key for k, val in labels.items()))
+
 
 COMMIT, PUBLISH = "permbroker_decision_commit_seconds", "permbroker_decision_publish_seconds"
 
