@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import faust
 from prometheus_client.registry import Collector
 
+from broker.adapters import logs
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
@@ -83,8 +84,11 @@ def main() -> int:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
     faust_app.wire(app, worker, settings)
-    logging.getLogger("permbroker").setLevel(loglevel.upper() if loglevel != "warn" else "WARNING")
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    level = loglevel.upper() if loglevel != "warn" else "WARNING"
+    logging.getLogger("permbroker").setLevel(level)
+    logs.hide(kafka.password)
+    faust.Worker(app, loglevel=loglevel, quiet=True,
+                 logging_config=logs.logging_config(level)).execute_from_commandline()
     return 0
 
 

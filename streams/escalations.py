@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from broker.adapters import logs
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
 from broker.audit.records import attempt_fenced_audit
@@ -159,6 +160,7 @@ class Escalations:
 
     async def _decide(self, request: EscalationRequested, msg: Incoming, admission: Admission,
                       first: list[asyncio.Task[Snapshot]]) -> None:
+        logs.bind(agent_id=request.agent_id, request_id=request.request_id)
         agent = self.gate.profile(request.agent_id)
         carry = _Carry(self._rate(agent), admission.denial(), {})
         signer = Signer(admission.signer.id, admission.signer.kid) if admission.signer else None
@@ -308,6 +310,8 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
         await ctx.audit(decision_audit(decision, {"recovered_from": msg.origin}))
     else:
         ctx.count(f"decided_{decision.outcome}")
+    logs.bind(agent_id=decision.agent_id, request_id=decision.request_id,
+              grant_id=decision.grant_id)
     # The grant first, so whoever sees the decision can already find the grant.
     if committed.grant is not None:
         token = await ctx.emit_grants((committed.grant, None))
@@ -315,6 +319,7 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
             decision = decision.model_copy(update={"consistency_token": token.encode()})
     await ctx.emit(topics.DECISIONS.name, decision)
     ctx.figures.decided(decision, msg.timestamp, committed_at)
+    log.info("decided: %s", decision.outcome)  # the ids are bound (agent, request, grant)
     if pending is not None:  # a fail-closed denial: its record waits for the audit to return
         await ctx.audit_until_written(pending)
     await ctx.store.mark_published(

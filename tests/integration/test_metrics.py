@@ -196,3 +196,29 @@ def test_the_scrape_time_probes_answer_and_follow_the_stack(
                              topic=topics.ESCALATIONS.name) == 0, 20, "escalations caught up")
     wait_until(lambda: total(scrape(settings.metrics_port), "permbroker_worker_sealer_lag")
                == 0, 20, "the sealer caught up")
+
+
+def test_the_worker_logs_each_decision_as_a_json_line_with_its_ids(
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str]
+) -> None:
+    """The worker's log (not a terminal: JSON) has the decision's line with the agent, request
+    and grant ids and the message's origin and event id."""
+    agent = agents("f")
+    with agent_client(settings, agent) as client:
+        d = client.request_escalation(["payments:accounts.freeze"], resources=["acct-1"],
+                                      duration_s=20, reason="logs", confidence=0.95,
+                                      risk_score=0.93)
+    assert d.outcome == "granted"
+
+    def line() -> dict[str, object] | None:
+        for text in worker.log_text().splitlines():
+            if d.request_id in text and text.startswith("{"):
+                entry: dict[str, object] = json.loads(text)
+                if entry["event"] == "decided: granted":
+                    return entry
+        return None
+
+    entry = wait_until(line, 10, "the decision's log line")
+    assert (entry["agent_id"], entry["grant_id"], entry["level"]) == (agent, d.grant_id, "info")
+    assert str(entry["origin"]).startswith(f"{topics.ESCALATIONS.name}/")
+    assert entry["event_id"] and entry["logger"] == "permbroker.worker"
