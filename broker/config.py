@@ -192,7 +192,8 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off)"
+        9464, ge=0, le=65535, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off; "
+        "each worker on one host needs its own)"
     )
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(

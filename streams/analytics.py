@@ -84,7 +84,7 @@ class Analytics:
         try:
             event = self.ctx.read(msg)  # a decision the broker signed, or a refusal
         except WireError as exc:
-            await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}")
+            await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}", "analytics")
             return
         if not isinstance(event, EscalationDecided):
             return  # renewal/release decisions and command answers are not requests

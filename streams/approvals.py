@@ -71,7 +71,7 @@ class Approvals:
             ctx.fenced(msg, str(exc))
             return
         except WireError as exc:
-            await ctx.dead_letter(msg, str(exc))
+            await ctx.dead_letter(msg, str(exc), exc.code)
             return
         try:
             admission = await ctx.retrying("identity", lambda: self.gate.admit(msg, vote))

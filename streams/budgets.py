@@ -45,7 +45,7 @@ class Budgets:
                 return
             event = expect(found, msg, GrantUsed)
         except WireError as exc:
-            await self.ctx.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc), exc.code)
             return
         await self.ctx.retrying("usage", lambda: self._apply(event, msg))
 

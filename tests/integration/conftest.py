@@ -6,6 +6,7 @@ tests/support/fixtures.py.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ from tests.support.identities import Registrar, pool_taker
 from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
+# The session worker's /metrics, moved with the test stack (two checkouts on one machine).
+METRICS_PORT = 29464 + int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
 POOL = 400
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
@@ -99,6 +102,7 @@ def settings(
         policy_path=test_policy,
         app_id=f"permbroker-test-{run_id}",
         stack_dir=tmp_path_factory.mktemp("worker"),
+        metrics_port=METRICS_PORT,
         expiry_interval_s=0.2,
         grant_namespaces=("payments", "crm", "reports"),
         expiry_warning_s=2.0,
