@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.codec import Encoded
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.behaviour.profiles import (
     ClassView,
     Finding,

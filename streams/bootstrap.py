@@ -37,10 +37,10 @@ from broker.adapters.kafka.lag import LagProbe
 from broker.adapters.ports import Publisher
 from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
-from broker.adapters.redis.census import Census, ClassOf
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.lifecycle import LifecycleStore
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.census import Census, ClassOf
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
 from broker.audit.redact import Redactor

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.kafka.lag import LagProbe, behind
-from broker.adapters.redis.census import Census, ClassOf
+from broker.adapters.redis.stats.census import Census, ClassOf
 from broker.errors import BusError, StoreError
 from schemas import topics
 
