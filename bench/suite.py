@@ -105,10 +105,11 @@ def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
 
 
 def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: int,
-                say: Any) -> Section:
+                sealer: Any, say: Any) -> Section:
     arms = b_tput.new_arms()
     assert rig.harness is not None
-    pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid}
+    pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid,
+            "sealer": sealer.pid}
     cpu = b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds,
                        sz.tput_k, say, s.redis_url, pids)
     rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
@@ -123,7 +124,8 @@ def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: in
 def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
     """Run every benchmark on a fresh bench stack, appending report sections to ``out`` as each
     completes (so a run that fails part way still reports what it measured)."""
-    with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s) as raw:
+    with env.bench_stack(say) as s, env.worker(s) as w1, env.sealer(s) as sealer, \
+            env.RawLoop(s) as raw:
         facts["worker_rss_start"] = env.rss_bytes(w1.pid)
         bao, bao_why = _start_bao(s, say)
         rig = _open_rig(s, bao)
@@ -139,7 +141,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
             e_arms = b_expiry.expiry_run(rig.watch, rig.seen, rig.view, rig.harness,
                                          s.redis_url, sz.expiry_grants, say)
             out.append(sections.expiry(e_arms))
-            out.append(_throughput(rig, s, sz, w1, raw.pid, say))
+            out.append(_throughput(rig, s, sz, w1, raw.pid, sealer, say))
         finally:
             _close_rig(rig)
             if bao is not None:

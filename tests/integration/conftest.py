@@ -37,6 +37,7 @@ from tests.support.services import Services
 ROOT = Path(__file__).resolve().parents[2]
 # The session worker's /metrics, moved with the test stack (two checkouts on one machine).
 METRICS_PORT = 29464 + int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
+SEALER_METRICS_PORT = METRICS_PORT + 1
 POOL = 400
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
@@ -108,6 +109,8 @@ def settings(
         expiry_warning_s=2.0,
         audit_redact_free_text=True,
         audit_digest_interval_s=0.5,
+        audit_sealer=False,  # the sealer runs as its own process (the worker fixture)
+        audit_sealer_metrics_port=SEALER_METRICS_PORT,
         # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse
         # (PERMBROKER_TEST_KAFKA_BOOTSTRAP) holds digests signed in earlier sessions.
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
