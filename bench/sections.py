@@ -36,8 +36,9 @@ def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
     three.notes.append("A revocation sample: grant a fresh agent through the worker, wait until "
                        "the view allows it, publish a behaviour_anomaly signal with the agent SDK, "
                        "check the view every ~0.1 ms until it denies, then check 50 more times. "
-                       "Every check that began after the view applied the revocation counts "
-                       "toward the false allows, also those before the first denied check.")
+                       "Every check that began with the view's applied offset at or past the "
+                       "revocation's offset (on its partition) counts toward the false allows, "
+                       "also those before the first denied check.")
     nine = Section("9", "9. Peer: central issuer (OpenBao) next to our grant and revocation",
                    [arms["B_create"], arms["B_revoke"]])
     if bao_missing:

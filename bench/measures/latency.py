@@ -142,8 +142,9 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     """Grant a fresh agent, revoke it by a risk signal; ms to the first denied view check.
 
     Returns (first denied check, view applied the revocation). Afterwards probes the view 50
-    more times. Every check that began once the view had applied the revocation counts: any
-    allow among them is a false allow (a revocation must never be undone).
+    more times. Every check that began once the view's applied offset had reached the
+    revocation's offset counts: any allow among them is a false allow (a revocation must never
+    be undone), also one before the first denial.
     """
     victim = env.agent_id("rev", rig.next_victim)
     rig.next_victim += 1
@@ -151,12 +152,12 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     if not rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
         raise RuntimeError(f"the view does not allow {victim}'s fresh grant")
     rig.seen.watch(f"revoked:{victim}")
-    checks: list[tuple[float, bool]] = []  # (perf_counter at the start, allowed)
+    checks: list[tuple[bool, bool]] = []  # (revocation applied when it began, allowed)
 
     def check() -> bool:
-        started = time.perf_counter()
+        applied = rig.seen.applied_through(victim)
         allowed = rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed
-        checks.append((started, allowed))
+        checks.append((applied, allowed))
         return allowed
 
     t0 = time.perf_counter()
@@ -172,15 +173,15 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     for _ in range(50):
         check()
         time.sleep(0.0001)
-    made, allowed = after_applied(checks, t_applied)
+    made, allowed = after_applied(checks)
     rig.checks_after += made
     rig.false_allows += allowed
     return ms_since(t0, t_denied), ms_since(t0, t_applied)
 
 
-def after_applied(checks: list[tuple[float, bool]], applied_at: float) -> tuple[int, int]:
-    """(checks that began at or after ``applied_at``, how many of them allowed)."""
-    late = [allowed for started, allowed in checks if started >= applied_at]
+def after_applied(checks: list[tuple[bool, bool]]) -> tuple[int, int]:
+    """(checks that began with the revocation applied by the view, how many of them allowed)."""
+    late = [allowed for applied, allowed in checks if applied]
     return len(late), sum(late)
 
 

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 from bench.measures.latency import after_applied
+from bench.observe import ViewEvents
 from bench.report import Section, markdown
 from bench.stats import Arm, Line, Target, median_ratio, percentile, ratio_lines
+from broker.adapters.kafka.edge import Record
+from schemas.events import AgentRevoked, WireModel
+
+
+def _revoked(agent: str) -> AgentRevoked:
+    now = datetime.now(UTC)
+    return AgentRevoked(agent_id=agent, revoked_at=now, reason="bench", rule="r",
+                        cause_event_id="e-1", markers_until=now)
+
+
+def _record(partition: int, offset: int, event: WireModel | None) -> Record:
+    return Record("permbroker.grants", partition, offset, 0, event, None, None)
 
 
 def test_percentile_interpolates_and_is_nan_when_empty() -> None:
@@ -58,9 +72,24 @@ def test_report_lists_missed_targets_in_the_summary() -> None:
 
 
 def test_false_allows_count_every_check_after_the_view_applied_the_revocation() -> None:
-    """Checks that began once the view applied a revocation count, before the first denial too;
-    checks from before it do not (they may rightly allow)."""
-    checks = [(1.0, True), (2.0, True), (3.0, True), (4.0, False), (5.0, False)]
-    assert after_applied(checks, 2.5) == (3, 1)  # the allow at 3.0 preceded the first denial
-    assert after_applied(checks, 4.0) == (2, 0)
-    assert after_applied(checks, 9.0) == (0, 0)
+    """Checks that began once the view's offset reached the revocation's count, before the
+    first denial too; checks from before it do not (they may rightly allow)."""
+    checks = [(False, True), (False, True), (True, True), (True, False), (True, False)]
+    assert after_applied(checks) == (3, 1)  # the allow preceded the first denial
+    assert after_applied([(False, True), (True, False), (True, False)]) == (2, 0)
+    assert after_applied([(False, True), (False, False)]) == (0, 0)
+
+
+def test_a_revocation_is_applied_once_the_views_offset_reaches_it() -> None:
+    """The view's applied offset on the revocation's partition, not a clock, decides."""
+    seen = ViewEvents()
+    assert not seen.applied_through("a")
+    seen.on_event(_record(0, 7, _revoked("a")), 0.0)
+    assert seen.applied_through("a")
+    seen.revocations["b"] = (1, 12)
+    seen.on_event(_record(1, 11, None), 0.0)
+    assert not seen.applied_through("b")
+    seen.on_event(_record(1, 12, None), 0.0)
+    assert seen.applied_through("b")
+    seen.on_event(_record(0, 3, None), 0.0)  # another partition's offset never counts for b
+    assert seen.applied_through("b")
