@@ -20,6 +20,8 @@ def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
     one.lines = ratio_lines("1", s, r, label="worker / raw loop",
                             p50_target=Target("<= 2x", 2.0), p99_target=Target("<= 3x", 3.0))
     one.lines += ratio_lines("1", s, f, label="worker / floor")
+    one.extra["CPU ms per request, by process, during each latency arm's rounds"] = \
+        rig.cpu_ms_per_request()
     one.lines += [Line("1", "worker p50 (absolute)", s.pooled(50), "ms", "all rounds pooled",
                        target=Target("<= 2 ms", 2.0)),
                   Line("1", "worker p99 (absolute)", s.pooled(99), "ms", "all rounds pooled",

@@ -7,6 +7,7 @@ memory (7, 100,000 grants, last because it fills Redis).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,8 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
         facts["worker_rss_start"] = env.rss_bytes(w1.pid)
         bao, bao_why = _start_bao(s, say)
         rig = _open_rig(s, bao)
+        rig.pids = {**env.stack_pids(s), "worker 1": w1.pid, "sealer": sealer.pid,
+                    "raw loop": raw.pid, "bench driver (views)": os.getpid()}
         try:
             _warm_up(rig)
             arms = b_latency.run_rounds(rig, sz.rounds, sz.latency_n, sz.revocations, say)

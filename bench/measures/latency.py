@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bench import env
 from bench.observe import FloorPipe, KeyWatch, ViewEvents, published
@@ -46,6 +48,8 @@ def ms_since(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
 
 
+T = TypeVar("T")
+
 @dataclass
 class Rig:
     """Everything the latency rounds share: observers, clients, a view."""
@@ -62,6 +66,24 @@ class Rig:
     false_allows: int = 0
     checks_after: int = 0
     next_victim: int = 0
+    pids: dict[str, int] = field(default_factory=dict)  # every process whose CPU is metered
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> process -> s
+    cpu_n: dict[str, int] = field(default_factory=dict)  # arm -> requests metered
+
+    def metered(self, arm: str, count: int, run: Callable[[], T]) -> T:
+        """``run()``, adding the CPU each process used meanwhile to ``arm`` (``count`` requests)."""
+        before = {name: env.cpu_seconds(pid) for name, pid in self.pids.items()}
+        out = run()
+        spent = self.cpu_s.setdefault(arm, {})
+        for name, pid in self.pids.items():
+            spent[name] = spent.get(name, 0.0) + env.cpu_seconds(pid) - before[name]
+        self.cpu_n[arm] = self.cpu_n.get(arm, 0) + count
+        return out
+
+    def cpu_ms_per_request(self) -> dict[str, dict[str, float]]:
+        """arm -> process -> CPU milliseconds per request, over every metered round."""
+        return {arm: {name: round(s * 1000 / max(self.cpu_n[arm], 1), 3)
+                      for name, s in by.items()} for arm, by in self.cpu_s.items()}
 
     def client(self, agent: str) -> AgentClient:
         """The agent's own SDK client (one identity, one client)."""
@@ -234,14 +256,15 @@ def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[s
                              role_access(rig.settings, topics.OPERATOR))  # type: ignore[arg-type]
     bao_failures = 0
     for r in range(rounds):
-        s_redis, s_view = subject_round(rig, n)
+        s_redis, s_view = rig.metered("escalation (worker)", n, lambda: subject_round(rig, n))
         arms["S_redis"].add_round(s_redis)
         arms["S_view"].add_round(s_view)
-        arms["R"].add_round(raw_round(rig, n))
-        rtt, floor = floor_round(rig, n)
+        arms["R"].add_round(rig.metered("raw loop", n, lambda: raw_round(rig, n)))
+        rtt, floor = rig.metered("floor and Kafka RTT", n, lambda: floor_round(rig, n))
         arms["RTT"].add_round(rtt)
         arms["F"].add_round(floor)
-        denied, applied = revoke_round(rig, monitor, n_rev)
+        denied, applied = rig.metered("revocation", n_rev,
+                                      lambda: revoke_round(rig, monitor, n_rev))
         arms["V"].add_round(denied)
         arms["V_applied"].add_round(applied)
         if rig.bao is not None:

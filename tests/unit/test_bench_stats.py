@@ -93,3 +93,24 @@ def test_a_revocation_is_applied_once_the_views_offset_reaches_it() -> None:
     assert seen.applied_through("b")
     seen.on_event(_record(0, 3, None), 0.0)  # another partition's offset never counts for b
     assert seen.applied_through("b")
+
+
+def test_cpu_per_request_is_metered_per_arm_and_process() -> None:
+    """An arm's CPU is what each process used during its rounds, over the requests made."""
+    import os
+
+    from bench.measures.latency import Rig
+
+    rig = Rig(settings=None, watch=None, floor=None, view=None, seen=ViewEvents())  # type: ignore[arg-type]
+    rig.pids = {"this process": os.getpid()}
+
+    def burn() -> int:
+        return sum(i * i for i in range(1_000_000))
+
+    assert rig.metered("busy", 10, burn) == burn()
+    rig.metered("busy", 10, burn)
+    rig.metered("idle", 5, lambda: None)
+    cpu = rig.cpu_ms_per_request()
+    assert set(cpu) == {"busy", "idle"} and set(cpu["busy"]) == {"this process"}
+    assert cpu["busy"]["this process"] > 0  # 20 requests shared the CPU burn() took
+    assert rig.cpu_n == {"busy": 20, "idle": 5}
