@@ -121,7 +121,7 @@ def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -
         Line("7", "Redis bytes per active grant", in_redis["bytes_per_grant"], "B",
              "used_memory delta / grants", target=Target("<= 200 B", 200.0)),
         Line("7", "view bytes per active grant", in_view["bytes_per_grant"], "B",
-             "tracemalloc, Python heap"),
+             "tracemalloc, Python heap", target=Target("<= 500 B", 500.0)),
         Line("7", "worker resident memory", worker_rss / 2**20, "MiB", "VmRSS"),
     ]
     sec.extra["redis"] = in_redis

@@ -114,3 +114,21 @@ def test_cpu_per_request_is_metered_per_arm_and_process() -> None:
     assert set(cpu) == {"busy", "idle"} and set(cpu["busy"]) == {"this process"}
     assert cpu["busy"]["this process"] > 0  # 20 requests shared the CPU burn() took
     assert rig.cpu_n == {"busy": 20, "idle": 5}
+
+
+def test_view_memory_is_split_by_the_module_that_allocated_it() -> None:
+    """Bytes per grant by allocating module, the largest first, the rest summed."""
+    import tracemalloc
+
+    from bench.measures.memory import by_component
+
+    tracemalloc.start()
+    try:
+        kept = [bytearray(1000) for _ in range(100)]
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    split = by_component(snapshot, 100, top=3)
+    assert split["tests/unit/test_bench_stats.py"] >= 1000  # each "grant" held 1,000 bytes here
+    assert "(everything else)" in split and len(split) <= 4
+    assert kept
