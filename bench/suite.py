@@ -36,6 +36,7 @@ from bench.measures import (
     trust as b_trust,
 )
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
+from bench.profile import Profile, top_frames
 from bench.report import Section
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
@@ -111,15 +112,23 @@ def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: in
     assert rig.harness is not None
     pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid,
             "sealer": sealer.pid}
+    profile = Profile(w1.pid, s.stack_dir / "worker-profile.txt")
     cpu = b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds,
                        sz.tput_k, say, s.redis_url, pids)
+    frames = top_frames(profile.stop())
     rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
     with env.worker(s, "worker2") as w2:
         cpu |= b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds,
                             sz.tput_k, say, s.redis_url, {**pids, "worker 2": w2.pid})
         rss["worker 1, two workers"] = env.rss_bytes(w1.pid)
         rss["worker 2"] = env.rss_bytes(w2.pid)
-    return sections.throughput(arms, rss, cpu)
+    sec = sections.throughput(arms, rss, cpu)
+    title = ("Worker 1's top 15 functions by self samples (py-spy, 100 Hz, through the "
+             "one-worker arm's rounds, raw-loop batches included)")
+    sec.tables[title] = frames
+    if profile.why or not frames:
+        sec.notes.append(f"no worker profile: {profile.why or 'py-spy took no samples'}")
+    return sec
 
 
 def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:

@@ -132,3 +132,35 @@ def test_view_memory_is_split_by_the_module_that_allocated_it() -> None:
     assert split["tests/unit/test_bench_stats.py"] >= 1000  # each "grant" held 1,000 bytes here
     assert "(everything else)" in split and len(split) <= 4
     assert kept
+
+
+def test_the_profile_sums_self_and_total_samples_per_function() -> None:
+    """Collapsed stacks summed per function (line numbers dropped): self and total shares."""
+    from bench.profile import top_frames
+
+    top_of = "<module> (streams/__main__.py:5);run (faust/app.py:10);"
+    collapsed = "\n".join([
+        top_of + "decide (broker/grants/decide.py:42) 6",
+        top_of + "decide (broker/grants/decide.py:50) 2",
+        top_of + "verify (/x/site-packages/jose/jws.py:9) 2",
+        "not a stack line",
+    ])
+    top = top_frames(collapsed, n=2)
+    assert top == [
+        {"function": "decide (broker/grants/decide.py)", "self %": 80.0, "total %": 80.0,
+         "self samples": 8},
+        {"function": "verify (jose/jws.py)", "self %": 20.0, "total %": 20.0, "self samples": 2},
+    ]
+    assert top_frames("") == []
+
+
+def test_a_sections_tables_are_rendered_as_markdown_tables() -> None:
+    """A table of rows (the worker profile) appears under its title, one row per line."""
+    sec = Section("6", "6. Throughput", tables={"Top functions": [
+        {"function": "decide (broker/grants/decide.py)", "self %": 80.0},
+        {"function": "verify (jose/jws.py)", "self %": 20.0}]})
+    meta = {"started": "t", "machine": "m", "rounds": 5, "elapsed_s": 1.0, "command": "c",
+            "method": ["m"]}
+    text = markdown([sec], meta)
+    assert ("Top functions:\n\n| function | self % |\n|---|---|\n"
+            "| decide (broker/grants/decide.py) | 80.0 |\n| verify (jose/jws.py) | 20.0 |") in text
