@@ -159,15 +159,16 @@ def test_every_dashboard_query_names_metrics_a_live_worker_serves(
     worker: WorkerProcess, settings: Settings
 ) -> None:
     """Each PromQL expression of deploy/grafana/ names a metric, and each metric it names is in
-    the live worker's /metrics."""
+    the live worker's /metrics or the sealer process's."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
     exprs = [t["expr"] for p in panels for t in p["targets"]]
     assert len(exprs) >= len(panels) >= 10
     named = [set(re.findall(r"\bpermbroker_[a-zA-Z0-9_:]+", e)) for e in exprs]
     assert all(named), [e for e, n in zip(exprs, named, strict=True) if not n]
     served = served_names(scrape_text(settings.metrics_port))
+    served |= served_names(scrape_text(settings.audit_sealer_metrics_port))
     missing = set().union(*named) - served
-    assert not missing, f"not in the worker's /metrics: {sorted(missing)}"
+    assert not missing, f"not in the worker's nor the sealer's /metrics: {sorted(missing)}"
 
 
 def test_the_scrape_time_probes_answer_and_follow_the_stack(
