@@ -33,13 +33,14 @@ def _strs(values: tuple[str, ...]) -> tuple[str, ...]:
     return out
 
 
-def us(at: datetime) -> int:
-    """Microseconds since the epoch, exactly."""
-    return (at - EPOCH) // US
+def us(at: datetime) -> float:
+    """Microseconds since the epoch as a float: exact (an integer below 2**53, until the year
+    2255), smaller than an int of that size, and compared with a check's time at C speed."""
+    return float((at - EPOCH) // US)
 
 
-def _at(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+def _at(micros: float) -> datetime:
+    return EPOCH + timedelta(microseconds=int(micros))
 
 
 def _opt(value: str | None) -> str | None:
@@ -65,7 +66,7 @@ class HeldGrant:
         self.members: tuple[str, ...] | frozenset[str] = self.resources \
             if len(self.resources) <= SCAN_AT_MOST else frozenset(self.resources)
         self.issued_us = us(g.issued_at)
-        self.expires_us = us(g.expires_at)  # a check compares it with its time in us
+        self.expires_us = us(g.expires_at)  # a check compares its own time in us with it
         self.policy_revision = sys.intern(g.policy_revision)
         self.rules = _strs(g.rules)
         self.model_version = sys.intern(g.model_version)

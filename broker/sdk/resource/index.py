@@ -42,8 +42,8 @@ class Verdict:
 
     def __init__(
         self, allowed: bool, reason: str = "", grant: GrantIssued | None = None,
-        now: float | None = None, *, unavailable: bool = False,
-        baseline: BaselineEntitlement | None = None, held: HeldGrant | None = None,
+        now: float | None = None, held: HeldGrant | None = None, *, unavailable: bool = False,
+        baseline: BaselineEntitlement | None = None,
     ) -> None:
         self.allowed = allowed
         self._grant = grant
@@ -126,7 +126,7 @@ class GrantIndex:
         for grant in entries.values():
             if not grant.members or resource in grant.members:
                 if grant.expires_us > t_us and self._parent_lives(grant, t_us):
-                    return Verdict(True, "", None, t, held=grant)
+                    return Verdict(True, "", None, t, grant)
                 expired = grant
         if expired is not None and expired.parent_grant_id and expired.expires_us > t_us:
             return Verdict(False, f"grant {expired.grant_id} was delegated from grant "
@@ -167,7 +167,8 @@ class GrantIndex:
         """The agent's live grants, as allowing verdicts (absolute expiry and time left)."""
         t = (now or datetime.now(UTC)).timestamp()
         grants = self._grants.get(agent_id, {}).values()
-        return [Verdict(True, "", None, t, held=g) for g in grants if g.expires_us > t * 1e6]
+        t_us = t * 1_000_000
+        return [Verdict(True, "", None, t, g) for g in grants if g.expires_us > t_us]
 
     def apply(self, record: Record) -> AgentRevoked | None:
         """Apply one record of the grant topic; returns the agent revocation it applied, if any."""
