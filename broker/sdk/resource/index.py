@@ -1,4 +1,4 @@
-"""The in-memory grant index of a view: agent -> scope -> held grants. Imports schemas, bus.
+"""A view's in-memory grant index: agent -> scope -> held grants. Imports schemas, bus, compact.
 
 Written by one thread (the view's consumer), read by any: a change copies only the maps it
 touches (the agent's grants, its scope map and the changed scopes' entries, each a C-level dict
