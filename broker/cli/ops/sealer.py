@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.adapters import logs
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
@@ -74,7 +75,8 @@ def _serve(sealer: Sealer, port: int) -> None:
 def sealer() -> None:
     """Run the audit sealer: chain and sign permbroker.audit.raw into permbroker.audit."""
     settings = cli_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.hide(settings.kafka_password.get_secret_value() if settings.kafka_password else None)
+    logs.configure("INFO")  # structured lines, like the worker's and the API's
     try:
         signer = RecordSigner(BrokerKeyring(settings.key_path("broker")))
         running = Sealer(settings, cli_kafka(), audit_keys.load_keys(settings), signer)
