@@ -32,10 +32,18 @@ def stream(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
     """Logging configured onto a string buffer, as JSON and as console lines."""
     out = io.StringIO()
     previous = logging.root.handlers[:], logging.root.level
+    # Other tests in the same process may have configured these loggers (a dictConfig disables
+    # existing loggers, uvicorn stops propagation): start each from the state a fresh process has.
+    named = [logging.getLogger(n) for n in LOGGERS]
+    states = [(lg.disabled, lg.propagate, lg.level, lg.handlers[:]) for lg in named]
+    for lg in named:
+        lg.disabled, lg.propagate, lg.level, lg.handlers[:] = False, True, logging.NOTSET, []
     logs.configure("DEBUG", stream=out, json=request.param)
     logs.hide(HIDDEN)
     yield out
     logging.root.handlers[:], logging.root.level = previous
+    for lg, (disabled, propagate, level, handlers) in zip(named, states, strict=True):
+        lg.disabled, lg.propagate, lg.level, lg.handlers[:] = disabled, propagate, level, handlers
     structlog.reset_defaults()
 
 
