@@ -17,6 +17,7 @@ adds nothing, so tracing costs one global read per call site.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -30,6 +31,7 @@ TRACESTATE_HEADER = "ce_tracestate"
 _HEADERS = {"traceparent": TRACEPARENT_HEADER, "tracestate": TRACESTATE_HEADER}
 TRACER_NAME = "permbroker"
 
+log = logging.getLogger(__name__)
 _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 _tracer: Any = None  # an opentelemetry Tracer once enabled
 
@@ -63,7 +65,11 @@ def enabled() -> bool:
 def configure(on: bool, file: str | Path | None, service: str) -> bool:
     """Enable tracing for a process when ``on`` and the extra is installed; spans go as JSON
     lines to ``file`` (one object per finished span). True when tracing is now on."""
-    if not on or not available():
+    if not on:
+        return False
+    if not available():
+        log.warning("PERMBROKER_TRACING is on but the permbroker[otel] extra is not installed: "
+                    "no spans are recorded")
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
