@@ -10,8 +10,8 @@ of a span. No decision, grant or audit record depends on it (a unit test decides
 with and without a forged context and compares the results).
 
 Off unless ``enable`` is called (``configure`` does so when ``PERMBROKER_TRACING`` is on and the
-``permbroker[otel]`` extra is installed): then ``span`` is a shared null context and ``inject``
-adds nothing, so tracing costs one global read per call site.
+``permbroker[otel]`` extra is installed): until then ``span`` returns a shared null context and
+``inject`` adds nothing (a global read per call; this module imports opentelemetry only then).
 """
 
 from __future__ import annotations
