@@ -3,8 +3,9 @@
 Imports fastapi, jinja2 (through fastapi.templating) and the console's data and sessions.
 
 Every page needs a session (otherwise 303 to the sign-in page). A live page holds an SSE stream
-that sends its table again every second, rendered on the server: the countdowns move and a
-revoked grant leaves without any script of ours (htmx and its SSE extension swap the HTML).
+that sends its table again every second (the decisions feed every 2 s), rendered on the server:
+the countdowns move, a revoked grant leaves and a new decision appears without any script of
+ours (htmx and its SSE extension swap the HTML).
 """
 
 from __future__ import annotations
