@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import faust
 from prometheus_client.registry import Collector
 
-from broker.adapters import logs
+from broker.adapters import logs, tracing
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
@@ -109,6 +109,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     """Every handler of a worker, built once; ConfigError when a key it needs is missing.
     ``inputs``: the topics the worker consumes (their lag is served as a metric)."""
     margin_s = settings.record_margin_s
+    tracing.configure(settings.tracing, settings.tracing_file, "permbroker-worker")
     store = RedisGrantStore.from_url(
         settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
     )

@@ -101,13 +101,16 @@ def settings(
         redis_url=services.redis_url,
         policy_path=test_policy,
         app_id=f"permbroker-test-{run_id}",
-        stack_dir=tmp_path_factory.mktemp("worker"),
+        stack_dir=(stack_dir := tmp_path_factory.mktemp("worker")),
         metrics_port=METRICS_PORT,
         expiry_interval_s=0.2,
         grant_namespaces=("payments", "crm", "reports"),
         expiry_warning_s=2.0,
         audit_redact_free_text=True,
         audit_digest_interval_s=0.5,
+        # The worker traces every decision (tests/integration/test_tracing.py reads the spans).
+        tracing=True,
+        tracing_file=stack_dir / "spans.jsonl",
         # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse
         # (PERMBROKER_TEST_KAFKA_BOOTSTRAP) holds digests signed in earlier sessions.
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from broker.adapters import tracing
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.access import KafkaAccess
@@ -215,7 +216,11 @@ class AgentClient:
                 self._retry_rotation_at = now + ROTATION_RETRY_S
                 log.warning("agent %s: key rotation on the broker's warning failed (retrying "
                             "in %ds): %s", self.agent_id, ROTATION_RETRY_S, exc)
-        self._publisher.publish(topic, event)
+        # The root of the request's trace (when tracing is on): the record carries its context.
+        with tracing.span("permbroker.agent.publish", attributes={
+                "permbroker.agent_id": self.agent_id, "permbroker.event_id": event.event_id,
+                "messaging.destination.name": topic}):
+            self._publisher.publish(topic, event)
 
     def send(self, request: EscalationRequested) -> None:
         """Publish a request built by the caller (must be this agent's own)."""
