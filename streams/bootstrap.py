@@ -127,6 +127,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    delegations = Delegations(ctx, gate, life, store, held=approvals.store)
+    approvals.finish_delegation = delegations.finish_held
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
@@ -137,7 +139,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=Delegations(ctx, gate, life, store)),
+                                delegations=delegations),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,

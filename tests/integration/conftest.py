@@ -16,7 +16,7 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.support.approval_policy import add_approval_rules
+from tests.support.approval_policy import add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
 from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
@@ -35,6 +35,7 @@ from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = 400
+DELEGATE = 39  # the approval-test agent that receives delegations held for approval
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
 
@@ -61,7 +62,15 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     _analytics_class(policy)
     policy["delegation_rules"] = [{  # fraud agents may hand a freeze (never PII) to each other
         "id": "fraud-hands-over-freeze", "from_classes": ["fraud-detection"],
-        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}]
+        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}, {
+        # bulk-test grants last minutes: long enough to outlive a worker restart
+        "id": "bulk-hands-over-freeze", "from_classes": ["bulk-test"],
+        "to_classes": ["bulk-test"], "scopes": ["payments:accounts.freeze"]}, {
+        "id": "bulk-hands-freeze-on-approval", "from_classes": ["bulk-test"],
+        "to_classes": ["approval-test"], "scopes": ["payments:accounts.freeze"],
+        # the delegate is listed too: its own vote must still never count
+        "approval": {"quorum": 2, "window": "5m", "approvers": [
+            verifier(run_id, 0), verifier(run_id, 1), requester(run_id, "a", DELEGATE)]}}]
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):

@@ -43,7 +43,7 @@ def test_a_parent_revoked_after_flush_and_rebuild_still_ends_its_child(
 ) -> None:
     """Delegate; stop the worker, FLUSHALL, ``grants rebuild``; the children set is back; revoking
     the parent removes the child's key and publishes its ``grant.revoked`` (parent ended)."""
-    parent_agent, child_agent = agents("f"), agents("f")
+    parent_agent, child_agent = agents("b"), agents("b")  # grants of minutes
     grants = tap(topics.GRANTS.name)
     with agent_client(settings, parent_agent) as a:
         parent = fraud_grant(a, (FREEZE,))
