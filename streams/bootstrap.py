@@ -45,7 +45,7 @@ from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
-from streams.analytics import Analytics, BehaviourCollector
+from streams.analytics import Analytics, BehaviourCollector, UsageDetector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.delegation import Delegations
@@ -132,6 +132,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
+    budgets = Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s))
+    budgets.observe_checks = UsageDetector(analytics).on_checks
     metrics = serve_metrics(ctx, settings.metrics_port)
     if metrics is not None:
         metrics.register(BehaviourCollector(analytics))
@@ -143,7 +145,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
-        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        budgets=budgets,
         analytics=analytics,
         commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),

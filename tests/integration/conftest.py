@@ -16,7 +16,7 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.support.approval_policy import add_approval_rules, requester, verifier
+from tests.support.approval_policy import DELEGATE, add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
 from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
@@ -35,7 +35,6 @@ from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = 400
-DELEGATE = 39  # the approval-test agent that receives delegations held for approval
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
 

@@ -15,8 +15,7 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AuditRecord, DelegationDecided, EscalationPending
-from tests.integration.conftest import DELEGATE
-from tests.support.approval_policy import requester, verifier
+from tests.support.approval_policy import DELEGATE, requester, verifier
 from tests.support.enforcement import FREEZE, fraud_grant
 from tests.support.identities import Registrar, agent_client, shared_trust
 from tests.support.taps import Tap
