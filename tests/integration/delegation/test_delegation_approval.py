@@ -14,7 +14,7 @@ from broker.sdk.operator.approvals import Approver
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from schemas import topics
-from schemas.events import AuditRecord, DelegationDecided, EscalationPending
+from schemas.events import ApprovalVoted, AuditRecord, DelegationDecided, EscalationPending
 from tests.support.approval_policy import DELEGATE, requester, verifier
 from tests.support.enforcement import FREEZE, fraud_grant
 from tests.support.identities import Registrar, agent_client, shared_trust
@@ -25,10 +25,13 @@ WAIT = 90.0  # generous: several engineers share two cores
 RULE = "bulk-hands-freeze-on-approval"
 
 
-def _refused(audit: Tap, request_id: str, approver: str) -> AuditRecord:
-    [found, *_] = audit.wait_for(AuditRecord, lambda r: r.kind == "approval.voted"
-                                 and r.subject_id == request_id and r.outcome == "refused"
-                                 and f"{approver}" in " ".join(r.reasons), timeout=WAIT)
+def _refused(audit: Tap, vote: ApprovalVoted) -> AuditRecord:
+    """The refusal of a vote: by the identity gate (a vote signed by the requester itself) or
+    by the approvals machinery (the delegate's own)."""
+    [found, *_] = audit.wait_for(AuditRecord, lambda r: (
+        r.kind == "identity.rejected" and r.subject_id == vote.vote_id) or (
+        r.kind == "approval.voted" and r.subject_id == vote.request_id
+        and r.outcome == "refused" and vote.approver in " ".join(r.reasons)), timeout=WAIT)
     return found
 
 
@@ -48,8 +51,9 @@ def test_a_held_delegation_is_granted_on_quorum_and_denied_once_the_parent_ended
         registrar.ensure(verifier(run_id, n))
     audit = tap(topics.AUDIT_RAW.name)
 
-    def vote(agent_id: str, request_id: str) -> None:
-        Approver.agent(agent_id, access, keys=keys).approve(request_id, parent_agent, "ok")
+    def vote(agent_id: str, request_id: str) -> ApprovalVoted:
+        return Approver.agent(agent_id, access, keys=keys).approve(request_id, parent_agent,
+                                                                    "ok")
 
     with GrantView(role_access(settings, topics.SERVICE), trust=shared_trust(settings)) as view, \
             agent_client(settings, parent_agent) as a:
@@ -62,10 +66,10 @@ def test_a_held_delegation_is_granted_on_quorum_and_denied_once_the_parent_ended
         assert isinstance(pending, EscalationPending), pending
         assert pending.quorum == 2 and RULE in pending.matched_rules
         assert pending.agent_id == parent_agent and pending.scopes == (FREEZE,)
-        vote(parent_agent, rid)  # the delegator
-        vote(delegate, rid)  # the delegate, although listed as an approver
-        assert "approval:self" in _refused(audit, rid, parent_agent).rules
-        assert "approval:self" in _refused(audit, rid, delegate).rules
+        own = vote(parent_agent, rid)  # the delegator
+        received = vote(delegate, rid)  # the delegate, although listed as an approver
+        assert _refused(audit, own).rules == ("identity:self-approval",)
+        assert _refused(audit, received).rules == ("approval:self",)
         vote(verifier(run_id, 0), rid)
         vote(verifier(run_id, 1), rid)
         d = a.await_delegation(rid, timeout=WAIT)
