@@ -80,6 +80,10 @@ class Analytics:
         # (agent class, model version, kind) -> count: bounded labels for Prometheus.
         self.counts: dict[tuple[str, str, str], int] = {}
 
+    def sign(self, message: Encoded) -> Encoded:
+        """Sign a message with the broker's analytics key."""
+        return self._sign(message)
+
     def _count(self, obs: Observation, kind: str) -> None:
         key = (obs.agent_class, obs.model_version, kind)
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -207,7 +211,7 @@ class UsageDetector:
             source=SIGNAL_SOURCE, detail=f"{finding.detector}: {finding.summary}",
             observed_at=at, evidence=finding.evidence)
         await a.ctx.publisher.publish(topics.RISK.name,
-                                      [a._sign(codec.encode(signal, source=SOURCE))])
+                                      [a.sign(codec.encode(signal, source=SOURCE))])
         await a.ctx.audit(AuditRecord(
             audit_id=derive_id("audit-behaviour", signal.signal_id, report.agent_id),
             kind="behaviour.anomaly", agent_id=report.agent_id, occurred_at=at,
