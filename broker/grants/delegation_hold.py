@@ -92,7 +92,7 @@ def hold_delegation(outcome: DelegationOutcome, request: DelegationRequested,
         rules=event.matched_rules, policy_revision=event.policy_revision,
         inputs={"request": request.model_dump(mode="json"),
                 "pending": event.model_dump(mode="json"),
-                "would_grant": decision.model_dump(mode="json")})
+                "decision": decision.model_dump(mode="json")})  # redacted like any decision
     return HeldDelegation(event, request, received_at), audit
 
 
