@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.redact import Redactor
 from broker.errors import PolicyError
 from broker.grants.approvals import SELF_APPROVAL, vote_problem
 from broker.grants.decide import AgentState
@@ -60,6 +61,7 @@ def _held(policy: Policy) -> HeldDelegation:
     assert need is not None and outcome.grant is not None
     held, audit = hold_delegation(outcome, request, need, NOW, NOW)
     assert audit.kind == "grant.delegation.held" and audit.outcome == "pending"
+    assert "acct-1" not in Redactor(b"k" * 32).redact(audit).model_dump_json()  # hashed
     approval = approved(outcome, ("operator:alice", "verifier-1"), held, NOW)
     assert approval.grant == outcome.grant and "approved by operator:alice" in \
         approval.decision.reasons[-1]
