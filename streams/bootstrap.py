@@ -50,7 +50,7 @@ from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
-from streams.analytics import Analytics, BehaviourCollector
+from streams.analytics import Analytics, BehaviourCollector, UsageDetector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.delegation import Delegations
@@ -139,6 +139,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    delegations = Delegations(ctx, gate, life, store, held=approvals.store)
+    approvals.finish_delegation = delegations.finish_held
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
@@ -146,14 +148,16 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
         if settings.audit_sealer else None
     _serve_metrics(settings, kafka, ctx, gate, inputs, sealer,
                    BehaviourCollector(analytics), RefusalCollector(trust.refusals))
+    budgets = Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s))
+    budgets.observe_checks = UsageDetector(analytics).on_checks
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=Delegations(ctx, gate, life, store)),
+                                delegations=delegations),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
-        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        budgets=budgets,
         analytics=analytics,
         commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),

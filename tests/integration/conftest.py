@@ -17,7 +17,7 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.support.approval_policy import add_approval_rules
+from tests.support.approval_policy import DELEGATE, add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
 from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
@@ -64,7 +64,15 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     _analytics_class(policy)
     policy["delegation_rules"] = [{  # fraud agents may hand a freeze (never PII) to each other
         "id": "fraud-hands-over-freeze", "from_classes": ["fraud-detection"],
-        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}]
+        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}, {
+        # bulk-test grants last minutes: long enough to outlive a worker restart
+        "id": "bulk-hands-over-freeze", "from_classes": ["bulk-test"],
+        "to_classes": ["bulk-test"], "scopes": ["payments:accounts.freeze"]}, {
+        "id": "bulk-hands-freeze-on-approval", "from_classes": ["bulk-test"],
+        "to_classes": ["approval-test"], "scopes": ["payments:accounts.freeze"],
+        # the delegate is listed too: its own vote must still never count
+        "approval": {"quorum": 2, "window": "5m", "approvers": [
+            verifier(run_id, 0), verifier(run_id, 1), requester(run_id, "a", DELEGATE)]}}]
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):
