@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import faust
 from prometheus_client.registry import Collector
 
-from broker.adapters import logs
+from broker.adapters import logs, tracing
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
@@ -50,7 +50,7 @@ from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
-from streams.analytics import Analytics, BehaviourCollector
+from streams.analytics import Analytics, BehaviourCollector, UsageDetector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.delegation import Delegations
@@ -109,6 +109,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     """Every handler of a worker, built once; ConfigError when a key it needs is missing.
     ``inputs``: the topics the worker consumes (their lag is served as a metric)."""
     margin_s = settings.record_margin_s
+    tracing.configure(settings.tracing, settings.tracing_file, "permbroker-worker")
     store = RedisGrantStore.from_url(
         settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
     )
@@ -138,6 +139,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    delegations = Delegations(ctx, gate, life, store, held=approvals.store)
+    approvals.finish_delegation = delegations.finish_held
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
@@ -145,14 +148,16 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
         if settings.audit_sealer else None
     _serve_metrics(settings, kafka, ctx, gate, inputs, sealer,
                    BehaviourCollector(analytics), RefusalCollector(trust.refusals))
+    budgets = Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s))
+    budgets.observe_checks = UsageDetector(analytics).on_checks
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=Delegations(ctx, gate, life, store)),
+                                delegations=delegations),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
-        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        budgets=budgets,
         analytics=analytics,
         commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from broker.adapters import logs
+from broker.adapters import logs, tracing
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
 from broker.audit.records import attempt_fenced_audit
@@ -128,16 +128,23 @@ class Escalations:
         # The first snapshot (reads only) is taken while the identity gate checks the
         # signature, to save its round trip; a retry of the decision reads afresh.
         first = [asyncio.ensure_future(self._snapshot(request, msg, recorded=True))]
-        try:
-            admission = await self._admit(msg, request)
-            if admission is not None and self.gate.profile(request.agent_id) is None:
-                await ctx.retrying("decide", lambda: self._deny_stranger(request, msg, admission))
-            elif admission is not None:
-                await ctx.retrying("decide", lambda: self._decide(request, msg, admission, first))
-        except Fenced as exc:
-            ctx.fenced(msg, str(exc))
-        finally:
-            _discard(first)
+        # A span per decision, child of the agent's publish; the grant and decision records
+        # published inside it carry its context on to the views.
+        with tracing.span("permbroker.worker.decide", parent=msg.headers, attributes={
+                "permbroker.agent_id": request.agent_id,
+                "permbroker.request_id": request.request_id}):
+            try:
+                admission = await self._admit(msg, request)
+                if admission is not None and self.gate.profile(request.agent_id) is None:
+                    await ctx.retrying("decide",
+                                       lambda: self._deny_stranger(request, msg, admission))
+                elif admission is not None:
+                    await ctx.retrying("decide",
+                                       lambda: self._decide(request, msg, admission, first))
+            except Fenced as exc:
+                ctx.fenced(msg, str(exc))
+            finally:
+                _discard(first)
 
     async def _admit(
         self, msg: Incoming,

@@ -32,10 +32,20 @@ def stream(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
     """Logging configured onto a string buffer, as JSON and as console lines."""
     out = io.StringIO()
     previous = logging.root.handlers[:], logging.root.level
+    # Other tests in the same process may have configured these loggers or their parents (an
+    # in-process uvicorn gives "uvicorn" its own handler and stops propagation): start each, and
+    # each ancestor, from the state a fresh process has.
+    names = {".".join(n.split(".")[:i]) for n in LOGGERS for i in range(1, n.count(".") + 2)}
+    named = [logging.getLogger(n) for n in sorted(names)]
+    states = [(lg.disabled, lg.propagate, lg.level, lg.handlers[:]) for lg in named]
+    for lg in named:
+        lg.disabled, lg.propagate, lg.level, lg.handlers[:] = False, True, logging.NOTSET, []
     logs.configure("DEBUG", stream=out, json=request.param)
     logs.hide(HIDDEN)
     yield out
     logging.root.handlers[:], logging.root.level = previous
+    for lg, (disabled, propagate, level, handlers) in zip(named, states, strict=True):
+        lg.disabled, lg.propagate, lg.level, lg.handlers[:] = disabled, propagate, level, handlers
     structlog.reset_defaults()
 
 
