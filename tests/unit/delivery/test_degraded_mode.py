@@ -1,0 +1,47 @@
+"""Degraded mode (pure): when grace applies, how long, and what a view's freshness then says."""
+
+from __future__ import annotations
+
+from broker.delivery.freshness import Freshness, FreshnessTracker, grace_end
+
+
+def test_grace_runs_from_the_loss_of_freshness_for_its_bound() -> None:
+    """Loss = last proof + staleness bound; grace ends the grace bound after that."""
+    assert grace_end(100.0, 5.0, 60.0, unreachable=True, lag=0) == 165.0
+
+
+def test_no_grace_without_a_bound_a_proof_or_while_kafka_answers() -> None:
+    """Fail closed: no grace bound, never proven, Kafka reachable (the view is catching up)."""
+    assert grace_end(100.0, 5.0, 0.0, unreachable=True, lag=0) is None
+    assert grace_end(None, 5.0, 60.0, unreachable=True, lag=0) is None
+    assert grace_end(100.0, 5.0, 60.0, unreachable=False, lag=0) is None
+
+
+def test_records_known_but_not_applied_end_the_grace() -> None:
+    """Once Kafka named records the view has not applied (a revocation issued during the
+    outage), no allow overtakes them, even if Kafka drops again before they are applied."""
+    clock = [0.0]
+    tracker = FreshnessTracker([0], lambda: clock[0])
+    tracker.probed(0, 3, 0.0)
+    for offset in range(3):
+        tracker.applied(0, offset)
+    clock[0] = 30.0
+    tracker.failed("Kafka down")
+    assert grace_end(tracker.floor, 5.0, 60.0, unreachable=bool(tracker.problem),
+                     lag=tracker.lag()) == 65.0
+    tracker.probed(0, 4, 31.0)  # Kafka is back: one record (the revocation) is new
+    tracker.failed("Kafka down again")
+    assert tracker.lag() == 1
+    assert grace_end(tracker.floor, 5.0, 60.0, unreachable=True, lag=tracker.lag()) is None
+    tracker.applied(0, 3)  # applied: proven current as of 31, fresh again
+    assert tracker.floor == 31.0 and tracker.lag() == 0
+
+
+def test_freshness_names_its_mode_and_the_end_of_grace() -> None:
+    """fresh, grace until T (absolute, UTC), or fail closed, in the reason too."""
+    assert Freshness(True, 1.0, 0, 5.0).mode == "fresh"
+    closed = Freshness(True, 9.0, 0, 5.0, "Kafka down")
+    assert closed.mode == "fail-closed" and "(fail closed)" in closed.reason()
+    grace = Freshness(True, 9.0, 0, 5.0, "Kafka down", grace_until=1_800_000_000.0)
+    assert grace.mode == "grace" and not grace.fresh
+    assert "until 2027-01-15T08:00:00+00:00" in grace.reason()
