@@ -174,14 +174,16 @@ def _outage_two(settings: Settings, crm: ViewProcess, figures: Figures, long: st
     frozen = len(crm.lines)
     try:
         private.restart()
-        done = cli(settings, "agents", "revoke", revoked, "--reason", "compromised in outage",
-                   "--acks-wait", "0")
-        assert done.returncode == 0, done.output
+        # The worker may still be reconnecting: ask again until it answers (a revocation is
+        # idempotent and never undone, so a repeated one changes nothing).
+        wait_until(lambda: cli(settings, "agents", "revoke", revoked, "--reason",
+                               "compromised in the outage", "--acks-wait", "0").returncode == 0,
+                   300, "the operator's revocation taken by the worker", every=1.0)
         admin = role_access(settings, topics.ADMIN)
         wait_until(lambda: any(isinstance(r.event, AgentRevoked) and r.event.agent_id == revoked
                                for r in read_all(admin, topics.grant_topic("crm").name,
                                                  trust=None, timeout=30)),
-                   60, "the revocation on the crm topic")
+                   120, "the revocation on the crm topic", every=1.0)
     finally:
         crm.signal(signal.SIGCONT)
     applied, _ = crm.wait(lambda line: line.get("revoked") == revoked, 60,
