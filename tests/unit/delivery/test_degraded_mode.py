@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
 from broker.delivery.freshness import Freshness, FreshnessTracker, grace_end
+from schemas.events import RoutingAnnounced
 
 
 def test_grace_runs_from_the_loss_of_freshness_for_its_bound() -> None:
@@ -45,3 +51,15 @@ def test_freshness_names_its_mode_and_the_end_of_grace() -> None:
     grace = Freshness(True, 9.0, 0, 5.0, "Kafka down", grace_until=1_800_000_000.0)
     assert grace.mode == "grace" and not grace.fresh
     assert "until 2027-01-15T08:00:00+00:00" in grace.reason()
+
+
+def test_the_announcement_carries_bounded_graces_and_defaults_to_none() -> None:
+    """A namespace's grace travels in the signed routing announcement; an old announcement
+    without it means fail closed; a grace over an hour or a bad namespace is refused."""
+    at = datetime(2026, 12, 6, tzinfo=UTC)
+    assert RoutingAnnounced(worker="w", namespaces=("crm",), announced_at=at).grace_s == {}
+    sent = RoutingAnnounced(worker="w", namespaces=("crm",), announced_at=at, grace_s={"crm": 40})
+    assert RoutingAnnounced.model_validate_json(sent.model_dump_json()).grace_s == {"crm": 40}
+    for bad in ({"crm": 3601}, {"crm": 0}, {"crm.eu": 10}):
+        with pytest.raises(ValidationError):
+            RoutingAnnounced(worker="w", namespaces=("crm",), announced_at=at, grace_s=bad)
