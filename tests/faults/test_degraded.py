@@ -55,7 +55,10 @@ class ViewProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for text in self.proc.stdout:
-            self.lines.append(json.loads(text))
+            try:
+                self.lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                self.lines.append({"raw": text})  # a stray print: kept, never a check
 
     def wait(self, pred: Callable[[Line], bool], timeout: float, what: str,
              after: int = 0) -> tuple[int, Line]:
@@ -145,7 +148,7 @@ def _outage_one(settings: Settings, crm: ViewProcess, pay: GrantView, figures: F
     assert short_expiry < grace_until < long_expiry.timestamp()
     end, _ = crm.wait(lambda line: line.get("agent") == long and line["mode"] == "fail-closed",
                       120, "the crm grace over", after=first)
-    lines = crm.lines[start:end + 1]
+    lines = [x for x in crm.lines[start:end + 1] if "agent" in x]
     in_grace = [x for x in lines if x["mode"] == "grace"]
     figures.equal("crm grace: delivered grant denied before its expiry/bound", sum(
         1 for x in in_grace if not x["allowed"] and x["t"] < min(
@@ -192,6 +195,6 @@ def _outage_two(settings: Settings, crm: ViewProcess, figures: Figures, long: st
              and line["allowed"], 60, "the crm view fresh again", after=applied)
     before = crm.lines[frozen:applied]
     figures.equal("allows outside grace after Kafka returned, before the revocation", sum(
-        1 for x in before if x.get("allowed") and x["mode"] != "grace"), 0)
+        1 for x in before if x.get("allowed") and x.get("mode") != "grace"), 0)
     figures.equal("allows of the revoked agent after the revocation", sum(
         1 for x in _of(crm.lines[applied:], revoked) if x["allowed"]), 0)
