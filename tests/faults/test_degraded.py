@@ -1,6 +1,7 @@
 """Degraded mode with Kafka stopped (private stack): a grace namespace keeps grants it already
 holds until its grace bound and never past their expiry, a fail-closed namespace denies after the
-staleness bound, and a revocation published when Kafka returns is applied before any allow."""
+staleness bound, and a revocation an operator issues while Kafka is down is applied before any
+allow."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.adapters.crypto.keystore import load_operator
 from broker.adapters.kafka.bus import read_all
 from broker.config import Settings
+from broker.sdk.operator.client import operator_publisher, operator_signal
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from broker.stack.worker import worker_env
 from schemas import topics
 from schemas.events import AgentRevoked
-from tests.support.audit import cli
 from tests.support.enforcement import FREEZE, PII
 from tests.support.faults import private
 from tests.support.faults.bundles import write_bundle
@@ -107,7 +109,8 @@ def test_kafka_stopped_grace_until_bound_or_expiry_fail_closed_and_revocation_fi
 ) -> None:
     """Outage 1: crm (grace 40 s) keeps delivered grants, the short one until its expiry, the
     long one until the grace bound; payments (fail closed) denies after its staleness bound.
-    Outage 2: the view is frozen while Kafka returns and an operator revokes an agent; thawed,
+    Outage 2: an operator revokes an agent while Kafka is down; the view is frozen while Kafka
+    returns and takes the revocation; thawed,
     it allows nothing outside grace before it has applied that revocation."""
     tag = f"{run_id}g"
     with private.private_services(_bundle(tmp_path, tag), tag, tmp_path / "w") as (settings, _w):
@@ -176,17 +179,24 @@ def _outage_two(settings: Settings, crm: ViewProcess, figures: Figures, long: st
     crm.signal(signal.SIGSTOP)  # cut off: it cannot see Kafka return before the revocation
     frozen = len(crm.lines)
     try:
+        # The operator revokes while Kafka is down: the signed signal waits in the operator's
+        # producer and is published the moment Kafka takes it again.
+        principal, _key = load_operator(settings.key_path("operator"))
+        publisher = operator_publisher(role_access(settings, topics.OPERATOR),
+                                       f"/operators/{principal.split(':', 1)[1]}", settings)
+        revocation = operator_signal(revoked, "compromised in the outage",
+                                     principal.split(":", 1)[1])
+        sent = threading.Thread(target=publisher.publish_many,
+                                args=(topics.RISK.name, [revocation]), kwargs={"timeout": 300})
+        sent.start()
         private.restart()
-        # The worker may still be reconnecting: ask again until it answers (a revocation is
-        # idempotent and never undone, so a repeated one changes nothing).
-        wait_until(lambda: cli(settings, "agents", "revoke", revoked, "--reason",
-                               "compromised in the outage", "--acks-wait", "0").returncode == 0,
-                   300, "the operator's revocation taken by the worker", every=1.0)
+        sent.join(300)
+        assert not sent.is_alive(), "the operator's revocation was not published"
         admin = role_access(settings, topics.ADMIN)
         wait_until(lambda: any(isinstance(r.event, AgentRevoked) and r.event.agent_id == revoked
                                for r in read_all(admin, topics.grant_topic("crm").name,
                                                  trust=None, timeout=30)),
-                   120, "the revocation on the crm topic", every=1.0)
+                   300, "the revocation on the crm topic", every=1.0)
     finally:
         crm.signal(signal.SIGCONT)
     applied, _ = crm.wait(lambda line: line.get("revoked") == revoked, 60,
