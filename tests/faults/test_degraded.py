@@ -76,6 +76,9 @@ class ViewProcess:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(30)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _bundle(tmp_path: Path, tag: str) -> Path:
