@@ -79,6 +79,7 @@ class FreshnessTracker:
         }
         self.problem = ""
         self.floor: float | None = None  # min proof over partitions; None until all are proven
+        self.answered_at: float | None = None  # when Kafka last answered a probe
 
     def start_at(self, partition: int, offset: int) -> None:
         """The first offset the view will read on a partition (its low watermark)."""
@@ -89,6 +90,7 @@ class FreshnessTracker:
         self.ends[partition] = max(self.ends[partition], end)
         self._pending[partition].append((asked_at, end))
         self.problem = ""
+        self.answered_at = self._clock()
         self._settle(partition)
 
     def applied(self, partition: int, offset: int) -> None:
@@ -111,6 +113,14 @@ class FreshnessTracker:
         if changed:
             proofs = self.proof.values()
             self.floor = None if None in proofs else min(p for p in proofs if p is not None)
+
+    def silent(self, bound_s: float) -> bool:
+        """Kafka has not answered a probe since the view lost freshness (the last proof plus
+        ``bound_s``). Grace begins at the loss, not when a probe in flight times out, and the
+        first answer after it ends the grace for good: the view then catches up before any
+        allow, even if Kafka drops again before it has."""
+        lost = None if self.floor is None else self.floor + bound_s
+        return lost is not None and self._clock() > lost and (self.answered_at or 0.0) <= lost
 
     def ready(self) -> bool:
         """Every partition proven current at least once."""
@@ -160,10 +170,10 @@ def grace_end(floor: float | None, bound_s: float, grace_s: float, *, unreachabl
     """When a degraded view's grace ends (on the clock of ``floor``), or None: no grace.
 
     Grace runs from the moment freshness was lost (the last proof plus the staleness bound) for
-    ``grace_s``; it applies only while Kafka cannot be reached and the view has applied every
-    record it knows exists. Once a probe answers again with records the view has not applied
-    (a revocation issued during the outage), the view fails closed until it has applied them:
-    nothing pending is ever overtaken by an allow.
+    ``grace_s``; it applies only while Kafka has not answered since that moment
+    (``FreshnessTracker.silent``) and the view has applied every record it knows exists. Once a
+    probe answers again, the view fails closed until it has applied what the answer named (a
+    revocation issued during the outage): nothing pending is ever overtaken by an allow.
     """
     if floor is None or grace_s <= 0 or not unreachable or lag > 0:
         return None

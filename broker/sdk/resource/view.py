@@ -175,7 +175,8 @@ class GrantView:
     def _grace_end(self) -> float | None:
         """Monotonic end of the grace in force now, or None (fresh, or fail closed)."""
         watch = self._watch.tracker if self._watch is not None else None
-        unreachable = bool(self._tracker.problem) and (watch is None or bool(watch.problem))
+        unreachable = self._tracker.silent(self.bound_s) and (
+            watch is None or watch.silent(self.bound_s))
         lag = self._tracker.lag() + (watch.lag() if watch is not None else 0)
         end = grace_end(self._floor(), self.bound_s, self.grace_s, unreachable=unreachable,
                         lag=lag)

@@ -43,6 +43,29 @@ def test_records_known_but_not_applied_end_the_grace() -> None:
     assert tracker.floor == 31.0 and tracker.lag() == 0
 
 
+def test_grace_begins_at_the_loss_without_waiting_for_a_failed_probe() -> None:
+    """Stale with no answer since the loss counts as unreachable (the probe in flight has not
+    timed out yet); the first answer after the loss ends that for good: the view catches up
+    before any allow, even if Kafka drops again."""
+    clock = [0.0]
+    tracker = FreshnessTracker([0, 1], lambda: clock[0])
+    for partition in (0, 1):
+        tracker.probed(partition, 0, 0.0)
+    clock[0] = 0.01
+    assert tracker.floor == 0.0 and not tracker.silent(5.0)
+    clock[0] = 5.5  # past the bound, the next probe still waiting for its timeout
+    assert tracker.silent(5.0)
+    assert grace_end(tracker.floor, 5.0, 60.0, unreachable=tracker.silent(5.0),
+                     lag=tracker.lag()) == 65.0
+    clock[0] = 6.0
+    tracker.probed(0, 0, 5.9)  # Kafka answers for one partition; the other is not yet proven
+    assert tracker.floor == 0.0 and not tracker.silent(5.0)
+    assert grace_end(tracker.floor, 5.0, 60.0, unreachable=tracker.silent(5.0),
+                     lag=tracker.lag()) is None
+    tracker.failed("Kafka down again")  # an answer since the loss: no grace until caught up
+    assert not tracker.silent(5.0)
+
+
 def test_freshness_names_its_mode_and_the_end_of_grace() -> None:
     """fresh, grace until T (absolute, UTC), or fail closed, in the reason too."""
     assert Freshness(True, 1.0, 0, 5.0).mode == "fresh"
