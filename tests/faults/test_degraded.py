@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -139,14 +140,21 @@ def _outage_one(settings: Settings, crm: ViewProcess, pay: GrantView, figures: F
     short_expiry = _grant(settings, short, 20).timestamp()
     start, _ = crm.wait(lambda line: line.get("agent") == short and line["allowed"], 30,
                         "the short grant at the crm view")
+    crm.wait(lambda line: line.get("agent") == long and line["allowed"], 30,
+             "the long grant at the crm view", after=start)
+    crm.wait(lambda line: line.get("agent") == revoked and line["allowed"], 30,
+             "the second long grant at the crm view", after=start)
     wait_until(lambda: pay.allows(long, FREEZE, "acct-1").allowed, 30, "payments view allows")
+    killed_at = time.time()
     private.kill("kafka")
     # The fail-closed namespace: denied once the staleness bound has passed, saying so.
     wait_until(lambda: not pay.allows(long, FREEZE, "acct-1").allowed, 30, "payments denies")
     denied = pay.allows(long, FREEZE, "acct-1")
-    figures.check("payments (fail closed) after the staleness bound", pay.freshness().mode,
+    closed = pay.freshness()
+    figures.check("payments (fail closed) after the staleness bound", closed.mode,
                   "fail-closed", denied.unavailable and "(fail closed)" in denied.reason
-                  and pay.freshness().mode == "fail-closed")
+                  and closed.mode == "fail-closed" and closed.staleness_s is not None
+                  and closed.staleness_s > BOUND_S)
     # The grace namespace: the short grant ends at its expiry, inside the grace.
     first, grace = crm.wait(lambda line: line.get("agent") == long and line["mode"] == "grace",
                             30, "the crm view in grace", after=start)
@@ -156,9 +164,11 @@ def _outage_one(settings: Settings, crm: ViewProcess, pay: GrantView, figures: F
                       120, "the crm grace over", after=first)
     lines = [x for x in crm.lines[start:end + 1] if "agent" in x]
     in_grace = [x for x in lines if x["mode"] == "grace"]
-    figures.equal("crm grace: delivered grant denied before its expiry/bound", sum(
-        1 for x in in_grace if not x["allowed"] and x["t"] < min(
-            grace_until, short_expiry if x["agent"] == short else grace_until) - 0.25), 0)
+    # Every check from the kill on, in any mode: fresh, then grace with no fail-closed gap.
+    figures.equal("crm: delivered grant denied after Kafka stopped, before min(expiry, bound)",
+                  sum(1 for x in lines if not x["allowed"] and killed_at <= x["t"] < min(
+                      grace_until, short_expiry if x["agent"] == short else grace_until) - 0.25),
+                  0)
     figures.equal("crm grace: short grant allowed past its expiry", sum(
         1 for x in _of(lines, short) if x["allowed"] and x["t"] > short_expiry), 0)
     figures.check("crm grace: short grant denied at expiry while still in grace", "yes" if any(
@@ -206,8 +216,12 @@ def _outage_two(settings: Settings, crm: ViewProcess, figures: Figures, long: st
                           "the revocation applied", after=frozen)
     crm.wait(lambda line: line.get("agent") == long and line["mode"] == "fresh"
              and line["allowed"], 60, "the crm view fresh again", after=applied)
+    # Thawed, the view allows in grace only until its first word from Kafka (or the bound):
+    # from its first check outside grace on, nothing is allowed before the revocation.
     before = crm.lines[frozen:applied]
-    figures.equal("allows outside grace after Kafka returned, before the revocation", sum(
-        1 for x in before if x.get("allowed") and x.get("mode") != "grace"), 0)
+    reached = next((i for i, x in enumerate(before) if "agent" in x and x["mode"] != "grace"),
+                   len(before))
+    figures.equal("allows after the view left grace, before the revocation", sum(
+        1 for x in before[reached:] if x.get("allowed")), 0)
     figures.equal("allows of the revoked agent after the revocation", sum(
         1 for x in _of(crm.lines[applied:], revoked) if x["allowed"]), 0)
