@@ -43,6 +43,7 @@ log = logging.getLogger("permbroker.worker")
 JWKS_INTERVAL_S = 1.0
 # Well inside the grant topics' retention (30 days): a view always finds an announcement.
 ROUTING_INTERVAL_S = 3600.0
+POLL_RECORDS = 64  # records per consumer poll, across partitions
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,15 @@ def make_app(settings: Settings, kafka: KafkaAccess) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(settings.session_timeout_s / 4, 1.0),
         datadir=str(datadir),
-        # Fairness under a flood: small per-partition fetches and buffers, so one agent's
-        # backlog cannot queue thousands of its messages ahead of other partitions' messages.
+        # Fairness under a flood: small fetches and polls, so one agent's backlog cannot queue
+        # thousands of its messages ahead of other partitions' messages; and a partition's
+        # buffer deep enough that a whole poll fits above the mark where faust stops fetching
+        # that partition (4/5 of the buffer). faust hands a poll's records to the partitions'
+        # buffers one by one and waits when one is full: a full buffer of the flooding
+        # partition would hold up every other partition's records of the same poll.
         consumer_max_fetch_size=64 * 1024,
-        stream_buffer_maxsize=64,
-        broker_max_poll_records=64,
+        stream_buffer_maxsize=6 * POLL_RECORDS,
+        broker_max_poll_records=POLL_RECORDS,
     )
 
 
