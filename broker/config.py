@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         description="Policy bundle (file or dir) the worker loads; default: the shipped fraud "
         "bundle",
     )
+    tenant_policies_dir: Path | None = Field(
+        None, description="Directory of tenant policy bundles, one subdirectory per tenant "
+        "(named by its tenant id); unset: one tenant, 'default', deciding under policy_path",
+    )
     app_id: str = Field(
         "permbroker", description="faust app id = Kafka consumer group of the workers (and "
         "their transactional-id prefix)"

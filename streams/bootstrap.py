@@ -42,6 +42,7 @@ from broker.audit.redact import Redactor
 from broker.config import Settings
 from broker.delivery.routing import GrantRouting, routing_for
 from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
+from broker.identity.tenants import Tenancy, load_tenancy
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
@@ -67,13 +68,14 @@ def main() -> int:
     loglevel = sys.argv[1] if len(sys.argv) > 1 else "info"
     try:
         policy = load_policy(settings.policy_path)
-    except PolicyError as exc:
+        tenancy = load_tenancy(policy, settings.tenant_policies_dir)
+    except (PolicyError, ValueError) as exc:
         print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
         return 2
     try:
         kafka = KafkaAccess.from_settings(settings)
         app = faust_app.make_app(settings, kafka)
-        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app))
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app), tenancy)
     except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
@@ -85,17 +87,19 @@ def main() -> int:
 
 def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGate:
     """The identity gate every handler admits signed records through."""
-    return IdentityGate(
+    gate = IdentityGate(
         OperatorDirectory(settings.key_path("operators")),
         ServiceDirectory(settings.key_path("services")),
         IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
         lifecycle=policy.lifecycle,
     )
+    gate.tenant_classes = {t: ctx.tenancy.classes(t) for t in ctx.tenancy.others}
+    return gate
 
 
 def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
-          publisher: Publisher) -> faust_app.Worker:
+          publisher: Publisher, tenancy: Tenancy | None = None) -> faust_app.Worker:
     """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
     margin_s = settings.record_margin_s
     store = RedisGrantStore.from_url(
@@ -107,7 +111,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         free_text=settings.audit_redact_free_text,
         extra=settings.audit_sensitive_fields.split(","),
     )
-    routing = _routing(settings, policy)
+    tenancy = tenancy or Tenancy(policy)
+    routing = _routing(settings, tenancy)
     # The broker signs every record it writes; it reads back only what its chain of trust
     # (the anchor, then the published key sets) vouches for. Both are required (fail closed).
     keyring = BrokerKeyring(settings.key_path("broker"))
@@ -123,6 +128,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
         redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
         signer=RecordSigner(keyring), trust=trust,
     )
+    ctx.tenancy = tenancy
     gate = _gate(settings, ctx, policy)
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
@@ -151,10 +157,12 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     )
 
 
-def _routing(settings: Settings, policy: Policy) -> GrantRouting:
-    """Every namespace of the ceilings gets its topic unless the setting lists them explicitly."""
+def _routing(settings: Settings, tenancy: Tenancy) -> GrantRouting:
+    """Every namespace of the ceilings (every tenant's) gets its topic unless the setting lists
+    them explicitly."""
+    policies = [tenancy.default, *tenancy.others.values()]
     return routing_for(settings.grant_namespaces,
-                       (s for c in policy.classes.values() for s in c.ceiling))
+                       (s for p in policies for c in p.classes.values() for s in c.ceiling))
 
 
 async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,

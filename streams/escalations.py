@@ -202,7 +202,8 @@ class Escalations:
                        carry: _Carry) -> tuple[Committed, AuditRecord | None] | None:
         """Hold, or audit then commit; None when held. A fenced commit voids its attempt."""
         ctx = self.ctx
-        evaluation = ctx.policy.evaluate(att.request, att.agent, att.risk, att.now)
+        policy = ctx.policy_for(att.agent)  # the agent's tenant's: never another tenant's
+        evaluation = policy.evaluate(att.request, att.agent, att.risk, att.now)
         decided = self._decide_or_hold(att, evaluation)
         if isinstance(decided, HeldForApproval):
             assert self.holder is not None
@@ -218,7 +219,7 @@ class Escalations:
             raise
         committed = await ctx.store.commit(
             outcome, received_at=att.received_at, now=att.now,
-            max_grant_s=ctx.policy.max_grant_duration_s, fence=fence, rate=carry.rate,
+            max_grant_s=policy.max_grant_duration_s, fence=fence, rate=carry.rate,
         )
         if committed.status == "fenced":
             await _void(ctx, decided.audit, committed.blocked_reason)
@@ -275,12 +276,12 @@ class Escalations:
         return outcome, None
 
     def _rate(self, agent: AgentProfile | None) -> RateLimit:
-        rule = self.ctx.policy.rate_limit(agent)
+        rule = self.ctx.policy_for(agent).rate_limit(agent)
         return RateLimit(rule.requests, rule.per_s * 1000) if rule else UNLIMITED
 
     def _rate_denial(self, request: EscalationRequested, agent: AgentProfile | None,
                      retry_ms: str) -> ScopeDenial:
-        rule = self.ctx.policy.rate_limit(agent)
+        rule = self.ctx.policy_for(agent).rate_limit(agent)
         assert rule is not None
         return ScopeDenial(
             scope="*",

@@ -80,7 +80,7 @@ class Delegations:
             return
         now = await self.ctx.store.now()  # the clock the grants' keys expire by
         parties = await self._parties(request, now, refusal)
-        outcome = decide_delegation(request, parties, self.ctx.policy, now)
+        outcome = decide_delegation(request, parties, self.ctx.policy_for(parties.delegator), now)
         await self.ctx.audit(outcome.audit)  # audit first: nothing is stored unaudited
         decision, grant = outcome.decision, outcome.grant
         if grant is not None:

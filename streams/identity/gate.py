@@ -45,6 +45,7 @@ from broker.identity.rules import (
     is_operator,
     key_usable,
 )
+from broker.identity.tenants import DEFAULT_TENANT
 from broker.policy.lifecycle import AgentLifecycle
 from schemas.events import (
     AGENT_ID_PATTERN,
@@ -112,6 +113,8 @@ class IdentityGate:
         self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
         self._count = count
         self.classes = classes  # agent class -> (baseline, ceiling), from the policy
+        # The same for each other tenant, from its own bundle (set by the composition root).
+        self.tenant_classes: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
         self.lifecycle = lifecycle or AgentLifecycle()  # key age and registration limits
         # Tells an agent its key nears the maximum age (set by the shell; once per key here).
         self.warn: Callable[[KeyAgeWarning], Awaitable[None]] | None = None
@@ -139,7 +142,11 @@ class IdentityGate:
         record = self.registry.get(agent_id)
         if record is None:
             return None
-        baseline, ceiling = self.classes.get(record.profile.agent_class, ((), ()))
+        tenant = record.profile.tenant
+        # A tenant's classes are its own: an agent of a tenant without a bundle gets nothing.
+        classes = (self.classes if tenant == DEFAULT_TENANT
+                   else self.tenant_classes.get(tenant, {}))
+        baseline, ceiling = classes.get(record.profile.agent_class, ((), ()))
         return record.profile.model_copy(update={"baseline": baseline, "ceiling": ceiling})
 
     def standing(self, agent_id: str) -> ScopeDenial | None:

@@ -65,8 +65,11 @@ class GrantView:
         enforcement_point: ServiceIdentity | None = None,
         revocations_group: str | None = None,
         max_entries: int = 100_000,
+        tenant: str | None = None,
     ) -> None:
         self.topic = topic
+        # A tenant's service applies only its tenant's grants (None: every tenant's).
+        self.tenant = tenant
         self.trust = trust
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s
@@ -299,6 +302,8 @@ class GrantView:
         """Apply one record (or note why not); nothing in it may stop this thread."""
         replayed = not self._tracker.ready()
         try:
+            if self._foreign(record):
+                return self._done(record)  # another tenant's grant: never applied here
             revoked = self._index.apply(record)
             if isinstance(record.event, RoutingAnnounced):
                 self._announced(record.event)
@@ -313,6 +318,15 @@ class GrantView:
             self.trust.refusals.add(READER, dataclasses.replace(
                 record, event=None, reason="apply-failed",
                 error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+        self._done(record)
+
+    def _foreign(self, record: Record) -> bool:
+        """Whether the record is a grant of another tenant than this view's."""
+        return (self.tenant is not None and isinstance(record.event, GrantIssued)
+                and record.event.tenant != self.tenant)
+
+    def _done(self, record: Record) -> None:
+        """The record's offset is applied (freshness counts it, applied or not)."""
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()
