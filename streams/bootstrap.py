@@ -21,7 +21,7 @@ import faust
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
-from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.keystore import OperatorDirectory, load_operator_scopes
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
@@ -95,7 +95,9 @@ def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGat
         lifecycle=policy.lifecycle,
     )
     gate.tenant_classes = {t: ctx.tenancy.classes(t) for t in ctx.tenancy.others}
+    gate.operator_tenants = load_operator_scopes(settings.operator_tenants_file)
     return gate
+
 
 
 def build(settings: Settings, kafka: KafkaAccess, policy: Policy,

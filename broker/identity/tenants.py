@@ -59,6 +59,45 @@ def visible(operator_tenants: frozenset[str] | None, tenant: str) -> bool:
     return operator_tenants is None or tenant in operator_tenants
 
 
+def operator_scopes(doc: object) -> dict[str, frozenset[str]]:
+    """The operator tenants file: ``{"operator:<name>": ["<tenant>", ...]}``.
+
+    An operator listed acts on and sees only its tenants; one not listed, every tenant (a
+    single-tenant setup needs no file). ValueError for anything else.
+    """
+    if not isinstance(doc, dict):
+        raise ValueError("the operator tenants file maps operator:<name> to a list of tenants")
+    scopes: dict[str, frozenset[str]] = {}
+    for principal, tenants in doc.items():
+        if not (isinstance(principal, str) and principal.startswith("operator:")
+                and isinstance(tenants, list)
+                and all(isinstance(t, str) and (t == DEFAULT_TENANT or TENANT_PATTERN.match(t))
+                        for t in tenants)):
+            raise ValueError(f"operator tenants: {principal!r} must be operator:<name> mapped "
+                             "to a list of tenant ids")
+        scopes[principal] = frozenset(tenants)
+    return scopes
+
+
+def out_of_scope(operator: str, scopes: Mapping[str, frozenset[str]], agent_id: str | None,
+                 tenant: str | None) -> str | None:
+    """Why ``operator`` may not act on agent ``agent_id`` of ``tenant`` (None: it may).
+
+    A scoped operator acts only on agents of its tenants, and never on the whole broker
+    (``agent_id`` None: a broker-wide command such as rotating the broker's key).
+    """
+    own = scopes.get(operator)
+    if own is None:
+        return None
+    if agent_id is None:
+        return (f"{operator} operates tenants {', '.join(sorted(own))} only: a broker-wide "
+                "command needs an operator of every tenant")
+    if tenant is None or tenant in own:
+        return None
+    return (f"{operator} operates tenants {', '.join(sorted(own)) or 'none'}; agent "
+            f"{agent_id} is not one of theirs")
+
+
 @dataclass(frozen=True)
 class Tenancy:
     """The policy of each tenant: the default tenant's is the worker's single bundle."""
