@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from broker.adapters.redis.profiles import ProfileStore
-from broker.api.auth import Operator, runtime_of
+from broker.api.auth import Operator, OperatorOfAgent, runtime_of
 from broker.api.bodies import AgentIdPath, LabelPath
 from broker.api.problems import PROBLEMS, Refused
 from broker.behaviour.stats import report
@@ -24,7 +24,8 @@ router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 
 @router.get("/v1/operator/agents/{agent_id}/stats")
-async def stats(agent_id: AgentIdPath, request: Request, _who: Operator) -> dict[str, Any]:
+async def stats(agent_id: AgentIdPath, request: Request, _who: OperatorOfAgent
+                ) -> dict[str, Any]:
     """Request, grant and denial counts in the detectors' windows, hours, scopes, patterns."""
     runtime = runtime_of(request)
     if runtime.store is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from broker.api.auth import Operator, runtime_of, spend
+from broker.api.auth import Operator, OperatorOfAgent, runtime_of, spend
 from broker.api.bodies import AgentIdPath, RevokeBody
 from broker.api.problems import PROBLEMS, Refused
 from broker.delivery.propagation import RevocationStatus
@@ -24,7 +24,7 @@ router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 @router.post("/v1/operator/agents/{agent_id}/revoke")
 def revoke(agent_id: AgentIdPath, body: RevokeBody, request: Request,
-           who: Operator) -> dict[str, Any]:
+           who: OperatorOfAgent) -> dict[str, Any]:
     """Revoke every grant of ``agent_id``; returns the revoked grants and the consistency token."""
     runtime = runtime_of(request)
     spend(request, who)
