@@ -47,6 +47,9 @@ def worker_env(settings: Settings, kafka: KafkaAccess) -> dict[str, str]:
         "PERMBROKER_RECORD_MARGIN_S": str(settings.record_margin_s),
         **_audit_env(settings),
         **_identity_env(settings),
+        **{f"PERMBROKER_{name.upper()}": str(getattr(settings, name))
+           for name in ("tenant_policies_dir", "operator_tenants_file")
+           if getattr(settings, name) is not None},
     }
 
 

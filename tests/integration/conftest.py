@@ -6,7 +6,9 @@ tests/support/fixtures.py.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,24 @@ def settings(
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
     ensure_keys(settings)
-    return settings
+    return settings.model_copy(update=_tenants(settings, test_policy, run_id))
+
+
+def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:
+    """Two tenants beside the default one, each a copy of the test bundle (acme's also
+    refuses the freeze), and an operator of each (tests/integration/identity/test_tenants.py)."""
+    root = settings.stack_dir / "tenants"
+    for tenant in ("acme", "globex"):
+        shutil.copytree(test_policy, root / tenant)
+    doc = root / "acme" / "policy.yaml"
+    policy = yaml.safe_load(doc.read_text())
+    policy["deny_rules"].append({"id": "acme-no-freeze", "scopes": ["payments:accounts.freeze"],
+                                 "when": "true", "reason": "acme freezes accounts by hand"})
+    doc.write_text(yaml.safe_dump(policy, sort_keys=False))
+    scopes = settings.stack_dir / "operator-tenants.json"
+    scopes.write_text(json.dumps({f"operator:acme-{run_id}": ["acme"],
+                                  f"operator:globex-{run_id}": ["globex"]}))
+    return {"tenant_policies_dir": root, "operator_tenants_file": scopes}
 
 
 @pytest.fixture(scope="session", autouse=True)
