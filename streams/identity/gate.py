@@ -139,15 +139,16 @@ class IdentityGate:
         if not await asyncio.to_thread(self.registry.sync, 5.0):
             raise BusError("the agent registry view could not catch up with Kafka")
 
+    def classes_of(self, tenant: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """A tenant's classes are its own: an agent of a tenant without a bundle gets none."""
+        return self.classes if tenant == DEFAULT_TENANT else self.tenant_classes.get(tenant, {})
+
     def profile(self, agent_id: str) -> AgentProfile | None:
         """The registered profile, with baseline and ceiling from the policy's class."""
         record = self.registry.get(agent_id)
         if record is None:
             return None
-        tenant = record.profile.tenant
-        # A tenant's classes are its own: an agent of a tenant without a bundle gets nothing.
-        classes = (self.classes if tenant == DEFAULT_TENANT
-                   else self.tenant_classes.get(tenant, {}))
+        classes = self.classes_of(record.profile.tenant)
         baseline, ceiling = classes.get(record.profile.agent_class, ((), ()))
         return record.profile.model_copy(update={"baseline": baseline, "ceiling": ceiling})
 
