@@ -9,8 +9,10 @@ import pytest
 
 from broker.adapters.crypto.keystore import OperatorDirectory, load_operator_scopes
 from broker.adapters.crypto.trust import ServiceDirectory
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.registry_view import Registry
 from broker.adapters.redis.identity import IdentityStore
+from broker.api.runtime import Runtime
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.rules import Principal
@@ -111,3 +113,19 @@ def test_an_operator_of_one_tenant_cannot_act_on_the_other_tenants_agents(tmp_pa
     own = AgentCommand(command_id="c6", action="register", agent_id="acme:new",
                        profile=profile("acme:new", "acme"), issued_at=NOW)
     assert g._out_of_scope(ALICE, own) is None
+
+
+def test_the_api_shows_a_scoped_operator_only_registered_agents_of_its_tenants(
+        tmp_path: Path) -> None:
+    """The filter every API route and console page applies: own tenant yes, other tenant, an
+    unknown agent or no agent at all no; an unscoped operator (or an agent) is not filtered."""
+    scopes = tmp_path / "operator-tenants.json"
+    scopes.write_text('{"operator:alice": ["acme"]}')
+    runtime = Runtime(Settings(stack_dir=tmp_path, operator_tenants_file=scopes),
+                      KafkaAccess("127.0.0.1:1"))
+    runtime.registry = gate(tmp_path).registry  # type: ignore[assignment]
+    assert runtime.sees("operator:alice", "acme:fraud-agent")
+    for hidden in ("globex:fraud-agent", "acme:unknown", None):
+        assert not runtime.sees("operator:alice", hidden), hidden
+    assert runtime.sees("operator:root", "globex:fraud-agent")
+    assert runtime.tenant_of("globex:fraud-agent") == "globex"
