@@ -8,29 +8,34 @@ each (tests/integration/conftest.py).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from broker.adapters.crypto.keystore import add_operator, new_principal_key
 from broker.api.app import create_app
 from broker.config import Settings
+from broker.errors import CommandRefused
 from broker.identity.tenants import qualify
+from broker.sdk.operator.client import OperatorClient
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from schemas import topics
-from schemas.events import AgentProfile, ModelInfo
+from schemas.events import AgentProfile, AuditRecord, ModelInfo
 from tests.support.identities import (
     Assertions,
     Registrar,
     agent_auth,
     api_settings,
-    new_operator,
     shared_trust,
 )
+from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
+TapFactory = Callable[[str], Tap]
 FREEZE = "payments:accounts.freeze"
 ASK = {"scopes": [FREEZE], "resources": ["acct-1"], "duration_s": 600, "reason": "pattern",
        "confidence": 0.95, "risk_score": 0.9}
@@ -68,12 +73,28 @@ def escalate(api: TestClient, settings: Settings, agent: str) -> dict[str, objec
     return decided
 
 
-def operators(settings: Settings, run_id: str) -> tuple[Assertions, Assertions]:
-    return new_operator(settings, f"acme-{run_id}"), new_operator(settings, f"globex-{run_id}")
+@pytest.fixture(scope="module")
+def scoped(settings: Settings, run_id: str, tmp_path_factory: pytest.TempPathFactory
+           ) -> dict[str, tuple[Assertions, Path]]:
+    """acme's and globex's operators (scoped by the suite's operator tenants file): a key
+    file each, trusted through the operators file."""
+    out = {}
+    for tenant in ("acme", "globex"):
+        principal = f"operator:{tenant}-{run_id}"
+        path = tmp_path_factory.mktemp("operators") / f"{tenant}.json"
+        key = new_principal_key(path, principal)
+        add_operator(settings.key_path("operators"), principal, key.jwk)
+        out[tenant] = (Assertions(principal, key), path)
+    return out
+
+
+def operators(scoped: dict[str, tuple[Assertions, Path]]) -> tuple[Assertions, Assertions]:
+    return scoped["acme"][0], scoped["globex"][0]
 
 
 def test_same_name_two_tenants_decided_apart_and_invisible_to_the_other_operator(
-    api: TestClient, settings: Settings, twins: dict[str, str], run_id: str,
+    api: TestClient, settings: Settings, twins: dict[str, str],
+    scoped: dict[str, tuple[Assertions, Path]],
 ) -> None:
     """acme's bundle denies the freeze and globex's grants it; acme's operator can neither
     read globex's grants nor revoke its agent over the API, and sees only acme's held rows."""
@@ -81,7 +102,7 @@ def test_same_name_two_tenants_decided_apart_and_invisible_to_the_other_operator
                                                                       twins["globex"])
     assert acme["outcome"] == "denied" and globex["outcome"] == "granted", (acme, globex)
     assert {d["rule"] for d in acme["denied"]} == {"acme-no-freeze"}  # type: ignore[attr-defined]
-    acme_op, globex_op = operators(settings, run_id)
+    acme_op, globex_op = operators(scoped)
     theirs = api.get(f"/v1/agents/{twins['globex']}/grants", auth=acme_op)
     assert theirs.status_code == 403, theirs.text
     revoke = api.post(f"/v1/operator/agents/{twins['globex']}/revoke",
@@ -100,11 +121,12 @@ def test_same_name_two_tenants_decided_apart_and_invisible_to_the_other_operator
 
 
 def test_the_console_shows_an_operator_only_its_tenants_rows(
-    api: TestClient, settings: Settings, twins: dict[str, str], run_id: str,
+    api: TestClient, settings: Settings, twins: dict[str, str],
+    scoped: dict[str, tuple[Assertions, Path]],
 ) -> None:
     """Signed in as acme's operator: globex's agent is on no page and its revoke is refused."""
     escalate(api, settings, twins["globex"])
-    acme_op, _globex_op = operators(settings, run_id)
+    acme_op, _globex_op = operators(scoped)
     form = api.get("/console/login")
     token = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert token is not None
@@ -141,3 +163,25 @@ def test_a_tenants_view_never_applies_another_tenants_grant(
                    "globex's grant in globex's view")
         assert not acme.allows(twins["globex"], FREEZE, "acct-1").allowed
         assert acme.active(twins["globex"]) == []
+
+
+def test_the_worker_refuses_and_audits_an_operator_acting_on_another_tenant_over_kafka(
+    settings: Settings, twins: dict[str, str], scoped: dict[str, tuple[Assertions, Path]],
+    tap: TapFactory,
+) -> None:
+    """Straight to Kafka, past the API: acme's operator cannot suspend globex's agent (refused
+    at the source, audited as identity:not-permitted) and can suspend acme's own."""
+    audit = tap(topics.AUDIT_RAW.name)
+    acme_settings = settings.model_copy(update={"operator_key_file": scoped["acme"][1]})
+    client = OperatorClient(acme_settings, role_access(settings, topics.OPERATOR),
+                            trust=shared_trust(settings))
+    try:
+        with pytest.raises(CommandRefused) as info:
+            client.suspend(twins["globex"], reason="not mine")
+        assert info.value.rule == "identity:not-permitted", info.value
+        audit.wait_for(AuditRecord, lambda r: r.kind == "identity.rejected"
+                       and r.agent_id == twins["globex"]
+                       and "identity:not-permitted" in r.rules)
+        assert client.suspend(twins["acme"], reason="acme's own").outcome == "done"
+    finally:
+        client.close()
