@@ -15,9 +15,12 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Iterable
 
 import faust
+from prometheus_client.registry import Collector
 
+from broker.adapters import logs, tracing
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
@@ -30,12 +33,14 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics, grant_topic_names
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.kafka.lag import LagProbe
 from broker.adapters.ports import Publisher
 from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.lifecycle import LifecycleStore
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.census import Census, ClassOf
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
 from broker.audit.redact import Redactor
@@ -46,7 +51,7 @@ from broker.identity.tenants import Tenancy, load_tenancy
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
-from streams.analytics import Analytics, BehaviourCollector
+from streams.analytics import Analytics, BehaviourCollector, UsageDetector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.delegation import Delegations
@@ -56,6 +61,7 @@ from streams.identity.gate import IdentityGate
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
 from streams.risk import Risk
+from streams.telemetry.probes import ProbeCollector, SealerWatch
 from streams.worker import WorkerContext
 
 log = logging.getLogger("permbroker.worker")
@@ -75,13 +81,17 @@ def main() -> int:
     try:
         kafka = KafkaAccess.from_settings(settings)
         app = faust_app.make_app(settings, kafka)
-        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app), tenancy)
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app), tenancy,
+                       inputs=lambda: faust_app.consumed(app))
     except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
     faust_app.wire(app, worker, settings)
-    logging.getLogger("permbroker").setLevel(loglevel.upper() if loglevel != "warn" else "WARNING")
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    level = loglevel.upper() if loglevel != "warn" else "WARNING"
+    logging.getLogger("permbroker").setLevel(level)
+    logs.hide(kafka.password)
+    faust.Worker(app, loglevel=loglevel, quiet=True,
+                 logging_config=logs.logging_config(level)).execute_from_commandline()
     return 0
 
 
@@ -99,20 +109,17 @@ def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGat
     return gate
 
 
-
-def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
-          publisher: Publisher, tenancy: Tenancy | None = None) -> faust_app.Worker:
-    """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
+def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Publisher,
+          tenancy: Tenancy | None = None,
+          inputs: Callable[[], Iterable[str]] = tuple) -> faust_app.Worker:
+    """Every handler of a worker, built once; ConfigError when a key it needs is missing.
+    ``inputs``: the topics the worker consumes (their lag is served as a metric)."""
     margin_s = settings.record_margin_s
+    tracing.configure(settings.tracing, settings.tracing_file, "permbroker-worker")
     store = RedisGrantStore.from_url(
         settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
     )
     audit_keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
-    redactor = Redactor.configured(
-        audit_keys.hmac_key,
-        free_text=settings.audit_redact_free_text,
-        extra=settings.audit_sensitive_fields.split(","),
-    )
     tenancy = tenancy or Tenancy(policy)
     routing = _routing(settings, tenancy)
     # The broker signs every record it writes; it reads back only what its chain of trust
@@ -127,7 +134,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
 
     ctx = WorkerContext(
         policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
-        redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
+        redactor=_redactor(settings, audit_keys.hmac_key),
+        audit_timeout_s=settings.audit_timeout_s, routing=routing,
         signer=RecordSigner(keyring), trust=trust,
     )
     ctx.tenancy = tenancy
@@ -135,28 +143,59 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    delegations = Delegations(ctx, gate, life, store, held=approvals.store)
+    approvals.finish_delegation = delegations.finish_held
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
-    metrics = serve_metrics(ctx, settings.metrics_port)
-    if metrics is not None:
-        metrics.register(BehaviourCollector(analytics))
-        metrics.register(RefusalCollector(trust.refusals))
+    sealer = SealerWatch(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)) \
+        if settings.audit_sealer else None
+    _serve_metrics(settings, kafka, ctx, gate, inputs, sealer,
+                   BehaviourCollector(analytics), RefusalCollector(trust.refusals))
+    budgets = Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s))
+    budgets.observe_checks = UsageDetector(analytics).on_checks
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=Delegations(ctx, gate, life, store)),
+                                delegations=delegations),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
-        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        budgets=budgets,
         analytics=analytics,
         commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),
         announce=functools.partial(announce_routing, ctx, kafka),
-        sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
-                if settings.audit_sealer else None),
+        sealer=sealer,
     )
+
+
+def _redactor(settings: Settings, hmac_key: bytes) -> Redactor:
+    """What the audit records keep of sensitive fields (keyed hashes, not the values)."""
+    return Redactor.configured(hmac_key, free_text=settings.audit_redact_free_text,
+                               extra=settings.audit_sensitive_fields.split(","))
+
+
+def _serve_metrics(settings: Settings, kafka: KafkaAccess, ctx: WorkerContext,
+                   gate: IdentityGate, inputs: Callable[[], Iterable[str]],
+                   sealer: SealerWatch | None, *collectors: Collector) -> None:
+    """Serve the worker's metrics, ``collectors`` and the scrape-time probes (the grant view,
+    consumer and sealer lag) with them, unless the port is 0 or taken."""
+    metrics = serve_metrics(ctx, settings.metrics_port)
+    if metrics is None:
+        return
+    for collector in collectors:
+        metrics.register(collector)
+    metrics.register(ProbeCollector(Census(settings.redis_url), LagProbe(kafka, settings.app_id),
+                                    _class_of(gate), inputs, sealer))
+
+
+def _class_of(gate: IdentityGate) -> ClassOf:
+    """An agent's class as the registry knows it (for bounded metric labels)."""
+    def class_of(agent_id: str) -> str | None:
+        profile = gate.profile(agent_id)
+        return profile.agent_class if profile is not None else None
+    return class_of
 
 
 def _routing(settings: Settings, tenancy: Tenancy) -> GrantRouting:

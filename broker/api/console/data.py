@@ -150,10 +150,26 @@ def of_agent(runtime: Runtime, agent_id: str, now: datetime) -> list[AuditRecord
     return audit_records(runtime, lambda r: r.agent_id == agent_id, now - AUDIT_LOOKBACK)
 
 
-def decisions(runtime: Runtime, now: datetime) -> list[AuditRecord]:
-    """The latest decisions, identity rejections and dead letters, newest first."""
-    found = audit_records(runtime, lambda r: r.kind in FEED_KINDS, now - FEED_LOOKBACK)
+def decisions(runtime: Runtime, now: datetime,
+              sees: Callable[[str | None], bool] = lambda _: True) -> list[AuditRecord]:
+    """The latest decisions, identity rejections and dead letters that ``sees`` lets through
+    (filtered before the limit), newest first."""
+    found = audit_records(runtime, lambda r: r.kind in FEED_KINDS and sees(r.agent_id),
+                          now - FEED_LOOKBACK)
     return sorted(found, key=lambda r: r.occurred_at, reverse=True)[:FEED_LIMIT]
+
+
+def latency_ms(record: AuditRecord) -> float | None:
+    """A decision's latency: from Kafka's append of the request (the ``received_at`` the
+    decision recorded among its inputs) to the decision (the record's time); None if unknown."""
+    received = record.inputs.get("received_at")
+    if record.kind != "escalation.decided" or not isinstance(received, str):
+        return None
+    try:
+        appended = datetime.fromisoformat(received)
+    except ValueError:
+        return None
+    return (record.occurred_at - appended).total_seconds() * 1000
 
 
 def audit_view(records: list[AuditRecord], agent_id: str, at: datetime | None,
