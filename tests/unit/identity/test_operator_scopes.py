@@ -13,6 +13,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.registry_view import Registry
 from broker.adapters.redis.identity import IdentityStore
 from broker.api.runtime import Runtime
+from broker.cli.scope import Scope
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.rules import Principal
@@ -129,3 +130,14 @@ def test_the_api_shows_a_scoped_operator_only_registered_agents_of_its_tenants(
         assert not runtime.sees("operator:alice", hidden), hidden
     assert runtime.sees("operator:root", "globex:fraud-agent")
     assert runtime.tenant_of("globex:fraud-agent") == "globex"
+
+
+def test_the_cli_scope_shows_a_scoped_operator_only_registered_agents_of_its_tenants() -> None:
+    """An unregistered agent, another tenant's agent and a broker-wide record are left out."""
+    scope = Scope("operator:acme", frozenset({"acme"}),
+                  {"acme:fraud": "acme", "globex:fraud": "globex", "fraud": "default"})
+    assert scope.sees("acme:fraud") and not scope.everything
+    assert not any(scope.sees(a) for a in ("globex:fraud", "fraud", "acme:unknown", None))
+    assert scope.keep(["acme:fraud", "globex:fraud", "fraud"], str) == ["acme:fraud"]
+    every = Scope("operator:root")
+    assert every.everything and every.sees(None) and every.sees("globex:fraud")
