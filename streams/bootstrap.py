@@ -39,6 +39,7 @@ from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.lifecycle import LifecycleStore
+from broker.adapters.redis.quotas import QuotaStore
 from broker.adapters.redis.stats.census import Census, ClassOf
 from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.adapters.redis.store import RedisGrantStore
@@ -157,7 +158,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=delegations),
+                                delegations=delegations, quotas=QuotaStore(store.client)),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,

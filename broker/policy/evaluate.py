@@ -29,6 +29,7 @@ from broker.policy.model import (
     DenyRule,
     EscalationRule,
     Evaluation,
+    Quotas,
     RateRule,
     RevocationRule,
     RiskAction,
@@ -64,8 +65,10 @@ class Policy:
                  files: tuple[tuple[str, bytes], ...] = (),
                  detectors: Detectors | None = None,
                  lifecycle: AgentLifecycle | None = None,
-                 delegation_rules: tuple[DelegationRule, ...] = ()) -> None:
+                 delegation_rules: tuple[DelegationRule, ...] = (),
+                 quotas: Quotas | None = None) -> None:
         self.name = name
+        self.quotas = quotas or Quotas()  # limits on all the bundle's agents together
         self.lifecycle = lifecycle or AgentLifecycle()  # key age, dormancy, registration limits
         self.delegation_rules = delegation_rules  # default deny: no rule, no delegation
         self.detectors = detectors  # behaviour detectors (None: nothing is watched)

@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from broker.audit.chain import is_digest, withheld
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.adapters.audit.keys import AuditKeys, key_id, signature_check
+from broker.audit.chain import Position, is_digest, seal_digest, seal_record, withheld
 from broker.audit.verify import Entry, verify_chain
-from tests.unit.audit.test_audit_chain import CHECK, chain
+from schemas.events import AuditRecord
+
+NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+PRIVATE = Ed25519PrivateKey.generate()
+KEYS = AuditKeys(b"k" * 32, PRIVATE, key_id(PRIVATE.public_key()))
+CHECK = signature_check({KEYS.key_id: PRIVATE.public_key()})
+
+
+def chain(n: int, digest_every: int = 4) -> list[Entry]:
+    """n decisions of one agent with a signed digest after every ``digest_every``, as sealed."""
+    pos, since, out = Position(0), 0, []
+    for i in range(n):
+        record = AuditRecord(audit_id=f"audit-{i}", kind="escalation.decided",
+                             agent_id="agent-1", occurred_at=NOW + timedelta(seconds=i),
+                             subject_id=f"req-{i}", outcome="granted" if i % 2 else "denied",
+                             reasons=(f"reason {i}",))
+        sealed, value = seal_record(record, pos, raw_offset=i, sealed_at=NOW)
+        out.append(Entry(0, len(out), value))
+        pos = Position(0, pos.seq + 1, sealed.chain.hash if sealed.chain else "")
+        if (i + 1) % digest_every == 0:
+            digest, value = seal_digest(pos, first_seq=since, signed_at=NOW,
+                                        key_id=KEYS.key_id, sign=KEYS.sign)
+            out.append(Entry(0, len(out), value))
+            pos = Position(0, pos.seq + 1, digest.chain.hash if digest.chain else "")
+            since = pos.seq
+    return out
 
 
 def tenant_cut(entries: list[Entry], shown: set[int]) -> list[Entry]:

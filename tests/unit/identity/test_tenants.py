@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.errors import PolicyError
 from broker.identity.registry import Limits, RegistryOutcome, apply_command
 from broker.identity.rules import Principal
 from broker.identity.tenants import Tenancy, id_problem, load_tenancy, qualify, visible
@@ -114,3 +115,22 @@ def test_an_operator_scoped_to_tenants_sees_only_them() -> None:
     """None is an unscoped operator (every tenant)."""
     assert visible(frozenset({"acme"}), "acme") and not visible(frozenset({"acme"}), "globex")
     assert visible(None, "globex")
+
+
+def test_a_tenant_bundle_sets_its_quotas_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    """``quotas`` limits the tenant's escalations rate and active grants; the rules are named;
+    the default bundle (without the section) limits nothing."""
+    shutil.copytree(POLICIES / "fraud", tmp_path / "acme")
+    doc = tmp_path / "acme" / "policy.yaml"
+    text = doc.read_text()
+    doc.write_text(text.replace("\nagent_classes:", "\nquotas:\n  escalations: {requests: 5, "
+                                "per: 1s}\n  active_grants: 3\nagent_classes:", 1))
+    quotas = load_tenancy(FRAUD, tmp_path).others["acme"].quotas
+    assert quotas.active_grants == 3 and quotas.escalations is not None
+    assert (quotas.escalations.requests, quotas.escalations.per_s,
+            quotas.escalations.rule) == (5, 1, "quota:escalations")
+    assert not FRAUD.quotas.any
+    doc.write_text(text.replace("\nagent_classes:", "\nquotas:\n  active_grants: 0\n"
+                                "agent_classes:", 1))
+    with pytest.raises(PolicyError, match="active_grants"):
+        load_tenancy(FRAUD, tmp_path)
