@@ -7,6 +7,7 @@ each (tests/integration/conftest.py).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
 from schemas import topics
 from schemas.events import AgentProfile, AuditRecord, ModelInfo
+from tests.support.audit import cli
 from tests.support.identities import (
     Assertions,
     Registrar,
@@ -185,3 +187,109 @@ def test_the_worker_refuses_and_audits_an_operator_acting_on_another_tenant_over
         assert client.suspend(twins["acme"], reason="acme's own").outcome == "done"
     finally:
         client.close()
+
+
+def register(registrar: Registrar, tenant: str, name: str) -> str:
+    """``name`` registered in ``tenant`` (fraud-detection, from its bundle); its qualified id."""
+    agent = qualify(tenant, name)
+    keys = registrar.store.generate(agent)
+    profile = AgentProfile(agent_id=agent, agent_class="fraud-detection", tenant=tenant,
+                           owner=f"ops@{tenant}.example", confidence_threshold=0.9,
+                           model=ModelInfo(name="gbm", version="1.0", digest="sha256:00"))
+    answer = registrar.operator.run_many([registrar.operator.register_command(
+        profile, keys.current.jwk)])
+    assert [a.outcome for a in answer] == ["done"], answer
+    return agent
+
+
+def as_operator(settings: Settings, scoped: dict[str, tuple[Assertions, Path]],
+                tenant: str) -> Settings:
+    """The suite's settings with ``tenant``'s operator key: the CLI then reads as that operator."""
+    return settings.model_copy(update={"operator_key_file": scoped[tenant][1]})
+
+
+def test_the_cli_shows_an_operator_only_its_tenants_agents_grants_and_audit(
+    api: TestClient, settings: Settings, twins: dict[str, str],
+    scoped: dict[str, tuple[Assertions, Path]],
+) -> None:
+    """acme's operator's grants, agents, inventory and audit reads hold nothing of globex's
+    agent of the same name (globex's operator's do), and a read naming it is refused."""
+    escalate(api, settings, twins["acme"])
+    escalate(api, settings, twins["globex"])
+    acme, globex = as_operator(settings, scoped, "acme"), as_operator(settings, scoped, "globex")
+    reads = (("grants", "list", "--json"), ("agents", "list", "--json"),
+             ("inventory", "--json"))
+    for read in reads:
+        mine, theirs = cli(acme, *read), cli(globex, *read)
+        assert mine.returncode == 0 and theirs.returncode == 0, (mine, theirs)
+        assert twins["globex"] not in mine.stdout and twins["globex"] in theirs.stdout, read
+        assert twins["acme"] not in theirs.stdout, read
+    assert twins["acme"] in cli(acme, "agents", "list", "--json").stdout
+
+    def tail(who: Settings) -> str:
+        return cli(who, "audit", "tail", "--since", "15m ago", "--json").stdout
+
+    wait_until(lambda: twins["globex"] in tail(globex) and twins["acme"] in tail(acme), 60,
+               "each twin's decision sealed in the audit")
+    assert twins["globex"] not in tail(acme) and twins["acme"] not in tail(globex)
+    for refused in (("agents", "show", twins["globex"]),
+                    ("audit", "timeline", "--agent", twins["globex"]),
+                    ("agents", "stats", twins["globex"])):
+        ran = cli(acme, *refused)
+        assert ran.returncode == 1 and "not a registered agent of theirs" in ran.stderr, ran
+
+
+def test_a_tenants_audit_export_holds_its_records_in_full_and_verifies_as_a_cut(
+    api: TestClient, settings: Settings, twins: dict[str, str],
+    scoped: dict[str, tuple[Assertions, Path]], tmp_path: Path,
+) -> None:
+    """acme's operator's export (and the unscoped one's --tenant acme) shows acme's records
+    and withholds globex's as chain links; each verifies with nothing dropped."""
+    escalate(api, settings, twins["acme"])
+    escalate(api, settings, twins["globex"])
+    acme = as_operator(settings, scoped, "acme")
+    exports = {"scoped": (acme, ()), "unscoped": (settings, ("--tenant", "acme"))}
+    for name, (who, extra) in exports.items():
+        path = tmp_path / f"{name}.jsonl"
+
+        def exported(who: Settings = who, extra: tuple[str, ...] = extra,
+                     path: Path = path) -> bool:
+            ran = cli(who, "audit", "export", "--since", "15m ago", "--output", str(path),
+                      *extra)
+            assert ran.returncode == 0, ran
+            return twins["acme"] in path.read_text()
+
+        wait_until(exported, 60, f"acme's decision in the {name} export")
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        withheld = [row for row in lines if row["entry"].get("withheld")]
+        assert withheld and twins["globex"] not in path.read_text(), name
+        assert all(set(row["entry"]) == {"withheld", "chain"} for row in withheld)
+        verified = cli(settings, "audit", "verify", "--file", str(path), "--json")
+        assert verified.returncode == 0, verified
+        assert json.loads(verified.stdout)["ok"] is True
+    whole = tmp_path / "whole.jsonl"
+    assert cli(settings, "audit", "export", "--since", "15m ago", "--output",
+               str(whole)).returncode == 0
+    assert twins["globex"] in whole.read_text()  # the unscoped export holds both tenants
+    refused = cli(acme, "audit", "export", "--tenant", "globex")
+    assert refused.returncode == 1 and "does not operate tenant globex" in refused.stderr
+
+
+def test_a_tenants_quotas_deny_its_agents_only_naming_the_quota(
+    api: TestClient, settings: Settings, registrar: Registrar, twins: dict[str, str],
+    run_id: str,
+) -> None:
+    """initech's third escalation in the hour is denied by quota:escalations; umbrella's second
+    grant by quota:active-grants; globex's agent is granted all the while."""
+    first, second = (register(registrar, "initech", f"fraud-{n}-{run_id}") for n in (1, 2))
+    decided = [escalate(api, settings, agent) for agent in (first, second, first)]
+    assert [d["outcome"] for d in decided] == ["granted", "granted", "denied"], decided
+    denied = decided[2]["denied"]
+    assert {d["rule"] for d in denied} == {"quota:escalations"}  # type: ignore[attr-defined]
+    assert "initech" in str(denied)
+    holder, other = (register(registrar, "umbrella", f"fraud-{n}-{run_id}") for n in (1, 2))
+    held, refused = escalate(api, settings, holder), escalate(api, settings, other)
+    assert held["outcome"] == "granted" and refused["outcome"] == "denied", (held, refused)
+    assert {d["rule"] for d in refused["denied"]} == {  # type: ignore[attr-defined]
+        "quota:active-grants"}
+    assert escalate(api, settings, twins["globex"])["outcome"] == "granted"
