@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from broker.api.auth import runtime_of
 from broker.api.console import data
 from broker.api.console.session import LOGIN_COOKIE, Session, current, set_cookie, to_login
+from broker.api.routes_operator import scoped
 from broker.errors import BrokerError
 
 HERE = Path(__file__).parent
@@ -47,7 +48,8 @@ async def _grants(request: Request, now: datetime, session: Session) -> dict[str
 
 
 async def _revocations(request: Request, now: datetime, session: Session) -> dict[str, Any]:
-    return {"status": data.revocations(runtime_of(request), now)}
+    return {"status": scoped(data.revocations(runtime_of(request), now),
+                             lambda agent_id: _sees(request, session, agent_id))}
 
 
 async def _approvals(request: Request, now: datetime, session: Session) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from broker.adapters.crypto.trust import ServiceDirectory
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.registry_view import Registry
 from broker.adapters.redis.identity import IdentityStore
+from broker.api.routes_operator import scoped
 from broker.api.runtime import Runtime
 from broker.cli.scope import Scope
 from broker.config import Settings
@@ -141,3 +142,17 @@ def test_the_cli_scope_shows_a_scoped_operator_only_registered_agents_of_its_ten
     assert scope.keep(["acme:fraud", "globex:fraud", "fraud"], str) == ["acme:fraud"]
     every = Scope("operator:root")
     assert every.everything and every.sees(None) and every.sees("globex:fraud")
+
+
+def test_the_revocation_status_keeps_only_rows_about_agents_the_operator_sees() -> None:
+    """Revocations, acknowledgements and unacknowledged rows of another tenant are cut."""
+    row = {"cause_event_id": "c", "revoked_at": "t", "rule": "r", "grant_ids": []}
+    status = {"revocations": [{**row, "agent_id": "acme:a"}, {**row, "agent_id": "globex:a"}],
+              "enforcement_points": [{"name": "p", "p50_ms": 1.0,
+                                      "confirmed": [{"agent_id": "globex:a"}],
+                                      "unconfirmed": [{"agent_id": "acme:a"}]}]}
+    mine = scoped(status, lambda agent_id: agent_id == "acme:a")
+    assert [r["agent_id"] for r in mine["revocations"]] == ["acme:a"]
+    point = mine["enforcement_points"][0]
+    assert point["confirmed"] == [] and point["unconfirmed"] == [{"agent_id": "acme:a"}]
+    assert point["p50_ms"] == 1.0 and scoped(status, lambda _: True) == status
