@@ -99,6 +99,7 @@ demo: venv deps
 # Not part of `make test`: its own stack in .stack/bench, optional peers, reports/bench.{md,json}.
 bench: venv deps bench-peers
 	$(call header,bench: python -m bench $(BENCH_ARGS))
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Optional peers; a missing one is reported as unavailable, never fatal. The OPA wheel claims

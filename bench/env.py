@@ -34,6 +34,7 @@ from broker.sdk.operator.client import OperatorClient
 from broker.stack import local as stack
 from broker.stack.credentials import role_access
 from broker.stack.procs import ProcRecord
+from broker.stack.sealer import SealerProcess
 from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 
@@ -66,6 +67,8 @@ def bench_settings() -> Settings:
         policy_path=BENCH_DIR / "policy",
         app_id="permbroker-bench",
         expiry_interval_s=0.5,
+        audit_sealer=False,  # the sealer runs as its own process, its CPU counted apart
+        audit_sealer_metrics_port=0,
     )
 
 
@@ -120,6 +123,18 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
     finally:
         stopped = stack.down(settings, wipe=True)
         say(f"bench stack stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@contextmanager
+def sealer(settings: Settings) -> Iterator[SealerProcess]:
+    """The audit sealer's child process (the workers do not seal), ready, stopped on exit."""
+    proc = SealerProcess(settings, role_access(settings, topics.WORKER))
+    proc.start()
+    try:
+        proc.wait_ready(timeout=120)
+        yield proc
+    finally:
+        proc.stop()
 
 
 @contextmanager

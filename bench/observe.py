@@ -143,16 +143,28 @@ class FloorPipe(Stamps):
 
 
 class ViewEvents(Stamps):
-    """Stamps grant-view events: ``grant:<id>`` when issued, ``revoked:<agent>`` when revoked."""
+    """Stamps grant-view events: ``grant:<id>`` when issued, ``revoked:<agent>`` when revoked;
+    keeps the offset the view has applied per partition and where each revocation sits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.expiry: dict[str, float] = {}  # grant id -> expires_at (epoch s), as issued
+        self.applied: dict[int, int] = {}  # partition -> last offset the view applied
+        self.revocations: dict[str, tuple[int, int]] = {}  # agent -> (partition, offset)
+
+    def applied_through(self, agent: str) -> bool:
+        """True once the view has applied ``agent``'s revocation (its offset is behind the
+        view's): every check that starts then must deny."""
+        at = self.revocations.get(agent)
+        return at is not None and self.applied.get(at[0], -1) >= at[1]
 
     def on_event(self, record: Record, _applied_at: float) -> None:
         """GrantView callback (runs in the view's thread right after it applied the event)."""
         at = time.perf_counter()
         ev = record.event
+        if isinstance(ev, AgentRevoked):  # before the offset: applied_through never runs ahead
+            self.revocations[ev.agent_id] = (record.partition, record.offset)
+        self.applied[record.partition] = record.offset  # the index holds it already
         if isinstance(ev, GrantIssued):
             self.expiry[ev.grant_id] = ev.expires_at.timestamp()
             self.hit(f"grant:{ev.grant_id}", at)

@@ -26,6 +26,7 @@ class Section:
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # title -> rows
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -89,14 +90,25 @@ def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
             out += _arm_table(s.arms)
         for k, v in s.extra.items():
             out.append(f"- {k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
+        for title, rows in s.tables.items():
+            out += ["", f"{title}:", "", *_rows_table(rows)]
     out += ["", "## Method", ""] + [f"- {m}" for m in meta["method"]]
     return "\n".join(out) + "\n"
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows of one shape as a markdown table (its columns in the first row's order)."""
+    if not rows:
+        return ["(none)"]
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return out + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
 
 
 def to_json(sections: list[Section], meta: dict[str, Any]) -> dict[str, Any]:
     """Every figure: meta, lines and each arm with all of its samples."""
     return {"meta": meta, "benchmarks": [
-        {"key": s.key, "title": s.title, "notes": s.notes, "extra": s.extra,
+        {"key": s.key, "title": s.title, "notes": s.notes, "extra": s.extra, "tables": s.tables,
          "lines": [ln.to_dict() for ln in s.lines], "arms": [a.summary() for a in s.arms]}
         for s in sections]}
 

@@ -20,6 +20,8 @@ def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
     one.lines = ratio_lines("1", s, r, label="worker / raw loop",
                             p50_target=Target("<= 2x", 2.0), p99_target=Target("<= 3x", 3.0))
     one.lines += ratio_lines("1", s, f, label="worker / floor")
+    one.extra["CPU ms per request, by process, during each latency arm's rounds"] = \
+        rig.cpu_ms_per_request()
     one.lines += [Line("1", "worker p50 (absolute)", s.pooled(50), "ms", "all rounds pooled",
                        target=Target("<= 2 ms", 2.0)),
                   Line("1", "worker p99 (absolute)", s.pooled(99), "ms", "all rounds pooled",
@@ -36,8 +38,9 @@ def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
     three.notes.append("A revocation sample: grant a fresh agent through the worker, wait until "
                        "the view allows it, publish a behaviour_anomaly signal with the agent SDK, "
                        "check the view every ~0.1 ms until it denies, then check 50 more times. "
-                       "Every check that began after the view applied the revocation counts "
-                       "toward the false allows, also those before the first denied check.")
+                       "Every check that began with the view's applied offset at or past the "
+                       "revocation's offset (on its partition) counts toward the false allows, "
+                       "also those before the first denied check.")
     nine = Section("9", "9. Peer: central issuer (OpenBao) next to our grant and revocation",
                    [arms["B_create"], arms["B_revoke"]])
     if bao_missing:
@@ -118,7 +121,7 @@ def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -
         Line("7", "Redis bytes per active grant", in_redis["bytes_per_grant"], "B",
              "used_memory delta / grants", target=Target("<= 200 B", 200.0)),
         Line("7", "view bytes per active grant", in_view["bytes_per_grant"], "B",
-             "tracemalloc, Python heap"),
+             "tracemalloc, Python heap", target=Target("<= 500 B", 500.0)),
         Line("7", "worker resident memory", worker_rss / 2**20, "MiB", "VmRSS"),
     ]
     sec.extra["redis"] = in_redis

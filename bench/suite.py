@@ -7,6 +7,7 @@ memory (7, 100,000 grants, last because it fills Redis).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from bench.measures import (
     trust as b_trust,
 )
 from bench.observe import FloorPipe, KeyWatch, ViewEvents
+from bench.profile import Profile, top_frames
 from bench.report import Section
 from broker.adapters.kafka.jwks import JwksView
 from broker.config import Settings
@@ -105,28 +107,40 @@ def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
 
 
 def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: int,
-                say: Any) -> Section:
+                sealer: Any, say: Any) -> Section:
     arms = b_tput.new_arms()
     assert rig.harness is not None
-    pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid}
+    pids = {**env.stack_pids(s), "raw loop": raw_pid, "worker 1": w1.pid,
+            "sealer": sealer.pid}
+    profile = Profile(w1.pid, s.stack_dir / "worker-profile.txt")
     cpu = b_tput.phase(rig.watch, rig.harness, (arms["w1"], arms["raw1"]), sz.rounds,
                        sz.tput_k, say, s.redis_url, pids)
+    frames = top_frames(profile.stop())
     rss: dict[str, int] = {"worker 1, one worker": env.rss_bytes(w1.pid)}
     with env.worker(s, "worker2") as w2:
         cpu |= b_tput.phase(rig.watch, rig.harness, (arms["w2"], arms["raw2"]), sz.rounds,
                             sz.tput_k, say, s.redis_url, {**pids, "worker 2": w2.pid})
         rss["worker 1, two workers"] = env.rss_bytes(w1.pid)
         rss["worker 2"] = env.rss_bytes(w2.pid)
-    return sections.throughput(arms, rss, cpu)
+    sec = sections.throughput(arms, rss, cpu)
+    title = ("Worker 1's top 15 functions by self samples (py-spy, 100 Hz, through the "
+             "one-worker arm's rounds, raw-loop batches included)")
+    sec.tables[title] = frames
+    if profile.why or not frames:
+        sec.notes.append(f"no worker profile: {profile.why or 'py-spy took no samples'}")
+    return sec
 
 
 def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
     """Run every benchmark on a fresh bench stack, appending report sections to ``out`` as each
     completes (so a run that fails part way still reports what it measured)."""
-    with env.bench_stack(say) as s, env.worker(s) as w1, env.RawLoop(s) as raw:
+    with env.bench_stack(say) as s, env.worker(s) as w1, env.sealer(s) as sealer, \
+            env.RawLoop(s) as raw:
         facts["worker_rss_start"] = env.rss_bytes(w1.pid)
         bao, bao_why = _start_bao(s, say)
         rig = _open_rig(s, bao)
+        rig.pids = {**env.stack_pids(s), "worker 1": w1.pid, "sealer": sealer.pid,
+                    "raw loop": raw.pid, "bench driver (views)": os.getpid()}
         try:
             _warm_up(rig)
             arms = b_latency.run_rounds(rig, sz.rounds, sz.latency_n, sz.revocations, say)
@@ -139,7 +153,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
             e_arms = b_expiry.expiry_run(rig.watch, rig.seen, rig.view, rig.harness,
                                          s.redis_url, sz.expiry_grants, say)
             out.append(sections.expiry(e_arms))
-            out.append(_throughput(rig, s, sz, w1, raw.pid, say))
+            out.append(_throughput(rig, s, sz, w1, raw.pid, sealer, say))
         finally:
             _close_rig(rig)
             if bao is not None:

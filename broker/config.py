@@ -228,8 +228,12 @@ class Settings(BaseSettings):
         "request.signals.customer)"
     )
     audit_sealer: bool = Field(
-        True, description="Run the audit sealer inside each worker (false: run permbroker audit "
-        "seal on its own)"
+        True, description="Run the audit sealer inside each worker (false: run permbroker "
+        "sealer as its own process, as the stack, permbroker dev and compose do)"
+    )
+    audit_sealer_metrics_port: int = Field(
+        9465, ge=0, le=65535, description="The sealer process's Prometheus /metrics port on "
+        "127.0.0.1 (its lag per partition; 0: off)"
     )
     audit_digest_interval_s: float = Field(
         2.0, gt=0, description="Seconds between signed digests of a partition with new entries"

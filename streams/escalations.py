@@ -28,6 +28,7 @@ from broker.adapters import logs, tracing
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.quotas import QuotaStore
+from broker.adapters.redis.values import ms
 from broker.audit.records import attempt_fenced_audit
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
 from broker.grants.decide import (
@@ -199,6 +200,10 @@ class Escalations:
             if attempt == 0 and snap.recorded is not None:
                 await announce(self.ctx, snap.recorded, msg)  # a redelivery: never decide twice
                 return
+            if attempt == 0:  # an empty bucket read with the snapshot: denied in one attempt
+                wait = carry.rate.wait_ms(snap.bucket, ms(snap.now))
+                if wait is not None:
+                    self._over_rate(request, agent, carry, str(wait), "read with the snapshot")
             # The epoch orders attempts across owners: a stale owner's attempt never wins.
             att = _Attempt(request, agent, snap.state,
                            RiskContext(agent=snap.risk, request=request.risk_score),
@@ -271,14 +276,25 @@ class Escalations:
             return False
         carry.note = {"previous_attempt": f"blocked at commit ({committed.blocked_reason})"}
         if committed.blocked_reason == "rate":
-            self.ctx.count("rate_limited")
-            carry.blocked_by = self._rate_denial(request, agent, committed.blocked_detail)
-            carry.rate = UNLIMITED
+            self._over_rate(request, agent, carry, committed.blocked_detail, "")
         elif committed.blocked_reason == "view":
             await self.ctx.ensure_view()
         log.info("request %s blocked at commit (%s); deciding again",
                  request.request_id, committed.blocked_reason)
         return True
+
+    def _over_rate(self, request: EscalationRequested, agent: AgentProfile | None,
+                   carry: _Carry, retry_ms: str, seen: str) -> None:
+        """Decide the request as over its rate limit (the denial names when a token frees up).
+
+        The commit then takes no token (``UNLIMITED``): a denial of the limit costs none. Read
+        with the snapshot, an empty bucket saves the attempt the commit script would refuse.
+        """
+        self.ctx.count("rate_limited")
+        carry.blocked_by = self._rate_denial(request, agent, retry_ms)
+        carry.rate = UNLIMITED
+        if seen:
+            carry.note = {**carry.note, "rate_limit": f"bucket empty, {seen}"}
 
     def _decide_or_hold(self, att: _Attempt, evaluation: Evaluation) -> Outcome | HeldForApproval:
         """The decision, or a hold when there is a holder and the policy asks for approval."""

@@ -312,7 +312,8 @@ class WorkerContext:
         """Name the namespaces this worker routes on every namespace grant topic it writes and
         on ``also`` (existing ones it does not), so a view there can tell whether it is fed."""
         event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
-                                 announced_at=datetime.now(UTC))
+                                 announced_at=datetime.now(UTC),
+                                 grace_s=dict(self.policy.degraded_grace_s))
         targets = sorted({*self.routing.topics(), *also} - {topics.GRANTS.name})
         if targets:
             await self.publisher.publish_many([(t, self.encode(event)) for t in targets])

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from bench import env
 from bench.observe import FloorPipe, KeyWatch, ViewEvents, published
@@ -46,6 +48,8 @@ def ms_since(t0: float, t1: float) -> float:
     return (t1 - t0) * 1000.0
 
 
+T = TypeVar("T")
+
 @dataclass
 class Rig:
     """Everything the latency rounds share: observers, clients, a view."""
@@ -62,6 +66,24 @@ class Rig:
     false_allows: int = 0
     checks_after: int = 0
     next_victim: int = 0
+    pids: dict[str, int] = field(default_factory=dict)  # every process whose CPU is metered
+    cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> process -> s
+    cpu_n: dict[str, int] = field(default_factory=dict)  # arm -> requests metered
+
+    def metered(self, arm: str, count: int, run: Callable[[], T]) -> T:
+        """``run()``, adding the CPU each process used meanwhile to ``arm`` (``count`` requests)."""
+        before = {name: env.cpu_seconds(pid) for name, pid in self.pids.items()}
+        out = run()
+        spent = self.cpu_s.setdefault(arm, {})
+        for name, pid in self.pids.items():
+            spent[name] = spent.get(name, 0.0) + env.cpu_seconds(pid) - before[name]
+        self.cpu_n[arm] = self.cpu_n.get(arm, 0) + count
+        return out
+
+    def cpu_ms_per_request(self) -> dict[str, dict[str, float]]:
+        """arm -> process -> CPU milliseconds per request, over every metered round."""
+        return {arm: {name: round(s * 1000 / max(self.cpu_n[arm], 1), 3)
+                      for name, s in by.items()} for arm, by in self.cpu_s.items()}
 
     def client(self, agent: str) -> AgentClient:
         """The agent's own SDK client (one identity, one client)."""
@@ -142,8 +164,9 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     """Grant a fresh agent, revoke it by a risk signal; ms to the first denied view check.
 
     Returns (first denied check, view applied the revocation). Afterwards probes the view 50
-    more times. Every check that began once the view had applied the revocation counts: any
-    allow among them is a false allow (a revocation must never be undone).
+    more times. Every check that began once the view's applied offset had reached the
+    revocation's offset counts: any allow among them is a false allow (a revocation must never
+    be undone), also one before the first denial.
     """
     victim = env.agent_id("rev", rig.next_victim)
     rig.next_victim += 1
@@ -151,12 +174,12 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     if not rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed:
         raise RuntimeError(f"the view does not allow {victim}'s fresh grant")
     rig.seen.watch(f"revoked:{victim}")
-    checks: list[tuple[float, bool]] = []  # (perf_counter at the start, allowed)
+    checks: list[tuple[bool, bool]] = []  # (revocation applied when it began, allowed)
 
     def check() -> bool:
-        started = time.perf_counter()
+        applied = rig.seen.applied_through(victim)
         allowed = rig.view.allows(victim, FREEZE, ACCOUNTS[0]).allowed
-        checks.append((started, allowed))
+        checks.append((applied, allowed))
         return allowed
 
     t0 = time.perf_counter()
@@ -172,15 +195,15 @@ def revoke_one(rig: Rig, monitor: OperatorClient) -> tuple[float, float]:
     for _ in range(50):
         check()
         time.sleep(0.0001)
-    made, allowed = after_applied(checks, t_applied)
+    made, allowed = after_applied(checks)
     rig.checks_after += made
     rig.false_allows += allowed
     return ms_since(t0, t_denied), ms_since(t0, t_applied)
 
 
-def after_applied(checks: list[tuple[float, bool]], applied_at: float) -> tuple[int, int]:
-    """(checks that began at or after ``applied_at``, how many of them allowed)."""
-    late = [allowed for started, allowed in checks if started >= applied_at]
+def after_applied(checks: list[tuple[bool, bool]]) -> tuple[int, int]:
+    """(checks that began with the revocation applied by the view, how many of them allowed)."""
+    late = [allowed for applied, allowed in checks if applied]
     return len(late), sum(late)
 
 
@@ -233,14 +256,15 @@ def run_rounds(rig: Rig, rounds: int, n: int, n_rev: int, say: object) -> dict[s
                              role_access(rig.settings, topics.OPERATOR))  # type: ignore[arg-type]
     bao_failures = 0
     for r in range(rounds):
-        s_redis, s_view = subject_round(rig, n)
+        s_redis, s_view = rig.metered("escalation (worker)", n, lambda: subject_round(rig, n))
         arms["S_redis"].add_round(s_redis)
         arms["S_view"].add_round(s_view)
-        arms["R"].add_round(raw_round(rig, n))
-        rtt, floor = floor_round(rig, n)
+        arms["R"].add_round(rig.metered("raw loop", n, lambda: raw_round(rig, n)))
+        rtt, floor = rig.metered("floor and Kafka RTT", n, lambda: floor_round(rig, n))
         arms["RTT"].add_round(rtt)
         arms["F"].add_round(floor)
-        denied, applied = revoke_round(rig, monitor, n_rev)
+        denied, applied = rig.metered("revocation", n_rev,
+                                      lambda: revoke_round(rig, monitor, n_rev))
         arms["V"].add_round(denied)
         arms["V_applied"].add_round(applied)
         if rig.bao is not None:

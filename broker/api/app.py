@@ -219,4 +219,5 @@ def _view_check(runtime: Runtime) -> dict[str, Any]:
     return {
         "ok": f.fresh, "detail": f.reason() or "fresh", "staleness_s": f.staleness_s,
         "lag": f.lag, "bound_s": f.bound_s, "topic": runtime.view.topic,
+        "mode": f.mode, "grace_until": f.grace_until,
     }

@@ -49,6 +49,12 @@ class Metrics:
                                     "Age of the grant view's freshness proof", registry=r)
         self.view_lag = Gauge("permbroker_view_lag_records",
                               "Records between the grant view and the log end", registry=r)
+        self.view_mode = Gauge("permbroker_view_mode",
+                               "1 for the mode the grant view is in: fresh, grace or fail-closed",
+                               ["mode"], registry=r)
+        self.view_grace_until = Gauge("permbroker_view_grace_until_seconds",
+                                      "Epoch seconds the view's grace ends (0 when not in grace)",
+                                      registry=r)
         self._lock = threading.Lock()
         self._revocations: deque[AgentRevoked] = deque(maxlen=keep)
         self._acks: deque[RevocationAcknowledged] = deque(maxlen=keep)
@@ -92,6 +98,9 @@ class Metrics:
         self.view_staleness.set(freshness.staleness_s if freshness.staleness_s is not None
                                 else float("inf"))
         self.view_lag.set(freshness.lag)
+        for mode in ("fresh", "grace", "fail-closed"):
+            self.view_mode.labels(mode).set(1 if freshness.mode == mode else 0)
+        self.view_grace_until.set(freshness.grace_until or 0)
         for point in self.status().points:
             self.unconfirmed.labels(point.name).set(len(point.unconfirmed))
         return generate_latest(self.registry)

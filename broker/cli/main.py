@@ -31,6 +31,7 @@ from broker.cli.ops.dev import dev_app
 from broker.cli.ops.enforcement import api_app, revocations_app
 from broker.cli.ops.kafka import kafka_app
 from broker.cli.ops.run import run_app
+from broker.cli.ops.sealer import sealer_app
 from broker.cli.ops.stack import stack_app
 from broker.cli.output import err, fail
 from broker.cli.policy import policy_app
@@ -76,6 +77,7 @@ app.add_typer(revoke_app)  # permbroker revoke
 app.add_typer(inventory_app)  # permbroker inventory
 app.add_typer(run_app)  # permbroker worker | demo | request
 app.add_typer(dev_app)  # permbroker dev
+app.add_typer(sealer_app)  # permbroker sealer
 app.add_typer(
     stack_app, name="stack", help="Start, stop and inspect the local Kafka + Redis stack."
 )

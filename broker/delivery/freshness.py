@@ -5,7 +5,9 @@ the partition's log end E, it has applied every record before E. That proof need
 with the broker or the workers, and an idle topic still proves freshness (its end does not move).
 The view's staleness is the age of its oldest partition proof; when Kafka cannot be reached no new
 proof comes, so staleness grows past the bound and the view fails closed, then recovers on its
-own once probes succeed again. The tracker is not thread-safe: the view's consumer thread owns it
+own once probes succeed again. A namespace the policy gives a grace bound degrades instead
+(``grace_end``): its view keeps grants it already holds for that long, never past their expiry,
+while Kafka stays unreachable. The tracker is not thread-safe: the view's consumer thread owns it
 and publishes ``floor`` (a float) for lock-free reads.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 MAX_PENDING = 64  # probes remembered per partition while the view is behind
 
@@ -29,6 +32,15 @@ class Freshness:
     problem: str = ""
     paused: bool = False
     unrouted: str = ""  # why no worker writes the view's topic ('' when one does)
+    grace_until: float | None = None  # epoch seconds: in grace (degraded mode) until then
+
+    @property
+    def mode(self) -> str:
+        """'fresh', 'grace' (already delivered grants kept until ``grace_until``) or
+        'fail-closed'."""
+        if self.fresh:
+            return "fresh"
+        return "grace" if self.grace_until is not None else "fail-closed"
 
     @property
     def fresh(self) -> bool:
@@ -45,9 +57,12 @@ class Freshness:
             return ""
         age = "never" if self.staleness_s is None else f"{self.staleness_s:.1f}s ago"
         why = f": {self.problem}" if self.problem else (": paused" if self.paused else "")
+        mode = "fail closed" if self.grace_until is None else (
+            "grace for grants delivered before, until "
+            f"{datetime.fromtimestamp(self.grace_until, UTC).isoformat(timespec='seconds')}")
         return (
             f"grant view last proven current {age}, beyond its {self.bound_s:g}s staleness "
-            f"bound (fail closed){why}"
+            f"bound ({mode}){why}"
         )
 
 
@@ -64,6 +79,7 @@ class FreshnessTracker:
         }
         self.problem = ""
         self.floor: float | None = None  # min proof over partitions; None until all are proven
+        self.answered_at: float | None = None  # when Kafka last answered a probe
 
     def start_at(self, partition: int, offset: int) -> None:
         """The first offset the view will read on a partition (its low watermark)."""
@@ -74,6 +90,7 @@ class FreshnessTracker:
         self.ends[partition] = max(self.ends[partition], end)
         self._pending[partition].append((asked_at, end))
         self.problem = ""
+        self.answered_at = self._clock()
         self._settle(partition)
 
     def applied(self, partition: int, offset: int) -> None:
@@ -96,6 +113,14 @@ class FreshnessTracker:
         if changed:
             proofs = self.proof.values()
             self.floor = None if None in proofs else min(p for p in proofs if p is not None)
+
+    def silent(self, bound_s: float) -> bool:
+        """Kafka has not answered a probe since the view lost freshness (the last proof plus
+        ``bound_s``). Grace begins at the loss, not when a probe in flight times out, and the
+        first answer after it ends the grace for good: the view then catches up before any
+        allow, even if Kafka drops again before it has."""
+        lost = None if self.floor is None else self.floor + bound_s
+        return lost is not None and self._clock() > lost and (self.answered_at or 0.0) <= lost
 
     def ready(self) -> bool:
         """Every partition proven current at least once."""
@@ -138,3 +163,18 @@ class BrokerClock:
             return 0.0
         appended, read_at = self._anchor
         return appended + max((self._monotonic() if at is None else at) - read_at, 0.0)
+
+
+def grace_end(floor: float | None, bound_s: float, grace_s: float, *, unreachable: bool,
+              lag: int) -> float | None:
+    """When a degraded view's grace ends (on the clock of ``floor``), or None: no grace.
+
+    Grace runs from the moment freshness was lost (the last proof plus the staleness bound) for
+    ``grace_s``; it applies only while Kafka has not answered since that moment
+    (``FreshnessTracker.silent``) and the view has applied every record it knows exists. Once a
+    probe answers again, the view fails closed until it has applied what the answer named (a
+    revocation issued during the outage): nothing pending is ever overtaken by an allow.
+    """
+    if floor is None or grace_s <= 0 or not unreachable or lag > 0:
+        return None
+    return floor + bound_s + grace_s

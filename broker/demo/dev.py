@@ -30,6 +30,7 @@ from broker.policy import load_policy
 from broker.sdk.operator.client import OperatorClient
 from broker.stack import local as stack
 from broker.stack.credentials import role_access, role_settings
+from broker.stack.sealer import SealerProcess, sealing_off
 from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 
@@ -146,6 +147,7 @@ class DevSession:
     def __init__(self, settings: Settings, say: Say, example_port: int) -> None:
         self.settings, self.say, self.example_port = settings, say, example_port
         self.worker: WorkerProcess | None = None
+        self.sealer: SealerProcess | None = None
         self.children: list[Child] = []
 
     def start(self) -> None:
@@ -156,11 +158,16 @@ class DevSession:
         say(f"Kafka at {status.bootstrap}, Redis at {status.redis_url}")
         for path in ensure_identity_files(s):  # private keys: 0600, never printed
             say(f"created {path}")
-        self.worker = WorkerProcess(s, role_access(s, topics.WORKER))
+        self.worker = WorkerProcess(sealing_off(s), role_access(s, topics.WORKER))
         self.worker.start()
         say(f"worker pid {self.worker.pid} starting (policy {s.policy_path}) ...")
         self.worker.wait_ready(120)
         say("worker ready")
+        self.sealer = SealerProcess(s, role_access(s, topics.WORKER))
+        self.sealer.start()
+        self.sealer.wait_ready(120)
+        say(f"audit sealer pid {self.sealer.pid} ready (its lag on 127.0.0.1:"
+            f"{s.audit_sealer_metrics_port}/metrics)")
         register_bundle_agents(s, say)
         self._start_api()
         self._start_example()
@@ -203,9 +210,9 @@ class DevSession:
             for child in self.children:
                 if not child.running():
                     raise BrokerError(f"{child.name} exited; see {child.log}")
-            if self.worker is not None and self.worker.proc is not None \
-                    and self.worker.proc.poll() is not None:
-                raise BrokerError(f"the worker exited; see {self.worker.log_path}")
+            for proc in (self.worker, self.sealer):
+                if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
+                    raise BrokerError(f"the {proc.log_path.stem} exited; see {proc.log_path}")
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -213,6 +220,9 @@ class DevSession:
         for child in reversed(self.children):
             child.stop()
             self.say(f"stopped {child.name}")
+        if self.sealer is not None:
+            self.sealer.stop()
+            self.say("stopped the audit sealer")
         if self.worker is not None:
             self.worker.stop()
             self.say("stopped the worker")

@@ -66,9 +66,12 @@ class Policy:
                  detectors: Detectors | None = None,
                  lifecycle: AgentLifecycle | None = None,
                  delegation_rules: tuple[DelegationRule, ...] = (),
+                 degraded_grace_s: Mapping[str, int] | None = None,
                  quotas: Quotas | None = None) -> None:
         self.name = name
         self.quotas = quotas or Quotas()  # limits on all the bundle's agents together
+        # Grace bounds by namespace while its views cannot prove freshness (absent: fail closed).
+        self.degraded_grace_s = dict(degraded_grace_s or {})
         self.lifecycle = lifecycle or AgentLifecycle()  # key age, dormancy, registration limits
         self.delegation_rules = delegation_rules  # default deny: no rule, no delegation
         self.detectors = detectors  # behaviour detectors (None: nothing is watched)

@@ -7,7 +7,8 @@ globs where they are not allowed, baselines and rule scopes outside a class ceil
 classes, duplicate rule ids and agent ids, durations, CEL that does not compile, that references
 a variable its rule kind does not provide, or that does not type-check against those variables'
 declared fields (misspelt fields and mismatched types name the column and suggest a fix). Each
-CEL expression is compiled once per revision.
+CEL expression is compiled once per revision. The ``degraded`` section gives a namespace a
+bounded grace (else it fails closed) and names the namespace as the rule of its errors.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class _PolicyDoc:
     detectors: Detectors | None = None
     lifecycle: AgentLifecycle | None = None
     delegation: tuple[DelegationRule, ...] = ()
+    degraded: dict[str, int] | None = None
     quotas: Quotas = field(default_factory=Quotas)
 
 
@@ -116,7 +118,8 @@ def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
         escalation_rules=parsed.escalation, deny_rules=parsed.deny,
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
         detectors=parsed.detectors, lifecycle=parsed.lifecycle,
-        delegation_rules=parsed.delegation, quotas=parsed.quotas,
+        delegation_rules=parsed.delegation, degraded_grace_s=parsed.degraded,
+        quotas=parsed.quotas,
     )
 
 
@@ -148,7 +151,8 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
-                           "detectors", "lifecycle", "delegation_rules", "quotas"))
+                           "detectors", "lifecycle", "delegation_rules", "degraded",
+                           "quotas"))
     defaults = mapping(body, "defaults", at)
     check_fields(defaults, at, "defaults", required=("max_duration",),
                  optional=("max_total_duration",))
@@ -169,7 +173,8 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
                   for r, a in _rules(body, "delegation_rules", at, seen)]
     return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
                       tuple(deny), tuple(revocation), parse_detectors(body, at, classes),
-                      parse_lifecycle(body, at), tuple(delegation), _quotas(body, at))
+                      parse_lifecycle(body, at), tuple(delegation), parse_degraded(body, at),
+                      _quotas(body, at))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
@@ -368,3 +373,38 @@ def _line_of(body: LineMap, loc: tuple[int | str, ...]) -> int:
         else:
             break
     return line
+
+
+# The degraded section: ``<namespace>: fail_closed`` (the default for a namespace not named) or
+# ``<namespace>: {grace: <duration>}``: while its grant views cannot prove they are current they
+# keep grants delivered before for at most that long, never past a grant's expiry.
+FAIL_CLOSED = "fail_closed"
+MAX_GRACE_S = 3600  # a longer grace is a typo: an outage that long needs an operator, not a timer
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def parse_degraded(body: LineMap, at: At) -> dict[str, int]:
+    """Grace bounds in seconds by namespace (absent namespaces fail closed)."""
+    if "degraded" not in body:
+        return {}
+    section = mapping(body, "degraded", at)
+    graces: dict[str, int] = {}
+    for namespace in section:
+        line, at = section.line_of(namespace), replace(at, rule=f"degraded.{namespace}")
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+            raise at.error(f"bad namespace {namespace!r} in degraded: letters, digits, '_' and "
+                           "'-' (a scope's part before ':')", line)
+        value = section[namespace]
+        if value == FAIL_CLOSED:
+            continue
+        if not isinstance(value, LineMap):
+            raise at.error(f"degraded mode of {namespace!r} must be {FAIL_CLOSED!r} or a "
+                           "mapping with 'grace: <duration>'", line)
+        check_fields(value, at, f"the degraded mode of {namespace!r}", required=("grace",),
+                     optional=())
+        grace = cast(int, optional_duration(value, "grace", at))  # required just above
+        if grace > MAX_GRACE_S:
+            raise at.error(f"grace of {namespace!r} is longer than {MAX_GRACE_S}s (1h)",
+                           value.line_of("grace"))
+        graces[namespace] = grace
+    return graces

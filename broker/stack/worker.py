@@ -87,6 +87,8 @@ def _identity_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One ``python -m streams`` child with its log file."""
 
+    ready_markers: tuple[str, ...] = READY_MARKERS  # all in its log: ready
+
     def __init__(self, settings: Settings, kafka: KafkaAccess, *, name: str = "worker",
                  loglevel: str = "info") -> None:
         self.settings = settings
@@ -107,12 +109,16 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "streams", self._loglevel],
+                self.argv(),
                 env=worker_env(self.settings, self.kafka),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
+
+    def argv(self) -> list[str]:
+        """The child's command line."""
+        return [sys.executable, "-m", "streams", self._loglevel]
 
     def log_text(self) -> str:
         """What this run of the child has logged so far."""
@@ -127,12 +133,13 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise BrokerError(f"worker exited early; see {self.log_path}")
+                raise BrokerError(f"{self.log_path.stem} exited early; see {self.log_path}")
             text = self.log_text()
-            if all(marker in text for marker in READY_MARKERS):
+            if all(marker in text for marker in self.ready_markers):
                 return
             time.sleep(0.05)
-        raise BrokerError(f"worker not ready within {timeout:.0f}s; see {self.log_path}")
+        raise BrokerError(f"{self.log_path.stem} not ready within {timeout:.0f}s; "
+                          f"see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""

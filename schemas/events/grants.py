@@ -172,6 +172,10 @@ class RoutingAnnounced(WireModel):
     worker: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     namespaces: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")], ...]
     announced_at: UtcDatetime
+    # The policy's degraded mode by namespace: seconds of grace a view of that namespace keeps
+    # already delivered grants while it cannot prove freshness (absent: fail closed).
+    grace_s: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+                  Annotated[int, Field(ge=1, le=3600)]] = Field(default_factory=dict)
 
     @property
     def event_id(self) -> str:

@@ -36,6 +36,7 @@ from tests.support.services import Services
 
 HERE = Path(__file__).resolve().parent
 METRICS_PORT = BASE + 1
+SEALER_METRICS_PORT = BASE + 3
 _REPORT = Report()
 
 
@@ -118,6 +119,8 @@ def settings(
         expiry_interval_s=0.2,
         session_timeout_s=6.0,
         metrics_port=METRICS_PORT,
+        audit_sealer=False,  # the sealer runs as its own process (the worker fixture)
+        audit_sealer_metrics_port=SEALER_METRICS_PORT,
     )
     ensure_keys(settings)  # a worker without its audit keys refuses to start
     return settings

@@ -1,7 +1,7 @@
 """One agent floods 10,000 requests at once: its policy rate limit holds (a Redis token bucket)
 and other agents' decisions stay within 2x of a baseline measured in the same test.
 
-Like with like: the baseline and the flooded figure are the same 20 requests of the same ten
+Like with like: the baseline and the flooded figure are the same 40 requests of the same ten
 agents through the same clients, each client created and warmed (one unmeasured request: its
 connections, metadata and decision watcher) before either is measured, and the flood is
 published in full before the flooded figure is taken (the worker works through its backlog).
@@ -32,7 +32,7 @@ from tests.support.waits import wait_until
 
 TapFactory = Callable[[str], Tap]
 FLOOD = 10_000
-SAMPLES = 20
+SAMPLES = 40
 
 
 def _partition(agent: str) -> int:

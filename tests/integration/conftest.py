@@ -39,6 +39,7 @@ from tests.support.services import Services
 ROOT = Path(__file__).resolve().parents[2]
 # The session worker's /metrics, moved with the test stack (two checkouts on one machine).
 METRICS_PORT = 29464 + int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
+SEALER_METRICS_PORT = METRICS_PORT + 1
 POOL = 400
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
@@ -118,6 +119,8 @@ def settings(
         expiry_warning_s=2.0,
         audit_redact_free_text=True,
         audit_digest_interval_s=0.5,
+        audit_sealer=False,  # the sealer runs as its own process (the worker fixture)
+        audit_sealer_metrics_port=SEALER_METRICS_PORT,
         # The worker traces every decision (tests/integration/test_tracing.py reads the spans).
         tracing=True,
         tracing_file=stack_dir / "spans.jsonl",

@@ -159,15 +159,16 @@ def test_every_dashboard_query_names_metrics_a_live_worker_serves(
     worker: WorkerProcess, settings: Settings
 ) -> None:
     """Each PromQL expression of deploy/grafana/ names a metric, and each metric it names is in
-    the live worker's /metrics."""
+    the live worker's /metrics or the sealer process's."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
     exprs = [t["expr"] for p in panels for t in p["targets"]]
     assert len(exprs) >= len(panels) >= 10
     named = [set(re.findall(r"\bpermbroker_[a-zA-Z0-9_:]+", e)) for e in exprs]
     assert all(named), [e for e, n in zip(exprs, named, strict=True) if not n]
     served = served_names(scrape_text(settings.metrics_port))
+    served |= served_names(scrape_text(settings.audit_sealer_metrics_port))
     missing = set().union(*named) - served
-    assert not missing, f"not in the worker's /metrics: {sorted(missing)}"
+    assert not missing, f"not in the worker's nor the sealer's /metrics: {sorted(missing)}"
 
 
 def test_the_scrape_time_probes_answer_and_follow_the_stack(
@@ -175,7 +176,7 @@ def test_the_scrape_time_probes_answer_and_follow_the_stack(
     publisher: Publisher, rclient: redis.Redis,
 ) -> None:
     """Every probe answers; a quarantined agent is counted; the consumer lag of the escalation
-    partitions and the sealer's lag come back to 0 once the worker has caught up."""
+    partitions and the sealer process's lag come back to 0 once both have caught up."""
     agent = agents("f")
     publisher.publish(topics.RISK.name, anomaly(agent))  # revoke-on-behaviour-anomaly: 10m
     wait_until(lambda: rclient.exists(keys.quarantine(agent)), 10, "the agent quarantined")
@@ -191,11 +192,15 @@ def test_the_scrape_time_probes_answer_and_follow_the_stack(
         "grants": 1, "quarantine": 1, "consumer-lag": 1, "sealer-lag": 1}
     lag = samples["permbroker_worker_consumer_lag"]
     assert {dict(k)["topic"] for k in lag} >= {topics.ESCALATIONS.name, topics.RISK.name}
-    assert samples["permbroker_worker_sealer_lag"], "the worker seals no partition"
+    assert not samples.get("permbroker_worker_sealer_lag"), "the worker seals: it should not"
+    sealer = scrape(settings.audit_sealer_metrics_port)
+    assert sealer["permbroker_sealer_lag"], "the sealer process seals no partition"
+    assert total(sealer, "permbroker_sealer_lag_up") == 1
     wait_until(lambda: total(scrape(settings.metrics_port), "permbroker_worker_consumer_lag",
                              topic=topics.ESCALATIONS.name) == 0, 20, "escalations caught up")
-    wait_until(lambda: total(scrape(settings.metrics_port), "permbroker_worker_sealer_lag")
+    wait_until(lambda: total(scrape(settings.audit_sealer_metrics_port), "permbroker_sealer_lag")
                == 0, 20, "the sealer caught up")
+    assert total(scrape(settings.audit_sealer_metrics_port), "permbroker_sealer_sealed_total") >= 1
 
 
 def test_the_worker_logs_each_decision_as_a_json_line_with_its_ids(

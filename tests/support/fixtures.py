@@ -22,6 +22,7 @@ from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.policy import load_policy
 from broker.stack.credentials import role_access
+from broker.stack.sealer import SealerProcess
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.identities import (
@@ -65,13 +66,20 @@ def registrar(worker: WorkerProcess, settings: Settings, test_policy: Path) -> I
 
 @pytest.fixture(scope="session")
 def worker(settings: Settings) -> Iterator[WorkerProcess]:
-    """One worker process for the session (tests may kill and restart it)."""
+    """One worker process for the session (tests may kill and restart it), and the audit
+    sealer's process beside it (the session settings turn the worker's own sealer off)."""
     ensure_identity_files(settings)  # the broker's token keys and a test operator's key
     proc = WorkerProcess(settings, role_access(settings, topics.WORKER))
+    sealer = SealerProcess(settings, role_access(settings, topics.WORKER))
     proc.start()
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+    try:
+        proc.wait_ready()
+        sealer.start()  # after the worker: the raw audit topic exists by then
+        sealer.wait_ready()
+        yield proc
+    finally:
+        sealer.stop()
+        proc.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)

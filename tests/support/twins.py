@@ -155,7 +155,13 @@ class MemoryGrantStore:
             view_built=self._get(keys.VIEW_EPOCH) is not None,
             fence_epoch=int(self._get(fence_key) or 0) if fence_key is not None else None,
             recorded=self._record_of(agent_id, request_id) if request_id is not None else None,
+            bucket=self._bucket(agent_id),
         )
+
+    def _bucket(self, agent_id: str) -> tuple[float, int] | None:
+        """The agent's token bucket as the snapshot reads it (tokens, ts ms), or None."""
+        bucket: dict[str, str] = self._get(keys.rate(agent_id)) or {}
+        return (float(bucket["t"]), int(bucket["ts"])) if bucket else None
 
     async def agent_state(self, agent_id: str) -> AgentState:
         """Quarantine and last revocation of an agent."""

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 from bench.measures.latency import after_applied
+from bench.observe import ViewEvents
 from bench.report import Section, markdown
 from bench.stats import Arm, Line, Target, median_ratio, percentile, ratio_lines
+from broker.adapters.kafka.edge import Record
+from schemas.events import AgentRevoked, WireModel
+
+
+def _revoked(agent: str) -> AgentRevoked:
+    now = datetime.now(UTC)
+    return AgentRevoked(agent_id=agent, revoked_at=now, reason="bench", rule="r",
+                        cause_event_id="e-1", markers_until=now)
+
+
+def _record(partition: int, offset: int, event: WireModel | None) -> Record:
+    return Record("permbroker.grants", partition, offset, 0, event, None, None)
 
 
 def test_percentile_interpolates_and_is_nan_when_empty() -> None:
@@ -58,9 +72,95 @@ def test_report_lists_missed_targets_in_the_summary() -> None:
 
 
 def test_false_allows_count_every_check_after_the_view_applied_the_revocation() -> None:
-    """Checks that began once the view applied a revocation count, before the first denial too;
-    checks from before it do not (they may rightly allow)."""
-    checks = [(1.0, True), (2.0, True), (3.0, True), (4.0, False), (5.0, False)]
-    assert after_applied(checks, 2.5) == (3, 1)  # the allow at 3.0 preceded the first denial
-    assert after_applied(checks, 4.0) == (2, 0)
-    assert after_applied(checks, 9.0) == (0, 0)
+    """Checks that began once the view's offset reached the revocation's count, before the
+    first denial too; checks from before it do not (they may rightly allow)."""
+    checks = [(False, True), (False, True), (True, True), (True, False), (True, False)]
+    assert after_applied(checks) == (3, 1)  # the allow preceded the first denial
+    assert after_applied([(False, True), (True, False), (True, False)]) == (2, 0)
+    assert after_applied([(False, True), (False, False)]) == (0, 0)
+
+
+def test_a_revocation_is_applied_once_the_views_offset_reaches_it() -> None:
+    """The view's applied offset on the revocation's partition, not a clock, decides."""
+    seen = ViewEvents()
+    assert not seen.applied_through("a")
+    seen.on_event(_record(0, 7, _revoked("a")), 0.0)
+    assert seen.applied_through("a")
+    seen.revocations["b"] = (1, 12)
+    seen.on_event(_record(1, 11, None), 0.0)
+    assert not seen.applied_through("b")
+    seen.on_event(_record(1, 12, None), 0.0)
+    assert seen.applied_through("b")
+    seen.on_event(_record(0, 3, None), 0.0)  # another partition's offset never counts for b
+    assert seen.applied_through("b")
+
+
+def test_cpu_per_request_is_metered_per_arm_and_process() -> None:
+    """An arm's CPU is what each process used during its rounds, over the requests made."""
+    import os
+
+    from bench.measures.latency import Rig
+
+    rig = Rig(settings=None, watch=None, floor=None, view=None, seen=ViewEvents())  # type: ignore[arg-type]
+    rig.pids = {"this process": os.getpid()}
+
+    def burn() -> int:
+        return sum(i * i for i in range(1_000_000))
+
+    assert rig.metered("busy", 10, burn) == burn()
+    rig.metered("busy", 10, burn)
+    rig.metered("idle", 5, lambda: None)
+    cpu = rig.cpu_ms_per_request()
+    assert set(cpu) == {"busy", "idle"} and set(cpu["busy"]) == {"this process"}
+    assert cpu["busy"]["this process"] > 0  # 20 requests shared the CPU burn() took
+    assert rig.cpu_n == {"busy": 20, "idle": 5}
+
+
+def test_view_memory_is_split_by_the_module_that_allocated_it() -> None:
+    """Bytes per grant by allocating module, the largest first, the rest summed."""
+    import tracemalloc
+
+    from bench.measures.memory import by_component
+
+    tracemalloc.start()
+    try:
+        kept = [bytearray(1000) for _ in range(100)]
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    split = by_component(snapshot, 100, top=3)
+    assert split["tests/unit/test_bench_stats.py"] >= 1000  # each "grant" held 1,000 bytes here
+    assert "(everything else)" in split and len(split) <= 4
+    assert kept
+
+
+def test_the_profile_sums_self_and_total_samples_per_function() -> None:
+    """Collapsed stacks summed per function (line numbers dropped): self and total shares."""
+    from bench.profile import top_frames
+
+    top_of = "<module> (streams/__main__.py:5);run (faust/app.py:10);"
+    collapsed = "\n".join([
+        top_of + "decide (broker/grants/decide.py:42) 6",
+        top_of + "decide (broker/grants/decide.py:50) 2",
+        top_of + "verify (/x/site-packages/jose/jws.py:9) 2",
+        "not a stack line",
+    ])
+    top = top_frames(collapsed, n=2)
+    assert top == [
+        {"function": "decide (broker/grants/decide.py)", "self %": 80.0, "total %": 80.0,
+         "self samples": 8},
+        {"function": "verify (jose/jws.py)", "self %": 20.0, "total %": 20.0, "self samples": 2},
+    ]
+    assert top_frames("") == []
+
+
+def test_a_sections_tables_are_rendered_as_markdown_tables() -> None:
+    """A table of rows (the worker profile) appears under its title, one row per line."""
+    sec = Section("6", "6. Throughput", tables={"Top functions": [
+        {"function": "decide (broker/grants/decide.py)", "self %": 80.0},
+        {"function": "verify (jose/jws.py)", "self %": 20.0}]})
+    meta = {"started": "t", "machine": "m", "rounds": 5, "elapsed_s": 1.0, "command": "c",
+            "method": ["m"]}
+    text = markdown([sec], meta)
+    assert ("Top functions:\n\n| function | self % |\n|---|---|\n"
+            "| decide (broker/grants/decide.py) | 80.0 |\n| verify (jose/jws.py) | 20.0 |") in text

@@ -125,12 +125,13 @@ class RedisGrantStore(Rebuild):
         pipe.get(keys.revoked(agent_id))
         pipe.get(keys.risk(agent_id))
         pipe.exists(keys.VIEW_EPOCH)
+        pipe.hmget(keys.rate(agent_id), "t", "ts")
         if fence_key is not None:
             pipe.get(fence_key)
         if request_id is not None:
             self._queue_recorded(pipe, agent_id, request_id)
         got = await call(pipe.execute())
-        (sec, usec), rule, pxat, revoked, risk, built = got[:6]
+        (sec, usec), rule, pxat, revoked, risk, built, (tokens, ts) = got[:7]
         found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
             now=datetime.fromtimestamp(int(sec) + int(usec) / 1e6, tz=UTC),
@@ -141,8 +142,9 @@ class RedisGrantStore(Rebuild):
             ),
             risk=float(risk) if risk else 0.0,
             view_built=bool(built),
-            fence_epoch=int(got[6] or 0) if fence_key is not None else None,
+            fence_epoch=int(got[7] or 0) if fence_key is not None else None,
             recorded=found,
+            bucket=(float(tokens), int(ts)) if tokens is not None and ts is not None else None,
         )
 
     async def agent_state(self, agent_id: str) -> AgentState:

@@ -5,6 +5,7 @@ Imports broker core, schemas.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -60,6 +61,21 @@ class RateLimit:
     capacity: int = 0
     per_ms: int = 1000
 
+    def wait_ms(self, bucket: tuple[float, int] | None, now_ms: int) -> int | None:
+        """Milliseconds until the bucket (tokens, ts ms) holds a token again; None if it holds one.
+
+        The commit script's arithmetic, read-only: a request that finds the bucket empty is over
+        its limit whatever else it asks for (the script would refuse its commit).
+        """
+        if self.capacity <= 0 or bucket is None:
+            return None
+        tokens, ts = bucket
+        if now_ms > ts:
+            tokens = min(self.capacity, tokens + (now_ms - ts) * self.capacity / self.per_ms)
+        if tokens >= 1:
+            return None
+        return math.ceil((1 - tokens) * self.per_ms / self.capacity)
+
 
 NO_FENCE, NO_RISK_FENCE, UNLIMITED = Fence(), Fence(role="risk"), RateLimit()
 
@@ -74,6 +90,7 @@ class Snapshot:
     view_built: bool
     fence_epoch: int | None
     recorded: Committed | None = None  # the request's stored decision, when one was asked for
+    bucket: tuple[float, int] | None = None  # the agent's rate-limit bucket (tokens, ts ms)
 
 
 @dataclass(frozen=True)

@@ -424,17 +424,7 @@ def keys_init() -> None:
 
 @audit_app.command("seal")
 def seal() -> None:
-    """Run a sealer alone (when workers run with PERMBROKER_AUDIT_SEALER=false)."""
-    from broker.adapters.audit.sealer import Sealer
-    from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
+    """Run the audit sealer alone (the same as permbroker sealer)."""
+    from broker.cli.ops.sealer import sealer
 
-    settings = cli_settings()
-    try:
-        signer = RecordSigner(BrokerKeyring(settings.key_path("broker")))
-        sealer = Sealer(settings, cli_kafka(), audit_keys.load_keys(settings), signer)
-        err.print("sealing permbroker.audit.raw into permbroker.audit (Ctrl-C to stop)")
-        sealer.run()
-    except KeyboardInterrupt:
-        pass
-    except BrokerError as exc:
-        raise fail(exc, KafkaHint) from exc
+    sealer()

@@ -1,4 +1,4 @@
-"""The in-memory grant index of a view: agent -> scope -> held grants. Imports schemas, bus.
+"""A view's in-memory grant index: agent -> scope -> held grants. Imports schemas, bus, compact.
 
 Written by one thread (the view's consumer), read by any: a change copies only the maps it
 touches (the agent's grants, its scope map and the changed scopes' entries, each a C-level dict
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from broker.adapters.kafka.bus import Record
 from broker.delivery.bounded import Bounded
 from broker.sdk.resource.baseline import BaselineIndex
+from broker.sdk.resource.compact import HeldGrant, us
 from schemas.events import (
     AGENT_ID_PATTERN,
     AgentRevoked,
@@ -37,15 +38,16 @@ class Verdict:
     """A check's answer and why; an allowing verdict carries the grant and its expiry, or the
     baseline entitlement that allows it (standing, no expiry: not a grant)."""
 
-    __slots__ = ("_now", "_reason", "allowed", "baseline", "grant", "unavailable")
+    __slots__ = ("_grant", "_held", "_now", "_reason", "allowed", "baseline", "unavailable")
 
     def __init__(
         self, allowed: bool, reason: str = "", grant: GrantIssued | None = None,
-        now: float | None = None, *, unavailable: bool = False,
+        now: float | None = None, held: HeldGrant | None = None, *, unavailable: bool = False,
         baseline: BaselineEntitlement | None = None,
     ) -> None:
         self.allowed = allowed
-        self.grant = grant
+        self._grant = grant
+        self._held = held  # the view's record: the event is rebuilt only if asked for
         self.baseline = baseline
         self._reason = reason
         self._now = now
@@ -54,17 +56,22 @@ class Verdict:
         self.unavailable = unavailable
 
     @property
+    def grant(self) -> GrantIssued | None:
+        """The grant that allows (None: denied, or allowed by a baseline entitlement)."""
+        if self._grant is None and self._held is not None:
+            self._grant = self._held.issued()
+        return self._grant
+
+    @property
     def reason(self) -> str:
         """Why: the grant, its absolute expiry and the time left; or the cause of the denial."""
-        if self._reason or self.grant is None:
+        held = self._held or self._grant
+        if self._reason or held is None:
             if not self._reason and self.baseline is not None:
                 return f"baseline entitlement: {self.baseline.reason}"
             return self._reason
-        left = self.grant.expires_at.timestamp() - (self._now or time.time())
-        return (
-            f"grant {self.grant.grant_id} until {self.grant.expires_at.isoformat()} "
-            f"({left:.1f}s left)"
-        )
+        left = held.expires_at.timestamp() - (self._now or time.time())
+        return f"grant {held.grant_id} until {held.expires_at.isoformat()} ({left:.1f}s left)"
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -77,17 +84,15 @@ class Verdict:
 # past the ACLs): a view that is given one has nothing to fail closed about.
 COPIED = frozenset({"wrong-topic", "wrong-type"})
 MAX_CHAIN = 16  # delegation depth a view follows; a deeper chain is denied
-# One held grant: (expires_at epoch seconds, resources or empty for any, the grant).
-Held = tuple[float, frozenset[str], GrantIssued]
-# An agent's held grants: scope -> grant id -> held. Published maps are never changed in place.
-Scopes = dict[str, dict[str, Held]]
+# An agent's held grants: scope -> grant id -> grant. Published maps are never changed in place.
+Scopes = dict[str, dict[str, HeldGrant]]
 
 
 class GrantIndex:
     """Active grants by agent and scope; ended grant ids are remembered and never come back."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._grants: dict[str, dict[str, GrantIssued]] = {}
+        self._grants: dict[str, dict[str, HeldGrant]] = {}
         self._by_scope: dict[str, Scopes] = {}
         self._ended: Bounded[str, None] = Bounded(max_entries)
         self._poisoned: Bounded[str, str] = Bounded(max_entries)
@@ -117,12 +122,13 @@ class GrantIndex:
         if not entries:
             return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
         expired = None
-        for expires, resources, grant in entries.values():
-            if not resources or resource in resources:
-                if expires > t and self._parent_lives(grant, t):
-                    return Verdict(True, "", grant, t)
+        t_us = t * 1_000_000
+        for grant in entries.values():
+            if not grant.members or resource in grant.members:
+                if grant.expires_us > t_us and self._parent_lives(grant, t_us):
+                    return Verdict(True, "", None, t, grant)
                 expired = grant
-        if expired is not None and expired.parent_grant_id and expired.expires_at.timestamp() > t:
+        if expired is not None and expired.parent_grant_id and expired.expires_us > t_us:
             return Verdict(False, f"grant {expired.grant_id} was delegated from grant "
                            f"{expired.parent_grant_id}, which is no longer active")
         if expired is not None:
@@ -131,7 +137,7 @@ class GrantIndex:
             )
         return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
 
-    def _parent_lives(self, grant: GrantIssued, t: float) -> bool:
+    def _parent_lives(self, grant: HeldGrant, t_us: float) -> bool:
         """A delegated grant holds only while every grant up its chain is active here (its
         parent's end, applied from the same topic, denies it at once: fail closed)."""
         for _ in range(MAX_CHAIN):
@@ -140,7 +146,7 @@ class GrantIndex:
             if not grant.delegators or grant.parent_grant_id in self._ended:
                 return False
             parent = self._grants.get(grant.delegators[0], {}).get(grant.parent_grant_id)
-            if parent is None or parent.expires_at.timestamp() <= t:
+            if parent is None or parent.expires_us <= t_us:
                 return False
             grant = parent
         return False
@@ -153,14 +159,16 @@ class GrantIndex:
         if grant is None:
             return "unknown"
         t = (now or datetime.now(UTC)).timestamp()
-        return "active" if grant.expires_at.timestamp() > t and self._parent_lives(grant, t) \
+        t_us = t * 1_000_000
+        return "active" if grant.expires_us > t_us and self._parent_lives(grant, t_us) \
             else "ended"
 
     def active(self, agent_id: str, now: datetime | None = None) -> list[Verdict]:
         """The agent's live grants, as allowing verdicts (absolute expiry and time left)."""
         t = (now or datetime.now(UTC)).timestamp()
         grants = self._grants.get(agent_id, {}).values()
-        return [Verdict(True, "", g, t) for g in grants if g.expires_at.timestamp() > t]
+        t_us = t * 1_000_000
+        return [Verdict(True, "", None, t, g) for g in grants if g.expires_us > t_us]
 
     def apply(self, record: Record) -> AgentRevoked | None:
         """Apply one record of the grant topic; returns the agent revocation it applied, if any."""
@@ -175,17 +183,18 @@ class GrantIndex:
             return None
         if isinstance(ev, GrantIssued):
             if ev.grant_id not in self._ended:
-                self._put(ev)
+                self._put(HeldGrant(ev))
         elif isinstance(ev, GrantRenewed):
             old = self._grants.get(ev.agent_id, {}).get(ev.grant_id)
             if old is not None and ev.expires_at > old.expires_at:
-                self._put(old.model_copy(update={"expires_at": ev.expires_at}))
+                self._put(old.extended(ev.expires_at))
         elif isinstance(ev, GrantRevoked | GrantExpired | GrantReleased):
             self._end(ev.agent_id, (ev.grant_id,))
         elif isinstance(ev, AgentRevoked):
             # Grants issued after the revocation (seen again on a redelivery) are not its own.
+            revoked_us = us(ev.revoked_at)
             earlier = [gid for gid, g in self._grants.get(ev.agent_id, {}).items()
-                       if g.issued_at <= ev.revoked_at]
+                       if g.issued_us <= revoked_us]
             self._end(ev.agent_id, (*earlier, *ev.grant_ids))
             self.baselines.revoked(ev)
             return ev
@@ -204,7 +213,7 @@ class GrantIndex:
                 "restarted on a version that reads it (fail closed)"
             ))
 
-    def _put(self, grant: GrantIssued) -> None:
+    def _put(self, grant: HeldGrant) -> None:
         """Hold ``grant`` (new, or replacing the one with its id, e.g. renewed)."""
         agent = grant.agent_id
         grants = dict(self._grants.get(agent, {}))
@@ -213,10 +222,9 @@ class GrantIndex:
         scopes = dict(self._by_scope.get(agent, {}))
         if old is not None:
             _drop(scopes, old)
-        entry = (grant.expires_at.timestamp(), frozenset(grant.resources), grant)
         for scope in grant.scopes:
             held = dict(scopes.get(scope, {}))
-            held[grant.grant_id] = entry
+            held[grant.grant_id] = grant
             scopes[scope] = held
         self._grants[agent] = grants
         self._by_scope[agent] = scopes
@@ -241,7 +249,7 @@ class GrantIndex:
             self._by_scope.pop(agent_id, None)
 
 
-def _drop(scopes: Scopes, grant: GrantIssued) -> None:
+def _drop(scopes: Scopes, grant: HeldGrant) -> None:
     """Remove ``grant`` from an unpublished scope map (copying each scope's entries it touches)."""
     for scope in grant.scopes:
         held = scopes.get(scope)

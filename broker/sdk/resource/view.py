@@ -17,6 +17,11 @@ Given the workers' consumer group (``revocations_group``), it is also stale whil
 signals wait unprocessed (Redis down, workers stuck): then every check is denied. A view of a
 namespace topic (``permbroker.grants.<ns>``) is not ready, and denies every check saying why,
 until a worker's signed routing announcement there names the namespace (the latest one counts).
+That announcement also carries the namespace's degraded mode from the policy: with a grace bound,
+while Kafka is unreachable the view keeps allowing grants it applied before it lost freshness,
+until min(expiry, loss + grace) (``broker.delivery.freshness.grace_end``); a grant or renewal
+applied after the loss is never honoured in grace, a revocation that arrives ends the agent's
+grants at once, and a local ``grace_cap_s`` can only shorten the bound.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from broker.adapters.kafka.acks import AckPublisher
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
 from broker.adapters.kafka.edge import ROLE_BROKER, Trust
 from broker.delivery.consistency import ConsistencyToken, parse_token
-from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker
+from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker, grace_end
 from broker.errors import BusError, InvalidConsistencyToken
 from broker.sdk.resource.index import GrantIndex, Verdict
 from broker.sdk.resource.revocation_watch import RevocationWatch
 from schemas import topics
-from schemas.events import AgentRevoked, GrantIssued, RoutingAnnounced
+from schemas.events import AgentRevoked, GrantIssued, GrantRenewed, RoutingAnnounced
 
 __all__ = ["Freshness", "GrantView", "Verdict"]
 STATUS_EVERY_S = 10.0
@@ -66,6 +71,7 @@ class GrantView:
         enforcement_point: ServiceIdentity | None = None,
         revocations_group: str | None = None,
         max_entries: int = 100_000,
+        grace_cap_s: float | None = None,
         tenant: str | None = None,
     ) -> None:
         self.topic = topic
@@ -78,6 +84,8 @@ class GrantView:
         self.namespace = topic.removeprefix(topics.GRANT_TOPIC_PREFIX) \
             if topic.startswith(topics.GRANT_TOPIC_PREFIX) else None
         self.routing: RoutingAnnounced | None = None  # the latest announcement read
+        self.grace_cap_s = grace_cap_s  # a local override may only shorten the signed grace
+        self._late: set[str] = set()  # grants applied while stale: never honoured in grace
         self._unrouted = self._routing_problem()
         self._probe_every = probe_interval_s
         self._on_event = on_event
@@ -136,12 +144,46 @@ class GrantView:
         """May ``agent_id`` use ``scope`` on ``resource`` right now? Denies with a reason."""
         floor = self._tracker.floor if self._watch is None else self._floor()  # hot path
         if floor is None or self._clock() - floor > self.bound_s or self._unrouted:
-            return Verdict(False, self.freshness().reason(), unavailable=True)
+            return self._degraded(agent_id, scope, resource, now, at_least)
         if at_least is not None:
             problem = self._wait_for(at_least)
             if problem:
                 return Verdict(False, problem, unavailable=True)
         return self._index.allows(agent_id, scope, resource, now)
+
+    def _degraded(self, agent_id: str, scope: str, resource: str, now: datetime | None,
+                  at_least: ConsistencyToken | str | None) -> Verdict:
+        """A check while the view cannot prove freshness: fail closed, or in grace allow only a
+        grant applied before freshness was lost (the index still judges expiry and revocation)."""
+        fresh = self.freshness()
+        if fresh.grace_until is None or at_least is not None:
+            return Verdict(False, fresh.reason(), unavailable=True)
+        verdict = self._index.allows(agent_id, scope, resource, now)
+        if not verdict.allowed:
+            return verdict
+        if verdict.grant is None or verdict.grant.grant_id in self._late:
+            what = "a baseline has no expiry to bound it" if verdict.grant is None \
+                else f"grant {verdict.grant.grant_id} arrived after freshness was lost"
+            return Verdict(False, f"{fresh.reason()}; {what}", unavailable=True)
+        return Verdict(True, f"{verdict.reason}; degraded: {fresh.reason()}", verdict.grant)
+
+    @property
+    def grace_s(self) -> float:
+        """The grace bound of this view's namespace: signed by the broker, capped locally."""
+        if self.namespace is None or self.routing is None or self._unrouted:
+            return 0.0
+        grace = float(self.routing.grace_s.get(self.namespace, 0))
+        return grace if self.grace_cap_s is None else min(grace, self.grace_cap_s)
+
+    def _grace_end(self) -> float | None:
+        """Monotonic end of the grace in force now, or None (fresh, or fail closed)."""
+        watch = self._watch.tracker if self._watch is not None else None
+        unreachable = self._tracker.silent(self.bound_s) and (
+            watch is None or watch.silent(self.bound_s))
+        lag = self._tracker.lag() + (watch.lag() if watch is not None else 0)
+        end = grace_end(self._floor(), self.bound_s, self.grace_s, unreachable=unreachable,
+                        lag=lag)
+        return end if end is not None and self._clock() < end else None
 
     def caught_up(self, token: ConsistencyToken | str) -> str:
         """'' once the view has applied the event ``token`` names (waiting up to
@@ -217,6 +259,8 @@ class GrantView:
         """How current the view is (ready, staleness, lag, the last probe problem); a view of a
         namespace topic no worker routes is not ready, and says so (``unrouted``)."""
         own = self._freshness()
+        if not own.fresh and (end := self._grace_end()) is not None:
+            own = dataclasses.replace(own, grace_until=time.time() + end - self._clock())
         if self._unrouted and own.ready:
             return dataclasses.replace(own, ready=False, problem=self._unrouted,
                                        unrouted=self._unrouted)
@@ -307,6 +351,7 @@ class GrantView:
     def _apply(self, record: Record) -> None:
         """Apply one record (or note why not); nothing in it may stop this thread."""
         replayed = not self._tracker.ready()
+        self._note_late(record)
         try:
             if self._foreign(record):
                 return self._done(record)  # another tenant's grant: never applied here
@@ -336,6 +381,16 @@ class GrantView:
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()
+
+    def _note_late(self, record: Record) -> None:
+        """Remember a grant applied while the view is stale (not delivered before the loss of
+        freshness); forget them all once the view is proven current again."""
+        floor = self._floor()
+        stale = floor is not None and self._clock() - floor > self.bound_s
+        if stale and isinstance(record.event, GrantIssued | GrantRenewed):
+            self._late.add(record.event.grant_id)
+        elif not stale and self._late:
+            self._late.clear()
 
     def _announced(self, event: RoutingAnnounced) -> None:
         """The latest announcement decides (a worker restarted with other namespaces)."""

@@ -287,6 +287,20 @@ async def test_a_request_over_the_rate_limit_is_denied_saying_when(tmp_path: Pat
     [denial] = {d.reason for d in second.denied}
     assert "over the rate limit" in denial and "a token frees up in 60000 ms" in denial
     assert w.ctx.counters["rate_limited"] == 1
+    # The empty bucket was read with the snapshot: one attempt, audited once, as a denial.
+    [attempt] = [a for a in w.audits("escalation.decided") if a.subject_id == "req-2"]
+    assert attempt.outcome == "denied"
+    assert attempt.inputs["rate_limit"] == "bucket empty, read with the snapshot"
+
+
+def test_the_bucket_read_with_the_snapshot_matches_the_commit_script() -> None:
+    """``RateLimit.wait_ms`` refills like the script: empty, refilled, and never over capacity."""
+    rate = RateLimit(capacity=20, per_ms=1000)
+    assert rate.wait_ms(None, 5_000) is None  # no bucket yet: full
+    assert rate.wait_ms((0.5, 5_000), 5_000) == 25  # half a token: 25 ms to a whole one
+    assert rate.wait_ms((0.5, 5_000), 5_025) is None  # refilled at 20/s
+    assert rate.wait_ms((0.0, 5_000), 4_000) == 50  # a clock behind the bucket refills nothing
+    assert RateLimit().wait_ms((0.0, 5_000), 5_000) is None  # unlimited
 
 
 @dataclass(frozen=True)
