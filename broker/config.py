@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         description="Policy bundle (file or dir) the worker loads; default: the shipped fraud "
         "bundle",
     )
+    tenant_policies_dir: Path | None = Field(
+        None, description="Directory of tenant policy bundles, one subdirectory per tenant "
+        "(named by its tenant id); unset: one tenant, 'default', deciding under policy_path",
+    )
+    operator_tenants_file: Path | None = Field(
+        None, description="JSON file mapping operator:<name> to the tenants it operates; an "
+        "operator listed sees and acts on only those, one not listed on every tenant",
+    )
     app_id: str = Field(
         "permbroker", description="faust app id = Kafka consumer group of the workers (and "
         "their transactional-id prefix)"

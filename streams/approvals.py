@@ -141,8 +141,9 @@ class Approvals:
             if not snap.view_built:
                 await self.ctx.ensure_view()
                 continue
+            agent = self.gate.profile(agent_id)
             outcome = resolve(
-                pending, resolution, policy=self.ctx.policy, agent=self.gate.profile(agent_id),
+                pending, resolution, policy=self.ctx.policy_for(agent), agent=agent,
                 state=snap.state, risk=RiskContext(snap.risk, pending.request.risk_score),
                 blocked_by=blocked)
             await self.ctx.audit(outcome.audit)

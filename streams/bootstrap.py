@@ -24,7 +24,7 @@ from broker.adapters import logs, tracing
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
-from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.keystore import OperatorDirectory, load_operator_scopes
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
@@ -39,6 +39,7 @@ from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.lifecycle import LifecycleStore
+from broker.adapters.redis.quotas import QuotaStore
 from broker.adapters.redis.stats.census import Census, ClassOf
 from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.adapters.redis.store import RedisGrantStore
@@ -47,6 +48,7 @@ from broker.audit.redact import Redactor
 from broker.config import Settings
 from broker.delivery.routing import GrantRouting, routing_for
 from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
+from broker.identity.tenants import Tenancy, load_tenancy
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
@@ -73,13 +75,14 @@ def main() -> int:
     loglevel = sys.argv[1] if len(sys.argv) > 1 else "info"
     try:
         policy = load_policy(settings.policy_path)
-    except PolicyError as exc:
+        tenancy = load_tenancy(policy, settings.tenant_policies_dir)
+    except (PolicyError, ValueError) as exc:
         print(f"permbroker worker: invalid policy: {exc}", file=sys.stderr)
         return 2
     try:
         kafka = KafkaAccess.from_settings(settings)
         app = faust_app.make_app(settings, kafka)
-        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app),
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app), tenancy,
                        inputs=lambda: faust_app.consumed(app))
     except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
@@ -95,16 +98,20 @@ def main() -> int:
 
 def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGate:
     """The identity gate every handler admits signed records through."""
-    return IdentityGate(
+    gate = IdentityGate(
         OperatorDirectory(settings.key_path("operators")),
         ServiceDirectory(settings.key_path("services")),
         IdentityStore.from_url(settings.redis_url), settings, ctx.audit, ctx.count,
         classes={name: (c.baseline, c.ceiling) for name, c in policy.classes.items()},
         lifecycle=policy.lifecycle,
     )
+    gate.tenant_classes = {t: ctx.tenancy.classes(t) for t in ctx.tenancy.others}
+    gate.operator_tenants = load_operator_scopes(settings.operator_tenants_file)
+    return gate
 
 
 def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Publisher,
+          tenancy: Tenancy | None = None,
           inputs: Callable[[], Iterable[str]] = tuple) -> faust_app.Worker:
     """Every handler of a worker, built once; ConfigError when a key it needs is missing.
     ``inputs``: the topics the worker consumes (their lag is served as a metric)."""
@@ -114,12 +121,8 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
         settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
     )
     audit_keys = load_keys(settings)  # ConfigError (the worker refuses to start) when missing
-    redactor = Redactor.configured(
-        audit_keys.hmac_key,
-        free_text=settings.audit_redact_free_text,
-        extra=settings.audit_sensitive_fields.split(","),
-    )
-    routing = _routing(settings, policy)
+    tenancy = tenancy or Tenancy(policy)
+    routing = _routing(settings, tenancy)
     # The broker signs every record it writes; it reads back only what its chain of trust
     # (the anchor, then the published key sets) vouches for. Both are required (fail closed).
     keyring = BrokerKeyring(settings.key_path("broker"))
@@ -132,9 +135,11 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
 
     ctx = WorkerContext(
         policy, store, publisher, margin_s=margin_s, rebuild=rebuild_view, fencing=True,
-        redactor=redactor, audit_timeout_s=settings.audit_timeout_s, routing=routing,
+        redactor=_redactor(settings, audit_keys.hmac_key),
+        audit_timeout_s=settings.audit_timeout_s, routing=routing,
         signer=RecordSigner(keyring), trust=trust,
     )
+    ctx.tenancy = tenancy
     gate = _gate(settings, ctx, policy)
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
@@ -153,7 +158,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=delegations),
+                                delegations=delegations, quotas=QuotaStore(store.client)),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
@@ -164,6 +169,12 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
         announce=functools.partial(announce_routing, ctx, kafka),
         sealer=sealer,
     )
+
+
+def _redactor(settings: Settings, hmac_key: bytes) -> Redactor:
+    """What the audit records keep of sensitive fields (keyed hashes, not the values)."""
+    return Redactor.configured(hmac_key, free_text=settings.audit_redact_free_text,
+                               extra=settings.audit_sensitive_fields.split(","))
 
 
 def _serve_metrics(settings: Settings, kafka: KafkaAccess, ctx: WorkerContext,
@@ -188,10 +199,12 @@ def _class_of(gate: IdentityGate) -> ClassOf:
     return class_of
 
 
-def _routing(settings: Settings, policy: Policy) -> GrantRouting:
-    """Every namespace of the ceilings gets its topic unless the setting lists them explicitly."""
+def _routing(settings: Settings, tenancy: Tenancy) -> GrantRouting:
+    """Every namespace of the ceilings (every tenant's) gets its topic unless the setting lists
+    them explicitly."""
+    policies = [tenancy.default, *tenancy.others.values()]
     return routing_for(settings.grant_namespaces,
-                       (s for c in policy.classes.values() for s in c.ceiling))
+                       (s for p in policies for c in p.classes.values() for s in c.ceiling))
 
 
 async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,

@@ -20,13 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from broker.adapters import logs, tracing
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.quotas import QuotaStore
 from broker.adapters.redis.values import ms
 from broker.audit.records import attempt_fenced_audit
 from broker.errors import BusError, Fenced, StoreUnavailable, WireError
@@ -40,7 +41,7 @@ from broker.grants.decide import (
     decision_audit,
     duplicate_audit,
 )
-from broker.policy import Evaluation, RiskContext
+from broker.policy import Evaluation, Policy, RiskContext
 from schemas import topics
 from schemas.events import (
     AgentProfile,
@@ -89,6 +90,7 @@ class _Carry:
     rate: RateLimit
     blocked_by: ScopeDenial | None
     note: dict[str, object]
+    quota_checked: bool = False  # the tenant's quotas are checked once per request
 
 
 class Escalations:
@@ -96,8 +98,10 @@ class Escalations:
 
     def __init__(self, ctx: WorkerContext, gate: Gate, *, holder: Holder | None = None,
                  grant_requests: GrantRequestHandler | None = None,
-                 delegations: Delegations | None = None) -> None:
+                 delegations: Delegations | None = None,
+                 quotas: QuotaStore | None = None) -> None:
         self.ctx = ctx
+        self.quotas = quotas  # the tenants' quotas (None: no bundle sets any)
         self.delegations = delegations
         self.gate = gate
         self.holder = holder
@@ -219,7 +223,9 @@ class Escalations:
                        carry: _Carry) -> tuple[Committed, AuditRecord | None] | None:
         """Hold, or audit then commit; None when held. A fenced commit voids its attempt."""
         ctx = self.ctx
-        evaluation = ctx.policy.evaluate(att.request, att.agent, att.risk, att.now)
+        policy = ctx.policy_for(att.agent)  # the agent's tenant's: never another tenant's
+        att = await self._quota(att, carry, policy)
+        evaluation = policy.evaluate(att.request, att.agent, att.risk, att.now)
         decided = self._decide_or_hold(att, evaluation)
         if isinstance(decided, HeldForApproval):
             assert self.holder is not None
@@ -235,14 +241,31 @@ class Escalations:
             raise
         committed = await ctx.store.commit(
             outcome, received_at=att.received_at, now=att.now,
-            max_grant_s=ctx.policy.max_grant_duration_s, fence=fence, rate=carry.rate,
+            max_grant_s=policy.max_grant_duration_s, fence=fence, rate=carry.rate,
         )
+        if committed.status == "stored" and committed.grant is not None and self.quotas:
+            await self.quotas.count(committed.grant)
         if committed.status == "fenced":
             await _void(ctx, decided.audit, committed.blocked_reason)
             if (await ctx.fence(msg)).epoch == fence.epoch:
                 raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
             carry.note = {"previous_attempt": "fenced by this worker's own re-claim"}  # a wipe
         return committed, pending
+
+    async def _quota(self, att: _Attempt, carry: _Carry, policy: Policy) -> _Attempt:
+        """The attempt denied by its tenant's quota (the rule named) when over one; checked
+        once per request (a token taken once), after the redelivery check, and only for a
+        request nothing else denies already."""
+        if carry.quota_checked or self.quotas is None or att.blocked_by is not None \
+                or att.agent is None:
+            return att
+        carry.quota_checked = True
+        denial = await self.quotas.denial(att.agent.tenant, policy.quotas, att.now)
+        if denial is None:
+            return att
+        self.ctx.count("quota_denied")
+        carry.blocked_by = denial
+        return replace(att, blocked_by=denial)
 
     async def _again(self, committed: Committed, request: EscalationRequested,
                      agent: AgentProfile | None, carry: _Carry) -> bool:
@@ -303,12 +326,12 @@ class Escalations:
         return outcome, None
 
     def _rate(self, agent: AgentProfile | None) -> RateLimit:
-        rule = self.ctx.policy.rate_limit(agent)
+        rule = self.ctx.policy_for(agent).rate_limit(agent)
         return RateLimit(rule.requests, rule.per_s * 1000) if rule else UNLIMITED
 
     def _rate_denial(self, request: EscalationRequested, agent: AgentProfile | None,
                      retry_ms: str) -> ScopeDenial:
-        rule = self.ctx.policy.rate_limit(agent)
+        rule = self.ctx.policy_for(agent).rate_limit(agent)
         assert rule is not None
         return ScopeDenial(
             scope="*",

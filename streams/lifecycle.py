@@ -80,9 +80,9 @@ class Lifecycle:
         self, renewal: RenewalRequested, grant: GrantIssued | None, received_at: datetime,
         now: datetime,
     ) -> RenewalOutcome:
-        policy = self.ctx.policy
+        agent = self._gate.profile(renewal.agent_id)
         return decide_renewal(
-            renewal, grant, policy, agent=self._gate.profile(renewal.agent_id),
+            renewal, grant, self.ctx.policy_for(agent), agent=agent,
             risk=RiskContext(agent=await self.ctx.store.live_risk(renewal.agent_id),
                              request=renewal.risk_score),
             state=await self.ctx.store.agent_state(renewal.agent_id),

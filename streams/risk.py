@@ -100,7 +100,7 @@ class Risk:
                 f"{signal.detail or 'no reason given'}",
             )
             if signal.kind == OPERATOR_REVOKE_KIND
-            else ctx.policy.on_risk(signal, agent, now)
+            else ctx.policy_for(agent).on_risk(signal, agent, now)
         )
         revoked: tuple[str, ...] = ()
         token: ConsistencyToken | None = None

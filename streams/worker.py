@@ -38,6 +38,7 @@ from broker.delivery.consistency import ConsistencyToken, token_of
 from broker.delivery.routing import GrantRouting
 from broker.errors import BusError, Fenced, IdentityError, StoreError, StoreUnavailable, WireError
 from broker.identity.rules import Principal
+from broker.identity.tenants import Tenancy
 from broker.policy import Policy
 from schemas import topics
 from schemas.events import AgentProfile, AuditRecord, RoutingAnnounced, ScopeDenial, WireModel
@@ -222,7 +223,8 @@ class WorkerContext:
         signer: Signer | None = None,
         trust: edge.Trust | None = None,
     ) -> None:
-        self.policy = policy
+        self.policy = policy  # the default tenant's; the others' are in tenancy
+        self.tenancy = Tenancy(policy)
         self.store = store
         self.publisher = publisher
         self.margin_s = margin_s
@@ -247,6 +249,14 @@ class WorkerContext:
         self.trusted = asyncio.Event()  # set once the trust follows the published key sets
 
     # --- counting, publishing, auditing ----------------------------------------------------
+
+    def policy_for(self, agent: AgentProfile | None) -> Policy:
+        """The policy that decides for ``agent``: its registered tenant's (the default's for an
+        unknown agent). An agent of a tenant without a bundle has an empty ceiling (the gate),
+        so the default policy it falls back to allows it nothing."""
+        if agent is None:
+            return self.policy
+        return self.tenancy.policy(agent.tenant) or self.policy
 
     def count(self, name: str) -> None:
         """Count one thing that happened (served as ``permbroker_worker_events_total``)."""

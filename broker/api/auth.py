@@ -13,6 +13,7 @@ Retry-After. An assertion that makes the API act (relayed to Kafka) is spent: us
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
@@ -27,6 +28,7 @@ from broker.api.runtime import Runtime
 from broker.errors import BrokerError
 from broker.identity.rules import Principal, Rejection
 
+log = logging.getLogger("permbroker.api")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="permbroker"'}
 BEARER = HTTPBearer(
     auto_error=False, scheme_name="assertion", bearerFormat="JWT (permbroker-api+jwt)",
@@ -95,9 +97,25 @@ def require_service(who: Authenticated) -> Caller:
     return who
 
 
-def agent_or_operator(agent_id: AgentIdPath, who: Authenticated) -> Caller:
-    """The agent ``agent_id`` itself, or an operator (reads)."""
-    if who.principal.kind == "operator" or who.principal.id == agent_id:
+def _scoped(request: Request, who: Caller, agent_id: str) -> Caller:
+    """The operator, if it may see ``agent_id`` (an operator of other tenants may not)."""
+    if runtime_of(request).sees(who.principal.id, agent_id):
+        return who
+    log.warning("refused %s: agent %s is not of its tenants", who.principal.id, agent_id)
+    raise Refused(403, f"{who.principal.id} may not see or act on agent {agent_id}: it is not "
+                  "an agent of the tenants it operates", kind="not-permitted")
+
+
+def operator_of_agent(agent_id: AgentIdPath, request: Request, who: Authenticated) -> Caller:
+    """An operator of ``agent_id``'s tenant (or of every tenant)."""
+    return _scoped(request, require_operator(who), agent_id)
+
+
+def agent_or_operator(agent_id: AgentIdPath, request: Request, who: Authenticated) -> Caller:
+    """The agent ``agent_id`` itself, or an operator of its tenant (reads)."""
+    if who.principal.kind == "operator":
+        return _scoped(request, who, agent_id)
+    if who.principal.id == agent_id:
         return who
     raise Refused(403, f"{who.principal.id} may not read agent {agent_id}'s grants: an agent "
                   "reads only its own", kind="not-permitted")
@@ -125,6 +143,7 @@ def spend(request: Request, who: Caller) -> None:
 
 
 Operator = Annotated[Caller, Depends(require_operator)]
+OperatorOfAgent = Annotated[Caller, Depends(operator_of_agent)]
 Service = Annotated[Caller, Depends(require_service)]
 AgentOrOperator = Annotated[Caller, Depends(agent_or_operator)]
 AgentItself = Annotated[Caller, Depends(agent_itself)]

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from broker.adapters.redis.approvals import ApprovalStore
-from broker.api.auth import Caller, Operator, runtime_of, spend
+from broker.api.auth import Caller, Operator, OperatorOfAgent, runtime_of, spend
 from broker.api.bodies import AgentIdPath, AgentQuery, IdPath, VoteBody
 from broker.api.problems import PROBLEMS, Refused
 from broker.errors import BrokerError
@@ -34,7 +34,8 @@ async def approvals(request: Request, _who: Operator,
     except BrokerError as exc:
         raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
     now = datetime.now(UTC)
-    return [held_row(h, now) for h in held if agent in (None, h.pending.event.agent_id)]
+    return [held_row(h, now) for h in held if agent in (None, h.pending.event.agent_id)
+            and runtime.sees(_who.principal.id, h.pending.event.agent_id)]
 
 
 def _vote(request: Request, agent_id: str, request_id: str, verdict: Verdict, reason: str,
@@ -52,13 +53,13 @@ def _vote(request: Request, agent_id: str, request_id: str, verdict: Verdict, re
 
 @router.post("/v1/operator/approvals/{agent_id}/{request_id}/approve")
 def approve(agent_id: AgentIdPath, request_id: IdPath, body: VoteBody, request: Request,
-            who: Operator) -> dict[str, Any]:
+            who: OperatorOfAgent) -> dict[str, Any]:
     """Approve a held request (counts as the calling operator's one vote)."""
     return _vote(request, agent_id, request_id, "approve", body.reason, who)
 
 
 @router.post("/v1/operator/approvals/{agent_id}/{request_id}/deny")
 def deny(agent_id: AgentIdPath, request_id: IdPath, body: VoteBody, request: Request,
-         who: Operator) -> dict[str, Any]:
+         who: OperatorOfAgent) -> dict[str, Any]:
     """Deny a held request (one deny ends it)."""
     return _vote(request, agent_id, request_id, "deny", body.reason, who)

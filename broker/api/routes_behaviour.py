@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from broker.adapters.redis.stats.profiles import ProfileStore
-from broker.api.auth import Operator, runtime_of
+from broker.api.auth import Operator, OperatorOfAgent, runtime_of
 from broker.api.bodies import AgentIdPath, LabelPath
 from broker.api.problems import PROBLEMS, Refused
 from broker.behaviour.stats import report
@@ -24,7 +24,8 @@ router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 
 @router.get("/v1/operator/agents/{agent_id}/stats")
-async def stats(agent_id: AgentIdPath, request: Request, _who: Operator) -> dict[str, Any]:
+async def stats(agent_id: AgentIdPath, request: Request, _who: OperatorOfAgent
+                ) -> dict[str, Any]:
     """Request, grant and denial counts in the detectors' windows, hours, scopes, patterns."""
     runtime = runtime_of(request)
     if runtime.store is None:
@@ -47,8 +48,12 @@ async def stats(agent_id: AgentIdPath, request: Request, _who: Operator) -> dict
 @router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats")
 async def class_stats(agent_class: LabelPath, model_version: LabelPath, request: Request,
                       _who: Operator) -> dict[str, Any]:
-    """Requests, grants and denials of a class on one model version, in the detectors' windows."""
+    """Requests, grants and denials of a class on one model version, in the detectors' windows
+    (every tenant's agents of the class: refused to an operator scoped to tenants)."""
     runtime = runtime_of(request)
+    if _who.principal.id in runtime.operator_tenants:
+        raise Refused(403, "class statistics count the agents of every tenant; an operator "
+                      "scoped to tenants reads its agents' own", kind="not-permitted")
     if runtime.store is None:
         raise Refused(503, "the API is not connected to Redis yet", kind="unavailable")
     try:

@@ -7,12 +7,13 @@ once a worker applied it, with the consistency token of the revocation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from broker.api.auth import Operator, runtime_of, spend
+from broker.api.auth import Operator, OperatorOfAgent, runtime_of, spend
 from broker.api.bodies import AgentIdPath, RevokeBody
 from broker.api.problems import PROBLEMS, Refused
 from broker.delivery.propagation import RevocationStatus
@@ -24,7 +25,7 @@ router = APIRouter(tags=["operators"], responses=PROBLEMS)
 
 @router.post("/v1/operator/agents/{agent_id}/revoke")
 def revoke(agent_id: AgentIdPath, body: RevokeBody, request: Request,
-           who: Operator) -> dict[str, Any]:
+           who: OperatorOfAgent) -> dict[str, Any]:
     """Revoke every grant of ``agent_id``; returns the revoked grants and the consistency token."""
     runtime = runtime_of(request)
     spend(request, who)
@@ -47,9 +48,22 @@ def revoke(agent_id: AgentIdPath, body: RevokeBody, request: Request,
 
 
 @router.get("/v1/operator/revocations")
-def revocations(request: Request, _who: Operator) -> dict[str, Any]:
-    """Per enforcement point: confirmed revocations with propagation times, and unconfirmed ones."""
-    return status_json(runtime_of(request).metrics.status(), datetime.now(UTC))
+def revocations(request: Request, who: Operator) -> dict[str, Any]:
+    """Per enforcement point: confirmed revocations with propagation times, and unconfirmed ones
+    (of the operator's tenants' agents only, for an operator scoped to tenants)."""
+    runtime = runtime_of(request)
+    return scoped(status_json(runtime.metrics.status(), datetime.now(UTC)),
+                  lambda agent_id: runtime.sees(who.principal.id, agent_id))
+
+
+def scoped(status: dict[str, Any], sees: Callable[[str | None], bool]) -> dict[str, Any]:
+    """``status_json``'s rows about agents ``sees`` keeps (a point's percentiles stay whole)."""
+    return {**status,
+            "revocations": [r for r in status["revocations"] if sees(r["agent_id"])],
+            "enforcement_points": [
+                {**p, "confirmed": [c for c in p["confirmed"] if sees(c["agent_id"])],
+                 "unconfirmed": [u for u in p["unconfirmed"] if sees(u["agent_id"])]}
+                for p in status["enforcement_points"]]}
 
 
 def status_json(status: RevocationStatus, now: datetime) -> dict[str, Any]:

@@ -34,6 +34,10 @@ def revoke_by_selector(body: SelectorBody, request: Request, who: Operator) -> d
     selector, settings = _selector(body), runtime.settings
     if not selector.criteria():
         raise Refused(422, "give at least one selector criterion", kind="invalid-request")
+    own = runtime.operator_tenants.get(who.principal.id)
+    if own is not None and selector.tenant not in own:  # never a match in another tenant
+        raise Refused(403, f"{who.principal.id} operates tenants {', '.join(sorted(own))}: "
+                      "its selector names one of them (tenant)", kind="not-permitted")
     if not body.dry_run and not body.reason:
         raise Refused(422, "a reason is required to revoke (it is recorded in the audit)",
                       kind="invalid-request")

@@ -23,7 +23,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 from broker.adapters.crypto.assertions import Identities
-from broker.adapters.crypto.keystore import OperatorDirectory
+from broker.adapters.crypto.keystore import OperatorDirectory, load_operator_scopes
 from broker.adapters.crypto.service_key import ServiceIdentity, ensure_service
 from broker.adapters.crypto.trust import RecordTrust, ServiceDirectory
 from broker.adapters.kafka.access import KafkaAccess
@@ -59,6 +59,7 @@ class Runtime:
     kafka: KafkaAccess  # the API's own Kafka user (role api), from the same settings
     metrics: Metrics = field(init=False)
     throttle: Throttle = field(init=False)
+    operator_tenants: dict[str, frozenset[str]] = field(init=False)
     view: GrantView | None = None
     store: RedisGrantStore | None = None
     publisher: Publisher | None = None
@@ -77,6 +78,8 @@ class Runtime:
     _admin: AdminClient | None = None
 
     def __post_init__(self) -> None:
+        # Operators scoped to tenants: they see only their tenants' agents (a bad file: no start).
+        self.operator_tenants = load_operator_scopes(self.settings.operator_tenants_file)
         self.metrics = Metrics(self.settings.metrics_history)
         self.throttle = Throttle(self.settings.api_rate_limit, self.settings.api_rate_window_s)
 
@@ -132,6 +135,18 @@ class Runtime:
                                 self.metrics.ack_event, trust=trust)
         self.metrics.registry.register(RefusalCollector(trust.refusals))  # once: on success
         self.started, self.start_problem = True, ""
+
+    def tenant_of(self, agent_id: str) -> str | None:
+        """The registered tenant of an agent (None: not registered, or the registry not read)."""
+        record = self.registry.get(agent_id) if self.registry is not None else None
+        return record.profile.tenant if record is not None else None
+
+    def sees(self, principal: str, agent_id: str | None) -> bool:
+        """Whether ``principal`` may see agent ``agent_id``: an operator scoped to tenants
+        sees only registered agents of its tenants (and nothing about no agent); everyone
+        else, as the route allows."""
+        own = self.operator_tenants.get(principal)
+        return own is None or (agent_id is not None and self.tenant_of(agent_id) in own)
 
     def verifier(self) -> RecordTrust:
         """The trust every reader here verifies with (BrokerError before the API started)."""

@@ -32,6 +32,7 @@ GENESIS = "0" * 64
 DIGEST_KIND = "audit.digest"
 # What a digest's signature covers besides its chain position.
 DIGEST_FIELDS = ("first_seq", "records", "key_id", "algorithm")
+WITHHELD_LINK = ("partition", "seq", "prev_hash", "hash")
 
 
 def canonical(data: Any) -> bytes:
@@ -82,6 +83,19 @@ def digest_payload(data: dict[str, Any]) -> bytes:
         "partition": chain.get("partition"), "seq": chain.get("seq"),
         "prev_hash": chain.get("prev_hash"), **{k: inputs.get(k) for k in DIGEST_FIELDS},
     })
+
+
+def withheld(data: dict[str, Any]) -> dict[str, Any]:
+    """An entry left out of a partial export, as its chain link only (partition, seq,
+    prev_hash, hash): its successor's prev_hash and the digests still bind it, so the cut
+    stays verifiable, and nothing of its content (agent included) is shown."""
+    chain = data.get("chain") or {}
+    return {"withheld": True, "chain": {k: chain.get(k) for k in WITHHELD_LINK}}
+
+
+def is_withheld(data: dict[str, Any]) -> bool:
+    """True for an entry a partial export withheld (as parsed JSON)."""
+    return data.get("withheld") is True
 
 
 def is_digest(data: dict[str, Any]) -> bool:

@@ -20,7 +20,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.audit.chain import GENESIS, canonical, digest_payload, entry_hash, is_digest
+from broker.audit.chain import (
+    GENESIS,
+    WITHHELD_LINK,
+    canonical,
+    digest_payload,
+    entry_hash,
+    is_digest,
+    is_withheld,
+)
 from schemas.events import AuditRecord
 
 # check(key_id, payload, signature_b64) -> True/False, or None when no public key has that id.
@@ -120,6 +128,9 @@ class _Walker:
         if data is None:
             self.problem(entry, None, "", error)
             return
+        if is_withheld(data):
+            self._withheld(entry, data)
+            return
         audit_id = str(data.get("audit_id", ""))
         error = error or _model_error(data)
         chain = data.get("chain")
@@ -136,6 +147,20 @@ class _Walker:
                          f"entry belongs to partition {chain.get('partition')}: moved")
         if self._position(entry, chain, audit_id):
             self._count(entry, data, chain, audit_id)
+
+    def _withheld(self, entry: Entry, data: dict[str, Any]) -> None:
+        """An entry a partial export withheld: only its place in the chain is checked (its
+        hash cannot be recomputed; its successor and the digests after it bind it)."""
+        chain = data.get("chain")
+        if (set(data) != {"withheld", "chain"} or not isinstance(chain, dict)
+                or set(chain) != set(WITHHELD_LINK) or not isinstance(chain.get("seq"), int)):
+            self.problem(entry, None, "", "a withheld entry carries its chain link only")
+            return
+        if chain.get("partition") != entry.partition:
+            self.problem(entry, chain["seq"], "", f"entry belongs to partition "
+                         f"{chain.get('partition')}: moved")
+        if self._position(entry, chain, ""):
+            self._count(entry, data, chain, "")
 
     def _position(self, entry: Entry, chain: dict[str, Any], audit_id: str) -> bool:
         """Check seq and prev_hash; False for an entry that sits before its place."""

@@ -276,6 +276,7 @@ def _grant(
         model_version=agent.model.version if agent else "",
         budgets=dict(evaluation.budgets),
         case_id=request.case_id,
+        tenant=agent.tenant if agent else "default",
         **signed,
     )
 

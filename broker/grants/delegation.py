@@ -83,7 +83,7 @@ def decide_delegation(request: DelegationRequested, parties: Parties, policy: Po
         resources=resources or (), issued_at=now, expires_at=expires_at,
         policy_revision=policy.revision, rules=tuple(r.id for r in rules),
         model_version=delegate.model.version, parent_grant_id=parent.grant_id,
-        delegators=(request.agent_id, *parent.delegators),
+        delegators=(request.agent_id, *parent.delegators), tenant=delegate.tenant,
     )
     reasons = tuple(d.reason for d in denied) + ((narrowed,) if narrowed else ())
     return _outcome(request, policy, parties, now, denied=denied, reasons=reasons,
@@ -105,6 +105,9 @@ def _blocked(request: DelegationRequested, parties: Parties, now: datetime) -> S
     if parties.delegate is None or request.delegate_id == agent:
         return _deny(DELEGATE, f"agent {request.delegate_id} is not a registered agent other "
                      f"than the delegator {agent}")
+    if parties.delegate.tenant != parties.delegator.tenant:
+        return _deny(DELEGATE, f"agent {request.delegate_id} is of another tenant than "
+                     f"{agent}: a grant is delegated only within its tenant")
     if _quarantined(parties.delegate_state, now):
         return _deny(DELEGATE, f"agent {request.delegate_id} is quarantined")
     return None

@@ -14,12 +14,13 @@ is recognised and never applied twice (a redelivered ``suspend`` cannot undo a l
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.grants.decide import derive_id
 from broker.identity.rules import Principal, Reason, Rejection, retire_at, thumbprint
+from broker.identity.tenants import DEFAULT_TENANT, id_problem
 from broker.policy import RiskAction
 from schemas.events import (
     AgentCommand,
@@ -52,6 +53,15 @@ class Limits:
     agent_key_overlap_s: int = 300
     max_keys: int = 8
     known_classes: frozenset[str] | None = None  # None: do not check the class
+    known_tenants: frozenset[str] | None = None  # None: do not check the tenant
+    # Classes of the other tenants' policies (known_classes is the default tenant's).
+    tenant_classes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def classes_of(self, tenant: str) -> frozenset[str] | None:
+        """The classes an agent of ``tenant`` may have (None: unchecked)."""
+        if tenant == DEFAULT_TENANT or self.known_classes is None:
+            return self.known_classes
+        return self.tenant_classes.get(tenant, frozenset())
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,13 @@ def _profile_problem(ctx: _Ctx, profile: AgentProfile | None) -> Rejection | Non
     if profile.agent_id != ctx.cmd.agent_id:
         return Rejection(Reason.INVALID, f"the profile is of agent {profile.agent_id}, not "
                          f"{ctx.cmd.agent_id}")
-    known = ctx.limits.known_classes
+    tenant_problem = id_problem(profile.agent_id, profile.tenant, ctx.limits.known_tenants)
+    if tenant_problem is not None:
+        return Rejection(Reason.INVALID, tenant_problem)
+    if ctx.current is not None and ctx.current.profile.tenant != profile.tenant:
+        return Rejection(Reason.INVALID, f"agent {profile.agent_id} belongs to tenant "
+                         f"{ctx.current.profile.tenant}; an agent never changes tenant")
+    known = ctx.limits.classes_of(profile.tenant)
     if known is not None and profile.agent_class not in known:
         return Rejection(Reason.INVALID, f"agent class {profile.agent_class!r} is not defined "
                          f"by the policy (known: {', '.join(sorted(known)) or 'none'})")

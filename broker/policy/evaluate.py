@@ -29,6 +29,7 @@ from broker.policy.model import (
     DenyRule,
     EscalationRule,
     Evaluation,
+    Quotas,
     RateRule,
     RevocationRule,
     RiskAction,
@@ -65,8 +66,10 @@ class Policy:
                  detectors: Detectors | None = None,
                  lifecycle: AgentLifecycle | None = None,
                  delegation_rules: tuple[DelegationRule, ...] = (),
-                 degraded_grace_s: Mapping[str, int] | None = None) -> None:
+                 degraded_grace_s: Mapping[str, int] | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.name = name
+        self.quotas = quotas or Quotas()  # limits on all the bundle's agents together
         # Grace bounds by namespace while its views cannot prove freshness (absent: fail closed).
         self.degraded_grace_s = dict(degraded_grace_s or {})
         self.lifecycle = lifecycle or AgentLifecycle()  # key age, dormancy, registration limits

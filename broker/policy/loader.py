@@ -14,7 +14,7 @@ bounded grace (else it fails closed) and names the namespace as the rule of its 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -42,11 +42,13 @@ from broker.policy.fields import (
 from broker.policy.graduated_loader import parse_approval, parse_tiers
 from broker.policy.lifecycle import AgentLifecycle, parse_lifecycle
 from broker.policy.model import (
+    QUOTA_ESCALATIONS,
     RATE_LIMIT_PREFIX,
     RESERVED_RULE_IDS,
     AgentClass,
     DenyRule,
     EscalationRule,
+    Quotas,
     RateRule,
     RevocationRule,
     RiskInputs,
@@ -86,6 +88,7 @@ class _PolicyDoc:
     lifecycle: AgentLifecycle | None = None
     delegation: tuple[DelegationRule, ...] = ()
     degraded: dict[str, int] | None = None
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -116,6 +119,7 @@ def compile_bundle(bundle: Bundle, *, check_types: bool = True) -> Policy:
         revocation_rules=parsed.revocation, agents=agents, files=bundle.files,
         detectors=parsed.detectors, lifecycle=parsed.lifecycle,
         delegation_rules=parsed.delegation, degraded_grace_s=parsed.degraded,
+        quotas=parsed.quotas,
     )
 
 
@@ -147,7 +151,8 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
     check_fields(body, at, "a Policy document",
                  required=("apiVersion", "kind", "name", "defaults", "agent_classes"),
                  optional=("description", "escalation_rules", "deny_rules", "revocation_rules",
-                           "detectors", "lifecycle", "delegation_rules", "degraded"))
+                           "detectors", "lifecycle", "delegation_rules", "degraded",
+                           "quotas"))
     defaults = mapping(body, "defaults", at)
     check_fields(defaults, at, "defaults", required=("max_duration",),
                  optional=("max_total_duration",))
@@ -168,7 +173,8 @@ def _parse_policy(doc: Document, check_types: bool) -> _PolicyDoc:
                   for r, a in _rules(body, "delegation_rules", at, seen)]
     return _PolicyDoc(string(body, "name", at), max_s, total_s, classes, tuple(escalation),
                       tuple(deny), tuple(revocation), parse_detectors(body, at, classes),
-                      parse_lifecycle(body, at), tuple(delegation), parse_degraded(body, at))
+                      parse_lifecycle(body, at), tuple(delegation), parse_degraded(body, at),
+                      _quotas(body, at))
 
 
 def _parse_class(name: str, classes_map: LineMap, at: At) -> AgentClass:
@@ -203,6 +209,22 @@ def _rate_limit(name: str, body: LineMap, at: At) -> RateRule | None:
     requests = cast(int, optional_positive_int(limit, "requests", at))  # required just above
     per = cast(int, optional_duration(limit, "per", at))
     return RateRule(requests, per, f"{RATE_LIMIT_PREFIX}{name}")
+
+
+def _quotas(body: LineMap, at: At) -> Quotas:
+    """``quotas: {escalations: {requests: 50, per: 1s}, active_grants: 200}`` (all optional)."""
+    if "quotas" not in body:
+        return Quotas()
+    quotas = mapping(body, "quotas", at)
+    check_fields(quotas, at, "quotas", required=(), optional=("escalations", "active_grants"))
+    rate = None
+    if "escalations" in quotas:
+        limit = mapping(quotas, "escalations", at)
+        check_fields(limit, at, "the escalations quota", required=("requests", "per"),
+                     optional=())
+        rate = RateRule(cast(int, optional_positive_int(limit, "requests", at)),
+                        cast(int, optional_duration(limit, "per", at)), QUOTA_ESCALATIONS)
+    return Quotas(rate, optional_positive_int(quotas, "active_grants", at))
 
 
 def _rules(body: LineMap, key: str, at: At, seen: dict[str, str]) -> list[tuple[LineMap, At]]:

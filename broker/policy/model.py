@@ -101,6 +101,27 @@ class RateRule:
         return f"{self.requests} requests per {format_duration(self.per_s)}"
 
 
+QUOTA_ESCALATIONS = "quota:escalations"  # the rule a denial over a tenant's request rate names
+QUOTA_ACTIVE_GRANTS = "quota:active-grants"  # ... over its active grants
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """A bundle's ``quotas``: limits on all its agents together (a tenant's, in its bundle).
+
+    ``escalations``: requests per period across the bundle's agents; ``active_grants``: grants
+    live at once. None: no limit.
+    """
+
+    escalations: RateRule | None = None
+    active_grants: int | None = None
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is limited."""
+        return self.escalations is not None or self.active_grants is not None
+
+
 @dataclass(frozen=True)
 class AgentClass:
     """A kind of agent: what it always holds (baseline) and what it may ever hold (ceiling)."""

@@ -50,6 +50,9 @@ def worker_env(settings: Settings, kafka: KafkaAccess) -> dict[str, str]:
            else {}),
         **_audit_env(settings),
         **_identity_env(settings),
+        **{f"PERMBROKER_{name.upper()}": str(getattr(settings, name))
+           for name in ("tenant_policies_dir", "operator_tenants_file")
+           if getattr(settings, name) is not None},
     }
 
 

@@ -34,6 +34,9 @@ class GrantIssued(WireModel):
     # delegators, nearest first (the parent's holder, then whoever delegated to it, ...).
     parent_grant_id: EventId | None = None
     delegators: tuple[AgentId, ...] = ()
+    # The holder's tenant, from its registered profile (never from the request): views of one
+    # tenant apply only its grants.
+    tenant: Annotated[str, StringConstraints(max_length=64)] = "default"
 
     @property
     def event_id(self) -> str:

@@ -49,6 +49,7 @@ from broker.grants.delegation_hold import (
     refused,
 )
 from broker.grants.revocation import lifecycle_audit
+from broker.policy import Policy
 from schemas import topics
 from schemas.events import (
     DelegationDecided,
@@ -105,10 +106,11 @@ class Delegations:
             return
         now = await self.ctx.store.now()  # the clock the grants' keys expire by
         parties = await self._parties(request, now, refusal)
-        outcome = decide_delegation(request, parties, self.ctx.policy, now)
+        policy = self.ctx.policy_for(parties.delegator)  # its tenant's rules, approvals included
+        outcome = decide_delegation(request, parties, policy, now)
         if approval is not None:
             outcome = self._approved(outcome, *approval, now)
-        elif await self._hold(outcome, request, received_at, now):
+        elif await self._hold(outcome, request, received_at, now, policy):
             return
         await self.ctx.audit(outcome.audit)  # audit first: nothing is stored unaudited
         decision, grant = outcome.decision, outcome.grant
@@ -138,10 +140,10 @@ class Delegations:
         return DelegationOutcome(decision, None, audit)
 
     async def _hold(self, outcome: DelegationOutcome, request: DelegationRequested,
-                    received_at: datetime, now: datetime) -> bool:
+                    received_at: datetime, now: datetime, policy: Policy) -> bool:
         """Hold a delegation its rule grants only on approval (audited, then stored, then
         the pending notice published once); False when no approval is needed."""
-        need = approval_needed(self.ctx.policy, outcome.decision)
+        need = approval_needed(policy, outcome.decision)
         if need is None or outcome.grant is None or self._held is None:
             return False
         held, audit = hold_delegation(outcome, request, need, received_at, now)

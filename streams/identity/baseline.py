@@ -36,8 +36,9 @@ class Baselines:
         self.gate = gate
 
     def _statement(self, record: AgentRecord) -> BaselineEntitlement:
-        baseline = self.gate.classes.get(record.profile.agent_class, ((), ()))[0]
-        policy = self.ctx.policy
+        profile = record.profile  # the baseline of its class in its tenant's bundle
+        baseline = self.gate.classes_of(profile.tenant).get(profile.agent_class, ((), ()))[0]
+        policy = self.ctx.policy_for(profile)
         return entitlement_of(record, baseline, policy_revision=policy.revision,
                               until=registration_ends(record, policy.lifecycle))
 

@@ -154,8 +154,11 @@ class Commands:
         return signer, verify_enrollment(cmd.enrollment or "", self.gate.operators.keys(), at)
 
     def _limits(self) -> Limits:
+        tenancy = self.ctx.tenancy
         return Limits(agent_key_overlap_s=self.settings.agent_key_overlap_s,
-                      known_classes=frozenset(self.ctx.policy.classes))
+                      known_classes=frozenset(self.ctx.policy.classes),
+                      known_tenants=tenancy.tenants,
+                      tenant_classes={t: frozenset(p.classes) for t, p in tenancy.others.items()})
 
     async def _record(self, cmd: AgentCommand, msg: Incoming, signer: Principal,
                       outcome: RegistryOutcome) -> None:
@@ -185,7 +188,8 @@ class Commands:
         if outcome.model_change is None:
             return ()
         signal = model_change_signal(cmd, *outcome.model_change, at)
-        action = self.ctx.policy.on_risk(signal, self.gate.profile(agent), at)
+        profile = self.gate.profile(agent)
+        action = self.ctx.policy_for(profile).on_risk(signal, profile, at)
         revoked: tuple[str, ...] = ()
         if action.revoke:
             revoked = await self.risk.revoke_agent(agent, signal.signal_id, action, at)

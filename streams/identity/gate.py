@@ -45,6 +45,7 @@ from broker.identity.rules import (
     is_operator,
     key_usable,
 )
+from broker.identity.tenants import DEFAULT_TENANT, out_of_scope
 from broker.policy.lifecycle import AgentLifecycle
 from schemas.events import (
     AGENT_ID_PATTERN,
@@ -112,6 +113,10 @@ class IdentityGate:
         self._audit = audit  # the worker's audit writer (raw audit topic, redaction)
         self._count = count
         self.classes = classes  # agent class -> (baseline, ceiling), from the policy
+        # The same for each other tenant, from its own bundle (set by the composition root).
+        self.tenant_classes: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+        # Operators scoped to tenants (operator tenants file); one not in it: every tenant.
+        self.operator_tenants: dict[str, frozenset[str]] = {}
         self.lifecycle = lifecycle or AgentLifecycle()  # key age and registration limits
         # Tells an agent its key nears the maximum age (set by the shell; once per key here).
         self.warn: Callable[[KeyAgeWarning], Awaitable[None]] | None = None
@@ -134,12 +139,17 @@ class IdentityGate:
         if not await asyncio.to_thread(self.registry.sync, 5.0):
             raise BusError("the agent registry view could not catch up with Kafka")
 
+    def classes_of(self, tenant: str) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """A tenant's classes are its own: an agent of a tenant without a bundle gets none."""
+        return self.classes if tenant == DEFAULT_TENANT else self.tenant_classes.get(tenant, {})
+
     def profile(self, agent_id: str) -> AgentProfile | None:
         """The registered profile, with baseline and ceiling from the policy's class."""
         record = self.registry.get(agent_id)
         if record is None:
             return None
-        baseline, ceiling = self.classes.get(record.profile.agent_class, ((), ()))
+        classes = self.classes_of(record.profile.tenant)
+        baseline, ceiling = classes.get(record.profile.agent_class, ((), ()))
         return record.profile.model_copy(update={"baseline": baseline, "ceiling": ceiling})
 
     def standing(self, agent_id: str) -> ScopeDenial | None:
@@ -162,6 +172,20 @@ class IdentityGate:
             await self.store.mark_acted(verdict.signer.id, msg.received_at)  # never a stranger
         return verdict
 
+    def _out_of_scope(self, signer: Principal, event: WireModel) -> Rejection | None:
+        """An operator scoped to tenants acting on an agent of another tenant (or the broker)."""
+        if signer.kind != "operator" or signer.id not in self.operator_tenants:
+            return None
+        agent = event.agent_id if isinstance(event, ApprovalVoted) else claimed_agent(event)
+        if isinstance(event, GrantCommand):
+            agent = event.grant_agent_id or event.agent_id
+        record = self.registry.get(agent) if agent is not None else None
+        tenant = record.profile.tenant if record is not None else None
+        if tenant is None and isinstance(event, AgentCommand) and event.profile is not None:
+            tenant = event.profile.tenant  # a registration names the tenant it registers into
+        problem = out_of_scope(signer.id, self.operator_tenants, agent, tenant)
+        return Rejection(Reason.NOT_PERMITTED, problem) if problem is not None else None
+
     async def check(self, msg: Incoming, event: WireModel | None, key: PublicJwk | None = None
                     ) -> tuple[Admitted | Rejection, Principal | None]:
         """The verdict, and the signer once the signature verified (to name who was refused).
@@ -182,6 +206,9 @@ class IdentityGate:
         if isinstance(claims, Rejection):
             return claims, None
         verdict = await self._verified(msg, event, signer, claims)
+        if not isinstance(verdict, Rejection) and event is not None:
+            # An operator of another tenant (also when relayed by the API): refused, audited.
+            verdict = self._out_of_scope(verdict.signer, event) or verdict
         return verdict, (signer if signer.id else None)
 
     async def _verified(self, msg: Incoming, event: WireModel | None, signer: Principal,

@@ -6,8 +6,10 @@ tests/support/fixtures.py.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,7 +129,32 @@ def settings(
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
     ensure_keys(settings)
-    return settings
+    return settings.model_copy(update=_tenants(settings, test_policy, run_id))
+
+
+def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:
+    """Tenants beside the default one, each a copy of the test bundle: acme's also refuses the
+    freeze; initech's quota is two escalations an hour, umbrella's one active grant; and an
+    operator of acme and of globex (tests/integration/identity/test_tenants.py)."""
+    root = settings.stack_dir / "tenants"
+    changes: dict[str, Callable[[dict[str, Any]], None]] = {
+        "acme": lambda p: p["deny_rules"].append({
+            "id": "acme-no-freeze", "scopes": ["payments:accounts.freeze"], "when": "true",
+            "reason": "acme freezes accounts by hand"}),
+        "globex": lambda p: None,
+        "initech": lambda p: p.update(quotas={"escalations": {"requests": 2, "per": "1h"}}),
+        "umbrella": lambda p: p.update(quotas={"active_grants": 1}),
+    }
+    for tenant, change in changes.items():
+        shutil.copytree(test_policy, root / tenant)
+        doc = root / tenant / "policy.yaml"
+        policy = yaml.safe_load(doc.read_text())
+        change(policy)
+        doc.write_text(yaml.safe_dump(policy, sort_keys=False))
+    scopes = settings.stack_dir / "operator-tenants.json"
+    scopes.write_text(json.dumps({f"operator:acme-{run_id}": ["acme"],
+                                  f"operator:globex-{run_id}": ["globex"]}))
+    return {"tenant_policies_dir": root, "operator_tenants_file": scopes}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Messag
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.adapters.kafka.edge import ROLE_BROKER, Trust
-from broker.audit.chain import Position, is_digest
+from broker.audit.chain import Position, is_digest, is_withheld, withheld
 from broker.audit.verify import Entry
 from broker.errors import BusError, WireError
 from broker.identity.rules import Rejection
@@ -39,6 +39,11 @@ class Stored:
     entry: Entry
     timestamp_ms: int
     refusal: str | None = None  # "<reason>: <detail>"; None when verified or not checked
+
+    @property
+    def withheld(self) -> bool:
+        """An entry a partial export withheld (its chain link only: no record to read)."""
+        return self.entry.data is not None and is_withheld(self.entry.data)
 
     def record(self) -> AuditRecord:
         """The entry as an AuditRecord (WireError when it is refused or does not parse)."""
@@ -150,11 +155,15 @@ CSV_COLUMNS = ("partition", "offset", "seq", "occurred_at", "kind", "agent_id", 
                "outcome", "rules", "reasons", "policy_revision", "hash", "prev_hash", "inputs")
 
 
-def write_jsonl(stored: Iterable[Stored], out: IO[str]) -> int:
-    """One JSON object per line: {partition, offset, entry}; verifiable with --file."""
+def write_jsonl(stored: Iterable[Stored], out: IO[str],
+                shown: Callable[[dict[str, Any]], bool] = lambda _: True) -> int:
+    """One JSON object per line: {partition, offset, entry}; verifiable with --file. An entry
+    ``shown`` refuses is written as its chain link only (``broker.audit.chain.withheld``)."""
     n = 0
     for s in stored:
         entry = json.loads(s.entry.value or b"null")
+        if isinstance(entry, dict) and not shown(entry):
+            entry = withheld(entry)
         out.write(json.dumps({"partition": s.entry.partition, "offset": s.entry.offset,
                               "entry": entry}, ensure_ascii=False) + "\n")
         n += 1

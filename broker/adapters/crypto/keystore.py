@@ -1,9 +1,10 @@
 """Private key files: the broker's keyring, an operator's key, agents' keys. Imports stdlib, jose.
 
-Also imports schemas, config and errors. Every private key lives in one JSON file at an explicit
-path (``Settings.key_path``), written atomically with mode 0600 in a 0700 directory; a file
-readable by group or others is refused with the ``chmod`` that fixes it. Nothing here logs or
-returns key material except to the code that signs with it.
+Also imports schemas, config, errors and broker.identity.tenants (the operator tenants file).
+Every private key lives in one JSON file at an explicit path (``Settings.key_path``), written
+atomically with mode 0600 in a 0700 directory; a file readable by group or others is refused
+with the ``chmod`` that fixes it. Nothing here logs or returns key material except to the code
+that signs with it.
 
     <stack_dir>/keys/broker.json      the broker's grant-token keyring (kid rotation, overlap)
     <stack_dir>/keys/operator.json    this operator's key (principal operator:<name>)
@@ -34,6 +35,7 @@ from broker.adapters.crypto.directory import (
 from broker.adapters.crypto.jose import SigningKey
 from broker.config import Settings
 from broker.errors import IdentityError, KeyFileError
+from broker.identity.tenants import operator_scopes
 from schemas.events import AGENT_ID_PATTERN, PublicJwk
 from schemas.signing import OPERATOR_PREFIX
 
@@ -114,6 +116,16 @@ def add_operator(path: Path, principal: str, jwk: PublicJwk) -> None:
     if not principal.startswith(OPERATOR_PREFIX):
         raise KeyFileError(f"an operator principal is {OPERATOR_PREFIX}<name>, not {principal!r}")
     add_principal(path, principal, jwk, OPERATORS_FILE)
+
+
+def load_operator_scopes(path: Path | None) -> dict[str, frozenset[str]]:
+    """The operators scoped to tenants (none without a file); KeyFileError if it is invalid."""
+    if path is None:
+        return {}
+    try:
+        return operator_scopes(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"operator tenants file {path}: {exc}") from exc
 
 
 def new_principal_key(path: Path, principal: str) -> SigningKey:

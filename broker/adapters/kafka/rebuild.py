@@ -18,6 +18,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.edge import Trust
 from broker.adapters.redis.delegation import DelegationStore
+from broker.adapters.redis.quotas import QuotaStore
 from broker.adapters.redis.store import RedisGrantStore, ms
 from broker.grants.decide import derive_id
 from broker.grants.revocation import LIVE_RISK
@@ -156,9 +157,10 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
             )
     for agent_id, severity, until in folded.risk:  # in log order: the store keeps the highest
         await store.note_risk(agent_id, severity, until)
-    restored = 0
+    restored, quotas = 0, QuotaStore(store.client)
     for grant in folded.active.values():
         restored += await store.restore_grant(grant, now)
+        await quotas.count(grant)  # its tenant's active grants, as counted when it was stored
     # The children sets, so that a parent's end after the rebuild still ends its children.
     await DelegationStore(store.client).restore_children(
         [(folded.active[g.parent_grant_id], g) for g in folded.active.values()

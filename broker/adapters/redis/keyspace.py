@@ -108,6 +108,17 @@ def rate(agent_id: str) -> str:
     return f"{agent_prefix(agent_id)}rate"
 
 
+def tenant_rate(tenant: str) -> str:
+    """The tenant's escalations quota bucket (hash: tokens, ts ms), PXAT when full again."""
+    return f"{PREFIX}:tenant:{{{tenant}}}:rate"
+
+
+def tenant_grants(tenant: str) -> str:
+    """The tenant's grants counted by its active-grants quota (zset grant_id -> expires_at
+    ms), PXAT its latest expiry. Hash-tagged by tenant: one slot, apart from agent keys."""
+    return f"{PREFIX}:tenant:{{{tenant}}}:grants"
+
+
 def fence(topic: str, partition: int) -> str:
     """Ownership epoch of one input partition, bumped by every worker that is assigned it."""
     return f"{PREFIX}:fence:{topic}:{partition}"

@@ -50,13 +50,16 @@ def _refused(why: str) -> Response:
     return HTMLResponse(f"<p>refused: {why}</p>", status_code=403)
 
 
-def _session(request: Request, csrf: str) -> Session | Response:
-    """The session of a form that changes state, or the refusal (no session, bad CSRF)."""
+def _session(request: Request, csrf: str, agent_id: str | None = None) -> Session | Response:
+    """The session of a form that changes state, or the refusal (no session, bad CSRF, an
+    agent of a tenant the operator does not operate)."""
     session = current(request)
     if session is None:
         return to_login()
     if not csrf_ok(session.csrf, csrf):
         return _refused("the form's CSRF token is missing or wrong")
+    if agent_id is not None and not runtime_of(request).sees(session.principal, agent_id):
+        return _refused(f"agent {agent_id} is not an agent of the tenants you operate")
     return session
 
 
@@ -92,7 +95,7 @@ def logout(request: Request, csrf: Csrf = "") -> Response:
 def revoke_grant(request: Request, agent_id: Field, grant_id: Field,
                  csrf: Csrf = "", reason: Field = "revoked from the console") -> Response:
     """Revoke one grant (an operator grant command) and wait for the worker's answer."""
-    session = _session(request, csrf)
+    session = _session(request, csrf, agent_id)
     if isinstance(session, Response):
         return session
     command = GrantCommand(
@@ -113,7 +116,7 @@ def revoke_all(request: Request, agent_id: Field, csrf: Csrf = "", suspend: Fiel
                reason: Field = "revoked from the console") -> Response:
     """Revoke every grant of an agent (an operator revocation) and wait until applied; with
     ``suspend``, also bar it from acting until an operator resumes it (the quarantine)."""
-    session = _session(request, csrf)
+    session = _session(request, csrf, agent_id)
     if isinstance(session, Response):
         return session
     runtime = runtime_of(request)
@@ -159,7 +162,7 @@ def _command(request: Request, session: Session, action: str, agent_id: str,
 def standing(request: Request, agent_id: Field, action: Field, csrf: Csrf = "",
              reason: Field = "from the console") -> Response:
     """Suspend or resume an agent (an operator registry command); waits for the answer."""
-    session = _session(request, csrf)
+    session = _session(request, csrf, agent_id)
     if isinstance(session, Response):
         return session
     if action not in ("suspend", "resume"):
@@ -172,7 +175,7 @@ def standing(request: Request, agent_id: Field, action: Field, csrf: Csrf = "",
 def vote(request: Request, agent_id: Field, request_id: Field, verdict: Field,
          csrf: Csrf = "", reason: Field = "") -> Response:
     """Approve or deny a held request as the signed-in operator (never one's own)."""
-    session = _session(request, csrf)
+    session = _session(request, csrf, agent_id)
     if isinstance(session, Response):
         return session
     if verdict not in ("approve", "deny"):

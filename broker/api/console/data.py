@@ -150,9 +150,12 @@ def of_agent(runtime: Runtime, agent_id: str, now: datetime) -> list[AuditRecord
     return audit_records(runtime, lambda r: r.agent_id == agent_id, now - AUDIT_LOOKBACK)
 
 
-def decisions(runtime: Runtime, now: datetime) -> list[AuditRecord]:
-    """The latest decisions, identity rejections and dead letters, newest first."""
-    found = audit_records(runtime, lambda r: r.kind in FEED_KINDS, now - FEED_LOOKBACK)
+def decisions(runtime: Runtime, now: datetime,
+              sees: Callable[[str | None], bool] = lambda _: True) -> list[AuditRecord]:
+    """The latest decisions, identity rejections and dead letters that ``sees`` lets through
+    (filtered before the limit), newest first."""
+    found = audit_records(runtime, lambda r: r.kind in FEED_KINDS and sees(r.agent_id),
+                          now - FEED_LOOKBACK)
     return sorted(found, key=lambda r: r.occurred_at, reverse=True)[:FEED_LIMIT]
 
 

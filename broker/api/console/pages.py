@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from broker.api.auth import runtime_of
 from broker.api.console import data
 from broker.api.console.session import LOGIN_COOKIE, Session, current, set_cookie, to_login
+from broker.api.routes_operator import scoped
 from broker.errors import BrokerError
 
 HERE = Path(__file__).parent
@@ -33,23 +34,33 @@ templates.env.filters["latency_ms"] = data.latency_ms
 router = APIRouter(prefix="/console", include_in_schema=False)
 LIVE_EVERY_S = 1.0
 
-Fragment = Callable[[Request, datetime], Awaitable[dict[str, Any]]]
+Fragment = Callable[[Request, datetime, Session], Awaitable[dict[str, Any]]]
 
 
-async def _grants(request: Request, now: datetime) -> dict[str, Any]:
-    return {"rows": await data.live_grants(runtime_of(request), now)}
+def _sees(request: Request, session: Session, agent_id: str | None) -> bool:
+    """Rows are filtered at the source: an operator of some tenants sees only their agents."""
+    return runtime_of(request).sees(session.principal, agent_id)
 
 
-async def _revocations(request: Request, now: datetime) -> dict[str, Any]:
-    return {"status": data.revocations(runtime_of(request), now)}
+async def _grants(request: Request, now: datetime, session: Session) -> dict[str, Any]:
+    rows = await data.live_grants(runtime_of(request), now)
+    return {"rows": [r for r in rows if _sees(request, session, r.grant.agent_id)]}
 
 
-async def _approvals(request: Request, now: datetime) -> dict[str, Any]:
-    return {"rows": await data.approvals(runtime_of(request), now)}
+async def _revocations(request: Request, now: datetime, session: Session) -> dict[str, Any]:
+    return {"status": scoped(data.revocations(runtime_of(request), now),
+                             lambda agent_id: _sees(request, session, agent_id))}
 
 
-async def _decisions(request: Request, now: datetime) -> dict[str, Any]:
-    return {"rows": await asyncio.to_thread(data.decisions, runtime_of(request), now)}
+async def _approvals(request: Request, now: datetime, session: Session) -> dict[str, Any]:
+    rows = await data.approvals(runtime_of(request), now)
+    return {"rows": [r for r in rows if _sees(request, session, r["agent_id"])]}
+
+
+async def _decisions(request: Request, now: datetime, session: Session) -> dict[str, Any]:
+    rows = await asyncio.to_thread(data.decisions, runtime_of(request), now,
+                                   lambda agent_id: _sees(request, session, agent_id))
+    return {"rows": rows}
 
 
 LIVE: dict[str, Fragment] = {"grants": _grants, "revocations": _revocations,
@@ -72,7 +83,7 @@ def page(request: Request, name: str, session: Session | None, **context: Any) -
 
 async def _fragment(request: Request, name: str, session: Session, now: datetime) -> str:
     try:
-        context = await LIVE[name](request, now)
+        context = await LIVE[name](request, now, session)
     except BrokerError as exc:
         context = {"problem": str(exc)}
     return templates.get_template(f"_{name}.html").render(
@@ -116,6 +127,8 @@ async def audit(request: Request, agent: str = "", at: int | None = None,
     if agent:
         try:
             records = await asyncio.to_thread(data.of_agent, runtime_of(request), agent, now)
+            if not _sees(request, session, agent):
+                records, problem = [], f"agent {agent} is not an agent of the tenants you operate"
         except BrokerError as exc:
             problem = str(exc)
         else:
@@ -133,7 +146,8 @@ async def agents(request: Request) -> Response:
         return to_login()
     now, rows, problem = datetime.now(UTC), [], ""
     try:
-        rows = await data.agents(runtime_of(request), now)
+        rows = [r for r in await data.agents(runtime_of(request), now)
+                if _sees(request, session, r.row.agent_id)]
     except BrokerError as exc:
         problem = str(exc)
     return page(request, "agents", session, rows=rows, problem=problem)

@@ -8,11 +8,13 @@ find a problem, naming the record that shows it.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 from confluent_kafka import KafkaException, TopicPartition
@@ -25,6 +27,7 @@ from broker.adapters.kafka.bus import consumer, partitions, to_record
 from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.baselines import baselines_as_of
+from broker.audit.chain import is_digest
 from broker.audit.redact import DEFAULT_FIELDS, FREE_TEXT_FIELDS, hmac_value
 from broker.audit.views import grants_as_of, quarantines_as_of, timeline
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
@@ -39,6 +42,7 @@ from broker.cli.output import (
     time_option,
     until,
 )
+from broker.cli.scope import Scope, cli_scope, narrowed, not_theirs
 from broker.config import Settings
 from broker.errors import BrokerError
 from broker.policy import Policy, load_policy
@@ -105,14 +109,16 @@ def tail(
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
     kind: Annotated[str | None, typer.Option(
         help="Only this kind (escalation.decided, risk.observed, grant.revoked, ...).")] = None,
-    scope: Annotated[str | None, typer.Option(help="Only records about this scope.")] = None,
+    about: Annotated[str | None, typer.Option(
+        "--scope", help="Only records about this scope.")] = None,
     since: Annotated[str | None, typer.Option(
         help="From this time (ISO 8601, or '10m ago') instead of the last records.")] = None,
     last: Annotated[int, typer.Option(help="How many recent entries per partition.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print recent audit records (and follow new ones with -f)."""
-    settings = cli_settings()
+    """Print recent audit records (and follow new ones with -f); an operator scoped to
+    tenants sees records about its tenants' agents only."""
+    settings, scope = cli_settings(), cli_scope()
     c = consumer(cli_kafka())
     view: JwksView | None = None
     try:
@@ -126,7 +132,8 @@ def tail(
                 continue
             idle_since = time.monotonic()
             rec = to_record(msg, trust, reader="audit-tail").event
-            if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, scope):
+            if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, about) \
+                    and scope.sees(rec.agent_id):
                 _show(rec, as_json)
     except (BrokerError, KafkaException) as exc:
         raise fail(exc, "is Kafka up? permbroker stack status") from exc
@@ -149,6 +156,8 @@ def load_records(settings: Settings, *, file: Path | None = None,
                                                                    trust=t)))
     records, bad = [], 0
     for s in stored:
+        if s.withheld:  # another tenant's entry in a tenant's export: not a record of ours
+            continue
         try:
             records.append(s.record())
         except BrokerError:
@@ -221,22 +230,43 @@ def export(
     until_: Annotated[str | None, typer.Option("--until", help="Up to this time (exclusive).")]
     = None,
     output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    tenant: Annotated[str | None, typer.Option(
+        help="Only this tenant's records in full (the others as their chain links).")] = None,
 ) -> None:
-    """Export the sealed audit for a compliance review: the contiguous entries sealed in range."""
+    """Export the sealed audit for a compliance review: the contiguous entries sealed in range.
+
+    With --tenant (and always for an operator scoped to tenants) the records about other
+    tenants' agents are withheld: each is written as its chain link only, so the export still
+    verifies (audit verify --file) as a cut of the whole chain with nothing dropped."""
     if fmt not in ("jsonl", "csv"):
         raise fail(f"--format {fmt!r} is not supported", "use jsonl or csv")
+    scope = narrowed(cli_scope(), tenant)
     start, end = time_option(since), time_option(until_)
     stream = audit_log.until(audit_log.read_topic(cli_kafka(), since=start), end)
-    write = audit_log.write_jsonl if fmt == "jsonl" else audit_log.write_csv
     try:
-        if output is None:
-            count = write(stream, sys.stdout)
-        else:
-            with output.open("w", encoding="utf-8", newline="") as f:
-                count = write(stream, f)
+        count = _export(stream, fmt, output, scope)
     except BrokerError as exc:
         raise fail(exc, KafkaHint) from exc
-    err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else ""))
+    err.print(f"exported {count} entr(y/ies) as {fmt}" + (f" to {output}" if output else "")
+              + ("" if scope.everything else
+                 f", those of tenant(s) {', '.join(sorted(scope.tenants or ()))} in full"))
+
+
+def _export(stream: Iterable[audit_log.Stored], fmt: str, output: Path | None,
+            scope: Scope) -> int:
+    def shown(entry: dict[str, Any]) -> bool:  # digests carry no record: always shown
+        return scope.everything or is_digest(entry) or scope.sees(entry.get("agent_id"))
+
+    def write(f: IO[str]) -> int:
+        if fmt == "jsonl":
+            return audit_log.write_jsonl(stream, f, shown)
+        return audit_log.write_csv((s for s in stream
+                                    if shown(json.loads(s.entry.value or b"{}"))), f)
+
+    if output is None:
+        return write(sys.stdout)
+    with output.open("w", encoding="utf-8", newline="") as f:
+        return write(f)
 
 
 def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
@@ -272,13 +302,14 @@ def replay(
     """Rebuild who could do what at a past instant, or check every decision reproduces."""
     if (as_of is None) == (not check):
         raise fail("say what to replay", "pass --as-of TIME (grants then) or --check (drift)")
-    settings = cli_settings()
+    settings, scope = cli_settings(), cli_scope()
     at = parse_time(as_of) if as_of else None
     start = time_option(since)
     # A grant active at `at` was decided at most a week (the longest request) before it.
     lookback = at - timedelta(seconds=MAX_REQUESTED_DURATION_S + 3600) if at else start
     try:
-        records = load_records(settings, file=file, since=lookback)
+        records = scope.keep(load_records(settings, file=file, since=lookback),
+                             lambda r: r.agent_id)
         if at is not None:
             _print_as_of(records, at, agent, as_json)
             return
@@ -349,7 +380,9 @@ def agent_timeline(
     as_json: JsonOpt = False,
 ) -> None:
     """Everything the audit says about one agent, in order."""
-    settings = cli_settings()
+    settings, scope = cli_settings(), cli_scope()
+    if not scope.sees(agent):
+        raise fail(not_theirs(scope, agent), "permbroker agents list")
     try:
         records = load_records(settings, file=file, since=time_option(since))
     except BrokerError as exc:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
+from broker.cli.scope import cli_scope
 from broker.errors import BrokerError
 from broker.sdk.operator.approvals import Approver, Verdict, held_requests, held_row
 
@@ -37,7 +38,9 @@ def approvals_list(
     except BrokerError as exc:
         raise fail(exc, f"is Redis up at {settings.redis_url}? (permbroker stack status)") \
             from exc
-    rows = [held_row(h, now) for h in held if agent in (None, h.pending.event.agent_id)]
+    held = cli_scope().keep([h for h in held if agent in (None, h.pending.event.agent_id)],
+                            lambda h: h.pending.event.agent_id)
+    rows = [held_row(h, now) for h in held]
     if as_json:
         print_json(rows)
         return

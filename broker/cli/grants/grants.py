@@ -25,6 +25,7 @@ from broker.audit.records import rebuild_audit
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, until
 from broker.cli.output import print_json as _print_json
+from broker.cli.scope import cli_scope
 from broker.config import Settings
 from broker.errors import BrokerError, CommandRefused
 from broker.grants.revocation import OPERATOR_REVOKE_RULE
@@ -56,12 +57,14 @@ def grants_list(
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Active grants in the Redis view (absolute expiry and time left)."""
-    settings, now = cli_settings(), datetime.now(UTC)
+    """Active grants in the Redis view (absolute expiry and time left); an operator scoped to
+    tenants sees its tenants' agents' only."""
+    settings, now, scope = cli_settings(), datetime.now(UTC), cli_scope()
 
     async def load(store: RedisGrantStore) -> list[GrantIssued]:
         agents = [agent] if agent else await store.agents_with_grants()
-        return [g for a in agents for g in await store.active_grants(a, now)]
+        return scope.keep([g for a in agents for g in await store.active_grants(a, now)],
+                          lambda g: g.agent_id)
 
     try:
         grants = asyncio.run(_with_store(settings, load))
@@ -94,11 +97,14 @@ def grants_list(
 
 
 def resolve(settings: Settings, ref: str, agent: str | None, now: datetime) -> GrantIssued:
-    """The active grant ``ref`` names (whole id or unique prefix); a CLI error otherwise."""
+    """The active grant ``ref`` names (whole id or unique prefix) among those the operator
+    sees; a CLI error otherwise."""
+    scope = cli_scope()
 
     async def load(store: RedisGrantStore) -> list[GrantIssued]:
         agents = [agent] if agent else await store.agents_with_grants()
-        return [g for a in agents for g in await store.active_grants(a, now)]
+        return scope.keep([g for a in agents for g in await store.active_grants(a, now)],
+                          lambda g: g.agent_id)
 
     try:
         grant, candidates = resolve_grant(ref, asyncio.run(_with_store(settings, load)))

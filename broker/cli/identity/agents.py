@@ -23,6 +23,7 @@ from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.registry_view import Registry, read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import fail, until
+from broker.cli.scope import cli_scope, not_theirs
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -204,8 +205,9 @@ def _record_row(r: AgentRecord) -> dict[str, Any]:
 
 @agents_app.command("list")
 def agents_list(as_json: JsonOpt = False) -> None:
-    """Every registered agent (from the registry topic)."""
-    records = _run(_read_registry).records()
+    """Every registered agent (from the registry topic); an operator scoped to tenants sees
+    its tenants' agents only."""
+    records = cli_scope().keep(_run(_read_registry).records(), lambda r: r.agent_id)
     if as_json:
         _json([_record_row(r) for r in records])
         return
@@ -223,6 +225,9 @@ def agents_list(as_json: JsonOpt = False) -> None:
 @agents_app.command("show")
 def agents_show(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """One agent's record: profile, AI attributes, status, keys and their validity."""
+    scope = cli_scope()
+    if not scope.sees(agent):
+        raise _fail(not_theirs(scope, agent), "permbroker agents list")
     record = _run(_read_registry).get(agent)
     if record is None:
         raise _fail(f"agent {agent} is not registered", "permbroker agents list")

@@ -21,6 +21,7 @@ from broker.behaviour.stats import report
 from broker.cli.context import cli_settings
 from broker.cli.identity.agents import AgentArg
 from broker.cli.output import JsonOpt, fail, human, out, print_json, stamp, until
+from broker.cli.scope import cli_scope, not_theirs
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
@@ -55,7 +56,9 @@ def _when(text: str | None, now: datetime) -> str:
 def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
     """The agent's behaviour: request, grant and denial rates in the detectors' windows,
     hours of activity, scopes and resource patterns used."""
-    settings, now = cli_settings(), datetime.now(UTC)
+    settings, now, scope = cli_settings(), datetime.now(UTC), cli_scope()
+    if not scope.sees(agent):
+        raise fail(not_theirs(scope, agent), "permbroker agents list")
     try:
         data = asyncio.run(read_report(settings, agent, now))
     except BrokerError as exc:
@@ -108,8 +111,12 @@ def class_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Requests, grants and denials of every agent of a class on one model version, in the
-    detectors' windows ending now."""
+    detectors' windows ending now. A class's figures count every tenant's agents of that
+    class, so an operator scoped to tenants is refused them."""
     settings, now = cli_settings(), datetime.now(UTC)
+    if not cli_scope().everything:
+        raise fail("class statistics count the agents of every tenant; an operator scoped to "
+                   "tenants reads its agents' own (permbroker agents stats ID)")
     try:
         data = asyncio.run(read_group(settings, agent_class, model, now))
     except BrokerError as exc:

@@ -21,6 +21,7 @@ from broker.adapters.redis.store import RedisGrantStore
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.identity.agents import JsonOpt, _ago, _fail, _json, _run, out
 from broker.cli.output import human
+from broker.cli.scope import cli_scope
 from broker.config import Settings
 from broker.errors import PolicyError
 from broker.identity.inventory import InventoryRow, inventory_rows
@@ -54,7 +55,9 @@ def inventory(
     max_age = parse_duration(stale_after) if stale_after else settings.agent_key_max_age_s
     if max_age is None:
         raise _fail(f"--stale-after {stale_after!r} is not a duration", "use e.g. 30d, 12h")
-    records = _run(lambda: read_trusted(lambda t: read_registry(cli_kafka(), t))).records()
+    records = cli_scope().keep(
+        _run(lambda: read_trusted(lambda t: read_registry(cli_kafka(), t))).records(),
+        lambda r: r.agent_id)
     held, acted = _run(lambda: asyncio.run(_held(settings, records, now)))
     try:
         policy = load_policy(settings.policy_path)

@@ -19,6 +19,7 @@ from broker.adapters.kafka.acks import read_since
 from broker.adapters.kafka.edge import Trust
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import human
+from broker.cli.scope import cli_scope
 from broker.delivery.propagation import RevocationStatus, fold_status
 from broker.errors import BrokerError
 from broker.policy.fields import parse_duration
@@ -54,8 +55,9 @@ def status(
     since: Annotated[str, typer.Option(help="How far back: 10m, 1h, 1d.")] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Per enforcement point: propagation time of each revocation, and which are unconfirmed."""
-    from broker.api.routes_operator import status_json
+    """Per enforcement point: propagation time of each revocation, and which are unconfirmed
+    (an operator scoped to tenants sees its tenants' agents' only)."""
+    from broker.api.routes_operator import scoped, status_json
 
     seconds = parse_duration(since)
     if seconds is None:
@@ -68,11 +70,12 @@ def status(
     except BrokerError as exc:
         err.print(f"[bold red]error:[/] {exc}\n[dim]hint:[/] is Kafka up? permbroker stack status")
         raise typer.Exit(1) from exc
-    data = status_json(report, now)
+    scope = cli_scope()
+    data = scoped(status_json(report, now), scope.sees)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    _print_status(data, len(report.revocations), since)
+    _print_status(data, len(data["revocations"]), since)
 
 
 def _print_status(data: dict[str, object], revocations: int, since: str) -> None:

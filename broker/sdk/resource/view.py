@@ -72,8 +72,11 @@ class GrantView:
         revocations_group: str | None = None,
         max_entries: int = 100_000,
         grace_cap_s: float | None = None,
+        tenant: str | None = None,
     ) -> None:
         self.topic = topic
+        # A tenant's service applies only its tenant's grants (None: every tenant's).
+        self.tenant = tenant
         self.trust = trust
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s
@@ -350,6 +353,8 @@ class GrantView:
         replayed = not self._tracker.ready()
         self._note_late(record)
         try:
+            if self._foreign(record):
+                return self._done(record)  # another tenant's grant: never applied here
             revoked = self._index.apply(record)
             if isinstance(record.event, RoutingAnnounced):
                 self._announced(record.event)
@@ -364,6 +369,15 @@ class GrantView:
             self.trust.refusals.add(READER, dataclasses.replace(
                 record, event=None, reason="apply-failed",
                 error=f"{type(exc).__name__}: {str(exc)[:200]}"))
+        self._done(record)
+
+    def _foreign(self, record: Record) -> bool:
+        """Whether the record is a grant of another tenant than this view's."""
+        return (self.tenant is not None and isinstance(record.event, GrantIssued)
+                and record.event.tenant != self.tenant)
+
+    def _done(self, record: Record) -> None:
+        """The record's offset is applied (freshness counts it, applied or not)."""
         with self._cond:
             self._tracker.applied(record.partition, record.offset)
             self._cond.notify_all()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,3 +164,19 @@ def test_a_view_denies_a_child_once_any_grant_up_its_chain_ended() -> None:
         verdict = index.allows(agent, FREEZE, "acct-1", NOW)
         assert not verdict and "no longer active" in verdict.reason
         assert index.state(agent, gid, NOW) == "ended"
+
+
+def test_a_delegation_never_crosses_tenants(policy: Policy) -> None:
+    """A delegate of another tenant (even of the delegator's class) is denied, naming the rule;
+    within one tenant the child grant carries that tenant."""
+    acme = _parties(policy, _parent(), delegator=_profile(policy, A).model_copy(
+        update={"tenant": "acme"}), delegate=_profile(policy, B).model_copy(
+        update={"tenant": "globex"}))
+    out = decide_delegation(_request(), acme, policy, NOW)
+    assert out.decision.outcome == "denied" and out.grant is None
+    assert {x.rule for x in out.decision.denied} == {"delegation-delegate"}
+    assert "another tenant" in " ".join(out.decision.reasons)
+    same = replace(acme, delegate=acme.delegate.model_copy(update={"tenant": "acme"})
+                   if acme.delegate else None)
+    granted = decide_delegation(_request(), same, policy, NOW)
+    assert granted.grant is not None and granted.grant.tenant == "acme"

@@ -1,0 +1,104 @@
+"""Two tenants on one worker (twins): each decides under its own bundle, grants carry the tenant.
+
+The same agent name in two tenants (``acme:fraud-agent``, ``globex:fraud-agent``) sends the same
+request; acme's bundle is then changed to deny the freeze, and globex's decision stays the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.adapters.kafka import codec
+from broker.identity.tenants import Tenancy, load_tenancy
+from broker.policy import load_policy
+from schemas import topics
+from schemas.events import (
+    AgentProfile,
+    EscalationDecided,
+    EscalationRequested,
+    GrantIssued,
+    ModelInfo,
+)
+from streams.escalations import Escalations
+from streams.worker import Incoming, OpenGate, WorkerContext
+from tests.support.twins import MemoryBus, MemoryGrantStore
+
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
+FRAUD = load_policy(POLICIES / "fraud")
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
+ACME, GLOBEX = "acme:fraud-agent", "globex:fraud-agent"
+NO_FREEZE = """
+  - id: acme-no-freeze
+    scopes: ["payments:accounts.freeze"]
+    when: "true"
+    reason: acme freezes accounts by hand only
+"""
+
+
+class TenantGate(OpenGate):
+    """Registered profiles with their tenant; baseline and ceiling from the tenant's bundle."""
+
+    def __init__(self, tenancy: Tenancy) -> None:
+        super().__init__(tenancy.default)
+        self.tenancy = tenancy
+
+    def profile(self, agent_id: str) -> AgentProfile | None:
+        tenant = agent_id.partition(":")[0]
+        baseline, ceiling = self.tenancy.classes(tenant)["fraud-detection"]
+        return AgentProfile(agent_id=agent_id, agent_class="fraud-detection", tenant=tenant,
+                            owner=f"ops@{tenant}.example", model=ModelInfo(name="gbm", version="3"),
+                            confidence_threshold=0.9, baseline=baseline, ceiling=ceiling)
+
+
+def bundles(root: Path, *, acme_denies_freeze: bool) -> Tenancy:
+    for tenant in ("acme", "globex"):
+        shutil.copytree(POLICIES / "fraud", root / tenant)
+    if acme_denies_freeze:
+        doc = root / "acme" / "policy.yaml"
+        doc.write_text(doc.read_text().replace("deny_rules:\n", "deny_rules:" + NO_FREEZE, 1))
+    return load_tenancy(FRAUD, root)
+
+
+async def decide_both(tenancy: Tenancy) -> tuple[dict[str, EscalationDecided], list[GrantIssued]]:
+    bus = MemoryBus()
+    store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
+    ctx = WorkerContext(tenancy.default, store, bus, margin_s=600)
+    ctx.tenancy = tenancy
+    ctx.ready.set()
+    handler = Escalations(ctx, TenantGate(tenancy))
+    for offset, agent in enumerate((ACME, GLOBEX), start=1):
+        encoded = codec.encode(EscalationRequested.model_validate({
+            "request_id": f"req-{offset}", "agent_id": agent, "scopes": (FREEZE, PII),
+            "resources": ("acct-1",), "duration_s": 900, "reason": "card testing",
+            "confidence": 0.95, "risk_score": 0.85, "requested_at": T0}), source="/tests")
+        await handler.on_escalation(Incoming(topics.ESCALATIONS.name, 0, offset, T0.timestamp(),
+                                             encoded.key, encoded.value, encoded.headers))
+    decisions = {e.agent_id: e for e in bus.events(topics.DECISIONS.name)
+                 if isinstance(e, EscalationDecided)}
+    return decisions, [e for e in bus.events(topics.GRANTS.name) if isinstance(e, GrantIssued)]
+
+
+async def test_the_same_agent_name_in_two_tenants_is_decided_under_each_tenants_bundle(
+        tmp_path: Path) -> None:
+    """acme's deny rule binds acme's agent only; each grant names its holder's tenant."""
+    decisions, grants = await decide_both(bundles(tmp_path, acme_denies_freeze=True))
+    acme, globex = decisions[ACME], decisions[GLOBEX]
+    assert acme.granted_scopes == (PII,) and [d.rule for d in acme.denied] == ["acme-no-freeze"]
+    assert set(globex.granted_scopes) == {FREEZE, PII} and not globex.denied
+    assert acme.policy_revision != globex.policy_revision
+    assert {(g.agent_id, g.tenant) for g in grants} == {(ACME, "acme"), (GLOBEX, "globex")}
+
+
+async def test_a_policy_change_in_one_tenant_does_not_change_a_decision_in_the_other(
+        tmp_path: Path) -> None:
+    """globex's decision is the same before and after acme's bundle changes."""
+    before, _ = await decide_both(bundles(tmp_path / "before", acme_denies_freeze=False))
+    after, _ = await decide_both(bundles(tmp_path / "after", acme_denies_freeze=True))
+    assert FREEZE in before[ACME].granted_scopes and FREEZE not in after[ACME].granted_scopes
+    keep = ("outcome", "granted_scopes", "denied", "matched_rules", "policy_revision",
+            "expires_at", "grant_id")
+    assert ({k: getattr(before[GLOBEX], k) for k in keep}
+            == {k: getattr(after[GLOBEX], k) for k in keep})
