@@ -59,6 +59,7 @@ TABLE: dict[str, Row] = {
     "revoke": Row(("--agent", A, "--reason", "test"), K),
     "inventory": Row((), KR),
     "worker": Row((), KR),
+    "sealer": Row((), K),
     "demo": Row((), kind="starts"),
     "dev": Row((), kind="starts"),
     "request": Row(("--agent", A, "--scope", "payments:accounts.freeze", "--reason", "r",
