@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from broker.adapters.kafka.access import KafkaAccess
@@ -39,6 +40,9 @@ class Follower:
                  trust: Trust | None, reader: str, name: str, start: Start = "beginning",
                  on_refused: Callable[[Record], None] | None = None,
                  only_keys: frozenset[bytes] | None = None) -> None:
+        """``only_keys``: apply only records with one of these keys (or none), and read only
+        the partitions those keys land on (every producer here partitions by murmur2 of the
+        key, as Kafka's Java clients do), so an agent's answers cost it none of the others'."""
         self.topic = topic
         self._only = only_keys
         self.reader = reader
@@ -49,6 +53,8 @@ class Follower:
         self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
         self._parts = partitions(self._consumer, topic)
+        if only_keys:
+            self._parts = sorted({key_partition(k, self._parts) for k in only_keys})
         self._cond = threading.Condition()
         self._target = self._ends()
         self._pos = self._assign(start)
@@ -159,3 +165,9 @@ class Follower:
         """Stop following."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def key_partition(key: bytes, parts: list[int]) -> int:
+    """The partition a keyed record lands on: Kafka's default (Java) partitioner, which
+    aiokafka's (the worker's) and confluent-kafka's ``murmur2_random`` (bus.py) both follow."""
+    return parts[(int(murmur2(key)) & 0x7FFFFFFF) % len(parts)]
