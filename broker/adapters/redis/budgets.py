@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.calls import call, sync_client, translated
 from broker.adapters.redis.store import ms
 from broker.grants.budgets import Use, UseStatus, cause_of
 from schemas.events import GrantIssued, GrantUsed
@@ -32,8 +32,7 @@ class BudgetCounter:
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0) -> BudgetCounter:
         """A counter on a fresh client for ``url`` (short timeouts: a check must not hang)."""
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                        socket_connect_timeout=timeout_s))
+        return cls(sync_client(url, timeout_s))
 
     def consume(self, grant: GrantIssued, scope: str, use_id: str) -> Use:
         """Count one use of ``scope`` under ``grant`` (idempotent per ``use_id``)."""

@@ -20,7 +20,7 @@ from broker.adapters.redis.calls import call
 from broker.adapters.redis.values import from_ms, ms
 from schemas.events import DelegationDecided, GrantIssued
 
-# KEYS: grant, index, life, ended-child, quarantine, view epoch, revoked
+# KEYS: grant, index, life, ended-child, quarantine, view marker (agent slot), revoked
 # ARGV: grant_json, expires_ms, now_ms, life_until_ms, grant_id, issued_ms
 CHILD = """
 if redis.call('EXISTS', KEYS[4]) == 1 then return 'ended' end
@@ -99,7 +99,7 @@ class DelegationStore:
         a, g = grant.agent_id, grant.grant_id
         status = await call(self._child(
             keys=[keys.grant(a, g), keys.index(a), keys.life(a, g), keys.ended_child(a, g),
-                  keys.quarantine(a), keys.VIEW_EPOCH, keys.revoked(a)],
+                  keys.quarantine(a), keys.view_marker(a), keys.revoked(a)],
             args=[grant.model_dump_json(), ms(grant.expires_at), ms(now), ms(life_until), g,
                   ms(grant.issued_at)]))
         return _text(status)  # type: ignore[return-value]

@@ -136,9 +136,10 @@ class LifecycleStore:
 
     async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
         """Grants whose expiry warning is due, with the warning to announce if still live."""
-        members = await call(
-            self._r.zrangebyscore(keys.EXPIRING_INDEX, "-inf", ms(now), start=0, num=limit)
-        )
+        pipe = self._r.pipeline(transaction=False)  # one round trip for every shard
+        for index in keys.expiring_indexes():
+            pipe.zrangebyscore(index, "-inf", ms(now), start=0, num=limit)
+        members = [raw for found in await call(pipe.execute()) for raw in found][:limit]
         parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
         pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
         for _member, agent, gid, _ns in parsed:
@@ -153,7 +154,8 @@ class LifecycleStore:
             grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
             if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
                 await call(  # renewed since it was indexed: warn later
-                    self._r.zadd(keys.EXPIRING_INDEX, {member: ms(self._store.warn_at(grant))})
+                    self._r.zadd(keys.expiring_index(agent),
+                                 {member: ms(self._store.warn_at(grant))})
                 )
                 continue
             event = (
@@ -167,8 +169,12 @@ class LifecycleStore:
 
     async def ack_warnings(self, done: Sequence[DueWarning]) -> None:
         """Forget announced (or moot) warnings."""
-        if done:
-            await call(self._r.zrem(keys.EXPIRING_INDEX, *(d.member for d in done)))
+        if not done:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for d in done:
+            pipe.zrem(keys.expiring_index(keys.parse_member(d.member)[0]), d.member)
+        await call(pipe.execute())
 
 
 def _stored(status: bytes, payload: bytes) -> Stored:

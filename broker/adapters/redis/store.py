@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
-from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.calls import async_client, call, translated
 from broker.adapters.redis.restore import Rebuild
 from broker.adapters.redis.values import (
     NO_FENCE,
@@ -72,7 +72,7 @@ class RedisGrantStore(Rebuild):
         cls, url: str, *, margin_s: int = 3600, warn_before_s: float = 30.0
     ) -> RedisGrantStore:
         """A store on a fresh client for ``url``."""
-        client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client = async_client(url)
         return cls(client, margin_s=margin_s, warn_before_s=warn_before_s)
 
     @property
@@ -102,8 +102,18 @@ class RedisGrantStore(Rebuild):
         return from_ms(raw) if raw else None
 
     async def mark_built(self, now: datetime) -> None:
-        """Record that the view now reflects the log."""
-        await call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+        """Record that the view now reflects the log: every slot's marker, then the epoch.
+
+        A node that loses its data (a flush, a failover to a replica that missed the writes)
+        loses its slots' markers with it: the agents on those slots are denied until a rebuild.
+        """
+        epoch = ms(now)
+        with translated("mark the view built"):
+            pipe = self._r.pipeline(transaction=False)
+            for marker in keys.view_markers():
+                pipe.set(marker, epoch)
+            await pipe.execute()
+        await call(self._r.set(keys.VIEW_EPOCH, epoch))
 
     async def now(self) -> datetime:
         """Redis's clock: the one that expires every key, so the one grants are judged by."""
@@ -124,7 +134,7 @@ class RedisGrantStore(Rebuild):
         pipe.pexpiretime(keys.quarantine(agent_id))
         pipe.get(keys.revoked(agent_id))
         pipe.get(keys.risk(agent_id))
-        pipe.exists(keys.VIEW_EPOCH)
+        pipe.exists(keys.view_marker(agent_id))
         if fence_key is not None:
             pipe.get(fence_key)
         if request_id is not None:
@@ -200,7 +210,7 @@ class RedisGrantStore(Rebuild):
                 keys.quarantine(agent),
                 keys.life(agent, gid),
                 keys.published(agent, d.request_id),
-                keys.VIEW_EPOCH,
+                keys.view_marker(agent),
                 keys.owner(agent, fence.role),
                 keys.rate(agent),
             ],
@@ -344,7 +354,7 @@ class RedisGrantStore(Rebuild):
             return Check(False, f"grant store unavailable, denying (fail closed): {exc}")
 
     async def _check_live(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
-        if await self.view_epoch() is None:
+        if not await call(self._r.exists(keys.view_marker(agent_id))):
             return Check(
                 False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
             )
