@@ -86,9 +86,22 @@ class RedisGrantStore(Rebuild):
 
     async def check_config(self) -> None:
         """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
-        cfg = await call(self._r.config_get("maxmemory-policy"))
-        policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
-        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        for cfg in await self._node_configs():
+            policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
+            policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+            self._refuse_eviction(policy)
+
+    async def _node_configs(self) -> list[dict[Any, Any]]:
+        """``maxmemory-policy`` of the one Redis, or of every node of a cluster."""
+        if isinstance(self._r, aioredis.RedisCluster):
+            cluster: Any = self._r
+            found = await call(cluster.config_get(
+                "maxmemory-policy", target_nodes=aioredis.RedisCluster.ALL_NODES))
+            return list(found.values()) if "maxmemory-policy" not in found else [found]
+        return [await call(self._r.config_get("maxmemory-policy"))]
+
+    @staticmethod
+    def _refuse_eviction(policy: str) -> None:
         if policy != "noeviction":
             raise StoreMisconfigured(
                 f"Redis maxmemory-policy is {policy!r}; permbroker needs 'noeviction' "
