@@ -64,6 +64,11 @@ def async_client(url: str, timeout: float = 2.0) -> aioredis.Redis:
         node, socket_timeout=timeout, socket_connect_timeout=timeout))
 
 
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a cluster client: its pipelines cannot carry scripts or TIME."""
+    return isinstance(client, aioredis.RedisCluster | redis.RedisCluster)
+
+
 def sync_client(url: str, timeout: float = 2.0) -> redis.Redis:
     """A blocking client for ``url``: a cluster client for a cluster scheme."""
     node = cluster_url(url)

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
-from broker.adapters.redis.calls import async_client, call, translated
+from broker.adapters.redis.calls import async_client, call, is_cluster, translated
 from broker.adapters.redis.restore import Rebuild
 from broker.adapters.redis.values import (
     NO_FENCE,
@@ -55,6 +55,7 @@ class RedisGrantStore(Rebuild):
         self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
     ) -> None:
         self._r = client
+        self._cluster = is_cluster(client)
         self._margin = timedelta(seconds=margin_s)
         self._warn_before = warn_before_s
         self._commit = client.register_script(lua.COMMIT)
@@ -142,7 +143,10 @@ class RedisGrantStore(Rebuild):
         round trip: a redelivery is recognised without a round trip of its own.
         """
         pipe = self._r.pipeline(transaction=False)
-        pipe.time()
+        if self._cluster:  # TIME has no key: a cluster pipeline refuses it
+            clock = await call(self._r.time())
+        else:
+            pipe.time()
         pipe.get(keys.quarantine(agent_id))
         pipe.pexpiretime(keys.quarantine(agent_id))
         pipe.get(keys.revoked(agent_id))
@@ -153,6 +157,8 @@ class RedisGrantStore(Rebuild):
         if request_id is not None:
             self._queue_recorded(pipe, agent_id, request_id)
         got = await call(pipe.execute())
+        if self._cluster:
+            got = [clock, *got]
         (sec, usec), rule, pxat, revoked, risk, built = got[:6]
         found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
@@ -244,9 +250,9 @@ class RedisGrantStore(Rebuild):
         def fill(pipe: Any) -> None:
             if g is not None:
                 self._index_expiry(pipe, g, record_until)
-            pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
 
-        status, payload, extra, published = (await self._with_script(lua.COMMIT, fill))[-1]
+        status, payload, extra, published = await self._with_script(
+            lua.COMMIT, fill, script_keys, script_args)
         status = status.decode()
         if status in ("blocked", "fenced"):
             return Committed(status, None, None, False, payload.decode(), extra.decode())
@@ -256,19 +262,27 @@ class RedisGrantStore(Rebuild):
         assert found is not None
         return Committed(status, found.decision, found.grant, found.published)
 
-    async def _with_script(self, script: str, fill: Callable[[Any], None]) -> list[Any]:
-        """Execute a pipeline that ``fill`` ends with an EVALSHA of ``script``: one round trip.
+    async def _with_script(self, script: str, fill: Callable[[Any], None],
+                           script_keys: list[str], script_args: list[Any]) -> Any:
+        """Run the commands ``fill`` queues, then the commit script: one round trip.
 
         (A script registered on a redis-py pipeline costs a SCRIPT EXISTS round trip on every
         execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
         pipeline runs again: its other commands are idempotent, and the script did not run.
+        A cluster pipeline cannot carry a script: there the commands go first, then the script.
         """
+        if self._cluster:
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            await call(pipe.execute())
+            return await call(self._commit(keys=script_keys, args=script_args))
         with translated():
             for _ in range(2):
                 pipe = self._r.pipeline(transaction=False)
                 fill(pipe)
+                pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
                 try:
-                    return list(await pipe.execute())
+                    return list(await pipe.execute())[-1]
                 except NoScriptError:
                     await self._r.script_load(script)
         raise StoreUnavailable("Redis lost the commit script twice in a row")
