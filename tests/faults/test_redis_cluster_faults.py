@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import sync_client
+from broker.adapters.redis.calls import close, sync_client
 from broker.adapters.redis.store import RedisGrantStore
 from broker.config import Settings
 from broker.stack import rediscluster
@@ -168,5 +168,5 @@ def test_a_master_killed_mid_burst_loses_nothing_and_its_slots_deny_until_a_repl
     finally:
         decisions.close()
         grants.close()
-        client.close()
+        close(client)
     figures.verify()

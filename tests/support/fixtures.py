@@ -19,7 +19,7 @@ from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import sync_client
+from broker.adapters.redis.calls import close, sync_client
 from broker.config import Settings
 from broker.policy import load_policy
 from broker.stack.credentials import role_access
@@ -118,7 +118,7 @@ def rclient(settings: Settings) -> Iterator[redis.Redis]:
     """A plain Redis client on the store."""
     client = sync_client(settings.redis_url)
     yield client
-    client.close()
+    close(client)
 
 
 def keys_without_ttl(client: redis.Redis) -> list[str]:
@@ -138,5 +138,5 @@ def every_grant_key_expires(services: Services) -> Iterator[None]:
     try:
         forever = keys_without_ttl(client)
     finally:
-        client.close()
+        close(client)
     assert not forever, f"keys without a TTL: {forever[:10]}"

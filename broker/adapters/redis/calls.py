@@ -78,6 +78,16 @@ def sync_client(url: str, timeout: float = 2.0) -> redis.Redis:
         node, socket_timeout=timeout, socket_connect_timeout=timeout))
 
 
+def close(client: redis.Redis) -> None:
+    """Close a blocking client; a cluster client's startup-node connections too (redis-py's
+    ``RedisCluster.close`` leaves them open)."""
+    client.close()
+    if isinstance(client, redis.RedisCluster):
+        for node in client.nodes_manager.startup_nodes.values():
+            if node.redis_connection is not None:
+                node.redis_connection.close()
+
+
 def ping(url: str, timeout: float = 2.0) -> None:
     """``StoreUnavailable`` unless the Redis at ``url`` answers (a process's startup check)."""
     client = sync_client(url, timeout)
@@ -85,7 +95,7 @@ def ping(url: str, timeout: float = 2.0) -> None:
         with translated(f"Redis at {_without_password(url)}"):
             client.ping()
     finally:
-        client.close()
+        close(client)
 
 
 def _without_password(url: str) -> str:
