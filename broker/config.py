@@ -206,7 +206,16 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off)"
+        9464, ge=0, le=65535, description="Worker Prometheus /metrics port on 127.0.0.1 (0: off; "
+        "each worker on one host needs its own)"
+    )
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans for the agent's publish, the worker's decision and "
+        "the view's apply, linked through the ce_traceparent header (needs permbroker[otel])"
+    )
+    tracing_file: Path | None = Field(
+        None, description="The worker appends its finished spans here as JSON lines (one object "
+        "per span: trace_id, span_id, parent_span_id, name, attributes, start_ns, end_ns)"
     )
     # Audit (tamper-evident stream, sensitive values as HMACs).
     audit_key_dir: Path | None = Field(

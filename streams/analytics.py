@@ -8,6 +8,8 @@ own time; the policy's ``detectors`` section says what is anomalous. A finding b
 ``risk.observed`` signal of kind ``behaviour_anomaly`` with the evidence, signed with the
 broker's analytics key (an operator principal the identity gate trusts for any agent), and an
 audit record of kind ``behaviour.anomaly``; the policy's revocation rules decide what it does.
+``UsageDetector`` does the same for the checks enforcement points report (``checks.reported``,
+handed over by streams.budgets): an agent whose checks stray far from its usual resources.
 
 Order per decision: load the profile; skip it if it already holds this offset (a redelivery);
 publish the findings' signals (deterministic ids); then save with a compare-and-set on the
@@ -20,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from broker.adapters.kafka import codec
 from broker.adapters.kafka.codec import Encoded
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.behaviour.profiles import (
     ClassView,
     Finding,
@@ -37,11 +40,18 @@ from broker.behaviour.profiles import (
     observe,
     silence,
 )
+from broker.behaviour.usage import judge
 from broker.errors import WireError
 from broker.grants.decide import derive_id
 from broker.policy.detectors import Detectors
 from schemas import topics
-from schemas.events import AgentProfile, AuditRecord, EscalationDecided, RiskObserved
+from schemas.events import (
+    AgentProfile,
+    AuditRecord,
+    ChecksReported,
+    EscalationDecided,
+    RiskObserved,
+)
 from streams.worker import SOURCE, Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.analytics")
@@ -70,6 +80,10 @@ class Analytics:
         # (agent class, model version, kind) -> count: bounded labels for Prometheus.
         self.counts: dict[tuple[str, str, str], int] = {}
 
+    def sign(self, message: Encoded) -> Encoded:
+        """Sign a message with the broker's analytics key."""
+        return self._sign(message)
+
     def _count(self, obs: Observation, kind: str) -> None:
         key = (obs.agent_class, obs.model_version, kind)
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -84,7 +98,7 @@ class Analytics:
         try:
             event = self.ctx.read(msg)  # a decision the broker signed, or a refusal
         except WireError as exc:
-            await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}")
+            await self.ctx.dead_letter(msg, f"behaviour analytics: {exc}", "analytics")
             return
         if not isinstance(event, EscalationDecided):
             return  # renewal/release decisions and command answers are not requests
@@ -164,6 +178,52 @@ def anomaly_audit(signal: RiskObserved, finding: Finding, decision: EscalationDe
                             "agent_class": profile.agent_class,
                             "model_version": profile.model_version}},
     )
+
+
+class UsageDetector:
+    """The unusual-resources detector: reported checks in, signed risk signals out."""
+
+    def __init__(self, analytics: Analytics) -> None:
+        self._a = analytics
+
+    async def on_checks(self, report: ChecksReported) -> None:
+        """Fold one check report into its agent's usual resources; signal a stray window."""
+        a = self._a
+        cfg = a.ctx.policy.detectors
+        rule = cfg.unusual_resources if cfg is not None else None
+        if cfg is None or rule is None:
+            return
+        await a.gate.ready.wait()  # the registry is loaded
+        agent = a.gate.profile(report.agent_id)
+        checks = [(c.resource, c.checked_at) for c in report.checks if c.resource]
+        if agent is None or not cfg.watches(agent.agent_class) or not checks:
+            return
+        window = await a.store.observe_checks(report.agent_id, report.report_id, checks, rule)
+        finding = judge(window, rule) if window is not None else None
+        at = max(when for _, when in checks)
+        if finding is None or not await a.store.cool_down(
+                report.agent_id, at + timedelta(seconds=rule.cooldown_s)):
+            return
+        signal = RiskObserved(
+            signal_id=derive_id("behaviour", f"{report.report_id}:{finding.detector}",
+                                report.agent_id),
+            subject_agent_id=report.agent_id, kind=SIGNAL_KIND, severity=finding.severity,
+            source=SIGNAL_SOURCE, detail=f"{finding.detector}: {finding.summary}",
+            observed_at=at, evidence=finding.evidence)
+        await a.ctx.publisher.publish(topics.RISK.name,
+                                      [a.sign(codec.encode(signal, source=SOURCE))])
+        await a.ctx.audit(AuditRecord(
+            audit_id=derive_id("audit-behaviour", signal.signal_id, report.agent_id),
+            kind="behaviour.anomaly", agent_id=report.agent_id, occurred_at=at,
+            subject_id=signal.signal_id, outcome="signalled", reasons=(finding.summary,),
+            rules=(f"detector:{finding.detector}",), policy_revision=a.ctx.policy.revision,
+            inputs={"signal": signal.model_dump(mode="json"), "evidence": finding.evidence,
+                    "report_id": report.report_id, "service": report.service}))
+        a.counts[(agent.agent_class, agent.model.version, f"signal_{finding.detector}")] = \
+            a.counts.get((agent.agent_class, agent.model.version,
+                          f"signal_{finding.detector}"), 0) + 1
+        log.warning("behaviour anomaly of %s (%s): %s; signal %s", report.agent_id,
+                    finding.detector, finding.summary, signal.signal_id)
 
 
 class BehaviourCollector(Collector):

@@ -134,6 +134,12 @@ def incoming(event: Any) -> Incoming:
     return Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, items)
 
 
+def consumed(app: faust.App) -> list[str]:
+    """The broker's topics the app's agents consume (faust's own internal ones left out)."""
+    known = {t.name for t in topics.ALL_TOPICS}
+    return sorted({name for t in app.topics for name in t.topics} & known)
+
+
 def wire(app: faust.App, worker: Worker, settings: Settings) -> None:
     """Add the worker's tasks, agents and timers to ``app``."""
     _watch_assignment(app, worker.ctx)

@@ -17,13 +17,15 @@ votes appended inside the window are counted first.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from broker.adapters.ports import NO_FENCE, Committed, Fence, RateLimit
 from broker.adapters.redis.approvals import ApprovalStore, Held
 from broker.errors import Fenced, StoreUnavailable, WireError
 from broker.grants.approvals import resolve, vote_audit, vote_problem
-from broker.grants.decide import HeldForApproval
+from broker.grants.decide import HeldForApproval, Pending
+from broker.grants.delegation_hold import HeldDelegation
 from broker.policy import RiskContext
 from schemas import topics
 from schemas.events import ApprovalVoted, ScopeDenial
@@ -42,6 +44,8 @@ class Approvals:
         self.gate = gate
         self.store = store
         self.grace = timedelta(seconds=grace_s)
+        # Decides a held delegation once closed (set by the composition root).
+        self.finish_delegation: Callable[[Held], Awaitable[None]] | None = None
 
     async def hold(self, held: HeldForApproval, rate: RateLimit, now: datetime) -> bool:
         """Hold a request ``decide`` held for approval; False when over the rate limit."""
@@ -71,7 +75,7 @@ class Approvals:
             ctx.fenced(msg, str(exc))
             return
         except WireError as exc:
-            await ctx.dead_letter(msg, str(exc))
+            await ctx.dead_letter(msg, str(exc), exc.code)
             return
         try:
             admission = await ctx.retrying("identity", lambda: self.gate.admit(msg, vote))
@@ -115,6 +119,11 @@ class Approvals:
         resolution = held.resolution() if held is not None else None
         if held is None or resolution is None:
             return
+        if isinstance(held.pending, HeldDelegation):
+            if self.finish_delegation is not None:
+                await self.finish_delegation(held)
+                await self.store.forget_due(agent_id, request_id)
+            return
         committed = recorded or await self._commit(held, fence)
         await announce(self.ctx, committed, msg)
         await self.store.forget_due(agent_id, request_id)
@@ -124,7 +133,7 @@ class Approvals:
     async def _commit(self, held: Held, fence: Fence) -> Committed:
         """Commit the decision of a closed request; a blocked grant becomes a denial saying why."""
         pending, resolution = held.pending, held.resolution()
-        assert resolution is not None
+        assert resolution is not None and isinstance(pending, Pending)
         agent_id = pending.request.agent_id
         blocked: ScopeDenial | None = self.gate.standing(agent_id)
         for _attempt in range(4):

@@ -15,9 +15,12 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Iterable
 
 import faust
+from prometheus_client.registry import Collector
 
+from broker.adapters import logs, tracing
 from broker.adapters.audit.keys import load_keys
 from broker.adapters.audit.sealer import Sealer
 from broker.adapters.crypto.analytics_key import ensure_analytics_key
@@ -30,12 +33,14 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics, grant_topic_names
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
+from broker.adapters.kafka.lag import LagProbe
 from broker.adapters.ports import Publisher
 from broker.adapters.redis.approvals import ApprovalStore
 from broker.adapters.redis.budgets import BudgetRevoker
 from broker.adapters.redis.identity import IdentityStore
 from broker.adapters.redis.lifecycle import LifecycleStore
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.census import Census, ClassOf
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
 from broker.audit.redact import Redactor
@@ -45,7 +50,7 @@ from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
-from streams.analytics import Analytics, BehaviourCollector
+from streams.analytics import Analytics, BehaviourCollector, UsageDetector
 from streams.approvals import Approvals
 from streams.budgets import Budgets
 from streams.delegation import Delegations
@@ -55,6 +60,7 @@ from streams.identity.gate import IdentityGate
 from streams.lifecycle import Lifecycle
 from streams.metrics import serve_metrics
 from streams.risk import Risk
+from streams.telemetry.probes import ProbeCollector, SealerWatch
 from streams.worker import WorkerContext
 
 log = logging.getLogger("permbroker.worker")
@@ -73,13 +79,17 @@ def main() -> int:
     try:
         kafka = KafkaAccess.from_settings(settings)
         app = faust_app.make_app(settings, kafka)
-        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app))
+        worker = build(settings, kafka, policy, faust_app.FaustPublisher(app),
+                       inputs=lambda: faust_app.consumed(app))
     except (ConfigError, KeyFileError) as exc:
         print(f"permbroker worker: {exc}", file=sys.stderr)
         return 2
     faust_app.wire(app, worker, settings)
-    logging.getLogger("permbroker").setLevel(loglevel.upper() if loglevel != "warn" else "WARNING")
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    level = loglevel.upper() if loglevel != "warn" else "WARNING"
+    logging.getLogger("permbroker").setLevel(level)
+    logs.hide(kafka.password)
+    faust.Worker(app, loglevel=loglevel, quiet=True,
+                 logging_config=logs.logging_config(level)).execute_from_commandline()
     return 0
 
 
@@ -94,10 +104,12 @@ def _gate(settings: Settings, ctx: WorkerContext, policy: Policy) -> IdentityGat
     )
 
 
-def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
-          publisher: Publisher) -> faust_app.Worker:
-    """Every handler of a worker, built once; ConfigError when a key it needs is missing."""
+def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Publisher,
+          inputs: Callable[[], Iterable[str]] = tuple) -> faust_app.Worker:
+    """Every handler of a worker, built once; ConfigError when a key it needs is missing.
+    ``inputs``: the topics the worker consumes (their lag is served as a metric)."""
     margin_s = settings.record_margin_s
+    tracing.configure(settings.tracing, settings.tracing_file, "permbroker-worker")
     store = RedisGrantStore.from_url(
         settings.redis_url, margin_s=margin_s, warn_before_s=settings.expiry_warning_s
     )
@@ -127,28 +139,53 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy,
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
+    delegations = Delegations(ctx, gate, life, store, held=approvals.store)
+    approvals.finish_delegation = delegations.finish_held
     principal, key = ensure_analytics_key(settings)
     analytics = Analytics(ctx, gate, ProfileStore.from_url(settings.redis_url),
                           lambda m: sign_message(m, key, principal))
-    metrics = serve_metrics(ctx, settings.metrics_port)
-    if metrics is not None:
-        metrics.register(BehaviourCollector(analytics))
-        metrics.register(RefusalCollector(trust.refusals))
+    sealer = SealerWatch(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)) \
+        if settings.audit_sealer else None
+    _serve_metrics(settings, kafka, ctx, gate, inputs, sealer,
+                   BehaviourCollector(analytics), RefusalCollector(trust.refusals))
+    budgets = Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s))
+    budgets.observe_checks = UsageDetector(analytics).on_checks
     return faust_app.Worker(
         ctx=ctx,
         escalations=Escalations(ctx, gate, holder=approvals, grant_requests=lifecycle.on_request,
-                                delegations=Delegations(ctx, gate, life, store)),
+                                delegations=delegations),
         risk=risk,
         lifecycle=lifecycle,
         approvals=approvals,
-        budgets=Budgets(ctx, BudgetRevoker(store.client, margin_s=margin_s)),
+        budgets=budgets,
         analytics=analytics,
         commands=Commands(ctx, gate, risk, settings, kafka, keyring, trust, life),
         start=functools.partial(_start, ctx, kafka, routing, trust),
         announce=functools.partial(announce_routing, ctx, kafka),
-        sealer=(functools.partial(Sealer, settings, kafka, audit_keys, ctx.sign)
-                if settings.audit_sealer else None),
+        sealer=sealer,
     )
+
+
+def _serve_metrics(settings: Settings, kafka: KafkaAccess, ctx: WorkerContext,
+                   gate: IdentityGate, inputs: Callable[[], Iterable[str]],
+                   sealer: SealerWatch | None, *collectors: Collector) -> None:
+    """Serve the worker's metrics, ``collectors`` and the scrape-time probes (the grant view,
+    consumer and sealer lag) with them, unless the port is 0 or taken."""
+    metrics = serve_metrics(ctx, settings.metrics_port)
+    if metrics is None:
+        return
+    for collector in collectors:
+        metrics.register(collector)
+    metrics.register(ProbeCollector(Census(settings.redis_url), LagProbe(kafka, settings.app_id),
+                                    _class_of(gate), inputs, sealer))
+
+
+def _class_of(gate: IdentityGate) -> ClassOf:
+    """An agent's class as the registry knows it (for bounded metric labels)."""
+    def class_of(agent_id: str) -> str | None:
+        profile = gate.profile(agent_id)
+        return profile.agent_class if profile is not None else None
+    return class_of
 
 
 def _routing(settings: Settings, policy: Policy) -> GrantRouting:

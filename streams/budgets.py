@@ -14,6 +14,7 @@ audited, one record per check. An undecodable report goes to the dead-letter top
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from broker.adapters.redis.budgets import BudgetRevoker, Exhaustion
@@ -34,6 +35,9 @@ class Budgets:
     def __init__(self, ctx: WorkerContext, revoker: BudgetRevoker) -> None:
         self.ctx = ctx
         self._revoker = revoker
+        # Sees each check report before it is audited (the usage detector; set by the
+        # composition root): once a report's checks are audited, its detection is done.
+        self.observe_checks: Callable[[ChecksReported], Awaitable[None]] | None = None
 
     async def on_usage(self, msg: Incoming) -> None:
         """Handle one report of the usage topic (retried until stored and published)."""
@@ -45,12 +49,14 @@ class Budgets:
                 return
             event = expect(found, msg, GrantUsed)
         except WireError as exc:
-            await self.ctx.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc), exc.code)
             return
         await self.ctx.retrying("usage", lambda: self._apply(event, msg))
 
     async def _checks(self, report: ChecksReported, msg: Incoming) -> None:
         """Audit each reported check (resources hashed wherever they are quoted)."""
+        if self.observe_checks is not None:
+            await self.observe_checks(report)
         resources = tuple(sorted({c.resource for c in report.checks if c.resource}))
         await self.ctx.audit(*check_audits(report, msg.received_at), also=resources)
         self.ctx.count("check_reports")

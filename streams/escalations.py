@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from broker.adapters import logs, tracing
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
 from broker.adapters.redis import keyspace as keys
 from broker.audit.records import attempt_fenced_audit
@@ -121,21 +123,28 @@ class Escalations:
             ctx.fenced(msg, str(exc))
             return
         except WireError as exc:
-            await ctx.dead_letter(msg, str(exc))
+            await ctx.dead_letter(msg, str(exc), exc.code)
             return
         # The first snapshot (reads only) is taken while the identity gate checks the
         # signature, to save its round trip; a retry of the decision reads afresh.
         first = [asyncio.ensure_future(self._snapshot(request, msg, recorded=True))]
-        try:
-            admission = await self._admit(msg, request)
-            if admission is not None and self.gate.profile(request.agent_id) is None:
-                await ctx.retrying("decide", lambda: self._deny_stranger(request, msg, admission))
-            elif admission is not None:
-                await ctx.retrying("decide", lambda: self._decide(request, msg, admission, first))
-        except Fenced as exc:
-            ctx.fenced(msg, str(exc))
-        finally:
-            _discard(first)
+        # A span per decision, child of the agent's publish; the grant and decision records
+        # published inside it carry its context on to the views.
+        with tracing.span("permbroker.worker.decide", parent=msg.headers, attributes={
+                "permbroker.agent_id": request.agent_id,
+                "permbroker.request_id": request.request_id}):
+            try:
+                admission = await self._admit(msg, request)
+                if admission is not None and self.gate.profile(request.agent_id) is None:
+                    await ctx.retrying("decide",
+                                       lambda: self._deny_stranger(request, msg, admission))
+                elif admission is not None:
+                    await ctx.retrying("decide",
+                                       lambda: self._decide(request, msg, admission, first))
+            except Fenced as exc:
+                ctx.fenced(msg, str(exc))
+            finally:
+                _discard(first)
 
     async def _admit(
         self, msg: Incoming,
@@ -161,12 +170,15 @@ class Escalations:
                          state=AgentState(), received_at=at, now=at, risk=risk,
                          blocked_by=admission.denial(), note={"stranger": True}, signer=signer)
         await ctx.audit(outcome.audit)
+        committed_at = time.time()  # nothing to commit in Redis: decided once audited
         await ctx.partition_fence(msg)
         ctx.count(f"decided_{outcome.decision.outcome}")
         await ctx.emit(topics.DECISIONS.name, outcome.decision)
+        ctx.figures.decided(outcome.decision, msg.timestamp, committed_at)
 
     async def _decide(self, request: EscalationRequested, msg: Incoming, admission: Admission,
                       first: list[asyncio.Task[Snapshot]]) -> None:
+        logs.bind(agent_id=request.agent_id, request_id=request.request_id)
         agent = self.gate.profile(request.agent_id)
         carry = _Carry(self._rate(agent), admission.denial(), {})
         signer = Signer(admission.signer.id, admission.signer.kid) if admission.signer else None
@@ -301,6 +313,9 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
     decision = committed.decision
     if decision is None:  # blocked every time: the next attempt starts over
         raise StoreUnavailable("agent state kept changing during the decision")
+    # Committed just now, or (finished after a crash) around when it was decided.
+    committed_at = time.time() if committed.status != "existing" else \
+        decision.decided_at.timestamp()
     # Stalled since the commit? Then the new owner announces it (found stored, unpublished).
     await ctx.partition_fence(msg)
     if committed.status == "existing" and committed.published:
@@ -313,12 +328,16 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
         await ctx.audit(decision_audit(decision, {"recovered_from": msg.origin}))
     else:
         ctx.count(f"decided_{decision.outcome}")
+    logs.bind(agent_id=decision.agent_id, request_id=decision.request_id,
+              grant_id=decision.grant_id)
     # The grant first, so whoever sees the decision can already find the grant.
     if committed.grant is not None:
         token = await ctx.emit_grants((committed.grant, None))
         if token is not None:
             decision = decision.model_copy(update={"consistency_token": token.encode()})
     await ctx.emit(topics.DECISIONS.name, decision)
+    ctx.figures.decided(decision, msg.timestamp, committed_at)
+    log.info("decided: %s", decision.outcome)  # the ids are bound (agent, request, grant)
     if pending is not None:  # a fail-closed denial: its record waits for the audit to return
         await ctx.audit_until_written(pending)
     await ctx.store.mark_published(

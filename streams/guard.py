@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from broker.adapters import logs
 from broker.errors import BusError, Fenced, StoreUnavailable
 from streams.worker import HANDLING, Incoming, WorkerContext
 
@@ -35,14 +36,22 @@ async def guarded(ctx: WorkerContext, msg: Incoming, handle: Handler, *,
     cancellation, which hands the message to the partition's next owner)."""
     token = HANDLING.set(msg)
     try:
-        failure = await _until_done(ctx, msg, handle)
+        with logs.bound(origin=msg.origin, event_id=_event_id(msg), agent_id=None,
+                        request_id=None, grant_id=None):  # the handler binds what it learns
+            failure = await _until_done(ctx, msg, handle)
         if failure is not None:
-            await ctx.dead_letter(msg, failure)
+            await ctx.dead_letter(msg, failure, "handler-failed")
             if fail_safe is not None:
                 await _until_safe(ctx, msg, fail_safe, failure)
     finally:
         ctx.waits.done(msg)
         HANDLING.reset(token)
+
+
+def _event_id(msg: Incoming) -> str | None:
+    """The message's CloudEvents id (its ``ce_id`` header), bounded; None without one."""
+    raw = next((v for k, v in msg.headers if k == "ce_id"), None)
+    return raw[:128].decode(errors="replace") if raw else None
 
 
 async def _until_done(ctx: WorkerContext, msg: Incoming, handle: Handler) -> str | None:

@@ -1,6 +1,9 @@
 """Prometheus metrics of a worker: its counters, served over HTTP. Imports prometheus_client.
 
-``PERMBROKER_METRICS_PORT`` (0 = off) serves ``/metrics`` with ``permbroker_worker_events_total``
+``PERMBROKER_METRICS_PORT`` (default 9464; 0 = off) serves ``/metrics`` on 127.0.0.1 with the
+decision figures (streams/telemetry/figures.py), the scrape-time probes
+(streams/telemetry/probes.py), ``permbroker_worker_identity_rejections_total`` by rule, and
+``permbroker_worker_events_total``
 labelled by what happened (decided_granted, dead_lettered, fenced, rate_limited, ...),
 ``permbroker_worker_partitions`` (the input partitions the worker currently owns),
 ``permbroker_worker_waiting_seconds`` (a partition held up by a retry: for how long, at which
@@ -10,16 +13,20 @@ has waited longer than ``UNREADY_AFTER_S``), its readiness signal.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.worker import WorkerContext
 
+log = logging.getLogger("permbroker.worker")
+
 UNREADY_AFTER_S = 5.0
+REJECTED = "rejected_"  # the identity gate's counters: rejected_<rule>
 
 
 class _WorkerCollector(Collector):
@@ -32,9 +39,15 @@ class _WorkerCollector(Collector):
         events = CounterMetricFamily(
             "permbroker_worker_events", "What the worker did, by kind", labels=["kind"]
         )
+        rejections = CounterMetricFamily(
+            "permbroker_worker_identity_rejections", "Events the identity gate refused, by rule",
+            labels=["rule"])
         for kind, value in sorted(self._ctx.counters.items()):
             events.add_metric([kind], value)
+            if kind.startswith(REJECTED):
+                rejections.add_metric([kind.removeprefix(REJECTED)], value)
         yield events
+        yield rejections
         owned = GaugeMetricFamily("permbroker_worker_partitions", "Input partitions owned")
         owned.add_metric([], len(self._ctx.epochs))
         yield owned
@@ -59,11 +72,28 @@ class _WorkerCollector(Collector):
         yield ready
 
 
+class _Registered(Collector):
+    """Another registry's metrics (the context's figures), served with these."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+
+
 def serve_metrics(ctx: WorkerContext, port: int) -> CollectorRegistry | None:
-    """Serve the worker's metrics on 127.0.0.1:``port`` (nothing when port is 0)."""
+    """Serve the worker's metrics on 127.0.0.1:``port`` (nothing when port is 0, or when the
+    port is taken: logged, the worker decides on without them)."""
     if not port:
         return None
     registry = CollectorRegistry()
     registry.register(_WorkerCollector(ctx))
-    start_http_server(port, addr="127.0.0.1", registry=registry)
+    registry.register(_Registered(ctx.figures.registry))
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        log.error("not serving metrics: port %d: %s", port, exc)
+        return None
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
     return registry

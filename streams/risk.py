@@ -54,7 +54,7 @@ class Risk:
             try:
                 signal = ctx.decode(msg, RiskObserved)
             except WireError as exc:
-                await ctx.dead_letter(msg, str(exc))
+                await ctx.dead_letter(msg, str(exc), exc.code)
                 if await self._may_fail_safe(msg):
                     await self._fail_safe_revoke(msg, str(exc))
                 return

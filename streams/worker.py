@@ -42,6 +42,7 @@ from broker.policy import Policy
 from schemas import topics
 from schemas.events import AgentProfile, AuditRecord, RoutingAnnounced, ScopeDenial, WireModel
 from streams.dead_letter import dead_letter_audit, dead_letter_message
+from streams.telemetry.figures import Figures
 
 log = logging.getLogger("permbroker.worker")
 T = TypeVar("T")
@@ -229,6 +230,7 @@ class WorkerContext:
         self.routing = routing or GrantRouting()
         self.ready = asyncio.Event()  # set once the view is built and the policy announced
         self.counters: dict[str, int] = {}
+        self.figures = Figures()  # latencies, decisions by rule, dead letters by reason
         # (topic, partition) -> the epoch this worker claimed when it was assigned it. With
         # fencing on, a message of a partition not in here is not ours: it is left alone.
         self.fencing = fencing
@@ -309,8 +311,9 @@ class WorkerContext:
         """Record the policy bundle this worker decides with, before its first decision."""
         await self.audit_until_written(policy_loaded_audit(self.policy, datetime.now(UTC), worker))
 
-    async def dead_letter(self, msg: Incoming, reason: str) -> None:
-        """Park a message that cannot be processed (bounded copy, origin, reason) and audit it."""
+    async def dead_letter(self, msg: Incoming, reason: str, code: str = "unprocessable") -> None:
+        """Park a message that cannot be processed (bounded copy, origin, reason) and audit it;
+        ``code`` (a finite set: error codes) is the reason its metric counts it under."""
         origin = (msg.topic, msg.partition, msg.offset)
         dlq = dead_letter_message(msg.key, msg.value, msg.headers, origin, reason)
         audit = dead_letter_audit(msg.key, msg.value, msg.headers, origin, reason, msg.received_at)
@@ -319,6 +322,7 @@ class WorkerContext:
         )
         await self.audit_until_written(audit)
         self.count("dead_lettered")
+        self.figures.dead_lettered(code)
         log.warning("dead-lettered %s: %s", msg.origin, reason[:300])
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:

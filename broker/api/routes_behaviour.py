@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.api.auth import Operator, runtime_of
 from broker.api.bodies import AgentIdPath, LabelPath
 from broker.api.problems import PROBLEMS, Refused

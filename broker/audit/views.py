@@ -1,12 +1,15 @@
 """Views of the audit log (pure): who could do what at a past instant, and one agent's story.
 
-Imports broker.audit.replay, schemas and stdlib. Reads records, returns values.
+Imports broker.audit.replay, broker.grants.delegation, schemas and stdlib. Reads records,
+returns values.
 
 A grant is active at T when the decision that took effect granted it at or before T
 (``decided_at`` = the grant's ``issued_at``), and at T it had neither reached its ``expires_at``
 (moved by the renewals recorded by T) nor been revoked or released. Revocations come from
 ``grant.revoked`` records (their ``revoked_at``) and from ``risk.observed`` records that list
-the grants they revoked; releases from ``grant.release`` records that released.
+the grants they revoked; releases from ``grant.release`` records that released. A delegated
+grant (``grant.delegation.decided``) is active at T only while its parent, and the parent's
+parent, ... were active at T too: a child never outlives its parent, even in replay.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from broker.audit.replay import DECIDED, Ref, approval_effective, effective
-from schemas.events import AuditRecord
+from broker.grants.delegation import DECIDED_KIND as DELEGATION_DECIDED
+from schemas.events import AuditRecord, DelegationDecided, EscalationDecided
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class ActiveGrant:
     reasons: tuple[str, ...]
     policy_revision: str
     ref: Ref
+    parent_grant_id: str | None = None  # a delegated grant's parent
 
 
 @dataclass(frozen=True)
@@ -88,24 +93,65 @@ def _renewals(records: list[AuditRecord], at: datetime) -> dict[str, datetime]:
     return until
 
 
+def _span(ref: AuditRecord, grant_id: str, agent_id: str, request_id: str,
+          decision: EscalationDecided | DelegationDecided, ended: dict[str, tuple[datetime, str]],
+          renewed: dict[str, datetime], parent: str | None = None) -> ActiveGrant | None:
+    """The whole life of one granted decision's grant (None for a denial)."""
+    if decision.outcome != "granted" or decision.expires_at is None:
+        return None
+    expires = max(decision.expires_at, renewed.get(grant_id, decision.expires_at))
+    end, by = expires, "expiry"
+    if grant_id in ended and ended[grant_id][0] < end:
+        end, by = ended[grant_id]
+    return ActiveGrant(
+        grant_id, agent_id, request_id, decision.granted_scopes, decision.resources,
+        decision.decided_at, expires, end, by, decision.matched_rules, decision.reasons,
+        decision.policy_revision, Ref.of(ref), parent)
+
+
+def _delegated(records: list[AuditRecord]) -> dict[tuple[str, str], tuple[AuditRecord,
+                                                                        DelegationDecided]]:
+    """(delegator, request id) -> the delegation decision that took effect (the last one: a
+    child the store refused is recorded again as a denial)."""
+    out = {}
+    for record in records:
+        raw = record.inputs.get("decision")
+        if record.kind == DELEGATION_DECIDED and isinstance(raw, dict):
+            decision = DelegationDecided.model_validate(raw)
+            out[(decision.agent_id, decision.request_id)] = (record, decision)
+    return out
+
+
+def _chain_active(grant: ActiveGrant, spans: dict[str, ActiveGrant], at: datetime) -> bool:
+    """Whether every ancestor of a delegated grant was active at ``at`` too."""
+    seen: set[str] = set()
+    while grant.parent_grant_id is not None:
+        parent = spans.get(grant.parent_grant_id)
+        if parent is None or parent.grant_id in seen or not parent.issued_at <= at < parent.ends_at:
+            return False
+        seen.add(parent.grant_id)
+        grant = parent
+    return True
+
+
 def grants_as_of(records: Iterable[AuditRecord], at: datetime) -> list[ActiveGrant]:
-    """Every grant active at ``at``, sorted by agent then expiry."""
+    """Every grant active at ``at``, sorted by agent then expiry; a delegated grant only while
+    its whole parent chain was active as well."""
     listed = list(records)
     ended, renewed = _revocations(listed), _renewals(listed, at)
-    out = []
+    spans: dict[str, ActiveGrant] = {}
     for d in [*effective(listed).values(), *approval_effective(listed).values()]:
         dec = d.decision
-        if dec.outcome != "granted" or dec.grant_id is None or dec.expires_at is None:
-            continue
-        expires = max(dec.expires_at, renewed.get(dec.grant_id, dec.expires_at))
-        end, by = expires, "expiry"
-        if dec.grant_id in ended and ended[dec.grant_id][0] < end:
-            end, by = ended[dec.grant_id]
-        if dec.decided_at <= at < end:
-            out.append(ActiveGrant(
-                dec.grant_id, dec.agent_id, dec.request_id, dec.granted_scopes, dec.resources,
-                dec.decided_at, expires, end, by, dec.matched_rules, dec.reasons,
-                dec.policy_revision, Ref.of(d.record)))
+        if dec.grant_id is not None and (g := _span(
+                d.record, dec.grant_id, dec.agent_id, dec.request_id, dec, ended, renewed)):
+            spans[g.grant_id] = g
+    for record, deleg in _delegated(listed).values():
+        if deleg.grant_id is not None and (g := _span(
+                record, deleg.grant_id, deleg.delegate_id, deleg.request_id, deleg, ended,
+                renewed, deleg.parent_grant_id)):
+            spans[g.grant_id] = g
+    out = [g for g in spans.values()
+           if g.issued_at <= at < g.ends_at and _chain_active(g, spans, at)]
     return sorted(out, key=lambda g: (g.agent_id, g.expires_at, g.grant_id))
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Literal
 
 from broker.grants.decide import AgentState, Outcome, Pending, decide, derive_id
+from broker.grants.delegation_hold import HeldDelegation
 from broker.policy import Evaluation, Policy, RiskContext
 from broker.policy.model import APPROVAL_DENIED, APPROVAL_EXPIRED
 from schemas.events import AgentProfile, ApprovalVoted, AuditRecord, ScopeDenial
@@ -41,13 +42,16 @@ class Resolution:
     denier: str = ""
 
 
-def vote_problem(vote: ApprovalVoted, pending: Pending,
+def vote_problem(vote: ApprovalVoted, pending: Pending | HeldDelegation,
                  received_at: datetime) -> ScopeDenial | None:
     """Why a vote does not count (self-approval, not an approver, window closed), or None."""
     event = pending.event
     if vote.approver == vote.agent_id or vote.approver == event.agent_id:
         return ScopeDenial(scope="*", rule=SELF_APPROVAL, reason=f"{vote.approver} requested "
                            "this escalation; the requesting agent can never approve its own")
+    if isinstance(pending, HeldDelegation) and vote.approver == pending.request.delegate_id:
+        return ScopeDenial(scope="*", rule=SELF_APPROVAL, reason=f"{vote.approver} is the "
+                           "delegate of this delegation; it can never approve what it receives")
     if vote.approver not in event.approvers:
         return ScopeDenial(scope="*", rule=NOT_AN_APPROVER, reason=f"{vote.approver} is not "
                            f"an approver of this request ({', '.join(event.approvers)})")

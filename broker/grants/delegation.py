@@ -34,6 +34,7 @@ PARENT = "delegation-parent"  # the parent grant is not the delegator's, or has 
 SUBSET = "delegation-subset"  # a scope or every resource outside the parent grant
 DELEGATOR = "delegation-delegator"  # the delegator is revoked or quarantined
 DELEGATE = "delegation-delegate"  # the delegate is unknown, the delegator itself, or quarantined
+DECIDED_KIND = "grant.delegation.decided"  # the audit record of a delegation decision
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def delegation_audit(decision: DelegationDecided, request: DelegationRequested,
     """The audit record of a delegation decision, with every input it was decided on."""
     return AuditRecord(
         audit_id=derive_id("audit-delegation", decision.request_id + suffix, decision.agent_id),
-        kind="grant.delegation.decided", agent_id=decision.agent_id, occurred_at=now,
+        kind=DECIDED_KIND, agent_id=decision.agent_id, occurred_at=now,
         subject_id=decision.request_id, outcome=decision.outcome, reasons=decision.reasons,
         rules=decision.matched_rules, policy_revision=decision.policy_revision,
         inputs={"request": request.model_dump(mode="json"),

@@ -3,7 +3,9 @@
 A ``delegation_rules`` section of the Policy document; without a rule that covers a scope, a
 delegation of it is denied (default deny). A rule names the delegating classes
 (``from_classes``), the receiving classes (``to_classes``), the scopes (globs allowed) and a
-``max_duration`` for the child grant (never past the parent's expiry in any case).
+``max_duration`` for the child grant (never past the parent's expiry in any case), and
+optionally an ``approval`` (quorum, approvers, window, as escalation rules have): the
+delegation is then held until enough approvers agree (``broker.grants.delegation_hold``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.policy.fields import At, check_fields, optional_duration, scope_list, string, strings
-from broker.policy.model import AgentClass
+from broker.policy.graduated_loader import parse_approval
+from broker.policy.model import AgentClass, ApprovalSpec
 from broker.policy.source import LineMap
 
 
@@ -25,6 +28,7 @@ class DelegationRule:
     scopes: tuple[str, ...]
     max_duration_s: int | None = None
     description: str = ""
+    approval: ApprovalSpec | None = None  # set: held until approvers agree
 
 
 def parse_delegation(body: LineMap, at: At, classes: dict[str, AgentClass],
@@ -32,7 +36,7 @@ def parse_delegation(body: LineMap, at: At, classes: dict[str, AgentClass],
     """One delegation rule, checked against the defined classes and the default maximum."""
     check_fields(body, at, "a delegation rule",
                  required=("id", "from_classes", "to_classes", "scopes"),
-                 optional=("description", "max_duration"))
+                 optional=("description", "max_duration", "approval"))
     refs = {}
     for key in ("from_classes", "to_classes"):
         names = strings(body, key, at, required=True)
@@ -48,4 +52,5 @@ def parse_delegation(body: LineMap, at: At, classes: dict[str, AgentClass],
         max_duration_s=optional_duration(body, "max_duration", at,
                                          cap=("defaults.max_duration", max_s)),
         description=string(body, "description", at, default=""),
+        approval=parse_approval(body, at, tuple(s for s, _ in scopes), "a delegation rule"),
     )

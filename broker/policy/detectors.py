@@ -14,9 +14,16 @@ errors like the rest of the bundle::
       denial_burst: {window: 1m, min_denials: 5, min_ratio: 0.5, severity: 0.85}
       novel_pattern: {min_class_requests: 200, remember: 30d, severity: 0.6}
       off_hours: {min_requests: 200, max_share: 0.01, severity: 0.5}
+      unusual_resources: {window: 1m, min_checks: 20, max_new_share: 0.5, min_known: 5,
+                          remember: 7d, severity: 0.9}
 
 Each detector also takes ``cooldown`` (default: its window; one hour for ``off_hours``): after
 it fires for an agent, it stays silent for that agent that long.
+
+``unusual_resources`` reads what agents do, not what they ask for: the checks enforcement
+points report. It fires when, in ``window``, an agent made at least ``min_checks`` checks and
+at least ``max_new_share`` of them touched resources it had never used before, once it has a
+usual set of at least ``min_known`` resources (remembered for ``remember``).
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ from broker.policy.fields import (
 from broker.policy.model import AgentClass, format_duration
 from broker.policy.source import LineMap
 
-RATE_SPIKE, DENIAL_BURST, NOVEL_PATTERN, OFF_HOURS = (
-    "rate_spike", "denial_burst", "novel_pattern", "off_hours")
-DETECTOR_NAMES = (RATE_SPIKE, DENIAL_BURST, NOVEL_PATTERN, OFF_HOURS)
+RATE_SPIKE, DENIAL_BURST, NOVEL_PATTERN, OFF_HOURS, UNUSUAL_RESOURCES = (
+    "rate_spike", "denial_burst", "novel_pattern", "off_hours", "unusual_resources")
+DETECTOR_NAMES = (RATE_SPIKE, DENIAL_BURST, NOVEL_PATTERN, OFF_HOURS, UNUSUAL_RESOURCES)
 HOUR_S = 3600
 
 
@@ -87,6 +94,20 @@ class OffHours:
 
 
 @dataclass(frozen=True)
+class UnusualResources:
+    """Fires when ``max_new_share`` of at least ``min_checks`` checks in ``window_s`` touched
+    resources new to an agent whose usual set holds at least ``min_known`` resources."""
+
+    window_s: int
+    min_checks: int
+    max_new_share: float
+    min_known: int
+    remember_s: int
+    severity: float
+    cooldown_s: int
+
+
+@dataclass(frozen=True)
 class Detectors:
     """The behaviour detectors of one policy revision (every detector optional)."""
 
@@ -97,6 +118,7 @@ class Detectors:
     denial_burst: DenialBurst | None = None
     novel_pattern: NovelPattern | None = None
     off_hours: OffHours | None = None
+    unusual_resources: UnusualResources | None = None
 
     def watches(self, agent_class: str) -> bool:
         """Whether agents of ``agent_class`` are profiled and watched."""
@@ -125,6 +147,8 @@ _FIELDS = {
                    ("min_ratio", "cooldown", "description")),
     NOVEL_PATTERN: (("min_class_requests", "severity"), ("remember", "cooldown", "description")),
     OFF_HOURS: (("min_requests", "max_share", "severity"), ("cooldown", "description")),
+    UNUSUAL_RESOURCES: (("window", "min_checks", "max_new_share", "severity"),
+                        ("min_known", "remember", "cooldown", "description")),
 }
 
 
@@ -147,7 +171,8 @@ def parse_detectors(body: LineMap, at: At, classes: dict[str, AgentClass]) -> De
         agent_classes=tuple(n for n, _ in refs) if "agent_classes" in section else None,
         rate_spike=_rate_spike(section, at, bucket),
         denial_burst=_denial_burst(section, at, bucket),
-        novel_pattern=_novel(section, at), off_hours=_off_hours(section, at))
+        novel_pattern=_novel(section, at), off_hours=_off_hours(section, at),
+        unusual_resources=_unusual(section, at))
     if found.retention_s < found.history_s:
         raise at.error(f"detectors retention {format_duration(found.retention_s)} is shorter "
                        f"than the longest window {format_duration(found.history_s)}",
@@ -241,3 +266,17 @@ def _off_hours(parent: LineMap, at: At) -> OffHours | None:
                     _number(body, "max_share", rat, 0.0, 1.0),
                     _number(body, "severity", rat, 0.0, 1.0),
                     optional_duration(body, "cooldown", rat) or HOUR_S)
+
+
+def _unusual(parent: LineMap, at: At) -> UnusualResources | None:
+    found = _section(parent, UNUSUAL_RESOURCES, at)
+    if found is None:
+        return None
+    body, rat = found
+    window = optional_duration(body, "window", rat) or 60
+    return UnusualResources(window, _count(body, "min_checks", rat, 20),
+                            _number(body, "max_new_share", rat, 0.0, 1.0),
+                            _count(body, "min_known", rat, 5),
+                            optional_duration(body, "remember", rat) or 7 * 86400,
+                            _number(body, "severity", rat, 0.0, 1.0),
+                            optional_duration(body, "cooldown", rat) or window)

@@ -45,6 +45,9 @@ def worker_env(settings: Settings, kafka: KafkaAccess) -> dict[str, str]:
         "PERMBROKER_EXPIRY_WARNING_S": str(settings.expiry_warning_s),
         "PERMBROKER_METRICS_PORT": str(settings.metrics_port),
         "PERMBROKER_RECORD_MARGIN_S": str(settings.record_margin_s),
+        "PERMBROKER_TRACING": str(settings.tracing).lower(),
+        **({"PERMBROKER_TRACING_FILE": str(settings.tracing_file)} if settings.tracing_file
+           else {}),
         **_audit_env(settings),
         **_identity_env(settings),
     }

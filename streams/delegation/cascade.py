@@ -10,7 +10,9 @@ together with the child's place in its parent's children set, in one step that c
 parent still lives (a parent that ended meanwhile ends the child at once: denied, audited).
 Then the child's ``grant.issued`` goes to the grant topics and the decision, with its
 consistency token, to the decision topic. A redelivery finds the recorded decision and only
-announces it again.
+announces it again. A delegation whose rule asks for approval is held in the approval store
+(its pending notice on the decision topic); when the approvals machinery closes it,
+``finish_held`` decides it again at that moment (approved) or denies it.
 
 The cascade reads the all-grants topic: a revoked, released or expired grant (an agent's
 revocation comes with a ``grant.revoked`` per grant) ends each of its children
@@ -25,10 +27,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from broker.adapters.redis.approvals import ApprovalStore, Held
 from broker.adapters.redis.delegation import DelegationStore
 from broker.adapters.redis.lifecycle import LifecycleStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.delivery.routing import namespaces_of
+from broker.grants.approvals import Resolution
 from broker.grants.decide import AgentState
 from broker.grants.delegation import (
     PARENT,
@@ -36,6 +40,13 @@ from broker.grants.delegation import (
     Parties,
     decide_delegation,
     delegation_audit,
+)
+from broker.grants.delegation_hold import (
+    HeldDelegation,
+    approval_needed,
+    approved,
+    hold_delegation,
+    refused,
 )
 from broker.grants.revocation import lifecycle_audit
 from schemas import topics
@@ -59,21 +70,35 @@ class Delegations:
     """The worker's delegation decisions and the cascade from parents to children."""
 
     def __init__(self, ctx: WorkerContext, gate: Gate, life: LifecycleStore,
-                 grants: RedisGrantStore) -> None:
+                 grants: RedisGrantStore, held: ApprovalStore | None = None) -> None:
         self.ctx = ctx
         # Indexes a grant's expiry (before it is stored: never missed), as escalations do.
         self._schedule: Schedule = grants.schedule
         self._gate = gate
         self._store = DelegationStore(grants.client)
         self._life = life
+        self._held = held  # where a delegation waits for approvers (None: none is held)
 
     async def on_request(self, msg: Incoming, request: DelegationRequested,
                          refusal: ScopeDenial | None = None) -> None:
         """Decide one delegation (retrying store and bus failures; the partition waits);
         ``refusal``: the identity gate's (a suspended or quarantined delegator), a denial."""
-        await self.ctx.retrying("delegate", lambda: self._delegate(request, refusal))
+        await self.ctx.retrying("delegate", lambda: self._delegate(
+            request, refusal, received_at=msg.received_at))
 
-    async def _delegate(self, request: DelegationRequested, refusal: ScopeDenial | None) -> None:
+    async def finish_held(self, held: Held) -> None:
+        """Decide a held delegation whose approval closed: again at the deciding moment if
+        approved (parent still live, child within it), else denied; once."""
+        pending, resolution = held.pending, held.resolution()
+        assert isinstance(pending, HeldDelegation) and resolution is not None
+        request = pending.request
+        await self.ctx.retrying("delegate", lambda: self._delegate(
+            request, self._gate.standing(request.agent_id), received_at=pending.received_at,
+            approval=(pending, resolution)))
+
+    async def _delegate(self, request: DelegationRequested, refusal: ScopeDenial | None, *,
+                        received_at: datetime,
+                        approval: tuple[HeldDelegation, Resolution] | None = None) -> None:
         recorded = await self._store.recorded(request.agent_id, request.request_id)
         if recorded is not None:  # a redelivery: announce what was decided, never decide again
             await self._announce(recorded, await self._child_of(recorded))
@@ -81,6 +106,10 @@ class Delegations:
         now = await self.ctx.store.now()  # the clock the grants' keys expire by
         parties = await self._parties(request, now, refusal)
         outcome = decide_delegation(request, parties, self.ctx.policy, now)
+        if approval is not None:
+            outcome = self._approved(outcome, *approval, now)
+        elif await self._hold(outcome, request, received_at, now):
+            return
         await self.ctx.audit(outcome.audit)  # audit first: nothing is stored unaudited
         decision, grant = outcome.decision, outcome.grant
         if grant is not None:
@@ -98,6 +127,32 @@ class Delegations:
         if status == "existing" and found is not None:
             decision = found
         await self._announce(decision, grant)
+
+    def _approved(self, outcome: DelegationOutcome, held: HeldDelegation,
+                  resolution: Resolution, now: datetime) -> DelegationOutcome:
+        """The decision once the approval closed: approved (as decided now), or denied."""
+        if resolution.status == "approved":  # a denial now (parent ended...) stays one
+            return (approved(outcome, resolution.approvers, held, resolution.decided_at)
+                    if outcome.grant is not None else outcome)
+        decision, audit = refused(held, resolution.status, resolution.denier, now)
+        return DelegationOutcome(decision, None, audit)
+
+    async def _hold(self, outcome: DelegationOutcome, request: DelegationRequested,
+                    received_at: datetime, now: datetime) -> bool:
+        """Hold a delegation its rule grants only on approval (audited, then stored, then
+        the pending notice published once); False when no approval is needed."""
+        need = approval_needed(self.ctx.policy, outcome.decision)
+        if need is None or outcome.grant is None or self._held is None:
+            return False
+        held, audit = hold_delegation(outcome, request, need, received_at, now)
+        await self.ctx.audit(audit)
+        _opened, _status, published = await self._held.open(
+            held, self.ctx.policy.max_grant_duration_s, now=now)
+        if not published:
+            await self.ctx.emit(topics.DECISIONS.name, held.event)
+            await self._held.mark_published(request.agent_id, request.request_id)
+        self.ctx.count("delegation_held")
+        return True
 
     async def _parties(self, request: DelegationRequested, now: datetime,
                        refusal: ScopeDenial | None) -> Parties:

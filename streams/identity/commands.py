@@ -116,7 +116,7 @@ class Commands:
         try:
             cmd = self.ctx.decode(msg, AgentCommand)
         except WireError as exc:
-            await self.ctx.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc), exc.code)
             return
         await self.ctx.retrying("registry", lambda: self._registry(cmd, msg))
 
@@ -217,7 +217,7 @@ class Commands:
         try:
             cmd = self.ctx.decode(msg, GrantCommand)
         except WireError as exc:
-            await self.ctx.dead_letter(msg, str(exc))
+            await self.ctx.dead_letter(msg, str(exc), exc.code)
             return
         await self.ctx.retrying("grant-command", lambda: self._grant_command(cmd, msg))
 

@@ -6,6 +6,7 @@ tests/support/fixtures.py.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
-from tests.support.approval_policy import add_approval_rules
+from tests.support.approval_policy import DELEGATE, add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
 from tests.support.fixtures import (  # noqa: F401 - fixtures of this suite
@@ -34,6 +35,8 @@ from tests.support.identities import Registrar, pool_taker
 from tests.support.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
+# The session worker's /metrics, moved with the test stack (two checkouts on one machine).
+METRICS_PORT = 29464 + int(os.environ.get("PERMBROKER_TEST_PORT_OFFSET", "0"))
 POOL = 400
 CLASSES = (("f", "fraud-detection", 0.9), ("r", "reporting", 0.6), ("b", "bulk-test", 0.5),
            ("n", "analytics-test", 0.5))
@@ -61,7 +64,15 @@ def test_policy(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Path:
     _analytics_class(policy)
     policy["delegation_rules"] = [{  # fraud agents may hand a freeze (never PII) to each other
         "id": "fraud-hands-over-freeze", "from_classes": ["fraud-detection"],
-        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}]
+        "to_classes": ["fraud-detection"], "scopes": ["payments:accounts.freeze"]}, {
+        # bulk-test grants last minutes: long enough to outlive a worker restart
+        "id": "bulk-hands-over-freeze", "from_classes": ["bulk-test"],
+        "to_classes": ["bulk-test"], "scopes": ["payments:accounts.freeze"]}, {
+        "id": "bulk-hands-freeze-on-approval", "from_classes": ["bulk-test"],
+        "to_classes": ["approval-test"], "scopes": ["payments:accounts.freeze"],
+        # the delegate is listed too: its own vote must still never count
+        "approval": {"quorum": 2, "window": "5m", "approvers": [
+            verifier(run_id, 0), verifier(run_id, 1), requester(run_id, "a", DELEGATE)]}}]
     (bundle / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     lines = ["apiVersion: permbroker/v1", "kind: Agents", "agents:"]
     for n in range(POOL):
@@ -98,12 +109,16 @@ def settings(
         redis_url=services.redis_url,
         policy_path=test_policy,
         app_id=f"permbroker-test-{run_id}",
-        stack_dir=tmp_path_factory.mktemp("worker"),
+        stack_dir=(stack_dir := tmp_path_factory.mktemp("worker")),
+        metrics_port=METRICS_PORT,
         expiry_interval_s=0.2,
         grant_namespaces=("payments", "crm", "reports"),
         expiry_warning_s=2.0,
         audit_redact_free_text=True,
         audit_digest_interval_s=0.5,
+        # The worker traces every decision (tests/integration/test_tracing.py reads the spans).
+        tracing=True,
+        tracing_file=stack_dir / "spans.jsonl",
         # One key set per Kafka cluster, kept across sessions: a cluster the tests reuse
         # (PERMBROKER_TEST_KAFKA_BOOTSTRAP) holds digests signed in earlier sessions.
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),

@@ -82,6 +82,7 @@ TABLE: dict[str, Row] = {
     "audit export": Row((), K),
     "audit replay": Row(("--check",), K),
     "audit timeline": Row(("--agent", A), K),
+    "audit checks": Row(("--agent", A), K),
     "audit hash": Row(("value",), kind=OFFLINE),
     "audit seal": Row((), K),
     "audit keys init": Row((), kind=OFFLINE),

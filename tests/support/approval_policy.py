@@ -13,6 +13,7 @@ from broker.adapters.crypto.keystore import operator_name
 
 CEILING = ["payments:accounts.*", "crm:customer.pii.read"]
 REQUESTERS = 40
+DELEGATE = 39  # the approval-test agent that receives delegations held for approval
 
 
 def verifier(run_id: str, n: int) -> str:

@@ -226,6 +226,10 @@ class Sealer:
         self._stop = threading.Event()
         self.sealed = 0
 
+    def positions(self) -> dict[int, int]:
+        """partition -> the raw offset to seal next, for each partition sealed here now."""
+        return {p: s.next_raw for p, s in list(self._sealers.items())}
+
     def stop(self) -> None:
         """Ask ``run`` to return after its current step."""
         self._stop.set()

@@ -1,6 +1,6 @@
 """CloudEvents 1.0 binary-mode codec between Kafka messages and wire models.
 
-Imports schemas, cloudevents.
+Imports schemas, cloudevents, broker.adapters.tracing.
 
 On Kafka an event is: key = agent id, headers = ``ce_*`` attributes (+ ``content-type``),
 value = the model as JSON. Decoding checks every layer and raises ``WireError`` (and nothing
@@ -24,6 +24,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import ValidationError
 
+from broker.adapters import tracing
 from broker.errors import WireError
 from schemas.events import (
     EVENT_TYPES,
@@ -55,7 +56,9 @@ class Encoded:
 
 
 def encode(event: WireModel, *, source: str, time: datetime | None = None) -> Encoded:
-    """Encode a model as a binary-mode CloudEvent; the CE id is the event's idempotency id."""
+    """Encode a model as a binary-mode CloudEvent; the CE id is the event's idempotency id.
+
+    When tracing is on, the current span's context rides along as ``ce_traceparent``."""
     key = partition_key(event)
     attributes: dict[str, Any] = {
         "type": EVENT_TYPES[type(event)],
@@ -70,7 +73,7 @@ def encode(event: WireModel, *, source: str, time: datetime | None = None) -> En
     return Encoded(
         key=key.encode() if key is not None else None,
         value=message.value,
-        headers=list(message.headers.items()),
+        headers=list(message.headers.items()) + tracing.inject(),
     )
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import Record, read_all
 from broker.adapters.kafka.edge import Trust
+from broker.adapters.redis.delegation import DelegationStore
 from broker.adapters.redis.store import RedisGrantStore, ms
 from broker.grants.decide import derive_id
 from broker.grants.revocation import LIVE_RISK
@@ -80,8 +81,22 @@ def fold(records: Iterable[Record], now: datetime, audit: Iterable[Record] = ())
                 state.active.pop(gid, None)
             prev = state.revocations.get(ev.agent_id)
             state.revocations[ev.agent_id] = ev if prev is None else merge_revocations(prev, ev)
-    state.active = {k: g for k, g in state.active.items() if g.expires_at > now}
+    live = {k: g for k, g in state.active.items() if g.expires_at > now}
+    # A delegated grant lives only while its whole parent chain does (never outlives it).
+    state.active = {k: g for k, g in live.items() if chain_alive(g, live)}
     return state
+
+
+def chain_alive(grant: GrantIssued, active: dict[str, GrantIssued]) -> bool:
+    """Whether every ancestor of ``grant`` is among the ``active`` grants."""
+    seen: set[str] = set()
+    while grant.parent_grant_id is not None:
+        parent = active.get(grant.parent_grant_id)
+        if parent is None or parent.grant_id in seen:
+            return False
+        seen.add(parent.grant_id)
+        grant = parent
+    return True
 
 
 def live_risk(audit: Iterable[Record], now: datetime) -> list[tuple[str, float, datetime]]:
@@ -144,6 +159,10 @@ async def apply(store: RedisGrantStore, folded: Folded, now: datetime) -> int:
     restored = 0
     for grant in folded.active.values():
         restored += await store.restore_grant(grant, now)
+    # The children sets, so that a parent's end after the rebuild still ends its children.
+    await DelegationStore(store.client).restore_children(
+        [(folded.active[g.parent_grant_id], g) for g in folded.active.values()
+         if g.parent_grant_id is not None], store.margin)
     await store.restore_records(
         folded.issued.values(), decision_of,
         [(rev, [folded.issued[i] for i in rev.grant_ids if i in folded.issued])

@@ -1,4 +1,5 @@
-"""Redis store of held requests and their votes. Imports redis, broker (core, adapters), schemas.
+"""Redis store of held requests (escalations, delegations) and their votes. Imports redis,
+broker (core, adapters), schemas.
 
 One hash per held request (``keys.approval``), written by Lua so that opening, counting a vote
 and expiring are each atomic on the agent's slot: an approver counts once, a deny wins, and
@@ -9,6 +10,7 @@ vote still finds it closed); the global due index past the latest window it hold
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -18,6 +20,7 @@ from broker.adapters.redis.calls import call, is_cluster
 from broker.adapters.redis.store import UNLIMITED, RateLimit, from_ms, ms
 from broker.grants.approvals import Resolution, Status
 from broker.grants.decide import Pending
+from broker.grants.delegation_hold import HeldDelegation
 
 # KEYS: approval hash, the agent's rate bucket. ARGV: pending JSON, window end ms, record until
 # ms, bucket capacity (0: unlimited), bucket period ms, now ms. A held request takes a token of
@@ -90,7 +93,7 @@ return {status, redis.call('HGET', KEYS[1], 'decided_at') or ''}
 class Held:
     """A held request as stored: the pending record, its status and the votes so far."""
 
-    pending: Pending
+    pending: Pending | HeldDelegation  # a held escalation, or a held delegation
     status: Status
     votes: dict[str, str]  # approver -> approve | deny
     decided_at: datetime | None
@@ -115,10 +118,11 @@ class ApprovalStore:
         self._vote = client.register_script(VOTE)
         self._expire = client.register_script(EXPIRE)
 
-    def _until(self, pending: Pending, max_grant_s: int) -> datetime:
+    def _until(self, pending: Pending | HeldDelegation, max_grant_s: int) -> datetime:
         return pending.event.window_expires_at + timedelta(seconds=max_grant_s) + self._margin
 
-    async def open(self, pending: Pending, max_grant_s: int, *, rate: RateLimit = UNLIMITED,
+    async def open(self, pending: Pending | HeldDelegation, max_grant_s: int, *,
+                   rate: RateLimit = UNLIMITED,
                    now: datetime | None = None) -> tuple[str, Status, bool]:
         """Hold a request once: (opened | existing | rate, status, pending event published).
 
@@ -156,7 +160,7 @@ class ApprovalStore:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         return Held(
-            pending=Pending.from_json(fields["pending"]),
+            pending=_held(fields["pending"]),
             status=cast(Status, fields["status"]),
             votes={k.removeprefix("vote:"): v for k, v in fields.items()
                    if k.startswith("vote:")},
@@ -200,3 +204,8 @@ class ApprovalStore:
             if found is not None:
                 held.append(found)
         return held
+
+
+def _held(raw: str) -> Pending | HeldDelegation:
+    data = json.loads(raw)
+    return HeldDelegation.from_json(data) if "delegation" in data else Pending.from_json(raw)

@@ -10,7 +10,7 @@ redelivered end repeats the same revocation and a removed child is never written
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -122,6 +122,19 @@ class DelegationStore:
         members = await call(self._r.smembers(keys.children(agent_id, grant_id)))
         pairs = (_text(m).split(SEP, 1) for m in members)
         return sorted((p[0], p[1]) for p in pairs if len(p) == 2)
+
+    async def restore_children(self, links: list[tuple[GrantIssued, GrantIssued]],
+                               margin: timedelta) -> None:
+        """Rebuild: put each (parent, child) link back in the parent's children set, living
+        as long as the parent's record would (its expiry + ``margin``), never shortened."""
+        pipe = self._r.pipeline(transaction=False)
+        for parent, child in links:
+            key = keys.children(parent.agent_id, parent.grant_id)
+            until = ms(parent.expires_at + margin)
+            pipe.sadd(key, f"{child.agent_id}{SEP}{child.grant_id}")
+            pipe.pexpireat(key, until, nx=True)  # a new set: the parent's lifetime
+            pipe.pexpireat(key, until, gt=True)  # an existing one: never shortened
+        await call(pipe.execute())
 
     async def live_children(self, agent_id: str, grant_id: str) -> list[tuple[str, str]]:
         """The children of ``grant_id`` that are still active."""

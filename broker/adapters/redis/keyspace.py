@@ -216,6 +216,27 @@ def behaviour(agent_id: str) -> str:
     return f"{agent_prefix(agent_id)}behaviour"
 
 
+def usage_known(agent_id: str) -> str:
+    """Set: the resources the agent's reported checks touched (its usual set); PXAT remember."""
+    return f"{agent_prefix(agent_id)}usage:known"
+
+
+def usage_window(agent_id: str) -> str:
+    """Zset: the agent's recent checks ("report\x1fn\x1f0|1": 1 = a new resource) by check
+    time; PXAT the latest check + the detector's window."""
+    return f"{agent_prefix(agent_id)}usage:window"
+
+
+def usage_report(agent_id: str, report_id: str) -> str:
+    """String: a check report already observed by the detector (a redelivery is skipped)."""
+    return f"{agent_prefix(agent_id)}usage:report:{report_id}"
+
+
+def usage_cooldown(agent_id: str) -> str:
+    """String: the unusual-resources detector fired for the agent; PXAT the cooldown's end."""
+    return f"{agent_prefix(agent_id)}usage:cooldown"
+
+
 def behaviour_class(agent_class: str) -> str:
     """Hash: patterns any agent of the class used (-> last ms) and its request count; PXAT."""
     return f"{PREFIX}:behaviour:class:{agent_class}"

@@ -25,6 +25,11 @@ class Rebuild(ExpiryIndex):
     _margin: timedelta
     _restore: AsyncScript
 
+    @property
+    def margin(self) -> timedelta:
+        """How long a grant's records outlive its expiry."""
+        return self._margin
+
     async def restore_grant(self, grant: GrantIssued, now: datetime) -> bool:
         """Rebuild: put back one grant from the log if still live and not revoked."""
         a = grant.agent_id

@@ -35,7 +35,7 @@ from broker.errors import BrokerError
 from broker.sdk.operator.approvals import Approver
 from broker.sdk.operator.client import revoke as revoke_agent
 from schemas import topics
-from schemas.events import AgentCommand, GrantCommand
+from schemas.events import AgentCommand, CommandAnswered, GrantCommand
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 Field = Annotated[str, Form()]
@@ -95,15 +95,11 @@ def revoke_grant(request: Request, agent_id: Field, grant_id: Field,
     session = _session(request, csrf)
     if isinstance(session, Response):
         return session
-    runtime = runtime_of(request)
     command = GrantCommand(
         command_id=f"op-revoke-{uuid.uuid4()}", agent_id=agent_id, grant_id=grant_id,
         action="revoke", reason=reason, issued_at=datetime.now(UTC))
     try:
-        assert runtime.decisions is not None
-        runtime.relay(session.token).publish(topics.GRANT_COMMANDS.name, command)
-        answer = runtime.decisions.wait_answer(command.command_id,
-                                               runtime.settings.decision_timeout_s)
+        answer = _relay(request, session, topics.GRANT_COMMANDS.name, command)
     except BrokerError as exc:
         session.notes.append(f"revoking grant {grant_id} failed: {exc}")
         return _back("/console/grants")
@@ -135,18 +131,24 @@ def revoke_all(request: Request, agent_id: Field, csrf: Csrf = "", suspend: Fiel
     return _back("/console/grants")
 
 
+def _relay(request: Request, session: Session, topic: str,
+           command: AgentCommand | GrantCommand) -> CommandAnswered:
+    """Publish an operator command with the session's assertion and wait for the worker's
+    answer (BrokerError when either fails)."""
+    runtime = runtime_of(request)
+    assert runtime.decisions is not None
+    runtime.relay(session.token).publish(topic, command)
+    return runtime.decisions.wait_answer(command.command_id, runtime.settings.decision_timeout_s)
+
+
 def _command(request: Request, session: Session, action: str, agent_id: str,
              reason: str) -> str:
     """Run an operator registry command as the session's operator; what came of it."""
-    runtime = runtime_of(request)
     command = AgentCommand.model_validate({
         "command_id": f"op-{action}-{uuid.uuid4()}", "action": action, "agent_id": agent_id,
         "reason": reason, "issued_at": datetime.now(UTC)})
     try:
-        assert runtime.decisions is not None
-        runtime.relay(session.token).publish(topics.REGISTRY.name, command)
-        answer = runtime.decisions.wait_answer(command.command_id,
-                                               runtime.settings.decision_timeout_s)
+        answer = _relay(request, session, topics.REGISTRY.name, command)
     except BrokerError as exc:
         return f"{action} {agent_id} failed: {exc}"
     said = "done" if answer.outcome == "done" else f"refused ({answer.reason})"

@@ -156,6 +156,19 @@ def decisions(runtime: Runtime, now: datetime) -> list[AuditRecord]:
     return sorted(found, key=lambda r: r.occurred_at, reverse=True)[:FEED_LIMIT]
 
 
+def latency_ms(record: AuditRecord) -> float | None:
+    """A decision's latency: from Kafka's append of the request (the ``received_at`` the
+    decision recorded among its inputs) to the decision (the record's time); None if unknown."""
+    received = record.inputs.get("received_at")
+    if record.kind != "escalation.decided" or not isinstance(received, str):
+        return None
+    try:
+        appended = datetime.fromisoformat(received)
+    except ValueError:
+        return None
+    return (record.occurred_at - appended).total_seconds() * 1000
+
+
 def audit_view(records: list[AuditRecord], agent_id: str, at: datetime | None,
                now: datetime) -> AuditView:
     """The timeline and the grants active ``at`` (default: now), replayed from the records."""

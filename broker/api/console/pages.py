@@ -3,8 +3,9 @@
 Imports fastapi, jinja2 (through fastapi.templating) and the console's data and sessions.
 
 Every page needs a session (otherwise 303 to the sign-in page). A live page holds an SSE stream
-that sends its table again every second, rendered on the server: the countdowns move and a
-revoked grant leaves without any script of ours (htmx and its SSE extension swap the HTML).
+that sends its table again every second (the decisions feed every 2 s), rendered on the server:
+the countdowns move, a revoked grant leaves and a new decision appears without any script of
+ours (htmx and its SSE extension swap the HTML).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from broker.errors import BrokerError
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["latency_ms"] = data.latency_ms
 router = APIRouter(prefix="/console", include_in_schema=False)
 LIVE_EVERY_S = 1.0
 
@@ -46,9 +48,16 @@ async def _approvals(request: Request, now: datetime) -> dict[str, Any]:
     return {"rows": await data.approvals(runtime_of(request), now)}
 
 
+async def _decisions(request: Request, now: datetime) -> dict[str, Any]:
+    return {"rows": await asyncio.to_thread(data.decisions, runtime_of(request), now)}
+
+
 LIVE: dict[str, Fragment] = {"grants": _grants, "revocations": _revocations,
-                             "approvals": _approvals}
-TITLES = {"grants": "Live grants", "revocations": "Revocations", "approvals": "Approvals"}
+                             "approvals": _approvals, "decisions": _decisions}
+TITLES = {"grants": "Live grants", "revocations": "Revocations", "approvals": "Approvals",
+          "decisions": "Decisions and rejections"}
+# The decisions feed reads the sealed audit back from Kafka: every 2 s, not every second.
+EVERY_S = {"decisions": 2.0}
 
 
 def page(request: Request, name: str, session: Session | None, **context: Any) -> HTMLResponse:
@@ -130,23 +139,9 @@ async def agents(request: Request) -> Response:
     return page(request, "agents", session, rows=rows, problem=problem)
 
 
-@router.get("/decisions", response_class=HTMLResponse)
-async def decisions(request: Request) -> Response:
-    """The latest decisions (outcome, rules, reasons), identity rejections and dead letters."""
-    session = current(request)
-    if session is None:
-        return to_login()
-    rows, problem = [], ""
-    try:
-        rows = await asyncio.to_thread(data.decisions, runtime_of(request), datetime.now(UTC))
-    except BrokerError as exc:
-        problem = str(exc)
-    return page(request, "decisions", session, rows=rows, problem=problem)
-
-
 @router.get("/{name}", response_class=HTMLResponse)
 async def live_page(request: Request, name: str) -> Response:
-    """A live page (grants, revocations, approvals): the table now, then over SSE."""
+    """A live page (grants, revocations, approvals, decisions): the table now, then over SSE."""
     session = current(request)
     if session is None:
         return to_login()
@@ -168,4 +163,4 @@ async def live(request: Request, name: str) -> AsyncIterator[ServerSentEvent]:
             return
         html = await _fragment(request, name, session, now)
         yield ServerSentEvent(event=name, raw_data=html.replace("\n", " "))
-        await asyncio.sleep(LIVE_EVERY_S)
+        await asyncio.sleep(EVERY_S.get(name, LIVE_EVERY_S))

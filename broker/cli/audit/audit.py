@@ -304,7 +304,8 @@ def _print_as_of(records: list[AuditRecord], at: datetime, agent: str | None,
         out.print(f"  {g.agent_id} may {', '.join(g.scopes)} on "
                   f"{', '.join(g.resources) or 'any resource'}", highlight=False)
         out.print(f"    until {until(g.ends_at, at)} ({g.ended_by}); grant {g.grant_id}; "
-                  f"rules {', '.join(g.rules)}; issued {stamp(g.issued_at)}; {g.ref}",
+                  f"rules {', '.join(g.rules)}; issued {stamp(g.issued_at)}; {g.ref}"
+                  + (f"; delegated from grant {g.parent_grant_id}" if g.parent_grant_id else ""),
                   highlight=False)
     for q in barred:
         out.print(f"  {q.agent_id} quarantined by {q.rule} until {until(q.until, at)}",

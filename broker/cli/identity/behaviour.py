@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.behaviour.stats import report
 from broker.cli.context import cli_settings
 from broker.cli.identity.agents import AgentArg

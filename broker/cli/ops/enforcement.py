@@ -110,8 +110,11 @@ def api(
     """Serve the HTTP API: check, grants, escalations, renewals, releases, revoke, health."""
     import uvicorn
 
+    from broker.adapters import logs
     from broker.api.app import create_app
 
     settings = cli_settings()
+    logs.hide(settings.kafka_password.get_secret_value() if settings.kafka_password else None)
     uvicorn.run(create_app(settings), host=host or settings.api_host,
-                port=port or settings.api_port, log_level="info")
+                port=port or settings.api_port, log_level="info",
+                log_config=logs.logging_config("INFO"))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from broker.adapters import tracing
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.access import KafkaAccess
@@ -215,7 +216,11 @@ class AgentClient:
                 self._retry_rotation_at = now + ROTATION_RETRY_S
                 log.warning("agent %s: key rotation on the broker's warning failed (retrying "
                             "in %ds): %s", self.agent_id, ROTATION_RETRY_S, exc)
-        self._publisher.publish(topic, event)
+        # The root of the request's trace (when tracing is on): the record carries its context.
+        with tracing.span("permbroker.agent.publish", attributes={
+                "permbroker.agent_id": self.agent_id, "permbroker.event_id": event.event_id,
+                "messaging.destination.name": topic}):
+            self._publisher.publish(topic, event)
 
     def send(self, request: EscalationRequested) -> None:
         """Publish a request built by the caller (must be this agent's own)."""
@@ -335,7 +340,17 @@ class AgentClient:
         The child grant's scopes and resources are within the parent's and it expires no later
         than the parent (the answer names what was narrowed or clamped, and the rule of any
         denial); it ends when the parent ends. Its grant tokens name this agent in ``act``.
+        A rule may hold it for approval: this waits up to ``timeout`` for the final answer
+        (``send_delegation`` and ``await_pending`` see the pending notice first).
         """
+        request_id = self.send_delegation(grant_id, to, scopes, duration_s=duration_s,
+                                          reason=reason, resources=resources)
+        return self.await_delegation(request_id, timeout)
+
+    def send_delegation(self, grant_id: str, to: str, scopes: tuple[str, ...] | list[str], *,
+                        duration_s: int, reason: str,
+                        resources: tuple[str, ...] | list[str] = ()) -> str:
+        """Publish a delegation request without waiting; its request id."""
         request = DelegationRequested(
             request_id=f"delegate-{uuid.uuid4()}", agent_id=self.agent_id,
             parent_grant_id=grant_id, delegate_id=to, scopes=tuple(scopes),
@@ -343,8 +358,13 @@ class AgentClient:
             requested_at=datetime.now(UTC),
         )
         self._publisher.publish(topics.ESCALATIONS.name, request)
-        decision = self._await(request.request_id, timeout)
-        assert isinstance(decision, DelegationDecided)
+        return request.request_id
+
+    def await_delegation(self, request_id: str, timeout: float = 30.0) -> DelegationDecided:
+        """Wait for the decision on a delegation this client sent."""
+        decision = self._await(request_id, timeout)
+        if not isinstance(decision, DelegationDecided):
+            raise TypeError(f"{request_id} was answered by a {type(decision).__name__}")
         return decision
 
     def report_risk(

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from broker.adapters import tracing
 from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckPublisher
@@ -270,7 +271,12 @@ class GrantView:
         if self._acks is not None:
             self._acks.poll()
         if msg is not None and not msg.error():
-            self._apply(to_record(msg, self.trust, reader=READER, signed_by=ROLE_BROKER))
+            record = to_record(msg, self.trust, reader=READER, signed_by=ROLE_BROKER)
+            # A child of the worker's decision when the record carries its trace context.
+            with tracing.span("permbroker.view.apply", parent=record.headers, attributes={
+                    "permbroker.event_id": getattr(record.event, "event_id", ""),
+                    "messaging.destination.name": self.topic}):
+                self._apply(record)
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self._probe_every):

@@ -31,7 +31,7 @@ from broker.adapters.crypto.signing import Presented, presented
 from broker.adapters.crypto.tokens import BrokerKeyring, RecordSigner
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.profiles import ProfileStore
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.api.app import create_app
 from broker.behaviour.profiles import Profile
 from broker.config import Settings

@@ -350,6 +350,24 @@ def test_an_agent_is_suspended_and_resumed_from_the_agents_page(
     shot(page, "decisions")
 
 
+def test_a_new_decision_appears_live_with_its_latency(
+    page: Page, settings: Settings, agents: Callable[[str], str],
+) -> None:
+    """The decisions page, left open, shows a decision made after it loaded (pushed over SSE,
+    the page never reloads), with its latency from the request's append to the decision."""
+    sign_in(page, settings)
+    page.goto("/console/decisions")
+    wait_live(page)
+    page.evaluate("() => { window.loadedOnce = 'yes'; }")  # gone if the page reloads
+    with agent_client(settings, agents("f")) as client:
+        decision = fraud_grant(client, (FREEZE,))
+    row = page.locator(f'tr.escalation-decided[data-subject="{decision.request_id}"]').first
+    expect(row).to_contain_text("granted", timeout=WAIT * 1000)
+    expect(row.locator(".latency")).to_have_text(re.compile(r"^\d+\.\d ms$"))
+    assert page.evaluate("() => window.loadedOnce") == "yes"
+    shot(page, "decisions-live")
+
+
 # A scheme-relative or absolute URL, or a CSS url() that is not the console's own.
 EXTERNAL = re.compile(r"""(?i:https?:)?//[\w.-]+|url\(\s*['"]?(?!/console/)""")
 LINKED = re.compile(r"""(?:src|href)="(/console/static/[^"]+)\"""")

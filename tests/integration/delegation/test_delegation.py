@@ -1,10 +1,11 @@
 """Delegation on the live stack: a child grant within its parent, its token's ``act`` claim,
-and its end with the parent (revoked or released), seen at a view."""
+and its end with the parent (revoked or released), seen at a view and in replay."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 from joserfc import jwk, jws
@@ -90,6 +91,36 @@ def test_child_within_parent_token_names_delegator_and_revoked_parent_ends_child
                    "the child's revocation at the view")
         again = a.delegate(parent.grant_id, child_agent, [FREEZE], duration_s=5, reason="again")
         assert again.outcome == "denied" and again.grant_id is None
+    [cut] = {e.revoked_at: e for e in grants.wait_for(
+        GrantRevoked, lambda e: e.grant_id == parent.grant_id)}.values()
+    _replay_ends_the_child_with_its_parent(settings, parent_agent, child_agent, parent.grant_id,
+                                           d.grant_id, cut.revoked_at)
+
+
+def _as_of(settings: Settings, agent: str, at: datetime) -> list[str] | None:
+    """The grant ids ``permbroker audit replay --as-of AT --agent AGENT`` lists (None: the CLI
+    failed, e.g. the sealed audit not there yet)."""
+    env = worker_env(settings, role_access(settings, topics.OPERATOR))
+    done = CliRunner().invoke(app, ["audit", "replay", "--as-of", at.isoformat(), "--agent",
+                                    agent, "--json"], env={
+        **{k: v for k, v in env.items() if k.startswith("PERMBROKER_")}, "COLUMNS": "120"})
+    if done.exit_code != 0:
+        return None
+    return [str(g["grant_id"]) for g in json.loads(done.stdout)["grants"]]
+
+
+def _replay_ends_the_child_with_its_parent(settings: Settings, parent_agent: str,
+                                           child_agent: str, parent_id: str, child_id: str,
+                                           cut: datetime) -> None:
+    """Replay of the sealed audit: the child was active just before its parent's revocation,
+    and not at that instant (its own revocation, by the cascade, came later)."""
+    before = cut - timedelta(milliseconds=1)
+    wait_until(lambda: child_id in (_as_of(settings, child_agent, before) or []), 60,
+               "the delegation in the sealed audit")
+    wait_until(lambda: _as_of(settings, parent_agent, cut) == [], 60,
+               "the parent's revocation in the sealed audit")
+    assert parent_id in (_as_of(settings, parent_agent, before) or [])
+    assert _as_of(settings, child_agent, cut) == []
 
 
 def test_releasing_the_parent_ends_the_child_and_a_foreign_grant_cannot_be_delegated(

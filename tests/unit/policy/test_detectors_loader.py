@@ -53,7 +53,7 @@ def test_fraud_bundle_uses_the_detectors() -> None:
     """The shipped fraud policy watches its agents with every detector."""
     d = load_policy(FRAUD).detectors
     assert d is not None and set(d.enabled) == {"rate_spike", "denial_burst", "novel_pattern",
-                                                "off_hours"}
+                                                "off_hours", "unusual_resources"}
 
 
 @pytest.mark.parametrize(("old", "new", "needle", "message", "rule"), [

@@ -18,9 +18,11 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.calls import async_client, call
+from broker.adapters.redis.values import ms
 from broker.behaviour.profiles import ClassView, Profile
 from broker.behaviour.stats import group_report, window_buckets
-from broker.policy.detectors import Detectors
+from broker.behaviour.usage import UsageWindow, new_checks
+from broker.policy.detectors import Detectors, UnusualResources
 
 WHAT = "behaviour profiles"  # names the store in its errors
 CLASS_COUNT = "#requests"  # field of the class hash holding its request count
@@ -136,3 +138,44 @@ class ProfileStore:
     async def close(self) -> None:
         """Close the client."""
         await self._r.aclose()
+
+    async def observe_checks(self, agent_id: str, report_id: str,
+                             checks: list[tuple[str, datetime]],
+                             rule: UnusualResources) -> UsageWindow | None:
+        """Fold one report's checks (resource, when) into the agent's usual set and window;
+        the window after it, or None for a report already observed. The report is marked
+        first: a crash before its checks are counted loses them for the detector, never
+        counts them twice."""
+        latest = max(ms(at) for _, at in checks)
+        window_ms, remember_ms = rule.window_s * 1000, rule.remember_s * 1000
+        marked = await call(self._r.set(keys.usage_report(agent_id, report_id), "1", nx=True,
+                                        pxat=latest + remember_ms))
+        known_key, window_key = keys.usage_known(agent_id), keys.usage_window(agent_id)
+        resources = [r for r, _ in checks]
+        pipe = self._r.pipeline(transaction=False)
+        pipe.scard(known_key)
+        pipe.smismember(known_key, resources)
+        known_count, member = await call(pipe.execute())
+        known = {r for r, m in zip(resources, member, strict=True) if m}
+        flags = new_checks(resources, known, int(known_count), rule)
+        pipe = self._r.pipeline(transaction=True)
+        if marked:
+            pipe.zadd(window_key, {f"{report_id}{keys.MEMBER_SEP}{n}{keys.MEMBER_SEP}{int(f)}":
+                                   ms(at) for n, ((_, at), f) in enumerate(
+                                       zip(checks, flags, strict=True))})
+            pipe.sadd(known_key, *resources)
+            pipe.pexpireat(known_key, latest + remember_ms)
+            pipe.pexpireat(window_key, latest + window_ms)
+        pipe.zremrangebyscore(window_key, "-inf", latest - window_ms)
+        pipe.zrangebyscore(window_key, latest - window_ms, "+inf")
+        in_window = (await call(pipe.execute()))[-1]
+        if not marked:
+            return None
+        new = sum(1 for m in in_window if m.endswith(b"1"))
+        return UsageWindow(len(in_window), new, int(known_count))
+
+    async def cool_down(self, agent_id: str, until: datetime) -> bool:
+        """Start the detector's cooldown for the agent; False when one is already running."""
+        done = await call(self._r.set(keys.usage_cooldown(agent_id), "1", nx=True,
+                                      pxat=ms(until)))
+        return bool(done)

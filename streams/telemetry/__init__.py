@@ -1,0 +1,1 @@
+"""The worker's telemetry: figures recorded as it works, and the probes read at scrape time."""
