@@ -88,10 +88,12 @@ test: venv deps docs
 	$(MAKE) --no-print-directory test-cluster
 
 # The escalation path (grant, narrowing, redelivery, revocation, expiry, rebuild after a flush)
-# again with the grant store on a local Redis Cluster (3 masters, 3 replicas).
+# again with the grant store on a local Redis Cluster (3 masters, 3 replicas), and a revocation
+# acknowledged only once a replica has it.
 CLUSTER_TESTS = tests/integration/grants/test_escalation_path.py \
 	tests/integration/grants/test_crash_and_rebuild.py::test_rebuild_after_flush_restores_exactly_the_active_grants \
-	tests/integration/delivery/test_enforcement.py::test_expiring_arrives_before_expired
+	tests/integration/delivery/test_enforcement.py::test_expiring_arrives_before_expired \
+	tests/integration/test_cluster_replication.py
 test-cluster: venv deps
 	$(call header,test-cluster: the escalation path on a Redis Cluster)
 	PERMBROKER_TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_TESTS) $(PYTEST_ARGS)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call, sync_client, translated
+from broker.adapters.redis.calls import call, replicated, sync_client, translated
 from broker.adapters.redis.store import ms
 from broker.grants.budgets import Use, UseStatus, cause_of
 from schemas.events import GrantIssued, GrantUsed
@@ -68,10 +68,11 @@ class BudgetRevoker:
         """Remove the grant once per exhaustion, only if the store's counter is at the limit."""
         a, gid, cause = event.agent_id, event.grant_id, cause_of(event)
         until = now + timedelta(seconds=max_grant_s) + self._margin
-        status, payload = await call(self._revoke(
-            keys=[keys.grant(a, gid), keys.life(a, gid), keys.index(a),
-                  keys.budget_revoked(a, cause), keys.budget(a, gid)],
-            args=[gid, event.scope, ms(until)]))
+        status, payload = await replicated(  # on a cluster: once a replica has it
+            self._r, self._revoke, a,
+            [keys.grant(a, gid), keys.life(a, gid), keys.index(a),
+             keys.budget_revoked(a, cause), keys.budget(a, gid)],
+            [gid, event.scope, ms(until)], f"budget revocation of grant {gid}")
         kind = cast(Literal["revoked", "existing", "unverified", "not-exhausted"], status.decode())
         ended = kind in ("revoked", "existing") and payload
         return Exhaustion(kind, GrantIssued.model_validate_json(payload) if ended else None)

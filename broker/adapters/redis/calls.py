@@ -1,4 +1,5 @@
-"""Redis clients and the one translation of Redis errors. Imports redis, broker.errors.
+"""Redis clients and the one translation of Redis errors. Imports redis, broker.errors and the
+keyspace.
 
 Every Redis adapter calls Redis through ``call`` (or, around a synchronous client or a loop,
 ``translated``): a Redis that cannot answer raises ``StoreUnavailable``, which callers turn into
@@ -8,20 +9,33 @@ Every client is made by ``async_client`` / ``sync_client``: a URL with a cluster
 (``redis+cluster://host:port`` or ``rediss+cluster://``, any node of the cluster) gets redis-py's
 ``RedisCluster``, which routes each command and script by its keys' slot and follows failovers;
 any other URL a single-node client. The stores use the same calls on both.
+
+A cluster replicates asynchronously: a write a master acknowledged is lost if that master dies
+before a replica has it. A write that must survive a failover (a revocation, a quarantine) goes
+through ``replicated``: on a cluster it counts as done only once ``WAIT`` confirms a replica has
+it, else it raises ``StoreUnavailable`` and the caller retries it (the scripts are idempotent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from broker.adapters.redis import keyspace as keys
 from broker.errors import StoreUnavailable
+
+# What a Redis that cannot answer raises (a cluster's routing errors are not RedisErrors).
+ERRORS = (RedisError, RedisClusterException, OSError)
+# How long a replicated write waits for a replica of its master to confirm it (below the
+# clients' 2 s socket timeout): past it the write is not acknowledged and is retried.
+REPLICA_ACK_MS = 1000
 
 
 @contextmanager
@@ -29,7 +43,7 @@ def translated(what: str = "") -> Iterator[None]:
     """Raise ``StoreUnavailable`` (naming ``what`` was asked) for any Redis or socket error."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except ERRORS as exc:
         raise StoreUnavailable(f"{what + ': ' if what else ''}Redis did not answer: {exc}") \
             from exc
 
@@ -104,3 +118,78 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def replicated(client: aioredis.Redis, script: AsyncScript, agent_id: str,
+                     script_keys: list[str], args: list[Any], what: str = "") -> Any:
+    """Run ``script`` on the agent's slot; on a cluster, return only once a replica has it.
+
+    On one node this is the plain script call. On a cluster the script, a write of the agent's
+    ``replica_ack`` key and ``WAIT 1`` go on one connection to the slot's master: WAIT counts the
+    replicas that have every write of that connection, and the extra write makes it cover the
+    script's writes even when the script is a redelivery that writes nothing (its first run's
+    writes precede it in the replication stream). No replica in ``REPLICA_ACK_MS``, a moved slot
+    or a dead master: ``StoreUnavailable``, never an acknowledgement.
+    """
+    if not is_cluster(client):
+        return await call(script(keys=script_keys, args=args), what)
+    cluster, ack = cast(aioredis.RedisCluster, client), keys.replica_ack(agent_id)
+    commands: list[tuple[Any, ...]] = [
+        ("EVALSHA", script.sha, len(script_keys), *script_keys, *args),
+        ("SET", ack, "1", "PX", 60_000),
+        ("WAIT", 1, REPLICA_ACK_MS),
+    ]
+    with translated(what):
+        for _ in range(2):
+            await cluster.initialize()  # no-op once the slot table is known
+            try:
+                got = await _on_master(cluster, ack, commands)
+            except ERRORS:
+                await _relearn(cluster, ack)
+                raise
+            if isinstance(got[0], NoScriptError):
+                await cluster.script_load(script.script)
+                continue
+            failed = next((r for r in got if isinstance(r, Exception)), None)
+            if failed is not None:
+                await _relearn(cluster, ack)
+                raise StoreUnavailable(f"{what + ': ' if what else ''}not applied: {failed}")
+            if int(got[2]) < 1:
+                raise StoreUnavailable(
+                    f"{what + ': ' if what else ''}no replica confirmed the write within "
+                    f"{REPLICA_ACK_MS} ms (a failover could lose it): not acknowledged, retried")
+            return got[0]
+    raise StoreUnavailable("Redis lost the script twice in a row")
+
+
+async def _relearn(cluster: aioredis.RedisCluster, key: str) -> None:
+    """A routed command on ``key``: the cluster client follows a moved slot or a failover and
+    updates its slot table, so the next attempt goes to the slot's new master."""
+    with suppress(*ERRORS):
+        await cluster.exists(key)
+
+
+async def _on_master(cluster: aioredis.RedisCluster, key: str,
+                     commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` on one connection to the master of ``key``'s slot; their replies
+    (an error reply as its exception, the connection's errors raised)."""
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise redis.ConnectionError(f"no master serves the slot of {key} now")
+    conn = node.acquire_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands))
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except RedisError as exc:
+                if not isinstance(exc, redis.ResponseError):
+                    raise
+                out.append(exc)
+        return out
+    except BaseException:  # a connection in an unknown state is never reused
+        await conn.disconnect()
+        raise
+    finally:
+        node.release(conn)

@@ -16,7 +16,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, replicated
 from broker.adapters.redis.values import from_ms, ms
 from schemas.events import DelegationDecided, GrantIssued
 
@@ -146,10 +146,11 @@ class DelegationStore:
                         marker_until: datetime) -> tuple[datetime, GrantIssued | None]:
         """Remove one child grant because its parent ended: when, and the grant it removed
         (None if it had already ended on its own); the first call's answer on every call."""
-        raw = await call(self._end(
-            keys=[keys.grant(agent_id, grant_id), keys.life(agent_id, grant_id),
-                  keys.index(agent_id), keys.ended_child(agent_id, grant_id)],
-            args=[grant_id, ms(marker_until), ms(now)]))
+        raw = await replicated(  # on a cluster: once a replica has it
+            self._r, self._end, agent_id,
+            [keys.grant(agent_id, grant_id), keys.life(agent_id, grant_id),
+             keys.index(agent_id), keys.ended_child(agent_id, grant_id)],
+            [grant_id, ms(marker_until), ms(now)], f"end of child grant {grant_id}")
         at, _, text = _text(raw).partition("|")
         return from_ms(at), (GrantIssued.model_validate_json(text) if text else None)
 

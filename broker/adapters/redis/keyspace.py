@@ -162,6 +162,13 @@ def release(agent_id: str, request_id: str) -> str:
 def grant_revocation(agent_id: str, command_id: str) -> str:
     """The grant.revoked recorded for one operator's revocation of one grant (redelivery)."""
     return f"{agent_prefix(agent_id)}grant-revocation:{command_id}"
+
+
+def replica_ack(agent_id: str) -> str:
+    """Written after a replicated write (cluster only) so WAIT covers it; lives a minute."""
+    return f"{agent_prefix(agent_id)}replica-ack"
+
+
 def owner(agent_id: str, role: str) -> str:
     """Fence epoch of the latest worker that wrote for the agent from one topic ('esc'/'risk')."""
     return f"{agent_prefix(agent_id)}owner:{role}"

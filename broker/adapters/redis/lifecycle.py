@@ -16,7 +16,7 @@ from typing import Literal
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, replicated
 from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
 from broker.grants.renewal import RenewalOutcome
 from schemas.events import (
@@ -116,16 +116,17 @@ class LifecycleStore:
     async def revoke_one(self, revoked: GrantRevoked, *, max_grant_s: int) -> Stored:
         """End one grant for an operator's revocation, as a release ends it, and record the
         ``grant.revoked`` under the command (``cause_event_id``): a redelivery gets the recorded
-        event back and ends nothing twice. ``blocked`` ('gone') when the grant is not live."""
+        event back and ends nothing twice. ``blocked`` ('gone') when the grant is not live. On a
+        cluster it returns only once a replica has it (``calls.replicated``)."""
         a, gid = revoked.agent_id, revoked.grant_id
         until = max(revoked.expires_at, revoked.revoked_at + timedelta(seconds=max_grant_s)) \
             + self._margin
-        status, payload = await call(
-            self._release(
-                keys=[keys.grant_revocation(a, revoked.cause_event_id), keys.grant(a, gid),
-                      keys.life(a, gid), keys.index(a)],
-                args=[revoked.model_dump_json(), "1", gid, ms(until)],
-            )
+        status, payload = await replicated(
+            self._r, self._release, a,
+            [keys.grant_revocation(a, revoked.cause_event_id), keys.grant(a, gid),
+             keys.life(a, gid), keys.index(a)],
+            [revoked.model_dump_json(), "1", gid, ms(until)],
+            f"revocation of grant {gid}",
         )
         return _stored(status, payload)
 

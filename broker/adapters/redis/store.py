@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
-from broker.adapters.redis.calls import async_client, call, is_cluster, translated
+from broker.adapters.redis.calls import async_client, call, is_cluster, replicated, translated
 from broker.adapters.redis.restore import Rebuild
 from broker.adapters.redis.values import (
     NO_FENCE,
@@ -332,27 +332,28 @@ class RedisGrantStore(Rebuild):
         """Remove every grant of the agent and leave markers; idempotent per cause event.
 
         None when a newer owner of the signal's partition has written for the agent (fenced).
+        On a cluster it returns only once a replica has the revocation (``calls.replicated``).
         """
         a = plan.agent_id
-        raw = await call(
-            self._revoke(
-                keys=[
-                    keys.index(a),
-                    keys.revoked(a),
-                    keys.quarantine(a),
-                    keys.revocation(a, plan.cause_id),
-                    keys.owner(a, fence.role),
-                ],
-                args=[
-                    ms(plan.revoked_at),
-                    ms(plan.marker_until),
-                    ms(plan.quarantine_until) if plan.quarantine_until else 0,
-                    ms(plan.marker_until + self._margin),
-                    keys.agent_prefix(a),
-                    plan.rule,
-                    fence.epoch,
-                ],
-            )
+        raw = await replicated(
+            self._r, self._revoke, a,
+            [
+                keys.index(a),
+                keys.revoked(a),
+                keys.quarantine(a),
+                keys.revocation(a, plan.cause_id),
+                keys.owner(a, fence.role),
+            ],
+            [
+                ms(plan.revoked_at),
+                ms(plan.marker_until),
+                ms(plan.quarantine_until) if plan.quarantine_until else 0,
+                ms(plan.marker_until + self._margin),
+                keys.agent_prefix(a),
+                plan.rule,
+                fence.epoch,
+            ],
+            f"revocation of {a}",
         )
         if isinstance(raw, bytes) and raw.startswith(b"fenced:"):
             return None
