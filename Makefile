@@ -1,5 +1,5 @@
 # permbroker developer entry points. `make help` lists them.
-# The local stack (Kafka + Redis as plain processes) needs java, mvn and redis-server:
+# The local stack (Kafka + Redis as plain processes) needs java, mvn, redis-server and redis-cli:
 # `make deps` installs what is missing (apt-get, as root on Debian) or says what to install.
 
 SHELL := /bin/bash
@@ -20,7 +20,7 @@ endef
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
-	@echo "make deps          install java, mvn, redis-server if missing (root on Debian)"
+	@echo "make deps          install java, mvn, redis-server, redis-cli if missing (root on Debian)"
 	@echo "make dev           stack + worker + API + example service until Ctrl-C (README quick start)"
 	@echo "make stack-up      start the local Kafka + Redis stack (XDG data dir)"
 	@echo "make stack-status  show the local stack"
