@@ -34,7 +34,7 @@ from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import RegistryView
-from broker.adapters.redis.calls import sync_client
+from broker.adapters.redis.calls import close, sync_client
 from broker.adapters.redis.identity import SpentAssertions
 from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
@@ -170,7 +170,7 @@ class Runtime:
                 setattr(self, name, None)
         self.trust = self.identities = self.publisher = None
         if self._redis is not None and not readers_only:
-            self._redis.close()
+            close(self._redis)  # a cluster client's startup-node connections too
 
     def kafka_problem(self) -> str:
         """'' when Kafka answers a metadata request within 2 s, else why not."""

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call, replicated, sync_client, translated
+from broker.adapters.redis.calls import call, close, replicated, sync_client, translated
 from broker.adapters.redis.store import ms
 from broker.grants.budgets import Use, UseStatus, cause_of
 from schemas.events import GrantIssued, GrantUsed
@@ -44,8 +44,8 @@ class BudgetCounter:
         return Use(cast(UseStatus, status.decode()), int(used), int(limit))
 
     def close(self) -> None:
-        """Close the client's connections."""
-        self._r.close()
+        """Close the client's connections (a cluster client's startup-node ones too)."""
+        close(self._r)
 
 
 @dataclass(frozen=True)
