@@ -1,5 +1,5 @@
 # permbroker developer entry points. `make help` lists them.
-# The local stack (Kafka + Redis as plain processes) needs java, mvn and redis-server:
+# The local stack (Kafka + Redis as plain processes) needs java, mvn, redis-server and redis-cli:
 # `make deps` installs what is missing (apt-get, as root on Debian) or says what to install.
 
 SHELL := /bin/bash
@@ -16,11 +16,11 @@ define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: help venv deps dev stack-up stack-down stack-status check docs test test-faults demo bench bench-peers clean
+.PHONY: help venv deps dev stack-up stack-down stack-status check docs test test-cluster test-faults demo bench bench-peers clean
 
 help:
 	@echo "make venv          create .venv and install permbroker with dev extras"
-	@echo "make deps          install java, mvn, redis-server if missing (root on Debian)"
+	@echo "make deps          install java, mvn, redis-server, redis-cli if missing (root on Debian)"
 	@echo "make dev           stack + worker + API + example service until Ctrl-C (README quick start)"
 	@echo "make stack-up      start the local Kafka + Redis stack (XDG data dir)"
 	@echo "make stack-status  show the local stack"
@@ -85,6 +85,18 @@ test: venv deps docs
 	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
 	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-cluster
+
+# The escalation path (grant, narrowing, redelivery, revocation, expiry, rebuild after a flush)
+# again with the grant store on a local Redis Cluster (3 masters, 3 replicas), and a revocation
+# acknowledged only once a replica has it.
+CLUSTER_TESTS = tests/integration/grants/test_escalation_path.py \
+	tests/integration/grants/test_crash_and_rebuild.py::test_rebuild_after_flush_restores_exactly_the_active_grants \
+	tests/integration/delivery/test_enforcement.py::test_expiring_arrives_before_expired \
+	tests/integration/test_cluster_replication.py
+test-cluster: venv deps
+	$(call header,test-cluster: the escalation path on a Redis Cluster)
+	PERMBROKER_TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 # Kills, stalls and restarts workers, Redis and Kafka (its own on ports 25100-25199), floods and
 # hostile input; writes the figures to reports/reliability.md.

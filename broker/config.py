@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -95,9 +95,14 @@ class Settings(BaseSettings):
         None, description="Dev tooling only: the local stack's Kafka users, one password per "
         "role, handed to the processes it starts (default <stack_dir>/kafka/credentials.json)"
     )
+    redis_cluster: bool = Field(
+        False, description="The Redis at redis_url is a Redis Cluster (same as giving redis_url "
+        "the redis+cluster:// scheme)"
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:16379/0", description="Redis URL of the grant store (it must run with "
-        "maxmemory-policy noeviction; checked at start)"
+        "maxmemory-policy noeviction; checked at start). A Redis Cluster: the scheme "
+        "redis+cluster:// (or rediss+cluster://) and any node's address, or redis_cluster=true"
     )
     policy_path: Path = Field(
         default_factory=shipped_bundle,
@@ -192,6 +197,15 @@ class Settings(BaseSettings):
         None, description="JWKS file the API serves at /.well-known/jwks.json until a key set "
         "is published on Kafka"
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_scheme(cls, value: str, info: ValidationInfo) -> str:
+        """redis_cluster=true is carried by the URL's scheme: every client reads only the URL."""
+        if info.data.get("redis_cluster") and value.startswith(("redis://", "rediss://")):
+            scheme, rest = value.split("://", 1)
+            return f"{scheme}+cluster://{rest}"
+        return value
 
     @field_validator("grant_namespaces", mode="before")
     @classmethod

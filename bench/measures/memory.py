@@ -99,10 +99,10 @@ def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],
         kinds["index (per agent, / grants per agent)"].append(
             (client.memory_usage(keys.index(agent)) or 0) // (n // AGENTS))
     out = {k: sum(v) / len(v) for k, v in kinds.items() if v}
-    out["expiry index (global zset, / grants)"] = (
-        client.memory_usage(keys.EXPIRY_INDEX, samples=0) or 0) / n
-    out["expiring index (global zset, / grants)"] = (
-        client.memory_usage(keys.EXPIRING_INDEX, samples=0) or 0) / n
+    out["expiry index (sharded zsets, / grants)"] = sum(
+        client.memory_usage(k, samples=0) or 0 for k in keys.expiry_indexes()) / n
+    out["expiring index (sharded zsets, / grants)"] = sum(
+        client.memory_usage(k, samples=0) or 0 for k in keys.expiring_indexes()) / n
     return out
 
 

@@ -34,6 +34,7 @@ from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import RegistryView
+from broker.adapters.redis.calls import close, sync_client
 from broker.adapters.redis.identity import SpentAssertions
 from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
@@ -88,8 +89,7 @@ class Runtime:
         s = self.settings
         self.enforcement_point = s.enforcement_point or f"permbroker-api.{socket.gethostname()}"
         self.store = RedisGrantStore.from_url(s.redis_url, margin_s=s.record_margin_s)
-        self._redis = redis.Redis.from_url(s.redis_url, socket_timeout=1.0,
-                                           socket_connect_timeout=1.0)
+        self._redis = sync_client(s.redis_url, 1.0)
         self._admin = admin_client(self.kafka)
 
     def start_until_ready(self, stop: threading.Event, retry_s: float = 2.0) -> None:
@@ -185,7 +185,7 @@ class Runtime:
                 setattr(self, name, None)
         self.trust = self.identities = self.publisher = None
         if self._redis is not None and not readers_only:
-            self._redis.close()
+            close(self._redis)  # a cluster client's startup-node connections too
 
     def kafka_problem(self) -> str:
         """'' when Kafka answers a metadata request within 2 s, else why not."""

@@ -55,7 +55,8 @@ KAFKA, REDIS = "kafka", "redis"
 # Which command each service needs, and the Debian package that brings it.
 # How long a port may stay taken by a stray client socket before `up` gives up on it.
 PORT_GRACE_S = 15.0
-_TOOLS = {"java": "openjdk-17-jre-headless", "mvn": "maven", "redis-server": "redis-server"}
+_TOOLS = {"java": "openjdk-17-jre-headless", "mvn": "maven", "redis-server": "redis-server",
+          "redis-cli": "redis-tools"}  # redis-cli creates the local Redis Cluster
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def missing_tools() -> list[str]:
 
 
 def ensure_tools(progress: Progress | None = None) -> None:
-    """Install java, mvn and redis-server with apt-get if missing (root on Debian), else explain."""
+    """Install java, mvn, redis-server and redis-cli with apt-get if missing (root on Debian),
+    else explain."""
     say = progress or (lambda _msg: None)
     missing = missing_tools()
     if not missing:
@@ -402,7 +404,7 @@ def main(argv: list[str]) -> int:
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("java, mvn and redis-server are installed")
+    print("java, mvn, redis-server and redis-cli are installed")
     return 0
 
 

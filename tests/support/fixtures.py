@@ -19,6 +19,7 @@ from broker.adapters.crypto.keystore import AgentKeyStore, ensure_identity_files
 from broker.adapters.crypto.trust import RecordTrust
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.redis import keyspace as keys
+from broker.adapters.redis.calls import close, sync_client
 from broker.config import Settings
 from broker.policy import load_policy
 from broker.stack.credentials import role_access
@@ -123,9 +124,9 @@ def tap(settings: Settings) -> Iterator[Callable[[str], Tap]]:
 @pytest.fixture
 def rclient(settings: Settings) -> Iterator[redis.Redis]:
     """A plain Redis client on the store."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     yield client
-    client.close()
+    close(client)
 
 
 def keys_without_ttl(client: redis.Redis) -> list[str]:
@@ -141,9 +142,9 @@ def keys_without_ttl(client: redis.Redis) -> list[str]:
 def every_grant_key_expires(services: Services) -> Iterator[None]:
     """After the integration session, no per-agent key in Redis lacks a TTL (invariant 2)."""
     yield
-    client = redis.Redis.from_url(services.redis_url)
+    client = sync_client(services.redis_url)
     try:
         forever = keys_without_ttl(client)
     finally:
-        client.close()
+        close(client)
     assert not forever, f"keys without a TTL: {forever[:10]}"

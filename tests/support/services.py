@@ -10,6 +10,7 @@ Clients of the tests reach Kafka as the role they play (``role_access(settings, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import tarfile
@@ -25,6 +26,7 @@ from broker.adapters.kafka.admin import ensure_topics
 from broker.config import Settings
 from broker.errors import BusError
 from broker.stack import local as stack
+from broker.stack import rediscluster
 from broker.stack.credentials import Credentials, credentials_file
 from schemas.topics import ADMIN
 
@@ -152,9 +154,35 @@ def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
                 f"PERMBROKER_STACK_DIR={TEST_STACK.stack_dir} permbroker stack down)")
 
 
+# PERMBROKER_TEST_REDIS_CLUSTER=1: the grant store is a Redis Cluster of six local nodes (three
+# masters, three replicas) started for the session, instead of the single Redis.
+CLUSTER_BASE_PORT = 26500 + _OFFSET
+
+
+@contextlib.contextmanager
+def redis_cluster(log: Callable[[str], None] = print) -> Iterator[str]:
+    """A fresh local Redis Cluster for one session (stopped and wiped after); yields its URL."""
+    root = TEST_STACK.stack_dir / "redis-cluster"
+    rediscluster.up(root, CLUSTER_BASE_PORT, log)
+    try:
+        yield rediscluster.url(CLUSTER_BASE_PORT)
+    finally:
+        log(f"stopped {rediscluster.down(root, CLUSTER_BASE_PORT, wipe=True)} cluster nodes")
+
+
 @contextlib.contextmanager
 def provide(log: Callable[[str], None] = print) -> Iterator[Services]:
     """Yield running services for one test session and stop whatever this call started."""
+    with _provide(log) as services:
+        if os.environ.get("PERMBROKER_TEST_REDIS_CLUSTER") != "1":
+            yield services
+            return
+        with redis_cluster(log) as url:
+            yield dataclasses.replace(services, redis_url=url)
+
+
+@contextlib.contextmanager
+def _provide(log: Callable[[str], None]) -> Iterator[Services]:
     bootstrap = os.environ.get("PERMBROKER_TEST_KAFKA_BOOTSTRAP")
     redis_url = os.environ.get("PERMBROKER_TEST_REDIS_URL")
     users = os.environ.get("PERMBROKER_TEST_KAFKA_CREDENTIALS")

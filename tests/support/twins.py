@@ -49,6 +49,10 @@ def from_ms(value: int | str) -> datetime:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
+# The twin keeps one expiry index of each kind (the real store shards them: same answers).
+_EXPIRY, _EXPIRING = f"{keys.PREFIX}:expiry", f"{keys.PREFIX}:expiring"
+
+
 @dataclass
 class _Entry:
     value: Any
@@ -278,7 +282,7 @@ class MemoryGrantStore:
         member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
         life = (grant.expires_at - grant.issued_at).total_seconds()
         warn_at = grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
-        for index, when in ((keys.EXPIRY_INDEX, grant.expires_at), (keys.EXPIRING_INDEX, warn_at)):
+        for index, when in ((_EXPIRY, grant.expires_at), (_EXPIRING, warn_at)):
             self._zadd(index, member, ms(when))
             self._expire_max(index, ms(life_until))
 
@@ -372,7 +376,7 @@ class MemoryGrantStore:
     async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
         """Grants whose expiry passed; a renewed one is re-scored instead."""
         self._up()
-        zset: dict[str, int] = self._get(keys.EXPIRY_INDEX) or {}
+        zset: dict[str, int] = self._get(_EXPIRY) or {}
         due = sorted(((m, s) for m, s in zset.items() if s <= ms(now)),
                      key=lambda i: (i[1], i[0]))[:limit]
         out = []
@@ -389,7 +393,7 @@ class MemoryGrantStore:
     async def ack_expiries(self, done: Sequence[DueExpiry]) -> None:
         """Forget announced (or skipped) expiries."""
         self._up()
-        zset: dict[str, int] = self._get(keys.EXPIRY_INDEX) or {}
+        zset: dict[str, int] = self._get(_EXPIRY) or {}
         for d in done:
             self._kv.pop(keys.life(d.event.agent_id, d.event.grant_id), None)
             zset.pop(d.member, None)

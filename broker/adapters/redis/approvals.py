@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, is_cluster
 from broker.adapters.redis.store import UNLIMITED, RateLimit, from_ms, ms
 from broker.grants.approvals import Resolution, Status
 from broker.grants.decide import Pending
@@ -135,12 +135,16 @@ class ApprovalStore:
         pipe.zadd(keys.APPROVALS_DUE, {member: ms(event.window_expires_at)})
         pipe.pexpireat(keys.APPROVALS_DUE, ms(until), gt=True)
         pipe.pexpireat(keys.APPROVALS_DUE, ms(until), nx=True)
-        await self._open(keys=[keys.approval(event.agent_id, event.request_id),
-                               keys.rate(event.agent_id)],
-                         args=[pending.to_json(), ms(event.window_expires_at), ms(until),
-                               rate.capacity, rate.per_ms, ms(now or event.decided_at)],
-                         client=pipe)
-        what, status, published = (await call(pipe.execute()))[-1]
+        opening = {"keys": [keys.approval(event.agent_id, event.request_id),
+                            keys.rate(event.agent_id)],
+                   "args": [pending.to_json(), ms(event.window_expires_at), ms(until),
+                            rate.capacity, rate.per_ms, ms(now or event.decided_at)]}
+        if is_cluster(self._r):  # a cluster pipeline cannot carry a script: index first
+            await call(pipe.execute())
+            what, status, published = await call(self._open(**opening))
+        else:
+            await self._open(**opening, client=pipe)
+            what, status, published = (await call(pipe.execute()))[-1]
         if what == b"rate":
             return "rate", "pending", False
         return what.decode(), cast(Status, status.decode()), published == b"1"

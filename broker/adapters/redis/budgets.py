@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.calls import call, close, replicated, sync_client, translated
 from broker.adapters.redis.store import ms
 from broker.grants.budgets import Use, UseStatus, cause_of
 from schemas.events import GrantIssued, GrantUsed
@@ -32,8 +32,7 @@ class BudgetCounter:
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 2.0) -> BudgetCounter:
         """A counter on a fresh client for ``url`` (short timeouts: a check must not hang)."""
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                        socket_connect_timeout=timeout_s))
+        return cls(sync_client(url, timeout_s))
 
     def consume(self, grant: GrantIssued, scope: str, use_id: str) -> Use:
         """Count one use of ``scope`` under ``grant`` (idempotent per ``use_id``)."""
@@ -45,8 +44,8 @@ class BudgetCounter:
         return Use(cast(UseStatus, status.decode()), int(used), int(limit))
 
     def close(self) -> None:
-        """Close the client's connections."""
-        self._r.close()
+        """Close the client's connections (a cluster client's startup-node ones too)."""
+        close(self._r)
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,11 @@ class BudgetRevoker:
         """Remove the grant once per exhaustion, only if the store's counter is at the limit."""
         a, gid, cause = event.agent_id, event.grant_id, cause_of(event)
         until = now + timedelta(seconds=max_grant_s) + self._margin
-        status, payload = await call(self._revoke(
-            keys=[keys.grant(a, gid), keys.life(a, gid), keys.index(a),
-                  keys.budget_revoked(a, cause), keys.budget(a, gid)],
-            args=[gid, event.scope, ms(until)]))
+        status, payload = await replicated(  # on a cluster: once a replica has it
+            self._r, self._revoke, a,
+            [keys.grant(a, gid), keys.life(a, gid), keys.index(a),
+             keys.budget_revoked(a, cause), keys.budget(a, gid)],
+            [gid, event.scope, ms(until)], f"budget revocation of grant {gid}")
         kind = cast(Literal["revoked", "existing", "unverified", "not-exhausted"], status.decode())
         ended = kind in ("revoked", "existing") and payload
         return Exhaustion(kind, GrantIssued.model_validate_json(payload) if ended else None)

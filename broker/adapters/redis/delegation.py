@@ -16,11 +16,11 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, replicated
 from broker.adapters.redis.values import from_ms, ms
 from schemas.events import DelegationDecided, GrantIssued
 
-# KEYS: grant, index, life, ended-child, quarantine, view epoch, revoked
+# KEYS: grant, index, life, ended-child, quarantine, view marker (agent slot), revoked
 # ARGV: grant_json, expires_ms, now_ms, life_until_ms, grant_id, issued_ms
 CHILD = """
 if redis.call('EXISTS', KEYS[4]) == 1 then return 'ended' end
@@ -99,7 +99,7 @@ class DelegationStore:
         a, g = grant.agent_id, grant.grant_id
         status = await call(self._child(
             keys=[keys.grant(a, g), keys.index(a), keys.life(a, g), keys.ended_child(a, g),
-                  keys.quarantine(a), keys.VIEW_EPOCH, keys.revoked(a)],
+                  keys.quarantine(a), keys.view_marker(a), keys.revoked(a)],
             args=[grant.model_dump_json(), ms(grant.expires_at), ms(now), ms(life_until), g,
                   ms(grant.issued_at)]))
         return _text(status)  # type: ignore[return-value]
@@ -146,10 +146,11 @@ class DelegationStore:
                         marker_until: datetime) -> tuple[datetime, GrantIssued | None]:
         """Remove one child grant because its parent ended: when, and the grant it removed
         (None if it had already ended on its own); the first call's answer on every call."""
-        raw = await call(self._end(
-            keys=[keys.grant(agent_id, grant_id), keys.life(agent_id, grant_id),
-                  keys.index(agent_id), keys.ended_child(agent_id, grant_id)],
-            args=[grant_id, ms(marker_until), ms(now)]))
+        raw = await replicated(  # on a cluster: once a replica has it
+            self._r, self._end, agent_id,
+            [keys.grant(agent_id, grant_id), keys.life(agent_id, grant_id),
+             keys.index(agent_id), keys.ended_child(agent_id, grant_id)],
+            [grant_id, ms(marker_until), ms(now)], f"end of child grant {grant_id}")
         at, _, text = _text(raw).partition("|")
         return from_ms(at), (GrantIssued.model_validate_json(text) if text else None)
 

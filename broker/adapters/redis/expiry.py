@@ -39,8 +39,8 @@ class ExpiryIndex:
         """Queue on ``pipe`` the expiry and expiry-warning index entries of a grant."""
         member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
         for index, when in (
-            (keys.EXPIRY_INDEX, grant.expires_at),
-            (keys.EXPIRING_INDEX, self.warn_at(grant)),
+            (keys.expiry_index(grant.agent_id), grant.expires_at),
+            (keys.expiring_index(grant.agent_id), self.warn_at(grant)),
         ):
             pipe.zadd(index, {member: ms(when)})
             pipe.pexpireat(index, ms(life_until), gt=True)
@@ -49,15 +49,15 @@ class ExpiryIndex:
     async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
         """Grants whose expiry passed; ``live`` says whether to announce (not revoked/released).
 
-        A grant renewed since it was indexed (its life key holds a later expiry) is re-scored
-        instead: its end is announced at the new expiry.
+        Each shard of the index is read (up to ``limit`` in all). A grant renewed since it was
+        indexed (its life key holds a later expiry) is re-scored instead: its end is announced
+        at the new expiry.
         """
-        members = await call(
-            self._r.zrangebyscore(
-                keys.EXPIRY_INDEX, "-inf", ms(now), start=0, num=limit, withscores=True
-            )
-        )
-        parsed = [(raw.decode(), score) for raw, score in members]
+        pipe = self._r.pipeline(transaction=False)  # one round trip for every shard
+        for index in keys.expiry_indexes():
+            pipe.zrangebyscore(index, "-inf", ms(now), start=0, num=limit, withscores=True)
+        shards = await call(pipe.execute())
+        parsed = [(raw.decode(), score) for found in shards for raw, score in found][:limit]
         pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
         for member, _score in parsed:
             agent, gid, _ns = keys.parse_member(member)
@@ -67,7 +67,7 @@ class ExpiryIndex:
         for (member, score), current in zip(parsed, lives, strict=True):
             agent, gid, namespaces = keys.parse_member(member)
             if current is not None and int(current) > int(score):
-                await call(self._r.zadd(keys.EXPIRY_INDEX, {member: int(current)}))
+                await call(self._r.zadd(keys.expiry_index(agent), {member: int(current)}))
                 continue
             event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
             out.append(DueExpiry(event, current is not None, namespaces, member))
@@ -80,5 +80,5 @@ class ExpiryIndex:
         pipe = self._r.pipeline(transaction=False)
         for d in done:
             pipe.delete(keys.life(d.event.agent_id, d.event.grant_id))
-            pipe.zrem(keys.EXPIRY_INDEX, d.member)
+            pipe.zrem(keys.expiry_index(d.event.agent_id), d.member)
         await call(pipe.execute())

@@ -16,19 +16,15 @@ import redis
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.calls import async_client, call, translated
 
 LAST_ACTED_LIFE = timedelta(days=30)
 
-# KEYS: nonce, last-acted hash   ARGV: origin, nonce PXAT ms, agent ('' = none), acted ms,
-#       hash PXAT ms. One round trip: the first use of a nonce records its origin and, for an
-#       agent, when it acted; returns {first origin, 1 if this call recorded it}.
+# KEYS: nonce   ARGV: origin, nonce PXAT ms. The first use of a nonce records its origin;
+#       returns {first origin, 1 if this call recorded it}. (When an agent acted is a global
+#       hash in another cluster slot: written after, by the caller.)
 FIRST_SEEN = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then
-  if ARGV[3] ~= '' then
-    redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-    redis.call('PEXPIREAT', KEYS[2], ARGV[5])
-  end
   return {ARGV[1], 1}
 end
 return {redis.call('GET', KEYS[1]) or ARGV[1], 0}
@@ -49,7 +45,7 @@ class IdentityStore:
     @classmethod
     def from_url(cls, url: str) -> IdentityStore:
         """A store on a fresh client for ``url``."""
-        return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+        return cls(async_client(url))
 
     async def aclose(self) -> None:
         """Close the client's connections."""
@@ -59,10 +55,10 @@ class IdentityStore:
                          agent: str = "", at: datetime | None = None) -> tuple[str, bool]:
         """The origin of the nonce's first use (recording ``origin`` if none), and whether this
         call recorded it; a first use by ``agent`` also records that it acted ``at``."""
-        acted = at or until
         first, new = await call(self._first_seen(
-            keys=[keys.nonce(principal, jti), keys.LAST_ACTED],
-            args=[origin, _ms(until), agent, _ms(acted), _ms(acted + LAST_ACTED_LIFE)]))
+            keys=[keys.nonce(principal, jti)], args=[origin, _ms(until)]))
+        if agent and int(new):
+            await self.mark_acted(agent, at or until)
         return (first.decode() if isinstance(first, bytes) else str(first)), bool(int(new))
 
     async def mark_acted(self, agent_id: str, at: datetime) -> None:

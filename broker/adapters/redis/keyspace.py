@@ -1,23 +1,87 @@
-"""Redis key names of the grant store, spelled once. Imports stdlib only.
+"""Redis key names of the grant store, spelled once. Imports stdlib and redis's slot hash only.
 
 Every per-agent key carries the hash tag ``{agent_id}`` so one agent's keys share a Redis Cluster
 slot and the Lua scripts that touch them stay atomic. Every per-agent key is written with an
 absolute expiry (PXAT): nothing here lives forever.
+
+The layout is the same on one node and on a cluster. A script never touches a key of another
+slot: the "view built" marker is written once per cluster slot (``view_marker`` names the one in
+an agent's slot), and the expiry indexes are sharded by a hash tag (``expiry_index``) that the
+sweeper iterates (``expiry_indexes``).
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 PREFIX = "pb"
 
-# Global keys (their own slots).
-EXPIRY_INDEX = f"{PREFIX}:expiry"  # zset "agent\x1fgrant_id" -> expires_at ms; PXAT of the latest
-VIEW_EPOCH = (
-    f"{PREFIX}:view:epoch"  # set when the view was (re)built from Kafka; absent = fail closed
-)
+# Set when the view was (re)built from Kafka (when, for listings); the per-slot markers below
+# are what scripts and checks read. Absent = fail closed.
+VIEW_EPOCH = f"{PREFIX}:view:epoch"
 AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
-# zset of the same members as EXPIRY_INDEX scored by when to announce grant.expiring.
-EXPIRING_INDEX = f"{PREFIX}:expiring"
 MEMBER_SEP = "\x1f"
+# Shards of the expiry indexes (zsets "agent\x1fgrant\x1fnamespaces" -> ms; PXAT of the latest).
+EXPIRY_SHARDS = 16
+_TAG_CHARS = [chr(0x40 | n) for n in range(16)]  # "@A..O": no brace, no separator
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    """One short hash tag per cluster slot (index = slot), found once per process (~30 ms)."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    for a in _TAG_CHARS:
+        for b in _TAG_CHARS:
+            for c in _TAG_CHARS:
+                for d in _TAG_CHARS:
+                    tag = a + b + c + d
+                    slot = key_slot(tag.encode())
+                    if tags[slot] is None:
+                        tags[slot] = tag
+    found = tuple(t for t in tags if t is not None)
+    assert len(found) == REDIS_CLUSTER_HASH_SLOTS, "every slot has a tag"
+    return found
+
+
+def agent_slot(agent_id: str) -> int:
+    """The cluster slot of every key of one agent."""
+    return key_slot(agent_prefix(agent_id).encode())
+
+
+def view_marker(agent_id: str) -> str:
+    """The "view built" marker in the agent's slot: a script on the agent's keys reads it."""
+    return f"{PREFIX}:view:{{{_slot_tags()[agent_slot(agent_id)]}}}"
+
+
+def view_markers() -> list[str]:
+    """Every slot's "view built" marker (written when the view is built, one per slot)."""
+    return [f"{PREFIX}:view:{{{tag}}}" for tag in _slot_tags()]
+
+
+def _shard(agent_id: str) -> int:
+    return agent_slot(agent_id) % EXPIRY_SHARDS
+
+
+def expiry_index(agent_id: str) -> str:
+    """The expiry index shard of the agent's grants (scored by expires_at ms)."""
+    return f"{PREFIX}:expiry:{{x{_shard(agent_id)}}}"
+
+
+def expiring_index(agent_id: str) -> str:
+    """The expiry-warning index shard (same members, scored by when to announce expiring)."""
+    return f"{PREFIX}:expiring:{{x{_shard(agent_id)}}}"
+
+
+def expiry_indexes() -> list[str]:
+    """Every shard of the expiry index (the sweeper reads each)."""
+    return [f"{PREFIX}:expiry:{{x{n}}}" for n in range(EXPIRY_SHARDS)]
+
+
+def expiring_indexes() -> list[str]:
+    """Every shard of the expiry-warning index."""
+    return [f"{PREFIX}:expiring:{{x{n}}}" for n in range(EXPIRY_SHARDS)]
 
 
 def expiry_member(agent_id: str, grant_id: str, scopes: tuple[str, ...] = ()) -> str:
@@ -98,6 +162,13 @@ def release(agent_id: str, request_id: str) -> str:
 def grant_revocation(agent_id: str, command_id: str) -> str:
     """The grant.revoked recorded for one operator's revocation of one grant (redelivery)."""
     return f"{agent_prefix(agent_id)}grant-revocation:{command_id}"
+
+
+def replica_ack(agent_id: str) -> str:
+    """Written after a replicated write (cluster only) so WAIT covers it; lives a minute."""
+    return f"{agent_prefix(agent_id)}replica-ack"
+
+
 def owner(agent_id: str, role: str) -> str:
     """Fence epoch of the latest worker that wrote for the agent from one topic ('esc'/'risk')."""
     return f"{agent_prefix(agent_id)}owner:{role}"

@@ -16,7 +16,7 @@ from typing import Literal
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import call, replicated
 from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
 from broker.grants.renewal import RenewalOutcome
 from schemas.events import (
@@ -116,16 +116,17 @@ class LifecycleStore:
     async def revoke_one(self, revoked: GrantRevoked, *, max_grant_s: int) -> Stored:
         """End one grant for an operator's revocation, as a release ends it, and record the
         ``grant.revoked`` under the command (``cause_event_id``): a redelivery gets the recorded
-        event back and ends nothing twice. ``blocked`` ('gone') when the grant is not live."""
+        event back and ends nothing twice. ``blocked`` ('gone') when the grant is not live. On a
+        cluster it returns only once a replica has it (``calls.replicated``)."""
         a, gid = revoked.agent_id, revoked.grant_id
         until = max(revoked.expires_at, revoked.revoked_at + timedelta(seconds=max_grant_s)) \
             + self._margin
-        status, payload = await call(
-            self._release(
-                keys=[keys.grant_revocation(a, revoked.cause_event_id), keys.grant(a, gid),
-                      keys.life(a, gid), keys.index(a)],
-                args=[revoked.model_dump_json(), "1", gid, ms(until)],
-            )
+        status, payload = await replicated(
+            self._r, self._release, a,
+            [keys.grant_revocation(a, revoked.cause_event_id), keys.grant(a, gid),
+             keys.life(a, gid), keys.index(a)],
+            [revoked.model_dump_json(), "1", gid, ms(until)],
+            f"revocation of grant {gid}",
         )
         return _stored(status, payload)
 
@@ -136,9 +137,10 @@ class LifecycleStore:
 
     async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
         """Grants whose expiry warning is due, with the warning to announce if still live."""
-        members = await call(
-            self._r.zrangebyscore(keys.EXPIRING_INDEX, "-inf", ms(now), start=0, num=limit)
-        )
+        pipe = self._r.pipeline(transaction=False)  # one round trip for every shard
+        for index in keys.expiring_indexes():
+            pipe.zrangebyscore(index, "-inf", ms(now), start=0, num=limit)
+        members = [raw for found in await call(pipe.execute()) for raw in found][:limit]
         parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
         pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
         for _member, agent, gid, _ns in parsed:
@@ -153,7 +155,8 @@ class LifecycleStore:
             grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
             if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
                 await call(  # renewed since it was indexed: warn later
-                    self._r.zadd(keys.EXPIRING_INDEX, {member: ms(self._store.warn_at(grant))})
+                    self._r.zadd(keys.expiring_index(agent),
+                                 {member: ms(self._store.warn_at(grant))})
                 )
                 continue
             event = (
@@ -167,8 +170,12 @@ class LifecycleStore:
 
     async def ack_warnings(self, done: Sequence[DueWarning]) -> None:
         """Forget announced (or moot) warnings."""
-        if done:
-            await call(self._r.zrem(keys.EXPIRING_INDEX, *(d.member for d in done)))
+        if not done:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for d in done:
+            pipe.zrem(keys.expiring_index(keys.parse_member(d.member)[0]), d.member)
+        await call(pipe.execute())
 
 
 def _stored(status: bytes, payload: bytes) -> Stored:

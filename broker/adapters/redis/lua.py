@@ -4,7 +4,8 @@ Every write uses an absolute expiry (PXAT) in the same atomic step as the data. 
 exist without a TTL is never created: index keys get PEXPIREAT right after ZADD, inside the script.
 """
 
-# KEYS: decision, grant, index, revoked, quarantine, life, published, view epoch, owner, rate
+# KEYS: decision, grant, index, revoked, quarantine, life, published, view marker (of the
+#       agent's slot: keyspace.view_marker), owner, rate
 # ARGV: decision record, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
 #       record_until_ms, grant_id, fence epoch (0 = unfenced), rate capacity (0 = no limit),
 #       rate period ms

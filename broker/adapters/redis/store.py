@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
-from broker.adapters.redis.calls import call, translated
+from broker.adapters.redis.calls import async_client, call, is_cluster, replicated, translated
 from broker.adapters.redis.restore import Rebuild
 from broker.adapters.redis.values import (
     NO_FENCE,
@@ -55,6 +55,7 @@ class RedisGrantStore(Rebuild):
         self, client: aioredis.Redis, *, margin_s: int = 3600, warn_before_s: float = 30.0
     ) -> None:
         self._r = client
+        self._cluster = is_cluster(client)
         self._margin = timedelta(seconds=margin_s)
         self._warn_before = warn_before_s
         self._commit = client.register_script(lua.COMMIT)
@@ -72,7 +73,7 @@ class RedisGrantStore(Rebuild):
         cls, url: str, *, margin_s: int = 3600, warn_before_s: float = 30.0
     ) -> RedisGrantStore:
         """A store on a fresh client for ``url``."""
-        client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client = async_client(url)
         return cls(client, margin_s=margin_s, warn_before_s=warn_before_s)
 
     @property
@@ -86,9 +87,22 @@ class RedisGrantStore(Rebuild):
 
     async def check_config(self) -> None:
         """Refuse a Redis that may evict keys (it would drop grants or revocation markers)."""
-        cfg = await call(self._r.config_get("maxmemory-policy"))
-        policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
-        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+        for cfg in await self._node_configs():
+            policy = cfg.get("maxmemory-policy") or cfg.get(b"maxmemory-policy") or b""
+            policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+            self._refuse_eviction(policy)
+
+    async def _node_configs(self) -> list[dict[Any, Any]]:
+        """``maxmemory-policy`` of the one Redis, or of every node of a cluster."""
+        if isinstance(self._r, aioredis.RedisCluster):
+            cluster: Any = self._r
+            found = await call(cluster.config_get(
+                "maxmemory-policy", target_nodes=aioredis.RedisCluster.ALL_NODES))
+            return list(found.values()) if "maxmemory-policy" not in found else [found]
+        return [await call(self._r.config_get("maxmemory-policy"))]
+
+    @staticmethod
+    def _refuse_eviction(policy: str) -> None:
         if policy != "noeviction":
             raise StoreMisconfigured(
                 f"Redis maxmemory-policy is {policy!r}; permbroker needs 'noeviction' "
@@ -102,8 +116,18 @@ class RedisGrantStore(Rebuild):
         return from_ms(raw) if raw else None
 
     async def mark_built(self, now: datetime) -> None:
-        """Record that the view now reflects the log."""
-        await call(self._r.set(keys.VIEW_EPOCH, ms(now)))
+        """Record that the view now reflects the log: every slot's marker, then the epoch.
+
+        A node that loses its data (a flush, a failover to a replica that missed the writes)
+        loses its slots' markers with it: the agents on those slots are denied until a rebuild.
+        """
+        epoch = ms(now)
+        with translated("mark the view built"):
+            pipe = self._r.pipeline(transaction=False)
+            for marker in keys.view_markers():
+                pipe.set(marker, epoch)
+            await pipe.execute()
+        await call(self._r.set(keys.VIEW_EPOCH, epoch))
 
     async def now(self) -> datetime:
         """Redis's clock: the one that expires every key, so the one grants are judged by."""
@@ -119,18 +143,23 @@ class RedisGrantStore(Rebuild):
         round trip: a redelivery is recognised without a round trip of its own.
         """
         pipe = self._r.pipeline(transaction=False)
-        pipe.time()
+        if self._cluster:  # TIME has no key: a cluster pipeline refuses it
+            clock = await call(self._r.time())
+        else:
+            pipe.time()
         pipe.get(keys.quarantine(agent_id))
         pipe.pexpiretime(keys.quarantine(agent_id))
         pipe.get(keys.revoked(agent_id))
         pipe.get(keys.risk(agent_id))
-        pipe.exists(keys.VIEW_EPOCH)
+        pipe.exists(keys.view_marker(agent_id))
         pipe.hmget(keys.rate(agent_id), "t", "ts")
         if fence_key is not None:
             pipe.get(fence_key)
         if request_id is not None:
             self._queue_recorded(pipe, agent_id, request_id)
         got = await call(pipe.execute())
+        if self._cluster:
+            got = [clock, *got]
         (sec, usec), rule, pxat, revoked, risk, built, (tokens, ts) = got[:7]
         found = self._recorded(*got[-3:]) if request_id is not None else None
         return Snapshot(
@@ -202,7 +231,7 @@ class RedisGrantStore(Rebuild):
                 keys.quarantine(agent),
                 keys.life(agent, gid),
                 keys.published(agent, d.request_id),
-                keys.VIEW_EPOCH,
+                keys.view_marker(agent),
                 keys.owner(agent, fence.role),
                 keys.rate(agent),
             ],
@@ -223,9 +252,9 @@ class RedisGrantStore(Rebuild):
         def fill(pipe: Any) -> None:
             if g is not None:
                 self._index_expiry(pipe, g, record_until)
-            pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
 
-        status, payload, extra, published = (await self._with_script(lua.COMMIT, fill))[-1]
+        status, payload, extra, published = await self._with_script(
+            lua.COMMIT, fill, script_keys, script_args)
         status = status.decode()
         if status in ("blocked", "fenced"):
             return Committed(status, None, None, False, payload.decode(), extra.decode())
@@ -235,19 +264,27 @@ class RedisGrantStore(Rebuild):
         assert found is not None
         return Committed(status, found.decision, found.grant, found.published)
 
-    async def _with_script(self, script: str, fill: Callable[[Any], None]) -> list[Any]:
-        """Execute a pipeline that ``fill`` ends with an EVALSHA of ``script``: one round trip.
+    async def _with_script(self, script: str, fill: Callable[[Any], None],
+                           script_keys: list[str], script_args: list[Any]) -> Any:
+        """Run the commands ``fill`` queues, then the commit script: one round trip.
 
         (A script registered on a redis-py pipeline costs a SCRIPT EXISTS round trip on every
         execute.) If Redis lacks the script (restarted, flushed), it is loaded and the whole
         pipeline runs again: its other commands are idempotent, and the script did not run.
+        A cluster pipeline cannot carry a script: there the commands go first, then the script.
         """
+        if self._cluster:
+            pipe = self._r.pipeline(transaction=False)
+            fill(pipe)
+            await call(pipe.execute())
+            return await call(self._commit(keys=script_keys, args=script_args))
         with translated():
             for _ in range(2):
                 pipe = self._r.pipeline(transaction=False)
                 fill(pipe)
+                pipe.evalsha(self._commit.sha, len(script_keys), *script_keys, *script_args)
                 try:
-                    return list(await pipe.execute())
+                    return list(await pipe.execute())[-1]
                 except NoScriptError:
                     await self._r.script_load(script)
         raise StoreUnavailable("Redis lost the commit script twice in a row")
@@ -297,27 +334,28 @@ class RedisGrantStore(Rebuild):
         """Remove every grant of the agent and leave markers; idempotent per cause event.
 
         None when a newer owner of the signal's partition has written for the agent (fenced).
+        On a cluster it returns only once a replica has the revocation (``calls.replicated``).
         """
         a = plan.agent_id
-        raw = await call(
-            self._revoke(
-                keys=[
-                    keys.index(a),
-                    keys.revoked(a),
-                    keys.quarantine(a),
-                    keys.revocation(a, plan.cause_id),
-                    keys.owner(a, fence.role),
-                ],
-                args=[
-                    ms(plan.revoked_at),
-                    ms(plan.marker_until),
-                    ms(plan.quarantine_until) if plan.quarantine_until else 0,
-                    ms(plan.marker_until + self._margin),
-                    keys.agent_prefix(a),
-                    plan.rule,
-                    fence.epoch,
-                ],
-            )
+        raw = await replicated(
+            self._r, self._revoke, a,
+            [
+                keys.index(a),
+                keys.revoked(a),
+                keys.quarantine(a),
+                keys.revocation(a, plan.cause_id),
+                keys.owner(a, fence.role),
+            ],
+            [
+                ms(plan.revoked_at),
+                ms(plan.marker_until),
+                ms(plan.quarantine_until) if plan.quarantine_until else 0,
+                ms(plan.marker_until + self._margin),
+                keys.agent_prefix(a),
+                plan.rule,
+                fence.epoch,
+            ],
+            f"revocation of {a}",
         )
         if isinstance(raw, bytes) and raw.startswith(b"fenced:"):
             return None
@@ -346,7 +384,7 @@ class RedisGrantStore(Rebuild):
             return Check(False, f"grant store unavailable, denying (fail closed): {exc}")
 
     async def _check_live(self, agent_id: str, scope: str, resource: str, now: datetime) -> Check:
-        if await self.view_epoch() is None:
+        if not await call(self._r.exists(keys.view_marker(agent_id))):
             return Check(
                 False, "grant view not built from Kafka yet (run: permbroker grants rebuild)"
             )

@@ -20,6 +20,7 @@ from broker.cli.context import cli_settings, use_settings
 from broker.config import Settings
 from broker.errors import ConfigError, StackError
 from broker.stack import local as stack
+from broker.stack import rediscluster
 from broker.stack.credentials import Credentials, credentials_file
 from schemas.topics import ROLES
 
@@ -60,23 +61,41 @@ def up(
         help="Install missing java/mvn/redis-server with apt-get (root on Debian only).",
     )] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for both services.")] = 120.0,
+    redis_cluster: Annotated[bool, typer.Option(
+        help="Also start a Redis Cluster (six redis-server processes: three masters, three "
+        "replicas, on the Redis port + 100 and up) and print its URL as the grant store's.",
+    )] = False,
 ) -> None:
     """Start Kafka and Redis (or reuse ours if running), then create the topics."""
     settings = cli_settings()
+    redis_url = ""
     try:
         if install_tools:
             stack.ensure_tools(_progress)
         with _err.status("Starting the local stack ..."):
             status = stack.up(settings, progress=_progress, timeout=timeout)
+            redis_url = _start_cluster(settings, timeout) if redis_cluster else status.redis_url
     except StackError as exc:
         raise _fail("up", exc) from exc
     for path in ensure_identity_files(settings):  # private keys: 0600, never printed
         _progress(f"Created {path}")
     _out.print(_table(status))
     _out.print(f"PERMBROKER_KAFKA_BOOTSTRAP={status.bootstrap}", highlight=False)
-    _out.print(f"PERMBROKER_REDIS_URL={status.redis_url}", highlight=False)
+    _out.print(f"PERMBROKER_REDIS_URL={redis_url}", highlight=False)
     _out.print(f"Kafka users (SASL/SCRAM-SHA-512, one per role) in {status.credentials}; a "
                "process's own: eval \"$(permbroker stack env --role worker)\"", highlight=False)
+
+
+def _cluster_port(settings: Settings) -> int:
+    return settings.redis_port + 100
+
+
+def _start_cluster(settings: Settings, timeout: float) -> str:
+    """Start the stack's Redis Cluster unless it runs already; returns its URL."""
+    root, port = settings.stack_dir / "redis-cluster", _cluster_port(settings)
+    if not rediscluster.cluster_ok(port):
+        rediscluster.up(root, port, _progress, timeout)
+    return rediscluster.url(port)
 
 
 @stack_app.command()
@@ -85,7 +104,11 @@ def down(
 ) -> None:
     """Stop the processes `stack up` started (only those), optionally wiping their data."""
     try:
-        stopped = stack.down(cli_settings(), wipe=wipe)
+        settings = cli_settings()
+        stopped = stack.down(settings, wipe=wipe)
+        if rediscluster.down(settings.stack_dir / "redis-cluster", _cluster_port(settings),
+                             wipe=wipe):
+            stopped.append("redis-cluster")
     except StackError as exc:
         raise _fail("down", exc) from exc
     _out.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing of ours was running.")

@@ -35,7 +35,8 @@ def _wait_quiet(client: redis.Redis, horizon_s: float = 30.0) -> None:
 
     def quiet() -> bool:
         soon = int((time.time() + horizon_s) * 1000)
-        return not client.zrangebyscore(keys.EXPIRY_INDEX, "-inf", soon, start=0, num=1)
+        return not any(client.zrangebyscore(index, "-inf", soon, start=0, num=1)
+                       for index in keys.expiry_indexes())
 
     wait_until(quiet, 60, "no grant expiring soon")
 

@@ -35,11 +35,13 @@ STACK = Settings(stack_dir=ROOT / ".stack" / "faults-private", kafka_port=BASE +
 
 
 @contextlib.contextmanager
-def private_services(policy: Path, tag: str, workdir: Path) -> Iterator[tuple[Settings,
-                                                                              WorkerProcess]]:
-    """Start Kafka + Redis + one worker on private ports; stop and wipe them afterwards."""
+def private_services(policy: Path, tag: str, workdir: Path, redis_url: str = "",
+                     ) -> Iterator[tuple[Settings, WorkerProcess]]:
+    """Start Kafka + Redis + one worker on private ports; stop and wipe them afterwards.
+
+    With ``redis_url`` (a Redis Cluster the caller runs) the worker's grant store is that one."""
     status = _up()
-    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
+    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=redis_url or status.redis_url,
                         kafka_credentials_file=credentials_file(STACK), policy_path=policy,
                         app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13,

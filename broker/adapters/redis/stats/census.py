@@ -11,10 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import cast
 
-import redis
-
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import translated
+from broker.adapters.redis.calls import close, sync_client, translated
 
 # Agent id -> its class (None: unknown to the registry, reported as "unknown").
 ClassOf = Callable[[str], str | None]
@@ -25,19 +23,20 @@ class Census:
     """Reads the grant view's indexes (never a grant's content but its namespaces)."""
 
     def __init__(self, url: str) -> None:
-        self._r = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        self._r = sync_client(url, timeout=5.0)  # a cluster client for a cluster URL
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._r.close()
+        close(self._r)
 
     def live_grants(self, now: datetime, class_of: ClassOf) -> Counter[tuple[str, str]]:
         """(agent class, namespace) -> live grants: not expired, revoked or released. A grant
         whose scopes span namespaces counts once in each."""
         out: Counter[tuple[str, str]] = Counter()
         with translated():
-            members = cast(list[bytes], self._r.zrangebyscore(
-                keys.EXPIRY_INDEX, f"({int(now.timestamp() * 1000)}", "+inf"))
+            members = [m for index in keys.expiry_indexes() for m in cast(
+                list[bytes], self._r.zrangebyscore(index, f"({int(now.timestamp() * 1000)}",
+                                                   "+inf"))]
             for start in range(0, len(members), BATCH):
                 parsed = [keys.parse_member(m.decode()) for m in members[start:start + BATCH]]
                 pipe = self._r.pipeline(transaction=False)

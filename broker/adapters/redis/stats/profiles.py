@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import call
+from broker.adapters.redis.calls import async_client, call
 from broker.adapters.redis.values import ms
 from broker.behaviour.profiles import ClassView, Profile
 from broker.behaviour.stats import group_report, window_buckets
@@ -57,7 +57,7 @@ class ProfileStore:
     @classmethod
     def from_url(cls, url: str) -> ProfileStore:
         """A store on a fresh client for ``url``."""
-        return cls(aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0))
+        return cls(async_client(url))
 
     async def load(self, agent_id: str) -> tuple[Profile | None, tuple[int, int]]:
         """The agent's profile and the (partition, offset) of the last decision in it
