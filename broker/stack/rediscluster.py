@@ -24,6 +24,7 @@ from broker.stack.procs import ProcRecord, exit_code, is_ours, port_open, spawn,
 NODES = 6
 LOOPBACK = "127.0.0.1"
 NODE_TIMEOUT_MS = 2000
+EPHEMERAL_LOW = 32768  # Linux's default ip_local_port_range starts here
 
 
 def url(base_port: int) -> str:
@@ -35,9 +36,17 @@ def _ports(base_port: int) -> list[int]:
     return [base_port + n for n in range(NODES)]
 
 
+def bus_port(port: int) -> int:
+    """The node's cluster bus port: Redis's default (port + 10000), or port - 10000 where the
+    default would fall in Linux's ephemeral range (32768-60999), in which any outgoing
+    connection may hold it and keep the node from starting."""
+    return port + 10000 if port + 10000 < EPHEMERAL_LOW else port - 10000
+
+
 def _argv(port: int, node_dir: Path) -> list[str]:
     tool = shutil.which("redis-server") or "redis-server"
-    return [tool, "--bind", LOOPBACK, "--port", str(port), "--cluster-enabled", "yes",
+    return [tool, "--bind", LOOPBACK, "--port", str(port), "--cluster-port", str(bus_port(port)),
+            "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout",
             str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
             "--maxmemory-policy", "noeviction", "--dir", str(node_dir), "--daemonize", "no",

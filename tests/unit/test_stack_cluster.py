@@ -8,6 +8,7 @@ import pytest
 
 from broker.stack import cluster as stack_cluster
 from broker.stack import kafka as stack_kafka
+from broker.stack import rediscluster
 
 
 def _props(path: Path) -> dict[str, str]:
@@ -43,3 +44,13 @@ def test_cluster_nodes_get_a_small_heap_and_the_single_broker_keeps_its_own(
     assert [a for a in small if a.startswith("-Xm")] == ["-Xms128m", "-Xmx256m"]
     assert [a for a in small if not a.startswith("-Xm")] == [
         a for a in single if not a.startswith("-Xm")]
+
+
+def test_a_redis_cluster_bus_port_is_never_in_the_ephemeral_range() -> None:
+    """Each node's bus port sits below Linux's ephemeral range (an outgoing connection could
+    hold it) and apart from every client port of the same six-node cluster."""
+    for base in (6479, 25160, 26500, 27900, 30000):
+        clients = {base + n for n in range(rediscluster.NODES)}
+        buses = {rediscluster.bus_port(p) for p in clients}
+        assert all(0 < b < rediscluster.EPHEMERAL_LOW for b in buses), (base, buses)
+        assert not buses & clients

@@ -93,13 +93,21 @@ def sync_client(url: str, timeout: float = 2.0) -> redis.Redis:
 
 
 def close(client: redis.Redis) -> None:
-    """Close a blocking client; a cluster client's startup-node connections too (redis-py's
-    ``RedisCluster.close`` leaves them open)."""
-    client.close()
+    """Close a blocking client and, for a cluster client, every node's connection pool.
+
+    redis-py's ``RedisCluster.close`` only hands each node's connection back to its pool, and
+    the startup nodes are not among them: a pool the node client was given (a client made from
+    a URL) is never closed by it, so its sockets stay open. Every pool is disconnected here.
+    """
+    nodes: list[Any] = []
     if isinstance(client, redis.RedisCluster):
-        for node in client.nodes_manager.startup_nodes.values():
-            if node.redis_connection is not None:
-                node.redis_connection.close()
+        manager = client.nodes_manager
+        nodes = [*manager.startup_nodes.values(), *manager.nodes_cache.values()]
+    client.close()
+    for node in nodes:
+        if node.redis_connection is not None:
+            node.redis_connection.close()
+            node.redis_connection.connection_pool.disconnect()
 
 
 def ping(url: str, timeout: float = 2.0) -> None:
