@@ -97,11 +97,13 @@ async def _probe(settings: Settings, client: redis.Redis,
         while time.monotonic() < deadline:
             for agent, scope, resource in probes:
                 verdict = await store.check(agent, scope, resource, datetime.now(UTC))
-                # Once set, the epoch stays: an allow with no epoch *after* it is a violation;
-                # an allow once the rebuild finished is the rebuilt view answering.
-                built = bool(client.exists(keys.VIEW_EPOCH))
-                made, allowed = made + 1, allowed + (verdict.allowed and not built)
-                if built:
+                # The rebuild restores every grant, then writes each slot's "built" marker,
+                # then the epoch. Once written a marker stays: an allow with the agent's marker
+                # absent *after* it is a violation; an allow once it is there is the rebuilt
+                # view answering.
+                rebuilt = bool(client.exists(keys.view_marker(agent)))
+                made, allowed = made + 1, allowed + (verdict.allowed and not rebuilt)
+                if client.exists(keys.VIEW_EPOCH):
                     return made, allowed
         raise AssertionError("view not rebuilt within 60s")
     finally:

