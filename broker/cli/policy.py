@@ -20,7 +20,7 @@ from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option
 from broker.errors import BrokerError, PolicyError
 from broker.policy import load_policy
-from broker.policy.testing import run_suite
+from broker.grants.policy_tests import run_suite
 
 policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
 

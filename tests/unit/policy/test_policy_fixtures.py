@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.cli.main import app
-from broker.policy.testing import TESTS_DIR, run_suite
+from broker.grants.policy_tests import TESTS_DIR, run_suite
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLES = sorted(p.parent for p in (ROOT / "policies").glob(f"*/{TESTS_DIR}") if p.is_dir())
