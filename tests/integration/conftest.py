@@ -135,7 +135,8 @@ def settings(
 def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:
     """Tenants beside the default one, each a copy of the test bundle: acme's also refuses the
     freeze; initech's quota is two escalations an hour, umbrella's one active grant; and an
-    operator of acme and of globex (tests/integration/identity/test_tenants.py)."""
+    operator of acme and of globex and a resource service of acme
+    (tests/integration/identity/test_tenants.py)."""
     root = settings.stack_dir / "tenants"
     changes: dict[str, Callable[[dict[str, Any]], None]] = {
         "acme": lambda p: p["deny_rules"].append({
@@ -153,7 +154,8 @@ def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Pa
         doc.write_text(yaml.safe_dump(policy, sort_keys=False))
     scopes = settings.stack_dir / "operator-tenants.json"
     scopes.write_text(json.dumps({f"operator:acme-{run_id}": ["acme"],
-                                  f"operator:globex-{run_id}": ["globex"]}))
+                                  f"operator:globex-{run_id}": ["globex"],
+                                  f"service:acme-{run_id}": ["acme"]}))
     return {"tenant_policies_dir": root, "operator_tenants_file": scopes}
 
 
