@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.policy import Policy, load_policy
+from schemas import topics
 
-DEFAULT_TENANT = "default"
+DEFAULT_TENANT = topics.DEFAULT_TENANT
 TENANT_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 SEPARATOR = ":"
 # The principals a tenants file may scope: operators and resource services.

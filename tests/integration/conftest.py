@@ -19,6 +19,9 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
+from broker.stack.credentials import Credentials
+from broker.stack.tenants import provision_tenants
+from schemas.topics import ADMIN
 from tests.support.approval_policy import DELEGATE, add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
@@ -129,7 +132,12 @@ def settings(
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
     ensure_keys(settings)
-    return settings.model_copy(update=_tenants(settings, test_policy, run_id))
+    settings = settings.model_copy(update=_tenants(settings, test_policy, run_id))
+    credentials = Credentials.read(services.credentials_file) \
+        if services.credentials_file else None
+    if credentials is not None:  # each tenant's own Kafka users, topics and ACLs
+        provision_tenants(settings, services.kafka(ADMIN), credentials)
+    return settings
 
 
 def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.adapters.crypto.keystore import add_operator, new_principal_key
+from broker.adapters.kafka.access import KafkaAccess
 from broker.api.app import create_app
 from broker.config import Settings
 from broker.errors import CommandRefused
@@ -176,13 +177,19 @@ def test_a_tenants_service_checks_only_its_tenants_agents(
 def test_a_tenants_view_never_applies_another_tenants_grant(
     api: TestClient, settings: Settings, twins: dict[str, str],
 ) -> None:
-    """globex's grant is in an unscoped view, never in acme's (nor does acme's view allow it)."""
+    """globex's grant is in an unscoped view (the default tenant's service, on the log of
+    record), never in acme's (nor does acme's view allow it); each tenant's view reads its own
+    tenant's topic with its tenant's service user."""
     escalate(api, settings, twins["globex"])
     service = role_access(settings, topics.SERVICE)
+
+    def own(tenant: str) -> KafkaAccess:
+        return role_access(settings, topics.tenant_role(topics.SERVICE, tenant))
+
     trust = shared_trust(settings)
     with GrantView(service, trust=trust) as every, \
-            GrantView(service, trust=trust, tenant="acme") as acme, \
-            GrantView(service, trust=trust, tenant="globex") as globex:
+            GrantView(own("acme"), trust=trust, tenant="acme") as acme, \
+            GrantView(own("globex"), trust=trust, tenant="globex") as globex:
         assert every.wait_ready(30) and acme.wait_ready(30) and globex.wait_ready(30)
         wait_until(lambda: every.allows(twins["globex"], FREEZE, "acct-1").allowed, 30,
                    "globex's grant in the unscoped view")
