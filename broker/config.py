@@ -114,8 +114,9 @@ class Settings(BaseSettings):
         "(named by its tenant id); unset: one tenant, 'default', deciding under policy_path",
     )
     operator_tenants_file: Path | None = Field(
-        None, description="JSON file mapping operator:<name> to the tenants it operates; an "
-        "operator listed sees and acts on only those, one not listed on every tenant",
+        None, description="JSON file mapping operator:<name> (or service:<name>) to the tenants "
+        "it operates; an operator listed sees and acts on only those (a service listed checks "
+        "only their agents), one not listed on every tenant",
     )
     app_id: str = Field(
         "permbroker", description="faust app id = Kafka consumer group of the workers (and "

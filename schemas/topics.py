@@ -233,6 +233,82 @@ USAGE = Topic(
     readers=(WORKER, OPERATOR),
 )
 
+# --- Tenants: each tenant declared on the broker (beside the default one) has its own decision
+# and grant topics and its own agent and service principals. The workers write a tenant
+# agent's decisions and grant events to the shared topics (the log of record, which only the
+# broker's own roles and the default tenant's agent and service read) and to its tenant's
+# topics; a tenant's namespace projections go to its tenant's namespace topics only.
+DEFAULT_TENANT = "default"
+TENANT_TOPIC_PREFIX = "permbroker.tenant."
+# The roles a tenant has its own principal for (``agent@acme``, ``service@acme``).
+TENANT_ROLES: tuple[str, ...] = (AGENT, SERVICE)
+TENANT_SEPARATOR = "@"
+
+
+def tenant_role(role: str, tenant: str) -> str:
+    """The Kafka principal of ``role`` in ``tenant`` (the default tenant's is the role)."""
+    if tenant == DEFAULT_TENANT:
+        return role
+    if role not in TENANT_ROLES:
+        raise ValueError(f"tenants have no principal of role {role!r}, only of "
+                         f"{', '.join(TENANT_ROLES)}")
+    return f"{role}{TENANT_SEPARATOR}{tenant}"
+
+
+def role_of(principal: str) -> tuple[str, str]:
+    """(role, tenant) of a Kafka principal: ``agent@acme`` -> (agent, acme)."""
+    role, sep, tenant = principal.partition(TENANT_SEPARATOR)
+    return (role, tenant) if sep else (role, DEFAULT_TENANT)
+
+
+def tenant_prefix(tenant: str) -> str:
+    """Every topic of ``tenant`` starts with this (tenant ids hold no dot: no other tenant's)."""
+    return f"{TENANT_TOPIC_PREFIX}{tenant}."
+
+
+def tenant_decisions(tenant: str) -> Topic:
+    """The decision topic of ``tenant``: its agents' decisions and answers, read by its agents."""
+    return Topic(
+        tenant_prefix(tenant) + "decisions", PARTITIONS, "delete", 7 * DAY_MS,
+        DECISIONS.event_types,
+        f"The decisions and answers about agents of tenant {tenant}, for its agents.",
+        writers=(WORKER,), readers=(tenant_role(AGENT, tenant), OPERATOR),
+    )
+
+
+def tenant_grants(tenant: str, namespace: str | None = None) -> Topic:
+    """The grant topic of ``tenant`` (of one of its namespaces), read by its services."""
+    base = tenant_prefix(tenant) + "grants"
+    if namespace is None:
+        return Topic(base, PARTITIONS, "delete", 30 * DAY_MS, GRANT_EVENT_TYPES,
+                     f"Grant lifecycle of tenant {tenant}'s agents, for its resource services.",
+                     writers=(WORKER,), readers=(tenant_role(SERVICE, tenant), OPERATOR))
+    shared = grant_topic(namespace)
+    return Topic(f"{base}.{namespace}", PARTITIONS, "delete", 30 * DAY_MS, shared.event_types,
+                 f"Grant lifecycle of tenant {tenant}'s agents in the {namespace} namespace, "
+                 "and the workers' routing announcements.",
+                 writers=(WORKER,), readers=(tenant_role(SERVICE, tenant), OPERATOR))
+
+
+def for_tenant(name: str, tenant: str) -> str:
+    """The name of topic ``name`` (the decisions or a grant topic) for ``tenant``: its own
+    topic when it has one, else ``name`` (the shared topics, and every default-tenant one)."""
+    if tenant == DEFAULT_TENANT:
+        return name
+    if name == DECISIONS.name:
+        return tenant_decisions(tenant).name
+    if name == GRANTS.name:
+        return tenant_grants(tenant).name
+    if name.startswith(GRANT_TOPIC_PREFIX):
+        return tenant_grants(tenant, name.removeprefix(GRANT_TOPIC_PREFIX)).name
+    return name
+
+
+def tenant_topics(tenant: str) -> tuple[Topic, ...]:
+    """The topics a tenant has from the start (its namespace topics come with its grants)."""
+    return (tenant_decisions(tenant), tenant_grants(tenant))
+
+
 ALL_TOPICS: tuple[Topic, ...] = (
     ESCALATIONS, RISK, DECISIONS, GRANTS, AUDIT, AUDIT_RAW, DEAD_LETTER, *ROUTED_GRANT_TOPICS,
     REVOCATION_ACKS, *IDENTITY_TOPICS, USAGE, APPROVALS,
@@ -252,4 +328,10 @@ def by_name(name: str) -> Topic:
             return topic
     if name.startswith(GRANT_TOPIC_PREFIX):
         return grant_topic(name.removeprefix(GRANT_TOPIC_PREFIX))
+    if name.startswith(TENANT_TOPIC_PREFIX):
+        tenant, _, rest = name.removeprefix(TENANT_TOPIC_PREFIX).partition(".")
+        if rest == "decisions":
+            return tenant_decisions(tenant)
+        if rest == "grants" or rest.startswith("grants."):
+            return tenant_grants(tenant, rest.removeprefix("grants.") if "." in rest else None)
     raise KeyError(name)

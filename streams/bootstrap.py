@@ -10,6 +10,7 @@ given what it uses through its constructor, and hands them to ``streams.app.wire
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -48,7 +49,7 @@ from broker.audit.redact import Redactor
 from broker.config import Settings
 from broker.delivery.routing import GrantRouting, routing_for
 from broker.errors import BusError, ConfigError, KeyFileError, PolicyError
-from broker.identity.tenants import Tenancy, load_tenancy
+from broker.identity.tenants import DEFAULT_TENANT, SEPARATOR, Tenancy, load_tenancy
 from broker.policy import Policy, load_policy
 from schemas import topics
 from streams import app as faust_app
@@ -141,6 +142,7 @@ def build(settings: Settings, kafka: KafkaAccess, policy: Policy, publisher: Pub
     )
     ctx.tenancy = tenancy
     gate = _gate(settings, ctx, policy)
+    ctx.tenant_of = _tenant_of(gate, tenancy)
     risk = Risk(ctx, gate)
     lifecycle = Lifecycle(ctx, gate, life := LifecycleStore(store, margin_s=margin_s))
     approvals = Approvals(ctx, gate, ApprovalStore(store.client, margin_s=margin_s))
@@ -201,10 +203,24 @@ def _class_of(gate: IdentityGate) -> ClassOf:
 
 def _routing(settings: Settings, tenancy: Tenancy) -> GrantRouting:
     """Every namespace of the ceilings (every tenant's) gets its topic unless the setting lists
-    them explicitly."""
+    them explicitly; every tenant with a bundle gets grant topics of its own."""
     policies = [tenancy.default, *tenancy.others.values()]
-    return routing_for(settings.grant_namespaces,
-                       (s for p in policies for c in p.classes.values() for s in c.ceiling))
+    shared = routing_for(settings.grant_namespaces,
+                         (s for p in policies for c in p.classes.values() for s in c.ceiling))
+    return dataclasses.replace(shared, tenants=frozenset(tenancy.others))
+
+
+def _tenant_of(gate: IdentityGate, tenancy: Tenancy) -> Callable[[str], str]:
+    """The tenant of an agent: its registered profile's; for an agent the registry does not
+    hold, the tenant its id is qualified by (registration refuses a default-tenant id with a
+    known tenant's prefix), else the default tenant."""
+    def tenant_of(agent_id: str) -> str:
+        profile = gate.profile(agent_id)
+        if profile is not None:
+            return profile.tenant
+        prefix, sep, _ = agent_id.partition(SEPARATOR)
+        return prefix if sep and prefix in tenancy.others else DEFAULT_TENANT
+    return tenant_of
 
 
 async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
@@ -212,6 +228,7 @@ async def _start(ctx: WorkerContext, kafka: KafkaAccess, routing: GrantRouting,
     """Create the routed grant topics and the usage topic, follow the published key sets,
     announce the routed namespaces, then get the worker ready."""
     routed = [topics.by_name(t) for t in routing.topics()]
+    routed += [topics.tenant_decisions(t) for t in sorted(routing.tenants)]
     await asyncio.to_thread(ensure_topics, kafka, routed)
     try:
         await asyncio.to_thread(ensure_topics, kafka, [topics.USAGE])

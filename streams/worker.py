@@ -247,6 +247,9 @@ class WorkerContext:
         self.signer = signer  # None only in unit tests on the in-memory twins
         self.trust = trust  # None only in unit tests: nothing read is then signature-checked
         self.trusted = asyncio.Event()  # set once the trust follows the published key sets
+        # The registered tenant of an agent: where its decisions and grants go besides the
+        # shared topics (bootstrap sets it from the registry; unit tests: the default tenant).
+        self.tenant_of: Callable[[str], str] = lambda _agent: topics.DEFAULT_TENANT
 
     # --- counting, publishing, auditing ----------------------------------------------------
 
@@ -277,19 +280,37 @@ class WorkerContext:
         return self.sign(codec.encode(event, source=SOURCE))
 
     async def emit(self, topic: str, *events: WireModel) -> None:
-        """Encode, sign and publish events to one topic, waiting for Kafka's acknowledgement."""
-        if events:
-            await self.publisher.publish(topic, [self.encode(e) for e in events])
+        """Encode, sign and publish events to one topic, waiting for Kafka's acknowledgement.
+
+        A decision (or answer) about an agent of a tenant with topics of its own also goes to
+        its tenant's decision topic, in the same go: that is the one its agents read.
+        """
+        if not events:
+            return
+        encoded = [self.encode(e) for e in events]
+        copies = [(own, message) for event, message in zip(events, encoded, strict=True)
+                  if (own := self._tenant_topic(topic, event)) != topic]
+        if copies:
+            await self.publisher.publish_many([*((topic, m) for m in encoded), *copies])
+        else:
+            await self.publisher.publish(topic, encoded)
+
+    def _tenant_topic(self, topic: str, event: WireModel) -> str:
+        """Where a copy of ``event`` goes for its agent's tenant (``topic``: nowhere else)."""
+        tenant = self.tenant_of(_agent_of(event)) if topic == topics.DECISIONS.name else ""
+        return topics.for_tenant(topic, tenant) if tenant in self.routing.tenants else topic
 
     async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
-        """Publish grant lifecycle events to every topic their routing names, in one go.
+        """Publish grant lifecycle events to every topic their routing names (its agent's
+        tenant's among them), in one go.
 
         Returns the consistency token of what was written (None if the publisher cannot tell).
         """
         routed = [
             (topic, self.encode(copy))
             for event, namespaces in items
-            for topic, copy in self.routing.route(event, namespaces)
+            for topic, copy in self.routing.route(event, namespaces,
+                                                  self.tenant_of(_agent_of(event)))
         ]
         positions = await self.publisher.publish_many(routed)
         return token_of(list(positions)) if positions else None
@@ -314,7 +335,9 @@ class WorkerContext:
         event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
                                  announced_at=datetime.now(UTC),
                                  grace_s=dict(self.policy.degraded_grace_s))
-        targets = sorted({*self.routing.topics(), *also} - {topics.GRANTS.name})
+        bases = {topics.for_tenant(topics.GRANTS.name, t)
+                 for t in (topics.DEFAULT_TENANT, *self.routing.tenants)}
+        targets = sorted({*self.routing.topics(), *also} - bases)
         if targets:
             await self.publisher.publish_many([(t, self.encode(event)) for t in targets])
 
@@ -466,3 +489,9 @@ def expect(event: WireModel, msg: Incoming, kind: type[T]) -> T:
     if not isinstance(event, kind):
         raise WireError(f"expected {kind.__name__} on {msg.topic}, got {type(event).__name__}")
     return event
+
+
+def _agent_of(event: WireModel) -> str:
+    """The agent a grant lifecycle event is about ('' when it names none)."""
+    agent = getattr(event, "agent_id", None)
+    return agent if isinstance(agent, str) else ""

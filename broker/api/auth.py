@@ -97,8 +97,8 @@ def require_service(who: Authenticated) -> Caller:
     return who
 
 
-def _scoped(request: Request, who: Caller, agent_id: str) -> Caller:
-    """The operator, if it may see ``agent_id`` (an operator of other tenants may not)."""
+def scoped(request: Request, who: Caller, agent_id: str) -> Caller:
+    """The operator or service, if it may see ``agent_id`` (one of other tenants may not)."""
     if runtime_of(request).sees(who.principal.id, agent_id):
         return who
     log.warning("refused %s: agent %s is not of its tenants", who.principal.id, agent_id)
@@ -108,13 +108,13 @@ def _scoped(request: Request, who: Caller, agent_id: str) -> Caller:
 
 def operator_of_agent(agent_id: AgentIdPath, request: Request, who: Authenticated) -> Caller:
     """An operator of ``agent_id``'s tenant (or of every tenant)."""
-    return _scoped(request, require_operator(who), agent_id)
+    return scoped(request, require_operator(who), agent_id)
 
 
 def agent_or_operator(agent_id: AgentIdPath, request: Request, who: Authenticated) -> Caller:
     """The agent ``agent_id`` itself, or an operator of its tenant (reads)."""
     if who.principal.kind == "operator":
-        return _scoped(request, who, agent_id)
+        return scoped(request, who, agent_id)
     if who.principal.id == agent_id:
         return who
     raise Refused(403, f"{who.principal.id} may not read agent {agent_id}'s grants: an agent "

@@ -15,7 +15,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from broker.api.auth import AgentItself, AgentOrOperator, Caller, Service, runtime_of, spend
+from broker.api.auth import (
+    AgentItself,
+    AgentOrOperator,
+    Caller,
+    Service,
+    runtime_of,
+    scoped,
+    spend,
+)
 from broker.api.bodies import (
     AgentIdPath,
     CheckBody,
@@ -66,9 +74,11 @@ def relay(request: Request, who: Caller, kind: str, event: WireModel, request_id
 
 
 @router.post("/v1/check", tags=["resource services"])
-def check_action(body: CheckBody, request: Request, _who: Service) -> dict[str, Any]:
+def check_action(body: CheckBody, request: Request, who: Service) -> dict[str, Any]:
     """May this agent use this scope on this resource now? Answered from the grant view
-    (resource services, with their enforcement point key; operators)."""
+    (resource services, with their enforcement point key; operators), about agents of the
+    caller's tenants only when the tenants file scopes it."""
+    scoped(request, who, body.agent_id)
     runtime = runtime_of(request)
     assert runtime.view is not None
     verdict = check_agent(runtime.view, body.agent_id, body.scope, body.resource,

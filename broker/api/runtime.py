@@ -142,9 +142,9 @@ class Runtime:
         return record.profile.tenant if record is not None else None
 
     def sees(self, principal: str, agent_id: str | None) -> bool:
-        """Whether ``principal`` may see agent ``agent_id``: an operator scoped to tenants
-        sees only registered agents of its tenants (and nothing about no agent); everyone
-        else, as the route allows."""
+        """Whether ``principal`` may see agent ``agent_id``: an operator or service scoped to
+        tenants sees only registered agents of its tenants (and nothing about no agent);
+        everyone else, as the route allows."""
         own = self.operator_tenants.get(principal)
         return own is None or (agent_id is not None and self.tenant_of(agent_id) in own)
 

@@ -7,7 +7,9 @@ released, expired, expiring), and every agent-level revocation (the agent may ho
 anywhere). A baseline entitlement replaces the agent's whole baseline, so every routed topic
 gets it, projected to its namespace's scopes (possibly none: the baseline there is then empty).
 A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
-agent id with the same partition count, so each keeps one agent's events in order.
+agent id with the same partition count, so each keeps one agent's events in order. An agent of a
+tenant with topics of its own has its events on the log of record and on its tenant's topics
+(``permbroker.tenant.<tenant>.grants`` and its namespace topics) only.
 
 By default every namespace named in the policy's ceilings is routed (``routing_for``): a
 resource service of any namespace an agent may ever hold finds its topic written. A configured
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from schemas.events import AgentRevoked, BaselineEntitlement, GrantIssued, GrantRenewed, WireModel
-from schemas.topics import GRANTS, grant_topic
+from schemas.topics import DEFAULT_TENANT, GRANTS, for_tenant, grant_topic
 
 
 def namespace_of(scope: str) -> str:
@@ -51,26 +53,46 @@ def routing_for(configured: Iterable[str], ceilings: Iterable[str]) -> GrantRout
 
 @dataclass(frozen=True)
 class GrantRouting:
-    """The routed namespaces; empty means one default topic for everything."""
+    """The routed namespaces (empty: one default topic for everything), and the tenants that
+    have grant topics of their own."""
 
     namespaces: frozenset[str] = frozenset()
+    tenants: frozenset[str] = frozenset()
 
     def topics(self) -> tuple[str, ...]:
-        """Every grant topic in use: the default one, then one per routed namespace."""
-        return (GRANTS.name, *(grant_topic(ns).name for ns in sorted(self.namespaces)))
+        """Every grant topic in use: the default one, then one per routed namespace, then each
+        tenant's own (its default topic, then one per routed namespace)."""
+        shared = (GRANTS.name, *(grant_topic(ns).name for ns in sorted(self.namespaces)))
+        return (*shared, *(for_tenant(name, t) for t in sorted(self.tenants - {DEFAULT_TENANT})
+                           for name in shared))
 
     def routed_topic(self, namespace: str) -> str | None:
         """The topic of ``namespace`` if it is routed."""
         return grant_topic(namespace).name if namespace in self.namespaces else None
 
     def route(
+        self, event: WireModel, namespaces: Iterable[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[tuple[str, WireModel]]:
+        """(topic, event) pairs for one event about an agent of ``tenant``; ``namespaces`` of
+        the grant it ends, if known.
+
+        The log of record gets every event. A tenant with topics of its own gets the event on
+        its default grant topic and its namespace projections on its namespace topics, never
+        on the shared ones (whose readers are the default tenant's services).
+        """
+        shared = self._route(event, namespaces)
+        if tenant == DEFAULT_TENANT or tenant not in self.tenants:
+            return shared
+        return [(GRANTS.name, event), *((for_tenant(topic, tenant), copy)
+                                        for topic, copy in shared)]
+
+    def _route(
         self, event: WireModel, namespaces: Iterable[str] | None = None
     ) -> list[tuple[str, WireModel]]:
-        """(topic, event) pairs for one event; ``namespaces`` of the grant it ends, if known.
-
-        A grant-ending event whose namespaces are unknown goes to every routed topic (a view
-        that never held the grant ignores it): an end is never lost, a scope never leaks.
-        """
+        """The shared topics' pairs. A grant-ending event whose namespaces are unknown goes to
+        every routed topic (a view that never held the grant ignores it): an end is never lost,
+        a scope never leaks."""
         out: list[tuple[str, WireModel]] = [(GRANTS.name, event)]
         if isinstance(event, GrantIssued | GrantRenewed):
             for ns in sorted(namespaces_of(event.scopes) & self.namespaces):

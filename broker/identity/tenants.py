@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.policy import Policy, load_policy
+from schemas import topics
 
-DEFAULT_TENANT = "default"
+DEFAULT_TENANT = topics.DEFAULT_TENANT
 TENANT_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 SEPARATOR = ":"
+# The principals a tenants file may scope: operators and resource services.
+SCOPED_KINDS = ("operator:", "service:")
 
 
 def qualify(tenant: str, name: str) -> str:
@@ -60,21 +63,24 @@ def visible(operator_tenants: frozenset[str] | None, tenant: str) -> bool:
 
 
 def operator_scopes(doc: object) -> dict[str, frozenset[str]]:
-    """The operator tenants file: ``{"operator:<name>": ["<tenant>", ...]}``.
+    """The operator tenants file: ``{"operator:<name>": ["<tenant>", ...]}``, and likewise
+    ``service:<name>`` for resource services.
 
-    An operator listed acts on and sees only its tenants; one not listed, every tenant (a
-    single-tenant setup needs no file). ValueError for anything else.
+    An operator listed acts on and sees only its tenants, a service listed checks only its
+    tenants' agents; one not listed, every tenant (a single-tenant setup needs no file).
+    ValueError for anything else.
     """
     if not isinstance(doc, dict):
-        raise ValueError("the operator tenants file maps operator:<name> to a list of tenants")
+        raise ValueError("the operator tenants file maps operator:<name> (or service:<name>) "
+                         "to a list of tenants")
     scopes: dict[str, frozenset[str]] = {}
     for principal, tenants in doc.items():
-        if not (isinstance(principal, str) and principal.startswith("operator:")
+        if not (isinstance(principal, str) and principal.startswith(SCOPED_KINDS)
                 and isinstance(tenants, list)
                 and all(isinstance(t, str) and (t == DEFAULT_TENANT or TENANT_PATTERN.match(t))
                         for t in tenants)):
-            raise ValueError(f"operator tenants: {principal!r} must be operator:<name> mapped "
-                             "to a list of tenant ids")
+            raise ValueError(f"operator tenants: {principal!r} must be operator:<name> or "
+                             "service:<name> mapped to a list of tenant ids")
         scopes[principal] = frozenset(tenants)
     return scopes
 

@@ -4,8 +4,10 @@ Imports stdlib, broker.config, broker.errors, the Kafka access and the topic reg
 The stack generates a random password per role (and for the brokers' own users: ``broker``
 between brokers, ``controller`` on the controller listener) once, writes them 0600 and creates
 the users. Processes the stack tooling starts (worker, CLI, API, demo, benchmarks, tests) each
-get the credentials of their role (``role_access``). A stack without that file has no users:
-every role connects as the settings say.
+get the credentials of their role (``role_access``). Each tenant declared on the stack gets
+its own agent and service users (``agent@acme``, ``service@acme``), added to the same file when
+the stack provisions the tenant. A stack without that file has no users: every role connects as
+the settings say.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from pydantic import SecretStr
 from broker.adapters.kafka.access import KafkaAccess
 from broker.config import Settings
 from broker.errors import ConfigError
-from schemas.topics import ROLES
+from schemas.topics import DEFAULT_TENANT, ROLES, TENANT_ROLES, role_of, tenant_role
 
 # The brokers' own users, never handed to a process: ``broker`` (SCRAM, inter-broker) and
 # ``controller`` (PLAIN, static, the controller listener). Both are super users.
@@ -37,10 +39,17 @@ class Credentials:
     passwords: Mapping[str, str] = field(repr=False)
 
     def access(self, base: KafkaAccess, role: str) -> KafkaAccess:
-        """``base`` (the cluster) as the user of ``role``."""
-        if role not in ROLES:
+        """``base`` (the cluster) as the user of ``role`` (or of a tenant's ``agent@acme``)."""
+        if role_of(role)[0] not in ROLES:
             raise ConfigError(f"no Kafka role {role!r}; the roles are {', '.join(ROLES)}")
         return base.as_user(role, self.password(role))
+
+    def with_tenants(self, tenants: Iterable[str]) -> Credentials:
+        """These passwords and one (kept if there, else new) for each tenant's principals."""
+        wanted = {tenant_role(role, t) for t in tenants if t != DEFAULT_TENANT
+                  for role in TENANT_ROLES}
+        return Credentials({**{u: secrets.token_urlsafe(24) for u in wanted},
+                            **self.passwords})
 
     @classmethod
     def read(cls, path: Path) -> Credentials | None:
@@ -80,8 +89,10 @@ class Credentials:
             raise ConfigError(f"no Kafka password for the user {user!r}") from None
 
     def users(self) -> dict[str, str]:
-        """The SCRAM users to create: every role and the inter-broker user."""
-        return {user: self.password(user) for user in (*ROLES, BROKER)}
+        """The SCRAM users to create: every role, every tenant principal kept here, and the
+        inter-broker user."""
+        tenants = [u for u in self.passwords if role_of(u)[1] != DEFAULT_TENANT]
+        return {user: self.password(user) for user in (*ROLES, *sorted(tenants), BROKER)}
 
 
 def credentials_file(settings: Settings) -> Path:

@@ -47,6 +47,7 @@ from broker.stack.procs import (
     stop,
     tail,
 )
+from broker.stack.tenants import provision_tenants
 from schemas.topics import ADMIN
 
 Progress = Callable[[str], None]
@@ -322,6 +323,9 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
                          "permbroker stack down --wipe")
     try:
         created, applied = provision(admin_access(settings), credentials, settings.app_id)
+        tenants = provision_tenants(settings, admin_access(settings), credentials, timeout)
+        if tenants:
+            say(f"Tenants' users, topics and ACLs: {', '.join(tenants)}")
     except BusError as exc:
         raise StackError(f"Kafka answers but setting up its users, topics and ACLs failed: "
                          f"{exc}") from exc

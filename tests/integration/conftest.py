@@ -19,6 +19,9 @@ import yaml
 
 from broker.adapters.audit.keys import ensure_keys
 from broker.config import Settings
+from broker.stack.credentials import Credentials
+from broker.stack.tenants import provision_tenants
+from schemas.topics import ADMIN
 from tests.support.approval_policy import DELEGATE, add_approval_rules, requester, verifier
 from tests.support.audit import audit_leaks
 from tests.support.bundles import bulk_class
@@ -129,13 +132,19 @@ def settings(
         audit_key_dir=ROOT / ".stack" / "audit-keys" / re.sub(r"\W", "_", services.bootstrap),
     )
     ensure_keys(settings)
-    return settings.model_copy(update=_tenants(settings, test_policy, run_id))
+    settings = settings.model_copy(update=_tenants(settings, test_policy, run_id))
+    credentials = Credentials.read(services.credentials_file) \
+        if services.credentials_file else None
+    if credentials is not None:  # each tenant's own Kafka users, topics and ACLs
+        provision_tenants(settings, services.kafka(ADMIN), credentials)
+    return settings
 
 
 def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:
     """Tenants beside the default one, each a copy of the test bundle: acme's also refuses the
     freeze; initech's quota is two escalations an hour, umbrella's one active grant; and an
-    operator of acme and of globex (tests/integration/identity/test_tenants.py)."""
+    operator of acme and of globex and a resource service of acme
+    (tests/integration/identity/test_tenants.py)."""
     root = settings.stack_dir / "tenants"
     changes: dict[str, Callable[[dict[str, Any]], None]] = {
         "acme": lambda p: p["deny_rules"].append({
@@ -153,7 +162,8 @@ def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Pa
         doc.write_text(yaml.safe_dump(policy, sort_keys=False))
     scopes = settings.stack_dir / "operator-tenants.json"
     scopes.write_text(json.dumps({f"operator:acme-{run_id}": ["acme"],
-                                  f"operator:globex-{run_id}": ["globex"]}))
+                                  f"operator:globex-{run_id}": ["globex"],
+                                  f"service:acme-{run_id}": ["acme"]}))
     return {"tenant_policies_dir": root, "operator_tenants_file": scopes}
 
 

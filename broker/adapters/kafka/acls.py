@@ -11,6 +11,7 @@ admin's credentials and reports what it created and what was there already.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -89,11 +90,42 @@ def _groups(app_id: str) -> list[Acl]:
             Acl(topics.SERVICE, GROUP, app_id, PREFIXED, "DESCRIBE")]  # revocation watch
 
 
-def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS) -> list[Acl]:
-    """Every ACL the roles need, derived from the registry (sorted, no duplicates)."""
+def _tenant_wide() -> list[Acl]:
+    """The workers create and write every tenant's topics, present or future (a worker may
+    decide for a tenant before the stack has made that tenant's users)."""
+    return [Acl(topics.WORKER, TOPIC, topics.TENANT_TOPIC_PREFIX, PREFIXED, op)
+            for op in ("CREATE", "WRITE")]
+
+
+def _own_topic(acl: Acl) -> bool:
+    """Whether ``acl`` is on a topic a tenant has its own of (decisions, grants)."""
+    return acl.resource == TOPIC and (acl.name == topics.DECISIONS.name
+                                      or acl.name.startswith(topics.GRANTS.name))
+
+
+def tenant_table(tenant: str, app_id: str) -> list[Acl]:
+    """The ACLs of ``tenant``'s principals: each has its role's rules on the shared topics but
+    the decision and grant topics, its own consumer groups, and what its tenant's topics name
+    it for (its agents read its decisions, its services its grant topics, every namespace's:
+    prefixed)."""
+    shared = [a for a in table(app_id) if a.role in topics.TENANT_ROLES and not _own_topic(a)]
+    rules = [dataclasses.replace(
+        a, role=topics.tenant_role(a.role, tenant),
+        name=topics.group_prefix(topics.tenant_role(a.role, tenant))
+        if a.name == topics.group_prefix(a.role) else a.name) for a in shared]
+    return sorted({*rules, *topic_acls(topics.tenant_decisions(tenant)),
+                   *topic_acls(topics.tenant_grants(tenant), PREFIXED)})
+
+
+def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS,
+          tenants: Iterable[str] = ()) -> list[Acl]:
+    """Every ACL the roles (and ``tenants``' principals) need, derived from the registry
+    (sorted, no duplicates)."""
     literal = [acl for t in registry if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)
                for acl in topic_acls(t)]
-    return sorted({*literal, *_namespaces(), *_groups(app_id)})
+    own = [acl for t in sorted(set(tenants) - {topics.DEFAULT_TENANT})
+           for acl in tenant_table(t, app_id)]
+    return sorted({*literal, *_namespaces(), *_groups(app_id), *_tenant_wide(), *own})
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     except KafkaException as exc:
         raise BusError(f"cannot read metadata of {topic}: {exc}") from exc
     info = meta.topics.get(topic)
+    if info is not None and info.error is not None \
+            and info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise BusError(f"this Kafka user is not authorized to read {topic} (its ACLs)")
     if info is None or info.error is not None:
         raise BusError(f"topic {topic} does not exist (run: permbroker stack up, or create topics)")
     return sorted(info.partitions)

@@ -59,7 +59,8 @@ Headers = tuple[tuple[str, bytes], ...]
 
 def signer_role(topic: str) -> str | None:
     """Who must have signed a record of ``topic`` (None: its sender, checked by the gate)."""
-    if topic in _BROKER_TOPICS or topic.startswith(topics.GRANT_TOPIC_PREFIX):
+    if topic in _BROKER_TOPICS or topic.startswith((topics.GRANT_TOPIC_PREFIX,
+                                                    topics.TENANT_TOPIC_PREFIX)):
         return ROLE_BROKER
     return ROLE_SERVICE if topic in _SERVICE_TOPICS else None
 

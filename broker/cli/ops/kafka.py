@@ -3,7 +3,8 @@
 Imports typer, rich, broker (adapters, cli context and output), never streams. ``provision`` and
 ``acls apply`` run with the process's Kafka user, which must be a super user (the local stack's
 ``admin``: ``eval "$(permbroker stack env --role admin)"``); both are idempotent and say what
-they created and what was in place.
+they created and what was in place. The table and the topics include those of every tenant
+``PERMBROKER_TENANT_POLICIES_DIR`` declares (their users come with ``permbroker stack up``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from broker.adapters.kafka.admin import ensure_topics
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json
 from broker.errors import BrokerError
+from broker.stack.tenants import declared
+from schemas import topics
 
 kafka_app = typer.Typer(help="Kafka authorization: the ACLs every role needs.",
                         no_args_is_help=True)
@@ -40,10 +43,17 @@ def _table(title: str, rows: list[tuple[str, acls.Acl]]) -> Table:
     return table
 
 
+def _wanted(app_id: str | None) -> list[acls.Acl]:
+    """The ACL table of the workers' ``app_id`` and of the tenants the settings declare."""
+    settings = cli_settings()
+    return acls.table(app_id or settings.app_id,
+                      tenants=declared(settings.tenant_policies_dir))
+
+
 @acls_app.command("show")
 def show(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
     """Print the ACL table (no Kafka needed)."""
-    wanted = acls.table(app_id or cli_settings().app_id)
+    wanted = _wanted(app_id)
     if as_json:
         print_json([a.as_dict() for a in wanted])
         return
@@ -60,7 +70,7 @@ def apply(
     """Create the missing ACLs of the table (idempotent); list what was created and kept."""
     try:
         kafka = cli_kafka()
-        done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id), dry_run=dry_run)
+        done = acls.apply(kafka, _wanted(app_id), dry_run=dry_run)
     except BrokerError as exc:
         raise fail(exc, _SUPER_HINT) from exc
     if as_json:
@@ -76,8 +86,10 @@ def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
     """Create the contract's missing topics, then the missing ACLs (idempotent)."""
     try:
         kafka = cli_kafka()
-        created = ensure_topics(kafka, timeout=60)
-        done = acls.apply(kafka, acls.table(app_id or cli_settings().app_id))
+        tenants = declared(cli_settings().tenant_policies_dir)
+        created = ensure_topics(kafka, [*topics.ALL_TOPICS, *(
+            t for tenant in tenants for t in topics.tenant_topics(tenant))], timeout=60)
+        done = acls.apply(kafka, _wanted(app_id))
     except BrokerError as exc:
         raise fail(exc, _SUPER_HINT) from exc
     if as_json:

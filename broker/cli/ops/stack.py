@@ -135,7 +135,8 @@ def status(
 
 @stack_app.command()
 def env(
-    role: Annotated[str, typer.Option(help=f"The role to connect as: {', '.join(ROLES)}.")],
+    role: Annotated[str, typer.Option(help=f"The role to connect as: {', '.join(ROLES)}, or "
+                                      "a tenant's agent@<tenant> or service@<tenant>.")],
 ) -> None:
     """Print `export PERMBROKER_KAFKA_*=...` lines: the stack's Kafka as one role's user."""
     settings = cli_settings()

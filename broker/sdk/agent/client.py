@@ -137,10 +137,11 @@ class DecisionWatcher(Answers):
     """
 
     def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000,
-                 agent_id: str | None = None) -> None:
+                 agent_id: str | None = None, tenant: str = topics.DEFAULT_TENANT) -> None:
         super().__init__(max_entries)
         only = frozenset({agent_id.encode()}) if agent_id is not None else None
-        self._follower = Follower(kafka, topics.DECISIONS.name, self.on_record, trust=trust,
+        topic = topics.for_tenant(topics.DECISIONS.name, tenant)  # a tenant's agents: its own
+        self._follower = Follower(kafka, topic, self.on_record, trust=trust,
                                   reader="decision-watcher", name="permbroker-decisions",
                                   start="end", only_keys=only)
 
@@ -165,7 +166,8 @@ class AgentClient:
     Every message is signed with the agent's own key, read from its key store ``keys``
     (``AgentKeyStore.from_settings(settings)``: ``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True``
     is for brokers in the dev mode that accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``)
-    only.
+    only. An agent of a tenant (with that tenant's Kafka user, ``agent@acme``, or
+    ``tenant="acme"``) reads its decisions from its tenant's decision topic.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class AgentClient:
         keys: AgentKeyStore | None = None,
         unsigned: bool = False,
         auto_rotate: bool = True,
+        tenant: str | None = None,
     ) -> None:
         if keys is None and not unsigned:
             raise ValueError(f"agent {agent_id} signs with its own key: pass keys= (its "
@@ -190,7 +193,8 @@ class AgentClient:
             raise ValueError(f"agent {agent_id} believes only answers the broker signed: pass "
                              "trust= (JwksView.from_settings(settings, kafka).trust), or "
                              "watch_decisions=False")
-        self._watcher = DecisionWatcher(kafka, trust=trust, agent_id=agent_id) \
+        tenant = tenant or topics.role_of(kafka.username)[1]  # a tenant's user: its tenant
+        self._watcher = DecisionWatcher(kafka, trust=trust, agent_id=agent_id, tenant=tenant) \
             if watch_decisions and trust is not None else None
         self._rotator: Rotator | None = None
         # On the broker's key-age warning, rotate before the next message (never after the

@@ -21,7 +21,10 @@ That announcement also carries the namespace's degraded mode from the policy: wi
 while Kafka is unreachable the view keeps allowing grants it applied before it lost freshness,
 until min(expiry, loss + grace) (``broker.delivery.freshness.grace_end``); a grant or renewal
 applied after the loss is never honoured in grace, a revocation that arrives ends the agent's
-grants at once, and a local ``grace_cap_s`` can only shorten the bound.
+grants at once, and a local ``grace_cap_s`` can only shorten the bound. A view of a tenant
+(``tenant="acme"``, or built with a tenant's Kafka user, ``service@acme``) follows that tenant's
+own grant topic of the same namespace (``permbroker.tenant.acme.grants[.<ns>]``): the only grant
+topics that user may read.
 """
 
 from __future__ import annotations
@@ -74,8 +77,12 @@ class GrantView:
         grace_cap_s: float | None = None,
         tenant: str | None = None,
     ) -> None:
-        self.topic = topic
-        # A tenant's service applies only its tenant's grants (None: every tenant's).
+        # A tenant's service (``tenant``, or a tenant's Kafka user: service@acme) reads its
+        # tenant's grant topic (of the same namespace) and applies only its tenant's grants
+        # (None: every tenant's, from the shared topic).
+        owner = topics.role_of(kafka.username)[1]
+        tenant = tenant or (owner if owner != topics.DEFAULT_TENANT else None)
+        self.topic = topics.for_tenant(topic, tenant) if tenant is not None else topic
         self.tenant = tenant
         self.trust = trust
         self.bound_s = staleness_bound_s

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.adapters.crypto.keystore import add_operator, new_principal_key
+from broker.adapters.kafka.access import KafkaAccess
 from broker.api.app import create_app
 from broker.config import Settings
 from broker.errors import CommandRefused
@@ -31,6 +32,7 @@ from tests.support.identities import (
     Registrar,
     agent_auth,
     api_settings,
+    new_service,
     shared_trust,
 )
 from tests.support.taps import Tap
@@ -148,16 +150,46 @@ def test_the_console_shows_an_operator_only_its_tenants_rows(
     assert twins["acme"] in api.get("/console/agents").text
 
 
+def test_a_tenants_service_checks_only_its_tenants_agents(
+    api: TestClient, settings: Settings, twins: dict[str, str], run_id: str,
+) -> None:
+    """acme's resource service (scoped by the tenants file) gets acme's agent's answer and a
+    403 for globex's granted twin; an unscoped service answers for both."""
+    granted = escalate(api, settings, twins["globex"])
+    assert granted["outcome"] == "granted", granted
+    acme_service, anyone = new_service(settings, f"acme-{run_id}"), new_service(
+        settings, f"any-{run_id}")
+    theirs = {"agent_id": twins["globex"], "scope": FREEZE, "resource": "acct-1",
+              "consistency_token": granted["consistency_token"]}
+    refused = api.post("/v1/check", json=theirs, auth=acme_service)
+    assert refused.status_code == 403, refused.text
+    assert "not an agent of the tenants" in refused.json()["detail"]
+    assert "allowed" not in refused.json()
+    unscoped = api.post("/v1/check", json=theirs, auth=anyone)
+    assert unscoped.status_code == 200 and unscoped.json()["allowed"], unscoped.text
+    own = {"agent_id": twins["acme"], "scope": FREEZE, "resource": "acct-1"}
+    mine = api.post("/v1/check", json=own, auth=acme_service)
+    assert mine.status_code == 200 and mine.json()["allowed"] is False, mine.text
+    unregistered = {**own, "agent_id": f"acme:nobody-{run_id}"}
+    assert api.post("/v1/check", json=unregistered, auth=acme_service).status_code == 403
+
+
 def test_a_tenants_view_never_applies_another_tenants_grant(
     api: TestClient, settings: Settings, twins: dict[str, str],
 ) -> None:
-    """globex's grant is in an unscoped view, never in acme's (nor does acme's view allow it)."""
+    """globex's grant is in an unscoped view (the default tenant's service, on the log of
+    record), never in acme's (nor does acme's view allow it); each tenant's view reads its own
+    tenant's topic with its tenant's service user."""
     escalate(api, settings, twins["globex"])
     service = role_access(settings, topics.SERVICE)
+
+    def own(tenant: str) -> KafkaAccess:
+        return role_access(settings, topics.tenant_role(topics.SERVICE, tenant))
+
     trust = shared_trust(settings)
     with GrantView(service, trust=trust) as every, \
-            GrantView(service, trust=trust, tenant="acme") as acme, \
-            GrantView(service, trust=trust, tenant="globex") as globex:
+            GrantView(own("acme"), trust=trust, tenant="acme") as acme, \
+            GrantView(own("globex"), trust=trust, tenant="globex") as globex:
         assert every.wait_ready(30) and acme.wait_ready(30) and globex.wait_ready(30)
         wait_until(lambda: every.allows(twins["globex"], FREEZE, "acct-1").allowed, 30,
                    "globex's grant in the unscoped view")

@@ -73,7 +73,9 @@ def test_the_pure_rule_and_the_file_format() -> None:
     assert out_of_scope("operator:root", SCOPES, "globex:x", "globex") is None
     assert operator_scopes({"operator:alice": ["acme", "default"]}) == {
         "operator:alice": frozenset({"acme", "default"})}
-    for bad in ([], {"alice": ["acme"]}, {"operator:alice": "acme"},
+    assert operator_scopes({"service:payments": ["acme"]}) == {
+        "service:payments": frozenset({"acme"})}
+    for bad in ([], {"alice": ["acme"]}, {"operator:alice": "acme"}, {"agent:x": ["acme"]},
                 {"operator:alice": ["Not A Tenant"]}):
         with pytest.raises(ValueError):
             operator_scopes(bad)

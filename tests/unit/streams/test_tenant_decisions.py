@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.adapters.kafka import codec
+from broker.delivery.routing import GrantRouting
 from broker.identity.tenants import Tenancy, load_tenancy
 from broker.policy import load_policy
 from schemas import topics
@@ -62,11 +63,14 @@ def bundles(root: Path, *, acme_denies_freeze: bool) -> Tenancy:
     return load_tenancy(FRAUD, root)
 
 
-async def decide_both(tenancy: Tenancy) -> tuple[dict[str, EscalationDecided], list[GrantIssued]]:
-    bus = MemoryBus()
+async def decide_both(tenancy: Tenancy, bus: MemoryBus | None = None,
+                      routing: GrantRouting | None = None,
+                      ) -> tuple[dict[str, EscalationDecided], list[GrantIssued]]:
+    bus = bus or MemoryBus()
     store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
-    ctx = WorkerContext(tenancy.default, store, bus, margin_s=600)
+    ctx = WorkerContext(tenancy.default, store, bus, margin_s=600, routing=routing)
     ctx.tenancy = tenancy
+    ctx.tenant_of = lambda agent: agent.partition(":")[0] if ":" in agent else "default"
     ctx.ready.set()
     handler = Escalations(ctx, TenantGate(tenancy))
     for offset, agent in enumerate((ACME, GLOBEX), start=1):
@@ -102,3 +106,38 @@ async def test_a_policy_change_in_one_tenant_does_not_change_a_decision_in_the_o
             "expires_at", "grant_id")
     assert ({k: getattr(before[GLOBEX], k) for k in keep}
             == {k: getattr(after[GLOBEX], k) for k in keep})
+
+
+async def test_each_tenants_decisions_and_grants_go_to_its_own_topics_only(
+        tmp_path: Path) -> None:
+    """With topics of their own, acme's decision and grant are on acme's topics (and the
+    shared log of record), never on globex's nor on the shared namespace topics; and back."""
+    bus = MemoryBus()
+    routing = GrantRouting(frozenset({"payments", "crm"}), frozenset({"acme", "globex"}))
+    await decide_both(bundles(tmp_path, acme_denies_freeze=False), bus, routing)
+
+    def agents(topic: str) -> set[str]:
+        return {getattr(e, "agent_id", "") for e in bus.events(topic)}
+
+    assert agents(topics.DECISIONS.name) == agents(topics.GRANTS.name) == {ACME, GLOBEX}
+    for tenant, agent in (("acme", ACME), ("globex", GLOBEX)):
+        assert agents(topics.tenant_decisions(tenant).name) == {agent}
+        assert agents(topics.tenant_grants(tenant).name) == {agent}
+        for ns in ("payments", "crm"):
+            assert agents(topics.tenant_grants(tenant, ns).name) == {agent}, (tenant, ns)
+    for ns in ("payments", "crm"):
+        assert agents(topics.grant_topic(ns).name) == set(), ns
+    pii = [e for e in bus.events(topics.tenant_grants("acme", "crm").name)
+           if isinstance(e, GrantIssued)]
+    assert [g.scopes for g in pii] == [(PII,)]  # the namespace projection, as on shared topics
+
+
+async def test_without_tenant_topics_everything_stays_on_the_shared_topics(
+        tmp_path: Path) -> None:
+    """A worker whose routing names no tenant writes today's topics only."""
+    bus = MemoryBus()
+    await decide_both(bundles(tmp_path, acme_denies_freeze=False), bus,
+                      GrantRouting(frozenset({"payments"})))
+    assert not [t for t in bus.topics if t.startswith(topics.TENANT_TOPIC_PREFIX)]
+    assert {e.agent_id for e in bus.events(topics.grant_topic("payments").name)
+            if isinstance(e, GrantIssued)} == {ACME, GLOBEX}

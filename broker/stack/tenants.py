@@ -1,0 +1,56 @@
+"""The tenants of a stack's Kafka: each one's users, topics and ACLs. L2.
+
+Imports broker.config, broker.errors, broker.identity.tenants, the Kafka adapters, the stack
+credentials and the topic registry. The tenants are those declared in
+``PERMBROKER_TENANT_POLICIES_DIR`` (one subdirectory per tenant). Each gets an agent and a
+service user (``agent@acme``, ``service@acme``, passwords added to the stack's credentials
+file), its decision and grant topics, and the ACLs of ``acls.tenant_table``: its principals
+read only their tenant's decisions and grants. Idempotent: what exists is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import ensure_topics, ensure_users
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.identity.tenants import DEFAULT_TENANT, TENANT_PATTERN
+from broker.stack.credentials import Credentials, credentials_file
+from schemas import topics
+
+
+def declared(directory: Path | None) -> tuple[str, ...]:
+    """The tenants of a tenant policies directory (none without one), sorted."""
+    if directory is None:
+        return ()
+    try:
+        names = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise ConfigError(f"cannot list the tenant policies in {directory}: {exc}") from exc
+    return tuple(n for n in names if n != DEFAULT_TENANT and TENANT_PATTERN.match(n))
+
+
+def with_tenants(settings: Settings, credentials: Credentials,
+                 tenants: tuple[str, ...]) -> Credentials:
+    """``credentials`` with a password for each tenant principal, written back when new."""
+    more = credentials.with_tenants(tenants)
+    if set(more.passwords) != set(credentials.passwords):
+        more.write(credentials_file(settings))
+    return more
+
+
+def provision_tenants(settings: Settings, admin: KafkaAccess, credentials: Credentials,
+                      timeout: float = 30.0) -> tuple[str, ...]:
+    """Users, topics and ACLs of every tenant ``settings`` declares (as admin); the tenants."""
+    tenants = declared(settings.tenant_policies_dir)
+    if not tenants:
+        return ()
+    credentials = with_tenants(settings, credentials, tenants)
+    ensure_users(admin, credentials.users(), timeout)
+    ensure_topics(admin, [t for tenant in tenants for t in topics.tenant_topics(tenant)],
+                  timeout=timeout)
+    acls.apply(admin, acls.table(settings.app_id, tenants=tenants), timeout=timeout)
+    return tenants

@@ -1,0 +1,213 @@
+"""Each tenant's Kafka on the live stack: acme's agent and service users read acme's decisions
+and grants, Kafka refuses them globex's, and no record about globex's agent reaches a topic
+acme's users may read.
+
+The suite's stack provisions every tenant's users, topics and ACLs (tests/integration/conftest.py)
+and the worker decides for acme and globex under their own bundles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+
+from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import admin_client, cluster_metadata
+from broker.adapters.kafka.bus import consumer
+from broker.config import Settings
+from broker.errors import BusError
+from broker.identity.tenants import qualify
+from broker.sdk.agent.client import AgentClient
+from broker.sdk.resource.view import GrantView
+from broker.stack.credentials import role_access
+from schemas import topics
+from schemas.events import AgentProfile, EscalationDecided, ModelInfo
+from tests.support.identities import Registrar, shared_trust
+from tests.support.waits import wait_until
+
+pytestmark = pytest.mark.integration
+FREEZE, PII = "payments:accounts.freeze", "crm:customer.pii.read"
+TENANTS = ("acme", "globex")
+# What a record about an agent can be that the acceptance names: a decision or a grant event.
+DECIDED_OR_GRANTED = frozenset((*topics.DECISIONS.event_types, *topics.GRANT_EVENT_TYPES))
+
+
+def user(settings: Settings, role: str, tenant: str) -> KafkaAccess:
+    """The Kafka user of ``role`` in ``tenant`` (from the stack's credentials)."""
+    return role_access(settings, topics.tenant_role(role, tenant))
+
+
+@pytest.fixture(scope="module")
+def twins(registrar: Registrar, run_id: str) -> dict[str, str]:
+    """One agent name registered in acme and in globex (by the unscoped operator)."""
+    ids = {tenant: qualify(tenant, f"kafka-{run_id}") for tenant in TENANTS}
+    commands = []
+    for tenant, agent in ids.items():
+        keys = registrar.store.generate(agent)
+        profile = AgentProfile(agent_id=agent, agent_class="fraud-detection", tenant=tenant,
+                               owner=f"ops@{tenant}.example", confidence_threshold=0.9,
+                               model=ModelInfo(name="gbm", version="1.0", digest="sha256:00"))
+        commands.append(registrar.operator.register_command(profile, keys.current.jwk))
+    answers = registrar.operator.run_many(commands)
+    assert all(a.outcome == "done" for a in answers), answers
+    return ids
+
+
+@pytest.fixture(scope="module")
+def decided(settings: Settings, twins: dict[str, str]) -> dict[str, EscalationDecided]:
+    """Each twin asks for the freeze and the PII read with its tenant's agent user, through
+    the agent SDK (which waits on its tenant's decision topic): acme gets the PII read (its
+    bundle refuses the freeze), globex both."""
+    out = {}
+    for tenant, agent in twins.items():
+        with AgentClient(agent, user(settings, topics.AGENT, tenant), tenant=tenant,
+                         trust=shared_trust(settings),
+                         keys=AgentKeyStore.from_settings(settings)) as client:
+            out[tenant] = client.request_escalation(
+                [FREEZE, PII], duration_s=600, reason="pattern", confidence=0.95,
+                risk_score=0.9, resources=["acct-1"], timeout=30)
+    assert out["acme"].granted_scopes == (PII,), out["acme"]
+    assert set(out["globex"].granted_scopes) == {FREEZE, PII}, out["globex"]
+    return out
+
+
+def refusal(kafka: KafkaAccess, topic: str) -> tuple[int, int | None]:
+    """How Kafka answers ``kafka``'s user about ``topic``: the error code of its metadata (0:
+    none), and the error a consumer subscribed to it is handed (None: none within 30s); a
+    record read fails."""
+    c = consumer(kafka)
+    try:
+        listed = c.list_topics(topic, timeout=10).topics[topic].error
+        c.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            error = msg.error()
+            assert error is not None, f"{kafka.username} read a record of {topic}"
+            if error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                return (listed.code() if listed is not None else 0), error.code()
+        return (listed.code() if listed is not None else 0), None
+    finally:
+        c.close()
+
+
+def answered(kafka: KafkaAccess, topic: str) -> bool:
+    """Whether ``kafka``'s user is given ``topic``'s metadata and offsets."""
+    c = consumer(kafka)
+    try:
+        if c.list_topics(topic, timeout=10).topics[topic].error is not None:
+            return False
+        c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return True
+    finally:
+        c.close()
+
+
+def allowing(view: GrantView, agent: str) -> Callable[[], bool]:
+    """Whether ``view`` allows ``agent`` the PII read now."""
+    return lambda: view.allows(agent, PII, "acct-1").allowed
+
+
+def test_each_tenants_agent_and_service_read_their_own_topics_and_are_refused_the_other(
+    settings: Settings, twins: dict[str, str], decided: dict[str, EscalationDecided],
+) -> None:
+    """acme's agent got its decision from acme's topic (the fixture); acme's service's view
+    of acme's topics allows acme's grant; Kafka refuses acme's users (metadata, and a
+    subscription: topic authorization failed) every topic of globex's, the shared decision
+    and grant topics and the other role's topic of acme; a view on globex's cannot start."""
+    trust = shared_trust(settings)
+    for tenant in TENANTS:
+        view_user = user(settings, topics.SERVICE, tenant)
+        with GrantView(view_user, trust=trust, tenant=tenant) as own, \
+                GrantView(view_user, trust=trust, tenant=tenant,
+                          topic=topics.grant_topic("crm").name) as crm:
+            assert own.wait_ready(30) and crm.wait_ready(30), tenant
+            for view in (own, crm):
+                wait_until(allowing(view, twins[tenant]), 30,
+                           f"{tenant}'s grant in its view of {view.topic}")
+    acme_agent, acme_service = (user(settings, r, "acme") for r in (topics.AGENT, topics.SERVICE))
+    foreign = (topics.tenant_decisions("globex").name, topics.tenant_grants("globex").name,
+               topics.tenant_grants("globex", "payments").name, topics.DECISIONS.name,
+               topics.GRANTS.name, topics.grant_topic("payments").name)
+    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED,) * 2
+    for kafka, topic in [*((k, t) for k in (acme_agent, acme_service) for t in foreign),
+                         (acme_service, topics.tenant_decisions("acme").name),
+                         (acme_agent, topics.tenant_grants("acme").name)]:
+        assert refusal(kafka, topic) == refused, (kafka.username, topic)
+    for kafka, topic in ((acme_agent, topics.tenant_decisions("acme").name),
+                         (acme_service, topics.tenant_grants("acme").name)):
+        assert answered(kafka, topic), (kafka.username, topic)  # its own
+    with pytest.raises(BusError, match="not authorized to read"):
+        GrantView(acme_service, trust=trust, tenant="globex")
+
+
+def readable_topics(settings: Settings, principals: tuple[str, ...]) -> list[str]:
+    """Every topic on the cluster that one of ``principals`` may READ under the stack's ACL
+    table (literal rules, and prefixed ones matched against the topics that exist)."""
+    table = acls.table(settings.app_id, tenants=TENANTS)
+    rules = [a for a in table if a.role in principals and a.resource == acls.TOPIC
+             and a.operation == "READ"]
+    admin = role_access(settings, topics.ADMIN)
+    existing = cluster_metadata(admin_client(admin), 10).topics
+    return sorted(t for t in existing if any(
+        t == a.name if a.pattern == acls.LITERAL else t.startswith(a.name) for a in rules))
+
+
+def about(kafka: KafkaAccess, topic: str, agent: str) -> list[str]:
+    """The event types of every decision or grant record of ``topic`` keyed by ``agent``, read
+    to the end as ``kafka``'s user (raw: whatever the bytes say, nothing trusted or skipped)."""
+    c = consumer(kafka)
+    found: list[str] = []
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.partitions}
+        c.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        todo = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 60
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            assert msg.error() is None, f"{topic}: {msg.error()}"
+            headers = dict(msg.headers() or [])
+            raw = headers.get("ce_type")
+            kind = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+            if msg.key() == agent.encode() and kind in DECIDED_OR_GRANTED:
+                found.append(kind)
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None
+            if offset + 1 >= ends[partition]:
+                todo.discard(partition)
+        assert not todo, f"{topic}: not read to its end within 60s (partitions {todo})"
+        return found
+    finally:
+        c.close()
+
+
+def test_no_decision_or_grant_of_globex_reaches_a_topic_acmes_users_can_read(
+    settings: Settings, twins: dict[str, str], decided: dict[str, EscalationDecided],
+) -> None:
+    """Every topic acme's agent and service users may read holds acme's decision and grant
+    where they belong and not one record deciding or granting anything to globex's agent;
+    globex's own topics and the log of record hold globex's (the reads can find them)."""
+    admin = role_access(settings, topics.ADMIN)
+    principals = tuple(topics.tenant_role(r, "acme") for r in topics.TENANT_ROLES)
+    readable = readable_topics(settings, principals)
+    assert topics.tenant_decisions("acme").name in readable
+    assert topics.tenant_grants("acme").name in readable
+    for topic in readable:
+        assert about(admin, topic, twins["globex"]) == [], topic
+    assert about(admin, topics.tenant_decisions("acme").name, twins["acme"])
+    wait_until(lambda: bool(about(admin, topics.tenant_grants("acme").name, twins["acme"])),
+               30, "acme's grant on acme's grant topic")
+    for topic in (topics.tenant_decisions("globex").name, topics.DECISIONS.name,
+                  topics.tenant_grants("globex").name, topics.GRANTS.name):
+        assert about(admin, topic, twins["globex"]), topic

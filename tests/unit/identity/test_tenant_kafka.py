@@ -1,0 +1,125 @@
+"""Each tenant's Kafka: its topics, its principals, and ACLs that let them read only its own.
+
+Pure: the topic registry, the ACL table derived from it, the credentials of a stack and the
+grant routing. The live refusals are tests/integration/identity/test_tenant_topics.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
+from broker.delivery.routing import GrantRouting
+from broker.stack.credentials import Credentials
+from broker.stack.tenants import declared
+from schemas import topics
+from schemas.events import AgentRevoked, GrantIssued
+
+APP = "permbroker"
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def reads(role: str, table: list[acls.Acl]) -> list[acls.Acl]:
+    return [a for a in table if a.role == role and a.resource == acls.TOPIC
+            and a.operation == "READ"]
+
+
+def readable(role: str, table: list[acls.Acl], topic: str) -> bool:
+    """Whether ``role`` may read ``topic`` under ``table`` (literal or prefixed rules)."""
+    return any(a.name == topic if a.pattern == acls.LITERAL else topic.startswith(a.name)
+               for a in reads(role, table))
+
+
+def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> None:
+    """acme's topics sit under its own prefix; the default tenant keeps today's names."""
+    assert topics.tenant_decisions("acme").name == "permbroker.tenant.acme.decisions"
+    assert topics.for_tenant(topics.GRANTS.name, "acme") == "permbroker.tenant.acme.grants"
+    assert topics.for_tenant("permbroker.grants.payments", "acme") == \
+        "permbroker.tenant.acme.grants.payments"
+    assert topics.for_tenant(topics.AGENTS.name, "acme") == topics.AGENTS.name
+    for name in (topics.DECISIONS.name, topics.GRANTS.name, "permbroker.grants.crm"):
+        assert topics.for_tenant(name, topics.DEFAULT_TENANT) == name
+    for name in ("permbroker.tenant.acme.decisions", "permbroker.tenant.acme.grants",
+                 "permbroker.tenant.acme.grants.crm"):
+        assert topics.by_name(name).name == name
+    assert topics.tenant_role(topics.AGENT, "acme") == "agent@acme"
+    assert topics.role_of("service@acme") == (topics.SERVICE, "acme")
+    assert topics.tenant_role(topics.AGENT, topics.DEFAULT_TENANT) == topics.AGENT
+    with pytest.raises(ValueError):
+        topics.tenant_role(topics.OPERATOR, "acme")
+
+
+def test_a_tenants_principals_read_only_their_tenants_decisions_and_grants() -> None:
+    """acme's agent reads acme's decisions, acme's service acme's grant topics (every
+    namespace's); neither reads globex's, nor the shared decision and grant topics."""
+    table = acls.table(APP, tenants=("acme", "globex"))
+    agent, service = "agent@acme", "service@acme"
+    assert readable(agent, table, "permbroker.tenant.acme.decisions")
+    assert readable(service, table, "permbroker.tenant.acme.grants")
+    assert readable(service, table, "permbroker.tenant.acme.grants.payments")
+    foreign = ["permbroker.tenant.globex.decisions", "permbroker.tenant.globex.grants",
+               "permbroker.tenant.globex.grants.payments", topics.DECISIONS.name,
+               topics.GRANTS.name, "permbroker.grants.payments", topics.AUDIT.name,
+               topics.AUDIT_RAW.name, topics.ESCALATIONS.name]
+    for principal in (agent, service):
+        assert not [t for t in foreign if readable(principal, table, t)], principal
+    # Otherwise as their role: acme's agents still ask, acme's services still acknowledge.
+    assert acls.Acl(agent, acls.TOPIC, topics.ESCALATIONS.name, acls.LITERAL, "WRITE") in table
+    assert acls.Acl(service, acls.TOPIC, topics.REVOCATION_ACKS.name, acls.LITERAL,
+                    "WRITE") in table
+    assert acls.Acl(agent, acls.GROUP, "pb-agent@acme-", acls.PREFIXED, "READ") in table
+    assert readable(topics.AGENT, table, topics.DECISIONS.name)  # the default tenant: as today
+    assert acls.Acl(topics.WORKER, acls.TOPIC, topics.TENANT_TOPIC_PREFIX, acls.PREFIXED,
+                    "WRITE") in table
+
+
+def test_without_tenants_the_table_names_no_tenant_principal() -> None:
+    """A single-tenant stack: no tenant user, no tenant topic read."""
+    table = acls.table(APP)
+    assert not [a for a in table if "@" in a.role]
+    assert not [a for a in table if a.operation == "READ"
+                and a.name.startswith(topics.TENANT_TOPIC_PREFIX)]
+
+
+def test_tenant_users_get_passwords_once_and_are_created_with_the_roles() -> None:
+    """A tenant's users are added beside the roles' (existing passwords kept)."""
+    base = Credentials.generate()
+    more = base.with_tenants(("acme", "default"))
+    assert set(more.passwords) - set(base.passwords) == {"agent@acme", "service@acme"}
+    assert all(more.passwords[u] == p for u, p in base.passwords.items())
+    assert more.with_tenants(("acme",)).passwords == more.passwords
+    assert {"agent@acme", "service@acme"} <= set(more.users())
+    assert more.access(KafkaAccess("127.0.0.1:1"), "agent@acme").username == "agent@acme"
+
+
+def test_the_declared_tenants_are_the_bundle_directories(tmp_path: Path) -> None:
+    """Subdirectories named by a tenant id; nothing without a directory."""
+    for name in ("acme", "globex", "Not A Tenant"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "README").write_text("x")
+    assert declared(tmp_path) == ("acme", "globex")
+    assert declared(None) == ()
+
+
+def test_a_tenants_grant_events_go_to_the_log_of_record_and_its_own_topics() -> None:
+    """Never to the shared namespace topics; the default tenant's as today."""
+    routing = GrantRouting(frozenset({"payments", "crm"}), frozenset({"acme"}))
+    grant = GrantIssued(grant_id="g-1", agent_id="acme:a", request_id="r-1",
+                        scopes=("payments:accounts.freeze", "crm:customer.read"),
+                        resources=("acct-1",), issued_at=NOW,
+                        expires_at=NOW + timedelta(seconds=20), policy_revision="sha256:ab",
+                        rules=("x",), tenant="acme")
+    assert [t for t, _e in routing.route(grant, tenant="acme")] == [
+        topics.GRANTS.name, "permbroker.tenant.acme.grants",
+        "permbroker.tenant.acme.grants.crm", "permbroker.tenant.acme.grants.payments"]
+    assert [t for t, _e in routing.route(grant)] == [
+        topics.GRANTS.name, "permbroker.grants.crm", "permbroker.grants.payments"]
+    revoked = AgentRevoked(agent_id="acme:a", revoked_at=NOW, reason="r", rule="x",
+                           cause_event_id="sig-1", markers_until=NOW)
+    assert {t for t, _e in routing.route(revoked, tenant="acme")} >= {
+        "permbroker.tenant.acme.grants.crm", "permbroker.tenant.acme.grants.payments"}
+    assert "permbroker.tenant.acme.grants.crm" in routing.topics()
