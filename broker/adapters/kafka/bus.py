@@ -138,7 +138,10 @@ def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -
         "group.id": group or f"{group_prefix(role)}reader-{uuid.uuid4()}",
         "enable.auto.commit": bool(group),
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 10,
+        # A fetch waits at the broker until a record arrives (it answers at once then) or this
+        # long: idle readers ask ten times a second instead of a hundred, which cost the broker
+        # CPU the worker needs on a small machine.
+        "fetch.wait.max.ms": 100,
         "enable.partition.eof": False,
     }
     config.update(extra)
