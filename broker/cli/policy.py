@@ -19,8 +19,8 @@ from broker.cli.audit.audit import FileOpt, KafkaHint, load_records
 from broker.cli.context import cli_settings
 from broker.cli.output import JsonOpt, err, fail, out, parse_time, print_json, time_option
 from broker.errors import BrokerError, PolicyError
-from broker.policy import load_policy
 from broker.grants.policy_tests import run_suite
+from broker.policy import load_policy
 
 policy_app = typer.Typer(help="Work with policy bundles.", no_args_is_help=True)
 
