@@ -215,6 +215,9 @@ def _tenant_of(gate: IdentityGate, tenancy: Tenancy) -> Callable[[str], str]:
     hold, the tenant its id is qualified by (registration refuses a default-tenant id with a
     known tenant's prefix), else the default tenant."""
     def tenant_of(agent_id: str) -> str:
+        if not gate.ready.is_set():  # a timer's sweep can run before the registry is loaded
+            raise BusError(f"the agent registry is not loaded yet: the tenant of {agent_id}, "
+                           "and so the topics of its records, is not known")
         profile = gate.profile(agent_id)
         if profile is not None:
             return profile.tenant

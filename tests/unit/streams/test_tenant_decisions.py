@@ -141,3 +141,23 @@ async def test_without_tenant_topics_everything_stays_on_the_shared_topics(
     assert not [t for t in bus.topics if t.startswith(topics.TENANT_TOPIC_PREFIX)]
     assert {e.agent_id for e in bus.events(topics.grant_topic("payments").name)
             if isinstance(e, GrantIssued)} == {ACME, GLOBEX}
+
+
+def test_an_agents_tenant_is_not_guessed_before_the_registry_is_loaded(tmp_path: Path) -> None:
+    """A timer's sweep may publish before the registry is loaded: the topics of its records
+    depend on the agent's registered tenant, so it fails (retried) rather than guess."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import pytest
+
+    from broker.errors import BusError
+    from streams.bootstrap import _tenant_of
+
+    tenancy = bundles(tmp_path, acme_denies_freeze=False)
+    gate = SimpleNamespace(ready=asyncio.Event(), profile=TenantGate(tenancy).profile)
+    tenant_of = _tenant_of(gate, tenancy)  # type: ignore[arg-type]
+    with pytest.raises(BusError, match="registry is not loaded"):
+        tenant_of(ACME)
+    gate.ready.set()
+    assert (tenant_of(ACME), tenant_of(GLOBEX)) == ("acme", "globex")
