@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from broker.config import Settings
-from broker.identity.tenants import qualify
 from broker.stack.credentials import role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
-from schemas.events import AgentProfile, EscalationDecided, ModelInfo
+from schemas.events import EscalationDecided
 from tests.support.faults.report import Figures
 from tests.support.identities import Registrar, agent_client
 
@@ -47,21 +46,6 @@ def tenant_worker(worker: WorkerProcess, settings: Settings,
         proc.stop()
         worker.start()
         worker.wait_ready()
-
-
-def _register(registrar: Registrar, settings: Settings, name: str) -> dict[str, str]:
-    """The same agent name in both tenants (a rate-limited class that may freeze accounts)."""
-    ids = {tenant: qualify(tenant, name) for tenant in TENANTS}
-    commands = []
-    for tenant, agent in ids.items():
-        keys = registrar.store.generate(agent)
-        profile = AgentProfile(agent_id=agent, agent_class="flood-test", tenant=tenant,
-                               owner=f"ops@{tenant}.example", confidence_threshold=0.5,
-                               model=ModelInfo(name="gbm", version="1.0", digest="sha256:00"))
-        commands.append(registrar.operator.register_command(profile, keys.current.jwk))
-    answers = registrar.operator.run_many(commands)
-    assert all(a.outcome == "done" for a in answers), answers
-    return ids
 
 
 def _decide(settings: Settings, ids: dict[str, str]) -> dict[str, EscalationDecided]:
@@ -97,7 +81,8 @@ def test_a_policy_change_in_one_tenant_leaves_the_other_tenants_decisions_alone(
     figures: Figures,
 ) -> None:
     """acme's bundle changes between two rounds: acme's decision changes, globex's does not."""
-    ids = _register(registrar, settings, f"twin-{run_id}")
+    ids = registrar.twins(f"twin-{run_id}", TENANTS, agent_class="flood-test",
+                          confidence_threshold=0.5)
     before = _decide(settings, ids)
     root = tenant_worker.settings.tenant_policies_dir
     assert root is not None

@@ -24,13 +24,14 @@ from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
 from broker.config import Settings
+from broker.identity.tenants import qualify
 from broker.policy import Policy
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.agent.identity import keyed_signer
 from broker.sdk.operator.client import OperatorClient
 from broker.stack.credentials import role_access, role_settings
 from schemas import topics
-from schemas.events import AgentProfile
+from schemas.events import AgentProfile, ModelInfo
 
 BATCH = 25
 
@@ -88,6 +89,25 @@ class Registrar:
     def seed(self, agent_id: str) -> AgentProfile:
         """The profile the agent was registered with (from the test bundle)."""
         return self._seed[agent_id]
+
+    def twins(self, name: str, tenants: tuple[str, ...], *, agent_class: str = "fraud-detection",
+              confidence_threshold: float = 0.9) -> dict[str, str]:
+        """Register the agent ``name`` in each of ``tenants`` (one id per tenant, each with its
+        own key); the ids by tenant."""
+        ids = {tenant: qualify(tenant, name) for tenant in tenants}
+        commands = []
+        for tenant, agent in ids.items():
+            keys = self.store.generate(agent)
+            profile = AgentProfile(agent_id=agent, agent_class=agent_class, tenant=tenant,
+                                   owner=f"ops@{tenant}.example",
+                                   confidence_threshold=confidence_threshold,
+                                   model=ModelInfo(name="gbm", version="1.0",
+                                                   digest="sha256:00"))
+            commands.append(self.operator.register_command(profile, keys.current.jwk))
+        answers = self.operator.run_many(commands)
+        assert all(a.outcome == "done" for a in answers), answers
+        self._done.update(ids.values())
+        return ids
 
     def close(self) -> None:
         """Stop reading answers."""

@@ -55,18 +55,7 @@ def api(worker: object, settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def twins(registrar: Registrar, run_id: str) -> dict[str, str]:
     """The same agent name registered in acme and in globex (by the unscoped operator)."""
-    name = f"fraud-{run_id}"
-    ids = {tenant: qualify(tenant, name) for tenant in ("acme", "globex")}
-    commands = []
-    for tenant, agent in ids.items():
-        keys = registrar.store.generate(agent)
-        profile = AgentProfile(agent_id=agent, agent_class="fraud-detection", tenant=tenant,
-                               owner=f"ops@{tenant}.example", confidence_threshold=0.9,
-                               model=ModelInfo(name="gbm", version="1.0", digest="sha256:00"))
-        commands.append(registrar.operator.register_command(profile, keys.current.jwk))
-    answers = registrar.operator.run_many(commands)
-    assert all(a.outcome == "done" for a in answers), answers
-    return ids
+    return registrar.twins(f"fraud-{run_id}", ("acme", "globex"))
 
 
 def escalate(api: TestClient, settings: Settings, agent: str) -> dict[str, object]:
