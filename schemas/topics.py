@@ -304,6 +304,12 @@ def for_tenant(name: str, tenant: str) -> str:
     return name
 
 
+def carries_tenant(name: str, tenant: str) -> bool:
+    """Whether topic ``name`` carries records about ``tenant``'s agents: a tenant's own topic
+    only its tenant's, every other topic (the shared log of record) every tenant's."""
+    return not name.startswith(TENANT_TOPIC_PREFIX) or name.startswith(tenant_prefix(tenant))
+
+
 def tenant_topics(tenant: str) -> tuple[Topic, ...]:
     """The topics a tenant has from the start (its namespace topics come with its grants)."""
     return (tenant_decisions(tenant), tenant_grants(tenant))

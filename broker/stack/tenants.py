@@ -6,6 +6,8 @@ credentials and the topic registry. The tenants are those declared in
 service user (``agent@acme``, ``service@acme``, passwords added to the stack's credentials
 file), its decision and grant topics, and the ACLs of ``acls.tenant_table``: its principals
 read only their tenant's decisions and grants. Idempotent: what exists is kept.
+``ensure_tenant_users`` is the users alone, for a cluster the stack did not start
+(``permbroker kafka provision``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,27 @@ def with_tenants(settings: Settings, credentials: Credentials,
     if set(more.passwords) != set(credentials.passwords):
         more.write(credentials_file(settings))
     return more
+
+
+def ensure_tenant_users(settings: Settings, admin: KafkaAccess, tenants: tuple[str, ...],
+                        timeout: float = 30.0) -> list[str]:
+    """Create the missing Kafka users of ``tenants`` (as admin); the users created. Their
+    passwords are those the credentials file keeps, or new ones added to it (0600): a tenant
+    user's password is known only from there (``permbroker stack env --role agent@acme``)."""
+    if not tenants:
+        return []
+    path = credentials_file(settings)
+    credentials = Credentials.read(path)
+    if credentials is None:
+        users = ", ".join(topics.tenant_role(r, t) for t in tenants for r in topics.TENANT_ROLES)
+        raise ConfigError(
+            f"the tenants' Kafka users ({users}) keep their passwords in the Kafka credentials "
+            f"file, and there is none at {path}: set PERMBROKER_KAFKA_CREDENTIALS_FILE to the "
+            "file of this cluster's users (as `permbroker stack up` writes it)")
+    more = with_tenants(settings, credentials, tenants)
+    wanted = {user: more.password(user) for t in tenants
+              for user in (topics.tenant_role(r, t) for r in topics.TENANT_ROLES)}
+    return ensure_users(admin, wanted, timeout)
 
 
 def provision_tenants(settings: Settings, admin: KafkaAccess, credentials: Credentials,

@@ -107,12 +107,13 @@ class Ran:
         return self.stdout + self.stderr
 
 
-def cli(settings: Settings, *args: str, columns: int = 200) -> Ran:
-    """Run ``permbroker ARGS`` in this process against the test services, as an operator, on a
-    terminal ``columns`` wide."""
-    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
-    env = {k: v for k, v in operator.items() if k.startswith("PERMBROKER_")}
-    result = CliRunner().invoke(app, list(args), env={**env, "COLUMNS": str(columns)})
+def cli(settings: Settings, *args: str, columns: int = 200, role: str = topics.OPERATOR,
+        **env: str) -> Ran:
+    """Run ``permbroker ARGS`` in this process against the test services, as an operator (or
+    the Kafka user of ``role``), on a terminal ``columns`` wide, with ``env`` set too."""
+    user = worker_env(settings, role_access(settings, role))
+    given = {k: v for k, v in user.items() if k.startswith("PERMBROKER_")}
+    result = CliRunner().invoke(app, list(args), env={**given, **env, "COLUMNS": str(columns)})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Ran(result.exit_code, result.stdout, result.stderr)

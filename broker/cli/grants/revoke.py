@@ -4,7 +4,8 @@
 expiry, time left) the selector names; without ``--dry-run`` (and with ``--reason``) it revokes
 exactly that set in one operator-signed, audited operation and prints what the workers revoked.
 ``permbroker agents revoke AGENT`` is the same for one agent, and then waits (a bounded time) for
-the enforcement points' signed acknowledgements and prints the propagation.
+the signed acknowledgements of the live enforcement points that read the agent's tenant's grants
+and prints the propagation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from broker.cli.context import cli_kafka, cli_settings, trusted
 from broker.cli.output import JsonOpt, err, fail, out, print_json, until
 from broker.errors import BrokerError
 from broker.grants.selection import Selection, Selector, parse_labels
+from broker.identity.tenants import DEFAULT_TENANT
 from broker.sdk.operator.propagation import AckWatcher
 from broker.sdk.operator.selector import plan, revoke_selected
 
@@ -109,8 +111,9 @@ def agents_revoke(
 ) -> None:
     """Revoke every grant of an agent; waits for the worker, then for enforcement points' acks.
 
-    Signed with this operator's key and audited as a selector revocation of one agent. Prints
-    the grants revoked and each enforcement point that acknowledged, after how many ms.
+    Signed with this operator's key and audited as a selector revocation of one agent. Waits for
+    the live enforcement points that read the agent's tenant's grants (another tenant's views
+    never see it). Prints the grants revoked and each point that acknowledged, after how many ms.
     """
     settings = cli_settings()
     try:
@@ -122,7 +125,10 @@ def agents_revoke(
             if not done.revocations:
                 raise fail(f"no agent {agent} in the registry, the policy bundle or the grants",
                            "list agents: permbroker agents list")
-            seen = acks.wait(frozenset(r.signal_id for r in done.revocations), acks_wait)
+            profile = done.plan.targets[0].profile
+            tenant = profile.tenant if profile is not None else DEFAULT_TENANT
+            seen = acks.wait(frozenset(r.signal_id for r in done.revocations), acks_wait, tenant)
+            awaited = acks.awaited(tenant)
     except BrokerError as exc:
         raise fail(exc, "are Kafka, Redis and a worker up, and is there an operator key? "
                    "(permbroker stack status; permbroker keys init)") from exc
@@ -138,9 +144,14 @@ def agents_revoke(
         print_json({"agent_id": agent, "operation_id": done.operation_id,
                     "signal_id": r.signal_id, "revoked_at": r.revoked_at.isoformat(),
                     "consistency_token": r.consistency_token, "revoked": rows,
-                    "acknowledged": points, "acks_wait_s": acks_wait})
+                    "tenant": tenant, "awaited": awaited, "acknowledged": points,
+                    "acks_wait_s": acks_wait})
         return
     _show_agent_revocation(agent, done.revocations[0].revoked_at, rows, points, acks_wait)
+    missing = sorted(set(awaited) - {p["enforcement_point"] for p in points})
+    if missing:
+        out.print(Text(f"  not acknowledged within {acks_wait:g}s by: {', '.join(missing)}"),
+                  soft_wrap=True)
 
 
 def _show_agent_revocation(agent: str, at: datetime, rows: list[dict[str, Any]],

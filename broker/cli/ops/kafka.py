@@ -4,7 +4,9 @@ Imports typer, rich, broker (adapters, cli context and output), never streams. `
 ``acls apply`` run with the process's Kafka user, which must be a super user (the local stack's
 ``admin``: ``eval "$(permbroker stack env --role admin)"``); both are idempotent and say what
 they created and what was in place. The table and the topics include those of every tenant
-``PERMBROKER_TENANT_POLICIES_DIR`` declares (their users come with ``permbroker stack up``).
+``PERMBROKER_TENANT_POLICIES_DIR`` declares; ``provision`` also creates those tenants' Kafka users
+(``agent@<tenant>``, ``service@<tenant>``) with the passwords the Kafka credentials file keeps,
+adding new ones to it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from broker.adapters.kafka.admin import ensure_topics
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json
 from broker.errors import BrokerError
-from broker.stack.tenants import declared
+from broker.stack.tenants import declared, ensure_tenant_users
 from schemas import topics
 
 kafka_app = typer.Typer(help="Kafka authorization: the ACLs every role needs.",
@@ -83,17 +85,21 @@ def apply(
 
 @kafka_app.command()
 def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
-    """Create the contract's missing topics, then the missing ACLs (idempotent)."""
+    """Create the contract's missing topics, the declared tenants' missing Kafka users, then the
+    missing ACLs (idempotent)."""
     try:
-        kafka = cli_kafka()
-        tenants = declared(cli_settings().tenant_policies_dir)
+        kafka, settings = cli_kafka(), cli_settings()
+        tenants = declared(settings.tenant_policies_dir)
         created = ensure_topics(kafka, [*topics.ALL_TOPICS, *(
             t for tenant in tenants for t in topics.tenant_topics(tenant))], timeout=60)
+        users = ensure_tenant_users(settings, kafka, tenants, timeout=60)
         done = acls.apply(kafka, _wanted(app_id))
     except BrokerError as exc:
         raise fail(exc, _SUPER_HINT) from exc
     if as_json:
-        print_json({"topics_created": created, **done.as_dict()})
+        print_json({"topics_created": created, "tenants": list(tenants),
+                    "users_created": users, **done.as_dict()})
         return
-    out.print(f"topics created: {', '.join(created) or 'none (all there)'}; ACLs: "
-              f"{len(done.created)} created, {len(done.kept)} kept", highlight=False)
+    out.print(f"topics created: {', '.join(created) or 'none (all there)'}; tenants' users "
+              f"created: {', '.join(users) or 'none'}; ACLs: {len(done.created)} created, "
+              f"{len(done.kept)} kept", highlight=False)

@@ -3,8 +3,10 @@
 Also imports schemas. ``AckWatcher`` follows the revocation-acks topic from ``SILENT_AFTER`` ago
 (so it knows which enforcement points are alive: those that reported since) through the decode
 edge: only acks and status reports signed by the enforcement point they name count. ``wait``
-returns once every live point acknowledged every given revocation, or when its bound is reached,
-with each point's first acknowledgement of each revocation and how long propagation took.
+returns once every live point that reads the revoked agent's tenant's grants acknowledged every
+given revocation (a view of another tenant's topics never sees it), or when its bound is
+reached, with each point's first acknowledgement of each revocation and how long propagation
+took.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class AckWatcher:
         self._cond = threading.Condition()
         self._acks: dict[tuple[str, str], Propagation] = {}
         self._live: set[str] = set()
+        self._topics: dict[str, str] = {}  # the grant topic each point said it reads
         since = datetime.now(UTC) - SILENT_AFTER
         self._follower = Follower(kafka, topics.REVOCATION_ACKS.name, self._on_record,
                                   trust=trust, reader="ack-watcher", name="permbroker-acks",
@@ -36,31 +39,40 @@ class AckWatcher:
     def _on_record(self, record: Record) -> None:
         ev = record.event
         with self._cond:
-            if isinstance(ev, EnforcementPointStatus):
+            if isinstance(ev, (EnforcementPointStatus, RevocationAcknowledged)):
                 self._live.add(ev.enforcement_point)
-            elif isinstance(ev, RevocationAcknowledged):
-                self._live.add(ev.enforcement_point)
+                self._topics[ev.enforcement_point] = ev.topic
+            if isinstance(ev, RevocationAcknowledged):
                 key = (ev.enforcement_point, ev.cause_event_id)
                 if key not in self._acks:  # the first ack of a point counts
                     self._acks[key] = Propagation(ev.enforcement_point, ev.cause_event_id,
                                                   ev.agent_id, ev.revoked_at, ev.applied_at,
                                                   ev.replayed)
-            else:
-                return
             self._cond.notify_all()
 
     def _found(self, causes: frozenset[str]) -> list[Propagation]:
         return sorted((p for (_n, c), p in self._acks.items() if c in causes),
                       key=lambda p: (p.enforcement_point, p.cause_event_id))
 
-    def wait(self, causes: frozenset[str], timeout: float) -> list[Propagation]:
-        """The acks of ``causes`` (revocations' cause event ids): once every live point
-        acknowledged all of them, or after ``timeout`` seconds with what came."""
+    def _reading(self, tenant: str) -> list[str]:
+        return sorted(n for n in self._live if topics.carries_tenant(self._topics[n], tenant))
+
+    def awaited(self, tenant: str = topics.DEFAULT_TENANT) -> list[str]:
+        """The live points that see revocations of ``tenant``'s agents (sorted)."""
+        with self._cond:
+            return self._reading(tenant)
+
+    def wait(self, causes: frozenset[str], timeout: float,
+             tenant: str = topics.DEFAULT_TENANT) -> list[Propagation]:
+        """The acks of ``causes`` (revocations of ``tenant``'s agents' grants, by cause event
+        id): once every live point reading that tenant's grants acknowledged all of them
+        (at least one), or after ``timeout`` seconds with what came."""
         deadline = time.monotonic() + timeout
 
         def complete() -> bool:
             acked = {(n, c) for (n, c) in self._acks if c in causes}
-            return bool(self._live) and all((n, c) in acked for n in self._live for c in causes)
+            points = self._reading(tenant)
+            return bool(points) and all((n, c) in acked for n in points for c in causes)
 
         with self._cond:
             while not complete():

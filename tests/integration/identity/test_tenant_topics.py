@@ -8,25 +8,29 @@ and the worker decides for acme and globex under their own bundles.
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from broker.adapters.crypto.keystore import AgentKeyStore
+from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata
 from broker.adapters.kafka.bus import consumer
 from broker.config import Settings
 from broker.errors import BusError
-from broker.identity.tenants import qualify
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
-from broker.stack.credentials import role_access
+from broker.stack.credentials import Credentials, role_access
 from schemas import topics
-from schemas.events import AgentProfile, EscalationDecided, ModelInfo
+from schemas.events import EscalationDecided
+from tests.support.audit import cli
 from tests.support.identities import Registrar, shared_trust
 from tests.support.waits import wait_until
 
@@ -45,17 +49,7 @@ def user(settings: Settings, role: str, tenant: str) -> KafkaAccess:
 @pytest.fixture(scope="module")
 def twins(registrar: Registrar, run_id: str) -> dict[str, str]:
     """One agent name registered in acme and in globex (by the unscoped operator)."""
-    ids = {tenant: qualify(tenant, f"kafka-{run_id}") for tenant in TENANTS}
-    commands = []
-    for tenant, agent in ids.items():
-        keys = registrar.store.generate(agent)
-        profile = AgentProfile(agent_id=agent, agent_class="fraud-detection", tenant=tenant,
-                               owner=f"ops@{tenant}.example", confidence_threshold=0.9,
-                               model=ModelInfo(name="gbm", version="1.0", digest="sha256:00"))
-        commands.append(registrar.operator.register_command(profile, keys.current.jwk))
-    answers = registrar.operator.run_many(commands)
-    assert all(a.outcome == "done" for a in answers), answers
-    return ids
+    return registrar.twins(f"kafka-{run_id}", TENANTS)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +205,80 @@ def test_no_decision_or_grant_of_globex_reaches_a_topic_acmes_users_can_read(
     for topic in (topics.tenant_decisions("globex").name, topics.DECISIONS.name,
                   topics.tenant_grants("globex").name, topics.GRANTS.name):
         assert about(admin, topic, twins["globex"]), topic
+
+
+def test_agents_revoke_waits_for_its_tenants_enforcement_points_only(
+    settings: Settings, registrar: Registrar, run_id: str,
+) -> None:
+    """An acme agent's revocation is awaited from the enforcement points that read acme's
+    grants (acme's own view acknowledges it), never from a globex view, which cannot see it."""
+    ids = registrar.twins(f"revoked-{run_id}", TENANTS)
+    agent, trust = ids["acme"], shared_trust(settings)
+    points = {t: ensure_service(settings, f"{t}-view-{run_id}") for t in TENANTS}
+    with GrantView(user(settings, topics.SERVICE, "acme"), trust=trust,
+                   enforcement_point=points["acme"]) as acme, \
+            GrantView(user(settings, topics.SERVICE, "globex"), trust=trust,
+                      enforcement_point=points["globex"]) as globex, \
+            AgentClient(agent, user(settings, topics.AGENT, "acme"), trust=trust,
+                        keys=AgentKeyStore.from_settings(settings)) as client:
+        assert acme.wait_ready(30) and globex.wait_ready(30)
+        granted = client.request_escalation([PII], duration_s=600, reason="pattern",
+                                            confidence=0.95, risk_score=0.9,
+                                            resources=["acct-1"], timeout=30)
+        assert granted.granted_scopes == (PII,), granted
+        wait_until(allowing(acme, agent), 30, "acme's grant at acme's view")
+        done = cli(settings, "agents", "revoke", agent, "--reason", "compromised",
+                   "--acks-wait", "60", "--json")
+        assert done.returncode == 0, done.output
+        result = json.loads(done.stdout)
+        assert not acme.allows(agent, PII, "acct-1").allowed
+    assert result["tenant"] == "acme"
+    assert points["acme"].name in result["awaited"], result
+    assert points["globex"].name not in result["awaited"], result
+    assert points["acme"].name in {a["enforcement_point"] for a in result["acknowledged"]}
+    assert points["globex"].name not in {a["enforcement_point"] for a in result["acknowledged"]}
+
+
+def test_kafka_provision_creates_a_declared_tenants_users_once(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """On a cluster the stack did not provision for it, ``kafka provision`` (as the super user)
+    creates a newly declared tenant's users with passwords it adds to the credentials file,
+    its topics and its ACLs: its agent user reads its decision topic and is refused the shared
+    one. A second run creates no user and keeps every password."""
+    assert settings.kafka_credentials_file is not None
+    tenants, credentials = tmp_path / "tenants", tmp_path / "credentials.json"
+    assert settings.tenant_policies_dir is not None
+    shutil.copytree(settings.tenant_policies_dir / "globex", tenants / "hooli")
+    shutil.copy(settings.kafka_credentials_file, credentials)
+    env = {"PERMBROKER_TENANT_POLICIES_DIR": str(tenants),
+           "PERMBROKER_KAFKA_CREDENTIALS_FILE": str(credentials)}
+    first = cli(settings, "kafka", "provision", "--json", role=topics.ADMIN, **env)
+    assert first.returncode == 0, first.output
+    done = json.loads(first.stdout)
+    assert done["tenants"] == ["hooli"]
+    assert sorted(done["users_created"]) == ["agent@hooli", "service@hooli"], done
+    kept = Credentials.read(credentials)
+    assert kept is not None and {"agent@hooli", "service@hooli"} <= set(kept.passwords)
+    agent = kept.access(KafkaAccess.from_settings(settings), "agent@hooli")
+    assert answered(agent, topics.tenant_decisions("hooli").name)
+    assert refusal(agent, topics.DECISIONS.name) == (KafkaError.TOPIC_AUTHORIZATION_FAILED,) * 2
+    again = cli(settings, "kafka", "provision", "--json", role=topics.ADMIN, **env)
+    assert again.returncode == 0, again.output
+    assert json.loads(again.stdout)["users_created"] == []
+    assert Credentials.read(credentials) == kept
+
+
+def test_kafka_provision_without_a_credentials_file_names_the_users_and_the_file(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """Tenants declared, no credentials file to keep their passwords: refused, saying which
+    users and which file."""
+    assert settings.tenant_policies_dir is not None
+    shutil.copytree(settings.tenant_policies_dir / "globex", tmp_path / "tenants" / "hooli")
+    missing = tmp_path / "none.json"
+    ran = cli(settings, "kafka", "provision", role=topics.ADMIN,
+              PERMBROKER_TENANT_POLICIES_DIR=str(tmp_path / "tenants"),
+              PERMBROKER_KAFKA_CREDENTIALS_FILE=str(missing))
+    assert ran.returncode == 1, ran.output
+    assert "agent@hooli, service@hooli" in ran.stderr and str(missing) in ran.stderr

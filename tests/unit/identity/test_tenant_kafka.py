@@ -53,6 +53,20 @@ def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> Non
         topics.tenant_role(topics.OPERATOR, "acme")
 
 
+def test_a_tenants_topics_carry_only_its_agents_and_the_shared_ones_every_tenants() -> None:
+    """Whose revocations an enforcement point can see, from the topic it reads: a view of
+    acme's topics only acme's (not globex's, not the default tenant's), a view of a shared
+    topic (the log of record) every tenant's."""
+    for name in ("permbroker.tenant.acme.grants", "permbroker.tenant.acme.grants.crm"):
+        assert topics.carries_tenant(name, "acme")
+        assert not topics.carries_tenant(name, "globex")
+        assert not topics.carries_tenant(name, topics.DEFAULT_TENANT)
+    assert not topics.carries_tenant("permbroker.tenant.acmecorp.grants", "acme")
+    for name in (topics.GRANTS.name, "permbroker.grants.payments"):
+        for tenant in ("acme", "globex", topics.DEFAULT_TENANT):
+            assert topics.carries_tenant(name, tenant)
+
+
 def test_a_tenants_principals_read_only_their_tenants_decisions_and_grants() -> None:
     """acme's agent reads acme's decisions, acme's service acme's grant topics (every
     namespace's); neither reads globex's, nor the shared decision and grant topics."""
