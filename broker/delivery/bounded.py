@@ -9,6 +9,8 @@ what it had to drop, so a bound set too low shows in metrics instead of hiding.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -24,6 +26,8 @@ class Bounded(Generic[K, V]):
         self.limit = limit
         self.evicted = 0
         self._items: OrderedDict[K, V] = OrderedDict()
+        # The entries, read-only and live: a hot path tests membership without a Python call.
+        self.view: Mapping[K, V] = MappingProxyType(self._items)
 
     def put(self, key: K, value: V) -> None:
         """Keep ``value`` under ``key`` (as the newest entry)."""

@@ -96,6 +96,7 @@ class GrantIndex:
         self._by_scope: dict[str, Scopes] = {}
         self._ended: Bounded[str, None] = Bounded(max_entries)
         self._poisoned: Bounded[str, str] = Bounded(max_entries)
+        self._unreadable = self._poisoned.view  # read-only, C-speed membership for checks
         self.baselines = BaselineIndex()
         self.undecodable = 0
         self.refused = 0
@@ -105,28 +106,33 @@ class GrantIndex:
     ) -> Verdict:
         """The answer from memory (the view has checked its freshness first): a grant, else
         the agent's baseline entitlement, else a denial saying why."""
-        if self._poisoned and agent_id in self._poisoned:
+        if self._unreadable and agent_id in self._unreadable:
             return Verdict(False, self._poisoned.get(agent_id) or "unreadable event")
         t = now.timestamp() if now is not None else time.time()
-        verdict = self._granted(agent_id, scope, resource, t)
-        if verdict.allowed:
-            return verdict
+        # The allowing path inline (a check is the view's hot path): the first held grant of
+        # the scope that covers the resource, is unexpired, and whose chain lives.
+        held = self._by_scope.get(agent_id)
+        entries = held.get(scope) if held is not None else None
+        if entries:
+            t_us = t * 1_000_000
+            for grant in entries.values():
+                if (not grant.members or resource in grant.members) \
+                        and grant.expires_us > t_us \
+                        and (grant.parent_grant_id is None or self._parent_lives(grant, t_us)):
+                    return Verdict(True, "", None, t, grant)
+        verdict = self._not_granted(agent_id, scope, resource, entries, t)
         allowed, why, statement = self.baselines.entitled(agent_id, scope, t)
         if allowed:
             return Verdict(True, "", None, t, baseline=statement)
         return Verdict(False, f"{verdict.reason}; {why}") if why else verdict
 
-    def _granted(self, agent_id: str, scope: str, resource: str, t: float) -> Verdict:
-        held = self._by_scope.get(agent_id)
-        entries = held.get(scope) if held is not None else None
-        if not entries:
-            return Verdict(False, f"no active grant of {scope} on {resource or '*'} for {agent_id}")
+    def _not_granted(self, agent_id: str, scope: str, resource: str,
+                     entries: dict[str, HeldGrant] | None, t: float) -> Verdict:
+        """Why no held grant allows: the last matching grant's end, or none held."""
         expired = None
         t_us = t * 1_000_000
-        for grant in entries.values():
+        for grant in (entries or {}).values():
             if not grant.members or resource in grant.members:
-                if grant.expires_us > t_us and self._parent_lives(grant, t_us):
-                    return Verdict(True, "", None, t, grant)
                 expired = grant
         if expired is not None and expired.parent_grant_id and expired.expires_us > t_us:
             return Verdict(False, f"grant {expired.grant_id} was delegated from grant "
