@@ -2,8 +2,10 @@
 
 A view holds every active grant of its namespace, so each one costs what a decoded event
 would not: no model instance, no datetime objects, no empty budget map. Strings that repeat
-across grants (agent, scope, rule, key ids) are interned and their tuples shared. The event
-is rebuilt, exactly, only when a caller asks an allowing verdict for its grant.
+across grants (agent, scope, rule, key ids) are interned and their tuples shared; what says
+where a grant came from (policy revision, rules, model, signing key), the same for many
+grants, is one shared tuple. The event is rebuilt, exactly, only when a caller asks an
+allowing verdict for its grant.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ US = timedelta(microseconds=1)
 SCAN_AT_MOST = 8  # resources matched by scanning the tuple; more get a frozenset
 _SHARED_MAX = 10_000  # distinct tuples shared (scopes, rules, resources); later ones are kept
 _shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+# (policy_revision, rules, model_version, model_digest, kid)
+Origin = tuple[str, tuple[str, ...], str, str, str]
+_origins: dict[Origin, Origin] = {}
 
 
 def _strs(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -30,6 +35,19 @@ def _strs(values: tuple[str, ...]) -> tuple[str, ...]:
     out = tuple(sys.intern(v) for v in values)
     if len(_shared) < _SHARED_MAX:
         _shared[out] = out
+    return out
+
+
+def _origin(g: GrantIssued) -> Origin:
+    """Where ``g`` came from, as one shared tuple of interned strings."""
+    key: Origin = (g.policy_revision, g.rules, g.model_version, g.model_digest, g.kid)
+    found = _origins.get(key)
+    if found is not None:
+        return found
+    out: Origin = (sys.intern(g.policy_revision), _strs(g.rules), sys.intern(g.model_version),
+                   sys.intern(g.model_digest), sys.intern(g.kid))
+    if len(_origins) < _SHARED_MAX:
+        _origins[out] = out
     return out
 
 
@@ -51,10 +69,9 @@ class HeldGrant:
     """One active grant: what a check reads (expiry, resources, chain) and the rest to rebuild
     the event it came from."""
 
-    __slots__ = ("agent_id", "budgets", "case_id", "delegators", "expires_us",
-                 "grant_id", "issued_us", "kid", "members", "model_digest", "model_version",
-                 "parent_grant_id", "policy_revision", "request_id", "resources", "rules",
-                 "scopes")
+    __slots__ = ("agent_id", "budgets", "case_id", "delegators", "expires_us", "grant_id",
+                 "issued_us", "members", "origin", "parent_grant_id", "request_id",
+                 "resources", "scopes")
 
     def __init__(self, g: GrantIssued) -> None:
         self.grant_id = g.grant_id
@@ -67,11 +84,7 @@ class HeldGrant:
             if len(self.resources) <= SCAN_AT_MOST else frozenset(self.resources)
         self.issued_us = us(g.issued_at)
         self.expires_us = us(g.expires_at)  # a check compares its own time in us with it
-        self.policy_revision = sys.intern(g.policy_revision)
-        self.rules = _strs(g.rules)
-        self.model_version = sys.intern(g.model_version)
-        self.model_digest = sys.intern(g.model_digest)
-        self.kid = sys.intern(g.kid)
+        self.origin = _origin(g)
         self.budgets = tuple(g.budgets.items()) or None
         self.case_id = _opt(g.case_id)
         self.parent_grant_id = g.parent_grant_id
@@ -92,11 +105,12 @@ class HeldGrant:
 
     def issued(self) -> GrantIssued:
         """The event this grant came from (equal to it; renewed: with its later expiry)."""
+        revision, rules, model_version, model_digest, kid = self.origin
         return GrantIssued.model_construct(
             grant_id=self.grant_id, agent_id=self.agent_id, request_id=self.request_id,
             scopes=self.scopes, resources=self.resources, issued_at=_at(self.issued_us),
-            expires_at=_at(self.expires_us), policy_revision=self.policy_revision,
-            rules=self.rules, model_version=self.model_version,
-            model_digest=self.model_digest, kid=self.kid, budgets=dict(self.budgets or ()),
+            expires_at=_at(self.expires_us), policy_revision=revision, rules=rules,
+            model_version=model_version, model_digest=model_digest, kid=kid,
+            budgets=dict(self.budgets or ()),
             case_id=self.case_id, parent_grant_id=self.parent_grant_id,
             delegators=self.delegators)
