@@ -111,7 +111,7 @@ class Analytics:
                     cfg: Detectors) -> None:
         obs = observation(decision, agent)
         (before, (partition, offset)), klass = await asyncio.gather(
-            self._load(decision.agent_id), self._class_view(obs, cfg))
+            self._load(decision.agent_id), self._class_view(obs, cfg, agent.tenant))
         if partition == msg.partition and offset >= msg.offset:
             self.ctx.count("behaviour_redelivered")
             return
@@ -126,10 +126,11 @@ class Analytics:
             return
         bucket = at - at % (cfg.bucket_s * 1000)
         await self.store.count_group(obs.agent_class, obs.model_version, bucket, obs.granted,
-                                     bucket + (cfg.history_s + cfg.bucket_s) * 1000)
-        if cfg.novel_pattern is not None:
+                                     bucket + (cfg.history_s + cfg.bucket_s) * 1000,
+                                     agent.tenant)
+        if cfg.novel_pattern is not None:  # the agent's tenant's class: never another's
             await self.store.learn(obs.agent_class, obs.patterns, at,
-                                   at + cfg.novel_pattern.remember_s * 1000)
+                                   at + cfg.novel_pattern.remember_s * 1000, agent.tenant)
         self._count(obs, "requests")
         self._count(obs, "granted" if obs.granted else "denied")
 
@@ -140,10 +141,10 @@ class Analytics:
             log.error("behaviour profile of %s unreadable, starting a new one: %s", agent_id, exc)
             return None, (-1, -1)
 
-    async def _class_view(self, obs: Observation, cfg: Detectors) -> ClassView:
+    async def _class_view(self, obs: Observation, cfg: Detectors, tenant: str) -> ClassView:
         if cfg.novel_pattern is None:
             return ClassView(0, frozenset())
-        return await self.store.class_view(obs.agent_class, obs.patterns)
+        return await self.store.class_view(obs.agent_class, obs.patterns, tenant)
 
     async def _signal(self, decision: EscalationDecided, obs: Observation, finding: Finding,
                       profile: Profile) -> None:

@@ -1,9 +1,9 @@
 """Request bodies and path ids of the HTTP API: at least as strict as the events they become. L3.
 
-Imports pydantic, fastapi and schemas. Bodies are untrusted: unknown fields, NaN and Infinity,
-booleans for numbers, numbers for text and anything longer than its event field allows are
-refused (422) before a route runs, so nothing the API accepts can fail later on the wire.
-Path ids carry the same patterns as the event fields they fill.
+Imports pydantic, fastapi, broker.identity (tenant ids) and schemas. Bodies are untrusted:
+unknown fields, NaN and Infinity, booleans for numbers, numbers for text and anything longer
+than its event field allows are refused (422) before a route runs, so nothing the API accepts
+can fail later on the wire. Path ids carry the same patterns as the event fields they fill.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from broker.identity.tenants import TENANT_PATTERN
 from schemas.events import (
     AGENT_ID_PATTERN,
     ID_PATTERN,
@@ -31,6 +32,8 @@ AgentIdPath = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="An agen
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="A grant or request id")]
 LabelPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")]
 AgentQuery = Annotated[str | None, Query(pattern=AGENT_ID_PATTERN, description="An agent id")]
+TenantQuery = Annotated[str | None, Query(pattern=TENANT_PATTERN.pattern,
+                                          description="A tenant id")]
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 Duration = Annotated[int, Field(gt=0, le=MAX_REQUESTED_DURATION_S, strict=True,

@@ -2,7 +2,8 @@
 
 ``GET /v1/operator/agents/{agent_id}/stats`` returns what ``permbroker agents stats --json``
 prints (``broker.behaviour.stats.report``); 404 when the agent has no profile.
-``GET /v1/operator/classes/{class}/models/{version}/stats``: ``agents class-stats --json``.
+``GET /v1/operator/classes/{class}/models/{version}/stats?tenant=T``: ``agents class-stats
+--json`` (one tenant's agents of the class; an operator scoped to tenants asks its own).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from fastapi import APIRouter, Request
 
 from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.api.auth import Operator, OperatorOfAgent, runtime_of
-from broker.api.bodies import AgentIdPath, LabelPath
+from broker.api.bodies import AgentIdPath, LabelPath, TenantQuery
 from broker.api.problems import PROBLEMS, Refused
 from broker.behaviour.stats import report
 from broker.errors import BrokerError, PolicyError
+from broker.identity.tenants import DEFAULT_TENANT
 from broker.policy import load_policy
 
 router = APIRouter(tags=["operators"], responses=PROBLEMS)
@@ -47,13 +49,17 @@ async def stats(agent_id: AgentIdPath, request: Request, _who: OperatorOfAgent
 
 @router.get("/v1/operator/classes/{agent_class}/models/{model_version}/stats")
 async def class_stats(agent_class: LabelPath, model_version: LabelPath, request: Request,
-                      _who: Operator) -> dict[str, Any]:
-    """Requests, grants and denials of a class on one model version, in the detectors' windows
-    (every tenant's agents of the class: refused to an operator scoped to tenants)."""
+                      who: Operator, tenant: TenantQuery = None) -> dict[str, Any]:
+    """Requests, grants and denials of one tenant's agents of a class on one model version, in
+    the detectors' windows. ``tenant`` defaults to the operator's one tenant when it is scoped
+    to one, else to the default tenant; an operator scoped to tenants is refused any other."""
     runtime = runtime_of(request)
-    if _who.principal.id in runtime.operator_tenants:
-        raise Refused(403, "class statistics count the agents of every tenant; an operator "
-                      "scoped to tenants reads its agents' own", kind="not-permitted")
+    own = runtime.operator_tenants.get(who.principal.id)
+    if tenant is None:
+        tenant = next(iter(own)) if own is not None and len(own) == 1 else DEFAULT_TENANT
+    if own is not None and tenant not in own:
+        raise Refused(403, f"{who.principal.id} operates tenants {', '.join(sorted(own))}, "
+                      f"not {tenant}", kind="not-permitted")
     if runtime.store is None:
         raise Refused(503, "the API is not connected to Redis yet", kind="unavailable")
     try:
@@ -65,7 +71,7 @@ async def class_stats(agent_class: LabelPath, model_version: LabelPath, request:
                       kind="not-found")
     try:
         return await ProfileStore(runtime.store.client).group_stats(
-            agent_class, model_version, detectors, datetime.now(UTC))
+            agent_class, model_version, detectors, datetime.now(UTC), tenant)
     except BrokerError as exc:
         raise Refused(503, f"{exc} (is Redis up?)", kind="unavailable") from exc
 

@@ -1,4 +1,4 @@
-"""Redis key names of the grant store, spelled once. Imports stdlib and redis's slot hash only.
+"""Redis key names of the grant store, spelled once. Imports stdlib, redis's slot hash, schemas.
 
 Every per-agent key carries the hash tag ``{agent_id}`` so one agent's keys share a Redis Cluster
 slot and the Lua scripts that touch them stay atomic. Every per-agent key is written with an
@@ -15,6 +15,8 @@ from __future__ import annotations
 from functools import cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from schemas.topics import DEFAULT_TENANT
 
 PREFIX = "pb"
 
@@ -255,15 +257,24 @@ def usage_cooldown(agent_id: str) -> str:
     return f"{agent_prefix(agent_id)}usage:cooldown"
 
 
-def behaviour_class(agent_class: str) -> str:
-    """Hash: patterns any agent of the class used (-> last ms) and its request count; PXAT."""
-    return f"{PREFIX}:behaviour:class:{agent_class}"
+def _of_tenant(tenant: str) -> str:
+    """The behaviour key infix of a tenant: none for the default tenant (its keys keep their
+    names), ``tenant:<t>:`` for any other, so no tenant's agents count for another's class."""
+    return "" if tenant == DEFAULT_TENANT else f"tenant:{tenant}:"
 
 
-def behaviour_group(agent_class: str, model_version: str, bucket_ms: int) -> str:
-    """Hash {r, g, d}: requests, grants, denials of one agent class and model version in the
-    time bucket starting at ``bucket_ms``; PXAT the end of the longest detector window."""
-    return f"{PREFIX}:behaviour:group:{agent_class}:{model_version}:{bucket_ms}"
+def behaviour_class(agent_class: str, tenant: str = DEFAULT_TENANT) -> str:
+    """Hash: patterns any agent of the tenant's class used (-> last ms) and its request count;
+    PXAT."""
+    return f"{PREFIX}:behaviour:{_of_tenant(tenant)}class:{agent_class}"
+
+
+def behaviour_group(agent_class: str, model_version: str, bucket_ms: int,
+                    tenant: str = DEFAULT_TENANT) -> str:
+    """Hash {r, g, d}: requests, grants, denials of one agent class and model version of a
+    tenant in the time bucket starting at ``bucket_ms``; PXAT the end of the longest detector
+    window."""
+    return f"{PREFIX}:behaviour:{_of_tenant(tenant)}group:{agent_class}:{model_version}:{bucket_ms}"
 
 
 # Delegation: the decision of one delegation request (in the delegator's slot), the children of

@@ -24,6 +24,7 @@ from broker.cli.output import JsonOpt, fail, human, out, print_json, stamp, unti
 from broker.cli.scope import cli_scope, not_theirs
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
+from broker.identity.tenants import DEFAULT_TENANT
 from broker.policy import load_policy
 from broker.policy.detectors import Detectors
 
@@ -92,14 +93,15 @@ def agents_stats(agent: AgentArg, as_json: JsonOpt = False) -> None:
 
 
 async def read_group(settings: Settings, agent_class: str, model_version: str,
-                     now: datetime) -> dict[str, Any] | None:
-    """The class and model version's counts, or None when the policy has no detectors."""
+                     now: datetime, tenant: str) -> dict[str, Any] | None:
+    """The tenant's class and model version's counts, or None when the policy has no
+    detectors."""
     cfg = _detectors(settings)
     if cfg is None:
         return None
     store = ProfileStore.from_url(settings.redis_url)
     try:
-        return await store.group_stats(agent_class, model_version, cfg, now)
+        return await store.group_stats(agent_class, model_version, cfg, now, tenant)
     finally:
         await store.close()
 
@@ -108,17 +110,22 @@ async def read_group(settings: Settings, agent_class: str, model_version: str,
 def class_stats(
     agent_class: Annotated[str, typer.Argument(help="The agent class.")],
     model: Annotated[str, typer.Option(help="The model version.")],
+    tenant: Annotated[str | None, typer.Option(
+        help="Whose agents of the class (default: this operator's one tenant when it is "
+        "scoped to one, else the default tenant).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Requests, grants and denials of every agent of a class on one model version, in the
-    detectors' windows ending now. A class's figures count every tenant's agents of that
-    class, so an operator scoped to tenants is refused them."""
+    """Requests, grants and denials of one tenant's agents of a class on one model version, in
+    the detectors' windows ending now. An operator scoped to tenants reads its tenants' only."""
     settings, now = cli_settings(), datetime.now(UTC)
-    if not cli_scope().everything:
-        raise fail("class statistics count the agents of every tenant; an operator scoped to "
-                   "tenants reads its agents' own (permbroker agents stats ID)")
+    own = cli_scope().tenants
+    if tenant is None:
+        tenant = next(iter(own)) if own is not None and len(own) == 1 else DEFAULT_TENANT
+    if own is not None and tenant not in own:
+        raise fail(f"this operator reads tenants {', '.join(sorted(own))}, not {tenant}",
+                   "name one of them: --tenant")
     try:
-        data = asyncio.run(read_group(settings, agent_class, model, now))
+        data = asyncio.run(read_group(settings, agent_class, model, now, tenant))
     except BrokerError as exc:
         raise fail(exc, "is Redis up? (permbroker stack status)") from exc
     if data is None:
@@ -128,7 +135,8 @@ def class_stats(
         print_json(data)
         return
     table = Table("window", "from", "requests", "granted", "denied", "per minute",
-                  title=f"class {agent_class}, model {model}, as of {stamp(now)}")
+                  title=f"class {agent_class} of tenant {tenant}, model {model}, as of "
+                  f"{stamp(now)}")
     for w in data["windows"]:
         table.add_row(human(float(w['window_s'])), _when(w["from"], now), str(w["requests"]),
                       str(w["granted"]), str(w["denied"]), f"{w['per_minute']:g}")

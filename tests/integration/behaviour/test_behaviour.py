@@ -267,3 +267,29 @@ async def test_profile_store_never_folds_a_decision_twice(
     finally:
         rclient.delete(keys.behaviour(agent))
         await store.close()
+
+
+async def test_a_tenants_class_patterns_and_counts_are_its_own(
+    settings: Settings, rclient: redis.Redis,
+) -> None:
+    """A pattern acme's agents of a class used is known for acme's class only: globex's class
+    of the same name and the default tenant's still find it new, and a request counted for
+    acme's class and model is in acme's counts alone."""
+    store, klass = ProfileStore.from_url(settings.redis_url), f"twin-{uuid.uuid4().hex[:10]}"
+    now = int(time.time() * 1000)
+    later, bucket = now + 60_000, now - now % 1000
+    pattern = "scope:payments:accounts.freeze"
+    try:
+        await store.learn(klass, (pattern,), now, later, "acme")
+        await store.count_group(klass, "1.0", bucket, True, later, "acme")
+        assert (await store.class_view(klass, (pattern,), "acme")).known == {pattern}
+        for other in ("globex", topics.DEFAULT_TENANT):
+            view = await store.class_view(klass, (pattern,), other)
+            assert view.requests == 0 and view.known == frozenset(), other
+            assert await store.group_window(klass, "1.0", [bucket], other) == (0, 0, 0)
+        assert await store.group_window(klass, "1.0", [bucket], "acme") == (1, 1, 0)
+        assert 0 < rclient.pttl(keys.behaviour_class(klass, "acme")) <= 60_000
+    finally:
+        rclient.delete(keys.behaviour_class(klass, "acme"),
+                       keys.behaviour_group(klass, "1.0", bucket, "acme"))
+        await store.close()

@@ -7,8 +7,10 @@ each (tests/integration/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,10 +19,12 @@ from fastapi.testclient import TestClient
 
 from broker.adapters.crypto.keystore import add_operator, new_principal_key
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.redis.stats.profiles import ProfileStore
 from broker.api.app import create_app
 from broker.config import Settings
 from broker.errors import CommandRefused
 from broker.identity.tenants import qualify
+from broker.policy import load_policy
 from broker.sdk.operator.client import OperatorClient
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import role_access
@@ -314,3 +318,41 @@ def test_a_tenants_quotas_deny_its_agents_only_naming_the_quota(
     assert {d["rule"] for d in refused["denied"]} == {  # type: ignore[attr-defined]
         "quota:active-grants"}
     assert escalate(api, settings, twins["globex"])["outcome"] == "granted"
+
+
+def test_class_statistics_are_a_tenants_own_and_its_operator_reads_only_its_tenants(
+    api: TestClient, settings: Settings, scoped: dict[str, tuple[Assertions, Path]],
+    run_id: str,
+) -> None:
+    """A request counted for acme's agents of a class is in acme's class statistics only;
+    acme's operator reads acme's (its one tenant, by default) over the API and the CLI, and is
+    refused globex's; globex's operator reads globex's, where it is not."""
+    klass, detectors = f"stats-{run_id}", load_policy(settings.policy_path).detectors
+    assert detectors is not None
+    now = int(time.time() * 1000)
+    bucket = now - now % (detectors.bucket_s * 1000)
+
+    async def count() -> None:
+        store = ProfileStore.from_url(settings.redis_url)
+        try:
+            await store.count_group(klass, "1.0", bucket, True, bucket + 3_600_000, "acme")
+        finally:
+            await store.close()
+
+    asyncio.run(count())
+    acme_op, globex_op = operators(scoped)
+    path = f"/v1/operator/classes/{klass}/models/1.0/stats"
+    for who, tenant, requests in ((acme_op, "acme", 1), (globex_op, "globex", 0)):
+        answer = api.get(path, auth=who)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["tenant"] == tenant
+        assert max(w["requests"] for w in answer.json()["windows"]) == requests, tenant
+    refused = api.get(path, params={"tenant": "acme"}, auth=globex_op)
+    assert refused.status_code == 403 and "not acme" in refused.text, refused.text
+    acme = as_operator(settings, scoped, "acme")
+    mine = cli(acme, "agents", "class-stats", klass, "--model", "1.0", "--json")
+    assert mine.returncode == 0, mine.output
+    assert json.loads(mine.stdout)["tenant"] == "acme"
+    assert max(w["requests"] for w in json.loads(mine.stdout)["windows"]) == 1
+    theirs = cli(acme, "agents", "class-stats", klass, "--model", "1.0", "--tenant", "globex")
+    assert theirs.returncode == 1 and "not globex" in theirs.stderr, theirs.output

@@ -6,7 +6,9 @@ redelivered after a worker restart is never counted twice, and the key is writte
 absolute expiry (PXAT) in the same step. One hash per agent class (``keys.behaviour_class``)
 holds the patterns any agent of the class used and its request count, also with a PXAT.
 Per agent class and model version, one small hash per time bucket (``keys.behaviour_group``)
-counts requests, grants and denials, each expiring with the longest detector window.
+counts requests, grants and denials, each expiring with the longest detector window. Class
+and group keys are a tenant's own: no tenant's agents make a pattern known, or count, for
+another tenant's class of the same name.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from broker.behaviour.profiles import ClassView, Profile
 from broker.behaviour.stats import group_report, window_buckets
 from broker.behaviour.usage import UsageWindow, new_checks
 from broker.policy.detectors import Detectors, UnusualResources
+from schemas.topics import DEFAULT_TENANT
 
 WHAT = "behaviour profiles"  # names the store in its errors
 CLASS_COUNT = "#requests"  # field of the class hash holding its request count
@@ -79,24 +82,26 @@ class ProfileStore:
             args=[position[0], position[1], profile.to_json(), expire_ms]), f"{WHAT}: save")
         return bool(done)
 
-    async def class_view(self, agent_class: str, patterns: tuple[str, ...]) -> ClassView:
-        """The class's request count and which of ``patterns`` it used before."""
+    async def class_view(self, agent_class: str, patterns: tuple[str, ...],
+                         tenant: str = DEFAULT_TENANT) -> ClassView:
+        """The tenant's class's request count and which of ``patterns`` it used before."""
         fields = [CLASS_COUNT, *patterns]
-        raw = await call(self._r.hmget(keys.behaviour_class(agent_class), fields),
+        raw = await call(self._r.hmget(keys.behaviour_class(agent_class, tenant), fields),
                          f"{WHAT}: class view")
         known = frozenset(p for p, v in zip(patterns, raw[1:], strict=True) if v is not None)
         return ClassView(int(raw[0] or 0), known)
 
     async def learn(self, agent_class: str, patterns: tuple[str, ...], at_ms: int,
-                    expire_ms: int) -> None:
-        """Count one request of the class and remember its patterns (until ``expire_ms``)."""
-        await call(self._learn(keys=[keys.behaviour_class(agent_class)],
+                    expire_ms: int, tenant: str = DEFAULT_TENANT) -> None:
+        """Count one request of the tenant's class and remember its patterns (until
+        ``expire_ms``)."""
+        await call(self._learn(keys=[keys.behaviour_class(agent_class, tenant)],
                                args=[at_ms, expire_ms, *patterns]), f"{WHAT}: learn")
 
     async def count_group(self, agent_class: str, model_version: str, bucket_ms: int,
-                          granted: bool, expire_ms: int) -> None:
-        """Count one decided request in its class and model version's time bucket."""
-        key = keys.behaviour_group(agent_class, model_version, bucket_ms)
+                          granted: bool, expire_ms: int, tenant: str = DEFAULT_TENANT) -> None:
+        """Count one decided request in its tenant's class and model version's time bucket."""
+        key = keys.behaviour_group(agent_class, model_version, bucket_ms, tenant)
 
         async def write() -> None:
             async with self._r.pipeline(transaction=True) as pipe:
@@ -107,15 +112,15 @@ class ProfileStore:
 
         await call(write(), f"{WHAT}: count group")
 
-    async def group_window(self, agent_class: str, model_version: str,
-                           starts: list[int]) -> tuple[int, int, int]:
-        """(requests, granted, denied) of a class and model version over the buckets
+    async def group_window(self, agent_class: str, model_version: str, starts: list[int],
+                           tenant: str = DEFAULT_TENANT) -> tuple[int, int, int]:
+        """(requests, granted, denied) of a tenant's class and model version over the buckets
         starting at ``starts``."""
         async def read() -> list[list[bytes | None]]:
             async with self._r.pipeline(transaction=False) as pipe:
                 for start in starts:
-                    pipe.hmget(keys.behaviour_group(agent_class, model_version, start),
-                               ["r", "g", "d"])
+                    pipe.hmget(keys.behaviour_group(agent_class, model_version, start,
+                                                    tenant), ["r", "g", "d"])
                 return list(await pipe.execute())
 
         rows = await call(read(), f"{WHAT}: group window")
@@ -123,13 +128,13 @@ class ProfileStore:
         return totals[0], totals[1], totals[2]
 
     async def group_stats(self, agent_class: str, model_version: str, cfg: Detectors,
-                          now: datetime) -> dict[str, Any]:
-        """A class and model version's request, grant and denial counts in the detector
-        windows ending ``now`` (``broker.behaviour.stats.group_report``)."""
+                          now: datetime, tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
+        """A tenant's class and model version's request, grant and denial counts in the
+        detector windows ending ``now`` (``broker.behaviour.stats.group_report``)."""
         counts = [(seconds, starts,
-                   await self.group_window(agent_class, model_version, starts))
+                   await self.group_window(agent_class, model_version, starts, tenant))
                   for seconds, starts in window_buckets(cfg, now)]
-        return group_report(agent_class, model_version, now, counts)
+        return {**group_report(agent_class, model_version, now, counts), "tenant": tenant}
 
     async def ttl_ms(self, agent_id: str) -> int:
         """Milliseconds the agent's profile key has left (-2: absent)."""
