@@ -182,6 +182,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def jit_cpu_seconds(pid: int) -> float:
+    """CPU time the JIT compiler threads (C1, C2) of a JVM have used so far, from /proc."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def stack_pids(settings: Settings) -> dict[str, int]:
     """The pids of the bench stack's Kafka and Redis (from the stack's pid files)."""
     out = {}

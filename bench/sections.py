@@ -22,6 +22,8 @@ def latency(arms: dict[str, Arm], rig: Any, bao_missing: str) -> list[Section]:
     one.lines += ratio_lines("1", s, f, label="worker / floor")
     one.extra["CPU ms per request, by process, during each latency arm's rounds"] = \
         rig.cpu_ms_per_request()
+    one.extra["Warm-up before the rounds (not recorded; each arm until Kafka's JIT settled)"] = \
+        rig.warm_up
     one.lines += [Line("1", "worker p50 (absolute)", s.pooled(50), "ms", "all rounds pooled",
                        target=Target("<= 2 ms", 2.0)),
                   Line("1", "worker p99 (absolute)", s.pooled(99), "ms", "all rounds pooled",

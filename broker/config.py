@@ -250,6 +250,10 @@ class Settings(BaseSettings):
         9465, ge=0, le=65535, description="The sealer process's Prometheus /metrics port on "
         "127.0.0.1 (its lag per partition; 0: off)"
     )
+    audit_seal_wait_s: float = Field(
+        1.0, gt=0, le=60, description="Longest the sealer waits for raw records to fill a batch "
+        "before it seals what came (one Kafka transaction per partition and batch)"
+    )
     audit_digest_interval_s: float = Field(
         2.0, gt=0, description="Seconds between signed digests of a partition with new entries"
     )

@@ -69,6 +69,7 @@ class Rig:
     pids: dict[str, int] = field(default_factory=dict)  # every process whose CPU is metered
     cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> process -> s
     cpu_n: dict[str, int] = field(default_factory=dict)  # arm -> requests metered
+    warm_up: dict[str, float] = field(default_factory=dict)  # what the warm-up took
 
     def metered(self, arm: str, count: int, run: Callable[[], T]) -> T:
         """``run()``, adding the CPU each process used meanwhile to ``arm`` (``count`` requests)."""

@@ -175,7 +175,10 @@ class PartitionSealer:
             sealed, value = seal_record(record, pos, raw, now)
             entries.append(self._sign(_encode(sealed, value, pos)))
             pos = _after(pos, sealed)
-        digested = force_digest or pos.seq - since >= self._settings.audit_digest_every
+        # A digest due by time rides in the batch's transaction rather than a second one.
+        due = time.monotonic() - self._last_digest >= self._settings.audit_digest_interval_s
+        digested = force_digest or pos.seq - since >= self._settings.audit_digest_every or \
+            (due and pos.seq > since)
         if digested:
             digest, value = seal_digest(pos, first_seq=since, signed_at=now,
                                         key_id=self._keys.key_id, sign=self._keys.sign)
@@ -245,7 +248,10 @@ class Sealer:
             c.subscribe([topics.AUDIT_RAW.name], on_assign=self._assigned,
                         on_revoke=self._revoked, on_lost=self._revoked)
             while not self._stop.is_set():
-                self._step(c, c.consume(BATCH, 0.2))
+                # consume() returns once BATCH records came or the wait is over: at a low rate
+                # each wait seals what came as one transaction per partition, so a longer wait
+                # means fewer transactions (each costs Kafka several requests and log appends).
+                self._step(c, c.consume(BATCH, self._settings.audit_seal_wait_s))
         finally:
             for sealer in self._sealers.values():
                 sealer.close()
