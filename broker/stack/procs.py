@@ -127,9 +127,11 @@ def _reap(pid: int) -> None:
 
 
 def _gone(pid: int) -> bool:
-    _reap(pid)
     stat = _proc_stat(pid)
-    return stat is None or stat[0] in ("Z", "X")
+    gone = stat is None or stat[0] in ("Z", "X")
+    if gone:  # reaped after the state is read: a child that exits in between is still collected
+        _reap(pid)
+    return gone
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
