@@ -19,7 +19,7 @@ from broker.api.bodies import AgentIdPath, LabelPath, TenantQuery
 from broker.api.problems import PROBLEMS, Refused
 from broker.behaviour.stats import report
 from broker.errors import BrokerError, PolicyError
-from broker.identity.tenants import DEFAULT_TENANT
+from broker.identity.tenants import asked_tenant, visible
 from broker.policy import load_policy
 
 router = APIRouter(tags=["operators"], responses=PROBLEMS)
@@ -55,9 +55,8 @@ async def class_stats(agent_class: LabelPath, model_version: LabelPath, request:
     to one, else to the default tenant; an operator scoped to tenants is refused any other."""
     runtime = runtime_of(request)
     own = runtime.operator_tenants.get(who.principal.id)
-    if tenant is None:
-        tenant = next(iter(own)) if own is not None and len(own) == 1 else DEFAULT_TENANT
-    if own is not None and tenant not in own:
+    tenant = asked_tenant(own, tenant)
+    if not visible(own, tenant):
         raise Refused(403, f"{who.principal.id} operates tenants {', '.join(sorted(own))}, "
                       f"not {tenant}", kind="not-permitted")
     if runtime.store is None:

@@ -62,6 +62,16 @@ def visible(operator_tenants: frozenset[str] | None, tenant: str) -> bool:
     return operator_tenants is None or tenant in operator_tenants
 
 
+def asked_tenant(operator_tenants: frozenset[str] | None, asked: str | None) -> str:
+    """The tenant a read about one tenant is for: ``asked``, else the operator's one tenant
+    when it is scoped to one, else the default tenant (whether it may: ``visible``)."""
+    if asked is not None:
+        return asked
+    if operator_tenants is not None and len(operator_tenants) == 1:
+        return next(iter(operator_tenants))
+    return DEFAULT_TENANT
+
+
 def operator_scopes(doc: object) -> dict[str, frozenset[str]]:
     """The operator tenants file: ``{"operator:<name>": ["<tenant>", ...]}``, and likewise
     ``service:<name>`` for resource services.

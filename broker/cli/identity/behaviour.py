@@ -24,7 +24,7 @@ from broker.cli.output import JsonOpt, fail, human, out, print_json, stamp, unti
 from broker.cli.scope import cli_scope, not_theirs
 from broker.config import Settings
 from broker.errors import BrokerError, PolicyError
-from broker.identity.tenants import DEFAULT_TENANT
+from broker.identity.tenants import asked_tenant, visible
 from broker.policy import load_policy
 from broker.policy.detectors import Detectors
 
@@ -119,9 +119,8 @@ def class_stats(
     the detectors' windows ending now. An operator scoped to tenants reads its tenants' only."""
     settings, now = cli_settings(), datetime.now(UTC)
     own = cli_scope().tenants
-    if tenant is None:
-        tenant = next(iter(own)) if own is not None and len(own) == 1 else DEFAULT_TENANT
-    if own is not None and tenant not in own:
+    tenant = asked_tenant(own, tenant)
+    if not visible(own, tenant):
         raise fail(f"this operator reads tenants {', '.join(sorted(own))}, not {tenant}",
                    "name one of them: --tenant")
     try:

@@ -18,7 +18,7 @@ from broker.cli.scope import Scope
 from broker.config import Settings
 from broker.errors import KeyFileError
 from broker.identity.rules import Principal
-from broker.identity.tenants import operator_scopes, out_of_scope
+from broker.identity.tenants import DEFAULT_TENANT, asked_tenant, operator_scopes, out_of_scope
 from broker.sdk.operator.client import operator_signal
 from schemas.events import (
     AgentCommand,
@@ -158,3 +158,11 @@ def test_the_revocation_status_keeps_only_rows_about_agents_the_operator_sees() 
     point = mine["enforcement_points"][0]
     assert point["confirmed"] == [] and point["unconfirmed"] == [{"agent_id": "acme:a"}]
     assert point["p50_ms"] == 1.0 and scoped(status, lambda _: True) == status
+
+
+def test_a_read_about_one_tenant_is_for_the_asked_one_else_the_operators_only_one() -> None:
+    """Asked: that tenant; not asked: the operator's one tenant, else the default tenant."""
+    assert asked_tenant(frozenset({"acme"}), "globex") == "globex"
+    assert asked_tenant(frozenset({"acme"}), None) == "acme"
+    assert asked_tenant(frozenset({"acme", "globex"}), None) == DEFAULT_TENANT
+    assert asked_tenant(None, None) == DEFAULT_TENANT
