@@ -57,7 +57,7 @@ async def class_stats(agent_class: LabelPath, model_version: LabelPath, request:
     own = runtime.operator_tenants.get(who.principal.id)
     tenant = asked_tenant(own, tenant)
     if not visible(own, tenant):
-        raise Refused(403, f"{who.principal.id} operates tenants {', '.join(sorted(own))}, "
+        raise Refused(403, f"{who.principal.id} operates tenants {', '.join(sorted(own or ()))}, "
                       f"not {tenant}", kind="not-permitted")
     if runtime.store is None:
         raise Refused(503, "the API is not connected to Redis yet", kind="unavailable")

@@ -121,7 +121,7 @@ def class_stats(
     own = cli_scope().tenants
     tenant = asked_tenant(own, tenant)
     if not visible(own, tenant):
-        raise fail(f"this operator reads tenants {', '.join(sorted(own))}, not {tenant}",
+        raise fail(f"this operator reads tenants {', '.join(sorted(own or ()))}, not {tenant}",
                    "name one of them: --tenant")
     try:
         data = asyncio.run(read_group(settings, agent_class, model, now, tenant))
