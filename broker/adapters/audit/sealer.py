@@ -156,7 +156,10 @@ class PartitionSealer:
 
     def digest_due(self) -> bool:
         """True when entries await a digest and enough time or entries have passed."""
-        pending = self.head.pending
+        return self._due(self.head.pending)
+
+    def _due(self, pending: int) -> bool:
+        """The digest rule: entries await one, and enough entries or enough time have passed."""
         elapsed = time.monotonic() - self._last_digest
         return pending > 0 and (pending >= self._settings.audit_digest_every
                                 or elapsed >= self._settings.audit_digest_interval_s)
@@ -175,10 +178,8 @@ class PartitionSealer:
             sealed, value = seal_record(record, pos, raw, now)
             entries.append(self._sign(_encode(sealed, value, pos)))
             pos = _after(pos, sealed)
-        # A digest due by time rides in the batch's transaction rather than a second one.
-        due = time.monotonic() - self._last_digest >= self._settings.audit_digest_interval_s
-        digested = force_digest or pos.seq - since >= self._settings.audit_digest_every or \
-            (due and pos.seq > since)
+        # A digest due rides in the batch's transaction rather than a second one.
+        digested = force_digest or self._due(pos.seq - since)
         if digested:
             digest, value = seal_digest(pos, first_seq=since, signed_at=now,
                                         key_id=self._keys.key_id, sign=self._keys.sign)
