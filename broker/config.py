@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(
         19093, ge=1, le=65535, description="Local stack: Kafka controller port")
     redis_port: int = Field(16379, ge=1, le=65535, description="Local stack: Redis port")
+    kafka_jvm_options: str = Field(
+        "", description="Local stack: extra JVM options of Kafka, after the stack's own (e.g. "
+        "-XX:TieredStopAtLevel=1: less JIT work for a short-lived stack)")
     # Worker behaviour.
     session_timeout_s: float = Field(
         10.0, gt=0, description="Kafka group session timeout of a worker (how fast a dead "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -202,7 +203,10 @@ def format_once(libs: Path, kafka_dir: Path, properties: Path, credentials: Cred
         raise StackError(f"formatting the Kafka log dir failed:\n{done.stdout}{done.stderr}")
 
 
-def server_argv(libs: Path, properties: Path, heap: tuple[str, ...] = ()) -> list[str]:
-    """The java command line of the broker (``heap``: -Xms/-Xmx replacing the default ones)."""
-    jvm = [*heap, *(o for o in _JVM if not (heap and o.startswith(("-Xms", "-Xmx"))))]
+def server_argv(libs: Path, properties: Path, heap: tuple[str, ...] = (),
+                extra: str = "") -> list[str]:
+    """The java command line of the broker (``heap``: -Xms/-Xmx replacing the default ones;
+    ``extra``: more JVM options, after them, so they win)."""
+    jvm = [*heap, *(o for o in _JVM if not (heap and o.startswith(("-Xms", "-Xmx")))),
+           *shlex.split(extra)]
     return [tool("java"), *jvm, *_LOGGING, "-cp", f"{libs}/*", "kafka.Kafka", str(properties)]

@@ -263,7 +263,8 @@ def _start_kafka(settings: Settings, say: Progress) -> ProcRecord:
     properties = stack_kafka.write_properties(settings, kafka_dir, credentials)
     stack_kafka.format_once(libs, kafka_dir, properties, credentials)
     say(f"Starting Kafka {settings.kafka_version} on {LOOPBACK}:{settings.kafka_port}")
-    return _start(settings, KAFKA, stack_kafka.server_argv(libs, properties), kafka_dir)
+    return _start(settings, KAFKA, stack_kafka.server_argv(
+        libs, properties, extra=settings.kafka_jvm_options), kafka_dir)
 
 
 def _start_redis(settings: Settings, say: Progress) -> ProcRecord:

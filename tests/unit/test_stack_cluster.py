@@ -46,6 +46,21 @@ def test_cluster_nodes_get_a_small_heap_and_the_single_broker_keeps_its_own(
         a for a in single if not a.startswith("-Xm")]
 
 
+def test_extra_jvm_options_come_after_the_stacks_own_so_they_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PERMBROKER_KAFKA_JVM_OPTIONS (shell-split) follows the stack's options, before the
+    main class: HotSpot takes the last of two settings of one option."""
+    monkeypatch.setattr(stack_kafka, "tool", lambda name: f"/usr/bin/{name}")
+    argv = stack_kafka.server_argv(tmp_path, tmp_path / "p",
+                                   extra="-XX:TieredStopAtLevel=1 -Xmx512m")
+    main = argv.index("kafka.Kafka")
+    assert argv.index("-XX:TieredStopAtLevel=1") < main
+    assert argv.index("-Xmx512m") > argv.index("-Xmx768m")
+    assert stack_kafka.server_argv(tmp_path, tmp_path / "p", extra="") == \
+        stack_kafka.server_argv(tmp_path, tmp_path / "p")
+
+
 def test_a_redis_cluster_bus_port_is_never_in_the_ephemeral_range() -> None:
     """Each node's bus port sits below Linux's ephemeral range (an outgoing connection could
     hold it) and apart from every client port of the same six-node cluster."""
