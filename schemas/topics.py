@@ -233,11 +233,12 @@ USAGE = Topic(
     readers=(WORKER, OPERATOR),
 )
 
-# --- Tenants: each tenant declared on the broker (beside the default one) has its own decision
-# and grant topics and its own agent and service principals. The workers write a tenant
-# agent's decisions and grant events to the shared topics (the log of record, which only the
-# broker's own roles and the default tenant's agent and service read) and to its tenant's
-# topics; a tenant's namespace projections go to its tenant's namespace topics only.
+# --- Tenants: once tenants are declared on the broker, every tenant (the default one too) has
+# its own decision and grant topics, read by its own agent and service principals (the default
+# tenant's are the plain roles: agent, service). The workers write an agent's decisions and
+# grant events to the shared topics (the log of record, which then only the broker's own roles
+# read) and to its tenant's topics; its namespace projections go to its tenant's namespace
+# topics only. Without declared tenants there is one audience, and it reads the shared topics.
 DEFAULT_TENANT = "default"
 TENANT_TOPIC_PREFIX = "permbroker.tenant."
 # The roles a tenant has its own principal for (``agent@acme``, ``service@acme``).
@@ -291,10 +292,9 @@ def tenant_grants(tenant: str, namespace: str | None = None) -> Topic:
 
 
 def for_tenant(name: str, tenant: str) -> str:
-    """The name of topic ``name`` (the decisions or a grant topic) for ``tenant``: its own
-    topic when it has one, else ``name`` (the shared topics, and every default-tenant one)."""
-    if tenant == DEFAULT_TENANT:
-        return name
+    """The name of topic ``name`` (the decisions or a grant topic) among ``tenant``'s own
+    topics (the default tenant has them too, once tenants are declared); any other name is
+    ``name`` (a shared topic)."""
     if name == DECISIONS.name:
         return tenant_decisions(tenant).name
     if name == GRANTS.name:
@@ -308,6 +308,11 @@ def carries_tenant(name: str, tenant: str) -> bool:
     """Whether topic ``name`` carries records about ``tenant``'s agents: a tenant's own topic
     only its tenant's, every other topic (the shared log of record) every tenant's."""
     return not name.startswith(TENANT_TOPIC_PREFIX) or name.startswith(tenant_prefix(tenant))
+
+
+def owns(name: str) -> bool:
+    """Whether a tenant has its own topic instead of shared topic ``name`` (decisions, grants)."""
+    return name in (DECISIONS.name, GRANTS.name) or name.startswith(GRANT_TOPIC_PREFIX)
 
 
 def tenant_topics(tenant: str) -> tuple[Topic, ...]:

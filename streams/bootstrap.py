@@ -203,11 +203,13 @@ def _class_of(gate: IdentityGate) -> ClassOf:
 
 def _routing(settings: Settings, tenancy: Tenancy) -> GrantRouting:
     """Every namespace of the ceilings (every tenant's) gets its topic unless the setting lists
-    them explicitly; every tenant with a bundle gets grant topics of its own."""
+    them explicitly; once tenants are declared, each of them and the default tenant gets
+    grant topics of its own (the shared ones are then the broker's log of record)."""
     policies = [tenancy.default, *tenancy.others.values()]
     shared = routing_for(settings.grant_namespaces,
                          (s for p in policies for c in p.classes.values() for s in c.ceiling))
-    return dataclasses.replace(shared, tenants=frozenset(tenancy.others))
+    own = frozenset({*tenancy.others, DEFAULT_TENANT}) if tenancy.others else frozenset()
+    return dataclasses.replace(shared, tenants=own)
 
 
 def _tenant_of(gate: IdentityGate, tenancy: Tenancy) -> Callable[[str], str]:

@@ -335,8 +335,8 @@ class WorkerContext:
         event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
                                  announced_at=datetime.now(UTC),
                                  grace_s=dict(self.policy.degraded_grace_s))
-        bases = {topics.for_tenant(topics.GRANTS.name, t)
-                 for t in (topics.DEFAULT_TENANT, *self.routing.tenants)}
+        bases = {topics.GRANTS.name,
+                 *(topics.for_tenant(topics.GRANTS.name, t) for t in self.routing.tenants)}
         targets = sorted({*self.routing.topics(), *also} - bases)
         if targets:
             await self.publisher.publish_many([(t, self.encode(event)) for t in targets])

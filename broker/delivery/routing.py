@@ -7,9 +7,10 @@ released, expired, expiring), and every agent-level revocation (the agent may ho
 anywhere). A baseline entitlement replaces the agent's whole baseline, so every routed topic
 gets it, projected to its namespace's scopes (possibly none: the baseline there is then empty).
 A ``crm:*`` scope therefore never reaches the payments topic. All topics are keyed by
-agent id with the same partition count, so each keeps one agent's events in order. An agent of a
-tenant with topics of its own has its events on the log of record and on its tenant's topics
-(``permbroker.tenant.<tenant>.grants`` and its namespace topics) only.
+agent id with the same partition count, so each keeps one agent's events in order. Once tenants
+are declared, every tenant (the default one too) has topics of its own: an agent's events go to
+the log of record and to its tenant's topics (``permbroker.tenant.<tenant>.grants`` and its
+namespace topics) only, never to the shared namespace topics.
 
 By default every namespace named in the policy's ceilings is routed (``routing_for``): a
 resource service of any namespace an agent may ever hold finds its topic written. A configured
@@ -54,7 +55,7 @@ def routing_for(configured: Iterable[str], ceilings: Iterable[str]) -> GrantRout
 @dataclass(frozen=True)
 class GrantRouting:
     """The routed namespaces (empty: one default topic for everything), and the tenants that
-    have grant topics of their own."""
+    have grant topics of their own (none, or every declared one and the default tenant)."""
 
     namespaces: frozenset[str] = frozenset()
     tenants: frozenset[str] = frozenset()
@@ -63,8 +64,7 @@ class GrantRouting:
         """Every grant topic in use: the default one, then one per routed namespace, then each
         tenant's own (its default topic, then one per routed namespace)."""
         shared = (GRANTS.name, *(grant_topic(ns).name for ns in sorted(self.namespaces)))
-        return (*shared, *(for_tenant(name, t) for t in sorted(self.tenants - {DEFAULT_TENANT})
-                           for name in shared))
+        return (*shared, *(for_tenant(name, t) for t in sorted(self.tenants) for name in shared))
 
     def routed_topic(self, namespace: str) -> str | None:
         """The topic of ``namespace`` if it is routed."""
@@ -79,10 +79,10 @@ class GrantRouting:
 
         The log of record gets every event. A tenant with topics of its own gets the event on
         its default grant topic and its namespace projections on its namespace topics, never
-        on the shared ones (whose readers are the default tenant's services).
+        on the shared ones (read by the services when there are no tenants).
         """
         shared = self._route(event, namespaces)
-        if tenant == DEFAULT_TENANT or tenant not in self.tenants:
+        if tenant not in self.tenants:
             return shared
         return [(GRANTS.name, event), *((for_tenant(topic, tenant), copy)
                                         for topic, copy in shared)]

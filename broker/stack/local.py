@@ -47,7 +47,7 @@ from broker.stack.procs import (
     stop,
     tail,
 )
-from broker.stack.tenants import provision_tenants
+from broker.stack.tenants import apply_acls, declared, provision_tenants
 from schemas.topics import ADMIN
 
 Progress = Callable[[str], None]
@@ -323,7 +323,8 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
                          "missing (a stack from before Kafka had users?); stop and wipe it: "
                          "permbroker stack down --wipe")
     try:
-        created, applied = provision(admin_access(settings), credentials, settings.app_id)
+        created, applied = provision(admin_access(settings), credentials, settings.app_id,
+                                     tenants=declared(settings.tenant_policies_dir))
         tenants = provision_tenants(settings, admin_access(settings), credentials, timeout)
         if tenants:
             say(f"Tenants' users, topics and ACLs: {', '.join(tenants)}")
@@ -332,19 +333,23 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
                          f"{exc}") from exc
     if created:
         say(f"Created topics: {', '.join(created)}")
-    say(f"ACLs: {len(applied.created)} created, {len(applied.kept)} in place")
+    say(f"ACLs: {len(applied.created)} created, {len(applied.kept)} in place"
+        + (f", {len(applied.removed)} removed" if applied.removed else ""))
     return tuple(created), len(applied.created)
 
 
-def provision(admin: KafkaAccess, credentials: Credentials, app_id: str,
-              timeout: float = 30.0) -> tuple[list[str], acls.Applied]:
-    """Users, then topics, then the ACL table (workers' group and ids: ``app_id``), as admin.
+def provision(
+    admin: KafkaAccess, credentials: Credentials, app_id: str, timeout: float = 30.0,
+    tenants: tuple[str, ...] = (),
+) -> tuple[list[str], acls.Applied]:
+    """Users, then topics, then the ACL table (workers' group and ids: ``app_id``; the
+    declared ``tenants``, whose own users and topics are ``provision_tenants``'), as admin.
 
     Idempotent: what exists is kept. Returns the topics created and what the ACLs came to.
     """
     ensure_users(admin, credentials.users(), timeout)
     created = ensure_topics(admin, timeout=timeout)
-    return created, acls.apply(admin, acls.table(app_id), timeout=timeout)
+    return created, apply_acls(admin, app_id, tenants, timeout=timeout)
 
 
 def up(settings: Settings, *, progress: Progress | None = None,

@@ -35,6 +35,21 @@ def declared(directory: Path | None) -> tuple[str, ...]:
     return tuple(n for n in names if n != DEFAULT_TENANT and TENANT_PATTERN.match(n))
 
 
+def owned_topics(tenants: tuple[str, ...]) -> list[topics.Topic]:
+    """The topics of their own that ``tenants`` need: each one's, and once there are any, the
+    default tenant's."""
+    return [t for tenant in ((DEFAULT_TENANT, *tenants) if tenants else ())
+            for t in topics.tenant_topics(tenant)]
+
+
+def apply_acls(admin: KafkaAccess, app_id: str, tenants: tuple[str, ...], *,
+               dry_run: bool = False, timeout: float = 30.0) -> acls.Applied:
+    """The ACL table of ``tenants``: what is missing created, what tenants take away (the
+    default tenant's roles reading the shared decision and grant topics) deleted."""
+    return acls.apply(admin, acls.table(app_id, tenants=tenants), dry_run=dry_run,
+                      withdraw=acls.withdrawn(app_id, tenants), timeout=timeout)
+
+
 def with_tenants(settings: Settings, credentials: Credentials,
                  tenants: tuple[str, ...]) -> Credentials:
     """``credentials`` with a password for each tenant principal, written back when new."""
@@ -73,7 +88,6 @@ def provision_tenants(settings: Settings, admin: KafkaAccess, credentials: Crede
         return ()
     credentials = with_tenants(settings, credentials, tenants)
     ensure_users(admin, credentials.users(), timeout)
-    ensure_topics(admin, [t for tenant in tenants for t in topics.tenant_topics(tenant)],
-                  timeout=timeout)
-    acls.apply(admin, acls.table(settings.app_id, tenants=tenants), timeout=timeout)
+    ensure_topics(admin, owned_topics(tenants), timeout=timeout)
+    apply_acls(admin, settings.app_id, tenants, timeout=timeout)
     return tenants

@@ -28,7 +28,9 @@ from broker.adapters.kafka.bus import (
     to_record,
 )
 from broker.adapters.kafka.codec import Encoded
+from broker.config import Settings
 from broker.errors import BusError
+from broker.stack.tenants import declared
 from schemas import topics
 from tests.support.services import Services
 
@@ -155,33 +157,50 @@ def _authorized(kafka: KafkaAccess, name: str) -> set[str]:
     return {op.name for op in (future.result(30).authorized_operations or [])}
 
 
+def _readers(topic: topics.Topic, tenants: tuple[str, ...]) -> tuple[str, ...]:
+    """The registry's readers of ``topic``; with tenants declared, the default tenant's roles
+    (agent, service) read their tenant's own decision and grant topics instead of the shared."""
+    return tuple(r for r in topic.readers
+                 if not (tenants and r in topics.TENANT_ROLES and topics.owns(topic.name)))
+
+
 @pytest.mark.parametrize("role", [r for r in topics.ROLES if r != topics.ADMIN])
 def test_each_role_may_do_on_each_topic_exactly_what_the_registry_says(
-    services: Services, role: str,
+    services: Services, settings: Settings, role: str,
 ) -> None:
-    """WRITE iff the role is a writer, READ iff a reader; a topic it is not named for does not
-    even exist for it; only the workers may create (a namespace's grant topic)."""
+    """WRITE iff the role is a writer, READ iff a reader (the suite's stack declares tenants:
+    the plain agent and service roles do not read the shared decision and grant topics); a
+    topic it is not named for does not even exist for it; only the workers may create (a
+    namespace's grant topic)."""
     kafka = services.kafka(role)
+    tenants = declared(settings.tenant_policies_dir)
+    assert tenants, "the suite's stack declares tenants"
     for topic in topics.ALL_TOPICS:
-        if role not in (*topic.writers, *topic.readers, *topic.describers):
+        readers = _readers(topic, tenants)
+        if role not in (*topic.writers, *readers, *topic.describers):
             with pytest.raises(KafkaException, match="TOPIC_AUTHORIZATION_FAILED"):
                 _authorized(kafka, topic.name)
             continue
         granted = _authorized(kafka, topic.name)
         assert ("WRITE" in granted) == (role in topic.writers), (role, topic.name, granted)
-        assert ("READ" in granted) == (role in topic.readers), (role, topic.name, granted)
+        assert ("READ" in granted) == (role in readers), (role, topic.name, granted)
         creates = role in topics.GRANT_NAMESPACE_CREATORS and \
             topic.name.startswith(topics.GRANT_TOPIC_PREFIX)
         assert ("CREATE" in granted) == creates, (role, topic.name, granted)
         assert not granted & {"DELETE", "ALTER", "ALTER_CONFIGS"}, (role, topic.name, granted)
 
 
-def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(services: Services) -> None:
-    """As admin, applying the table again creates nothing; any other user is refused (it would
-    be shown no ACLs at all, and read that as every rule missing)."""
-    wanted = acls.table("permbroker")
-    done = acls.apply(services.kafka(topics.ADMIN), wanted, dry_run=True)
-    assert done.created == () and list(done.kept) == wanted
+def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(
+    services: Services, settings: Settings,
+) -> None:
+    """As admin, applying the table again (with the suite's tenants) creates nothing and has
+    nothing left to withdraw; any other user is refused (it would be shown no ACLs at all,
+    and read that as every rule missing)."""
+    tenants = declared(settings.tenant_policies_dir)
+    wanted = acls.table(settings.app_id, tenants=tenants)
+    done = acls.apply(services.kafka(topics.ADMIN), wanted, dry_run=True,
+                      withdraw=acls.withdrawn(settings.app_id, tenants))
+    assert done.created == () and list(done.kept) == wanted and done.removed == ()
     for role in (topics.OPERATOR, topics.WORKER):
         with pytest.raises(BusError, match="may not list or change Kafka's ACLs"):
             acls.apply(services.kafka(role), wanted, dry_run=True)

@@ -20,6 +20,7 @@ from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.keystore import AgentKeyStore, add_operator, load_operator
 from broker.adapters.crypto.service_key import register_service
 from broker.adapters.crypto.trust import RecordTrust
+from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import read_registry
@@ -117,6 +118,12 @@ class Registrar:
 def harness_signer(store: AgentKeyStore) -> Callable[[Encoded], Encoded]:
     """Sign a message as the agent it is keyed by, when the harness holds that agent's key."""
     return keyed_signer(store)
+
+
+def service_topic(settings: Settings, name: str) -> str:
+    """The topic the plain service user reads for grant topic ``name``: with tenants declared
+    (the integration stack), the default tenant's own."""
+    return own_topic(role_access(settings, topics.SERVICE), name, topics.DEFAULT_TENANT)
 
 
 def agent_client(settings: Settings, agent_id: str, **options: bool) -> AgentClient:

@@ -5,17 +5,22 @@ topic names as writer or reader gets WRITE or READ on it (prefixed for the grant
 present and future, which workers may also CREATE); each role may use the consumer groups of
 its prefix; the workers read and commit in their group and write their transactional ids (the
 app id), resource services may only describe that group. Nothing else is allowed: the cluster
-runs with ``allow.everyone.if.no.acl.found=false``. ``apply`` creates what is missing with the
-admin's credentials and reports what it created and what was there already.
+runs with ``allow.everyone.if.no.acl.found=false``. With tenants declared, the shared decision
+and grant topics are read only by the broker's roles, and each tenant's principals (the default
+tenant's too) read their tenant's own. ``apply`` creates what is missing with the admin's
+credentials, deletes what it is told to withdraw (what tenants take away), and reports what it
+created, what was there already and what it removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # exported, not re-declared
@@ -104,11 +109,11 @@ def _own_topic(acl: Acl) -> bool:
 
 
 def tenant_table(tenant: str, app_id: str) -> list[Acl]:
-    """The ACLs of ``tenant``'s principals: each has its role's rules on the shared topics but
-    the decision and grant topics, its own consumer groups, and what its tenant's topics name
-    it for (its agents read its decisions, its services its grant topics, every namespace's:
-    prefixed)."""
-    shared = [a for a in table(app_id) if a.role in topics.TENANT_ROLES and not _own_topic(a)]
+    """The ACLs of ``tenant``'s principals (the default tenant's: the plain roles): each has
+    its role's rules on the shared topics but the decision and grant topics, its own consumer
+    groups, and what its tenant's topics name it for (its agents read its decisions, its
+    services its grant topics, every namespace's: prefixed)."""
+    shared = [a for a in _single(app_id) if a.role in topics.TENANT_ROLES and not _own_topic(a)]
     rules = [dataclasses.replace(
         a, role=topics.tenant_role(a.role, tenant),
         name=topics.group_prefix(topics.tenant_role(a.role, tenant))
@@ -117,15 +122,35 @@ def tenant_table(tenant: str, app_id: str) -> list[Acl]:
                    *topic_acls(topics.tenant_grants(tenant), PREFIXED)})
 
 
+def _single(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS) -> list[Acl]:
+    """The ACLs of the roles when there are no tenants."""
+    literal = [acl for t in registry if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)
+               for acl in topic_acls(t)]
+    return sorted({*literal, *_namespaces(), *_groups(app_id), *_tenant_wide()})
+
+
 def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS,
           tenants: Iterable[str] = ()) -> list[Acl]:
     """Every ACL the roles (and ``tenants``' principals) need, derived from the registry
-    (sorted, no duplicates)."""
-    literal = [acl for t in registry if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)
-               for acl in topic_acls(t)]
-    own = [acl for t in sorted(set(tenants) - {topics.DEFAULT_TENANT})
-           for acl in tenant_table(t, app_id)]
-    return sorted({*literal, *_namespaces(), *_groups(app_id), *_tenant_wide(), *own})
+    (sorted, no duplicates).
+
+    With tenants declared, the shared decision and grant topics carry every tenant's records:
+    only the broker's own roles read them, and every tenant's principals, the default
+    tenant's (the plain agent and service roles) among them, read their tenant's topics.
+    """
+    rules = _single(app_id, registry)
+    declared = sorted(set(tenants) - {topics.DEFAULT_TENANT})
+    if not declared:
+        return rules
+    broker = [a for a in rules if not (a.role in topics.TENANT_ROLES and _own_topic(a))]
+    own = [acl for t in (topics.DEFAULT_TENANT, *declared) for acl in tenant_table(t, app_id)]
+    return sorted({*broker, *own})
+
+
+def withdrawn(app_id: str, tenants: Iterable[str]) -> list[Acl]:
+    """The rules a cluster without tenants has that ``tenants`` take away (the default
+    tenant's principals reading the shared decision and grant topics)."""
+    return sorted(set(_single(app_id)) - set(table(app_id, tenants=tenants)))
 
 
 @dataclass(frozen=True)
@@ -134,10 +159,12 @@ class Applied:
 
     created: tuple[Acl, ...]
     kept: tuple[Acl, ...]
+    removed: tuple[Acl, ...] = ()
 
     def as_dict(self) -> dict[str, list[dict[str, str]]]:
         return {"created": [a.as_dict() for a in self.created],
-                "kept": [a.as_dict() for a in self.kept]}
+                "kept": [a.as_dict() for a in self.kept],
+                "removed": [a.as_dict() for a in self.removed]}
 
 
 def _name(value: object) -> str:
@@ -183,18 +210,37 @@ def existing(admin: KafkaAccess, timeout: float = 30.0) -> set[Acl]:
 
 
 def apply(admin: KafkaAccess, wanted: Iterable[Acl], *, dry_run: bool = False,
-          timeout: float = 30.0) -> Applied:
-    """Create the rules of ``wanted`` that are missing; idempotent (BusError on refusal)."""
+          withdraw: Iterable[Acl] = (), timeout: float = 30.0) -> Applied:
+    """Create the rules of ``wanted`` that are missing and delete those of ``withdraw`` that
+    are present; idempotent (BusError on refusal)."""
     wanted = sorted(set(wanted))
     _check_may_alter(admin, timeout)
     have = existing(admin, timeout)
     missing = [acl for acl in wanted if acl not in have]
-    if missing and not dry_run:
+    stale = sorted(acl for acl in set(withdraw) - set(wanted) if acl in have)
+    if not dry_run:
         client = admin_client(admin)  # kept referenced until every future is done
-        futures = client.create_acls([acl.binding() for acl in missing], request_timeout=timeout)
-        for binding, future in futures.items():
-            try:
-                future.result(timeout=timeout)
-            except (KafkaException, FutureTimeout) as exc:
-                raise BusError(f"Kafka refused the ACL {binding}: {exc}") from exc
-    return Applied(tuple(missing), tuple(acl for acl in wanted if acl in have))
+        if missing:
+            created = client.create_acls([acl.binding() for acl in missing],
+                                         request_timeout=timeout)
+            _await_all(created, "Kafka refused the ACL", timeout)
+        if stale:
+            deleted = client.delete_acls([_exactly(acl) for acl in stale],
+                                         request_timeout=timeout)
+            _await_all(deleted, "Kafka did not delete the ACL", timeout)
+    return Applied(tuple(missing), tuple(acl for acl in wanted if acl in have), tuple(stale))
+
+
+def _exactly(acl: Acl) -> AclBindingFilter:
+    """A filter matching ``acl``'s binding and nothing else."""
+    b = acl.binding()
+    return AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                            b.operation, b.permission_type)
+
+
+def _await_all(futures: Mapping[Any, Future[Any]], failure: str, timeout: float) -> None:
+    for binding, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except (KafkaException, FutureTimeout) as exc:
+            raise BusError(f"{failure} {binding}: {exc}") from exc

@@ -17,11 +17,12 @@ import typer
 from rich.table import Table
 
 from broker.adapters.kafka import acls
+from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json
 from broker.errors import BrokerError
-from broker.stack.tenants import declared, ensure_tenant_users
+from broker.stack.tenants import apply_acls, declared, ensure_tenant_users, owned_topics
 from schemas import topics
 
 kafka_app = typer.Typer(help="Kafka authorization: the ACLs every role needs.",
@@ -52,6 +53,12 @@ def _wanted(app_id: str | None) -> list[acls.Acl]:
                       tenants=declared(settings.tenant_policies_dir))
 
 
+def _apply(kafka: KafkaAccess, app_id: str | None, dry_run: bool = False) -> acls.Applied:
+    settings = cli_settings()
+    return apply_acls(kafka, app_id or settings.app_id, declared(settings.tenant_policies_dir),
+                      dry_run=dry_run, timeout=60)
+
+
 @acls_app.command("show")
 def show(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
     """Print the ACL table (no Kafka needed)."""
@@ -69,18 +76,21 @@ def apply(
         "--dry-run", help="Only say what would be created.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create the missing ACLs of the table (idempotent); list what was created and kept."""
+    """Create the missing ACLs of the table and delete those declared tenants take away
+    (idempotent); list what was created, kept and removed."""
     try:
         kafka = cli_kafka()
-        done = acls.apply(kafka, _wanted(app_id), dry_run=dry_run)
+        done = _apply(kafka, app_id, dry_run)
     except BrokerError as exc:
         raise fail(exc, _SUPER_HINT) from exc
     if as_json:
         print_json({**done.as_dict(), "dry_run": dry_run, "principal": kafka.principal})
         return
-    verb = "would create" if dry_run else "created"
-    rows = [(verb, a) for a in done.created] + [("kept", a) for a in done.kept]
-    out.print(_table(f"{len(done.created)} {verb}, {len(done.kept)} kept", rows))
+    verb, gone = ("would create", "would remove") if dry_run else ("created", "removed")
+    rows = [(verb, a) for a in done.created] + [("kept", a) for a in done.kept] + \
+        [(gone, a) for a in done.removed]
+    out.print(_table(f"{len(done.created)} {verb}, {len(done.kept)} kept, "
+                     f"{len(done.removed)} {gone}", rows))
 
 
 @kafka_app.command()
@@ -90,10 +100,10 @@ def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
     try:
         kafka, settings = cli_kafka(), cli_settings()
         tenants = declared(settings.tenant_policies_dir)
-        created = ensure_topics(kafka, [*topics.ALL_TOPICS, *(
-            t for tenant in tenants for t in topics.tenant_topics(tenant))], timeout=60)
+        created = ensure_topics(kafka, [*topics.ALL_TOPICS, *owned_topics(tenants)],
+                                timeout=60)
         users = ensure_tenant_users(settings, kafka, tenants, timeout=60)
-        done = acls.apply(kafka, _wanted(app_id))
+        done = _apply(kafka, app_id)
     except BrokerError as exc:
         raise fail(exc, _SUPER_HINT) from exc
     if as_json:
@@ -102,4 +112,4 @@ def provision(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
         return
     out.print(f"topics created: {', '.join(created) or 'none (all there)'}; tenants' users "
               f"created: {', '.join(users) or 'none'}; ACLs: {len(done.created)} created, "
-              f"{len(done.kept)} kept", highlight=False)
+              f"{len(done.kept)} kept, {len(done.removed)} removed", highlight=False)

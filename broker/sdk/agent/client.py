@@ -21,6 +21,7 @@ from broker.adapters import tracing
 from broker.adapters.crypto.jwe import decrypt, reply_keypair
 from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.edge import Record, Trust
 from broker.adapters.kafka.follow import Follower
@@ -140,8 +141,13 @@ class DecisionWatcher(Answers):
                  agent_id: str | None = None, tenant: str = topics.DEFAULT_TENANT) -> None:
         super().__init__(max_entries)
         only = frozenset({agent_id.encode()}) if agent_id is not None else None
-        topic = topics.for_tenant(topics.DECISIONS.name, tenant)  # a tenant's agents: its own
-        self._follower = Follower(kafka, topic, self.on_record, trust=trust,
+        # A tenant's agents read its own topic; the broker's roles (operators, the API) the
+        # shared one, every tenant's.
+        role = topics.role_of(kafka.username)[0]
+        self.topic = own_topic(kafka, topics.DECISIONS.name, tenant) \
+            if role in topics.TENANT_ROLES or tenant != topics.DEFAULT_TENANT \
+            else topics.DECISIONS.name
+        self._follower = Follower(kafka, self.topic, self.on_record, trust=trust,
                                   reader="decision-watcher", name="permbroker-decisions",
                                   start="end", only_keys=only)
 

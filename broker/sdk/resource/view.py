@@ -42,6 +42,7 @@ from broker.adapters import tracing
 from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckPublisher
+from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
 from broker.adapters.kafka.edge import ROLE_BROKER, Trust
 from broker.delivery.consistency import ConsistencyToken, parse_token
@@ -77,13 +78,14 @@ class GrantView:
         grace_cap_s: float | None = None,
         tenant: str | None = None,
     ) -> None:
-        # A tenant's service (``tenant``, or a tenant's Kafka user: service@acme) reads its
-        # tenant's grant topic (of the same namespace) and applies only its tenant's grants
-        # (None: every tenant's, from the shared topic).
-        owner = topics.role_of(kafka.username)[1]
-        tenant = tenant or (owner if owner != topics.DEFAULT_TENANT else None)
-        self.topic = topics.for_tenant(topic, tenant) if tenant is not None else topic
-        self.tenant = tenant
+        # A tenant's service (``tenant``, or a tenant's Kafka user: service@acme, or the plain
+        # service: the default tenant) reads its tenant's grant topic of the same namespace
+        # when there is one, and applies only its tenant's grants (None: every tenant's, from
+        # the shared topic, as the broker's own roles do).
+        role, owner = topics.role_of(kafka.username)
+        wanted = tenant or (owner if role in topics.TENANT_ROLES else None)
+        self.topic = own_topic(kafka, topic, wanted) if wanted is not None else topic
+        self.tenant = wanted if self.topic != topic or tenant is not None else None
         self.trust = trust
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s

@@ -27,7 +27,7 @@ from schemas.events import (
     GrantRevoked,
 )
 from tests.support.enforcement import EXPORT, FREEZE, PII, fraud_grant, kafka_frozen
-from tests.support.identities import agent_client, shared_trust
+from tests.support.identities import agent_client, service_topic, shared_trust
 from tests.support.taps import Tap
 from tests.support.waits import wait_until
 
@@ -130,9 +130,12 @@ def _agent_records(tap: Tap, agent: str) -> list[tuple[int, int, object]]:
 def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
     worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
 ) -> None:
-    """crm scopes never reach the payments topic; issue < renew < revoke in every topic."""
+    """crm scopes never reach the payments topic; issue < renew < revoke in every topic (the
+    log of record, and the namespace topics a service of the agent's tenant reads)."""
     agent = agents("f")
-    taps = {t: tap(t) for t in (topics.GRANTS.name, PAYMENTS, topics.GRANTS_CRM.name)}
+    payments_topic, crm_topic = (service_topic(settings, t)
+                                 for t in (PAYMENTS, topics.GRANTS_CRM.name))
+    taps = {t: tap(t) for t in (topics.GRANTS.name, payments_topic, crm_topic)}
     with agent_client(settings, agent) as client:
         both = fraud_grant(client)
         crm_only = fraud_grant(client, (PII,))
@@ -143,11 +146,11 @@ def test_routing_keeps_crm_off_the_payments_topic_and_each_topic_in_agent_order(
            operator="tests", trust=shared_trust(settings))
     for t in taps.values():
         t.wait_for(AgentRevoked, lambda e: e.agent_id == agent)
-    payments = _agent_records(taps[PAYMENTS], agent)
+    payments = _agent_records(taps[payments_topic], agent)
     assert all(not any(s.startswith("crm:") for s in getattr(e, "scopes", ()))
                for _, _, e in payments)
     assert crm_only.grant_id not in {getattr(e, "grant_id", None) for _, _, e in payments}
-    crm = _agent_records(taps[topics.GRANTS_CRM.name], agent)
+    crm = _agent_records(taps[crm_topic], agent)
     assert all(s.startswith("crm:") for _, _, e in crm for s in getattr(e, "scopes", ()))
     for name, t in taps.items():
         records = _agent_records(t, agent)
@@ -197,7 +200,7 @@ def test_expiring_arrives_before_expired(
 ) -> None:
     """A 3 s grant: grant.expiring precedes grant.expired on the default and routed topics."""
     reporter = agents("r")
-    taps = [tap(topics.GRANTS.name), tap(topics.GRANTS_REPORTS.name)]
+    taps = [tap(topics.GRANTS.name), tap(service_topic(settings, topics.GRANTS_REPORTS.name))]
     with agent_client(settings, reporter) as client:
         d = client.request_escalation([EXPORT], duration_s=3, reason="quick export",
                                       confidence=0.97)

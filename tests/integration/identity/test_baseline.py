@@ -48,9 +48,10 @@ def _allowed(view: GrantView, agent: str, scope: str) -> Verdict | None:
     return verdict if verdict.allowed else None
 
 
-def _forge(settings: Settings, agent: str) -> None:
+def _forge(settings: Settings, agent: str, *read: str) -> None:
     """Statements the broker never made, past the ACLs: unsigned and signed by a foreign key,
-    one granting a scope outside the baseline, one withdrawing it, both at a far revision."""
+    one granting a scope outside the baseline, one withdrawing it, both at a far revision; on
+    the shared grant topics and on ``read`` (the topics the views read)."""
     key, now = SigningKey.generate(), datetime.now(UTC)
     writer = Publisher(role_access(settings, topics.ADMIN), source="/forged")
     for n, (status, scopes) in enumerate((("active", (READ, FREEZE)), ("withdrawn", ()))):
@@ -58,7 +59,7 @@ def _forge(settings: Settings, agent: str) -> None:
             entitlement_id=f"baseline-forged-{n}", agent_id=agent, status=status, scopes=scopes,
             registry_revision=1_000_000, policy_revision="forged", cause_id="forged",
             effective_at=now)
-        for topic in (topics.GRANTS.name, topics.GRANTS_PAYMENTS.name):
+        for topic in {topics.GRANTS.name, topics.GRANTS_PAYMENTS.name, *read}:
             m = encode(event, source="/permbroker/worker/forged")
             writer.publish_raw(topic, m)
             writer.publish_raw(topic, sign_message(m, key, "permbroker"))
@@ -84,7 +85,7 @@ def test_baseline_is_allowed_withdrawn_on_suspension_and_restored_on_resume(
             assert verdict.reason.startswith("baseline entitlement: baseline of class "
                                              "fraud-detection"), verdict.reason
             assert not view.allows(agent, FREEZE, "acct-9").allowed
-        _forge(settings, agent)
+        _forge(settings, agent, *(v.topic for v in views))
         suspended = registrar.operator.suspend(agent, reason="under investigation")
         assert suspended.consistency_token, suspended
         for view in views:

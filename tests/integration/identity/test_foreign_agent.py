@@ -40,6 +40,13 @@ class ForeignAgent:
         self.consumer = Consumer({**connect, "enable.auto.commit": False,
                                   "group.id": f"pb-agent-foreign-{uuid.uuid4()}"})
 
+    def decision_topic(self) -> str:
+        """The protocol's rule: the default tenant's own decision topic when the broker has
+        one (tenants are declared), else ``permbroker.decisions``."""
+        own = "permbroker.tenant.default.decisions"
+        return own if own in self.consumer.list_topics(timeout=10).topics \
+            else "permbroker.decisions"
+
     def listen(self, topic: str) -> None:
         """Start reading a topic at its current end on every partition (before sending)."""
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -125,7 +132,7 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
     agent = ForeignAgent(connection(settings, "agent"), f"foreign-{uuid.uuid4().hex[:8]}")
     try:
         token = enrollment_token(settings, agent.agent_id)
-        agent.listen("permbroker.decisions")
+        agent.listen(agent.decision_topic())
         register_id = f"register-{uuid.uuid4()}"
         agent.send("permbroker.registry", "io.permbroker.agent.command.v1", register_id, {
             "command_id": register_id, "action": "register", "agent_id": agent.agent_id,

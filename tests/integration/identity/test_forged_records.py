@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka import rebuild
+from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.kafka.jwks import JwksView
@@ -85,14 +86,15 @@ class Attacker:
         Publisher(role_access(self.settings, topics.ADMIN), source="/forged").publish_raw(topic, m)
 
 
-def _forge(attacker: Attacker, agent: str, point: str) -> dict[str, str]:
-    """Every forgery; returns the ids the readers must not show."""
+def _forge(attacker: Attacker, agent: str, point: str, *read: str) -> dict[str, str]:
+    """Every forgery (grants also on ``read``: the grant topics the readers read); returns the
+    ids the readers must not show."""
     now = datetime.now(UTC)
     grant = GrantIssued(grant_id=f"g-forged-{uuid.uuid4().hex[:8]}", agent_id=agent,
                         request_id="req-forged", scopes=(CLOSE,), resources=("acct-1",),
                         issued_at=now, expires_at=now + timedelta(hours=1),
                         policy_revision="forged", rules=("forged",))
-    for topic in (topics.GRANTS.name, topics.GRANTS_PAYMENTS.name):
+    for topic in {topics.GRANTS.name, topics.GRANTS_PAYMENTS.name, *read}:
         attacker.both(topic, grant)
     evil_set = JwksPublished(issuer="permbroker", keys=(attacker.key.jwk,), revision="forged",
                              published_at=datetime(2099, 1, 1, tzinfo=UTC))
@@ -133,20 +135,23 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
     since = datetime.now(UTC) - timedelta(seconds=5)
     keys = JwksView.from_settings(settings, service)  # a fresh reader: its own refusal counts
     watcher = DecisionWatcher(role_access(settings, topics.AGENT), trust=keys.trust)
+    # The grant topic a plain service's view reads (the default tenant's own, tenants declared).
+    payments = own_topic(service, topics.GRANTS_PAYMENTS.name, topics.DEFAULT_TENANT)
     try:
-        forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}")
-        attacker.both(topics.DECISIONS.name, EscalationDecided(
+        forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}", payments)
+        attacker.both(watcher.topic, EscalationDecided(
             decision_id="d-forged", request_id="req-forged", agent_id=agent, outcome="granted",
             granted_scopes=(CLOSE,), decided_at=datetime.now(UTC), policy_revision="forged"))
         with pytest.raises(DecisionTimeout):
             watcher.wait("req-forged", timeout=3)
         with GrantView(service, trust=keys.trust, topic=topics.GRANTS_PAYMENTS.name) as view, \
                 TestClient(create_app(api_settings(settings, agent))) as api:
+            assert view.topic == payments
             assert view.wait_ready(30) and keys.sync(10)
             _the_view_and_the_api_refuse(settings, view, api, agent, forged)
             _the_legitimate_agent_is_served(settings, view, keys, agent, attacker, forged)
         _the_cli_readers_refuse(settings, keys, agent, forged, since)
-        _each_refusal_is_counted_with_its_origin(keys, forged)
+        _each_refusal_is_counted_with_its_origin(keys, forged, watcher.topic, payments)
     finally:
         watcher.close()
         keys.close()
@@ -162,13 +167,16 @@ def _the_view_and_the_api_refuse(settings: Settings, view: GrantView, api: TestC
     assert not check["allowed"], check
     served = api.get("/.well-known/jwks.json").json()["keys"]
     assert forged["kid"] not in {k["kid"] for k in served}
+    # The API's ack follower reads on its own thread: once it counted the forged acks as
+    # refused, it has read past them, and the status must not list their point.
+    acks = 'consumer="acks",reason="unknown-kid",topic="permbroker.revocation-acks"'
+    wait_until(lambda: acks in api.get("/metrics").text, 30, "the forged acks refused")
     status = api.get("/v1/operator/revocations", auth=operator_auth(settings)).json()
     assert forged["point"] not in {p["name"] for p in status["enforcement_points"]}
     ready = api.get("/readyz").json()["refused_records"]
     assert ready["total"] >= 4 and all("/" in r["origin"] for r in ready["recent"])
     metrics = api.get("/metrics").text
     assert 'permbroker_records_refused_total{consumer="grant-view",reason="unsigned"' in metrics
-    assert 'consumer="acks",reason="unknown-kid",topic="permbroker.revocation-acks"' in metrics
 
 
 def _the_legitimate_agent_is_served(settings: Settings, view: GrantView, keys: JwksView,
@@ -198,12 +206,13 @@ def _the_cli_readers_refuse(settings: Settings, keys: JwksView, agent: str,
     assert forged["point"] not in points
 
 
-def _each_refusal_is_counted_with_its_origin(keys: JwksView, forged: dict[str, str]) -> None:
+def _each_refusal_is_counted_with_its_origin(keys: JwksView, forged: dict[str, str],
+                                             decisions: str, payments: str) -> None:
     counts = keys.trust.refusals.counts()
     expected = {
         ("jwks", topics.JWKS.name): {"unsigned", "unknown-kid"},
-        ("decision-watcher", topics.DECISIONS.name): {"unsigned", "unknown-kid"},
-        ("grant-view", topics.GRANTS_PAYMENTS.name): {"unsigned", "unknown-kid"},
+        ("decision-watcher", decisions): {"unsigned", "unknown-kid"},
+        ("grant-view", payments): {"unsigned", "unknown-kid"},
         ("registry-read", topics.AGENTS.name): {"unsigned", "unknown-kid"},
         ("rebuild", topics.GRANTS.name): {"unsigned", "unknown-kid"},
         ("revocation-status", topics.REVOCATION_ACKS.name): {"unsigned", "unknown-kid"},

@@ -1,6 +1,7 @@
 """Each tenant's Kafka on the live stack: acme's agent and service users read acme's decisions
 and grants, Kafka refuses them globex's, and no record about globex's agent reaches a topic
-acme's users may read.
+acme's users may read. The default tenant's users (the plain agent and service) likewise read
+the default tenant's own topics, never the shared log of record.
 
 The suite's stack provisions every tenant's users, topics and ACLs (tests/integration/conftest.py)
 and the worker decides for acme and globex under their own bundles.
@@ -205,6 +206,46 @@ def test_no_decision_or_grant_of_globex_reaches_a_topic_acmes_users_can_read(
     for topic in (topics.tenant_decisions("globex").name, topics.DECISIONS.name,
                   topics.tenant_grants("globex").name, topics.GRANTS.name):
         assert about(admin, topic, twins["globex"]), topic
+
+
+def test_the_default_tenants_agent_and_service_read_its_own_topics_never_the_shared_ones(
+    settings: Settings, agents: Callable[[str], str], twins: dict[str, str],
+    decided: dict[str, EscalationDecided],
+) -> None:
+    """With tenants declared, the plain agent and service users (the default tenant's) find
+    and read the default tenant's own topics: a default agent gets its decision through the
+    SDK and a plain service's views allow its grant. Kafka refuses them the shared decision
+    and grant topics (every tenant's records) and acme's, and no topic they may read holds a
+    record deciding or granting anything to acme's or globex's agent."""
+    agent, trust = agents("f"), shared_trust(settings)
+    plain_agent, plain_service = (role_access(settings, r) for r in (topics.AGENT, topics.SERVICE))
+    with AgentClient(agent, plain_agent, trust=trust,
+                     keys=AgentKeyStore.from_settings(settings)) as client:
+        granted = client.request_escalation([PII], duration_s=600, reason="pattern",
+                                            confidence=0.95, risk_score=0.9,
+                                            resources=["acct-1"], timeout=30)
+    assert granted.granted_scopes == (PII,), granted
+    with GrantView(plain_service, trust=trust) as own, \
+            GrantView(plain_service, trust=trust, topic=topics.grant_topic("crm").name) as crm:
+        assert own.topic == topics.tenant_grants(topics.DEFAULT_TENANT).name
+        assert crm.topic == topics.tenant_grants(topics.DEFAULT_TENANT, "crm").name
+        assert own.wait_ready(30) and crm.wait_ready(30)
+        for view in (own, crm):
+            wait_until(allowing(view, agent), 30, f"the default agent's grant in {view.topic}")
+    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED,) * 2
+    for kafka, topic in ((plain_agent, topics.DECISIONS.name),
+                         (plain_agent, topics.tenant_decisions("acme").name),
+                         (plain_service, topics.GRANTS.name),
+                         (plain_service, topics.grant_topic("payments").name),
+                         (plain_service, topics.tenant_grants("acme").name)):
+        assert refusal(kafka, topic) == refused, (kafka.username, topic)
+    admin = role_access(settings, topics.ADMIN)
+    readable = readable_topics(settings, (topics.AGENT, topics.SERVICE))
+    assert topics.tenant_decisions(topics.DEFAULT_TENANT).name in readable
+    for topic in readable:
+        for tenant in TENANTS:
+            assert about(admin, topic, twins[tenant]) == [], (topic, tenant)
+    assert about(admin, topics.tenant_decisions(topics.DEFAULT_TENANT).name, agent)
 
 
 def test_agents_revoke_waits_for_its_tenants_enforcement_points_only(

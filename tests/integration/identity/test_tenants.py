@@ -170,26 +170,31 @@ def test_a_tenants_service_checks_only_its_tenants_agents(
 def test_a_tenants_view_never_applies_another_tenants_grant(
     api: TestClient, settings: Settings, twins: dict[str, str],
 ) -> None:
-    """globex's grant is in an unscoped view (the default tenant's service, on the log of
-    record), never in acme's (nor does acme's view allow it); each tenant's view reads its own
-    tenant's topic with its tenant's service user."""
+    """globex's grant is in an unscoped view (the broker's API role, on the log of record),
+    never in acme's nor in the default tenant's (nor do their views allow it); each tenant's
+    view reads its own tenant's topic with its tenant's service user, the plain service user's
+    the default tenant's."""
     escalate(api, settings, twins["globex"])
-    service = role_access(settings, topics.SERVICE)
 
     def own(tenant: str) -> KafkaAccess:
         return role_access(settings, topics.tenant_role(topics.SERVICE, tenant))
 
     trust = shared_trust(settings)
-    with GrantView(service, trust=trust) as every, \
+    with GrantView(role_access(settings, topics.API), trust=trust) as every, \
             GrantView(own("acme"), trust=trust, tenant="acme") as acme, \
-            GrantView(own("globex"), trust=trust, tenant="globex") as globex:
-        assert every.wait_ready(30) and acme.wait_ready(30) and globex.wait_ready(30)
+            GrantView(own("globex"), trust=trust, tenant="globex") as globex, \
+            GrantView(own(topics.DEFAULT_TENANT), trust=trust) as default:
+        views = (every, acme, globex, default)
+        assert all(v.wait_ready(30) for v in views)
+        assert [v.topic for v in views] == [topics.GRANTS.name, *(
+            topics.tenant_grants(t).name for t in ("acme", "globex", topics.DEFAULT_TENANT))]
         wait_until(lambda: every.allows(twins["globex"], FREEZE, "acct-1").allowed, 30,
                    "globex's grant in the unscoped view")
         wait_until(lambda: globex.allows(twins["globex"], FREEZE, "acct-1").allowed, 30,
                    "globex's grant in globex's view")
-        assert not acme.allows(twins["globex"], FREEZE, "acct-1").allowed
-        assert acme.active(twins["globex"]) == []
+        for other in (acme, default):
+            assert not other.allows(twins["globex"], FREEZE, "acct-1").allowed
+            assert other.active(twins["globex"]) == []
 
 
 def test_the_worker_refuses_and_audits_an_operator_acting_on_another_tenant_over_kafka(

@@ -35,14 +35,15 @@ def readable(role: str, table: list[acls.Acl], topic: str) -> bool:
 
 
 def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> None:
-    """acme's topics sit under its own prefix; the default tenant keeps today's names."""
+    """acme's topics sit under its own prefix, the default tenant's under its own."""
     assert topics.tenant_decisions("acme").name == "permbroker.tenant.acme.decisions"
     assert topics.for_tenant(topics.GRANTS.name, "acme") == "permbroker.tenant.acme.grants"
     assert topics.for_tenant("permbroker.grants.payments", "acme") == \
         "permbroker.tenant.acme.grants.payments"
     assert topics.for_tenant(topics.AGENTS.name, "acme") == topics.AGENTS.name
     for name in (topics.DECISIONS.name, topics.GRANTS.name, "permbroker.grants.crm"):
-        assert topics.for_tenant(name, topics.DEFAULT_TENANT) == name
+        assert topics.for_tenant(name, topics.DEFAULT_TENANT) == \
+            "permbroker.tenant.default." + name.removeprefix("permbroker.")
     for name in ("permbroker.tenant.acme.decisions", "permbroker.tenant.acme.grants",
                  "permbroker.tenant.acme.grants.crm"):
         assert topics.by_name(name).name == name
@@ -86,9 +87,34 @@ def test_a_tenants_principals_read_only_their_tenants_decisions_and_grants() -> 
     assert acls.Acl(service, acls.TOPIC, topics.REVOCATION_ACKS.name, acls.LITERAL,
                     "WRITE") in table
     assert acls.Acl(agent, acls.GROUP, "pb-agent@acme-", acls.PREFIXED, "READ") in table
-    assert readable(topics.AGENT, table, topics.DECISIONS.name)  # the default tenant: as today
     assert acls.Acl(topics.WORKER, acls.TOPIC, topics.TENANT_TOPIC_PREFIX, acls.PREFIXED,
                     "WRITE") in table
+
+
+def test_with_tenants_the_default_tenants_roles_read_its_own_topics_not_the_shared_ones() -> None:
+    """Once tenants are declared the shared decision and grant topics carry every tenant's
+    records: the plain agent and service roles (the default tenant's principals) read the
+    default tenant's own topics instead, and only the broker's roles read the shared ones.
+    What a stack without tenants had is withdrawn, and only that."""
+    table = acls.table(APP, tenants=("acme", "globex"))
+    assert readable(topics.AGENT, table, "permbroker.tenant.default.decisions")
+    assert readable(topics.SERVICE, table, "permbroker.tenant.default.grants")
+    assert readable(topics.SERVICE, table, "permbroker.tenant.default.grants.payments")
+    shared = [topics.DECISIONS.name, topics.GRANTS.name, "permbroker.grants.payments"]
+    foreign = ["permbroker.tenant.acme.decisions", "permbroker.tenant.acme.grants",
+               "permbroker.tenant.acme.grants.payments"]
+    for role in (topics.AGENT, topics.SERVICE):
+        assert not [t for t in shared + foreign if readable(role, table, t)], role
+    for role in (topics.WORKER, topics.OPERATOR, topics.API):
+        assert readable(role, table, topics.GRANTS.name), role
+    assert readable(topics.OPERATOR, table, topics.DECISIONS.name)
+    assert [str(a) for a in acls.withdrawn(APP, ("acme", "globex"))] == [
+        "User:agent READ TOPIC permbroker.decisions", "User:service READ TOPIC permbroker.grants",
+        "User:service READ TOPIC permbroker.grants.*"]
+    assert acls.withdrawn(APP, ()) == []
+    # Otherwise the default tenant's roles keep every rule they had.
+    single = set(acls.table(APP))
+    assert single - set(table) == set(acls.withdrawn(APP, ("acme", "globex")))
 
 
 def test_without_tenants_the_table_names_no_tenant_principal() -> None:
@@ -120,8 +146,10 @@ def test_the_declared_tenants_are_the_bundle_directories(tmp_path: Path) -> None
 
 
 def test_a_tenants_grant_events_go_to_the_log_of_record_and_its_own_topics() -> None:
-    """Never to the shared namespace topics; the default tenant's as today."""
-    routing = GrantRouting(frozenset({"payments", "crm"}), frozenset({"acme"}))
+    """Never to the shared namespace topics: with tenants declared, the default tenant's go
+    to its own topics too; without, to the shared ones."""
+    routing = GrantRouting(frozenset({"payments", "crm"}),
+                           frozenset({"acme", topics.DEFAULT_TENANT}))
     grant = GrantIssued(grant_id="g-1", agent_id="acme:a", request_id="r-1",
                         scopes=("payments:accounts.freeze", "crm:customer.read"),
                         resources=("acct-1",), issued_at=NOW,
@@ -131,6 +159,10 @@ def test_a_tenants_grant_events_go_to_the_log_of_record_and_its_own_topics() -> 
         topics.GRANTS.name, "permbroker.tenant.acme.grants",
         "permbroker.tenant.acme.grants.crm", "permbroker.tenant.acme.grants.payments"]
     assert [t for t, _e in routing.route(grant)] == [
+        topics.GRANTS.name, "permbroker.tenant.default.grants",
+        "permbroker.tenant.default.grants.crm", "permbroker.tenant.default.grants.payments"]
+    alone = GrantRouting(frozenset({"payments", "crm"}))
+    assert [t for t, _e in alone.route(grant)] == [
         topics.GRANTS.name, "permbroker.grants.crm", "permbroker.grants.payments"]
     revoked = AgentRevoked(agent_id="acme:a", revoked_at=NOW, reason="r", rule="x",
                            cause_event_id="sig-1", markers_until=NOW)

@@ -47,7 +47,7 @@ class TenantGate(OpenGate):
         self.tenancy = tenancy
 
     def profile(self, agent_id: str) -> AgentProfile | None:
-        tenant = agent_id.partition(":")[0]
+        tenant = agent_id.partition(":")[0] if ":" in agent_id else "default"
         baseline, ceiling = self.tenancy.classes(tenant)["fraud-detection"]
         return AgentProfile(agent_id=agent_id, agent_class="fraud-detection", tenant=tenant,
                             owner=f"ops@{tenant}.example", model=ModelInfo(name="gbm", version="3"),
@@ -64,7 +64,7 @@ def bundles(root: Path, *, acme_denies_freeze: bool) -> Tenancy:
 
 
 async def decide_both(tenancy: Tenancy, bus: MemoryBus | None = None,
-                      routing: GrantRouting | None = None,
+                      routing: GrantRouting | None = None, also: tuple[str, ...] = (),
                       ) -> tuple[dict[str, EscalationDecided], list[GrantIssued]]:
     bus = bus or MemoryBus()
     store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
@@ -73,7 +73,7 @@ async def decide_both(tenancy: Tenancy, bus: MemoryBus | None = None,
     ctx.tenant_of = lambda agent: agent.partition(":")[0] if ":" in agent else "default"
     ctx.ready.set()
     handler = Escalations(ctx, TenantGate(tenancy))
-    for offset, agent in enumerate((ACME, GLOBEX), start=1):
+    for offset, agent in enumerate((ACME, GLOBEX, *also), start=1):
         encoded = codec.encode(EscalationRequested.model_validate({
             "request_id": f"req-{offset}", "agent_id": agent, "scopes": (FREEZE, PII),
             "resources": ("acct-1",), "duration_s": 900, "reason": "card testing",
@@ -130,6 +130,36 @@ async def test_each_tenants_decisions_and_grants_go_to_its_own_topics_only(
     pii = [e for e in bus.events(topics.tenant_grants("acme", "crm").name)
            if isinstance(e, GrantIssued)]
     assert [g.scopes for g in pii] == [(PII,)]  # the namespace projection, as on shared topics
+
+
+async def test_once_tenants_are_declared_the_default_tenant_has_topics_of_its_own(
+        tmp_path: Path) -> None:
+    """The worker's routing gives the default tenant topics of its own when other tenants are
+    declared: its agent's decision and grant are on them (and the log of record), not on the
+    shared namespace topics, which the default tenant's services would otherwise share with
+    nobody; no other tenant's topic carries them. Without declared tenants: no tenant topic."""
+    from broker.config import Settings
+    from streams.bootstrap import _routing
+
+    tenancy = bundles(tmp_path, acme_denies_freeze=False)
+    settings = Settings(grant_namespaces=("payments", "crm"))
+    routing = _routing(settings, tenancy)
+    assert routing.tenants == {"acme", "globex", topics.DEFAULT_TENANT}
+    assert _routing(settings, load_tenancy(FRAUD, None)).tenants == frozenset()
+    bus = MemoryBus()
+    await decide_both(tenancy, bus, routing, also=("fraud-agent",))
+
+    def agents(topic: str) -> set[str]:
+        return {getattr(e, "agent_id", "") for e in bus.events(topic)}
+
+    assert agents(topics.DECISIONS.name) == agents(topics.GRANTS.name) == {
+        ACME, GLOBEX, "fraud-agent"}
+    assert agents(topics.tenant_decisions("default").name) == {"fraud-agent"}
+    assert agents(topics.tenant_grants("default").name) == {"fraud-agent"}
+    for ns in ("payments", "crm"):
+        assert agents(topics.tenant_grants("default", ns).name) == {"fraud-agent"}, ns
+        assert agents(topics.grant_topic(ns).name) == set(), ns
+        assert agents(topics.tenant_grants("acme", ns).name) == {ACME}, ns
 
 
 async def test_without_tenant_topics_everything_stays_on_the_shared_topics(
