@@ -310,6 +310,17 @@ def carries_tenant(name: str, tenant: str) -> bool:
     return not name.startswith(TENANT_TOPIC_PREFIX) or name.startswith(tenant_prefix(tenant))
 
 
+def namespace_of_topic(name: str) -> str | None:
+    """The namespace of a namespace grant topic, shared (``permbroker.grants.<ns>``) or a
+    tenant's (``permbroker.tenant.<tenant>.grants.<ns>``); None for any other topic."""
+    prefix = GRANT_TOPIC_PREFIX
+    if name.startswith(TENANT_TOPIC_PREFIX):
+        tenant = name.removeprefix(TENANT_TOPIC_PREFIX).partition(".")[0]
+        prefix = tenant_grants(tenant).name + "."
+    namespace = name.removeprefix(prefix)
+    return namespace if name.startswith(prefix) and namespace else None
+
+
 def owns(name: str) -> bool:
     """Whether a tenant has its own topic instead of shared topic ``name`` (decisions, grants)."""
     return name in (DECISIONS.name, GRANTS.name) or name.startswith(GRANT_TOPIC_PREFIX)

@@ -9,7 +9,6 @@ faust agent.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -30,14 +29,7 @@ from confluent_kafka.cimpl import NewTopic
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.clientlog import routed
 from broker.errors import BusError, KafkaRefused, KafkaUnreachable
-from schemas.topics import (
-    ALL_TOPICS,
-    DEFAULT_TENANT,
-    GRANT_TOPIC_PREFIX,
-    TENANT_TOPIC_PREFIX,
-    Topic,
-    for_tenant,
-)
+from schemas.topics import ALL_TOPICS, DEFAULT_TENANT, Topic, for_tenant, namespace_of_topic
 
 if TYPE_CHECKING:
     from confluent_kafka.admin._metadata import ClusterMetadata
@@ -58,16 +50,11 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
         raise BusError(f"Kafka did not answer a metadata request within {timeout}s: {exc}") from exc
 
 
-# A tenant's namespace grant topic: permbroker.tenant.<tenant>.grants.<namespace>.
-_TENANT_NAMESPACE = re.compile(re.escape(TENANT_TOPIC_PREFIX) + r"[^.]+\.grants\..+")
-
-
 def grant_topic_names(kafka: KafkaAccess, timeout: float = 10) -> list[str]:
     """The namespace grant topics that exist (``permbroker.grants.<namespace>``, and each
     tenant's ``permbroker.tenant.<tenant>.grants.<namespace>``), sorted."""
     found = cluster_metadata(admin_client(kafka), timeout).topics
-    return sorted(t for t in found
-                  if t.startswith(GRANT_TOPIC_PREFIX) or _TENANT_NAMESPACE.fullmatch(t))
+    return sorted(t for t in found if namespace_of_topic(t) is not None)
 
 
 def own_topic(kafka: KafkaAccess, name: str, tenant: str, timeout: float = 10) -> str:

@@ -54,6 +54,20 @@ def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> Non
         topics.tenant_role(topics.OPERATOR, "acme")
 
 
+def test_namespace_grant_topics_are_told_from_the_others_shared_or_a_tenants() -> None:
+    """The topics a worker announces its routing on: every namespace grant topic, the shared
+    ones and each tenant's (the default tenant's too), and no other."""
+    namespaces = {"permbroker.grants.payments": "payments",
+                  "permbroker.tenant.acme.grants.crm": "crm",
+                  "permbroker.tenant.default.grants.payments": "payments"}
+    for name, namespace in namespaces.items():
+        assert topics.namespace_of_topic(name) == namespace, name
+    for name in (topics.GRANTS.name, topics.DECISIONS.name, "permbroker.grants.",
+                 "permbroker.tenant.acme.grants", "permbroker.tenant.acme.decisions",
+                 "permbroker.tenant.acme.grants.", "permbroker.agents"):
+        assert topics.namespace_of_topic(name) is None, name
+
+
 def test_a_tenants_topics_carry_only_its_agents_and_the_shared_ones_every_tenants() -> None:
     """Whose revocations an enforcement point can see, from the topic it reads: a view of
     acme's topics only acme's (not globex's, not the default tenant's), a view of a shared
