@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from joserfc import jwe, jwk, jwt
+from joserfc.errors import JoseError
 from joserfc.jwt import JWTClaimsRegistry
 
 pytestmark = pytest.mark.integration
@@ -160,7 +161,8 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
         assert sealed["outcome"] == "done", sealed
         grant_token = jwe.decrypt_compact(sealed["token"], reply,
                                           algorithms=["ECDH-ES", "A256GCM"]).plaintext
-        keys = jwks(connection(settings, "service"))
+        with open(settings.key_path("trust-anchor")) as f:  # the operator hands it out
+            keys = jwks(connection(settings, "service"), json.load(f))
         checked = jwt.decode(grant_token, jwk.KeySet.import_key_set(keys), algorithms=["EdDSA"])
         JWTClaimsRegistry(iss={"essential": True, "value": "permbroker"},
                           aud={"essential": True, "value": "payments"},
@@ -173,25 +175,49 @@ def test_an_agent_using_only_the_documented_protocol_gets_an_escalation_granted(
         agent.close()
 
 
-def jwks(connect: dict[str, str]) -> dict[str, Any]:
-    """Section 7: the latest key set on the JWKS topic (its ``keys`` member is the array)."""
+def jwks(connect: dict[str, str], anchor: dict[str, Any]) -> dict[str, Any]:
+    """Sections 7 and 11: the key set in force, following the chain of trust from the pinned
+    ``anchor`` through the JWKS topic (a set counts only when signed by a key of the set in
+    force, for the same issuer, not older than it; anything else on the topic changes nothing)."""
     c = Consumer({**connect, "group.id": f"pb-service-jwks-{uuid.uuid4()}",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    in_force, since = anchor["keys"], ""
     try:
         _low, high = c.get_watermark_offsets(TopicPartition("permbroker.jwks", 0), timeout=10)
         c.assign([TopicPartition("permbroker.jwks", 0, 0)])
-        latest: dict[str, Any] = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             msg = c.poll(0.2)
             if msg is None or msg.error():
                 continue
-            latest = json.loads(msg.value())
+            value, issuer = json.loads(msg.value()), anchor["issuer"]
+            if signed_by(msg, in_force, issuer) and value.get("issuer") == issuer \
+                    and value["published_at"] >= since:
+                in_force, since = value["keys"], value["published_at"]
             if msg.offset() + 1 >= high:
-                return {"keys": latest["keys"]}
+                return {"keys": [{k: v for k, v in key.items() if v is not None}
+                                 for key in in_force]}
         raise AssertionError("the JWKS topic could not be read to its end")
     finally:
         c.close()
+
+
+def signed_by(msg: Any, keys: list[dict[str, Any]], issuer: str) -> bool:
+    """Section 11: the record's ce_signature verifies with one of ``keys``, by ``issuer``, and
+    binds its exact value bytes, ce_id, ce_type and Kafka key, for audience permbroker."""
+    headers = {k: v.decode() for k, v in msg.headers() or []}
+    key_set = jwk.KeySet.import_key_set({"keys": [
+        {k: v for k, v in key.items() if v is not None} for key in keys]})
+    try:
+        claims = jwt.decode(headers.get("ce_signature", ""), key_set,
+                            algorithms=["EdDSA", "ES256"]).claims
+    except JoseError:  # malformed, unknown kid, bad signature
+        return False
+    return (claims.get("iss") == issuer and claims.get("aud") == "permbroker"
+            and claims.get("digest") == b64url(hashlib.sha256(msg.value()).digest())
+            and claims.get("ce_id") == headers.get("ce_id")
+            and claims.get("ce_type") == headers.get("ce_type")
+            and claims.get("key") == (msg.key() or b"").decode())
 
 
 def test_this_module_uses_none_of_the_projects_code() -> None:
