@@ -204,3 +204,20 @@ def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(
     for role in (topics.OPERATOR, topics.WORKER):
         with pytest.raises(BusError, match="may not list or change Kafka's ACLs"):
             acls.apply(services.kafka(role), wanted, dry_run=True)
+
+
+def test_back_to_one_tenant_the_table_would_swap_the_default_tenants_topics_back(
+    services: Services, settings: Settings,
+) -> None:
+    """A dry run of the table without tenants on the suite's cluster (which declares them):
+    it would give the plain agent and service their shared decision and grant topics back
+    and remove their reading of the default tenant's own topics, and change nothing else."""
+    tenants = declared(settings.tenant_policies_dir)
+    done = acls.apply(services.kafka(topics.ADMIN), acls.table(settings.app_id), dry_run=True,
+                      withdraw=acls.withdrawn(settings.app_id, ()))
+    assert set(done.created) == set(acls.withdrawn(settings.app_id, tenants))
+    assert {str(a) for a in done.removed if a.operation == "READ"} == {
+        "User:agent READ TOPIC permbroker.tenant.default.decisions",
+        "User:service READ TOPIC permbroker.tenant.default.grants*",
+        "User:operator READ TOPIC permbroker.tenant.default.decisions",
+        "User:operator READ TOPIC permbroker.tenant.default.grants*"}

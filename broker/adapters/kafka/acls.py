@@ -148,9 +148,13 @@ def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS,
 
 
 def withdrawn(app_id: str, tenants: Iterable[str]) -> list[Acl]:
-    """The rules a cluster without tenants has that ``tenants`` take away (the default
-    tenant's principals reading the shared decision and grant topics)."""
-    return sorted(set(_single(app_id)) - set(table(app_id, tenants=tenants)))
+    """The rules of the other setup that ``tenants`` take away: with tenants declared, the
+    default tenant's principals reading the shared decision and grant topics; without, their
+    reading the default tenant's own topics (which its clients read whenever they may)."""
+    single = set(_single(app_id))
+    if set(tenants) - {topics.DEFAULT_TENANT}:
+        return sorted(single - set(table(app_id, tenants=tenants)))
+    return sorted(set(tenant_table(topics.DEFAULT_TENANT, app_id)) - single)
 
 
 @dataclass(frozen=True)

@@ -125,9 +125,17 @@ def test_with_tenants_the_default_tenants_roles_read_its_own_topics_not_the_shar
     assert [str(a) for a in acls.withdrawn(APP, ("acme", "globex"))] == [
         "User:agent READ TOPIC permbroker.decisions", "User:service READ TOPIC permbroker.grants",
         "User:service READ TOPIC permbroker.grants.*"]
-    assert acls.withdrawn(APP, ()) == []
-    # Otherwise the default tenant's roles keep every rule they had.
     single = set(acls.table(APP))
+    # Back to one tenant: the default tenant's roles lose its own topics (their clients read
+    # the shared ones again), and nothing else.
+    back = acls.withdrawn(APP, ())
+    assert {(a.role, a.name) for a in back if a.operation == "READ"} == {
+        (topics.AGENT, "permbroker.tenant.default.decisions"),
+        (topics.SERVICE, "permbroker.tenant.default.grants"),
+        (topics.OPERATOR, "permbroker.tenant.default.decisions"),
+        (topics.OPERATOR, "permbroker.tenant.default.grants")}
+    assert not set(back) & single
+    # Otherwise the default tenant's roles keep every rule they had.
     assert single - set(table) == set(acls.withdrawn(APP, ("acme", "globex")))
 
 
