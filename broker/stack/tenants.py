@@ -44,8 +44,9 @@ def owned_topics(tenants: tuple[str, ...]) -> list[topics.Topic]:
 
 def apply_acls(admin: KafkaAccess, app_id: str, tenants: tuple[str, ...], *,
                dry_run: bool = False, timeout: float = 30.0) -> acls.Applied:
-    """The ACL table of ``tenants``: what is missing created, what tenants take away (the
-    default tenant's roles reading the shared decision and grant topics) deleted."""
+    """The ACL table of ``tenants``: what is missing created, what the other setup had
+    deleted (``acls.withdrawn``: the default tenant's roles reading the shared decision and
+    grant topics once tenants are declared, reading its own topics when there are none)."""
     return acls.apply(admin, acls.table(app_id, tenants=tenants), dry_run=dry_run,
                       withdraw=acls.withdrawn(app_id, tenants), timeout=timeout)
 

@@ -104,8 +104,7 @@ def _tenant_wide() -> list[Acl]:
 
 def _own_topic(acl: Acl) -> bool:
     """Whether ``acl`` is on a topic a tenant has its own of (decisions, grants)."""
-    return acl.resource == TOPIC and (acl.name == topics.DECISIONS.name
-                                      or acl.name.startswith(topics.GRANTS.name))
+    return acl.resource == TOPIC and topics.owns(acl.name)
 
 
 def tenant_table(tenant: str, app_id: str) -> list[Acl]:

@@ -173,7 +173,8 @@ class AgentClient:
     (``AgentKeyStore.from_settings(settings)``: ``PERMBROKER_AGENT_KEY_DIR``); ``unsigned=True``
     is for brokers in the dev mode that accepts unsigned events (``PERMBROKER_ALLOW_UNSIGNED``)
     only. An agent of a tenant (with that tenant's Kafka user, ``agent@acme``, or
-    ``tenant="acme"``) reads its decisions from its tenant's decision topic.
+    ``tenant="acme"``) reads its decisions from its tenant's decision topic; with the plain
+    ``agent`` user, from the default tenant's own when tenants are declared.
     """
 
     def __init__(
