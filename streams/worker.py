@@ -296,8 +296,10 @@ class WorkerContext:
             await self.publisher.publish(topic, encoded)
 
     def _tenant_topic(self, topic: str, event: WireModel) -> str:
-        """Where a copy of ``event`` goes for its agent's tenant (``topic``: nowhere else)."""
-        tenant = self.tenant_of(_agent_of(event)) if topic == topics.DECISIONS.name else ""
+        """Where a copy of ``event`` goes for its agent's tenant (``topic``: nowhere else, and
+        for an answer about no agent, such as an operator's key rotation)."""
+        agent = _agent_of(event)
+        tenant = self.tenant_of(agent) if agent and topic == topics.DECISIONS.name else ""
         return topics.for_tenant(topic, tenant) if tenant in self.routing.tenants else topic
 
     async def emit_grants(self, *items: Routed) -> ConsistencyToken | None:
@@ -330,16 +332,17 @@ class WorkerContext:
         return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
 
     async def announce_routing(self, worker: str, also: Sequence[str] = ()) -> None:
-        """Name the namespaces this worker routes on every namespace grant topic it writes and
-        on ``also`` (existing ones it does not), so a view there can tell whether it is fed."""
+        """Name the routed namespaces on each namespace grant topic it writes, and on ``also`` (ones
+        it does not) without that topic's namespace, so a view of a topic nobody writes denies."""
         event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
                                  announced_at=datetime.now(UTC),
                                  grace_s=dict(self.policy.degraded_grace_s))
-        bases = {topics.GRANTS.name,
-                 *(topics.for_tenant(topics.GRANTS.name, t) for t in self.routing.tenants)}
-        targets = sorted({*self.routing.topics(), *also} - bases)
-        if targets:
-            await self.publisher.publish_many([(t, self.encode(event)) for t in targets])
+        written = {t for t in self.routing.topics() if topics.namespace_of_topic(t)}
+        pairs = [(t, event) for t in sorted(written)] + [(t, event.model_copy(update={
+            "namespaces": tuple(n for n in event.namespaces if n != topics.namespace_of_topic(t))}))
+            for t in sorted(set(also) - written) if topics.namespace_of_topic(t)]
+        if pairs:
+            await self.publisher.publish_many([(t, self.encode(e)) for t, e in pairs])
 
     async def announce_policy(self, worker: str) -> None:
         """Record the policy bundle this worker decides with, before its first decision."""

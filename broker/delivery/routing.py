@@ -10,7 +10,8 @@ A ``crm:*`` scope therefore never reaches the payments topic. All topics are key
 agent id with the same partition count, so each keeps one agent's events in order. Once tenants
 are declared, every tenant (the default one too) has topics of its own: an agent's events go to
 the log of record and to its tenant's topics (``permbroker.tenant.<tenant>.grants`` and its
-namespace topics) only, never to the shared namespace topics.
+namespace topics); the shared namespace topics get the default tenant's projections only (no
+tenant's service reads them then; they stay whole for a return to one tenant).
 
 By default every namespace named in the policy's ceilings is routed (``routing_for``): a
 resource service of any namespace an agent may ever hold finds its topic written. A configured
@@ -78,14 +79,17 @@ class GrantRouting:
         the grant it ends, if known.
 
         The log of record gets every event. A tenant with topics of its own gets the event on
-        its default grant topic and its namespace projections on its namespace topics, never
-        on the shared ones (read by the services when there are no tenants).
+        its default grant topic and its namespace projections on its namespace topics; only the
+        default tenant's projections also go to the shared namespace topics.
         """
         shared = self._route(event, namespaces)
         if tenant not in self.tenants:
             return shared
-        return [(GRANTS.name, event), *((for_tenant(topic, tenant), copy)
-                                        for topic, copy in shared)]
+        own = [(for_tenant(topic, tenant), copy) for topic, copy in shared]
+        # The shared namespace topics hold the default tenant's projections only: they keep
+        # getting them, so that, should the tenants go, its services find every revocation there.
+        kept = shared if tenant == DEFAULT_TENANT else [(GRANTS.name, event)]
+        return [*kept, *own]
 
     def _route(
         self, event: WireModel, namespaces: Iterable[str] | None = None

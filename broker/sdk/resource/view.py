@@ -80,12 +80,11 @@ class GrantView:
     ) -> None:
         # A tenant's service (``tenant``, or a tenant's Kafka user: service@acme, or the plain
         # service: the default tenant) reads its tenant's grant topic of the same namespace
-        # when there is one, and applies only its tenant's grants (None: every tenant's, from
-        # the shared topic, as the broker's own roles do).
+        # when there is one, and applies only its tenant's grants, wherever it reads them
+        # (None: every tenant's, from the shared topic, as the broker's own roles do).
         role, owner = topics.role_of(kafka.username)
-        wanted = tenant or (owner if role in topics.TENANT_ROLES else None)
-        self.topic = own_topic(kafka, topic, wanted) if wanted is not None else topic
-        self.tenant = wanted if self.topic != topic or tenant is not None else None
+        self.tenant = tenant or (owner if role in topics.TENANT_ROLES else None)
+        self.topic = own_topic(kafka, topic, self.tenant) if self.tenant is not None else topic
         self.trust = trust
         self.bound_s = staleness_bound_s
         self.token_wait_s = token_wait_s

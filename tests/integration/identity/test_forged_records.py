@@ -137,6 +137,7 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
     watcher = DecisionWatcher(role_access(settings, topics.AGENT), trust=keys.trust)
     # The grant topic a plain service's view reads (the default tenant's own, tenants declared).
     payments = own_topic(service, topics.GRANTS_PAYMENTS.name, topics.DEFAULT_TENANT)
+    assert payments == topics.tenant_grants(topics.DEFAULT_TENANT, "payments").name
     try:
         forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}", payments)
         attacker.both(watcher.topic, EscalationDecided(

@@ -168,8 +168,9 @@ def test_the_declared_tenants_are_the_bundle_directories(tmp_path: Path) -> None
 
 
 def test_a_tenants_grant_events_go_to_the_log_of_record_and_its_own_topics() -> None:
-    """Never to the shared namespace topics: with tenants declared, the default tenant's go
-    to its own topics too; without, to the shared ones."""
+    """A tenant's never go to the shared namespace topics. With tenants declared the default
+    tenant's go to its own topics, and to the shared ones as before (which then hold its
+    projections only, whole should the tenants go); without, to the shared ones."""
     routing = GrantRouting(frozenset({"payments", "crm"}),
                            frozenset({"acme", topics.DEFAULT_TENANT}))
     grant = GrantIssued(grant_id="g-1", agent_id="acme:a", request_id="r-1",
@@ -181,8 +182,9 @@ def test_a_tenants_grant_events_go_to_the_log_of_record_and_its_own_topics() -> 
         topics.GRANTS.name, "permbroker.tenant.acme.grants",
         "permbroker.tenant.acme.grants.crm", "permbroker.tenant.acme.grants.payments"]
     assert [t for t, _e in routing.route(grant)] == [
-        topics.GRANTS.name, "permbroker.tenant.default.grants",
-        "permbroker.tenant.default.grants.crm", "permbroker.tenant.default.grants.payments"]
+        topics.GRANTS.name, "permbroker.grants.crm", "permbroker.grants.payments",
+        "permbroker.tenant.default.grants", "permbroker.tenant.default.grants.crm",
+        "permbroker.tenant.default.grants.payments"]
     alone = GrantRouting(frozenset({"payments", "crm"}))
     assert [t for t, _e in alone.route(grant)] == [
         topics.GRANTS.name, "permbroker.grants.crm", "permbroker.grants.payments"]

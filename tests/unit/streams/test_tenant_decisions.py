@@ -21,6 +21,7 @@ from schemas.events import (
     EscalationRequested,
     GrantIssued,
     ModelInfo,
+    RoutingAnnounced,
 )
 from streams.escalations import Escalations
 from streams.worker import Incoming, OpenGate, WorkerContext
@@ -135,9 +136,9 @@ async def test_each_tenants_decisions_and_grants_go_to_its_own_topics_only(
 async def test_once_tenants_are_declared_the_default_tenant_has_topics_of_its_own(
         tmp_path: Path) -> None:
     """The worker's routing gives the default tenant topics of its own when other tenants are
-    declared: its agent's decision and grant are on them (and the log of record), not on the
-    shared namespace topics, which the default tenant's services would otherwise share with
-    nobody; no other tenant's topic carries them. Without declared tenants: no tenant topic."""
+    declared: its agent's decision and grant are on them (and on the log of record, and, its
+    namespace projections, on the shared namespace topics, which hold no other tenant's); no
+    other tenant's topic carries them. Without declared tenants: no tenant topic."""
     from broker.config import Settings
     from streams.bootstrap import _routing
 
@@ -158,7 +159,7 @@ async def test_once_tenants_are_declared_the_default_tenant_has_topics_of_its_ow
     assert agents(topics.tenant_grants("default").name) == {"fraud-agent"}
     for ns in ("payments", "crm"):
         assert agents(topics.tenant_grants("default", ns).name) == {"fraud-agent"}, ns
-        assert agents(topics.grant_topic(ns).name) == set(), ns
+        assert agents(topics.grant_topic(ns).name) == {"fraud-agent"}, ns
         assert agents(topics.tenant_grants("acme", ns).name) == {ACME}, ns
 
 
@@ -191,3 +192,28 @@ def test_an_agents_tenant_is_not_guessed_before_the_registry_is_loaded(tmp_path:
         tenant_of(ACME)
     gate.ready.set()
     assert (tenant_of(ACME), tenant_of(GLOBEX)) == ("acme", "globex")
+
+
+async def test_a_worker_announces_on_a_topic_it_does_not_write_without_that_topics_namespace(
+) -> None:
+    """On the namespace topics it writes, a worker names the namespaces it routes; on an
+    existing one it does not write (an unrouted namespace's, or the topic of a tenant it does
+    not route: tenants no longer declared), the same list without that topic's namespace, so a
+    view there is unrouted and denies instead of replaying grants whose revocations go
+    elsewhere. Nothing on the base grant topic."""
+    bus = MemoryBus()
+    store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
+    ctx = WorkerContext(FRAUD, store, bus, margin_s=600,
+                        routing=GrantRouting(frozenset({"payments", "crm"})))
+    await ctx.announce_routing("w", also=(
+        "permbroker.grants.billing", "permbroker.tenant.acme.grants.payments",
+        "permbroker.grants.payments"))
+
+    def announced(topic: str) -> list[tuple[str, ...]]:
+        return [e.namespaces for e in bus.events(topic) if isinstance(e, RoutingAnnounced)]
+
+    assert announced("permbroker.grants.payments") == [("crm", "payments")]
+    assert announced("permbroker.grants.crm") == [("crm", "payments")]
+    assert announced("permbroker.grants.billing") == [("crm", "payments")]
+    assert announced("permbroker.tenant.acme.grants.payments") == [("crm",)]
+    assert announced(topics.GRANTS.name) == []
