@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -182,7 +182,12 @@ def test_replay_answers_what_the_agent_could_do_while_suspended_and_after(
     resumed = registrar.operator.resume(agent, reason="fine")
 
     def after_resume() -> list[dict[str, Any]] | None:
-        return _held_at(settings, agent, resumed.answered_at) or None
+        """The baselines held at the resume, once the resume's own statement is sealed (the
+        registration's alone would answer too, before the suspension is sealed)."""
+        held = _held_at(settings, agent, resumed.answered_at) or []
+        since = resumed.answered_at - timedelta(milliseconds=1)  # the records' ms precision
+        return held if any(datetime.fromisoformat(str(b["stated_at"])) >= since
+                           for b in held) else None
 
     held = wait_until(after_resume, 60, "the resumed baseline in the sealed audit")
     assert held is not None and [b["scopes"] for b in held] == [[READ]], held
