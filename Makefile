@@ -11,6 +11,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The test session's Kafka lives minutes: with its C1 compiler only, it saves more JIT CPU than
+# its slower code costs (the same integration tests ran 6-10% faster on 2 cores, A/B/A/B).
+TEST_KAFKA_JVM ?= -XX:TieredStopAtLevel=1
 
 define header
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
@@ -84,7 +87,7 @@ test: venv deps docs
 	$(call header,test: policy tests of every shipped bundle)
 	for bundle in policies/*/; do $(BIN)/permbroker policy test "$$bundle"; done
 	$(call header,test: pytest (integration tests start the native stack in .stack/test))
-	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+	PERMBROKER_KAFKA_JVM_OPTIONS="$(TEST_KAFKA_JVM)" $(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-cluster
 
 # The escalation path (grant, narrowing, redelivery, revocation, expiry, rebuild after a flush)
