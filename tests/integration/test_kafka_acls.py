@@ -8,9 +8,10 @@ exactly what its row of the topic registry says (the broker's own answer, per to
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -18,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollectio
 
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.admin import admin_client
+from broker.adapters.kafka.admin import admin_client, ensure_topics
 from broker.adapters.kafka.bus import (
     Publisher,
     Record,
@@ -28,6 +29,7 @@ from broker.adapters.kafka.bus import (
     to_record,
 )
 from broker.adapters.kafka.codec import Encoded
+from broker.adapters.kafka.follow import Follower
 from broker.config import Settings
 from broker.errors import BusError
 from broker.stack.tenants import declared
@@ -190,6 +192,14 @@ def test_each_role_may_do_on_each_topic_exactly_what_the_registry_says(
         assert not granted & {"DELETE", "ALTER", "ALTER_CONFIGS"}, (role, topic.name, granted)
 
 
+def _settled(services: Services, wanted: list[acls.Acl]) -> None:
+    """Wait until the broker answering shows the rules the session applied: the controller
+    has them once applied, each broker's view follows a moment later."""
+    admin = services.kafka(topics.ADMIN)
+    assert _wait_for(lambda: set(wanted) <= acls.existing(admin), 30), \
+        sorted(set(wanted) - acls.existing(admin))
+
+
 def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(
     services: Services, settings: Settings,
 ) -> None:
@@ -198,6 +208,7 @@ def test_the_acl_table_is_in_place_and_only_a_super_user_may_apply_it(
     and read that as every rule missing)."""
     tenants = declared(settings.tenant_policies_dir)
     wanted = acls.table(settings.app_id, tenants=tenants)
+    _settled(services, wanted)
     done = acls.apply(services.kafka(topics.ADMIN), wanted, dry_run=True,
                       withdraw=acls.withdrawn(settings.app_id, tenants))
     assert done.created == () and list(done.kept) == wanted and done.removed == ()
@@ -213,6 +224,7 @@ def test_back_to_one_tenant_the_table_would_swap_the_default_tenants_topics_back
     it would give the plain agent and service their shared decision and grant topics back
     and remove their reading of the default tenant's own topics, and change nothing else."""
     tenants = declared(settings.tenant_policies_dir)
+    _settled(services, acls.table(settings.app_id, tenants=tenants))
     done = acls.apply(services.kafka(topics.ADMIN), acls.table(settings.app_id), dry_run=True,
                       withdraw=acls.withdrawn(settings.app_id, ()))
     assert set(done.created) == set(acls.withdrawn(settings.app_id, tenants))
@@ -221,3 +233,62 @@ def test_back_to_one_tenant_the_table_would_swap_the_default_tenants_topics_back
         "User:service READ TOPIC permbroker.tenant.default.grants*",
         "User:operator READ TOPIC permbroker.tenant.default.decisions",
         "User:operator READ TOPIC permbroker.tenant.default.grants*"}
+
+
+def _wait_for(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_follower_whose_read_is_withdrawn_says_kafka_refuses_it_and_reads_on_once_allowed(
+    services: Services, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client's READ withdrawn while it runs (the switch between one and several tenants):
+    the follower keeps the refusal (what a waiting client reports), logs it once, and reads
+    on, losing nothing, once its READ is back."""
+    admin = services.kafka(topics.ADMIN)
+    name = f"permbroker.test.refused-{uuid.uuid4().hex[:8]}"
+    topic = topics.Topic(name, 1, "delete", topics.DAY_MS, (), "a test topic",
+                         readers=(topics.AGENT,))
+    read = acls.Acl(topics.AGENT, acls.TOPIC, name, acls.LITERAL, "READ")
+    ensure_topics(admin, [topic])
+    acls.apply(admin, acls.topic_acls(topic))
+    producer = Producer(producer_config(admin))
+    seen: list[bytes] = []
+    follower = Follower(services.kafka(topics.AGENT), name, lambda r: seen.append(r.raw or b""),
+                        on_refused=lambda r: seen.append(r.raw or b""), trust=None,
+                        reader="test-follower", name="test-follower")
+    try:
+        assert follower.wait_ready(30)
+        producer.produce(name, value=b"one")
+        assert producer.flush(30) == 0
+        assert follower.sync(30) and seen == [b"one"]
+
+        # DESCRIBE stays (READ implied it): the topic is seen, its records are refused.
+        acls.apply(admin, [acls.Acl(topics.AGENT, acls.TOPIC, name, acls.LITERAL, "DESCRIBE")],
+                   withdraw=[read])
+        with caplog.at_level(logging.ERROR, logger="permbroker.follow"):
+            # Its fetches are refused from now on, with or without new records.
+            assert _wait_for(lambda: bool(follower.errors.refused), 60)
+            producer.produce(name, value=b"two")
+            assert producer.flush(30) == 0
+            time.sleep(2)  # the consumer goes on reporting it; it is logged once
+        assert follower.errors.refused.startswith(
+            f"Kafka refuses to let agent read {name}: ")
+        assert "TOPIC_AUTHORIZATION_FAILED" in follower.errors.refused
+        assert seen == [b"one"]
+        assert [r.getMessage().count(name) for r in caplog.records
+                if r.name == "permbroker.follow"] == [1]
+
+        acls.apply(admin, [read])
+        assert _wait_for(lambda: seen == [b"one", b"two"], 60), seen
+        assert follower.errors.refused == ""
+    finally:
+        follower.close()
+        acls.apply(admin, [], withdraw=[*acls.topic_acls(topic), acls.Acl(
+            topics.AGENT, acls.TOPIC, name, acls.LITERAL, "DESCRIBE")])
+        admin_client(admin).delete_topics([name], request_timeout=30)

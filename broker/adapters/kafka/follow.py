@@ -9,6 +9,10 @@ logged, and the next record is read. The thread starts at the beginning of the t
 start has been read, ``sync`` once what it holds now has. A follower given ``only_keys`` passes
 over a message keyed otherwise before decoding it: a record about someone else is never applied,
 so it need not be verified (an agent's watcher on a topic of every agent's answers).
+
+What the consumer reports goes through ``ReadErrors``: each error is logged once (until the
+follower reads again), and Kafka's refusal to let the client read the topic (its READ withdrawn
+while it runs) is kept in ``errors.refused`` for whoever waits on the follower to say why.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from datetime import datetime
 from typing import Literal
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
@@ -31,6 +35,48 @@ from broker.errors import BusError
 
 log = logging.getLogger("permbroker.follow")
 Start = Literal["beginning", "end"] | datetime
+# Kafka refuses the client: no retry helps until its credentials or ACLs change.
+REFUSALS = frozenset({
+    KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED, KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError._AUTHENTICATION})
+MAX_LOGGED = 32
+
+
+class ReadErrors:
+    """The errors a consumer of ``topic`` reported. Each distinct one is logged once until the
+    consumer reads a record again (a refusal at ERROR, anything else at WARNING); ``refused``
+    says why the client cannot read the topic at all, '' while it can."""
+
+    def __init__(self, topic: str, user: str, reader: str) -> None:
+        self.topic, self.user, self.reader = topic, user or "the anonymous user", reader
+        self.refused = ""
+        self._logged: set[str] = set()
+
+    def saw(self, err: KafkaError) -> None:
+        """One error the consumer reported (end-of-partition notices are not errors)."""
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        text = f"{err.str()} ({err.name()})"
+        if err.code() in REFUSALS:
+            self.refused = f"Kafka refuses to let {self.user} read {self.topic}: {text}"
+        if text in self._logged or len(self._logged) >= MAX_LOGGED:
+            return
+        self._logged.add(text)
+        if err.code() in REFUSALS:
+            log.error("%s: %s; nothing more is read from it until the client's ACLs allow it "
+                      "(permbroker kafka acls apply; a client started before the tenants "
+                      "changed reads the wrong topic: restart it)", self.reader, self.refused)
+        else:
+            log.warning("%s: error reading %s: %s", self.reader, self.topic, text)
+
+    def read(self) -> None:
+        """The consumer read a record: whatever was refused is over."""
+        if self._logged:
+            if self.refused:
+                log.warning("%s: reading %s again", self.reader, self.topic)
+            self.refused = ""
+            self._logged.clear()
 
 
 class Follower:
@@ -49,6 +95,7 @@ class Follower:
         self._apply = apply
         self._on_refused = on_refused
         self._trust = trust
+        self.errors = ReadErrors(topic, kafka.username, reader)
         self._consumer = consumer(kafka)
         self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
@@ -116,7 +163,10 @@ class Follower:
 
     def _step(self) -> None:
         msg = self._consumer.poll(0.05)
-        if msg is not None and not msg.error():
+        if msg is not None and (err := msg.error()) is not None:
+            self.errors.saw(err)
+        elif msg is not None:
+            self.errors.read()
             key = msg.key()
             if self._only is None or not key or key in self._only:
                 self._handle(read_message(msg, trust=self._trust, reader=self.reader))

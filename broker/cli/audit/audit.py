@@ -24,6 +24,7 @@ from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit import log as audit_log
 from broker.adapters.kafka.bus import consumer, partitions, to_record
+from broker.adapters.kafka.follow import ReadErrors
 from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.baselines import baselines_as_of
@@ -119,16 +120,24 @@ def tail(
     """Print recent audit records (and follow new ones with -f); an operator scoped to
     tenants sees records about its tenants' agents only."""
     settings, scope = cli_settings(), cli_scope()
-    c = consumer(cli_kafka())
+    kafka = cli_kafka()
+    c = consumer(kafka)
+    errors = ReadErrors(topics.AUDIT.name, kafka.username, "audit-tail")
     view: JwksView | None = None
     try:
-        view = JwksView.from_settings(settings, cli_kafka())  # only what the broker sealed is shown
+        view = JwksView.from_settings(settings, kafka)  # only what the broker sealed is shown
         trust = view.trust
         c.assign(_start(c, last, time_option(since)))
         idle_since = time.monotonic()
         while follow or time.monotonic() - idle_since < 1.5:
             msg = c.poll(0.2)
-            if msg is None or msg.error():
+            if msg is not None and (err := msg.error()) is not None:
+                errors.saw(err)
+                if errors.refused:
+                    raise fail(errors.refused, "give the operator's Kafka user READ on it: "
+                               "permbroker kafka acls apply")
+                continue
+            if msg is None:
                 continue
             idle_since = time.monotonic()
             rec = to_record(msg, trust, reader="audit-tail").event

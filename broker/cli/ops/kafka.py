@@ -46,23 +46,23 @@ def _table(title: str, rows: list[tuple[str, acls.Acl]]) -> Table:
     return table
 
 
-def _wanted(app_id: str | None) -> list[acls.Acl]:
-    """The ACL table of the workers' ``app_id`` and of the tenants the settings declare."""
+def _declared(app_id: str | None) -> tuple[str, tuple[str, ...]]:
+    """The workers' app id (the option, else the settings') and the tenants the settings
+    declare."""
     settings = cli_settings()
-    return acls.table(app_id or settings.app_id,
-                      tenants=declared(settings.tenant_policies_dir))
+    return app_id or settings.app_id, declared(settings.tenant_policies_dir)
 
 
 def _apply(kafka: KafkaAccess, app_id: str | None, dry_run: bool = False) -> acls.Applied:
-    settings = cli_settings()
-    return apply_acls(kafka, app_id or settings.app_id, declared(settings.tenant_policies_dir),
-                      dry_run=dry_run, timeout=60)
+    app, tenants = _declared(app_id)
+    return apply_acls(kafka, app, tenants, dry_run=dry_run, timeout=60)
 
 
 @acls_app.command("show")
 def show(app_id: AppIdOpt = None, as_json: JsonOpt = False) -> None:
     """Print the ACL table (no Kafka needed)."""
-    wanted = _wanted(app_id)
+    app, tenants = _declared(app_id)
+    wanted = acls.table(app, tenants=tenants)
     if as_json:
         print_json([a.as_dict() for a in wanted])
         return

@@ -60,6 +60,16 @@ class Answers:
         self._held: Bounded[tuple[str, str], Answer] = Bounded(max_entries)
         self._cond = threading.Condition()
 
+    def _stalled(self) -> str:
+        """Why no answer can come in (Kafka refuses the reader), '' when nothing is known."""
+        return ""
+
+    def _timeout(self, what: str, timeout: float, hint: str) -> DecisionTimeout:
+        why = self._stalled()
+        return DecisionTimeout(f"{what} within {timeout:.0f}s: "
+                               + (f"{why}; restart the client once its ACLs allow it" if why
+                                  else hint))
+
     @property
     def held(self) -> int:
         """Answers kept for callers that have not asked for them (at most the bound)."""
@@ -88,10 +98,9 @@ class Answers:
         """The decision for ``request_id``; raises DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
             if not self._cond.wait_for(lambda: ("decision", request_id) in self._held, timeout):
-                raise DecisionTimeout(
-                    f"no decision for request {request_id} within {timeout:.0f}s: is a worker "
-                    "running (permbroker worker) and reading the same Kafka cluster?"
-                )
+                raise self._timeout(f"no decision for request {request_id}", timeout,
+                                    "is a worker running (permbroker worker) and reading the "
+                                    "same Kafka cluster?")
             found = self._held.pop(("decision", request_id))
             assert isinstance(found, EscalationDecided | RenewalDecided | ReleaseDecided
                               | DelegationDecided)
@@ -103,7 +112,8 @@ class Answers:
         with self._cond:
             if not self._cond.wait_for(lambda: pending in self._held or decided in self._held,
                                        timeout):
-                raise DecisionTimeout(f"no answer for request {request_id} within {timeout:.0f}s")
+                raise self._timeout(f"no answer for request {request_id}", timeout,
+                                    "is a worker running (permbroker worker)?")
             found = self._held.pop(pending) or self._held.pop(decided)
             assert not isinstance(found, CommandAnswered | KeyAgeWarning | None)
             return found
@@ -118,11 +128,10 @@ class Answers:
         """The broker's answer to a command; DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
             if not self._cond.wait_for(lambda: ("answer", command_id) in self._held, timeout):
-                raise DecisionTimeout(
-                    f"no answer to command {command_id} within {timeout:.0f}s: is a worker "
-                    "running, and was the command signed by a registered key? (permbroker "
-                    "audit tail --kind identity.rejected)"
-                )
+                raise self._timeout(f"no answer to command {command_id}", timeout,
+                                    "is a worker running, and was the command signed by a "
+                                    "registered key? (permbroker audit tail --kind "
+                                    "identity.rejected)")
             answer = self._held.pop(("answer", command_id))
             assert isinstance(answer, CommandAnswered)
             return answer
@@ -150,6 +159,9 @@ class DecisionWatcher(Answers):
         self._follower = Follower(kafka, self.topic, self.on_record, trust=trust,
                                   reader="decision-watcher", name="permbroker-decisions",
                                   start="end", only_keys=only)
+
+    def _stalled(self) -> str:
+        return self._follower.errors.refused
 
     def close(self) -> None:
         """Stop following the topic."""

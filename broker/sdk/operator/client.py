@@ -90,9 +90,10 @@ class AuditWatcher:
         """The audit record of ``subject_id``; DecisionTimeout after ``timeout`` seconds."""
         with self._cond:
             if not self._cond.wait_for(lambda: subject_id in self._found, timeout):
+                why = self._follower.errors.refused or "is a worker running (permbroker worker)?"
                 raise DecisionTimeout(
                     f"the revocation {subject_id} was published but no worker applied it within "
-                    f"{timeout:.0f}s: is a worker running (permbroker worker)?"
+                    f"{timeout:.0f}s: {why}"
                 )
             found = self._found.pop(subject_id)
             assert found is not None

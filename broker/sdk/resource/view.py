@@ -24,7 +24,8 @@ applied after the loss is never honoured in grace, a revocation that arrives end
 grants at once, and a local ``grace_cap_s`` can only shorten the bound. A view of a tenant
 (``tenant="acme"``, or built with a tenant's Kafka user, ``service@acme``) follows that tenant's
 own grant topic of the same namespace (``permbroker.tenant.acme.grants[.<ns>]``): the only grant
-topics that user may read.
+topics that user may read. Kafka's refusal to let the view read its topic (a READ withdrawn while
+it runs) is logged and is the problem a stale view reports.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from broker.adapters.kafka.acks import AckPublisher
 from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
 from broker.adapters.kafka.edge import ROLE_BROKER, Trust
+from broker.adapters.kafka.follow import ReadErrors
 from broker.delivery.consistency import ConsistencyToken, parse_token
 from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker, grace_end
 from broker.errors import BusError, InvalidConsistencyToken
@@ -105,6 +107,7 @@ class GrantView:
         self._paused = False
         self._want_paused = False
         self._consumer = consumer(kafka)
+        self.errors = ReadErrors(self.topic, kafka.username, READER)
         # A second handle for log-end probes: calls on the consumer from another thread than the
         # one polling it can block for as long as it polls.
         self._probes = consumer(kafka)
@@ -272,6 +275,8 @@ class GrantView:
         if self._unrouted and own.ready:
             return dataclasses.replace(own, ready=False, problem=self._unrouted,
                                        unrouted=self._unrouted)
+        if self.errors.refused and not own.fresh:
+            return dataclasses.replace(own, problem=self.errors.refused)
         return own
 
     def _freshness(self) -> Freshness:
@@ -325,7 +330,10 @@ class GrantView:
         msg = self._consumer.poll(0.05)
         if self._acks is not None:
             self._acks.poll()
-        if msg is not None and not msg.error():
+        if msg is not None and (err := msg.error()) is not None:
+            self.errors.saw(err)
+        elif msg is not None:
+            self.errors.read()
             record = to_record(msg, self.trust, reader=READER, signed_by=ROLE_BROKER)
             # A child of the worker's decision when the record carries its trace context.
             with tracing.span("permbroker.view.apply", parent=record.headers, attributes={

@@ -23,7 +23,6 @@ from fastapi.testclient import TestClient
 from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka import rebuild
-from broker.adapters.kafka.admin import own_topic
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.kafka.jwks import JwksView
@@ -54,6 +53,7 @@ from tests.support.identities import (
     api_settings,
     new_service,
     operator_auth,
+    service_topic,
     shared_trust,
 )
 from tests.support.waits import wait_until
@@ -136,7 +136,7 @@ def test_forged_grants_keys_registry_records_and_acks_are_refused_by_every_reade
     keys = JwksView.from_settings(settings, service)  # a fresh reader: its own refusal counts
     watcher = DecisionWatcher(role_access(settings, topics.AGENT), trust=keys.trust)
     # The grant topic a plain service's view reads (the default tenant's own, tenants declared).
-    payments = own_topic(service, topics.GRANTS_PAYMENTS.name, topics.DEFAULT_TENANT)
+    payments = service_topic(settings, topics.GRANTS_PAYMENTS.name)
     assert payments == topics.tenant_grants(topics.DEFAULT_TENANT, "payments").name
     try:
         forged = _forge(attacker, agent, f"forged-{uuid.uuid4().hex[:8]}", payments)
