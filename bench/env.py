@@ -111,6 +111,7 @@ def bench_stack(say: Callable[[str], None]) -> Iterator[Settings]:
     stack.down(settings, wipe=True)
     try:
         stack.up(settings, progress=say)
+        settings = stack.as_admin(settings)
         admin = role_access(settings, topics.ADMIN)
         ensure_topics(admin, (RAW_IN, RAW_OUT, FLOOR))
         acls.apply(admin, [a for t in (RAW_IN, RAW_OUT, FLOOR) for a in acls.topic_acls(t)])

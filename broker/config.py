@@ -100,8 +100,10 @@ class Settings(BaseSettings):
         "the redis+cluster:// scheme)"
     )
     redis_url: str = Field(
-        "redis://127.0.0.1:16379/0", description="Redis URL of the grant store (it must run with "
-        "maxmemory-policy noeviction; checked at start). A Redis Cluster: the scheme "
+        "redis://127.0.0.1:16379/0", description="Redis URL of the grant store, with the user "
+        "to log in as (redis://worker:<password>@host:port/0; the local stack's: permbroker "
+        "stack env --role <role>). It must run with maxmemory-policy noeviction (checked at "
+        "start). A Redis Cluster: the scheme "
         "redis+cluster:// (or rediss+cluster://) and any node's address, or redis_cluster=true"
     )
     policy_path: Path = Field(

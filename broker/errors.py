@@ -72,6 +72,11 @@ class StoreUnavailable(StoreError):
     """Redis cannot be reached; elevated scopes are denied until it returns."""
 
 
+class StoreRefused(StoreUnavailable):
+    """Redis refused this client's login or one of its commands (its user may not): as
+    unavailable for the caller, which fails closed, but the cause is the credentials."""
+
+
 class StoreMisconfigured(StoreError):
     """Redis is configured in a way that could drop live grants or revocation markers."""
 

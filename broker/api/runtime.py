@@ -34,7 +34,7 @@ from broker.adapters.kafka.codec import Encoded
 from broker.adapters.kafka.edge import RefusalCollector
 from broker.adapters.kafka.jwks import JwksView
 from broker.adapters.kafka.registry_view import RegistryView
-from broker.adapters.redis.calls import close, sync_client
+from broker.adapters.redis.calls import close, shown, sync_client
 from broker.adapters.redis.identity import SpentAssertions
 from broker.adapters.redis.store import RedisGrantStore
 from broker.api.metrics import Metrics
@@ -204,10 +204,5 @@ class Runtime:
         try:
             self._redis.ping()
         except (redis.RedisError, OSError) as exc:
-            return f"Redis at {_where(self.settings.redis_url)} did not answer: {exc}"
+            return f"Redis at {shown(self.settings.redis_url)} did not answer: {exc}"
         return ""
-
-
-def _where(url: str) -> str:
-    """host:port/db of a Redis URL, without any password."""
-    return url.rsplit("@", 1)[-1].removeprefix("redis://")

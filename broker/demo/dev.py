@@ -44,8 +44,9 @@ NEXT_COMMANDS = (
     'eval "$(permbroker stack env --role agent)"',
     "permbroker request --agent fraud-detector-7 --scope payments:accounts.freeze "
     '--resource acct-1 --reason "fraud ring" --confidence 0.95 --risk 0.9',
-    "permbroker grants list",
     "python examples/freeze_account.py --agent fraud-detector-7 --account acct-1",
+    'eval "$(permbroker stack env --role operator)"',
+    "permbroker grants list",
 )
 Say = Callable[[str], None]
 
@@ -155,6 +156,7 @@ class DevSession:
         s, say = self.settings, self.say
         stack.ensure_tools(say)
         status = stack.up(s, progress=say)
+        s = self.settings = stack.as_admin(s)
         say(f"Kafka at {status.bootstrap}, Redis at {status.redis_url}")
         for path in ensure_identity_files(s):  # private keys: 0600, never printed
             say(f"created {path}")

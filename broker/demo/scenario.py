@@ -135,6 +135,7 @@ def run_demo(*, keep: bool = False) -> int:
         stack.down(settings, wipe=True)
         stack.ensure_tools(lambda m: console.print(f"[dim]setup:[/] {m}"))
         st = stack.up(settings, progress=lambda m: console.print(f"[dim]setup:[/] {m}"))
+        settings = stack.as_admin(settings)
         s.say("stack", f"Kafka {settings.kafka_version} at {st.bootstrap}, Redis at {st.redis_url}")
         for path in ensure_identity_files(settings):  # broker token keys, operator key (0600)
             s.say("setup", f"created {path}")

@@ -7,7 +7,8 @@ the users. Processes the stack tooling starts (worker, CLI, API, demo, benchmark
 get the credentials of their role (``role_access``). Each tenant declared on the stack gets
 its own agent and service users (``agent@acme``, ``service@acme``), added to the same file when
 the stack provisions the tenant. A stack without that file has no users: every role connects as
-the settings say.
+the settings say. The stack's Redis has the same users (broker/stack/redisusers.py): a process
+is handed a Redis URL that logs in as its role (``redis_of``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from broker.adapters.kafka.access import KafkaAccess
+from broker.adapters.redis.calls import as_user, has_user
 from broker.config import Settings
 from broker.errors import ConfigError
 from schemas.topics import DEFAULT_TENANT, ROLES, TENANT_ROLES, role_of, tenant_role
@@ -110,9 +112,20 @@ def role_access(settings: Settings, role: str) -> KafkaAccess:
 
 
 def role_settings(settings: Settings, role: str) -> Settings:
-    """``settings`` with the Kafka user of ``role`` (for a process built from Settings alone)."""
+    """``settings`` with the Kafka user of ``role`` (for a process built from Settings alone),
+    and its Redis user when the Redis has users (``redis_of``)."""
     kafka = role_access(settings, role)
     return settings.model_copy(update={
         "kafka_security_protocol": kafka.security_protocol,
         "kafka_sasl_mechanism": kafka.sasl_mechanism, "kafka_username": kafka.username,
-        "kafka_password": SecretStr(kafka.password) if kafka.password else None})
+        "kafka_password": SecretStr(kafka.password) if kafka.password else None,
+        "redis_url": redis_of(settings.redis_url, kafka)})
+
+
+def redis_of(url: str, kafka: KafkaAccess) -> str:
+    """The Redis ``url`` as the process whose Kafka user is ``kafka``'s: a Redis with users
+    (``url`` names one) has each role's Kafka user, with the same password
+    (broker/stack/redisusers.py); a Redis without users is reached as ``url`` says."""
+    if not has_user(url) or not kafka.username:
+        return url
+    return as_user(url, kafka.username, kafka.password)

@@ -7,7 +7,9 @@ settings.stack_dir: kafka/ (properties, cluster id, KRaft log dir, credentials.j
 
 Kafka always runs with authentication and ACLs (broker/stack/kafka.py): ``up`` generates one
 password per role on the first start (credentials.json, 0600), creates the users, the topics
-and the ACL table of the topic registry (``provision``), each time idempotently.
+and the ACL table of the topic registry (``provision``), each time idempotently. Redis runs with
+the same users (broker/stack/redisusers.py: ``--aclfile``, the default user off); ``redis_url``
+is its URL as one role's user, ``as_admin`` settings that reach it as ``admin``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from broker.adapters.kafka.admin import (
 from broker.config import Settings
 from broker.errors import BusError, ConfigError, StackError
 from broker.stack import kafka as stack_kafka
+from broker.stack import redisusers
 from broker.stack.credentials import Credentials, credentials_file
 from broker.stack.procs import (
     ProcRecord,
@@ -146,6 +149,8 @@ def _redis_answers(port: int, timeout: float = 1.0) -> bool:
                          socket_connect_timeout=timeout)
     try:
         return bool(client.ping())
+    except redis.AuthenticationError:
+        return True  # it answered: it wants a login (the stack's users)
     except redis.RedisError:
         return False
     finally:
@@ -276,7 +281,27 @@ def _start_redis(settings: Settings, say: Progress) -> ProcRecord:
             "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
             "--dir", str(redis_dir), "--daemonize", "no", "--logfile", "",
             "--set-proc-title", "no"]  # keep argv intact: `down` checks it before signalling
+    credentials = credentials_of(settings)
+    if credentials is not None:  # the roles' users; nobody gets in without logging in
+        argv += ["--aclfile", str(redisusers.write_acl_file(redis_dir / "users.acl",
+                                                            credentials))]
     return _start(settings, REDIS, argv, redis_dir)
+
+
+def credentials_of(settings: Settings) -> Credentials | None:
+    """The stack's users (None before its first start)."""
+    try:
+        return Credentials.read(credentials_file(settings))
+    except ConfigError as exc:
+        raise StackError(str(exc)) from exc
+
+
+def redis_url(settings: Settings, role: str = ADMIN) -> str:
+    """The URL of the stack's Redis as ``role``'s user (without a user when the stack has no
+    users: a Redis started before the stack had any)."""
+    bare = f"redis://{LOOPBACK}:{settings.redis_port}/0"
+    credentials = credentials_of(settings)
+    return redisusers.url_of(bare, credentials, role) if credentials is not None else bare
 
 
 def start_redis(settings: Settings, timeout: float = 60.0) -> ProcRecord:
@@ -328,6 +353,7 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
         tenants = provision_tenants(settings, admin_access(settings), credentials, timeout)
         if tenants:
             say(f"Tenants' users, topics and ACLs: {', '.join(tenants)}")
+        _redis_users(settings)
     except BusError as exc:
         raise StackError(f"Kafka answers but setting up its users, topics and ACLs failed: "
                          f"{exc}") from exc
@@ -336,6 +362,33 @@ def _start_all(settings: Settings, say: Progress, timeout: float,
     say(f"ACLs: {len(applied.created)} created, {len(applied.kept)} in place"
         + (f", {len(applied.removed)} removed" if applied.removed else ""))
     return tuple(created), len(applied.created)
+
+
+def as_admin(settings: Settings) -> Settings:
+    """``settings`` reaching the stack's Redis as its admin user (the demo, ``dev``, benchmarks:
+    each process they start is handed its own role's user, ``credentials.redis_of``)."""
+    return settings.model_copy(update={"redis_url": redis_url(settings)})
+
+
+def _redis_users(settings: Settings) -> None:
+    """Every user the credentials hold now (a tenant's added since Redis started) into Redis."""
+    credentials = credentials_of(settings)
+    if credentials is None:
+        return
+    # As admin; a Redis started before the stack had users lets its default user in, once.
+    for url in (redis_url(settings), f"redis://{LOOPBACK}:{settings.redis_port}/0"):
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        try:
+            redisusers.apply(client, credentials)
+            return
+        except redis.AuthenticationError:
+            continue
+        except redis.RedisError as exc:
+            raise StackError(f"Redis answers but setting its users failed: {exc}") from exc
+        finally:
+            client.close()
+    raise StackError(f"Redis on port {settings.redis_port} refuses the stack's admin user (a "
+                     "Redis this stack did not start?); stop it: permbroker stack down")
 
 
 def provision(

@@ -19,6 +19,7 @@ from pathlib import Path
 from broker.adapters.kafka.access import KafkaAccess
 from broker.config import Settings
 from broker.errors import BrokerError
+from broker.stack.credentials import redis_of
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_MARKERS = ("worker ready", "Setting newly assigned partitions")
@@ -35,7 +36,7 @@ def worker_env(settings: Settings, kafka: KafkaAccess) -> dict[str, str]:
     return {
         **inherited,
         **kafka.env(),
-        "PERMBROKER_REDIS_URL": settings.redis_url,
+        "PERMBROKER_REDIS_URL": redis_of(settings.redis_url, kafka),
         "PERMBROKER_POLICY_PATH": str(settings.policy_path),
         "PERMBROKER_STACK_DIR": str(settings.stack_dir),
         "PERMBROKER_APP_ID": settings.app_id,

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import yaml
 
 from broker.adapters.audit.keys import ensure_keys
+from broker.adapters.redis.calls import cluster_url, has_user
 from broker.config import Settings
+from broker.stack import redisusers
 from broker.stack.credentials import Credentials
 from broker.stack.tenants import provision_tenants
 from schemas.topics import ADMIN
@@ -137,7 +140,22 @@ def settings(
         if services.credentials_file else None
     if credentials is not None:  # each tenant's own Kafka users, topics and ACLs
         provision_tenants(settings, services.kafka(ADMIN), credentials)
+        _tenant_redis_users(settings, services)
     return settings
+
+
+def _tenant_redis_users(settings: Settings, services: Services) -> None:
+    """The tenants' service users into a single Redis that has users (as the stack adds them)."""
+    if not has_user(settings.redis_url) or cluster_url(settings.redis_url) is not None:
+        return
+    credentials = Credentials.read(services.credentials_file) if services.credentials_file \
+        else None
+    assert credentials is not None
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        redisusers.apply(client, credentials)
+    finally:
+        client.close()
 
 
 def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:

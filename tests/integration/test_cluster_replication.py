@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
@@ -32,9 +33,12 @@ pytestmark = [
 ACTION = RiskAction(revoke=True, rule="test-quarantine", reason="test", quarantine_s=600)
 
 
-def _node(port: int) -> redis.Redis:
+def _node(port: int, settings: Settings) -> redis.Redis:
+    """One node, logged in as the suite's URL says (the cluster has the stack's users)."""
+    login = urlsplit(settings.redis_url)
     return redis.Redis(host=rediscluster.LOOPBACK, port=port, socket_timeout=2.0,
-                       socket_connect_timeout=2.0)
+                       socket_connect_timeout=2.0, username=unquote(login.username or ""),
+                       password=unquote(login.password or ""))
 
 
 def _master_and_replica(settings: Settings, agent: str) -> tuple[int, int]:
@@ -65,8 +69,8 @@ def _stalled(port: int) -> Iterator[None]:
         os.kill(record.pid, signal.SIGCONT)
 
 
-def _replica_has(port: int, key: str) -> bool:
-    replica = _node(port)
+def _replica_has(port: int, key: str, settings: Settings) -> bool:
+    replica = _node(port, settings)
     try:
         replica.execute_command("READONLY")  # type: ignore[no-untyped-call]
         return bool(replica.exists(key))
@@ -88,8 +92,8 @@ async def test_a_revocation_is_acknowledged_only_once_a_replica_has_it(
         with _stalled(replica), pytest.raises(StoreUnavailable, match="no replica confirmed"):
             await store.revoke_all(plan)
         assert await store.revoke_all(plan) == ()  # the retry: acknowledged
-        assert _replica_has(replica, keys.revocation(agent, plan.cause_id))
-        assert _replica_has(replica, keys.quarantine(agent))
+        assert _replica_has(replica, keys.revocation(agent, plan.cause_id), settings)
+        assert _replica_has(replica, keys.quarantine(agent), settings)
         assert (await store.agent_state(agent)).quarantine_rule == "test-quarantine"
     finally:
         await store.aclose()

@@ -109,7 +109,7 @@ def test_make_dev_and_the_quickstart_commands_grant_and_the_example_service_allo
         _wait_for(log, "Ctrl-C here stops everything", make, 150)
         ran = _run_commands(commands, env)
         assert ran.returncode == 0, f"{ran.stdout}\n{ran.stderr[-3000:]}"
-        granted_by = _started_at(ran.stderr, commands[3])  # the request ran before the listing
+        granted_by = _started_at(ran.stderr, commands[3])  # the command after the request
         assert ran.stdout.startswith("GRANTED"), ran.stdout
         assert re.search(r"│ acct-1 ", ran.stdout), ran.stdout  # the listing shows the grant
         assert re.search(r"^200 .*\"status\":\"frozen\"", ran.stdout, re.M), ran.stdout

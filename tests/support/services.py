@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis
+
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics
 from broker.config import Settings
 from broker.errors import BusError
 from broker.stack import local as stack
-from broker.stack import rediscluster
+from broker.stack import rediscluster, redisusers
 from broker.stack.credentials import Credentials, credentials_file
 from schemas.topics import ADMIN
 
@@ -132,7 +134,13 @@ def _docker_services(users: Path) -> Iterator[Services]:
         _put_script(kafka_box, bootstrap)
         _wait_for_kafka(credentials.access(KafkaAccess(bootstrap), ADMIN), credentials)
         host, port = redis_box.get_container_host_ip(), redis_box.get_exposed_port(6379)
-        yield Services(bootstrap, f"redis://{host}:{port}/0", users)
+        bare = f"redis://{host}:{port}/0"
+        client = redis.Redis.from_url(bare)  # the stack's users, then the default user off
+        try:
+            redisusers.apply(client, credentials)
+        finally:
+            client.close()
+        yield Services(bootstrap, redisusers.url_of(bare, credentials, ADMIN), users)
 
 
 @contextlib.contextmanager
@@ -144,7 +152,9 @@ def _native_services(log: Callable[[str], None]) -> Iterator[Services]:
     """
     status = stack.up(TEST_STACK, progress=log)  # on failure it stops what it started itself
     try:
-        yield Services(status.bootstrap, status.redis_url, credentials_file(TEST_STACK))
+        # As admin: the harness reads and writes every key; processes log in as their role.
+        yield Services(status.bootstrap, stack.redis_url(TEST_STACK),
+                       credentials_file(TEST_STACK))
     finally:
         if status.started:
             stopped = stack.down(TEST_STACK, wipe=True)  # the next session starts from empty topics
@@ -163,9 +173,10 @@ CLUSTER_BASE_PORT = 26500 + _OFFSET
 def redis_cluster(log: Callable[[str], None] = print) -> Iterator[str]:
     """A fresh local Redis Cluster for one session (stopped and wiped after); yields its URL."""
     root = TEST_STACK.stack_dir / "redis-cluster"
-    rediscluster.up(root, CLUSTER_BASE_PORT, log)
+    credentials = stack.credentials_of(TEST_STACK)  # the stack's users, as on the single Redis
+    rediscluster.up(root, CLUSTER_BASE_PORT, log, credentials=credentials)
     try:
-        yield rediscluster.url(CLUSTER_BASE_PORT)
+        yield rediscluster.url(CLUSTER_BASE_PORT, credentials)
     finally:
         log(f"stopped {rediscluster.down(root, CLUSTER_BASE_PORT, wipe=True)} cluster nodes")
 

@@ -12,6 +12,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from broker.stack import redisusers
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -65,3 +67,23 @@ def test_the_image_runs_unprivileged_with_its_state_in_data() -> None:
     assert users == ["permbroker"]
     assert any("chown -R permbroker:permbroker /data" in line for line in lines)
     assert any("PERMBROKER_STACK_DIR=/data/stack" in line for line in lines)
+
+
+def test_redis_has_the_stacks_users_and_each_process_logs_in_as_its_role() -> None:
+    """The compose Redis: the default user off, the same users and rules as the native stack's
+    ACL file; the worker and the sealer reach it as ``worker``, with that user's password."""
+    services = _compose()["services"]
+    script = services["redis"]["command"][-1]
+    users = {}
+    for part in script.split("--user ")[1:]:
+        words = part.replace('"', "").split()
+        users[words[0]] = words[1:]
+    assert users.pop("default") == ["off", "nopass", "nocommands"]
+    for user, words in users.items():
+        assert words[:2] == ["on", f">$$PB_KAFKA_{user.upper()}_PASSWORD"], user  # $$: compose
+        assert " ".join(words[2:]) == redisusers.RULES[user], user
+    assert set(users) == set(redisusers.RULES)
+    for name in ("worker", "sealer"):
+        url = services[name]["environment"]["PERMBROKER_REDIS_URL"]
+        assert url == "redis://worker:${PB_KAFKA_WORKER_PASSWORD:?}@redis:6379/0", name
+    assert "--user admin" in services["redis"]["healthcheck"]["test"][1]

@@ -21,17 +21,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.connection as aioconnection
 import redis.connection as syncconnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 
 from broker.adapters.redis import keyspace as keys
-from broker.errors import StoreUnavailable
+from broker.errors import StoreRefused, StoreUnavailable
 
 # What a Redis that cannot answer raises (a cluster's routing errors are not RedisErrors).
 ERRORS = (RedisError, RedisClusterException, OSError)
@@ -42,9 +48,12 @@ REPLICA_ACK_MS = 1000
 
 @contextmanager
 def translated(what: str = "") -> Iterator[None]:
-    """Raise ``StoreUnavailable`` (naming ``what`` was asked) for any Redis or socket error."""
+    """Raise ``StoreUnavailable`` (naming ``what`` was asked) for any Redis or socket error,
+    ``StoreRefused`` when Redis refused the login or the command (the client's user)."""
     try:
         yield
+    except (AuthenticationError, NoPermissionError) as exc:
+        raise StoreRefused(f"{what + ': ' if what else ''}{_refusal(exc)}") from exc
     except ERRORS as exc:
         raise StoreUnavailable(f"{what + ': ' if what else ''}Redis did not answer: {exc}") \
             from exc
@@ -53,6 +62,15 @@ def translated(what: str = "") -> Iterator[None]:
             raise
         raise StoreUnavailable(f"{what + ': ' if what else ''}Redis connection closed under "
                                f"the command: {exc!r}") from exc
+
+
+def _refusal(exc: RedisError) -> str:
+    if isinstance(exc, NoPermissionError):
+        return f"Redis refused the command to this client's user: {exc}"
+    text = str(exc)
+    if "NOAUTH" in text or "must be called with the client already authenticated" in text:
+        return f"Redis refused a client that did not log in (the URL names no user): {exc}"
+    return f"Redis refused the login: {exc}"
 
 
 # redis-py's connection modules: a connection closed by another task while this one writes on
@@ -137,18 +155,32 @@ def ping(url: str, timeout: float = 2.0) -> None:
     """``StoreUnavailable`` unless the Redis at ``url`` answers (a process's startup check)."""
     client = sync_client(url, timeout)
     try:
-        with translated(f"Redis at {_without_password(url)}"):
+        with translated(f"Redis at {shown(url)}"):
             client.ping()
     finally:
         close(client)
 
 
-def _without_password(url: str) -> str:
+def shown(url: str) -> str:
+    """``url`` as it may be printed or logged: its password masked."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def has_user(url: str) -> bool:
+    """Whether ``url`` names a Redis user (the server has users: a process logs in as one)."""
+    return urlsplit(url).username is not None
+
+
+def as_user(url: str, user: str, password: str) -> str:
+    """``url`` logging in as ``user`` (whatever user it named before)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}"
+                                            f"@{host}"))
 
 
 async def replicated(client: aioredis.Redis, script: AsyncScript, agent_id: str,

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from broker.adapters.redis.calls import shown
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json, until
 from broker.cli.scope import cli_scope
@@ -36,7 +37,7 @@ def approvals_list(
     try:
         held = asyncio.run(held_requests(settings))
     except BrokerError as exc:
-        raise fail(exc, f"is Redis up at {settings.redis_url}? (permbroker stack status)") \
+        raise fail(exc, f"is Redis up at {shown(settings.redis_url)}? (permbroker stack status)") \
             from exc
     held = cli_scope().keep([h for h in held if agent in (None, h.pending.event.agent_id)],
                             lambda h: h.pending.event.agent_id)

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from broker.adapters.kafka import rebuild
 from broker.adapters.kafka.bus import Publisher
+from broker.adapters.redis.calls import shown as masked
 from broker.adapters.redis.delegation import DelegationStore
 from broker.adapters.redis.store import RedisGrantStore
 from broker.audit.records import rebuild_audit
@@ -70,7 +71,7 @@ def grants_list(
         grants = asyncio.run(_with_store(settings, load))
     except BrokerError as exc:
         raise fail(
-            str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)"
+            exc, f"is Redis up at {masked(settings.redis_url)}? (permbroker stack status)"
         ) from exc
     if as_json:
         _print_json([_grant_row(g, now) for g in grants])
@@ -109,8 +110,8 @@ def resolve(settings: Settings, ref: str, agent: str | None, now: datetime) -> G
     try:
         grant, candidates = resolve_grant(ref, asyncio.run(_with_store(settings, load)))
     except BrokerError as exc:
-        raise fail(str(exc), f"is Redis up at {settings.redis_url}? (permbroker stack status)"
-                   ) from exc
+        raise fail(exc, f"is Redis up at {masked(settings.redis_url)}? (permbroker stack "
+                   "status)") from exc
     if len(candidates) > 1:
         shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
         raise fail(f"{ref} is the start of {len(candidates)} grant ids: {shown}",
@@ -145,7 +146,7 @@ def grants_show(
         children = asyncio.run(_with_store(settings, lambda s: DelegationStore(
             s.client).live_children(g.agent_id, g.grant_id)))
     except BrokerError as exc:
-        raise fail(str(exc), f"is Redis up at {settings.redis_url}?") from exc
+        raise fail(exc, f"is Redis up at {masked(settings.redis_url)}?") from exc
     shown = {**g.model_dump(mode="json"), "children": [f"{a}/{c}" for a, c in children]}
     if as_json:
         _print_json({**_grant_row(g, now), "children": shown["children"]})

@@ -20,9 +20,9 @@ from broker.cli.context import cli_settings, use_settings
 from broker.config import Settings
 from broker.errors import ConfigError, StackError
 from broker.stack import local as stack
-from broker.stack import rediscluster
+from broker.stack import rediscluster, redisusers
 from broker.stack.credentials import Credentials, credentials_file
-from schemas.topics import ROLES
+from schemas.topics import ROLES, role_of
 
 stack_app = typer.Typer(
     help="Local Apache Kafka (KRaft) + Redis as plain processes, no Docker needed.",
@@ -82,8 +82,9 @@ def up(
     _out.print(_table(status))
     _out.print(f"PERMBROKER_KAFKA_BOOTSTRAP={status.bootstrap}", highlight=False)
     _out.print(f"PERMBROKER_REDIS_URL={redis_url}", highlight=False)
-    _out.print(f"Kafka users (SASL/SCRAM-SHA-512, one per role) in {status.credentials}; a "
-               "process's own: eval \"$(permbroker stack env --role worker)\"", highlight=False)
+    _out.print(f"Kafka and Redis users (one per role, the same password) in "
+               f"{status.credentials}; a process's own: eval \"$(permbroker stack env --role "
+               f"worker{' --redis-cluster' if redis_cluster else ''})\"", highlight=False)
 
 
 def _cluster_port(settings: Settings) -> int:
@@ -93,8 +94,9 @@ def _cluster_port(settings: Settings) -> int:
 def _start_cluster(settings: Settings, timeout: float) -> str:
     """Start the stack's Redis Cluster unless it runs already; returns its URL."""
     root, port = settings.stack_dir / "redis-cluster", _cluster_port(settings)
-    if not rediscluster.cluster_ok(port):
-        rediscluster.up(root, port, _progress, timeout)
+    credentials = stack.credentials_of(settings)
+    if not rediscluster.cluster_ok(port, credentials):
+        rediscluster.up(root, port, _progress, timeout, credentials)
     return rediscluster.url(port)
 
 
@@ -137,8 +139,11 @@ def status(
 def env(
     role: Annotated[str, typer.Option(help=f"The role to connect as: {', '.join(ROLES)}, or "
                                       "a tenant's agent@<tenant> or service@<tenant>.")],
+    redis_cluster: Annotated[bool, typer.Option(
+        help="The Redis URL of the stack's Redis Cluster (stack up --redis-cluster).")] = False,
 ) -> None:
-    """Print `export PERMBROKER_KAFKA_*=...` lines: the stack's Kafka as one role's user."""
+    """Print `export PERMBROKER_KAFKA_*=...` lines: the stack's Kafka as one role's user, and
+    `PERMBROKER_REDIS_URL` logging in as its Redis user (roles that use Redis)."""
     settings = cli_settings()
     try:
         found = Credentials.read(credentials_file(settings))
@@ -149,7 +154,11 @@ def env(
     except (ConfigError, StackError) as exc:
         _err.print(f"[bold red]stack env failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
-    for name, value in access.env().items():
+    env = access.env()
+    if role_of(role)[0] in redisusers.RULES:
+        env["PERMBROKER_REDIS_URL"] = rediscluster.url(_cluster_port(settings), found, role) \
+            if redis_cluster else stack.redis_url(settings, role)
+    for name, value in env.items():
         typer.echo(f"export {name}={shlex.quote(value)}")
 
 

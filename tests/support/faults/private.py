@@ -41,7 +41,8 @@ def private_services(policy: Path, tag: str, workdir: Path, redis_url: str = "",
 
     With ``redis_url`` (a Redis Cluster the caller runs) the worker's grant store is that one."""
     status = _up()
-    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=redis_url or status.redis_url,
+    store = redis_url or stack.redis_url(STACK)  # as admin: the worker logs in as its role
+    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=store,
                         kafka_credentials_file=credentials_file(STACK), policy_path=policy,
                         app_id=f"permbroker-private-{tag}", stack_dir=workdir,
                         expiry_interval_s=0.2, session_timeout_s=6.0, metrics_port=BASE + 13,
@@ -65,7 +66,7 @@ def private_stack() -> Iterator[Settings]:
     that reach them (each role as its own Kafka user: ``role_access``); stopped and wiped
     afterwards."""
     status = _up()
-    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=status.redis_url,
+    settings = Settings(kafka_bootstrap=status.bootstrap, redis_url=stack.redis_url(STACK),
                         kafka_credentials_file=credentials_file(STACK))
     try:
         wait_until(lambda: _leaders(role_access(settings, topics.ADMIN)), 60,
