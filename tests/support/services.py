@@ -17,7 +17,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,7 @@ class Services:
     """Where the integration tests find Kafka and Redis, and Kafka's users (None: it has none)."""
 
     bootstrap: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # it logs in as admin: never in a test report
     credentials_file: Path | None = None
 
     def kafka(self, role: str) -> KafkaAccess:

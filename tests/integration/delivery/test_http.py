@@ -206,6 +206,6 @@ def test_readyz_reports_the_cause_when_redis_is_down(
         assert ready.status_code == 503
         body = ready.json()
         assert not body["checks"]["redis"]["ok"] and body["checks"]["kafka"]["ok"]
-        assert any(c.startswith("redis: Redis at 127.0.0.1:1/0 did not answer")
+        assert any(c.startswith("redis: Redis at redis://127.0.0.1:1/0 did not answer")
                    for c in body["causes"]), body
         assert api.get("/healthz").status_code == 200
