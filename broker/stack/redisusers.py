@@ -8,8 +8,9 @@ roles. The stack's Redis (single node or cluster) refuses a client that does not
 - ``worker``, ``api``, ``operator``: the grant store's keys (``pb:*``) with every command but
   the dangerous ones (no FLUSHALL, KEYS, CONFIG SET, DEBUG, MONITOR, ACL ...), plus INFO and
   CONFIG GET (the startup check of ``maxmemory-policy``, the metrics);
-- ``service`` and each tenant's ``service@<tenant>``: count budget uses only: read a grant
-  (``pb:{<agent>}:grant:*``), read and write its budget (``pb:{<agent>}:budget:*``);
+- ``service``: count budget uses only: read a grant (``pb:{<agent>}:grant:*``), read and write
+  its budget (``pb:{<agent>}:budget:*``); a tenant's ``service@<tenant>`` the same for its own
+  tenant's agents only (``pb:{<tenant>:*}:…``);
 - agents and auditors: no Redis user (they never read the store).
 
 Passwords are stored as SHA-256 hashes in the ACL file (``#<hex>``), 0600. A process of a role
@@ -27,7 +28,7 @@ import redis
 
 from broker.adapters.redis.calls import as_user
 from broker.stack.credentials import Credentials
-from schemas.topics import ADMIN, API, OPERATOR, SERVICE, WORKER, role_of
+from schemas.topics import ADMIN, API, DEFAULT_TENANT, OPERATOR, SERVICE, WORKER, role_of
 
 _STORE = "~pb:* +@all -@dangerous +info +config|get"
 RULES = {
@@ -39,11 +40,21 @@ RULES = {
 }
 
 
+def rules_of(user: str) -> str | None:
+    """The ACL rules of one user (None: no Redis user). A tenant's service reaches only its
+    own agents' keys: their ids are ``<tenant>:<name>``, their keys ``pb:{<tenant>:<name>}:…``."""
+    role, tenant = role_of(user)
+    if role == SERVICE and tenant != DEFAULT_TENANT:
+        own = f"pb:{{{tenant}:*}}"
+        return f"%R~{own}:grant:* ~{own}:budget:* +@all -@dangerous"
+    return RULES.get(role)
+
+
 def users(credentials: Credentials) -> dict[str, list[str]]:
     """Every Redis user of ``credentials`` with its ACL rules (password hashed)."""
     out = {}
     for user, password in sorted(credentials.passwords.items()):
-        rules = RULES.get(role_of(user)[0])
+        rules = rules_of(user)
         if rules is not None:
             digest = hashlib.sha256(password.encode()).hexdigest()
             out[user] = ["on", f"#{digest}", *rules.split()]

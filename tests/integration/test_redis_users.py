@@ -105,14 +105,20 @@ def test_the_worker_process_logs_in_as_the_worker(services: Services,
     assert topics.WORKER in users, users
 
 
-def test_a_tenants_service_user_counts_its_budgets_too(settings: Settings) -> None:
+def test_a_tenants_service_user_counts_its_own_tenants_budgets_only(settings: Settings) -> None:
     client = _client(settings, "service@acme")
     try:
-        agent = unique("acme-svc")
+        agent = f"acme:{unique('svc')}"
         assert client.hincrby(keys.budget(agent, "g-1"), "left:x", 1) == 1
         client.pexpire(keys.budget(agent, "g-1"), 60_000)
+        assert client.get(keys.grant(agent, "g-1")) is None
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.set(keys.grant(agent, "g-1"), "forged")
+        for other in (f"globex:{unique('svc')}", unique("svc"), f"acmecorp:{unique('svc')}"):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.hincrby(keys.budget(other, "g-1"), "left:x", 1)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.get(keys.grant(other, "g-1"))
     finally:
         client.close()
 
