@@ -126,10 +126,7 @@ def _ports(settings: Settings, name: str) -> tuple[int, ...]:
 def admin_access(settings: Settings) -> KafkaAccess:
     """The stack's Kafka as its super user (anonymous when the stack has no users yet)."""
     base = KafkaAccess(f"{LOOPBACK}:{settings.kafka_port}")
-    try:
-        credentials = Credentials.read(credentials_file(settings))
-    except ConfigError as exc:
-        raise StackError(str(exc)) from exc
+    credentials = credentials_of(settings)
     return credentials.access(base, ADMIN) if credentials is not None else base
 
 
@@ -299,9 +296,13 @@ def credentials_of(settings: Settings) -> Credentials | None:
 def redis_url(settings: Settings, role: str = ADMIN) -> str:
     """The URL of the stack's Redis as ``role``'s user (without a user when the stack has no
     users: a Redis started before the stack had any)."""
-    bare = f"redis://{LOOPBACK}:{settings.redis_port}/0"
     credentials = credentials_of(settings)
+    bare = _anonymous_redis_url(settings)
     return redisusers.url_of(bare, credentials, role) if credentials is not None else bare
+
+
+def _anonymous_redis_url(settings: Settings) -> str:
+    return f"redis://{LOOPBACK}:{settings.redis_port}/0"
 
 
 def start_redis(settings: Settings, timeout: float = 60.0) -> ProcRecord:
@@ -376,17 +377,14 @@ def _redis_users(settings: Settings) -> None:
     if credentials is None:
         return
     # As admin; a Redis started before the stack had users lets its default user in, once.
-    for url in (redis_url(settings), f"redis://{LOOPBACK}:{settings.redis_port}/0"):
-        client = redis.Redis.from_url(url, socket_timeout=10)
+    for url in (redis_url(settings), _anonymous_redis_url(settings)):
         try:
-            redisusers.apply(client, credentials)
+            redisusers.apply_at(url, credentials)
             return
         except redis.AuthenticationError:
             continue
         except redis.RedisError as exc:
             raise StackError(f"Redis answers but setting its users failed: {exc}") from exc
-        finally:
-            client.close()
     raise StackError(f"Redis on port {settings.redis_port} refuses the stack's admin user (a "
                      "Redis this stack did not start?); stop it: permbroker stack down")
 

@@ -97,6 +97,15 @@ def apply(client: redis.Redis, credentials: Credentials) -> list[str]:
     return created
 
 
+def apply_at(url: str, credentials: Credentials) -> list[str]:
+    """``apply`` on the Redis at ``url`` (logging in as the URL says)."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        return apply(client, credentials)
+    finally:
+        client.close()
+
+
 def url_of(url: str, credentials: Credentials, role: str) -> str:
     """``url`` logging in as ``role``'s user."""
     return as_user(url, role, credentials.password(role))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from broker.adapters.audit.keys import ensure_keys
@@ -151,11 +150,7 @@ def _tenant_redis_users(settings: Settings, services: Services) -> None:
     credentials = Credentials.read(services.credentials_file) if services.credentials_file \
         else None
     assert credentials is not None
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        redisusers.apply(client, credentials)
-    finally:
-        client.close()
+    redisusers.apply_at(settings.redis_url, credentials)
 
 
 def _tenants(settings: Settings, test_policy: Path, run_id: str) -> dict[str, Path]:
