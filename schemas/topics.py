@@ -281,8 +281,10 @@ def tenant_grants(tenant: str, namespace: str | None = None) -> Topic:
     """The grant topic of ``tenant`` (of one of its namespaces), read by its services."""
     base = tenant_prefix(tenant) + "grants"
     if namespace is None:
-        return Topic(base, PARTITIONS, "delete", 30 * DAY_MS, GRANT_EVENT_TYPES,
-                     f"Grant lifecycle of tenant {tenant}'s agents, for its resource services.",
+        return Topic(base, PARTITIONS, "delete", 30 * DAY_MS,
+                     (*GRANT_EVENT_TYPES, ROUTING_EVENT_TYPE),
+                     f"Grant lifecycle of tenant {tenant}'s agents, for its resource services, "
+                     "and the workers' routing announcements (are the tenant's topics written?).",
                      writers=(WORKER,), readers=(tenant_role(SERVICE, tenant), OPERATOR))
     shared = grant_topic(namespace)
     return Topic(f"{base}.{namespace}", PARTITIONS, "delete", 30 * DAY_MS, shared.event_types,
@@ -310,15 +312,32 @@ def carries_tenant(name: str, tenant: str) -> bool:
     return not name.startswith(TENANT_TOPIC_PREFIX) or name.startswith(tenant_prefix(tenant))
 
 
+def tenant_of_topic(name: str) -> str | None:
+    """The tenant of one of a tenant's own topics (``permbroker.tenant.<tenant>.…``); None for
+    a shared topic."""
+    if not name.startswith(TENANT_TOPIC_PREFIX):
+        return None
+    return name.removeprefix(TENANT_TOPIC_PREFIX).partition(".")[0] or None
+
+
 def namespace_of_topic(name: str) -> str | None:
     """The namespace of a namespace grant topic, shared (``permbroker.grants.<ns>``) or a
     tenant's (``permbroker.tenant.<tenant>.grants.<ns>``); None for any other topic."""
     prefix = GRANT_TOPIC_PREFIX
-    if name.startswith(TENANT_TOPIC_PREFIX):
-        tenant = name.removeprefix(TENANT_TOPIC_PREFIX).partition(".")[0]
+    tenant = tenant_of_topic(name)
+    if tenant is not None:
         prefix = tenant_grants(tenant).name + "."
     namespace = name.removeprefix(prefix)
     return namespace if name.startswith(prefix) and namespace else None
+
+
+def carries_routing(name: str) -> bool:
+    """Whether the workers' routing announcements go to topic ``name`` (every namespace grant
+    topic, every tenant's grant topic)."""
+    try:
+        return ROUTING_EVENT_TYPE in by_name(name).event_types
+    except KeyError:
+        return False
 
 
 def owns(name: str) -> bool:

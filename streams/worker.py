@@ -332,16 +332,11 @@ class WorkerContext:
         return tuple(self._redactor.sensitive_values(data)) if self._redactor else ()
 
     async def announce_routing(self, worker: str, also: Sequence[str] = ()) -> None:
-        """Name the routed namespaces on each namespace grant topic it writes, and on ``also`` (ones
-        it does not) without that topic's namespace, so a view of a topic nobody writes denies."""
-        event = RoutingAnnounced(worker=worker, namespaces=tuple(sorted(self.routing.namespaces)),
-                                 announced_at=datetime.now(UTC),
+        """Announce the routing on the grant topics it writes and on ``also`` (existing ones it
+        does not: ``GrantRouting.announcements``), so a view of a topic nobody writes denies."""
+        event = RoutingAnnounced(worker=worker, namespaces=(), announced_at=datetime.now(UTC),
                                  grace_s=dict(self.policy.degraded_grace_s))
-        written = {t for t in self.routing.topics() if topics.namespace_of_topic(t)}
-        pairs = [(t, event) for t in sorted(written)] + [(t, event.model_copy(update={
-            "namespaces": tuple(n for n in event.namespaces if n != topics.namespace_of_topic(t))}))
-            for t in sorted(set(also) - written) if topics.namespace_of_topic(t)]
-        if pairs:
+        if pairs := self.routing.announcements(event, also):
             await self.publisher.publish_many([(t, self.encode(e)) for t, e in pairs])
 
     async def announce_policy(self, worker: str) -> None:

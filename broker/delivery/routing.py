@@ -24,8 +24,22 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from schemas.events import AgentRevoked, BaselineEntitlement, GrantIssued, GrantRenewed, WireModel
-from schemas.topics import DEFAULT_TENANT, GRANTS, for_tenant, grant_topic
+from schemas.events import (
+    AgentRevoked,
+    BaselineEntitlement,
+    GrantIssued,
+    GrantRenewed,
+    RoutingAnnounced,
+    WireModel,
+)
+from schemas.topics import (
+    DEFAULT_TENANT,
+    GRANTS,
+    carries_routing,
+    for_tenant,
+    grant_topic,
+    namespace_of_topic,
+)
 
 
 def namespace_of(scope: str) -> str:
@@ -66,6 +80,27 @@ class GrantRouting:
         tenant's own (its default topic, then one per routed namespace)."""
         shared = (GRANTS.name, *(grant_topic(ns).name for ns in sorted(self.namespaces)))
         return (*shared, *(for_tenant(name, t) for t in sorted(self.tenants) for name in shared))
+
+    def announcements(self, event: RoutingAnnounced, existing: Iterable[str] = ()
+                      ) -> list[tuple[str, RoutingAnnounced]]:
+        """Where a worker's routing announcement goes: every namespace topic and every tenant's
+        grant topic it writes, and each of ``existing`` it does not write (a namespace it does
+        not route, a tenant no longer declared), all naming the routed namespaces and the
+        tenants with topics of their own; on a namespace topic it does not write, without that
+        topic's namespace. So a view of a topic nobody writes denies instead of replaying grants
+        whose revocations go elsewhere. Nothing goes to the shared log of record."""
+        stated = event.model_copy(update={"namespaces": tuple(sorted(self.namespaces)),
+                                          "tenants": tuple(sorted(self.tenants))})
+        written = {t for t in self.topics() if carries_routing(t)}
+        pairs = [(t, stated) for t in sorted(written)]
+        for topic in sorted(set(existing) - written):
+            namespace = namespace_of_topic(topic)
+            if namespace is not None:
+                pairs.append((topic, stated.model_copy(update={"namespaces": tuple(
+                    n for n in stated.namespaces if n != namespace)})))
+            elif carries_routing(topic):
+                pairs.append((topic, stated))
+        return pairs
 
     def routed_topic(self, namespace: str) -> str | None:
         """The topic of ``namespace`` if it is routed."""
@@ -114,3 +149,4 @@ class GrantRouting:
             targets = frozenset(namespaces) & self.namespaces
         out.extend((grant_topic(ns).name, event) for ns in sorted(targets))
         return out
+

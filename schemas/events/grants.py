@@ -165,9 +165,10 @@ GrantLifecycle = GrantIssued | GrantRevoked | GrantExpired | GrantReleased | Age
 
 
 class RoutingAnnounced(WireModel):
-    """A worker names the scope namespaces it routes to their own grant topics. Written to every
-    namespace grant topic (those it routes, and existing ones it does not), at start and
-    periodically, so a view of a namespace topic knows whether any worker writes it."""
+    """A worker names the scope namespaces it routes to their own grant topics, and the tenants
+    whose own grant topics it writes. Written to every namespace grant topic (those it routes,
+    and existing ones it does not) and every tenant's grant topic, at start and periodically,
+    so a view of such a topic knows whether any worker writes it."""
 
     worker: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     namespaces: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")], ...]
@@ -176,6 +177,11 @@ class RoutingAnnounced(WireModel):
     # already delivered grants while it cannot prove freshness (absent: fail closed).
     grace_s: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
                   Annotated[int, Field(ge=1, le=3600)]] = Field(default_factory=dict)
+    # The tenants that have grant topics of their own, which this worker writes
+    # (``permbroker.tenant.<tenant>.grants`` and its namespace topics); absent: not stated. A
+    # view of the topics of a tenant not named denies: their revocations go elsewhere.
+    tenants: tuple[Annotated[str, StringConstraints(min_length=1, max_length=64)], ...] | None \
+        = None
 
     @property
     def event_id(self) -> str:

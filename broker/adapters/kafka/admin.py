@@ -29,7 +29,7 @@ from confluent_kafka.cimpl import NewTopic
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.clientlog import routed
 from broker.errors import BusError, KafkaRefused, KafkaUnreachable
-from schemas.topics import ALL_TOPICS, DEFAULT_TENANT, Topic, for_tenant, namespace_of_topic
+from schemas.topics import ALL_TOPICS, DEFAULT_TENANT, Topic, carries_routing, for_tenant
 
 if TYPE_CHECKING:
     from confluent_kafka.admin._metadata import ClusterMetadata
@@ -51,10 +51,12 @@ def cluster_metadata(admin: AdminClient, timeout: float) -> ClusterMetadata:
 
 
 def grant_topic_names(kafka: KafkaAccess, timeout: float = 10) -> list[str]:
-    """The namespace grant topics that exist (``permbroker.grants.<namespace>``, and each
-    tenant's ``permbroker.tenant.<tenant>.grants.<namespace>``), sorted."""
+    """The grant topics that exist and carry the workers' routing announcements (the namespace
+    topics, ``permbroker.grants.<namespace>`` and each tenant's
+    ``permbroker.tenant.<tenant>.grants.<namespace>``, and each tenant's
+    ``permbroker.tenant.<tenant>.grants``), sorted."""
     found = cluster_metadata(admin_client(kafka), timeout).topics
-    return sorted(t for t in found if namespace_of_topic(t) is not None)
+    return sorted(t for t in found if carries_routing(t))
 
 
 def own_topic(kafka: KafkaAccess, name: str, tenant: str, timeout: float = 10) -> str:

@@ -24,8 +24,10 @@ applied after the loss is never honoured in grace, a revocation that arrives end
 grants at once, and a local ``grace_cap_s`` can only shorten the bound. A view of a tenant
 (``tenant="acme"``, or built with a tenant's Kafka user, ``service@acme``) follows that tenant's
 own grant topic of the same namespace (``permbroker.tenant.acme.grants[.<ns>]``): the only grant
-topics that user may read. Kafka's refusal to let the view read its topic (a READ withdrawn while
-it runs) is logged and is the problem a stale view reports.
+topics that user may read; it denies every check once the latest announcement there names the
+tenants with topics of their own and not its tenant (a tenant no longer declared: its grants'
+revocations go to the shared log of record only). Kafka's refusal to let the view read its
+topic (a READ withdrawn while it runs) is logged and is the problem a stale view reports.
 """
 
 from __future__ import annotations
@@ -252,7 +254,16 @@ class GrantView:
         return None if risk is None else min(floor, risk)
 
     def _routing_problem(self) -> str:
-        """Why no worker writes this namespace topic ('' when one does, or for the default)."""
+        """Why no worker writes this topic ('' when one does): a tenant's topic whose tenant the
+        latest announcement does not name, a namespace topic whose namespace it does not (the
+        shared log of record is always written)."""
+        tenant = topics.tenant_of_topic(self.topic)
+        if tenant is not None and self.routing is not None and self.routing.tenants is not None \
+                and tenant not in self.routing.tenants:
+            served = ", ".join(self.routing.tenants) or "none"
+            return (f"no worker writes tenant {tenant}'s topic {self.topic}: worker "
+                    f"{self.routing.worker} writes the topics of tenants {served} (since "
+                    f"{self.routing.announced_at.isoformat()})")
         if self.namespace is None:
             return ""
         if self.routing is None:

@@ -22,13 +22,14 @@ from broker.adapters.crypto.keystore import AgentKeyStore
 from broker.adapters.crypto.service_key import ensure_service
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
-from broker.adapters.kafka.admin import admin_client, cluster_metadata
+from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
 from broker.adapters.kafka.bus import consumer
 from broker.config import Settings
 from broker.errors import BusError
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
 from broker.stack.credentials import Credentials, role_access
+from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import EscalationDecided
 from tests.support.audit import cli
@@ -323,3 +324,39 @@ def test_kafka_provision_without_a_credentials_file_names_the_users_and_the_file
               PERMBROKER_KAFKA_CREDENTIALS_FILE=str(missing))
     assert ran.returncode == 1, ran.output
     assert "agent@hooli, service@hooli" in ran.stderr and str(missing) in ran.stderr
+
+
+def test_a_view_of_a_tenant_no_worker_writes_denies_and_says_why(
+    worker: WorkerProcess, settings: Settings, run_id: str,
+) -> None:
+    """The worker announces on every tenant's grant topic there is which tenants' topics it
+    writes: a view of acme's reads acme among them; a view of the topic of a tenant no longer
+    declared (still there; its agents' events go to the shared log of record only) is not
+    ready and denies every check, saying why, instead of allowing grants whose revocations it
+    would never see."""
+    gone = f"gone{run_id}"
+    admin = role_access(settings, topics.ADMIN)
+    ensure_topics(admin, [topics.tenant_grants(gone)])
+    worker.stop()  # the worker announces at start, on every tenant's grant topic there is
+    worker.start()
+    worker.wait_ready()
+    trust = shared_trust(settings)
+    with GrantView(user(settings, topics.SERVICE, "acme"), trust=trust) as acme:
+        assert acme.topic == topics.tenant_grants("acme").name
+        wait_until(lambda: _names(acme, "acme"), 30, "an announcement naming acme")
+        assert acme.freshness().ready, acme.freshness()
+    with GrantView(admin, trust=trust, tenant=gone) as view:
+        assert view.topic == topics.tenant_grants(gone).name
+        wait_until(lambda: view.routing is not None, 30, "the announcement at the view")
+        assert view.routing is not None and view.routing.tenants is not None
+        assert gone not in view.routing.tenants and "acme" in view.routing.tenants
+        reason = f"no worker writes tenant {gone}'s topic {view.topic}"
+        state = view.freshness()
+        assert not state.ready and reason in state.reason(), state
+        verdict = view.allows(f"{gone}:agent", FREEZE)
+        assert not verdict.allowed and verdict.unavailable and reason in verdict.reason
+
+
+def _names(view: GrantView, tenant: str) -> bool:
+    """Whether the latest announcement the view read names ``tenant``."""
+    return view.routing is not None and tenant in (view.routing.tenants or ())

@@ -55,8 +55,7 @@ def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> Non
 
 
 def test_namespace_grant_topics_are_told_from_the_others_shared_or_a_tenants() -> None:
-    """The topics a worker announces its routing on: every namespace grant topic, the shared
-    ones and each tenant's (the default tenant's too), and no other."""
+    """Namespace grant topics: the shared ones and each tenant's (the default tenant's too)."""
     namespaces = {"permbroker.grants.payments": "payments",
                   "permbroker.tenant.acme.grants.crm": "crm",
                   "permbroker.tenant.default.grants.payments": "payments"}
@@ -66,6 +65,22 @@ def test_namespace_grant_topics_are_told_from_the_others_shared_or_a_tenants() -
                  "permbroker.tenant.acme.grants", "permbroker.tenant.acme.decisions",
                  "permbroker.tenant.acme.grants.", "permbroker.agents"):
         assert topics.namespace_of_topic(name) is None, name
+
+
+def test_routing_announcements_go_to_namespace_topics_and_tenants_grant_topics_only() -> None:
+    """The topics a worker announces its routing on: every namespace grant topic and each
+    tenant's grant topic (the default tenant's too); never the shared log of record, a
+    decision topic or another topic; and whose tenant's own topic a topic is."""
+    for name in ("permbroker.grants.payments", "permbroker.tenant.acme.grants.crm",
+                 "permbroker.tenant.acme.grants", "permbroker.tenant.default.grants"):
+        assert topics.carries_routing(name), name
+    for name in (topics.GRANTS.name, topics.DECISIONS.name, "permbroker.tenant.acme.decisions",
+                 "permbroker.agents", "elsewhere"):
+        assert not topics.carries_routing(name), name
+    assert topics.tenant_of_topic("permbroker.tenant.acme.grants.crm") == "acme"
+    assert topics.tenant_of_topic("permbroker.tenant.default.decisions") == "default"
+    assert topics.tenant_of_topic(topics.GRANTS.name) is None
+    assert topics.tenant_of_topic("permbroker.tenant.") is None
 
 
 def test_a_tenants_topics_carry_only_its_agents_and_the_shared_ones_every_tenants() -> None:

@@ -200,14 +200,16 @@ async def test_a_worker_announces_on_a_topic_it_does_not_write_without_that_topi
     existing one it does not write (an unrouted namespace's, or the topic of a tenant it does
     not route: tenants no longer declared), the same list without that topic's namespace, so a
     view there is unrouted and denies instead of replaying grants whose revocations go
-    elsewhere. Nothing on the base grant topic."""
+    elsewhere. Every announcement names the tenants with topics of their own (none here);
+    nothing goes to the shared log of record."""
     bus = MemoryBus()
     store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
     ctx = WorkerContext(FRAUD, store, bus, margin_s=600,
                         routing=GrantRouting(frozenset({"payments", "crm"})))
     await ctx.announce_routing("w", also=(
         "permbroker.grants.billing", "permbroker.tenant.acme.grants.payments",
-        "permbroker.grants.payments"))
+        "permbroker.grants.payments", "permbroker.tenant.acme.grants",
+        "permbroker.tenant.acme.decisions", topics.GRANTS.name))
 
     def announced(topic: str) -> list[tuple[str, ...]]:
         return [e.namespaces for e in bus.events(topic) if isinstance(e, RoutingAnnounced)]
@@ -216,4 +218,32 @@ async def test_a_worker_announces_on_a_topic_it_does_not_write_without_that_topi
     assert announced("permbroker.grants.crm") == [("crm", "payments")]
     assert announced("permbroker.grants.billing") == [("crm", "payments")]
     assert announced("permbroker.tenant.acme.grants.payments") == [("crm",)]
+    assert announced("permbroker.tenant.acme.grants") == [("crm", "payments")]
     assert announced(topics.GRANTS.name) == []
+    assert announced("permbroker.tenant.acme.decisions") == []
+    assert {e.tenants for t in bus.topics for e in bus.events(t)
+            if isinstance(e, RoutingAnnounced)} == {()}
+
+
+async def test_with_tenants_a_worker_names_them_on_every_tenants_grant_topic() -> None:
+    """With tenants declared, the announcement goes to each tenant's grant topic and namespace
+    topics it writes, naming the tenants (the default one too); on the topic of a tenant it no
+    longer writes (globex's, left over), the same names: globex is not among them."""
+    bus = MemoryBus()
+    store = MemoryGrantStore(clock=lambda: T0, margin_s=600, view_built_at=T0)
+    routing = GrantRouting(frozenset({"payments"}), frozenset({"acme", topics.DEFAULT_TENANT}))
+    ctx = WorkerContext(FRAUD, store, bus, margin_s=600, routing=routing)
+    await ctx.announce_routing("w", also=("permbroker.tenant.globex.grants",
+                                          "permbroker.tenant.globex.grants.payments"))
+    tenants = {t: [e.tenants for e in bus.events(t) if isinstance(e, RoutingAnnounced)]
+               for t in bus.topics}
+    named = [("acme", "default")]
+    assert tenants == {
+        "permbroker.grants.payments": named,
+        "permbroker.tenant.acme.grants": named,
+        "permbroker.tenant.acme.grants.payments": named,
+        "permbroker.tenant.default.grants": named,
+        "permbroker.tenant.default.grants.payments": named,
+        "permbroker.tenant.globex.grants": named,
+        "permbroker.tenant.globex.grants.payments": named,
+    }
