@@ -9,8 +9,9 @@ roles. The stack's Redis (single node or cluster) refuses a client that does not
   the dangerous ones (no FLUSHALL, KEYS, CONFIG SET, DEBUG, MONITOR, ACL ...), plus INFO and
   CONFIG GET (the startup check of ``maxmemory-policy``, the metrics);
 - ``service``: count budget uses only: read a grant (``pb:{<agent>}:grant:*``), read and write
-  its budget (``pb:{<agent>}:budget:*``); a tenant's ``service@<tenant>`` the same for its own
-  tenant's agents only (``pb:{<tenant>:*}:…``);
+  its budget (``pb:{<agent>}:budget:*``), never list key names (no SCAN, RANDOMKEY or KEYS);
+  a tenant's ``service@<tenant>`` the same for its own tenant's agents only
+  (``pb:{<tenant>:*}:…``);
 - agents and auditors: no Redis user (they never read the store).
 
 Passwords are stored as SHA-256 hashes in the ACL file (``#<hex>``), 0600. A process of a role
@@ -31,12 +32,15 @@ from broker.stack.credentials import Credentials
 from schemas.topics import ADMIN, API, DEFAULT_TENANT, OPERATOR, SERVICE, WORKER, role_of
 
 _STORE = "~pb:* +@all -@dangerous +info +config|get"
+# A service names the keys it reads; it may not list key names (SCAN would show it every
+# agent's and grant's id, of every tenant).
+_METER = "+@all -@dangerous -scan -randomkey"
 RULES = {
     ADMIN: "~* &* +@all",
     WORKER: _STORE,
     API: _STORE,
     OPERATOR: _STORE,
-    SERVICE: "%R~pb:{*}:grant:* ~pb:{*}:budget:* +@all -@dangerous",
+    SERVICE: f"%R~pb:{{*}}:grant:* ~pb:{{*}}:budget:* {_METER}",
 }
 
 
@@ -46,7 +50,7 @@ def rules_of(user: str) -> str | None:
     role, tenant = role_of(user)
     if role == SERVICE and tenant != DEFAULT_TENANT:
         own = f"pb:{{{tenant}:*}}"
-        return f"%R~{own}:grant:* ~{own}:budget:* +@all -@dangerous"
+        return f"%R~{own}:grant:* ~{own}:budget:* {_METER}"
     return RULES.get(role)
 
 

@@ -2,8 +2,9 @@
 
 Nobody gets in without logging in (the default user is off); a wrong password is refused; a
 resource service's user may count budget uses but cannot write a grant, a decision or a
-revocation marker; the broker's roles cannot flush, reconfigure or list keys with KEYS; and
-each process the tooling starts logs in as its own role (the worker as ``worker``).
+revocation marker, nor list key names; the broker's roles cannot flush, reconfigure or list
+keys with KEYS; and each process the tooling starts logs in as its own role (the worker as
+``worker``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def test_a_services_user_counts_budget_uses_and_writes_nothing_else(settings: Se
                 service.set(key, "forged")
         with pytest.raises(redis.exceptions.NoPermissionError):
             service.get(keys.decision(agent, "req-1"))
+        for listing in (lambda: service.scan(0, match="pb:*"), service.randomkey,
+                        lambda: service.keys("pb:*")):  # no agent's, no grant's id
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                listing()
         with pytest.raises(StoreRefused), translated():
             service.delete(keys.revoked(agent))
     finally:
@@ -119,6 +124,8 @@ def test_a_tenants_service_user_counts_its_own_tenants_budgets_only(settings: Se
                 client.hincrby(keys.budget(other, "g-1"), "left:x", 1)
             with pytest.raises(redis.exceptions.NoPermissionError):
                 client.get(keys.grant(other, "g-1"))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.scan(0, match="pb:{globex:*")  # another tenant's agents' names
     finally:
         client.close()
 
