@@ -8,7 +8,10 @@ logged, and the next record is read. The thread starts at the beginning of the t
 (what is appended from now on) or at a time; ``wait_ready`` returns once what the topic held at
 start has been read, ``sync`` once what it holds now has. A follower given ``only_keys`` passes
 over a message keyed otherwise before decoding it: a record about someone else is never applied,
-so it need not be verified (an agent's watcher on a topic of every agent's answers).
+so it need not be verified (an agent's watcher on a topic of every agent's answers). ``pause``
+stops fetching (in the thread, as librdkafka wants), ``on_tick`` runs in the thread between
+polls, and ``ends`` reads the log end of every partition, so a reader that proves its freshness
+(the grant view) needs no consumer loop of its own.
 
 What the consumer reports goes through ``ReadErrors``: each error is logged once (until the
 follower reads again), and Kafka's refusal to let the client read the topic (its READ withdrawn
@@ -85,16 +88,23 @@ class Follower:
     def __init__(self, kafka: KafkaAccess, topic: str, apply: Callable[[Record], None], *,
                  trust: Trust | None, reader: str, name: str, start: Start = "beginning",
                  on_refused: Callable[[Record], None] | None = None,
-                 only_keys: frozenset[bytes] | None = None) -> None:
+                 only_keys: frozenset[bytes] | None = None, signed_by: str | None = None,
+                 on_tick: Callable[[], None] | None = None, autostart: bool = True) -> None:
         """``only_keys``: apply only records with one of these keys (or none), and read only
         the partitions those keys land on (every producer here partitions by murmur2 of the
-        key, as Kafka's Java clients do), so an agent's answers cost it none of the others'."""
+        key, as Kafka's Java clients do), so an agent's answers cost it none of the others'.
+        ``signed_by``: the role whose signature a record must carry (the edge's check).
+        ``autostart=False``: the thread starts at ``start()`` (once the caller is ready for its
+        first record); ``started_ends`` are the log ends read before it."""
         self.topic = topic
         self._only = only_keys
         self.reader = reader
         self._apply = apply
         self._on_refused = on_refused
         self._trust = trust
+        self._signed_by = signed_by
+        self._on_tick = on_tick
+        self._want_paused = self._paused = False
         self.errors = ReadErrors(topic, kafka.username, reader)
         self._consumer = consumer(kafka)
         self._meta = consumer(kafka)
@@ -103,11 +113,21 @@ class Follower:
         if only_keys:
             self._parts = sorted({key_partition(k, self._parts) for k in only_keys})
         self._cond = threading.Condition()
-        self._target = self._ends()
+        self._target = self.ends()
         self._pos = self._assign(start)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        if autostart:
+            self._thread.start()
+
+    @property
+    def started_ends(self) -> dict[int, tuple[int, int]]:
+        """(low, high) watermarks of every partition read, as they were before the start."""
+        return dict(self._target)
+
+    def start(self) -> None:
+        """Start the thread (a follower made with ``autostart=False``)."""
         self._thread.start()
 
     def _assign(self, start: Start) -> dict[int, int]:
@@ -133,16 +153,18 @@ class Follower:
         self._consumer.assign(offsets)
         return pos
 
-    def _ends(self) -> dict[int, tuple[int, int]]:
-        """(low, high) watermarks of every partition, now."""
+    def ends(self, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
+        """(low, high) watermarks of every partition read, now, asked of the broker (any
+        thread; BusError when Kafka does not answer within ``timeout`` per partition)."""
         out = {}
         with self._meta_lock:
             for p in self._parts:
                 try:
                     out[p] = self._meta.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                              timeout=5)
+                                                              timeout=timeout, cached=False)
                 except KafkaException as exc:
-                    raise BusError(f"cannot read offsets of {self.topic}: {exc}") from exc
+                    raise BusError(f"cannot read offsets of {self.topic}: "
+                                   f"{exc.args[0] if exc.args else exc}") from exc
         return out
 
     def _caught_up(self, ends: dict[int, tuple[int, int]]) -> bool:
@@ -162,6 +184,10 @@ class Follower:
                 self._meta.close()
 
     def _step(self) -> None:
+        if self._want_paused != self._paused:
+            self._switch_pause()
+        if self._on_tick is not None:
+            self._on_tick()
         msg = self._consumer.poll(0.05)
         if msg is not None and (err := msg.error()) is not None:
             self.errors.saw(err)
@@ -169,7 +195,8 @@ class Follower:
             self.errors.read()
             key = msg.key()
             if self._only is None or not key or key in self._only:
-                self._handle(read_message(msg, trust=self._trust, reader=self.reader))
+                self._handle(read_message(msg, trust=self._trust, reader=self.reader,
+                                          signed_by=self._signed_by))
             with self._cond:
                 self._pos[msg.partition() or 0] = (msg.offset() or 0) + 1
                 self._cond.notify_all()
@@ -201,7 +228,7 @@ class Follower:
         when called from the following thread itself, which cannot wait for its own progress)."""
         if threading.current_thread() is self._thread:
             return False
-        ends = self._ends()
+        ends = self.ends()
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._caught_up(ends):
@@ -211,10 +238,39 @@ class Follower:
                 self._cond.wait(left)
         return True
 
-    def close(self) -> None:
-        """Stop following."""
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is paused."""
+        return self._paused
+
+    def _switch_pause(self) -> None:
+        """Pause or resume fetching, in the consumer's own thread (librdkafka wants it there)."""
+        assignment = self._consumer.assignment()
+        if self._want_paused:
+            self._consumer.pause(assignment)
+        else:
+            self._consumer.resume(assignment)
+        with self._cond:
+            self._paused = self._want_paused
+            self._cond.notify_all()
+
+    def set_paused(self, paused: bool, timeout: float = 5.0) -> None:
+        """Stop (or resume) fetching; BusError if the thread has not within ``timeout``."""
+        self._want_paused = paused
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._paused == paused, timeout):
+                raise BusError(f"{self.reader} did not {'pause' if paused else 'resume'} "
+                               f"reading {self.topic} within {timeout:g}s")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop following (the thread closes its consumers)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+        elif not self._thread.ident:  # never started: nobody else closes them
+            self._consumer.close()
+            with self._meta_lock:
+                self._meta.close()
 
 
 def key_partition(key: bytes, parts: list[int]) -> int:

@@ -39,16 +39,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaException, TopicPartition
-
 from broker.adapters import tracing
 from broker.adapters.crypto.service_key import ServiceIdentity
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.acks import AckPublisher
 from broker.adapters.kafka.admin import own_topic
-from broker.adapters.kafka.bus import Record, consumer, partitions, to_record
+from broker.adapters.kafka.bus import Record
 from broker.adapters.kafka.edge import ROLE_BROKER, Trust
-from broker.adapters.kafka.follow import ReadErrors
+from broker.adapters.kafka.follow import Follower
 from broker.delivery.consistency import ConsistencyToken, parse_token
 from broker.delivery.freshness import BrokerClock, Freshness, FreshnessTracker, grace_end
 from broker.errors import BusError, InvalidConsistencyToken
@@ -106,41 +104,31 @@ class GrantView:
         self._broker_clock = BrokerClock(self._clock)
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._paused = False
-        self._want_paused = False
-        self._consumer = consumer(kafka)
-        self.errors = ReadErrors(self.topic, kafka.username, READER)
-        # A second handle for log-end probes: calls on the consumer from another thread than the
-        # one polling it can block for as long as it polls.
-        self._probes = consumer(kafka)
-        self._tracker = self._bootstrap()
+        self._next_status = self._clock()
+        # Every record, applied or refused, goes to _apply: a refused one may deny its agent.
+        asked = self._clock()
+        self._follower = Follower(kafka, self.topic, self._apply, trust=trust, reader=READER,
+                                  name="permbroker-view", on_refused=self._apply,
+                                  signed_by=ROLE_BROKER, on_tick=self._tick, autostart=False)
+        self.errors = self._follower.errors
+        self._tracker = self._bootstrap(asked)
         # With the workers' group id, pending revocation signals also make the view stale.
         self._watch = (RevocationWatch(kafka, revocations_group, self._clock)
                        if revocations_group else None)
         self._acks = AckPublisher(kafka, enforcement_point) if enforcement_point else None
         self.started_at = datetime.now(UTC)
-        self._thread = threading.Thread(target=self._run, name="permbroker-view", daemon=True)
-        self._thread.start()
+        self._follower.start()
         # Probes run beside the consumer so a slow answer from Kafka never delays applying.
         self._prober = threading.Thread(target=self._probe_loop, name="permbroker-view-probe",
                                         daemon=True)
         self._prober.start()
 
-    def _bootstrap(self) -> FreshnessTracker:
-        """Assign every partition from its start; the log end now is the first freshness proof."""
-        parts = partitions(self._consumer, self.topic)
-        tracker = FreshnessTracker(parts, self._clock)
-        asked = self._clock()
-        for p in parts:
-            try:
-                low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=10
-                )
-            except KafkaException as exc:
-                raise BusError(f"cannot read offsets of {self.topic}: {exc}") from exc
+    def _bootstrap(self, asked: float) -> FreshnessTracker:
+        """From the start of every partition; the log end then is the first freshness proof."""
+        tracker = FreshnessTracker(list(self._follower.started_ends), self._clock)
+        for p, (low, high) in self._follower.started_ends.items():
             tracker.start_at(p, low)
             tracker.probed(p, high, asked)
-        self._consumer.assign([TopicPartition(self.topic, p, tracker.next[p]) for p in parts])
         return tracker
 
     # --- checks (any thread) -------------------------------------------------------------------
@@ -291,14 +279,14 @@ class GrantView:
         return own
 
     def _freshness(self) -> Freshness:
-        own = self._tracker.snapshot(self.bound_s, paused=self._paused)
+        own = self._tracker.snapshot(self.bound_s, paused=self._follower.paused)
         if self._watch is None:
             return own
         risk = self._watch.tracker.snapshot(self.bound_s)
         if risk.fresh or not own.fresh:
             return own
         return Freshness(own.ready and risk.ready, risk.staleness_s, own.lag, self.bound_s,
-                         risk.problem or "revocation signals pending", self._paused)
+                         risk.problem or "revocation signals pending", self._follower.paused)
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
         """Block until the view has caught up with the log as of its start."""
@@ -311,46 +299,17 @@ class GrantView:
                 self._cond.wait(left)
         return True
 
-    # --- the consumer thread --------------------------------------------------------------------
+    # --- the following thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        next_status = [self._clock()]
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._step(next_status)
-                except Exception:
-                    log.exception("grant view of %s: error in its consumer loop", self.topic)
-                    time.sleep(0.1)
-        finally:
-            self._prober.join(timeout=10)
-            if self._acks is not None:
-                self._acks.close()
-            self._consumer.close()
-            self._probes.close()
-            if self._watch is not None:
-                self._watch.close()
-
-    def _step(self, next_status: list[float]) -> None:
+    def _tick(self) -> None:
+        """Between polls: the enforcement point's status and acknowledgements."""
+        if self._acks is None:
+            return
         now = self._clock()
-        if self._want_paused != self._paused:
-            self._switch_pause()
-        if self._acks is not None and now >= next_status[0] and self._tracker.ready():
-            next_status[0] = now + STATUS_EVERY_S
+        if now >= self._next_status and self._tracker.ready():
+            self._next_status = now + STATUS_EVERY_S
             self._acks.status(self.topic, self.freshness(), self.started_at)
-        msg = self._consumer.poll(0.05)
-        if self._acks is not None:
-            self._acks.poll()
-        if msg is not None and (err := msg.error()) is not None:
-            self.errors.saw(err)
-        elif msg is not None:
-            self.errors.read()
-            record = to_record(msg, self.trust, reader=READER, signed_by=ROLE_BROKER)
-            # A child of the worker's decision when the record carries its trace context.
-            with tracing.span("permbroker.view.apply", parent=record.headers, attributes={
-                    "permbroker.event_id": getattr(record.event, "event_id", ""),
-                    "messaging.destination.name": self.topic}):
-                self._apply(record)
+        self._acks.poll()
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self._probe_every):
@@ -359,24 +318,26 @@ class GrantView:
                 self._watch.probe()
 
     def _probe(self) -> None:
-        for p in self._tracker.next:
-            if self._stop.is_set():
-                return
-            asked = self._clock()
-            try:
-                _low, high = self._probes.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=min(1.0, self.bound_s / 2), cached=False
-                )
-            except KafkaException as exc:
-                self._tracker.failed(f"cannot reach Kafka to read the log end of {self.topic}: "
-                                     f"{exc.args[0] if exc.args else exc}")
-                return
-            with self._cond:
+        asked = self._clock()
+        try:
+            ends = self._follower.ends(timeout=min(1.0, self.bound_s / 2))
+        except BusError as exc:
+            self._tracker.failed(f"cannot reach Kafka: {exc}")
+            return
+        with self._cond:
+            for p, (_low, high) in ends.items():
                 self._tracker.probed(p, high, asked)
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def _apply(self, record: Record) -> None:
-        """Apply one record (or note why not); nothing in it may stop this thread."""
+        """Apply one record (or note why not); nothing in it may stop this thread. A child of
+        the worker's decision when the record carries its trace context."""
+        with tracing.span("permbroker.view.apply", parent=record.headers, attributes={
+                "permbroker.event_id": getattr(record.event, "event_id", ""),
+                "messaging.destination.name": self.topic}):
+            self._applied(record)
+
+    def _applied(self, record: Record) -> None:
         replayed = not self._tracker.ready()
         self._note_late(record)
         try:
@@ -427,36 +388,23 @@ class GrantView:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def _switch_pause(self) -> None:
-        """Pause or resume fetching, in the consumer's own thread (librdkafka wants it there)."""
-        assignment = self._consumer.assignment()
-        if self._want_paused:
-            self._consumer.pause(assignment)
-        else:
-            self._consumer.resume(assignment)
-        with self._cond:
-            self._paused = self._want_paused
-            self._cond.notify_all()
-
-    def _set_paused(self, paused: bool, timeout: float) -> None:
-        self._want_paused = paused
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._paused == paused, timeout):
-                raise BusError(f"the grant view did not {'pause' if paused else 'resume'} "
-                               f"within {timeout:g}s")
-
     def pause(self, timeout: float = 5.0) -> None:
         """Stop applying events (maintenance, tests): the view goes stale and then denies."""
-        self._set_paused(True, timeout)
+        self._follower.set_paused(True, timeout)
 
     def resume(self, timeout: float = 5.0) -> None:
         """Apply events again from where the view stopped."""
-        self._set_paused(False, timeout)
+        self._follower.set_paused(False, timeout)
 
     def close(self) -> None:
         """Stop following the topic."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._prober.join(timeout=10)
+        self._follower.close(timeout=10)
+        if self._acks is not None:
+            self._acks.close()
+        if self._watch is not None:
+            self._watch.close()
 
     def __enter__(self) -> GrantView:
         return self
