@@ -6,11 +6,14 @@ Imports broker, schemas.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +130,35 @@ def cli_process(settings: Settings, *args: str, timeout: float = 120.0) -> Ran:
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
     )
     return Ran(done.returncode, done.stdout, done.stderr)
+
+
+@contextmanager
+def cli_following(settings: Settings, *args: str) -> Iterator[Callable[[float], str | None]]:
+    """``python -m broker ARGS`` running as an operator's process (one that follows: ``-f``);
+    yields ``next_line(timeout)`` (None when no line came in time); stopped afterwards."""
+    operator = worker_env(settings, role_access(settings, topics.OPERATOR))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", *args], env={**operator, "COLUMNS": "200"},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    out = proc.stdout
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True)
+    reader.start()
+
+    def next_line(timeout: float) -> str | None:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+    try:
+        yield next_line
+        assert proc.poll() is None, f"the command ended (status {proc.returncode})"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        reader.join(timeout=10)  # the pipe ends with the process
+        out.close()
 
 
 def copy_partition(

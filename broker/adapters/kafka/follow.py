@@ -5,7 +5,8 @@ Imports confluent-kafka, access, bus, edge. Each message goes through the decode
 order, refused ones (counted by the edge) to ``on_refused`` if given. Nothing a record holds
 stops the thread: an exception from a callback is counted as a refusal (``apply-failed``) and
 logged, and the next record is read. The thread starts at the beginning of the topic, at its end
-(what is appended from now on) or at a time; ``wait_ready`` returns once what the topic held at
+(what is appended from now on), at a time or at the last n records of every partition;
+``wait_ready`` returns once what the topic held at
 start has been read, ``sync`` once what it holds now has. A follower given ``only_keys`` passes
 over a message keyed otherwise before decoding it: a record about someone else is never applied,
 so it need not be verified (an agent's watcher on a topic of every agent's answers). ``pause``
@@ -37,7 +38,9 @@ from broker.adapters.kafka.edge import Record, Trust, read_message
 from broker.errors import BusError
 
 log = logging.getLogger("permbroker.follow")
-Start = Literal["beginning", "end"] | datetime
+# Where a follower begins: the start of the topic, its end, a time, or the last n records of
+# every partition (an int).
+Start = Literal["beginning", "end"] | datetime | int
 # Kafka refuses the client: no retry helps until its credentials or ACLs change.
 REFUSALS = frozenset({
     KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
@@ -106,7 +109,10 @@ class Follower:
         self._on_tick = on_tick
         self._want_paused = self._paused = False
         self.errors = ReadErrors(topic, kafka.username, reader)
-        self._consumer = consumer(kafka)
+        # End-of-partition events tell where a partition ends past its last record: a topic
+        # written in transactions ends with a commit marker no record is read at.
+        eof: dict[str, object] = {"enable.partition.eof": True}
+        self._consumer = consumer(kafka, group=None, **eof)
         self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
         self._parts = partitions(self._consumer, topic)
@@ -140,6 +146,9 @@ class Follower:
         elif start == "beginning":
             pos = dict.fromkeys(self._parts, 0)
             offsets = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._parts]
+        elif isinstance(start, int):
+            pos = {p: max(low, high - start) for p, (low, high) in self._target.items()}
+            offsets = [TopicPartition(self.topic, p, o) for p, o in pos.items()]
         else:
             stamp = int(start.timestamp() * 1000)
             try:
@@ -190,7 +199,10 @@ class Follower:
             self._on_tick()
         msg = self._consumer.poll(0.05)
         if msg is not None and (err := msg.error()) is not None:
-            self.errors.saw(err)
+            if err.code() == KafkaError._PARTITION_EOF:
+                self._reached(msg.partition() or 0, msg.offset() or 0)
+            else:
+                self.errors.saw(err)
         elif msg is not None:
             self.errors.read()
             key = msg.key()
@@ -204,6 +216,13 @@ class Follower:
             with self._cond:
                 if self._caught_up(self._target):
                     self._ready.set()
+
+    def _reached(self, partition: int, end: int) -> None:
+        """The consumer is at the end of ``partition``: it has read everything before ``end``."""
+        with self._cond:
+            if end > self._pos.get(partition, 0):
+                self._pos[partition] = end
+                self._cond.notify_all()
 
     def _handle(self, record: Record) -> None:
         """Hand the record over; an exception of the callback is a refusal, never fatal."""

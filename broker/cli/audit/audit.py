@@ -11,20 +11,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
 import typer
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from rich.markup import escape
 
 from broker.adapters.audit import check as audit_check
 from broker.adapters.audit import keys as audit_keys
 from broker.adapters.audit import log as audit_log
-from broker.adapters.kafka.bus import consumer, partitions, to_record
-from broker.adapters.kafka.follow import ReadErrors
+from broker.adapters.kafka.edge import Record
+from broker.adapters.kafka.follow import Follower
 from broker.adapters.kafka.jwks import JwksView
 from broker.audit import replay as audit_replay
 from broker.audit.baselines import baselines_as_of
@@ -59,19 +59,6 @@ FileOpt = Annotated[Path | None, typer.Option(
 SinceOpt = Annotated[str | None, typer.Option(help="From this time (ISO 8601, or '1h ago').")]
 UntilOpt = Annotated[str | None, typer.Option(help="Up to this time (exclusive).")]
 KafkaHint = "is Kafka up and the topic there? permbroker stack status"
-
-
-def _start(c: Any, last: int, since: datetime | None) -> list[TopicPartition]:
-    name = topics.AUDIT.name
-    if since is not None:
-        wanted = [TopicPartition(name, p, int(since.timestamp() * 1000))
-                  for p in partitions(c, name)]
-        return [tp for tp in c.offsets_for_times(wanted, timeout=10) if tp.offset >= 0]
-    out_: list[TopicPartition] = []
-    for p in partitions(c, name):
-        low, high = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-        out_.append(TopicPartition(name, p, max(low, high - last)))
-    return out_
 
 
 def _scopes(rec: AuditRecord) -> set[str]:
@@ -114,44 +101,66 @@ def tail(
         "--scope", help="Only records about this scope.")] = None,
     since: Annotated[str | None, typer.Option(
         help="From this time (ISO 8601, or '10m ago') instead of the last records.")] = None,
-    last: Annotated[int, typer.Option(help="How many recent entries per partition.")] = 50,
+    last: Annotated[int, typer.Option(min=0, help="How many recent entries per partition.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print recent audit records (and follow new ones with -f); an operator scoped to
-    tenants sees records about its tenants' agents only."""
+    """Print the sealed audit records from a time or the last ones, up to what the topic holds
+    now (and follow new ones with -f); an operator scoped to tenants sees records about its
+    tenants' agents only."""
     settings, scope = cli_settings(), cli_scope()
     kafka = cli_kafka()
-    c = consumer(kafka)
-    errors = ReadErrors(topics.AUDIT.name, kafka.username, "audit-tail")
+    printer = _Printer(lambda r: _wanted(r, agent, kind, about) and scope.sees(r.agent_id),
+                       as_json)
     view: JwksView | None = None
+    follower: Follower | None = None
     try:
         view = JwksView.from_settings(settings, kafka)  # only what the broker sealed is shown
-        trust = view.trust
-        c.assign(_start(c, last, time_option(since)))
-        idle_since = time.monotonic()
-        while follow or time.monotonic() - idle_since < 1.5:
-            msg = c.poll(0.2)
-            if msg is not None and (err := msg.error()) is not None:
-                errors.saw(err)
-                if errors.refused:
-                    raise fail(errors.refused, "give the operator's Kafka user READ on it: "
-                               "permbroker kafka acls apply")
-                continue
-            if msg is None:
-                continue
-            idle_since = time.monotonic()
-            rec = to_record(msg, trust, reader="audit-tail").event
-            if isinstance(rec, AuditRecord) and _wanted(rec, agent, kind, about) \
-                    and scope.sees(rec.agent_id):
-                _show(rec, as_json)
+        start = time_option(since)
+        follower = Follower(kafka, topics.AUDIT.name, printer, trust=view.trust,
+                            reader="audit-tail", name="permbroker-audit-tail",
+                            start=last if start is None else start)
+        _await_tail(follower, printer, follow)
     except (BrokerError, KafkaException) as exc:
         raise fail(exc, "is Kafka up? permbroker stack status") from exc
     except KeyboardInterrupt:
         pass
     finally:
-        c.close()
+        if follower is not None:
+            follower.close()
         if view is not None:
             view.close()
+
+
+class _Printer:
+    """Prints the sealed records a tail wants, in the follower's thread; a failure to print (a
+    closed pipe) is kept for the command's thread to raise."""
+
+    def __init__(self, wanted: Callable[[AuditRecord], bool], as_json: bool) -> None:
+        self._wanted, self._as_json = wanted, as_json
+        self.broken: Exception | None = None
+
+    def __call__(self, record: Record) -> None:
+        rec = record.event
+        if self.broken is None and isinstance(rec, AuditRecord) and self._wanted(rec):
+            try:
+                _show(rec, self._as_json)
+            except Exception as exc:  # noqa: BLE001 - raised again by the command's thread
+                self.broken = exc
+
+
+def _await_tail(follower: Follower, printer: _Printer, follow: bool) -> None:
+    """Until what the topic held at the start is shown (with -f: until interrupted)."""
+    while True:
+        read = follower.wait_ready(0.2)
+        if printer.broken is not None:
+            raise printer.broken
+        if follower.errors.refused:
+            raise fail(follower.errors.refused, "give the operator's Kafka user READ on it: "
+                       "permbroker kafka acls apply")
+        if read and not follow:
+            return
+        if read:
+            time.sleep(0.2)
 
 
 def load_records(settings: Settings, *, file: Path | None = None,

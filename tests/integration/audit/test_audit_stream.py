@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from schemas.events import AgentRevoked, AuditRecord, GrantExpired, GrantIssued
 from tests.support.audit import (
     CANARIES,
     cli,
+    cli_following,
     cli_process,
     copy_partition,
     records,
@@ -275,3 +277,51 @@ def test_operator_actions_are_audited(
     assert revoked.outcome == "revoked" and revoked.rules == ("operator-revoke",)
     assert revoked.inputs["signal"]["source"] == principal  # type: ignore[index]
     assert revoked.inputs["signed_by"] == principal
+
+
+def test_audit_tail_shows_the_last_records_and_everything_since_then_ends(
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str], tap: TapFactory,
+) -> None:
+    """`audit tail` ends once it has shown what the topic held when it started: the record of
+    an operator's revocation among the last ones of its partition, and with ``--since``
+    before it, on whichever partition it landed; ``--last 0`` shows nothing."""
+    agent, audit = agents("f"), tap(topics.AUDIT.name)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert cli(settings, "agents", "revoke", agent, "--reason", "tail",
+               "--acks-wait", "0").returncode == 0
+    audit.wait_for(AuditRecord, lambda r: r.agent_id == agent and r.kind == "risk.observed")
+
+    def tailed(*args: str) -> list[dict[str, object]]:
+        done = cli(settings, "audit", "tail", "--agent", agent, "--json", *args)
+        assert done.returncode == 0, done.output
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    assert "risk.observed" in {r["kind"] for r in tailed()}  # the last 50 of each partition
+    since = tailed("--since", before.isoformat())
+    assert "risk.observed" in {r["kind"] for r in since}
+    assert all(r["agent_id"] == agent for r in since)
+    assert tailed("--last", "0") == []
+
+
+def test_audit_tail_follows_what_is_sealed_after_a_time_on_every_partition(
+    worker: WorkerProcess, settings: Settings, agents: Callable[[str], str],
+) -> None:
+    """`audit tail -f --since T` keeps following: an operator's revocation issued after it
+    started is shown once it is sealed, and the command is still running."""
+    agent = agents("f")
+    since = datetime.now(UTC).isoformat()
+    with cli_following(settings, "audit", "tail", "-f", "--since", since, "--agent", agent,
+                       "--json") as next_line:
+        time.sleep(3)  # the tail has started (it reads from T: nothing after T is missed)
+        assert cli(settings, "agents", "revoke", agent, "--reason", "followed",
+                   "--acks-wait", "0").returncode == 0
+        kinds: set[str] = set()
+        deadline = time.monotonic() + 60
+        while "risk.observed" not in kinds and time.monotonic() < deadline:
+            line = next_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                break
+            shown = json.loads(line)
+            assert shown["agent_id"] == agent, shown
+            kinds.add(shown["kind"])
+        assert "risk.observed" in kinds, kinds
