@@ -149,4 +149,3 @@ class GrantRouting:
             targets = frozenset(namespaces) & self.namespaces
         out.extend((grant_topic(ns).name, event) for ns in sorted(targets))
         return out
-

@@ -6,13 +6,14 @@ order, refused ones (counted by the edge) to ``on_refused`` if given. Nothing a 
 stops the thread: an exception from a callback is counted as a refusal (``apply-failed``) and
 logged, and the next record is read. The thread starts at the beginning of the topic, at its end
 (what is appended from now on), at a time or at the last n records of every partition;
-``wait_ready`` returns once what the topic held at
-start has been read, ``sync`` once what it holds now has. A follower given ``only_keys`` passes
-over a message keyed otherwise before decoding it: a record about someone else is never applied,
-so it need not be verified (an agent's watcher on a topic of every agent's answers). ``pause``
-stops fetching (in the thread, as librdkafka wants), ``on_tick`` runs in the thread between
-polls, and ``ends`` reads the log end of every partition, so a reader that proves its freshness
-(the grant view) needs no consumer loop of its own.
+``wait_ready`` returns once what the topic held at start has been read (its end known from the
+consumer's end-of-partition events, so a topic written in transactions, whose last offset is a
+commit marker, is read to its end too), ``sync`` once what it holds now has. A follower given
+``only_keys`` passes over a message keyed otherwise before decoding it: a record about someone
+else is never applied, so it need not be verified (an agent's watcher on a topic of every
+agent's answers). ``set_paused`` stops fetching (in the thread, as librdkafka wants),
+``on_tick`` runs in the thread between polls, and ``ends`` reads the log end of every partition,
+so a reader that proves its own freshness (the grant view) needs no consumer loop of its own.
 
 What the consumer reports goes through ``ReadErrors``: each error is logged once (until the
 follower reads again), and Kafka's refusal to let the client read the topic (its READ withdrawn
