@@ -343,11 +343,13 @@ def test_a_view_of_a_tenant_no_worker_writes_denies_and_says_why(
     trust = shared_trust(settings)
     with GrantView(user(settings, topics.SERVICE, "acme"), trust=trust) as acme:
         assert acme.topic == topics.tenant_grants("acme").name
+        assert acme.wait_ready(30)
         wait_until(lambda: _names(acme, "acme"), 30, "an announcement naming acme")
-        assert acme.freshness().ready, acme.freshness()
+        wait_until(lambda: acme.freshness().ready, 30, "acme's view ready")
+        assert not acme.freshness().unrouted
     with GrantView(admin, trust=trust, tenant=gone) as view:
         assert view.topic == topics.tenant_grants(gone).name
-        wait_until(lambda: view.routing is not None, 30, "the announcement at the view")
+        assert view.wait_ready(30)  # caught up with the topic: the announcement read
         assert view.routing is not None and view.routing.tenants is not None
         assert gone not in view.routing.tenants and "acme" in view.routing.tenants
         reason = f"no worker writes tenant {gone}'s topic {view.topic}"
