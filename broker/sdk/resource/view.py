@@ -33,7 +33,6 @@ topic (a READ withdrawn while it runs) is logged and is the problem a stale view
 from __future__ import annotations
 
 import dataclasses
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -58,7 +57,6 @@ from schemas.events import AgentRevoked, GrantIssued, GrantRenewed, RoutingAnnou
 __all__ = ["Freshness", "GrantView", "Verdict"]
 STATUS_EVERY_S = 10.0
 READER = "grant-view"
-log = logging.getLogger("permbroker.view")
 
 
 class GrantView:
