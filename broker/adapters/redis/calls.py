@@ -34,6 +34,7 @@ from redis.exceptions import (
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
 )
 
 from broker.adapters.redis import keyspace as keys
@@ -96,6 +97,24 @@ async def call(awaitable: Any, what: str = "") -> Any:
 
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+async def send_packed(client: aioredis.Redis, command: bytes) -> Any:
+    """Send one command already packed in RESP on a connection of ``client``'s pool and
+    return its reply (single node only). A connection an error interrupted is dropped (an
+    error reply leaves it usable)."""
+    pool: Any = client.connection_pool  # redis-py's pool is partly untyped
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(command)
+        return await conn.read_response()
+    except ResponseError:
+        raise
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 def cluster_url(url: str) -> str | None:

