@@ -93,6 +93,10 @@ class KafkaRefused(BusError):
     """Kafka refused this client's credentials (its SASL user or password)."""
 
 
+class KafkaNotAllowed(BusError):
+    """Kafka's ACLs do not let this client's user read (or write) a topic."""
+
+
 class Fenced(BrokerError):
     """A newer worker claimed this message's partition; the stale one must write nothing."""
 

@@ -241,8 +241,12 @@ USAGE = Topic(
 # topics only. Without declared tenants there is one audience, and it reads the shared topics.
 DEFAULT_TENANT = "default"
 TENANT_TOPIC_PREFIX = "permbroker.tenant."
-# The roles a tenant has its own principal for (``agent@acme``, ``service@acme``).
+# The roles whose tenant principals (``agent@acme``, ``service@acme``) read their tenant's own
+# topics as the plain roles read the shared ones.
 TENANT_ROLES: tuple[str, ...] = (AGENT, SERVICE)
+# Every principal a tenant has: those, and its operator (``operator@acme``), who reads only its
+# tenant's own topics and store keys (broker/adapters/kafka/acls.py ``tenant_operator``).
+TENANT_PRINCIPALS: tuple[str, ...] = (*TENANT_ROLES, OPERATOR)
 TENANT_SEPARATOR = "@"
 
 
@@ -250,9 +254,9 @@ def tenant_role(role: str, tenant: str) -> str:
     """The Kafka principal of ``role`` in ``tenant`` (the default tenant's is the role)."""
     if tenant == DEFAULT_TENANT:
         return role
-    if role not in TENANT_ROLES:
+    if role not in TENANT_PRINCIPALS:
         raise ValueError(f"tenants have no principal of role {role!r}, only of "
-                         f"{', '.join(TENANT_ROLES)}")
+                         f"{', '.join(TENANT_PRINCIPALS)}")
     return f"{role}{TENANT_SEPARATOR}{tenant}"
 
 

@@ -16,7 +16,13 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from broker.errors import KafkaRefused, KafkaUnreachable, StoreRefused, StoreUnavailable
+from broker.errors import (
+    KafkaNotAllowed,
+    KafkaRefused,
+    KafkaUnreachable,
+    StoreRefused,
+    StoreUnavailable,
+)
 from broker.policy.fields import parse_duration
 
 # soft_wrap: long lines (paths, ids, hashes) are never broken, so output stays grep-able.
@@ -49,6 +55,9 @@ def cause_hint(exc: BaseException) -> str:
          "(permbroker stack up) or point the variable at it"),
         (KafkaRefused, "check PERMBROKER_KAFKA_USERNAME and PERMBROKER_KAFKA_PASSWORD (the "
          "local stack's: permbroker stack env --role operator)"),
+        (KafkaNotAllowed, "the user's ACLs do not allow it: a tenant's operator user reads only "
+         "its tenant's topics (its audit through the console, or an export by the broker's "
+         "operator: permbroker audit export --tenant)"),
         (StoreRefused, "check the user and password in PERMBROKER_REDIS_URL (the local "
          "stack's: permbroker stack env --role operator)"),
         (StoreUnavailable, "Redis is down or not at PERMBROKER_REDIS_URL: start it "

@@ -10,10 +10,12 @@ there reads, through ``audit``, ``grants``, ``agents`` and ``inventory``, only r
 registered agents of its tenants; one not listed reads everything. With a tenants file and no
 operator key the reads are refused: an unknown operator is not assumed to be unscoped.
 
-This scopes what the CLI shows; it is not a wall. The CLI reads Kafka and Redis with the
-operator role's credentials, which reach every tenant's records: an operator who must not see
-another tenant's records gets the HTTP API or the console (scoped by its signed assertion), not
-those credentials.
+The tenants file scopes what the CLI shows; the wall is the credentials. The broker's operator
+role reaches every tenant's records in Kafka and Redis; a declared tenant's operator user
+(``operator@acme``: ``permbroker stack env --role operator@acme``) reaches only its tenant's
+(broker/adapters/kafka/acls.py ``tenant_operator``, broker/stack/redisusers.py). A CLI that
+connects as such a user is scoped to that tenant, and finds the tenant's agents in the
+registry, since it may not list the store's keys.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from broker.adapters.kafka.registry_view import read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import fail
 from broker.errors import BrokerError, KeyFileError
+from schemas.topics import DEFAULT_TENANT, OPERATOR, role_of
 
 T = TypeVar("T")
 
@@ -51,27 +54,40 @@ class Scope:
             return True
         return agent_id is not None and self.tenant_of.get(agent_id) in self.tenants
 
+    def agents(self) -> list[str]:
+        """The registered agents this operator sees (of a scoped operator only)."""
+        return sorted(a for a in self.tenant_of if self.sees(a))
+
     def keep(self, items: list[T], agent_of: Callable[[T], str | None]) -> list[T]:
         """``items`` about an agent this operator sees."""
         return items if self.tenants is None else [i for i in items if self.sees(agent_of(i))]
 
 
 def operator_scope() -> Scope:
-    """This invocation's scope (KeyFileError: a tenants file but no readable operator key)."""
+    """This invocation's scope (KeyFileError: a tenants file but no readable operator key).
+
+    The tenants are those the tenants file gives the operator's key and, when the CLI reaches
+    Kafka as a tenant's operator user (``operator@acme``), that tenant (both: the tenants in
+    both)."""
     settings = cli_settings()
+    role, tenant = role_of(settings.kafka_username or "")
+    walled = frozenset({tenant}) if role == OPERATOR and tenant != DEFAULT_TENANT else None
     scopes = load_operator_scopes(settings.operator_tenants_file)
-    if not scopes:
+    if not scopes and walled is None:
         return Scope()
-    try:
-        principal, _key = load_operator(settings.key_path("operator"))
-    except KeyFileError as exc:
-        raise KeyFileError(f"operators are scoped to tenants "
-                           f"({settings.operator_tenants_file}), and this CLI has no operator "
-                           f"key to say whose reads these are: {exc}") from exc
-    own = scopes.get(principal)
-    if own is None:
+    principal, own = None, None
+    if scopes:
+        try:
+            principal, _key = load_operator(settings.key_path("operator"))
+        except KeyFileError as exc:
+            raise KeyFileError(f"operators are scoped to tenants "
+                               f"({settings.operator_tenants_file}), and this CLI has no "
+                               f"operator key to say whose reads these are: {exc}") from exc
+        own = scopes.get(principal)
+    tenants = walled if own is None else own if walled is None else own & walled
+    if tenants is None:
         return Scope(principal)
-    return Scope(principal, own, _registered_tenants())
+    return Scope(principal or settings.kafka_username, tenants, _registered_tenants())
 
 
 def _registered_tenants() -> dict[str, str]:

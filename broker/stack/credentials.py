@@ -5,10 +5,11 @@ The stack generates a random password per role (and for the brokers' own users: 
 between brokers, ``controller`` on the controller listener) once, writes them 0600 and creates
 the users. Processes the stack tooling starts (worker, CLI, API, demo, benchmarks, tests) each
 get the credentials of their role (``role_access``). Each tenant declared on the stack gets
-its own agent and service users (``agent@acme``, ``service@acme``), added to the same file when
-the stack provisions the tenant. A stack without that file has no users: every role connects as
-the settings say. The stack's Redis has the same users (broker/stack/redisusers.py): a process
-is handed a Redis URL that logs in as its role (``redis_of``).
+its own agent, service and operator users (``agent@acme``, ``service@acme``,
+``operator@acme``), added to the same file when the stack provisions the tenant. A stack
+without that file has no users: every role connects as the settings say. The stack's Redis
+has the same users (broker/stack/redisusers.py): a process is handed a Redis URL that logs in
+as its role (``redis_of``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.redis.calls import as_user, has_user
 from broker.config import Settings
 from broker.errors import ConfigError
-from schemas.topics import DEFAULT_TENANT, ROLES, TENANT_ROLES, role_of, tenant_role
+from schemas.topics import DEFAULT_TENANT, ROLES, TENANT_PRINCIPALS, role_of, tenant_role
 
 # The brokers' own users, never handed to a process: ``broker`` (SCRAM, inter-broker) and
 # ``controller`` (PLAIN, static, the controller listener). Both are super users.
@@ -49,7 +50,7 @@ class Credentials:
     def with_tenants(self, tenants: Iterable[str]) -> Credentials:
         """These passwords and one (kept if there, else new) for each tenant's principals."""
         wanted = {tenant_role(role, t) for t in tenants if t != DEFAULT_TENANT
-                  for role in TENANT_ROLES}
+                  for role in TENANT_PRINCIPALS}
         return Credentials({**{u: secrets.token_urlsafe(24) for u in wanted},
                             **self.passwords})
 

@@ -12,6 +12,9 @@ roles. The stack's Redis (single node or cluster) refuses a client that does not
   its budget (``pb:{<agent>}:budget:*``), never list key names (no SCAN, RANDOMKEY or KEYS);
   a tenant's ``service@<tenant>`` the same for its own tenant's agents only
   (``pb:{<tenant>:*}:…``);
+- a tenant's ``operator@<tenant>``: read its own tenant's agents' keys only
+  (``pb:{<tenant>:*}:*``), write none, never list key names (its CLI finds the tenant's agents
+  in the registry);
 - agents and auditors: no Redis user (they never read the store).
 
 Passwords are stored as SHA-256 hashes in the ACL file (``#<hex>``), 0600. A process of a role
@@ -45,12 +48,15 @@ RULES = {
 
 
 def rules_of(user: str) -> str | None:
-    """The ACL rules of one user (None: no Redis user). A tenant's service reaches only its
-    own agents' keys: their ids are ``<tenant>:<name>``, their keys ``pb:{<tenant>:<name>}:…``."""
+    """The ACL rules of one user (None: no Redis user). A tenant's service and operator reach
+    only their own agents' keys: their ids are ``<tenant>:<name>``, their keys
+    ``pb:{<tenant>:<name>}:…``."""
     role, tenant = role_of(user)
+    own = f"pb:{{{tenant}:*}}"
     if role == SERVICE and tenant != DEFAULT_TENANT:
-        own = f"pb:{{{tenant}:*}}"
         return f"%R~{own}:grant:* ~{own}:budget:* {_METER}"
+    if role == OPERATOR and tenant != DEFAULT_TENANT:
+        return f"%R~{own}:* {_METER}"
     return RULES.get(role)
 
 

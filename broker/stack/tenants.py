@@ -2,10 +2,11 @@
 
 Imports broker.config, broker.errors, broker.identity.tenants, the Kafka adapters, the stack
 credentials and the topic registry. The tenants are those declared in
-``PERMBROKER_TENANT_POLICIES_DIR`` (one subdirectory per tenant). Each gets an agent and a
-service user (``agent@acme``, ``service@acme``, passwords added to the stack's credentials
-file), its decision and grant topics, and the ACLs of ``acls.tenant_table``: its principals
-read only their tenant's decisions and grants. Idempotent: what exists is kept.
+``PERMBROKER_TENANT_POLICIES_DIR`` (one subdirectory per tenant). Each gets an agent, a
+service and an operator user (``agent@acme``, ``service@acme``, ``operator@acme``, passwords
+added to the stack's credentials file), its decision and grant topics, and the ACLs of
+``acls.tenant_table`` and ``acls.tenant_operator``: its principals read only their tenant's
+decisions and grants. Idempotent: what exists is kept.
 ``ensure_tenant_users`` is the users alone, for a cluster the stack did not start
 (``permbroker kafka provision``).
 """
@@ -70,14 +71,15 @@ def ensure_tenant_users(settings: Settings, admin: KafkaAccess, tenants: tuple[s
     path = credentials_file(settings)
     credentials = Credentials.read(path)
     if credentials is None:
-        users = ", ".join(topics.tenant_role(r, t) for t in tenants for r in topics.TENANT_ROLES)
+        users = ", ".join(topics.tenant_role(r, t) for t in tenants
+                          for r in topics.TENANT_PRINCIPALS)
         raise ConfigError(
             f"the tenants' Kafka users ({users}) keep their passwords in the Kafka credentials "
             f"file, and there is none at {path}: set PERMBROKER_KAFKA_CREDENTIALS_FILE to the "
             "file of this cluster's users (as `permbroker stack up` writes it)")
     more = with_tenants(settings, credentials, tenants)
     wanted = {user: more.password(user) for t in tenants
-              for user in (topics.tenant_role(r, t) for r in topics.TENANT_ROLES)}
+              for user in (topics.tenant_role(r, t) for r in topics.TENANT_PRINCIPALS)}
     return ensure_users(admin, wanted, timeout)
 
 

@@ -367,7 +367,7 @@ class MemoryGrantStore:
                 self._set(keys.quarantine(a), plan.rule, quarantine_ms)
 
     async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
-        """LIST: live grants of one agent."""
+        """Live grants of one agent (its index, then its grants)."""
         self._up()
         found = (self._get(keys.grant(agent_id, gid))
                  for gid in self._zrange_after(keys.index(agent_id), ms(now)))

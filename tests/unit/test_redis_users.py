@@ -30,7 +30,7 @@ def test_each_role_that_uses_the_store_has_a_user_and_the_default_user_is_off(
     creds = _credentials()
     users = redisusers.users(creds)
     assert set(users) == {topics.ADMIN, topics.WORKER, topics.API, topics.OPERATOR,
-                          topics.SERVICE, "service@acme"}  # no agent, auditor, agent@acme
+                          topics.SERVICE, "service@acme", "operator@acme"}  # no agent@acme
     path = redisusers.write_acl_file(tmp_path / "redis" / "users.acl", creds)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
@@ -42,6 +42,9 @@ def test_each_role_that_uses_the_store_has_a_user_and_the_default_user_is_off(
     assert "-@dangerous" in " ".join(users[topics.WORKER])
     assert users["service@acme"][2:4] == ["%R~pb:{acme:*}:grant:*", "~pb:{acme:*}:budget:*"]
     assert "%R~pb:{*}:grant:*" in users[topics.SERVICE] and "~pb:*" not in users[topics.SERVICE]
+    # acme's operator reads acme's agents' keys only, writes none, lists none.
+    assert [r for r in users["operator@acme"] if "~" in r] == ["%R~pb:{acme:*}:*"]
+    assert {"-scan", "-randomkey", "-@dangerous"} <= set(users["operator@acme"])
 
 
 def test_a_process_is_handed_the_url_of_its_own_role_only_where_redis_has_users() -> None:

@@ -6,10 +6,11 @@ present and future, which workers may also CREATE); each role may use the consum
 its prefix; the workers read and commit in their group and write their transactional ids (the
 app id), resource services may only describe that group. Nothing else is allowed: the cluster
 runs with ``allow.everyone.if.no.acl.found=false``. With tenants declared, the shared decision
-and grant topics are read only by the broker's roles, and each tenant's principals (the default
-tenant's too) read their tenant's own. ``apply`` creates what is missing with the admin's
-credentials, deletes what it is told to withdraw (what tenants take away), and reports what it
-created, what was there already and what it removed.
+and grant topics are read only by the broker's roles, each tenant's principals (the default
+tenant's too) read their tenant's own, and a declared tenant's operator reads of the topics
+about agents only its tenant's (``tenant_operator``). ``apply`` creates what is missing with
+the admin's credentials, deletes what it is told to withdraw (what tenants take away), and
+reports what it created, what was there already and what it removed.
 """
 
 from __future__ import annotations
@@ -121,6 +122,24 @@ def tenant_table(tenant: str, app_id: str) -> list[Acl]:
                    *topic_acls(topics.tenant_grants(tenant), PREFIXED)})
 
 
+# What an operator sends: risk signals (revocations), registry and grant commands, approvals.
+OPERATOR_COMMANDS = (topics.RISK, topics.REGISTRY, topics.GRANT_COMMANDS, topics.APPROVALS)
+
+
+def tenant_operator(tenant: str) -> list[Acl]:
+    """The ACLs of a declared tenant's operator (``operator@acme``): it reads its tenant's own
+    topics (decisions, grants, present and future: prefixed), the agent registry and the
+    broker's key sets, and writes the commands an operator sends (the worker refuses one about
+    another tenant's agent). It reads nothing of the shared topics, which carry every tenant's
+    records: not the log of record, the audit, the approvals or the acknowledgements."""
+    who = topics.tenant_role(topics.OPERATOR, tenant)
+    return sorted([Acl(who, TOPIC, topics.tenant_prefix(tenant), PREFIXED, "READ"),
+                   *(Acl(who, TOPIC, t.name, LITERAL, "READ")
+                     for t in (topics.AGENTS, topics.JWKS)),
+                   *(Acl(who, TOPIC, t.name, LITERAL, "WRITE") for t in OPERATOR_COMMANDS),
+                   Acl(who, GROUP, topics.group_prefix(who), PREFIXED, "READ")])
+
+
 def _single(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS) -> list[Acl]:
     """The ACLs of the roles when there are no tenants."""
     literal = [acl for t in registry if not t.name.startswith(topics.GRANT_TOPIC_PREFIX)
@@ -143,7 +162,8 @@ def table(app_id: str, registry: Sequence[Topic] = topics.ALL_TOPICS,
         return rules
     broker = [a for a in rules if not (a.role in topics.TENANT_ROLES and _own_topic(a))]
     own = [acl for t in (topics.DEFAULT_TENANT, *declared) for acl in tenant_table(t, app_id)]
-    return sorted({*broker, *own})
+    operators = [acl for t in declared for acl in tenant_operator(t)]
+    return sorted({*broker, *own, *operators})
 
 
 def withdrawn(app_id: str, tenants: Iterable[str]) -> list[Acl]:

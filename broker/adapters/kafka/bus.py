@@ -28,7 +28,7 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.clientlog import routed
 from broker.adapters.kafka.codec import Encoded, encode
 from broker.adapters.kafka.edge import Record, Trust, read_message
-from broker.errors import BusError
+from broker.errors import BusError, KafkaNotAllowed
 from schemas.events import WireModel
 from schemas.topics import group_prefix
 
@@ -148,8 +148,8 @@ def consumer(kafka: KafkaAccess, *, group: str | None = None, **extra: object) -
     return Consumer(routed(config))
 
 
-def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
-    """Partition ids of a topic."""
+def partitions(c: Consumer, topic: str, timeout: float = 10.0, *, user: str = "") -> list[int]:
+    """Partition ids of a topic (KafkaNotAllowed, naming ``user``, when its ACLs refuse it)."""
     try:
         meta = c.list_topics(topic, timeout=timeout)
     except KafkaException as exc:
@@ -157,7 +157,8 @@ def partitions(c: Consumer, topic: str, timeout: float = 10.0) -> list[int]:
     info = meta.topics.get(topic)
     if info is not None and info.error is not None \
             and info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        raise BusError(f"this Kafka user is not authorized to read {topic} (its ACLs)")
+        who = f"Kafka user {user}" if user else "this Kafka user"
+        raise KafkaNotAllowed(f"{who} is not authorized to read {topic} (its ACLs)")
     if info is None or info.error is not None:
         raise BusError(f"topic {topic} does not exist (run: permbroker stack up, or create topics)")
     return sorted(info.partitions)

@@ -116,7 +116,7 @@ class Follower:
         self._consumer = consumer(kafka, group=None, **eof)
         self._meta = consumer(kafka)
         self._meta_lock = threading.Lock()
-        self._parts = partitions(self._consumer, topic)
+        self._parts = partitions(self._consumer, topic, user=kafka.username)
         if only_keys:
             self._parts = sorted({key_partition(k, self._parts) for k in only_keys})
         self._cond = threading.Condition()

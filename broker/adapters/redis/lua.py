@@ -127,17 +127,6 @@ end
 return false
 """
 
-# KEYS: index   ARGV: now_ms, agent prefix. Returns the live grants' JSON.
-LIST = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
-local out = {}
-for _, gid in ipairs(ids) do
-  local g = redis.call('GET', ARGV[2] .. 'grant:' .. gid)
-  if g then table.insert(out, g) end
-end
-return out
-"""
-
 # KEYS: grant, index, life, revoked, quarantine
 # ARGV: grant_json, expires_at_ms, now_ms, life_until_ms, grant_id, issued_at_ms,
 #       revoked_at_ms (0 = none), marker_until_ms, quarantine_until_ms (0 = none), quarantine rule

@@ -69,7 +69,6 @@ class RedisGrantStore(Rebuild):
         self._commit = client.register_script(lua.COMMIT)
         self._revoke = client.register_script(lua.REVOKE_ALL)
         self._check = client.register_script(lua.CHECK)
-        self._list = client.register_script(lua.LIST)
         self._restore = client.register_script(lua.RESTORE)
         self._release = client.register_script(lua.RELEASE)
         self._note_risk = client.register_script(lua.NOTE_RISK)
@@ -411,11 +410,14 @@ class RedisGrantStore(Rebuild):
         return Check(True, f"grant {grant.grant_id} until {grant.expires_at.isoformat()}", grant)
 
     async def active_grants(self, agent_id: str, now: datetime) -> list[GrantIssued]:
-        """Live grants of one agent."""
-        raw = await call(
-            self._list(keys=[keys.index(agent_id)], args=[ms(now), keys.agent_prefix(agent_id)])
-        )
-        return [GrantIssued.model_validate_json(item) for item in raw]
+        """Live grants of one agent: plain reads (its index, then its grants: one slot), so
+        a user that may only read the agent's keys lists them too (a tenant's operator)."""
+        ids = await call(self._r.zrangebyscore(keys.index(agent_id), f"({ms(now)}", "+inf"))
+        if not ids:
+            return []
+        names = [keys.grant(agent_id, g.decode() if isinstance(g, bytes) else g) for g in ids]
+        raw = await call(self._r.mget(names))
+        return [GrantIssued.model_validate_json(item) for item in raw if item is not None]
 
     async def agents_with_grants(self) -> list[str]:
         """Agent ids that have a grant index (for listings)."""

@@ -26,7 +26,7 @@ from broker.audit.records import rebuild_audit
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import JsonOpt, err, fail, out, until
 from broker.cli.output import print_json as _print_json
-from broker.cli.scope import cli_scope
+from broker.cli.scope import Scope, cli_scope
 from broker.config import Settings
 from broker.errors import BrokerError, CommandRefused
 from broker.grants.revocation import OPERATOR_REVOKE_RULE
@@ -46,6 +46,19 @@ async def _with_store(settings: Settings, fn: Any) -> Any:
         await store.aclose()
 
 
+async def _visible_grants(store: RedisGrantStore, scope: Scope, agent: str | None,
+                          now: datetime) -> list[GrantIssued]:
+    """The live grants the operator sees (of ``agent`` only, if given). A scoped operator's
+    are read agent by agent from the registry's list of its tenants' agents: a tenant's
+    operator user may not list the store's keys, nor read another tenant's."""
+    if scope.everything:
+        agents = [agent] if agent else await store.agents_with_grants()
+    else:
+        agents = [a for a in ([agent] if agent else scope.agents()) if scope.sees(a)]
+    return scope.keep([g for a in agents for g in await store.active_grants(a, now)],
+                      lambda g: g.agent_id)
+
+
 def _grant_row(g: GrantIssued, now: datetime) -> dict[str, Any]:
     return {
         **g.model_dump(mode="json"),
@@ -63,9 +76,7 @@ def grants_list(
     settings, now, scope = cli_settings(), datetime.now(UTC), cli_scope()
 
     async def load(store: RedisGrantStore) -> list[GrantIssued]:
-        agents = [agent] if agent else await store.agents_with_grants()
-        return scope.keep([g for a in agents for g in await store.active_grants(a, now)],
-                          lambda g: g.agent_id)
+        return await _visible_grants(store, scope, agent, now)
 
     try:
         grants = asyncio.run(_with_store(settings, load))
@@ -103,9 +114,7 @@ def resolve(settings: Settings, ref: str, agent: str | None, now: datetime) -> G
     scope = cli_scope()
 
     async def load(store: RedisGrantStore) -> list[GrantIssued]:
-        agents = [agent] if agent else await store.agents_with_grants()
-        return scope.keep([g for a in agents for g in await store.active_grants(a, now)],
-                          lambda g: g.agent_id)
+        return await _visible_grants(store, scope, agent, now)
 
     try:
         grant, candidates = resolve_grant(ref, asyncio.run(_with_store(settings, load)))

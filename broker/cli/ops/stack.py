@@ -138,7 +138,8 @@ def status(
 @stack_app.command()
 def env(
     role: Annotated[str, typer.Option(help=f"The role to connect as: {', '.join(ROLES)}, or "
-                                      "a tenant's agent@<tenant> or service@<tenant>.")],
+                                      "a tenant's agent@<tenant>, service@<tenant> or "
+                                      "operator@<tenant>.")],
     redis_cluster: Annotated[bool, typer.Option(
         help="The Redis URL of the stack's Redis Cluster (stack up --redis-cluster).")] = False,
 ) -> None:

@@ -150,9 +150,10 @@ class DecisionWatcher(Answers):
                  agent_id: str | None = None, tenant: str = topics.DEFAULT_TENANT) -> None:
         super().__init__(max_entries)
         only = frozenset({agent_id.encode()}) if agent_id is not None else None
-        # A tenant's agents read its own topic; the broker's roles (operators, the API) the
-        # shared one, every tenant's.
-        role = topics.role_of(kafka.username)[0]
+        # A tenant's agents and operators read its own topic; the broker's roles (operators,
+        # the API) the shared one, every tenant's.
+        role, of_user = topics.role_of(kafka.username)
+        tenant = of_user if of_user != topics.DEFAULT_TENANT else tenant
         self.topic = own_topic(kafka, topics.DECISIONS.name, tenant) \
             if role in topics.TENANT_ROLES or tenant != topics.DEFAULT_TENANT \
             else topics.DECISIONS.name

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import KafkaError, TopicPartition
 
 from broker.adapters.crypto.keystore import AgentKeyStore
@@ -24,11 +25,12 @@ from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import admin_client, cluster_metadata, ensure_topics
 from broker.adapters.kafka.bus import consumer
+from broker.adapters.redis import keyspace as keys
 from broker.config import Settings
 from broker.errors import BusError
 from broker.sdk.agent.client import AgentClient
 from broker.sdk.resource.view import GrantView
-from broker.stack.credentials import Credentials, role_access
+from broker.stack.credentials import Credentials, redis_of, role_access
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import EscalationDecided
@@ -142,6 +144,71 @@ def test_each_tenants_agent_and_service_read_their_own_topics_and_are_refused_th
         assert answered(kafka, topic), (kafka.username, topic)  # its own
     with pytest.raises(BusError, match="not authorized to read"):
         GrantView(acme_service, trust=trust, tenant="globex")
+
+
+def test_acmes_operator_user_reads_only_acmes_records_and_its_cli_lists_acmes_grants(
+    settings: Settings, twins: dict[str, str], decided: dict[str, EscalationDecided],
+) -> None:
+    """operator@acme, the user a tenant's operator is given: Kafka gives it acme's decision
+    and grant topics and the registry, and refuses it globex's and every shared topic that
+    carries every tenant's records; Redis lets it read acme's agents' keys, and neither
+    another tenant's, nor a write, nor a key listing; the CLI connecting as it lists acme's
+    grant and not globex's, and says Kafka refuses it the shared audit."""
+    acme, globex = twins["acme"], twins["globex"]
+    op = user(settings, topics.OPERATOR, "acme")
+    for topic in (topics.tenant_decisions("acme").name, topics.tenant_grants("acme").name,
+                  topics.tenant_grants("acme", "crm").name, topics.AGENTS.name):
+        assert answered(op, topic), topic
+    refused = (KafkaError.TOPIC_AUTHORIZATION_FAILED,) * 2
+    for topic in (topics.tenant_decisions("globex").name, topics.tenant_grants("globex").name,
+                  topics.DECISIONS.name, topics.GRANTS.name, topics.grant_topic("crm").name,
+                  topics.AUDIT.name, topics.ESCALATIONS.name, topics.REVOCATION_ACKS.name):
+        assert refusal(op, topic) == refused, topic
+    store = redis.Redis.from_url(redis_of(settings.redis_url, op))
+    try:
+        wait_until(lambda: store.zcard(keys.index(acme)) > 0, 30, "acme's grant index")
+        for forbidden in (lambda: store.zcard(keys.index(globex)), lambda: store.scan(0),
+                          lambda: store.delete(keys.index(acme))):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+    finally:
+        store.close()
+    listed = cli(settings, "grants", "list", "--json", role=op.username)
+    assert listed.returncode == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert decided["acme"].grant_id in {g["grant_id"] for g in rows}
+    assert all(g["agent_id"].startswith("acme:") for g in rows), rows
+    other = cli(settings, "grants", "list", "--agent", globex, "--json", role=op.username)
+    assert other.returncode == 0 and json.loads(other.stdout) == [], other.output
+    foreign = cli(settings, "grants", "revoke", decided["globex"].grant_id or "", "--agent",
+                  globex, "--reason", "not ours", role=op.username)
+    assert foreign.returncode == 1 and "no active grant" in foreign.output, foreign.output
+    audit = cli(settings, "audit", "tail", "--last", "1", role=op.username)
+    assert audit.returncode == 1, audit.output
+    assert f"Kafka user operator@acme is not authorized to read {topics.AUDIT.name}" \
+        in audit.output and "tenant's operator user" in audit.output, audit.output
+
+
+def test_acmes_operator_user_revokes_an_acme_grant_through_the_cli(
+    settings: Settings, registrar: Registrar, run_id: str,
+) -> None:
+    """The CLI connecting as operator@acme revokes a grant of acme's: it sends the command
+    and reads the worker's answer from acme's own decision topic."""
+    agent = registrar.twins(f"oprev-{run_id}", ("acme",))["acme"]
+    with AgentClient(agent, user(settings, topics.AGENT, "acme"), tenant="acme",
+                     trust=shared_trust(settings),
+                     keys=AgentKeyStore.from_settings(settings)) as client:
+        granted = client.request_escalation(
+            [PII], duration_s=600, reason="pattern", confidence=0.95, risk_score=0.9,
+            resources=["acct-1"], timeout=30)
+    assert granted.grant_id is not None, granted
+    revoked = cli(settings, "grants", "revoke", granted.grant_id, "--agent", agent, "--reason",
+                  "operator@acme revokes", "--json",
+                  role=topics.tenant_role(topics.OPERATOR, "acme"))
+    assert revoked.returncode == 0, revoked.output
+    listed = cli(settings, "grants", "list", "--agent", agent, "--json",
+                 role=topics.tenant_role(topics.OPERATOR, "acme"))
+    assert json.loads(listed.stdout) == [], listed.output
 
 
 def readable_topics(settings: Settings, principals: tuple[str, ...]) -> list[str]:
@@ -299,7 +366,8 @@ def test_kafka_provision_creates_a_declared_tenants_users_once(
     assert first.returncode == 0, first.output
     done = json.loads(first.stdout)
     assert done["tenants"] == ["hooli"]
-    assert sorted(done["users_created"]) == ["agent@hooli", "service@hooli"], done
+    assert sorted(done["users_created"]) == ["agent@hooli", "operator@hooli", "service@hooli"], \
+        done
     kept = Credentials.read(credentials)
     assert kept is not None and {"agent@hooli", "service@hooli"} <= set(kept.passwords)
     agent = kept.access(KafkaAccess.from_settings(settings), "agent@hooli")

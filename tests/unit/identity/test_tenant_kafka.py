@@ -50,8 +50,10 @@ def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> Non
     assert topics.tenant_role(topics.AGENT, "acme") == "agent@acme"
     assert topics.role_of("service@acme") == (topics.SERVICE, "acme")
     assert topics.tenant_role(topics.AGENT, topics.DEFAULT_TENANT) == topics.AGENT
+    assert topics.tenant_role(topics.OPERATOR, "acme") == "operator@acme"
+    assert topics.tenant_role(topics.OPERATOR, topics.DEFAULT_TENANT) == topics.OPERATOR
     with pytest.raises(ValueError):
-        topics.tenant_role(topics.OPERATOR, "acme")
+        topics.tenant_role(topics.WORKER, "acme")
 
 
 def test_namespace_grant_topics_are_told_from_the_others_shared_or_a_tenants() -> None:
@@ -120,6 +122,28 @@ def test_a_tenants_principals_read_only_their_tenants_decisions_and_grants() -> 
                     "WRITE") in table
 
 
+def test_a_tenants_operator_reads_only_its_tenants_topics_and_writes_the_commands() -> None:
+    """operator@acme reads acme's own topics (every one, present and future), the registry and
+    the key sets; none of globex's, nor a shared topic that carries every tenant's records; it
+    writes what an operator sends, nothing else. The default tenant has no such user (its
+    operator is the broker's)."""
+    table = acls.table(APP, tenants=("acme", "globex"))
+    who = "operator@acme"
+    for topic in ("permbroker.tenant.acme.decisions", "permbroker.tenant.acme.grants",
+                  "permbroker.tenant.acme.grants.crm", topics.AGENTS.name, topics.JWKS.name):
+        assert readable(who, table, topic), topic
+    shared = [t.name for t in topics.ALL_TOPICS if t not in (topics.AGENTS, topics.JWKS)]
+    foreign = ["permbroker.tenant.globex.decisions", "permbroker.tenant.globex.grants",
+               "permbroker.tenant.default.grants", "permbroker.tenant.acmex.grants"]
+    assert not [t for t in shared + foreign if readable(who, table, t)]
+    writes = {a.name for a in table if a.role == who and a.operation == "WRITE"}
+    assert writes == {topics.RISK.name, topics.REGISTRY.name, topics.GRANT_COMMANDS.name,
+                      topics.APPROVALS.name}
+    assert {a.operation for a in table if a.role == who} == {"READ", "WRITE"}
+    assert acls.Acl(who, acls.GROUP, "pb-operator@acme-", acls.PREFIXED, "READ") in table
+    assert not [a for a in table if a.role == "operator@default"]
+
+
 def test_with_tenants_the_default_tenants_roles_read_its_own_topics_not_the_shared_ones() -> None:
     """Once tenants are declared the shared decision and grant topics carry every tenant's
     records: the plain agent and service roles (the default tenant's principals) read the
@@ -166,10 +190,11 @@ def test_tenant_users_get_passwords_once_and_are_created_with_the_roles() -> Non
     """A tenant's users are added beside the roles' (existing passwords kept)."""
     base = Credentials.generate()
     more = base.with_tenants(("acme", "default"))
-    assert set(more.passwords) - set(base.passwords) == {"agent@acme", "service@acme"}
+    assert set(more.passwords) - set(base.passwords) == {"agent@acme", "service@acme",
+                                                         "operator@acme"}
     assert all(more.passwords[u] == p for u, p in base.passwords.items())
     assert more.with_tenants(("acme",)).passwords == more.passwords
-    assert {"agent@acme", "service@acme"} <= set(more.users())
+    assert {"agent@acme", "service@acme", "operator@acme"} <= set(more.users())
     assert more.access(KafkaAccess("127.0.0.1:1"), "agent@acme").username == "agent@acme"
 
 
