@@ -23,6 +23,7 @@ from typing import Any
 from schemas.events import (
     AGENT_ID_PATTERN,
     EVENT_TYPES,
+    AuditWithheld,
     JwksPublished,
     RiskObserved,
     RoutingAnnounced,
@@ -36,6 +37,7 @@ from schemas.topics import (
     DLQ_REASON,
     DLQ_TOPIC,
     Topic,
+    tenant_topics,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -142,6 +144,8 @@ def _key_schema(model: type[WireModel]) -> Json:
         }
     if model is RoutingAnnounced:
         return {"description": "No key: an announcement names no agent id.", "type": "null"}
+    if model is AuditWithheld:
+        return {"description": "No key: a withheld entry names no agent id.", "type": "null"}
     if "agent_id" not in model.model_fields:
         raise ValueError(f"{model.__name__} has no agent_id to key on")
     if _accepts_none(model, "agent_id"):
@@ -230,10 +234,18 @@ def _channel(topic: Topic, names: dict[str, str]) -> Json:
     }
 
 
+def _tenant_channel(topic: Topic, names: dict[str, str]) -> Json:
+    """A channel every declared tenant has one of (``{tenant}`` in its address)."""
+    return {**_channel(topic, names),
+            "parameters": {"tenant": {"description": "A declared tenant's id."}}}
+
+
 def asyncapi() -> Json:
-    """The AsyncAPI 3.0 document: one channel per topic, one message per event type on it."""
+    """The AsyncAPI 3.0 document: one channel per topic (a tenant's own topics with the tenant
+    as a parameter), one message per event type on them."""
     names = {event_type: model.__name__ for model, event_type in EVENT_TYPES.items()}
-    on_topics = {t for topic in ALL_TOPICS for t in topic.event_types}
+    own = tenant_topics("{tenant}")
+    on_topics = {t for topic in (*ALL_TOPICS, *own) for t in topic.event_types}
     messages = {
         model.__name__: _message(model, event_type)
         for model, event_type in EVENT_TYPES.items()
@@ -253,7 +265,8 @@ def asyncapi() -> Json:
             "from schemas/events/ and schemas/topics.py; do not edit by hand.",
         },
         "defaultContentType": CONTENT_TYPE,
-        "channels": {topic.name: _channel(topic, names) for topic in ALL_TOPICS},
+        "channels": {**{topic.name: _channel(topic, names) for topic in ALL_TOPICS},
+                     **{topic.name: _tenant_channel(topic, names) for topic in own}},
         "components": {"messages": messages},
     }
 

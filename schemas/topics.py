@@ -117,6 +117,7 @@ GRANTS = Topic(
 GRANT_TOPIC_PREFIX = GRANTS.name + "."
 # Workers announce on each namespace topic which namespaces they route (no agent key).
 ROUTING_EVENT_TYPE = "io.permbroker.grant.routing.v1"
+AUDIT_WITHHELD_TYPE = "io.permbroker.audit.withheld.v1"
 # Every namespace's grant topic, present or future (one prefixed ACL each): the workers create
 # the topic of a namespace they route to when it is missing.
 GRANT_NAMESPACE_WRITERS: tuple[str, ...] = (WORKER,)
@@ -344,14 +345,36 @@ def carries_routing(name: str) -> bool:
         return False
 
 
+def tenant_audit(tenant: str) -> Topic:
+    """A declared tenant's copy of the sealed audit, read by its operators: per partition, the
+    audit's chain with every entry about another tenant's agent (or about no agent) withheld
+    (its link only) and every digest in full, so it verifies as the same chain."""
+    return Topic(
+        tenant_prefix(tenant) + "audit", AUDIT.partitions, AUDIT.cleanup_policy,
+        AUDIT.retention_ms,
+        (*AUDIT.event_types, AUDIT_WITHHELD_TYPE),
+        f"Tenant {tenant}'s copy of the sealed audit: its agents' entries and every digest in "
+        "full, the others as their chain links.",
+        writers=(WORKER,), readers=(tenant_role(OPERATOR, tenant),))
+
+
+def audit_for(principal: str) -> Topic:
+    """The sealed audit ``principal`` reads: a declared tenant's operator its tenant's copy,
+    everyone else the audit itself."""
+    role, tenant = role_of(principal)
+    return tenant_audit(tenant) if role == OPERATOR and tenant != DEFAULT_TENANT else AUDIT
+
+
 def owns(name: str) -> bool:
     """Whether a tenant has its own topic instead of shared topic ``name`` (decisions, grants)."""
     return name in (DECISIONS.name, GRANTS.name) or name.startswith(GRANT_TOPIC_PREFIX)
 
 
 def tenant_topics(tenant: str) -> tuple[Topic, ...]:
-    """The topics a tenant has from the start (its namespace topics come with its grants)."""
-    return (tenant_decisions(tenant), tenant_grants(tenant))
+    """The topics a tenant has from the start (its namespace topics come with its grants; a
+    declared tenant's audit copy, the default tenant has the audit itself)."""
+    own = (tenant_decisions(tenant), tenant_grants(tenant))
+    return own if tenant == DEFAULT_TENANT else (*own, tenant_audit(tenant))
 
 
 ALL_TOPICS: tuple[Topic, ...] = (
@@ -377,6 +400,8 @@ def by_name(name: str) -> Topic:
         tenant, _, rest = name.removeprefix(TENANT_TOPIC_PREFIX).partition(".")
         if rest == "decisions":
             return tenant_decisions(tenant)
+        if rest == "audit":
+            return tenant_audit(tenant)
         if rest == "grants" or rest.startswith("grants."):
             return tenant_grants(tenant, rest.removeprefix("grants.") if "." in rest else None)
     raise KeyError(name)

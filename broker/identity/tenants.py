@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.errors import ConfigError
 from broker.policy import Policy, load_policy
 from schemas import topics
 
@@ -136,6 +137,17 @@ class Tenancy:
         if policy is None:
             return {}
         return {name: (c.baseline, c.ceiling) for name, c in policy.classes.items()}
+
+
+def declared(directory: Path | None) -> tuple[str, ...]:
+    """The tenants of a tenant policies directory (none without one), sorted."""
+    if directory is None:
+        return ()
+    try:
+        names = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise ConfigError(f"cannot list the tenant policies in {directory}: {exc}") from exc
+    return tuple(n for n in names if n != DEFAULT_TENANT and TENANT_PATTERN.match(n))
 
 
 def load_tenancy(default: Policy, directory: Path | None) -> Tenancy:

@@ -36,6 +36,7 @@ from broker.adapters.kafka.admin import (
 )
 from broker.config import Settings
 from broker.errors import BusError, ConfigError, StackError
+from broker.identity.tenants import declared
 from broker.stack import kafka as stack_kafka
 from broker.stack import redisusers
 from broker.stack.credentials import Credentials, credentials_file
@@ -50,7 +51,7 @@ from broker.stack.procs import (
     stop,
     tail,
 )
-from broker.stack.tenants import apply_acls, declared, provision_tenants
+from broker.stack.tenants import apply_acls, provision_tenants
 from schemas.topics import ADMIN
 
 Progress = Callable[[str], None]

@@ -13,27 +13,14 @@ decisions and grants. Idempotent: what exists is kept.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from broker.adapters.kafka import acls
 from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.admin import ensure_topics, ensure_users
 from broker.config import Settings
 from broker.errors import ConfigError
-from broker.identity.tenants import DEFAULT_TENANT, TENANT_PATTERN
+from broker.identity.tenants import DEFAULT_TENANT, declared
 from broker.stack.credentials import Credentials, credentials_file
 from schemas import topics
-
-
-def declared(directory: Path | None) -> tuple[str, ...]:
-    """The tenants of a tenant policies directory (none without one), sorted."""
-    if directory is None:
-        return ()
-    try:
-        names = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    except OSError as exc:
-        raise ConfigError(f"cannot list the tenant policies in {directory}: {exc}") from exc
-    return tuple(n for n in names if n != DEFAULT_TENANT and TENANT_PATTERN.match(n))
 
 
 def owned_topics(tenants: tuple[str, ...]) -> list[topics.Topic]:

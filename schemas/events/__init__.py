@@ -12,7 +12,7 @@ major version with a new event type name (see ``EVENT_TYPES``).
 
 from __future__ import annotations
 
-from schemas.events.audit import AuditLink, AuditRecord
+from schemas.events.audit import AuditLink, AuditRecord, AuditWithheld, WithheldLink
 from schemas.events.base import (
     AGENT_ID_PATTERN,
     B64URL_PATTERN,
@@ -117,6 +117,7 @@ __all__ = [
     "Approver",
     "AuditLink",
     "AuditRecord",
+    "AuditWithheld",
     "B64Url",
     "BaselineEntitlement",
     "CheckPerformed",
@@ -164,6 +165,7 @@ __all__ = [
     "Unit",
     "UtcDatetime",
     "WireModel",
+    "WithheldLink",
     "model_for_type",
     "partition_key",
     "type_version",

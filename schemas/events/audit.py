@@ -5,7 +5,7 @@ Imports pydantic, the stdlib and the other modules of schemas.events.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -55,3 +55,29 @@ class AuditRecord(WireModel):
     def event_id(self) -> str:
         """The idempotency key consumers dedupe on."""
         return self.audit_id
+
+
+class WithheldLink(WireModel):
+    """The chain link of an entry withheld from a tenant's copy of the audit: where it sits and
+    its hash, nothing of its content."""
+
+    partition: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0)]
+    prev_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class AuditWithheld(WireModel):
+    """An audit entry about another tenant's agent (or about no agent) in a tenant's copy of
+    the audit (``permbroker.tenant.<tenant>.audit``): its chain link only. Its successor's
+    ``prev_hash`` and the signed digests after it still bind it, so the copy verifies as a
+    chain while showing nothing of the entry, its agent included."""
+
+    withheld: Literal[True] = True
+    chain: WithheldLink
+
+    @property
+    def event_id(self) -> str:
+        """The idempotency key consumers dedupe on: the entry's place in its chain."""
+        return f"withheld:{self.chain.partition}:{self.chain.seq}"
+

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.events.audit import AuditRecord
+from schemas.events.audit import AuditRecord, AuditWithheld
 from schemas.events.base import WireModel
 from schemas.events.baseline import BaselineEntitlement, KeyAgeWarning
 from schemas.events.delegation import DelegationDecided, DelegationRequested
@@ -58,6 +58,7 @@ EVENT_TYPES: dict[type[WireModel], str] = {
     GrantReleased: "io.permbroker.grant.released.v1",
     AgentRevoked: "io.permbroker.agent.revoked.v1",
     AuditRecord: "io.permbroker.audit.recorded.v1",
+    AuditWithheld: "io.permbroker.audit.withheld.v1",
     GrantExpiring: "io.permbroker.grant.expiring.v1",
     GrantRenewed: "io.permbroker.grant.renewed.v1",
     RenewalRequested: "io.permbroker.grant.renewal.requested.v1",

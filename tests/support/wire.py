@@ -19,6 +19,7 @@ from schemas.events import (
     AgentRevoked,
     ApprovalVoted,
     AuditRecord,
+    AuditWithheld,
     BaselineEntitlement,
     CheckPerformed,
     ChecksReported,
@@ -50,6 +51,7 @@ from schemas.events import (
     RoutingAnnounced,
     ScopeDenial,
     WireModel,
+    WithheldLink,
 )
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
@@ -148,6 +150,8 @@ SAMPLES: dict[type[WireModel], WireModel] = {
         outcome="granted",
         inputs={"request": {"request_id": "req-1"}},
     ),
+    AuditWithheld: AuditWithheld(chain=WithheldLink(
+        partition=2, seq=7, prev_hash="0" * 64, hash="a" * 64)),
     GrantExpiring: GrantExpiring(grant_id="grant-1", agent_id=AGENT, expires_at=LATER,
                                  warned_at=NOW),
     RenewalRequested: RenewalRequested(

@@ -101,7 +101,9 @@ def verify_topic(kafka: KafkaAccess, keys: list[Path], *, topic: str = topics.AU
     """Verify a topic's chains (and, given a trust, each entry's broker signature); for the
     live audit topic, also its raw coverage."""
     marks = watermarks(kafka, topic)
-    from_start = {p: low == 0 for p, (low, _high) in marks.items()}
+    # A tenant's copy starts where the chain was when the tenant was declared.
+    copy = topics.tenant_of_topic(topic) is not None
+    from_start = {p: low == 0 and not copy for p, (low, _high) in marks.items()}
     # The raw topic as of now: what is appended while the chain is read (and each entry's
     # signature checked) is the next verification's, not lag of this one.
     raw = watermarks(kafka, topics.AUDIT_RAW.name) if topic == topics.AUDIT.name else {}
@@ -135,7 +137,7 @@ def _raw_coverage(raw: dict[int, tuple[int, int]], result: Verification,
 
 
 def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float, *,
-                trust: Trust | None = None) -> Verification:
+                topic: str = topics.AUDIT.name, trust: Trust | None = None) -> Verification:
     """Verify once every raw record is chained and signed (waiting up to ``timeout``).
 
     Returns at once when the chain is broken; an unsealed tail left at the deadline is reported
@@ -143,9 +145,9 @@ def wait_sealed(kafka: KafkaAccess, keys: list[Path], timeout: float, *,
     """
     deadline = time.monotonic() + timeout
     while True:
-        result = verify_topic(kafka, keys, trust=trust)
+        result = verify_topic(kafka, keys, topic=topic, trust=trust)
         if not result.ok or result.unsealed == 0:
             return result
         if time.monotonic() >= deadline:
-            return verify_topic(kafka, keys, complete=True, trust=trust)
+            return verify_topic(kafka, keys, topic=topic, complete=True, trust=trust)
         time.sleep(0.5)

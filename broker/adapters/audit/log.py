@@ -42,8 +42,18 @@ class Stored:
 
     @property
     def withheld(self) -> bool:
-        """An entry a partial export withheld (its chain link only: no record to read)."""
-        return self.entry.data is not None and is_withheld(self.entry.data)
+        """An entry withheld from a partial export or a tenant's copy (its chain link only: no
+        record to read)."""
+        if self.entry.data is not None:
+            return is_withheld(self.entry.data)
+        value = self.entry.value or b""
+        if b'"withheld":true' not in value:
+            return False
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and is_withheld(data)
 
     def record(self) -> AuditRecord:
         """The entry as an AuditRecord (WireError when it is refused or does not parse)."""

@@ -11,6 +11,11 @@ partition has one sealer at a time, and copies every record into the same partit
 ``permbroker.audit`` with its chain link (seq, prev_hash, hash, raw_offset), plus a signed
 digest every ``audit_digest_interval_s`` (or ``audit_digest_every`` entries).
 
+Each tenant declared in ``PERMBROKER_TENANT_POLICIES_DIR`` has a copy of the chain that its
+operators read (``permbroker.tenant.<tenant>.audit``, same partitions): in the same transaction,
+every entry about one of its agents and every digest as sealed, every other entry as its chain
+link only (``AuditWithheld``), so the copy verifies like an export cut.
+
 Exactly once, without trusting consumer offsets: each partition has its own transactional
 producer (``transactional.id`` = ``<app_id>-audit-sealer-p<N>``), so a new owner fences a zombie
 and aborts its open transaction; the new owner then reads the chain head (last seq, hash and raw
@@ -38,11 +43,12 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.adapters.kafka.clientlog import routed
 from broker.adapters.kafka.edge import read_message
-from broker.audit.chain import GENESIS, Position, seal_digest, seal_record
+from broker.audit.chain import DIGEST_KIND, GENESIS, Position, canonical, seal_digest, seal_record
 from broker.config import Settings
 from broker.errors import BusError, Fenced
+from broker.identity.tenants import SEPARATOR, declared
 from schemas import topics
-from schemas.events import AuditRecord
+from schemas.events import AuditRecord, AuditWithheld, WithheldLink
 
 log = logging.getLogger("permbroker.sealer")
 SOURCE = "/permbroker/sealer"
@@ -87,12 +93,65 @@ def _after(pos: Position, sealed: AuditRecord) -> Position:
 Sign = Callable[[codec.Encoded], codec.Encoded]
 
 
+def _withheld(sealed: AuditRecord) -> codec.Encoded:
+    """A tenant copy's stand-in for an entry about someone else: its chain link only, no key
+    (the key is the agent id)."""
+    assert sealed.chain is not None
+    event = AuditWithheld(chain=WithheldLink(
+        partition=sealed.chain.partition, seq=sealed.chain.seq,
+        prev_hash=sealed.chain.prev_hash, hash=sealed.chain.hash))
+    encoded = codec.encode(event, source=SOURCE)
+    return codec.Encoded(key=None, value=canonical(event.model_dump(mode="json")),
+                         headers=encoded.headers)
+
+
+def tenant_entries(copies: dict[str, str], sealed: list[AuditRecord],
+                   signed: list[codec.Encoded], sign: Sign) -> list[tuple[str, codec.Encoded]]:
+    """What each tenant's copy (tenant -> topic) gets of these sealed entries (``signed``: as
+    written to the audit): its agents' entries and the digests as they are, every other entry
+    as its chain link (``AuditWithheld``, signed)."""
+    out = []
+    for tenant, topic in copies.items():
+        prefix = tenant + SEPARATOR
+        for entry, message in zip(sealed, signed, strict=True):
+            own = entry.kind == DIGEST_KIND or (entry.agent_id or "").startswith(prefix)
+            out.append((topic, message if own else sign(_withheld(entry))))
+    return out
+
+
+def tenant_copies(kafka: KafkaAccess, tenants: tuple[str, ...]) -> dict[str, str]:
+    """tenant -> its audit copy topic, for the ``tenants`` whose copy exists (the others are
+    logged: what is sealed while their topic is missing is not in their copy)."""
+    if not tenants:
+        return {}
+    c = consumer(kafka)
+    try:
+        meta = c.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise BusError(f"cannot list the tenants' audit topics: {exc}") from exc
+    finally:
+        c.close()
+    out = {}
+    for tenant in tenants:
+        name = topics.tenant_audit(tenant).name
+        info = meta.topics.get(name)
+        if info is None or info.error is not None:
+            log.warning("tenant %s has no audit copy yet (%s: permbroker stack up or kafka "
+                        "provision creates it); its copy starts when a sealer opens after that",
+                        tenant, name)
+        else:
+            out[tenant] = name
+    return out
+
+
 class PartitionSealer:
     """Seals one partition: its transactional producer and its chain head."""
 
     def __init__(self, settings: Settings, kafka: KafkaAccess, partition: int,
-                 keys: AuditKeys, sign: Sign) -> None:
+                 keys: AuditKeys, sign: Sign, tenants: tuple[str, ...] = ()) -> None:
         self.partition = partition
+        self._tenants = tenants  # declared: each has a copy of the chain (``tenant_copies``)
+        self._copies: dict[str, str] = {}
         self._settings = settings
         self._kafka = kafka
         self._keys = keys
@@ -114,6 +173,7 @@ class PartitionSealer:
             raise BusError(f"sealer of partition {self.partition} could not start its "
                            f"transactions: {exc}") from exc
         self.head = read_head(self._kafka, self.partition)
+        self._copies = tenant_copies(self._kafka, self._tenants)
         low, _high = watermarks(self._kafka, topics.AUDIT_RAW.name)[self.partition]
         if low > self.head.raw_offset + 1:
             now = datetime.now(UTC)
@@ -173,22 +233,26 @@ class PartitionSealer:
         """One transaction: the batch, then a digest if due; the head moves only on commit."""
         now = datetime.now(UTC)
         pos, since = self.head.pos, self.head.since
-        entries = []  # signed before the transaction opens: a signing failure leaves none open
+        sealed: list[tuple[AuditRecord, codec.Encoded]] = []
         for record, raw in batch:
-            sealed, value = seal_record(record, pos, raw, now)
-            entries.append(self._sign(_encode(sealed, value, pos)))
-            pos = _after(pos, sealed)
+            entry, value = seal_record(record, pos, raw, now)
+            sealed.append((entry, _encode(entry, value, pos)))
+            pos = _after(pos, entry)
         # A digest due rides in the batch's transaction rather than a second one.
         digested = force_digest or self._due(pos.seq - since)
         if digested:
             digest, value = seal_digest(pos, first_seq=since, signed_at=now,
                                         key_id=self._keys.key_id, sign=self._keys.sign)
-            entries.append(self._sign(_encode(digest, value, pos)))
+            sealed.append((digest, _encode(digest, value, pos)))
             pos = _after(pos, digest)
+        # Signed before the transaction opens: a signing failure leaves none open.
+        entries = [(topics.AUDIT.name, self._sign(m)) for _, m in sealed]
+        entries += tenant_entries(self._copies, [e for e, _ in sealed],
+                                  [m for _, m in entries], self._sign)
         try:
             self._producer.begin_transaction()
-            for entry in entries:
-                self._produce(entry)
+            for topic, message in entries:
+                self._produce(topic, message)
             self._producer.commit_transaction(30.0)
         except KafkaException as exc:
             self._abort(exc)
@@ -196,9 +260,9 @@ class PartitionSealer:
             since, self._last_digest = pos.seq, time.monotonic()
         self.head = Head(pos, raw_offset, since)
 
-    def _produce(self, m: codec.Encoded) -> None:
+    def _produce(self, topic: str, m: codec.Encoded) -> None:
         headers: list[tuple[str, str | bytes | None]] = list(m.headers)
-        self._producer.produce(topics.AUDIT.name, value=m.value, key=m.key, headers=headers,
+        self._producer.produce(topic, value=m.value, key=m.key, headers=headers,
                                partition=self.partition)
 
     def _abort(self, exc: KafkaException) -> None:
@@ -262,7 +326,7 @@ class Sealer:
     def _assigned(self, c: Consumer, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             sealer = PartitionSealer(self._settings, self._kafka, tp.partition, self._keys,
-                                     self._sign)
+                                     self._sign, declared(self._settings.tenant_policies_dir))
             tp.offset = _retry(sealer.open, self._stop, f"open partition {tp.partition}")
             self._sealers[tp.partition] = sealer
         c.assign(assigned)

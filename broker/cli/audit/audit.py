@@ -61,6 +61,11 @@ UntilOpt = Annotated[str | None, typer.Option(help="Up to this time (exclusive).
 KafkaHint = "is Kafka up and the topic there? permbroker stack status"
 
 
+def _topic() -> str:
+    """The sealed audit this CLI reads: a tenant's operator user reads its tenant's copy."""
+    return topics.audit_for(cli_settings().kafka_username or "").name
+
+
 def _scopes(rec: AuditRecord) -> set[str]:
     found: set[str] = set()
     for key in ("request", "decision", "event"):
@@ -116,7 +121,7 @@ def tail(
     try:
         view = JwksView.from_settings(settings, kafka)  # only what the broker sealed is shown
         start = time_option(since)
-        follower = Follower(kafka, topics.AUDIT.name, printer, trust=view.trust,
+        follower = Follower(kafka, _topic(), printer, trust=view.trust,
                             reader="audit-tail", name="permbroker-audit-tail",
                             start=last if start is None else start)
         _await_tail(follower, printer, follow)
@@ -170,8 +175,8 @@ def load_records(settings: Settings, *, file: Path | None = None,
     if file is not None:  # an export: its integrity is the chain's (permbroker audit verify)
         stored = list(audit_log.read_jsonl(file))
     else:
-        stored = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), since=since,
-                                                                   trust=t)))
+        stored = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), _topic(),
+                                                                   since=since, trust=t)))
     records, bad = [], 0
     for s in stored:
         if s.withheld:  # another tenant's entry in a tenant's export: not a record of ours
@@ -207,11 +212,10 @@ def verify(
             result = audit_check.verify_file(file, keys, complete=complete)
         elif wait > 0 and topic is None:
             result = read_trusted(lambda t: audit_check.wait_sealed(cli_kafka(), keys, wait,
-                                                                    trust=t))
+                                                                    topic=_topic(), trust=t))
         else:
             result = read_trusted(lambda t: audit_check.verify_topic(
-                cli_kafka(), keys, complete=complete, trust=t,
-                **({"topic": topic} if topic else {})))
+                cli_kafka(), keys, complete=complete, trust=t, topic=topic or _topic()))
     except BrokerError as exc:
         raise fail(exc, KafkaHint) from exc
     if as_json:
@@ -260,7 +264,7 @@ def export(
         raise fail(f"--format {fmt!r} is not supported", "use jsonl or csv")
     scope = narrowed(cli_scope(), tenant)
     start, end = time_option(since), time_option(until_)
-    stream = audit_log.until(audit_log.read_topic(cli_kafka(), since=start), end)
+    stream = audit_log.until(audit_log.read_topic(cli_kafka(), _topic(), since=start), end)
     try:
         count = _export(stream, fmt, output, scope)
     except BrokerError as exc:
@@ -292,7 +296,8 @@ def _policies(settings: Settings, records: list[AuditRecord], paths: list[Path],
     """Revisions recorded in these records (and anywhere on the topic), plus bundles given."""
     policies = audit_replay.policies_in(records)
     if from_topic:  # policy.loaded records may predate the window: find them by their bytes
-        signed = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), trust=t)))
+        signed = read_trusted(lambda t: list(audit_log.read_topic(cli_kafka(), _topic(),
+                                                                   trust=t)))
         loaded = (s.record() for s in signed if s.refusal is None
                   and b'"kind":"policy.loaded"' in (s.entry.value or b""))
         policies.update(audit_replay.policies_in(loaded))

@@ -22,7 +22,8 @@ from broker.adapters.kafka.admin import ensure_topics
 from broker.cli.context import cli_kafka, cli_settings
 from broker.cli.output import JsonOpt, fail, out, print_json
 from broker.errors import BrokerError
-from broker.stack.tenants import apply_acls, declared, ensure_tenant_users, owned_topics
+from broker.identity.tenants import declared
+from broker.stack.tenants import apply_acls, ensure_tenant_users, owned_topics
 from schemas import topics
 
 kafka_app = typer.Typer(help="Kafka authorization: the ACLs every role needs.",

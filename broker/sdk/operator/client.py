@@ -76,7 +76,8 @@ class AuditWatcher:
     def __init__(self, kafka: KafkaAccess, *, trust: Trust, max_entries: int = 10_000) -> None:
         self._found: Bounded[str, AuditRecord] = Bounded(max_entries)
         self._cond = threading.Condition()
-        self._follower = Follower(kafka, topics.AUDIT.name, self._on_record, trust=trust,
+        self._follower = Follower(kafka, topics.audit_for(kafka.username).name,
+                                  self._on_record, trust=trust,
                                   reader="audit-watcher", name="permbroker-audit", start="end")
 
     def _on_record(self, record: Record) -> None:

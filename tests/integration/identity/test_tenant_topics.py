@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -183,10 +184,38 @@ def test_acmes_operator_user_reads_only_acmes_records_and_its_cli_lists_acmes_gr
     foreign = cli(settings, "grants", "revoke", decided["globex"].grant_id or "", "--agent",
                   globex, "--reason", "not ours", role=op.username)
     assert foreign.returncode == 1 and "no active grant" in foreign.output, foreign.output
-    audit = cli(settings, "audit", "tail", "--last", "1", role=op.username)
-    assert audit.returncode == 1, audit.output
+    shared = cli(settings, "audit", "verify", "--topic", topics.AUDIT.name, role=op.username)
+    assert shared.returncode == 1, shared.output
     assert f"Kafka user operator@acme is not authorized to read {topics.AUDIT.name}" \
-        in audit.output and "tenant's operator user" in audit.output, audit.output
+        in shared.output and "tenant's operator user" in shared.output, shared.output
+
+
+def test_acmes_operator_reads_and_verifies_acmes_copy_of_the_audit(
+    settings: Settings, twins: dict[str, str], decided: dict[str, EscalationDecided],
+) -> None:
+    """The CLI connecting as operator@acme reads acme's copy of the sealed audit: the acme
+    twin's decision in full, nothing about the globex twin, nothing about no agent but the
+    digests; and the copy verifies as the chain it copies (the entries about anyone else are
+    their links, every digest is there in full)."""
+    op = topics.tenant_role(topics.OPERATOR, "acme")
+    since = (decided["acme"].decided_at - timedelta(seconds=5)).isoformat()
+
+    def rows() -> list[dict[str, object]]:
+        ran = cli(settings, "audit", "tail", "--since", since, "--json", role=op)
+        assert ran.returncode == 0, ran.output
+        return [json.loads(line) for line in ran.stdout.splitlines()]
+
+    wait_until(lambda: any(r["agent_id"] == twins["acme"] and r["kind"] == "escalation.decided"
+                           for r in rows()), 30, "acme's decision in acme's audit copy")
+    shown = rows()
+    assert not [r for r in shown if r["agent_id"] == twins["globex"]]
+    assert all(str(r["agent_id"]).startswith("acme:") or r["kind"] == "audit.digest"
+               for r in shown), {(r["agent_id"], r["kind"]) for r in shown}
+    verified = cli(settings, "audit", "verify", "--json", role=op)
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["ok"], verified.output
+    assert report["source"] == f"topic {topics.tenant_audit('acme').name}"
+    assert sum(int(p["digests"]) for p in report["partitions"]) > 0, report
 
 
 def test_acmes_operator_user_revokes_an_acme_grant_through_the_cli(

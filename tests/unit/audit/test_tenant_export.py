@@ -9,7 +9,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.adapters.audit.keys import AuditKeys, key_id, signature_check
-from broker.audit.chain import Position, is_digest, seal_digest, seal_record, withheld
+from broker.adapters.audit.sealer import tenant_entries
+from broker.adapters.kafka.codec import Encoded
+from broker.audit.chain import Position, canonical, is_digest, seal_digest, seal_record, withheld
 from broker.audit.verify import Entry, verify_chain
 from schemas.events import AuditRecord
 
@@ -97,3 +99,41 @@ def test_a_withheld_stub_carrying_content_or_a_forged_link_fails() -> None:
     forged = {**stub, "chain": {**stub["chain"], "hash": "f" * 64}}
     cut[1] = Entry(0, 1, data=forged)
     assert any("prev_hash does not match" in p for p in problems(cut))
+
+
+def test_the_sealers_tenant_copy_holds_its_agents_entries_and_verifies_as_the_chain() -> None:
+    """What the sealer writes to acme's copy of a chain of acme's, globex's and broker-wide
+    entries: acme's and the digests as written to the audit, the others as signed chain links
+    naming no one; read back as a topic, the copy verifies with the audit's digests."""
+    pos, since = Position(0), 0
+    sealed: list[AuditRecord] = []
+    for i, agent in enumerate(["acme:a", "globex:a", None, "acme:b", "globex:a", "acme:a"]):
+        record = AuditRecord(audit_id=f"audit-{i}", kind="escalation.decided", agent_id=agent,
+                             occurred_at=NOW, subject_id=f"req-{i}", outcome="granted")
+        entry, _value = seal_record(record, pos, raw_offset=i, sealed_at=NOW)
+        sealed.append(entry)
+        pos = Position(0, pos.seq + 1, entry.chain.hash if entry.chain else "")
+        if i in (2, 5):
+            digest, _value = seal_digest(pos, first_seq=since, signed_at=NOW,
+                                         key_id=KEYS.key_id, sign=KEYS.sign)
+            sealed.append(digest)
+            pos, since = Position(0, pos.seq + 1, digest.chain.hash if digest.chain else ""), \
+                pos.seq + 1
+    written = [Encoded(key=(e.agent_id or "").encode() or None, value=canonical(
+        e.model_dump(mode="json")), headers=[]) for e in sealed]
+    signed_withheld: list[Encoded] = []
+
+    def sign(m: Encoded) -> Encoded:
+        signed_withheld.append(m)
+        return m
+
+    copies = tenant_entries({"acme": "permbroker.tenant.acme.audit"}, sealed, written, sign)
+    assert {topic for topic, _ in copies} == {"permbroker.tenant.acme.audit"}
+    assert len(copies) == len(sealed)
+    values = [m.value for _, m in copies]
+    kept = [v for v, w in zip(values, written, strict=True) if v == w.value]
+    assert len(kept) == 5  # acme:a, acme:b, acme:a and the two digests
+    assert len(signed_withheld) == 3 and all(m.key is None for m in signed_withheld)
+    assert b"globex" not in b"".join(values)
+    report = verify_chain([Entry(0, i, v) for i, v in enumerate(values)], CHECK)[0]
+    assert report.problems == [] and report.digests == 2 and report.entries == 8

@@ -51,6 +51,12 @@ def test_tenant_topics_and_principals_are_named_apart_and_found_by_name() -> Non
     assert topics.role_of("service@acme") == (topics.SERVICE, "acme")
     assert topics.tenant_role(topics.AGENT, topics.DEFAULT_TENANT) == topics.AGENT
     assert topics.tenant_role(topics.OPERATOR, "acme") == "operator@acme"
+    assert topics.audit_for("operator@acme").name == "permbroker.tenant.acme.audit"
+    assert topics.audit_for(topics.OPERATOR) == topics.audit_for("agent@acme") == topics.AUDIT
+    assert [t.name for t in topics.tenant_topics("acme")][-1] == "permbroker.tenant.acme.audit"
+    assert "permbroker.tenant.default.audit" not in {
+        t.name for t in topics.tenant_topics(topics.DEFAULT_TENANT)}
+    assert topics.by_name("permbroker.tenant.acme.audit").readers == ("operator@acme",)
     assert topics.tenant_role(topics.OPERATOR, topics.DEFAULT_TENANT) == topics.OPERATOR
     with pytest.raises(ValueError):
         topics.tenant_role(topics.WORKER, "acme")
@@ -130,11 +136,13 @@ def test_a_tenants_operator_reads_only_its_tenants_topics_and_writes_the_command
     table = acls.table(APP, tenants=("acme", "globex"))
     who = "operator@acme"
     for topic in ("permbroker.tenant.acme.decisions", "permbroker.tenant.acme.grants",
-                  "permbroker.tenant.acme.grants.crm", topics.AGENTS.name, topics.JWKS.name):
+                  "permbroker.tenant.acme.grants.crm", "permbroker.tenant.acme.audit",
+                  topics.AGENTS.name, topics.JWKS.name):
         assert readable(who, table, topic), topic
     shared = [t.name for t in topics.ALL_TOPICS if t not in (topics.AGENTS, topics.JWKS)]
     foreign = ["permbroker.tenant.globex.decisions", "permbroker.tenant.globex.grants",
-               "permbroker.tenant.default.grants", "permbroker.tenant.acmex.grants"]
+               "permbroker.tenant.globex.audit", "permbroker.tenant.default.grants",
+               "permbroker.tenant.acmex.grants"]
     assert not [t for t in shared + foreign if readable(who, table, t)]
     writes = {a.name for a in table if a.role == who and a.operation == "WRITE"}
     assert writes == {topics.RISK.name, topics.REGISTRY.name, topics.GRANT_COMMANDS.name,

@@ -10,6 +10,7 @@ from broker.adapters.kafka import codec
 from broker.errors import WireError
 from schemas.events import (
     EVENT_TYPES,
+    AuditWithheld,
     EnforcementPointStatus,
     EscalationRequested,
     JwksPublished,
@@ -45,9 +46,9 @@ def test_every_model_round_trips_through_the_codec(model: type[WireModel]) -> No
     encoded = codec.encode(event, source=SOURCE, time=NOW)
     headers = headers_of(encoded)
     # The agent id; the enforcement point for its status, the issuer for the JWKS, none for a
-    # routing announcement (it concerns no agent).
+    # routing announcement (it concerns no agent) or a withheld audit entry (it names none).
     key = {EnforcementPointStatus: "payments-api", JwksPublished: "permbroker",
-           RoutingAnnounced: None}.get(model, AGENT)
+           RoutingAnnounced: None, AuditWithheld: None}.get(model, AGENT)
     assert partition_key(event) == key
     assert headers == {
         "ce_specversion": "1.0",

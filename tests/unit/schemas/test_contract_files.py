@@ -19,7 +19,7 @@ from schemas.events import (
     WireModel,
     model_for_type,
 )
-from schemas.topics import ALL_TOPICS
+from schemas.topics import ALL_TOPICS, tenant_topics
 from tests.support.wire import (
     REQUESTED,
 )
@@ -80,13 +80,19 @@ def test_json_schema_file_has_id_title_and_forbids_extra_fields(model: type[Wire
 
 
 def test_asyncapi_has_one_channel_per_topic_with_its_messages() -> None:
-    """The AsyncAPI 3.0 document parses as YAML and lists each topic with its event types."""
+    """The AsyncAPI 3.0 document parses as YAML and lists each topic with its event types,
+    a tenant's own topics once, with the tenant as a parameter."""
     doc = yaml.safe_load((generate.ROOT / generate.ASYNCAPI_FILE).read_text())
     assert doc == generate.asyncapi()
     assert doc["asyncapi"] == "3.0.0"
-    assert set(doc["channels"]) == {topic.name for topic in ALL_TOPICS}
+    own = tenant_topics("{tenant}")
+    assert set(doc["channels"]) == {topic.name for topic in (*ALL_TOPICS, *own)}
+    assert {t.name for t in own} == {"permbroker.tenant.{tenant}.decisions",
+                                     "permbroker.tenant.{tenant}.grants",
+                                     "permbroker.tenant.{tenant}.audit"}
+    assert all(set(doc["channels"][t.name]["parameters"]) == {"tenant"} for t in own)
     titles = {name: m["title"] for name, m in doc["components"]["messages"].items()}
-    for topic in ALL_TOPICS:
+    for topic in (*ALL_TOPICS, *own):
         channel = doc["channels"][topic.name]
         kafka = channel["bindings"]["kafka"]
         assert channel["address"] == topic.name

@@ -14,6 +14,7 @@ from schemas.events import (
     ApprovalVoted,
     AuditLink,
     AuditRecord,
+    AuditWithheld,
     BaselineEntitlement,
     ChecksReported,
     CommandAnswered,
@@ -59,6 +60,7 @@ PINNED: dict[type[WireModel], str] = {
     GrantReleased: "grant-1:released",
     AgentRevoked: "fraud-detector-7:revoked:sig-1",
     AuditRecord: "audit-1",
+    AuditWithheld: "withheld:2:7",  # its place in the chain
     GrantExpiring: "grant-1:expiring:1795860020000",
     RenewalRequested: "req-2",
     RenewalDecided: "req-2",
