@@ -56,8 +56,8 @@ def cause_hint(exc: BaseException) -> str:
         (KafkaRefused, "check PERMBROKER_KAFKA_USERNAME and PERMBROKER_KAFKA_PASSWORD (the "
          "local stack's: permbroker stack env --role operator)"),
         (KafkaNotAllowed, "the user's ACLs do not allow it: a tenant's operator user reads only "
-         "its tenant's topics (its audit through the console, or an export by the broker's "
-         "operator: permbroker audit export --tenant)"),
+         "its tenant's own topics (its copy of the audit among them); what every tenant shares "
+         "(approvals, acknowledgements) its operators see in the console"),
         (StoreRefused, "check the user and password in PERMBROKER_REDIS_URL (the local "
          "stack's: permbroker stack env --role operator)"),
         (StoreUnavailable, "Redis is down or not at PERMBROKER_REDIS_URL: start it "
