@@ -70,10 +70,10 @@ class Stored:
 
 
 def _start_offsets(c: Any, topic: str, since: datetime | None,
-                   starts: dict[int, int] | None) -> list[TopicPartition]:
+                   starts: dict[int, int] | None, user: str) -> list[TopicPartition]:
     if starts is not None:
         return [TopicPartition(topic, p, o) for p, o in starts.items()]
-    parts = partitions(c, topic)
+    parts = partitions(c, topic, user=user)
     if since is None:
         return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
     wanted = [TopicPartition(topic, p, int(since.timestamp() * 1000)) for p in parts]
@@ -97,7 +97,7 @@ def read_topic(
     config: dict[str, object] = {"enable.partition.eof": True, "isolation.level": "read_committed"}
     c = consumer(kafka, group=None, **config)
     try:
-        start = _start_offsets(c, topic, since, starts)
+        start = _start_offsets(c, topic, since, starts, kafka.username)
         todo = {tp.partition for tp in start}
         c.assign(start)
         deadline = time.monotonic() + timeout
@@ -149,7 +149,7 @@ def watermarks(kafka: KafkaAccess, topic: str) -> dict[int, tuple[int, int]]:
     c = consumer(kafka)
     try:
         out = {}
-        for p in partitions(c, topic):
+        for p in partitions(c, topic, user=kafka.username):
             try:
                 out[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             except KafkaException as exc:

@@ -104,7 +104,7 @@ def read_since(
     through the decode edge (refused records come with their reason)."""
     c = consumer(kafka)
     try:
-        parts = partitions(c, topic)
+        parts = partitions(c, topic, user=kafka.username)
         stamp = int(since.timestamp() * 1000)
         starts = c.offsets_for_times([TopicPartition(topic, p, stamp) for p in parts], timeout=10)
         todo: dict[int, int] = {}
