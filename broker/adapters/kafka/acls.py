@@ -128,10 +128,11 @@ OPERATOR_COMMANDS = (topics.RISK, topics.REGISTRY, topics.GRANT_COMMANDS, topics
 
 def tenant_operator(tenant: str) -> list[Acl]:
     """The ACLs of a declared tenant's operator (``operator@acme``): it reads its tenant's own
-    topics (decisions, grants, present and future: prefixed), the agent registry and the
-    broker's key sets, and writes the commands an operator sends (the worker refuses one about
-    another tenant's agent). It reads nothing of the shared topics, which carry every tenant's
-    records: not the log of record, the audit, the approvals or the acknowledgements."""
+    topics (decisions, grants, its copy of the audit; present and future: prefixed), the agent
+    registry and the broker's key sets, and writes the commands an operator sends (the worker
+    refuses one about another tenant's agent). It reads nothing of the shared topics, which
+    carry every tenant's records: not the log of record, the audit, the approvals or the
+    acknowledgements."""
     who = topics.tenant_role(topics.OPERATOR, tenant)
     return sorted([Acl(who, TOPIC, topics.tenant_prefix(tenant), PREFIXED, "READ"),
                    *(Acl(who, TOPIC, t.name, LITERAL, "READ")
