@@ -358,11 +358,18 @@ def tenant_audit(tenant: str) -> Topic:
         writers=(WORKER,), readers=(tenant_role(OPERATOR, tenant),))
 
 
+def walled_tenant(principal: str) -> str | None:
+    """The tenant whose operator user ``principal`` is (``operator@acme`` -> acme): what it may
+    read is walled to that tenant. None for every other principal."""
+    role, tenant = role_of(principal)
+    return tenant if role == OPERATOR and tenant != DEFAULT_TENANT else None
+
+
 def audit_for(principal: str) -> Topic:
     """The sealed audit ``principal`` reads: a declared tenant's operator its tenant's copy,
     everyone else the audit itself."""
-    role, tenant = role_of(principal)
-    return tenant_audit(tenant) if role == OPERATOR and tenant != DEFAULT_TENANT else AUDIT
+    tenant = walled_tenant(principal)
+    return AUDIT if tenant is None else tenant_audit(tenant)
 
 
 def owns(name: str) -> bool:

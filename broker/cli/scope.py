@@ -29,7 +29,7 @@ from broker.adapters.kafka.registry_view import read_registry
 from broker.cli.context import cli_kafka, cli_settings, read_trusted
 from broker.cli.output import fail
 from broker.errors import BrokerError, KeyFileError
-from schemas.topics import DEFAULT_TENANT, OPERATOR, role_of
+from schemas.topics import walled_tenant
 
 T = TypeVar("T")
 
@@ -70,8 +70,8 @@ def operator_scope() -> Scope:
     Kafka as a tenant's operator user (``operator@acme``), that tenant (both: the tenants in
     both)."""
     settings = cli_settings()
-    role, tenant = role_of(settings.kafka_username or "")
-    walled = frozenset({tenant}) if role == OPERATOR and tenant != DEFAULT_TENANT else None
+    tenant = walled_tenant(settings.kafka_username or "")
+    walled = None if tenant is None else frozenset({tenant})
     scopes = load_operator_scopes(settings.operator_tenants_file)
     if not scopes and walled is None:
         return Scope()

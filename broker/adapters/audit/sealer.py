@@ -43,12 +43,20 @@ from broker.adapters.kafka.access import KafkaAccess
 from broker.adapters.kafka.bus import consumer, partitions
 from broker.adapters.kafka.clientlog import routed
 from broker.adapters.kafka.edge import read_message
-from broker.audit.chain import DIGEST_KIND, GENESIS, Position, canonical, seal_digest, seal_record
+from broker.audit.chain import (
+    DIGEST_KIND,
+    GENESIS,
+    Position,
+    canonical,
+    seal_digest,
+    seal_record,
+    withheld,
+)
 from broker.config import Settings
 from broker.errors import BusError, Fenced
 from broker.identity.tenants import SEPARATOR, declared
 from schemas import topics
-from schemas.events import AuditRecord, AuditWithheld, WithheldLink
+from schemas.events import AuditRecord, AuditWithheld
 
 log = logging.getLogger("permbroker.sealer")
 SOURCE = "/permbroker/sealer"
@@ -94,15 +102,11 @@ Sign = Callable[[codec.Encoded], codec.Encoded]
 
 
 def _withheld(sealed: AuditRecord) -> codec.Encoded:
-    """A tenant copy's stand-in for an entry about someone else: its chain link only, no key
-    (the key is the agent id)."""
-    assert sealed.chain is not None
-    event = AuditWithheld(chain=WithheldLink(
-        partition=sealed.chain.partition, seq=sealed.chain.seq,
-        prev_hash=sealed.chain.prev_hash, hash=sealed.chain.hash))
-    encoded = codec.encode(event, source=SOURCE)
-    return codec.Encoded(key=None, value=canonical(event.model_dump(mode="json")),
-                         headers=encoded.headers)
+    """A tenant copy's stand-in for an entry about someone else: its chain link only (as an
+    export withholds it), no key (the key is the agent id)."""
+    link = withheld(sealed.model_dump(mode="json"))
+    encoded = codec.encode(AuditWithheld.model_validate(link), source=SOURCE)
+    return codec.Encoded(key=None, value=canonical(link), headers=encoded.headers)
 
 
 def tenant_entries(copies: dict[str, str], sealed: list[AuditRecord],
