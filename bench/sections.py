@@ -73,6 +73,25 @@ def checks(arms: dict[str, Arm]) -> Section:
     return sec
 
 
+def http(arms: dict[str, Arm]) -> Section:
+    """Section 11: the API's check next to a trivial endpoint of the same process."""
+    sec = Section("11", "11. /v1/check over HTTP next to a trivial FastAPI endpoint",
+                  list(arms.values()))
+    ratio = [a[0] / t[0] for a, t in zip(arms["api_tput"].rounds, arms["triv_tput"].rounds,
+                                         strict=False)]
+    sec.lines = [Line("11", "/v1/check / trivial throughput", statistics.median(ratio)
+                      if ratio else math.nan, "x", arms["triv_tput"].name, ratio,
+                      Target(">= 0.5x", 0.5, at_least=True))]
+    sec.lines += ratio_lines("11", arms["api_lat"], arms["triv_lat"], label="/v1/check / trivial",
+                             p99_target=Target("<= 3x", 3.0))
+    sec.notes.append("Both apps run on uvicorn in one process (bench/httpapi.py); the trivial "
+                     "endpoint parses the same body into the same model and returns a constant. "
+                     "Every call carries its own assertion, minted before the timed batch, so "
+                     "the API verifies a signature each time. Latency: one keep-alive "
+                     "connection, sequential calls; throughput: 8 keep-alive connections.")
+    return sec
+
+
 def policy(arms: dict[str, Arm], verdict: str) -> Section:
     """Section 5."""
     sec = Section("5", "5. Policy decision (fraud policy, compiled once)", list(arms.values()))

@@ -1,8 +1,8 @@
 """The whole run: stack, worker(s), raw loop, observers, every benchmark, sections of the report.
 
-Imports broker, schemas and the bench's modules. Order: latency (1-3, 9), checks (4), policy
-(5), signing and verifying (10), expiry (8), throughput (6, a second worker joins at the end),
-memory (7, 100,000 grants, last because it fills Redis).
+Imports broker, schemas and the bench's modules. Order: latency (1-3, 9), checks (4), the HTTP
+check (11), policy (5), signing and verifying (10), expiry (8), throughput (6, a second worker
+joins at the end), memory (7, 100,000 grants, last because it fills Redis).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 from bench import env, peers, sections
 from bench.measures import (
     expiry as b_expiry,
+)
+from bench.measures import (
+    http as b_http,
 )
 from bench.measures import (
     latency as b_latency,
@@ -55,6 +58,8 @@ class Sizes:
     expiry_grants: int = 1000
     tput_k: int = 1000
     grants: int = 100_000
+    http_n: int = 300
+    http_k: int = 1000
 
 
 def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
@@ -128,6 +133,13 @@ def _checks(rig: b_latency.Rig, s: Settings, sz: Sizes, say: Any) -> Section:
     return sections.checks(arms)
 
 
+def _http(s: Settings, sz: Sizes, say: Any) -> Section:
+    """Section 11, on the live grant that section 4 checked."""
+    arms = b_http.http_rounds(s, env.agent_id("chk", 0), b_latency.FREEZE, b_latency.ACCOUNTS[0],
+                              sz.rounds, sz.http_n, sz.http_k, say)
+    return sections.http(arms)
+
+
 def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: int,
                 sealer: Any, say: Any) -> Section:
     arms = b_tput.new_arms()
@@ -171,6 +183,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
                 round(env.jit_cpu_seconds(rig.pids["kafka"]) - jit, 2)
             out += sections.latency(arms, rig, bao_why if bao is None else "")
             out.append(_checks(rig, s, sz, say))
+            out.append(_http(s, sz, say))
             p_arms, verdict = b_policy.policy_rounds(sz.rounds, say)
             out.append(sections.policy(p_arms, verdict))
             out.append(sections.trust(b_trust.trust_rounds(sz.rounds, say)))

@@ -23,11 +23,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.adapters.kafka.access import KafkaAccess
 from broker.api import (
@@ -180,23 +179,25 @@ def _health_routes(app: FastAPI, runtime: Runtime) -> None:
     app.include_router(health)
 
 
-class UntilStarted(BaseHTTPMiddleware):
-    """503 (with the cause) for every route but health and the OpenAPI document until the
-    runtime's readers are up (Kafka or Redis was down at start)."""
+class UntilStarted:
+    """ASGI middleware: 503 (with the cause) for every route but health and the OpenAPI
+    document until the runtime's readers are up (Kafka or Redis was down at start)."""
 
     OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json",
                       "/openapi.json"})
 
     def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
-        super().__init__(app)
+        self.app = app
         self.runtime = runtime
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if self.runtime.started or request.url.path in self.OPEN:
-            return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.runtime.started or scope["path"] in self.OPEN:
+            await self.app(scope, receive, send)
+            return
         cause = self.runtime.start_problem or "connecting to Kafka and Redis"
-        return problems.problem(503, f"the API is starting: {cause} (see /readyz)",
-                                kind="unavailable", headers={"Retry-After": "2"})
+        response = problems.problem(503, f"the API is starting: {cause} (see /readyz)",
+                                    kind="unavailable", headers={"Retry-After": "2"})
+        await response(scope, receive, send)
 
 
 def _refusals(runtime: Runtime) -> dict[str, Any]:

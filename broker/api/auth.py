@@ -56,10 +56,13 @@ class Caller:
         return self.principal.id.split(":", 1)[-1]
 
 
-def caller(request: Request,
-           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-           ) -> Caller:
-    """The verified caller; 401 without a valid assertion, 429 over the rate limit."""
+async def caller(request: Request,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+                 ) -> Caller:
+    """The verified caller; 401 without a valid assertion, 429 over the rate limit.
+
+    It runs on the event loop: verifying is CPU work on keys held in memory (the key files are
+    re-read only when they change), and a thread hop per dependency cost more than the check."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Refused(401, "no assertion: send Authorization: Bearer <assertion> (a JWT "
                       "signed by your own key; permbroker keys assertion mints one)",
@@ -89,7 +92,7 @@ def require_operator(who: Authenticated) -> Caller:
     return who
 
 
-def require_service(who: Authenticated) -> Caller:
+async def require_service(who: Authenticated) -> Caller:
     """Resource services (services.json) or operators."""
     if who.principal.kind not in ("service", "operator"):
         raise Refused(403, f"{who.principal.id} is neither a resource service (services.json) "

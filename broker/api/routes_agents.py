@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from broker.api.auth import (
     AgentItself,
@@ -74,15 +75,18 @@ def relay(request: Request, who: Caller, kind: str, event: WireModel, request_id
 
 
 @router.post("/v1/check", tags=["resource services"])
-def check_action(body: CheckBody, request: Request, who: Service) -> dict[str, Any]:
+async def check_action(body: CheckBody, request: Request, who: Service) -> dict[str, Any]:
     """May this agent use this scope on this resource now? Answered from the grant view
     (resource services, with their enforcement point key; operators), about agents of the
     caller's tenants only when the tenants file scopes it."""
     scoped(request, who, body.agent_id)
     runtime = runtime_of(request)
     assert runtime.view is not None
-    verdict = check_agent(runtime.view, body.agent_id, body.scope, body.resource,
-                    at_least=body.consistency_token)
+    if body.consistency_token is None:  # an in-memory lookup: answered on the event loop
+        verdict = check_agent(runtime.view, body.agent_id, body.scope, body.resource)
+    else:  # may wait for the view to reach the token: in a thread
+        verdict = await run_in_threadpool(check_agent, runtime.view, body.agent_id, body.scope,
+                                          body.resource, at_least=body.consistency_token)
     outcome = "allowed" if verdict.allowed else "unavailable" if verdict.unavailable else "denied"
     runtime.metrics.checks.labels(outcome).inc()
     grant = verdict.grant

@@ -48,8 +48,11 @@ def mint(key: SigningKey, principal: str, method: str, path: str, *,
 class Directory(Protocol):
     """Public keys by kid with their principal (``OperatorDirectory``, ``ServiceDirectory``)."""
 
+    def held(self, kid: str) -> tuple[str, PublicJwk] | None:
+        """(principal, key) of a key id among those held now (the file is not re-read)."""
+
     def get(self, kid: str) -> tuple[str, PublicJwk] | None:
-        """(principal, key) of a key id."""
+        """(principal, key) of a key id (the file is re-read when it is not held)."""
 
 
 class Agents(Protocol):
@@ -101,12 +104,20 @@ class Identities:
         return problem or Verified(principal, claims, token)
 
     def key(self, kid: str, at: datetime) -> tuple[Principal, PublicJwk] | Rejection:
-        """The principal and public key of ``kid``; an agent's key must be usable at ``at``."""
-        for kind, directory in (("operator", self.operators), ("service", self.services)):
-            found = directory.get(kid)
-            if found is not None:
-                return Principal(found[0], kind, kid), found[1]  # type: ignore[arg-type]
-        owner = self.agents.owner_of(kid)
+        """The principal and public key of ``kid``; an agent's key must be usable at ``at``.
+
+        The keys held are looked up first; the trust files are re-read, and the registry caught
+        up, only for a key id none of them holds (added a moment ago)."""
+        directories = (("operator", self.operators), ("service", self.services))
+        owner = None
+        for reread in (False, True):
+            for kind, directory in directories:
+                found = directory.get(kid) if reread else directory.held(kid)
+                if found is not None:
+                    return Principal(found[0], kind, kid), found[1]  # type: ignore[arg-type]
+            owner = self.agents.owner_of(kid)
+            if owner is not None:
+                break
         if owner is None and self.refresh is not None:
             self.refresh()  # registered a moment ago?
             owner = self.agents.owner_of(kid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +86,27 @@ def add_principal(path: Path, principal: str, jwk: PublicJwk, what: str) -> None
 
 
 class KeyDirectory:
-    """The keys of one principals file, re-read when it changes (a missing file trusts no one)."""
+    """The keys of one principals file, re-read when it changes (a missing file trusts no one).
+
+    Whether it changed is checked at most every ``RECHECK_S`` on a lookup, and at once for a key
+    id it does not hold (a key added a moment ago): a key removed from the file stops being
+    trusted within ``RECHECK_S``, without a file system call on every lookup.
+    """
+
+    RECHECK_S = 1.0
 
     def __init__(self, path: Path, prefix: str, what: str) -> None:
         self.path = path
         self.prefix = prefix
         self.what = what
         self._stamp: int | None = None
+        self._checked = 0.0
         self._keys: Principals = {}
         self.reload()
 
     def reload(self) -> None:
         """Re-read the file if it changed."""
+        self._checked = time.monotonic()
         try:
             stamp = self.path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -106,9 +116,15 @@ class KeyDirectory:
             self._keys = load_principals(self.path, self.prefix, self.what)
             self._stamp = stamp
 
+    def held(self, kid: str) -> tuple[str, PublicJwk] | None:
+        """(principal, key) of a key id among the keys held (re-read if due), or None."""
+        if time.monotonic() - self._checked >= self.RECHECK_S:
+            self.reload()
+        return self._keys.get(kid)
+
     def get(self, kid: str) -> tuple[str, PublicJwk] | None:
-        """(principal, key) of a key id."""
-        found = self._keys.get(kid)
+        """(principal, key) of a key id, re-reading the file if it is not held."""
+        found = self.held(kid)
         if found is None:
             self.reload()
             found = self._keys.get(kid)

@@ -26,6 +26,9 @@ class Trusted:
     def __init__(self, principal: str, key: SigningKey) -> None:
         self.keys = {key.kid: (principal, key.jwk)}
 
+    def held(self, kid: str) -> tuple[str, PublicJwk] | None:
+        return self.keys.get(kid)
+
     def get(self, kid: str) -> tuple[str, PublicJwk] | None:
         return self.keys.get(kid)
 
