@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
     sizes = suite.Sizes(rounds=args.rounds)
     if args.quick:
         sizes = suite.Sizes(rounds=args.rounds, latency_n=40, revocations=10, expiry_grants=200,
-                            tput_k=300, grants=10_000, http_n=50, http_k=200)
+                            tput_k=300, grants=10_000, http_n=50, http_k=200,
+                            cost_n=30, cost_k=300, cost_scale=100)
     console = Console(highlight=False)
     started, t0 = datetime.now(UTC), time.monotonic()
     sections: list[report.Section] = []

@@ -139,13 +139,16 @@ def sealer(settings: Settings) -> Iterator[SealerProcess]:
 
 
 @contextmanager
-def worker(settings: Settings, name: str = "worker") -> Iterator[WorkerProcess]:
-    """One worker child process, ready, stopped again on exit."""
+def worker(settings: Settings, name: str = "worker", *,
+           register: bool = True) -> Iterator[WorkerProcess]:
+    """One worker child process, ready, stopped again on exit; with ``register``, the bench's
+    agents are registered once it is (a no-op when they already are)."""
     proc = WorkerProcess(settings, role_access(settings, topics.WORKER), name=name)
     proc.start()
     try:
         proc.wait_ready(timeout=120)
-        register_agents(settings)
+        if register:
+            register_agents(settings)
         yield proc
     finally:
         proc.stop()

@@ -27,6 +27,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # title -> rows
+    images: dict[str, bytes] = field(default_factory=dict)  # file name (next to bench.md) -> PNG
 
 
 def _fmt(value: float, unit: str = "") -> str:
@@ -92,6 +93,8 @@ def markdown(sections: list[Section], meta: dict[str, Any]) -> str:
             out.append(f"- {k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
         for title, rows in s.tables.items():
             out += ["", f"{title}:", "", *_rows_table(rows)]
+        for name in s.images:
+            out += ["", f"![{s.title}]({name})"]
     out += ["", "## Method", ""] + [f"- {m}" for m in meta["method"]]
     return "\n".join(out) + "\n"
 
@@ -117,6 +120,9 @@ def write(sections: list[Section], meta: dict[str, Any], out_dir: Path) -> tuple
     """Write bench.md and bench.json; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "bench.md", out_dir / "bench.json"
+    for s in sections:
+        for name, png in s.images.items():
+            (out_dir / name).write_bytes(png)
     md.write_text(markdown(sections, meta))
     js.write_text(json.dumps(to_json(sections, meta), indent=1, default=str, allow_nan=True))
     return md, js

@@ -2,7 +2,8 @@
 
 Imports broker, schemas and the bench's modules. Order: latency (1-3, 9), checks (4), the HTTP
 check (11), policy (5), signing and verifying (10), expiry (8), throughput (6, a second worker
-joins at the end), memory (7, 100,000 grants, last because it fills Redis).
+joins at the end), the cost curve (12, 100,000 agents and grants), memory (7, 100,000 grants,
+last because it fills Redis).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import env, peers, sections
+from bench.measures import (
+    cost as b_cost,
+)
 from bench.measures import (
     expiry as b_expiry,
 )
@@ -60,6 +64,9 @@ class Sizes:
     grants: int = 100_000
     http_n: int = 300
     http_k: int = 1000
+    cost_n: int = 100
+    cost_k: int = 1000
+    cost_scale: int = 1  # the cost curve's levels divided by this
 
 
 def _open_rig(s: Settings, bao: peers.Bao | None) -> b_latency.Rig:
@@ -165,6 +172,12 @@ def _throughput(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, raw_pid: in
     return sec
 
 
+def _cost(rig: b_latency.Rig, s: Settings, sz: Sizes, w1: Any, say: Any) -> Section:
+    points = b_cost.curve(rig, s, w1.pid, sz.cost_n, sz.cost_k, say,
+                          lambda: env.worker(s, "worker2", register=False), sz.cost_scale)
+    return sections.cost(points, b_cost.chart(points))
+
+
 def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
     """Run every benchmark on a fresh bench stack, appending report sections to ``out`` as each
     completes (so a run that fails part way still reports what it measured)."""
@@ -192,6 +205,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
                                          s.redis_url, sz.expiry_grants, say)
             out.append(sections.expiry(e_arms))
             out.append(_throughput(rig, s, sz, w1, raw.pid, sealer, say))
+            out.append(_cost(rig, s, sz, w1, say))
         finally:
             _close_rig(rig)
             if bao is not None:

@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,8 +46,11 @@ MEM_TOPIC = dataclasses.replace(env.RAW_OUT, name="bench.mem.grants", writers=(t
                                 readers=(topics.SERVICE,))
 
 
-async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, str, str]]:
-    """Commit n grants through the store; publish their events; return a few (agent, gid, rid)."""
+async def commit_grants(settings: Any, n: int, agent_of: Callable[[int], str],
+                        publish: Callable[[list[Any]], None] | None = None
+                        ) -> list[tuple[str, str, str]]:
+    """Commit n grants (the i-th to ``agent_of(i)``) with the worker's store calls; hand each
+    batch of grant events to ``publish``; return a few (agent, gid, rid)."""
     policy = load_policy(settings.policy_path)
     profile = policy.agent(env.agent_id("lat", 0))
     template = fraud_request(env.agent_id("lat", 0))
@@ -62,7 +66,7 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
 
     async def one(i: int) -> Any:
         req = template.model_copy(update={"request_id": f"req-{uuid.uuid4()}",
-                                          "agent_id": f"bench-mem-{i % AGENTS:05d}"})
+                                          "agent_id": agent_of(i)})
         out = decide(req, evaluation, agent=profile, state=AgentState(), received_at=now, now=now)
         committed = await store.commit(out, received_at=now, now=now,
                                        max_grant_s=policy.max_grant_duration_s)
@@ -72,16 +76,24 @@ async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, st
             sample.append((req.agent_id, out.grant.grant_id, req.request_id))
         return committed.grant
 
-    sign = RecordSigner(BrokerKeyring(settings.key_path("broker")))  # as the worker signs
     try:
         for start in range(0, n, CONCURRENCY):
             todo = range(start, min(n, start + CONCURRENCY))
             grants = await asyncio.gather(*(one(i) for i in todo))
-            harness.publish_many(MEM_TOPIC.name,
-                                 [sign(encode(g, source="/bench")) for g in grants])
+            if publish is not None:
+                publish(grants)
     finally:
         await store.aclose()
     return sample
+
+
+async def _fill(settings: Any, n: int, harness: Publisher) -> list[tuple[str, str, str]]:
+    """Commit n grants through the store; publish their events; return a few (agent, gid, rid)."""
+    sign = RecordSigner(BrokerKeyring(settings.key_path("broker")))  # as the worker signs
+    return await commit_grants(
+        settings, n, lambda i: f"bench-mem-{i % AGENTS:05d}",
+        lambda grants: harness.publish_many(MEM_TOPIC.name,
+                                            [sign(encode(g, source="/bench")) for g in grants]))
 
 
 def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],

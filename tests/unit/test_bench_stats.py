@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 
+from bench import sections
+from bench.measures.cost import Point
+from bench.measures.http import HTTP_ARMS
 from bench.measures.latency import after_applied
 from bench.observe import ViewEvents
-from bench.report import Section, markdown
+from bench.report import Section, markdown, write
 from bench.stats import Arm, Line, Target, median_ratio, percentile, ratio_lines
 from broker.adapters.kafka.edge import Record
 from schemas.events import AgentRevoked, WireModel
@@ -164,3 +168,38 @@ def test_a_sections_tables_are_rendered_as_markdown_tables() -> None:
     text = markdown([sec], meta)
     assert ("Top functions:\n\n| function | self % |\n|---|---|\n"
             "| decide (broker/grants/decide.py) | 80.0 |\n| verify (jose/jws.py) | 20.0 |") in text
+
+
+def test_the_cost_curve_is_a_table_of_its_points_and_a_chart_written_next_to_the_report(
+        tmp_path: Path) -> None:
+    """Each point is one row (the worker / raw loop ratio computed from its two rates); the
+    chart's PNG is written beside bench.md and linked from its section."""
+    points = [Point(0, 1_584, 1_000, 1, 5.0, 12.5, 150.0, 1_500.0, 5.3),
+              Point(0, 1_584, 1_000, 2, 5.5, 14.0, 240.0, 1_600.0, 5.9)]
+    sec = sections.cost(points, b"\x89PNG fake")
+    rows = sec.tables["One row per point, in the order measured (levels are cumulative)"]
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert rows[0]["agents in the registry"] == "1,584"
+    assert rows[0]["worker / raw loop"] == "0.10x" and rows[1]["worker / raw loop"] == "0.15x"
+    meta = {"started": "t", "machine": "m", "rounds": 5, "elapsed_s": 1.0, "command": "c",
+            "method": ["m"]}
+    md, _js = write([sec], meta, tmp_path)
+    assert (tmp_path / "bench-cost.png").read_bytes() == b"\x89PNG fake"
+    assert "![12. Cost curve: registered agents, active grants, workers](bench-cost.png)" \
+        in md.read_text()
+
+
+def test_the_http_check_is_judged_on_per_round_throughput_ratios_and_the_p99_ratio() -> None:
+    """Throughput: median of each round's API rate over the trivial endpoint's (>= 0.5x);
+    latency: the usual median of per-round p99 ratios (<= 3x)."""
+    arms = {key: Arm(name, unit) for key, (name, unit) in HTTP_ARMS.items()}
+    for api, triv in ((400.0, 1000.0), (700.0, 1000.0), (900.0, 1000.0)):
+        arms["api_tput"].add_round([api])
+        arms["triv_tput"].add_round([triv])
+        arms["api_lat"].add_round([2.0] * 95 + [40.0] * 5)
+        arms["triv_lat"].add_round([1.0] * 100)
+    lines = {ln.what: ln for ln in sections.http(arms).lines}
+    tput = lines["/v1/check / trivial throughput"]
+    assert tput.per_round == [0.4, 0.7, 0.9] and tput.value == 0.7 and tput.verdict == "met"
+    p99 = lines["/v1/check / trivial p99 ratio"]
+    assert p99.value > 3 and p99.verdict == "MISSED"
