@@ -144,7 +144,8 @@ def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -
              "used_memory delta / grants", target=Target("<= 200 B", 200.0)),
         Line("7", "view bytes per active grant", in_view["bytes_per_grant"], "B",
              "tracemalloc, Python heap", target=Target("<= 500 B", 500.0)),
-        Line("7", "worker resident memory", worker_rss / 2**20, "MiB", "VmRSS"),
+        Line("7", "worker resident memory", worker_rss / 2**20, "MiB",
+             "VmRSS, after the cost curve (its registry holds the curve's agents)"),
     ]
     sec.extra["redis"] = in_redis
     sec.extra["view"] = in_view
@@ -162,7 +163,7 @@ def cost(points: list[Any], png: bytes) -> Section:
         "the broker's key, exactly the record the worker writes for a registration) and grants "
         "committed with the worker's own store calls (15 minutes long, all active through the "
         "curve), then is measured once the worker is idle again, with one worker and with two.",
-        "p50/p99: 100 sequential escalations from the latency pool to the grant in Redis. "
+        "p50/p99: 200 sequential escalations from the latency pool to the grant in Redis. "
         "decisions/s and CPU: one batch of 1,000 from the throughput pool; the raw loop's "
         "batch right after it is the same-moment reference. One sample per point (not "
         "interleaved rounds): read the trend, not the second digit.",

@@ -64,7 +64,7 @@ class Sizes:
     grants: int = 100_000
     http_n: int = 300
     http_k: int = 1000
-    cost_n: int = 100
+    cost_n: int = 200
     cost_k: int = 1000
     cost_scale: int = 1  # the cost curve's levels divided by this
 

@@ -74,6 +74,7 @@ class Point:
     raw_rate: float  # the raw loop's batch, right after
     cpu_ms: float  # the workers' CPU per decision over the batch
     settled_s: float = 0.0  # from the second worker's start until both were idle
+    rss_mib: tuple[float, ...] = ()  # each worker's resident memory after the point
 
     def row(self) -> dict[str, Any]:
         """The point as a report row."""
@@ -84,7 +85,8 @@ class Point:
                 "worker / raw loop": f"{self.rate / self.raw_rate:.2f}x",
                 "worker CPU ms per decision": f"{self.cpu_ms:.2f}",
                 "second worker ready to idle, s": f"{self.settled_s:.0f}" if self.workers > 1
-                else "-"}
+                else "-",
+                "workers' RSS, MiB": ", ".join(f"{m:.0f}" for m in self.rss_mib)}
 
 
 def seeded(first: int, n: int) -> str:
@@ -178,8 +180,9 @@ def curve(rig: b_latency.Rig, s: Settings, w1_pid: int, n: int, k: int, say: Any
                 settled = wait_quiet(pids) if w2 is not None else 0.0
                 held = active_grants(s.redis_url)
                 lat, rate, raw, cpu = measure(rig, n, k, pids)
-            point = Point(level, base_agents + agents, held, workers,
-                          percentile(lat, 50), percentile(lat, 99), rate, raw, cpu, settled)
+                rss = tuple(env.rss_bytes(p) / 2**20 for p in pids)
+            point = Point(level, base_agents + agents, held, workers, percentile(lat, 50),
+                          percentile(lat, 99), rate, raw, cpu, settled, rss)
             points.append(point)
             say(f"cost curve: {point.agents:,} agents, {point.grants:,} grants, {workers} "
                 f"worker(s): p50 {point.p50_ms:.2f} ms, p99 {point.p99_ms:.2f} ms, "
