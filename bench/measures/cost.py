@@ -57,6 +57,7 @@ from schemas.events import AgentKey, AgentRecord
 LEVELS = ((1_000, 1_000), (100_000, 1_000), (100_000, 100_000))
 SEEDED = "bench-cc-"
 SOURCE = "/permbroker/worker/bench-seed"
+LAPSE_S = 25  # the fraud policy grants the bench's requests 20 s
 QUIET_CPU = 0.15  # a worker is idle again below this share of one core over a second
 
 
@@ -161,6 +162,7 @@ def curve(rig: b_latency.Rig, s: Settings, w1_pid: int, n: int, k: int, say: Any
     if template is None:
         raise RuntimeError("the bench's latency agents are not registered")
     base_agents = len(registry.records())
+    time.sleep(LAPSE_S)  # the throughput benchmark's last grants lapse (their expiries)
     points: list[Point] = []
     agents_done = grants_done = 0
     for level, (agents, grants) in enumerate((a // scale, g // scale) for a, g in LEVELS):

@@ -64,6 +64,13 @@ class GrantStore(Protocol):
     async def mark_built(self, now: datetime) -> None:
         """Record that the view now reflects the log."""
 
+    async def baselines_stated(self) -> str | None:
+        """The fingerprint of the statements a worker last stated for every agent, while it
+        holds (``mark_baselines_stated``)."""
+
+    async def mark_baselines_stated(self, fingerprint: str, ttl_s: int) -> None:
+        """Record that every agent's baseline was stated under ``fingerprint``, for ``ttl_s``."""
+
     async def snapshot(
         self, agent_id: str, fence_key: str | None = None, request_id: str | None = None
     ) -> Snapshot:

@@ -98,7 +98,7 @@ class Commands:
         self.ready.set()
         await self.publish_jwks(force=True)
         await self.ctx.ready.wait()
-        await self.baselines.announce_all()  # a view that starts later finds the current ones
+        await self.baselines.announce_at_start()  # a view that starts later finds the current ones
         log.info("identity ready: %d agent(s) in the registry", len(registry.records()))
 
     async def _refuse(self, msg: Incoming, cmd: AgentCommand | GrantCommand, why: Rejection,

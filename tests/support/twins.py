@@ -138,6 +138,16 @@ class MemoryGrantStore:
         self._up()
         self._set(keys.VIEW_EPOCH, ms(now))
 
+    async def baselines_stated(self) -> str | None:
+        """The fingerprint last stated, while it holds."""
+        self._up()
+        stated: str | None = self._get(keys.BASELINES_STATED)
+        return stated
+
+    async def mark_baselines_stated(self, fingerprint: str, ttl_s: int) -> None:
+        """Record the fingerprint for ``ttl_s``."""
+        self._set(keys.BASELINES_STATED, fingerprint, self._up() + ttl_s * 1000)
+
     async def snapshot(
         self, agent_id: str, fence_key: str | None = None, request_id: str | None = None
     ) -> Snapshot:

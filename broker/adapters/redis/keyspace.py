@@ -23,6 +23,8 @@ PREFIX = "pb"
 # Set when the view was (re)built from Kafka (when, for listings); the per-slot markers below
 # are what scripts and checks read. Absent = fail closed.
 VIEW_EPOCH = f"{PREFIX}:view:epoch"
+# The fingerprint of the baseline statements a starting worker last stated for every agent.
+BASELINES_STATED = f"{PREFIX}:baselines:stated"
 AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
 MEMBER_SEP = "\x1f"
 # Shards of the expiry indexes (zsets "agent\x1fgrant\x1fnamespaces" -> ms; PXAT of the latest).

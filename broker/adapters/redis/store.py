@@ -139,6 +139,16 @@ class RedisGrantStore(Rebuild):
                 await send_packed(self._r, _packed_markers(epoch))
         await call(self._r.set(keys.VIEW_EPOCH, epoch))
 
+    async def baselines_stated(self) -> str | None:
+        """The fingerprint of the statements a worker last stated for every agent, while it
+        holds."""
+        raw = await call(self._r.get(keys.BASELINES_STATED))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def mark_baselines_stated(self, fingerprint: str, ttl_s: int) -> None:
+        """Record that every agent's baseline was stated under ``fingerprint``, for ``ttl_s``."""
+        await call(self._r.set(keys.BASELINES_STATED, fingerprint, ex=ttl_s))
+
     async def now(self) -> datetime:
         """Redis's clock: the one that expires every key, so the one grants are judged by."""
         sec, usec = await call(self._r.time())

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -19,15 +20,17 @@ from broker.adapters.crypto.jose import SigningKey
 from broker.adapters.crypto.signing import sign_message
 from broker.adapters.kafka.bus import Publisher
 from broker.adapters.kafka.codec import encode
+from broker.adapters.redis import keyspace as keys
 from broker.api.app import create_app
 from broker.cli.main import app
 from broker.config import Settings
 from broker.errors import CommandRefused
 from broker.sdk.resource.view import GrantView, Verdict
 from broker.stack.credentials import role_access
-from broker.stack.worker import worker_env
+from broker.stack.worker import WorkerProcess, worker_env
 from schemas import topics
 from schemas.events import AuditRecord, BaselineEntitlement
+from streams.identity.baseline import RESTATED_FOR_S
 from tests.support.enforcement import FREEZE, fraud_grant
 from tests.support.identities import (
     Registrar,
@@ -192,3 +195,27 @@ def test_replay_answers_what_the_agent_could_do_while_suspended_and_after(
     held = wait_until(after_resume, 60, "the resumed baseline in the sealed audit")
     assert held is not None and [b["scopes"] for b in held] == [[READ]], held
     assert _held_at(settings, agent, suspended.answered_at) == []
+
+
+def test_a_worker_opening_soon_after_a_complete_restatement_does_not_state_every_baseline_again(
+    worker: WorkerProcess, rclient: redis.Redis,
+) -> None:
+    """A worker that opens states every agent's baseline again (five signed records per
+    agent), unless a worker completed that under the same policy revisions and grant topics
+    less than RESTATED_FOR_S ago; without that record, it states them all and records it."""
+    wait_until(lambda: rclient.get(keys.BASELINES_STATED) is not None, 60,
+               "the session worker's restatement recorded")
+    assert 0 < int(rclient.ttl(keys.BASELINES_STATED)) <= RESTATED_FOR_S
+    worker.stop()
+    worker.start()
+    worker.wait_ready()
+    wait_until(lambda: "not stated again" in worker.log_text(), 60, "the restatement skipped")
+    assert "stated the baseline entitlement of" not in worker.log_text()
+    rclient.delete(keys.BASELINES_STATED)
+    worker.stop()
+    worker.start()
+    worker.wait_ready()
+    wait_until(lambda: "stated the baseline entitlement of" in worker.log_text(), 120,
+               "every baseline stated again")
+    wait_until(lambda: rclient.get(keys.BASELINES_STATED) is not None, 30,
+               "the restatement recorded again")
