@@ -10,11 +10,11 @@ view that starts after the grant topic's retention dropped the original statemen
 policy changed a class's baseline, still finds the current one. Statements are deterministic
 (same record and policy, same id and content) and views keep the newest registry revision.
 
-Re-announcing costs five signed records per agent, so a worker that opens within
-``RESTATED_FOR_S`` of another worker's complete re-announcement under the same fingerprint
-(each tenant's policy revision and the grant topics statements go to) skips it: the statements
-it would write are on the topics already, well inside their retention. A worker that stops
-part way records nothing, so the next one states them all.
+Re-announcing costs a signed record per agent on every grant topic, and its audit record, so a
+worker that opens within ``RESTATED_FOR_S`` of another worker's complete re-announcement under
+the same fingerprint (each tenant's policy revision and the grant topics statements go to)
+skips it: the statements it would write are on the topics already, well inside their
+retention. A worker that stops part way records nothing, so the next one states them all.
 """
 
 from __future__ import annotations

@@ -200,9 +200,10 @@ def test_replay_answers_what_the_agent_could_do_while_suspended_and_after(
 def test_a_worker_opening_soon_after_a_complete_restatement_does_not_state_every_baseline_again(
     worker: WorkerProcess, rclient: redis.Redis,
 ) -> None:
-    """A worker that opens states every agent's baseline again (five signed records per
-    agent), unless a worker completed that under the same policy revisions and grant topics
-    less than RESTATED_FOR_S ago; without that record, it states them all and records it."""
+    """A worker that opens states every agent's baseline again (a signed record per agent on
+    every grant topic, and its audit record), unless a worker completed that under the same
+    policy revisions and grant topics less than RESTATED_FOR_S ago; without that record, it
+    states them all and records it."""
     wait_until(lambda: rclient.get(keys.BASELINES_STATED) is not None, 60,
                "the session worker's restatement recorded")
     assert 0 < int(rclient.ttl(keys.BASELINES_STATED)) <= RESTATED_FOR_S
