@@ -40,13 +40,15 @@ def report(figures: Figures, counts: Counter[str], examples: int, seed: int,
            started: float) -> None:
     """The run's counts as figures: every example and step ran, every outcome was reached."""
     figures.check("seed (PERMBROKER_PROPS_SEED reproduces the run)", str(seed), "random", True)
+    figures.check("rounds (more run while an outcome was not reached)", counts["rounds"],
+                  "counted", True)
     figures.at_least("examples (interleavings) run", counts["examples"], examples)
     steps = sum(v for k, v in counts.items() if k.startswith("rule: "))
     figures.at_least("steps run (rule calls)", steps, examples)
     figures.at_least("invariant checks passed (after every step)", counts["invariant checks"],
                      steps)
     for name in sorted(counts):
-        if name not in ("examples", "invariant checks"):
+        if name not in ("examples", "invariant checks", "rounds"):
             figures.check(name, counts[name], "counted", True)
     for needed in EXERCISED:
         figures.at_least(f"exercised: {needed}", counts[needed], 1)
@@ -64,7 +66,7 @@ def test_any_interleaving_keeps_the_grant_invariants(tmp_path: Path, figures: Fi
     started = time.monotonic()
     with world.redis_server() as url:
         seed = machine.run(lambda: world.World(url, policy, ids), examples=EXAMPLES, steps=STEPS,
-                         seed=SEED)
+                           seed=SEED, exercise=EXERCISED)
     report(figures, spec.COUNTS, EXAMPLES, seed, started)
 
 
@@ -80,5 +82,6 @@ def test_the_model_with_every_message_through_kafka_keeps_the_invariants(
     started = time.monotonic()
     with private.private_stack() as kafka_settings:
         seed = machine.run(lambda: KafkaWorld(policy, ids, kafka_settings),
-                           examples=KAFKA_EXAMPLES, steps=KAFKA_STEPS, seed=SEED)
+                           examples=KAFKA_EXAMPLES, steps=KAFKA_STEPS, seed=SEED,
+                           exercise=EXERCISED)
     report(figures, spec.COUNTS, KAFKA_EXAMPLES, seed, started)
