@@ -85,12 +85,15 @@ class Commands:
         while True:
             try:
                 registry = await asyncio.to_thread(RegistryView, self.kafka, self.trust)
-                if not await asyncio.to_thread(registry.wait_ready, 120.0):
-                    raise BrokerError("the agent registry did not load within 120s")
                 break
             except BrokerError as exc:
                 log.error("identity not ready: %s (retrying)", exc)
                 await asyncio.sleep(1.0)
+        # The view's thread reads on through Kafka errors: a slow load is waited for, never
+        # started again from the first record.
+        while not await asyncio.to_thread(registry.wait_ready, 30.0):
+            log.warning("identity not ready: the agent registry is still loading (%d agent(s) "
+                        "so far)", len(registry.records()))
         if not gate.operators.keys():
             log.error("no trusted operator keys in %s: operator commands will be refused; run "
                       "`permbroker keys init`", gate.operators.path)
