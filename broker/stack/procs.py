@@ -68,6 +68,12 @@ def _cmdline(pid: int) -> tuple[str, ...]:
     return tuple(raw.decode(errors="replace").split("\0")[:-1])
 
 
+def _same_process(record: ProcRecord) -> bool:
+    """True if the recorded pid still has the recorded start time (exiting or not)."""
+    stat = _proc_stat(record.pid)
+    return stat is not None and stat[1] == record.start_ticks
+
+
 def is_ours(record: ProcRecord) -> bool:
     """True if the recorded process still runs, with the same argv and start time."""
     stat = _proc_stat(record.pid)
@@ -119,19 +125,30 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status if pid is our child, so it does not linger as a zombie."""
-    proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
-        del _children[pid]
-
-
 def _gone(pid: int) -> bool:
+    """Whether pid has exited, every thread of it (and, for a child of ours, it is reaped).
+
+    A process whose main thread has exited shows as a zombie while its other threads still
+    run (a JVM shutting down does): it holds its ports and files until the last one ends.
+    """
+    proc = _children.get(pid)
+    if proc is not None:
+        if proc.poll() is None:  # waitpid reaps only once every thread has exited
+            return False
+        del _children[pid]
+        return True
     stat = _proc_stat(pid)
-    gone = stat is None or stat[0] in ("Z", "X")
-    if gone:  # reaped after the state is read: a child that exits in between is still collected
-        _reap(pid)
-    return gone
+    return stat is None or (stat[0] in ("Z", "X") and _threads(pid) <= 1)
+
+
+def _threads(pid: int) -> int:
+    """How many threads pid has (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -151,7 +168,8 @@ def stop(records: Sequence[ProcRecord], timeout: float = 30.0) -> list[ProcRecor
             os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for record in alive:
-        if not _wait_gone(record.pid, max(deadline - time.monotonic(), 0.0)) and is_ours(record):
+        if not _wait_gone(record.pid, max(deadline - time.monotonic(), 0.0)) \
+                and _same_process(record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
             _wait_gone(record.pid, 5.0)
