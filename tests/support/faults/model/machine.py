@@ -471,7 +471,7 @@ def run(make_world: Callable[[], World], *, examples: int, steps: int,
             break
         _round(seed, extra, size, steps)
         COUNTS["rounds"] += 1
-        size = max(1, examples // 5)
+        size = max(5, examples // 5)
     return seed
 
 
