@@ -459,8 +459,8 @@ def run(make_world: Callable[[], World], *, examples: int, steps: int,
 
     A random run may miss an outcome (a short grant that expires before anything ends it is
     drawn rarely): while one of ``exercise`` has not been counted, up to ``rounds`` more runs of
-    a fifth of ``examples`` follow, seeded ``seed + 1``, ``seed + 2``..., so that one seed
-    still reproduces the whole run. COUNTS["rounds"] says how many ran.
+    a fifth of ``examples`` (at least five) follow, seeded ``seed + 1``, ``seed + 2``..., so
+    that one seed still reproduces the whole run. COUNTS["rounds"] says how many ran.
     """
     seed = random.SystemRandom().randrange(2**32) if seed is None else seed
     BrokerModel.make_world = staticmethod(make_world)  # type: ignore[assignment]
