@@ -124,7 +124,7 @@ def test_a_stack_formatted_without_users_is_not_reused_silently(tmp_path: Path) 
 def test_the_container_kafka_is_configured_like_the_native_stack() -> None:
     """deploy/kafka-start.sh (docker-compose.yml, the tests' Docker path) sets every security
     property of the native stack to the same value (its inter-broker listener is INTERNAL)."""
-    script = (Path(__file__).resolve().parents[2] / "deploy" / "kafka-start.sh").read_text()
+    script = (Path(__file__).resolve().parents[3] / "deploy" / "kafka-start.sh").read_text()
     body = script.split("<<PROPERTIES\n", 1)[1].split("\nPROPERTIES\n", 1)[0]
     container = dict(line.split("=", 1) for line in body.splitlines())
     native = stack_kafka.security(Credentials.generate())

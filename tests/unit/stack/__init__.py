@@ -1,0 +1,1 @@
+"""Unit tests of the local stack: processes, security settings, the Redis Cluster layout."""
