@@ -90,13 +90,15 @@ class Baselines:
 
     async def announce_all(self) -> int:
         """State every registered agent's entitlement again, in batches; how many."""
-        records = self.gate.registry.records()
+        registry = self.gate.registry
+        agents = registry.agent_ids()
         now = datetime.now(UTC)
-        for start in range(0, len(records), BATCH):
-            events = [self._statement(r) for r in records[start:start + BATCH]]
+        for start in range(0, len(agents), BATCH):
+            events = [self._statement(r)
+                      for r in registry.records_of(agents[start:start + BATCH])]
             await self.ctx.retrying("baseline", functools.partial(self._publish, events, now))
-        log.info("stated the baseline entitlement of %d agent(s)", len(records))
-        return len(records)
+        log.info("stated the baseline entitlement of %d agent(s)", len(agents))
+        return len(agents)
 
     async def _publish(self, events: list[BaselineEntitlement], at: datetime) -> None:
         await self.ctx.emit_grants(*((e, None) for e in events))

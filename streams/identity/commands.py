@@ -93,7 +93,7 @@ class Commands:
         # started again from the first record.
         while not await asyncio.to_thread(registry.wait_ready, 30.0):
             log.warning("identity not ready: the agent registry is still loading (%d agent(s) "
-                        "so far)", len(registry.records()))
+                        "so far)", registry.count())
         if not gate.operators.keys():
             log.error("no trusted operator keys in %s: operator commands will be refused; run "
                       "`permbroker keys init`", gate.operators.path)
@@ -102,7 +102,7 @@ class Commands:
         await self.publish_jwks(force=True)
         await self.ctx.ready.wait()
         await self.baselines.announce_at_start()  # a view that starts later finds the current ones
-        log.info("identity ready: %d agent(s) in the registry", len(registry.records()))
+        log.info("identity ready: %d agent(s) in the registry", registry.count())
 
     async def _refuse(self, msg: Incoming, cmd: AgentCommand | GrantCommand, why: Rejection,
                       signer: Principal | None) -> None:
