@@ -176,6 +176,17 @@ def stop(records: Sequence[ProcRecord], timeout: float = 30.0) -> list[ProcRecor
     return alive
 
 
+def kill(record: ProcRecord, timeout: float = 30.0) -> bool:
+    """kill -9 the recorded process (if it still is that process); True once it is gone, every
+    thread of it, and reaped when it is a child of ours."""
+    if _same_process(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGKILL)
+        return _wait_gone(record.pid, timeout)
+    _gone(record.pid)  # it had ended: collect it if it was our child
+    return True
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """True if a server could bind host:port now (nothing else listens there)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -7,8 +7,6 @@ over."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ from broker.config import Settings
 from broker.stack import rediscluster
 from broker.stack.credentials import role_access
 from broker.stack.procs import ProcRecord, is_ours
+from broker.stack.procs import kill as kill_process
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
@@ -76,8 +75,7 @@ def _master_of(agent: str, skip: int = 0) -> int:
 def _kill(port: int) -> None:
     record = ProcRecord.read(private.STACK.stack_dir / "redis-cluster" / str(port) / "redis.pid")
     assert record is not None and is_ours(record), f"node {port} is not running"
-    os.kill(record.pid, signal.SIGKILL)
-    wait_until(lambda: not is_ours(record), 30, f"node {port} gone after kill -9", every=0.05)
+    assert kill_process(record, 30), f"node {port} still there 30 s after kill -9"
 
 
 async def _probe_failover(settings: Settings, lost: list[str], revoked: str,

@@ -8,9 +8,7 @@ in .stack/faults-cluster and is stopped and deleted afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +23,11 @@ from broker.stack import cluster as stack_cluster
 from broker.stack import kafka as stack_kafka
 from broker.stack import local as stack
 from broker.stack.credentials import role_access
-from broker.stack.procs import is_ours
+from broker.stack.procs import kill as kill_process
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
 from tests.support.identities import close_shared_trust, own_keys
-from tests.support.waits import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = stack_cluster.ClusterSpec(ROOT / ".stack" / "faults-cluster", BASE + 20, nodes=3)
@@ -119,6 +116,4 @@ def kill_node(node: int) -> None:
     """kill -9 one node of the cluster and wait until it is gone."""
     record = stack_cluster.node_record(SPEC, node)
     assert record is not None, f"kafka node {node} is not running"
-    os.kill(record.pid, signal.SIGKILL)
-    wait_until(lambda: not is_ours(record), 30, f"kafka node {node} gone after kill -9",
-               every=0.05)
+    assert kill_process(record, 30), f"kafka node {node} still there 30 s after kill -9"

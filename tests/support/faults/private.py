@@ -8,8 +8,6 @@ afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from broker.policy import load_policy
 from broker.stack import local as stack
 from broker.stack.credentials import credentials_file, role_access
 from broker.stack.procs import ProcRecord, is_ours
+from broker.stack.procs import kill as kill_process
 from broker.stack.worker import WorkerProcess
 from schemas import topics
 from tests.support.faults.ports import BASE
@@ -109,8 +108,7 @@ def kill(service: str) -> None:
     """kill -9 one service of the private stack and wait until it is gone."""
     record = ProcRecord.read(STACK.stack_dir / f"{service}.pid")
     assert record is not None and is_ours(record), f"{service} is not running"
-    os.kill(record.pid, signal.SIGKILL)
-    wait_until(lambda: not is_ours(record), 30, f"{service} gone after kill -9", every=0.05)
+    assert kill_process(record, 30), f"{service} still there 30 s after kill -9"
 
 
 def _up(attempts: int = 3) -> stack.StackStatus:

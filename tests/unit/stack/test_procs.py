@@ -38,3 +38,12 @@ def test_stop_waits_for_every_thread_and_reaps(tmp_path: Path) -> None:
     assert procs.stop([record], timeout=10.0) == [record]
     assert procs._proc_stat(record.pid) is None
     assert procs.exit_code(record.pid) is None  # forgotten once reaped
+
+
+def test_kill_9_returns_once_the_process_is_gone_and_reaped(tmp_path: Path) -> None:
+    record = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], cwd=tmp_path,
+                         log_path=tmp_path / "child.log")
+    assert procs.kill(record, 10.0)
+    assert record.pid not in procs._children  # no zombie left behind
+    assert procs._proc_stat(record.pid) is None
+    assert procs.kill(record, 10.0)  # already gone: nothing to kill, nothing else signalled
