@@ -161,7 +161,7 @@ def curve(rig: b_latency.Rig, s: Settings, w1_pid: int, n: int, k: int, say: Any
     template = registry.get(env.agent_id("lat", 0))
     if template is None:
         raise RuntimeError("the bench's latency agents are not registered")
-    base_agents = len(registry.records())
+    base_agents = registry.count()
     time.sleep(LAPSE_S)  # the throughput benchmark's last grants lapse (their expiries)
     points: list[Point] = []
     agents_done = grants_done = 0

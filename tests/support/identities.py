@@ -66,7 +66,7 @@ class Registrar:
         self._order = list(self._seed)
         # Registered earlier (another registrar on the same stack): never registered twice.
         operator = role_access(settings, topics.OPERATOR)
-        self._done = {r.agent_id for r in read_registry(operator, shared_trust(settings)).records()}
+        self._done = set(read_registry(operator, shared_trust(settings)).agent_ids())
         self.operator = OperatorClient(settings, operator, trust=shared_trust(settings))
 
     def ensure(self, agent_id: str) -> str:

@@ -9,6 +9,7 @@ belong in a thread when the caller is async.
 
 from __future__ import annotations
 
+import sys
 import threading
 import zlib
 from collections import OrderedDict
@@ -53,13 +54,14 @@ def _unpack(held: bytes) -> AgentRecord:
 class Registry:
     """Latest record per agent and the kid index (thread-safe).
 
-    Held compact, so that a process holds a large registry in little memory: each agent's latest
-    record as its JSON deflated against a dictionary of what every record repeats (about 0.5 KB,
-    against about 6 KB parsed); the ``parsed`` records read or applied last stay parsed.
+    Held compact, so that a process holds a large registry in little memory: the ``parsed``
+    records read or applied last stay parsed; a record leaving them is kept as its JSON deflated
+    against a dictionary of what every record repeats (about 0.5 KB, against about 6 KB parsed).
     """
 
     def __init__(self, parsed: int = PARSED) -> None:
-        self._held: dict[str, tuple[int, bytes]] = {}  # agent id -> (revision, packed record)
+        # agent id -> (revision, packed record; None while it is among the parsed ones)
+        self._held: dict[str, tuple[int, bytes | None]] = {}
         self._parsed: OrderedDict[str, AgentRecord] = OrderedDict()
         self._room = parsed
         self._kids: dict[str, str] = {}
@@ -67,12 +69,11 @@ class Registry:
 
     def apply(self, record: AgentRecord) -> bool:
         """Keep ``record`` if it is newer than what is held; True if it was."""
-        packed = _pack(record)
         with self._lock:
             current = self._held.get(record.agent_id)
             if current is not None and current[0] >= record.revision:
                 return False
-            self._held[record.agent_id] = (record.revision, packed)
+            self._held[record.agent_id] = (record.revision, None)
             self._keep_parsed(record)
             for key in record.keys:
                 self._kids[key.kid] = record.agent_id
@@ -88,15 +89,18 @@ class Registry:
             held = self._held.get(agent_id)
             if held is None:
                 return None
+            assert held[1] is not None  # packed when it left the parsed ones
             record = _unpack(held[1])
             self._keep_parsed(record)
             return record
 
     def _keep_parsed(self, record: AgentRecord) -> None:
+        """Hold ``record`` parsed; pack the one read longest ago when there is no room."""
         self._parsed[record.agent_id] = record
         self._parsed.move_to_end(record.agent_id)
         while len(self._parsed) > self._room:
-            self._parsed.popitem(last=False)
+            agent_id, old = self._parsed.popitem(last=False)
+            self._held[agent_id] = (old.revision, _pack(old))
 
     def owner_of(self, kid: str) -> str | None:
         """The agent a key id was ever registered to."""
@@ -122,14 +126,15 @@ class Registry:
         """The latest records of those of ``agent_ids`` that are registered, in that order;
         reading them keeps none parsed that was not (a pass over every agent evicts no one)."""
         with self._lock:
-            held = [(self._parsed.get(a), got[1]) for a in agent_ids
+            held = [self._parsed.get(a) or got[1] for a in agent_ids
                     if (got := self._held.get(a)) is not None]
-        return [record if record is not None else _unpack(packed) for record, packed in held]
+        return [r if isinstance(r, AgentRecord) else _unpack(r) for r in held if r is not None]
 
 
 def fold(records: Iterable[Record]) -> Registry:
-    """A registry from records read off the agents topic (refused ones were counted, skipped)."""
-    registry = Registry()
+    """A registry from records read off the agents topic (refused ones were counted, skipped),
+    every record kept parsed: a read once, to list or look up, packs none."""
+    registry = Registry(parsed=sys.maxsize)
     for rec in records:
         if isinstance(rec.event, AgentRecord):
             registry.apply(rec.event)
