@@ -18,7 +18,8 @@ The cascade reads the all-grants topic: a revoked, released or expired grant (an
 revocation comes with a ``grant.revoked`` per grant) ends each of its children
 (``grant.revoked``, rule ``delegation-parent-ended``, audited per child); that child's own
 revocation, read in turn, ends the grandchildren. Redelivery repeats the same events (each
-end is recorded per child).
+end is recorded per child). A record that declares a type which ends nothing (``grant.issued``
+and the like: most of the topic) is passed by unread; only the others are verified.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ from schemas.events import (
 from streams.worker import Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
+# The grant topic's event types that end no grant: the cascade passes them by unread.
+PASS_BY = frozenset(t.encode() for t in topics.GRANT_EVENT_TYPES) - {
+    f"io.permbroker.grant.{end}.v1".encode() for end in ("revoked", "expired", "released")}
 Schedule = Callable[[GrantIssued, datetime], Awaitable[None]]
 PARENT_ENDED = "delegation-parent-ended"  # the rule of a child's revocation by its parent's end
 
@@ -202,6 +206,9 @@ class Delegations:
     async def on_grant_event(self, msg: Incoming) -> None:
         """End the children of every grant a record of the all-grants topic ends."""
         await self.ctx.ready.wait()
+        if _passes_by(msg):  # nothing to end: not read, so not verified either
+            self.ctx.count("cascade_passed_by")
+            return
         event = self.ctx.read(msg)
         # An agent's revocation comes with one grant.revoked per grant it removed: those end
         # the children (agent.revoked itself adds nothing to cascade).
@@ -230,3 +237,15 @@ class Delegations:
             await self.ctx.emit_grants((revoked, namespaces_of(child.scopes)))
             self.ctx.count("delegation_cascaded")
             log.info("grant %s of %s ended with its parent %s", child_id, child_agent, grant_id)
+
+
+def _passes_by(msg: Incoming) -> bool:
+    """Whether a record declares (``ce_type``) a known grant event type that ends no grant.
+
+    Only a record declaring an ending type, or none, or one unknown, is read: verified, and
+    dead-lettered if refused. A record that declares another type is passed by unread whatever
+    it holds: had it been read, the cascade would have acted on nothing it could decode from
+    it. The grant views and the rebuild, which act on every type, verify every record.
+    """
+    declared = [v for k, v in msg.headers if k == "ce_type"]
+    return len(declared) == 1 and declared[0] in PASS_BY
