@@ -26,7 +26,6 @@ from typing import Protocol
 
 from broker.adapters import logs, tracing
 from broker.adapters.ports import UNLIMITED, Committed, Fence, RateLimit, Snapshot
-from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.quotas import QuotaStore
 from broker.adapters.redis.values import ms
 from broker.audit.records import attempt_fenced_audit
@@ -233,12 +232,8 @@ class Escalations:
                 return None
             decided = self._decision(att, evaluation)  # over the rate limit: decided as usual
         outcome, pending = await self._audit_first(att, evaluation, decided)
-        try:  # a stall during the audit write may have cost us the partition
-            await ctx.partition_fence(msg)
-        except Fenced:
-            owner = await ctx.store.fence_epoch(keys.fence(msg.topic, msg.partition))
-            await _void(ctx, decided.audit, str(owner))
-            raise
+        # A stall during the audit write may have cost us the partition: the commit checks the
+        # partition's claimed epoch (the fence's claim) and refuses a stale owner.
         committed = await ctx.store.commit(
             outcome, received_at=att.received_at, now=att.now,
             max_grant_s=policy.max_grant_duration_s, fence=fence, rate=carry.rate,
@@ -248,7 +243,7 @@ class Escalations:
         if committed.status == "fenced":
             await _void(ctx, decided.audit, committed.blocked_reason)
             if (await ctx.fence(msg)).epoch == fence.epoch:
-                raise Fenced(f"{msg.origin}: agent written by epoch {committed.blocked_reason}")
+                raise Fenced(f"{msg.origin}: commit fenced by epoch {committed.blocked_reason}")
             carry.note = {"previous_attempt": "fenced by this worker's own re-claim"}  # a wipe
         return committed, pending
 

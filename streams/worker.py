@@ -444,7 +444,7 @@ class WorkerContext:
         epoch = self.epochs.get((msg.topic, msg.partition))
         if epoch is None:
             raise Fenced(f"{msg.origin}: partition not assigned to this worker")
-        return Fence(ROLES.get(msg.topic, "esc"), epoch)
+        return Fence(ROLES.get(msg.topic, "esc"), epoch, keys.fence(msg.topic, msg.partition))
 
     async def check_fence(self, msg: Incoming, current: int | None) -> Fence:
         """The fence to write with, after checking no newer owner claimed the partition."""

@@ -161,6 +161,25 @@ async def test_a_stale_owner_is_fenced(store: GrantStore) -> None:
     assert len(await store.active_grants(AGENT, now)) == 1
 
 
+async def test_a_commit_is_fenced_once_a_newer_owner_claimed_the_partition(
+        store: GrantStore) -> None:
+    """With the partition's key, a commit is refused as soon as a newer owner claimed the
+    partition, before that owner wrote anything for the agent; our own claim's commit passes."""
+    now = await built(store)
+    old = await store.claim(FENCE_KEY)
+    first = outcome(now)
+    ours = await commit(store, first, now, fence=Fence("esc", old, FENCE_KEY))
+    assert ours.status == "stored"
+    new = await store.claim(FENCE_KEY)  # the new owner has written nothing for the agent yet
+    late = outcome(now)
+    fenced = await commit(store, late, now, fence=Fence("esc", old, FENCE_KEY))
+    assert (fenced.status, fenced.blocked_reason, fenced.decision) == ("fenced", str(new), None)
+    assert await store.recorded(AGENT, late.decision.request_id) is None
+    # Without the partition's key only the agent's last writer fences: it is still ``old``.
+    assert (await commit(store, outcome(now), now, fence=Fence("esc", old))).status == "stored"
+    assert (await commit(store, late, now, fence=Fence("esc", new, FENCE_KEY))).status == "stored"
+
+
 async def test_a_revocation_removes_grants_and_denies_what_came_before(
     store: GrantStore,
 ) -> None:

@@ -220,6 +220,9 @@ class MemoryGrantStore:
         until = self._record_until(expires, received_at, max_grant_s)
         if g is not None:  # the expiry index entry shares the commit's pipeline
             self._index_expiry(g, until)
+        claimed = int(self._get(fence.claim) or 0) if fence.epoch > 0 and fence.claim else 0
+        if claimed > fence.epoch:  # a newer owner claimed the partition
+            return Committed("fenced", None, None, False, str(claimed), "")
         if (fenced := self._fence(agent, fence, ms(until))) is not None:
             return Committed("fenced", None, None, False, fenced, "")
         existing = self._get(keys.decision(agent, d.request_id))

@@ -5,20 +5,26 @@ exist without a TTL is never created: index keys get PEXPIREAT right after ZADD,
 """
 
 # KEYS: decision, grant, index, revoked, quarantine, life, published, view marker (of the
-#       agent's slot: keyspace.view_marker), owner, rate
+#       agent's slot: keyspace.view_marker), owner, rate, and optionally the partition's claimed
+#       epoch (keyspace.fence: another slot, so never on a cluster, where the store reads it first)
 # ARGV: decision record, grant_json ('' if denied), expires_at_ms, received_at_ms, now_ms,
 #       record_until_ms, grant_id, fence epoch (0 = unfenced), rate capacity (0 = no limit),
 #       rate period ms
 # Returns {status, decision record, live grant_json or '', legacy published 0/1 (or blocked
 # detail)}. The record is in broker/adapters/redis/records.py's form (its first byte: published
 # or not).
-# Order: a stale owner is fenced before anything; a recorded decision stands; nothing is decided
-# on a view that was not rebuilt; a grant must survive quarantine/revocation/staleness; only then
-# does the request take a token of its agent's rate limit (so a blocked attempt costs none).
+# Order: a stale owner (of the partition, or of the agent) is fenced before anything; a recorded
+# decision stands; nothing is decided on a view that was not rebuilt; a grant must survive
+# quarantine/revocation/staleness; only then does the request take a token of its agent's rate
+# limit (so a blocked attempt costs none).
 # Epochs are microseconds (16 digits): string.format('%d'), as tostring would print 1.79e+15.
 COMMIT = """
 local epoch = tonumber(ARGV[8])
 if epoch > 0 then
+  if KEYS[11] then
+    local claimed = tonumber(redis.call('GET', KEYS[11]) or '0')
+    if claimed > epoch then return {'fenced', string.format('%d', claimed), '', 0} end
+  end
   local owner = tonumber(redis.call('GET', KEYS[9]) or '0')
   if owner > epoch then return {'fenced', string.format('%d', owner), '', 0} end
   if owner < epoch then redis.call('SET', KEYS[9], ARGV[8], 'PXAT', ARGV[6]) end

@@ -235,8 +235,13 @@ class RedisGrantStore(Rebuild):
     ) -> Committed:
         """Store a decision (and its grant) once; a redelivery gets the recorded decision back.
 
-        One round trip: the expiry index entry and the commit script share a pipeline.
+        One round trip: the expiry index entry and the commit script share a pipeline. The
+        partition's claimed epoch (``fence.claim``) is checked in the script; on a cluster,
+        where it lives in another slot, it is read just before.
         """
+        claim = fence.claim if fence.epoch > 0 else ""
+        if claim and self._cluster and (owner := await self.fence_epoch(claim)) > fence.epoch:
+            return Committed("fenced", None, None, False, str(owner), "")
         d, g = outcome.decision, outcome.grant
         agent = d.agent_id
         expires = g.expires_at if g else received_at
@@ -244,16 +249,8 @@ class RedisGrantStore(Rebuild):
         gid = g.grant_id if g else ""
         script_keys, script_args = (
             [
-                keys.decision(agent, d.request_id),
-                keys.grant(agent, gid),
-                keys.index(agent),
-                keys.revoked(agent),
-                keys.quarantine(agent),
-                keys.life(agent, gid),
-                keys.published(agent, d.request_id),
-                keys.view_marker(agent),
-                keys.owner(agent, fence.role),
-                keys.rate(agent),
+                *_commit_keys(agent, d.request_id, gid, fence.role),
+                *([claim] if claim and not self._cluster else []),
             ],
             [
                 records.pack(d.model_dump_json()),
@@ -459,3 +456,18 @@ def _packed_markers(epoch: int) -> bytes:
     value = _bulk(str(epoch).encode())
     return header + value.join(names) + value
 
+
+def _commit_keys(agent: str, request_id: str, grant_id: str, role: str) -> list[str]:
+    """The commit script's keys of the agent's slot, in its KEYS order (lua.COMMIT)."""
+    return [
+        keys.decision(agent, request_id),
+        keys.grant(agent, grant_id),
+        keys.index(agent),
+        keys.revoked(agent),
+        keys.quarantine(agent),
+        keys.life(agent, grant_id),
+        keys.published(agent, request_id),
+        keys.view_marker(agent),
+        keys.owner(agent, role),
+        keys.rate(agent),
+    ]
