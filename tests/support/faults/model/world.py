@@ -123,6 +123,20 @@ class Captured:
         return [r.event for r in self.records.get(topic, []) if r.event is not None]
 
 
+# SCAN the keys matching ARGV[1]; return those without an expiry (PTTL -1).
+_KEYS_WITHOUT_TTL = """
+local found, cursor = {}, '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = page[1]
+  for _, name in ipairs(page[2]) do
+    if redis.call('PTTL', name) == -1 then found[#found + 1] = name end
+  end
+until cursor == '0'
+return found
+"""
+
+
 class World:
     """One example's broker: a flushed Redis, the worker's gate and handlers on it, a loop."""
 
@@ -173,12 +187,10 @@ class World:
         return [int(v) for v in pipe.execute()]
 
     def keys_without_ttl(self) -> list[str]:
-        """Per-agent keys (grants, markers, records, indexes) that would live forever."""
-        names = list(self.sync.scan_iter(match=keys.AGENT_KEY_PATTERN, count=1000))
-        pipe = self.sync.pipeline(transaction=False)
-        for name in names:
-            pipe.pttl(name)
-        return [n.decode() for n, ttl in zip(names, pipe.execute(), strict=True) if ttl == -1]
+        """Per-agent keys (grants, markers, records, indexes) that would live forever (the whole
+        scan in one script: this invariant is checked after every step)."""
+        found = self.sync.eval(_KEYS_WITHOUT_TTL, 0, keys.AGENT_KEY_PATTERN)
+        return [n.decode() for n in found]
 
     def events(self, topic: str) -> list[WireModel]:
         """Every event the worker code published to ``topic``, in order."""
