@@ -53,6 +53,7 @@ from broker.grants.revocation import lifecycle_audit
 from broker.policy import Policy
 from schemas import topics
 from schemas.events import (
+    EVENT_TYPES,
     DelegationDecided,
     DelegationRequested,
     GrantExpired,
@@ -64,9 +65,10 @@ from schemas.events import (
 from streams.worker import Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
+ENDS = (GrantRevoked, GrantReleased, GrantExpired)  # what ends a grant, hence its children
 # The grant topic's event types that end no grant: the cascade passes them by unread.
 PASS_BY = frozenset(t.encode() for t in topics.GRANT_EVENT_TYPES) - {
-    f"io.permbroker.grant.{end}.v1".encode() for end in ("revoked", "expired", "released")}
+    EVENT_TYPES[end].encode() for end in ENDS}
 Schedule = Callable[[GrantIssued, datetime], Awaitable[None]]
 PARENT_ENDED = "delegation-parent-ended"  # the rule of a child's revocation by its parent's end
 
@@ -212,7 +214,7 @@ class Delegations:
         event = self.ctx.read(msg)
         # An agent's revocation comes with one grant.revoked per grant it removed: those end
         # the children (agent.revoked itself adds nothing to cascade).
-        if isinstance(event, GrantRevoked | GrantReleased | GrantExpired):
+        if isinstance(event, ENDS):
             await self.ctx.retrying("cascade", lambda: self._cascade(
                 event.agent_id, event.grant_id, event))
 
