@@ -60,6 +60,8 @@ def main(argv: list[str]) -> int:
             "rounds": sizes.rounds, "sizes": sizes.__dict__, "elapsed_s": time.monotonic() - t0,
             "command": "make bench" if not args.quick else "python -m bench --quick",
             "method": METHOD, **facts}
+    if (why := report.missed_targets(sections)) is not None:
+        sections.insert(0, why)  # right after the summary: what was missed, why, what next
     md, js = report.write(sections, meta, args.out)
     report.print_summary(sections, console)
     console.print(f"report: {md}  raw figures: {js}  ({meta['elapsed_s']:.0f} s)")

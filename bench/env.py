@@ -69,6 +69,7 @@ def bench_settings() -> Settings:
         expiry_interval_s=0.5,
         audit_sealer=False,  # the sealer runs as its own process, its CPU counted apart
         audit_sealer_metrics_port=0,
+        metrics_port=47464 + off,  # worker 1's /metrics: the bench reads its stage histograms
     )
 
 

@@ -28,6 +28,24 @@ class Section:
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # title -> rows
     images: dict[str, bytes] = field(default_factory=dict)  # file name (next to bench.md) -> PNG
+    # When a target of this section is missed: its measured cause and the next step, from
+    # this run's figures (bench/sections.py writes it with the section).
+    missed: str = ""
+
+
+def missed_targets(sections: list[Section]) -> Section | None:
+    """One note per section with a missed target: the figures missed, their measured cause and
+    the next step (None when every target was met)."""
+    out = Section("missed", "Missed targets: measured cause and next step")
+    for s in sections:
+        lines = [ln for ln in s.lines if ln.verdict == "MISSED"]
+        if not lines:
+            continue
+        figures = "; ".join(f"{ln.what} {_fmt(ln.value, ln.unit)} (target "
+                            f"{ln.target.text if ln.target else '-'})" for ln in lines)
+        out.notes.append(f"**{s.title}**: {figures}. "
+                         f"{s.missed or 'No cause was measured for this section in this run.'}")
+    return out if out.notes else None
 
 
 def _fmt(value: float, unit: str = "") -> str:

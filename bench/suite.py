@@ -188,6 +188,7 @@ def run(sz: Sizes, say: Any, out: list[Section], facts: dict[str, Any]) -> None:
         rig = _open_rig(s, bao)
         rig.pids = {**env.stack_pids(s), "worker 1": w1.pid, "sealer": sealer.pid,
                     "raw loop": raw.pid, "bench driver (views)": os.getpid()}
+        rig.metrics_port = s.metrics_port
         try:
             _warm_up(rig)
             jit = env.jit_cpu_seconds(rig.pids["kafka"])

@@ -52,6 +52,7 @@ from schemas.events import (
     ScopeDenial,
 )
 from streams.delegation import Delegations
+from streams.telemetry.figures import lap
 from streams.worker import Admission, Gate, Incoming, WorkerContext, expect
 
 log = logging.getLogger("permbroker.worker")
@@ -139,6 +140,7 @@ class Escalations:
                 "permbroker.request_id": request.request_id}):
             try:
                 admission = await self._admit(msg, request)
+                lap("verified")
                 if admission is not None and self.gate.profile(request.agent_id) is None:
                     await ctx.retrying("decide",
                                        lambda: self._deny_stranger(request, msg, admission))
@@ -193,6 +195,7 @@ class Escalations:
             snap = await (first.pop() if attempt == 0 and first else
                           self._snapshot(request, msg, recorded=attempt == 0))
             fence = await self.ctx.check_fence(msg, snap.fence_epoch)  # before any write
+            lap("read")
             if not snap.view_built:
                 await self.ctx.ensure_view()
                 continue
@@ -226,18 +229,21 @@ class Escalations:
         att = await self._quota(att, carry, policy)
         evaluation = policy.evaluate(att.request, att.agent, att.risk, att.now)
         decided = self._decide_or_hold(att, evaluation)
+        lap("decided")
         if isinstance(decided, HeldForApproval):
             assert self.holder is not None
             if await self.holder.hold(decided, carry.rate, att.now):
                 return None
             decided = self._decision(att, evaluation)  # over the rate limit: decided as usual
         outcome, pending = await self._audit_first(att, evaluation, decided)
+        lap("audited")
         # A stall during the audit write may have cost us the partition: the commit checks the
         # partition's claimed epoch (the fence's claim) and refuses a stale owner.
         committed = await ctx.store.commit(
             outcome, received_at=att.received_at, now=att.now,
             max_grant_s=policy.max_grant_duration_s, fence=fence, rate=carry.rate,
         )
+        lap("committed")
         if committed.status == "stored" and committed.grant is not None and self.quotas:
             await self.quotas.count(committed.grant)
         if committed.status == "fenced":
@@ -370,6 +376,7 @@ async def announce(ctx: WorkerContext, committed: Committed, msg: Incoming,
         if token is not None:
             decision = decision.model_copy(update={"consistency_token": token.encode()})
     await ctx.emit(topics.DECISIONS.name, decision)
+    lap("published")
     ctx.figures.decided(decision, msg.timestamp, committed_at)
     log.info("decided: %s", decision.outcome)  # the ids are bound (agent, request, grant)
     if pending is not None:  # a fail-closed denial: its record waits for the audit to return

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from broker.adapters import logs
 from broker.errors import BusError, Fenced, StoreUnavailable
+from streams.telemetry.figures import LAPS
 from streams.worker import HANDLING, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
@@ -35,6 +36,9 @@ async def guarded(ctx: WorkerContext, msg: Incoming, handle: Handler, *,
     """Handle ``msg``: retried while transient, dead-lettered when not; never raises (but for
     cancellation, which hands the message to the partition's next owner)."""
     token = HANDLING.set(msg)
+    laps = ctx.figures.laps(msg.topic, msg.timestamp)
+    laps_token = LAPS.set(laps)
+    laps.lap("queued")
     try:
         with logs.bound(origin=msg.origin, event_id=_event_id(msg), agent_id=None,
                         request_id=None, grant_id=None):  # the handler binds what it learns
@@ -44,7 +48,9 @@ async def guarded(ctx: WorkerContext, msg: Incoming, handle: Handler, *,
             if fail_safe is not None:
                 await _until_safe(ctx, msg, fail_safe, failure)
     finally:
+        laps.lap("finished")
         ctx.waits.done(msg)
+        LAPS.reset(laps_token)
         HANDLING.reset(token)
 
 

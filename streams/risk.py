@@ -32,6 +32,7 @@ from broker.grants.revocation import (
 )
 from broker.policy import RiskAction
 from schemas.events import AGENT_ID_PATTERN, OPERATOR_REVOKE_KIND, RiskObserved
+from streams.telemetry.figures import lap
 from streams.worker import Gate, Incoming, WorkerContext
 
 log = logging.getLogger("permbroker.worker")
@@ -59,6 +60,7 @@ class Risk:
                     await self._fail_safe_revoke(msg, str(exc))
                 return
             admission = await ctx.retrying("identity", lambda: self.gate.admit(msg, signal))
+            lap("verified")
             if admission is None:
                 return
             signer = admission.signer.id if admission.signer is not None else None
@@ -141,6 +143,7 @@ class Risk:
             margin_s=ctx.margin_s,
         )
         grants = await ctx.store.revoke_all(plan, fence)
+        lap("revoked")
         if grants is None:
             raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")
         agent_event, per_grant = revoked_events(plan, grants)
@@ -148,7 +151,9 @@ class Risk:
         token = await ctx.emit_grants(
             *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
         )
+        lap("published")
         await ctx.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
+        lap("audited")
         ctx.count("revocations")
         log.warning(
             "revoked %d grant(s) of %s (rule %s, cause %s)",

@@ -9,11 +9,14 @@ the previous one to finish completely (unloaded latency), then leaves a short ga
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import env
 from bench.observe import FloorPipe, KeyWatch, ViewEvents, published
@@ -70,16 +73,36 @@ class Rig:
     cpu_s: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> process -> s
     cpu_n: dict[str, int] = field(default_factory=dict)  # arm -> requests metered
     warm_up: dict[str, float] = field(default_factory=dict)  # what the warm-up took
+    metrics_port: int = 0  # worker 1's /metrics (its stage histograms); 0: not read
+    stage_s: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
 
     def metered(self, arm: str, count: int, run: Callable[[], T]) -> T:
-        """``run()``, adding the CPU each process used meanwhile to ``arm`` (``count`` requests)."""
+        """``run()``, adding the CPU each process used meanwhile to ``arm`` (``count`` requests),
+        and the time worker 1's stage histograms gained."""
         before = {name: env.cpu_seconds(pid) for name, pid in self.pids.items()}
+        stages = stage_seconds(self.metrics_port)
         out = run()
         spent = self.cpu_s.setdefault(arm, {})
         for name, pid in self.pids.items():
             spent[name] = spent.get(name, 0.0) + env.cpu_seconds(pid) - before[name]
+        into = self.stage_s.setdefault(arm, {})
+        for key, total in stage_seconds(self.metrics_port).items():
+            into[key] = into.get(key, 0.0) + total - stages.get(key, 0.0)
         self.cpu_n[arm] = self.cpu_n.get(arm, 0) + count
         return out
+
+    def stage_rows(self, arm: str) -> list[dict[str, object]]:
+        """Where worker 1's time went in ``arm``: one row per stage of the arm's input topic,
+        in the path's order, as mean ms per request (``cpu_n``) and share of their sum."""
+        topic, order = STAGE_PATHS[arm]
+        n = max(self.cpu_n.get(arm, 0), 1)
+        ms = {stage: s * 1000 / n for (t, stage), s in self.stage_s.get(arm, {}).items()
+              if t == topic and s > 0}
+        total = sum(ms.values()) or 1.0
+        ranked = sorted(ms, key=lambda st: (order.index(st) if st in order else len(order), st))
+        return [{"stage": st, "mean ms per request": round(ms[st], 3),
+                 "share": f"{100 * ms[st] / total:.0f} %", "covers": STAGES.get(st, "")}
+                for st in ranked]
 
     def cpu_ms_per_request(self) -> dict[str, dict[str, float]]:
         """arm -> process -> CPU milliseconds per request, over every metered round."""
@@ -100,6 +123,47 @@ class Rig:
             self.publishers[agent] = env.signing_publisher(self.settings,  # type: ignore[arg-type]
                                                            f"/agents/{agent}")
         return self.publishers[agent]
+
+
+# What each stage of the worker's stage histogram covers (streams/telemetry/figures.py).
+STAGES = {
+    "queued": "from Kafka's append to the handler starting: fetch, faust's hand-over from its "
+              "consumer thread, the wait behind the agent's earlier messages",
+    "verified": "identity gate: the record's signature, replay nonce, registry",
+    "read": "the store snapshot and fence check (the snapshot is read while the gate verifies)",
+    "decided": "quota, policy evaluation, the decision and its audit record built",
+    "audited": "audit records signed, written and acknowledged by Kafka (an escalation's "
+               "before its commit)",
+    "committed": "the commit script in Redis",
+    "revoked": "the fence read and the revocation script in Redis",
+    "published": "the grant or revocation events (and an escalation's decision) signed, "
+                 "written and acknowledged",
+    "finished": "the rest: the mark-published write, the risk audit record",
+}
+STAGE_PATHS = {  # latency arm -> (the input topic its requests arrive on, its stages in order)
+    "escalation (worker)": (topics.ESCALATIONS.name, ["queued", "verified", "read", "decided",
+                                                      "audited", "committed", "published",
+                                                      "finished"]),
+    "revocation": (topics.RISK.name, ["queued", "verified", "revoked", "published", "audited",
+                                      "finished"]),
+}
+
+
+def stage_seconds(port: int) -> dict[tuple[str, str], float]:
+    """(topic, stage) -> seconds so far in a worker's ``permbroker_worker_stage_seconds``
+    histogram, read from its /metrics (empty when ``port`` is 0)."""
+    if not port:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return stage_sums(resp.read().decode())
+
+
+def stage_sums(text: str) -> dict[tuple[str, str], float]:
+    """(topic, stage) -> seconds, from a Prometheus text exposition of the stage histogram."""
+    return {(s.labels["topic"], s.labels["stage"]): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "permbroker_worker_stage_seconds"
+            for s in family.samples if s.name.endswith("_sum")}
 
 
 def escalate(rig: Rig, agent: str) -> tuple[float, float, str]:

@@ -203,3 +203,63 @@ def test_the_http_check_is_judged_on_per_round_throughput_ratios_and_the_p99_rat
     assert tput.per_round == [0.4, 0.7, 0.9] and tput.value == 0.7 and tput.verdict == "met"
     p99 = lines["/v1/check / trivial p99 ratio"]
     assert p99.value > 3 and p99.verdict == "MISSED"
+
+
+def test_the_worker_s_stage_histogram_is_read_from_its_exposition_per_topic_and_stage() -> None:
+    """The seconds each stage gained, read back from the worker's own metrics format."""
+    from prometheus_client import generate_latest
+
+    from bench.measures.latency import stage_sums
+    from streams.telemetry.figures import Figures
+
+    figures = Figures()
+    figures.stages.labels("permbroker.risk", "queued").observe(0.25)
+    figures.stages.labels("permbroker.risk", "queued").observe(0.5)
+    figures.stages.labels("permbroker.escalations", "audited").observe(0.125)
+    got = stage_sums(generate_latest(figures.registry).decode())
+    assert got == {("permbroker.risk", "queued"): 0.75,
+                   ("permbroker.escalations", "audited"): 0.125}
+
+
+def test_stage_rows_follow_the_path_and_the_cause_names_the_largest_stages_before_the_figure(
+) -> None:
+    """Mean ms per request in the path's order; the cause sums only the stages the figure
+    waits for and names the largest of them."""
+    from bench.measures.latency import STAGE_PATHS, Rig
+    from bench.sections import _latency_cause
+
+    rig = Rig(settings=None, watch=None, floor=None, view=None, seen=ViewEvents())  # type: ignore[arg-type]
+    topic = STAGE_PATHS["escalation (worker)"][0]
+    rig.cpu_n["escalation (worker)"] = 10
+    rig.stage_s["escalation (worker)"] = {
+        (topic, "published"): 0.05, (topic, "queued"): 0.02, (topic, "audited"): 0.01,
+        (topic, "committed"): 0.005, ("permbroker.risk", "queued"): 9.0}
+    rows = rig.stage_rows("escalation (worker)")
+    assert [r["stage"] for r in rows] == ["queued", "audited", "committed", "published"]
+    assert [r["mean ms per request"] for r in rows] == [2.0, 1.0, 0.5, 5.0]
+    assert [r["share"] for r in rows] == ["24 %", "12 %", "6 %", "59 %"]
+    cause = _latency_cause(rows, "committed", "the grant is in Redis", "the raw loop")
+    assert "took 3.50 ms" in cause and "queued 2.00 ms, audited 1.00 ms, committed 0.50 ms" \
+        in cause and "published" not in cause
+    assert "not read" in _latency_cause([], "committed", "x", "y")
+
+
+def test_missed_targets_are_listed_with_their_section_s_cause_and_none_when_all_met() -> None:
+    """One note per section with a missed target: its figures, then the measured cause and
+    next step the section wrote (or that none was measured)."""
+    from bench.report import missed_targets
+
+    missed = Section("7", "7. Memory", lines=[
+        Line("7", "Redis bytes per active grant", 2500.0, "B", target=Target("<= 200 B", 200)),
+        Line("7", "view bytes", 400.0, "B", target=Target("<= 500 B", 500))],
+        missed="Measured cause: grant 760 B. Next step: msgpack.")
+    bare = Section("6", "6. Throughput", lines=[
+        Line("6", "one worker / raw loop", 0.1, "x", target=Target(">= 0.5x", 0.5, True))])
+    met = Section("4", "4. Checks", lines=[
+        Line("4", "view / dict", 2.0, "x", target=Target("<= 3x", 3.0))])
+    out = missed_targets([missed, bare, met])
+    assert out is not None and len(out.notes) == 2
+    assert "Redis bytes per active grant 2,500 B (target <= 200 B)" in out.notes[0]
+    assert "view bytes" not in out.notes[0] and "Next step: msgpack." in out.notes[0]
+    assert "No cause was measured" in out.notes[1]
+    assert missed_targets([met]) is None

@@ -34,6 +34,8 @@ from schemas.events import (
     WireModel,
 )
 from streams.escalations import Escalations, GrantRequestHandler, Holder
+from streams.guard import guarded
+from streams.telemetry.figures import lap
 from streams.worker import Admission, Gate, Incoming, OpenGate, Rebuild, WorkerContext
 from tests.support.twins import MemoryBus, MemoryGrantStore
 
@@ -435,3 +437,38 @@ async def test_a_partition_lost_while_the_audit_write_fails_still_voids_the_atte
     assert w.audits("escalation.decided") == []
     assert w.decisions() == [] and w.grants() == []
     assert await w.store.recorded(AGENT, "req-1") is None
+
+
+async def test_a_decision_s_time_is_observed_stage_by_stage_in_order() -> None:
+    """Through the guard, a granted request is timed once per stage of its path, in the path's
+    order; the stages' sum is the time from its append to its handler's end."""
+    w = World()
+    stages: list[str] = []
+    laps = w.ctx.figures.stages
+    observe = laps.labels
+
+    def labels(topic: str, stage: str) -> object:
+        stages.append(stage)
+        assert topic == ESC
+        return observe(topic, stage)
+
+    laps.labels = labels  # type: ignore[method-assign]
+    appended = datetime.now(UTC) - timedelta(seconds=2)
+    await guarded(w.ctx, w.message(request(), received_at=appended), w.send)
+    assert stages == ["queued", "verified", "read", "decided", "audited", "committed",
+                      "published", "finished"]
+    registry = w.ctx.figures.registry
+    total = sum(registry.get_sample_value("permbroker_worker_stage_seconds_sum",
+                                          {"topic": ESC, "stage": s}) or 0.0 for s in stages)
+    assert 2.0 <= total < 60.0
+    queued = registry.get_sample_value("permbroker_worker_stage_seconds_sum",
+                                       {"topic": ESC, "stage": "queued"})
+    assert queued is not None and queued >= 2.0
+
+
+def test_a_lap_outside_a_handler_observes_nothing() -> None:
+    """``lap`` with no message being handled (a timer, a test) is a no-op."""
+    figures = World().ctx.figures
+    lap("verified")
+    assert figures.registry.get_sample_value("permbroker_worker_stage_seconds_count",
+                                             {"topic": ESC, "stage": "verified"}) is None
