@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from datetime import datetime
 
 from broker.adapters.ports import NO_RISK_FENCE, Fence
@@ -31,7 +30,7 @@ from broker.grants.revocation import (
     risk_audit,
 )
 from broker.policy import RiskAction
-from schemas.events import AGENT_ID_PATTERN, OPERATOR_REVOKE_KIND, RiskObserved
+from schemas.events import AGENT_ID_PATTERN, OPERATOR_REVOKE_KIND, AuditRecord, RiskObserved
 from streams.telemetry.figures import lap
 from streams.worker import Gate, Incoming, WorkerContext
 
@@ -78,7 +77,9 @@ class Risk:
         self, agent_id: str, cause_id: str, action: RiskAction, now: datetime
     ) -> tuple[str, ...]:
         """Revoke every grant of an agent (registry suspensions, key revocations, model changes)."""
-        revoked, _token = await self._revoke(agent_id, cause_id, action, now, NO_RISK_FENCE)
+        revoked, _token, audits = await self._revoke(agent_id, cause_id, action, now,
+                                                     NO_RISK_FENCE)
+        await self.ctx.audit(*audits)
         return revoked
 
     async def _may_fail_safe(self, msg: Incoming) -> bool:
@@ -107,12 +108,12 @@ class Risk:
         revoked: tuple[str, ...] = ()
         token: ConsistencyToken | None = None
         noted_until: datetime | None = None
+        ended: tuple[AuditRecord, ...] = ()
         fence = await ctx.partition_fence(msg)
         hide = ctx.sensitive({"signal": signal.model_dump(mode="json")})
         if action.revoke and subject:
-            revoked, token = await self._revoke(
-                subject, signal.signal_id, action, now, fence, hide
-            )
+            revoked, token, ended = await self._revoke(subject, signal.signal_id, action, now,
+                                                       fence)
         elif subject:
             noted_until = now + RISK_WINDOW
             await ctx.store.note_risk(subject, signal.severity, noted_until)
@@ -122,7 +123,8 @@ class Risk:
             audit = audit.model_copy(
                 update={"inputs": {**audit.inputs, "consistency_token": token.encode()}}
             )
-        await ctx.audit(audit, also=hide)
+        await ctx.audit(*ended, audit, also=hide)  # the grants' ends and the signal's: one write
+        lap("audited")
 
     async def _revoke(
         self,
@@ -131,8 +133,9 @@ class Risk:
         action: RiskAction,
         now: datetime,
         fence: Fence,
-        hide: Sequence[str] = (),
-    ) -> tuple[tuple[str, ...], ConsistencyToken | None]:
+    ) -> tuple[tuple[str, ...], ConsistencyToken | None, tuple[AuditRecord, ...]]:
+        """Revoke and announce; the revoked grant ids, where their ends landed, and the audit
+        records of those ends, for the caller to write (with its own, in one go)."""
         ctx = self.ctx
         plan = plan_revocation(
             cause_id,
@@ -152,8 +155,6 @@ class Risk:
             *((e, spaces.get(e.grant_id)) for e in per_grant), (agent_event, None)
         )
         lap("published")
-        await ctx.audit(*(lifecycle_audit(e, now) for e in per_grant), also=hide)
-        lap("audited")
         ctx.count("revocations")
         log.warning(
             "revoked %d grant(s) of %s (rule %s, cause %s)",
@@ -162,7 +163,8 @@ class Risk:
             plan.rule,
             cause_id,
         )
-        return tuple(g.grant_id for g in grants), token
+        return (tuple(g.grant_id for g in grants), token,
+                tuple(lifecycle_audit(e, now) for e in per_grant))
 
     async def _fail_safe_revoke(self, msg: Incoming, reason: str) -> None:
         """A risk signal we cannot read may be a revocation: revoke the agent its key names."""
@@ -182,7 +184,9 @@ class Risk:
         async def revoke() -> tuple[str, ...]:
             fence = await self.ctx.partition_fence(msg)
             cause = derive_id("undecodable", msg.origin, agent_id)
-            revoked, _token = await self._revoke(agent_id, cause, action, msg.received_at, fence)
+            revoked, _token, audits = await self._revoke(agent_id, cause, action,
+                                                         msg.received_at, fence)
+            await self.ctx.audit(*audits)
             return revoked
 
         await self.ctx.retrying("fail-safe revoke", revoke)

@@ -138,7 +138,7 @@ STAGES = {
     "revoked": "the fence read and the revocation script in Redis",
     "published": "the grant or revocation events (and an escalation's decision) signed, "
                  "written and acknowledged",
-    "finished": "the rest: the mark-published write, the risk audit record",
+    "finished": "the rest of the handler (an escalation's mark-published write)",
 }
 STAGE_PATHS = {  # latency arm -> (the input topic its requests arrive on, its stages in order)
     "escalation (worker)": (topics.ESCALATIONS.name, ["queued", "verified", "read", "decided",

@@ -16,15 +16,19 @@ import redis
 import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
-from broker.adapters.redis.calls import async_client, call, translated
+from broker.adapters.redis.calls import async_client, call, is_cluster, translated
 
 LAST_ACTED_LIFE = timedelta(days=30)
 
-# KEYS: nonce   ARGV: origin, nonce PXAT ms. The first use of a nonce records its origin;
-#       returns {first origin, 1 if this call recorded it}. (When an agent acted is a global
-#       hash in another cluster slot: written after, by the caller.)
+# KEYS: nonce [, last-acted]   ARGV: origin, nonce PXAT ms [, agent, acted ms, hash PXAT ms].
+#       The first use of a nonce records its origin (and, given the last-acted hash, when its
+#       agent acted, in the same step); returns {first origin, 1 if this call recorded it}.
 FIRST_SEEN = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then
+  if KEYS[2] then
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+    redis.call('PEXPIREAT', KEYS[2], ARGV[5])
+  end
   return {ARGV[1], 1}
 end
 return {redis.call('GET', KEYS[1]) or ARGV[1], 0}
@@ -41,6 +45,9 @@ class IdentityStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
         self._first_seen = client.register_script(FIRST_SEEN)
+        # The last-acted hash is one key in its own cluster slot: on a cluster it is written
+        # after the nonce, on one node in the nonce's own step (one round trip).
+        self._cluster = is_cluster(client)
 
     @classmethod
     def from_url(cls, url: str) -> IdentityStore:
@@ -55,10 +62,16 @@ class IdentityStore:
                          agent: str = "", at: datetime | None = None) -> tuple[str, bool]:
         """The origin of the nonce's first use (recording ``origin`` if none), and whether this
         call recorded it; a first use by ``agent`` also records that it acted ``at``."""
-        first, new = await call(self._first_seen(
-            keys=[keys.nonce(principal, jti)], args=[origin, _ms(until)]))
-        if agent and int(new):
-            await self.mark_acted(agent, at or until)
+        acted = at or until
+        together = bool(agent) and not self._cluster
+        names = [keys.nonce(principal, jti)]
+        args: list[str | int] = [origin, _ms(until)]
+        if together:
+            names.append(keys.LAST_ACTED)
+            args += [agent, _ms(acted), _ms(acted + LAST_ACTED_LIFE)]
+        first, new = await call(self._first_seen(keys=names, args=args))
+        if agent and int(new) and not together:
+            await self.mark_acted(agent, acted)
         return (first.decode() if isinstance(first, bytes) else str(first)), bool(int(new))
 
     async def mark_acted(self, agent_id: str, at: datetime) -> None:
