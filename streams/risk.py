@@ -109,14 +109,15 @@ class Risk:
         token: ConsistencyToken | None = None
         noted_until: datetime | None = None
         ended: tuple[AuditRecord, ...] = ()
-        fence = await ctx.partition_fence(msg)
         hide = ctx.sensitive({"signal": signal.model_dump(mode="json")})
-        if action.revoke and subject:
+        if action.revoke and subject:  # the revocation script checks the partition's claim
             revoked, token, ended = await self._revoke(subject, signal.signal_id, action, now,
-                                                       fence)
-        elif subject:
-            noted_until = now + RISK_WINDOW
-            await ctx.store.note_risk(subject, signal.severity, noted_until)
+                                                       await ctx.fence(msg), msg)
+        else:
+            await ctx.partition_fence(msg)  # a stale owner of the partition notes nothing
+            if subject:
+                noted_until = now + RISK_WINDOW
+                await ctx.store.note_risk(subject, signal.severity, noted_until)
         audit = risk_audit(signal, action, revoked, now, signed_by=signer,
                            noted_until=noted_until)
         if token is not None:  # where the revocation landed: `allows(..., at_least=token)`
@@ -133,9 +134,15 @@ class Risk:
         action: RiskAction,
         now: datetime,
         fence: Fence,
+        msg: Incoming | None = None,
     ) -> tuple[tuple[str, ...], ConsistencyToken | None, tuple[AuditRecord, ...]]:
         """Revoke and announce; the revoked grant ids, where their ends landed, and the audit
-        records of those ends, for the caller to write (with its own, in one go)."""
+        records of those ends, for the caller to write (with its own, in one go).
+
+        Fenced when a newer owner claimed ``msg``'s partition or wrote for the agent; a claim
+        this worker made again since ``fence`` was taken (after a Redis wipe) is its own, so
+        the revocation goes ahead with the new fence.
+        """
         ctx = self.ctx
         plan = plan_revocation(
             cause_id,
@@ -146,6 +153,8 @@ class Risk:
             margin_s=ctx.margin_s,
         )
         grants = await ctx.store.revoke_all(plan, fence)
+        if grants is None and msg is not None and (again := await ctx.fence(msg)) != fence:
+            grants = await ctx.store.revoke_all(plan, again)
         lap("revoked")
         if grants is None:
             raise Fenced(f"revocation of {agent_id}: a newer owner wrote for this agent")

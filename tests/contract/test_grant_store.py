@@ -180,6 +180,23 @@ async def test_a_commit_is_fenced_once_a_newer_owner_claimed_the_partition(
     assert (await commit(store, late, now, fence=Fence("esc", new, FENCE_KEY))).status == "stored"
 
 
+async def test_a_revocation_is_fenced_once_a_newer_owner_claimed_the_signal_s_partition(
+        store: GrantStore) -> None:
+    """With the risk partition's key, a revocation is refused (None, nothing removed) as soon
+    as a newer owner claimed the partition; with the new owner's epoch it goes ahead."""
+    risk_key = keys.fence(topics.RISK.name, 0)
+    now = await built(store)
+    granted = outcome(now)
+    await commit(store, granted, now)
+    old = await store.claim(risk_key)
+    new = await store.claim(risk_key)  # the new owner has written nothing for the agent yet
+    plan = revocation(now + timedelta(seconds=1))
+    assert await store.revoke_all(plan, Fence("risk", old, risk_key)) is None
+    assert await store.active_grants(AGENT, now) == [granted.grant]
+    assert await store.revoke_all(plan, Fence("risk", new, risk_key)) == (granted.grant,)
+    assert await store.active_grants(AGENT, now) == []
+
+
 async def test_a_revocation_removes_grants_and_denies_what_came_before(
     store: GrantStore,
 ) -> None:

@@ -341,11 +341,13 @@ class MemoryGrantStore:
     async def revoke_all(
         self, plan: RevocationPlan, fence: Fence = NO_RISK_FENCE
     ) -> tuple[GrantIssued, ...] | None:
-        """REVOKE_ALL: fence, the recorded revocation, else remove grants and leave markers."""
+        """REVOKE_ALL: fence (the partition's claim, the agent's owner), the recorded revocation,
+        else remove grants and leave markers."""
         self._up()
         a = plan.agent_id
         record_ms = ms(plan.marker_until + self._margin)
-        if self._fence(a, fence, record_ms) is not None:
+        claimed = int(self._get(fence.claim) or 0) if fence.epoch > 0 and fence.claim else 0
+        if claimed > fence.epoch or self._fence(a, fence, record_ms) is not None:
             return None
         recorded = self._get(keys.revocation(a, plan.cause_id))
         if recorded is None:

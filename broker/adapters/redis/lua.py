@@ -69,14 +69,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[6])
 return {'stored', ARGV[1], ARGV[2], 0}
 """
 
-# KEYS: index, revoked, quarantine, revocation-record, owner
+# KEYS: index, revoked, quarantine, revocation-record, owner [, partition claim]
 # ARGV: now_ms, marker_until_ms, quarantine_until_ms (0 = none), record_until_ms, agent prefix,
 #       quarantine rule, fence epoch (0 = unfenced)
 # Returns a JSON array of the GrantIssued JSON of every grant it removed (or the recorded one),
-# or the string 'fenced:<owner epoch>' when a newer owner of the partition has written here.
+# or the string 'fenced:<epoch>' when a newer owner claimed the signal's partition (the claim
+# key, when given) or has written here.
 REVOKE_ALL = """
 local epoch = tonumber(ARGV[7])
 if epoch > 0 then
+  if KEYS[6] then
+    local claimed = tonumber(redis.call('GET', KEYS[6]) or '0')
+    if claimed > epoch then return 'fenced:' .. string.format('%d', claimed) end
+  end
   local owner = tonumber(redis.call('GET', KEYS[5]) or '0')
   if owner > epoch then return 'fenced:' .. string.format('%d', owner) end
   if owner < epoch then redis.call('SET', KEYS[5], ARGV[7], 'PXAT', ARGV[4]) end

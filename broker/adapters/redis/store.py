@@ -350,10 +350,15 @@ class RedisGrantStore(Rebuild):
     ) -> tuple[GrantIssued, ...] | None:
         """Remove every grant of the agent and leave markers; idempotent per cause event.
 
-        None when a newer owner of the signal's partition has written for the agent (fenced).
-        On a cluster it returns only once a replica has the revocation (``calls.replicated``).
+        None when a newer owner claimed the signal's partition (``fence.claim``: checked in the
+        script; on a cluster, where it lives in another slot, read just before) or has written
+        for the agent (fenced). On a cluster it returns only once a replica has the revocation
+        (``calls.replicated``).
         """
         a = plan.agent_id
+        claim = fence.claim if fence.epoch > 0 else ""
+        if claim and self._cluster and await self.fence_epoch(claim) > fence.epoch:
+            return None
         raw = await replicated(
             self._r, self._revoke, a,
             [
@@ -362,6 +367,7 @@ class RedisGrantStore(Rebuild):
                 keys.quarantine(a),
                 keys.revocation(a, plan.cause_id),
                 keys.owner(a, fence.role),
+                *([claim] if claim and not self._cluster else []),
             ],
             [
                 ms(plan.revoked_at),

@@ -51,8 +51,8 @@ class Fence:
     """Who may write for one input partition: its topic role and this worker's epoch (0: none).
 
     ``claim`` is the key of the partition's claimed epoch (keyspace.fence; '' for none): a
-    commit with it is refused once a newer owner claimed the partition, even before that owner
-    wrote anything for the agent.
+    commit or a revocation with it is refused once a newer owner claimed the partition, even
+    before that owner wrote anything for the agent.
     """
 
     role: str = "esc"
