@@ -135,7 +135,7 @@ STAGES = {
     "audited": "audit records signed, written and acknowledged by Kafka (an escalation's "
                "before its commit)",
     "committed": "the commit script in Redis",
-    "revoked": "the fence read and the revocation script in Redis",
+    "revoked": "the revocation script in Redis (it checks the partition's fence)",
     "published": "the grant or revocation events (and an escalation's decision) signed, "
                  "written and acknowledged",
     "finished": "the rest of the handler (an escalation's mark-published write)",
