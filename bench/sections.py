@@ -87,6 +87,14 @@ def _latency_missed(one: Section, three: Section, arms: dict[str, Arm]) -> None:
         "operator's or a detector's signed revoke signal itself (one crossing).")
 
 
+def _in_process_cause(subject: Arm, reference: Arm, rounds: list[float]) -> str:
+    """The measured cause of an in-process ratio missed: both sides' p50, the rounds' spread."""
+    spread = f"{min(rounds):.2f}x to {max(rounds):.2f}x" if rounds else "no rounds"
+    return (f"Measured cause: {subject.name} took {subject.pooled(50):.3g} "
+            f"{subject.unit} (p50) against {reference.pooled(50):.3g} {reference.unit} for "
+            f"{reference.name}; the rounds' ratios ranged {spread}.")
+
+
 def _latency_cause(rows: list[dict[str, Any]], until: str, what: str, against: str) -> str:
     """The measured cause of a latency target missed: worker 1's stages up to ``until`` (the
     last one the figure waits for), largest first."""
@@ -114,6 +122,9 @@ def checks(arms: dict[str, Arm]) -> Section:
     else:
         sec.notes.append(arms["opa_check"].notes)
     sec.lines += ratio_lines("4", arms["store"], arms["get"], label="Redis check / raw GET")
+    sec.missed = _in_process_cause(arms["view"], arms["dict"], sec.lines[0].per_round) + (
+        " Next step: profile an allowing GrantView.allows() in process and cut its largest "
+        "step; the ratio's reference is a bare dict lookup, so every step the view adds shows.")
     sec.notes.append("In-process arms are per-call means of batches of 10 calls (p99 is over "
                      "batches); Redis arms are single awaited calls on one event loop.")
     return sec
@@ -155,6 +166,8 @@ def policy(arms: dict[str, Arm], verdict: str) -> Section:
         sec.lines = ratio_lines("5", arms["policy"], arms["opa"], label="ours / OPA",
                                 p50_target=Target("< 1x (faster)", 1.0))
     sec.lines += ratio_lines("5", arms["policy"], arms["predicate"], label="ours / predicate")
+    sec.missed = _in_process_cause(arms["policy"], arms["opa"], sec.lines[0].per_round) + (
+        " Next step: profile Policy.evaluate on these cases and cut its largest step.")
     sec.notes.append(verdict)
     return sec
 
@@ -225,13 +238,24 @@ def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -
         Line("7", "worker resident memory", worker_rss / 2**20, "MiB",
              "VmRSS, after the cost curve (its registry holds the curve's agents)"),
     ]
-    parts = sorted(in_redis.get("breakdown", {}).items(), key=lambda kv: -float(kv[1]))
-    sec.missed = (
-        "Measured cause: the bytes of one grant in Redis by component: "
-        + ", ".join(f"{k} {float(v):,.0f} B" for k, v in parts if float(v) > 0)
-        + ". Next step: a binary grant record (msgpack, which the scripts read with Redis's "
-        "cmsgpack) in place of JSON, the decision record cut to what a redelivery needs, and "
-        "one expiry index with short members in place of two.")
+    missed = [ln.what for ln in sec.lines if ln.verdict == "MISSED"]
+    causes = []
+    if "Redis bytes per active grant" in missed:
+        parts = sorted(in_redis.get("breakdown", {}).items(), key=lambda kv: -float(kv[1]))
+        causes.append(
+            "Measured cause in Redis: the bytes of one grant by component: "
+            + ", ".join(f"{k} {float(v):,.0f} B" for k, v in parts if float(v) > 0)
+            + ". Next step: a binary grant record (msgpack, which the scripts read with "
+            "Redis's cmsgpack) in place of JSON, the decision record cut to what a redelivery "
+            "needs, and one expiry index with short members in place of two.")
+    if "view bytes per active grant" in missed:
+        modules = in_view.get("bytes_per_grant_by_module", {})
+        causes.append(
+            "Measured cause in the view: its bytes per grant by allocating module: "
+            + ", ".join(f"{k} {float(v):,.0f} B" for k, v in list(modules.items())[:4])
+            + ". Next step: cut the largest module's share (broker/sdk/resource/compact.py "
+            "holds the grant records).")
+    sec.missed = " ".join(causes)
     sec.extra["redis"] = in_redis
     sec.extra["view"] = in_view
     return sec

@@ -263,3 +263,35 @@ def test_missed_targets_are_listed_with_their_section_s_cause_and_none_when_all_
     assert "view bytes" not in out.notes[0] and "Next step: msgpack." in out.notes[0]
     assert "No cause was measured" in out.notes[1]
     assert missed_targets([met]) is None
+
+
+def test_an_in_process_ratio_missed_names_both_sides_and_the_rounds_spread() -> None:
+    """Section 4's view / dict target missed: the cause quotes both arms' p50 and how the
+    rounds' ratios spread; met, the report lists nothing for it."""
+    from bench.report import missed_targets
+
+    def arm(name: str, per_round: list[float]) -> Arm:
+        a = Arm(name, "us")
+        a.rounds = [[v] * 3 for v in per_round]
+        return a
+
+    arms = {"view": arm("view", [3.2, 3.1]), "dict": arm("dict", [1.0, 1.0]),
+            "opa_check": arm("opa", [60.0, 60.0]), "store": arm("store", [50.0, 50.0]),
+            "get": arm("get", [40.0, 40.0])}
+    sec = sections.checks(arms)
+    assert "view took 3.15 us (p50) against 1 us for dict" in sec.missed
+    assert "ranged 3.10x to 3.20x" in sec.missed
+    out = missed_targets([sec])
+    assert out is not None and "view / dict lookup p50 ratio 3.15x" in out.notes[0]
+    arms["view"] = arm("view", [2.0, 2.0])
+    assert missed_targets([sections.checks(arms)]) is None
+
+
+def test_memory_states_the_cause_of_each_figure_missed_only() -> None:
+    """Redis missed, the view met: only the Redis breakdown is the cause; both missed: both."""
+    redis_side = {"bytes_per_grant": 1943.0, "breakdown": {"grant": 760.0, "life": 120.0}}
+    view_ok = {"bytes_per_grant": 475.0, "bytes_per_grant_by_module": {"compact.py": 240.0}}
+    sec = sections.memory(redis_side, view_ok, 2**20)
+    assert "grant 760 B, life 120 B" in sec.missed and "in the view" not in sec.missed
+    both = sections.memory(redis_side, {**view_ok, "bytes_per_grant": 900.0}, 2**20)
+    assert "in Redis" in both.missed and "compact.py 240 B" in both.missed
