@@ -124,20 +124,37 @@ def _decided_us(record: Record) -> int | None:
     return int(at.timestamp() * 1_000_000) if at is not None else None
 
 
-def _split_late(stale: list[Record], moved: Epochs) -> tuple[list[Record], list[Record]]:
-    """(decided after the fence moved, decided before it but appended late).
+def _split_late(stale: list[Record], moved: Epochs, ours: list[Epochs], theirs: list[Epochs]
+                ) -> tuple[list[Record], list[Record], list[Record]]:
+    """(decided after the fence moved, decided before it but appended late, decided under a
+    claim the stalled worker made again since).
 
     A record handed to the (non-transactional) producer before the SIGSTOP is appended when the
     process resumes: it carries a decision committed under the old epoch before the move (the
     commit script refuses a stale epoch), with the same ids the new owner announces. Only a
-    decision *made* after the move breaks fencing.
+    decision *made* after the move, while the partition's newest claim was not the stalled
+    worker's, breaks fencing; one made once it had claimed the partition again (``ours``, every
+    claim it logged; ``theirs``, the other worker's) is its own.
     """
-    made_after, delivered_late = [], []
+    made_after, delivered_late, reclaimed = [], [], []
     for r in stale:
         at = _decided_us(r)
         tp = (topics.ESCALATIONS.name, r.partition)
-        (made_after if at is None or at > moved[tp] else delivered_late).append(r)
-    return made_after, delivered_late
+        if at is not None and at <= moved[tp]:
+            delivered_late.append(r)
+        elif at is not None and _owner_at(tp, at, ours, theirs) == "ours":
+            reclaimed.append(r)
+        else:
+            made_after.append(r)
+    return made_after, delivered_late, reclaimed
+
+
+def _owner_at(tp: tuple[str, int], at_us: int, ours: list[Epochs], theirs: list[Epochs]
+              ) -> str | None:
+    """Whose claim on ``tp`` was the newest at ``at_us`` (epochs are Redis's clock in us)."""
+    made = [(c[tp], who) for who, logged in (("ours", ours), ("theirs", theirs))
+            for c in logged if tp in c and c[tp] <= at_us]
+    return max(made)[1] if made else None
 
 
 def _stale_attempts(records: list[Record], lost: Epochs, moved: Epochs) -> list[Record]:
@@ -230,9 +247,11 @@ def test_stalled_worker_writes_nothing_after_losing_its_partitions(
     figures.at_most("other worker took them over after SIGSTOP", round(took_over_s), 60, " s")
     figures.equal("partitions whose fence moved past the stalled epoch",
                   sum(moved[tp] > lost[tp] for tp in lost), len(lost))
-    made_after, delivered_late = _split_late(stale, moved)
+    made_after, delivered_late, own = _split_late(stale, moved, claims(worker), claims(worker_2))
     figures.equal("decisions/grants the stalled worker made after its fence moved",
                   len(made_after), 0)
+    figures.check("of its records appended after the move: decided under a claim it made again "
+                  "since", len(own), "any; its own partition then", True)
     figures.check("of its records appended after the move: decided before it (buffered before "
                   "SIGSTOP)", len(delivered_late), "any; same ids, no conflict", True)
     figures.check("attempt audits stamped with its old epoch, appended after the move",
