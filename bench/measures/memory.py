@@ -113,8 +113,6 @@ def key_breakdown(client: redis.Redis, sample: list[tuple[str, str, str]],
     out = {k: sum(v) / len(v) for k, v in kinds.items() if v}
     out["expiry index (sharded zsets, / grants)"] = sum(
         client.memory_usage(k, samples=0) or 0 for k in keys.expiry_indexes()) / n
-    out["expiring index (sharded zsets, / grants)"] = sum(
-        client.memory_usage(k, samples=0) or 0 for k in keys.expiring_indexes()) / n
     return out
 
 

@@ -8,30 +8,29 @@ database of its own, flushed before each case (never the one the test worker use
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
-from broker.adapters.ports import NO_FENCE, UNLIMITED, Committed, Fence, GrantStore, RateLimit
+from broker.adapters.ports import Fence, GrantStore, RateLimit
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.store import RedisGrantStore
-from broker.grants.decide import AgentState, Outcome, decide
-from broker.grants.revocation import RevocationPlan, plan_revocation
-from broker.policy import RiskAction, RiskContext, load_policy
 from schemas import topics
-from schemas.events import EscalationRequested, ScopeDenial
+from tests.support.factories import (
+    AGENT,
+    MARGIN_S,
+    POLICY,
+    built,
+    commit,
+    outcome,
+    revocation,
+)
 from tests.support.services import Services
 from tests.support.twins import MemoryGrantStore, ms
 
-POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "fraud")
-AGENT = "fraud-detector-7"
-FREEZE = "payments:accounts.freeze"
-MARGIN_S = 600
 CONTRACT_DB = 5  # the Redis arm's own database
 FENCE_KEY = keys.fence(topics.ESCALATIONS.name, 0)
 
@@ -52,41 +51,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[GrantStore]:
         yield real
     finally:
         await real.aclose()
-
-
-def outcome(received_at: datetime, now: datetime | None = None, *, request_id: str = "",
-            denied: bool = False) -> Outcome:
-    """A fraud agent's freeze request decided at ``now``: granted for 20 s, or denied."""
-    request = EscalationRequested(
-        request_id=request_id or f"req-{uuid.uuid4()}", agent_id=AGENT, scopes=(FREEZE,),
-        resources=("acct-1",), duration_s=900, reason="pattern", confidence=0.95,
-        risk_score=0.85, requested_at=received_at)
-    now = now or received_at
-    evaluation = POLICY.evaluate(request, POLICY.agent(AGENT), RiskContext(request=0.85), now)
-    blocked = ScopeDenial(scope="*", rule="test-denial", reason="denied") if denied else None
-    return decide(request, evaluation, agent=POLICY.agent(AGENT), state=AgentState(),
-                  received_at=received_at, now=now, blocked_by=blocked)
-
-
-async def commit(store: GrantStore, out: Outcome, now: datetime, *,
-                 received_at: datetime | None = None, fence: Fence = NO_FENCE,
-                 rate: RateLimit = UNLIMITED) -> Committed:
-    """Commit ``out`` at ``now`` for a request received at ``received_at`` (default ``now``)."""
-    return await store.commit(out, received_at=received_at or now, now=now,
-                              max_grant_s=POLICY.max_grant_duration_s, fence=fence, rate=rate)
-
-
-def revocation(now: datetime, *, quarantine_s: int = 0, cause: str = "") -> RevocationPlan:
-    action = RiskAction(revoke=True, rule="test-revoke", reason="risk",
-                        quarantine_s=quarantine_s)
-    return plan_revocation(cause or f"sig-{uuid.uuid4()}", AGENT, action, now=now,
-                           max_grant_s=POLICY.max_grant_duration_s, margin_s=MARGIN_S)
-
-
-async def built(store: GrantStore) -> datetime:
-    now = await store.now()
-    await store.mark_built(now)
-    return now
 
 
 async def test_nothing_is_decided_before_the_view_is_built(store: GrantStore) -> None:
@@ -274,21 +238,24 @@ async def test_live_risk_keeps_the_highest_severity_until_its_end(store: GrantSt
 async def test_expiries_come_due_at_the_absolute_expiry_and_are_acknowledged(
     store: GrantStore,
 ) -> None:
-    """Grants' expiries are due at their ``expires_at`` (routed to their namespaces) and not
-    before; revoked grants' expiries are due but not live; acknowledged, they are gone."""
+    """A live grant's expiry is due at its ``expires_at`` (routed to its namespaces) and not
+    before; a revoked grant's entry is due, not live, once its time (its warning's) came; once
+    acknowledged, they are gone."""
     now = await built(store)
-    first, second = outcome(now), outcome(now)
-    await commit(store, first, now)
-    await commit(store, second, now)
-    assert first.grant is not None and second.grant is not None
+    kept, revoked = outcome(now), outcome(now)
+    await commit(store, revoked, now)
     await store.revoke_all(revocation(now + timedelta(seconds=1)))
-    expiry = first.grant.expires_at
-    assert await store.due_expiries(expiry - timedelta(milliseconds=1)) == []
+    await commit(store, kept, now + timedelta(seconds=2))
+    assert kept.grant is not None and revoked.grant is not None
+    expiry = kept.grant.expires_at
+    early = await store.due_expiries(expiry - timedelta(milliseconds=1))
+    assert [(d.event.grant_id, d.live, d.namespaces) for d in early] == [
+        (revoked.grant.grant_id, False, ("payments",))]
+    await store.ack_expiries(early)
     due = await store.due_expiries(expiry)
-    assert {(d.event.grant_id, d.live, d.namespaces) for d in due} == {
-        (first.grant.grant_id, False, ("payments",)),
-        (second.grant.grant_id, False, ("payments",))}
-    assert all(ms(d.event.expires_at) == ms(expiry) for d in due)
+    assert [(d.event.grant_id, d.live, d.namespaces) for d in due] == [
+        (kept.grant.grant_id, True, ("payments",))]
+    assert ms(due[0].event.expires_at) == ms(expiry)
     await store.ack_expiries(due)
     assert await store.due_expiries(expiry + timedelta(hours=1)) == []
 

@@ -50,7 +50,7 @@ def from_ms(value: int | str) -> datetime:
 
 
 # The twin keeps one expiry index of each kind (the real store shards them: same answers).
-_EXPIRY, _EXPIRING = f"{keys.PREFIX}:expiry", f"{keys.PREFIX}:expiring"
+_EXPIRY = f"{keys.PREFIX}:expiry"
 
 
 @dataclass
@@ -295,9 +295,8 @@ class MemoryGrantStore:
         member = keys.expiry_member(grant.agent_id, grant.grant_id, grant.scopes)
         life = (grant.expires_at - grant.issued_at).total_seconds()
         warn_at = grant.expires_at - timedelta(seconds=max(min(self._warn_before, life / 2), 0))
-        for index, when in ((_EXPIRY, grant.expires_at), (_EXPIRING, warn_at)):
-            self._zadd(index, member, ms(when))
-            self._expire_max(index, ms(life_until))
+        self._zadd(_EXPIRY, member, ms(warn_at))
+        self._expire_max(_EXPIRY, ms(life_until))
 
     def _record_until(self, expires: datetime, received_at: datetime, max_grant_s: int) -> datetime:
         return max(expires, received_at + timedelta(seconds=max_grant_s)) + self._margin
@@ -389,7 +388,7 @@ class MemoryGrantStore:
         return [GrantIssued.model_validate_json(raw) for raw in found if raw is not None]
 
     async def due_expiries(self, now: datetime, limit: int = 500) -> list[DueExpiry]:
-        """Grants whose expiry passed; a renewed one is re-scored instead."""
+        """Grants whose expiry passed; one that lives on past ``now`` is left alone."""
         self._up()
         zset: dict[str, int] = self._get(_EXPIRY) or {}
         due = sorted(((m, s) for m, s in zset.items() if s <= ms(now)),
@@ -398,10 +397,10 @@ class MemoryGrantStore:
         for member, score in due:
             agent, gid, namespaces = keys.parse_member(member)
             current = self._get(keys.life(agent, gid))
-            if current is not None and int(current) > score:
-                zset[member] = int(current)
+            if current is not None and int(current) > ms(now):
                 continue
-            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(score))
+            expires = int(current) if current is not None else score
+            event = GrantExpired(grant_id=gid, agent_id=agent, expires_at=from_ms(expires))
             out.append(DueExpiry(event, current is not None, namespaces, member))
         return out
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis.calls import call, replicated
-from broker.adapters.redis.values import from_ms, ms
+from broker.adapters.redis.values import from_ms, ms, stored
 from schemas.events import DelegationDecided, GrantIssued
 
 # KEYS: grant, index, life, ended-child, quarantine, view marker (agent slot), revoked
@@ -100,7 +100,7 @@ class DelegationStore:
         status = await call(self._child(
             keys=[keys.grant(a, g), keys.index(a), keys.life(a, g), keys.ended_child(a, g),
                   keys.quarantine(a), keys.view_marker(a), keys.revoked(a)],
-            args=[grant.model_dump_json(), ms(grant.expires_at), ms(now), ms(life_until), g,
+            args=[stored(grant), ms(grant.expires_at), ms(now), ms(life_until), g,
                   ms(grant.issued_at)]))
         return _text(status)  # type: ignore[return-value]
 

@@ -27,7 +27,7 @@ VIEW_EPOCH = f"{PREFIX}:view:epoch"
 BASELINES_STATED = f"{PREFIX}:baselines:stated"
 AGENT_KEY_PATTERN = f"{PREFIX}:{{*}}:*"
 MEMBER_SEP = "\x1f"
-# Shards of the expiry indexes (zsets "agent\x1fgrant\x1fnamespaces" -> ms; PXAT of the latest).
+# Shards of the expiry index (zsets "agent\x1fgrant\x1fnamespaces" -> ms; PXAT of the latest).
 EXPIRY_SHARDS = 16
 _TAG_CHARS = [chr(0x40 | n) for n in range(16)]  # "@A..O": no brace, no separator
 
@@ -69,12 +69,12 @@ def _shard(agent_id: str) -> int:
 
 
 def expiry_index(agent_id: str) -> str:
-    """The expiry index shard of the agent's grants (scored by expires_at ms)."""
+    """The expiry index shard of the agent's grants (scored by warning time, then expiry ms)."""
     return f"{PREFIX}:expiry:{{x{_shard(agent_id)}}}"
 
 
-def expiring_index(agent_id: str) -> str:
-    """The expiry-warning index shard (same members, scored by when to announce expiring)."""
+def legacy_warning_index(agent_id: str) -> str:
+    """The warning index shard of the two-index layout (read until its members are gone)."""
     return f"{PREFIX}:expiring:{{x{_shard(agent_id)}}}"
 
 
@@ -83,8 +83,8 @@ def expiry_indexes() -> list[str]:
     return [f"{PREFIX}:expiry:{{x{n}}}" for n in range(EXPIRY_SHARDS)]
 
 
-def expiring_indexes() -> list[str]:
-    """Every shard of the expiry-warning index."""
+def legacy_warning_indexes() -> list[str]:
+    """Every shard of the two-index layout's warning index."""
     return [f"{PREFIX}:expiring:{{x{n}}}" for n in range(EXPIRY_SHARDS)]
 
 

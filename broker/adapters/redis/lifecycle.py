@@ -18,6 +18,7 @@ from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import lua
 from broker.adapters.redis.calls import call, replicated
 from broker.adapters.redis.store import RedisGrantStore, from_ms, ms
+from broker.adapters.redis.values import stored
 from broker.grants.renewal import RenewalOutcome
 from schemas.events import (
     GrantExpiring,
@@ -44,6 +45,8 @@ class DueWarning:
     event: GrantExpiring | None
     namespaces: tuple[str, ...] | None
     member: str
+    expires_ms: int | None = None  # its expiry, where its member moves once warned (None:
+    #                                a member of the two-index layout, removed once warned)
 
 
 class LifecycleStore:
@@ -82,7 +85,7 @@ class LifecycleStore:
         renewed_json, new_ms, life_until, prev_ms = "", 0, record_until, 0
         if r is not None and grant is not None:
             renewed = grant.model_copy(update={"expires_at": r.expires_at})
-            renewed_json, new_ms = renewed.model_dump_json(), ms(r.expires_at)
+            renewed_json, new_ms = stored(renewed), ms(r.expires_at)
             life_until = max(record_until, r.expires_at + self._margin)
             prev_ms = ms(grant.expires_at)
             await self._store.schedule(renewed, life_until)
@@ -136,45 +139,50 @@ class LifecycleStore:
         return GrantRevoked.model_validate_json(raw) if raw else None
 
     async def due_warnings(self, now: datetime, limit: int = 500) -> list[DueWarning]:
-        """Grants whose expiry warning is due, with the warning to announce if still live."""
-        pipe = self._r.pipeline(transaction=False)  # one round trip for every shard
-        for index in keys.expiring_indexes():
-            pipe.zrangebyscore(index, "-inf", ms(now), start=0, num=limit)
-        members = [raw for found in await call(pipe.execute()) for raw in found][:limit]
-        parsed = [(raw.decode(), *keys.parse_member(raw.decode())) for raw in members]
+        """Grants whose expiry warning is due, with the warning to announce if still live.
+
+        A member of the expiry index scored below its grant's current expiry (its life key)
+        awaits its warning; one renewed since it was indexed is re-scored to its new warning
+        time instead. Members of the two-index layout's warning shards (``legacy_warnings``)
+        are read too, until they are gone.
+        """
+        due: list[tuple[str, int, bytes | None, str | None]] = [
+            (m, s, life, None) for m, s, life in await self._store.due_members(now, limit)
+            if life is not None and s < int(life)]
+        legacy = keys.legacy_warning_indexes()
+        due += [(m, s, life, m) for m, s, life in await self._store.due_members(now, limit, legacy)]
         pipe = self._r.pipeline(transaction=False)  # one round trip for the whole batch
-        for _member, agent, gid, _ns in parsed:
-            pipe.get(keys.life(agent, gid))
+        for member, _score, _life, _legacy in due:
+            agent, gid, _ns = keys.parse_member(member)
             pipe.get(keys.grant(agent, gid))
-        found = await call(pipe.execute()) if parsed else []
+        grants = await call(pipe.execute()) if due else []
         out = []
-        for i, (member, agent, gid, namespaces) in enumerate(parsed):
-            # The life key holds the current expiry while the grant has not been ended; a
-            # warning that is late still goes out, so it always precedes grant.expired.
-            life, raw_grant = found[2 * i], found[2 * i + 1]
+        for (member, _score, life, legacy_member), raw_grant in zip(due, grants, strict=True):
+            agent, gid, namespaces = keys.parse_member(member)
             grant = GrantIssued.model_validate_json(raw_grant) if raw_grant else None
             if grant is not None and grant.expires_at > now and self._store.warn_at(grant) > now:
-                await call(  # renewed since it was indexed: warn later
-                    self._r.zadd(keys.expiring_index(agent),
-                                 {member: ms(self._store.warn_at(grant))})
-                )
-                continue
-            event = (
-                GrantExpiring(grant_id=gid, agent_id=agent, expires_at=from_ms(life),
-                              warned_at=now)
-                if life is not None
-                else None
-            )
-            out.append(DueWarning(event, namespaces, member))
+                index = keys.legacy_warning_index(agent) if legacy_member else \
+                    keys.expiry_index(agent)
+                await call(self._r.zadd(index, {member: ms(self._store.warn_at(grant))}))
+                continue  # renewed since it was indexed: warn later
+            # A warning that is late still goes out, so it always precedes grant.expired.
+            event = (GrantExpiring(grant_id=gid, agent_id=agent, expires_at=from_ms(life),
+                                   warned_at=now) if life is not None else None)
+            out.append(DueWarning(event, namespaces, member,
+                                  int(life) if life is not None and not legacy_member else None))
         return out
 
     async def ack_warnings(self, done: Sequence[DueWarning]) -> None:
-        """Forget announced (or moot) warnings."""
+        """Move announced warnings' members to their expiry (forget a moot one's)."""
         if not done:
             return
         pipe = self._r.pipeline(transaction=False)
         for d in done:
-            pipe.zrem(keys.expiring_index(keys.parse_member(d.member)[0]), d.member)
+            agent = keys.parse_member(d.member)[0]
+            if d.expires_ms is None:
+                pipe.zrem(keys.legacy_warning_index(agent), d.member)
+            else:  # XX: a member acknowledged as expired meanwhile is not brought back
+                pipe.zadd(keys.expiry_index(agent), {d.member: d.expires_ms}, xx=True)
         await call(pipe.execute())
 
 

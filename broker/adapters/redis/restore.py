@@ -15,7 +15,7 @@ from broker.adapters.redis import keyspace as keys
 from broker.adapters.redis import records
 from broker.adapters.redis.calls import call
 from broker.adapters.redis.expiry import ExpiryIndex
-from broker.adapters.redis.values import ms
+from broker.adapters.redis.values import ms, stored
 from schemas.events import AgentRevoked, EscalationDecided, GrantIssued
 
 
@@ -45,7 +45,7 @@ class Rebuild(ExpiryIndex):
                     keys.quarantine(a),
                 ],
                 args=[
-                    grant.model_dump_json(),
+                    stored(grant),
                     ms(grant.expires_at),
                     ms(now),
                     ms(life_until),
@@ -78,10 +78,10 @@ class Rebuild(ExpiryIndex):
             if g.expires_at + self._margin > now:
                 d, pxat = decision_of(g), ms(g.expires_at + self._margin)
                 pipe.set(keys.decision(d.agent_id, d.request_id),
-                         records.pack(d.model_dump_json(), published=True), pxat=pxat, nx=True)
+                         records.pack(stored(d), published=True), pxat=pxat, nx=True)
         for rev, grants in revocations:
             if rev.markers_until + self._margin > now:
-                body = "[" + ",".join(g.model_dump_json() for g in grants) + "]"
+                body = "[" + ",".join(stored(g) for g in grants) + "]"
                 pipe.set(keys.revocation(rev.agent_id, rev.cause_event_id), body,
                          pxat=ms(rev.markers_until + self._margin), nx=True)
         await call(pipe.execute())

@@ -41,6 +41,7 @@ from broker.adapters.redis.values import (
     Snapshot,
     from_ms,
     ms,
+    stored,
 )
 from broker.errors import StoreMisconfigured, StoreUnavailable
 from broker.grants.decide import AgentState, Outcome, derive_id
@@ -253,8 +254,8 @@ class RedisGrantStore(Rebuild):
                 *([claim] if claim and not self._cluster else []),
             ],
             [
-                records.pack(d.model_dump_json()),
-                g.model_dump_json() if g else "",
+                records.pack(stored(d)),
+                stored(g) if g else "",
                 ms(expires),
                 ms(received_at),
                 ms(now),

@@ -12,11 +12,18 @@ from typing import Literal
 
 from broker.grants.decide import AgentState
 from schemas.events import EscalationDecided, GrantExpired, GrantIssued
+from schemas.events.base import WireModel
 
 
 def ms(when: datetime) -> int:
     """Epoch milliseconds of an aware datetime."""
     return int(when.timestamp() * 1000)
+
+
+def stored(event: WireModel) -> str:
+    """The JSON an event is kept as in Redis: only its fields that differ from their defaults
+    (the model that reads it back fills them in; a Lua script reads only fields without one)."""
+    return event.model_dump_json(exclude_defaults=True)
 
 
 def from_ms(value: int | str | bytes) -> datetime:

@@ -39,14 +39,14 @@ def test_the_commit_scripts_keys_share_the_agents_slot(agent: str) -> None:
 
 
 def test_expiry_indexes_are_sharded_and_each_agent_has_one_shard() -> None:
-    """The sweeper reads every shard; an agent's expiry and warning entries go to one of them."""
+    """The sweeper reads every shard; an agent's expiry entries go to one of them."""
     shards = keys.expiry_indexes()
     assert len(set(shards)) == keys.EXPIRY_SHARDS
-    assert len(set(keys.expiring_indexes())) == keys.EXPIRY_SHARDS
+    assert len(set(keys.legacy_warning_indexes())) == keys.EXPIRY_SHARDS
     agents = [f"agent-{n}" for n in range(200)]
     used = {keys.expiry_index(a) for a in agents}
     assert used == set(shards), "200 agents spread over every shard"
-    assert all(keys.expiring_index(a) in keys.expiring_indexes() for a in agents)
+    assert all(keys.legacy_warning_index(a) in keys.legacy_warning_indexes() for a in agents)
 
 
 def test_a_cluster_scheme_selects_the_cluster_client() -> None:

@@ -34,9 +34,9 @@ class Census:
         whose scopes span namespaces counts once in each."""
         out: Counter[tuple[str, str]] = Counter()
         with translated():
+            # Every member: one scored by its warning time may be due and still live.
             members = [m for index in keys.expiry_indexes() for m in cast(
-                list[bytes], self._r.zrangebyscore(index, f"({int(now.timestamp() * 1000)}",
-                                                   "+inf"))]
+                list[bytes], self._r.zrange(index, 0, -1))]
             for start in range(0, len(members), BATCH):
                 parsed = [keys.parse_member(m.decode()) for m in members[start:start + BATCH]]
                 pipe = self._r.pipeline(transaction=False)
