@@ -241,13 +241,18 @@ def memory(in_redis: dict[str, Any], in_view: dict[str, Any], worker_rss: int) -
     missed = [ln.what for ln in sec.lines if ln.verdict == "MISSED"]
     causes = []
     if "Redis bytes per active grant" in missed:
-        parts = sorted(in_redis.get("breakdown", {}).items(), key=lambda kv: -float(kv[1]))
+        breakdown = in_redis.get("breakdown", {})
+        parts = sorted(breakdown.items(), key=lambda kv: -float(kv[1]))
+        life = float(breakdown.get("life", 0))
         causes.append(
             "Measured cause in Redis: the bytes of one grant by component: "
             + ", ".join(f"{k} {float(v):,.0f} B" for k, v in parts if float(v) > 0)
-            + ". Next step: a binary grant record (msgpack, which the scripts read with "
-            "Redis's cmsgpack) in place of JSON, the decision record cut to what a redelivery "
-            "needs, and one expiry index with short members in place of two.")
+            + ". The grant, its decision record and its life marker are keys of their own, "
+            "and a key costs its name, its entry and its expiry besides its value (a life "
+            f"marker, 13 digits of epoch ms, takes {life:,.0f} B). Next step: one hash per "
+            "agent holding its grants, life markers and decision records as fields with their "
+            "own absolute expiry (HPEXPIREAT, Redis 7.4 and later), and a binary grant record "
+            "(msgpack, which the scripts read with Redis's cmsgpack) in place of its JSON.")
     if "view bytes per active grant" in missed:
         modules = in_view.get("bytes_per_grant_by_module", {})
         causes.append(

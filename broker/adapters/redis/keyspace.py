@@ -74,7 +74,7 @@ def expiry_index(agent_id: str) -> str:
 
 
 def legacy_warning_index(agent_id: str) -> str:
-    """The warning index shard of the two-index layout (read until its members are gone)."""
+    """The warning shard an earlier version kept beside the expiry index (read until empty)."""
     return f"{PREFIX}:expiring:{{x{_shard(agent_id)}}}"
 
 
@@ -84,7 +84,7 @@ def expiry_indexes() -> list[str]:
 
 
 def legacy_warning_indexes() -> list[str]:
-    """Every shard of the two-index layout's warning index."""
+    """Every warning shard an earlier version kept beside the expiry index."""
     return [f"{PREFIX}:expiring:{{x{n}}}" for n in range(EXPIRY_SHARDS)]
 
 

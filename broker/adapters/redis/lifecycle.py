@@ -45,8 +45,9 @@ class DueWarning:
     event: GrantExpiring | None
     namespaces: tuple[str, ...] | None
     member: str
-    expires_ms: int | None = None  # its expiry, where its member moves once warned (None:
-    #                                a member of the two-index layout, removed once warned)
+    # Its expiry, where its member moves once warned; None for a member of an earlier
+    # version's warning shards (removed once warned).
+    expires_ms: int | None = None
 
 
 class LifecycleStore:
@@ -143,8 +144,8 @@ class LifecycleStore:
 
         A member of the expiry index scored below its grant's current expiry (its life key)
         awaits its warning; one renewed since it was indexed is re-scored to its new warning
-        time instead. Members of the two-index layout's warning shards (``legacy_warnings``)
-        are read too, until they are gone.
+        time instead. Members of the warning shards an earlier version kept beside the expiry
+        index (``keys.legacy_warning_indexes``) are read too, until they are gone.
         """
         due: list[tuple[str, int, bytes | None, str | None]] = [
             (m, s, life, None) for m, s, life in await self._store.due_members(now, limit)
