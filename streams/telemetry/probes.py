@@ -9,7 +9,6 @@ A probe that cannot answer (Redis or Kafka unavailable) leaves its family empty 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -59,7 +58,7 @@ class ProbeCollector(Collector):
                                    "by agent class and namespace (a grant spanning namespaces "
                                    "counts in each)", labels=["agent_class", "namespace"])
         try:
-            live = self._census.live_grants(datetime.now(UTC), self._class_of)
+            live = self._census.live_grants(self._class_of)
         except StoreError:
             return family, False
         for (agent_class, namespace), n in sorted(live.items()):

@@ -49,7 +49,7 @@ def from_ms(value: int | str) -> datetime:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
-# The twin keeps one expiry index of each kind (the real store shards them: same answers).
+# The twin keeps the expiry index in one zset (the real store shards it: same answers).
 _EXPIRY = f"{keys.PREFIX}:expiry"
 
 

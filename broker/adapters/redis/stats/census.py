@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
 from typing import cast
 
 from broker.adapters.redis import keyspace as keys
@@ -29,12 +28,13 @@ class Census:
         """Close the connection pool."""
         close(self._r)
 
-    def live_grants(self, now: datetime, class_of: ClassOf) -> Counter[tuple[str, str]]:
+    def live_grants(self, class_of: ClassOf) -> Counter[tuple[str, str]]:
         """(agent class, namespace) -> live grants: not expired, revoked or released. A grant
         whose scopes span namespaces counts once in each."""
         out: Counter[tuple[str, str]] = Counter()
         with translated():
-            # Every member: one scored by its warning time may be due and still live.
+            # Every member (one scored by its warning time may be due and still live); a grant
+            # key lives until its expiry, and a life key until the grant ended or was announced.
             members = [m for index in keys.expiry_indexes() for m in cast(
                 list[bytes], self._r.zrange(index, 0, -1))]
             for start in range(0, len(members), BATCH):
